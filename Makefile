@@ -1,0 +1,48 @@
+# The two commands of the README:
+#   make demo   create .venv, install, run the main job (a real valuation end to end)
+#   make test   create .venv, install test extras and the memcached server, run everything
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.dvl-dask-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench install memcached-server clean
+
+install: $(STAMP)
+
+# torch is pinned to the range that resolves to the local CPU wheel; installing it
+# first keeps pip from looking at multi-GB CUDA builds.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch>=2.2,<2.14"
+	$(BIN)/python -m pip install --quiet -e ".[all,test,dev]"
+	touch $(STAMP)
+
+# The memcached *server* is a system package; tests start their own instances.
+memcached-server:
+	@if command -v memcached >/dev/null 2>&1; then \
+		echo "memcached: $$(command -v memcached)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = "0" ]; then \
+		echo "installing memcached with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached >/dev/null; \
+	else \
+		echo "memcached is not installed and apt-get is not usable: memcached tests will be skipped"; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/dvl-dask demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check dvl_dask tests benchmarks
+	$(BIN)/lint-imports
+
+test: $(STAMP) memcached-server lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis values.zarr values.png

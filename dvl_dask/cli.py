@@ -1,0 +1,213 @@
+"""The ``dvl-dask`` command line: ``dvl-dask demo`` and ``dvl-dask value``.
+
+The demo is the project's main job: a real valuation of a scikit-learn dataset
+on a local Dask cluster, persisted to zarr in a local folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .data import Dataset
+from .errors import DvlDaskError, InvalidParameterError
+from .results import to_zarr
+from .utility import Utility
+
+__all__ = ["main"]
+
+DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+MODELS = ("logistic", "knn", "tree", "ridge", "linear")
+METHODS = ("exact_shapley", "loo")
+SCHEDULERS = ("local-cluster", "threads", "processes", "sync")
+
+
+def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
+    from sklearn import datasets
+
+    if name not in DATASETS:
+        raise InvalidParameterError(f"--dataset must be one of {DATASETS}. Got {name!r}.")
+    bunch = getattr(datasets, f"load_{name}")()
+    n = len(bunch.target)
+    classification = name != "diabetes"
+    # keep n_points training points out of the whole data; the rest (up to 200) is test data
+    train_size = min(n_points, n - 2) / n
+    data = Dataset.from_sklearn(bunch, train_size=train_size, seed=seed, stratify=classification)
+    if len(data.x_test) > 200:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(data.x_test), 200, replace=False))
+        data = Dataset(
+            data.x_train,
+            data.y_train,
+            data.x_test[keep],
+            data.y_test[keep],
+            data_names=data.data_names,
+            feature_names=list(data.feature_names),
+            target_names=data.target_names,
+        )
+    return data
+
+
+def _make_model(name: str) -> Any:
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    factories: dict[str, Callable[[], Any]] = {
+        "logistic": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+        "knn": lambda: KNeighborsClassifier(n_neighbors=1),
+        "tree": lambda: DecisionTreeClassifier(random_state=0),
+        "ridge": lambda: make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
+        "linear": LinearRegression,
+    }
+    if name not in factories:
+        raise InvalidParameterError(f"--model must be one of {MODELS}. Got {name!r}.")
+    return factories[name]()
+
+
+def _scheduler(name: str, n_workers: int) -> AbstractContextManager[Any]:
+    import dask
+
+    if name == "local-cluster":
+        from distributed import Client, LocalCluster
+
+        class _ClusterClient:
+            def __enter__(self) -> Any:
+                self.cluster = LocalCluster(
+                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+                )
+                self.client = Client(self.cluster)
+                print(f"Dask dashboard: {self.client.dashboard_link}")
+                return self.client
+
+            def __exit__(self, *exc: Any) -> None:
+                self.client.close()
+                self.cluster.close()
+
+        return _ClusterClient()
+    if name in ("threads", "processes", "sync"):
+        return dask.config.set(scheduler=name)
+    raise InvalidParameterError(f"--scheduler must be one of {SCHEDULERS}. Got {name!r}.")
+
+
+def _value(args: argparse.Namespace) -> xr.Dataset:
+    from . import valuation
+
+    data = _load_dataset(args.dataset, args.n_points, args.seed)
+    scorer = "r2" if args.dataset == "diabetes" else "accuracy"
+    cache = _in_memory_cache() if args.cache else None
+    utility = Utility(_make_model(args.model), data, scorer, cache=cache)
+    if args.method not in METHODS:
+        raise InvalidParameterError(f"--method must be one of {METHODS}. Got {args.method!r}.")
+    method = getattr(valuation, args.method)
+    ds = method(utility)
+    print(
+        f"Valuing {data.n_players} training points of {args.dataset!r} with {args.model!r} "
+        f"({args.method}, {ds.attrs['n_evaluations']} utility evaluations, scorer {scorer!r})"
+    )
+    start = time.perf_counter()
+    with _scheduler(args.scheduler, args.workers), _progress(args.scheduler):
+        out = to_zarr(ds, args.out, overwrite=True) if args.out else None
+    elapsed = time.perf_counter() - start
+    if out is not None:
+        from .results import open_result
+
+        result = open_result(args.out).load()
+        print(f"Wrote {args.out} in {elapsed:.1f} s")
+    else:  # pragma: no cover - --out is always given by the CLI defaults
+        result = ds.compute()
+    return result
+
+
+def _in_memory_cache() -> Any:
+    try:
+        from .cache import InMemoryCacheBackend
+    except ImportError:  # pragma: no cover - cache package not available
+        return None
+    return InMemoryCacheBackend()
+
+
+def _progress(scheduler: str) -> AbstractContextManager[Any]:
+    if scheduler == "local-cluster" or not sys.stdout.isatty():
+        return nullcontext()
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar()
+
+
+def _report(result: xr.Dataset, k: int) -> None:
+    k = min(k, result.sizes["sample"])
+    print(f"\nMost valuable {k} training points:")
+    for name, v in zip(result.dvl.top_k(k)["sample"].values, result.dvl.top_k(k)["value"].values):
+        print(f"  {name!s:>8}  {v:+.5f}")
+    print(f"Least valuable {k} training points:")
+    for name, v in zip(result.dvl.bottom_k(k)["sample"].values, result.dvl.bottom_k(k)["value"].values):
+        print(f"  {name!s:>8}  {v:+.5f}")
+    total = float(result["value"].sum())
+    print(f"Sum of values: {total:+.5f}")
+
+
+def _plot(result: xr.Dataset, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        print("matplotlib is not installed: no plot written (pip install dvl_dask[plot]).")
+        return
+    from .plot import plot_values
+
+    ax = plot_values(result)
+    ax.figure.savefig(path, dpi=120)
+    print(f"Wrote {path}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvl-dask", description="Data valuation as lazy Dask graphs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, *, out: str) -> None:
+        sp.add_argument("--dataset", default="wine", choices=DATASETS)
+        sp.add_argument("--model", default="logistic", choices=MODELS)
+        sp.add_argument("--method", default="exact_shapley", choices=METHODS)
+        sp.add_argument("--n-points", type=int, default=12, help="training points to value (default 12)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--out", default=out, help="zarr path or fsspec URL of the result")
+        sp.add_argument("--scheduler", default="local-cluster", choices=SCHEDULERS)
+        sp.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
+        sp.add_argument("--no-cache", dest="cache", action="store_false", help="do not memoize utilities")
+        sp.add_argument("--top", type=int, default=5, help="how many best/worst points to print")
+
+    demo = sub.add_parser("demo", help="value a real sklearn dataset end to end (the main job)")
+    common(demo, out="values.zarr")
+    demo.add_argument("--plot", default="values.png", help="where to save a plot ('' for none)")
+    value = sub.add_parser("value", help="value a dataset and write the result to zarr")
+    common(value, out="values.zarr")
+    value.add_argument("--plot", default="", help="where to save a plot (default: none)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dvl-dask`` and ``python -m dvl_dask``."""
+    args = _parser().parse_args(argv)
+    if args.n_points < 2:
+        print("error: --n-points must be at least 2", file=sys.stderr)
+        return 2
+    try:
+        result = _value(args)
+    except DvlDaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _report(result, args.top)
+    if args.plot:
+        _plot(result, args.plot)
+    return 0

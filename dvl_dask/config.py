@@ -1,0 +1,63 @@
+"""Register dvl_dask's defaults in :mod:`dask.config`.
+
+All options live under the ``dvl_dask`` namespace and are read at call time
+with ``dask.config.get(key, override_with=argument)``, so an explicit argument
+wins over ``dask.config.set`` which wins over environment variables
+(``DASK_DVL_DASK__...``) which win over the packaged ``dvl_dask.yaml``.
+Option names are kept as constants here so code never repeats a literal.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import dask.config
+import yaml
+
+__all__ = [
+    "CACHE_ALLOW_REPEATED_EVALUATIONS",
+    "CACHE_ATOL_STDERR",
+    "CACHE_HMAC_KEY",
+    "CACHE_MAX_REPETITIONS",
+    "CACHE_MIN_REPETITIONS",
+    "CACHE_NAMESPACE",
+    "CACHE_RTOL_STDERR",
+    "CACHE_TIME_THRESHOLD",
+    "EXACT_MAX_PLAYERS",
+    "EXACT_SUBSETS_PER_BLOCK",
+    "LOO_EVALUATIONS_PER_BLOCK",
+    "RESULTS_ZARR_FORMAT",
+    "UTILITY_DEFAULT_SCORE",
+    "get",
+]
+
+_DEFAULTS_FILE = pathlib.Path(__file__).with_name("dvl_dask.yaml")
+
+EXACT_MAX_PLAYERS = "dvl_dask.valuation.exact.max-players"
+EXACT_SUBSETS_PER_BLOCK = "dvl_dask.valuation.exact.subsets-per-block"
+LOO_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.loo.evaluations-per-block"
+UTILITY_DEFAULT_SCORE = "dvl_dask.utility.default-score"
+RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"
+CACHE_NAMESPACE = "dvl_dask.cache.namespace"
+CACHE_HMAC_KEY = "dvl_dask.cache.hmac-key"
+CACHE_TIME_THRESHOLD = "dvl_dask.cache.time-threshold"
+CACHE_ALLOW_REPEATED_EVALUATIONS = "dvl_dask.cache.allow-repeated-evaluations"
+CACHE_RTOL_STDERR = "dvl_dask.cache.rtol-stderr"
+CACHE_ATOL_STDERR = "dvl_dask.cache.atol-stderr"
+CACHE_MIN_REPETITIONS = "dvl_dask.cache.min-repetitions"
+CACHE_MAX_REPETITIONS = "dvl_dask.cache.max-repetitions"
+
+
+def _register_defaults() -> None:
+    with _DEFAULTS_FILE.open() as f:
+        defaults = yaml.safe_load(f)
+    dask.config.update_defaults(defaults)
+
+
+def get(key: str, override_with: Any = None) -> Any:
+    """Read option ``key`` now; ``override_with`` wins when it is not None."""
+    return dask.config.get(key, override_with=override_with)
+
+
+_register_defaults()

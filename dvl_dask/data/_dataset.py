@@ -1,0 +1,339 @@
+"""Datasets of training and test points, labelled and fingerprinted once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidDataError, InvalidParameterError
+from ..keys import fingerprint
+from ..validation import (
+    SeedLike,
+    as_seed_sequence,
+    check_array,
+    check_consistent_length,
+    check_real,
+    is_dask_array,
+)
+
+__all__ = ["Dataset", "GroupedDataset"]
+
+
+def _as_labels(names: Any, n: int, arg: str, owner: str, default_prefix: str | None = None) -> np.ndarray:
+    if names is None:
+        if default_prefix is None:
+            return np.arange(n, dtype=np.int64)
+        return np.array([f"{default_prefix}{i}" for i in range(n)])
+    labels = np.asarray(names)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InvalidDataError(
+            f"The {arg!r} argument of {owner} must be a 1-d sequence of length {n}. "
+            f"Got shape {labels.shape} instead."
+        )
+    if len(np.unique(labels)) != n:
+        raise InvalidDataError(f"The {arg!r} argument of {owner} must hold unique labels; it has duplicates.")
+    if labels.dtype == object:
+        labels = labels.astype(str)
+    return labels
+
+
+class Dataset:
+    """Training and test data for valuation: arrays, labels and a fingerprint.
+
+    The *players* of a valuation are the training points: ``data_names`` labels
+    them, and a utility maps a subset of player indices to training rows with
+    :meth:`train_indices`.
+
+    Parameters
+    ----------
+    x_train, y_train : array-like or dask array
+        Training features (n, ...) and targets (n,) or (n, k).
+    x_test, y_test : array-like or dask array
+        Test features and targets used by scorers.
+    data_names : sequence, optional
+        Unique labels of the training points; default ``0..n-1``.
+    feature_names : sequence of str, optional
+        Names of the feature columns of 2-d ``x``; default ``x0, x1, ...``.
+    target_names : sequence of str, optional
+        Names of the classes or targets, kept for display.
+    description : str, optional
+        Free text kept with the data.
+
+    Notes
+    -----
+    The fingerprint is computed once, here, and is what caches and graph keys
+    use to tell datasets apart. numpy inputs are checked for NaN/inf; dask
+    arrays are checked for shape only (checking their values would compute them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = Dataset.from_arrays(np.arange(20.).reshape(10, 2), np.arange(10) % 2, train_size=0.6, seed=0)
+    >>> data.n_players, len(data.x_test)
+    (6, 4)
+    """
+
+    def __init__(
+        self,
+        x_train: Any,
+        y_train: Any,
+        x_test: Any,
+        y_test: Any,
+        *,
+        data_names: Sequence[Any] | np.ndarray | None = None,
+        feature_names: Sequence[str] | None = None,
+        target_names: Sequence[str] | None = None,
+        description: str | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        self.x_train = check_array(x_train, "x_train", owner, ndim=(1, 2, 3, 4))
+        self.y_train = check_array(y_train, "y_train", owner, ndim=(1, 2))
+        self.x_test = check_array(x_test, "x_test", owner, ndim=(1, 2, 3, 4))
+        self.y_test = check_array(y_test, "y_test", owner, ndim=(1, 2))
+        n = check_consistent_length(owner, x_train=self.x_train, y_train=self.y_train)
+        check_consistent_length(owner, x_test=self.x_test, y_test=self.y_test)
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise InvalidDataError(
+                f"x_train and x_test of {owner} must have the same feature shape. "
+                f"Got {tuple(self.x_train.shape[1:])} and {tuple(self.x_test.shape[1:])}."
+            )
+        self._n_samples = n
+        self.data_names = _as_labels(data_names, n, "data_names", owner)
+        n_features = self.x_train.shape[1] if self.x_train.ndim == 2 else 1
+        self.feature_names = _as_labels(feature_names, n_features, "feature_names", owner, default_prefix="x")
+        self.target_names = None if target_names is None else np.asarray(target_names).astype(str)
+        self.description = description
+        self.fingerprint = fingerprint(
+            type(self).__name__,
+            self.x_train,
+            self.y_train,
+            self.x_test,
+            self.y_test,
+            self.data_names,
+            self.feature_names,
+            self._extra_fingerprint(),
+        )
+
+    # -- constructors ----------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        x: Any,
+        y: Any,
+        *,
+        train_size: float = 0.8,
+        seed: SeedLike = None,
+        stratify: bool = False,
+        data_names: Sequence[Any] | np.ndarray | None = None,
+        feature_names: Sequence[str] | None = None,
+        target_names: Sequence[str] | None = None,
+        description: str | None = None,
+        **kwargs: Any,
+    ) -> Dataset:
+        """Split ``x, y`` into train and test parts (a random split).
+
+        ``data_names`` labels the rows of ``x`` *before* splitting (default: the
+        row numbers); the training points keep their labels. ``stratify=True`` keeps class proportions.
+        Extra keyword arguments go to the class constructor (e.g. ``data_groups``
+        of :class:`GroupedDataset`, given per row of ``x``).
+        """
+        from sklearn.model_selection import train_test_split
+
+        owner = f"{cls.__name__}.from_arrays"
+        x = check_array(x, "x", owner, ndim=(1, 2, 3, 4))
+        y = check_array(y, "y", owner, ndim=(1, 2))
+        n = check_consistent_length(owner, x=x, y=y)
+        check_real(train_size, "train_size", owner, low=0.0, high=1.0, low_open=True, high_open=True)
+        if n < 2:
+            raise InvalidDataError(f"{owner} needs at least 2 samples to split. Got {n}.")
+        rows = np.arange(n)
+        rng_seed = int(as_seed_sequence(seed, "seed", owner).generate_state(1)[0])
+        y_np = np.asarray(y) if not is_dask_array(y) else y.compute()
+        train_rows, test_rows = train_test_split(
+            rows, train_size=train_size, random_state=rng_seed, stratify=y_np if stratify else None
+        )
+        train_rows.sort()
+        test_rows.sort()
+        # Training points keep the labels of their rows in the input (by default the row numbers).
+        names = _as_labels(data_names, n, "data_names", owner)[train_rows]
+        per_row = {k: np.asarray(v)[train_rows] for k, v in kwargs.items() if _is_per_row(v, n)}
+        kwargs.update(per_row)
+        return cls(
+            x[train_rows],
+            y[train_rows],
+            x[test_rows],
+            y[test_rows],
+            data_names=names,
+            feature_names=feature_names,
+            target_names=target_names,
+            description=description,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_sklearn(
+        cls,
+        data: Any,
+        *,
+        train_size: float = 0.8,
+        seed: SeedLike = None,
+        stratify: bool = False,
+        **kwargs: Any,
+    ) -> Dataset:
+        """Build from a scikit-learn ``Bunch`` or a loader such as ``load_iris``.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> Dataset.from_sklearn(load_iris, train_size=0.5, seed=0).n_players
+        75
+        """
+        owner = f"{cls.__name__}.from_sklearn"
+        bunch = data() if callable(data) else data
+        if not hasattr(bunch, "data") or not hasattr(bunch, "target"):
+            raise InvalidParameterError(
+                f"The 'data' argument of {owner} must be a sklearn Bunch with 'data' and 'target' "
+                f"or a loader returning one (e.g. sklearn.datasets.load_iris). Got {type(bunch).__name__}."
+            )
+        feature_names = getattr(bunch, "feature_names", None)
+        target_names = getattr(bunch, "target_names", None)
+        kwargs.setdefault("feature_names", None if feature_names is None else list(map(str, feature_names)))
+        kwargs.setdefault("target_names", None if target_names is None else list(map(str, target_names)))
+        kwargs.setdefault("description", getattr(bunch, "DESCR", None))
+        x, y = np.asarray(bunch.data), np.asarray(bunch.target)
+        return cls.from_arrays(x, y, train_size=train_size, seed=seed, stratify=stratify, **kwargs)
+
+    # -- players ---------------------------------------------------------------------
+    @property
+    def n_players(self) -> int:
+        """Number of players (training points here; groups in GroupedDataset)."""
+        return self._n_samples
+
+    @property
+    def n_samples(self) -> int:
+        """Number of training rows."""
+        return self._n_samples
+
+    def train_indices(self, players: np.ndarray) -> np.ndarray:
+        """Training rows that make up the given players (identity here)."""
+        return np.asarray(players, dtype=np.int64)
+
+    def _extra_fingerprint(self) -> Any:
+        return None
+
+    def __dask_tokenize__(self) -> str:
+        return self.fingerprint
+
+    def __len__(self) -> int:
+        return self.n_players
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} n_players={self.n_players} train={tuple(self.x_train.shape)} "
+            f"test={tuple(self.x_test.shape)} fingerprint={self.fingerprint[:8]}>"
+        )
+
+    def materialize(self) -> Dataset:
+        """Return a dataset whose arrays are numpy (dask arrays computed); same fingerprint."""
+        if not any(is_dask_array(a) for a in (self.x_train, self.y_train, self.x_test, self.y_test)):
+            return self
+        import copy
+
+        import dask
+
+        clone = copy.copy(self)
+        clone.x_train, clone.y_train, clone.x_test, clone.y_test = dask.compute(
+            self.x_train, self.y_train, self.x_test, self.y_test
+        )
+        return clone
+
+
+def _is_per_row(value: Any, n: int) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, str) and len(value) == n
+
+
+class GroupedDataset(Dataset):
+    """A dataset whose players are groups of training points.
+
+    Parameters
+    ----------
+    x_train, y_train, x_test, y_test
+        As in :class:`Dataset`.
+    data_groups : sequence
+        Group label of each training row (length n). Groups are ordered by
+        their sorted label and become the players: ``data_names`` holds the
+        group labels and ``sample_names`` the labels of the rows.
+    data_names : sequence, optional
+        Labels of the training *rows* (kept as ``sample_names``).
+    **kwargs
+        Passed to :class:`Dataset` (``feature_names``, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(12.).reshape(6, 2); y = np.array([0, 1, 0, 1, 0, 1])
+    >>> g = GroupedDataset(x, y, x, y, data_groups=["a", "a", "b", "b", "c", "c"])
+    >>> g.n_players, g.data_names.tolist(), g.train_indices(np.array([2, 0])).tolist()
+    (3, ['a', 'b', 'c'], [0, 1, 4, 5])
+    """
+
+    def __init__(
+        self,
+        x_train: Any,
+        y_train: Any,
+        x_test: Any,
+        y_test: Any,
+        *,
+        data_groups: Sequence[Any] | np.ndarray,
+        data_names: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        groups = np.asarray(data_groups)
+        n = np.shape(x_train)[0] if hasattr(x_train, "shape") else len(x_train)
+        if groups.ndim != 1 or groups.shape[0] != n:
+            raise InvalidDataError(
+                f"The 'data_groups' argument of GroupedDataset must have one label per training row ({n}). "
+                f"Got shape {groups.shape}."
+            )
+        if groups.dtype == object:
+            groups = groups.astype(str)
+        self.group_names, self._group_of_row = np.unique(groups, return_inverse=True)
+        order = np.argsort(self._group_of_row, kind="stable")
+        counts = np.bincount(self._group_of_row, minlength=len(self.group_names))
+        self._rows_by_group = np.split(order, np.cumsum(counts)[:-1])
+        self.data_groups = groups
+        super().__init__(x_train, y_train, x_test, y_test, data_names=data_names, **kwargs)
+        self.sample_names = self.data_names
+        self.data_names = self.group_names
+
+    @property
+    def n_players(self) -> int:
+        return len(self.group_names)
+
+    def train_indices(self, players: np.ndarray) -> np.ndarray:
+        players = np.asarray(players, dtype=np.int64)
+        if players.size == 0:
+            return players
+        return np.sort(np.concatenate([self._rows_by_group[p] for p in players]))
+
+    def _extra_fingerprint(self) -> Any:
+        return self.data_groups
+
+    @classmethod
+    def from_dataset(cls, data: Dataset, data_groups: Sequence[Any] | np.ndarray) -> GroupedDataset:
+        """Group the training points of an existing :class:`Dataset`."""
+        return cls(
+            data.x_train,
+            data.y_train,
+            data.x_test,
+            data.y_test,
+            data_groups=data_groups,
+            feature_names=list(data.feature_names),
+            target_names=data.target_names,
+            description=data.description,
+        )
+
+
+Loader = Callable[[], Any]

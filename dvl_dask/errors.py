@@ -1,0 +1,129 @@
+"""Exceptions and warnings raised by dvl_dask.
+
+Every exception derives from :class:`DvlDaskError` *and* from the builtin that
+matches its meaning, so callers can catch either ``dvl_dask.errors.X`` or the
+builtin they already handle (``except ValueError``)::
+
+    DvlDaskError (Exception)
+    ├── InvalidParameterError (ValueError)     a parameter has a bad value
+    │   ├── UnknownScorerError                 scorer name sklearn does not know
+    │   ├── TooManyPlayersError                exact method asked for too many points
+    │   └── UnknownModeError                   influence mode not understood
+    ├── InvalidDataError (ValueError)          arrays: shapes, NaN/inf, empty
+    │   └── UnalignedChunksError               chunks of x and y disagree
+    ├── InvalidModelError (TypeError)          model lacks fit/predict or is unusable
+    ├── NotFittedError (RuntimeError)          an influence model used before fit()
+    ├── SchemaError (ValueError)               a result does not follow the schema
+    ├── ResultExistsError (FileExistsError)    refusing to overwrite a stored result
+    ├── CheckpointMismatchError (ValueError)   a checkpoint of another run/utility
+    ├── TokenizationError (RuntimeError)       an object cannot be hashed deterministically
+    ├── CacheError (RuntimeError)              a cache backend failed
+    └── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+
+    DvlDaskWarning (UserWarning)
+    ├── UtilityFailureWarning                  a fit failed; default score used
+    ├── CacheUnavailableWarning                cache backend down; running uncached
+    └── ConvergenceWarning                     an iterative solver did not converge
+
+Messages follow one shape: what was wrong, what we got, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "CacheUnavailableWarning",
+    "CheckpointMismatchError",
+    "ConvergenceWarning",
+    "DvlDaskError",
+    "DvlDaskWarning",
+    "InvalidDataError",
+    "InvalidModelError",
+    "InvalidParameterError",
+    "NotFittedError",
+    "ResultExistsError",
+    "SchemaError",
+    "ThreadSafetyViolationError",
+    "TokenizationError",
+    "TooManyPlayersError",
+    "UnalignedChunksError",
+    "UnknownModeError",
+    "UnknownScorerError",
+    "UtilityFailureWarning",
+]
+
+
+class DvlDaskError(Exception):
+    """Base class of every exception raised by dvl_dask."""
+
+
+class InvalidParameterError(DvlDaskError, ValueError):
+    """A parameter has a value outside what the function accepts."""
+
+
+class UnknownScorerError(InvalidParameterError):
+    """A scorer was given by a name that scikit-learn does not know."""
+
+
+class TooManyPlayersError(InvalidParameterError):
+    """An exact method was asked to enumerate more subsets than allowed."""
+
+
+class UnknownModeError(InvalidParameterError):
+    """An influence mode is not one of :class:`InfluenceMode`."""
+
+
+class InvalidDataError(DvlDaskError, ValueError):
+    """Input arrays have the wrong shape, contain NaN/inf or are empty."""
+
+
+class UnalignedChunksError(InvalidDataError):
+    """Chunked inputs that must share chunks along the sample axis do not."""
+
+
+class InvalidModelError(DvlDaskError, TypeError):
+    """A model does not provide the methods a utility or influence model needs."""
+
+
+class NotFittedError(DvlDaskError, RuntimeError):
+    """A model was used before it was fitted."""
+
+
+class SchemaError(DvlDaskError, ValueError):
+    """A result object does not follow dvl_dask's result schema."""
+
+
+class ResultExistsError(DvlDaskError, FileExistsError):
+    """Writing a result would overwrite an existing one without permission."""
+
+
+class CheckpointMismatchError(DvlDaskError, ValueError):
+    """A checkpoint belongs to another utility, method or parameter set."""
+
+
+class TokenizationError(DvlDaskError, RuntimeError):
+    """An object cannot be hashed deterministically, so it cannot key a cache."""
+
+
+class CacheError(DvlDaskError, RuntimeError):
+    """A cache backend failed in a way that cannot be recovered silently."""
+
+
+class ThreadSafetyViolationError(DvlDaskError, RuntimeError):
+    """A model that is not thread-safe would run on multi-threaded workers."""
+
+
+class DvlDaskWarning(UserWarning):
+    """Base class of warnings issued by dvl_dask."""
+
+
+class UtilityFailureWarning(DvlDaskWarning):
+    """Fitting or scoring a model failed and the default score was used."""
+
+
+class CacheUnavailableWarning(DvlDaskWarning):
+    """A cache backend is unreachable; computation continues uncached."""
+
+
+class ConvergenceWarning(DvlDaskWarning):
+    """An iterative solver stopped before reaching its tolerance."""

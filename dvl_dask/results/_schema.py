@@ -1,0 +1,171 @@
+"""THE place that knows the names of result dimensions, variables and attrs.
+
+A valuation result is an ``xr.Dataset``::
+
+    dims       ("sample",)
+    coords     sample          labels of the players (data names or group names)
+    data_vars  value   float64 estimated value of each player
+               stderr  float64 standard error of ``value`` (0 for exact methods)
+               count   int64   number of marginal contributions behind ``value``
+    attrs      method, parameters (JSON text), seed, utility_token,
+               n_evaluations, dvl_dask_version, schema_version
+
+An influence result is an ``xr.DataArray`` named ``influence`` with dims
+("test_sample", "train_sample", *feature dims) built by :func:`influence_dataarray`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .._version import __version__
+from ..errors import SchemaError
+
+__all__ = [
+    "ATTRS",
+    "SAMPLE_DIM",
+    "SCHEMA_VERSION",
+    "TEST_DIM",
+    "TRAIN_DIM",
+    "VARIABLES",
+    "influence_dataarray",
+    "parameters_of",
+    "validate_valuation_dataset",
+    "valuation_dataset",
+]
+
+SCHEMA_VERSION = 1
+SAMPLE_DIM = "sample"
+TEST_DIM = "test_sample"
+TRAIN_DIM = "train_sample"
+VARIABLES = {"value": np.float64, "stderr": np.float64, "count": np.int64}
+ATTRS = (
+    "method",
+    "parameters",
+    "seed",
+    "utility_token",
+    "n_evaluations",
+    "dvl_dask_version",
+    "schema_version",
+)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def valuation_dataset(
+    value: Any,
+    stderr: Any,
+    count: Any,
+    *,
+    data_names: Sequence[Any] | np.ndarray,
+    method: str,
+    parameters: Mapping[str, Any] | None = None,
+    seed: str | None = None,
+    utility_token: str = "",
+    n_evaluations: int = 0,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Wrap per-player arrays (numpy or dask, kept lazy) into a valuation Dataset.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = valuation_dataset(np.ones(2), np.zeros(2), np.ones(2, int), data_names=["a", "b"], method="demo")
+    >>> ds.value.dims, ds.sample.values.tolist()
+    (('sample',), ['a', 'b'])
+    """
+    names = np.asarray(data_names)
+    arrays = {"value": value, "stderr": stderr, "count": count}
+    data_vars = {}
+    for name, arr in arrays.items():
+        if tuple(arr.shape) != (len(names),):
+            raise SchemaError(
+                f"The {name!r} array must have shape ({len(names)},) to match data_names. Got {tuple(arr.shape)}."
+            )
+        data_vars[name] = ((SAMPLE_DIM,), arr.astype(VARIABLES[name]))
+    attrs = {
+        "method": str(method),
+        "parameters": json.dumps(_jsonable(dict(parameters or {})), sort_keys=True),
+        "seed": "" if seed is None else str(seed),
+        "utility_token": str(utility_token),
+        "n_evaluations": int(n_evaluations),
+        "dvl_dask_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+    }
+    if extra_attrs:
+        attrs.update({k: _jsonable(v) for k, v in extra_attrs.items()})
+    return xr.Dataset(data_vars, coords={SAMPLE_DIM: names}, attrs=attrs)
+
+
+def parameters_of(ds: xr.Dataset) -> dict[str, Any]:
+    """The method parameters recorded in a result, as a dict."""
+    return json.loads(ds.attrs.get("parameters", "{}"))
+
+
+def validate_valuation_dataset(ds: Any) -> xr.Dataset:
+    """Check that ``ds`` follows the valuation schema; return it or raise :class:`SchemaError`."""
+    if not isinstance(ds, xr.Dataset):
+        raise SchemaError(f"A valuation result must be an xarray.Dataset. Got {type(ds).__name__}.")
+    missing = [v for v in VARIABLES if v not in ds.data_vars]
+    if missing:
+        raise SchemaError(f"The result lacks the variable(s) {missing}; it was not written by dvl_dask.")
+    for name, dtype in VARIABLES.items():
+        var = ds[name]
+        if var.dims != (SAMPLE_DIM,):
+            raise SchemaError(f"Variable {name!r} must have dims ('{SAMPLE_DIM}',). Got {var.dims}.")
+        if var.dtype != np.dtype(dtype):
+            raise SchemaError(f"Variable {name!r} must have dtype {np.dtype(dtype)}. Got {var.dtype}.")
+    if SAMPLE_DIM not in ds.coords:
+        raise SchemaError(f"The result lacks the '{SAMPLE_DIM}' coordinate holding the data names.")
+    missing_attrs = [a for a in ATTRS if a not in ds.attrs]
+    if missing_attrs:
+        raise SchemaError(f"The result lacks the attribute(s) {missing_attrs}.")
+    if int(ds.attrs["schema_version"]) > SCHEMA_VERSION:
+        raise SchemaError(
+            f"The result has schema version {ds.attrs['schema_version']}, newer than this dvl_dask "
+            f"understands ({SCHEMA_VERSION}). To fix, upgrade dvl_dask."
+        )
+    return ds
+
+
+def influence_dataarray(
+    values: Any,
+    *,
+    test_names: Sequence[Any] | np.ndarray | None = None,
+    train_names: Sequence[Any] | np.ndarray | None = None,
+    feature_dims: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Label a (test × train [× features]) influence array, numpy or dask, lazily."""
+    shape = tuple(values.shape)
+    if len(shape) < 2:
+        raise SchemaError(f"Influence values must have at least 2 dims (test, train). Got shape {shape}.")
+    n_extra = len(shape) - 2
+    feature_dims = list(feature_dims) if feature_dims is not None else [f"feature_{i}" for i in range(n_extra)]
+    if len(feature_dims) != n_extra:
+        raise SchemaError(f"Expected {n_extra} feature dim names for shape {shape}. Got {feature_dims}.")
+    coords = {
+        TEST_DIM: np.arange(shape[0]) if test_names is None else np.asarray(test_names),
+        TRAIN_DIM: np.arange(shape[1]) if train_names is None else np.asarray(train_names),
+    }
+    for dim, n in zip((TEST_DIM, TRAIN_DIM), shape[:2], strict=True):
+        if len(coords[dim]) != n:
+            raise SchemaError(f"{dim} labels have length {len(coords[dim])}, the array has {n} along it.")
+    base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
+    base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
+    return xr.DataArray(values, dims=(TEST_DIM, TRAIN_DIM, *feature_dims), coords=coords, name="influence", attrs=base)

@@ -1,0 +1,203 @@
+"""Cooperative games with known Shapley values, usable wherever a Utility is.
+
+Each game is cheap to evaluate, implements the :class:`~dvl_dask.typing.UtilityLike`
+protocol (``n_players``, ``data_names``, ``token``, ``__call__``) and has a
+``shapley_values()`` method computing the values from a closed form (never by
+enumerating coalitions), which makes it a ground truth for estimators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..keys import canonical_indices, fingerprint
+from ..validation import check_positive_int
+
+__all__ = [
+    "AdditiveGame",
+    "AirportGame",
+    "Game",
+    "MinerGame",
+    "ShoesGame",
+    "SymmetricVotingGame",
+    "WeightedVotingGame",
+]
+
+
+class Game:
+    """Base class: a coalition value ``v(S)`` over players ``0..n-1``."""
+
+    def __init__(self, n_players: int) -> None:
+        self._n = check_positive_int(n_players, "n_players", type(self).__name__)
+        self.token = fingerprint(type(self).__name__, self._params())
+
+    @property
+    def n_players(self) -> int:
+        return self._n
+
+    @property
+    def data_names(self) -> np.ndarray:
+        return np.arange(self._n, dtype=np.int64)
+
+    def _params(self) -> object:
+        return self._n
+
+    def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
+        players = canonical_indices(indices)
+        if players.size and (players[0] < 0 or players[-1] >= self._n):
+            raise InvalidParameterError(f"Player indices must lie in [0, {self._n}). Got {players}.")
+        return float(self.value(players))
+
+    def value(self, players: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def shapley_values(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_players={self._n})"
+
+
+class AdditiveGame(Game):
+    """``v(S) = sum of w_i over S``; Shapley values equal the weights."""
+
+    def __init__(self, weights: Sequence[float]) -> None:
+        self.weights = np.asarray(weights, dtype=np.float64)
+        super().__init__(len(self.weights))
+
+    def _params(self) -> object:
+        return self.weights
+
+    def value(self, players: np.ndarray) -> float:
+        return float(self.weights[players].sum())
+
+    def shapley_values(self) -> np.ndarray:
+        return self.weights.copy()
+
+
+class SymmetricVotingGame(Game):
+    """Majority vote: ``v(S) = 1`` if ``|S| > n/2`` else 0. Every player gets ``1/n``."""
+
+    def value(self, players: np.ndarray) -> float:
+        return 1.0 if players.size > self._n / 2 else 0.0
+
+    def shapley_values(self) -> np.ndarray:
+        return np.full(self._n, 1.0 / self._n)
+
+
+class WeightedVotingGame(Game):
+    """``v(S) = 1`` if the weights in S reach ``quota``, else 0.
+
+    Shapley values (Shapley-Shubik power index) come from a dynamic program
+    over coalition sizes and weights -- polynomial in n and the total weight,
+    not an enumeration of coalitions. Weights must be non-negative integers.
+    """
+
+    def __init__(self, weights: Sequence[int], quota: int) -> None:
+        w = np.asarray(weights)
+        if not np.issubdtype(w.dtype, np.integer) or (w < 0).any():
+            raise InvalidParameterError("The 'weights' of WeightedVotingGame must be non-negative integers.")
+        self.weights = w.astype(np.int64)
+        self.quota = check_positive_int(quota, "quota", "WeightedVotingGame")
+        super().__init__(len(w))
+
+    def _params(self) -> object:
+        return (self.weights, self.quota)
+
+    def value(self, players: np.ndarray) -> float:
+        return 1.0 if self.weights[players].sum() >= self.quota else 0.0
+
+    def shapley_values(self) -> np.ndarray:
+        n, total = self._n, int(self.weights.sum())
+        phi = np.zeros(n)
+        for i in range(n):
+            others = np.delete(self.weights, i)
+            # ways[k, t]: number of k-subsets of the other players with total weight t
+            ways = np.zeros((n, total + 1), dtype=object)
+            ways[0, 0] = 1
+            for w in others:
+                ways[1:, w:] = ways[1:, w:] + ways[:-1, : total + 1 - w]
+            lo, hi = max(self.quota - self.weights[i], 0), self.quota - 1
+            acc = 0.0
+            for k in range(n):
+                swing = int(sum(ways[k, lo : hi + 1])) if hi >= lo else 0
+                acc += swing * math.factorial(k) * math.factorial(n - k - 1)
+            phi[i] = acc / math.factorial(n)
+        return phi
+
+
+class ShoesGame(Game):
+    """Players ``0..left-1`` own left shoes, the rest right shoes; ``v(S)`` is the
+    number of pairs in S. Values come from a hypergeometric sum."""
+
+    def __init__(self, left: int, right: int) -> None:
+        self.left = check_positive_int(left, "left", "ShoesGame")
+        self.right = check_positive_int(right, "right", "ShoesGame")
+        super().__init__(left + right)
+
+    def _params(self) -> object:
+        return (self.left, self.right)
+
+    def value(self, players: np.ndarray) -> float:
+        n_left = int((players < self.left).sum())
+        return float(min(n_left, players.size - n_left))
+
+    def _value_of_own_side(self, own: int, other: int) -> float:
+        # A player's marginal is 1 iff fewer of its own side than of the other
+        # side precede it. The predecessors form a uniform random k-subset of the
+        # other n-1 players, with k uniform on 0..n-1.
+        n = own + other
+        total = 0.0
+        for k in range(n):
+            denom = math.comb(n - 1, k)
+            hits = sum(math.comb(own - 1, a) * math.comb(other, k - a) for a in range(0, k + 1) if a < k - a)
+            total += hits / denom
+        return total / n
+
+    def shapley_values(self) -> np.ndarray:
+        left_value = self._value_of_own_side(self.left, self.right)
+        right_value = self._value_of_own_side(self.right, self.left)
+        return np.r_[np.full(self.left, left_value), np.full(self.right, right_value)]
+
+
+class AirportGame(Game):
+    """Runway cost game: ``v(S) = max cost over S``; costs sorted ascending.
+
+    ``phi_i = sum_{j <= i} (c_j - c_{j-1}) / (n - j)`` with ``c_{-1} = 0``
+    (0-based j): each runway segment is shared by the players that need it.
+    """
+
+    def __init__(self, costs: Sequence[float]) -> None:
+        c = np.asarray(costs, dtype=np.float64)
+        if c.ndim != 1 or np.any(np.diff(c) < 0):
+            raise InvalidParameterError("The 'costs' of AirportGame must be a 1-d ascending sequence.")
+        self.costs = c
+        super().__init__(len(c))
+
+    def _params(self) -> object:
+        return self.costs
+
+    def value(self, players: np.ndarray) -> float:
+        return float(self.costs[players].max()) if players.size else 0.0
+
+    def shapley_values(self) -> np.ndarray:
+        n = self._n
+        increments = np.diff(np.r_[0.0, self.costs]) / (n - np.arange(n))
+        return np.cumsum(increments)
+
+
+class MinerGame(Game):
+    """Miners work in pairs: ``v(S) = floor(|S| / 2)``. By symmetry each gets ``floor(n/2)/n``."""
+
+    def value(self, players: np.ndarray) -> float:
+        return float(players.size // 2)
+
+    def shapley_values(self) -> np.ndarray:
+        return np.full(self._n, (self._n // 2) / self._n)

@@ -1,0 +1,102 @@
+"""Scorers: how a fitted model is scored on the test data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError, UnknownScorerError
+from ..keys import code_fingerprint, fingerprint
+
+__all__ = ["Scorer", "as_scorer"]
+
+# Ranges of common sklearn scorers; used for default scores and clipping.
+_KNOWN_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "balanced_accuracy": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+    "roc_auc": (0.0, 1.0),
+    "r2": (-np.inf, 1.0),
+    "neg_mean_squared_error": (-np.inf, 0.0),
+    "neg_mean_absolute_error": (-np.inf, 0.0),
+    "neg_root_mean_squared_error": (-np.inf, 0.0),
+    "neg_log_loss": (-np.inf, 0.0),
+}
+
+
+class Scorer:
+    """A callable ``scorer(model, x, y) -> float`` with a name and a known range.
+
+    Parameters
+    ----------
+    scoring : str or callable
+        A scikit-learn scorer name (``"accuracy"``, ``"neg_mean_squared_error"``, ...)
+        or a callable ``(model, x, y) -> float``.
+    range : (float, float), optional
+        Values the score can take. Known for common sklearn names.
+    name : str, optional
+        Display name; defaults to the scorer name or the callable's name.
+
+    Examples
+    --------
+    >>> s = Scorer("accuracy")
+    >>> s.name, s.range
+    ('accuracy', (0.0, 1.0))
+    """
+
+    def __init__(
+        self,
+        scoring: str | Callable[[Any, Any, Any], float],
+        *,
+        range: tuple[float, float] | None = None,  # noqa: A002 - the natural name
+        name: str | None = None,
+    ) -> None:
+        if isinstance(scoring, str):
+            from sklearn.metrics import get_scorer, get_scorer_names
+
+            if scoring not in get_scorer_names():
+                import difflib
+
+                close = difflib.get_close_matches(scoring, list(get_scorer_names()), n=3)
+                hint = f" Did you mean one of {close}?" if close else ""
+                raise UnknownScorerError(
+                    f"The 'scoring' parameter must be a scikit-learn scorer name or a callable. "
+                    f"Got unknown name {scoring!r}.{hint} To list names, call "
+                    "sklearn.metrics.get_scorer_names()."
+                )
+            self._fn = get_scorer(scoring)
+            self.name = name or scoring
+            self._token = fingerprint("sklearn-scorer", scoring)
+            default_range = _KNOWN_RANGES.get(scoring, (-np.inf, np.inf))
+        elif callable(scoring):
+            self._fn = scoring
+            self.name = name or getattr(scoring, "__name__", type(scoring).__name__)
+            self._token = fingerprint("callable-scorer", code_fingerprint(scoring))
+            default_range = (-np.inf, np.inf)
+        else:
+            raise InvalidParameterError(
+                f"The 'scoring' parameter must be a scikit-learn scorer name or a callable "
+                f"(model, x, y) -> float. Got {type(scoring).__name__}."
+            )
+        lo, hi = default_range if range is None else (float(range[0]), float(range[1]))
+        if not lo <= hi:
+            raise InvalidParameterError(f"The 'range' parameter of Scorer must satisfy low <= high. Got {range}.")
+        self.range = (lo, hi)
+
+    def __call__(self, model: Any, x: Any, y: Any) -> float:
+        return float(self._fn(model, x, y))
+
+    def __dask_tokenize__(self) -> str:
+        return fingerprint(self._token, self.range)
+
+    def __repr__(self) -> str:
+        return f"Scorer({self.name!r}, range={self.range})"
+
+
+def as_scorer(scoring: str | Callable[..., float] | Scorer) -> Scorer:
+    """Return ``scoring`` as a :class:`Scorer`."""
+    return scoring if isinstance(scoring, Scorer) else Scorer(scoring)

@@ -1,0 +1,220 @@
+"""Utility: model + data + scorer, a function from subsets of players to scores."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from .. import config
+from ..data import Dataset
+from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
+from ..keys import canonical_indices, fingerprint
+from ._scorers import Scorer, as_scorer
+
+__all__ = ["Utility"]
+
+
+def _model_token(model: Any) -> str:
+    """Token of an unfitted model's class and hyper-parameters."""
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    if hasattr(model, "get_params"):
+        params = model.get_params(deep=True)
+        safe = {k: v for k, v in params.items() if not hasattr(v, "get_params")}
+        return fingerprint(cls, sorted((k, repr(v)) for k, v in safe.items()))
+    return fingerprint(cls, repr(model))
+
+
+def _clone(model: Any) -> Any:
+    if hasattr(model, "get_params"):
+        from sklearn.base import clone
+
+        return clone(model)
+    return copy.deepcopy(model)
+
+
+class Utility:
+    """The value of a coalition of players: fit ``model`` on it, score on test data.
+
+    ``u(indices)`` clones the (unfitted) model, fits it on the training rows of
+    the given players and returns ``scorer(model, x_test, y_test)``. Empty
+    subsets, single-class subsets of classifiers and (with ``catch_errors``)
+    failing fits return ``default_score``.
+
+    Parameters
+    ----------
+    model : estimator
+        A scikit-learn style model with ``fit(x, y)``.
+    data : Dataset
+        Training points (the players) and test data.
+    scorer : str, callable or Scorer
+        How to score the fitted model, e.g. ``"accuracy"``.
+    default_score : float, optional
+        Score of coalitions the model cannot be fitted on. Default from
+        ``dvl_dask.utility.default-score`` (0.0).
+    catch_errors : bool
+        Return ``default_score`` (with a :class:`UtilityFailureWarning`) when
+        fitting or scoring raises, instead of failing the whole computation.
+    cache : CacheBackend, optional
+        Memoize evaluations in this backend (keys include the data fingerprint,
+        model parameters, scorer and the sorted coalition).
+
+    Notes
+    -----
+    The data fingerprint is computed once when the Dataset is built; the
+    utility's token (``__dask_tokenize__``) combines it with the model's
+    hyper-parameters and the scorer, so equal utilities share graph keys and
+    cache entries across processes and machines.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.datasets import load_iris
+    >>> data = Dataset.from_sklearn(load_iris, train_size=0.3, seed=1, stratify=True)
+    >>> u = Utility(LogisticRegression(max_iter=500), data, "accuracy")
+    >>> u([]) == 0.0 and 0.5 < u(range(data.n_players)) <= 1.0
+    True
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        data: Dataset,
+        scorer: str | Callable[..., float] | Scorer,
+        *,
+        default_score: float | None = None,
+        catch_errors: bool = True,
+        cache: Any = None,
+    ) -> None:
+        if not callable(getattr(model, "fit", None)):
+            raise InvalidModelError(
+                f"The 'model' argument of Utility must have a fit(x, y) method (scikit-learn API). "
+                f"Got {type(model).__name__}. To fix, wrap your model in an object with fit/predict."
+            )
+        if not isinstance(data, Dataset):
+            raise InvalidParameterError(
+                f"The 'data' argument of Utility must be a dvl_dask.Dataset. Got {type(data).__name__}. "
+                "To fix, build one with Dataset.from_arrays(x, y) or Dataset(x_train, y_train, x_test, y_test)."
+            )
+        self.model = model
+        self.data = data
+        self.scorer = as_scorer(scorer)
+        ds = config.get(config.UTILITY_DEFAULT_SCORE, override_with=default_score)
+        self.default_score = float(ds)
+        self.catch_errors = bool(catch_errors)
+        self._is_classifier = _is_classifier(model)
+        self.token = fingerprint(
+            "Utility", data.fingerprint, _model_token(model), self.scorer, self.default_score, self.catch_errors
+        )
+        self.cache = cache
+        self._memoized: Callable[[np.ndarray], float] | None = None
+        if cache is not None:
+            self._memoized = _memoize_for(self, cache)
+        self._materialized: Dataset | None = None
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def n_players(self) -> int:
+        """Number of players (training points or groups)."""
+        return self.data.n_players
+
+    @property
+    def data_names(self) -> np.ndarray:
+        """Labels of the players."""
+        return self.data.data_names
+
+    # -- evaluation ----------------------------------------------------------------------
+    def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
+        """Score of the coalition ``indices`` (order and repetition are ignored)."""
+        players = canonical_indices(indices)
+        if players.size and (players[0] < 0 or players[-1] >= self.n_players):
+            raise InvalidParameterError(
+                f"Player indices must lie in [0, {self.n_players}). Got min {players[0]}, max {players[-1]}."
+            )
+        if self._memoized is not None:
+            return self._memoized(players)
+        return self.fit_and_score(players)
+
+    def fit_and_score(self, players: np.ndarray) -> float:
+        """Fit a fresh clone on the given (canonical) players and score it; no cache."""
+        data = self._numpy_data()
+        rows = data.train_indices(players)
+        if rows.size == 0:
+            return self.default_score
+        y = data.y_train[rows]
+        if self._is_classifier and np.unique(y).size < 2:
+            return self.default_score
+        model = _clone(self.model)
+        try:
+            model.fit(data.x_train[rows], y)
+            score = self.scorer(model, data.x_test, data.y_test)
+        except Exception as exc:
+            if not self.catch_errors:
+                raise
+            warnings.warn(
+                f"Fitting or scoring on {players.size} player(s) failed ({type(exc).__name__}: {exc}); "
+                f"using default_score={self.default_score}.",
+                UtilityFailureWarning,
+                stacklevel=2,
+            )
+            return self.default_score
+        if not np.isfinite(score):
+            return self.default_score
+        return score
+
+    def _numpy_data(self) -> Dataset:
+        if self._materialized is None:
+            self._materialized = self.data.materialize()
+        return self._materialized
+
+    # -- hashing, pickling, display -----------------------------------------------------
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_materialized"] = None
+        state["_memoized"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.cache is not None:
+            self._memoized = _memoize_for(self, self.cache)
+
+    def __repr__(self) -> str:
+        return (
+            f"Utility(model={type(self.model).__name__}, n_players={self.n_players}, "
+            f"scorer={self.scorer.name!r}, token={self.token[:8]})"
+        )
+
+
+def _is_classifier(model: Any) -> bool:
+    try:
+        from sklearn.base import is_classifier
+
+        return bool(is_classifier(model))
+    except Exception:  # pragma: no cover - non-sklearn objects
+        return False
+
+
+def _memoize_for(utility: Utility, cache: Any) -> Callable[[np.ndarray], float]:
+    """Wrap ``utility.fit_and_score`` with the cache; keys come from ``dvl_dask.cache``.
+
+    ``fit_and_score`` receives canonical (sorted, unique) indices from
+    ``__call__``, so equal coalitions share a key; the key's state part is the
+    utility's token (data fingerprint, model parameters, scorer). Options such
+    as ``dvl_dask.cache.allow-repeated-evaluations`` are read from the config.
+    """
+    from ..cache import CacheBackend, memoize
+
+    if not isinstance(cache, CacheBackend):
+        raise InvalidParameterError(
+            f"The 'cache' argument of Utility must be a dvl_dask.cache.CacheBackend or None. Got "
+            f"{type(cache).__name__} instead. To fix, pass InMemoryCacheBackend(), DiskCacheBackend(path) "
+            "or MemcachedCacheBackend(MemcachedClientConfig(server=(host, port)))."
+        )
+    return memoize(utility.fit_and_score, cache)

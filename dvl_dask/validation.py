@@ -1,0 +1,160 @@
+"""Boundary checks: turn user input into validated values or raise clearly.
+
+Every check names the argument and its owner and says what was expected, in
+the shape "The 'n' parameter of f must be ... Got ... instead." Internal code
+calls these once at the public boundary and trusts the values afterwards.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidDataError, InvalidParameterError
+
+__all__ = [
+    "SeedLike",
+    "as_seed_sequence",
+    "check_array",
+    "check_consistent_length",
+    "check_positive_int",
+    "check_real",
+    "is_dask_array",
+    "seed_entropy",
+]
+
+SeedLike = int | np.random.SeedSequence | None
+
+
+def is_dask_array(x: Any) -> bool:
+    """True if ``x`` is a dask array (without importing dask.array eagerly)."""
+    return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks")
+
+
+def check_positive_int(value: Any, name: str, owner: str, *, allow_zero: bool = False) -> int:
+    """Return ``value`` as an int if it is a positive integer (or zero when allowed)."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be an int in the range "
+            f"[{low}, inf). Got {value!r} instead."
+        )
+    return int(value)
+
+
+def check_real(
+    value: Any,
+    name: str,
+    owner: str,
+    *,
+    low: float = -np.inf,
+    high: float = np.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite-checked float inside the given interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be a real number. Got {value!r} instead."
+        )
+    v = float(value)
+    too_low = v <= low if low_open else v < low
+    too_high = v >= high if high_open else v > high
+    if too_low or too_high:
+        lb = "(" if low_open else "["
+        rb = ")" if high_open else "]"
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be in the range {lb}{low}, {high}{rb}. "
+            f"Got {value!r} instead."
+        )
+    return v
+
+
+def as_seed_sequence(seed: SeedLike, name: str = "seed", owner: str = "this function") -> np.random.SeedSequence:
+    """Turn ``seed`` into a :class:`numpy.random.SeedSequence`.
+
+    ``None`` draws fresh entropy (recorded in results so a run can be
+    repeated); an int seeds deterministically; a ``SeedSequence`` is returned as
+    is. Block *i* of a graph then uses ``as_seed_sequence(seed).spawn(n)[i]``.
+
+    Examples
+    --------
+    >>> as_seed_sequence(7).entropy
+    7
+    """
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0:
+        return np.random.SeedSequence(int(seed))
+    raise InvalidParameterError(
+        f"The {name!r} parameter of {owner} must be a non-negative int, a "
+        f"numpy.random.SeedSequence or None. Got {seed!r} instead. To fix, pass "
+        "e.g. seed=42; a numpy Generator cannot be replayed on other workers."
+    )
+
+
+def seed_entropy(seed: np.random.SeedSequence) -> str:
+    """A string that recreates ``seed`` (entropy and spawn key), for result attrs."""
+    if seed.spawn_key:
+        return f"{seed.entropy}:{','.join(map(str, seed.spawn_key))}"
+    return str(seed.entropy)
+
+
+def check_array(
+    x: Any,
+    name: str,
+    owner: str,
+    *,
+    ndim: tuple[int, ...] = (1, 2),
+    allow_empty: bool = False,
+    finite: bool = True,
+) -> Any:
+    """Validate an array argument; numpy input is returned as an ndarray.
+
+    Dask arrays are accepted and checked for dimensionality only: checking
+    their values would compute them, which a graph builder must never do.
+    """
+    if is_dask_array(x):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise InvalidDataError(
+                f"The {name!r} argument of {owner} must be array-like. Got {type(x).__name__}: {exc}"
+            ) from exc
+        if arr.dtype == object:
+            raise InvalidDataError(
+                f"The {name!r} argument of {owner} must be a numeric or string array. Got an "
+                "object array. To fix, convert it with np.asarray(..., dtype=float)."
+            )
+    if arr.ndim not in ndim:
+        raise InvalidDataError(
+            f"The {name!r} argument of {owner} must have {' or '.join(map(str, ndim))} "
+            f"dimension(s). Got shape {tuple(arr.shape)} instead."
+        )
+    if not allow_empty and arr.shape[0] == 0:
+        raise InvalidDataError(f"The {name!r} argument of {owner} is empty. It needs at least one sample.")
+    if finite and not is_dask_array(arr) and np.issubdtype(arr.dtype, np.number):
+        if not np.all(np.isfinite(arr)):
+            n_bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise InvalidDataError(
+                f"The {name!r} argument of {owner} contains {n_bad} NaN or infinite value(s). "
+                "To fix, impute or drop them before building the dataset."
+            )
+    return arr
+
+
+def check_consistent_length(owner: str, **arrays: Any) -> int:
+    """Check that all named arrays have the same first dimension; return it."""
+    lengths = {name: int(a.shape[0]) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise InvalidDataError(
+            f"The arguments of {owner} must have the same number of samples. Got {desc}."
+        )
+    return next(iter(lengths.values()))

@@ -1,0 +1,179 @@
+"""Exact methods as lazy graphs: exact Shapley (all 2**n subsets) and leave-one-out."""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import numpy as np
+import xarray as xr
+
+from .. import config
+from ..errors import TooManyPlayersError
+from ..keys import layer_name
+from ..results import valuation_dataset
+from ..typing import UtilityLike
+from ..validation import check_positive_int
+from ._graph import block_ranges, check_utility, stack_blocks, utility_node
+
+__all__ = ["exact_shapley", "loo", "shapley_weights"]
+
+
+def shapley_weights(n: int) -> np.ndarray:
+    """``w[s] = s! (n-s-1)! / n!`` for s in 0..n-1: the Shapley weight of a coalition of size s."""
+    s = np.arange(n)
+    return np.array([1.0 / (n * math.comb(n - 1, int(k))) for k in s])
+
+
+def _mask_bits(masks: np.ndarray, n: int) -> np.ndarray:
+    return ((masks[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(bool)
+
+
+def exact_shapley_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray:
+    """Evaluate the coalitions with bit masks ``start..stop-1`` and return their
+    contribution to every player's Shapley value.
+
+    With ``w(s)`` from :func:`shapley_weights`, a coalition ``S`` of size ``s``
+    adds ``w(s-1) u(S)`` to every member and subtracts ``w(s) u(S)`` from every
+    non-member, so the Shapley value is the plain sum of these per-block
+    vectors and each coalition is evaluated exactly once.
+    """
+    masks = np.arange(start, stop, dtype=np.int64)
+    bits = _mask_bits(masks, n)
+    sizes = bits.sum(axis=1)
+    players = np.arange(n)
+    values = np.array([utility(players[row]) for row in bits], dtype=np.float64)
+    w = shapley_weights(n)
+    w_member = np.where(sizes > 0, w[np.clip(sizes - 1, 0, n - 1)], 0.0)
+    w_outside = np.where(sizes < n, w[np.clip(sizes, 0, n - 1)], 0.0)
+    plus = (values * w_member) @ bits
+    minus = (values * w_outside) @ ~bits
+    return plus - minus
+
+
+def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
+    """Exact Shapley values of every player, as a lazy graph.
+
+    Every one of the ``2**n`` coalitions is evaluated exactly once, in blocks of
+    ``block_size`` coalitions per graph task; blocks are summed with a tree
+    reduction. Nothing is computed until ``.compute()``, ``.persist()`` or
+    :func:`dvl_dask.to_zarr`; any Dask scheduler works.
+
+    Parameters
+    ----------
+    utility : Utility
+        The utility (model + data + scorer) or a game.
+    block_size : int, optional
+        Coalitions per task. Default ``dvl_dask.valuation.exact.subsets-per-block``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``value`` (lazy), ``stderr`` (0) and ``count`` (``2**(n-1)`` marginals
+        per player) over dim ``sample``.
+
+    Raises
+    ------
+    TooManyPlayersError
+        If ``n`` exceeds ``dvl_dask.valuation.exact.max-players`` (default 20).
+
+    Notes
+    -----
+    :math:`\\phi_i = \\sum_{S \\subseteq N \\setminus \\{i\\}} \\frac{|S|!(n-|S|-1)!}{n!}
+    [u(S \\cup \\{i\\}) - u(S)]`.
+
+    Examples
+    --------
+    >>> from dvl_dask.testing.games import AirportGame
+    >>> ds = exact_shapley(AirportGame([1.0, 2.0, 4.0]))
+    >>> ds.value.compute().values.round(4).tolist()
+    [0.3333, 0.8333, 2.8333]
+    """
+    owner = "exact_shapley"
+    utility = check_utility(utility, owner)
+    n = utility.n_players
+    max_players = int(config.get(config.EXACT_MAX_PLAYERS))
+    if n > max_players:
+        raise TooManyPlayersError(
+            f"exact_shapley needs 2**n utility evaluations; n={n} exceeds the limit of {max_players} "
+            f"players (2**{n} = {2**n:,} fits). To fix, use a Monte Carlo method, group the data "
+            "(GroupedDataset), or raise the limit with "
+            f"dask.config.set({{'{config.EXACT_MAX_PLAYERS}': {n}}})."
+        )
+    bs = check_positive_int(
+        config.get(config.EXACT_SUBSETS_PER_BLOCK, override_with=block_size), "block_size", owner
+    )
+    u = utility_node(utility)
+    name = layer_name("exact-shapley-block", utility.token, n, bs)
+    block_fn = dask.delayed(exact_shapley_block, pure=True)
+    blocks = [
+        block_fn(u, start, stop, n, dask_key_name=f"{name}-{i}")
+        for i, (start, stop) in enumerate(block_ranges(2**n, bs))
+    ]
+    values = stack_blocks(blocks, n)
+    return valuation_dataset(
+        values,
+        np.zeros(n),
+        np.full(n, 2 ** (n - 1), dtype=np.int64),
+        data_names=utility.data_names,
+        method="exact_shapley",
+        parameters={"block_size": bs},
+        utility_token=utility.token,
+        n_evaluations=2**n,
+    )
+
+
+def loo_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray:
+    """Scores ``u(N \\ {i})`` for ``i`` in ``start..stop-1``, placed in a length-n vector."""
+    out = np.zeros(n)
+    players = np.arange(n)
+    for i in range(start, stop):
+        out[i] = utility(np.delete(players, i))
+    return out
+
+
+def _full_score(utility: UtilityLike, n: int) -> float:
+    return float(utility(np.arange(n)))
+
+
+def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
+    """Leave-one-out values ``u(N) - u(N \\ {i})`` as a lazy graph of ``n + 1`` evaluations.
+
+    Parameters
+    ----------
+    utility : Utility
+        The utility or game.
+    block_size : int, optional
+        Evaluations per task. Default ``dvl_dask.valuation.loo.evaluations-per-block``.
+
+    Examples
+    --------
+    >>> from dvl_dask.testing.games import AirportGame
+    >>> loo(AirportGame([1.0, 2.0, 4.0])).value.compute().values.tolist()
+    [0.0, 0.0, 2.0]
+    """
+    owner = "loo"
+    utility = check_utility(utility, owner)
+    n = utility.n_players
+    bs = check_positive_int(
+        config.get(config.LOO_EVALUATIONS_PER_BLOCK, override_with=block_size), "block_size", owner
+    )
+    u = utility_node(utility)
+    name = layer_name("loo-block", utility.token, n, bs)
+    block_fn = dask.delayed(loo_block, pure=True)
+    blocks = [block_fn(u, a, b, n, dask_key_name=f"{name}-{i}") for i, (a, b) in enumerate(block_ranges(n, bs))]
+    without = stack_blocks(blocks, n)
+    full = dask.delayed(_full_score, pure=True)(u, n, dask_key_name=layer_name("loo-full", utility.token, n))
+    import dask.array as da
+
+    total = da.from_delayed(full, shape=(), dtype=np.float64)
+    return valuation_dataset(
+        total - without,
+        np.zeros(n),
+        np.ones(n, dtype=np.int64),
+        data_names=utility.data_names,
+        method="loo",
+        parameters={"block_size": bs},
+        utility_token=utility.token,
+        n_evaluations=n + 1,
+    )

@@ -1,0 +1,49 @@
+"""Small helpers every valuation graph uses: the utility key and block ranges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+
+from ..errors import InvalidParameterError
+from ..typing import UtilityLike
+
+__all__ = ["block_ranges", "check_utility", "stack_blocks", "utility_node"]
+
+
+def check_utility(utility: Any, owner: str) -> UtilityLike:
+    """Validate the ``utility`` argument of a valuation method."""
+    if not isinstance(utility, UtilityLike):
+        raise InvalidParameterError(
+            f"The 'utility' argument of {owner} must be a dvl_dask.Utility (or a game from "
+            f"dvl_dask.testing.games). Got {type(utility).__name__}."
+        )
+    if utility.n_players < 1:
+        raise InvalidParameterError(f"{owner} needs at least one player. The utility has none.")
+    return utility
+
+
+def utility_node(utility: UtilityLike) -> Delayed:
+    """The utility as ONE graph key (named by its token); tasks reference it.
+
+    Data therefore travels once: on a distributed cluster the scheduler ships
+    this key to a worker once and other tasks depend on it.
+    """
+    return dask.delayed(utility, pure=True, name=f"utility-{utility.token}")
+
+
+def block_ranges(total: int, block_size: int) -> list[tuple[int, int]]:
+    """Half-open ranges ``[start, stop)`` that cover ``range(total)`` in blocks."""
+    return [(s, min(s + block_size, total)) for s in range(0, total, block_size)]
+
+
+def stack_blocks(blocks: list[Delayed], n: int, *, split_every: int = 16) -> da.Array:
+    """Sum per-block length-``n`` vectors with a tree reduction (one dask array)."""
+    if not blocks:
+        raise InvalidParameterError("A valuation graph needs at least one block.")
+    parts = [da.from_delayed(b, shape=(n,), dtype=np.float64) for b in blocks]
+    return da.stack(parts).sum(axis=0, split_every=split_every)

@@ -1,0 +1,27 @@
+"""Test doubles shared by several test modules (tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+
+
+class CountingModel(RegressorMixin, BaseEstimator):
+    """A tiny sklearn-style regressor that counts how often it is fitted (class-level counter).
+
+    Predicts the mean of its training targets (plus ``bias``); fits are counted
+    on the class, so only in-process schedulers see the count.
+    """
+
+    fits = 0
+
+    def __init__(self, bias: float = 0.0) -> None:
+        self.bias = bias
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> CountingModel:
+        type(self).fits += 1
+        self.mean_ = float(np.mean(y)) + self.bias
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.mean_)

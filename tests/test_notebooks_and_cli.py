@@ -1,0 +1,60 @@
+"""Every notebook executes, and the command line runs end to end."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from dvl_dask.cli import main
+from dvl_dask.results import open_result
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_executes(path, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+
+def test_there_are_notebooks():
+    assert any(p.name == "01_quickstart.ipynb" for p in NOTEBOOKS)
+
+
+def test_cli_value_writes_result(tmp_path, capsys):
+    out = tmp_path / "v.zarr"
+    code = main(
+        ["value", "--dataset", "iris", "--model", "knn", "--method", "exact_shapley", "--n-points", "6",
+         "--scheduler", "sync", "--out", str(out), "--top", "2"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Most valuable 2" in printed and "Least valuable 2" in printed
+    ds = open_result(out)
+    assert ds.sizes["sample"] == 6 and ds.attrs["method"] == "exact_shapley"
+
+
+def test_cli_reports_bad_input(capsys):
+    assert main(["value", "--n-points", "1", "--scheduler", "sync"]) == 2
+    assert "--n-points" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["value", "--method", "nonsense"])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_cli_demo_on_local_cluster(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--n-points", "8", "--plot", "values.png"]) == 0
+    printed = capsys.readouterr().out
+    assert "Sum of values" in printed
+    assert open_result(tmp_path / "values.zarr").sizes["sample"] == 8
+    assert (tmp_path / "values.png").stat().st_size > 1000
