@@ -27,6 +27,9 @@ __all__ = [
     "EXACT_MAX_PLAYERS",
     "EXACT_SUBSETS_PER_BLOCK",
     "LOO_EVALUATIONS_PER_BLOCK",
+    "MC_BLOCKS_PER_ROUND",
+    "MC_EVALUATIONS_PER_BLOCK",
+    "MC_PROGRESS_INTERVAL",
     "RESULTS_ZARR_FORMAT",
     "UTILITY_DEFAULT_SCORE",
     "get",
@@ -37,6 +40,9 @@ _DEFAULTS_FILE = pathlib.Path(__file__).with_name("dvl_dask.yaml")
 EXACT_MAX_PLAYERS = "dvl_dask.valuation.exact.max-players"
 EXACT_SUBSETS_PER_BLOCK = "dvl_dask.valuation.exact.subsets-per-block"
 LOO_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.loo.evaluations-per-block"
+MC_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.evaluations-per-block"
+MC_BLOCKS_PER_ROUND = "dvl_dask.valuation.montecarlo.blocks-per-round"
+MC_PROGRESS_INTERVAL = "dvl_dask.valuation.montecarlo.progress-interval"
 UTILITY_DEFAULT_SCORE = "dvl_dask.utility.default-score"
 RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"
 CACHE_NAMESPACE = "dvl_dask.cache.namespace"

@@ -1,6 +1,7 @@
 """Labelled results: the schema, the ``ds.dvl`` accessor and zarr I/O."""
 
 from ._accessor import DvlAccessor, merge_results
+from ._checkpoint import Checkpoint
 from ._io import open_result, to_zarr
 from ._schema import (
     SAMPLE_DIM,
@@ -16,6 +17,7 @@ __all__ = [
     "SAMPLE_DIM",
     "TEST_DIM",
     "TRAIN_DIM",
+    "Checkpoint",
     "DvlAccessor",
     "influence_dataarray",
     "merge_results",

@@ -165,6 +165,81 @@ class Utility:
             return self.default_score
         return score
 
+    def prefix_scores(
+        self,
+        order: np.ndarray,
+        *,
+        warm_start: bool = False,
+        stop_when: Callable[[int, float], bool] | None = None,
+    ) -> np.ndarray:
+        """Scores of the prefixes ``order[:0], order[:1], ...`` of a permutation of players.
+
+        Parameters
+        ----------
+        order : array of int
+            A permutation (or any sequence) of player indices.
+        warm_start : bool
+            Fit every prefix starting from the previous prefix's solution: one
+            model instance with its scikit-learn ``warm_start`` parameter(s) set
+            to True is refitted on each growing prefix. Consecutive prefixes
+            differ by one player, so solvers converge in fewer iterations. The
+            cache is bypassed (warm-started fits are not the cold fits it keys).
+        stop_when : callable, optional
+            ``stop_when(step, score)`` is called after each prefix of length
+            ``step >= 1``; returning True stops (truncation).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``len(order) + 1`` scores, or fewer if ``stop_when`` stopped early.
+        """
+        order = np.asarray(order, dtype=np.int64)
+        scores = [self(order[:0])]
+        model = self._warm_model() if warm_start else None
+        data = self._numpy_data()
+        for step in range(1, len(order) + 1):
+            if model is None:
+                score = self(order[:step])
+            else:
+                score = self._warm_fit_and_score(model, data, np.sort(order[:step]))
+            scores.append(score)
+            if stop_when is not None and stop_when(step, score):
+                break
+        return np.asarray(scores, dtype=np.float64)
+
+    def _warm_model(self) -> Any:
+        params = self.model.get_params(deep=True) if hasattr(self.model, "get_params") else {}
+        keys = [k for k in params if k == "warm_start" or k.endswith("__warm_start")]
+        if not keys:
+            raise InvalidModelError(
+                f"warm_start=True needs a model with a scikit-learn 'warm_start' parameter "
+                f"(e.g. LogisticRegression, SGDClassifier, MLPClassifier). {type(self.model).__name__} has none. "
+                "To fix, use such a model or pass warm_start=False."
+            )
+        model = _clone(self.model)
+        model.set_params(**{k: True for k in keys})
+        return model
+
+    def _warm_fit_and_score(self, model: Any, data: Dataset, players: np.ndarray) -> float:
+        rows = data.train_indices(players)
+        y = data.y_train[rows]
+        if rows.size == 0 or (self._is_classifier and np.unique(y).size < 2):
+            return self.default_score
+        try:
+            model.fit(data.x_train[rows], y)
+            score = self.scorer(model, data.x_test, data.y_test)
+        except Exception as exc:
+            if not self.catch_errors:
+                raise
+            warnings.warn(
+                f"Warm-started fit on {players.size} player(s) failed ({type(exc).__name__}: {exc}); "
+                f"using default_score={self.default_score}.",
+                UtilityFailureWarning,
+                stacklevel=3,
+            )
+            return self.default_score
+        return score if np.isfinite(score) else self.default_score
+
     def _numpy_data(self) -> Dataset:
         if self._materialized is None:
             self._materialized = self.data.materialize()
@@ -207,7 +282,9 @@ def _memoize_for(utility: Utility, cache: Any) -> Callable[[np.ndarray], float]:
     ``fit_and_score`` receives canonical (sorted, unique) indices from
     ``__call__``, so equal coalitions share a key; the key's state part is the
     utility's token (data fingerprint, model parameters, scorer). Options such
-    as ``dvl_dask.cache.allow-repeated-evaluations`` are read from the config.
+    as ``dvl_dask.cache.allow-repeated-evaluations`` are read from the config
+    when the utility is built and kept (``_cache_options``), so a copy
+    unpickled on a worker memoizes the same way whatever the worker's config.
     """
     from ..cache import CacheBackend, memoize
 
@@ -217,4 +294,9 @@ def _memoize_for(utility: Utility, cache: Any) -> Callable[[np.ndarray], float]:
             f"{type(cache).__name__} instead. To fix, pass InMemoryCacheBackend(), DiskCacheBackend(path) "
             "or MemcachedCacheBackend(MemcachedClientConfig(server=(host, port)))."
         )
-    return memoize(utility.fit_and_score, cache)
+    options = utility.__dict__.get("_cache_options")
+    if options is None:
+        memoized = memoize(utility.fit_and_score, cache)
+        utility._cache_options = memoized.options  # type: ignore[attr-defined]
+        return memoized
+    return memoize(utility.fit_and_score, cache, **options)

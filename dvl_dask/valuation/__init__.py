@@ -1,5 +1,66 @@
-"""Data valuation methods: functions that return lazy ``xr.Dataset`` results."""
+"""Data valuation methods: functions that return lazy ``xr.Dataset`` results.
 
+Fixed-budget methods build graphs; :func:`run_until_converged` is the one
+eager loop that runs blocks until a stopping criterion holds, with
+checkpoints to zarr.
+"""
+
+from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
 from ._exact import exact_shapley, loo, shapley_weights
+from ._loop import load_checkpoint, run_until_converged
+from ._montecarlo import banzhaf, beta_shapley, msr_banzhaf, owen_shapley, permutation_shapley, semivalue
+from ._samplers import (
+    AntitheticSampler,
+    BetaSampler,
+    OwenSampler,
+    PermutationSampler,
+    StratifiedSampler,
+    UniformSampler,
+)
+from ._stopping import (
+    AbsoluteStandardError,
+    ConvergenceState,
+    HistoryDeviation,
+    MaxEvaluations,
+    MaxTime,
+    MaxUpdates,
+    RankCorrelation,
+    RelativeStandardError,
+    StoppingCriterion,
+)
+from ._truncation import FixedTruncation, NoTruncation, RelativeTruncation
 
-__all__ = ["exact_shapley", "loo", "shapley_weights"]
+__all__ = [
+    "AbsoluteStandardError",
+    "ConvergenceState",
+    "HistoryDeviation",
+    "MaxEvaluations",
+    "MaxTime",
+    "MaxUpdates",
+    "RankCorrelation",
+    "RelativeStandardError",
+    "StoppingCriterion",
+    "load_checkpoint",
+    "run_until_converged",
+    "AntitheticSampler",
+    "BetaSampler",
+    "FixedTruncation",
+    "NoTruncation",
+    "OwenSampler",
+    "PermutationSampler",
+    "RelativeTruncation",
+    "StratifiedSampler",
+    "UniformSampler",
+    "banzhaf",
+    "banzhaf_coefficient",
+    "beta_coefficient",
+    "beta_shapley",
+    "exact_shapley",
+    "loo",
+    "msr_banzhaf",
+    "owen_shapley",
+    "permutation_shapley",
+    "semivalue",
+    "shapley_coefficient",
+    "shapley_weights",
+]

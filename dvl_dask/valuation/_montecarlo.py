@@ -1,0 +1,348 @@
+"""Monte Carlo valuation methods as lazy graphs of block tasks.
+
+Each public function builds a graph for a fixed budget and returns a lazy
+``xr.Dataset``. Block *i* draws its samples from child *i* of the seed, so the
+same seed gives the same values on any scheduler; blocks return mergeable
+statistics that a tree reduction combines. For a budget chosen by a stopping
+criterion use :func:`dvl_dask.valuation.run_until_converged` with the same
+function as ``method``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+
+from ..errors import InvalidParameterError
+from ..keys import code_fingerprint, layer_name
+from ..results import valuation_dataset
+from ..typing import UtilityLike
+from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ._coefficients import (
+    LogCoefficient,
+    banzhaf_coefficient,
+    beta_coefficient,
+    check_coefficient,
+    shapley_coefficient,
+)
+from ._estimators import Estimator, MsrEstimator, PermutationEstimator, SemivalueEstimator, run_block
+from ._graph import block_ranges, check_utility, utility_node
+from ._samplers import (
+    AntitheticSampler,
+    BetaSampler,
+    OwenSampler,
+    PermutationSampler,
+    UniformSampler,
+    child_seed,
+    make_subset_sampler,
+)
+from ._stats import PointStats, merge_all
+from ._truncation import make_truncation
+
+__all__ = [
+    "ESTIMATOR_FACTORIES",
+    "banzhaf",
+    "beta_shapley",
+    "msr_banzhaf",
+    "owen_shapley",
+    "permutation_shapley",
+    "semivalue",
+]
+
+
+# -- estimator factories: method name + options → Estimator (shared with run_until_converged) ----
+def _permutation_estimator(
+    utility: UtilityLike, *, truncation: Any = None, antithetic: bool = False, warm_start: bool = False
+) -> Estimator:
+    if warm_start and not callable(getattr(utility, "prefix_scores", None)):
+        raise InvalidParameterError(
+            "warm_start=True needs a utility with prefix_scores() (dvl_dask.Utility). "
+            f"Got {type(utility).__name__}."
+        )
+    return PermutationEstimator(
+        PermutationSampler(antithetic), make_truncation(truncation, "permutation_shapley"), warm_start
+    )
+
+
+def _coefficient_parameters(coefficient: LogCoefficient) -> dict[str, Any]:
+    name = getattr(coefficient, "__qualname__", type(coefficient).__name__)
+    return {"coefficient": name, "coefficient_code": code_fingerprint(coefficient)}
+
+
+def _semivalue_estimator(
+    utility: UtilityLike, *, coefficient: LogCoefficient, sampler: Any = "uniform", method: str = "semivalue"
+) -> Estimator:
+    check_coefficient(coefficient, utility.n_players, method)
+    return SemivalueEstimator(
+        method, coefficient, make_subset_sampler(sampler, method), _coefficient_parameters(coefficient)
+    )
+
+
+def _banzhaf_estimator(utility: UtilityLike, *, sampler: Any = "uniform") -> Estimator:
+    return SemivalueEstimator(
+        "banzhaf", banzhaf_coefficient, make_subset_sampler(sampler, "banzhaf"), {"coefficient": "banzhaf"}
+    )
+
+
+def _msr_estimator(utility: UtilityLike, *, antithetic: bool = False) -> Estimator:
+    return MsrEstimator(AntitheticSampler() if antithetic else UniformSampler())
+
+
+def _beta_estimator(utility: UtilityLike, *, alpha: float, beta: float, sampler: Any = None) -> Estimator:
+    coefficient = beta_coefficient(alpha, beta)
+    chosen = BetaSampler(beta, alpha) if sampler is None else make_subset_sampler(sampler, "beta_shapley")
+    return SemivalueEstimator(
+        "beta_shapley", coefficient, chosen, {"coefficient": "beta", "alpha": float(alpha), "beta": float(beta)}
+    )
+
+
+def _owen_estimator(utility: UtilityLike, *, n_q: int | None = None, antithetic: bool = False) -> Estimator:
+    return SemivalueEstimator(
+        "owen_shapley", shapley_coefficient, OwenSampler(n_q, antithetic), {"coefficient": "shapley"}
+    )
+
+
+ESTIMATOR_FACTORIES: dict[str, Callable[..., Estimator]] = {
+    "permutation_shapley": _permutation_estimator,
+    "semivalue": _semivalue_estimator,
+    "banzhaf": _banzhaf_estimator,
+    "msr_banzhaf": _msr_estimator,
+    "beta_shapley": _beta_estimator,
+    "owen_shapley": _owen_estimator,
+}
+
+
+# -- graph construction --------------------------------------------------------------------------
+def _merge_stats(*parts: PointStats) -> PointStats:
+    return merge_all(list(parts))
+
+
+def _finalize(estimator: Estimator, stats: PointStats) -> np.ndarray:
+    value, stderr, count = estimator.finalize(stats)
+    return np.stack([value, stderr, count.astype(np.float64)])
+
+
+def tree_merge(blocks: list[Delayed], name: str, split_every: int = 8) -> Delayed:
+    """Merge block statistics with a tree of ``split_every``-ary merge tasks."""
+    level, nodes = 0, list(blocks)
+    merge = dask.delayed(_merge_stats, pure=True)
+    while len(nodes) > 1:
+        nodes = [
+            merge(*nodes[j : j + split_every], dask_key_name=f"{name}-merge-{level}-{j // split_every}")
+            for j in range(0, len(nodes), split_every)
+        ]
+        level += 1
+    return nodes[0]
+
+
+def montecarlo_dataset(
+    estimator: Estimator,
+    utility: UtilityLike,
+    *,
+    n_items: int,
+    seed: np.random.SeedSequence,
+    items_per_block: int,
+    budget: dict[str, Any],
+) -> xr.Dataset:
+    """Lazy result of ``estimator`` over ``n_items`` samples in blocks of ``items_per_block``."""
+    n = utility.n_players
+    u = utility_node(utility)
+    seed_text = seed_entropy(seed)
+    verb = f"{estimator.method.replace('_', '-')}-block"
+    name = layer_name(verb, utility.token, estimator, seed_text, items_per_block)
+    block = dask.delayed(run_block, pure=True)
+    blocks = [
+        block(u, estimator, child_seed(seed, i), stop - start, None, dask_key_name=f"{name}-{i}")
+        for i, (start, stop) in enumerate(block_ranges(n_items, items_per_block))
+    ]
+    merged = tree_merge(blocks, name)
+    final = dask.delayed(_finalize, pure=True)(estimator, merged, dask_key_name=f"{name}-finalize")
+    arr = da.from_delayed(final, shape=(3, n), dtype=np.float64)
+    parameters = {**estimator.parameters(), **budget, "items_per_block": items_per_block}
+    return valuation_dataset(
+        arr[0],
+        arr[1],
+        arr[2].astype(np.int64),
+        data_names=utility.data_names,
+        method=estimator.method,
+        parameters=parameters,
+        seed=seed_text,
+        utility_token=utility.token,
+        n_evaluations=n_items * estimator.evaluations_per_item(n),
+        extra_attrs={"n_blocks": len(blocks), "n_evaluations_is_upper_bound": True},
+    )
+
+
+def _run(
+    method: str,
+    utility: UtilityLike,
+    budget_name: str,
+    budget: int,
+    seed: SeedLike,
+    items_per_block: int | None,
+    **options: Any,
+) -> xr.Dataset:
+    utility = check_utility(utility, method)
+    n_items = check_positive_int(budget, budget_name, method)
+    seq = as_seed_sequence(seed, "seed", method)
+    estimator = ESTIMATOR_FACTORIES[method](utility, **options)
+    if items_per_block is not None:
+        check_positive_int(items_per_block, "items_per_block", method)
+    per_block = estimator.items_per_block(utility.n_players, items_per_block)
+    return montecarlo_dataset(
+        estimator, utility, n_items=n_items, seed=seq, items_per_block=per_block, budget={budget_name: n_items}
+    )
+
+
+# -- public methods --------------------------------------------------------------------------------
+def permutation_shapley(
+    utility: UtilityLike,
+    *,
+    n_permutations: int,
+    seed: SeedLike = None,
+    truncation: Any = None,
+    antithetic: bool = False,
+    warm_start: bool = False,
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Shapley values by permutation sampling (optionally truncated: TMC-Shapley).
+
+    Each permutation costs up to ``n + 1`` utility evaluations and gives one
+    marginal contribution to every player.
+
+    Parameters
+    ----------
+    utility : Utility
+        The utility or game.
+    n_permutations : int
+        Number of permutations (the budget).
+    seed : int, SeedSequence or None
+        Same seed, same values on any scheduler. None draws fresh entropy (recorded in ``attrs["seed"]``).
+    truncation : None, float or TruncationPolicy
+        ``None`` evaluates every prefix; a float ``rtol`` stops a permutation
+        once ``|u(prefix) - u(N)| <= rtol |u(N)|`` (:class:`RelativeTruncation`);
+        or :class:`FixedTruncation` / :class:`RelativeTruncation`. The policy is recorded in attrs.
+    antithetic : bool
+        Pair every permutation with its reverse.
+    warm_start : bool
+        Fit each prefix starting from the previous prefix's model (sklearn
+        ``warm_start``): faster fits, slightly different models; recorded in attrs.
+    items_per_block : int, optional
+        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``.
+
+    Examples
+    --------
+    >>> from dvl_dask.testing.games import AirportGame
+    >>> ds = permutation_shapley(AirportGame([1.0, 2.0, 4.0]), n_permutations=200, seed=0)
+    >>> bool(abs(ds.value.sum().compute() - 4.0) < 1e-9)  # efficiency holds per permutation
+    True
+    """
+    return _run(
+        "permutation_shapley", utility, "n_permutations", n_permutations, seed, items_per_block,
+        truncation=truncation, antithetic=antithetic, warm_start=warm_start,
+    )
+
+
+def semivalue(
+    utility: UtilityLike,
+    coefficient: LogCoefficient,
+    *,
+    n_samples: int,
+    seed: SeedLike = None,
+    sampler: Any = "uniform",
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Any semivalue, given its log-coefficient ``log_w(n, k)``, by importance-weighted sampling.
+
+    ``n_samples`` coalitions are drawn (for the stratified sampler: per player).
+    Each coalition ``S`` costs ``1 + n`` evaluations and updates every player
+    with ``w(k)/p(k) [u(S ∪ i) - u(S \\ i)]``, where ``p`` is the sampler's
+    probability of the coalition and ``k = |S \\ i|``; weights are computed in
+    log space. Samplers: "uniform", "antithetic", "owen", "stratified" or an
+    instance (e.g. ``OwenSampler(n_q=10)``, ``BetaSampler(a, b)``).
+    """
+    return _run(
+        "semivalue", utility, "n_samples", n_samples, seed, items_per_block, coefficient=coefficient, sampler=sampler
+    )
+
+
+def banzhaf(
+    utility: UtilityLike,
+    *,
+    n_samples: int,
+    seed: SeedLike = None,
+    sampler: Any = "uniform",
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Banzhaf values: marginals averaged uniformly over coalitions (``1 + n`` evaluations a sample)."""
+    return _run("banzhaf", utility, "n_samples", n_samples, seed, items_per_block, sampler=sampler)
+
+
+def msr_banzhaf(
+    utility: UtilityLike,
+    *,
+    n_samples: int,
+    seed: SeedLike = None,
+    antithetic: bool = False,
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Banzhaf values by maximum sample reuse: one evaluation per sample updates every player.
+
+    ``value_i = mean u(S) over samples with i - mean u(S) over samples without i``.
+    """
+    return _run("msr_banzhaf", utility, "n_samples", n_samples, seed, items_per_block, antithetic=antithetic)
+
+
+def beta_shapley(
+    utility: UtilityLike,
+    *,
+    alpha: float,
+    beta: float,
+    n_samples: int,
+    seed: SeedLike = None,
+    sampler: Any = None,
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Beta(alpha, beta) Shapley values (Kwon & Zou, 2022).
+
+    The default sampler draws ``q ~ Beta(beta, alpha)`` per coalition, whose
+    subset-size distribution equals the Beta Shapley weights, so no importance
+    correction is needed. ``alpha = beta = 1`` is the Shapley value;
+    Beta(16, 1) emphasises small coalitions.
+    """
+    return _run(
+        "beta_shapley", utility, "n_samples", n_samples, seed, items_per_block, alpha=alpha, beta=beta, sampler=sampler
+    )
+
+
+def owen_shapley(
+    utility: UtilityLike,
+    *,
+    n_samples: int,
+    n_q: int | None = None,
+    antithetic: bool = False,
+    seed: SeedLike = None,
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Shapley values by Owen sampling.
+
+    Each coalition draws ``q ~ U(0, 1)`` (or cycles through a midpoint grid of
+    ``n_q`` values) and every player joins with probability ``q``; each costs
+    ``1 + n`` evaluations and updates every player. ``antithetic`` pairs each
+    coalition with its complement.
+    """
+    return _run(
+        "owen_shapley", utility, "n_samples", n_samples, seed, items_per_block, n_q=n_q, antithetic=antithetic
+    )
+
+
+def planned_blocks(n_items: int, items_per_block: int) -> int:
+    """Number of blocks a budget of ``n_items`` needs."""
+    return math.ceil(n_items / items_per_block)

@@ -1,0 +1,223 @@
+"""Seeded, picklable generators of permutations and subsets for Monte Carlo methods.
+
+Block *i* of a graph draws from ``np.random.default_rng(child_seed(seed, i))``,
+so the same seed gives the same samples on every scheduler and any number of
+workers, and a resumed run continues the sequence.
+
+Subset samplers draw coalitions ``S ⊆ N`` in which, given a per-sample
+probability ``q``, every player is included independently. ``S \\ {i}`` then
+has the same distribution for every player ``i``, which lets one sample update
+all players (``1 + n`` evaluations for ``n`` marginals), and the probability
+of any particular subset of size ``k`` of the other ``n - 1`` players is the
+closed form returned by :meth:`SubsetSampler.log_proposal` (used for importance
+weights, in log space).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+from scipy.special import betaln
+
+from ..errors import InvalidParameterError
+from ..validation import check_positive_int, check_real
+
+__all__ = [
+    "AntitheticSampler",
+    "BetaSampler",
+    "OwenSampler",
+    "PermutationSampler",
+    "StratifiedSampler",
+    "SubsetSampler",
+    "UniformSampler",
+    "child_seed",
+    "make_subset_sampler",
+]
+
+
+def child_seed(seed: np.random.SeedSequence, index: int) -> np.random.SeedSequence:
+    """Child ``index`` of ``seed``, equal to ``seed.spawn(index + 1)[index]`` without spawning."""
+    return np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, int(index)))
+
+
+class PermutationSampler:
+    """Uniform random permutations; ``antithetic=True`` pairs each with its reverse."""
+
+    def __init__(self, antithetic: bool = False) -> None:
+        self.antithetic = bool(antithetic)
+
+    def draw(self, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+        """``m`` permutations of ``range(n)`` as an ``(m, n)`` int array."""
+        if not self.antithetic:
+            return np.array([rng.permutation(n) for _ in range(m)], dtype=np.int64).reshape(m, n)
+        half = np.array([rng.permutation(n) for _ in range((m + 1) // 2)], dtype=np.int64).reshape(-1, n)
+        pairs = np.empty((2 * len(half), n), dtype=np.int64)
+        pairs[0::2], pairs[1::2] = half, half[:, ::-1]
+        return pairs[:m]
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": "antithetic-permutation" if self.antithetic else "permutation"}
+
+    def __dask_tokenize__(self) -> Any:
+        return self.parameters()
+
+
+class SubsetSampler(ABC):
+    """Coalitions with independent inclusion given a per-sample probability ``q``."""
+
+    name = "subset"
+
+    @abstractmethod
+    def inclusion_probabilities(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """``q`` for each of ``m`` samples."""
+
+    @abstractmethod
+    def log_proposal(self, n: int, k: np.ndarray) -> np.ndarray:
+        """log-probability that ``S \\ {i}`` equals one given subset of size ``k`` of the others."""
+
+    antithetic = False
+
+    def draw(self, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+        """``m`` coalitions as an ``(m, n)`` boolean mask; antithetic samplers pair S with N \\ S."""
+        n_draw = (m + 1) // 2 if self.antithetic else m
+        q = self.inclusion_probabilities(rng, n_draw)
+        masks = rng.random((n_draw, n)) < q[:, None]
+        if self.antithetic:
+            pairs = np.empty((2 * n_draw, n), dtype=bool)
+            pairs[0::2], pairs[1::2] = masks, ~masks
+            masks = pairs[:m]
+        return masks
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": self.name}
+
+    def __dask_tokenize__(self) -> Any:
+        return self.parameters()
+
+
+class UniformSampler(SubsetSampler):
+    """Every player joins with probability 1/2: uniform over all subsets (Banzhaf's own weights)."""
+
+    name = "uniform"
+
+    def inclusion_probabilities(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        return np.full(m, 0.5)
+
+    def log_proposal(self, n: int, k: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(k), -(n - 1) * np.log(2.0))
+
+
+class AntitheticSampler(UniformSampler):
+    """Uniform subsets drawn in pairs ``S, N \\ S`` (negatively correlated, lower variance)."""
+
+    name = "antithetic"
+    antithetic = True
+
+
+class OwenSampler(SubsetSampler):
+    """Owen's multilinear-extension sampling: ``q ~ U(0, 1)`` or a midpoint grid of ``n_q`` values.
+
+    With ``q`` uniform, subset sizes follow the Shapley weights exactly, so
+    Shapley marginals need no importance correction. On a grid, samples cycle
+    through the grid (stratified), and the importance weights use the exact
+    mixture over the grid, so the estimator stays unbiased.
+    """
+
+    def __init__(self, n_q: int | None = None, antithetic: bool = False) -> None:
+        self.n_q = None if n_q is None else check_positive_int(n_q, "n_q", "OwenSampler")
+        self.antithetic = bool(antithetic)
+        self.name = "owen" if n_q is None else "owen-grid"
+
+    def _grid(self) -> np.ndarray:
+        assert self.n_q is not None
+        return (np.arange(self.n_q) + 0.5) / self.n_q
+
+    def inclusion_probabilities(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        if self.n_q is None:
+            return rng.random(m)
+        grid = self._grid()
+        return grid[(rng.integers(self.n_q) + np.arange(m)) % self.n_q]
+
+    def log_proposal(self, n: int, k: np.ndarray) -> np.ndarray:
+        k = np.asarray(k, dtype=np.float64)
+        if self.n_q is None:
+            return betaln(k + 1, n - k)
+        q = self._grid()[:, None]
+        terms = k[None, :] * np.log(q) + (n - 1 - k[None, :]) * np.log1p(-q)
+        return np.logaddexp.reduce(terms, axis=0) - np.log(self.n_q)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": self.name, "n_q": self.n_q, "antithetic": self.antithetic}
+
+
+class BetaSampler(SubsetSampler):
+    """``q ~ Beta(a, b)``: subset sizes follow the Beta(alpha=b, beta=a) Shapley weights exactly."""
+
+    name = "beta"
+
+    def __init__(self, a: float, b: float) -> None:
+        self.a = check_real(a, "a", "BetaSampler", low=0.0, low_open=True, high_open=True)
+        self.b = check_real(b, "b", "BetaSampler", low=0.0, low_open=True, high_open=True)
+
+    def inclusion_probabilities(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        return rng.beta(self.a, self.b, size=m)
+
+    def log_proposal(self, n: int, k: np.ndarray) -> np.ndarray:
+        k = np.asarray(k, dtype=np.float64)
+        return betaln(k + self.a, n - 1 - k + self.b) - betaln(self.a, self.b)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": self.name, "a": self.a, "b": self.b}
+
+
+class StratifiedSampler:
+    """Per-player sampling stratified by size: ``k ~ U{0..n-1}``, then a uniform
+    ``k``-subset of the other players. Used one player at a time, so converged
+    players can stop receiving work."""
+
+    name = "stratified"
+
+    def draw_for_player(self, rng: np.random.Generator, n: int, player: int, m: int) -> np.ndarray:
+        """``m`` subsets of ``N \\ {player}`` as an ``(m, n)`` boolean mask."""
+        others = np.delete(np.arange(n), player)
+        sizes = rng.integers(0, n, size=m)
+        masks = np.zeros((m, n), dtype=bool)
+        for s, k in enumerate(sizes):
+            if k:
+                masks[s, rng.choice(others, size=k, replace=False)] = True
+        return masks
+
+    def log_proposal(self, n: int, k: np.ndarray) -> np.ndarray:
+        from ._coefficients import log_binomial
+
+        return -np.log(n) - log_binomial(n - 1, k)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": self.name}
+
+    def __dask_tokenize__(self) -> Any:
+        return self.parameters()
+
+
+_SUBSET_SAMPLERS = {
+    "uniform": UniformSampler,
+    "antithetic": AntitheticSampler,
+    "owen": OwenSampler,
+}
+
+
+def make_subset_sampler(sampler: str | SubsetSampler | StratifiedSampler, owner: str) -> Any:
+    """Resolve a sampler argument: a name or an instance."""
+    if isinstance(sampler, SubsetSampler | StratifiedSampler):
+        return sampler
+    if sampler == "stratified":
+        return StratifiedSampler()
+    if isinstance(sampler, str) and sampler in _SUBSET_SAMPLERS:
+        return _SUBSET_SAMPLERS[sampler]()
+    names = [*_SUBSET_SAMPLERS, "stratified"]
+    raise InvalidParameterError(
+        f"The 'sampler' parameter of {owner} must be one of {names} or a sampler instance "
+        f"(OwenSampler(n_q=...), BetaSampler(a, b)). Got {sampler!r}."
+    )

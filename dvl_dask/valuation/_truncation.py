@@ -1,0 +1,87 @@
+"""Truncation policies for permutation sampling (truncated Monte Carlo Shapley).
+
+Late in a permutation, adding a point rarely changes the score. A policy
+decides after each prefix whether to stop evaluating; the remaining players of
+that permutation get a marginal contribution of 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..validation import check_real
+
+__all__ = ["FixedTruncation", "NoTruncation", "RelativeTruncation", "TruncationPolicy", "make_truncation"]
+
+
+class TruncationPolicy:
+    """Base class. ``needs_total`` says whether ``u(N)`` must be known."""
+
+    needs_total = False
+    name = "none"
+
+    def stop_after(self, step: int, n: int, score: float, total: float | None) -> bool:
+        """True to stop after prefix length ``step`` (1..n) with score ``score``."""
+        return False
+
+    def parameters(self) -> dict[str, Any]:
+        return {"truncation": self.name}
+
+    def __dask_tokenize__(self) -> Any:
+        return self.parameters()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.parameters()})"
+
+
+class NoTruncation(TruncationPolicy):
+    """Evaluate every prefix."""
+
+
+class FixedTruncation(TruncationPolicy):
+    """Evaluate only the first ``ceil(fraction * n)`` prefixes of each permutation."""
+
+    name = "fixed"
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = check_real(fraction, "fraction", "FixedTruncation", low=0.0, high=1.0, low_open=True)
+
+    def stop_after(self, step: int, n: int, score: float, total: float | None) -> bool:
+        return step >= int(np.ceil(self.fraction * n))
+
+    def parameters(self) -> dict[str, Any]:
+        return {"truncation": self.name, "fraction": self.fraction}
+
+
+class RelativeTruncation(TruncationPolicy):
+    """Stop once ``|u(prefix) - u(N)| <= rtol * |u(N)|`` (Ghorbani & Zou's TMC rule)."""
+
+    name = "relative"
+    needs_total = True
+
+    def __init__(self, rtol: float) -> None:
+        self.rtol = check_real(rtol, "rtol", "RelativeTruncation", low=0.0, low_open=True)
+
+    def stop_after(self, step: int, n: int, score: float, total: float | None) -> bool:
+        assert total is not None
+        return abs(score - total) <= self.rtol * abs(total)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"truncation": self.name, "rtol": self.rtol}
+
+
+def make_truncation(truncation: str | float | TruncationPolicy | None, owner: str) -> TruncationPolicy:
+    """``None``/"none" → no truncation; a float → relative with that rtol; or a policy instance."""
+    if truncation is None or truncation == "none":
+        return NoTruncation()
+    if isinstance(truncation, TruncationPolicy):
+        return truncation
+    if isinstance(truncation, float | int) and not isinstance(truncation, bool):
+        return RelativeTruncation(float(truncation))
+    raise InvalidParameterError(
+        f"The 'truncation' parameter of {owner} must be None, 'none', a relative tolerance (float) or a "
+        f"policy (NoTruncation(), FixedTruncation(fraction), RelativeTruncation(rtol)). Got {truncation!r}."
+    )
