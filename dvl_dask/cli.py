@@ -25,7 +25,13 @@ __all__ = ["main"]
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 MODELS = ("logistic", "knn", "tree", "ridge", "linear")
-METHODS = ("exact_shapley", "loo")
+METHODS = ("exact_shapley", "loo", "permutation_shapley", "banzhaf", "msr_banzhaf", "owen_shapley")
+_BUDGET_ARGUMENT = {
+    "permutation_shapley": "n_permutations",
+    "banzhaf": "n_samples",
+    "msr_banzhaf": "n_samples",
+    "owen_shapley": "n_samples",
+}
 SCHEDULERS = ("local-cluster", "threads", "processes", "sync")
 
 
@@ -109,7 +115,10 @@ def _value(args: argparse.Namespace) -> xr.Dataset:
     if args.method not in METHODS:
         raise InvalidParameterError(f"--method must be one of {METHODS}. Got {args.method!r}.")
     method = getattr(valuation, args.method)
-    ds = method(utility)
+    if args.method in _BUDGET_ARGUMENT:
+        ds = method(utility, **{_BUDGET_ARGUMENT[args.method]: args.budget}, seed=args.seed)
+    else:
+        ds = method(utility)
     print(
         f"Valuing {data.n_players} training points of {args.dataset!r} with {args.model!r} "
         f"({args.method}, {ds.attrs['n_evaluations']} utility evaluations, scorer {scorer!r})"
@@ -181,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--method", default="exact_shapley", choices=METHODS)
         sp.add_argument("--n-points", type=int, default=12, help="training points to value (default 12)")
         sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--budget", type=int, default=200,
+                        help="permutations or samples of Monte Carlo methods (default 200)")
         sp.add_argument("--out", default=out, help="zarr path or fsspec URL of the result")
         sp.add_argument("--scheduler", default="local-cluster", choices=SCHEDULERS)
         sp.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
@@ -201,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.n_points < 2:
         print("error: --n-points must be at least 2", file=sys.stderr)
+        return 2
+    if args.budget < 1:
+        print("error: --budget must be at least 1", file=sys.stderr)
         return 2
     try:
         result = _value(args)

@@ -71,3 +71,62 @@ def client(local_cluster):
 
     with Client(local_cluster, set_as_default=True) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on a free loopback port; yields fsspec ``storage_options`` for it.
+
+    Fails (in CI) or skips (locally) when moto cannot start.
+    """
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        os.environ.pop(var, None)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    try:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+    except Exception as exc:  # pragma: no cover - environment dependent
+        service_unavailable(f"cannot start the moto S3 server: {exc}")
+    options = {
+        "endpoint_url": f"http://{host}:{port}",
+        "key": "testing",
+        "secret": "testing",
+    }
+    try:
+        _wait_for_s3(options)
+    except Exception as exc:  # pragma: no cover
+        server.stop()
+        service_unavailable(f"the moto S3 server did not answer: {exc}")
+    yield options
+    server.stop()
+
+
+def _wait_for_s3(options, timeout: float = 10.0) -> None:
+    import time
+
+    import s3fs
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s3fs.S3FileSystem(**options, skip_instance_cache=True).ls("")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the test S3 server: yields (url prefix, storage_options)."""
+    import uuid
+
+    import s3fs
+
+    name = f"dvl-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**s3_server, skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}", s3_server

@@ -42,6 +42,16 @@ def test_cli_value_writes_result(tmp_path, capsys):
     assert ds.sizes["sample"] == 6 and ds.attrs["method"] == "exact_shapley"
 
 
+def test_cli_monte_carlo_method(tmp_path, capsys):
+    out = tmp_path / "mc.zarr"
+    code = main(["value", "--dataset", "iris", "--model", "knn", "--method", "permutation_shapley", "--budget", "20",
+                 "--n-points", "10", "--scheduler", "threads", "--out", str(out)])
+    assert code == 0
+    ds = open_result(out)
+    assert ds.attrs["method"] == "permutation_shapley" and ds.dvl.parameters["n_permutations"] == 20
+    assert (ds["count"].values == 20).all()
+
+
 def test_cli_reports_bad_input(capsys):
     assert main(["value", "--n-points", "1", "--scheduler", "sync"]) == 2
     assert "--n-points" in capsys.readouterr().err
