@@ -79,7 +79,7 @@ def s3_server():
 
     Fails (in CI) or skips (locally) when moto cannot start.
     """
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         os.environ.pop(var, None)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     try:
