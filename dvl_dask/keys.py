@@ -214,7 +214,8 @@ def _feed_code(update: _Update, code: types.CodeType, ctx: _Context, seen: set[i
         if helper is None:
             continue
         _feed(update, name)
-        _feed_code(update, helper.__code__, _Context(helper.__module__, helper.__globals__, ctx.owner_cls), seen)
+        helper_ctx = _Context(helper.__module__, helper.__globals__, ctx.owner_cls)
+        _feed_code(update, helper.__code__, helper_ctx, seen)
         _feed(update, (helper.__defaults__, helper.__kwdefaults__))
 
 
@@ -274,7 +275,7 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
     owner_cls = type(owner) if owner is not None else None
     if code is None and not isinstance(target, (types.BuiltinFunctionType, type)):
         # A callable instance: the code of its class's __call__, the instance is state.
-        call = getattr(type(target), "__call__", None)
+        call = type(target).__call__ if callable(target) else None
         code = getattr(call, "__code__", None)
         owner_cls = type(target)
         _feed(update, f"{type(target).__module__}.{type(target).__qualname__}")
@@ -445,9 +446,11 @@ class KeyFunction:
         salt: tuple[Any, ...] = (),
     ) -> None:
         if not callable(fn):
-            raise InvalidParameterError(f"KeyFunction needs a callable 'fn'. Got {type(fn).__name__} instead.")
-        ns = _check_namespace(config.get(config.CACHE_NAMESPACE, override_with=namespace))
-        self.prefix = f"{ns}:{_readable_name(fn)}:"
+            raise InvalidParameterError(
+                f"The 'fn' argument of KeyFunction must be callable. Got {type(fn).__name__} instead."
+            )
+        self.namespace = _check_namespace(config.get(config.CACHE_NAMESPACE, override_with=namespace))
+        self.prefix = f"{self.namespace}:{_readable_name(fn)}:"
         self.ignore_args = frozenset(_check_names(ignore_args, "ignore_args"))
         self.subset_args = frozenset(_check_names(subset_args, "subset_args"))
         sig = signature if signature is not None else _signature(fn)
@@ -458,7 +461,8 @@ class KeyFunction:
         if sig is not None:
             if not isinstance(sig, inspect.Signature):
                 raise InvalidParameterError(
-                    f"The 'signature' argument must be an inspect.Signature. Got {type(sig).__name__} instead. "
+                    "The 'signature' argument must be an inspect.Signature. "
+                    f"Got {type(sig).__name__} instead. "
                     "To fix, pass inspect.signature(some_function_with_the_same_parameters)."
                 )
             params = list(sig.parameters.values())
@@ -590,10 +594,12 @@ def cache_key(
     --------
     >>> def f(players):
     ...     return len(players)
-    >>> cache_key(f, ([3, 1],), {}, subset_args=["players"]) == cache_key(f, ({1, 3},), {}, subset_args=["players"])
+    >>> key = cache_key(f, ([3, 1],), {}, subset_args=["players"])
+    >>> key == cache_key(f, ({1, 3},), {}, subset_args=["players"])
     True
     """
-    return KeyFunction(fn, namespace=namespace, ignore_args=ignore_args, subset_args=subset_args)(args, kwargs)
+    key = KeyFunction(fn, namespace=namespace, ignore_args=ignore_args, subset_args=subset_args)
+    return key(args, kwargs)
 
 
 def layer_name(verb: str, *parts: Any) -> str:
