@@ -1,0 +1,186 @@
+"""The interface every influence function model implements, free of any tensor library."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Generic, Self, TypeVar
+
+from ..errors import InvalidParameterError, NotFittedError
+from ._mode import InfluenceMode
+
+__all__ = ["InfluenceFunctionModel"]
+
+TensorT = TypeVar("TensorT")
+DataT = TypeVar("DataT")
+
+
+class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
+    r"""An approximation of the inverse curvature of a trained model's training loss.
+
+    Subclasses approximate ``H⁻¹`` (or a stand-in for it), where ``H`` is the
+    Hessian of the *empirical mean* training loss
+    ``L(θ) = (1/n) Σᵢ ℓ(zᵢ; θ)`` over the data given to :meth:`fit`.
+
+    Sign convention (as in pyDVL): the influence of a training point ``z`` on
+    a test point ``z_test`` is
+
+    .. math::
+
+        I(z_{test}, z) = \langle H^{-1} \nabla_\theta \ell(z_{test}),
+                                \nabla_\theta \ell(z) \rangle
+
+    *without* the minus sign of Koh & Liang's ``I_up,loss``. Up-weighting
+    ``z`` by ``ε`` changes the test loss by ``-ε · I(z_test, z)`` to first
+    order, so a **positive influence means the training point helps** (it
+    lowers the test loss) and a negative one means it hurts. In
+    :attr:`InfluenceMode.Perturbation` the value is the gradient of the same
+    quantity with respect to the training features ``x``.
+
+    Parameters of the computation are set in the constructor; :meth:`fit`
+    consumes the training data. After :meth:`fit`:
+
+    * :meth:`influence_factors` gives ``H⁻¹∇θℓ(zᵢ)`` per sample, shape
+      ``(n, n_parameters)``. Factors of the test set are computed once and
+      reused against any number of training chunks.
+    * :meth:`influences_from_factors` contracts factors with training gradients.
+    * :meth:`influences` does both; ``influences(x_test, y_test)`` (no training
+      data) gives test-vs-test influences.
+
+    Result shapes: ``(n_test, n_train)`` in up mode and
+    ``(n_test, n_train, *x.shape[1:])`` in perturbation mode.
+    """
+
+    @property
+    @abstractmethod
+    def n_parameters(self) -> int:
+        """Number of trainable parameters, the length of one influence factor."""
+
+    @property
+    @abstractmethod
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` has been called."""
+
+    @property
+    def is_thread_safe(self) -> bool:
+        """Whether one instance may be used from several threads at once.
+
+        False unless a subclass guarantees otherwise: computing gradients
+        usually mutates the wrapped model's state for the duration of a call.
+        """
+        return False
+
+    @abstractmethod
+    def fit(self, data: DataT) -> Self:
+        """Compute (an approximation of) the curvature of the training loss on ``data``.
+
+        Returns
+        -------
+        self
+        """
+
+    def influence_factors(self, x: TensorT, y: TensorT) -> TensorT:
+        """``H⁻¹∇θℓ(xᵢ, yᵢ)`` for every sample, shape ``(len(x), n_parameters)``.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`fit` has not been called.
+        """
+        self._check_fitted("influence_factors")
+        return self._influence_factors(x, y)
+
+    def influences(
+        self,
+        x_test: TensorT,
+        y_test: TensorT,
+        x: TensorT | None = None,
+        y: TensorT | None = None,
+        mode: InfluenceMode | str = InfluenceMode.Up,
+    ) -> TensorT:
+        """Influence of each training point ``(x, y)`` on each test point.
+
+        Parameters
+        ----------
+        x_test, y_test
+            Test features and targets.
+        x, y
+            Training features and targets. Both None (the default) means the
+            test points themselves (test-vs-test influences).
+        mode : InfluenceMode or {"up", "perturbation"}
+            See :class:`InfluenceMode`.
+
+        Returns
+        -------
+        tensor
+            Shape ``(n_test, n_train)`` in up mode, ``(n_test, n_train,
+            *x.shape[1:])`` in perturbation mode.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`fit` has not been called.
+        UnknownModeError
+            If ``mode`` is not a known :class:`InfluenceMode`.
+        """
+        mode = InfluenceMode.parse(mode)
+        self._check_fitted("influences")
+        x, y = self._train_or_test(x_test, y_test, x, y)
+        return self._influences(x_test, y_test, x, y, mode)
+
+    def influences_from_factors(
+        self,
+        factors: TensorT,
+        x: TensorT,
+        y: TensorT,
+        mode: InfluenceMode | str = InfluenceMode.Up,
+    ) -> TensorT:
+        """Contract precomputed :meth:`influence_factors` with the gradients of ``(x, y)``.
+
+        ``influences(x_test, y_test, x, y, mode)`` equals
+        ``influences_from_factors(influence_factors(x_test, y_test), x, y, mode)``.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`fit` has not been called.
+        UnknownModeError
+            If ``mode`` is not a known :class:`InfluenceMode`.
+        """
+        mode = InfluenceMode.parse(mode)
+        self._check_fitted("influences_from_factors")
+        return self._influences_from_factors(factors, x, y, mode)
+
+    # -- hooks for subclasses -------------------------------------------------------
+
+    @abstractmethod
+    def _influence_factors(self, x: TensorT, y: TensorT) -> TensorT:
+        """Factors of validated-fitted model; inputs still to be checked."""
+
+    @abstractmethod
+    def _influences_from_factors(self, factors: TensorT, x: TensorT, y: TensorT, mode: InfluenceMode) -> TensorT:
+        """Contraction for a fitted model; inputs still to be checked."""
+
+    def _influences(self, x_test: TensorT, y_test: TensorT, x: TensorT, y: TensorT, mode: InfluenceMode) -> TensorT:
+        """Default: factors of the test points, then their contraction with ``(x, y)``."""
+        return self._influences_from_factors(self._influence_factors(x_test, y_test), x, y, mode)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _check_fitted(self, method: str) -> None:
+        if not self.is_fitted:
+            name = type(self).__name__
+            raise NotFittedError(
+                f"This {name} instance is not fitted yet: {method}() needs the curvature of the "
+                f"training loss. Call {name}.fit(data_loader) with the training data first."
+            )
+
+    def _train_or_test(self, x_test: TensorT, y_test: TensorT, x: Any, y: Any) -> tuple[TensorT, TensorT]:
+        if (x is None) != (y is None):
+            given, missing = ("x", "y") if y is None else ("y", "x")
+            raise InvalidParameterError(
+                f"influences() got {given} but not {missing}. Pass both training features and targets, "
+                "or neither to compute test-vs-test influences."
+            )
+        if x is None:
+            return x_test, y_test
+        return x, y

@@ -1,0 +1,46 @@
+"""Influence function models in torch (the only part of dvl_dask that imports torch).
+
+All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
+``fit(data_loader)``, then ``influence_factors``, ``influences`` and
+``influences_from_factors``. See that class for the sign convention.
+
+* :class:`DirectInfluence` -- explicit regularised curvature matrix, inverted.
+* :class:`CgInfluence` -- batched conjugate gradient, optional Jacobi or Nyström
+  preconditioning.
+* :class:`LissaInfluence` -- stochastic Neumann series.
+* :class:`ArnoldiInfluence` -- leading eigenpairs by Lanczos iteration.
+* :class:`EkfacInfluence` -- eigenvalue-corrected Kronecker factors (``nn.Linear`` layers).
+* :class:`NystroemSketchInfluence` -- randomised Nyström low-rank sketch.
+* :class:`InverseHarmonicMeanInfluence` -- DataInf, closed-form per-sample inverses.
+
+Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
+``"gauss_newton"``) and ``block_structure`` (``"full"``, ``"layer"`` or a mapping).
+Importing this package registers dask tokenizers for tensors and modules.
+"""
+
+from . import _tokenize as _tokenize  # registers dask tokenizers for tensors and modules
+from ._arnoldi import ArnoldiInfluence
+from ._cg import CgInfluence
+from ._converters import TorchNumpyConverter
+from ._datainf import InverseHarmonicMeanInfluence
+from ._direct import DirectInfluence
+from ._ekfac import EkfacInfluence
+from ._lissa import LissaInfluence
+from ._model_base import TorchInfluenceFunctionModel
+from ._nystroem import NystroemSketchInfluence
+from ._preconditioners import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
+
+__all__ = [
+    "TorchInfluenceFunctionModel",
+    "DirectInfluence",
+    "CgInfluence",
+    "LissaInfluence",
+    "ArnoldiInfluence",
+    "EkfacInfluence",
+    "NystroemSketchInfluence",
+    "InverseHarmonicMeanInfluence",
+    "Preconditioner",
+    "JacobiPreconditioner",
+    "NystroemPreconditioner",
+    "TorchNumpyConverter",
+]

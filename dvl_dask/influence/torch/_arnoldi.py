@@ -1,0 +1,125 @@
+"""Influence with a low-rank eigen-approximation of the curvature, found by Lanczos iteration."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ...errors import InvalidModelError, InvalidParameterError
+from ...validation import SeedLike, check_positive_int, check_real
+from .._mode import BlockMode, SecondOrderMode
+from ._curvature import CurvatureOperator
+from ._functional import FunctionalModel, LossFn
+from ._linalg import lanczos_eigh
+from ._model_base import BlockStructure, TorchInfluenceFunctionModel
+from ._preconditioners import torch_generator
+
+__all__ = ["ArnoldiInfluence"]
+
+
+class ArnoldiInfluence(TorchInfluenceFunctionModel):
+    r"""Project onto the ``rank`` leading eigenvectors of the curvature (Schioppa et al., 2022).
+
+    At fit time a Lanczos iteration (the symmetric case of Arnoldi) with full
+    re-orthogonalisation runs ``krylov_dimension`` curvature-vector products
+    per block and keeps the ``rank`` eigenpairs ``(λᵢ, vᵢ)`` of largest
+    magnitude. Then
+
+    .. math::
+
+        H^{-1} g \approx \sum_{i \le rank} \frac{\langle v_i, g \rangle}{λ_i + λ} v_i,
+
+    where ``λ`` is the regularisation. Components of ``g`` outside the
+    leading eigenspace are dropped. With ``rank`` equal to the number of
+    parameters the result is exact. The Hessian need not be positive
+    definite, but ``λᵢ + λ`` must not vanish.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model.
+    loss : callable
+        Mean-reduced loss.
+    rank : int
+        Number of eigenpairs kept per block; at most the number of trainable
+        parameters (clipped to the size of smaller blocks).
+    regularization : float
+        ``λ ≥ 0`` added to every kept eigenvalue.
+    krylov_dimension : int or None
+        Lanczos steps; at least ``rank``. Default ``min(block size, max(2·rank, rank + 20))``.
+    tol : float
+        Relative size of a Lanczos residual treated as zero (invariant subspace; restart).
+    seed : int, SeedSequence or None
+        Seed of the starting vector.
+    second_order_mode : SecondOrderMode or str
+        ``"hessian"`` (default) or ``"gauss_newton"``.
+    block_structure : BlockMode, str or mapping
+        ``"full"`` (default), ``"layer"``, or ``{block_name: [parameter names]}``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        rank: int,
+        *,
+        regularization: float = 0.0,
+        krylov_dimension: int | None = None,
+        tol: float = 1e-10,
+        seed: SeedLike = 0,
+        second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
+        block_structure: BlockStructure = BlockMode.Full,
+    ) -> None:
+        super().__init__(model, loss)
+        owner = self._owner
+        self.rank = self._check_rank(rank)
+        self.regularization = self._check_regularization(regularization, positive=False)
+        if krylov_dimension is not None:
+            krylov_dimension = check_positive_int(krylov_dimension, "krylov_dimension", owner)
+            if not self.rank <= krylov_dimension <= self.n_parameters:
+                raise InvalidParameterError(
+                    f"The 'krylov_dimension' parameter of {owner} must lie between rank={self.rank} and the number "
+                    f"of parameters {self.n_parameters}. Got {krylov_dimension} instead."
+                )
+        self.krylov_dimension = krylov_dimension
+        self.tol = check_real(tol, "tol", owner, low=0.0)
+        self.seed = seed
+        self.second_order_mode = SecondOrderMode.parse(second_order_mode)
+        self._blocks = self._resolve_blocks(block_structure)
+        self._eigen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
+        gen = torch_generator(self.seed, self._owner)
+        eigen = []
+        for block in self._blocks:
+            op = CurvatureOperator(fm, block, loader, self.second_order_mode, 0.0, self._owner)
+            rank = min(self.rank, block.n)
+            krylov = self.krylov_dimension or max(2 * rank, rank + 20)
+            krylov = min(max(krylov, rank), block.n)
+            evals, evecs = lanczos_eigh(
+                op.matmat, block.n, krylov, dtype=self.dtype, device=self.device, generator=gen, tol=self.tol
+            )
+            evals, evecs = evals[:rank] + self.regularization, evecs[:rank]
+            floor = torch.finfo(self.dtype).eps * max(float(evals.abs().max()), 1.0)
+            if bool((evals.abs() <= floor).any()):
+                raise InvalidModelError(
+                    f"{self._owner}: block {block.name!r} has (near-)zero regularised eigenvalues among the "
+                    f"{rank} kept, so they cannot be inverted. To fix, increase regularization (currently "
+                    f"{self.regularization}) or lower rank."
+                )
+            eigen.append((evals, evecs))
+        self._eigen = eigen
+
+    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
+        def apply(i: int, _block: object, g: torch.Tensor) -> torch.Tensor:
+            evals, evecs = self._eigen[i]
+            return ((g @ evecs.T) / evals) @ evecs
+
+        return self._per_block(grads, self._blocks, apply)
+
+    @property
+    def eigenvalues(self) -> list[torch.Tensor]:
+        """Kept eigenvalues per block, regularisation included (after :meth:`fit`)."""
+        self._check_fitted("eigenvalues")
+        return [e for e, _ in self._eigen]

@@ -1,0 +1,135 @@
+"""A model and its loss as pure functions of the parameters, with ``torch.func``.
+
+Per-sample gradients are one ``vmap(grad(...))`` call over the batch (no
+Python loop over samples). The module is called through
+:func:`torch.func.functional_call`, which temporarily swaps its parameters:
+an instance is therefore not thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+from ...errors import InvalidModelError
+from ._layout import ParameterLayout
+
+__all__ = ["FunctionalModel", "LossFn"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class FunctionalModel:
+    """``model`` and ``loss`` with the trainable parameters captured as detached tensors.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model. Its parameters and buffers are copied when this
+        object is built (at ``fit``) and passed to every call, so later
+        changes to the module do not leak into the influence computation.
+    loss : callable
+        ``loss(output, target) -> scalar``, mean-reduced over the batch.
+    layout : ParameterLayout
+        The trainable parameters and their order in flat vectors.
+    """
+
+    def __init__(self, model: nn.Module, loss: LossFn, layout: ParameterLayout) -> None:
+        self.model = model
+        self.loss = loss
+        self.layout = layout
+        trainable = set(layout.names)
+        # Copies: later in-place updates of the model (an optimiser step) must not change the
+        # parameters the curvature was computed at.
+        self.params = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
+        self.state = {n: p.detach().clone() for n, p in model.named_parameters() if n not in trainable}
+        self.state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+
+    # -- forward passes ---------------------------------------------------------------
+
+    def output(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**params, **self.state}, (x,))
+
+    def batch_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.output(params, x), y)
+
+    def _sample_loss(self, params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return self.batch_loss(params, xi.unsqueeze(0), yi.unsqueeze(0))
+
+    def block_params(self, block: ParameterLayout, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All parameters, with those of ``block`` taken from the flat vector ``flat``."""
+        return {**self.params, **block.unflatten(flat)}
+
+    def check_loss(self, x: torch.Tensor, y: torch.Tensor, owner: str) -> None:
+        """Fail early and clearly if the loss is not a scalar on a batch."""
+        with torch.no_grad():
+            value = self.batch_loss(self.params, x, y)
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InvalidModelError(
+                f"The loss given to {owner} must return a scalar averaged over the batch (like "
+                f"torch.nn.functional.mse_loss with reduction='mean'). Got {shape}."
+            )
+
+    # -- output derivatives (Gauss-Newton) ------------------------------------------------
+
+    def per_sample_output_hessian(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``∇²_o ℓ(oᵢ, yᵢ)`` w.r.t. each sample's flattened output: shape ``(n, m, m)``."""
+        shape = out.shape[1:]
+
+        def sample_loss(oi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+            return self.loss(oi.reshape(1, *shape), yi.unsqueeze(0))
+
+        h = vmap(jacrev(jacrev(sample_loss)))(out.detach().reshape(out.shape[0], -1), y)
+        return (h + h.transpose(1, 2)) / 2
+
+    def per_sample_output_jacobian(self, block: ParameterLayout, x: torch.Tensor) -> torch.Tensor:
+        """``∂oᵢ/∂θ_block`` for each sample: shape ``(n, m, p_block)``."""
+        theta = block.flatten(self.params)
+
+        def sample_output(t: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+            return self.output(self.block_params(block, t), xi.unsqueeze(0)).reshape(-1)
+
+        with _explain_vmap_errors():
+            return vmap(jacrev(sample_output), in_dims=(None, 0))(theta, x)
+
+    # -- gradients ----------------------------------------------------------------------
+
+    def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``∇θℓ(xᵢ, yᵢ)`` for each sample, flattened: shape ``(len(x), n_parameters)``."""
+        with _explain_vmap_errors():
+            g = vmap(grad(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
+        return self.layout.flatten(g, batch_ndim=1)
+
+    def perturbation(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``∇x ⟨fₖ, ∇θℓ(xⱼ, yⱼ)⟩`` for every factor ``fₖ`` and sample ``j``.
+
+        Returns shape ``(len(factors), len(x), *x.shape[1:])``. Reverse mode
+        over the per-sample gradient (``jacrev``), vectorised over samples.
+        """
+
+        def contracted(xi: torch.Tensor, yi: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            g = grad(self._sample_loss)(self.params, xi, yi)
+            return f @ self.layout.flatten(g)
+
+        with _explain_vmap_errors():
+            jac = vmap(jacrev(contracted), in_dims=(0, 0, None))(x, y, factors)
+        return jac.movedim(0, 1)
+
+
+class _explain_vmap_errors:
+    """Turn torch.func's error on random layers (dropout in training mode) into advice."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc_type is not None and issubclass(exc_type, RuntimeError) and "randomness" in str(exc):
+            raise InvalidModelError(
+                "The model uses randomness (e.g. dropout in training mode), which per-sample gradients "
+                "cannot vectorise. To fix, call model.eval() before building the influence model."
+            ) from exc
+        return False

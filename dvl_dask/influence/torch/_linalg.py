@@ -1,0 +1,202 @@
+"""Matrix-free linear algebra on symmetric operators given as row products ``V ↦ V A``.
+
+* :func:`batched_cg` -- conjugate gradient for many right-hand sides at once.
+* :func:`lanczos_eigh` -- leading eigenpairs by Lanczos with full re-orthogonalisation.
+* :func:`nystroem_sketch` -- randomised Nyström low-rank approximation of a PSD operator.
+* :func:`safe_eigh` -- ``eigh`` that retries in float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import InvalidModelError
+
+__all__ = ["CgInfo", "batched_cg", "lanczos_eigh", "nystroem_sketch", "safe_eigh"]
+
+MatMat = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CgInfo:
+    """Outcome of :func:`batched_cg`."""
+
+    iterations: int
+    n_unconverged: int
+    n_indefinite: int
+    max_relative_residual: float
+
+
+def batched_cg(
+    matmat: MatMat,
+    b: torch.Tensor,
+    *,
+    precondition: MatMat | None = None,
+    rtol: float,
+    atol: float,
+    maxiter: int,
+) -> tuple[torch.Tensor, CgInfo]:
+    """Solve ``X A = B`` row by row for symmetric positive definite ``A``.
+
+    All rows run their own CG recurrence (own step sizes), but every
+    iteration makes one call ``matmat(P)`` for all rows still active, so the
+    expensive operator is applied to many vectors at once. A row stops when
+    ``‖r‖ ≤ max(rtol·‖b‖, atol)``, or when it meets non-positive curvature
+    ``pᵀAp ≤ 0`` (``A`` is not positive definite along ``p``; the row keeps its
+    current iterate and is counted in ``n_indefinite``).
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    z = precondition(r) if precondition is not None else r
+    p = z.clone()
+    rz = (r * z).sum(dim=1)
+    b_norm = torch.linalg.vector_norm(b, dim=1)
+    tol = torch.clamp(rtol * b_norm, min=atol)
+    active = b_norm > tol
+    indefinite = torch.zeros_like(active)
+    it = 0
+    while it < maxiter and bool(active.any()):
+        it += 1
+        idx = active.nonzero().squeeze(1)
+        p_a = p[idx]
+        ap = matmat(p_a)
+        pap = (p_a * ap).sum(dim=1)
+        bad = pap <= 0
+        if bool(bad.any()):
+            indefinite[idx[bad]] = True
+            active[idx[bad]] = False
+            keep = ~bad
+            idx, p_a, ap, pap = idx[keep], p_a[keep], ap[keep], pap[keep]
+        alpha = rz[idx] / pap
+        x[idx] += alpha[:, None] * p_a
+        r_a = r[idx] - alpha[:, None] * ap
+        r[idx] = r_a
+        converged = torch.linalg.vector_norm(r_a, dim=1) <= tol[idx]
+        z_a = precondition(r_a) if precondition is not None else r_a
+        rz_new = (r_a * z_a).sum(dim=1)
+        beta = rz_new / rz[idx]
+        p[idx] = z_a + beta[:, None] * p_a
+        rz[idx] = rz_new
+        active[idx[converged]] = False
+    rel = torch.linalg.vector_norm(r, dim=1) / torch.clamp(b_norm, min=torch.finfo(b.dtype).tiny)
+    unconverged = active & ~indefinite
+    info = CgInfo(
+        iterations=it,
+        n_unconverged=int(unconverged.sum()),
+        n_indefinite=int(indefinite.sum()),
+        max_relative_residual=float(rel.max()) if rel.numel() else 0.0,
+    )
+    return x, info
+
+
+def lanczos_eigh(
+    matmat: MatMat,
+    dim: int,
+    krylov_dim: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of the ``krylov_dim``-step Lanczos approximation of a symmetric operator.
+
+    Full re-orthogonalisation keeps the basis orthonormal; when the Krylov
+    space becomes invariant (``β ≤ tol·‖A‖``) the iteration restarts with a
+    random vector orthogonal to the basis, so ``krylov_dim == dim`` recovers
+    the full spectrum. Returns ``(eigenvalues, eigenvectors as rows)`` sorted
+    by decreasing magnitude.
+    """
+    q = torch.zeros((krylov_dim, dim), dtype=dtype, device=device)
+    alphas = torch.zeros(krylov_dim, dtype=dtype, device=device)
+    betas = torch.zeros(max(krylov_dim - 1, 0), dtype=dtype, device=device)
+    v = _random_orthonormal(q[:0], dim, dtype, device, generator)
+    scale = 0.0
+    for j in range(krylov_dim):
+        q[j] = v
+        w = matmat(v[None])[0]
+        alphas[j] = w @ v
+        # Two passes of classical Gram-Schmidt against the whole basis.
+        for _ in range(2):
+            w = w - (q[: j + 1] @ w) @ q[: j + 1]
+        beta = torch.linalg.vector_norm(w)
+        scale = max(scale, float(abs(alphas[j])), float(beta))
+        if j == krylov_dim - 1:
+            break
+        if float(beta) <= tol * max(scale, 1.0):
+            betas[j] = 0.0
+            v = _random_orthonormal(q[: j + 1], dim, dtype, device, generator)
+        else:
+            betas[j] = beta
+            v = w / beta
+    t = torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
+    evals, evecs = torch.linalg.eigh(t)
+    order = torch.argsort(evals.abs(), descending=True)
+    evals, evecs = evals[order], evecs[:, order]
+    return evals, evecs.T @ q
+
+
+def _random_orthonormal(
+    basis: torch.Tensor, dim: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
+    v = torch.randn(dim, generator=generator, dtype=dtype, device="cpu").to(device)
+    for _ in range(2):
+        if basis.shape[0]:
+            v = v - (basis @ v) @ basis
+    return v / torch.linalg.vector_norm(v)
+
+
+def nystroem_sketch(
+    matmat: MatMat,
+    dim: int,
+    rank: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator,
+    owner: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomised Nyström approximation ``A ≈ Uᵀ diag(λ) U`` of a PSD operator.
+
+    ``rank`` products with a random orthonormal test matrix ``Ω``, a small
+    shift ``ν`` for stability, a Cholesky factor of ``Ω A Ωᵀ + νΩΩᵀ`` and an
+    SVD (Tropp et al., 2017). Returns ``(λ ≥ 0 decreasing, U with orthonormal
+    rows)``; with ``rank == dim`` the approximation is exact up to ``ν``.
+    """
+    omega = torch.randn((dim, rank), generator=generator, dtype=dtype, device="cpu").to(device)
+    omega = torch.linalg.qr(omega).Q.T  # (rank, dim), orthonormal rows
+    y = matmat(omega)  # rows of (A Ωᵀ)ᵀ
+    nu = torch.finfo(dtype).eps * dim**0.5 * torch.linalg.matrix_norm(y)
+    y_nu = y + nu * omega
+    core = omega @ y_nu.T
+    chol, info = torch.linalg.cholesky_ex((core + core.T) / 2)
+    if int(info) != 0:
+        raise InvalidModelError(
+            f"{owner}: the Nyström sketch needs a positive semi-definite curvature matrix, but ΩᵀCΩ is not "
+            "positive definite (the curvature has negative eigenvalues). To fix, use "
+            "second_order_mode='gauss_newton', increase regularization, or use a method that does not assume "
+            "PSD (ArnoldiInfluence)."
+        )
+    b = torch.linalg.solve_triangular(chol, y_nu, upper=False)  # (rank, dim) = C⁻¹ Y_ν
+    u, s, _ = torch.linalg.svd(b.T, full_matrices=False)
+    evals = torch.clamp(s**2 - nu, min=0.0)
+    return evals, u.T
+
+
+def safe_eigh(m: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of a symmetric matrix, retried in float64 on the CPU on failure."""
+    m = (m + m.T) / 2
+    try:
+        return torch.linalg.eigh(m)
+    except RuntimeError as first:  # includes LinAlgError and out-of-memory
+        try:
+            evals, evecs = torch.linalg.eigh(m.detach().to("cpu", torch.float64))
+        except RuntimeError as exc:
+            raise InvalidModelError(
+                f"The eigendecomposition of {what} (shape {tuple(m.shape)}) failed on {m.device} ({first}) and "
+                f"in float64 on the CPU ({exc}). To fix, increase the regularization or freeze the layer."
+            ) from exc
+        return evals.to(m.device, m.dtype), evecs.to(m.device, m.dtype)

@@ -1,0 +1,257 @@
+"""What all torch influence models share: fitting protocol, input checks, factor contraction."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Self
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ...validation import check_positive_int, check_real
+from .._base import InfluenceFunctionModel
+from .._mode import BlockMode, InfluenceMode
+from ._data import InputSpec, as_data_loader, iter_batches
+from ._functional import FunctionalModel, LossFn
+from ._layout import ParameterBlock, ParameterLayout, resolve_blocks
+
+__all__ = ["TorchInfluenceFunctionModel"]
+
+#: Samples whose per-sample gradients are held in memory at once.
+GRAD_CHUNK = 1024
+#: Bound on (factors x samples x parameters) elements in one perturbation product.
+PERTURBATION_BUDGET = 2**24
+
+BlockStructure = BlockMode | str | Mapping[str, Sequence[str]]
+
+
+class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoader]):
+    """Base of the torch influence models.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model. Only parameters with ``requires_grad=True`` are
+        considered; they (and the buffers) are copied when :meth:`fit` is
+        called, and all later gradients use those copies. Put models with
+        dropout or batch-norm in evaluation mode (``model.eval()``) first.
+    loss : callable
+        ``loss(output, target) -> scalar``, averaged over the batch like
+        :func:`torch.nn.functional.mse_loss`. ``H`` is the Hessian of this loss
+        averaged over all training samples.
+
+    Notes
+    -----
+    Subclasses implement ``_fit(loader)`` and ``_solve(grads)``; the latter
+    maps per-sample gradients (rows) to influence factors. Computation happens
+    on the device of the model's parameters, in their dtype. Inputs must have
+    the same dtype when floating point (no silent casts); they are moved to
+    the model's device.
+    """
+
+    def __init__(self, model: nn.Module, loss: LossFn) -> None:
+        owner = type(self).__name__
+        if not isinstance(model, nn.Module):
+            raise InvalidModelError(
+                f"The 'model' parameter of {owner} must be a torch.nn.Module. Got {type(model).__name__}."
+            )
+        if not callable(loss):
+            raise InvalidParameterError(
+                f"The 'loss' parameter of {owner} must be a callable loss(output, target) -> scalar, e.g. "
+                f"torch.nn.functional.mse_loss. Got {type(loss).__name__}."
+            )
+        self.model = model
+        self.loss = loss
+        self._layout = ParameterLayout.from_module(model, owner)
+        self._fm: FunctionalModel | None = None
+        self._spec: InputSpec | None = None
+
+    # -- properties --------------------------------------------------------------------
+
+    @property
+    def _owner(self) -> str:
+        return type(self).__name__
+
+    @property
+    def n_parameters(self) -> int:
+        return self._layout.n
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fm is not None
+
+    @property
+    def is_thread_safe(self) -> bool:
+        # functional_call swaps the module's parameters during every call.
+        return False
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's trainable parameters (at fit time), where all computation happens."""
+        return self._spec.device if self._spec is not None else self._first_param().device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model's trainable parameters (at fit time), and of factors and influences."""
+        return self._spec.dtype if self._spec is not None else self._first_param().dtype
+
+    def _first_param(self) -> torch.Tensor:
+        first = self._layout.names[0]
+        return dict(self.model.named_parameters())[first]
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.is_fitted else "not fitted"
+        return f"{self._owner}(model={type(self.model).__name__}, n_parameters={self.n_parameters}, {state})"
+
+    # -- fitting -----------------------------------------------------------------------
+
+    def fit(self, data: DataLoader | tuple[torch.Tensor, torch.Tensor]) -> Self:
+        """Compute the curvature approximation on the training data.
+
+        Parameters
+        ----------
+        data : DataLoader or tuple of tensors
+            A DataLoader yielding ``(x, y)`` batches, or a tuple ``(x, y)``
+            (wrapped in a DataLoader of batches of 512 samples; pass a
+            DataLoader to choose the batch size).
+
+        Returns
+        -------
+        self
+        """
+        owner = self._owner
+        loader = as_data_loader(data, owner)
+        x0, y0 = next(iter_batches(loader, f"{owner}.fit"))
+        ref = self._first_param()
+        spec = InputSpec(tuple(x0.shape[1:]), tuple(y0.shape[1:]), ref.dtype, ref.device)
+        x0, y0 = spec.check(x0, y0, f"{owner}.fit", x_name="x (batch)", y_name="y (batch)")
+        fm = FunctionalModel(self.model, self.loss, self._layout)
+        fm.check_loss(x0, y0, owner)
+        self._fm, self._spec = None, spec
+        self._fit(fm, loader)
+        self._fm = fm
+        return self
+
+    @abstractmethod
+    def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
+        """Compute and store what :meth:`_solve` needs."""
+
+    @abstractmethod
+    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
+        """Apply the inverse-curvature approximation to the rows of ``grads``."""
+
+    # -- factors and influences --------------------------------------------------------
+
+    @property
+    def _functional(self) -> FunctionalModel:
+        assert self._fm is not None  # guarded by _check_fitted
+        return self._fm
+
+    def _check_inputs(
+        self, x: Any, y: Any, method: str, *, differentiable: bool = False, prefix: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._spec is not None
+        return self._spec.check(
+            x, y, f"{self._owner}.{method}", x_name=f"x{prefix}", y_name=f"y{prefix}", differentiable=differentiable
+        )
+
+    def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self._check_inputs(x, y, "influence_factors")
+        fm = self._functional
+        parts = [
+            self._solve(fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]))
+            for i in range(0, x.shape[0], GRAD_CHUNK)
+        ]
+        return torch.cat(parts).detach()
+
+    def _influences(
+        self, x_test: torch.Tensor, y_test: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
+    ) -> torch.Tensor:
+        # Check the training inputs before the (possibly expensive) factors.
+        self._check_inputs(x, y, "influences", differentiable=mode is InfluenceMode.Perturbation)
+        self._check_inputs(x_test, y_test, "influences", prefix="_test")
+        return super()._influences(x_test, y_test, x, y, mode)
+
+    def _influences_from_factors(
+        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
+    ) -> torch.Tensor:
+        factors = self._check_factors(factors)
+        perturbation = mode is InfluenceMode.Perturbation
+        x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
+        fm = self._functional
+        if not perturbation:
+            cols = [
+                factors @ fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]).T
+                for i in range(0, x.shape[0], GRAD_CHUNK)
+            ]
+            return torch.cat(cols, dim=1).detach()
+        k, p = factors.shape
+        k_chunk = min(k, 64)
+        n_chunk = max(1, PERTURBATION_BUDGET // (k_chunk * p))
+        out = torch.empty((k, x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
+        for i in range(0, k, k_chunk):
+            for j in range(0, x.shape[0], n_chunk):
+                out[i : i + k_chunk, j : j + n_chunk] = fm.perturbation(
+                    factors[i : i + k_chunk], x[j : j + n_chunk], y[j : j + n_chunk]
+                )
+        return out.detach()
+
+    def _check_factors(self, factors: Any) -> torch.Tensor:
+        owner = f"{self._owner}.influences_from_factors"
+        if not isinstance(factors, torch.Tensor):
+            raise InvalidDataError(
+                f"The 'factors' argument of {owner} must be a torch.Tensor from influence_factors(). "
+                f"Got {type(factors).__name__}."
+            )
+        if factors.ndim != 2 or factors.shape[1] != self.n_parameters:
+            raise InvalidDataError(
+                f"The 'factors' argument of {owner} must have shape (n_samples, n_parameters={self.n_parameters})."
+                f" Got shape {tuple(factors.shape)}. Compute it with influence_factors(x, y) of this model."
+            )
+        if factors.dtype != self.dtype:
+            raise InvalidDataError(
+                f"The 'factors' argument of {owner} has dtype {factors.dtype}, but the model parameters are "
+                f"{self.dtype}. To fix, convert it with factors.to({self.dtype})."
+            )
+        return factors.to(self.device)
+
+    # -- helpers for subclasses -------------------------------------------------------
+
+    def _resolve_blocks(self, structure: BlockStructure) -> list[ParameterBlock]:
+        return resolve_blocks(self._layout, structure, self._owner)
+
+    def _check_regularization(self, value: Any, *, positive: bool, why: str = "") -> float:
+        if positive:
+            try:
+                return check_real(value, "regularization", self._owner, low=0.0, low_open=True)
+            except InvalidParameterError as exc:
+                raise InvalidParameterError(f"{exc} {why}".strip()) from None
+        return check_real(value, "regularization", self._owner, low=0.0)
+
+    def _check_rank(self, rank: Any) -> int:
+        rank = check_positive_int(rank, "rank", self._owner)
+        if rank > self.n_parameters:
+            raise InvalidParameterError(
+                f"The 'rank' parameter of {self._owner} must be at most the number of trainable parameters "
+                f"({self.n_parameters}). Got {rank} instead. To fix, pass rank <= {self.n_parameters}."
+            )
+        return rank
+
+    @staticmethod
+    def _per_block(
+        grads: torch.Tensor,
+        blocks: Sequence[ParameterBlock],
+        fn: Callable[[int, ParameterBlock, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Apply ``fn(i, block, grads[:, block])`` to every block and reassemble the rows."""
+        if len(blocks) == 1:
+            return fn(0, blocks[0], grads)
+        out = torch.empty_like(grads)
+        for i, block in enumerate(blocks):
+            cols = block.columns
+            cols = cols if isinstance(cols, slice) else cols.to(grads.device)
+            out[:, cols] = fn(i, block, block.select(grads))
+        return out

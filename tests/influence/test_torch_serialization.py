@@ -1,0 +1,142 @@
+"""Influence models survive cloudpickle; torch objects get deterministic dask tokens."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cloudpickle
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from dask.base import tokenize  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from dvl_dask.influence.torch import (  # noqa: E402
+    ArnoldiInfluence,
+    CgInfluence,
+    DirectInfluence,
+    EkfacInfluence,
+    InverseHarmonicMeanInfluence,
+    LissaInfluence,
+    NystroemSketchInfluence,
+)
+from dvl_dask.keys import fingerprint  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+BUILDERS = {
+    "direct": lambda m, loss: DirectInfluence(m, loss, regularization=0.1, block_structure="layer"),
+    "cg": lambda m, loss: CgInfluence(m, loss, regularization=0.1, preconditioner="nystroem"),
+    "lissa": lambda m, loss: LissaInfluence(
+        m, loss, regularization=1.0, scale=2.0, maxiter=50, warn_on_max_iteration=False
+    ),
+    "arnoldi": lambda m, loss: ArnoldiInfluence(m, loss, rank=6, regularization=0.1),
+    "ekfac": lambda m, loss: EkfacInfluence(m, loss, regularization=0.1),
+    "nystroem": lambda m, loss: NystroemSketchInfluence(m, loss, rank=6, regularization=0.1),
+    "datainf": lambda m, loss: InverseHarmonicMeanInfluence(m, loss, regularization=0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_fitted_model_round_trips_through_cloudpickle(name, mlp_classifier):
+    p = mlp_classifier
+    # A lambda loss and a DataLoader exercise cloudpickle's by-value path.
+    loss = lambda out, y: F.cross_entropy(out, y)  # noqa: E731
+    infl = BUILDERS[name](p.model, loss).fit(DataLoader(TensorDataset(p.x, p.y), batch_size=16))
+    expected = infl.influences(p.x_test, p.y_test, p.x, p.y)
+    clone = cloudpickle.loads(cloudpickle.dumps(infl))
+    assert clone.is_fitted and not clone.is_thread_safe
+    assert clone.n_parameters == infl.n_parameters
+    assert torch.equal(clone.influences(p.x_test, p.y_test, p.x, p.y), expected)
+    factors = infl.influence_factors(p.x_test[:2], p.y_test[:2])
+    assert torch.equal(
+        clone.influences_from_factors(factors, p.x[:3], p.y[:3], "perturbation"),
+        infl.influences_from_factors(factors, p.x[:3], p.y[:3], "perturbation"),
+    )
+
+
+def test_unfitted_model_round_trips(mlp_regressor):
+    infl = DirectInfluence(mlp_regressor.model, F.mse_loss)
+    clone = cloudpickle.loads(cloudpickle.dumps(infl))
+    assert not clone.is_fitted
+    clone.fit((mlp_regressor.x, mlp_regressor.y))
+    assert clone.is_fitted
+
+
+def _check_tokenize(obj):
+    """Deterministic, idempotent and stable through one and two cloudpickle round trips (as dask tests)."""
+    token = tokenize(obj, ensure_deterministic=True)
+    assert token == tokenize(obj, ensure_deterministic=True)
+    once = cloudpickle.loads(cloudpickle.dumps(obj))
+    assert tokenize(once, ensure_deterministic=True) == token
+    twice = cloudpickle.loads(cloudpickle.dumps(once))
+    assert tokenize(twice, ensure_deterministic=True) == token
+    return token
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.arange(12, dtype=torch.float64).reshape(3, 4),
+        lambda: torch.arange(12, dtype=torch.float64).reshape(3, 4).T,  # non-contiguous
+        lambda: torch.tensor(3.5),
+        lambda: torch.zeros(0, 2),
+        lambda: torch.ones(3, dtype=torch.bool),
+        lambda: torch.ones(3, dtype=torch.bfloat16),
+        lambda: nn.Parameter(torch.ones(2, 2)),
+    ],
+    ids=["float64", "transposed", "scalar", "empty", "bool", "bfloat16", "parameter"],
+)
+def test_tensor_tokens(make):
+    token = _check_tokenize(make())
+    assert token == tokenize(make(), ensure_deterministic=True)  # equal values, equal tokens
+
+
+def test_tensor_tokens_depend_on_values_dtype_and_shape():
+    a = torch.arange(6, dtype=torch.float32)
+    tokens = {
+        tokenize(t, ensure_deterministic=True) for t in (a, a + 1, a.double(), a.reshape(2, 3), a.to(torch.int32))
+    }
+    assert len(tokens) == 5
+
+
+def test_module_tokens(mlp_regressor):
+    model = mlp_regressor.model
+    token = _check_tokenize(model)
+    assert fingerprint(model) == fingerprint(cloudpickle.loads(cloudpickle.dumps(model)))
+    other = cloudpickle.loads(cloudpickle.dumps(model))
+    with torch.no_grad():
+        other[0].weight[0, 0] += 1e-12
+    assert tokenize(other, ensure_deterministic=True) != token
+    other = cloudpickle.loads(cloudpickle.dumps(model))
+    other[0].weight.requires_grad_(False)
+    assert tokenize(other, ensure_deterministic=True) != token
+    other = cloudpickle.loads(cloudpickle.dumps(model)).train(False)
+    assert tokenize(other, ensure_deterministic=True) != token
+    # Same parameters, other hyper-parameters: the repr tells them apart.
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+    b = cloudpickle.loads(cloudpickle.dumps(a))
+    b[1].p = 0.2
+    assert tokenize(a, ensure_deterministic=True) != tokenize(b, ensure_deterministic=True)
+
+
+def test_keys_registers_torch_lazily_and_stays_torch_free():
+    code = (
+        "import sys\n"
+        "import dvl_dask.keys, dvl_dask.influence\n"
+        "assert 'torch' not in sys.modules, 'importing keys or influence imported torch'\n"
+        "import torch\n"
+        "from dvl_dask.keys import fingerprint\n"
+        "a = fingerprint(torch.arange(3.0), torch.nn.Linear(2, 1))\n"
+        "assert 'dvl_dask.influence.torch._tokenize' in sys.modules\n"
+        "torch.manual_seed(0)\n"
+        "print(fingerprint(torch.arange(3.0)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == fingerprint(torch.arange(3.0))  # same token in another process
