@@ -1,0 +1,45 @@
+"""Memoization of utilities in memory, on disk or in memcached, shared across a cluster.
+
+* :func:`memoize` wraps a function (e.g. ``Utility.fit_and_score``; pass
+  ``Utility(..., cache=backend)``) so each distinct call is computed once.
+  Keys come from :class:`dvl_dask.keys.KeyFunction`: the function's code, the
+  data it closes over and its canonical arguments, the same in every process.
+* :func:`memcached` is the decorator form for a memcached server.
+* Backends implement :class:`CacheBackend` and pass the conformance suite in
+  :mod:`dvl_dask.cache.conformance`: :class:`InMemoryCacheBackend`,
+  :class:`DiskCacheBackend`, :class:`MemcachedCacheBackend`.
+* With ``allow_repeated_evaluations=True``, stochastic functions are averaged:
+  :class:`RunningStats` per key, updated atomically.
+
+Values in memcached and on disk are signed with HMAC-SHA256 and never
+unpickled unless the signature verifies; the secret comes from the option
+``dvl_dask.cache.hmac-key`` or the environment variable ``DVL_DASK_CACHE_KEY``.
+The default, :data:`DEFAULT_HMAC_KEY`, is public: with it, anyone who can write
+to the server can run code in your workers. Set a secret for shared servers.
+
+``pymemcache`` is imported only when a memcached backend is first used.
+"""
+
+from ._backend import DEFAULT_HMAC_KEY, HMAC_KEY_ENV, CacheBackend, check_key, resolve_hmac_key
+from ._disk import DiskCacheBackend
+from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
+from ._memoize import MemoizedFunction, memcached, memoize
+from ._memory import InMemoryCacheBackend
+from ._stats import CacheStats, RunningStats
+
+__all__ = [
+    "DEFAULT_HMAC_KEY",
+    "HMAC_KEY_ENV",
+    "CacheBackend",
+    "CacheStats",
+    "DiskCacheBackend",
+    "InMemoryCacheBackend",
+    "MemcachedCacheBackend",
+    "MemcachedClientConfig",
+    "MemoizedFunction",
+    "RunningStats",
+    "check_key",
+    "memcached",
+    "memoize",
+    "resolve_hmac_key",
+]

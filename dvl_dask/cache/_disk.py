@@ -1,0 +1,225 @@
+"""A cache backend in a directory, safe for several processes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import InvalidParameterError
+from ._backend import CacheBackend, Signer, _Degradation, _Rejected, check_key, resolve_hmac_key
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["DiskCacheBackend"]
+
+_SUFFIX = ".dvl"
+_TMP_PREFIX = ".tmp-"
+_LOCK_DIR = ".locks"
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+class DiskCacheBackend(CacheBackend):
+    """Cache values as signed pickle files in a directory.
+
+    Each entry is one file, written to a temporary file in the same directory
+    and moved into place with :func:`os.replace`, so readers in any process
+    see either the old or the new value, never a partial one. :meth:`update`
+    holds an exclusive :func:`fcntl.flock` lock (one of 256 lock files, chosen
+    by the key) while it reads, changes and writes, so concurrent updates from
+    several processes are never lost.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Directory of the cache; created if missing. Several processes (or
+        workers on one machine, or machines sharing a file system with working
+        ``flock``) may use the same directory.
+    hmac_key : bytes or str, optional
+        Secret that signs entries; entries that do not verify are ignored
+        (counted in ``stats.rejected``) and never unpickled. Default: option
+        ``dvl_dask.cache.hmac-key``, then the environment variable
+        ``DVL_DASK_CACHE_KEY``, then a public default (see
+        :data:`dvl_dask.cache.DEFAULT_HMAC_KEY`). An explicit key travels with
+        the backend when it is pickled; otherwise each process resolves it.
+
+    Notes
+    -----
+    Without ``fcntl`` (Windows), :meth:`update` is atomic between the threads
+    of one process only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> directory = tempfile.TemporaryDirectory()
+    >>> cache = DiskCacheBackend(directory.name)
+    >>> cache.set("answer", 42), cache.get("answer")
+    (True, 42)
+    >>> directory.cleanup()
+    """
+
+    shared = True
+
+    def __init__(self, path: str | os.PathLike[str], *, hmac_key: bytes | str | None = None) -> None:
+        super().__init__()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidParameterError(
+                f"The 'path' argument of DiskCacheBackend must be a str or os.PathLike directory. "
+                f"Got {type(path).__name__} instead."
+            )
+        self.path = pathlib.Path(path).expanduser().absolute()
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidParameterError(
+                f"The 'path' argument of DiskCacheBackend must be a directory; {str(self.path)!r} is a file. "
+                "To fix, pass a directory (it is created if missing)."
+            )
+        self._hmac_key = hmac_key
+        self._signer: Signer | None = None
+        self._degradation = _Degradation(f"The disk cache at {str(self.path)!r}")
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _signer_(self) -> Signer:
+        if self._signer is None:
+            self._signer = Signer(resolve_hmac_key(self._hmac_key))
+        return self._signer
+
+    @staticmethod
+    def _digest(key: str) -> str:
+        return hashlib.blake2b(key.encode("ascii"), digest_size=20).hexdigest()
+
+    def _file(self, digest: str) -> pathlib.Path:
+        return self.path / digest[:2] / (digest[2:] + _SUFFIX)
+
+    def _read(self, key: str, digest: str) -> tuple[bool, Any]:
+        """(found, value) without touching hit/miss counters."""
+        try:
+            data = self._file(digest).read_bytes()
+        except FileNotFoundError:
+            return False, None
+        except OSError as exc:
+            self._degradation.failed(self.stats, "errors", exc, "reading")
+            return False, None
+        try:
+            value = self._signer_().loads(key, data)
+        except _Rejected:
+            self.stats.increment("rejected")
+            return False, None
+        except Exception as exc:  # verified but cannot be unpickled here (e.g. a missing class)
+            self._degradation.failed(self.stats, "errors", exc, "unpickling")
+            return False, None
+        return True, value
+
+    def _write(self, key: str, digest: str, value: Any) -> bool:
+        data = self._signer_().dumps(key, value)
+        target = self._file(digest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_TMP_PREFIX, suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            self._degradation.failed(self.stats, "errors", exc, "writing")
+            return False
+        self._degradation.succeeded()
+        self.stats.increment("sets")
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self, digest: str) -> Iterator[None]:
+        lock_dir = self.path / _LOCK_DIR
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = lock_dir / f"{digest[:2]}.lock"
+        if fcntl is None:  # pragma: no cover - Windows
+            with _thread_locks_guard:
+                lock = _thread_locks.setdefault(str(lock_path), threading.Lock())
+            with lock:
+                yield
+            return
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # -- API --------------------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        check_key(key)
+        found, value = self._read(key, self._digest(key))
+        if not found:
+            self.stats.increment("misses")
+            return default
+        self.stats.increment("hits")
+        return value
+
+    def set(self, key: str, value: Any) -> bool:
+        check_key(key)
+        return self._write(key, self._digest(key), value)
+
+    def delete(self, key: str) -> bool:
+        check_key(key)
+        try:
+            self._file(self._digest(key)).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self._degradation.failed(self.stats, "errors", exc, "deleting")
+            return False
+        return True
+
+    def clear(self) -> None:
+        if not self.path.is_dir():
+            return
+        for sub in os.scandir(self.path):
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for entry in os.scandir(sub.path):
+                if entry.name.endswith(_SUFFIX) or entry.name.startswith(_TMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def update(self, key: str, fn: Callable[[Any], Any]) -> Any:
+        check_key(key)
+        digest = self._digest(key)
+        try:
+            with self._locked(digest):
+                _, current = self._read(key, digest)
+                new = fn(current)
+                if new is None:
+                    raise InvalidParameterError(
+                        "The function given to CacheBackend.update must return the new value, not None."
+                    )
+                return new if self._write(key, digest, new) else None
+        except OSError as exc:  # the lock file could not be created or locked
+            self._degradation.failed(self.stats, "errors", exc, "locking")
+            return None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._signer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_signer"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"DiskCacheBackend({str(self.path)!r})"

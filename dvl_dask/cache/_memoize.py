@@ -1,0 +1,503 @@
+"""Memoization of functions (utilities) in a cache backend, with optional averaging."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import numbers
+import sys
+import time
+import warnings
+from collections.abc import Callable, Collection
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from .. import config
+from ..errors import CacheError, DvlDaskWarning, InvalidParameterError
+from ..keys import KeyFunction, function_token
+from ..validation import check_positive_int, check_real
+from ._backend import CacheBackend
+from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
+from ._stats import CacheStats, RunningStats
+
+__all__ = ["MemoizedFunction", "memcached", "memoize"]
+
+T = TypeVar("T")
+_MISS = object()
+
+
+class MemoizedFunction(Generic[T]):
+    """A function whose results are kept in a :class:`CacheBackend`.
+
+    Built by :func:`memoize` (or the :func:`memcached` decorator); see there
+    for the parameters. Calling it looks the call's key up in the backend and
+    runs the function only on a miss. It is picklable (with ``pickle`` when the
+    function is importable, with ``cloudpickle`` always), so it can be sent to
+    Dask workers, where it keeps working against the same backend.
+
+    Attributes
+    ----------
+    backend : CacheBackend
+        Where results live.
+    key_function : KeyFunction
+        Makes the keys; ``key_function.function_token`` identifies the code,
+        the data it closes over and the memoization mode.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., T],
+        backend: CacheBackend,
+        *,
+        namespace: str | None = None,
+        ignore_args: Collection[str] | None = None,
+        subset_args: Collection[str] | None = None,
+        time_threshold: float | None = None,
+        allow_repeated_evaluations: bool | None = None,
+        rtol_stderr: float | None = None,
+        atol_stderr: float | None = None,
+        min_repetitions: int | None = None,
+        max_repetitions: int | None = None,
+        signature: inspect.Signature | None = None,
+    ) -> None:
+        owner = "memoize"
+        if not callable(fn):
+            raise InvalidParameterError(
+                f"The 'fn' argument of {owner} must be callable. Got {type(fn).__name__} instead."
+            )
+        if not isinstance(backend, CacheBackend):
+            raise InvalidParameterError(
+                f"The 'backend' argument of {owner} must be a dvl_dask.cache.CacheBackend. Got "
+                f"{type(backend).__name__} instead. To fix, pass InMemoryCacheBackend(), "
+                "DiskCacheBackend(path) or MemcachedCacheBackend(config)."
+            )
+        repeated = config.get(
+            config.CACHE_ALLOW_REPEATED_EVALUATIONS, override_with=allow_repeated_evaluations
+        )
+        if not isinstance(repeated, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"The 'allow_repeated_evaluations' parameter of {owner} must be a bool. "
+                f"Got {repeated!r} instead."
+            )
+        self.backend = backend
+        self.allow_repeated_evaluations = bool(repeated)
+        threshold = config.get(config.CACHE_TIME_THRESHOLD, override_with=time_threshold)
+        self.time_threshold = check_real(threshold, "time_threshold", owner, low=0.0)
+        self.rtol_stderr = check_real(
+            config.get(config.CACHE_RTOL_STDERR, override_with=rtol_stderr), "rtol_stderr", owner, low=0.0
+        )
+        self.atol_stderr = check_real(
+            config.get(config.CACHE_ATOL_STDERR, override_with=atol_stderr), "atol_stderr", owner, low=0.0
+        )
+        self.min_repetitions = check_positive_int(
+            config.get(config.CACHE_MIN_REPETITIONS, override_with=min_repetitions), "min_repetitions", owner
+        )
+        max_reps = config.get(config.CACHE_MAX_REPETITIONS, override_with=max_repetitions)
+        if max_reps is not None:
+            max_reps = check_positive_int(max_reps, "max_repetitions", owner)
+            if max_reps < self.min_repetitions:
+                raise InvalidParameterError(
+                    f"The 'max_repetitions' parameter of {owner} must be >= min_repetitions "
+                    f"({self.min_repetitions}). Got {max_reps} instead."
+                )
+        self.max_repetitions: int | None = max_reps
+        self.key_function = KeyFunction(
+            fn,
+            namespace=namespace,
+            ignore_args=ignore_args,
+            subset_args=subset_args,
+            signature=signature,
+            salt=("repeated",) if self.allow_repeated_evaluations else (),
+        )
+        functools.update_wrapper(self, fn)  # __wrapped__, __name__, __qualname__, __module__, __doc__
+        if "__qualname__" not in self.__dict__:  # e.g. a functools.partial or a callable instance
+            self.__qualname__ = self.__name__ = type(fn).__qualname__
+        self._own = CacheStats()
+        self._warned_uncacheable = False
+
+    # -- calling ------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        key = self.key_function(args, kwargs)
+        if self.allow_repeated_evaluations:
+            return self._call_repeated(key, args, kwargs)
+        value = self.backend.get(key, _MISS)
+        if value is not _MISS:
+            self._own.increment("hits")
+            return value
+        self._own.increment("misses")
+        start = time.perf_counter()
+        value = self.__wrapped__(*args, **kwargs)
+        elapsed = time.perf_counter() - start
+        if elapsed > self.time_threshold or self.time_threshold <= 0:
+            try:
+                stored = self.backend.set(key, value)
+            except CacheError as exc:
+                stored = False
+                self._warn_uncacheable(exc)
+            if stored:
+                self._own.increment("sets")
+        return value
+
+    def _call_repeated(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        record = self.backend.get(key)
+        if isinstance(record, RunningStats) and self._converged(record):
+            self._own.increment("hits")
+            return record.mean
+        self._own.increment("misses")
+        value = self.__wrapped__(*args, **kwargs)
+        sample = _as_real(value, self.__qualname__)
+
+        def add(current: Any) -> RunningStats:
+            base = current if isinstance(current, RunningStats) else RunningStats()
+            return base.add(sample)
+
+        new = self.backend.update(key, add)
+        if new is None:  # the backend is unavailable: the fresh value is all we have
+            return value
+        self._own.increment("sets")
+        return new.mean
+
+    def _converged(self, record: RunningStats) -> bool:
+        return record.converged(
+            rtol=self.rtol_stderr,
+            atol=self.atol_stderr,
+            min_count=self.min_repetitions,
+            max_count=self.max_repetitions,
+        )
+
+    def _warn_uncacheable(self, exc: Exception) -> None:
+        if not self._warned_uncacheable:
+            self._warned_uncacheable = True
+            message = f"{exc} Results of {self.__qualname__} are not cached."
+            warnings.warn(message, DvlDaskWarning, stacklevel=3)
+
+    # -- inspection -------------------------------------------------------------------------
+    @property
+    def options(self) -> dict[str, Any]:
+        """The resolved options, as keyword arguments of :func:`memoize` (to rebuild it elsewhere)."""
+        key = self.key_function
+        return {
+            "namespace": key.namespace,
+            "ignore_args": sorted(key.ignore_args),
+            "subset_args": sorted(key.subset_args),
+            "time_threshold": self.time_threshold,
+            "allow_repeated_evaluations": self.allow_repeated_evaluations,
+            "rtol_stderr": self.rtol_stderr,
+            "atol_stderr": self.atol_stderr,
+            "min_repetitions": self.min_repetitions,
+            "max_repetitions": self.max_repetitions,
+        }
+
+    @property
+    def stats(self) -> CacheStats:
+        """Counters of this function in this process.
+
+        ``hits``, ``misses`` and ``sets`` count calls of this function (a hit
+        did not run it). ``timeouts``, ``errors``, ``reconnects`` and
+        ``rejected`` are those of its backend, shared by every function that
+        uses the same backend object. A snapshot: read it again to update.
+        """
+        own = self._own.as_dict()
+        backend = self.backend.stats.as_dict()
+        return CacheStats(
+            hits=own["hits"],
+            misses=own["misses"],
+            sets=own["sets"],
+            timeouts=backend["timeouts"],
+            errors=backend["errors"],
+            reconnects=backend["reconnects"],
+            rejected=backend["rejected"],
+        )
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The key under which ``self(*args, **kwargs)`` is stored."""
+        return self.key_function(args, kwargs)
+
+    def statistics(self, *args: Any, **kwargs: Any) -> RunningStats | None:
+        """Mean, variance, count and stderr of the evaluations of ``self(*args, **kwargs)``.
+
+        Only with ``allow_repeated_evaluations=True``. Returns None when the
+        call has not been evaluated (or the backend cannot be reached).
+        """
+        if not self.allow_repeated_evaluations:
+            raise InvalidParameterError(
+                f"statistics() of {self.__qualname__} needs allow_repeated_evaluations=True; this function "
+                "stores single values. To fix, memoize it with allow_repeated_evaluations=True."
+            )
+        record = self.backend.get(self.key_function(args, kwargs))
+        return record if isinstance(record, RunningStats) else None
+
+    def converged(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether ``self(*args, **kwargs)`` stopped repeating (always True without repetitions)."""
+        if not self.allow_repeated_evaluations:
+            return True
+        record = self.statistics(*args, **kwargs)
+        return record is not None and self._converged(record)
+
+    # -- protocols --------------------------------------------------------------------------
+    def __dask_tokenize__(self) -> Any:
+        # What the wrapped function normalises to: memoizing never changes graph keys.
+        from dask.tokenize import normalize_token
+
+        try:
+            return normalize_token(self.__wrapped__)
+        except Exception:
+            return function_token(self.__wrapped__)
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        # Used as a method decorator: bind the instance like a function would.
+        return self if obj is None else _BoundMemoizedFunction(self, obj)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_own"] = CacheStats()  # counters are per process
+        state["_warned_uncacheable"] = False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # A module-level function decorated in place is pickled by name, like the
+        # function it replaces; anything else by value.
+        name = self._global_name()
+        if name is not None:
+            return name
+        return (_rebuild, (self.__getstate__(),))
+
+    def _global_name(self) -> str | None:
+        module = getattr(self, "__module__", None)
+        qualname = getattr(self, "__qualname__", None)
+        if not module or not qualname or module == "__main__" or "<locals>" in qualname:
+            return None
+        obj: Any = sys.modules.get(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        return qualname if obj is self else None
+
+    def __repr__(self) -> str:
+        mode = ", repeated" if self.allow_repeated_evaluations else ""
+        return f"<memoized {self.__qualname__} in {self.backend!r}{mode}>"
+
+
+class _BoundMemoizedFunction:
+    """A memoized function decorating a method, bound to an instance (which enters the key)."""
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, func: MemoizedFunction[Any], obj: Any) -> None:
+        self.__func__ = func
+        self.__self__ = obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self.__func__.cache_key(self.__self__, *args, **kwargs)
+
+    def statistics(self, *args: Any, **kwargs: Any) -> RunningStats | None:
+        return self.__func__.statistics(self.__self__, *args, **kwargs)
+
+    def converged(self, *args: Any, **kwargs: Any) -> bool:
+        return self.__func__.converged(self.__self__, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__func__, name)
+
+    def __repr__(self) -> str:
+        return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+def _rebuild(state: dict[str, Any]) -> MemoizedFunction[Any]:
+    obj = MemoizedFunction.__new__(MemoizedFunction)
+    obj.__setstate__(state)
+    return obj
+
+
+def _as_real(value: Any, name: str) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.number):
+        return float(value)
+    raise InvalidParameterError(
+        f"With allow_repeated_evaluations=True, {name} must return a real number to average. "
+        f"Got {type(value).__name__} instead. To fix, return a float or memoize without repetitions."
+    )
+
+
+def memoize(
+    fn: Callable[..., T],
+    backend: CacheBackend,
+    *,
+    namespace: str | None = None,
+    ignore_args: Collection[str] | None = None,
+    time_threshold: float | None = None,
+    allow_repeated_evaluations: bool | None = None,
+    rtol_stderr: float | None = None,
+    min_repetitions: int | None = None,
+    signature: inspect.Signature | None = None,
+    subset_args: Collection[str] | None = None,
+    atol_stderr: float | None = None,
+    max_repetitions: int | None = None,
+) -> MemoizedFunction[T]:
+    """Keep the results of ``fn`` in ``backend``, keyed by code, data and arguments.
+
+    The key of a call (see :class:`dvl_dask.keys.KeyFunction`) digests the
+    code of ``fn`` (bytecode and constants, recursively, and the helpers it
+    calls in its module), the state it carries -- for a bound method its
+    owner's ``__dask_tokenize__``, e.g. a Utility's data fingerprint, model
+    and scorer -- and its arguments in canonical form. It is the same in every
+    process, machine and run, so workers share entries through a shared
+    backend, and it never silently changes (it raises
+    :class:`~dvl_dask.errors.TokenizationError` for state it cannot hash).
+
+    Parameters
+    ----------
+    fn : callable
+        The function to memoize. Its results must be picklable for the disk
+        and memcached backends.
+    backend : CacheBackend
+        Where results live: :class:`InMemoryCacheBackend`,
+        :class:`DiskCacheBackend` or :class:`MemcachedCacheBackend`.
+    namespace : str, optional
+        First part of the keys. Default ``dvl_dask.cache.namespace`` (``"dvl"``).
+    ignore_args : collection of str, optional
+        Parameters left out of the key (they must not change the result).
+    time_threshold : float, optional
+        Store only results whose computation took longer than this many
+        seconds. Default ``dvl_dask.cache.time-threshold`` (0.0: store all).
+    allow_repeated_evaluations : bool, optional
+        For stochastic functions returning a real number: keep a running mean,
+        variance and count per key, updated atomically in the backend, and
+        evaluate again until the mean is precise enough (see Notes); calls
+        return the running mean. Default
+        ``dvl_dask.cache.allow-repeated-evaluations`` (False).
+    rtol_stderr : float, optional
+        Stop repeating once ``stderr <= rtol_stderr * |mean|``. Default
+        ``dvl_dask.cache.rtol-stderr`` (0.1).
+    min_repetitions : int, optional
+        Evaluate at least this often before stopping. Default
+        ``dvl_dask.cache.min-repetitions`` (3).
+    signature : inspect.Signature, optional
+        Signature used to bind arguments to names (for ``ignore_args``), for
+        callables :func:`inspect.signature` cannot read.
+    subset_args : collection of str, optional
+        Parameters that hold a coalition: their indices are sorted and made
+        unique for the key, so equal coalitions in any order share an entry
+        (``fn`` still receives them as given).
+    atol_stderr : float, optional
+        Also stop once ``stderr <= atol_stderr``. Default
+        ``dvl_dask.cache.atol-stderr`` (0.0).
+    max_repetitions : int, optional
+        Stop after this many evaluations in any case. Default
+        ``dvl_dask.cache.max-repetitions`` (100); None in the config means no cap.
+
+    Returns
+    -------
+    MemoizedFunction
+        Callable like ``fn``, with ``.stats`` (:class:`CacheStats`),
+        ``.cache_key(*args)``, ``.statistics(*args)`` (:class:`RunningStats`)
+        and ``.backend``. It survives ``cloudpickle`` to Dask workers.
+
+    Notes
+    -----
+    With repetitions, a call returns the cached mean without evaluating once
+    ``count >= min_repetitions`` and ``stderr <= max(rtol_stderr * |mean|,
+    atol_stderr)``, or ``count >= max_repetitions``. The tolerance is relative
+    to ``|mean|``, so negative utilities stop as positive ones do; a mean of
+    exactly zero stops when evaluations agree exactly (stderr 0), else at
+    ``atol_stderr`` or ``max_repetitions``. Every evaluation is recorded even
+    when ``time_threshold`` would skip it.
+
+    Examples
+    --------
+    >>> from dvl_dask.cache import InMemoryCacheBackend, memoize
+    >>> calls = []
+    >>> def size(players):
+    ...     calls.append(1)
+    ...     return len(players)
+    >>> f = memoize(size, InMemoryCacheBackend(), subset_args=["players"])
+    >>> f([1, 2, 3]), f([3, 2, 1]), len(calls)
+    (3, 3, 1)
+    >>> f.stats.hits, f.stats.misses
+    (1, 1)
+    """
+    return MemoizedFunction(
+        fn,
+        backend,
+        namespace=namespace,
+        ignore_args=ignore_args,
+        subset_args=subset_args,
+        time_threshold=time_threshold,
+        allow_repeated_evaluations=allow_repeated_evaluations,
+        rtol_stderr=rtol_stderr,
+        atol_stderr=atol_stderr,
+        min_repetitions=min_repetitions,
+        max_repetitions=max_repetitions,
+        signature=signature,
+    )
+
+
+def memcached(
+    client_config: MemcachedClientConfig | None = None,
+    time_threshold: float = 0.3,
+    allow_repeated_evaluations: bool = False,
+    rtol_stderr: float = 0.1,
+    min_repetitions: int = 3,
+    ignore_args: Collection[str] | None = None,
+    *,
+    namespace: str | None = None,
+    subset_args: Collection[str] | None = None,
+    hmac_key: bytes | str | None = None,
+) -> Callable[..., MemoizedFunction[Any]]:
+    """Decorator: memoize a function in a memcached server.
+
+    A shortcut for ``memoize(fn, MemcachedCacheBackend(client_config), ...)``
+    with defaults suited to expensive functions. See :func:`memoize` for the
+    parameters.
+
+    Parameters
+    ----------
+    client_config : MemcachedClientConfig, optional
+        Server and timeouts; default ``localhost:11211``.
+    time_threshold : float
+        Store only results that took longer than this many seconds.
+    allow_repeated_evaluations, rtol_stderr, min_repetitions, ignore_args
+        As in :func:`memoize`.
+    namespace, subset_args
+        As in :func:`memoize`.
+    hmac_key : bytes or str, optional
+        Secret that signs values, see :class:`MemcachedCacheBackend`.
+
+    Returns
+    -------
+    callable
+        ``wrapper(fn, signature=None) -> MemoizedFunction``; the memoized
+        function has ``.stats`` (sets, misses, hits, timeouts, errors,
+        reconnects, rejected).
+
+    Examples
+    --------
+    >>> @memcached(MemcachedClientConfig(server=("127.0.0.1", 11211)), time_threshold=0.0)
+    ... def slow_square(x):
+    ...     return x * x
+    >>> slow_square.stats.hits  # no server contacted yet
+    0
+    """
+
+    def wrapper(fn: Callable[..., T], signature: inspect.Signature | None = None) -> MemoizedFunction[T]:
+        return memoize(
+            fn,
+            MemcachedCacheBackend(client_config, hmac_key=hmac_key),
+            namespace=namespace,
+            ignore_args=ignore_args,
+            subset_args=subset_args,
+            time_threshold=time_threshold,
+            allow_repeated_evaluations=allow_repeated_evaluations,
+            rtol_stderr=rtol_stderr,
+            min_repetitions=min_repetitions,
+            signature=signature,
+        )
+
+    return wrapper
