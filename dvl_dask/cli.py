@@ -105,12 +105,14 @@ def _scheduler(name: str, n_workers: int) -> AbstractContextManager[Any]:
     raise InvalidParameterError(f"--scheduler must be one of {SCHEDULERS}. Got {name!r}.")
 
 
-def _value(args: argparse.Namespace) -> xr.Dataset:
+def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
+    """Run the valuation (and, with --compare-loo, leave-one-out on the same cached utility)."""
     from . import valuation
+    from .cache import InMemoryCacheBackend
 
     data = _load_dataset(args.dataset, args.n_points, args.seed)
     scorer = "r2" if args.dataset == "diabetes" else "accuracy"
-    cache = _in_memory_cache() if args.cache else None
+    cache = InMemoryCacheBackend() if args.cache else None
     utility = Utility(_make_model(args.model), data, scorer, cache=cache)
     if args.method not in METHODS:
         raise InvalidParameterError(f"--method must be one of {METHODS}. Got {args.method!r}.")
@@ -121,28 +123,22 @@ def _value(args: argparse.Namespace) -> xr.Dataset:
         ds = method(utility)
     print(
         f"Valuing {data.n_players} training points of {args.dataset!r} with {args.model!r} "
-        f"({args.method}, {ds.attrs['n_evaluations']} utility evaluations, scorer {scorer!r})"
+        f"({args.method}, {ds.attrs['n_evaluations']} utility evaluations, scorer {scorer!r}, "
+        f"{'in-memory cache' if cache is not None else 'no cache'})"
     )
-    start = time.perf_counter()
+    loo_result = None
     with _scheduler(args.scheduler, args.workers), _progress(args.scheduler):
-        out = to_zarr(ds, args.out, overwrite=True) if args.out else None
-    elapsed = time.perf_counter() - start
-    if out is not None:
-        from .results import open_result
+        start = time.perf_counter()
+        to_zarr(ds, args.out, overwrite=True)
+        print(f"Wrote {args.out} in {time.perf_counter() - start:.1f} s")
+        if args.compare_loo and args.method != "loo":
+            start = time.perf_counter()
+            loo_result = valuation.loo(utility).compute()
+            note = " (coalitions a worker already evaluated come from its cache)" if cache is not None else ""
+            print(f"Leave-one-out on the same utility took {time.perf_counter() - start:.2f} s{note}")
+    from .results import open_result
 
-        result = open_result(args.out).load()
-        print(f"Wrote {args.out} in {elapsed:.1f} s")
-    else:  # pragma: no cover - --out is always given by the CLI defaults
-        result = ds.compute()
-    return result
-
-
-def _in_memory_cache() -> Any:
-    try:
-        from .cache import InMemoryCacheBackend
-    except ImportError:  # pragma: no cover - cache package not available
-        return None
-    return InMemoryCacheBackend()
+    return open_result(args.out).load(), loo_result
 
 
 def _progress(scheduler: str) -> AbstractContextManager[Any]:
@@ -153,14 +149,17 @@ def _progress(scheduler: str) -> AbstractContextManager[Any]:
     return ProgressBar()
 
 
-def _report(result: xr.Dataset, k: int) -> None:
+def _report(result: xr.Dataset, k: int, loo_result: xr.Dataset | None = None) -> None:
     k = min(k, result.sizes["sample"])
-    print(f"\nMost valuable {k} training points:")
-    for name, v in zip(result.dvl.top_k(k)["sample"].values, result.dvl.top_k(k)["value"].values):
-        print(f"  {name!s:>8}  {v:+.5f}")
-    print(f"Least valuable {k} training points:")
-    for name, v in zip(result.dvl.bottom_k(k)["sample"].values, result.dvl.bottom_k(k)["value"].values):
-        print(f"  {name!s:>8}  {v:+.5f}")
+    method = result.attrs["method"]
+    header = f"  {'point':>8}  {method:>20}" + (f"  {'leave-one-out':>14}" if loo_result is not None else "")
+    for title, part in (("Most", result.dvl.top_k(k)), ("Least", result.dvl.bottom_k(k))):
+        print(f"\n{title} valuable {k} training points:")
+        print(header)
+        for name, v, err in zip(part["sample"].values, part["value"].values, part["stderr"].values):
+            extra = f"  {float(loo_result['value'].sel(sample=name)):+14.5f}" if loo_result is not None else ""
+            spread = f" ± {err:.4f}" if err > 0 else ""
+            print(f"  {name!s:>8}  {f'{v:+.5f}{spread}':>20}{extra}")
     total = float(result["value"].sum())
     print(f"Sum of values: {total:+.5f}")
 
@@ -197,9 +196,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
         sp.add_argument("--no-cache", dest="cache", action="store_false", help="do not memoize utilities")
         sp.add_argument("--top", type=int, default=5, help="how many best/worst points to print")
+        sp.add_argument("--compare-loo", action="store_true", help="also compute leave-one-out values")
 
     demo = sub.add_parser("demo", help="value a real sklearn dataset end to end (the main job)")
     common(demo, out="values.zarr")
+    demo.set_defaults(compare_loo=True)
     demo.add_argument("--plot", default="values.png", help="where to save a plot ('' for none)")
     value = sub.add_parser("value", help="value a dataset and write the result to zarr")
     common(value, out="values.zarr")
@@ -217,11 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --budget must be at least 1", file=sys.stderr)
         return 2
     try:
-        result = _value(args)
+        result, loo_result = _value(args)
     except DvlDaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _report(result, args.top)
+    _report(result, args.top, loo_result)
     if args.plot:
         _plot(result, args.plot)
     return 0

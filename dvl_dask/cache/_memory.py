@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,17 @@ class InMemoryCacheBackend(CacheBackend):
 
     Values are stored as they are (not copied, not pickled), which makes a hit
     cost about a microsecond; do not mutate values returned by a cached
-    function. Pickling the backend (e.g. to send it to a Dask worker) copies
-    its entries; the processes do not share later entries: use
-    :class:`DiskCacheBackend` or :class:`MemcachedCacheBackend` for that.
+    function.
+
+    Entries live in the process that computed them. Pickling the backend
+    (e.g. to send a utility to Dask workers) sends only its identity: every
+    copy unpickled in one process shares that process's entries for this
+    backend, so a worker keeps its hits across tasks and across graphs (a
+    second valuation method on the same utility), and the process that
+    created the backend sees its own entries in every copy. A process keeps
+    the entries of its 16 most recently attached backends. Processes do not
+    see each other's entries: use :class:`DiskCacheBackend` or
+    :class:`MemcachedCacheBackend` for that.
 
     Examples
     --------
@@ -36,8 +45,18 @@ class InMemoryCacheBackend(CacheBackend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._data: dict[str, Any] = {}
-        self._lock = threading.RLock()
+        self._id = uuid.uuid4().hex
+        self._attach()
+
+    def _attach(self) -> None:
+        with _REGISTRY_LOCK:
+            storage = _STORAGE.pop(self._id, None) or _Storage()
+            _STORAGE[self._id] = storage  # most recently used last
+            while len(_STORAGE) > _MAX_BACKENDS_PER_PROCESS:
+                del _STORAGE[next(iter(_STORAGE))]
+        self._storage = storage
+        self._data = storage.data
+        self._lock = storage.lock
 
     def get(self, key: str, default: Any = None) -> Any:
         check_key(key)
@@ -82,17 +101,31 @@ class InMemoryCacheBackend(CacheBackend):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        with self._lock:
-            state["_data"] = dict(self._data)
-        del state["_lock"]
+        for name in ("_storage", "_data", "_lock"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._attach()
 
     def __repr__(self) -> str:
         return f"InMemoryCacheBackend(entries={len(self._data)})"
 
 
 _MISSING = object()
+
+
+class _Storage:
+    """The entries and lock that all copies of one backend share within a process."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.lock = threading.RLock()
+
+
+# backend id -> storage, kept for the process's lifetime so that workers keep their
+# entries between graphs; bounded to the most recently attached backends.
+_STORAGE: dict[str, _Storage] = {}
+_REGISTRY_LOCK = threading.Lock()
+_MAX_BACKENDS_PER_PROCESS = 16

@@ -189,3 +189,29 @@ def test_disk_cache_is_shared_between_instances(tmp_path) -> None:
     key = f"k-{uuid.uuid4().hex}"
     a.set(key, [1, 2])
     assert b.get(key) == [1, 2]
+
+
+def test_in_memory_copies_share_entries_within_a_process_only() -> None:
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from dvl_dask.cache import InMemoryCacheBackend
+
+    backend = InMemoryCacheBackend()
+    backend.set("k", 1)
+    payload = cloudpickle.dumps(backend)
+    here = pickle.loads(payload)
+    assert here.get("k") == 1  # same process: shared entries
+    here.set("later", 2)
+    assert backend.get("later") == 2
+    # another process gets the identity, not the entries; its copies share among themselves
+    code = (
+        "import sys, pickle; data = sys.stdin.buffer.read();"
+        "a = pickle.loads(data); b = pickle.loads(data); a.set('w', 3);"
+        "print(a.get('k'), b.get('w'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["None", "3"]
+    assert len(pickle.dumps(backend)) < 1_000  # entries never travel

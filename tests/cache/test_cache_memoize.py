@@ -83,7 +83,7 @@ def test_cached_utility_survives_cloudpickle_and_keeps_its_key() -> None:
     clone = cloudpickle.loads(cloudpickle.dumps(u))
     assert clone._memoized.cache_key(np.arange(3)) == u._memoized.cache_key(np.arange(3))
     assert clone([2, 1, 0]) == u([0, 1, 2])
-    assert clone._memoized.stats.hits == 1  # the in-memory entries travelled with it
+    assert clone._memoized.stats.hits == 1  # copies in one process share the in-memory entries
 
 
 def test_time_threshold_stores_only_slow_results() -> None:
