@@ -140,6 +140,10 @@ class Utility:
 
     def fit_and_score(self, players: np.ndarray) -> float:
         """Fit a fresh clone on the given (canonical) players and score it; no cache."""
+        return self._fit_score(_clone(self.model), players, "Fitting or scoring")
+
+    def _fit_score(self, model: Any, players: np.ndarray, what: str) -> float:
+        """Fit ``model`` on the rows of ``players`` and score it, with the default-score rules."""
         data = self._numpy_data()
         rows = data.train_indices(players)
         if rows.size == 0:
@@ -147,7 +151,6 @@ class Utility:
         y = data.y_train[rows]
         if self._is_classifier and np.unique(y).size < 2:
             return self.default_score
-        model = _clone(self.model)
         try:
             model.fit(data.x_train[rows], y)
             score = self.scorer(model, data.x_test, data.y_test)
@@ -155,15 +158,13 @@ class Utility:
             if not self.catch_errors:
                 raise
             warnings.warn(
-                f"Fitting or scoring on {players.size} player(s) failed ({type(exc).__name__}: {exc}); "
+                f"{what} on {players.size} player(s) failed ({type(exc).__name__}: {exc}); "
                 f"using default_score={self.default_score}.",
                 UtilityFailureWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             return self.default_score
-        if not np.isfinite(score):
-            return self.default_score
-        return score
+        return score if np.isfinite(score) else self.default_score
 
     def prefix_scores(
         self,
@@ -196,12 +197,11 @@ class Utility:
         order = np.asarray(order, dtype=np.int64)
         scores = [self(order[:0])]
         model = self._warm_model() if warm_start else None
-        data = self._numpy_data()
         for step in range(1, len(order) + 1):
             if model is None:
                 score = self(order[:step])
             else:
-                score = self._warm_fit_and_score(model, data, np.sort(order[:step]))
+                score = self._fit_score(model, np.sort(order[:step]), "Warm-started fit")
             scores.append(score)
             if stop_when is not None and stop_when(step, score):
                 break
@@ -219,26 +219,6 @@ class Utility:
         model = _clone(self.model)
         model.set_params(**{k: True for k in keys})
         return model
-
-    def _warm_fit_and_score(self, model: Any, data: Dataset, players: np.ndarray) -> float:
-        rows = data.train_indices(players)
-        y = data.y_train[rows]
-        if rows.size == 0 or (self._is_classifier and np.unique(y).size < 2):
-            return self.default_score
-        try:
-            model.fit(data.x_train[rows], y)
-            score = self.scorer(model, data.x_test, data.y_test)
-        except Exception as exc:
-            if not self.catch_errors:
-                raise
-            warnings.warn(
-                f"Warm-started fit on {players.size} player(s) failed ({type(exc).__name__}: {exc}); "
-                f"using default_score={self.default_score}.",
-                UtilityFailureWarning,
-                stacklevel=3,
-            )
-            return self.default_score
-        return score if np.isfinite(score) else self.default_score
 
     def _numpy_data(self) -> Dataset:
         if self._materialized is None:
