@@ -183,8 +183,10 @@ class Utility:
             Fit every prefix starting from the previous prefix's solution: one
             model instance with its scikit-learn ``warm_start`` parameter(s) set
             to True is refitted on each growing prefix. Consecutive prefixes
-            differ by one player, so solvers converge in fewer iterations. The
-            cache is bypassed (warm-started fits are not the cold fits it keys).
+            differ by one player, so solvers converge in fewer iterations. A
+            classifier restarts from a fresh model whenever a prefix adds a new
+            class. The cache is bypassed (warm-started fits are not the cold
+            fits it keys).
         stop_when : callable, optional
             ``stop_when(step, score)`` is called after each prefix of length
             ``step >= 1``; returning True stops (truncation).
@@ -197,11 +199,21 @@ class Utility:
         order = np.asarray(order, dtype=np.int64)
         scores = [self(order[:0])]
         model = self._warm_model() if warm_start else None
+        fitted_labels: np.ndarray | None = None
         for step in range(1, len(order) + 1):
             if model is None:
                 score = self(order[:step])
             else:
-                score = self._fit_score(model, np.sort(order[:step]), "Warm-started fit")
+                players = np.sort(order[:step])
+                if self._is_classifier:
+                    # A warm start needs the same classes as the previous fit: when a
+                    # prefix brings a new class, start again from a fresh model.
+                    data = self._numpy_data()
+                    labels = np.unique(data.y_train[data.train_indices(players)])
+                    if fitted_labels is not None and not np.array_equal(labels, fitted_labels):
+                        model = self._warm_model()
+                    fitted_labels = labels
+                score = self._fit_score(model, players, "Warm-started fit")
             scores.append(score)
             if stop_when is not None and stop_when(step, score):
                 break

@@ -143,3 +143,26 @@ def test_warm_start_stays_within_stderr_of_exact():
     warm = permutation_shapley(u, n_permutations=80, seed=4, warm_start=True).compute(scheduler="threads")
     assert warm.dvl.parameters["warm_start"] is True
     assert_within_stderr(warm, exact, n_stderr=4)
+
+
+def test_warm_start_restarts_when_a_new_class_appears():
+    """Multiclass prefixes change their class set; a warm start must not fail on it."""
+    import warnings
+
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from dvl_dask import Dataset, Utility
+    from dvl_dask.errors import UtilityFailureWarning
+
+    data = Dataset.from_sklearn(load_wine, train_size=9 / 178, seed=0, stratify=True)
+    u = Utility(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, tol=1e-8)), data, "accuracy")
+    order = np.argsort(data.y_train, kind="stable")  # classes arrive one after another
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UtilityFailureWarning)
+        warm = u.prefix_scores(order, warm_start=True)
+    cold = u.prefix_scores(order)
+    assert warm.shape == cold.shape == (10,)
+    np.testing.assert_allclose(warm, cold, atol=0.02)  # converged warm starts reach (nearly) the same models
