@@ -9,27 +9,36 @@ Examples
 """
 
 from . import (
+    chunks,  # (imports .config first, through .keys)
     config,  # registers defaults in dask.config first
     errors,
+    influence,
     keys,
     results,
     valuation,
 )
 from ._version import __version__
 from .data import Dataset, GroupedDataset
-from .results import influence_dataarray, open_result, to_zarr
+from .influence import DaskInfluenceCalculator, SequentialInfluenceCalculator, influence_to_zarr
+from .results import influence_dataarray, open_influence, open_result, to_zarr
 from .utility import Scorer, Utility
 
 __all__ = [
+    "DaskInfluenceCalculator",
     "Dataset",
     "GroupedDataset",
     "Scorer",
+    "SequentialInfluenceCalculator",
     "Utility",
     "__version__",
+    "chunks",
     "config",
     "errors",
+    "influence",
     "influence_dataarray",
+    "influence_to_zarr",
     "keys",
+    "open_influence",
     "open_result",
     "results",
     "to_zarr",

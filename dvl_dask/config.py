@@ -26,6 +26,7 @@ __all__ = [
     "CACHE_TIME_THRESHOLD",
     "EXACT_MAX_PLAYERS",
     "EXACT_SUBSETS_PER_BLOCK",
+    "INFLUENCE_GRADIENT_MEMORY_BUDGET",
     "LOO_EVALUATIONS_PER_BLOCK",
     "MC_BLOCKS_PER_ROUND",
     "MC_EVALUATIONS_PER_BLOCK",
@@ -44,6 +45,7 @@ MC_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.evaluations-per-block"
 MC_BLOCKS_PER_ROUND = "dvl_dask.valuation.montecarlo.blocks-per-round"
 MC_PROGRESS_INTERVAL = "dvl_dask.valuation.montecarlo.progress-interval"
 UTILITY_DEFAULT_SCORE = "dvl_dask.utility.default-score"
+INFLUENCE_GRADIENT_MEMORY_BUDGET = "dvl_dask.influence.gradient-memory-budget"
 RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"
 CACHE_NAMESPACE = "dvl_dask.cache.namespace"
 CACHE_HMAC_KEY = "dvl_dask.cache.hmac-key"

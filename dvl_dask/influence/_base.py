@@ -45,6 +45,9 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
     * :meth:`influences_from_factors` contracts factors with training gradients.
     * :meth:`influences` does both; ``influences(x_test, y_test)`` (no training
       data) gives test-vs-test influences.
+    * :meth:`per_sample_gradients` (optional, see :attr:`supports_gradients`)
+      gives ``∇θℓ(zᵢ)``; up-mode influences are then ``factors @ gradientsᵀ``,
+      which lets calculators compute training gradients once per chunk.
 
     Result shapes: ``(n_test, n_train)`` in up mode and
     ``(n_test, n_train, *x.shape[1:])`` in perturbation mode.
@@ -69,6 +72,20 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         """
         return False
 
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Per-sample shapes of ``x`` and ``y`` seen by :meth:`fit`, or None if unknown.
+
+        Calculators use them to reject inputs of the wrong shape before any
+        computation starts.
+        """
+        return None
+
+    @property
+    def supports_gradients(self) -> bool:
+        """Whether :meth:`per_sample_gradients` is implemented."""
+        return type(self)._per_sample_gradients is not InfluenceFunctionModel._per_sample_gradients
+
     @abstractmethod
     def fit(self, data: DataT) -> Self:
         """Compute (an approximation of) the curvature of the training loss on ``data``.
@@ -88,6 +105,22 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         """
         self._check_fitted("influence_factors")
         return self._influence_factors(x, y)
+
+    def per_sample_gradients(self, x: TensorT, y: TensorT) -> TensorT:
+        """``∇θℓ(xᵢ, yᵢ)`` for every sample, flattened: shape ``(len(x), n_parameters)``.
+
+        Where implemented, ``influences_from_factors(f, x, y, "up")`` equals
+        ``f @ per_sample_gradients(x, y).T``.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`fit` has not been called.
+        NotImplementedError
+            If the model does not expose gradients (:attr:`supports_gradients` is False).
+        """
+        self._check_fitted("per_sample_gradients")
+        return self._per_sample_gradients(x, y)
 
     def influences(
         self,
@@ -159,6 +192,12 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
     @abstractmethod
     def _influences_from_factors(self, factors: TensorT, x: TensorT, y: TensorT, mode: InfluenceMode) -> TensorT:
         """Contraction for a fitted model; inputs still to be checked."""
+
+    def _per_sample_gradients(self, x: TensorT, y: TensorT) -> TensorT:
+        """Per-sample gradients of a fitted model; optional (see :attr:`supports_gradients`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not expose per-sample gradients; use influences_from_factors() instead."
+        )
 
     def _influences(self, x_test: TensorT, y_test: TensorT, x: TensorT, y: TensorT, mode: InfluenceMode) -> TensorT:
         """Default: factors of the test points, then their contraction with ``(x, y)``."""

@@ -2,8 +2,10 @@
 
 from ._accessor import DvlAccessor, merge_results
 from ._checkpoint import Checkpoint
+from ._influence_io import ZarrBlockSink, open_block_sink, open_influence
 from ._io import open_result, to_zarr
 from ._schema import (
+    FACTOR_DIM,
     SAMPLE_DIM,
     TEST_DIM,
     TRAIN_DIM,
@@ -14,6 +16,7 @@ from ._schema import (
 )
 
 __all__ = [
+    "FACTOR_DIM",
     "SAMPLE_DIM",
     "TEST_DIM",
     "TRAIN_DIM",
@@ -21,9 +24,12 @@ __all__ = [
     "DvlAccessor",
     "influence_dataarray",
     "merge_results",
+    "open_block_sink",
+    "open_influence",
     "open_result",
     "parameters_of",
     "to_zarr",
     "validate_valuation_dataset",
+    "ZarrBlockSink",
     "valuation_dataset",
 ]

@@ -14,24 +14,22 @@ import shutil
 import uuid
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from .. import config
 from ..errors import ResultExistsError, SchemaError
 from ._schema import validate_valuation_dataset
+from ._stores import (
+    COMPLETE,
+    fsspec_mapper,
+    is_local,
+    local_path,
+    portable_labels,
+    restore_labels,
+    store_exists,
+)
 
 __all__ = ["open_result", "to_zarr"]
-
-_COMPLETE = "_dvl_complete"
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in str(url) or str(url).startswith("file://")
-
-
-def _local_path(url: str) -> str:
-    return str(url)[len("file://") :] if str(url).startswith("file://") else str(url)
 
 
 def to_zarr(
@@ -53,14 +51,19 @@ def to_zarr(
     ResultExistsError
         If something exists at ``url`` and ``overwrite`` is False.
     """
+    if isinstance(ds, xr.DataArray) and ds.name in ("influence", "influence_factors"):
+        raise SchemaError(
+            "to_zarr writes valuation results (xr.Dataset). Got an influence DataArray. To fix, write it with "
+            "dvl_dask.influence_to_zarr(values, url), which streams it block by block."
+        )
     validate_valuation_dataset(ds)
     url = os.fspath(url)
     fmt = int(config.get(config.RESULTS_ZARR_FORMAT))
-    out = _portable_labels(ds.copy())
+    out = portable_labels(ds.copy())
     out.attrs = dict(ds.attrs)
-    out.attrs[_COMPLETE] = True
-    if _is_local(url):
-        target = os.path.abspath(_local_path(url))
+    out.attrs[COMPLETE] = True
+    if is_local(url):
+        target = os.path.abspath(local_path(url))
         if os.path.exists(target) and not overwrite:
             raise ResultExistsError(f"{target} exists. To fix, pass overwrite=True or choose another path.")
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
@@ -85,18 +88,18 @@ def to_zarr(
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return finish
-    mapper = _fsspec_mapper(url, storage_options)
-    if not overwrite and _store_exists(mapper):
+    mapper = fsspec_mapper(url, storage_options)
+    if not overwrite and store_exists(mapper):
         raise ResultExistsError(f"{url} exists. To fix, pass overwrite=True or choose another URL.")
     body = out.copy()
-    body.attrs = {k: v for k, v in out.attrs.items() if k != _COMPLETE}
+    body.attrs = {k: v for k, v in out.attrs.items() if k != COMPLETE}
     written = body.to_zarr(mapper, mode="w", consolidated=False, zarr_format=fmt, compute=compute)
 
     def _mark(_: Any) -> str:
         import zarr
 
         group = zarr.open_group(mapper, mode="r+", zarr_format=fmt)
-        group.attrs[_COMPLETE] = True
+        group.attrs[COMPLETE] = True
         return url
 
     if compute:
@@ -104,32 +107,6 @@ def to_zarr(
     import dask
 
     return dask.delayed(_mark, pure=False)(written)
-
-
-def _portable_labels(ds: xr.Dataset) -> xr.Dataset:
-    # Fixed-width numpy strings have no zarr v3 specification (zarr warns); store
-    # text labels as variable-length strings and restore the numpy dtype on read.
-    for name, coord in ds.coords.items():
-        if coord.dtype.kind == "U":
-            ds = ds.assign_coords({name: coord.astype(object)})
-    return ds
-
-
-def _restore_labels(ds: xr.Dataset) -> xr.Dataset:
-    for name, coord in ds.coords.items():
-        if coord.dtype.kind in "OT":
-            ds = ds.assign_coords({name: np.array([str(v) for v in coord.values.tolist()])})
-    return ds
-
-
-def _fsspec_mapper(url: str, storage_options: dict[str, Any] | None) -> Any:
-    import fsspec
-
-    return fsspec.get_mapper(url, **(storage_options or {}))
-
-
-def _store_exists(mapper: Any) -> bool:
-    return any(k in mapper for k in ("zarr.json", ".zgroup"))
 
 
 def open_result(
@@ -148,15 +125,15 @@ def open_result(
         If the store is incomplete (an interrupted write) or not a dvl_dask result.
     """
     url = os.fspath(url)
-    store: Any = os.path.abspath(_local_path(url)) if _is_local(url) else _fsspec_mapper(url, storage_options)
+    store: Any = os.path.abspath(local_path(url)) if is_local(url) else fsspec_mapper(url, storage_options)
     try:
         ds = xr.open_zarr(store, consolidated=False, chunks={} if chunks is None else chunks)
     except FileNotFoundError:
         raise
     except Exception as exc:
         raise SchemaError(f"Cannot read a zarr result at {url}: {exc}") from exc
-    if not ds.attrs.pop(_COMPLETE, False):
+    if not ds.attrs.pop(COMPLETE, False):
         raise SchemaError(
             f"The result at {url} is incomplete: its write was interrupted. To fix, write it again."
         )
-    return validate_valuation_dataset(_restore_labels(ds))
+    return validate_valuation_dataset(restore_labels(ds))

@@ -12,6 +12,7 @@ A valuation result is an ``xr.Dataset``::
 
 An influence result is an ``xr.DataArray`` named ``influence`` with dims
 ("test_sample", "train_sample", *feature dims) built by :func:`influence_dataarray`.
+Influence factors, when stored, have dims ("test_sample", "parameter").
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..errors import SchemaError
 
 __all__ = [
     "ATTRS",
+    "FACTOR_DIM",
     "SAMPLE_DIM",
     "SCHEMA_VERSION",
     "TEST_DIM",
@@ -43,6 +45,7 @@ SCHEMA_VERSION = 1
 SAMPLE_DIM = "sample"
 TEST_DIM = "test_sample"
 TRAIN_DIM = "train_sample"
+FACTOR_DIM = "parameter"
 VARIABLES = {"value": np.float64, "stderr": np.float64, "count": np.int64}
 ATTRS = (
     "method",
@@ -151,7 +154,15 @@ def influence_dataarray(
     feature_dims: Sequence[str] | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
-    """Label a (test × train [× features]) influence array, numpy or dask, lazily."""
+    """Label a (test × train [× features]) influence array, numpy or dask, lazily.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> arr = influence_dataarray(np.zeros((2, 3)), test_names=["a", "b"], attrs={"mode": "up"})
+    >>> arr.dims, arr.train_sample.values.tolist(), arr.attrs["mode"]
+    (('test_sample', 'train_sample'), [0, 1, 2], 'up')
+    """
     shape = tuple(values.shape)
     if len(shape) < 2:
         raise SchemaError(f"Influence values must have at least 2 dims (test, train). Got shape {shape}.")

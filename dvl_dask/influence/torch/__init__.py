@@ -16,12 +16,19 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
 ``"gauss_newton"``) and ``block_structure`` (``"full"``, ``"layer"`` or a mapping).
 Importing this package registers dask tokenizers for tensors and modules.
+
+For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`
+(numpy blocks ↔ tensors), :class:`TorchCatAggregator` and
+:class:`NestedTorchCatAggregator` (assemble lazy results into one tensor) and
+:func:`torch_dataset_to_dask_array` (a torch ``Dataset`` as dask arrays).
 """
 
 from . import _tokenize as _tokenize  # registers dask tokenizers for tensors and modules
+from ._aggregators import NestedTorchCatAggregator, TorchCatAggregator
 from ._arnoldi import ArnoldiInfluence
 from ._cg import CgInfluence
 from ._converters import TorchNumpyConverter
+from ._dask_data import torch_dataset_to_dask_array
 from ._datainf import InverseHarmonicMeanInfluence
 from ._direct import DirectInfluence
 from ._ekfac import EkfacInfluence
@@ -43,4 +50,7 @@ __all__ = [
     "JacobiPreconditioner",
     "NystroemPreconditioner",
     "TorchNumpyConverter",
+    "TorchCatAggregator",
+    "NestedTorchCatAggregator",
+    "torch_dataset_to_dask_array",
 ]

@@ -89,6 +89,10 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         return False
 
     @property
+    def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        return None if self._spec is None else (self._spec.x_shape, self._spec.y_shape)
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's trainable parameters (at fit time), where all computation happens."""
         return self._spec.device if self._spec is not None else self._first_param().device
@@ -164,6 +168,14 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         parts = [
             self._solve(fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]))
             for i in range(0, x.shape[0], GRAD_CHUNK)
+        ]
+        return torch.cat(parts).detach()
+
+    def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self._check_inputs(x, y, "per_sample_gradients")
+        fm = self._functional
+        parts = [
+            fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]) for i in range(0, x.shape[0], GRAD_CHUNK)
         ]
         return torch.cat(parts).detach()
 

@@ -1,0 +1,319 @@
+"""Influence calculators: pairs per second against the bare core, and an out-of-core write to zarr.
+
+Run:  .venv/bin/python benchmarks/bench_influence_calculators.py [--part speed|ooc|all]
+
+**speed** -- the 20→64→64→1 tanh MLP of ``bench_influence_models.py`` (5,569
+parameters, float32), 500 test × 5,000 training points, Gauss–Newton curvature,
+λ = 0.01; DirectInfluence and CgInfluence (20 iterations, rank-100 Nyström
+preconditioner). Measured in the same run:
+
+* *bare core*: plain ``torch.func`` code in this process, one torch thread --
+  per-sample gradients (``vmap(grad)``) and matrix products with a precomputed
+  ``H⁻¹`` (``G_test H⁻¹``, then ``F G_trainᵀ``). The least any method can do.
+* *in-memory model*: ``model.influences(x_test, y_test, x, y)`` in this process,
+  one thread (for CG the conjugate-gradient solve is part of the work).
+* *sequential*: ``SequentialInfluenceCalculator`` in this process, one thread.
+* *dask*: ``DaskInfluenceCalculator`` on a ``LocalCluster`` of 2 single-threaded
+  worker processes, ``.compute()`` of the matrix into the client (warm workers);
+  and the same streamed to a local zarr store.
+
+Chunks: 250 test points (one test chunk per worker) × 1,000 training points.
+
+**ooc** -- out of core: a 50,000 × 50,000 float32 influence matrix (10 GB)
+of a tiny model (linear, 8 features) written to zarr in 2,000 × 2,000 blocks by
+the Dask calculator on 2 single-threaded workers, while the resident memory of
+the whole process tree (this process, the scheduler, the nanny and worker
+processes) is sampled every 0.1 s with psutil. ``--ooc-engine sequential`` does
+the same in this process with the sequential calculator. ``--ooc-n`` sets the
+matrix side for a smaller run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+class TreeMemory:
+    """Peak resident memory (RSS) summed over this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self.peak_processes = 0
+        self.per_process: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> int:
+        import psutil
+
+        total, n = 0, 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                rss = p.memory_info().rss
+                name = "this process" if p.pid == self._proc.pid else " ".join(p.cmdline()[-2:])[-40:]
+            except psutil.Error:
+                continue
+            total += rss
+            n += 1
+            key = f"{p.pid} {name}"
+            self.per_process[key] = max(self.per_process.get(key, 0), rss)
+        if total > self.peak:
+            self.peak, self.peak_processes = total, n
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def _warm_up() -> None:
+    """Import torch and compile vmap(grad) in a worker before timing."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.func import functional_call, grad, vmap
+
+    torch.set_num_threads(1)
+    m = nn.Linear(3, 1)
+    params = dict(m.named_parameters())
+    vmap(grad(lambda p, x, y: F.mse_loss(functional_call(m, p, (x[None],)), y[None])), in_dims=(None, 0, 0))(
+        params, torch.randn(4, 3), torch.randn(4, 1)
+    )
+
+
+# -- speed ----------------------------------------------------------------------------------
+
+
+def speed(args: argparse.Namespace) -> None:
+    import dask.array as da
+    import torch
+    from bench_influence_models import _problem, physical_core
+    from distributed import Client, LocalCluster
+
+    import dvl_dask
+    from dvl_dask.influence import DaskInfluenceCalculator, SequentialInfluenceCalculator, influence_to_zarr
+    from dvl_dask.influence.torch import (
+        CgInfluence,
+        DirectInfluence,
+        NestedTorchCatAggregator,
+        NystroemPreconditioner,
+        TorchNumpyConverter,
+    )
+
+    torch.set_num_threads(1)
+    model_nn, loss, x, y, x_test, y_test = _problem(args.n_train, args.n_test)
+    n_pairs = args.n_train * args.n_test
+    lam = 0.01
+    print(f"MLP 20-64-64-1 (5569 parameters, float32), {args.n_test} test x {args.n_train} train = {n_pairs:,} "
+          f"pairs; chunks {args.test_chunk} test x {args.train_chunk} train; torch threads 1")
+    direct = DirectInfluence(model_nn, loss, regularization=lam, second_order_mode="gauss_newton").fit((x, y))
+    cg = CgInfluence(model_nn, loss, regularization=lam, second_order_mode="gauss_newton", maxiter=20,
+                     preconditioner=NystroemPreconditioner(rank=100), warn_on_max_iteration=False).fit((x, y))
+    core = physical_core(model_nn, loss, x, y, x_test, y_test, direct.inverse_curvature[0], args.repeats)
+    t_core = core["factors"] + core["influences"]
+    print(f"\nbare core (gradients + matrix products, 1 thread): {t_core:.2f} s = {n_pairs / t_core:,.0f} pairs/s")
+
+    def pairs(x_, y_, size):
+        return [(x_[i : i + size], y_[i : i + size]) for i in range(0, len(x_), size)]
+
+    rows: list[tuple[str, str, float, float]] = []
+    seq_results = {}
+    for name, model in (("direct", direct), ("cg", cg)):
+        repeats = args.repeats if name == "direct" else 1
+        t_mem, reference = _best_of(lambda m=model: m.influences(x_test, y_test, x, y), repeats)
+        rows.append((name, "in-memory model.influences (1 process)", t_mem, 0.0))
+        calc = SequentialInfluenceCalculator(model, train_gradients="store")
+        t_seq, seq_values = _best_of(
+            lambda c=calc: c.influences(pairs(x_test, y_test, args.test_chunk), pairs(x, y, args.train_chunk)).compute(
+                NestedTorchCatAggregator()
+            ),
+            repeats,
+        )
+        err = float((seq_values - reference).abs().max() / reference.abs().max())
+        rows.append((name, "sequential calculator, store gradients (1 process)", t_seq, err))
+        seq_results[name] = reference
+
+    tmp = tempfile.mkdtemp(prefix="dvl-bench-")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster, Client(cluster) as client:
+        client.run(_warm_up)
+        counter = itertools.count()
+
+        def inputs(n: int | None = None) -> tuple[Any, ...]:
+            # Fresh input names for every run: graph keys are deterministic, and a cluster still holding
+            # the results of the previous run would otherwise return them without computing.
+            k = next(counter)
+            sl = slice(None) if n is None else slice(0, n)
+            return (
+                da.from_array(x_test[sl].numpy(), chunks=(args.test_chunk, -1), name=f"x-test-{k}"),
+                da.from_array(y_test[sl].numpy(), chunks=(args.test_chunk, -1), name=f"y-test-{k}"),
+                da.from_array(x[sl].numpy(), chunks=(args.train_chunk, -1), name=f"x-train-{k}"),
+                da.from_array(y[sl].numpy(), chunks=(args.train_chunk, -1), name=f"y-train-{k}"),
+            )
+
+        for name, model in (("direct", direct), ("cg", cg)):
+            reference = seq_results[name].numpy()
+            repeats = args.repeats if name == "direct" else 1
+            for gradients in ("store", "recompute"):
+                if name == "cg" and gradients == "recompute":
+                    continue
+                start = time.perf_counter()
+                calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), client, train_gradients=gradients)
+                t_scatter = time.perf_counter() - start
+                calc.influences(*inputs(8)).compute()  # warm the model on the workers
+                t_dask, values = _best_of(lambda c=calc: c.influences(*inputs()).compute(), repeats)
+                err = float(np.abs(values - reference).max() / np.abs(reference).max())
+                label = f"dask, 2 workers, {gradients} gradients (scatter {t_scatter:.1f} s)"
+                rows.append((name, label, t_dask, err))
+
+            calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), client, train_gradients="store")
+
+            def write(c: Any = calc, n: str = name) -> str:
+                url = os.path.join(tmp, f"{n}.zarr")
+                return influence_to_zarr(c.influences(*inputs()), url, overwrite=True)
+
+            t_zarr, url = _best_of(write, repeats)
+            back = dvl_dask.open_influence(url).values
+            err = float(np.abs(back - reference).max() / np.abs(reference).max())
+            rows.append((name, "dask, 2 workers, store gradients -> local zarr", t_zarr, err))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    header = f"\n{'model':<8}{'engine':<56}{'time s':>8}{'pairs/s':>12}{'x core':>8}{'max rel.err':>13}"
+    print(header)
+    print("-" * (len(header) - 1))
+    print(f"{'-':<8}{'bare core (1 process)':<56}{t_core:>8.2f}{n_pairs / t_core:>12,.0f}{1.0:>8.2f}{'-':>13}")
+    for name, engine, t, err in rows:
+        print(f"{name:<8}{engine:<56}{t:>8.2f}{n_pairs / t:>12,.0f}{t / t_core:>8.2f}{err:>13.1e}")
+    direct_dask = next(t for n, e, t, _ in rows if n == "direct" and e.startswith("dask, 2 workers, store"))
+    verdict = "OK" if direct_dask <= 2 * t_core else "MISSED"
+    print(f"\nDirectInfluence, dask calculator vs bare core: {direct_dask / t_core:.2f}x (target <= 2x): {verdict}")
+
+
+# -- out of core ---------------------------------------------------------------------------------
+
+
+def out_of_core(args: argparse.Namespace) -> None:
+    import dask.array as da
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from dvl_dask.influence import (
+        DaskInfluenceCalculator,
+        SequentialInfluenceCalculator,
+        influence_to_zarr,
+    )
+    from dvl_dask.influence.torch import DirectInfluence, TorchNumpyConverter
+
+    n, chunk = args.ooc_n, args.ooc_chunk
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    x = torch.randn(n, 8)
+    y = x @ torch.randn(8, 1) + 0.1 * torch.randn(n, 1)
+    model = DirectInfluence(nn.Linear(8, 1), F.mse_loss, regularization=0.01).fit((x, y))
+    out_dir = args.ooc_dir or tempfile.mkdtemp(prefix="dvl-ooc-")
+    url = os.path.join(out_dir, "ooc.zarr")
+    shutil.rmtree(url, ignore_errors=True)
+    size_gb = n * n * 4 / 1e9
+    print(f"\nout of core: {n:,} x {n:,} float32 = {size_gb:.1f} GB, blocks {chunk} x {chunk} "
+          f"({(-(-n // chunk)) ** 2:,} blocks), engine {args.ooc_engine}, store {url}")
+    with TreeMemory() as mem:
+        baseline = mem.sample()
+        start = time.perf_counter()
+        if args.ooc_engine == "dask":
+            from distributed import Client, LocalCluster
+
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                              host="127.0.0.1", memory_limit="1GiB") as cluster, Client(cluster) as client:
+                client.run(_warm_up)
+                t_start = time.perf_counter() - start
+                calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), client)
+                dx = da.from_array(x.numpy(), chunks=(chunk, -1))
+                dy = da.from_array(y.numpy(), chunks=(chunk, -1))
+                t_graph = time.perf_counter()
+                delayed = influence_to_zarr(calc.influences(dx, dy, dx, dy), url, compute=False)
+                t_graph = time.perf_counter() - t_graph
+                t_write = time.perf_counter()
+                delayed.compute()
+                t_write = time.perf_counter() - t_write
+        else:
+            t_start, t_graph = 0.0, 0.0
+            t_write = time.perf_counter()
+            pairs = [(x[i : i + chunk], y[i : i + chunk]) for i in range(0, n, chunk)]
+            SequentialInfluenceCalculator(model).influences(pairs, pairs).to_zarr(url, TorchNumpyConverter())
+            t_write = time.perf_counter() - t_write
+    total = time.perf_counter() - start
+    stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(url) for f in files)
+    from dvl_dask import open_influence
+
+    back = open_influence(url)
+    i, j = n // 3, (2 * n) // 3
+    check = float(back[i, j].values)
+    expect = float(model.influences(x[i : i + 1], y[i : i + 1], x[j : j + 1], y[j : j + 1])[0, 0])
+    print(f"cluster start {t_start:.1f} s, graph {t_graph:.2f} s, write {t_write:.1f} s "
+          f"({size_gb / t_write:.2f} GB/s, {n * n / t_write:,.0f} pairs/s), total {total:.1f} s")
+    print(f"stored {stored / 1e9:.2f} GB on disk; spot check [{i}, {j}]: {check:.6g} vs {expect:.6g}")
+    print(f"peak RSS of the process tree: {mem.peak / 2**30:.2f} GiB over {mem.peak_processes} processes "
+          f"(at start {baseline / 2**30:.2f} GiB); target < 2 GiB: {'OK' if mem.peak < 2 * 2**30 else 'MISSED'}")
+    for key, rss in sorted(mem.per_process.items(), key=lambda kv: -kv[1]):
+        print(f"    peak {rss / 2**20:7.0f} MiB  pid {key}")
+    if not args.keep:
+        shutil.rmtree(url, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--part", choices=["speed", "ooc", "all"], default="all")
+    p.add_argument("--n-train", type=int, default=5000)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--test-chunk", type=int, default=250)
+    p.add_argument("--train-chunk", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ooc-n", type=int, default=50_000)
+    p.add_argument("--ooc-chunk", type=int, default=2000)
+    p.add_argument("--ooc-engine", choices=["dask", "sequential"], default="dask")
+    p.add_argument("--ooc-dir", default=None, help="directory for the out-of-core store (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the out-of-core store")
+    args = p.parse_args()
+    if args.part in ("speed", "all"):
+        speed(args)
+    if args.part in ("ooc", "all"):
+        out_of_core(args)
+
+
+if __name__ == "__main__":
+    main()

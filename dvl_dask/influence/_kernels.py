@@ -1,0 +1,90 @@
+"""Block kernels of the influence calculators: module-level, pure, shared by both engines.
+
+Every kernel takes the blocks of one chunk (or one pair of chunks) and the
+keyword arguments ``model`` (a fitted :class:`InfluenceFunctionModel`) and
+``converter``. With a converter (the Dask engine) inputs are numpy blocks,
+converted with ``converter.to_tensor`` and results returned as numpy through
+``converter.to_numpy``; without one (the sequential engine) blocks are passed
+to the model as they come (e.g. tensors from a DataLoader) and results are
+returned in the model's type. No tensor library is imported here.
+
+Models that are not thread-safe are used by one thread at a time (a lock per
+model object in each process), so even a threaded scheduler that bypassed the
+calculators' check computes correct values.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ._mode import InfluenceMode
+
+__all__ = ["factors_block", "from_factors_block", "gradients_block", "product_block"]
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_FALLBACK_LOCK = threading.RLock()
+
+
+@contextmanager
+def exclusive(model: Any) -> Iterator[None]:
+    """Hold the model's lock unless it declares itself thread-safe."""
+    if getattr(model, "is_thread_safe", False):
+        yield
+        return
+    with _LOCKS_GUARD:
+        try:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+        except TypeError:  # not weak-referenceable or unhashable
+            lock = _FALLBACK_LOCK
+    with lock:
+        yield
+
+
+def _in(value: Any, converter: Any) -> Any:
+    return value if converter is None else converter.to_tensor(value)
+
+
+def _out(value: Any, converter: Any) -> Any:
+    return value if converter is None else converter.to_numpy(value)
+
+
+def factors_block(x: Any, y: Any, *, model: Any, converter: Any = None) -> Any:
+    """Influence factors ``H⁻¹∇θℓ`` of one chunk of samples: shape ``(len(x), n_parameters)``."""
+    with exclusive(model):
+        return _out(model.influence_factors(_in(x, converter), _in(y, converter)), converter)
+
+
+def gradients_block(x: Any, y: Any, *, model: Any, converter: Any = None) -> Any:
+    """Per-sample gradients ``∇θℓ`` of one chunk of samples: shape ``(len(x), n_parameters)``."""
+    with exclusive(model):
+        return _out(model.per_sample_gradients(_in(x, converter), _in(y, converter)), converter)
+
+
+def product_block(factors: Any, gradients: Any) -> Any:
+    """Up-mode influences of a (test chunk, train chunk) pair from stored gradients: ``factors @ gradientsᵀ``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> product_block(np.ones((2, 3)), np.arange(6.0).reshape(2, 3)).tolist()
+    [[3.0, 12.0], [3.0, 12.0]]
+    """
+    return factors @ gradients.T
+
+
+def from_factors_block(
+    factors: Any, x: Any, y: Any, *, model: Any, converter: Any = None, mode: str = "up"
+) -> Any:
+    """Influences of a (test chunk, train chunk) pair, recomputing the training gradients."""
+    with exclusive(model):
+        out = model.influences_from_factors(
+            _in(factors, converter), _in(x, converter), _in(y, converter), InfluenceMode.parse(mode)
+        )
+    return _out(out, converter)

@@ -1,0 +1,373 @@
+"""Influence arrays in zarr, written block by block, resumable, on local disk or object stores.
+
+Layout (zarr v3, readable with ``xr.open_zarr(url, consolidated=False)``)::
+
+    <root>/                 attrs: _dvl_write (header: name, token, block grid), _dvl_complete (last)
+    <root>/influence        (test_sample, train_sample[, features]) values, chunked by blocks
+    <root>/test_sample      labels of the test points
+    <root>/train_sample     labels of the training points
+    <root>/_dvl_progress/done   uint8 (block rows, block cols), one zarr chunk per block
+
+A block is written in two steps: its values, then its ``done`` marker (its own
+zarr chunk, so concurrent writers never touch the same object). Chunk writes
+are atomic on local disk (zarr writes to a temporary file and renames) and on
+object stores (a PUT), so an interrupted run leaves only whole chunks; a re-run
+of the same computation skips the blocks marked done and rewrites the others.
+The ``_dvl_complete`` attribute is written after the last block, and
+:func:`open_influence` refuses a store without it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .._version import __version__
+from ..errors import InvalidDataError, ResultExistsError, SchemaError
+from ._schema import SCHEMA_VERSION, _jsonable
+from ._stores import COMPLETE, delete_store, has_content, portable_labels, restore_labels, zarr_store
+
+__all__ = ["PROGRESS_GROUP", "WRITE_HEADER", "ZarrBlockSink", "open_block_sink", "open_influence"]
+
+WRITE_HEADER = "_dvl_write"
+PROGRESS_GROUP = "_dvl_progress"
+_HEADER_FORMAT = 1
+
+_HANDLES: dict[tuple[str, str], tuple[Any, Any]] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+class _Grid:
+    """The block grid of a sink: chunk sizes per blocked axis (a picklable stand-in for BlockPlan)."""
+
+    def __init__(self, chunks: Sequence[Sequence[int]]) -> None:
+        self.chunks = tuple(tuple(int(c) for c in axis) for axis in chunks)
+        self.grid = tuple(len(c) for c in self.chunks)
+        self.shape = tuple(sum(c) for c in self.chunks)
+        self.offsets = tuple(tuple(np.concatenate([[0], np.cumsum(c)]).tolist()) for c in self.chunks)
+
+    def block_slices(self, index: Sequence[int]) -> tuple[slice, ...]:
+        return tuple(slice(off[i], off[i + 1]) for off, i in zip(self.offsets, index))
+
+    def block_shape(self, index: Sequence[int]) -> tuple[int, ...]:
+        return tuple(c[i] for c, i in zip(self.chunks, index))
+
+
+class ZarrBlockSink:
+    """A :class:`~dvl_dask.chunks.BlockSink` writing blocks into a zarr array (picklable).
+
+    Build it with :func:`open_block_sink`. ``plan`` is the block grid (an
+    object with ``chunks`` and ``grid`` such as a
+    :class:`~dvl_dask.chunks.BlockPlan`); blocks may straddle zarr chunks when
+    written by one process, but writers running in parallel need blocks equal
+    to zarr chunks (the :class:`~dvl_dask.chunks.DaskMapper` rechunks to it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None,
+        *,
+        name: str,
+        plan: Any,
+        token: str,
+        write_id: str,
+        done: np.ndarray | None,
+        spec: dict[str, Any] | None,
+    ) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.name = name
+        self.plan = plan
+        self.token = token
+        self.write_id = write_id
+        self._grid = _Grid(plan.chunks)
+        self._done = done
+        self._spec = spec  # set while the store is still to be created (dtype unknown)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self._spec is None:
+            state["_done"] = None  # workers only write; the mask matters where the graph is built
+        return state
+
+    def __repr__(self) -> str:
+        return f"ZarrBlockSink({self.url!r}, {self.name!r}, {len(self.pending())} of {self._n_blocks} blocks pending)"
+
+    @property
+    def _n_blocks(self) -> int:
+        return int(np.prod(self._grid.grid))
+
+    # -- BlockSink protocol ---------------------------------------------------------------
+
+    def done(self, index: tuple[int, ...]) -> bool:
+        """Whether block ``index`` was stored by an earlier (interrupted) run."""
+        return bool(self._done[tuple(index)]) if self._done is not None else False
+
+    def pending(self) -> list[tuple[int, ...]]:
+        """Blocks still to write, in row-major order."""
+        return [tuple(int(v) for v in idx) for idx in np.ndindex(*self._grid.grid) if not self.done(idx)]
+
+    def write(self, index: tuple[int, ...], block: Any) -> None:
+        """Store block ``index`` (a numpy array), then mark it done."""
+        block = np.asarray(block)
+        if self._spec is not None:
+            self._create(block.dtype, block.shape[len(self._grid.grid) :])
+        expected = self._grid.block_shape(index)
+        if tuple(block.shape[: len(expected)]) != expected:
+            raise InvalidDataError(
+                f"Block {index} written to {self.url} has shape {block.shape}; the plan expects {expected} "
+                "along the sample axes."
+            )
+        arr, mask = self._handles()
+        arr[self._grid.block_slices(index)] = block
+        mask[tuple(slice(i, i + 1) for i in index)] = 1
+
+    def finish(self) -> str:
+        """Check that every block is stored, mark the store complete and drop the progress markers."""
+        import zarr
+
+        if self._spec is not None:
+            raise SchemaError(f"No block was written to {self.url}: the computation produced no data.")
+        group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+", zarr_format=3)
+        done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+        if not done.all():
+            missing = [tuple(int(v) for v in idx) for idx in np.argwhere(~done)[:5]]
+            raise SchemaError(
+                f"{int((~done).sum())} of {done.size} blocks of {self.url} were not written (first: {missing}). "
+                "The data produced fewer blocks than planned. Run the write again to complete it."
+            )
+        delete_store(f"{self.url.rstrip('/')}/{PROGRESS_GROUP}", self.storage_options)
+        group.attrs[COMPLETE] = True
+        with _HANDLES_LOCK:
+            _HANDLES.pop((self.url, self.write_id), None)
+        return self.url
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _handles(self) -> tuple[Any, Any]:
+        key = (self.url, self.write_id)
+        with _HANDLES_LOCK:
+            found = _HANDLES.get(key)
+        if found is None:
+            import zarr
+
+            group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+", zarr_format=3)
+            found = (group[self.name], group[PROGRESS_GROUP]["done"])
+            with _HANDLES_LOCK:
+                if len(_HANDLES) > 32:
+                    _HANDLES.clear()
+                _HANDLES[key] = found
+        return found
+
+    def _create(self, dtype: Any, trailing: tuple[int, ...]) -> None:
+        import dask.array as da
+        import zarr
+
+        spec = self._spec
+        assert spec is not None
+        dims = list(spec["dims"])
+        n_axes = len(self._grid.grid)
+        if len(dims) < n_axes + len(trailing):
+            dims += [f"feature_{k}" for k in range(n_axes + len(trailing) - len(dims))]
+        if len(dims) != n_axes + len(trailing):
+            raise InvalidDataError(
+                f"Blocks written to {self.url} have {len(trailing)} trailing axes, but the dims {dims} name "
+                f"{len(dims) - n_axes}."
+            )
+        shape = self._grid.shape + tuple(trailing)
+        chunks = tuple(max(c) for c in self._grid.chunks) + tuple(trailing)
+        placeholder = da.empty(shape, chunks=chunks, dtype=dtype)
+        var = xr.DataArray(placeholder, dims=dims, coords=spec["coords"], name=self.name, attrs=spec["attrs"])
+        ds = portable_labels(var.to_dataset())
+        ds.attrs = {WRITE_HEADER: spec["header"]}
+        store = zarr_store(self.url, self.storage_options)
+        ds.to_zarr(store, mode="w", compute=False, consolidated=False, zarr_format=3)
+        group = zarr.open_group(store, mode="r+", zarr_format=3)
+        progress = group.create_group(PROGRESS_GROUP)
+        progress.create_array("done", shape=self._grid.grid, chunks=(1,) * n_axes, dtype="u1", fill_value=0)
+        self._spec = None
+        self._done = np.zeros(self._grid.grid, dtype=bool)
+
+
+def _header(name: str, token: str, plan: Any, dims: Sequence[str]) -> dict[str, Any]:
+    return {
+        "format": _HEADER_FORMAT,
+        "name": name,
+        "token": token,
+        "blocks": [list(map(int, c)) for c in plan.chunks],
+        "dims": list(dims)[: len(plan.chunks)],
+        "id": uuid.uuid4().hex,
+    }
+
+
+def _differences(
+    group: Any, stored: dict[str, Any], header: dict[str, Any], dtype: Any, trailing_shape: Any, n_axes: int
+) -> list[str]:
+    """What distinguishes an interrupted write in ``group`` from the one about to start (empty: resumable)."""
+    differing = [k for k in ("name", "token", "blocks", "dims") if stored.get(k) != header[k]]
+    if differing:
+        return differing
+    if PROGRESS_GROUP not in group or header["name"] not in group:
+        return ["stored arrays"]
+    arr = group[header["name"]]
+    if dtype is not None and np.dtype(arr.dtype) != np.dtype(dtype):
+        differing.append("dtype")
+    if trailing_shape is not None and tuple(arr.shape[n_axes:]) != tuple(trailing_shape):
+        differing.append("shape")
+    return differing
+
+
+def open_block_sink(
+    url: str | os.PathLike[str],
+    *,
+    plan: Any,
+    name: str,
+    dims: Sequence[str],
+    coords: Mapping[str, Any],
+    token: str,
+    attrs: Mapping[str, Any] | None = None,
+    dtype: Any = None,
+    trailing_shape: Sequence[int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = True,
+) -> ZarrBlockSink:
+    """Create a zarr store for a blocked array, or reopen an interrupted write of the same computation.
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or fsspec URL (``s3://bucket/x.zarr``).
+    plan : BlockPlan
+        The block grid along the sample axes.
+    name : str
+        Name of the array (``"influence"``).
+    dims : sequence of str
+        Dimension names; trailing axes without a name become ``feature_<k>``.
+    coords : mapping
+        Coordinates (labels) by dimension name.
+    token : str
+        Identifies the computation. An interrupted write is resumed only if
+        its token and block grid are the same.
+    attrs : mapping, optional
+        Attributes of the array (JSON-serialisable).
+    dtype, trailing_shape : optional
+        Dtype and shape after the sample axes. If None, the store is created
+        when the first block is written, from that block.
+    storage_options : mapping, optional
+        fsspec options for remote URLs (credentials, ``endpoint_url``).
+    overwrite : bool
+        Replace a complete result or an interrupted write of another
+        computation at ``url``.
+    resume : bool
+        Continue an interrupted write of the same computation (default);
+        False starts over (needs ``overwrite=True`` if one exists).
+
+    Raises
+    ------
+    ResultExistsError
+        If something is at ``url`` and may not be replaced.
+    """
+    import zarr
+
+    url = os.fspath(url)
+    header = _header(name, token, plan, dims)
+    n_axes = len(plan.chunks)
+    try:
+        group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)
+    except Exception:  # zarr raises its own "not found" errors
+        group = None
+    done = None
+    if group is not None:
+        stored = group.attrs.get(WRITE_HEADER)
+        if group.attrs.get(COMPLETE, False):
+            if not overwrite:
+                raise ResultExistsError(
+                    f"{url} holds a complete result. To fix, pass overwrite=True or choose another location."
+                )
+        elif not isinstance(stored, dict):
+            if not overwrite:
+                raise ResultExistsError(
+                    f"{url} holds data that dvl_dask did not write. To fix, pass overwrite=True or choose "
+                    "another location."
+                )
+        else:
+            differing = _differences(group, stored, header, dtype, trailing_shape, n_axes)
+            if resume and not differing:
+                done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+                header = stored
+            elif not overwrite:
+                differing = ", ".join(differing) or "resume=False"
+                raise ResultExistsError(
+                    f"{url} holds an interrupted write of another computation (differs in: {differing}). To fix, "
+                    "pass overwrite=True to start over, or write to another location."
+                )
+        if done is None:
+            delete_store(url, dict(storage_options or {}))
+    elif has_content(url, dict(storage_options or {})):
+        if not overwrite:
+            raise ResultExistsError(
+                f"{url} exists and is not a zarr store. To fix, pass overwrite=True to replace it or choose "
+                "another location."
+            )
+        delete_store(url, dict(storage_options or {}))
+    base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
+    base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
+    spec = None
+    if done is None:
+        spec = {"dims": list(dims), "coords": dict(coords), "attrs": base, "header": header}
+    sink = ZarrBlockSink(
+        url, storage_options, name=name, plan=plan, token=token, write_id=str(header["id"]), done=done, spec=spec
+    )
+    if spec is not None and dtype is not None and trailing_shape is not None:
+        sink._create(np.dtype(dtype), tuple(int(s) for s in trailing_shape))
+    return sink
+
+
+def open_influence(
+    url: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Any = None,
+) -> xr.DataArray:
+    """Open a stored influence array (or factors) lazily, with its labels.
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or fsspec URL.
+    storage_options : mapping, optional
+        fsspec options for remote URLs.
+    chunks : optional
+        Passed to :func:`xarray.open_zarr` (default: the stored chunks).
+
+    Raises
+    ------
+    SchemaError
+        If the store holds an interrupted write (run the write again to
+        complete it) or was not written by dvl_dask.
+    """
+    url = os.fspath(url)
+    store = zarr_store(url, storage_options, read_only=True)
+    try:
+        ds = xr.open_zarr(store, consolidated=False, chunks={} if chunks is None else chunks)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise SchemaError(f"Cannot read a zarr result at {url}: {exc}") from exc
+    header = ds.attrs.get(WRITE_HEADER)
+    if not isinstance(header, dict) or header.get("name") not in ds.data_vars:
+        raise SchemaError(f"{url} does not hold an influence result written by dvl_dask.")
+    if not ds.attrs.get(COMPLETE, False):
+        raise SchemaError(
+            f"The result at {url} is incomplete: its write was interrupted. To fix, run the same write again; "
+            "it resumes from the blocks already stored."
+        )
+    return restore_labels(ds[header["name"]])
