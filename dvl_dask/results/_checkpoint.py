@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointMismatchError, SchemaError
+from ._stores import zarr_store
 
 __all__ = ["Checkpoint", "stored_seed"]
 
@@ -32,13 +33,7 @@ _HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n
 def _open_group(url: str, storage_options: dict[str, Any] | None, mode: str) -> Any:
     import zarr
 
-    if "://" in url and not url.startswith("file://"):
-        from zarr.storage import FsspecStore
-
-        store: Any = FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
-    else:
-        store = os.path.abspath(url[len("file://") :] if url.startswith("file://") else url)
-    return zarr.open_group(store, mode=mode, zarr_format=3)
+    return zarr.open_group(zarr_store(url, storage_options, read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
 class Checkpoint:
@@ -94,6 +89,24 @@ class Checkpoint:
             )
         return cls(group, url)
 
+    @classmethod
+    def open_existing(cls, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> Checkpoint:
+        """Open a checkpoint read-only, whatever run wrote it.
+
+        Raises
+        ------
+        SchemaError
+            If there is no dvl_dask checkpoint at ``url``.
+        """
+        url = os.fspath(url)
+        try:
+            group = _open_group(url, storage_options, "r")
+        except Exception as exc:
+            raise SchemaError(f"There is no dvl_dask checkpoint at {url}: {exc}") from exc
+        if "dvl_checkpoint_version" not in group.attrs:
+            raise SchemaError(f"{url} is not a dvl_dask checkpoint.")
+        return cls(group, url)
+
     @property
     def header(self) -> dict[str, Any]:
         return {k: self._group.attrs[k] for k in (*_HEADER_KEYS, "data_names")}
@@ -136,10 +149,6 @@ def _canonical(v: Any) -> Any:
 def stored_seed(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> str | None:
     """The seed recorded in an existing checkpoint at ``url``, or None if there is none."""
     try:
-        group = _open_group(os.fspath(url), storage_options, "r")
-    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return str(Checkpoint.open_existing(url, storage_options=storage_options).header["seed"])
+    except SchemaError:
         return None
-    except Exception:  # zarr raises its own "group not found" errors
-        return None
-    seed = group.attrs.get("seed")
-    return None if seed is None else str(seed)

@@ -31,7 +31,15 @@ import xarray as xr
 from .._version import __version__
 from ..errors import InvalidDataError, ResultExistsError, SchemaError
 from ._schema import SCHEMA_VERSION, _jsonable
-from ._stores import COMPLETE, delete_store, has_content, portable_labels, restore_labels, zarr_store
+from ._stores import (
+    COMPLETE,
+    delete_store,
+    has_content,
+    open_zarr_dataset,
+    portable_labels,
+    restore_labels,
+    zarr_store,
+)
 
 __all__ = ["PROGRESS_GROUP", "WRITE_HEADER", "ZarrBlockSink", "open_block_sink", "open_influence"]
 
@@ -355,13 +363,7 @@ def open_influence(
         complete it) or was not written by dvl_dask.
     """
     url = os.fspath(url)
-    store = zarr_store(url, storage_options, read_only=True)
-    try:
-        ds = xr.open_zarr(store, consolidated=False, chunks={} if chunks is None else chunks)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise SchemaError(f"Cannot read a zarr result at {url}: {exc}") from exc
+    ds = open_zarr_dataset(url, storage_options, chunks)
     header = ds.attrs.get(WRITE_HEADER)
     if not isinstance(header, dict) or header.get("name") not in ds.data_vars:
         raise SchemaError(f"{url} does not hold an influence result written by dvl_dask.")

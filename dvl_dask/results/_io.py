@@ -24,6 +24,7 @@ from ._stores import (
     fsspec_mapper,
     is_local,
     local_path,
+    open_zarr_dataset,
     portable_labels,
     restore_labels,
     store_exists,
@@ -125,13 +126,7 @@ def open_result(
         If the store is incomplete (an interrupted write) or not a dvl_dask result.
     """
     url = os.fspath(url)
-    store: Any = os.path.abspath(local_path(url)) if is_local(url) else fsspec_mapper(url, storage_options)
-    try:
-        ds = xr.open_zarr(store, consolidated=False, chunks={} if chunks is None else chunks)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise SchemaError(f"Cannot read a zarr result at {url}: {exc}") from exc
+    ds = open_zarr_dataset(url, storage_options, chunks)
     if not ds.attrs.pop(COMPLETE, False):
         raise SchemaError(
             f"The result at {url} is incomplete: its write was interrupted. To fix, write it again."

@@ -55,6 +55,23 @@ def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_
     return store
 
 
+def open_zarr_dataset(url: str, storage_options: dict[str, Any] | None, chunks: Any) -> xr.Dataset:
+    """``xr.open_zarr`` of a stored result (lazy; default chunks: the stored ones).
+
+    Missing stores raise ``FileNotFoundError``; anything else unreadable raises
+    :class:`~dvl_dask.errors.SchemaError` naming the URL.
+    """
+    from ..errors import SchemaError
+
+    store = zarr_store(url, storage_options, read_only=True)
+    try:
+        return xr.open_zarr(store, consolidated=False, chunks={} if chunks is None else chunks)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise SchemaError(f"Cannot read a zarr result at {url}: {exc}") from exc
+
+
 def store_exists(mapper: Any) -> bool:
     return any(k in mapper for k in ("zarr.json", ".zgroup"))
 

@@ -211,9 +211,8 @@ def run_until_converged(
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)
-        stored, evaluations = store.read()
-        for arr, ev in zip(stored, evaluations):
-            if run.add(PointStats.from_array(arr, int(ev))):
+        for block in _stored_blocks(store):
+            if run.add(block):
                 break
 
     line = ProgressLine(
@@ -344,27 +343,29 @@ class _DaskWaveSubmitter:
         yield from dask.compute(*tasks)
 
 
-def load_checkpoint(
-    url: str, *, storage_options: dict[str, Any] | None = None
-) -> xr.Dataset:
-    """The values stored in a checkpoint so far (all committed blocks merged), as a result Dataset."""
-    from ..results._checkpoint import _open_group
+def _stored_blocks(store: Checkpoint) -> Iterator[PointStats]:
+    """The committed blocks of a checkpoint, in order."""
+    stats, evaluations = store.read()
+    for arr, ev in zip(stats, evaluations):
+        yield PointStats.from_array(arr, int(ev))
 
-    group = _open_group(url, storage_options, "r")
-    attrs = dict(group.attrs)
-    if "dvl_checkpoint_version" not in attrs:
-        raise InvalidParameterError(f"{url} is not a dvl_dask checkpoint.")
-    n_blocks = int(attrs["n_blocks"])
-    n, streams = int(attrs["n_players"]), int(attrs["n_streams"])
-    merged = PointStats.zeros(n, streams)
-    if n_blocks:
-        stats = np.asarray(group["stats"][:n_blocks])
-        evaluations = np.asarray(group["evaluations"][:n_blocks])
-        for arr, ev in zip(stats, evaluations):
-            merged = merged.merge(PointStats.from_array(arr, int(ev)))
+
+def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+    """The values stored in a checkpoint so far (all committed blocks merged), as a result Dataset.
+
+    Raises
+    ------
+    SchemaError
+        If there is no dvl_dask checkpoint at ``url``.
+    """
+    store = Checkpoint.open_existing(url, storage_options=storage_options)
+    header = store.header
+    merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))
+    for block in _stored_blocks(store):
+        merged = merged.merge(block)
     value, stderr, count = values_from_stats(merged)
     return valuation_dataset(
-        value, stderr, count, data_names=np.asarray(attrs["data_names"]), method=attrs["method"],
-        parameters=attrs["parameters"], seed=attrs["seed"], utility_token=attrs["utility_token"],
-        n_evaluations=merged.n_evaluations, extra_attrs={"n_blocks": n_blocks, "checkpoint": url},
+        value, stderr, count, data_names=np.asarray(header["data_names"]), method=header["method"],
+        parameters=header["parameters"], seed=header["seed"], utility_token=header["utility_token"],
+        n_evaluations=merged.n_evaluations, extra_attrs={"n_blocks": store.n_blocks, "checkpoint": url},
     )

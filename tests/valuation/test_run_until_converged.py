@@ -312,3 +312,15 @@ def test_compositions():
 def test_bad_input(call, match):
     with pytest.raises(InvalidParameterError, match=match):
         call()
+
+
+def test_load_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path):
+    from dvl_dask.errors import SchemaError
+
+    with pytest.raises(SchemaError, match="no dvl_dask checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.zarr"))
+    import zarr
+
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
+    with pytest.raises(SchemaError, match="not a dvl_dask checkpoint"):
+        load_checkpoint(str(tmp_path / "other.zarr"))
