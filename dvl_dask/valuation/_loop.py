@@ -150,7 +150,8 @@ def run_until_converged(
     client : distributed.Client, optional
         Submit blocks to this cluster (utility scattered once to all workers).
     executor : concurrent.futures.Executor, optional
-        Submit blocks to this executor instead.
+        Submit blocks to this executor instead. The utility travels with every
+        block there (an executor has no scatter); on a cluster prefer ``client``.
     checkpoint : str, optional
         zarr path or fsspec URL. Each round's statistics are appended; an
         existing checkpoint of the same run is resumed, one of another run refused.
