@@ -64,7 +64,7 @@ def test_exact_equals_brute_force_on_random_tables(rng, n):
     assert_valid_valuation_dataset(ds)
     assert list(ds["sample"].values) == [f"p{i}" for i in range(n)]
     assert ds.attrs["n_evaluations"] == 2**n
-    assert (ds["count"].values == 2 ** (n - 1)).all()
+    assert (ds["counts"].values == 2 ** (n - 1)).all()
     assert (ds["stderr"].values == 0).all()
 
 
@@ -138,7 +138,7 @@ def test_loo_matches_definition(rng):
     expected = [full - game([j for j in range(5) if j != i]) for i in range(5)]
     np.testing.assert_allclose(ds["value"].values, expected, atol=1e-14)
     assert ds.attrs["method"] == "loo" and ds.attrs["n_evaluations"] == 6
-    assert (ds["count"].values == 1).all()
+    assert (ds["counts"].values == 1).all()
 
 
 def test_exact_refuses_too_many_players():

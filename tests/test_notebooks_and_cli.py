@@ -49,7 +49,7 @@ def test_cli_monte_carlo_method(tmp_path, capsys):
     assert code == 0
     ds = open_result(out)
     assert ds.attrs["method"] == "permutation_shapley" and ds.dvl.parameters["n_permutations"] == 20
-    assert (ds["count"].values == 20).all()
+    assert (ds["counts"].values == 20).all()
 
 
 def test_cli_reports_bad_input(capsys):

@@ -34,7 +34,7 @@ def test_zarr_round_trip_keeps_labels_attrs_dtypes(tmp_path, names):
     xr.testing.assert_identical(back.drop_vars("sample"), ds.drop_vars("sample"))
     assert back["sample"].values.tolist() == list(np.asarray(names).tolist())
     assert back["sample"].dtype.kind == np.asarray(names).dtype.kind
-    for v in ("value", "stderr", "count"):
+    for v in ("value", "stderr", "counts"):
         assert back[v].dtype == ds[v].dtype
     assert back.attrs == ds.attrs
     assert back.dvl.parameters == {"n": 3}
@@ -117,7 +117,7 @@ def test_merge_is_count_weighted_with_exact_variance(rng):
     pooled = np.vstack([samples_a, samples_b])
     np.testing.assert_allclose(merged["value"].values, pooled.mean(0))
     np.testing.assert_allclose(merged["stderr"].values, pooled.std(0, ddof=1) / np.sqrt(len(pooled)))
-    assert merged["count"].values.tolist() == [19, 19, 19]
+    assert merged["counts"].values.tolist() == [19, 19, 19]
     assert merged.attrs["n_evaluations"] == 20
 
 

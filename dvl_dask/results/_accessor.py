@@ -91,8 +91,8 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         )
     if a.sizes[SAMPLE_DIM] != b.sizes[SAMPLE_DIM] or not np.array_equal(a[SAMPLE_DIM].values, b[SAMPLE_DIM].values):
         raise InvalidParameterError("Cannot merge results over different samples; their 'sample' labels differ.")
-    na = a["count"].astype(np.float64)
-    nb = b["count"].astype(np.float64)
+    na = a["counts"].astype(np.float64)
+    nb = b["counts"].astype(np.float64)
     n = na + nb
     delta = b["value"] - a["value"]
     safe_n = xr.where(n > 0, n, 1.0)
@@ -105,7 +105,7 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     out = a.copy()
     out["value"] = mean.astype(np.float64)
     out["stderr"] = stderr.astype(np.float64)
-    out["count"] = (na + nb).astype(np.int64)
+    out["counts"] = (na + nb).astype(np.int64)
     attrs = dict(a.attrs)
     attrs["n_evaluations"] = int(a.attrs["n_evaluations"]) + int(b.attrs["n_evaluations"])
     seeds = [s for s in (a.attrs["seed"], b.attrs["seed"]) if s]

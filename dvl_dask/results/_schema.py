@@ -6,7 +6,7 @@ A valuation result is an ``xr.Dataset``::
     coords     sample          labels of the players (data names or group names)
     data_vars  value   float64 estimated value of each player
                stderr  float64 standard error of ``value`` (0 for exact methods)
-               count   int64   number of marginal contributions behind ``value``
+               counts  int64   number of marginal contributions behind ``value``
     attrs      method, parameters (JSON text), seed, utility_token,
                n_evaluations, dvl_dask_version, schema_version
 
@@ -41,12 +41,13 @@ __all__ = [
     "valuation_dataset",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: the per-player count is called ``counts`` (``count`` shadowed ``xr.Dataset.count``).
+SCHEMA_VERSION = 2
 SAMPLE_DIM = "sample"
 TEST_DIM = "test_sample"
 TRAIN_DIM = "train_sample"
 FACTOR_DIM = "parameter"
-VARIABLES = {"value": np.float64, "stderr": np.float64, "count": np.int64}
+VARIABLES = {"value": np.float64, "stderr": np.float64, "counts": np.int64}
 ATTRS = (
     "method",
     "parameters",
@@ -93,7 +94,7 @@ def valuation_dataset(
     (('sample',), ['a', 'b'])
     """
     names = np.asarray(data_names)
-    arrays = {"value": value, "stderr": stderr, "count": count}
+    arrays = {"value": value, "stderr": stderr, "counts": count}
     data_vars = {}
     for name, arr in arrays.items():
         if tuple(arr.shape) != (len(names),):
@@ -124,6 +125,9 @@ def validate_valuation_dataset(ds: Any) -> xr.Dataset:
     """Check that ``ds`` follows the valuation schema; return it or raise :class:`SchemaError`."""
     if not isinstance(ds, xr.Dataset):
         raise SchemaError(f"A valuation result must be an xarray.Dataset. Got {type(ds).__name__}.")
+    if "count" in ds.data_vars and "counts" not in ds.data_vars and int(ds.attrs.get("schema_version", 0)) < 2:
+        # Results written by schema version 1 named the per-player count ``count``.
+        ds = ds.rename_vars({"count": "counts"}).assign_attrs(schema_version=SCHEMA_VERSION)
     missing = [v for v in VARIABLES if v not in ds.data_vars]
     if missing:
         raise SchemaError(f"The result lacks the variable(s) {missing}; it was not written by dvl_dask.")

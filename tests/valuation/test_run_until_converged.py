@@ -67,7 +67,7 @@ class InterruptAfter(StoppingCriterion):
 
 
 def _values(ds):
-    return np.asarray(ds["value"].values), np.asarray(ds["stderr"].values), np.asarray(ds["count"].values)
+    return np.asarray(ds["value"].values), np.asarray(ds["stderr"].values), np.asarray(ds["counts"].values)
 
 
 # -- laziness and graph shape -------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_max_evaluations_and_updates():
     ds = _run(MaxEvaluations(200))
     assert 200 <= ds.attrs["n_evaluations"] < 200 + 5 * 7
     ds = _run(MaxUpdates(33))
-    assert ds["count"].values.min() >= 33 and ds["count"].values.min() < 33 + 5
+    assert ds["counts"].values.min() >= 33 and ds["counts"].values.min() < 33 + 5
 
 
 def test_max_time():
@@ -265,7 +265,7 @@ def test_standard_error_criteria_stop_when_met():
 def test_per_point_convergence_stops_work_on_converged_players():
     stop = RelativeStandardError(0.05) | MaxEvaluations(60_000)
     ds = _run(stop, method=semivalue, coefficient=shapley_coefficient, sampler="stratified", items_per_block=10)
-    counts = ds["count"].values
+    counts = ds["counts"].values
     assert counts.max() > counts.min()  # easy players stopped earlier
     assert ds.attrs["converged"]
 
@@ -283,7 +283,7 @@ def test_compositions():
     # ~ negates: "not yet 300 evaluations" holds at once, so the run stops after the first block
     assert _run(~MaxEvaluations(300)).attrs["n_blocks"] == 1
     both = _run(MaxUpdates(10) & AbsoluteStandardError(0.2))
-    assert both["count"].values.min() >= 10 and (both["stderr"].values <= 0.2).all()
+    assert both["counts"].values.min() >= 10 and (both["stderr"].values <= 0.2).all()
 
 
 # -- bad input --------------------------------------------------------------------------------
