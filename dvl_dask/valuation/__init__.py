@@ -7,6 +7,7 @@ checkpoints to zarr.
 
 from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
 from ._exact import exact_shapley, loo, shapley_weights
+from ._knn import knn_shapley
 from ._loop import load_checkpoint, run_until_converged
 from ._montecarlo import banzhaf, beta_shapley, msr_banzhaf, owen_shapley, permutation_shapley, semivalue
 from ._samplers import (
@@ -56,6 +57,7 @@ __all__ = [
     "beta_coefficient",
     "beta_shapley",
     "exact_shapley",
+    "knn_shapley",
     "loo",
     "msr_banzhaf",
     "owen_shapley",

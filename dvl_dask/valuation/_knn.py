@@ -1,0 +1,304 @@
+"""KNN-Shapley: exact Shapley values of the K-nearest-neighbour utility in closed form.
+
+For one test point ``(x, y)`` sort the training points by their distance to
+``x``: ``a_1`` is the nearest, ``a_N`` the farthest, and ``m_i = 1`` when
+``a_i`` has the label ``y``. The KNN utility of a subset ``S`` is the share of
+the ``K`` nearest members of ``S`` that carry ``y``,
+``u(S) = (1/K) #{k <= min(K, |S|): the k-th nearest member of S has label y}``
+(for ``|S| >= K`` this is ``KNeighborsClassifier.predict_proba`` of the true
+class). Jia et al. (2019, "Efficient task-specific data valuation for nearest
+neighbor algorithms", Theorem 1) give its Shapley values by a recursion from
+the farthest point inwards::
+
+    s(a_N) = m_N * min(K, N) / (K * N)      (= m_N / N when N >= K)
+    s(a_i) = s(a_{i+1}) + (m_i - m_{i+1}) * min(K, i) / (K * i)
+
+which is a suffix sum over the sorted points; the value of a training point
+is the mean of ``s`` over the test points. No model is fitted: the cost is one
+distance row and one sort per test point, O(n_test * N log N).
+
+Graph shape (why not a single ``dask.array`` expression): every test point
+needs the distances to *all* training points at once to rank them. One task
+per chunk of test points computes its distance rows train chunk by train chunk
+into one preallocated ``(rows, N)`` buffer, then ranks each row and scatters
+the values back with ``np.bincount``; the per-chunk vectors are summed by a
+tree reduction. Peak memory of a task is its buffer (``max_block_bytes``) plus
+a few length-``N`` vectors; the full ``n_test x N`` distance matrix never
+exists. Training chunks are graph keys of their own, so a cluster ships each
+of them to a worker once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..data import Dataset, GroupedDataset
+from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ..keys import layer_name
+from ..results import valuation_dataset
+from ..validation import check_positive_int, is_dask_array
+from ._graph import stack_blocks
+
+__all__ = ["encode_labels", "knn_shapley", "knn_shapley_test_chunk"]
+
+#: Bytes of distance rows one task keeps by default (rows * N * itemsize).
+DEFAULT_BLOCK_BYTES = 256 * 2**20
+#: Bytes of one chunk of training features by default.
+DEFAULT_TRAIN_CHUNK_BYTES = 64 * 2**20
+#: Below this many test chunks a cluster would idle; split the test points further.
+MIN_TEST_CHUNKS = 16
+
+_EUCLIDEAN = ("euclidean", "l2", "sqeuclidean")
+
+
+def _knn_parameters(model: Any, owner: str) -> tuple[int, str, dict[str, Any]]:
+    """``(K, metric, metric kwargs)`` of a ``KNeighborsClassifier``; refuse what the closed form cannot do."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    if isinstance(model, KNeighborsRegressor):
+        raise InvalidModelError(
+            f"{owner} implements the closed form of the KNN *classification* utility. For "
+            "KNeighborsRegressor use a Monte Carlo method (e.g. permutation_shapley) on a Utility."
+        )
+    if not isinstance(model, KNeighborsClassifier):
+        raise InvalidModelError(
+            f"The 'model' argument of {owner} must be a sklearn.neighbors.KNeighborsClassifier "
+            f"(its n_neighbors and metric define the utility). Got {type(model).__name__}."
+        )
+    params = model.get_params()
+    k = check_positive_int(params["n_neighbors"], "n_neighbors", owner)
+    if params["weights"] != "uniform":
+        raise InvalidModelError(
+            f"{owner}: the closed form holds for weights='uniform' only; the model has "
+            f"weights={params['weights']!r}. Use a Monte Carlo method on a Utility for weighted KNN."
+        )
+    metric = params["metric"]
+    if metric == "precomputed":
+        raise InvalidModelError(f"{owner} computes distances itself; metric='precomputed' is not supported.")
+    metric_params = dict(params.get("metric_params") or {})
+    if metric == "minkowski":
+        p = metric_params.pop("p", params.get("p", 2))
+        if p == 2 and not metric_params:
+            metric = "euclidean"
+        else:
+            metric_params["p"] = p
+    return k, metric, metric_params
+
+
+def _distance_rows(x_test: np.ndarray, x_train: np.ndarray, metric: Any, metric_params: dict[str, Any]) -> np.ndarray:
+    """Distances (or any score with the same order per row) between test and training rows."""
+    if metric in _EUCLIDEAN:
+        # ||a||^2 - 2 a.b ranks the training rows b exactly like ||a - b||; the ||a||^2
+        # term is constant per test row and dropped: one GEMM, no sqrt.
+        dtype = np.result_type(x_test.dtype, x_train.dtype, np.float32)
+        a = np.asarray(x_train, dtype=dtype)
+        b = np.asarray(x_test, dtype=dtype)
+        return np.einsum("ij,ij->i", a, a)[None, :] - 2.0 * (b @ a.T)
+    from sklearn.metrics import pairwise_distances
+
+    return pairwise_distances(x_test, x_train, metric=metric, **metric_params)
+
+
+def _rank_coefficients(n: int, k: int) -> np.ndarray:
+    """``c_i = min(K, i) / (K i)`` for ranks ``i = 1..N-1`` and the farthest point's ``min(K, N) / (K N)``."""
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    return np.minimum(k, ranks) / (k * ranks)
+
+
+def _shapley_of_sorted(match: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """Jia et al.'s recursion for one test point, given ``match`` in ascending distance order."""
+    m = match.astype(np.float64)
+    out = np.empty_like(m)
+    out[-1] = m[-1] * coefficients[-1]
+    # s(a_i) = s(a_N) + sum_{j >= i} (m_j - m_{j+1}) c_j : a reversed cumulative sum.
+    step = np.subtract(m[:-1], m[1:], out=out[:-1])
+    step *= coefficients[:-1]
+    out[:-1] = np.cumsum(step[::-1])[::-1]
+    out[:-1] += out[-1]
+    return out
+
+
+def encode_labels(y_train: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, codes)`` of the training labels: comparing int32 codes is cheaper than labels."""
+    classes, codes = np.unique(np.asarray(y_train), return_inverse=True)
+    return classes, codes.astype(np.int32).ravel()
+
+
+def knn_shapley_test_chunk(
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    labels: tuple[np.ndarray, np.ndarray],
+    k: int,
+    metric: Any,
+    metric_params: dict[str, Any],
+    *train_chunks: np.ndarray,
+) -> np.ndarray:
+    """Sum over the given test points of every training point's KNN-Shapley value.
+
+    ``labels`` is :func:`encode_labels` of the training labels and
+    ``train_chunks`` are consecutive row blocks of the training features. Ties
+    in distance are broken by the sort (as in scikit-learn's brute-force
+    search, their order is not specified).
+    """
+    x_test = np.asarray(x_test)
+    classes, codes = labels
+    n = codes.shape[0]
+    # A test label absent from the training labels matches no training point (code -1).
+    where = np.minimum(np.searchsorted(classes, np.asarray(y_test)), len(classes) - 1)
+    test_codes = np.where(classes[where] == np.asarray(y_test), where, -1)
+    rows = x_test.shape[0]
+    first = _distance_rows(x_test, train_chunks[0], metric, metric_params)
+    dist = np.empty((rows, n), dtype=first.dtype)
+    start = 0
+    for i, chunk in enumerate(train_chunks):
+        block = first if i == 0 else _distance_rows(x_test, chunk, metric, metric_params)
+        dist[:, start : start + block.shape[1]] = block
+        start += block.shape[1]
+    coefficients = _rank_coefficients(n, k)
+    total = np.zeros(n)
+    for r in range(rows):
+        order = np.argsort(dist[r])
+        # ``order`` is a permutation: a fancy-indexed += adds every value exactly once.
+        total[order] += _shapley_of_sorted(codes[order] == test_codes[r], coefficients)
+    return total
+
+
+def _as_rows_array(x: Any, row_chunk: int) -> da.Array:
+    """A dask array chunked by rows only (features whole), from numpy or dask input."""
+    if is_dask_array(x):
+        return x.rechunk({0: x.chunks[0] if row_chunk is None else row_chunk, **dict.fromkeys(range(1, x.ndim), -1)})
+    return da.from_array(np.asarray(x), chunks={0: row_chunk, **dict.fromkeys(range(1, np.ndim(x)), -1)})
+
+
+def knn_shapley(
+    data: Dataset,
+    model: Any,
+    *,
+    test_chunk_size: int | None = None,
+    train_chunk_size: int | None = None,
+    max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> xr.Dataset:
+    """Exact Shapley values of the K-nearest-neighbour utility (Jia et al. 2019), as a lazy graph.
+
+    The utility of a subset ``S`` of training points is the mean over test
+    points of the share of their ``K`` nearest neighbours in ``S`` that carry
+    the test point's label (divided by ``K`` also when ``|S| < K``; this is
+    ``predict_proba`` of the true class for ``|S| >= K``). Its Shapley values
+    have a closed form: one distance row and one sort per test point, no
+    model fits, so millions of training points are feasible.
+
+    Parameters
+    ----------
+    data : Dataset
+        Training and test points (numpy or dask arrays, 2-d features,
+        1-d labels). Players are the training points (a ``GroupedDataset`` is
+        refused: the closed form is per point).
+    model : sklearn.neighbors.KNeighborsClassifier
+        Unfitted or fitted; its ``n_neighbors`` and ``metric`` (with ``p`` and
+        ``metric_params``) define the utility. ``weights`` must be
+        ``"uniform"``.
+    test_chunk_size : int, optional
+        Test points per graph task. Default: as many as fit in
+        ``max_block_bytes`` of distance rows, and at most ``n_test / 16`` so a
+        cluster has tasks to share.
+    train_chunk_size : int, optional
+        Training rows per chunk of the training features (graph keys shipped
+        to workers once). Default: about 64 MiB per chunk; dask inputs keep
+        their row chunks.
+    max_block_bytes : int
+        Memory budget of one task's distance rows (default 256 MiB).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``value`` (lazy), ``stderr`` (0: exact for this test set) and
+        ``counts`` (the number of test points) over dim ``sample``.
+
+    Raises
+    ------
+    InvalidModelError
+        If ``model`` is not a ``KNeighborsClassifier`` with uniform weights.
+    InvalidDataError
+        If the features are not 2-d or the labels not 1-d, or ``data`` is grouped.
+
+    Notes
+    -----
+    Distances are computed in the features' precision (float32 stays float32,
+    which is what makes 10^6 training points fast); the Euclidean metric uses
+    one matrix product per chunk. Points at exactly equal distance from a test
+    point are ranked in an unspecified order, as in scikit-learn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.neighbors import KNeighborsClassifier
+    >>> from dvl_dask import Dataset
+    >>> x = np.array([[0.0], [1.0], [5.0]]); y = np.array([0, 1, 1])
+    >>> data = Dataset(x, y, np.array([[0.2]]), np.array([0]))
+    >>> knn_shapley(data, KNeighborsClassifier(n_neighbors=1)).value.compute().values.tolist()
+    [1.0, 0.0, 0.0]
+    """
+    owner = "knn_shapley"
+    if not isinstance(data, Dataset):
+        raise InvalidParameterError(
+            f"The 'data' argument of {owner} must be a dvl_dask.Dataset. Got {type(data).__name__}."
+        )
+    if isinstance(data, GroupedDataset):
+        raise InvalidDataError(
+            f"{owner} values single training points; the closed form does not extend to a GroupedDataset. "
+            "Use a Monte Carlo method on a Utility over the grouped data."
+        )
+    k, metric, metric_params = _knn_parameters(model, owner)
+    for name in ("x_train", "x_test"):
+        if getattr(data, name).ndim != 2:
+            raise InvalidDataError(
+                f"{owner} needs 2-d features (samples x features), like KNeighborsClassifier. "
+                f"{name} has shape {tuple(getattr(data, name).shape)}."
+            )
+    for name in ("y_train", "y_test"):
+        if getattr(data, name).ndim != 1:
+            raise InvalidDataError(
+                f"{owner} needs 1-d labels (one class per sample). {name} has shape {tuple(getattr(data, name).shape)}."
+            )
+    max_block_bytes = check_positive_int(max_block_bytes, "max_block_bytes", owner)
+    n_train, n_features = (int(s) for s in data.x_train.shape)
+    n_test = int(data.x_test.shape[0])
+    itemsize = max(np.dtype(data.x_train.dtype).itemsize, 4)
+    if test_chunk_size is None:
+        fits = max(1, max_block_bytes // (itemsize * n_train))
+        test_chunk_size = max(1, min(fits, math.ceil(n_test / MIN_TEST_CHUNKS)))
+    test_chunk_size = check_positive_int(test_chunk_size, "test_chunk_size", owner)
+    if train_chunk_size is None and not is_dask_array(data.x_train):
+        train_chunk_size = max(1, DEFAULT_TRAIN_CHUNK_BYTES // (itemsize * max(n_features, 1)))
+    if train_chunk_size is not None:
+        train_chunk_size = check_positive_int(train_chunk_size, "train_chunk_size", owner)
+
+    x_train = _as_rows_array(data.x_train, train_chunk_size)
+    x_test = _as_rows_array(data.x_test, test_chunk_size)
+    y_test = _as_rows_array(data.y_test, test_chunk_size)
+    name = layer_name("knn-shapley", data.fingerprint, k, metric, sorted(metric_params.items()), test_chunk_size)
+    # The labels of the training points travel as one key; every task needs all of them.
+    labels = dask.delayed(encode_labels, pure=True)(data.y_train, dask_key_name=f"knn-labels-{data.fingerprint}")
+    train_chunks = list(x_train.to_delayed().ravel())
+    chunk_fn = dask.delayed(knn_shapley_test_chunk, pure=True)
+    blocks = [
+        chunk_fn(xt, yt, labels, k, metric, metric_params, *train_chunks, dask_key_name=f"{name}-{i}")
+        for i, (xt, yt) in enumerate(zip(x_test.to_delayed().ravel(), y_test.to_delayed().ravel(), strict=True))
+    ]
+    values = stack_blocks(blocks, n_train) / n_test
+    return valuation_dataset(
+        values,
+        np.zeros(n_train),
+        np.full(n_train, n_test, dtype=np.int64),
+        data_names=data.data_names,
+        method="knn_shapley",
+        parameters={"n_neighbors": k, "metric": str(metric), "metric_params": metric_params},
+        utility_token=layer_name("knn-utility", data.fingerprint, k, metric, sorted(metric_params.items())),
+        n_evaluations=0,
+    )
