@@ -6,6 +6,7 @@ checkpoints to zarr.
 """
 
 from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
+from ._data_oob import data_oob
 from ._exact import exact_shapley, loo, shapley_weights
 from ._knn import knn_shapley
 from ._loop import load_checkpoint, run_until_converged
@@ -56,6 +57,7 @@ __all__ = [
     "banzhaf_coefficient",
     "beta_coefficient",
     "beta_shapley",
+    "data_oob",
     "exact_shapley",
     "knn_shapley",
     "loo",

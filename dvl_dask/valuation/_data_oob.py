@@ -1,0 +1,245 @@
+"""Data-OOB (Kwon & Zou 2023): out-of-bag scores of a bagged model, per training point.
+
+Fit ``n_estimators`` copies of the utility's model on bootstrap samples of the
+players; a player's value is the mean, over the models whose bootstrap sample
+missed it, of how well that model predicts the player's own point(s):
+``1[prediction == label]`` for classifiers, ``-(prediction - target)^2`` for
+regressors, or a user's ``point_score``. Points the models get wrong out of
+bag (mislabelled, atypical) score low.
+
+Graph: blocks of estimators are tasks (block *i* draws its bootstrap samples
+from child *i* of the seed, so a seed gives the same values on any scheduler);
+each returns per-player sums, sums of squares and counts of out-of-bag scores,
+and a tree reduction adds them. ``stderr`` is the Monte Carlo error of each
+mean over the estimators that left the player out.
+
+Differences from pyDVL's ``DataOOBValuation``: the bagging is done here (from
+the utility's model and data, in block tasks) instead of reading a fitted
+``BaggingClassifier``; a :class:`~dvl_dask.GroupedDataset` bootstraps groups,
+and a group's score is the mean score of its rows.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
+from ..keys import layer_name
+from ..results import valuation_dataset
+from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
+from ._graph import block_ranges, utility_node
+from ._samplers import child_seed
+
+__all__ = ["data_oob", "data_oob_block"]
+
+PointScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: Estimators per task when not given: bagging fits are seconds at most, so 8 per
+#: task keeps scheduler overhead negligible while leaving tasks for every worker.
+DEFAULT_ESTIMATORS_PER_BLOCK = 8
+
+
+def _accuracy_per_point(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    return (np.asarray(y_true) == np.asarray(y_pred)).astype(np.float64)
+
+
+def _neg_squared_error_per_point(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    diff = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+    return -(diff.reshape(len(diff), -1) ** 2).sum(axis=1)
+
+
+def _clone(model: Any) -> Any:
+    from sklearn.base import clone
+
+    return clone(model)
+
+
+def data_oob_block(
+    utility: Any,
+    seed: np.random.SeedSequence,
+    n_estimators: int,
+    sample_size: int,
+    point_score: PointScore,
+) -> np.ndarray:
+    """Fit ``n_estimators`` bootstrap models; return ``(3, n_players)``: OOB score sums, sums of squares, counts.
+
+    A fit that fails (e.g. a bootstrap sample holding one class for a model
+    that needs two) contributes nothing and raises a
+    :class:`~dvl_dask.errors.UtilityFailureWarning`.
+    """
+    data = utility.data.materialize()
+    n = data.n_players
+    grouped = data.n_samples != n
+    out = np.zeros((3, n))
+    rng = np.random.default_rng(seed)
+    for _ in range(n_estimators):
+        in_bag = rng.integers(0, n, size=sample_size)
+        out_of_bag = np.setdiff1d(np.arange(n), in_bag, assume_unique=False)
+        if out_of_bag.size == 0:
+            continue
+        rows = data.train_indices(in_bag) if grouped else in_bag
+        model = _clone(utility.model)
+        try:
+            model.fit(data.x_train[rows], data.y_train[rows])
+        except Exception as exc:
+            warnings.warn(
+                f"data_oob: a bootstrap fit failed ({type(exc).__name__}: {exc}); the estimator is skipped.",
+                UtilityFailureWarning,
+                stacklevel=2,
+            )
+            continue
+        if grouped:
+            for player in out_of_bag:
+                player_rows = data.train_indices(np.array([player]))
+                score = float(np.mean(point_score(data.y_train[player_rows], model.predict(data.x_train[player_rows]))))
+                out[:, player] += (score, score * score, 1.0)
+        else:
+            scores = np.asarray(
+                point_score(data.y_train[out_of_bag], model.predict(data.x_train[out_of_bag])), dtype=np.float64
+            )
+            if scores.shape != (out_of_bag.size,):
+                raise InvalidParameterError(
+                    f"data_oob: point_score must return one score per point, shape ({out_of_bag.size},). "
+                    f"Got shape {scores.shape}."
+                )
+            out[0, out_of_bag] += scores
+            out[1, out_of_bag] += scores * scores
+            out[2, out_of_bag] += 1.0
+    return out
+
+
+def _finalize(totals: np.ndarray) -> np.ndarray:
+    """``(value, stderr, counts)`` rows from summed block statistics."""
+    sums, squares, counts = totals
+    if not counts.any():
+        raise InvalidModelError(
+            "data_oob: no bootstrap model could be fitted and scored (every fit failed, see the warnings). "
+            "To fix, check that the model fits the training data, or raise max_samples."
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
+        variance = np.maximum(squares / counts - mean * mean, 0.0) * counts / np.maximum(counts - 1, 1)
+        stderr = np.sqrt(variance / counts)
+    return np.stack([mean, stderr, counts])
+
+
+def data_oob(
+    utility: Any,
+    *,
+    n_estimators: int = 100,
+    max_samples: float = 0.8,
+    seed: SeedLike = None,
+    point_score: PointScore | None = None,
+    estimators_per_block: int | None = None,
+) -> xr.Dataset:
+    """Data-OOB values (Kwon & Zou 2023) of every player, as a lazy graph.
+
+    Parameters
+    ----------
+    utility : Utility
+        Its (unfitted) model is bagged on its training data; its test data and
+        scorer are not used: Data-OOB scores each point out of bag.
+    n_estimators : int
+        Number of bootstrap models (the paper uses hundreds to thousands). A
+        point is out of bag of a share ``(1 - 1/n)^(max_samples n)`` ≈
+        ``exp(-max_samples)`` of them (45% at 0.8), so ``counts`` is about
+        ``0.45 n_estimators``.
+    max_samples : float in (0, 1]
+        Bootstrap sample size as a fraction of the players (drawn with replacement).
+    seed : int, SeedSequence or None
+        Same seed, same values on any scheduler. None draws fresh entropy,
+        recorded in ``attrs["seed"]``.
+    point_score : callable, optional
+        ``point_score(y_true, y_pred) -> scores``, one score per point (higher
+        is better). Default: ``1[y_pred == y_true]`` for classifiers,
+        ``-(y_pred - y_true)^2`` (summed over outputs) for regressors.
+    estimators_per_block : int, optional
+        Bootstrap fits per graph task (default 8).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``value`` (mean out-of-bag score), ``stderr`` (its Monte Carlo error)
+        and ``counts`` (models that left the player out), lazy. A player that
+        no model left out has ``counts == 0`` and a NaN value: raise
+        ``n_estimators``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.dummy import DummyClassifier
+    >>> from dvl_dask import Dataset, Utility
+    >>> y = np.array([0] * 9 + [1])
+    >>> u = Utility(DummyClassifier(), Dataset(np.zeros((10, 1)), y, np.zeros((2, 1)), y[:2]), "accuracy")
+    >>> data_oob(u, n_estimators=50, seed=0).value.compute().round(2).values.tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    owner = "data_oob"
+    model = getattr(utility, "model", None)
+    data = getattr(utility, "data", None)
+    if model is None or data is None or not callable(getattr(model, "fit", None)):
+        raise InvalidParameterError(
+            f"The 'utility' argument of {owner} must be a dvl_dask.Utility (model + data): Data-OOB bags its "
+            f"model. Got {type(utility).__name__}."
+        )
+    if not callable(getattr(model, "predict", None)):
+        raise InvalidModelError(f"{owner} needs a model with predict(x); {type(model).__name__} has none.")
+    if not hasattr(model, "get_params"):
+        raise InvalidModelError(
+            f"{owner} clones the model for every bootstrap fit (sklearn.base.clone); "
+            f"{type(model).__name__} has no get_params."
+        )
+    n_estimators = check_positive_int(n_estimators, "n_estimators", owner)
+    max_samples = check_real(max_samples, "max_samples", owner, low=0.0, high=1.0, low_open=True)
+    per_block = check_positive_int(
+        DEFAULT_ESTIMATORS_PER_BLOCK if estimators_per_block is None else estimators_per_block,
+        "estimators_per_block",
+        owner,
+    )
+    if point_score is None:
+        from sklearn.base import is_classifier
+
+        point_score = _accuracy_per_point if is_classifier(model) else _neg_squared_error_per_point
+    elif not callable(point_score):
+        raise InvalidParameterError(
+            f"The 'point_score' argument of {owner} must be a callable (y_true, y_pred) -> scores. "
+            f"Got {type(point_score).__name__}."
+        )
+    n = data.n_players
+    sample_size = max(1, math.ceil(max_samples * n))
+    seq = as_seed_sequence(seed, "seed", owner)
+    seed_text = seed_entropy(seq)
+    name = layer_name("data-oob-block", utility, seed_text, per_block, sample_size, point_score)
+    block_fn = dask.delayed(data_oob_block, pure=True)
+    u = utility_node(utility)
+    blocks = [
+        block_fn(u, child_seed(seq, i), stop - start, sample_size, point_score, dask_key_name=f"{name}-{i}")
+        for i, (start, stop) in enumerate(block_ranges(n_estimators, per_block))
+    ]
+    parts = [da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]
+    totals = da.stack(parts).sum(axis=0, split_every=16)
+    final = totals.map_blocks(_finalize, dtype=np.float64)
+    return valuation_dataset(
+        final[0],
+        final[1],
+        final[2].astype(np.int64),
+        data_names=data.data_names,
+        method="data_oob",
+        parameters={
+            "n_estimators": n_estimators,
+            "max_samples": max_samples,
+            "point_score": getattr(point_score, "__qualname__", type(point_score).__name__),
+            "estimators_per_block": per_block,
+        },
+        seed=seed_text,
+        utility_token=getattr(utility, "token", ""),
+        n_evaluations=n_estimators,
+    )
