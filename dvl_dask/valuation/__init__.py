@@ -9,6 +9,7 @@ from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coeffi
 from ._data_oob import data_oob
 from ._exact import exact_shapley, loo, shapley_weights
 from ._knn import knn_shapley
+from ._least_core import LeastCoreError, exact_least_core, montecarlo_least_core
 from ._loop import load_checkpoint, run_until_converged
 from ._montecarlo import banzhaf, beta_shapley, msr_banzhaf, owen_shapley, permutation_shapley, semivalue
 from ._samplers import (
@@ -58,7 +59,10 @@ __all__ = [
     "beta_coefficient",
     "beta_shapley",
     "data_oob",
+    "exact_least_core",
     "exact_shapley",
+    "LeastCoreError",
+    "montecarlo_least_core",
     "knn_shapley",
     "loo",
     "msr_banzhaf",
