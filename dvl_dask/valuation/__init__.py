@@ -8,6 +8,7 @@ checkpoints to zarr.
 from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
 from ._data_oob import data_oob
 from ._exact import exact_shapley, loo, shapley_weights
+from ._group_testing import group_testing_sample_size, group_testing_shapley
 from ._knn import knn_shapley
 from ._least_core import LeastCoreError, exact_least_core, montecarlo_least_core
 from ._loop import load_checkpoint, run_until_converged
@@ -61,6 +62,8 @@ __all__ = [
     "data_oob",
     "exact_least_core",
     "exact_shapley",
+    "group_testing_sample_size",
+    "group_testing_shapley",
     "LeastCoreError",
     "montecarlo_least_core",
     "knn_shapley",
