@@ -5,6 +5,7 @@ eager loop that runs blocks until a stopping criterion holds, with
 checkpoints to zarr.
 """
 
+from ._classwise import classwise_shapley
 from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
 from ._data_oob import data_oob
 from ._exact import exact_shapley, loo, shapley_weights
@@ -61,6 +62,7 @@ __all__ = [
     "beta_shapley",
     "data_oob",
     "exact_least_core",
+    "classwise_shapley",
     "exact_shapley",
     "group_testing_sample_size",
     "group_testing_shapley",

@@ -1,0 +1,203 @@
+"""Class-wise Shapley (Schoch, Xu & Ji 2022, "CS-Shapley"), by Monte Carlo.
+
+A training point ``i`` of class ``c`` is valued by how it helps the model on
+test points of its own class *without* hurting the others. With ``D_c`` the
+training points of class ``c`` and ``D_-c`` the rest, the utility of an
+in-class set ``S ⊆ D_c`` given an out-of-class context ``C ⊆ D_-c`` is
+
+    u(S | C) = a_in(S ∪ C) * exp(a_out(S ∪ C))
+
+where the model is fitted on ``S ∪ C`` and ``a_in`` (``a_out``) is the number
+of test points of class ``c`` (of other classes) it classifies correctly,
+divided by the number of test points. The value of ``i`` is its Shapley value
+in the game ``S -> u(S | C)`` over the players ``D_c``, averaged over contexts
+``C`` drawn uniformly from the subsets of ``D_-c``.
+
+Estimator: sample ``j`` takes class ``classes[j mod n_classes]`` (classes
+take turns, so each gets an equal share), draws a context ``C`` (each
+out-of-class point with probability 1/2) and a random permutation of
+``D_c``, and records every in-class point's marginal contribution along it.
+Each sample is an unbiased draw of the value of every point of its class; the
+mean and its standard error are reported per point. Blocks of samples are
+seeded graph tasks, reduced like the other Monte Carlo methods.
+
+Conventions (also used by pyDVL): a training set of one class gives the
+constant predictor of that class; the empty set has utility 0. Differences:
+no value normalisation (pyDVL rescales each class's values to its in-class
+accuracy on request); contexts are uniform over subsets.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ..keys import layer_name
+from ..results import valuation_dataset
+from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ._graph import block_ranges, utility_node
+from ._samplers import child_seed
+
+__all__ = ["classwise_shapley", "classwise_utility"]
+
+#: Samples (one permutation of a class each) per task when not given.
+DEFAULT_SAMPLES_PER_BLOCK = 8
+
+
+def classwise_utility(model: Any, data: Any, rows: np.ndarray, label: Any) -> float:
+    """``a_in * exp(a_out)`` of ``model`` fitted on training ``rows``, for the class ``label``.
+
+    ``data`` holds numpy arrays. One class in ``rows`` gives the constant
+    predictor of that class; no rows give 0.
+    """
+    if rows.size == 0:
+        return 0.0
+    y_rows = data.y_train[rows]
+    present = np.unique(y_rows)
+    if present.size == 1:
+        predictions = np.full(len(data.y_test), present[0])
+    else:
+        from sklearn.base import clone
+
+        fitted = clone(model).fit(data.x_train[rows], y_rows)
+        predictions = fitted.predict(data.x_test)
+    correct = predictions == data.y_test
+    in_class = data.y_test == label
+    n_test = len(data.y_test)
+    a_in = float(np.sum(correct & in_class)) / n_test
+    a_out = float(np.sum(correct & ~in_class)) / n_test
+    return a_in * math.exp(a_out)
+
+
+def classwise_block(
+    utility: Any, seed: np.random.SeedSequence, first_sample: int, n_samples: int, classes: np.ndarray
+) -> np.ndarray:
+    """``(3, n)``: per-point sums of marginal contributions, their squares and counts over the block's samples."""
+    data = utility.data.materialize()
+    y = np.asarray(data.y_train)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    out = np.zeros((3, n))
+    for j in range(first_sample, first_sample + n_samples):
+        label = classes[j % len(classes)]
+        members = np.flatnonzero(y == label)
+        others = np.flatnonzero(y != label)
+        context = others[rng.random(others.size) < 0.5]
+        order = rng.permutation(members)
+        previous = classwise_utility(utility.model, data, context, label)
+        for k in range(order.size):
+            current = classwise_utility(utility.model, data, np.concatenate([context, order[: k + 1]]), label)
+            marginal = current - previous
+            out[:, order[k]] += (marginal, marginal * marginal, 1.0)
+            previous = current
+    return out
+
+
+def _finalize(totals: np.ndarray) -> np.ndarray:
+    sums, squares, counts = totals
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        variance = np.maximum(squares / np.maximum(counts, 1) - mean * mean, 0.0) * counts / np.maximum(counts - 1, 1)
+        stderr = np.where(counts > 1, np.sqrt(variance / np.maximum(counts, 1)), np.inf)
+    return np.stack([mean, stderr, counts])
+
+
+def classwise_shapley(
+    utility: Any,
+    n_samples: int,
+    *,
+    seed: SeedLike = None,
+    samples_per_block: int | None = None,
+) -> xr.Dataset:
+    """Class-wise Shapley values (Schoch et al. 2022) as a lazy graph of sampled permutations.
+
+    Parameters
+    ----------
+    utility : Utility
+        A classifier (``predict``) and data with 1-d class labels. Its scorer
+        is not used: class-wise Shapley scores ``a_in * exp(a_out)``.
+    n_samples : int
+        Permutations; classes take turns, so each class gets
+        ``n_samples / n_classes`` of them and each of its points one marginal
+        contribution per permutation. Cost: ``(|D_c| + 1)`` fits per sample.
+    seed : int, SeedSequence or None
+        Same seed, same values on any scheduler.
+    samples_per_block : int, optional
+        Permutations per graph task (default 8).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``value``, ``stderr``, ``counts`` over ``sample`` plus the coordinate
+        ``label`` (each point's class), lazy. A class that got no sample
+        (``n_samples < n_classes``) has NaN values with ``counts == 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from dvl_dask import Dataset, Utility
+    >>> x = np.array([[0.0], [1.0], [3.0], [4.0]]); y = np.array([0, 0, 1, 1])
+    >>> u = Utility(LogisticRegression(), Dataset(x, y, x, y), "accuracy")
+    >>> ds = classwise_shapley(u, 20, seed=0).compute()
+    >>> ds.label.values.tolist(), bool((ds.value > 0).all())
+    ([0, 0, 1, 1], True)
+    """
+    owner = "classwise_shapley"
+    model = getattr(utility, "model", None)
+    data = getattr(utility, "data", None)
+    if model is None or data is None:
+        raise InvalidParameterError(
+            f"The 'utility' argument of {owner} must be a dvl_dask.Utility (a classifier and its data). "
+            f"Got {type(utility).__name__}."
+        )
+    if not callable(getattr(model, "predict", None)) or not hasattr(model, "get_params"):
+        raise InvalidModelError(
+            f"{owner} needs a scikit-learn classifier (fit, predict, get_params). Got {type(model).__name__}."
+        )
+    if data.n_players != data.n_samples:
+        raise InvalidDataError(f"{owner} values single training points; a GroupedDataset is not supported.")
+    if getattr(data.y_train, "ndim", 1) != 1:
+        raise InvalidDataError(f"{owner} needs 1-d class labels. y_train has shape {tuple(data.y_train.shape)}.")
+    n_samples = check_positive_int(n_samples, "n_samples", owner)
+    per_block = check_positive_int(
+        DEFAULT_SAMPLES_PER_BLOCK if samples_per_block is None else samples_per_block, "samples_per_block", owner
+    )
+    labels = np.asarray(data.materialize().y_train)
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise InvalidDataError(f"{owner} needs at least two classes in y_train. Got {classes.tolist()}.")
+    n = data.n_players
+    seq = as_seed_sequence(seed, "seed", owner)
+    seed_text = seed_entropy(seq)
+    u = utility_node(utility)
+    name = layer_name("classwise-block", utility.token, seed_text, per_block)
+    block_fn = dask.delayed(classwise_block, pure=True)
+    blocks = [
+        block_fn(u, child_seed(seq, i), start, stop - start, classes, dask_key_name=f"{name}-{i}")
+        for i, (start, stop) in enumerate(block_ranges(n_samples, per_block))
+    ]
+    totals = da.stack([da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]).sum(axis=0, split_every=16)
+    final = totals.map_blocks(_finalize, dtype=np.float64)
+    sizes = {str(c): int(np.sum(labels == c)) for c in classes}
+    ds = valuation_dataset(
+        final[0],
+        final[1],
+        final[2].astype(np.int64),
+        data_names=data.data_names,
+        method="classwise_shapley",
+        parameters={"n_samples": n_samples, "samples_per_block": per_block},
+        seed=seed_text,
+        utility_token=utility.token,
+        n_evaluations=sum(
+            (n_samples // len(classes) + (1 if k < n_samples % len(classes) else 0)) * (sizes[str(c)] + 1)
+            for k, c in enumerate(classes)
+        ),
+    )
+    return ds.assign_coords(label=("sample", labels))
