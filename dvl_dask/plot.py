@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .errors import InvalidDataError, InvalidParameterError
 from .results import validate_valuation_dataset
 
-__all__ = ["plot_values"]
+__all__ = ["plot_curves", "plot_influence", "plot_value_distribution", "plot_values"]
 
 
 def _pyplot() -> Any:
@@ -26,23 +27,141 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_values(ds: xr.Dataset, *, ax: Any = None, title: str | None = None, n_stderr: float = 1.0) -> Any:
-    """Values sorted from highest to lowest, with ``n_stderr`` error bars.
+def plot_values(
+    ds: xr.Dataset,
+    *,
+    ax: Any = None,
+    title: str | None = None,
+    n_stderr: float = 1.0,
+    top_k: int | None = None,
+    bottom_k: int | None = None,
+) -> Any:
+    """Values sorted from highest to lowest, with ``n_stderr`` x stderr error bars.
 
-    Returns the matplotlib ``Axes``.
+    ``top_k`` / ``bottom_k`` restrict the plot to the highest / lowest points
+    (both: the two ends, separated by a gap). ``n_stderr=1.96`` draws 95%
+    normal confidence intervals. Returns the matplotlib ``Axes``.
     """
     validate_valuation_dataset(ds)
     plt = _pyplot()
     ordered = ds.dvl.sort()
+    n = ordered.sizes["sample"]
+    if top_k is not None or bottom_k is not None:
+        keep = sorted(set(range(min(top_k or 0, n))) | set(range(n - min(bottom_k or 0, n), n)))
+        ordered = ordered.isel(sample=keep)
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 0.25 * ordered.sizes["sample"]), 3.5))
+        _, ax = plt.subplots(figsize=(min(16.0, max(4.0, 0.25 * ordered.sizes["sample"])), 3.5))
     x = np.arange(ordered.sizes["sample"])
     ax.errorbar(x, ordered["value"].values, yerr=n_stderr * ordered["stderr"].values, fmt="o", capsize=2)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels([str(s) for s in ordered["sample"].values], rotation=90)
     ax.set_xlabel("training point")
-    ax.set_ylabel("value")
+    ax.set_ylabel(f"value (± {n_stderr:g} stderr)")
     ax.set_title(title or f"{ds.attrs.get('method', '')} values")
+    ax.figure.tight_layout()
+    return ax
+
+
+def plot_curves(curve: xr.Dataset, *, ax: Any = None, title: str | None = None, band: float = 1.0) -> Any:
+    """Removal or addition curves (from :mod:`dvl_dask.evaluation`) with the random baseline's band.
+
+    The band is the random orders' mean ± ``band`` standard deviations.
+    Returns the ``Axes``.
+    """
+    if "score" not in getattr(curve, "data_vars", {}) or "order" not in curve.dims:
+        raise InvalidParameterError("plot_curves needs a curve from point_removal_curve or point_addition_curve.")
+    plt = _pyplot()
+    curve = curve.compute()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.0, 3.5))
+    fraction = curve["fraction"].values
+    for order in curve["order"].values:
+        score = curve["score"].sel(order=order).values
+        line = ax.plot(fraction, score, marker="o", markersize=3, label=str(order))[0]
+        if order == "random":
+            spread = band * curve["score_std"].sel(order=order).values
+            ax.fill_between(fraction, score - spread, score + spread, color=line.get_color(), alpha=0.2)
+    mode = curve.attrs.get("mode", "removal")
+    ax.set_xlabel("fraction of points removed" if mode == "removal" else "fraction of points kept")
+    ax.set_ylabel("score")
+    ax.legend(title="order")
+    ax.set_title(title or f"{curve.attrs.get('method', '')} {mode} curve".strip())
+    ax.figure.tight_layout()
+    return ax
+
+
+def plot_value_distribution(
+    ds: xr.Dataset, labels: Any = None, *, ax: Any = None, bins: int = 30, title: str | None = None
+) -> Any:
+    """Histogram of values, one per class (``labels``, or the result's ``label`` coordinate). Returns the ``Axes``."""
+    validate_valuation_dataset(ds)
+    plt = _pyplot()
+    values = np.asarray(ds["value"].values)
+    if labels is None and "label" in ds.coords:
+        labels = ds["label"].values
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.0, 3.5))
+    if labels is None:
+        ax.hist(values, bins=bins, alpha=0.8)
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != values.shape:
+            raise InvalidDataError(
+                f"labels must have one entry per point ({values.shape[0]}). Got shape {labels.shape}."
+            )
+        for label in np.unique(labels):
+            ax.hist(values[labels == label], bins=bins, alpha=0.5, label=str(label))
+        ax.legend(title="class")
+    ax.set_xlabel("value")
+    ax.set_ylabel("points")
+    ax.set_title(title or f"{ds.attrs.get('method', '')} values by class")
+    ax.figure.tight_layout()
+    return ax
+
+
+def plot_influence(
+    influences: Any, *, test_index: int | None = None, top_k: int = 10, ax: Any = None, title: str | None = None
+) -> Any:
+    """Influence heatmap (test x train), or the ``top_k`` most influential training points of one test point.
+
+    ``influences`` is an influence ``DataArray`` (dims ``test_sample``,
+    ``train_sample``; extra feature dims are summed) or a 2-d array.
+    Returns the ``Axes``.
+    """
+    plt = _pyplot()
+    arr = influences
+    if isinstance(arr, xr.DataArray):
+        extra = [d for d in arr.dims if d not in ("test_sample", "train_sample")]
+        arr = arr.sum(extra) if extra else arr
+        test_labels = arr["test_sample"].values if "test_sample" in arr.coords else np.arange(arr.shape[0])
+        train_labels = arr["train_sample"].values if "train_sample" in arr.coords else np.arange(arr.shape[1])
+        matrix = np.asarray(arr.values)
+    else:
+        matrix = np.asarray(arr)
+        if matrix.ndim != 2:
+            raise InvalidDataError(f"plot_influence needs a (test, train) matrix. Got shape {matrix.shape}.")
+        test_labels, train_labels = np.arange(matrix.shape[0]), np.arange(matrix.shape[1])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.5))
+    if test_index is None:
+        limit = float(np.nanmax(np.abs(matrix))) or 1.0
+        image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.figure.colorbar(image, ax=ax, label="influence")
+        ax.set_xlabel("training point")
+        ax.set_ylabel("test point")
+        ax.set_title(title or "influence of training points on test points")
+    else:
+        row = matrix[test_index]
+        k = min(top_k, row.size)
+        top = np.argsort(-np.abs(row), kind="stable")[:k]
+        colors = ["tab:red" if row[i] > 0 else "tab:blue" for i in top]
+        ax.barh(np.arange(k)[::-1], row[top], color=colors)
+        ax.set_yticks(np.arange(k)[::-1])
+        ax.set_yticklabels([str(train_labels[i]) for i in top])
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("influence")
+        ax.set_ylabel("training point")
+        ax.set_title(title or f"top {k} influential training points for test point {test_labels[test_index]}")
     ax.figure.tight_layout()
     return ax

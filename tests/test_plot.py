@@ -1,0 +1,67 @@
+"""Every plot function renders to an Agg canvas and returns its Axes."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from dvl_dask.errors import InvalidDataError, InvalidParameterError
+from dvl_dask.evaluation import point_removal_curve
+from dvl_dask.plot import plot_curves, plot_influence, plot_value_distribution, plot_values
+from dvl_dask.results import influence_dataarray, valuation_dataset
+from dvl_dask.testing.games import AdditiveGame
+from dvl_dask.valuation import exact_shapley, permutation_shapley
+
+
+def _render(ax, tmp_path, name):
+    path = tmp_path / f"{name}.png"
+    ax.figure.savefig(path)
+    assert path.stat().st_size > 1000
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
+
+
+def test_plot_values_with_intervals_and_ends(tmp_path):
+    ds = permutation_shapley(AdditiveGame(np.linspace(-1, 1, 30)), n_permutations=20, seed=0).compute()
+    _render(plot_values(ds, n_stderr=1.96), tmp_path, "values")
+    ax = plot_values(ds, top_k=3, bottom_k=2)
+    assert len(ax.get_xticklabels()) == 5
+    _render(ax, tmp_path, "ends")
+
+
+def test_plot_curves(tmp_path):
+    game = AdditiveGame([3.0, 1.0, 2.0, -1.0, 0.5])
+    curve = point_removal_curve(exact_shapley(game), game, fractions=[0, 0.2, 0.4, 0.6], n_random=3, seed=0)
+    ax = plot_curves(curve)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"highest", "lowest", "random"}
+    _render(ax, tmp_path, "curves")
+    with pytest.raises(InvalidParameterError):
+        plot_curves(xr.Dataset())
+
+
+def test_plot_value_distribution(tmp_path):
+    n = 40
+    values = np.random.default_rng(0).normal(size=n)
+    ds = valuation_dataset(values, np.zeros(n), np.ones(n, int), data_names=range(n), method="m")
+    _render(plot_value_distribution(ds, np.arange(n) % 2), tmp_path, "by_class")
+    _render(plot_value_distribution(ds.assign_coords(label=("sample", np.arange(n) % 3))), tmp_path, "coord")
+    with pytest.raises(InvalidDataError):
+        plot_value_distribution(ds, [0, 1])
+
+
+def test_plot_influence_heatmap_and_top_k(tmp_path):
+    matrix = np.random.default_rng(1).normal(size=(4, 12))
+    arr = influence_dataarray(matrix, train_names=[f"t{i}" for i in range(12)])
+    _render(plot_influence(arr), tmp_path, "heatmap")
+    ax = plot_influence(arr, test_index=2, top_k=5)
+    expected = [f"t{i}" for i in np.argsort(-np.abs(matrix[2]))[:5]]
+    assert [t.get_text() for t in ax.get_yticklabels()] == expected
+    _render(ax, tmp_path, "top_k")
+    with pytest.raises(InvalidDataError):
+        plot_influence(np.zeros(3))
