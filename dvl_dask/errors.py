@@ -18,7 +18,8 @@ builtin they already handle (``except ValueError``)::
     ├── CheckpointMismatchError (ValueError)   a checkpoint of another run/utility
     ├── TokenizationError (RuntimeError)       an object cannot be hashed deterministically
     ├── CacheError (RuntimeError)              a cache backend failed
-    └── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+    ├── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+    └── UnusableUtilityError (ValueError)      no coalition can be fitted and scored
 
     DvlDaskWarning (UserWarning)
     ├── UtilityFailureWarning                  a fit failed; default score used
@@ -49,6 +50,7 @@ __all__ = [
     "UnalignedChunksError",
     "UnknownModeError",
     "UnknownScorerError",
+    "UnusableUtilityError",
     "UtilityFailureWarning",
 ]
 
@@ -127,3 +129,13 @@ class CacheUnavailableWarning(DvlDaskWarning):
 
 class ConvergenceWarning(DvlDaskWarning):
     """An iterative solver stopped before reaching its tolerance."""
+
+
+class UnusableUtilityError(DvlDaskError, ValueError):
+    """A utility cannot be evaluated at all: fitting and scoring fails even on every training point.
+
+    Every coalition would get the default score, so every value would be
+    meaningless (all zeros). Typical causes: features of the wrong shape or
+    type, a model without ``predict``, a classifier on continuous targets, a
+    scorer that does not fit the task or that returns NaN.
+    """

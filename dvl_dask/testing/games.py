@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..keys import canonical_indices, fingerprint
-from ..validation import check_positive_int
+from ..keys import fingerprint
+from ..validation import check_coalition, check_finite_score, check_positive_int
 
 __all__ = [
     "AdditiveGame",
@@ -47,10 +47,8 @@ class Game:
         return self._n
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
-        players = canonical_indices(indices)
-        if players.size and (players[0] < 0 or players[-1] >= self._n):
-            raise InvalidParameterError(f"Player indices must lie in [0, {self._n}). Got {players}.")
-        return float(self.value(players))
+        players = check_coalition(indices, self._n, type(self).__name__)
+        return check_finite_score(self.value(players), f"{type(self).__name__}.value()")
 
     def value(self, players: np.ndarray) -> float:
         raise NotImplementedError
