@@ -55,13 +55,18 @@ def check_real(
     high: float = np.inf,
     low_open: bool = False,
     high_open: bool = False,
+    finite: bool = False,
 ) -> float:
-    """Return ``value`` as a finite-checked float inside the given interval."""
+    """Return ``value`` as a float inside the given interval (never NaN; never infinite with ``finite``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value):
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be a real number. Got {value!r} instead."
         )
     v = float(value)
+    if finite and not np.isfinite(v):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be a finite real number. Got {value!r} instead."
+        )
     too_low = v <= low if low_open else v < low
     too_high = v >= high if high_open else v > high
     if too_low or too_high:
