@@ -29,7 +29,15 @@ __all__ = [
 
 
 class Game:
-    """Base class: a coalition value ``v(S)`` over players ``0..n-1``."""
+    """Base class: a coalition value ``v(S)`` over players ``0..n-1``.
+
+    Calls validate the coalition (:func:`dvl_dask.validation.check_coalition`)
+    and the value: ``value()`` returning None, NaN or infinity raises
+    :class:`~dvl_dask.errors.InvalidParameterError`.
+    """
+
+    #: Calls return finite floats only (valuation methods need not check them).
+    returns_finite_scores = True
 
     def __init__(self, n_players: int) -> None:
         self._n = check_positive_int(n_players, "n_players", type(self).__name__)

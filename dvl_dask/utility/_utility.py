@@ -93,6 +93,9 @@ class Utility:
     True
     """
 
+    #: Calls return finite floats only (valuation methods need not check them).
+    returns_finite_scores = True
+
     def __init__(
         self,
         model: Any,
