@@ -148,7 +148,7 @@ def open_result(
     NotAResultError
         If ``url`` holds something else: a file, an empty directory, another
         tool's store, an influence result (use :func:`dvl_dask.open_influence`)
-        or a checkpoint (use :func:`dvl_dask.load_checkpoint`). A subclass of
+        or a checkpoint (use :func:`dvl_dask.valuation.load_checkpoint`). A subclass of
         :class:`~dvl_dask.errors.SchemaError`.
     SchemaError
         If the store holds an interrupted write, or breaks the schema.
@@ -179,7 +179,7 @@ def check_readable(url: str, storage_options: dict[str, Any] | None, owner: str,
     if kind == wanted:
         return kind
     hints = {
-        CHECKPOINT: "it is a checkpoint of run_until_converged; read it with dvl_dask.load_checkpoint(url)",
+        CHECKPOINT: "it is a checkpoint of run_until_converged; read it with dvl_dask.valuation.load_checkpoint(url)",
         INFLUENCE: "it is an influence result; open it with dvl_dask.open_influence(url)",
         VALUATION: "it is a valuation result; open it with dvl_dask.open_result(url)",
     }

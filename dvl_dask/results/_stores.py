@@ -112,7 +112,7 @@ def refuse_to_replace(url: str, kind: str, owner: str, *, overwrite: bool) -> No
         )
     if kind == CHECKPOINT:
         what = "a dvl_dask checkpoint (the statistics of a resumable run)"
-        fix = "Read it with dvl_dask.load_checkpoint, delete it yourself if you no longer need it,"
+        fix = "Read it with dvl_dask.valuation.load_checkpoint, delete it yourself if you no longer need it,"
     else:
         what = "data that dvl_dask did not write (a file, other files or another tool's store)"
         fix = "Delete it yourself if you are sure,"
