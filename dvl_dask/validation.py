@@ -7,6 +7,7 @@ calls these once at the public boundary and trusts the values afterwards.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -58,11 +59,18 @@ def check_real(
     finite: bool = False,
 ) -> float:
     """Return ``value`` as a float inside the given interval (never NaN; never infinite with ``finite``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be a real number. Got {value!r} instead."
         )
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float range
+        v = math.inf if value > 0 else -math.inf
+    if math.isnan(v):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be a real number. Got {value!r} instead."
+        )
     if finite and not np.isfinite(v):
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be a finite real number. Got {value!r} instead."
