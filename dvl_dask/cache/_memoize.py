@@ -267,7 +267,9 @@ class MemoizedFunction(Generic[T]):
         # function it replaces; anything else by value.
         name = self._global_name()
         if name is not None:
-            return name
+            # By name, with the backend: its secret (possibly generated here, or configured after
+            # the workers started) must reach the copy the worker's import creates.
+            return (_resolve_named, (self.__module__, self.__qualname__, self.backend))
         return (_rebuild, (self.__getstate__(),))
 
     def _global_name(self) -> str | None:
@@ -311,6 +313,26 @@ class _BoundMemoizedFunction:
 
     def __repr__(self) -> str:
         return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+def _resolve_named(module: str, qualname: str, backend: CacheBackend) -> MemoizedFunction[Any]:
+    """The module-level memoized function ``module.qualname``, using ``backend`` (and its secret)."""
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, MemoizedFunction):
+        raise CacheError(f"{module}.{qualname} is no longer a memoized function; cannot unpickle it.")
+    if obj.backend is backend or getattr(obj.backend, "__dict__", {}).get("_secret") == backend.__dict__.get(
+        "_secret"
+    ):
+        return obj
+    copy = MemoizedFunction.__new__(MemoizedFunction)
+    copy.__dict__.update(obj.__dict__)
+    copy.backend = backend
+    copy._own = CacheStats()
+    return copy
 
 
 def _rebuild(state: dict[str, Any]) -> MemoizedFunction[Any]:

@@ -311,3 +311,33 @@ def test_secret_set_after_the_cluster_started_reaches_the_workers(local_cluster,
         with Client(local_cluster, set_as_default=False) as client:
             assert client.submit(store_on_worker, generated, key, pure=False).result() is True
         assert generated.get(key) == 4.0
+
+
+_DECORATED_MODULE = """
+from dvl_dask.cache import MemcachedClientConfig, memcached
+
+
+@memcached(MemcachedClientConfig(server=("127.0.0.1", 1)), time_threshold=0.0)
+def cube(x):
+    return float(x) ** 3
+"""
+
+
+def test_module_level_memoized_functions_carry_their_secret_when_pickled(tmp_path, monkeypatch) -> None:
+    import importlib
+    import sys
+
+    (tmp_path / "sec_decorated_module.py").write_text(_DECORATED_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("sec_decorated_module")
+    original = module.cube
+    payload = pickle.dumps(original)
+    assert pickle.loads(payload) is original  # same process: the same object
+    # A worker imports the module afresh: its decorator generates another secret.
+    del sys.modules["sec_decorated_module"]
+    fresh = importlib.import_module("sec_decorated_module")
+    assert fresh.cube.backend._secret != original.backend._secret
+    on_worker = pickle.loads(payload)
+    assert on_worker.backend._secret == original.backend._secret
+    assert on_worker.cache_key(2) == original.cache_key(2)
+    del sys.modules["sec_decorated_module"]
