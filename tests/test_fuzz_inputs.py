@@ -378,3 +378,38 @@ def test_nan_loss_is_not_blamed_on_regularization() -> None:
     with pytest.raises(InvalidModelError, match="not finite") as info:
         DirectInfluence(model, nan_loss, regularization=0.1).fit((x, y))
     assert "singular" not in str(info.value) and "positive regularization" not in str(info.value)
+
+
+budgets = st.one_of(st.integers(-2, 30), st.floats(allow_nan=True, allow_infinity=True), st.none(), st.text(max_size=2))
+seeds = st.one_of(st.integers(-2, 2**70), st.none(), st.floats(allow_nan=True), st.text(max_size=2))
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["permutation_shapley", "banzhaf", "msr_banzhaf", "beta_shapley", "owen_shapley"]),
+    budget=budgets,
+    seed=seeds,
+    items_per_block=st.one_of(st.none(), st.integers(-1, 5), st.floats(allow_nan=True)),
+    antithetic=st.one_of(st.booleans(), st.integers(0, 2), st.text(max_size=1)),
+    alpha=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-1, 20)),
+)
+def test_valuation_methods_give_finite_values_or_a_clear_error(
+    method, budget, seed, items_per_block, antithetic, alpha
+) -> None:
+    from dvl_dask import valuation
+
+    fn = getattr(valuation, method)
+    kwargs: dict = {"seed": seed, "items_per_block": items_per_block}
+    kwargs["n_permutations" if method == "permutation_shapley" else "n_samples"] = budget
+    if method in ("permutation_shapley", "msr_banzhaf", "owen_shapley"):
+        kwargs["antithetic"] = antithetic
+    if method == "beta_shapley":
+        kwargs.update(alpha=alpha, beta=1.0)
+    small = AdditiveGame([1.0, 2.0, 3.0])
+    try:
+        ds = fn(small, **kwargs).compute()
+    except DvlDaskError as exc:
+        assert isinstance(exc, InvalidParameterError | InvalidDataError), exc
+        return
+    assert np.isfinite(ds["value"].values).all()
+    assert (ds["stderr"].values >= 0).all()  # never NaN (inf while a point has too few samples)

@@ -380,6 +380,10 @@ class MemcachedCacheBackend(CacheBackend):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_secret" not in state:  # pickled by an older version: never fall back to a public key
+            configured = resolve_hmac_key(state.pop("_hmac_key", None))
+            state["_secret"] = configured if configured is not None else new_secret()
+            state["secret_configured"] = configured is not None
         self.__dict__.update(state)
         self._init_runtime()
 
