@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pathlib
@@ -133,7 +134,16 @@ class DiskCacheBackend(CacheBackend):
 
     def _read_secret(self, target: pathlib.Path) -> bytes:
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(target, flags)
+        try:
+            fd = os.open(target, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symbolic link: whoever placed it chooses the secret
+                raise CacheError(
+                    f"Refusing the cache secret {str(target)!r}: it is a symbolic link. To fix, delete it (a new "
+                    "secret is made on first use) or configure one with dask.config.set({'dvl_dask.cache.hmac-key': "
+                    "...})."
+                ) from exc
+            raise
         try:
             info = os.fstat(fd)
             if os.name == "posix":

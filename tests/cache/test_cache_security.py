@@ -341,3 +341,12 @@ def test_module_level_memoized_functions_carry_their_secret_when_pickled(tmp_pat
     assert on_worker.backend._secret == original.backend._secret
     assert on_worker.cache_key(2) == original.cache_key(2)
     del sys.modules["sec_decorated_module"]
+
+
+def test_disk_cache_refuses_a_symlinked_secret(tmp_path) -> None:
+    (tmp_path / "attacker-chosen").write_bytes(b"k" * 32)
+    (tmp_path / "attacker-chosen").chmod(0o600)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / ".secret").symlink_to(tmp_path / "attacker-chosen")
+    with pytest.raises(CacheError, match="symbolic link"):
+        DiskCacheBackend(tmp_path / "c").set("k", 1.0)
