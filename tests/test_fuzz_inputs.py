@@ -32,6 +32,7 @@ from dvl_dask.testing.games import AdditiveGame, Game
 from dvl_dask.validation import check_coalition
 from dvl_dask.valuation import (
     AbsoluteStandardError,
+    HistoryDeviation,
     MaxUpdates,
     RelativeStandardError,
     RelativeTruncation,
@@ -130,6 +131,7 @@ def test_numeric_parameters_are_finite_or_refused(value) -> None:
         lambda v: RelativeStandardError(v),
         lambda v: AbsoluteStandardError(v),
         lambda v: RelativeTruncation(v),
+        lambda v: HistoryDeviation(5, v),
         lambda v: _small_utility(default_score=v),
     ]
     for make in constructors:

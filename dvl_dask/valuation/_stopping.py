@@ -230,7 +230,7 @@ class HistoryDeviation(StoppingCriterion):
 
     def __init__(self, n_steps: int, rtol: float) -> None:
         self.n_steps = check_positive_int(n_steps, "n_steps", "HistoryDeviation")
-        self.rtol = check_real(rtol, "rtol", "HistoryDeviation", low=0.0, low_open=True)
+        self.rtol = check_real(rtol, "rtol", "HistoryDeviation", low=0.0, low_open=True, finite=True)
         self._history: deque[np.ndarray] = deque(maxlen=self.n_steps + 1)
         self._last = np.inf
 
