@@ -33,6 +33,7 @@ __all__ = [
     "MC_PROGRESS_INTERVAL",
     "RESULTS_ZARR_FORMAT",
     "UTILITY_DEFAULT_SCORE",
+    "UTILITY_ON_UNUSABLE",
     "get",
 ]
 
@@ -55,6 +56,7 @@ CACHE_RTOL_STDERR = "dvl_dask.cache.rtol-stderr"
 CACHE_ATOL_STDERR = "dvl_dask.cache.atol-stderr"
 CACHE_MIN_REPETITIONS = "dvl_dask.cache.min-repetitions"
 CACHE_MAX_REPETITIONS = "dvl_dask.cache.max-repetitions"
+UTILITY_ON_UNUSABLE = "dvl_dask.utility.on-unusable"
 
 
 def _register_defaults() -> None:

@@ -14,11 +14,14 @@ builtin they already handle (``except ValueError``)::
     ├── InvalidModelError (TypeError)          model lacks fit/predict or is unusable
     ├── NotFittedError (RuntimeError)          an influence model used before fit()
     ├── SchemaError (ValueError)               a result does not follow the schema
+    │   └── NotAResultError                    the location holds no result of that kind
     ├── ResultExistsError (FileExistsError)    refusing to overwrite a stored result
     ├── CheckpointMismatchError (ValueError)   a checkpoint of another run/utility
     ├── TokenizationError (RuntimeError)       an object cannot be hashed deterministically
     ├── CacheError (RuntimeError)              a cache backend failed
-    └── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+    ├── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+    ├── UnusableUtilityError (ValueError)      no coalition can be fitted and scored
+    └── ResultNotFoundError (FileNotFoundError)  nothing stored at a result location
 
     DvlDaskWarning (UserWarning)
     ├── UtilityFailureWarning                  a fit failed; default score used
@@ -40,8 +43,10 @@ __all__ = [
     "InvalidDataError",
     "InvalidModelError",
     "InvalidParameterError",
+    "NotAResultError",
     "NotFittedError",
     "ResultExistsError",
+    "ResultNotFoundError",
     "SchemaError",
     "ThreadSafetyViolationError",
     "TokenizationError",
@@ -49,6 +54,7 @@ __all__ = [
     "UnalignedChunksError",
     "UnknownModeError",
     "UnknownScorerError",
+    "UnusableUtilityError",
     "UtilityFailureWarning",
 ]
 
@@ -127,3 +133,21 @@ class CacheUnavailableWarning(DvlDaskWarning):
 
 class ConvergenceWarning(DvlDaskWarning):
     """An iterative solver stopped before reaching its tolerance."""
+
+
+class UnusableUtilityError(DvlDaskError, ValueError):
+    """A utility cannot be evaluated at all: fitting and scoring fails even on every training point.
+
+    Every coalition would get the default score, so every value would be
+    meaningless (all zeros). Typical causes: features of the wrong shape or
+    type, a model without ``predict``, a classifier on continuous targets, a
+    scorer that does not fit the task or that returns NaN.
+    """
+
+
+class ResultNotFoundError(DvlDaskError, FileNotFoundError):
+    """Nothing is stored at the location given to a reader of results."""
+
+
+class NotAResultError(SchemaError):
+    """The location holds something other than the kind of result asked for (a file, another tool's store...)."""

@@ -7,6 +7,7 @@ calls these once at the public boundary and trusts the values afterwards.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -18,7 +19,9 @@ __all__ = [
     "SeedLike",
     "as_seed_sequence",
     "check_array",
+    "check_coalition",
     "check_consistent_length",
+    "check_finite_score",
     "check_positive_int",
     "check_real",
     "is_dask_array",
@@ -53,13 +56,25 @@ def check_real(
     high: float = np.inf,
     low_open: bool = False,
     high_open: bool = False,
+    finite: bool = False,
 ) -> float:
-    """Return ``value`` as a finite-checked float inside the given interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value):
+    """Return ``value`` as a float inside the given interval (never NaN; never infinite with ``finite``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be a real number. Got {value!r} instead."
         )
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float range
+        v = math.inf if value > 0 else -math.inf
+    if math.isnan(v):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be a real number. Got {value!r} instead."
+        )
+    if finite and not np.isfinite(v):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be a finite real number. Got {value!r} instead."
+        )
     too_low = v <= low if low_open else v < low
     too_high = v >= high if high_open else v > high
     if too_low or too_high:
@@ -158,3 +173,96 @@ def check_consistent_length(owner: str, **arrays: Any) -> int:
             f"The arguments of {owner} must have the same number of samples. Got {desc}."
         )
     return next(iter(lengths.values()))
+
+
+def check_coalition(indices: Any, n_players: int, owner: str = "Utility") -> np.ndarray:
+    """Validate a coalition and return its players as sorted unique ``int64`` indices.
+
+    Accepted forms:
+
+    * integer indices (a list, tuple, range, set, 1-D integer array), each in
+      ``[0, n_players)``, in any order; a repeated index counts once;
+    * a boolean mask of length ``n_players``: ``mask[i]`` says whether player
+      ``i`` is in the coalition (never read as the indices 0 and 1).
+
+    Anything else -- float indices, arrays with more than one dimension,
+    masks of another length, out-of-range indices, strings --
+    raises :class:`~dvl_dask.errors.InvalidParameterError` saying what was
+    wrong, instead of being truncated, flattened or reinterpreted.
+
+    Examples
+    --------
+    >>> check_coalition([3, 1, 3], 4)
+    array([1, 3])
+    >>> check_coalition([True, False, False, True], 4)
+    array([0, 3])
+    """
+    what = f"A coalition passed to {owner}"
+    if isinstance(indices, (str, bytes, dict)) or not (
+        isinstance(indices, (np.ndarray, list, tuple, range, set, frozenset))
+        or hasattr(indices, "__array__")
+        or hasattr(indices, "__iter__")
+    ):
+        raise InvalidParameterError(
+            f"{what} must be a sequence of player indices or a boolean mask of length {n_players}. "
+            f"Got {type(indices).__name__} {indices!r:.60} instead. To fix, pass e.g. [0, 2, 5]."
+        )
+    if isinstance(indices, (set, frozenset)):
+        indices = list(indices)  # a set has no repeats; its order does not matter
+    elif not isinstance(indices, (np.ndarray, list, tuple, range)) and not hasattr(indices, "__array__"):
+        indices = list(indices)  # generators and other iterables
+    try:
+        arr = np.asarray(indices)
+    except Exception as exc:  # ragged nesting
+        raise InvalidParameterError(
+            f"{what} must be a flat sequence of player indices. Got {type(indices).__name__}: {exc}"
+        ) from exc
+    if arr.ndim != 1:
+        raise InvalidParameterError(
+            f"{what} must be one-dimensional (player indices or a boolean mask). Got an array of shape "
+            f"{arr.shape}. To fix, pass a flat list such as [0, 2, 5]; a 2-D array is never flattened."
+        )
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if arr.dtype == np.bool_:
+        if arr.size != n_players:
+            raise InvalidParameterError(
+                f"{what} is a boolean mask of length {arr.size}, but there are {n_players} players. "
+                f"A mask must have one entry per player; to pass indices, use integers."
+            )
+        return np.flatnonzero(arr).astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        kind = "floats" if np.issubdtype(arr.dtype, np.floating) else f"dtype {arr.dtype}"
+        raise InvalidParameterError(
+            f"{what} must hold integer player indices (or be a boolean mask). Got {kind}: "
+            f"{np.array2string(arr[:8], separator=', ')}{'...' if arr.size > 8 else ''}. Indices are never "
+            "truncated; to fix, convert them with np.asarray(indices, dtype=int) if they are whole numbers."
+        )
+    arr = arr.astype(np.int64, copy=False)
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or high >= n_players:
+        raise InvalidParameterError(
+            f"{what} has player indices outside [0, {n_players}): min {low}, max {high}."
+        )
+    return np.unique(arr)
+
+
+def check_finite_score(value: Any, owner: str, *, what: str = "returned") -> float:
+    """Return ``value`` as a float if it is a finite real number, else raise InvalidParameterError."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic)):
+        raise InvalidParameterError(
+            f"{owner} {what} {type(value).__name__} {value!r:.60}, not a real number. "
+            "To fix, make it return a finite float for every coalition (e.g. 0.0 for the empty one)."
+        )
+    arr = np.asarray(value)
+    if arr.size != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InvalidParameterError(
+            f"{owner} {what} {value!r:.60}, not a real number. To fix, return one finite float."
+        )
+    v = float(arr.reshape(()))
+    if not np.isfinite(v):
+        raise InvalidParameterError(
+            f"{owner} {what} {v}. Values must be finite: NaN or infinity would spread into every "
+            "estimate. To fix, return a finite float for every coalition."
+        )
+    return v

@@ -18,6 +18,7 @@ from dvl_dask.errors import (
     InvalidModelError,
     InvalidParameterError,
     UnknownScorerError,
+    UnusableUtilityError,
     UtilityFailureWarning,
 )
 from dvl_dask.valuation import exact_shapley
@@ -142,7 +143,9 @@ class _Exploding(LogisticRegression):
 def test_catch_errors_warns_and_uses_default():
     x, y = _xy(12)
     data = Dataset(x[:8], y[:8], x[8:], y[8:])
-    u = Utility(_Exploding(), data, "accuracy", default_score=0.25)
+    with pytest.raises(UnusableUtilityError, match="boom"):  # every fit fails: an error, not zeros
+        Utility(_Exploding(), data, "accuracy", default_score=0.25)(range(8))
+    u = Utility(_Exploding(), data, "accuracy", default_score=0.25, on_unusable="warn")
     with pytest.warns(UtilityFailureWarning, match="boom"):
         assert u(range(8)) == 0.25
     strict = Utility(_Exploding(), data, "accuracy", catch_errors=False)

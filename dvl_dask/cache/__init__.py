@@ -12,15 +12,19 @@
   :class:`RunningStats` per key, updated atomically.
 
 Values in memcached and on disk are signed with HMAC-SHA256 and never
-unpickled unless the signature verifies; the secret comes from the option
-``dvl_dask.cache.hmac-key`` or the environment variable ``DVL_DASK_CACHE_KEY``.
-The default, :data:`DEFAULT_HMAC_KEY`, is public: with it, anyone who can write
-to the server can run code in your workers. Set a secret for shared servers.
+decoded unless the signature verifies. Numbers, numpy values and
+:class:`RunningStats` (all a utility returns) are stored without pickle; only
+other values are pickled. There is no built-in key: the secret comes from the
+option ``dvl_dask.cache.hmac-key`` or the environment variable
+``DVL_DASK_CACHE_KEY`` (read when the backend is built and carried with it to
+workers), else a disk cache generates one in ``<dir>/.secret`` (mode 0600)
+and a memcached backend generates one per backend object. Programs sharing a
+memcached server must configure the same secret to share entries.
 
 ``pymemcache`` is imported only when a memcached backend is first used.
 """
 
-from ._backend import DEFAULT_HMAC_KEY, HMAC_KEY_ENV, CacheBackend, check_key, resolve_hmac_key
+from ._backend import HMAC_KEY_ENV, CacheBackend, check_key, resolve_hmac_key
 from ._disk import DiskCacheBackend
 from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
 from ._memoize import MemoizedFunction, memcached, memoize
@@ -28,7 +32,6 @@ from ._memory import InMemoryCacheBackend
 from ._stats import CacheStats, RunningStats
 
 __all__ = [
-    "DEFAULT_HMAC_KEY",
     "HMAC_KEY_ENV",
     "CacheBackend",
     "CacheStats",

@@ -1,26 +1,26 @@
-"""The cache backend ABC, key checks, signed serialisation and degradation bookkeeping."""
+"""The cache backend ABC, key checks, secrets, signed serialisation and degradation bookkeeping."""
 
 from __future__ import annotations
 
 import abc
-import hmac
 import os
-import pickle
+import secrets
 import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import config
-from ..errors import CacheError, CacheUnavailableWarning, InvalidParameterError
+from ..errors import CacheUnavailableWarning, InvalidParameterError
+from ._codec import Rejected, decode, encode
 from ._stats import CacheStats
 
 __all__ = [
-    "DEFAULT_HMAC_KEY",
     "HMAC_KEY_ENV",
     "CacheBackend",
     "Signer",
     "check_key",
+    "new_secret",
     "resolve_hmac_key",
 ]
 
@@ -30,14 +30,10 @@ MAX_KEY_LENGTH = 250
 #: Environment variable read for the HMAC secret when ``dvl_dask.cache.hmac-key`` is unset.
 HMAC_KEY_ENV = "DVL_DASK_CACHE_KEY"
 
-#: The key used when no secret is configured. It is PUBLIC: with it, anyone who can
-#: write to the memcached server or the cache directory can forge entries that
-#: will be unpickled (run code) in your processes. Set a secret for shared servers.
-DEFAULT_HMAC_KEY = b"dvl_dask default cache signing key -- public, NOT a secret"
+#: Bytes of a generated secret.
+SECRET_SIZE = 32
 
-_MAGIC = b"DVL\x01"
-_MAC_SIZE = 32
-_PICKLE_PROTOCOL = 5
+_Rejected = Rejected
 
 
 def check_key(key: Any) -> str:
@@ -65,16 +61,21 @@ def check_key(key: Any) -> str:
     return key
 
 
-def resolve_hmac_key(key: bytes | str | None = None) -> bytes:
-    """The secret used to sign cached values.
+def resolve_hmac_key(key: bytes | str | None = None) -> bytes | None:
+    """The configured secret that signs cached values, or None if none is configured.
 
     In order of precedence: the ``key`` argument, the option
-    ``dvl_dask.cache.hmac-key``, the environment variable ``DVL_DASK_CACHE_KEY``,
-    and finally :data:`DEFAULT_HMAC_KEY`, which is public (see its note).
+    ``dvl_dask.cache.hmac-key``, the environment variable ``DVL_DASK_CACHE_KEY``.
+    There is no built-in default: backends without a configured secret make a
+    random one (see :class:`DiskCacheBackend` and :class:`MemcachedCacheBackend`).
+    Backends call this once, when they are built, and carry the result to
+    workers when they are pickled.
     """
     value = config.get(config.CACHE_HMAC_KEY, override_with=key)
-    if value is None or value == "":
-        value = os.environ.get(HMAC_KEY_ENV) or DEFAULT_HMAC_KEY
+    if value is None or value == "" or value == b"":
+        value = os.environ.get(HMAC_KEY_ENV) or None
+    if value is None:
+        return None
     if isinstance(value, str):
         value = value.encode("utf-8")
     if not isinstance(value, bytes):
@@ -85,43 +86,36 @@ def resolve_hmac_key(key: bytes | str | None = None) -> bytes:
     return value
 
 
-class _Rejected(Exception):
-    """A stored entry failed verification."""
+def new_secret() -> bytes:
+    """A fresh random secret (32 bytes from :mod:`secrets`)."""
+    return secrets.token_bytes(SECRET_SIZE)
 
 
 class Signer:
-    """Pickle values with an HMAC-SHA256 signature bound to their key; verify before unpickling.
+    """Encode values for a shared cache and verify them before decoding (see :mod:`._codec`).
 
-    The layout is ``magic (4 bytes) | HMAC-SHA256(secret, magic | key | 0 | payload) | payload``.
-    Binding the key into the MAC stops a valid entry from being replayed under
-    another key. :meth:`loads` verifies before it unpickles anything.
+    Plain values (numbers, numpy scalars and arrays, :class:`RunningStats`,
+    str, bytes, None) are stored without pickle; other values as pickles.
+    Every entry carries an HMAC-SHA256 over its key and body: :meth:`loads`
+    rejects (raises ``Rejected``) anything that does not verify, before any
+    decoding, so forged, truncated or replayed entries are never unpickled.
     """
 
     __slots__ = ("_secret",)
 
     def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes) or not secret:
+            raise InvalidParameterError("A cache Signer needs a non-empty bytes secret.")
         self._secret = secret
 
     def dumps(self, key: str, value: Any) -> bytes:
-        try:
-            payload = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
-        except Exception as exc:
-            raise CacheError(
-                f"Cannot cache a value of type {type(value).__name__} under {key!r}: it cannot be pickled "
-                f"({type(exc).__name__}: {exc}). To fix, return picklable values from cached functions."
-            ) from exc
-        mac = hmac.digest(self._secret, _MAGIC + key.encode("ascii") + b"\0" + payload, "sha256")
-        return _MAGIC + mac + payload
+        return encode(key, value, self._secret)
 
     def loads(self, key: str, data: bytes) -> Any:
-        if len(data) < len(_MAGIC) + _MAC_SIZE or data[: len(_MAGIC)] != _MAGIC:
-            raise _Rejected("unknown format")
-        mac = data[len(_MAGIC) : len(_MAGIC) + _MAC_SIZE]
-        payload = data[len(_MAGIC) + _MAC_SIZE :]
-        expected = hmac.digest(self._secret, _MAGIC + key.encode("ascii") + b"\0" + payload, "sha256")
-        if not hmac.compare_digest(mac, expected):
-            raise _Rejected("signature mismatch")
-        return pickle.loads(payload)
+        return decode(key, data, self._secret)
+
+    def __repr__(self) -> str:
+        return "Signer(<secret>)"
 
 
 class CacheBackend(abc.ABC):

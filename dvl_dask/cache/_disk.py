@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pathlib
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import InvalidParameterError
-from ._backend import CacheBackend, Signer, _Degradation, _Rejected, check_key, resolve_hmac_key
+from ..errors import CacheError, InvalidParameterError
+from ._backend import CacheBackend, Signer, _Degradation, _Rejected, check_key, new_secret, resolve_hmac_key
 
 try:  # POSIX
     import fcntl
@@ -24,12 +26,14 @@ __all__ = ["DiskCacheBackend"]
 _SUFFIX = ".dvl"
 _TMP_PREFIX = ".tmp-"
 _LOCK_DIR = ".locks"
+#: File of the directory's generated secret (owner-only permissions).
+SECRET_FILE = ".secret"
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
 class DiskCacheBackend(CacheBackend):
-    """Cache values as signed pickle files in a directory.
+    """Cache values as signed files in a directory.
 
     Each entry is one file, written to a temporary file in the same directory
     and moved into place with :func:`os.replace`, so readers in any process
@@ -48,14 +52,25 @@ class DiskCacheBackend(CacheBackend):
         Secret that signs entries; entries that do not verify are ignored
         (counted in ``stats.rejected``) and never unpickled. Default: option
         ``dvl_dask.cache.hmac-key``, then the environment variable
-        ``DVL_DASK_CACHE_KEY``, then a public default (see
-        :data:`dvl_dask.cache.DEFAULT_HMAC_KEY`). An explicit key travels with
-        the backend when it is pickled; otherwise each process resolves it.
+        ``DVL_DASK_CACHE_KEY`` (both read when the backend is built, and
+        carried with it to workers), then the directory's own secret: 32
+        random bytes generated on first use in ``<path>/.secret`` with
+        owner-only permissions (0600) and read by every process that opens
+        the directory.
+
+    Raises
+    ------
+    CacheError
+        On first use, if ``<path>/.secret`` belongs to another user or can be
+        read or written by group or others: whoever can read it can forge
+        entries. Fix its permissions (``chmod 600``) or configure a secret.
 
     Notes
     -----
-    Without ``fcntl`` (Windows), :meth:`update` is atomic between the threads
-    of one process only.
+    Numbers, numpy scalars and arrays, :class:`RunningStats`, str and bytes
+    are stored without pickle; other values as signed pickles. Without
+    ``fcntl`` (Windows), :meth:`update` is atomic between the threads of one
+    process only.
 
     Examples
     --------
@@ -82,15 +97,74 @@ class DiskCacheBackend(CacheBackend):
                 f"The 'path' argument of DiskCacheBackend must be a directory; {str(self.path)!r} is a file. "
                 "To fix, pass a directory (it is created if missing)."
             )
-        self._hmac_key = hmac_key
+        self._secret = resolve_hmac_key(hmac_key)  # configured secrets travel with the backend
         self._signer: Signer | None = None
         self._degradation = _Degradation(f"The disk cache at {str(self.path)!r}")
 
     # -- helpers ------------------------------------------------------------------------------
     def _signer_(self) -> Signer:
+        """The signer; raises OSError if the directory's secret cannot be read or made."""
         if self._signer is None:
-            self._signer = Signer(resolve_hmac_key(self._hmac_key))
+            secret = self._secret if self._secret is not None else self._directory_secret()
+            self._signer = Signer(secret)
         return self._signer
+
+    def _directory_secret(self) -> bytes:
+        """Read ``<path>/.secret``, creating it (0600, atomically) if missing."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self.path / SECRET_FILE
+        try:
+            return self._read_secret(target)
+        except FileNotFoundError:
+            pass
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=_TMP_PREFIX, suffix=".secret")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(new_secret())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, target)  # atomic: fails if another process made it first
+            except FileExistsError:
+                pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return self._read_secret(target)
+
+    def _read_secret(self, target: pathlib.Path) -> bytes:
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(target, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symbolic link: whoever placed it chooses the secret
+                raise CacheError(
+                    f"Refusing the cache secret {str(target)!r}: it is a symbolic link. To fix, delete it (a new "
+                    "secret is made on first use) or configure one with dask.config.set({'dvl_dask.cache.hmac-key': "
+                    "...})."
+                ) from exc
+            raise
+        try:
+            info = os.fstat(fd)
+            if os.name == "posix":
+                foreign = info.st_uid != os.geteuid()
+                if foreign or stat.S_IMODE(info.st_mode) & 0o077 or not stat.S_ISREG(info.st_mode):
+                    raise CacheError(
+                        f"Refusing the cache secret {str(target)!r}: it "
+                        f"{'belongs to another user' if foreign else 'is readable or writable by others'} "
+                        f"(mode {stat.S_IMODE(info.st_mode):o}), so others could forge cache entries. "
+                        f"To fix, run `chmod 600 {target}` as its owner, delete it (a new one is made), or "
+                        "configure a secret with dask.config.set({'dvl_dask.cache.hmac-key': ...})."
+                    )
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                secret = f.read()
+        finally:
+            os.close(fd)
+        if not secret:
+            raise CacheError(
+                f"The cache secret {str(target)!r} is empty. To fix, delete it (a new one is made on first use)."
+            )
+        return secret
 
     @staticmethod
     def _digest(key: str) -> str:
@@ -109,7 +183,12 @@ class DiskCacheBackend(CacheBackend):
             self._degradation.failed(self.stats, "errors", exc, "reading")
             return False, None
         try:
-            value = self._signer_().loads(key, data)
+            signer = self._signer_()
+        except OSError as exc:
+            self._degradation.failed(self.stats, "errors", exc, "reading the secret of")
+            return False, None
+        try:
+            value = signer.loads(key, data)
         except _Rejected:
             self.stats.increment("rejected")
             return False, None
@@ -119,9 +198,9 @@ class DiskCacheBackend(CacheBackend):
         return True, value
 
     def _write(self, key: str, digest: str, value: Any) -> bool:
-        data = self._signer_().dumps(key, value)
         target = self._file(digest)
         try:
+            data = self._signer_().dumps(key, value)
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_TMP_PREFIX, suffix=".part")
             try:
@@ -213,6 +292,7 @@ class DiskCacheBackend(CacheBackend):
             return None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_secret", None)
         self.__dict__.update(state)
         self._signer = None
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from ..errors import DvlDaskWarning, InvalidParameterError
 from ._backend import (
-    DEFAULT_HMAC_KEY,
     CacheBackend,
     Signer,
     _Degradation,
     _Rejected,
     check_key,
+    new_secret,
     resolve_hmac_key,
 )
 
@@ -125,9 +125,10 @@ class MemcachedClientConfig:
 class MemcachedCacheBackend(CacheBackend):
     """Cache values in a memcached server shared by processes and machines.
 
-    Values are pickled and signed with HMAC-SHA256 (see ``hmac_key``); entries
-    that do not verify are treated as misses, counted in ``stats.rejected``,
-    and never unpickled. The client connects lazily, keeps one connection per
+    Values are signed with HMAC-SHA256 (see ``hmac_key``); numbers, numpy
+    scalars and arrays and :class:`RunningStats` are stored without pickle,
+    other values as pickles. Entries that do not verify are treated as misses,
+    counted in ``stats.rejected``, and never unpickled. The client connects lazily, keeps one connection per
     thread, and is picklable: the connection is dropped when the backend is
     pickled and made again on first use in the worker. When the server closes
     a connection unexpectedly the operation is retried once on a new one
@@ -143,13 +144,15 @@ class MemcachedCacheBackend(CacheBackend):
         (``localhost:11211``).
     hmac_key : bytes or str, optional
         Secret that signs values. Default: option ``dvl_dask.cache.hmac-key``,
-        then the environment variable ``DVL_DASK_CACHE_KEY``, then a public
-        default key, :data:`dvl_dask.cache.DEFAULT_HMAC_KEY`. With the public key
-        anyone who can write to the server can make your workers unpickle (run)
-        what they wrote: set a secret for servers others can reach (a warning
-        says so when the server is not on loopback). An explicit key travels
-        with the backend when it is pickled; otherwise each process resolves
-        its own (Dask workers inherit the environment and the Dask config).
+        then the environment variable ``DVL_DASK_CACHE_KEY``, both read when
+        the backend is built; without either, a random secret is generated for
+        this backend. The secret travels inside the backend when it is pickled,
+        so every Dask worker that receives it (or a Utility holding it) signs
+        and verifies with the same secret, whatever its own config. Separate
+        programs that should share entries in one server (two scripts, a
+        notebook and a batch job) must configure the same secret: with a
+        generated one each program only reads its own entries (the others
+        count as ``rejected`` and are recomputed).
 
     Notes
     -----
@@ -184,7 +187,9 @@ class MemcachedCacheBackend(CacheBackend):
                 "Install it with `pip install dvl_dask[memcached]` (or `pip install pymemcache`)."
             )
         self.config = config
-        self._hmac_key = hmac_key
+        configured = resolve_hmac_key(hmac_key)
+        self._secret = configured if configured is not None else new_secret()
+        self.secret_configured = configured is not None
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -197,18 +202,7 @@ class MemcachedCacheBackend(CacheBackend):
     # -- connection and error handling -----------------------------------------------------
     def _signer_(self) -> Signer:
         if self._signer is None:
-            secret = resolve_hmac_key(self._hmac_key)
-            if secret == DEFAULT_HMAC_KEY and not self.config.is_local:
-                warnings.warn(
-                    f"Values cached in the memcached server at {self.config.address} are signed with the "
-                    "public default key: anyone who can write to that server can make this process unpickle "
-                    "(run) arbitrary data. To fix, set a secret with "
-                    "dask.config.set({'dvl_dask.cache.hmac-key': ...}) or the environment variable "
-                    "DVL_DASK_CACHE_KEY, the same on every worker.",
-                    DvlDaskWarning,
-                    stacklevel=4,
-                )
-            self._signer = Signer(secret)
+            self._signer = Signer(self._secret)
         return self._signer
 
     def _client(self) -> Any:
@@ -386,6 +380,10 @@ class MemcachedCacheBackend(CacheBackend):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_secret" not in state:  # pickled by an older version: never fall back to a public key
+            configured = resolve_hmac_key(state.pop("_hmac_key", None))
+            state["_secret"] = configured if configured is not None else new_secret()
+            state["secret_configured"] = configured is not None
         self.__dict__.update(state)
         self._init_runtime()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
 import sys
 import time
@@ -94,6 +95,8 @@ class MemoizedFunction(Generic[T]):
             config.get(config.CACHE_MIN_REPETITIONS, override_with=min_repetitions), "min_repetitions", owner
         )
         max_reps = config.get(config.CACHE_MAX_REPETITIONS, override_with=max_repetitions)
+        if isinstance(max_reps, float) and max_reps == math.inf:
+            max_reps = None  # math.inf: no cap (None as an argument means "read the config")
         if max_reps is not None:
             max_reps = check_positive_int(max_reps, "max_repetitions", owner)
             if max_reps < self.min_repetitions:
@@ -186,7 +189,8 @@ class MemoizedFunction(Generic[T]):
             "rtol_stderr": self.rtol_stderr,
             "atol_stderr": self.atol_stderr,
             "min_repetitions": self.min_repetitions,
-            "max_repetitions": self.max_repetitions,
+            # math.inf, not None: None as an argument would mean "read the config" and lose "no cap".
+            "max_repetitions": math.inf if self.max_repetitions is None else self.max_repetitions,
         }
 
     @property
@@ -263,7 +267,9 @@ class MemoizedFunction(Generic[T]):
         # function it replaces; anything else by value.
         name = self._global_name()
         if name is not None:
-            return name
+            # By name, with the backend: its secret (possibly generated here, or configured after
+            # the workers started) must reach the copy the worker's import creates.
+            return (_resolve_named, (self.__module__, self.__qualname__, self.backend))
         return (_rebuild, (self.__getstate__(),))
 
     def _global_name(self) -> str | None:
@@ -307,6 +313,26 @@ class _BoundMemoizedFunction:
 
     def __repr__(self) -> str:
         return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+def _resolve_named(module: str, qualname: str, backend: CacheBackend) -> MemoizedFunction[Any]:
+    """The module-level memoized function ``module.qualname``, using ``backend`` (and its secret)."""
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, MemoizedFunction):
+        raise CacheError(f"{module}.{qualname} is no longer a memoized function; cannot unpickle it.")
+    if obj.backend is backend or getattr(obj.backend, "__dict__", {}).get("_secret") == backend.__dict__.get(
+        "_secret"
+    ):
+        return obj
+    copy = MemoizedFunction.__new__(MemoizedFunction)
+    copy.__dict__.update(obj.__dict__)
+    copy.backend = backend
+    copy._own = CacheStats()
+    return copy
 
 
 def _rebuild(state: dict[str, Any]) -> MemoizedFunction[Any]:
@@ -389,9 +415,11 @@ def memoize(
     atol_stderr : float, optional
         Also stop once ``stderr <= atol_stderr``. Default
         ``dvl_dask.cache.atol-stderr`` (0.0).
-    max_repetitions : int, optional
-        Stop after this many evaluations in any case. Default
-        ``dvl_dask.cache.max-repetitions`` (100); None in the config means no cap.
+    max_repetitions : int or math.inf, optional
+        Stop after this many evaluations in any case; ``math.inf`` means no
+        cap. Default ``dvl_dask.cache.max-repetitions`` (100); None in the
+        config means no cap. The resolved options (:attr:`MemoizedFunction.options`)
+        rebuild the same function exactly in any process.
 
     Returns
     -------

@@ -151,9 +151,13 @@ class Dataset:
         rows = np.arange(n)
         rng_seed = int(as_seed_sequence(seed, "seed", owner).generate_state(1)[0])
         y_np = np.asarray(y) if not is_dask_array(y) else y.compute()
-        train_rows, test_rows = train_test_split(
-            rows, train_size=train_size, random_state=rng_seed, stratify=y_np if stratify else None
-        )
+        _check_split(n, float(train_size), y_np if stratify else None, stratify, owner)
+        try:
+            train_rows, test_rows = train_test_split(
+                rows, train_size=train_size, random_state=rng_seed, stratify=y_np if stratify else None
+            )
+        except ValueError as exc:  # anything _check_split did not foresee: still a clear, typed error
+            raise InvalidDataError(f"{owner} cannot split {n} samples with train_size={train_size}: {exc}") from exc
         train_rows.sort()
         test_rows.sort()
         # Training points keep the labels of their rows in the input (by default the row numbers).
@@ -337,3 +341,33 @@ class GroupedDataset(Dataset):
 
 
 Loader = Callable[[], Any]
+
+
+def _check_split(n: int, train_size: float, y: Any, stratify: Any, owner: str) -> None:
+    """Refuse splits that leave a part empty or cannot be stratified, before sklearn does so obscurely."""
+    if not isinstance(stratify, (bool, np.bool_)):
+        raise InvalidParameterError(f"The 'stratify' parameter of {owner} must be a bool. Got {stratify!r} instead.")
+    n_train = int(np.floor(train_size * n))
+    n_test = int(np.ceil((1.0 - train_size) * n))
+    if n_train == 0 or n_test == 0:
+        part = "training" if n_train == 0 else "test"
+        raise InvalidDataError(
+            f"{owner} with train_size={train_size} on {n} samples leaves the {part} part empty. To fix, pass a "
+            f"train_size between {1 / n:.3g} and {1 - 1 / n:.3g}, or provide more samples."
+        )
+    if not stratify:
+        return
+    labels, counts = np.unique(np.asarray(y).reshape(n, -1)[:, 0] if np.ndim(y) > 1 else y, return_counts=True)
+    lonely = labels[counts < 2]
+    if lonely.size:
+        raise InvalidDataError(
+            f"{owner} with stratify=True needs at least 2 samples of every class (one for each part). "
+            f"Class(es) {lonely[:5].tolist()} have a single sample. To fix, drop or merge these classes, "
+            "or pass stratify=False."
+        )
+    if min(n_train, n_test) < labels.size:
+        raise InvalidDataError(
+            f"{owner} with stratify=True needs at least one sample of each of the {labels.size} classes in "
+            f"both parts, but train_size={train_size} gives {n_train} training and {n_test} test samples. "
+            "To fix, pass a train_size closer to 0.5 or stratify=False."
+        )

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from ..chunks import BlockPlan, DaskMapper
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, InvalidParameterError
 from ..keys import fingerprint
 from ..results import TEST_DIM, TRAIN_DIM, open_block_sink
 from ..validation import is_dask_array
@@ -75,6 +75,8 @@ def influence_to_zarr(
     """
     import dask.array as da
 
+    if zarr_chunks is not None:
+        zarr_chunks = _check_zarr_chunks(zarr_chunks)
     attrs: dict[str, Any] = {}
     if isinstance(result, xr.DataArray):
         dims = tuple(str(d) for d in result.dims)
@@ -112,3 +114,16 @@ def influence_to_zarr(
         overwrite=overwrite, resume=resume,
     )
     return DaskMapper().store(values, sink, compute=compute)
+
+
+def _check_zarr_chunks(zarr_chunks: Any) -> tuple[int, int]:
+    """``zarr_chunks`` as two positive ints (test, train), else InvalidParameterError."""
+    ok = isinstance(zarr_chunks, (tuple, list)) and len(zarr_chunks) == 2
+    if ok:
+        ok = all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c > 0 for c in zarr_chunks)
+    if not ok:
+        raise InvalidParameterError(
+            "The 'zarr_chunks' parameter of influence_to_zarr must be None or two positive ints (rows of test "
+            f"points, columns of training points per zarr chunk). Got {zarr_chunks!r} instead."
+        )
+    return int(zarr_chunks[0]), int(zarr_chunks[1])

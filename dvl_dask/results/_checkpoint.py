@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointMismatchError, SchemaError
-from ._stores import zarr_store
+from ..errors import CheckpointMismatchError, NotAResultError, SchemaError
+from ._stores import ABSENT, CHECKPOINT, FOREIGN, check_location, store_kind, zarr_store
 
 __all__ = ["Checkpoint", "stored_seed"]
 
@@ -59,7 +59,14 @@ class Checkpoint:
         CheckpointMismatchError
             If the checkpoint was written by another method, utility, parameter set or seed.
         """
-        url = os.fspath(url)
+        url = check_location(url, "run_until_converged (checkpoint)")
+        kind = store_kind(url, storage_options)
+        if kind not in (ABSENT, CHECKPOINT):  # never write checkpoint arrays into other data
+            what = kind if kind == FOREIGN else f"a dvl_dask {kind}"
+            raise NotAResultError(
+                f"{url} holds {what}, not a dvl_dask checkpoint: it is left untouched. To fix, choose another "
+                "checkpoint path."
+            )
         group = _open_group(url, storage_options, "a")
         header = {k: _canonical(header[k]) for k in _HEADER_KEYS}
         if "dvl_checkpoint_version" not in group.attrs:

@@ -32,12 +32,18 @@ from .._version import __version__
 from ..errors import InvalidDataError, ResultExistsError, SchemaError
 from ._schema import SCHEMA_VERSION, _jsonable
 from ._stores import (
+    CHECKPOINT,
     COMPLETE,
+    FOREIGN,
+    INFLUENCE,
+    check_location,
     delete_store,
     has_content,
     open_zarr_dataset,
     portable_labels,
+    refuse_to_replace,
     restore_labels,
+    store_kind,
     zarr_store,
 )
 
@@ -273,7 +279,9 @@ def open_block_sink(
         fsspec options for remote URLs (credentials, ``endpoint_url``).
     overwrite : bool
         Replace a complete result or an interrupted write of another
-        computation at ``url``.
+        computation at ``url``. Only stores dvl_dask wrote are ever replaced:
+        a file, other files, another tool's store or a checkpoint are refused
+        and left intact.
     resume : bool
         Continue an interrupted write of the same computation (default);
         False starts over (needs ``overwrite=True`` if one exists).
@@ -285,7 +293,10 @@ def open_block_sink(
     """
     import zarr
 
-    url = os.fspath(url)
+    url = check_location(url, "influence_to_zarr")
+    kind = store_kind(url, dict(storage_options or {}))
+    if kind in (CHECKPOINT, FOREIGN):
+        refuse_to_replace(url, kind, "influence_to_zarr", overwrite=overwrite)
     header = _header(name, token, plan, dims)
     n_axes = len(plan.chunks)
     try:
@@ -319,13 +330,8 @@ def open_block_sink(
                 )
         if done is None:
             delete_store(url, dict(storage_options or {}))
-    elif has_content(url, dict(storage_options or {})):
-        if not overwrite:
-            raise ResultExistsError(
-                f"{url} exists and is not a zarr store. To fix, pass overwrite=True to replace it or choose "
-                "another location."
-            )
-        delete_store(url, dict(storage_options or {}))
+    elif has_content(url, dict(storage_options or {})):  # pragma: no cover - refused above as FOREIGN
+        refuse_to_replace(url, FOREIGN, "influence_to_zarr", overwrite=overwrite)
     base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
     base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
     spec = None
@@ -358,11 +364,19 @@ def open_influence(
 
     Raises
     ------
+    ResultNotFoundError
+        If nothing is stored at ``url`` (also a ``FileNotFoundError``).
+    NotAResultError
+        If ``url`` holds something else (a file, an empty directory, another
+        tool's store, a valuation result or a checkpoint).
     SchemaError
         If the store holds an interrupted write (run the write again to
-        complete it) or was not written by dvl_dask.
+        complete it).
     """
-    url = os.fspath(url)
+    from ._io import check_readable
+
+    url = check_location(url, "open_influence")
+    check_readable(url, dict(storage_options or {}), "open_influence", INFLUENCE)
     ds = open_zarr_dataset(url, storage_options, chunks)
     header = ds.attrs.get(WRITE_HEADER)
     if not isinstance(header, dict) or header.get("name") not in ds.data_vars:

@@ -2,32 +2,41 @@
 
 Local writes go to a temporary sibling directory that is renamed into place,
 so an interrupted write never leaves a half-written result under the target
-name. Object stores have no atomic rename; there the data is written first and
-a ``_dvl_complete`` marker attribute last, and :func:`open_result` refuses a
-store without the marker.
+name; temporary directories of killed writes are removed by the next write to
+the same path. Object stores have no atomic rename; there the data is written
+first and a ``_dvl_complete`` marker attribute last, and :func:`open_result`
+refuses a store without the marker. ``overwrite=True`` replaces only results
+dvl_dask wrote (recognised by their metadata), never other data.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from typing import Any
 
 import xarray as xr
 
 from .. import config
-from ..errors import ResultExistsError, SchemaError
+from ..errors import InvalidParameterError, NotAResultError, ResultNotFoundError, SchemaError
 from ._schema import validate_valuation_dataset
 from ._stores import (
+    ABSENT,
+    CHECKPOINT,
     COMPLETE,
+    INFLUENCE,
+    VALUATION,
+    check_location,
+    clean_stale_temporaries,
     fsspec_mapper,
     is_local,
     local_path,
     open_zarr_dataset,
     portable_labels,
+    refuse_to_replace,
     restore_labels,
-    store_exists,
+    store_kind,
+    temporary_sibling,
 )
 
 __all__ = ["open_result", "to_zarr"]
@@ -47,10 +56,19 @@ def to_zarr(
     ``compute=False`` a ``dask.delayed`` object is returned that performs the
     write (and the atomic rename, for local paths) when computed.
 
+    ``overwrite=True`` replaces a valuation or influence result that dvl_dask
+    wrote (recognised by its metadata), and nothing else: a file, a directory
+    of other files, another tool's zarr store or a checkpoint is refused and
+    left intact. Temporary directories left next to ``url`` by killed writes
+    are removed.
+
     Raises
     ------
     ResultExistsError
-        If something exists at ``url`` and ``overwrite`` is False.
+        If a result exists at ``url`` and ``overwrite`` is False, or anything
+        other than a dvl_dask result exists there (whatever ``overwrite``).
+    InvalidParameterError
+        If ``url`` is empty or the current directory.
     """
     if isinstance(ds, xr.DataArray) and ds.name in ("influence", "influence_factors"):
         raise SchemaError(
@@ -58,21 +76,25 @@ def to_zarr(
             "dvl_dask.influence_to_zarr(values, url), which streams it block by block."
         )
     validate_valuation_dataset(ds)
-    url = os.fspath(url)
+    url = check_location(url, "to_zarr")
+    if not isinstance(overwrite, bool):
+        raise InvalidParameterError(f"The 'overwrite' parameter of to_zarr must be a bool. Got {overwrite!r}.")
     fmt = int(config.get(config.RESULTS_ZARR_FORMAT))
     out = portable_labels(ds.copy())
     out.attrs = dict(ds.attrs)
     out.attrs[COMPLETE] = True
     if is_local(url):
         target = os.path.abspath(local_path(url))
-        if os.path.exists(target) and not overwrite:
-            raise ResultExistsError(f"{target} exists. To fix, pass overwrite=True or choose another path.")
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        clean_stale_temporaries(target)
+        refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
+        tmp = temporary_sibling(target)
         delayed_write = out.to_zarr(tmp, mode="w", consolidated=False, zarr_format=fmt, compute=False)
 
         def _finish(_: Any) -> str:
             if os.path.exists(target):
-                backup = f"{target}.old-{uuid.uuid4().hex[:8]}"
+                # Checked again at commit time: something may have appeared since the graph was built.
+                refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
+                backup = temporary_sibling(target, "old")
                 os.replace(target, backup)
                 os.replace(tmp, target)
                 shutil.rmtree(backup, ignore_errors=True)
@@ -89,9 +111,8 @@ def to_zarr(
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return finish
+    refuse_to_replace(url, store_kind(url, storage_options), "to_zarr", overwrite=overwrite)
     mapper = fsspec_mapper(url, storage_options)
-    if not overwrite and store_exists(mapper):
-        raise ResultExistsError(f"{url} exists. To fix, pass overwrite=True or choose another URL.")
     body = out.copy()
     body.attrs = {k: v for k, v in out.attrs.items() if k != COMPLETE}
     written = body.to_zarr(mapper, mode="w", consolidated=False, zarr_format=fmt, compute=compute)
@@ -122,13 +143,45 @@ def open_result(
 
     Raises
     ------
+    ResultNotFoundError
+        If nothing is stored at ``url`` (also a ``FileNotFoundError``).
+    NotAResultError
+        If ``url`` holds something else: a file, an empty directory, another
+        tool's store, an influence result (use :func:`dvl_dask.open_influence`)
+        or a checkpoint (use :func:`dvl_dask.valuation.load_checkpoint`). A subclass of
+        :class:`~dvl_dask.errors.SchemaError`.
     SchemaError
-        If the store is incomplete (an interrupted write) or not a dvl_dask result.
+        If the store holds an interrupted write, or breaks the schema.
     """
-    url = os.fspath(url)
+    url = check_location(url, "open_result")
+    kind = check_readable(url, storage_options, "open_result", VALUATION)
+    if kind != VALUATION:
+        raise NotAResultError(f"{url} does not hold a valuation result written by dvl_dask.")
     ds = open_zarr_dataset(url, storage_options, chunks)
     if not ds.attrs.pop(COMPLETE, False):
         raise SchemaError(
             f"The result at {url} is incomplete: its write was interrupted. To fix, write it again."
         )
     return validate_valuation_dataset(restore_labels(ds))
+
+
+def check_readable(url: str, storage_options: dict[str, Any] | None, owner: str, wanted: str) -> str:
+    """The kind of store at ``url``; ResultNotFoundError or NotAResultError unless it is ``wanted``."""
+    if is_local(url):
+        path = os.path.abspath(local_path(url))
+        if not os.path.exists(path):
+            raise ResultNotFoundError(f"{owner}: there is no {wanted} at {url}: the path does not exist.")
+        if os.path.isdir(path) and not os.listdir(path):
+            raise NotAResultError(f"{owner}: {url} is an empty directory, not a dvl_dask {wanted}.")
+    kind = store_kind(url, storage_options)
+    if kind == ABSENT:
+        raise ResultNotFoundError(f"{owner}: there is no {wanted} at {url}: nothing is stored there.")
+    if kind == wanted:
+        return kind
+    hints = {
+        CHECKPOINT: "it is a checkpoint of run_until_converged; read it with dvl_dask.valuation.load_checkpoint(url)",
+        INFLUENCE: "it is an influence result; open it with dvl_dask.open_influence(url)",
+        VALUATION: "it is a valuation result; open it with dvl_dask.open_result(url)",
+    }
+    hint = hints.get(kind, "it is a file, a directory of other files or another tool's zarr store")
+    raise NotAResultError(f"{owner}: {url} does not hold a dvl_dask {wanted}: {hint}.")

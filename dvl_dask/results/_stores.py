@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import socket
+import time
+import uuid
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 __all__ = [
+    "ABSENT",
+    "CHECKPOINT",
     "COMPLETE",
+    "FOREIGN",
+    "INFLUENCE",
+    "VALUATION",
+    "check_location",
+    "clean_stale_temporaries",
+    "refuse_to_replace",
+    "store_kind",
+    "temporary_sibling",
     "delete_store",
     "fsspec_mapper",
     "has_content",
@@ -24,6 +39,133 @@ __all__ = [
 
 #: Attribute written last: a store without it holds an interrupted write.
 COMPLETE = "_dvl_complete"
+
+# What a location holds (see store_kind).
+ABSENT = "absent"
+VALUATION = "valuation result"
+INFLUENCE = "influence result"
+CHECKPOINT = "checkpoint"
+FOREIGN = "data dvl_dask did not write"
+#: Kinds that writers with overwrite=True may replace: results dvl_dask wrote.
+REPLACEABLE = (VALUATION, INFLUENCE)
+#: Seconds after which a temporary directory of another machine (or an older version) counts as stale.
+STALE_AFTER = 3600.0
+
+
+def check_location(url: Any, owner: str) -> str:
+    """``url`` as a non-empty string, else InvalidParameterError (``""`` would mean the current directory)."""
+    from ..errors import InvalidParameterError
+
+    if not isinstance(url, (str, os.PathLike)):
+        raise InvalidParameterError(
+            f"The 'url' argument of {owner} must be a path or an fsspec URL (str or os.PathLike). "
+            f"Got {type(url).__name__} instead."
+        )
+    text = os.fspath(url)
+    if not isinstance(text, str) or not text.strip() or text.strip() in (".", "file://"):
+        raise InvalidParameterError(
+            f"The 'url' argument of {owner} must name a store, e.g. 'values.zarr' or 's3://bucket/values.zarr'. "
+            f"Got {text!r}, which is empty or the current directory."
+        )
+    return text
+
+
+def store_kind(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """What is stored at ``url``: ABSENT, VALUATION, INFLUENCE, CHECKPOINT or FOREIGN.
+
+    ABSENT means nothing (or an empty directory); FOREIGN means anything that
+    dvl_dask did not write: a file, a directory of other files, a zarr store
+    of another tool. Recognition uses the metadata dvl_dask writes in the
+    root group's attributes.
+    """
+    if not has_content(url, storage_options):
+        return ABSENT
+    if is_local(url) and os.path.isfile(os.path.abspath(local_path(url))):
+        return FOREIGN
+    try:
+        import zarr
+
+        group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r")
+        attrs = dict(group.attrs)
+    except Exception:  # not a zarr group
+        return FOREIGN
+    if "dvl_checkpoint_version" in attrs:
+        return CHECKPOINT
+    if isinstance(attrs.get("_dvl_write"), dict):
+        return INFLUENCE
+    if "schema_version" in attrs and "dvl_dask_version" in attrs and "method" in attrs:
+        return VALUATION
+    return FOREIGN
+
+
+def refuse_to_replace(url: str, kind: str, owner: str, *, overwrite: bool) -> None:
+    """Raise ResultExistsError unless ``kind`` may be replaced (with ``overwrite=True``, only dvl_dask results)."""
+    from ..errors import ResultExistsError
+
+    if kind == ABSENT:
+        return
+    if kind in REPLACEABLE:
+        if overwrite:
+            return
+        raise ResultExistsError(
+            f"{url} holds a dvl_dask {kind}. To fix, pass overwrite=True to replace it or choose another path."
+        )
+    if kind == CHECKPOINT:
+        what = "a dvl_dask checkpoint (the statistics of a resumable run)"
+        fix = "Read it with dvl_dask.valuation.load_checkpoint, delete it yourself if you no longer need it,"
+    else:
+        what = "data that dvl_dask did not write (a file, other files or another tool's store)"
+        fix = "Delete it yourself if you are sure,"
+    raise ResultExistsError(
+        f"{owner} refuses to write to {url}: it holds {what}, which overwrite=True never deletes. {fix} or "
+        "choose another path."
+    )
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+_TMP_PATTERN = re.compile(r"\.(?:tmp|old)-(?:(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-)?[0-9a-f]{8}")
+
+
+def temporary_sibling(target: str, kind: str = "tmp") -> str:
+    """A fresh sibling of ``target`` for an atomic write; names this host and process (see clean-up)."""
+    return f"{target}.{kind}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temporaries(target: str) -> list[str]:
+    """Remove temporary siblings of ``target`` left by killed writes; return what was removed.
+
+    A temporary directory is stale when the process that made it (named in
+    it) no longer runs on this host, or -- made on another host or by an
+    older version -- when it has not changed for :data:`STALE_AFTER` seconds.
+    Writes in progress are never touched.
+    """
+    removed = []
+    for path in glob.glob(glob.escape(target) + ".tmp-*") + glob.glob(glob.escape(target) + ".old-*"):
+        match = _TMP_PATTERN.fullmatch(path[len(target) :])
+        if match is None or not os.path.isdir(path):
+            continue
+        host, pid = match.group("host"), match.group("pid")
+        if host == _HOST and pid is not None:
+            stale = int(pid) != os.getpid() and not _alive(int(pid))
+        else:
+            try:
+                stale = time.time() - os.path.getmtime(path) > STALE_AFTER
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def is_local(url: str) -> bool:

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..keys import canonical_indices, fingerprint
-from ..validation import check_positive_int
+from ..keys import fingerprint
+from ..validation import check_coalition, check_finite_score, check_positive_int
 
 __all__ = [
     "AdditiveGame",
@@ -29,7 +29,15 @@ __all__ = [
 
 
 class Game:
-    """Base class: a coalition value ``v(S)`` over players ``0..n-1``."""
+    """Base class: a coalition value ``v(S)`` over players ``0..n-1``.
+
+    Calls validate the coalition (:func:`dvl_dask.validation.check_coalition`)
+    and the value: ``value()`` returning None, NaN or infinity raises
+    :class:`~dvl_dask.errors.InvalidParameterError`.
+    """
+
+    #: Calls return finite floats only (valuation methods need not check them).
+    returns_finite_scores = True
 
     def __init__(self, n_players: int) -> None:
         self._n = check_positive_int(n_players, "n_players", type(self).__name__)
@@ -47,10 +55,8 @@ class Game:
         return self._n
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
-        players = canonical_indices(indices)
-        if players.size and (players[0] < 0 or players[-1] >= self._n):
-            raise InvalidParameterError(f"Player indices must lie in [0, {self._n}). Got {players}.")
-        return float(self.value(players))
+        players = check_coalition(indices, self._n, type(self).__name__)
+        return check_finite_score(self.value(players), f"{type(self).__name__}.value()")
 
     def value(self, players: np.ndarray) -> float:
         raise NotImplementedError

@@ -11,8 +11,9 @@ import numpy as np
 
 from .. import config
 from ..data import Dataset
-from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
-from ..keys import canonical_indices, fingerprint
+from ..errors import InvalidModelError, InvalidParameterError, UnusableUtilityError, UtilityFailureWarning
+from ..keys import fingerprint
+from ..validation import check_coalition
 from ._scorers import Scorer, as_scorer
 
 __all__ = ["Utility"]
@@ -42,7 +43,12 @@ class Utility:
     ``u(indices)`` clones the (unfitted) model, fits it on the training rows of
     the given players and returns ``scorer(model, x_test, y_test)``. Empty
     subsets, single-class subsets of classifiers and (with ``catch_errors``)
-    failing fits return ``default_score``.
+    failing fits or non-finite scores return ``default_score``.
+
+    A coalition is a sequence of player indices (order and repetition are
+    ignored), or a boolean mask with one entry per player (see
+    :func:`dvl_dask.validation.check_coalition`); float, 2-D or out-of-range
+    indices raise :class:`~dvl_dask.errors.InvalidParameterError`.
 
     Parameters
     ----------
@@ -53,11 +59,19 @@ class Utility:
     scorer : str, callable or Scorer
         How to score the fitted model, e.g. ``"accuracy"``.
     default_score : float, optional
-        Score of coalitions the model cannot be fitted on. Default from
-        ``dvl_dask.utility.default-score`` (0.0).
+        Score of coalitions the model cannot be fitted on; must be finite.
+        Default from ``dvl_dask.utility.default-score`` (0.0).
     catch_errors : bool
         Return ``default_score`` (with a :class:`UtilityFailureWarning`) when
         fitting or scoring raises, instead of failing the whole computation.
+    on_unusable : {"raise", "warn"}, optional
+        What to do when the utility cannot be evaluated at all: when a fit or
+        score fails (or the score is NaN), the model is also fitted and scored
+        on *every* training point, once per process; if that fails too, no
+        coalition can give a meaningful value. ``"raise"`` raises
+        :class:`~dvl_dask.errors.UnusableUtilityError`; ``"warn"`` warns once
+        and continues with ``default_score``. Default from
+        ``dvl_dask.utility.on-unusable`` (``"raise"``).
     cache : CacheBackend, optional
         Memoize evaluations in this backend (keys include the data fingerprint,
         model parameters, scorer and the sorted coalition).
@@ -79,6 +93,9 @@ class Utility:
     True
     """
 
+    #: Calls return finite floats only (valuation methods need not check them).
+    returns_finite_scores = True
+
     def __init__(
         self,
         model: Any,
@@ -88,6 +105,7 @@ class Utility:
         default_score: float | None = None,
         catch_errors: bool = True,
         cache: Any = None,
+        on_unusable: str | None = None,
     ) -> None:
         if not callable(getattr(model, "fit", None)):
             raise InvalidModelError(
@@ -103,7 +121,14 @@ class Utility:
         self.data = data
         self.scorer = as_scorer(scorer)
         ds = config.get(config.UTILITY_DEFAULT_SCORE, override_with=default_score)
-        self.default_score = float(ds)
+        self.default_score = _check_default_score(ds)
+        mode = config.get(config.UTILITY_ON_UNUSABLE, override_with=on_unusable)
+        if mode not in ("raise", "warn"):
+            raise InvalidParameterError(
+                f"The 'on_unusable' parameter of Utility must be 'raise' or 'warn'. Got {mode!r} instead."
+            )
+        self.on_unusable = mode
+        self._usable: str | None = None  # "" once the full training set fits and scores, else the problem
         self.catch_errors = bool(catch_errors)
         self._is_classifier = _is_classifier(model)
         self.token = fingerprint(
@@ -128,12 +153,8 @@ class Utility:
 
     # -- evaluation ----------------------------------------------------------------------
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
-        """Score of the coalition ``indices`` (order and repetition are ignored)."""
-        players = canonical_indices(indices)
-        if players.size and (players[0] < 0 or players[-1] >= self.n_players):
-            raise InvalidParameterError(
-                f"Player indices must lie in [0, {self.n_players}). Got min {players[0]}, max {players[-1]}."
-            )
+        """Score of the coalition ``indices`` (indices in any order, repeats ignored, or a boolean mask)."""
+        players = check_coalition(indices, self.n_players, "Utility")
         if self._memoized is not None:
             return self._memoized(players)
         return self.fit_and_score(players)
@@ -157,14 +178,49 @@ class Utility:
         except Exception as exc:
             if not self.catch_errors:
                 raise
-            warnings.warn(
-                f"{what} on {players.size} player(s) failed ({type(exc).__name__}: {exc}); "
-                f"using default_score={self.default_score}.",
-                UtilityFailureWarning,
-                stacklevel=3,
+            return self._failed(players, what, f"{type(exc).__name__}: {exc}")
+        if not np.isfinite(score):
+            return self._failed(players, what, f"the scorer returned {score}")
+        return score
+
+    def _failed(self, players: np.ndarray, what: str, problem: str) -> float:
+        """A fit or score failed: raise if the utility is unusable, else warn and use the default."""
+        if self._usable is None:
+            self._usable = problem if players.size == self.n_players else self._probe()
+        if self._usable:
+            message = (
+                f"This utility cannot be evaluated: fitting {type(self.model).__name__} on all "
+                f"{self.n_players} players and scoring it with {self.scorer.name!r} fails "
+                f"({self._usable}), so every coalition would get default_score={self.default_score} "
+                "and every value would be meaningless. Common causes: features that are not a 2-D numeric "
+                "array, a model without predict(), a classifier on continuous targets, a scorer that does "
+                "not suit the model (e.g. 'accuracy' for a regressor) or that returns NaN. To fix, check "
+                "that model.fit(x_train, y_train) and the scorer work on the full data"
             )
+            if self.on_unusable == "raise":
+                raise UnusableUtilityError(message + "; or pass on_unusable='warn' to continue.")
+            if not getattr(self, "_warned_unusable", False):
+                self._warned_unusable = True
+                warnings.warn(message + ".", UtilityFailureWarning, stacklevel=4)
             return self.default_score
-        return score if np.isfinite(score) else self.default_score
+        warnings.warn(
+            f"{what} on {players.size} player(s) failed ({problem}); using default_score={self.default_score}.",
+            UtilityFailureWarning,
+            stacklevel=4,
+        )
+        return self.default_score
+
+    def _probe(self) -> str:
+        """'' if a fresh model fits on every player and scores a finite value, else the problem."""
+        data = self._numpy_data()
+        rows = data.train_indices(np.arange(self.n_players, dtype=np.int64))
+        try:
+            model = _clone(self.model)
+            model.fit(data.x_train[rows], data.y_train[rows])
+            score = self.scorer(model, data.x_test, data.y_test)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "" if np.isfinite(score) else f"the scorer returned {score}"
 
     def prefix_scores(
         self,
@@ -245,9 +301,12 @@ class Utility:
         state = self.__dict__.copy()
         state["_materialized"] = None
         state["_memoized"] = None
+        state.pop("_warned_unusable", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("on_unusable", "raise")
+        state.setdefault("_usable", None)
         self.__dict__.update(state)
         if self.cache is not None:
             self._memoized = _memoize_for(self, self.cache)
@@ -257,6 +316,20 @@ class Utility:
             f"Utility(model={type(self.model).__name__}, n_players={self.n_players}, "
             f"scorer={self.scorer.name!r}, token={self.token[:8]})"
         )
+
+
+def _check_default_score(value: Any) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        score = np.nan
+    if isinstance(value, bool) or not np.isfinite(score):
+        raise InvalidParameterError(
+            f"The 'default_score' parameter of Utility (option 'dvl_dask.utility.default-score') must be a "
+            f"finite real number. Got {value!r} instead: a NaN or infinite default would make every value "
+            "NaN. To fix, pass the score of a model that learned nothing, e.g. 0.0."
+        )
+    return score
 
 
 def _is_classifier(model: Any) -> bool:

@@ -11,6 +11,7 @@ from dask.delayed import Delayed
 
 from ..errors import InvalidParameterError
 from ..typing import UtilityLike
+from ..validation import check_finite_score
 
 __all__ = ["block_ranges", "check_utility", "stack_blocks", "utility_node"]
 
@@ -24,7 +25,46 @@ def check_utility(utility: Any, owner: str) -> UtilityLike:
         )
     if utility.n_players < 1:
         raise InvalidParameterError(f"{owner} needs at least one player. The utility has none.")
-    return utility
+    if _checks_its_scores(utility):
+        return utility
+    return CheckedUtility(utility)
+
+
+def _checks_its_scores(utility: Any) -> bool:
+    """Whether ``utility`` already returns only finite floats (dvl_dask's Utility and games say so)."""
+    return isinstance(utility, CheckedUtility) or getattr(type(utility), "returns_finite_scores", False) is True
+
+
+class CheckedUtility:
+    """A user's utility whose every score is checked: None, NaN, inf or non-numbers raise clearly.
+
+    Valuation methods wrap utilities they do not know (anything implementing
+    :class:`~dvl_dask.typing.UtilityLike` other than :class:`dvl_dask.Utility`
+    and the games of :mod:`dvl_dask.testing.games`), so a bad score fails the
+    computation with :class:`~dvl_dask.errors.InvalidParameterError` instead
+    of turning every value into NaN. The token is the wrapped utility's.
+    """
+
+    def __init__(self, utility: UtilityLike) -> None:
+        self.utility = utility
+        self.token = utility.token
+
+    @property
+    def n_players(self) -> int:
+        return self.utility.n_players
+
+    @property
+    def data_names(self) -> np.ndarray:
+        return self.utility.data_names
+
+    def __call__(self, indices: Any) -> float:
+        return check_finite_score(self.utility(indices), f"The utility {type(self.utility).__name__}")
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __repr__(self) -> str:
+        return f"CheckedUtility({self.utility!r})"
 
 
 def utility_node(utility: UtilityLike) -> Delayed:

@@ -199,7 +199,9 @@ class AbsoluteStandardError(_PerPoint):
     """Converged where ``stderr <= threshold``."""
 
     def __init__(self, threshold: float, *, fraction: float = 1.0, burn_in: int = 4) -> None:
-        self.threshold = check_real(threshold, "threshold", "AbsoluteStandardError", low=0.0, low_open=True)
+        self.threshold = check_real(
+            threshold, "threshold", "AbsoluteStandardError", low=0.0, low_open=True, finite=True
+        )
         super().__init__(fraction, burn_in)
 
     def _passes(self, state: ConvergenceState) -> np.ndarray:
@@ -207,10 +209,14 @@ class AbsoluteStandardError(_PerPoint):
 
 
 class RelativeStandardError(_PerPoint):
-    """Converged where ``stderr <= rtol * |value|`` (players valued exactly 0 need ``stderr == 0``)."""
+    """Converged where ``stderr <= rtol * |value|`` (players valued exactly 0 need ``stderr == 0``).
+
+    ``rtol`` must be finite and at least 1e-9: smaller tolerances cannot be reached by sampling.
+    """
 
     def __init__(self, rtol: float, *, fraction: float = 1.0, burn_in: int = 4) -> None:
-        self.rtol = check_real(rtol, "rtol", "RelativeStandardError", low=0.0, low_open=True)
+        # rtol < 1e-9 would need ~1e18 samples per point: refused rather than running forever.
+        self.rtol = check_real(rtol, "rtol", "RelativeStandardError", low=1e-9, finite=True)
         super().__init__(fraction, burn_in)
 
     def _passes(self, state: ConvergenceState) -> np.ndarray:
@@ -224,7 +230,7 @@ class HistoryDeviation(StoppingCriterion):
 
     def __init__(self, n_steps: int, rtol: float) -> None:
         self.n_steps = check_positive_int(n_steps, "n_steps", "HistoryDeviation")
-        self.rtol = check_real(rtol, "rtol", "HistoryDeviation", low=0.0, low_open=True)
+        self.rtol = check_real(rtol, "rtol", "HistoryDeviation", low=0.0, low_open=True, finite=True)
         self._history: deque[np.ndarray] = deque(maxlen=self.n_steps + 1)
         self._last = np.inf
 

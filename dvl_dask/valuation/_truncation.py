@@ -63,7 +63,7 @@ class RelativeTruncation(TruncationPolicy):
     needs_total = True
 
     def __init__(self, rtol: float) -> None:
-        self.rtol = check_real(rtol, "rtol", "RelativeTruncation", low=0.0, low_open=True)
+        self.rtol = check_real(rtol, "rtol", "RelativeTruncation", low=0.0, low_open=True, finite=True)
 
     def stop_after(self, step: int, n: int, score: float, total: float | None) -> bool:
         assert total is not None

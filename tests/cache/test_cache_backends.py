@@ -157,14 +157,13 @@ class TestMemcachedCacheBackend(SignedCacheBackendTests):
         finally:
             silent.close()
 
-    def test_warns_about_public_key_on_remote_server(self) -> None:
-        backend = MemcachedCacheBackend(MemcachedClientConfig(server=("192.0.2.1", 11211)))
-        with pytest.warns(DvlDaskWarning, match="public default key"):
-            backend._signer_()
-        local = MemcachedCacheBackend(MemcachedClientConfig(server=("127.0.0.1", 11211)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            local._signer_()
+    def test_backends_without_a_configured_secret_do_not_share_one(self) -> None:
+        # No built-in key: each backend object generates its own random secret.
+        a = MemcachedCacheBackend(MemcachedClientConfig(server=("192.0.2.1", 11211)))
+        b = MemcachedCacheBackend(MemcachedClientConfig(server=("127.0.0.1", 11211)))
+        assert not a.secret_configured and len(a._secret) == 32
+        assert a._secret != b._secret
+        assert pickle.loads(pickle.dumps(a))._secret == a._secret
 
 
 def test_memcached_client_config_defaults_and_validation() -> None:

@@ -241,7 +241,10 @@ def test_keys_identical_in_processes_with_other_hash_seeds_and_hits_shared(
         import cache_user_module as m
     finally:
         sys.path.remove(str(tmp_path))
-    backend = MemcachedCacheBackend(MemcachedClientConfig(server=memcached_server.address, timeout=2.0))
+    # Separate programs share entries only with the same configured secret.
+    backend = MemcachedCacheBackend(
+        MemcachedClientConfig(server=memcached_server.address, timeout=2.0), hmac_key="two-processes-secret"
+    )
     f = memoize(m.utility, backend, namespace="two-processes", subset_args=["players"])
     expected = [f(list(range(1, i + 1))) for i in range(1, 6)]  # the parent fills the cache
     data_x = np.random.default_rng(0).normal(size=(24, 3))
@@ -250,7 +253,7 @@ def test_keys_identical_in_processes_with_other_hash_seeds_and_hits_shared(
 
     procs = []
     for seed in ("1", "2"):
-        env = dict(subprocess_env, PYTHONHASHSEED=seed)
+        env = dict(subprocess_env, PYTHONHASHSEED=seed, DVL_DASK_CACHE_KEY="two-processes-secret")
         procs.append(
             subprocess.Popen(
                 [python, "-c", _CHILD, str(tmp_path), str(memcached_server.port)],

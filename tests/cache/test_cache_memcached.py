@@ -137,7 +137,8 @@ def test_concurrent_repeated_evaluations_from_processes_lose_nothing(
         procs.append(
             subprocess.Popen(
                 [python, "-c", _HAMMER, kind, where, str(n_evals), str(ready[-1]), str(go), namespace],
-                env=subprocess_env,
+                # separate programs sharing a memcached server share entries only with one secret
+                env=dict(subprocess_env, DVL_DASK_CACHE_KEY="hammer-secret"),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -157,7 +158,12 @@ def test_concurrent_repeated_evaluations_from_processes_lose_nothing(
     for r in results:
         assert r["stats"]["errors"] == r["stats"]["timeouts"] == 0
         assert r["stats"]["sets"] == n_evals
-    backend = _backend(server) if server is not None else DiskCacheBackend(where)
+    if server is not None:
+        backend = MemcachedCacheBackend(
+            MemcachedClientConfig(server=server.address, timeout=2.0), hmac_key="hammer-secret"
+        )
+    else:
+        backend = DiskCacheBackend(where, hmac_key="hammer-secret")
     record = backend.get(keys.pop())
     assert record.count == n_procs * n_evals  # no update lost
     assert 0.0 < record.mean < 1.0 and record.variance > 0

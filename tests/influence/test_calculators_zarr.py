@@ -196,9 +196,11 @@ def test_interrupted_write_of_another_computation_is_not_mixed_in(fitted, tmp_pa
     assert other.to_zarr(url, overwrite=True) == url
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "notes.txt").write_text("keep me")
-    with pytest.raises(ResultExistsError, match="not a zarr store"):
+    with pytest.raises(ResultExistsError, match="did not write"):
         other.to_zarr(tmp_path / "plain")
-    assert (tmp_path / "plain" / "notes.txt").exists()
+    with pytest.raises(ResultExistsError, match="never deletes"):  # not even with overwrite=True
+        other.to_zarr(tmp_path / "plain", overwrite=True)
+    assert (tmp_path / "plain" / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.s3

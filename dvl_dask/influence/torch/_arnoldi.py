@@ -83,7 +83,7 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
                     f"of parameters {self.n_parameters}. Got {krylov_dimension} instead."
                 )
         self.krylov_dimension = krylov_dimension
-        self.tol = check_real(tol, "tol", owner, low=0.0)
+        self.tol = check_real(tol, "tol", owner, low=0.0, finite=True)
         self.seed = seed
         self.second_order_mode = SecondOrderMode.parse(second_order_mode)
         self._blocks = self._resolve_blocks(block_structure)

@@ -79,8 +79,8 @@ class CgInfluence(TorchInfluenceFunctionModel):
         super().__init__(model, loss)
         owner = self._owner
         self.regularization = self._check_regularization(regularization, positive=False)
-        self.rtol = check_real(rtol, "rtol", owner, low=0.0)
-        self.atol = check_real(atol, "atol", owner, low=0.0)
+        self.rtol = check_real(rtol, "rtol", owner, low=0.0, finite=True)
+        self.atol = check_real(atol, "atol", owner, low=0.0, finite=True)
         if self.rtol == 0 and self.atol == 0:
             raise InvalidParameterError(
                 f"{owner} needs rtol > 0 or atol > 0 to decide convergence. Got rtol=0 and atol=0."

@@ -71,12 +71,24 @@ class DirectInfluence(TorchInfluenceFunctionModel):
         for block in self._blocks:
             op = CurvatureOperator(fm, block, loader, self.second_order_mode, self.regularization, self._owner)
             h = op.dense()
+            if not bool(torch.isfinite(h).all()):
+                raise InvalidModelError(
+                    f"{self._owner}: the curvature matrix of block {block.name!r} contains NaN or infinite "
+                    "entries: the loss or its derivatives are not finite on the training data (NaN or huge "
+                    "inputs, a loss that overflows, e.g. log(0)). No regularization fixes this. To fix, check "
+                    "that the loss of the model is finite on every training batch."
+                )
             inv, info = torch.linalg.inv_ex(h)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
+                fix = (
+                    "pass a positive regularization (e.g. 1e-3 times the mean diagonal of the Hessian)"
+                    if self.regularization == 0
+                    else "increase the regularization"
+                )
                 raise InvalidModelError(
                     f"{self._owner}: the regularised curvature matrix of block {block.name!r} "
                     f"({block.n}x{block.n}) is singular with regularization={self.regularization}. To fix, "
-                    "pass a positive regularization (e.g. 1e-3 times the mean diagonal of the Hessian)."
+                    f"{fix}."
                 )
             inverses.append((inv + inv.T) / 2)
         self._inverses = inverses

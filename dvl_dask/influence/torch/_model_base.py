@@ -238,10 +238,10 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
     def _check_regularization(self, value: Any, *, positive: bool, why: str = "") -> float:
         if positive:
             try:
-                return check_real(value, "regularization", self._owner, low=0.0, low_open=True)
+                return check_real(value, "regularization", self._owner, low=0.0, low_open=True, finite=True)
             except InvalidParameterError as exc:
                 raise InvalidParameterError(f"{exc} {why}".strip()) from None
-        return check_real(value, "regularization", self._owner, low=0.0)
+        return check_real(value, "regularization", self._owner, low=0.0, finite=True)
 
     def _check_rank(self, rank: Any) -> int:
         rank = check_positive_int(rank, "rank", self._owner)
