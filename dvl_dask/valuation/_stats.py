@@ -10,11 +10,18 @@ Most estimators have one stream (marginal contributions); MSR has two
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PointStats"]
+__all__ = ["FLOOR_FACTOR", "MIN_COUNT_UNKNOWN_RANGE", "PointStats", "finalize_stats", "guarded_stderr"]
+
+#: All-equal samples of a stream with known sample range ``W`` get ``stderr = FLOOR_FACTOR * W / n``.
+FLOOR_FACTOR = 1.5
+#: Without a known range, an all-equal stream keeps ``stderr = inf`` until it has this many samples.
+MIN_COUNT_UNKNOWN_RANGE = 30
 
 
 @dataclass
@@ -31,6 +38,22 @@ class PointStats:
     def zeros(cls, n_players: int, n_streams: int = 1) -> PointStats:
         shape = (n_streams, n_players)
         return cls(np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape))
+
+    @classmethod
+    def from_groups(
+        cls, values: np.ndarray, stream: np.ndarray, player: np.ndarray, n_streams: int, n_players: int,
+        n_evaluations: int,
+    ) -> PointStats:
+        """Statistics of scattered samples: ``values[j]`` belongs to ``(stream[j], player[j])``."""
+        shape = (n_streams, n_players)
+        flat = np.ravel_multi_index((stream, player), shape)
+        size = n_streams * n_players
+        count = np.bincount(flat, minlength=size).astype(np.int64)
+        total = np.bincount(flat, weights=values, minlength=size)
+        mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        dev = values - mean[flat]
+        m2 = np.bincount(flat, weights=dev * dev, minlength=size)
+        return cls(count.reshape(shape), mean.reshape(shape), m2.reshape(shape), int(n_evaluations))
 
     @classmethod
     def from_samples(cls, values: np.ndarray, mask: np.ndarray, n_evaluations: int) -> PointStats:
@@ -74,6 +97,80 @@ class PointStats:
     @classmethod
     def from_array(cls, arr: np.ndarray, n_evaluations: int) -> PointStats:
         return cls(np.rint(arr[0]).astype(np.int64), arr[1].copy(), arr[2].copy(), int(n_evaluations))
+
+
+def guarded_stderr(stats: PointStats, sample_range: float | None) -> np.ndarray:
+    """Standard error of every stream's mean that is never 0 merely because the samples agree.
+
+    Rule, for a stream with ``n`` samples whose values lie in an interval of
+    width ``W = sample_range``:
+
+    - ``n = 0``: ``inf``.
+    - the samples are not all equal: the usual ``s / sqrt(n)`` (``s`` with ddof=1).
+    - all ``n`` samples are equal (``s = 0``, e.g. a rarely pivotal player seen
+      at 0 every time): ``FLOOR_FACTOR * W / n = 1.5 W / n``; with ``n = 1``
+      the bound ``W / 2`` (Popoviciu: no variable in ``[a, a + W]`` has a larger
+      standard deviation).
+    - unknown range: ``inf`` while ``n < MIN_COUNT_UNKNOWN_RANGE``, then 0.
+
+    Guarantee (the "rule of three"): the mean of the stream differs from the
+    common sample value ``x`` by at most ``W p``, where ``p`` is the probability
+    of a sample different from ``x``. If ``W p > 2 * stderr = 3 W / n``, then
+    ``p > 3 / n`` and ``n`` equal samples have probability
+    ``(1 - p)^n < e^{-3} < 0.05``. So the ``+-2 stderr`` interval of an all-equal
+    stream still covers the true mean with probability at least 95%, and a
+    per-player criterion (``RelativeStandardError``) cannot retire a player at
+    ``0 +- 0``: its stderr is positive whenever the range is.
+    """
+    count = stats.count
+    err = np.sqrt(stats.variance() / np.maximum(count, 1))
+    scale = np.abs(stats.mean) + (sample_range if sample_range else 1.0)
+    flat = stats.m2 <= (1e-12 * scale) ** 2 * np.maximum(count, 1)
+    if sample_range is not None and np.isfinite(sample_range):
+        w = float(sample_range)
+        floor = np.where(count > 1, FLOOR_FACTOR * w / np.maximum(count, 1), 0.5 * w)
+        err = np.where(flat | (count < 2), floor, err)
+    else:
+        err = np.where(flat & (count < MIN_COUNT_UNKNOWN_RANGE), np.inf, err)
+        err = np.where(count < 2, np.inf, err)
+    return np.where(count > 0, err, np.inf)
+
+
+def finalize_stats(stats: PointStats, spec: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Value, standard error and count per player from merged statistics.
+
+    The one place that turns statistics into values: estimators (live runs,
+    lazy graphs) and :func:`~dvl_dask.valuation.load_checkpoint` all call it
+    with the spec recorded in the result's parameters (key ``"finalize"``).
+
+    ``spec["combine"]``:
+
+    - ``"mean"`` (default): one stream, the mean of its samples (for
+      antithetic samplers a sample is the mean of one pair).
+    - ``"difference"``: two independent streams (MSR: coalitions with and
+      without the player), value ``mean_0 - mean_1``, variances added.
+    - ``"strata"``: one stream per stratum ``k`` with weight ``w_k``
+      (``spec["stratum_weights"]``), value ``sum_k w_k mean_k`` and variance
+      ``sum_k w_k^2 stderr_k^2`` (strata are sampled independently).
+
+    ``spec["sample_range"]`` is the width of the interval a single sample lies
+    in (``None`` if unknown); see :func:`guarded_stderr` for the rule it feeds.
+    """
+    spec = dict(spec or {})
+    combine = spec.get("combine", "mean")
+    sample_range = spec.get("sample_range")
+    err = guarded_stderr(stats, None if sample_range is None else float(sample_range))
+    if combine == "difference":
+        value = stats.mean[0] - stats.mean[1]
+        return value, np.sqrt(err[0] ** 2 + err[1] ** 2), stats.count[0] + stats.count[1]
+    if combine == "strata":
+        weights = np.asarray(spec["stratum_weights"], dtype=np.float64)[:, None]
+        used = weights[:, 0] > 0
+        value = (weights[used] * stats.mean[used]).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            var = (weights[used] ** 2 * err[used] ** 2).sum(axis=0)
+        return value, np.sqrt(var), stats.count.sum(axis=0)
+    return stats.mean[0], err[0], stats.count[0]
 
 
 def merge_all(stats: list[PointStats]) -> PointStats:
