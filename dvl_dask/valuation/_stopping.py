@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
