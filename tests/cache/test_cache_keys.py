@@ -76,7 +76,8 @@ def test_another_model_or_scorer_misses() -> None:
 
     data = _data(0)
     keys = {
-        memoize(Utility(model, data, scorer, default_score=0.0).fit_and_score, InMemoryCacheBackend()).cache_key(np.arange(3))
+        memoize(Utility(model, data, scorer, default_score=0.0).fit_and_score, InMemoryCacheBackend())
+        .cache_key(np.arange(3))
         for model, scorer in [
             (Ridge(alpha=1.0), "r2"),
             (Ridge(alpha=2.0), "r2"),
