@@ -51,6 +51,14 @@ def _estimate(method, game, options, n_items, seed, per_block=50):
     return value, stderr
 
 
+def _shapley_weight(n: int, k: int) -> float:
+    return 1.0 / (n * math.comb(n - 1, k))
+
+
+def _banzhaf_weight(n: int, k: int) -> float:
+    return 2.0 ** -(n - 1)
+
+
 def main() -> None:
     from dvl_dask.testing.games import AirportGame, ShoesGame, WeightedVotingGame
     from dvl_dask.valuation import shapley_coefficient
@@ -66,13 +74,12 @@ def main() -> None:
         "airport-8": AirportGame([1.0, 2.0, 2.5, 4.0, 5.0, 7.5, 8.0, 10.0]),
         "shoes-3-4": ShoesGame(3, 4),
     }
-    shapley = (lambda n, k: 1.0 / (n * math.comb(n - 1, k)))
-    banzhaf = (lambda n, k: 2.0 ** -(n - 1))
     print(f"evaluations per run={budget}  seeds={args.seeds}")
     print(f"{'game':24s} {'value':8s} {'sampler':22s} {'RMSE':>9s} {'vs plain':>9s} {'var ratio':>9s} "
           f"{'mean stderr':>11s} {'coverage':>8s}")
     for gname, game in games.items():
         n = game.n_players
+        shapley, banzhaf = _shapley_weight, _banzhaf_weight
         rows = [
             ("shapley", shapley, "permutation", "permutation_shapley", {}, budget // n),
             ("shapley", shapley, "antithetic permutation", "permutation_shapley", {"antithetic": True}, budget // n),
