@@ -269,7 +269,9 @@ def permutation_shapley(
         once ``|u(prefix) - u(N)| <= rtol |u(N)|`` (:class:`RelativeTruncation`);
         or :class:`FixedTruncation` / :class:`RelativeTruncation`. The policy is recorded in attrs.
     antithetic : bool
-        Pair every permutation with its reverse.
+        Pair every permutation with its reverse. A pair is ONE sample (its two
+        marginals are averaged), so ``counts`` and the stderr count pairs; each
+        block rounds its permutations up to whole pairs.
     warm_start : bool
         Fit each prefix starting from the previous prefix's model (sklearn
         ``warm_start``): faster fits, slightly different models; recorded in attrs.
@@ -300,7 +302,9 @@ def semivalue(
 ) -> xr.Dataset:
     """Any semivalue, given its log-coefficient ``log_w(n, k)``, by importance-weighted sampling.
 
-    ``n_samples`` coalitions are drawn (for the stratified sampler: per player).
+    ``n_samples`` coalitions are drawn (for the stratified sampler: per player,
+    spread equally over the ``n`` coalition sizes, so ``n_samples >= 2 n`` gives
+    every size a variance estimate).
     Each coalition ``S`` costs ``1 + n`` evaluations and updates every player
     with ``w(k)/p(k) [u(S ∪ i) - u(S \\ i)]``, where ``p`` is the sampler's
     probability of the coalition and ``k = |S \\ i|``; weights are computed in
@@ -335,6 +339,9 @@ def msr_banzhaf(
     """Banzhaf values by maximum sample reuse: one evaluation per sample updates every player.
 
     ``value_i = mean u(S) over samples with i - mean u(S) over samples without i``.
+    ``antithetic=True`` is refused: pairs ``S, N \\ S`` give each player a "with"
+    and a "without" sample from complementary, negatively correlated
+    coalitions, which increases the variance (use ``banzhaf(sampler="antithetic")``).
     """
     return _run("msr_banzhaf", utility, "n_samples", n_samples, seed, items_per_block, antithetic=antithetic)
 
