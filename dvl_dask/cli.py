@@ -113,7 +113,9 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     data = _load_dataset(args.dataset, args.n_points, args.seed)
     scorer = "r2" if args.dataset == "diabetes" else "accuracy"
     cache = InMemoryCacheBackend() if args.cache else None
-    utility = Utility(_make_model(args.model), data, scorer, cache=cache)
+    # r2 is unbounded below: the empty coalition scores like a constant prediction (r2 = 0).
+    default_score = 0.0 if scorer == "r2" else None
+    utility = Utility(_make_model(args.model), data, scorer, default_score=default_score, cache=cache)
     if args.method not in METHODS:
         raise InvalidParameterError(f"--method must be one of {METHODS}. Got {args.method!r}.")
     method = getattr(valuation, args.method)

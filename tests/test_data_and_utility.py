@@ -100,7 +100,7 @@ def test_grouped_dataset_players_are_groups():
     assert g.n_players == 3 and list(g.data_names) == ["a", "b", "c"]
     assert g.train_indices(np.array([0])).tolist() == [1, 4, 7]
     assert g.train_indices(np.array([1, 2])).tolist() == [0, 2, 3, 5, 6]
-    u = Utility(CountingModel(), g, "neg_mean_squared_error")
+    u = Utility(CountingModel(), g, "neg_mean_squared_error", default_score=0.0)
     ds = exact_shapley(u).compute(scheduler="sync")
     assert list(ds["sample"].values) == ["a", "b", "c"]
     assert ds["value"].sum() == pytest.approx(u(range(3)) - u([]))

@@ -16,7 +16,7 @@ def _counting_utility():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 3))
     data = Dataset(x[:6], np.arange(6.0), x[6:], np.arange(3.0))
-    return Utility(CountingModel(), data, "neg_mean_squared_error"), CountingModel
+    return Utility(CountingModel(), data, "neg_mean_squared_error", default_score=0.0), CountingModel
 
 
 @pytest.mark.parametrize("method", [exact_shapley, loo])
@@ -37,7 +37,7 @@ def test_graph_holds_the_utility_once():
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(9, 2000))  # 144 kB of data: embedding it anywhere would show
-    u = Utility(CountingModel(), Dataset(x[:6], np.arange(6.0), x[6:], np.arange(3.0)), "r2")
+    u = Utility(CountingModel(), Dataset(x[:6], np.arange(6.0), x[6:], np.arange(3.0)), "r2", default_score=0.0)
     ds = exact_shapley(u, block_size=8)
     graph = dict(ds["value"].data.__dask_graph__())
     utility_keys = [k for k in graph if isinstance(k, str) and k.startswith("utility-")]

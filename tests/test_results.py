@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -108,17 +109,21 @@ def test_accessor_rank_top_bottom():
 
 def test_merge_is_count_weighted_with_exact_variance(rng):
     samples_a = rng.normal(size=(7, 3))
-    samples_b = rng.normal(loc=1.0, size=(12, 3))
+    samples_b = rng.normal(size=(12, 3))
 
-    def summarize(s):
-        return _result(s.mean(0), s.std(0, ddof=1) / np.sqrt(len(s)), np.full(3, len(s)))
+    def summarize(s, seed):
+        return _result(s.mean(0), s.std(0, ddof=1) / np.sqrt(len(s)), np.full(3, len(s)), seed=seed)
 
-    merged = summarize(samples_a).dvl.merge(summarize(samples_b))
+    a, b = summarize(samples_a, "1"), summarize(samples_b, "2")
+    merged = a.dvl.merge(b)
     pooled = np.vstack([samples_a, samples_b])
     np.testing.assert_allclose(merged["value"].values, pooled.mean(0))
-    np.testing.assert_allclose(merged["stderr"].values, pooled.std(0, ddof=1) / np.sqrt(len(pooled)))
+    # independent estimates: Var((7 a + 12 b) / 19) = (49 s_a^2 + 144 s_b^2) / 19^2
+    expected = np.sqrt((7 * a["stderr"].values) ** 2 + (12 * b["stderr"].values) ** 2) / 19
+    np.testing.assert_allclose(merged["stderr"].values, expected)
     assert merged["counts"].values.tolist() == [19, 19, 19]
     assert merged.attrs["n_evaluations"] == 20
+    assert json.loads(merged.attrs["seed"]) == ["1", "2"]
 
 
 def test_merge_refuses_other_utility_or_samples():

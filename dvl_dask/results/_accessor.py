@@ -68,47 +68,114 @@ class DvlAccessor:
         return merge_results(self._ds, other)
 
 
+#: Parameters that only say how much was sampled; results differing only in these can merge.
+BUDGET_PARAMETERS = ("n_permutations", "n_samples", "items_per_block")
+
+
+def _sample_blocks(ds: xr.Dataset) -> list[tuple[str, float, float]]:
+    """The ``(seed, first, stop)`` block ranges behind a result; unknown ranges span every block."""
+    text = ds.attrs.get("sample_blocks")
+    if text:
+        return [(str(seed), float(a), float(b)) for seed, a, b in json.loads(text)]
+    seed = ds.attrs.get("seed", "")
+    if not seed:
+        return []
+    seeds = json.loads(seed) if seed.startswith("[") else [seed]
+    return [(str(s), 0.0, np.inf) for s in seeds]
+
+
+def _check_disjoint(a: xr.Dataset, b: xr.Dataset) -> None:
+    for seed, start, stop in _sample_blocks(a):
+        for other_seed, other_start, other_stop in _sample_blocks(b):
+            if seed == other_seed and start < other_stop and other_start < stop:
+                raise InvalidParameterError(
+                    "Cannot merge results that share samples: both use blocks "
+                    f"[{max(start, other_start):g}, {min(stop, other_stop):g}) of seed {seed!r}. Merging a result "
+                    "with itself (or with a run of the same seed) would count the same samples twice and "
+                    "understate the standard error. To fix, merge runs with different seeds (seed=None draws "
+                    "fresh entropy)."
+                )
+
+
 def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     """Merge two independent estimates of the same values.
 
-    Means are weighted by ``count``. Variances combine exactly (Chan et al.'s
-    parallel update of the sum of squared deviations), with the convention
-    ``stderr**2 = s**2 / count`` where ``s**2`` is the sample variance of the
-    marginal contributions.
+    The results must come from the same method, utility and parameters; their
+    budgets (``n_permutations``, ``n_samples``, ``items_per_block``) may
+    differ. Their samples must be disjoint: results record the seed blocks
+    they used (attr ``sample_blocks``), and a merge of a result with itself or
+    with an overlapping run is refused.
+
+    Each player's value is the count-weighted mean of the two estimates,
+    ``(n_a v_a + n_b v_b) / (n_a + n_b)``, and, the estimates being
+    independent, its standard error is ``sqrt(n_a^2 s_a^2 + n_b^2 s_b^2) / (n_a + n_b)``
+    (``s`` the reported standard errors). This is exact for every estimator
+    (plain means, antithetic pair means, MSR differences, stratified sums) and
+    keeps the variance floor of each part.
+
+    Raises
+    ------
+    SchemaError
+        If method, utility or (non-budget) parameters differ.
+    InvalidParameterError
+        If the samples overlap or the players differ.
     """
-    validate_valuation_dataset(a)
-    validate_valuation_dataset(b)
+    a = validate_valuation_dataset(a)
+    b = validate_valuation_dataset(b)
     for attr in ("method", "utility_token"):
         if a.attrs[attr] != b.attrs[attr]:
             raise SchemaError(
                 f"Cannot merge results with different {attr!r}: {a.attrs[attr]!r} vs {b.attrs[attr]!r}. "
                 "Merging only makes sense for runs of the same method on the same utility."
             )
-    if a.attrs["parameters"] != b.attrs["parameters"]:
+    pa, pb = parameters_of(a), parameters_of(b)
+    fixed_a = {k: v for k, v in pa.items() if k not in BUDGET_PARAMETERS}
+    fixed_b = {k: v for k, v in pb.items() if k not in BUDGET_PARAMETERS}
+    if fixed_a != fixed_b:
+        differ = sorted(k for k in set(fixed_a) | set(fixed_b) if fixed_a.get(k) != fixed_b.get(k))
         raise SchemaError(
-            "Cannot merge results computed with different parameters: "
-            f"{a.attrs['parameters']} vs {b.attrs['parameters']}."
+            f"Cannot merge results computed with different parameters {differ}: "
+            f"{ {k: fixed_a.get(k) for k in differ} } vs { {k: fixed_b.get(k) for k in differ} }."
         )
     if a.sizes[SAMPLE_DIM] != b.sizes[SAMPLE_DIM] or not np.array_equal(a[SAMPLE_DIM].values, b[SAMPLE_DIM].values):
         raise InvalidParameterError("Cannot merge results over different samples; their 'sample' labels differ.")
-    na = a["counts"].astype(np.float64)
-    nb = b["counts"].astype(np.float64)
+    _check_disjoint(a, b)
+    na = a["counts"].values.astype(np.float64)
+    nb = b["counts"].values.astype(np.float64)
+    va, vb = a["value"].values.astype(np.float64), b["value"].values.astype(np.float64)
+    sa, sb = a["stderr"].values.astype(np.float64), b["stderr"].values.astype(np.float64)
     n = na + nb
-    delta = b["value"] - a["value"]
-    safe_n = xr.where(n > 0, n, 1.0)
-    mean = a["value"] + delta * nb / safe_n
-    m2a = a["stderr"] ** 2 * na * (na - 1).clip(min=0)
-    m2b = b["stderr"] ** 2 * nb * (nb - 1).clip(min=0)
-    m2 = m2a + m2b + delta**2 * na * nb / safe_n
-    var = xr.where(n > 1, m2 / (n - 1).clip(min=1), 0.0)
-    stderr = np.sqrt(var / safe_n)
+    safe = np.where(n > 0, n, 1.0)
+    with np.errstate(invalid="ignore"):
+        value = np.where(na == 0, vb, np.where(nb == 0, va, (na * va + nb * vb) / safe))
+        part_a = np.where(na > 0, (na * sa) ** 2, 0.0)
+        part_b = np.where(nb > 0, (nb * sb) ** 2, 0.0)
+        stderr = np.where(n > 0, np.sqrt(part_a + part_b) / safe, np.where(na == 0, sb, sa))
     out = a.copy()
-    out["value"] = mean.astype(np.float64)
-    out["stderr"] = stderr.astype(np.float64)
-    out["counts"] = (na + nb).astype(np.int64)
+    out["value"] = (a["value"].dims, value)
+    out["stderr"] = (a["stderr"].dims, stderr)
+    out["counts"] = (a["counts"].dims, (na + nb).astype(np.int64))
     attrs = dict(a.attrs)
     attrs["n_evaluations"] = int(a.attrs["n_evaluations"]) + int(b.attrs["n_evaluations"])
-    seeds = [s for s in (a.attrs["seed"], b.attrs["seed"]) if s]
-    attrs["seed"] = json.dumps(seeds) if len(set(seeds)) > 1 else (seeds[0] if seeds else "")
+    seeds: list[str] = []
+    for ds in (a, b):
+        text = ds.attrs.get("seed", "")
+        for s in json.loads(text) if text.startswith("[") else ([text] if text else []):
+            if s not in seeds:
+                seeds.append(s)
+    attrs["seed"] = json.dumps(seeds) if len(seeds) > 1 else (seeds[0] if seeds else "")
+    attrs["sample_blocks"] = json.dumps(
+        [[s, x, y if np.isfinite(y) else None] for s, x, y in _sample_blocks(a) + _sample_blocks(b)]
+    )
+    merged_parameters = dict(pa)
+    for key in BUDGET_PARAMETERS:
+        if key in pa and key in pb:
+            merged_parameters[key] = pa[key] + pb[key] if key != "items_per_block" else (
+                pa[key] if pa[key] == pb[key] else None
+            )
+    attrs["parameters"] = json.dumps(merged_parameters, sort_keys=True)
+    for key in ("effective_sample_size", "n_blocks"):
+        if key in a.attrs and key in b.attrs:
+            attrs[key] = int(a.attrs[key]) + int(b.attrs[key])
     out.attrs = attrs
     return out

@@ -54,6 +54,14 @@ class Game:
     def _params(self) -> object:
         return self._n
 
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """Bounds ``(lo, hi)`` of ``v(S)`` over all coalitions, or None if unknown.
+
+        Estimators use the width to bound the variance of players whose samples all agree.
+        """
+        return None
+
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
         players = check_coalition(indices, self._n, type(self).__name__)
         return check_finite_score(self.value(players), f"{type(self).__name__}.value()")
@@ -81,6 +89,10 @@ class AdditiveGame(Game):
     def _params(self) -> object:
         return self.weights
 
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return float(self.weights[self.weights < 0].sum()), float(self.weights[self.weights > 0].sum())
+
     def value(self, players: np.ndarray) -> float:
         return float(self.weights[players].sum())
 
@@ -90,6 +102,10 @@ class AdditiveGame(Game):
 
 class SymmetricVotingGame(Game):
     """Majority vote: ``v(S) = 1`` if ``|S| > n/2`` else 0. Every player gets ``1/n``."""
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return 0.0, 1.0
 
     def value(self, players: np.ndarray) -> float:
         return 1.0 if players.size > self._n / 2 else 0.0
@@ -116,6 +132,10 @@ class WeightedVotingGame(Game):
 
     def _params(self) -> object:
         return (self.weights, self.quota)
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return 0.0, 1.0
 
     def value(self, players: np.ndarray) -> float:
         return 1.0 if self.weights[players].sum() >= self.quota else 0.0
@@ -150,6 +170,10 @@ class ShoesGame(Game):
 
     def _params(self) -> object:
         return (self.left, self.right)
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return 0.0, float(min(self.left, self.right))
 
     def value(self, players: np.ndarray) -> float:
         n_left = int((players < self.left).sum())
@@ -190,6 +214,10 @@ class AirportGame(Game):
     def _params(self) -> object:
         return self.costs
 
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return min(0.0, float(self.costs[0])), max(0.0, float(self.costs[-1]))
+
     def value(self, players: np.ndarray) -> float:
         return float(self.costs[players].max()) if players.size else 0.0
 
@@ -201,6 +229,10 @@ class AirportGame(Game):
 
 class MinerGame(Game):
     """Miners work in pairs: ``v(S) = floor(|S| / 2)``. By symmetry each gets ``floor(n/2)/n``."""
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return 0.0, float(self._n // 2)
 
     def value(self, players: np.ndarray) -> float:
         return float(players.size // 2)

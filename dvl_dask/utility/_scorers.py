@@ -12,15 +12,22 @@ from ..keys import code_fingerprint, fingerprint
 
 __all__ = ["Scorer", "as_scorer"]
 
-# Ranges of common sklearn scorers; used for default scores and clipping.
+# Ranges of common sklearn scorers. Utility uses the lower end as the default
+# score (the worst attainable score), clips scores to the range, and passes
+# the range to estimators to bound the variance of their samples.
+_UNIT_SCORERS = (
+    "accuracy", "balanced_accuracy", "top_k_accuracy", "average_precision", "jaccard",
+    "f1", "f1_micro", "f1_macro", "f1_weighted", "f1_samples",
+    "precision", "precision_micro", "precision_macro", "precision_weighted", "precision_samples",
+    "recall", "recall_micro", "recall_macro", "recall_weighted", "recall_samples",
+    "roc_auc", "roc_auc_ovr", "roc_auc_ovo", "roc_auc_ovr_weighted", "roc_auc_ovo_weighted",
+)
 _KNOWN_RANGES: dict[str, tuple[float, float]] = {
-    "accuracy": (0.0, 1.0),
-    "balanced_accuracy": (0.0, 1.0),
-    "f1": (0.0, 1.0),
-    "precision": (0.0, 1.0),
-    "recall": (0.0, 1.0),
-    "roc_auc": (0.0, 1.0),
+    **{name: (0.0, 1.0) for name in _UNIT_SCORERS},
     "r2": (-np.inf, 1.0),
+    "explained_variance": (-np.inf, 1.0),
+    "neg_max_error": (-np.inf, 0.0),
+    "neg_median_absolute_error": (-np.inf, 0.0),
     "neg_mean_squared_error": (-np.inf, 0.0),
     "neg_mean_absolute_error": (-np.inf, 0.0),
     "neg_root_mean_squared_error": (-np.inf, 0.0),
@@ -37,7 +44,9 @@ class Scorer:
         A scikit-learn scorer name (``"accuracy"``, ``"neg_mean_squared_error"``, ...)
         or a callable ``(model, x, y) -> float``.
     range : (float, float), optional
-        Values the score can take. Known for common sklearn names.
+        Values the score can take. Known for common sklearn names, else
+        unbounded. The lower end is the default score of a Utility; scores are
+        clipped to the range.
     name : str, optional
         Display name; defaults to the scorer name or the callable's name.
 

@@ -29,6 +29,38 @@ def _model_token(model: Any) -> str:
     return fingerprint(cls, repr(model))
 
 
+def resolve_default_score(scorer: Scorer, default_score: float | None) -> float:
+    """The default score: the argument, else the configured value, else the scorer's worst score.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the value is not a finite number, or none is given and the scorer is unbounded below.
+    """
+    chosen = config.get(config.UTILITY_DEFAULT_SCORE, override_with=default_score)
+    if chosen is None:
+        lo = scorer.range[0]
+        if not np.isfinite(lo):
+            raise InvalidParameterError(
+                f"The scorer {scorer.name!r} has no lowest score (range {scorer.range}), so Utility needs an "
+                "explicit 'default_score' for coalitions a model cannot be fitted on (e.g. the empty one). "
+                "To fix, pass default_score=<a finite score>, e.g. the score of a constant prediction "
+                "(0.0 for r2), or give the scorer a finite range: Scorer(..., range=(low, high))."
+            )
+        return float(lo)
+    try:
+        value = float(chosen)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"The 'default_score' parameter of Utility must be a finite number or None. Got {chosen!r}."
+        ) from None
+    if not np.isfinite(value):
+        raise InvalidParameterError(
+            f"The 'default_score' parameter of Utility must be a finite number or None. Got {chosen!r}."
+        )
+    return value
+
+
 def _clone(model: Any) -> Any:
     if hasattr(model, "get_params"):
         from sklearn.base import clone
@@ -59,8 +91,15 @@ class Utility:
     scorer : str, callable or Scorer
         How to score the fitted model, e.g. ``"accuracy"``.
     default_score : float, optional
-        Score of coalitions the model cannot be fitted on; must be finite.
-        Default from ``dvl_dask.utility.default-score`` (0.0).
+        Score of coalitions the model cannot be fitted on (the empty one, a
+        single class, a failure). ``None`` takes ``dvl_dask.utility.default-score``
+        if that is set, else the worst score the scorer can give: the lower end
+        of its range (0 for accuracy, precision, recall, f1, roc_auc). Scorers
+        unbounded below (r2, neg_mean_squared_error, neg_log_loss, callables
+        without a ``range``) need an explicit finite value (NaN and inf are refused): the empty coalition
+        must not receive the best possible score. Scores outside the scorer's
+        range are clipped to it; ``score_range`` (the range widened to include
+        ``default_score``) lets estimators bound the variance of their samples.
     catch_errors : bool
         Return ``default_score`` (with a :class:`UtilityFailureWarning`) when
         fitting or scoring raises, instead of failing the whole computation.
@@ -120,8 +159,7 @@ class Utility:
         self.model = model
         self.data = data
         self.scorer = as_scorer(scorer)
-        ds = config.get(config.UTILITY_DEFAULT_SCORE, override_with=default_score)
-        self.default_score = _check_default_score(ds)
+        self.default_score = resolve_default_score(self.scorer, default_score)
         mode = config.get(config.UTILITY_ON_UNUSABLE, override_with=on_unusable)
         if mode not in ("raise", "warn"):
             raise InvalidParameterError(
@@ -150,6 +188,13 @@ class Utility:
     def data_names(self) -> np.ndarray:
         """Labels of the players."""
         return self.data.data_names
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """Bounds of every value ``u(S)`` can take (scorer range and default score), or None if unbounded."""
+        lo, hi = self.scorer.range
+        lo, hi = min(lo, self.default_score), max(hi, self.default_score)
+        return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else None
 
     # -- evaluation ----------------------------------------------------------------------
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
@@ -181,7 +226,8 @@ class Utility:
             return self._failed(players, what, f"{type(exc).__name__}: {exc}")
         if not np.isfinite(score):
             return self._failed(players, what, f"the scorer returned {score}")
-        return score
+        lo, hi = self.scorer.range
+        return float(min(max(score, lo), hi))
 
     def _failed(self, players: np.ndarray, what: str, problem: str) -> float:
         """A fit or score failed: raise if the utility is unusable, else warn and use the default."""
@@ -316,20 +362,6 @@ class Utility:
             f"Utility(model={type(self.model).__name__}, n_players={self.n_players}, "
             f"scorer={self.scorer.name!r}, token={self.token[:8]})"
         )
-
-
-def _check_default_score(value: Any) -> float:
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        score = np.nan
-    if isinstance(value, bool) or not np.isfinite(score):
-        raise InvalidParameterError(
-            f"The 'default_score' parameter of Utility (option 'dvl_dask.utility.default-score') must be a "
-            f"finite real number. Got {value!r} instead: a NaN or infinite default would make every value "
-            "NaN. To fix, pass the score of a model that learned nothing, e.g. 0.0."
-        )
-    return score
 
 
 def _is_classifier(model: Any) -> bool:

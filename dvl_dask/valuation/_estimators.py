@@ -16,9 +16,9 @@ import numpy as np
 
 from .. import config
 from ..typing import UtilityLike
-from ._coefficients import LogCoefficient
+from ._coefficients import LogCoefficient, log_binomial
 from ._samplers import PermutationSampler, StratifiedSampler, SubsetSampler
-from ._stats import PointStats
+from ._stats import PointStats, finalize_stats
 from ._truncation import NoTruncation, TruncationPolicy
 
 __all__ = [
@@ -27,8 +27,20 @@ __all__ = [
     "PermutationEstimator",
     "SemivalueEstimator",
     "run_block",
+    "score_width",
     "values_from_stats",
 ]
+
+
+def score_width(utility: UtilityLike) -> float | None:
+    """Width ``hi - lo`` of the utility's ``score_range`` if it is known and finite, else None."""
+    bounds = getattr(utility, "score_range", None)
+    if bounds is None:
+        return None
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        return None
+    return hi - lo
 
 
 class Estimator(ABC):
@@ -52,6 +64,14 @@ class Estimator(ABC):
     def parameters(self) -> dict[str, Any]:
         """Parameters recorded in results and checkpoints."""
 
+    def units(self, n_items: int) -> int:
+        """Independent samples per player that a block of ``n_items`` items yields."""
+        return int(n_items)
+
+    def block_evaluations(self, n: int, n_items: int) -> int:
+        """Upper bound of the utility evaluations of one block of ``n_items`` items."""
+        return int(n_items) * self.evaluations_per_item(n)
+
     def items_per_block(self, n: int, override: int | None = None) -> int:
         """Items per task so that a task runs about ``evaluations-per-block`` evaluations."""
         if override is not None:
@@ -59,25 +79,34 @@ class Estimator(ABC):
         target = int(config.get(config.MC_EVALUATIONS_PER_BLOCK))
         return max(1, target // max(1, self.evaluations_per_item(n)))
 
+    def finalize_spec(self) -> dict[str, Any]:
+        """How :func:`finalize_stats` combines this estimator's streams (recorded in parameters)."""
+        return {"combine": "mean", "sample_range": None}
+
     def finalize(self, stats: PointStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Value, standard error and number of samples per player."""
-        return values_from_stats(stats)
+        return finalize_stats(stats, self.finalize_spec())
+
+    #: What one sample (one unit of ``counts``) is, recorded in result attrs.
+    sample_unit = "sample"
 
     def __dask_tokenize__(self) -> Any:
         return (type(self).__name__, self.parameters())
 
 
-def values_from_stats(stats: PointStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Value, stderr and count per player from merged statistics.
+def values_from_stats(
+    stats: PointStats, parameters: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Value, stderr and count per player from merged statistics and recorded parameters.
 
-    One stream: the mean of the samples. Two streams (MSR): the difference of
-    the "with" and "without" means, with their standard errors added in quadrature.
+    Uses the ``"finalize"`` spec stored in ``parameters`` (as every estimator
+    records it); statistics written before it existed fall back to a mean of
+    one stream or the difference of two (MSR).
     """
-    err = stats.stderr()
-    if stats.mean.shape[0] == 1:
-        return stats.mean[0], err[0], stats.count[0]
-    value = stats.mean[0] - stats.mean[1]
-    return value, np.sqrt(err[0] ** 2 + err[1] ** 2), stats.count[0] + stats.count[1]
+    spec = (parameters or {}).get("finalize")
+    if spec is None:
+        spec = {"combine": "difference" if stats.mean.shape[0] == 2 else "mean", "sample_range": None}
+    return finalize_stats(stats, spec)
 
 
 def run_block(
@@ -92,9 +121,14 @@ def run_block(
 
 
 def _prefix_scores(
-    utility: UtilityLike, order: np.ndarray, truncation: TruncationPolicy, total: float | None, warm_start: bool
+    utility: UtilityLike, order: np.ndarray, truncation: TruncationPolicy, total: float | None, warm_start: bool,
+    empty: float,
 ) -> tuple[np.ndarray, int]:
-    """Scores of the prefixes of ``order`` until truncation; returns (scores, evaluations)."""
+    """Scores of the prefixes of ``order`` until truncation; returns (scores, evaluations).
+
+    ``u(∅)`` is the same for every permutation: the caller evaluates it once
+    (``empty``) and it is not counted here.
+    """
     stop_when = None
     n = len(order)
     if not isinstance(truncation, NoTruncation):
@@ -105,13 +139,13 @@ def _prefix_scores(
     prefix = getattr(utility, "prefix_scores", None)
     if prefix is not None:
         scores = prefix(order, warm_start=warm_start, stop_when=stop_when)
-        return scores, len(scores)
-    scores = [utility(order[:0])]
+        return scores, len(scores) - 1
+    scores = [empty]
     for step in range(1, n + 1):
         scores.append(utility(order[:step]))
         if stop_when is not None and stop_when(step, scores[-1]):
             break
-    return np.asarray(scores, dtype=np.float64), len(scores)
+    return np.asarray(scores, dtype=np.float64), len(scores) - 1
 
 
 class PermutationEstimator(Estimator):
@@ -120,32 +154,53 @@ class PermutationEstimator(Estimator):
     method = "permutation_shapley"
 
     def __init__(
-        self, sampler: PermutationSampler, truncation: TruncationPolicy, warm_start: bool = False
+        self, sampler: PermutationSampler, truncation: TruncationPolicy, warm_start: bool = False,
+        score_range: float | None = None,
     ) -> None:
         self.sampler = sampler
         self.truncation = truncation
         self.warm_start = bool(warm_start)
+        self.score_range = score_range
+        self.sample_unit = "antithetic pair" if sampler.antithetic else "permutation"
 
     def evaluations_per_item(self, n: int) -> int:
-        return n + 1
+        return n
+
+    def units(self, n_items: int) -> int:
+        return (int(n_items) + 1) // 2 if self.sampler.antithetic else int(n_items)
+
+    def block_evaluations(self, n: int, n_items: int) -> int:
+        drawn = 2 * self.units(n_items) if self.sampler.antithetic else int(n_items)
+        return drawn * n + 1 + (1 if self.truncation.needs_total else 0)
+
+    def finalize_spec(self) -> dict[str, Any]:
+        # A marginal contribution u(S + i) - u(S) lies in [-D, D]: width 2D.
+        width = None if self.score_range is None else 2.0 * self.score_range
+        return {"combine": "mean", "sample_range": width}
 
     def parameters(self) -> dict[str, Any]:
-        return {**self.sampler.parameters(), **self.truncation.parameters(), "warm_start": self.warm_start}
+        return {**self.sampler.parameters(), **self.truncation.parameters(), "warm_start": self.warm_start,
+                "finalize": self.finalize_spec()}
 
     def block(
         self, utility: UtilityLike, seed: np.random.SeedSequence, n_items: int, active: np.ndarray | None
     ) -> PointStats:
         rng = np.random.default_rng(seed)
         n = utility.n_players
-        perms = self.sampler.draw(rng, n, n_items)
+        # Antithetic: n_items permutations rounded up to whole pairs; a pair is one sample.
+        n_draw = 2 * ((n_items + 1) // 2) if self.sampler.antithetic else n_items
+        perms = self.sampler.draw(rng, n, n_draw)
         total = float(utility(np.arange(n))) if self.truncation.needs_total else None
-        evaluations = 1 if total is not None else 0
-        marginals = np.zeros((n_items, n))
+        empty = float(utility(np.arange(0)))
+        evaluations = 1 + (1 if total is not None else 0)  # u(∅) once per block
+        marginals = np.zeros((n_draw, n))
         for row, perm in enumerate(perms):
-            scores, used = _prefix_scores(utility, perm, self.truncation, total, self.warm_start)
+            scores, used = _prefix_scores(utility, perm, self.truncation, total, self.warm_start, empty)
             evaluations += used
             steps = len(scores) - 1
             marginals[row, perm[:steps]] = np.diff(scores)
+        if self.sampler.antithetic:
+            marginals = marginals.reshape(-1, 2, n).mean(axis=1)
         return PointStats.from_samples(marginals, np.ones_like(marginals, dtype=bool), evaluations)
 
 
@@ -153,27 +208,70 @@ class SemivalueEstimator(Estimator):
     """Importance-weighted marginals ``w(k)/p(k) [u(S ∪ i) - u(S)]`` for any semivalue.
 
     With a :class:`SubsetSampler`, one coalition ``S`` serves every active
-    player: ``u(S)`` plus one flipped evaluation ``u(S xor {i})`` per player.
-    With a :class:`StratifiedSampler`, each active player gets its own samples.
-    Players outside ``active`` receive no work.
+    player: ``u(S)`` plus one flipped evaluation ``u(S xor {i})`` per player;
+    with an antithetic sampler a pair ``S, N \\ S`` is one sample (the mean of
+    its two weighted marginals). With a :class:`StratifiedSampler`, each active
+    player gets its own samples, one statistics stream per coalition size, and
+    the value is the weighted sum of the stratum means. Players outside
+    ``active`` receive no work.
     """
 
     supports_active = True
 
     def __init__(self, method: str, coefficient: LogCoefficient, sampler: SubsetSampler | StratifiedSampler,
-                 coefficient_parameters: dict[str, Any] | None = None) -> None:
+                 coefficient_parameters: dict[str, Any] | None = None, *, n_players: int = 1,
+                 score_range: float | None = None) -> None:
         self.method = method
         self.coefficient = coefficient
         self.sampler = sampler
         self.coefficient_parameters = dict(coefficient_parameters or {})
+        self.n_players = int(n_players)
+        self.score_range = score_range
+        self.stratified = isinstance(sampler, StratifiedSampler)
+        if self.stratified:
+            self.sample_unit = "stratified marginal"
+        else:
+            self.sample_unit = "antithetic pair" if sampler.antithetic else "coalition"
+
+    @property
+    def n_streams(self) -> int:  # type: ignore[override]
+        return self.n_players if self.stratified else 1
 
     def evaluations_per_item(self, n: int) -> int:
-        return 2 * n if isinstance(self.sampler, StratifiedSampler) else n + 1
+        return 2 * n if self.stratified else n + 1
+
+    def _antithetic(self) -> bool:
+        return not self.stratified and bool(getattr(self.sampler, "antithetic", False))
+
+    def units(self, n_items: int) -> int:
+        return (int(n_items) + 1) // 2 if self._antithetic() else int(n_items)
+
+    def block_evaluations(self, n: int, n_items: int) -> int:
+        drawn = 2 * self.units(n_items) if self._antithetic() else int(n_items)
+        return drawn * self.evaluations_per_item(n)
+
+    def stratum_weights(self) -> np.ndarray:
+        """``C(n-1, k) w(k)`` for ``k = 0..n-1``: the weight of each coalition size."""
+        n = self.n_players
+        k = np.arange(n)
+        return np.exp(np.asarray(self.coefficient(n, k), dtype=np.float64) + log_binomial(n - 1, k))
+
+    def finalize_spec(self) -> dict[str, Any]:
+        n = self.n_players
+        if self.stratified:
+            width = None if self.score_range is None else 2.0 * self.score_range
+            return {"combine": "strata", "sample_range": width,
+                    "stratum_weights": [float(w) for w in self.stratum_weights()]}
+        if self.score_range is None:
+            return {"combine": "mean", "sample_range": None}
+        factor = float(np.exp(self._log_factor(n, np.arange(n))).max())
+        return {"combine": "mean", "sample_range": 2.0 * self.score_range * factor}
 
     def parameters(self) -> dict[str, Any]:
-        return {**self.coefficient_parameters, **self.sampler.parameters()}
+        return {**self.coefficient_parameters, **self.sampler.parameters(), "finalize": self.finalize_spec()}
 
     def _log_factor(self, n: int, k: np.ndarray) -> np.ndarray:
+        assert isinstance(self.sampler, SubsetSampler)
         return np.asarray(self.coefficient(n, k)) - self.sampler.log_proposal(n, k)
 
     def block(
@@ -182,11 +280,13 @@ class SemivalueEstimator(Estimator):
         rng = np.random.default_rng(seed)
         n = utility.n_players
         players = np.flatnonzero(active) if active is not None else np.arange(n)
-        if isinstance(self.sampler, StratifiedSampler):
+        if self.stratified:
             return self._stratified_block(utility, rng, n, n_items, players)
-        masks = self.sampler.draw(rng, n, n_items)
-        values = np.zeros((n_items, n))
-        used = np.zeros((n_items, n), dtype=bool)
+        assert isinstance(self.sampler, SubsetSampler)
+        antithetic = self.sampler.antithetic
+        n_draw = 2 * ((n_items + 1) // 2) if antithetic else n_items
+        masks = self.sampler.draw(rng, n, n_draw)
+        values = np.zeros((n_draw, n))
         evaluations = 0
         all_players = np.arange(n)
         for s, mask in enumerate(masks):
@@ -200,29 +300,34 @@ class SemivalueEstimator(Estimator):
                 values[s, i] = (u_s - u_f) if mask[i] else (u_f - u_s)
             k = mask.sum() - mask  # |S \ {i}| for every i
             values[s] *= np.exp(self._log_factor(n, k))
-            used[s, players] = True
+        if antithetic:
+            values = values.reshape(-1, 2, n).mean(axis=1)
+        used = np.zeros(values.shape, dtype=bool)
+        used[:, players] = True
         return PointStats.from_samples(values, used, evaluations)
 
     def _stratified_block(
         self, utility: UtilityLike, rng: np.random.Generator, n: int, n_items: int, players: np.ndarray
     ) -> PointStats:
         assert isinstance(self.sampler, StratifiedSampler)
-        values = np.zeros((n_items, n))
-        used = np.zeros((n_items, n), dtype=bool)
+        values, strata, owners = [], [], []
         all_players = np.arange(n)
         evaluations = 0
         for i in players:
-            masks = self.sampler.draw_for_player(rng, n, int(i), n_items)
-            k = masks.sum(axis=1)
-            factor = np.exp(self._log_factor(n, k))
-            for s, mask in enumerate(masks):
+            masks, sizes = self.sampler.draw_for_player(rng, n, int(i), n_items)
+            for mask in masks:
                 without = utility(all_players[mask])
                 mask[i] = True
                 with_i = utility(all_players[mask])
                 evaluations += 2
-                values[s, i] = factor[s] * (with_i - without)
-            used[:, i] = True
-        return PointStats.from_samples(values, used, evaluations)
+                values.append(with_i - without)
+            strata.append(sizes)
+            owners.append(np.full(len(sizes), i))
+        if not values:
+            return PointStats.zeros(n, n)
+        return PointStats.from_groups(
+            np.asarray(values, dtype=np.float64), np.concatenate(strata), np.concatenate(owners), n, n, evaluations
+        )
 
 
 class MsrEstimator(Estimator):
@@ -231,19 +336,30 @@ class MsrEstimator(Estimator):
     Each uniform coalition ``S`` is evaluated once and updates every player:
     ``u(S)`` joins the "with i" stream of the members and the "without i"
     stream of the others; the value is the difference of the stream means.
+    The two streams of a player come from disjoint sets of independent
+    coalitions, so their variances add. There is no antithetic variant: with
+    ``S, N \\ S`` pairs, every pair gives player ``i`` one "with" sample and
+    one "without" sample, the utilities of complementary coalitions. Those are
+    typically negatively correlated (a large coalition pairs with a small one),
+    so the variance of their difference grows instead of shrinking.
     """
 
     method = "msr_banzhaf"
     n_streams = 2
+    sample_unit = "coalition"
 
-    def __init__(self, sampler: SubsetSampler) -> None:
+    def __init__(self, sampler: SubsetSampler, score_range: float | None = None) -> None:
         self.sampler = sampler
+        self.score_range = score_range
 
     def evaluations_per_item(self, n: int) -> int:
         return 1
 
+    def finalize_spec(self) -> dict[str, Any]:
+        return {"combine": "difference", "sample_range": self.score_range}
+
     def parameters(self) -> dict[str, Any]:
-        return self.sampler.parameters()
+        return {**self.sampler.parameters(), "finalize": self.finalize_spec()}
 
     def block(
         self, utility: UtilityLike, seed: np.random.SeedSequence, n_items: int, active: np.ndarray | None
@@ -257,4 +373,3 @@ class MsrEstimator(Estimator):
         stacked_values = np.stack([values, values])
         stacked_masks = np.stack([masks, ~masks])
         return PointStats.from_samples(stacked_values, stacked_masks, len(masks))
-

@@ -19,6 +19,7 @@ interrupted-then-resumed run equals an uninterrupted one.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures import as_completed as futures_as_completed
@@ -37,7 +38,7 @@ from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._estimators import Estimator, run_block, values_from_stats
 from ._graph import check_utility, utility_node
-from ._montecarlo import ESTIMATOR_FACTORIES
+from ._montecarlo import ESTIMATOR_FACTORIES, sample_attrs
 from ._progress import ProgressLine
 from ._samplers import child_seed
 from ._stats import PointStats
@@ -250,6 +251,7 @@ def run_until_converged(
             "converged": run.converged,
             "stopping_criterion": repr(stop),
             "checkpoint": checkpoint or "",
+            **sample_attrs(estimator, seed_text, run.n_blocks, int(np.max(count, initial=0))),
         },
     )
 
@@ -364,9 +366,15 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
     merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))
     for block in _stored_blocks(store):
         merged = merged.merge(block)
-    value, stderr, count = values_from_stats(merged)
+    # The same finalize (variance floor, strata) as the live run: the spec is in the recorded parameters.
+    value, stderr, count = values_from_stats(merged, header["parameters"])
     return valuation_dataset(
         value, stderr, count, data_names=np.asarray(header["data_names"]), method=header["method"],
         parameters=header["parameters"], seed=header["seed"], utility_token=header["utility_token"],
-        n_evaluations=merged.n_evaluations, extra_attrs={"n_blocks": store.n_blocks, "checkpoint": url},
+        n_evaluations=merged.n_evaluations,
+        extra_attrs={
+            "n_blocks": store.n_blocks, "checkpoint": url,
+            "effective_sample_size": int(np.max(count, initial=0)),
+            "sample_blocks": json.dumps([[header["seed"], 0, int(store.n_blocks)]]),
+        },
     )

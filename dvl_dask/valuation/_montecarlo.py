@@ -10,6 +10,7 @@ function as ``method``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,10 +33,16 @@ from ._coefficients import (
     check_coefficient,
     shapley_coefficient,
 )
-from ._estimators import Estimator, MsrEstimator, PermutationEstimator, SemivalueEstimator, run_block
+from ._estimators import (
+    Estimator,
+    MsrEstimator,
+    PermutationEstimator,
+    SemivalueEstimator,
+    run_block,
+    score_width,
+)
 from ._graph import block_ranges, check_utility, utility_node
 from ._samplers import (
-    AntitheticSampler,
     BetaSampler,
     OwenSampler,
     PermutationSampler,
@@ -53,6 +60,7 @@ __all__ = [
     "msr_banzhaf",
     "owen_shapley",
     "permutation_shapley",
+    "sample_attrs",
     "semivalue",
 ]
 
@@ -67,7 +75,8 @@ def _permutation_estimator(
             f"Got {type(utility).__name__}."
         )
     return PermutationEstimator(
-        PermutationSampler(antithetic), make_truncation(truncation, "permutation_shapley"), warm_start
+        PermutationSampler(antithetic), make_truncation(truncation, "permutation_shapley"), warm_start,
+        score_range=score_width(utility),
     )
 
 
@@ -81,31 +90,41 @@ def _semivalue_estimator(
 ) -> Estimator:
     check_coefficient(coefficient, utility.n_players, method)
     return SemivalueEstimator(
-        method, coefficient, make_subset_sampler(sampler, method), _coefficient_parameters(coefficient)
+        method, coefficient, make_subset_sampler(sampler, method), _coefficient_parameters(coefficient),
+        n_players=utility.n_players, score_range=score_width(utility),
     )
 
 
 def _banzhaf_estimator(utility: UtilityLike, *, sampler: Any = "uniform") -> Estimator:
     return SemivalueEstimator(
-        "banzhaf", banzhaf_coefficient, make_subset_sampler(sampler, "banzhaf"), {"coefficient": "banzhaf"}
+        "banzhaf", banzhaf_coefficient, make_subset_sampler(sampler, "banzhaf"), {"coefficient": "banzhaf"},
+        n_players=utility.n_players, score_range=score_width(utility),
     )
 
 
 def _msr_estimator(utility: UtilityLike, *, antithetic: bool = False) -> Estimator:
-    return MsrEstimator(AntitheticSampler() if antithetic else UniformSampler())
+    if antithetic:
+        raise InvalidParameterError(
+            "msr_banzhaf does not support antithetic=True: each pair S, N \\ S gives a player one 'with' and "
+            "one 'without' sample from complementary coalitions, which are negatively correlated, so the "
+            "variance grows. To fix, drop antithetic, or use banzhaf(..., sampler='antithetic')."
+        )
+    return MsrEstimator(UniformSampler(), score_range=score_width(utility))
 
 
 def _beta_estimator(utility: UtilityLike, *, alpha: float, beta: float, sampler: Any = None) -> Estimator:
     coefficient = beta_coefficient(alpha, beta)
     chosen = BetaSampler(beta, alpha) if sampler is None else make_subset_sampler(sampler, "beta_shapley")
     return SemivalueEstimator(
-        "beta_shapley", coefficient, chosen, {"coefficient": "beta", "alpha": float(alpha), "beta": float(beta)}
+        "beta_shapley", coefficient, chosen, {"coefficient": "beta", "alpha": float(alpha), "beta": float(beta)},
+        n_players=utility.n_players, score_range=score_width(utility),
     )
 
 
 def _owen_estimator(utility: UtilityLike, *, n_q: int | None = None, antithetic: bool = False) -> Estimator:
     return SemivalueEstimator(
-        "owen_shapley", shapley_coefficient, OwenSampler(n_q, antithetic), {"coefficient": "shapley"}
+        "owen_shapley", shapley_coefficient, OwenSampler(n_q, antithetic), {"coefficient": "shapley"},
+        n_players=utility.n_players, score_range=score_width(utility),
     )
 
 
@@ -158,9 +177,10 @@ def montecarlo_dataset(
     verb = f"{estimator.method.replace('_', '-')}-block"
     name = layer_name(verb, utility.token, estimator, seed_text, items_per_block)
     block = dask.delayed(run_block, pure=True)
+    ranges = block_ranges(n_items, items_per_block)
     blocks = [
         block(u, estimator, child_seed(seed, i), stop - start, None, dask_key_name=f"{name}-{i}")
-        for i, (start, stop) in enumerate(block_ranges(n_items, items_per_block))
+        for i, (start, stop) in enumerate(ranges)
     ]
     merged = tree_merge(blocks, name)
     final = dask.delayed(_finalize, pure=True)(estimator, merged, dask_key_name=f"{name}-finalize")
@@ -175,9 +195,28 @@ def montecarlo_dataset(
         parameters=parameters,
         seed=seed_text,
         utility_token=utility.token,
-        n_evaluations=n_items * estimator.evaluations_per_item(n),
-        extra_attrs={"n_blocks": len(blocks), "n_evaluations_is_upper_bound": True},
+        n_evaluations=sum(estimator.block_evaluations(n, stop - start) for start, stop in ranges),
+        extra_attrs={
+            "n_blocks": len(blocks),
+            "n_evaluations_is_upper_bound": True,
+            **sample_attrs(estimator, seed_text, len(blocks), sum(estimator.units(b - a) for a, b in ranges)),
+        },
     )
+
+
+def sample_attrs(estimator: Estimator, seed_text: str, n_blocks: int, effective: int) -> dict[str, Any]:
+    """Attrs that say what was sampled: the unit, the effective sample size and the seed blocks used.
+
+    ``effective_sample_size`` is the number of independent samples behind the
+    most-sampled player's value (an antithetic pair counts once).
+    ``sample_blocks`` lists ``[seed, first_block, stop_block]`` ranges so that
+    :func:`~dvl_dask.results.merge_results` can refuse overlapping samples.
+    """
+    return {
+        "sample_unit": estimator.sample_unit,
+        "effective_sample_size": int(effective),
+        "sample_blocks": json.dumps([[seed_text, 0, int(n_blocks)]]),
+    }
 
 
 def _run(
@@ -230,7 +269,9 @@ def permutation_shapley(
         once ``|u(prefix) - u(N)| <= rtol |u(N)|`` (:class:`RelativeTruncation`);
         or :class:`FixedTruncation` / :class:`RelativeTruncation`. The policy is recorded in attrs.
     antithetic : bool
-        Pair every permutation with its reverse.
+        Pair every permutation with its reverse. A pair is ONE sample (its two
+        marginals are averaged), so ``counts`` and the stderr count pairs; each
+        block rounds its permutations up to whole pairs.
     warm_start : bool
         Fit each prefix starting from the previous prefix's model (sklearn
         ``warm_start``): faster fits, slightly different models; recorded in attrs.
@@ -261,7 +302,9 @@ def semivalue(
 ) -> xr.Dataset:
     """Any semivalue, given its log-coefficient ``log_w(n, k)``, by importance-weighted sampling.
 
-    ``n_samples`` coalitions are drawn (for the stratified sampler: per player).
+    ``n_samples`` coalitions are drawn (for the stratified sampler: per player,
+    spread equally over the ``n`` coalition sizes, so ``n_samples >= 2 n`` gives
+    every size a variance estimate).
     Each coalition ``S`` costs ``1 + n`` evaluations and updates every player
     with ``w(k)/p(k) [u(S ∪ i) - u(S \\ i)]``, where ``p`` is the sampler's
     probability of the coalition and ``k = |S \\ i|``; weights are computed in
@@ -296,6 +339,9 @@ def msr_banzhaf(
     """Banzhaf values by maximum sample reuse: one evaluation per sample updates every player.
 
     ``value_i = mean u(S) over samples with i - mean u(S) over samples without i``.
+    ``antithetic=True`` is refused: pairs ``S, N \\ S`` give each player a "with"
+    and a "without" sample from complementary, negatively correlated
+    coalitions, which increases the variance (use ``banzhaf(sampler="antithetic")``).
     """
     return _run("msr_banzhaf", utility, "n_samples", n_samples, seed, items_per_block, antithetic=antithetic)
 

@@ -43,13 +43,17 @@ def child_seed(seed: np.random.SeedSequence, index: int) -> np.random.SeedSequen
 
 
 class PermutationSampler:
-    """Uniform random permutations; ``antithetic=True`` pairs each with its reverse."""
+    """Uniform random permutations; ``antithetic=True`` pairs each with its reverse.
+
+    Antithetic pairs are not independent samples: estimators average the two
+    members of a pair and treat the pair mean as ONE sample.
+    """
 
     def __init__(self, antithetic: bool = False) -> None:
         self.antithetic = bool(antithetic)
 
     def draw(self, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
-        """``m`` permutations of ``range(n)`` as an ``(m, n)`` int array."""
+        """``m`` permutations of ``range(n)`` as an ``(m, n)`` int array (pairs in rows 2j, 2j+1)."""
         if not self.antithetic:
             return np.array([rng.permutation(n) for _ in range(m)], dtype=np.int64).reshape(m, n)
         half = np.array([rng.permutation(n) for _ in range((m + 1) // 2)], dtype=np.int64).reshape(-1, n)
@@ -173,29 +177,45 @@ class BetaSampler(SubsetSampler):
 
 
 class StratifiedSampler:
-    """Per-player sampling stratified by size: ``k ~ U{0..n-1}``, then a uniform
-    ``k``-subset of the other players. Used one player at a time, so converged
-    players can stop receiving work."""
+    """Per-player sampling stratified by coalition size, with equal allocation per size.
+
+    For player ``i`` the coalitions ``S ⊆ N \\ {i}`` are split into the ``n``
+    strata ``|S| = k`` (``k = 0..n-1``). Every block gives each player its
+    samples round-robin over the strata from a random starting size, so after
+    ``m`` samples every stratum has ``floor(m / n)`` or ``ceil(m / n)`` of them
+    (equal allocation, as in Maleki et al.'s stratified Shapley sampling).
+    Within a stratum the coalition is a uniform ``k``-subset of the others.
+    The estimator keeps one statistics stream per stratum and combines the
+    stratum means with the semivalue's stratum weights
+    ``w_k = C(n-1, k) w(k)`` (``1/n`` for Shapley); its variance is
+    ``sum_k w_k^2 var_k / m_k``.
+    """
 
     name = "stratified"
 
-    def draw_for_player(self, rng: np.random.Generator, n: int, player: int, m: int) -> np.ndarray:
-        """``m`` subsets of ``N \\ {player}`` as an ``(m, n)`` boolean mask."""
+    def __init__(self, allocation: str = "equal") -> None:
+        if allocation != "equal":
+            raise InvalidParameterError(
+                f"The 'allocation' parameter of StratifiedSampler must be 'equal'. Got {allocation!r}."
+            )
+        self.allocation = allocation
+
+    def sizes(self, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+        """Stratum (coalition size) of each of ``m`` samples: round-robin from a random start."""
+        return (int(rng.integers(n)) + np.arange(m)) % n
+
+    def draw_for_player(self, rng: np.random.Generator, n: int, player: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` subsets of ``N \\ {player}`` as an ``(m, n)`` boolean mask, and their sizes."""
         others = np.delete(np.arange(n), player)
-        sizes = rng.integers(0, n, size=m)
+        sizes = self.sizes(rng, n, m)
         masks = np.zeros((m, n), dtype=bool)
         for s, k in enumerate(sizes):
             if k:
-                masks[s, rng.choice(others, size=k, replace=False)] = True
-        return masks
-
-    def log_proposal(self, n: int, k: np.ndarray) -> np.ndarray:
-        from ._coefficients import log_binomial
-
-        return -np.log(n) - log_binomial(n - 1, k)
+                masks[s, rng.choice(others, size=int(k), replace=False)] = True
+        return masks, sizes
 
     def parameters(self) -> dict[str, Any]:
-        return {"sampler": self.name}
+        return {"sampler": self.name, "allocation": self.allocation}
 
     def __dask_tokenize__(self) -> Any:
         return self.parameters()

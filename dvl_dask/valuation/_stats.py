@@ -10,11 +10,20 @@ Most estimators have one stream (marginal contributions); MSR has two
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PointStats"]
+__all__ = ["FLOOR_FACTOR", "MIN_COUNT_UNKNOWN_RANGE", "PointStats", "finalize_stats", "guarded_stderr"]
+
+#: All-equal samples of a stream with known sample range ``W`` get ``stderr = FLOOR_FACTOR * W / n``.
+FLOOR_FACTOR = 1.5
+#: An all-equal stratum of ``m`` samples with width ``W`` gets ``stderr = STRATUM_FLOOR_FACTOR * W / m``.
+STRATUM_FLOOR_FACTOR = 0.25
+#: Without a known range, an all-equal stream keeps ``stderr = inf`` until it has this many samples.
+MIN_COUNT_UNKNOWN_RANGE = 30
 
 
 @dataclass
@@ -31,6 +40,22 @@ class PointStats:
     def zeros(cls, n_players: int, n_streams: int = 1) -> PointStats:
         shape = (n_streams, n_players)
         return cls(np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape))
+
+    @classmethod
+    def from_groups(
+        cls, values: np.ndarray, stream: np.ndarray, player: np.ndarray, n_streams: int, n_players: int,
+        n_evaluations: int,
+    ) -> PointStats:
+        """Statistics of scattered samples: ``values[j]`` belongs to ``(stream[j], player[j])``."""
+        shape = (n_streams, n_players)
+        flat = np.ravel_multi_index((stream, player), shape)
+        size = n_streams * n_players
+        count = np.bincount(flat, minlength=size).astype(np.int64)
+        total = np.bincount(flat, weights=values, minlength=size)
+        mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        dev = values - mean[flat]
+        m2 = np.bincount(flat, weights=dev * dev, minlength=size)
+        return cls(count.reshape(shape), mean.reshape(shape), m2.reshape(shape), int(n_evaluations))
 
     @classmethod
     def from_samples(cls, values: np.ndarray, mask: np.ndarray, n_evaluations: int) -> PointStats:
@@ -74,6 +99,120 @@ class PointStats:
     @classmethod
     def from_array(cls, arr: np.ndarray, n_evaluations: int) -> PointStats:
         return cls(np.rint(arr[0]).astype(np.int64), arr[1].copy(), arr[2].copy(), int(n_evaluations))
+
+
+def _all_equal(stats: PointStats, sample_range: float | None) -> np.ndarray:
+    """Per stream and player: True where every sample has the same value (or there is at most one)."""
+    scale = np.abs(stats.mean) + (sample_range if sample_range else 1.0)
+    return stats.m2 <= (1e-12 * scale) ** 2 * np.maximum(stats.count, 1)
+
+
+def guarded_stderr(stats: PointStats, sample_range: float | None, *, floor: bool = True) -> np.ndarray:
+    """Standard error of every stream's mean that is never 0 merely because the samples agree.
+
+    Rule, for a stream with ``n`` samples whose values lie in an interval of
+    width ``W = sample_range``:
+
+    - ``n = 0``: ``inf``.
+    - the samples are not all equal: the usual ``s / sqrt(n)`` (``s`` with ddof=1).
+    - all ``n`` samples are equal (``s = 0``, e.g. a rarely pivotal player seen
+      at 0 every time): ``FLOOR_FACTOR * W / n = 1.5 W / n``; with ``n = 1``
+      the bound ``W / 2`` (Popoviciu: no variable in ``[a, a + W]`` has a larger
+      standard deviation).
+    - unknown range: ``inf`` while ``n < MIN_COUNT_UNKNOWN_RANGE``, then 0.
+
+    Guarantee (the "rule of three"): the mean of the stream differs from the
+    common sample value ``x`` by at most ``W p``, where ``p`` is the probability
+    of a sample different from ``x``. If ``W p > 2 * stderr = 3 W / n``, then
+    ``p > 3 / n`` and ``n`` equal samples have probability
+    ``(1 - p)^n < e^{-3} < 0.05``. So the ``+-2 stderr`` interval of an all-equal
+    stream still covers the true mean with probability at least 95%, and a
+    per-player criterion (``RelativeStandardError``) cannot retire a player at
+    ``0 +- 0``: its stderr is positive whenever the range is.
+    """
+    count = stats.count
+    err = np.sqrt(stats.variance() / np.maximum(count, 1))
+    flat = _all_equal(stats, sample_range) & floor
+    if sample_range is not None and np.isfinite(sample_range):
+        w = float(sample_range)
+        bound = np.where(count > 1, FLOOR_FACTOR * w / np.maximum(count, 1), 0.5 * w)
+        err = np.where(flat | (count < 2), bound, err)
+    else:
+        err = np.where(flat & (count < MIN_COUNT_UNKNOWN_RANGE), np.inf, err)
+        err = np.where(count < 2, np.inf, err)
+    return np.where(count > 0, err, np.inf)
+
+
+def _strata(stats: PointStats, weights: np.ndarray, sample_range: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Value and stderr of a stratified estimate ``sum_k w_k mean_k``, floored per player.
+
+    Within a stratum, equal samples are taken at face value (many strata are
+    truly constant, e.g. sizes at which a player is never pivotal); the floor
+    applies to a player whose samples agree across ALL strata. Then, with
+    ``N`` samples in total, ``stderr >= 1.5 W n max_k(w_k) / N``: with equal
+    allocation the value differs from the common sample by at most
+    ``W sum_k w_k p_k <= W n max(w) mean_k(p_k)`` and all samples agree with
+    probability at most ``exp(-N mean_k(p_k))``, so the rule of three holds
+    as for a single stream.
+    """
+    used = weights > 0
+    w = weights[used][:, None]
+    counts, means = stats.count[used], stats.mean[used]
+    err = guarded_stderr(PointStats(counts, means, stats.m2[used]), sample_range, floor=False)
+    if sample_range is not None and np.isfinite(sample_range):
+        flat = _all_equal(PointStats(counts, means, stats.m2[used]), sample_range) & (counts > 1)
+        err = np.where(flat, STRATUM_FLOOR_FACTOR * float(sample_range) / np.maximum(counts, 1), err)
+    value = (w * means).sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        stderr = np.sqrt((w**2 * err**2).sum(axis=0))
+    seen = counts > 0
+    same = _all_equal(PointStats(counts, means, stats.m2[used]), sample_range) | ~seen
+    first = np.where(seen.any(axis=0), means[np.argmax(seen, axis=0), np.arange(means.shape[1])], 0.0)
+    scale = np.abs(first) + (sample_range if sample_range else 1.0)
+    agree = same.all(axis=0) & np.all(~seen | (np.abs(means - first) <= 1e-12 * scale), axis=0)
+    total = counts.sum(axis=0)
+    if sample_range is not None and np.isfinite(sample_range):
+        bound = FLOOR_FACTOR * float(sample_range) * len(weights) * float(weights.max()) / np.maximum(total, 1)
+        stderr = np.where(agree, np.maximum(stderr, bound), stderr)
+    else:
+        stderr = np.where(agree & (total < MIN_COUNT_UNKNOWN_RANGE), np.inf, stderr)
+    return value, np.where(total > 0, stderr, np.inf)
+
+
+def finalize_stats(stats: PointStats, spec: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Value, standard error and count per player from merged statistics.
+
+    The one place that turns statistics into values: estimators (live runs,
+    lazy graphs) and :func:`~dvl_dask.valuation.load_checkpoint` all call it
+    with the spec recorded in the result's parameters (key ``"finalize"``).
+
+    ``spec["combine"]``:
+
+    - ``"mean"`` (default): one stream, the mean of its samples (for
+      antithetic samplers a sample is the mean of one pair).
+    - ``"difference"``: two independent streams (MSR: coalitions with and
+      without the player), value ``mean_0 - mean_1``, variances added.
+    - ``"strata"``: one stream per stratum ``k`` with weight ``w_k``
+      (``spec["stratum_weights"]``), value ``sum_k w_k mean_k`` and variance
+      ``sum_k w_k^2 stderr_k^2`` (strata are sampled independently); the
+      variance floor applies per player, see ``_strata``.
+
+    ``spec["sample_range"]`` is the width of the interval a single sample lies
+    in (``None`` if unknown); see :func:`guarded_stderr` for the rule it feeds.
+    """
+    spec = dict(spec or {})
+    combine = spec.get("combine", "mean")
+    sample_range = spec.get("sample_range")
+    sample_range = None if sample_range is None else float(sample_range)
+    if combine == "strata":
+        weights = np.asarray(spec["stratum_weights"], dtype=np.float64)
+        value, stderr = _strata(stats, weights, sample_range)
+        return value, stderr, stats.count.sum(axis=0)
+    err = guarded_stderr(stats, sample_range)
+    if combine == "difference":
+        value = stats.mean[0] - stats.mean[1]
+        return value, np.sqrt(err[0] ** 2 + err[1] ** 2), stats.count[0] + stats.count[1]
+    return stats.mean[0], err[0], stats.count[0]
 
 
 def merge_all(stats: list[PointStats]) -> PointStats:

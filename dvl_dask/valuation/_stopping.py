@@ -14,21 +14,24 @@ loop calls :meth:`reset` before a run and replays checkpointed blocks through
 from __future__ import annotations
 
 import time
+import warnings
 from abc import ABC, abstractmethod
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidParameterError
 from ..validation import check_positive_int, check_real
 
 __all__ = [
     "AbsoluteStandardError",
     "ConvergenceState",
     "HistoryDeviation",
+    "MaxChecks",
     "MaxEvaluations",
     "MaxTime",
     "MaxUpdates",
+    "MinUpdates",
     "RankCorrelation",
     "RelativeStandardError",
     "StoppingCriterion",
@@ -147,10 +150,31 @@ class MaxEvaluations(StoppingCriterion):
 
 
 class MaxUpdates(StoppingCriterion):
-    """Stop once every player has at least ``n_updates`` samples (marginal contributions)."""
+    """Stop once the MOST-updated player has ``n_updates`` samples (pyDVL's ``MaxUpdates``).
+
+    With per-player convergence some players stop receiving work, so this
+    bounds the work spent on any one player. To require ``n_updates`` samples
+    for every player use :class:`MinUpdates`.
+    """
 
     def __init__(self, n_updates: int) -> None:
         self.n_updates = check_positive_int(n_updates, "n_updates", "MaxUpdates")
+
+    def check(self, state: ConvergenceState) -> bool:
+        return bool(np.max(state.counts, initial=0) >= self.n_updates)
+
+    def completion(self, state: ConvergenceState) -> float:
+        return float(min(1.0, np.max(state.counts, initial=0) / self.n_updates))
+
+
+class MinUpdates(StoppingCriterion):
+    """Stop once the LEAST-updated player has ``n_updates`` samples (pyDVL's ``MinUpdates``).
+
+    Per player, a player with ``n_updates`` samples has converged (it needs no more work).
+    """
+
+    def __init__(self, n_updates: int) -> None:
+        self.n_updates = check_positive_int(n_updates, "n_updates", "MinUpdates")
 
     def check(self, state: ConvergenceState) -> bool:
         return bool(np.all(state.counts >= self.n_updates))
@@ -160,6 +184,24 @@ class MaxUpdates(StoppingCriterion):
 
     def converged(self, state: ConvergenceState) -> np.ndarray:
         return state.counts >= self.n_updates
+
+
+class MaxChecks(StoppingCriterion):
+    """Stop after ``n_checks`` checks, i.e. merged blocks (pyDVL's ``MaxChecks``)."""
+
+    def __init__(self, n_checks: int) -> None:
+        self.n_checks = check_positive_int(n_checks, "n_checks", "MaxChecks")
+        self._checks = 0
+
+    def reset(self) -> None:
+        self._checks = 0
+
+    def check(self, state: ConvergenceState) -> bool:
+        self._checks += 1
+        return self._checks >= self.n_checks
+
+    def completion(self, state: ConvergenceState) -> float:
+        return min(1.0, self._checks / self.n_checks)
 
 
 class MaxTime(StoppingCriterion):
@@ -196,7 +238,15 @@ class _PerPoint(StoppingCriterion):
 
 
 class AbsoluteStandardError(_PerPoint):
-    """Converged where ``stderr <= threshold``."""
+    """Converged where ``stderr <= threshold`` (and the player has ``burn_in`` samples).
+
+    Standard errors come from the estimator's finalize, which never reports 0
+    for a player merely because its samples agree (see
+    :func:`~dvl_dask.valuation._stats.guarded_stderr`): with a known score
+    range ``D`` an all-equal player has ``stderr = 1.5 W / n`` (``W`` the
+    sample width, e.g. ``2 D`` for marginals), so it converges only after
+    ``n >= 1.5 W / threshold`` samples, when the rule of three bounds its error.
+    """
 
     def __init__(self, threshold: float, *, fraction: float = 1.0, burn_in: int = 4) -> None:
         self.threshold = check_real(
@@ -209,47 +259,86 @@ class AbsoluteStandardError(_PerPoint):
 
 
 class RelativeStandardError(_PerPoint):
-    """Converged where ``stderr <= rtol * |value|`` (players valued exactly 0 need ``stderr == 0``).
+    """Converged where ``stderr <= rtol * |value| + atol`` (and the player has ``burn_in`` samples).
 
-    ``rtol`` must be finite and at least 1e-9: smaller tolerances cannot be reached by sampling.
+    With ``atol = 0`` (default) a player valued exactly 0 converges only with
+    ``stderr == 0``, which the estimators report only for samples that are
+    truly constant with no known range: a rarely pivotal player seen at 0 keeps
+    a positive stderr (variance floor) and keeps receiving work. Pass ``atol``
+    to accept players whose value is indistinguishable from 0 at that scale.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``rtol < 1e-6`` (below floating-point noise of Monte Carlo means;
+        the run would never stop) or ``atol < 0``.
     """
 
-    def __init__(self, rtol: float, *, fraction: float = 1.0, burn_in: int = 4) -> None:
-        # rtol < 1e-9 would need ~1e18 samples per point: refused rather than running forever.
-        self.rtol = check_real(rtol, "rtol", "RelativeStandardError", low=1e-9, finite=True)
+    def __init__(self, rtol: float, *, atol: float = 0.0, fraction: float = 1.0, burn_in: int = 4) -> None:
+        self.rtol = check_real(rtol, "rtol", "RelativeStandardError", low=0.0, low_open=True, finite=True)
+        if self.rtol < 1e-6:
+            raise InvalidParameterError(
+                f"The 'rtol' parameter of RelativeStandardError must be at least 1e-6. Got {rtol!r}: "
+                "Monte Carlo errors shrink like 1/sqrt(samples), so this would never stop. "
+                "To fix, use e.g. rtol=0.05, or MaxEvaluations for a fixed budget."
+            )
+        self.atol = check_real(atol, "atol", "RelativeStandardError", low=0.0, finite=True)
         super().__init__(fraction, burn_in)
 
     def _passes(self, state: ConvergenceState) -> np.ndarray:
-        return state.stderr <= self.rtol * np.abs(state.values)
+        return state.stderr <= self.rtol * np.abs(state.values) + self.atol
 
 
 class HistoryDeviation(StoppingCriterion):
-    """Ghorbani & Zou's TMC rule: stop when the mean relative change of the values over
-    the last ``n_steps`` checks is below ``rtol``: ``mean_i |v_i(t) - v_i(t-n)| / |v_i(t)| < rtol``.
-    Players valued 0 are skipped."""
+    """Ghorbani & Zou's rule (Data Shapley, 2019): stop when every player's values are stable.
+
+    For each player, keep its values after each of its last ``n_steps``
+    updates (checks where its count grew). Its deviation is the mean relative
+    change over those updates, ``mean_j |v(t_j) - v(t_{j-1})| / |v(now)|``
+    (0 for a player whose values are all exactly 0). Stop when the maximum
+    deviation over players is below ``rtol``; players with fewer than
+    ``n_steps`` updates count as not converged. A heuristic: it measures
+    stability of the running means, not their error.
+    """
 
     def __init__(self, n_steps: int, rtol: float) -> None:
         self.n_steps = check_positive_int(n_steps, "n_steps", "HistoryDeviation")
         self.rtol = check_real(rtol, "rtol", "HistoryDeviation", low=0.0, low_open=True, finite=True)
-        self._history: deque[np.ndarray] = deque(maxlen=self.n_steps + 1)
-        self._last = np.inf
+        self.reset()
 
     def reset(self) -> None:
-        self._history.clear()
+        self._values: np.ndarray | None = None  # (n_steps + 1, n) last values per player, newest last
+        self._seen: np.ndarray | None = None  # recorded updates per player
+        self._counts: np.ndarray | None = None
         self._last = np.inf
 
-    def _deviation(self) -> float:
-        if len(self._history) <= self.n_steps:
-            return np.inf
-        now, then = self._history[-1], self._history[0]
-        nonzero = np.abs(now) > 0
-        if not nonzero.any():
-            return 0.0
-        return float(np.mean(np.abs(now[nonzero] - then[nonzero]) / np.abs(now[nonzero])))
+    def _record(self, state: ConvergenceState) -> None:
+        values = np.array(state.values, dtype=np.float64)
+        counts = np.asarray(state.counts)
+        if self._values is None or self._values.shape[1] != len(values):
+            self._values = np.zeros((self.n_steps + 1, len(values)))
+            self._seen = np.zeros(len(values), dtype=np.int64)
+            self._counts = np.zeros(len(values), dtype=np.int64)
+        assert self._seen is not None and self._counts is not None
+        updated = counts > self._counts
+        self._values[:, updated] = np.roll(self._values[:, updated], -1, axis=0)
+        self._values[-1, updated] = values[updated]
+        self._seen[updated] += 1
+        self._counts = counts.copy()
+
+    def deviations(self) -> np.ndarray:
+        """Per-player mean relative change over the last ``n_steps`` updates (inf if too few)."""
+        if self._values is None or self._seen is None:
+            return np.array([np.inf])
+        steps = np.abs(np.diff(self._values, axis=0)).mean(axis=0)
+        now = np.abs(self._values[-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dev = np.where(now > 0, steps / now, np.where(steps > 0, np.inf, 0.0))
+        return np.where(self._seen > self.n_steps, dev, np.inf)
 
     def check(self, state: ConvergenceState) -> bool:
-        self._history.append(np.array(state.values, dtype=np.float64))
-        self._last = self._deviation()
+        self._record(state)
+        self._last = float(np.max(self.deviations()))
         return self._last < self.rtol
 
     def completion(self, state: ConvergenceState) -> float:
@@ -258,17 +347,21 @@ class HistoryDeviation(StoppingCriterion):
 
 class RankCorrelation(StoppingCriterion):
     """Stop when the Spearman correlation of the values between consecutive checks exceeds
-    ``1 - rtol``, after ``burn_in`` checks."""
+    ``1 - rtol``, after ``burn_in`` checks.
+
+    An undefined correlation (NaN: constant values, e.g. all players still at
+    0) never stops the run.
+    """
 
     def __init__(self, rtol: float, *, burn_in: int = 10) -> None:
         self.rtol = check_real(rtol, "rtol", "RankCorrelation", low=0.0, high=1.0, low_open=True)
         self.burn_in = check_positive_int(burn_in, "burn_in", "RankCorrelation")
         self._previous: np.ndarray | None = None
         self._checks = 0
-        self._last = -1.0
+        self._last = float("nan")
 
     def reset(self) -> None:
-        self._previous, self._checks, self._last = None, 0, -1.0
+        self._previous, self._checks, self._last = None, 0, float("nan")
 
     def check(self, state: ConvergenceState) -> bool:
         from scipy.stats import spearmanr
@@ -276,13 +369,17 @@ class RankCorrelation(StoppingCriterion):
         values = np.array(state.values, dtype=np.float64)
         self._checks += 1
         if self._previous is not None and len(values) > 1:
-            rho = spearmanr(self._previous, values).statistic
-            self._last = float(rho) if np.isfinite(rho) else 1.0
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # constant input: NaN, handled below
+                rho = spearmanr(self._previous, values).statistic
+            self._last = float(rho)
         self._previous = values
-        return self._checks >= self.burn_in and self._last >= 1.0 - self.rtol
+        return bool(self._checks >= self.burn_in and np.isfinite(self._last) and self._last >= 1.0 - self.rtol)
 
     def completion(self, state: ConvergenceState) -> float:
-        return float(np.clip(self._last, 0.0, 1.0) / (1.0 - self.rtol)) if self._last > 0 else 0.0
+        if not np.isfinite(self._last) or self._last <= 0:
+            return 0.0
+        return float(min(1.0, self._last / (1.0 - self.rtol)))
 
 
 def now() -> float:

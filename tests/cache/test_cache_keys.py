@@ -34,7 +34,7 @@ def _data(seed: int) -> Dataset:
 def _utility(data: Dataset, cache=None) -> Utility:
     from sklearn.linear_model import LinearRegression
 
-    return Utility(LinearRegression(), data, "r2", cache=cache)
+    return Utility(LinearRegression(), data, "r2", default_score=0.0, cache=cache)
 
 
 def test_same_coalition_in_another_order_hits() -> None:
@@ -76,7 +76,8 @@ def test_another_model_or_scorer_misses() -> None:
 
     data = _data(0)
     keys = {
-        memoize(Utility(model, data, scorer).fit_and_score, InMemoryCacheBackend()).cache_key(np.arange(3))
+        memoize(Utility(model, data, scorer, default_score=0.0).fit_and_score, InMemoryCacheBackend())
+        .cache_key(np.arange(3))
         for model, scorer in [
             (Ridge(alpha=1.0), "r2"),
             (Ridge(alpha=2.0), "r2"),
@@ -201,7 +202,7 @@ f = memoize(m.utility, backend, namespace="two-processes", subset_args=["players
 rng = np.random.default_rng(0)
 x = rng.normal(size=(24, 3))
 data = Dataset.from_arrays(x, x.sum(axis=1), train_size=0.5, seed=0)
-u = Utility(LinearRegression(), data, "r2", cache=backend)
+u = Utility(LinearRegression(), data, "r2", default_score=0.0, cache=backend)
 values = [f(list(range(i, 0, -1))) for i in range(1, 6)]
 out = {
     "keys": [f.cache_key([2, 1, 0]), u._memoized.cache_key(np.arange(4)), f.key_function.function_token],
@@ -276,4 +277,4 @@ def _utility_from(x: np.ndarray) -> Utility:
     from sklearn.linear_model import LinearRegression
 
     data = Dataset.from_arrays(x, x.sum(axis=1), train_size=0.5, seed=0)
-    return Utility(LinearRegression(), data, "r2", cache=InMemoryCacheBackend())
+    return Utility(LinearRegression(), data, "r2", default_score=0.0, cache=InMemoryCacheBackend())

@@ -62,9 +62,9 @@ def test_two_distributed_workers_share_hits(local_cluster, memcached_server) -> 
     x = rng.normal(size=(16, 2))
     data = Dataset.from_arrays(x, x @ np.array([1.0, 2.0]), train_size=0.5, seed=0)
     with dask.config.set({"dvl_dask.cache.namespace": _namespace()}):
-        utility = Utility(LinearRegression(), data, "r2", cache=_backend(memcached_server))
+        utility = Utility(LinearRegression(), data, "r2", default_score=0.0, cache=_backend(memcached_server))
     coalitions = [[0, 1], [2, 3, 4], [1, 5, 6, 7], [7, 6, 5, 1]]
-    expected = [Utility(LinearRegression(), data, "r2")(c) for c in coalitions]
+    expected = [Utility(LinearRegression(), data, "r2", default_score=0.0)(c) for c in coalitions]
 
     with Client(local_cluster, set_as_default=False) as client:
         worker_a, worker_b = sorted(client.scheduler_info()["workers"])[:2]

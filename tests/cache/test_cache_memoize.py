@@ -51,8 +51,8 @@ def _dataset(n_train: int = 6) -> Dataset:
 
 def test_utility_with_memory_cache_fits_once_per_coalition() -> None:
     data = _dataset(6)
-    plain = Utility(CountingLinearRegression(), data, "r2")
-    cached = Utility(CountingLinearRegression(), data, "r2", cache=InMemoryCacheBackend())
+    plain = Utility(CountingLinearRegression(), data, "r2", default_score=0.0)
+    cached = Utility(CountingLinearRegression(), data, "r2", default_score=0.0, cache=InMemoryCacheBackend())
     coalitions = [c for r in range(7) for c in itertools.combinations(range(6), r)]
     rng = np.random.default_rng(0)
 
@@ -73,12 +73,12 @@ def test_utility_with_memory_cache_fits_once_per_coalition() -> None:
 
 def test_utility_rejects_a_cache_that_is_not_a_backend() -> None:
     with pytest.raises(InvalidParameterError, match="'cache' argument of Utility"):
-        Utility(LinearRegression(), _dataset(), "r2", cache={})
+        Utility(LinearRegression(), _dataset(), "r2", default_score=0.0, cache={})
 
 
 def test_cached_utility_survives_cloudpickle_and_keeps_its_key() -> None:
     cache = InMemoryCacheBackend()
-    u = Utility(LinearRegression(), _dataset(), "r2", cache=cache)
+    u = Utility(LinearRegression(), _dataset(), "r2", default_score=0.0, cache=cache)
     u([0, 1, 2])
     clone = cloudpickle.loads(cloudpickle.dumps(u))
     assert clone._memoized.cache_key(np.arange(3)) == u._memoized.cache_key(np.arange(3))

@@ -20,7 +20,7 @@ from dvl_dask.valuation import (
     HistoryDeviation,
     MaxEvaluations,
     MaxTime,
-    MaxUpdates,
+    MinUpdates,
     RankCorrelation,
     RelativeStandardError,
     StoppingCriterion,
@@ -138,7 +138,7 @@ def test_same_seed_same_values_on_distributed_with_one_and_two_workers(client):
 
 
 def test_executor_and_waves_agree():
-    stop = MaxUpdates(60)
+    stop = MinUpdates(60)
     waves = run_until_converged(permutation_shapley, GAME, stop=stop, seed=5, items_per_block=7, progress=False)
     with ThreadPoolExecutor(2) as pool:
         pooled = run_until_converged(permutation_shapley, GAME, stop=stop, seed=5, items_per_block=7,
@@ -150,11 +150,11 @@ def test_executor_and_waves_agree():
 # -- checkpoints, resume, interruption ------------------------------------------------------------
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     kwargs = dict(seed=21, items_per_block=6, blocks_per_round=3, progress=False, truncation=FixedTruncation(0.5))
-    full = run_until_converged(permutation_shapley, GAME, stop=MaxUpdates(120), **kwargs)
+    full = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(120), **kwargs)
     ck = str(tmp_path / "run.zarr")
-    part = run_until_converged(permutation_shapley, GAME, stop=MaxUpdates(40), checkpoint=ck, **kwargs)
+    part = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(40), checkpoint=ck, **kwargs)
     assert part.attrs["n_blocks"] < full.attrs["n_blocks"]
-    resumed = run_until_converged(permutation_shapley, GAME, stop=MaxUpdates(120), checkpoint=ck, **kwargs)
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(120), checkpoint=ck, **kwargs)
     for a, b in zip(_values(full), _values(resumed)):
         np.testing.assert_array_equal(a, b)
     stored = load_checkpoint(ck)
@@ -215,7 +215,7 @@ def test_worker_killed_mid_run_gives_identical_results(client):
 
     game = SlowGame([1.0, 2.0, 2.5, 4.0, 5.0, 7.5], delay=0.004)
     kwargs = dict(seed=9, items_per_block=4, blocks_per_round=8, progress=False)
-    reference = run_until_converged(permutation_shapley, game, stop=MaxUpdates(96), **kwargs)
+    reference = run_until_converged(permutation_shapley, game, stop=MinUpdates(96), **kwargs)
     worker = next(iter(client.scheduler_info()["workers"]))
     pid = client.run(os.getpid, workers=[worker])[worker]
 
@@ -225,7 +225,7 @@ def test_worker_killed_mid_run_gives_identical_results(client):
 
     killer = threading.Thread(target=kill_soon)
     killer.start()
-    got = run_until_converged(permutation_shapley, game, stop=MaxUpdates(96), client=client, **kwargs)
+    got = run_until_converged(permutation_shapley, game, stop=MinUpdates(96), client=client, **kwargs)
     killer.join()
     for a, b in zip(_values(reference), _values(got)):
         np.testing.assert_array_equal(a, b)
@@ -242,7 +242,7 @@ def _run(stop, method=permutation_shapley, **kw):
 def test_max_evaluations_and_updates():
     ds = _run(MaxEvaluations(200))
     assert 200 <= ds.attrs["n_evaluations"] < 200 + 5 * 7
-    ds = _run(MaxUpdates(33))
+    ds = _run(MinUpdates(33))
     assert ds["counts"].values.min() >= 33 and ds["counts"].values.min() < 33 + 5
 
 
@@ -282,7 +282,7 @@ def test_compositions():
     assert _run(MaxEvaluations(100) & MaxEvaluations(1000)).attrs["n_evaluations"] >= 1000
     # ~ negates: "not yet 300 evaluations" holds at once, so the run stops after the first block
     assert _run(~MaxEvaluations(300)).attrs["n_blocks"] == 1
-    both = _run(MaxUpdates(10) & AbsoluteStandardError(0.2))
+    both = _run(MinUpdates(10) & AbsoluteStandardError(0.2))
     assert both["counts"].values.min() >= 10 and (both["stderr"].values <= 0.2).all()
 
 

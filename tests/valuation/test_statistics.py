@@ -1,0 +1,255 @@
+"""Regression tests of issue 10: each statistical defect, pinned."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import dask
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from dvl_dask import Dataset, Utility, config
+from dvl_dask.errors import InvalidParameterError, SchemaError
+from dvl_dask.results import merge_results
+from dvl_dask.testing.games import AdditiveGame, AirportGame, MinerGame, WeightedVotingGame
+from dvl_dask.valuation import (
+    ConvergenceState,
+    HistoryDeviation,
+    MaxChecks,
+    MaxUpdates,
+    MinUpdates,
+    RankCorrelation,
+    RelativeStandardError,
+    StratifiedSampler,
+    banzhaf,
+    exact_shapley,
+    load_checkpoint,
+    msr_banzhaf,
+    permutation_shapley,
+    run_until_converged,
+    semivalue,
+    shapley_coefficient,
+)
+from dvl_dask.valuation._stats import FLOOR_FACTOR, PointStats, finalize_stats, guarded_stderr
+
+RARE = WeightedVotingGame([12, 11, 10, 10, 9, 9, 8, 8, 7, 6, 6, 1], quota=72)
+
+
+def _state(values, counts=None, stderr=None):
+    values = np.asarray(values, dtype=float)
+    counts = np.full(len(values), 10) if counts is None else np.asarray(counts)
+    stderr = np.zeros(len(values)) if stderr is None else np.asarray(stderr, dtype=float)
+    return ConvergenceState(values, stderr, counts, 0, 0, 0.0)
+
+
+# -- frozen players -----------------------------------------------------------------------------------
+def test_all_equal_samples_get_the_rule_of_three_floor():
+    stats = PointStats.from_samples(np.zeros((40, 2)), np.ones((40, 2), bool), 40)
+    assert np.allclose(guarded_stderr(stats, 2.0), FLOOR_FACTOR * 2.0 / 40)
+    # unknown range: not converged until the minimum count
+    assert np.all(np.isinf(guarded_stderr(PointStats.from_samples(np.zeros((5, 1)), np.ones((5, 1), bool), 5), None)))
+    one = PointStats.from_samples(np.ones((1, 1)), np.ones((1, 1), bool), 1)
+    assert guarded_stderr(one, 2.0)[0, 0] == pytest.approx(1.0)  # Popoviciu: W / 2
+
+
+def test_rule_of_three_guarantee_holds_for_a_rare_event():
+    # p = 4/n: the chance of n equal samples is below e^-3, and if they are equal the
+    # +-2 stderr interval would miss the mean; check the arithmetic of the guarantee
+    n, w = 200, 1.0
+    p = 4 / n
+    assert (1 - p) ** n < math.exp(-3) < 0.05
+    assert w * p > 2 * FLOOR_FACTOR * w / n
+
+
+def test_rarely_pivotal_player_is_never_retired_at_zero():
+    for seed in range(4):
+        ds = run_until_converged(permutation_shapley, RARE, stop=RelativeStandardError(0.2), seed=seed,
+                                 items_per_block=4, blocks_per_round=2, progress=False)
+        last = ds.sel(sample=11)
+        assert not (float(last["value"]) == 0 and float(last["stderr"]) == 0)
+        assert float(last["value"]) > 0  # RSE cannot converge at exactly 0 (floor > 0)
+
+
+def test_zero_variance_players_keep_a_positive_stderr():
+    ds = permutation_shapley(AdditiveGame([1.0, 0.0, 2.0]), n_permutations=20, seed=0).compute(scheduler="sync")
+    np.testing.assert_allclose(ds["value"].values, [1.0, 0.0, 2.0])
+    assert np.all(ds["stderr"].values > 0)
+
+
+# -- antithetic ---------------------------------------------------------------------------------------
+def test_antithetic_pair_is_one_sample():
+    ds = permutation_shapley(MinerGame(5), n_permutations=40, antithetic=True, seed=1, items_per_block=10)
+    ds = ds.compute(scheduler="sync")
+    assert ds["counts"].values.tolist() == [20] * 5
+    assert ds.attrs["effective_sample_size"] == 20
+    assert ds.attrs["sample_unit"] == "antithetic pair"
+    odd = permutation_shapley(MinerGame(5), n_permutations=5, antithetic=True, seed=1, items_per_block=5)
+    assert odd.compute(scheduler="sync")["counts"].values.tolist() == [3] * 5  # rounded up to whole pairs
+
+
+def test_antithetic_stderr_matches_spread_over_seeds():
+    game = MinerGame(5)
+    runs = [permutation_shapley(game, n_permutations=20, antithetic=True, seed=s, items_per_block=20)
+            .compute(scheduler="sync") for s in range(120)]
+    values = np.array([r["value"].values for r in runs])
+    reported = np.sqrt(np.mean([r["stderr"].values ** 2 for r in runs], axis=0))
+    ratio = values.std(axis=0, ddof=1) / reported
+    assert np.all((ratio > 0.75) & (ratio < 1.3)), ratio  # was ~1.48 when pair members counted twice
+
+
+def test_antithetic_msr_is_refused():
+    with pytest.raises(InvalidParameterError, match="antithetic"):
+        msr_banzhaf(RARE, n_samples=10, antithetic=True)
+
+
+# -- stratified ---------------------------------------------------------------------------------------
+def test_stratified_sampler_allocates_equally_per_size():
+    sampler = StratifiedSampler()
+    rng = np.random.default_rng(0)
+    masks, sizes = sampler.draw_for_player(rng, 6, 2, 14)
+    assert np.all(masks.sum(axis=1) == sizes) and not masks[:, 2].any()
+    per_size = np.bincount(sizes, minlength=6)
+    assert set(per_size.tolist()) == {2, 3} and per_size.sum() == 14
+    with pytest.raises(InvalidParameterError, match="allocation"):
+        StratifiedSampler(allocation="neyman")
+
+
+def test_stratified_estimator_combines_strata_with_weights():
+    game = AirportGame([1.0, 2.0, 4.0, 7.0])
+    ds = semivalue(game, shapley_coefficient, n_samples=400, sampler="stratified", seed=0)
+    ds = ds.compute(scheduler="sync")
+    np.testing.assert_allclose(ds["value"].values, game.shapley_values(), atol=4 * ds["stderr"].values.max())
+    # per-stratum statistics: strata combine as sum_k w_k mean_k
+    stats = PointStats(np.array([[2], [2]]), np.array([[1.0], [3.0]]), np.array([[0.5], [0.5]]))
+    value, stderr, counts = finalize_stats(stats, {"combine": "strata", "stratum_weights": [0.25, 0.75],
+                                                   "sample_range": None})
+    assert value[0] == pytest.approx(2.5) and counts[0] == 4
+    assert stderr[0] == pytest.approx(math.sqrt(0.25**2 * 0.25 + 0.75**2 * 0.25))
+
+
+def test_u_empty_counted_once_per_block():
+    calls = []
+
+    class Counting(AirportGame):
+        def value(self, players):
+            calls.append(len(players))
+            return super().value(players)
+
+    game = Counting([1.0, 2.0, 3.0])
+    ds = permutation_shapley(game, n_permutations=12, seed=0, items_per_block=6).compute(scheduler="sync")
+    assert calls.count(0) == 2  # two blocks
+    assert ds.attrs["n_evaluations"] == 2 * (6 * 3 + 1) == len(calls)
+
+
+# -- default score ------------------------------------------------------------------------------------
+def _regression_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 2))
+    y = x @ [1.0, -2.0] + 5.0
+    return Dataset(x[:6], y[:6], x[6:], y[6:])
+
+
+def test_default_score_from_scorer_range():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 2))
+    y = (x[:, 0] > 0).astype(int)
+    data = Dataset(x[:8], y[:8], x[8:], y[8:])
+    for scorer in ("accuracy", "f1", "roc_auc", "precision", "recall"):
+        assert Utility(LogisticRegression(), data, scorer).default_score == 0.0
+    for scorer in ("r2", "neg_mean_squared_error", "neg_log_loss"):
+        with pytest.raises(InvalidParameterError, match="default_score"):
+            Utility(LogisticRegression(), data, scorer)
+    for bad in (float("nan"), float("inf"), "x"):
+        with pytest.raises(InvalidParameterError, match="finite"):
+            Utility(LogisticRegression(), data, "accuracy", default_score=bad)
+    with dask.config.set({config.UTILITY_DEFAULT_SCORE: -1.0}):
+        assert Utility(LogisticRegression(), data, "r2").default_score == -1.0
+
+
+def test_negative_mse_values_are_sane_with_explicit_default():
+    data = _regression_data()
+    u = Utility(LinearRegression(), data, "neg_mean_squared_error", default_score=-100.0)
+    ds = exact_shapley(u).compute(scheduler="sync")
+    # efficiency: values sum to u(N) - u(empty); with the best score for the empty set they did not
+    assert float(ds["value"].sum()) == pytest.approx(u(range(6)) - u([]))
+    assert u.score_range is None  # unbounded below: no variance floor from the range
+
+
+# -- merge --------------------------------------------------------------------------------------------
+def test_merge_any_budgets_and_refuses_overlap():
+    a = permutation_shapley(RARE, n_permutations=20, seed=1).compute(scheduler="sync")
+    b = permutation_shapley(RARE, n_permutations=60, seed=2).compute(scheduler="sync")
+    merged = merge_results(a, b)
+    assert merged["counts"].values.tolist() == [80] * 12
+    assert json.loads(merged.attrs["parameters"])["n_permutations"] == 80
+    with pytest.raises(InvalidParameterError, match="share samples"):
+        merge_results(a, a)
+    with pytest.raises(InvalidParameterError, match="share samples"):
+        merge_results(merged, b)
+    c = permutation_shapley(RARE, n_permutations=20, seed=1, antithetic=True).compute(scheduler="sync")
+    with pytest.raises(SchemaError, match="sampler"):
+        merge_results(a, c)
+
+
+# -- stopping vocabulary ------------------------------------------------------------------------------
+def test_max_and_min_updates_follow_pydvl():
+    state = _state([1.0, 2.0], counts=[3, 10])
+    assert MaxUpdates(10).check(state) and not MaxUpdates(11).check(state)
+    assert not MinUpdates(10).check(state) and MinUpdates(3).check(state)
+    assert MinUpdates(5).converged(state).tolist() == [False, True]
+
+
+def test_max_checks():
+    stop = MaxChecks(3)
+    assert [stop.check(_state([1.0])) for _ in range(3)] == [False, False, True]
+    stop.reset()
+    assert not stop.check(_state([1.0]))
+
+
+def test_history_deviation_is_per_player_max_over_updates():
+    stop = HistoryDeviation(n_steps=2, rtol=0.05)
+    # player 0 is stable, player 1 keeps moving by 20%: never stop
+    for t in range(1, 8):
+        assert not stop.check(_state([1.0, 1.0 + 0.2 * (t % 2)], counts=[t, t]))
+    stop = HistoryDeviation(n_steps=2, rtol=0.05)
+    results = [stop.check(_state([1.0, 2.0], counts=[t, t])) for t in range(1, 5)]
+    assert results == [False, False, True, True]  # needs n_steps updates of every player
+
+
+def test_rank_correlation_does_not_stop_on_nan():
+    stop = RankCorrelation(rtol=0.1, burn_in=1)
+    assert not any(stop.check(_state([0.0, 0.0, 0.0])) for _ in range(5))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1e-6, exclude_max=True))
+def test_absurd_rtol_refused(rtol):
+    with pytest.raises(InvalidParameterError, match="rtol"):
+        RelativeStandardError(rtol)
+
+
+def test_relative_standard_error_atol():
+    state = _state([0.0, 1.0], stderr=[0.01, 0.01])
+    assert RelativeStandardError(0.05, atol=0.02, burn_in=1).converged(state).tolist() == [True, True]
+    assert RelativeStandardError(0.05, burn_in=1).converged(state).tolist() == [False, True]
+
+
+# -- checkpoints use the same finalize ---------------------------------------------------------------
+def test_load_checkpoint_matches_live_run(tmp_path):
+    ck = str(tmp_path / "ck.zarr")
+    kw = dict(seed=3, items_per_block=6, progress=False)
+    live = run_until_converged(semivalue, RARE, stop=MinUpdates(24), checkpoint=ck, coefficient=shapley_coefficient,
+                               sampler="stratified", **kw)
+    loaded = load_checkpoint(ck)
+    np.testing.assert_allclose(loaded["value"].values, live["value"].values)
+    np.testing.assert_allclose(loaded["stderr"].values, live["stderr"].values)
+    assert np.all(loaded["stderr"].values > 0)
+
+
+def test_banzhaf_sampler_antithetic_pairs():
+    ds = banzhaf(RARE, n_samples=10, sampler="antithetic", seed=0, items_per_block=10).compute(scheduler="sync")
+    assert ds["counts"].values.tolist() == [5] * 12
