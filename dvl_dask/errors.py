@@ -18,7 +18,10 @@ builtin they already handle (``except ValueError``)::
     ├── CheckpointMismatchError (ValueError)   a checkpoint of another run/utility
     ├── TokenizationError (RuntimeError)       an object cannot be hashed deterministically
     ├── CacheError (RuntimeError)              a cache backend failed
-    └── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+    ├── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
+    ├── CheckpointCorruptError (ValueError)    a checkpoint fails verification (names block, recovery)
+    ├── CheckpointInUseError (RuntimeError)    another writer holds a checkpoint's lease
+    └── NoWorkersError (RuntimeError)          a cluster had no workers for too long
 
     DvlDaskWarning (UserWarning)
     ├── UtilityFailureWarning                  a fit failed; default score used
@@ -50,6 +53,9 @@ __all__ = [
     "UnknownModeError",
     "UnknownScorerError",
     "UtilityFailureWarning",
+    "CheckpointCorruptError",
+    "CheckpointInUseError",
+    "NoWorkersError",
 ]
 
 
@@ -127,3 +133,25 @@ class CacheUnavailableWarning(DvlDaskWarning):
 
 class ConvergenceWarning(DvlDaskWarning):
     """An iterative solver stopped before reaching its tolerance."""
+
+
+class CheckpointCorruptError(DvlDaskError, ValueError):
+    """A checkpoint is damaged: a chunk, metadata file or commit record is missing or fails its checksum.
+
+    Attributes
+    ----------
+    block : int or None
+        The first block that cannot be trusted (``truncate_checkpoint(url, block)`` keeps those before it).
+    """
+
+    def __init__(self, message: str, block: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+
+
+class CheckpointInUseError(DvlDaskError, RuntimeError):
+    """Another process holds the writer lease of a checkpoint (two writers would interleave blocks)."""
+
+
+class NoWorkersError(DvlDaskError, RuntimeError):
+    """A distributed cluster had no workers for longer than the configured timeout."""
