@@ -114,8 +114,16 @@ class _Files:
         try:
             return json.loads(data)
         except ValueError as exc:
+            recovery = _recovery(self.url, block) if block is not None else (
+                f"To recover, call dvl_dask.results.truncate_checkpoint({self.url!r}, <blocks to keep>): it "
+                "rewrites metadata from its copy (zarr.json and header.json hold the same header) and keeps the "
+                "blocks that verify."
+            )
+            where = "" if block is None else f" at block {block}"
             raise CheckpointCorruptError(
-                f"The checkpoint at {self.url} is damaged: {what} ({key}) is not valid JSON ({exc}).", block
+                f"The checkpoint at {self.url} is damaged{where}: {what} ({key}) is not valid JSON ({exc}). "
+                f"{recovery}",
+                block,
             ) from None
 
     def write(self, key: str, data: bytes) -> None:
@@ -483,16 +491,24 @@ def _read_attrs(files: _Files) -> dict[str, Any] | None:
 
 
 def _read_head(files: _Files, attrs: dict[str, Any]) -> dict[str, Any]:
-    head = files.read_json("head.json", "the commit point")
+    head = files.read_json("head.json", "the commit point", 0)
     if head is None:
+        survive = _surviving_blocks(files)
         raise CheckpointCorruptError(
-            f"The checkpoint at {files.url} is damaged: its commit point (head.json) is missing, so no block can "
-            f"be trusted. To recover, keep the blocks whose commit records survive with "
-            f"dvl_dask.results.truncate_checkpoint({files.url!r}, <blocks to keep>).", 0
+            f"The checkpoint at {files.url} is damaged: its commit point (head.json) is missing. Commit records "
+            f"survive for blocks 0 to {survive - 1} (before block {survive}). To recover, keep them with "
+            f"dvl_dask.results.truncate_checkpoint({files.url!r}, {survive}), which verifies each, and resume "
+            "the run.", survive
         )
     n = int(head.get("n_blocks", -1))
     for array in _ARRAYS:
-        meta = files.read_json(f"{array}/zarr.json", f"the metadata of array {array!r}")
+        try:
+            meta = files.read_json(f"{array}/zarr.json", f"the metadata of array {array!r}")
+        except CheckpointCorruptError as exc:
+            raise CheckpointCorruptError(
+                f"{exc} The {n} committed blocks may be intact: dvl_dask.results.truncate_checkpoint("
+                f"{files.url!r}, {n}) rewrites the metadata and verifies them.", n
+            ) from None
         expected = _array_metadata(attrs, array, 0)
         if meta is None or list(meta.get("shape", [])[1:]) != expected["shape"][1:] or meta["shape"][0] < n:
             state = "missing" if meta is None else "inconsistent with the header"
@@ -502,6 +518,19 @@ def _read_head(files: _Files, attrs: dict[str, Any]) -> dict[str, Any]:
                 "rewrites the metadata and verifies them.", n
             )
     return head
+
+
+def _surviving_blocks(files: _Files) -> int:
+    """Blocks covered by the contiguous, readable commit records from record 0 on."""
+    expected, i = 0, 0
+    while True:
+        try:
+            record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}")
+        except CheckpointCorruptError:
+            return expected
+        if record is None or int(record.get("first", -1)) != expected:
+            return expected
+        expected, i = int(record["stop"]), i + 1
 
 
 def _records(files: _Files, n_commits: int, n_blocks: int) -> list[dict[str, Any]]:
