@@ -15,10 +15,11 @@ every backend, window and number of workers.
   backend raises :class:`~dvl_dask.errors.NoWorkersError`.
 * :class:`ExecutorBackend`: any ``concurrent.futures.Executor`` (the utility
   travels with each block: an executor has no shared data).
-* :class:`ThreadBackend`, :class:`InlineBackend`: dask's ``threads`` and
-  ``sync`` schedulers (a pool of ``num_workers`` threads, or the calling thread).
-* :class:`WaveBackend`: any other dask scheduler (``processes``, a custom
-  ``get``): waves of ``num_workers`` blocks through ``dask.compute``.
+* :class:`ThreadBackend`, :class:`ProcessBackend`, :class:`InlineBackend`:
+  dask's ``threads``, ``processes`` and ``sync`` schedulers (a pool of
+  ``num_workers`` threads or processes kept for the run, or the calling thread).
+* :class:`WaveBackend`: any other dask scheduler (a custom ``get``): waves of
+  ``num_workers`` blocks through ``dask.compute``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 import dask
 import dask.local
+import dask.multiprocessing
 import dask.threaded
 import numpy as np
 
@@ -120,8 +122,6 @@ class DistributedBackend(Backend):
 
     def __init__(self, spec: BlockSpec, client: Any, window: int | None = None) -> None:
         super().__init__(spec)
-        from distributed import as_completed
-
         self.client = client
         self.fixed_window = _configured_window(window)
         self.per_thread = float(config.get(config.MC_WINDOW_PER_THREAD))
@@ -132,7 +132,9 @@ class DistributedBackend(Backend):
         key = f"utility-{spec.utility.token}-{uuid.uuid4().hex[:8]}"
         self.utility = client.submit(_produce, spec.utility, key=key, pure=False)
         self.futures: dict[Any, int] = {}
-        self.as_completed = as_completed()
+        from distributed import as_completed
+
+        self.as_completed = as_completed(loop=client.loop)  # a new block is .add-ed as each one finishes
         self._threads = 0
         self._checked = 0.0
         self._idle_since: float | None = None
@@ -246,6 +248,45 @@ class ThreadBackend(ExecutorBackend):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+_POOL_UTILITY: Any = None
+
+
+def _set_pool_utility(utility: UtilityLike) -> None:
+    """Initializer of a process pool: each worker process receives the utility once."""
+    global _POOL_UTILITY
+    _POOL_UTILITY = utility
+
+
+def _run_on_pool(estimator: Estimator, seed: np.random.SeedSequence, per_block: int,
+                 active: np.ndarray | None) -> PointStats:
+    return run_block(_POOL_UTILITY, estimator, seed, per_block, active)
+
+
+class ProcessBackend(ExecutorBackend):
+    """dask's ``processes`` scheduler: a pool of ``num_workers`` processes owned by the run, which
+    receive the utility once (as dask's scheduler does, with its multiprocessing context)."""
+
+    name = "processes"
+
+    def __init__(self, spec: BlockSpec, num_workers: int, window: int | None = None) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
+        self.pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_set_pool_utility,
+                                        initargs=(spec.utility,))
+        super().__init__(spec, self.pool, window)
+
+    def submit(self, block: int, active: np.ndarray | None) -> None:
+        spec = self.spec
+        self.futures[self.pool.submit(_run_on_pool, spec.estimator, child_seed(spec.seed, block),
+                                      spec.per_block, active)] = block
+
+    def close(self) -> None:
+        super().close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class InlineBackend(Backend):
     """dask's ``sync`` scheduler: each block runs in the calling thread when asked for."""
 
@@ -332,4 +373,6 @@ def choose_backend(spec: BlockSpec, client: Any, executor: Executor | None, wind
         return ThreadBackend(spec, num_workers, window)
     if scheduler is dask.local.get_sync:
         return InlineBackend(spec)
+    if scheduler is dask.multiprocessing.get:
+        return ProcessBackend(spec, num_workers, window)
     return WaveBackend(spec, num_workers, window)
