@@ -19,6 +19,7 @@ Run:  .venv/bin/python benchmarks/bench_sliding_window.py [--threads 1 2 4 8 16 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -105,7 +106,7 @@ def overhead(n_permutations: int) -> None:
     gaps = []
     for worker in {w for w, _, _ in spans}:
         mine = sorted((a, b) for w, a, b in spans if w == worker)
-        gaps += [max(0.0, nxt[0] - prev[1]) for prev, nxt in zip(mine, mine[1:])]
+        gaps += [max(0.0, nxt[0] - prev[1]) for prev, nxt in itertools.pairwise(mine)]
     n_blocks = ds.attrs["n_blocks"]
     per_block = compute / len(spans)
     print(f"[overhead] 100 points of breast_cancer, LogisticRegression, 2 workers x 1 thread: {n_blocks} blocks of "

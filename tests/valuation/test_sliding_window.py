@@ -127,6 +127,7 @@ def test_every_worker_killed_once_gives_identical_values(client16):
     assert not set(workers) & set(client16.scheduler_info()["workers"])  # they really died
 
 
+@pytest.mark.slow
 def test_window_and_scheduler_never_change_values():
     from concurrent.futures import ThreadPoolExecutor
 
