@@ -26,7 +26,7 @@ every ``checkpoint-lease-timeout / 4`` seconds; a second writer is refused with
 :class:`~dvl_dask.errors.CheckpointInUseError` until the heartbeat is older
 than the timeout (a writer that died), and then takes over. It works on any
 store with atomic whole-object writes (local files via rename, S3). Readers
-need no lease.
+need no lease. File access and the lease live in :mod:`._checkpoint_files`.
 
 Format-1 checkpoints (no checksums) can still be read by ``load_checkpoint``
 after a sanity check; resuming one is refused (start a new checkpoint).
@@ -37,17 +37,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import threading
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 
-from .. import config
-from ..errors import CheckpointCorruptError, CheckpointInUseError, CheckpointMismatchError, SchemaError
-from ._stores import is_local, local_path
+from ..errors import CheckpointCorruptError, CheckpointMismatchError, SchemaError
+from ._checkpoint_files import Files, Lease, jsonable, recovery
 
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
 
@@ -56,207 +52,28 @@ _HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n
 _ARRAYS = ("stats", "evaluations")
 
 
-def _jsonable(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def _canonical(v: Any) -> Any:
     """Attribute values as they come back from JSON (tuples → lists, numpy → python)."""
-    return json.loads(json.dumps(v, default=_jsonable))
+    return json.loads(json.dumps(v, default=jsonable))
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _recovery(url: str, block: int) -> str:
-    return (f"To recover, keep the {block} blocks before it with "
-            f"dvl_dask.results.truncate_checkpoint({url!r}, {block}) (pass storage_options= for remote "
-            "stores) and resume the run: the blocks after it are computed again with the same seeds.")
-
-
-class _Files:
-    """Whole-file access under a checkpoint's root, on a local disk or any fsspec filesystem."""
-
-    def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
-        import fsspec
-
-        self.url = url
-        self.local = is_local(url)
-        if self.local:
-            self.fs = fsspec.filesystem("file")
-            self.root = os.path.abspath(local_path(url))
-        else:
-            self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-            self.root = self.root.rstrip("/")
-        self.invalidate()
-
-    def invalidate(self) -> None:
-        invalidate = getattr(self.fs, "invalidate_cache", None)
-        if callable(invalidate):
-            invalidate()
-
-    def path(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def read(self, key: str) -> bytes | None:
-        """The bytes of ``key``, or None if it does not exist."""
-        try:
-            return bytes(self.fs.cat_file(self.path(key)))
-        except FileNotFoundError:
-            return None
-
-    def read_json(self, key: str, what: str, block: int | None = None) -> Any:
-        """Parsed JSON of ``key`` (None if missing); unreadable JSON is corruption."""
-        data = self.read(key)
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            recovery = _recovery(self.url, block) if block is not None else (
-                f"To recover, call dvl_dask.results.truncate_checkpoint({self.url!r}, <blocks to keep>): it "
-                "rewrites metadata from its copy (zarr.json and header.json hold the same header) and keeps the "
-                "blocks that verify."
-            )
-            where = "" if block is None else f" at block {block}"
-            raise CheckpointCorruptError(
-                f"The checkpoint at {self.url} is damaged{where}: {what} ({key}) is not valid JSON ({exc}). "
-                f"{recovery}",
-                block,
-            ) from None
-
-    def write(self, key: str, data: bytes) -> None:
-        """Write ``key`` whole (atomically: rename on local disks, one PUT on object stores)."""
-        path = self.path(key)
-        if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
-
-    def write_json(self, key: str, obj: Any) -> None:
-        self.write(key, json.dumps(obj, default=_jsonable).encode())
-
-    def delete(self, key: str) -> None:
-        try:
-            self.fs.rm(self.path(key), recursive=True)
-        except FileNotFoundError:
-            pass
-
-    def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self.path(key)))
-
-    def has_content(self) -> bool:
-        """Whether anything but a lease is stored under the root."""
-        try:
-            if not self.fs.exists(self.root):
-                return False
-            names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        return any(name != _Lease.KEY and not name.startswith(f"{_Lease.KEY}.tmp") for name in names)
-
-
 def _chunk_key(array: str, block: int) -> str:
     return f"{array}/c/{block}/0/0/0" if array == "stats" else f"{array}/c/{block}"
-
-
-class _Lease:
-    """The writer lease of one checkpoint, refreshed by a daemon thread while held."""
-
-    KEY = "lease.json"
-
-    def __init__(self, files: _Files) -> None:
-        self.files = files
-        self.timeout = float(config.get(config.MC_CHECKPOINT_LEASE_TIMEOUT))
-        self.identity = {"writer": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.lost: dict[str, Any] | None = None
-
-    def _record(self) -> dict[str, Any]:
-        t = time.time()
-        return {**self.identity, "heartbeat": t}
-
-    def _holder(self) -> dict[str, Any] | None:
-        try:
-            return self.files.read_json(self.KEY, "the writer lease")
-        except CheckpointCorruptError:
-            return None  # a torn lease counts as no lease
-
-    def _refuse(self, holder: dict[str, Any], age: float) -> CheckpointInUseError:
-        return CheckpointInUseError(
-            f"The checkpoint at {self.files.url} is being written by another run (host {holder.get('host')!r}, "
-            f"pid {holder.get('pid')}, last heartbeat {age:.0f} s ago). Two writers would interleave their "
-            "blocks. To fix, wait for that run to finish, use another checkpoint URL, or, if that run is dead, "
-            f"wait until its heartbeat is older than {self.timeout:g} s "
-            "(dvl_dask.valuation.montecarlo.checkpoint-lease-timeout), or delete lease.json."
-        )
-
-    def acquire(self) -> None:
-        holder = self._holder()
-        if holder is not None and holder.get("writer") != self.identity["writer"]:
-            age = time.time() - float(holder.get("heartbeat", 0.0))
-            if age < self.timeout:
-                raise self._refuse(holder, age)
-        self.files.write_json(self.KEY, self._record())
-        time.sleep(0.05)  # a concurrent writer's lease lands in between: read back who won
-        self.files.invalidate()
-        holder = self._holder()
-        if holder is None or holder.get("writer") != self.identity["writer"]:
-            raise self._refuse(holder or {}, 0.0)
-        self._thread = threading.Thread(target=self._beat, name="dvl-checkpoint-lease", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.timeout / 4):
-            try:
-                self.check()
-                self.files.write_json(self.KEY, self._record())
-            except CheckpointInUseError:
-                return
-            except Exception:  # a transient storage error: try again at the next beat
-                continue
-
-    def check(self) -> None:
-        """Raise :class:`CheckpointInUseError` if another writer took the lease over."""
-        if self.lost is None:
-            self.files.invalidate()
-            holder = self._holder()
-            if holder is not None and holder.get("writer") != self.identity["writer"]:
-                self.lost = holder
-        if self.lost is not None:
-            raise CheckpointInUseError(
-                f"Another run (host {self.lost.get('host')!r}, pid {self.lost.get('pid')}) took over the checkpoint "
-                f"at {self.files.url} while this run held it (no heartbeat for {self.timeout:g} s?). This run stops "
-                "writing to it; its blocks after the last commit are not stored."
-            )
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        try:
-            holder = self._holder()
-            if holder is not None and holder.get("writer") == self.identity["writer"]:
-                self.files.delete(self.KEY)
-        except Exception:  # releasing must never hide the run's own outcome
-            pass
 
 
 class Checkpoint:
     """The statistics of every committed block of one run (see the module docstring for the layout)."""
 
-    def __init__(self, files: _Files, attrs: dict[str, Any], version: int, *, new: bool = False) -> None:
+    def __init__(self, files: Files, attrs: dict[str, Any], version: int, *, new: bool = False) -> None:
         self._files = files
         self._attrs = attrs
         self.version = version
         self.url = files.url
-        self._lease: _Lease | None = None
+        self._lease: Lease | None = None
         self._head: dict[str, Any] = {"n_blocks": int(attrs.get("n_blocks", 0)), "n_commits": 0}
         if version == FORMAT_VERSION and not new:
             self._head = _read_head(files, attrs)
@@ -283,12 +100,12 @@ class Checkpoint:
             If another process holds its writer lease.
         """
         url = os.fspath(url)
-        files = _Files(url, storage_options)
+        files = Files(url, storage_options)
         header = {k: _canonical(header[k]) for k in header}
         attrs = _read_attrs(files)
         if attrs is None:
             attrs = {"dvl_checkpoint_version": FORMAT_VERSION, **header,
-                     "data_names": [_jsonable(v) for v in np.asarray(data_names).tolist()]}
+                     "data_names": [jsonable(v) for v in np.asarray(data_names).tolist()]}
             store = cls(files, attrs, FORMAT_VERSION, new=True)
             store._take_lease()
             _create(files, attrs)
@@ -325,7 +142,7 @@ class Checkpoint:
             If its metadata or commit point is damaged.
         """
         url = os.fspath(url)
-        files = _Files(url, storage_options)
+        files = Files(url, storage_options)
         attrs = _read_attrs(files)
         if attrs is None:
             raise SchemaError(f"There is no dvl_dask checkpoint at {url}.")
@@ -335,7 +152,7 @@ class Checkpoint:
         return cls(files, attrs, int(version))
 
     def _take_lease(self) -> None:
-        self._lease = _Lease(self._files)
+        self._lease = Lease(self._files)
         self._lease.acquire()
 
     def close(self) -> None:
@@ -411,10 +228,10 @@ class Checkpoint:
 
 def _corrupt(url: str, block: int, what: str) -> CheckpointCorruptError:
     return CheckpointCorruptError(f"The checkpoint at {url} is damaged at block {block}: {what}. "
-                                  f"{_recovery(url, block)}", block)
+                                  f"{recovery(url, block)}", block)
 
 
-def _verified_chunk(files: _Files, record: dict[str, Any], array: str, block: int) -> bytes:
+def _verified_chunk(files: Files, record: dict[str, Any], array: str, block: int) -> bytes:
     """The bytes of one chunk of ``block``, checked against the SHA-256 in its commit record."""
     key = _chunk_key(array, block)
     data = files.read(key)
@@ -430,7 +247,7 @@ def _group_metadata(attrs: dict[str, Any]) -> dict[str, Any]:
     return {"zarr_format": 3, "node_type": "group", "attributes": attrs, "consolidated_metadata": None}
 
 
-def _create(files: _Files, attrs: dict[str, Any]) -> None:
+def _create(files: Files, attrs: dict[str, Any]) -> None:
     """A new, empty format-2 checkpoint (the group metadata last: until then it is no checkpoint)."""
     _write_arrays(files, attrs, 0)
     files.write_json("header.json", attrs)
@@ -453,19 +270,19 @@ def _array_metadata(attrs: dict[str, Any], array: str, length: int) -> dict[str,
     }
 
 
-def _write_arrays(files: _Files, attrs: dict[str, Any], length: int) -> None:
+def _write_arrays(files: Files, attrs: dict[str, Any], length: int) -> None:
     for array in _ARRAYS:
         files.write_json(f"{array}/zarr.json", _array_metadata(attrs, array, length))
 
 
-def _set_length(files: _Files, length: int) -> None:
+def _set_length(files: Files, length: int) -> None:
     for array in _ARRAYS:
         meta = files.read_json(f"{array}/zarr.json", f"the metadata of array {array!r}")
         meta["shape"][0] = length
         files.write_json(f"{array}/zarr.json", meta)
 
 
-def _read_attrs(files: _Files) -> dict[str, Any] | None:
+def _read_attrs(files: Files) -> dict[str, Any] | None:
     """The group's attributes; None for an empty location; corruption if metadata is missing or torn."""
     meta = files.read_json("zarr.json", "the group metadata")
     if meta is None:
@@ -490,7 +307,7 @@ def _read_attrs(files: _Files) -> dict[str, Any] | None:
     return dict(attrs)
 
 
-def _read_head(files: _Files, attrs: dict[str, Any]) -> dict[str, Any]:
+def _read_head(files: Files, attrs: dict[str, Any]) -> dict[str, Any]:
     head = files.read_json("head.json", "the commit point", 0)
     if head is None:
         survive = _surviving_blocks(files)
@@ -520,7 +337,7 @@ def _read_head(files: _Files, attrs: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def _surviving_blocks(files: _Files) -> int:
+def _surviving_blocks(files: Files) -> int:
     """Blocks covered by the contiguous, readable commit records from record 0 on."""
     expected, i = 0, 0
     while True:
@@ -533,7 +350,7 @@ def _surviving_blocks(files: _Files) -> int:
         expected, i = int(record["stop"]), i + 1
 
 
-def _records(files: _Files, n_commits: int, n_blocks: int) -> list[dict[str, Any]]:
+def _records(files: Files, n_commits: int, n_blocks: int) -> list[dict[str, Any]]:
     """Commit records ``0..n_commits-1``, checked to cover blocks ``0..n_blocks-1`` contiguously."""
     records, expected = [], 0
     for i in range(n_commits):
@@ -542,20 +359,20 @@ def _records(files: _Files, n_commits: int, n_blocks: int) -> list[dict[str, Any
             what = "is missing" if record is None else "does not continue the previous one"
             raise CheckpointCorruptError(
                 f"The checkpoint at {files.url} is damaged at block {expected}: commit record {i} {what}. "
-                f"{_recovery(files.url, expected)}", expected
+                f"{recovery(files.url, expected)}", expected
             )
         records.append(record)
         expected = int(record["stop"])
     if expected != n_blocks:
         raise CheckpointCorruptError(
             f"The checkpoint at {files.url} is damaged at block {min(expected, n_blocks)}: its commit records "
-            f"cover {expected} blocks but its head says {n_blocks}. {_recovery(files.url, min(expected, n_blocks))}",
+            f"cover {expected} blocks but its head says {n_blocks}. {recovery(files.url, min(expected, n_blocks))}",
             min(expected, n_blocks),
         )
     return records
 
 
-def _read_format_1(files: _Files, attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _read_format_1(files: Files, attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Blocks of a format-1 checkpoint (no checksums): read through zarr and sanity-checked."""
     import zarr
 
@@ -622,9 +439,9 @@ def truncate_checkpoint(
     if to_block != 0:
         check_positive_int(to_block, "to_block", "truncate_checkpoint")
     url = os.fspath(url)
-    files = _Files(url, storage_options)
+    files = Files(url, storage_options)
     attrs = _header_copy(files)
-    lease = _Lease(files)
+    lease = Lease(files)
     lease.acquire()
     try:
         if files.read_json("header.json", "the header copy") is None:
@@ -657,7 +474,7 @@ def truncate_checkpoint(
         lease.release()
 
 
-def _header_copy(files: _Files) -> dict[str, Any]:
+def _header_copy(files: Files) -> dict[str, Any]:
     for key in ("zarr.json", "header.json"):
         try:
             meta = files.read_json(key, "metadata")
@@ -672,7 +489,7 @@ def _header_copy(files: _Files) -> dict[str, Any]:
     )
 
 
-def _repair_group(files: _Files, attrs: dict[str, Any]) -> None:
+def _repair_group(files: Files, attrs: dict[str, Any]) -> None:
     try:
         meta = files.read_json("zarr.json", "the group metadata")
     except CheckpointCorruptError:
