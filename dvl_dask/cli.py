@@ -1,12 +1,16 @@
 """The ``dvl-dask`` command line: ``dvl-dask demo`` and ``dvl-dask value``.
 
 The demo is the project's main job: a real valuation of a scikit-learn dataset
-on a local Dask cluster, persisted to zarr in a local folder.
+on a local Dask cluster, persisted to zarr in a local folder. Both commands can
+instead connect to a running cluster (``--scheduler-address`` or
+``--scheduler-file``), and run Monte Carlo methods until ``--budget`` samples
+per point with a resumable checkpoint (``--checkpoint``, local or ``s3://``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -80,9 +84,30 @@ def _make_model(name: str) -> Any:
     return factories[name]()
 
 
-def _scheduler(name: str, n_workers: int) -> AbstractContextManager[Any]:
+class _RemoteClient:
+    """A client of a cluster that is already running (its address or scheduler file)."""
+
+    def __init__(self, address: str | None, scheduler_file: str | None) -> None:
+        self.address, self.scheduler_file = address, scheduler_file
+
+    def __enter__(self) -> Any:
+        from distributed import Client
+
+        self.client = Client(self.address, scheduler_file=self.scheduler_file, set_as_default=True)
+        threads = sum(self.client.nthreads().values())
+        print(f"Connected to {self.client.scheduler.address} ({threads} worker threads)")
+        return self.client
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.close()
+
+
+def _scheduler(name: str, n_workers: int, address: str | None = None,
+               scheduler_file: str | None = None) -> AbstractContextManager[Any]:
     import dask
 
+    if address or scheduler_file:
+        return _RemoteClient(address, scheduler_file)
     if name == "local-cluster":
         from distributed import Client, LocalCluster
 
@@ -119,19 +144,32 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     if args.method not in METHODS:
         raise InvalidParameterError(f"--method must be one of {METHODS}. Got {args.method!r}.")
     method = getattr(valuation, args.method)
+    if args.checkpoint and args.method not in _BUDGET_ARGUMENT:
+        raise InvalidParameterError(f"--checkpoint needs a Monte Carlo --method {sorted(_BUDGET_ARGUMENT)}. "
+                                    f"Got {args.method!r}.")
     if args.method in _BUDGET_ARGUMENT:
         ds = method(utility, **{_BUDGET_ARGUMENT[args.method]: args.budget}, seed=args.seed)
     else:
         ds = method(utility)
     print(
         f"Valuing {data.n_players} training points of {args.dataset!r} with {args.model!r} "
-        f"({args.method}, {ds.attrs['n_evaluations']} utility evaluations, scorer {scorer!r}, "
-        f"{'in-memory cache' if cache is not None else 'no cache'})"
+        f"({args.method}, {ds.attrs['n_evaluations'] if not args.checkpoint else 'until the budget'} utility "
+        f"evaluations, scorer {scorer!r}, {'in-memory cache' if cache is not None else 'no cache'})"
     )
     loo_result = None
-    with _scheduler(args.scheduler, args.workers), _progress(args.scheduler):
+    remote = args.scheduler_address or args.scheduler_file
+    with _scheduler(args.scheduler, args.workers, args.scheduler_address, args.scheduler_file) as client, \
+            _progress("local-cluster" if remote else args.scheduler):
         start = time.perf_counter()
-        to_zarr(ds, args.out, overwrite=True)
+        if args.checkpoint:
+            ds = valuation.run_until_converged(
+                args.method, utility, stop=valuation.MinUpdates(args.budget), seed=args.seed,
+                client=client if hasattr(client, "submit") else None, checkpoint=args.checkpoint,
+                storage_options=args.storage_options, progress=sys.stderr.isatty(),
+            )
+            print(f"Ran {ds.attrs['n_blocks']} blocks ({ds.attrs['n_evaluations']} evaluations), "
+                  f"checkpoint {args.checkpoint}")
+        to_zarr(ds, args.out, overwrite=True, storage_options=args.storage_options)
         print(f"Wrote {args.out} in {time.perf_counter() - start:.1f} s")
         if args.compare_loo and args.method != "loo":
             start = time.perf_counter()
@@ -140,7 +178,7 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
             print(f"Leave-one-out on the same utility took {time.perf_counter() - start:.2f} s{note}")
     from .results import open_result
 
-    return open_result(args.out).load(), loo_result
+    return open_result(args.out, storage_options=args.storage_options).load(), loo_result
 
 
 def _progress(scheduler: str) -> AbstractContextManager[Any]:
@@ -181,6 +219,16 @@ def _plot(result: xr.Dataset, path: str) -> None:
     print(f"Wrote {path}")
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvl-dask", description="Data valuation as lazy Dask graphs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,6 +247,15 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-cache", dest="cache", action="store_false", help="do not memoize utilities")
         sp.add_argument("--top", type=int, default=5, help="how many best/worst points to print")
         sp.add_argument("--compare-loo", action="store_true", help="also compute leave-one-out values")
+        sp.add_argument("--scheduler-address", default=None,
+                        help="connect to a running Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of --scheduler")
+        sp.add_argument("--scheduler-file", default=None,
+                        help="connect to the Dask scheduler described by this file (dask scheduler --scheduler-file)")
+        sp.add_argument("--checkpoint", default=None,
+                        help="Monte Carlo methods: run until --budget samples per point, committing blocks to this "
+                             "zarr path or URL and resuming from it")
+        sp.add_argument("--storage-options", type=_json_object, default=None,
+                        help='fsspec options for --out and --checkpoint as JSON, e.g. \'{"endpoint_url": "..."}\'')
 
     demo = sub.add_parser("demo", help="value a real sklearn dataset end to end (the main job)")
     common(demo, out="values.zarr")

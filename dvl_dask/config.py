@@ -28,9 +28,14 @@ __all__ = [
     "EXACT_SUBSETS_PER_BLOCK",
     "INFLUENCE_GRADIENT_MEMORY_BUDGET",
     "LOO_EVALUATIONS_PER_BLOCK",
-    "MC_BLOCKS_PER_ROUND",
     "MC_EVALUATIONS_PER_BLOCK",
+    "MC_ACTIVE_SET_LAG",
+    "MC_CHECKPOINT_INTERVAL",
+    "MC_CHECKPOINT_LEASE_TIMEOUT",
+    "MC_NO_WORKERS_TIMEOUT",
     "MC_PROGRESS_INTERVAL",
+    "MC_WINDOW",
+    "MC_WINDOW_PER_THREAD",
     "RESULTS_ZARR_FORMAT",
     "UTILITY_DEFAULT_SCORE",
     "UTILITY_ON_UNUSABLE",
@@ -43,8 +48,13 @@ EXACT_MAX_PLAYERS = "dvl_dask.valuation.exact.max-players"
 EXACT_SUBSETS_PER_BLOCK = "dvl_dask.valuation.exact.subsets-per-block"
 LOO_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.loo.evaluations-per-block"
 MC_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.evaluations-per-block"
-MC_BLOCKS_PER_ROUND = "dvl_dask.valuation.montecarlo.blocks-per-round"
 MC_PROGRESS_INTERVAL = "dvl_dask.valuation.montecarlo.progress-interval"
+MC_WINDOW = "dvl_dask.valuation.montecarlo.window"
+MC_WINDOW_PER_THREAD = "dvl_dask.valuation.montecarlo.window-per-thread"
+MC_ACTIVE_SET_LAG = "dvl_dask.valuation.montecarlo.active-set-lag"
+MC_NO_WORKERS_TIMEOUT = "dvl_dask.valuation.montecarlo.no-workers-timeout"
+MC_CHECKPOINT_INTERVAL = "dvl_dask.valuation.montecarlo.checkpoint-interval"
+MC_CHECKPOINT_LEASE_TIMEOUT = "dvl_dask.valuation.montecarlo.checkpoint-lease-timeout"
 UTILITY_DEFAULT_SCORE = "dvl_dask.utility.default-score"
 INFLUENCE_GRADIENT_MEMORY_BUDGET = "dvl_dask.influence.gradient-memory-budget"
 RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"

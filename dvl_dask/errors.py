@@ -21,7 +21,10 @@ builtin they already handle (``except ValueError``)::
     ├── CacheError (RuntimeError)              a cache backend failed
     ├── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
     ├── UnusableUtilityError (ValueError)      no coalition can be fitted and scored
-    └── ResultNotFoundError (FileNotFoundError)  nothing stored at a result location
+    ├── ResultNotFoundError (FileNotFoundError)  nothing stored at a result location
+    ├── CheckpointCorruptError (ValueError)    a checkpoint fails verification (names block, recovery)
+    ├── CheckpointInUseError (RuntimeError)    another writer holds a checkpoint's lease
+    └── NoWorkersError (RuntimeError)          a cluster had no workers for too long
 
     DvlDaskWarning (UserWarning)
     ├── UtilityFailureWarning                  a fit failed; default score used
@@ -56,6 +59,9 @@ __all__ = [
     "UnknownScorerError",
     "UnusableUtilityError",
     "UtilityFailureWarning",
+    "CheckpointCorruptError",
+    "CheckpointInUseError",
+    "NoWorkersError",
 ]
 
 
@@ -151,3 +157,23 @@ class ResultNotFoundError(DvlDaskError, FileNotFoundError):
 
 class NotAResultError(SchemaError):
     """The location holds something other than the kind of result asked for (a file, another tool's store...)."""
+class CheckpointCorruptError(DvlDaskError, ValueError):
+    """A checkpoint is damaged: a chunk, metadata file or commit record is missing or fails its checksum.
+
+    Attributes
+    ----------
+    block : int or None
+        The first block that cannot be trusted (``truncate_checkpoint(url, block)`` keeps those before it).
+    """
+
+    def __init__(self, message: str, block: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+
+
+class CheckpointInUseError(DvlDaskError, RuntimeError):
+    """Another process holds the writer lease of a checkpoint (two writers would interleave blocks)."""
+
+
+class NoWorkersError(DvlDaskError, RuntimeError):
+    """A distributed cluster had no workers for longer than the configured timeout."""

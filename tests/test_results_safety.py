@@ -24,7 +24,7 @@ from dvl_dask.errors import (
 from dvl_dask.results import open_result, to_zarr, valuation_dataset
 from dvl_dask.results._stores import STALE_AFTER, temporary_sibling
 from dvl_dask.testing.games import AdditiveGame
-from dvl_dask.valuation import MaxUpdates, load_checkpoint, permutation_shapley, run_until_converged
+from dvl_dask.valuation import MinUpdates, load_checkpoint, permutation_shapley, run_until_converged
 
 
 def _result(values=(0.1, -0.2, 0.3)) -> object:
@@ -65,8 +65,8 @@ def _other_tool_store(tmp_path):
 def _checkpoint(tmp_path):
     path = str(tmp_path / "run.ckpt")
     run_until_converged(
-        permutation_shapley, AdditiveGame([1.0, 2.0, 3.0]), stop=MaxUpdates(2), seed=1, checkpoint=path,
-        progress=False, items_per_block=2, blocks_per_round=1,
+        permutation_shapley, AdditiveGame([1.0, 2.0, 3.0]), stop=MinUpdates(2), seed=1, checkpoint=path,
+        progress=False, items_per_block=2, window=1,
     )
     return tmp_path / "run.ckpt"
 
@@ -138,7 +138,7 @@ def test_checkpoint_is_never_written_into_other_data(tmp_path) -> None:
     before = _tree(notes)
     with pytest.raises(NotAResultError, match="not a dvl_dask checkpoint"):
         run_until_converged(
-            permutation_shapley, AdditiveGame([1.0, 2.0]), stop=MaxUpdates(1), seed=1, checkpoint=str(notes),
+            permutation_shapley, AdditiveGame([1.0, 2.0]), stop=MinUpdates(1), seed=1, checkpoint=str(notes),
             progress=False,
         )
     assert _tree(notes) == before

@@ -1,7 +1,7 @@
 """Labelled results: the schema, the ``ds.dvl`` accessor and zarr I/O."""
 
 from ._accessor import DvlAccessor, merge_results
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, truncate_checkpoint
 from ._influence_io import ZarrBlockSink, open_block_sink, open_influence
 from ._io import open_result, to_zarr
 from ._schema import (
@@ -29,6 +29,7 @@ __all__ = [
     "open_result",
     "parameters_of",
     "to_zarr",
+    "truncate_checkpoint",
     "validate_valuation_dataset",
     "ZarrBlockSink",
     "valuation_dataset",

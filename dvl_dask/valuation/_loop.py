@@ -1,46 +1,53 @@
 """``run_until_converged``: the one eager loop of dvl_dask.
 
-It runs blocks of a Monte Carlo method until a stopping criterion holds:
-through a ``distributed.Client`` (the utility scattered once to every worker,
-blocks streamed with ``as_completed``), through any
-``concurrent.futures.Executor``, or in waves of ``dask.compute`` on the
-current Dask scheduler. It never wraps or chooses the scheduler.
+It runs blocks of a Monte Carlo method until a stopping criterion holds. It
+never wraps or chooses the scheduler: a backend (:mod:`._backends`) runs the
+blocks on the ``client`` or ``executor`` given, or on dask's current scheduler.
 
-Determinism: blocks are merged in index order and the criterion is checked
-after each, so the result is the merge of blocks ``0..K`` for the first ``K``
-that satisfies the criterion, whatever the order in which blocks finish. The
-players a block works on (per-player convergence) are fixed at the start of
-each round of ``blocks_per_round`` blocks from the blocks before it. With a
-checkpoint, each round's statistics are appended to zarr; a later call
+Sliding window. The loop keeps ``window`` blocks in flight (on a cluster
+``window-per-thread`` x its total threads, re-read as workers come and go; on
+local schedulers and executors their number of workers) and submits the next
+block as soon as one finishes, so no thread idles at a round barrier.
+
+Determinism. Finished blocks are buffered and merged strictly in block order;
+the criterion is checked after each, so the result is the merge of blocks
+``0..K`` for the first ``K`` that satisfies it, whatever the scheduler, window,
+number of workers or order of completion. The players block ``b`` works on
+(per-player convergence) are decided from the merged blocks ``< b -
+active-set-lag``: a block is submitted only once that state exists, which
+never depends on timing.
+
+Checkpoints. Merged blocks are committed to a checkpoint
+(:class:`~dvl_dask.results.Checkpoint`) every ``checkpoint-interval`` seconds
+and when the run ends, also on errors and Ctrl-C. A later call verifies and
 replays them through the criterion and continues the seed sequence, so an
-interrupted-then-resumed run equals an uninterrupted one.
+interrupted-then-resumed run equals an uninterrupted one. The run holds the
+checkpoint's writer lease while it runs.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Executor
-from concurrent.futures import as_completed as futures_as_completed
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
 from .. import config
-from ..errors import InvalidParameterError
-from ..keys import fingerprint, layer_name
+from ..errors import InvalidParameterError, NoWorkersError
+from ..keys import layer_name
 from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
-from ._estimators import Estimator, run_block, values_from_stats
-from ._graph import check_utility, utility_node
+from ._backends import BlockSpec, choose_backend
+from ._estimators import Estimator, values_from_stats
+from ._graph import check_utility
 from ._montecarlo import ESTIMATOR_FACTORIES, sample_attrs
 from ._progress import ProgressLine
-from ._samplers import child_seed
 from ._stats import PointStats
 from ._stopping import ConvergenceState, StoppingCriterion, now
 
@@ -76,47 +83,58 @@ def _parse_seed(text: str) -> np.random.SeedSequence:
 
 
 class _Run:
-    """State of one run: merged statistics, criterion, per-round active players."""
+    """State of one run: merged statistics, criterion, active players decided by block index."""
 
-    def __init__(self, estimator: Estimator, n: int, stop: StoppingCriterion, blocks_per_round: int) -> None:
+    def __init__(self, estimator: Estimator, n: int, stop: StoppingCriterion, lag: int) -> None:
         self.estimator = estimator
         self.stop = stop
-        self.blocks_per_round = blocks_per_round
+        self.lag = lag
         self.merged = PointStats.zeros(n, estimator.n_streams)
         self.n_blocks = 0
         self.start = now()
         self.converged = False
-        self.round_active: np.ndarray | None = None
         self.state = self._state()
+        #: active players of future blocks, decided when the state they depend on was merged
+        self._decided: dict[int, np.ndarray | None] = {}
 
     def _state(self) -> ConvergenceState:
         value, stderr, count = self.estimator.finalize(self.merged)
         return ConvergenceState(value, stderr, count, self.merged.n_evaluations, self.n_blocks, now() - self.start)
 
+    def ready(self, block: int) -> bool:
+        """Whether the players of ``block`` are decided (the blocks they depend on are merged)."""
+        return not self.estimator.supports_active or block - self.lag <= self.n_blocks
+
     def active_for(self, block: int) -> np.ndarray | None:
-        """Players block ``block`` works on; fixed at the start of its round."""
-        if block % self.blocks_per_round == 0 or self.round_active is None:
-            self.round_active = self._active_now()
-        return self.round_active
+        """Players ``block`` works on: decided from the merged blocks before ``block - lag``."""
+        if not self.estimator.supports_active or block <= self.lag:
+            return None
+        if block - self.lag == self.n_blocks:
+            return self._active_now()
+        return self._decided.pop(block)
 
     def _active_now(self) -> np.ndarray | None:
-        if not self.estimator.supports_active or self.n_blocks == 0:
+        if self.n_blocks == 0:
             return None
         done = self.stop.converged(self.state)
         if done is None or not done.any() or done.all():
             return None
         return ~done
 
-    def add(self, stats: PointStats) -> bool:
-        """Merge the next block (in order); return True when the criterion says stop."""
-        if self.n_blocks % self.blocks_per_round == 0:
-            self.round_active = self._active_now()
+    def add(self, stats: PointStats, submitted: int) -> bool:
+        """Merge the next block (in order); return True when the criterion says stop.
+
+        ``submitted`` is the number of blocks submitted so far: the decision for
+        block ``n_blocks + lag`` is recorded if that block is not submitted yet.
+        """
         self.merged = self.merged.merge(stats)
+        self._decided.pop(self.n_blocks, None)  # a decision for a block merged without being submitted here
         self.n_blocks += 1
         self.state = self._state()
+        if self.estimator.supports_active and self.n_blocks + self.lag >= submitted:
+            self._decided[self.n_blocks + self.lag] = self._active_now()
         self.converged = bool(self.stop.check(self.state))
         return self.converged
-
 
 def run_until_converged(
     method: Any,
@@ -129,7 +147,7 @@ def run_until_converged(
     checkpoint: str | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
-    blocks_per_round: int | None = None,
+    window: int | None = None,
     items_per_block: int | None = None,
     **method_options: Any,
 ) -> xr.Dataset:
@@ -149,19 +167,24 @@ def run_until_converged(
         Block *i* uses child *i* of the seed. None: fresh entropy, or the
         checkpoint's seed when resuming.
     client : distributed.Client, optional
-        Submit blocks to this cluster (utility scattered once to all workers).
+        Submit blocks to this cluster. Without ``client`` and ``executor``, the
+        default distributed client is used if there is one, else dask's current
+        local scheduler.
     executor : concurrent.futures.Executor, optional
         Submit blocks to this executor instead. The utility travels with every
-        block there (an executor has no scatter); on a cluster prefer ``client``.
+        block there (an executor has no shared data); on a cluster prefer ``client``.
     checkpoint : str, optional
-        zarr path or fsspec URL. Each round's statistics are appended; an
-        existing checkpoint of the same run is resumed, one of another run refused.
+        zarr path or fsspec URL. Merged blocks are committed every
+        ``checkpoint-interval`` seconds and at the end; an existing checkpoint
+        of the same run is verified and resumed, one of another run refused.
     storage_options : dict, optional
         fsspec options for ``checkpoint`` (e.g. an S3 endpoint and keys).
     progress : bool
         Show a progress line (criterion completion, blocks, evaluations).
-    blocks_per_round : int, optional
-        Blocks in flight per round. Default ``dvl_dask.valuation.montecarlo.blocks-per-round``.
+    window : int, optional
+        Blocks in flight. Default ``dvl_dask.valuation.montecarlo.window``, else
+        ``window-per-thread`` x the cluster's threads, or the number of workers of
+        a local scheduler or executor. It changes the speed, never the values.
     items_per_block : int, optional
         Permutations or subsets per block.
     **method_options
@@ -172,6 +195,16 @@ def run_until_converged(
     xarray.Dataset
         Computed values with attrs ``converged``, ``stopping_criterion``,
         ``n_blocks`` and the actual ``n_evaluations``.
+
+    Raises
+    ------
+    NoWorkersError
+        The cluster had no workers for ``no-workers-timeout`` seconds. Merged
+        blocks are committed to the checkpoint: call again to resume.
+    CheckpointCorruptError
+        The checkpoint fails verification (the message names the block and how to recover).
+    CheckpointInUseError
+        Another process is writing the checkpoint.
     """
     owner = "run_until_converged"
     if not isinstance(stop, StoppingCriterion):
@@ -187,10 +220,10 @@ def run_until_converged(
     estimator = ESTIMATOR_FACTORIES[name](utility, **options)
     if items_per_block is not None:
         check_positive_int(items_per_block, "items_per_block", owner)
+    if window is not None:
+        check_positive_int(window, "window", owner)
     per_block = estimator.items_per_block(n, items_per_block)
-    per_round = check_positive_int(
-        config.get(config.MC_BLOCKS_PER_ROUND, override_with=blocks_per_round), "blocks_per_round", owner
-    )
+    lag = check_positive_int(config.get(config.MC_ACTIVE_SET_LAG), "active-set-lag", owner)
     if seed is None and checkpoint is not None:
         previous = stored_seed(checkpoint, storage_options)
         seq = _parse_seed(previous) if previous else as_seed_sequence(None)
@@ -198,9 +231,11 @@ def run_until_converged(
         seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     parameters = {**estimator.parameters(), "items_per_block": per_block}
+    if estimator.supports_active:
+        parameters["active_set_lag"] = lag
 
     stop.reset()
-    run = _Run(estimator, n, stop, per_round)
+    run = _Run(estimator, n, stop, lag)
     store = None
     if checkpoint is not None:
         header = {
@@ -213,35 +248,15 @@ def run_until_converged(
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)
-        for block in _stored_blocks(store):
-            if run.add(block):
-                break
-
-    line = ProgressLine(
-        f"{estimator.method}", enabled=progress, interval=float(config.get(config.MC_PROGRESS_INTERVAL))
-    )
-    name_prefix = layer_name(f"{estimator.method.replace('_', '-')}-block", utility.token, estimator, seed_text,
-                             per_block)
-    submit = _submitter(utility, client, executor)
     try:
-        while not run.converged:
-            first = run.n_blocks
-            last = (first // per_round + 1) * per_round
-            jobs = [(b, run.active_for(b)) for b in range(first, last)]
-            finished: list[tuple[np.ndarray, int]] = []
-            for stats in submit(estimator, seq, per_block, jobs, name_prefix):
-                finished.append((stats.to_array(), stats.n_evaluations))
-                stopped = run.add(stats)
-                line.update(blocks=run.n_blocks, evaluations=run.merged.n_evaluations,
-                            completion=stop.completion(run.state), elapsed=run.state.elapsed)
-                if stopped:
+        if store is not None:
+            for block in _stored_blocks(store):
+                if run.add(block, submitted=0):
                     break
-            if store is not None:
-                store.append([a for a, _ in finished], [e for _, e in finished])
+        _drive(run, utility, estimator, seq, per_block, seed_text, client, executor, window, store, progress)
     finally:
-        line.update(blocks=run.n_blocks, evaluations=run.merged.n_evaluations,
-                    completion=stop.completion(run.state), elapsed=run.state.elapsed, force=True)
-        line.close()
+        if store is not None:
+            store.close()
     value, stderr, count = estimator.finalize(run.merged)
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
@@ -256,94 +271,82 @@ def run_until_converged(
     )
 
 
-Submitter = Callable[[Estimator, np.random.SeedSequence, int, list[tuple[int, Any]], str], Iterator[PointStats]]
+class _Committer:
+    """Collects merged blocks and appends them to the checkpoint every ``checkpoint-interval`` seconds."""
+
+    def __init__(self, store: Checkpoint | None) -> None:
+        self.store = store
+        self.interval = float(config.get(config.MC_CHECKPOINT_INTERVAL))
+        self.stats: list[np.ndarray] = []
+        self.evaluations: list[int] = []
+        self.last = now()
+
+    def add(self, stats: PointStats) -> None:
+        if self.store is not None:
+            self.stats.append(stats.to_array())
+            self.evaluations.append(stats.n_evaluations)
+
+    def maybe_flush(self) -> None:
+        if self.stats and now() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.store is not None and self.stats:
+            self.store.append(self.stats, self.evaluations)
+        self.stats, self.evaluations, self.last = [], [], now()
 
 
-def _submitter(utility: UtilityLike, client: Any, executor: Executor | None) -> Submitter:
-    """A function running a list of (block, active) jobs and yielding their stats in block order."""
-    if client is not None:
-        return _DistributedSubmitter(utility, client)
-    if executor is not None:
-        return _ExecutorSubmitter(utility, executor)
-    return _DaskWaveSubmitter(utility)
-
-
-def _in_order(results: Iterator[tuple[int, PointStats]], first: int) -> Iterator[PointStats]:
-    """Re-order (index, stats) pairs arriving in any order into index order."""
-    pending: dict[int, PointStats] = {}
-    expected = first
-    for index, stats in results:
-        pending[index] = stats
-        while expected in pending:
-            yield pending.pop(expected)
-            expected += 1
-
-
-def _job_key(prefix: str, block: int, active: np.ndarray | None) -> str:
-    suffix = "all" if active is None else fingerprint(active)[:10]
-    return f"{prefix}-{block}-{suffix}"
-
-
-class _DistributedSubmitter:
-    def __init__(self, utility: UtilityLike, client: Any) -> None:
-        if not (hasattr(client, "submit") and hasattr(client, "scatter")):
-            raise InvalidParameterError(
-                f"The 'client' parameter must be a distributed.Client. Got {type(client).__name__}. "
-                "To use another executor, pass it as 'executor'."
-            )
-        self.client = client
-        # Data travels once: every worker receives the utility (and its data) a single time.
-        self.utility = client.scatter(utility, broadcast=True, hash=False)
-
-    def __call__(self, estimator, seed, per_block, jobs, prefix):  # type: ignore[no-untyped-def]
-        from distributed import as_completed
-
-        futures = {
-            self.client.submit(run_block, self.utility, estimator, child_seed(seed, b), per_block, active,
-                               key=_job_key(prefix, b, active), pure=False, retries=2): b
-            for b, active in jobs
-        }
+def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random.SeedSequence, per_block: int,
+           seed_text: str, client: Any, executor: Executor | None, window: int | None,
+           store: Checkpoint | None, progress: bool) -> None:
+    """The sliding window: keep blocks in flight, merge them in block order, commit, stop."""
+    if run.converged:
+        return
+    prefix = layer_name(f"{estimator.method.replace('_', '-')}-block", utility.token, estimator, seed_text,
+                        per_block)
+    backend = choose_backend(BlockSpec(utility, estimator, seq, per_block, prefix), client, executor, window)
+    line = ProgressLine(
+        f"{estimator.method}", enabled=progress, interval=float(config.get(config.MC_PROGRESS_INTERVAL))
+    )
+    committer = _Committer(store)
+    buffered: dict[int, PointStats] = {}
+    in_flight: set[int] = set()
+    next_block = run.n_blocks
+    try:
+        while not run.converged:
+            size = backend.window
+            # buffered blocks count too (up to 4 windows), so one slow block cannot make memory grow
+            while (len(in_flight) < size and len(in_flight) + len(buffered) < 4 * size
+                   and run.ready(next_block)):
+                backend.submit(next_block, run.active_for(next_block))
+                in_flight.add(next_block)
+                next_block += 1
+            block, stats = backend.next_done()
+            in_flight.discard(block)
+            buffered[block] = stats
+            while run.n_blocks in buffered and not run.converged:
+                stats = buffered.pop(run.n_blocks)
+                run.add(stats, submitted=next_block)
+                committer.add(stats)
+            committer.maybe_flush()
+            line.update(blocks=run.n_blocks, evaluations=run.merged.n_evaluations,
+                        completion=run.stop.completion(run.state), elapsed=run.state.elapsed)
+    except NoWorkersError as exc:
+        committer.flush()
+        where = (f"{run.n_blocks} merged blocks are committed to the checkpoint {store.url}: call "
+                 "run_until_converged again with the same arguments once workers are back to resume from them."
+                 if store is not None else
+                 f"{run.n_blocks} merged blocks are lost because no checkpoint was given: pass "
+                 "checkpoint=<path or URL> to be able to resume.")
+        raise NoWorkersError(f"{exc} {where}") from None
+    finally:
         try:
-            yield from _in_order(((futures[f], f.result()) for f in as_completed(list(futures))), jobs[0][0])
+            committer.flush()
         finally:
-            self.client.cancel(list(futures))
-
-
-class _ExecutorSubmitter:
-    def __init__(self, utility: UtilityLike, executor: Executor) -> None:
-        if not isinstance(executor, Executor) and not hasattr(executor, "submit"):
-            raise InvalidParameterError(
-                f"The 'executor' parameter must be a concurrent.futures.Executor. Got {type(executor).__name__}."
-            )
-        self.utility = utility
-        self.executor = executor
-
-    def __call__(self, estimator, seed, per_block, jobs, prefix):  # type: ignore[no-untyped-def]
-        futures = {
-            self.executor.submit(run_block, self.utility, estimator, child_seed(seed, b), per_block, active): b
-            for b, active in jobs
-        }
-        try:
-            yield from _in_order(((futures[f], f.result()) for f in futures_as_completed(futures)), jobs[0][0])
-        finally:
-            for f in futures:
-                f.cancel()
-
-
-class _DaskWaveSubmitter:
-    """One ``dask.compute`` per round on whatever scheduler is current."""
-
-    def __init__(self, utility: UtilityLike) -> None:
-        self.node = utility_node(utility)
-
-    def __call__(self, estimator, seed, per_block, jobs, prefix):  # type: ignore[no-untyped-def]
-        block = dask.delayed(run_block, pure=True)
-        tasks = [
-            block(self.node, estimator, child_seed(seed, b), per_block, active,
-                  dask_key_name=_job_key(prefix, b, active))
-            for b, active in jobs
-        ]
-        yield from dask.compute(*tasks)
+            backend.close()
+            line.update(blocks=run.n_blocks, evaluations=run.merged.n_evaluations,
+                        completion=run.stop.completion(run.state), elapsed=run.state.elapsed, force=True)
+            line.close()
 
 
 def _stored_blocks(store: Checkpoint) -> Iterator[PointStats]:

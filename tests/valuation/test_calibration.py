@@ -140,7 +140,7 @@ def test_no_converged_player_is_frozen_at_zero(stop, method, options):
     assert np.all(truth > 0)
     for seed in range(3):
         ds = run_until_converged(method, RARE, stop=stop | MaxEvaluations(3_000), seed=seed, items_per_block=4,
-                                 blocks_per_round=4, progress=False, **options)
+                                 window=4, progress=False, **options)
         frozen = (ds["value"].values == 0) & (ds["stderr"].values == 0)
         assert not frozen.any(), f"seed {seed}: players {np.flatnonzero(frozen)} at 0 +- 0"
         if ds.attrs["converged"] and isinstance(stop, RelativeStandardError):

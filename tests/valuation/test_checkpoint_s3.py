@@ -17,11 +17,11 @@ GAME = AirportGame([1.0, 2.0, 3.0, 5.0])
 def test_checkpoint_on_s3_resumes(s3_bucket):
     prefix, options = s3_bucket
     url = f"{prefix}/runs/msr.zarr"
-    kwargs = dict(seed=2, items_per_block=25, blocks_per_round=2, progress=False, storage_options=options)
+    kwargs = dict(seed=2, items_per_block=25, window=2, progress=False, storage_options=options)
     run_until_converged(msr_banzhaf, GAME, stop=MaxEvaluations(100), checkpoint=url, **kwargs)
     resumed = run_until_converged(msr_banzhaf, GAME, stop=MaxEvaluations(250), checkpoint=url, **kwargs)
     direct = run_until_converged(msr_banzhaf, GAME, stop=MaxEvaluations(250), seed=2, items_per_block=25,
-                                 blocks_per_round=2, progress=False)
+                                 window=2, progress=False)
     np.testing.assert_array_equal(resumed["value"].values, direct["value"].values)
     assert load_checkpoint(url, storage_options=options).attrs["n_blocks"] == resumed.attrs["n_blocks"]
 

@@ -149,7 +149,7 @@ def test_executor_and_waves_agree():
 
 # -- checkpoints, resume, interruption ------------------------------------------------------------
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    kwargs = dict(seed=21, items_per_block=6, blocks_per_round=3, progress=False, truncation=FixedTruncation(0.5))
+    kwargs = dict(seed=21, items_per_block=6, window=3, progress=False, truncation=FixedTruncation(0.5))
     full = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(120), **kwargs)
     ck = str(tmp_path / "run.zarr")
     part = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(40), checkpoint=ck, **kwargs)
@@ -174,14 +174,14 @@ def test_resume_without_seed_adopts_the_checkpoint_seed(tmp_path):
     np.testing.assert_array_equal(_values(again)[0], _values(direct)[0])
 
 
-def test_interrupted_run_keeps_whole_rounds_and_resumes_identically(tmp_path):
+def test_interrupted_run_commits_merged_blocks_and_resumes_identically(tmp_path):
     ck = str(tmp_path / "i.zarr")
-    kwargs = dict(seed=4, items_per_block=5, blocks_per_round=2, progress=False)
+    kwargs = dict(seed=4, items_per_block=5, window=2, progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_until_converged(semivalue, GAME, coefficient=shapley_coefficient, stop=InterruptAfter(5),
                             checkpoint=ck, **kwargs)
     kept = load_checkpoint(ck).attrs["n_blocks"]
-    assert kept == 4  # two whole rounds were committed; the round in flight was not
+    assert kept == 5  # every block the criterion accepted was committed; the one it raised on was not
     stop = RelativeStandardError(0.2) | MaxEvaluations(3000)
     resumed = run_until_converged(semivalue, GAME, coefficient=shapley_coefficient, stop=stop, checkpoint=ck,
                                   **kwargs)
@@ -214,7 +214,7 @@ def test_worker_killed_mid_run_gives_identical_results(client):
     import signal
 
     game = SlowGame([1.0, 2.0, 2.5, 4.0, 5.0, 7.5], delay=0.004)
-    kwargs = dict(seed=9, items_per_block=4, blocks_per_round=8, progress=False)
+    kwargs = dict(seed=9, items_per_block=4, window=8, progress=False)
     reference = run_until_converged(permutation_shapley, game, stop=MinUpdates(96), **kwargs)
     worker = next(iter(client.scheduler_info()["workers"]))
     pid = client.run(os.getpid, workers=[worker])[worker]

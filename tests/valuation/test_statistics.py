@@ -68,7 +68,7 @@ def test_rule_of_three_guarantee_holds_for_a_rare_event():
 def test_rarely_pivotal_player_is_never_retired_at_zero():
     for seed in range(4):
         ds = run_until_converged(permutation_shapley, RARE, stop=RelativeStandardError(0.2), seed=seed,
-                                 items_per_block=4, blocks_per_round=2, progress=False)
+                                 items_per_block=4, window=2, progress=False)
         last = ds.sel(sample=11)
         assert not (float(last["value"]) == 0 and float(last["stderr"]) == 0)
         assert float(last["value"]) > 0  # RSE cannot converge at exactly 0 (floor > 0)

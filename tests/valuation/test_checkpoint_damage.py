@@ -1,0 +1,253 @@
+"""Damaged checkpoints: every kind of damage gives CheckpointCorruptError naming the block and the
+recovery, never values; truncate_checkpoint recovers; a second writer is refused (local and S3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import dask
+import numpy as np
+import pytest
+
+from dvl_dask.errors import CheckpointCorruptError, CheckpointInUseError, CheckpointMismatchError, DvlDaskError
+from dvl_dask.results import Checkpoint, truncate_checkpoint
+from dvl_dask.testing.games import AirportGame
+from dvl_dask.valuation import MaxEvaluations, MinUpdates, load_checkpoint, permutation_shapley, run_until_converged
+
+GAME = AirportGame([1.0, 2.0, 2.5, 4.0, 5.0])
+KW = dict(seed=13, items_per_block=3, progress=False)
+#: every merged block commits at once: one commit record per block
+EVERY_BLOCK = {"dvl_dask.valuation.montecarlo.checkpoint-interval": 0.0}
+
+
+def _partial(ck, storage_options=None):
+    """A checkpoint of 6 committed blocks (one commit each: one block in flight, a commit per merge)."""
+    with dask.config.set(EVERY_BLOCK):
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(18), checkpoint=ck,
+                            storage_options=storage_options, window=1, **KW)
+    assert load_checkpoint(ck, storage_options=storage_options).attrs["n_blocks"] == 6
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), **KW)
+
+
+class Local:
+    def __init__(self, root):
+        self.root = root
+
+    def path(self, key):
+        return os.path.join(self.root, key)
+
+    def delete(self, key):
+        os.remove(self.path(key))
+
+    def read(self, key):
+        with open(self.path(key), "rb") as f:
+            return f.read()
+
+    def write(self, key, data):
+        with open(self.path(key), "wb") as f:
+            f.write(data)
+
+
+def _truncate(files, key):
+    files.write(key, files.read(key)[: len(files.read(key)) // 2])
+
+
+def _flip(files, key):
+    data = bytearray(files.read(key))
+    data[len(data) // 2] ^= 0xFF
+    files.write(key, bytes(data))
+
+
+#: (damage, what it does, the block the error names, the blocks truncate keeps)
+DAMAGE = {
+    "missing stats chunk": (lambda f: f.delete("stats/c/2/0/0/0"), 2),
+    "missing evaluations chunk": (lambda f: f.delete("evaluations/c/3"), 3),
+    "truncated chunk": (lambda f: _truncate(f, "stats/c/4/0/0/0"), 4),
+    "altered chunk": (lambda f: _flip(f, "stats/c/1/0/0/0"), 1),
+    "deleted commit record": (lambda f: f.delete("commits/00000002.json"), 2),
+    "truncated commit record": (lambda f: _truncate(f, "commits/00000003.json"), 3),
+    "deleted commit point": (lambda f: f.delete("head.json"), 6),
+    "truncated group metadata": (lambda f: _truncate(f, "zarr.json"), None),
+    "deleted group metadata": (lambda f: f.delete("zarr.json"), None),
+    "deleted array metadata": (lambda f: f.delete("stats/zarr.json"), 6),
+    "truncated array metadata": (lambda f: _truncate(f, "evaluations/zarr.json"), 6),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damage_is_detected_named_and_recoverable(tmp_path, damage, reference):
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    apply, block = DAMAGE[damage]
+    apply(Local(ck))
+    for call in (lambda: load_checkpoint(ck),
+                 lambda: run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)):
+        with pytest.raises(CheckpointCorruptError, match="damaged") as info:
+            call()
+        assert isinstance(info.value, DvlDaskError) and isinstance(info.value, ValueError)
+        assert "truncate_checkpoint" in str(info.value)
+        assert info.value.block == block
+        if block is not None:  # the call that keeps the good blocks, ready to paste
+            assert f"truncate_checkpoint({ck!r}, {block})" in str(info.value)
+    keep = 6 if block is None else block
+    assert truncate_checkpoint(ck, keep) == keep
+    assert load_checkpoint(ck).attrs["n_blocks"] == keep
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+    np.testing.assert_array_equal(resumed["counts"].values, reference["counts"].values)
+
+
+def test_truncate_refuses_to_keep_a_damaged_block(tmp_path):
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    Local(ck).delete("stats/c/2/0/0/0")
+    with pytest.raises(CheckpointCorruptError, match="block 2") as info:
+        truncate_checkpoint(ck, 5)
+    assert info.value.block == 2
+    assert truncate_checkpoint(ck, 2) == 2
+
+
+def test_uncommitted_leftovers_are_ignored_and_overwritten(tmp_path, reference):
+    """A crash after writing chunks and a record but before the commit point exposes nothing."""
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    files = Local(ck)
+    head = json.loads(files.read("head.json"))
+    files.write("head.json", json.dumps({**head, "n_blocks": 5, "n_commits": 5}).encode())
+    _flip(files, "stats/c/5/0/0/0")  # garbage beyond the commit point
+    assert load_checkpoint(ck).attrs["n_blocks"] == 5
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+
+
+def test_chunks_stay_readable_by_zarr(tmp_path):
+    import zarr
+
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    stats, evaluations = Checkpoint.open_existing(ck).read()
+    group = zarr.open_group(ck, mode="r")
+    np.testing.assert_array_equal(np.asarray(group["stats"][:]), stats)
+    np.testing.assert_array_equal(np.asarray(group["evaluations"][:]), evaluations)
+
+
+# -- the writer lease -------------------------------------------------------------------------------
+def _open(ck, storage_options=None):
+    header = {"method": "permutation_shapley", "parameters": {"items_per_block": 3}, "utility_token": "t",
+              "seed": "1", "n_players": 5, "n_streams": 1}
+    return Checkpoint.open(ck, header=header, data_names=np.arange(5), storage_options=storage_options)
+
+
+def test_second_writer_is_refused_until_the_first_closes(tmp_path):
+    ck = str(tmp_path / "lease.zarr")
+    first = _open(ck)
+    try:
+        with pytest.raises(CheckpointInUseError, match="another run") as info:
+            _open(ck)
+        assert isinstance(info.value, RuntimeError) and f"pid {os.getpid()}" in str(info.value)
+        # readers need no lease
+        assert load_checkpoint(ck).attrs["n_blocks"] == 0
+    finally:
+        first.close()
+    _open(ck).close()
+
+
+def test_run_refuses_a_checkpoint_in_use_and_takes_over_a_stale_lease(tmp_path, reference):
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    files = Local(ck)
+    lease = {"writer": "someone-else", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
+    files.write("lease.json", json.dumps(lease).encode())
+    with pytest.raises(CheckpointInUseError, match="elsewhere"):
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    files.write("lease.json", json.dumps({**lease, "heartbeat": time.time() - 3600}).encode())
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+    assert not os.path.exists(files.path("lease.json"))  # released at the end
+
+
+def test_a_writer_whose_lease_was_taken_over_stops_writing(tmp_path):
+    ck = str(tmp_path / "lease.zarr")
+    store = _open(ck)
+    try:
+        Local(ck).write("lease.json", json.dumps({"writer": "usurper", "host": "h", "pid": 2,
+                                                  "heartbeat": time.time()}).encode())
+        with pytest.raises(CheckpointInUseError, match="took over"):
+            store.append([np.zeros((3, 1, 5))], [4])
+    finally:
+        store.close()
+    assert json.loads(Local(ck).read("lease.json"))["writer"] == "usurper"  # not released: not ours
+
+
+def test_format_1_checkpoint_is_read_but_not_resumed(tmp_path):
+    import zarr
+
+    ck = str(tmp_path / "v1.zarr")
+    group = zarr.open_group(ck, mode="w", zarr_format=3)
+    stats = np.stack([np.stack([np.full((1, 5), 2.0), np.full((1, 5), 0.5), np.ones((1, 5))])] * 2)
+    group.create_array("stats", data=stats, chunks=(1, 3, 1, 5))
+    group.create_array("evaluations", data=np.array([10, 10]), chunks=(1024,))
+    group.attrs.update({"dvl_checkpoint_version": 1, "method": "permutation_shapley",
+                        "parameters": {"items_per_block": 3}, "utility_token": GAME.token, "seed": "13",
+                        "n_players": 5, "n_streams": 1, "data_names": list(range(5)), "n_blocks": 2})
+    ds = load_checkpoint(ck)
+    assert ds.attrs["n_blocks"] == 2 and ds["counts"].values.tolist() == [4] * 5
+    with pytest.raises(CheckpointMismatchError, match="format 1"):
+        run_until_converged(permutation_shapley, GAME, stop=MaxEvaluations(10), checkpoint=ck, **KW)
+    group["stats"][1] = np.nan  # what a missing format-1 chunk reads as
+    with pytest.raises(CheckpointCorruptError, match="block 1"):
+        load_checkpoint(ck)
+
+
+# -- S3 (moto) --------------------------------------------------------------------------------------
+class S3Files:
+    def __init__(self, url, options):
+        import fsspec
+
+        self.fs, self.root = fsspec.core.url_to_fs(url, **options)
+
+    def delete(self, key):
+        self.fs.rm(f"{self.root}/{key}")
+
+    def read(self, key):
+        self.fs.invalidate_cache()
+        return self.fs.cat_file(f"{self.root}/{key}")
+
+    def write(self, key, data):
+        self.fs.pipe_file(f"{self.root}/{key}", data)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("damage", ["missing stats chunk", "truncated chunk", "deleted commit point"])
+def test_damage_on_s3(s3_bucket, damage, reference):
+    prefix, options = s3_bucket
+    ck = f"{prefix}/damage-{damage.replace(' ', '-')}.zarr"
+    _partial(ck, options)
+    apply, block = DAMAGE[damage]
+    apply(S3Files(ck, options))
+    with pytest.raises(CheckpointCorruptError, match="truncate_checkpoint") as info:
+        load_checkpoint(ck, storage_options=options)
+    assert info.value.block == block
+    truncate_checkpoint(ck, block, storage_options=options)
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck,
+                                  storage_options=options, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+
+
+@pytest.mark.s3
+def test_second_writer_on_s3(s3_bucket):
+    prefix, options = s3_bucket
+    ck = f"{prefix}/lease.zarr"
+    first = _open(ck, options)
+    try:
+        with pytest.raises(CheckpointInUseError):
+            _open(ck, options)
+    finally:
+        first.close()
+    _open(ck, options).close()
