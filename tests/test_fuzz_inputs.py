@@ -49,7 +49,7 @@ def _small_utility(**kw) -> Utility:
     x = rng.normal(size=(16, 2))
     y = x @ np.array([1.0, -2.0]) + 0.1 * rng.normal(size=16)
     data = Dataset(x[:N], y[:N], x[N:], y[N:])
-    return Utility(LinearRegression(), data, "r2", **kw)
+    return Utility(LinearRegression(), data, "r2", **{"default_score": 0.0, **kw})
 
 
 UTILITY = _small_utility()
@@ -227,14 +227,18 @@ _y_cont = _x2 @ np.array([1.0, 2.0])
 _y_class = (_x2[:, 0] > 0).astype(int)
 
 UNUSABLE = {
-    "1-D features": lambda: Utility(LinearRegression(), _data(_x2[:, 0], _y_cont), "r2"),
-    "3-D features": lambda: Utility(LinearRegression(), _data(_x2.reshape(12, 2, 1), _y_cont), "r2"),
-    "string features": lambda: Utility(LinearRegression(), _data(_x2.astype(str), _y_cont), "r2"),
-    "model without predict": lambda: Utility(_NoPredict(), _data(_x2, _y_cont), "r2"),
+    "1-D features": lambda: Utility(LinearRegression(), _data(_x2[:, 0], _y_cont), "r2", default_score=0.0),
+    "3-D features": lambda: Utility(LinearRegression(), _data(_x2.reshape(12, 2, 1), _y_cont), "r2", default_score=0.0),
+    "string features": lambda: Utility(LinearRegression(), _data(_x2.astype(str), _y_cont), "r2", default_score=0.0),
+    "model without predict": lambda: Utility(_NoPredict(), _data(_x2, _y_cont), "r2", default_score=0.0),
     "classifier on continuous targets": lambda: Utility(LogisticRegression(), _data(_x2, _y_cont), "accuracy"),
     "regressor scored by accuracy": lambda: Utility(LinearRegression(), _data(_x2, _y_cont), "accuracy"),
-    "scorer returning NaN": lambda: Utility(LinearRegression(), _data(_x2, _y_cont), lambda m, x, y: float("nan")),
-    "scorer returning None": lambda: Utility(LinearRegression(), _data(_x2, _y_cont), lambda m, x, y: None),
+    "scorer returning NaN": lambda: Utility(
+        LinearRegression(), _data(_x2, _y_cont), lambda m, x, y: float("nan"), default_score=0.0
+    ),
+    "scorer returning None": lambda: Utility(
+        LinearRegression(), _data(_x2, _y_cont), lambda m, x, y: None, default_score=0.0
+    ),
 }
 
 
@@ -261,7 +265,7 @@ def test_unusable_utility_can_be_configured_to_warn_once() -> None:
 def test_small_coalitions_that_fail_only_warn_when_the_full_set_works() -> None:
     from sklearn.neighbors import KNeighborsRegressor
 
-    u = Utility(KNeighborsRegressor(n_neighbors=3), _data(_x2, _y_cont), "r2")
+    u = Utility(KNeighborsRegressor(n_neighbors=3), _data(_x2, _y_cont), "r2", default_score=0.0)
     with pytest.warns(UtilityFailureWarning, match="2 player"):
         assert u([0, 1]) == 0.0  # fewer samples than neighbours
     assert math.isfinite(u(range(8))) and u(range(8)) != 0.0
@@ -272,7 +276,7 @@ def test_default_score_must_be_finite(score) -> None:
     with pytest.raises(InvalidParameterError, match="default_score"):
         _small_utility(default_score=score)
     with dask.config.set({"dvl_dask.utility.default-score": score}), pytest.raises(InvalidParameterError):
-        _small_utility()
+        _small_utility(default_score=None)
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,8 @@ def resolve_default_score(scorer: Scorer, default_score: float | None) -> float:
             )
         return float(lo)
     try:
+        if isinstance(chosen, bool):
+            raise TypeError("a bool is not a score")
         value = float(chosen)
     except (TypeError, ValueError):
         raise InvalidParameterError(

@@ -19,7 +19,8 @@ from dvl_dask.valuation import data_oob
 
 
 def _utility(model, x, y, **kwargs):
-    return Utility(model, Dataset(x, y, x[:3], y[:3], **kwargs), "accuracy" if y.dtype.kind in "iub" else "r2")
+    scorer = "accuracy" if y.dtype.kind in "iub" else "r2"
+    return Utility(model, Dataset(x, y, x[:3], y[:3], **kwargs), scorer, default_score=0.0)
 
 
 def test_majority_vote_model_is_exact():
