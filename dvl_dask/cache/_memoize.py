@@ -237,13 +237,10 @@ class MemoizedFunction(Generic[T]):
 
     # -- protocols --------------------------------------------------------------------------
     def __dask_tokenize__(self) -> Any:
-        # What the wrapped function normalises to: memoizing never changes graph keys.
-        from dask.tokenize import normalize_token
-
-        try:
-            return normalize_token(self.__wrapped__)
-        except Exception:
-            return function_token(self.__wrapped__)
+        # The wrapped function by code and state (dvl_dask.keys.function_token), the same
+        # token the cache keys start from: memoizing never changes what a graph computes,
+        # and two memoized functions with different code or captured values never share a key.
+        return ("memoized", function_token(self.__wrapped__))
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Used as a method decorator: bind the instance like a function would.

@@ -106,6 +106,17 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         first = self._layout.names[0]
         return dict(self.model.named_parameters())[first]
 
+    def __dask_tokenize__(self) -> str:
+        """Class, hyper-parameters, module contents and fitted state, by value.
+
+        The same fitted model has the same token in every process (so an
+        interrupted ``influence_to_zarr`` resumes in a new one); refitting on
+        other data, another loss or other hyper-parameters changes it.
+        """
+        from ...keys import instance_token
+
+        return instance_token(self)
+
     def __repr__(self) -> str:
         state = "fitted" if self.is_fitted else "not fitted"
         return f"{self._owner}(model={type(self.model).__name__}, n_parameters={self.n_parameters}, {state})"
