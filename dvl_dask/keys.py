@@ -72,6 +72,7 @@ __all__ = [
     "class_token",
     "code_fingerprint",
     "dask_content_digest",
+    "describe_parameters",
     "estimator_token",
     "fingerprint",
     "function_token",
@@ -915,7 +916,7 @@ def run_identity(estimator: Any = None, utility_token: str | None = None, **part
     if estimator is not None:
         identity["estimator"] = {
             "class": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
-            "parameters": _describe(getattr(estimator, "__dict__", {})),
+            "parameters": describe_parameters(getattr(estimator, "__dict__", {})),
             "token": object_token(estimator),
         }
     if utility_token is not None:
@@ -924,8 +925,14 @@ def run_identity(estimator: Any = None, utility_token: str | None = None, **part
     return identity
 
 
-def _describe(value: Any, depth: int = 0) -> Any:
-    """A readable, JSON-serialisable description of parameters (tokens for what JSON cannot hold)."""
+def describe_parameters(value: Any, depth: int = 0) -> Any:
+    """A readable, JSON-serialisable description of parameters (tokens for what JSON cannot hold).
+
+    Examples
+    --------
+    >>> describe_parameters({"alpha": 1.0, "rank": np.int64(3), "name": "x"})
+    {'alpha': 1.0, 'name': 'x', 'rank': 3}
+    """
     if value is None or type(value) in (bool, int, str):
         return value
     if type(value) is float or isinstance(value, np.floating):
@@ -933,18 +940,25 @@ def _describe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, np.integer | np.bool_):
         return value.item()
     if isinstance(value, Mapping) and depth < 4:
-        return {str(k): _describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): describe_parameters(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)) and depth < 4 and len(value) <= 64:
-        return [_describe(v, depth + 1) for v in value]
+        return [describe_parameters(v, depth + 1) for v in value]
     if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
         target, _, _ = _unwrap(value)
-        return {"callable": getattr(target, "__qualname__", type(target).__qualname__),
-                "token": function_token(value)}
+        try:
+            token = function_token(value)
+        except TokenizationError:
+            token = None
+        return {"callable": getattr(target, "__qualname__", type(target).__qualname__), "token": token}
     params = getattr(value, "parameters", None)
     if callable(params) and depth < 4:
         with contextlib.suppress(Exception):
-            return {"class": type(value).__qualname__, **_describe(params(), depth + 1)}
-    return {"class": type(value).__qualname__, "token": object_token(value)}
+            return {"class": type(value).__qualname__, **describe_parameters(params(), depth + 1)}
+    try:
+        token: str | None = object_token(value)
+    except TokenizationError:  # described, not identified: the caller holds the identity (token=)
+        token = None
+    return {"class": type(value).__qualname__, "token": token}
 
 
 # -- coalitions and keys ------------------------------------------------------------------

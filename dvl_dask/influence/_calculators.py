@@ -35,7 +35,7 @@ from ..errors import (
     TokenizationError,
     UnalignedChunksError,
 )
-from ..keys import fingerprint, layer_name
+from ..keys import describe_parameters, fingerprint, layer_name
 from ..results import influence_dataarray
 from ..validation import is_dask_array
 from ._base import InfluenceFunctionModel
@@ -160,6 +160,10 @@ class _Recipe:
         self.train_gradients = _check_train_gradients(train_gradients, self.model, self.owner)
         self.memory_budget = _budget(memory_budget, self.owner)
         self._token = _model_token(self.model, token, self.owner)
+        # Hyper-parameters in full (module and loss by class and token), recorded with stored results.
+        self._parameters = describe_parameters(
+            {k: v for k, v in getattr(self.model, "__dict__", {}).items() if not k.startswith("_")}
+        )
 
     @property
     def n_parameters(self) -> int:
@@ -170,6 +174,7 @@ class _Recipe:
             "mode": mode.value,
             "model": type(self.model).__name__,
             "model_token": self._token,
+            "model_parameters": self._parameters,
             "train_gradients": stored if isinstance(stored, str) else ("stored" if stored else "recomputed"),
         }
 

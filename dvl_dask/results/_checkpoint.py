@@ -2,7 +2,7 @@
 
 Layout (zarr v3, local path or fsspec URL)::
 
-    <group>/                attrs: header (method, parameters, utility_token, seed, ...),
+    <group>/                attrs: header (method, parameters, utility_token, seed, identity, ...),
                                    data_names, n_blocks (the commit marker)
     <group>/stats           float64 (block, stat=3, stream, sample): count, mean, M2
     <group>/evaluations     int64 (block,): utility evaluations of each block
@@ -27,7 +27,7 @@ from ._stores import zarr_store
 __all__ = ["Checkpoint", "stored_seed"]
 
 FORMAT_VERSION = 1
-_HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams")
+_HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams", "identity")
 
 
 def _open_group(url: str, storage_options: dict[str, Any] | None, mode: str) -> Any:
@@ -79,9 +79,9 @@ class Checkpoint:
             )
             return cls(group, url)
         stored = {k: group.attrs.get(k) for k in _HEADER_KEYS}
-        differing = [k for k in _HEADER_KEYS if stored[k] != header[k]]
+        differing = [k for k in _HEADER_KEYS if not _same(k, stored[k], header[k])]
         if differing:
-            detail = "; ".join(f"{k}: stored {stored[k]!r}, now {header[k]!r}" for k in differing)
+            detail = "; ".join(_detail(k, stored[k], header[k]) for k in differing)
             raise CheckpointMismatchError(
                 f"The checkpoint at {url} belongs to another run ({detail}). Its statistics are never mixed "
                 "into a different run. To fix, use a new checkpoint URL, or the same method, parameters, "
@@ -135,6 +135,42 @@ class Checkpoint:
         ev.resize((stop,))
         ev[start:stop] = np.asarray(evaluations, dtype=np.int64)
         self._group.attrs["n_blocks"] = stop  # the commit marker, written last
+
+
+def _same(key: str, stored: Any, now: Any) -> bool:
+    """Whether a stored header value matches this run's.
+
+    The identity (see :func:`dvl_dask.keys.run_identity`) matches when the
+    estimator (class, parameters, code) and the utility are the same: a resume
+    after a dvl_dask upgrade is accepted when the estimator's code did not change.
+    """
+    if key == "identity" and isinstance(stored, dict) and isinstance(now, dict):
+        def strip(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if k != "dvl_dask_version"}
+
+        return strip(stored) == strip(now)
+    return bool(stored == now)
+
+
+def _detail(key: str, stored: Any, now: Any) -> str:
+    if key != "identity":
+        return f"{key}: stored {stored!r}, now {now!r}"
+    if not isinstance(stored, dict):
+        return "identity: the checkpoint was written by a dvl_dask version that did not record one"
+    parts = []
+    old_est, new_est = stored.get("estimator") or {}, now.get("estimator") or {}
+    if old_est != new_est:
+        params = [k for k in set(old_est.get("parameters", {})) | set(new_est.get("parameters", {}))
+                  if old_est.get("parameters", {}).get(k) != new_est.get("parameters", {}).get(k)]
+        what = f"parameters {sorted(params)}" if params else "code"
+        parts.append(
+            f"the estimator's {what} changed (written by dvl_dask {stored.get('dvl_dask_version')}, "
+            f"now {now.get('dvl_dask_version')})"
+        )
+    for k in sorted((set(stored) | set(now)) - {"estimator", "dvl_dask_version"}):
+        if stored.get(k) != now.get(k):
+            parts.append(f"{k}: stored {stored.get(k)!r}, now {now.get(k)!r}")
+    return "identity: " + "; ".join(parts)
 
 
 def _jsonable(v: Any) -> Any:

@@ -30,7 +30,7 @@ import xarray as xr
 
 from .. import config
 from ..errors import InvalidParameterError
-from ..keys import fingerprint, layer_name
+from ..keys import fingerprint, layer_name, run_identity
 from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..typing import UtilityLike
@@ -209,6 +209,7 @@ def run_until_converged(
             "seed": seed_text,
             "n_players": n,
             "n_streams": estimator.n_streams,
+            "identity": run_identity(estimator, utility.token),  # estimator code and parameters in full
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)
