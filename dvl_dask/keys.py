@@ -811,6 +811,12 @@ def _lenient(tag: str, fn: Callable[[Any], str]) -> Callable[[Any], tuple[str, s
     return normalize
 
 
+#: How dask normalises plain Python functions once dvl_dask is imported: by code and captured
+#: state (dask's default pickles importable functions by reference, so an edited body kept its key).
+normalize_function = _lenient("function", function_token)
+normalize_token.register(types.FunctionType, normalize_function)
+
+
 @normalize_token.register_lazy("sklearn")
 def _register_sklearn_tokenizers() -> None:
     from sklearn.base import BaseEstimator
