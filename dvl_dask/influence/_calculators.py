@@ -160,9 +160,10 @@ class _Recipe:
         self.train_gradients = _check_train_gradients(train_gradients, self.model, self.owner)
         self.memory_budget = _budget(memory_budget, self.owner)
         self._token = _model_token(self.model, token, self.owner)
-        # Hyper-parameters in full (module and loss by class and token), recorded with stored results.
+        # Hyper-parameters in full, recorded with stored results; the module and the loss by class and name
+        # (the model token covers their contents; they are not hashed twice).
         self._parameters = describe_parameters(
-            {k: v for k, v in getattr(self.model, "__dict__", {}).items() if not k.startswith("_")}
+            {k: v for k, v in getattr(self.model, "__dict__", {}).items() if not k.startswith("_")}, tokens=False
         )
 
     @property
