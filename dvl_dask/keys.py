@@ -278,35 +278,33 @@ def _feed_object(update: _Update, obj: Any) -> None:
             else:
                 _feed_array(update, np.asarray(obj))
             return
-        normalizer = _registered_normalizer(cls)
-        if normalizer is not None:
-            update(b"R")
-            update(class_token(cls).encode())
-            _feed(update, normalizer(obj))
-            return
         update(b"O")
         update(class_token(cls).encode())
         if isinstance(obj, enum.Enum):
             _feed(update, obj.name)
+        elif isinstance(obj, (int, float, str, bytes, complex)):  # subclasses of builtins: their plain value
+            base = next(b for b in (bool, int, float, str, bytes, complex) if isinstance(obj, b))
+            _feed(update, base(obj))
+            _feed(update, _state(obj))
         elif isinstance(obj, (tuple, list)):
             _feed(update, list(obj))
             _feed(update, _state(obj))
-        elif isinstance(obj, Mapping) and isinstance(obj, dict):
+        elif isinstance(obj, dict):
             _feed_mapping(update, b"d", obj)
             _feed(update, _state(obj))
-        elif isinstance(obj, (int, float, str, bytes, complex)):
-            _feed(update, (int if isinstance(obj, int) else float if isinstance(obj, float) else
-                           str if isinstance(obj, str) else bytes if isinstance(obj, bytes) else complex)(obj))
         elif isinstance(obj, PurePath):
             _feed(update, obj.as_posix())
         elif dataclasses.is_dataclass(obj):
             _feed(update, {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)})
         else:
+            normalizer = _registered_normalizer(cls)
+            normalized = normalizer(obj) if normalizer is not None else obj
+            if normalized is not obj:  # registered with dask (ours for sklearn and torch, dask's, users')
+                update(b"R")
+                _feed(update, normalized)
+                return
             state = _state(obj)
-            if state is None:
-                _feed(update, _pickled(obj))
-            else:
-                _feed(update, state)
+            _feed(update, _pickled(obj) if state is None else state)
     finally:
         active.discard(id(obj))
 

@@ -407,3 +407,34 @@ def test_tokens_are_the_same_in_fresh_processes_with_other_hash_seeds(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("identity_objects", None)
+
+
+class _Level(int):
+    pass
+
+
+class _Mode(__import__("enum").IntEnum):
+    UP = 1
+    DOWN = 2
+
+
+_Pair = __import__("collections").namedtuple("_Pair", "a b")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: _Level(v),
+        lambda v: _Mode(v),
+        lambda v: _Pair(1, v),
+        lambda v: __import__("datetime").date(2020, 1, v),
+        lambda v: __import__("decimal").Decimal(v),
+        lambda v: np.float32(v),
+        lambda v: {"nested": [np.arange(v), {"k": (v,)}]},
+        lambda v: __import__("functools").partial(max, v),
+        lambda v: slice(0, v),
+    ],
+)
+def test_assorted_values_equal_iff_same(make):
+    assert object_token(make(1)) == object_token(make(1))
+    assert object_token(make(1)) != object_token(make(2))
