@@ -410,7 +410,7 @@ def package_version(module: str | None) -> str | None:
 
 
 _CLASS_TOKENS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
-_CLASS_LOCK = threading.RLock()
+_CLASS_LOCK = threading.Lock()
 
 
 def class_token(cls: type) -> str:
@@ -421,26 +421,33 @@ def class_token(cls: type) -> str:
     class, the constants in its body and the tokens of its bases, so editing
     the class changes the token. Tokens are computed once per class object.
     """
-    with _CLASS_LOCK:
-        try:
-            found = _CLASS_TOKENS.get(cls)
-        except TypeError:  # not weak-referenceable
-            found = None
+    # Tokens are cached for top-level calls only: a class met while hashing another one is
+    # hashed afresh, so a token never depends on which classes were hashed before (cycles
+    # between classes are cut the same way every time). The lock guards the cache only:
+    # holding it while hashing could deadlock against dask's tokenize lock.
+    active: set[int] = getattr(_local, "classes", None) or set()
+    _local.classes = active
+    top_level = not active
+    if top_level:
+        with _CLASS_LOCK:
+            try:
+                found = _CLASS_TOKENS.get(cls)
+            except TypeError:  # not weak-referenceable
+                found = None
         if found is not None:
             return found
-        active: set[int] = getattr(_local, "classes", None) or set()
-        _local.classes = active
-        name = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls.__name__)}"
-        if id(cls) in active:  # a method naming its own class
-            return f"class:{name}"
-        active.add(id(cls))
-        try:
-            token = _class_token(cls, name)
-        finally:
-            active.discard(id(cls))
-        with contextlib.suppress(TypeError):
+    name = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls.__name__)}"
+    if id(cls) in active:  # a method naming its own class
+        return f"class:{name}"
+    active.add(id(cls))
+    try:
+        token = _class_token(cls, name)
+    finally:
+        active.discard(id(cls))
+    if top_level:
+        with _CLASS_LOCK, contextlib.suppress(TypeError):
             _CLASS_TOKENS[cls] = token
-        return token
+    return token
 
 
 def _class_token(cls: type, name: str) -> str:

@@ -438,3 +438,34 @@ _Pair = __import__("collections").namedtuple("_Pair", "a b")
 def test_assorted_values_equal_iff_same(make):
     assert object_token(make(1)) == object_token(make(1))
     assert object_token(make(1)) != object_token(make(2))
+
+
+def test_class_tokens_do_not_depend_on_what_was_hashed_before():
+    src = """
+        class A:
+            def make(self):
+                return B()
+
+        class B:
+            def make(self):
+                return A()
+    """
+    first, second = ({"__name__": "cells"}, {"__name__": "cells"})
+    exec(textwrap.dedent(src), first)
+    exec(textwrap.dedent(src), second)
+    a1, b1 = class_token(first["A"]), class_token(first["B"])  # A first here ...
+    b2, a2 = class_token(second["B"]), class_token(second["A"])  # ... B first there
+    assert (a1, b1) == (a2, b2) and a1 != b1
+
+
+def test_tokenizing_from_many_threads_while_dask_tokenizes_does_not_deadlock():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        cls = _define(f"class C:\n    def f(self):\n        return {i}\n", "C")
+        return object_token(cls(), make_pipeline(StandardScaler(), LogisticRegression(C=i + 1.0))), \
+            dask.base.tokenize(lambda x: x + i, cls)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(64), timeout=120))
+    assert len({r[0] for r in results}) == 64
