@@ -469,3 +469,29 @@ def test_tokenizing_from_many_threads_while_dask_tokenizes_does_not_deadlock():
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(work, range(64), timeout=120))
     assert len({r[0] for r in results}) == 64
+
+
+def test_checkpoint_identity_refuses_another_estimator_code_accepts_another_version_alone(tmp_path):
+    import zarr
+
+    from dvl_dask.valuation import permutation_shapley
+
+    game = AirportGame([1.0, 2.0, 3.0])
+    ck = str(tmp_path / "ck.zarr")
+
+    def run(updates):
+        return run_until_converged(permutation_shapley, game, stop=MaxUpdates(updates), seed=1, checkpoint=ck,
+                                   progress=False, items_per_block=5)
+
+    run(10)
+    group = zarr.open_group(ck, mode="r+")
+    identity = dict(group.attrs["identity"])
+    assert identity["dvl_dask_version"] and identity["estimator"]["parameters"]["sampler"]
+    # written by another dvl_dask version whose estimator code was the same: resumed
+    group.attrs["identity"] = {**identity, "dvl_dask_version": "0.0.1"}
+    assert run(20).attrs["n_blocks"] >= 2
+    # written by a version whose estimator code differed: refused, saying so
+    group.attrs["identity"] = {**identity, "dvl_dask_version": "0.0.1",
+                               "estimator": {**identity["estimator"], "token": "0" * 32}}
+    with pytest.raises(CheckpointMismatchError, match=r"estimator's code changed \(written by dvl_dask 0.0.1"):
+        run(30)

@@ -145,8 +145,13 @@ def _same(key: str, stored: Any, now: Any) -> bool:
     after a dvl_dask upgrade is accepted when the estimator's code did not change.
     """
     if key == "identity" and isinstance(stored, dict) and isinstance(now, dict):
+        # The estimator's token covers its code and parameters; the version and the readable
+        # parameters are recorded to explain a refusal, not compared.
         def strip(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in d.items() if k != "dvl_dask_version"}
+            out = {k: v for k, v in d.items() if k != "dvl_dask_version"}
+            if isinstance(out.get("estimator"), dict):
+                out["estimator"] = {k: v for k, v in out["estimator"].items() if k != "parameters"}
+            return out
 
         return strip(stored) == strip(now)
     return bool(stored == now)

@@ -224,12 +224,16 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_jsonable))
 
 
+#: Recorded for people reading the store; the model token already identifies what they describe.
+_DESCRIPTIVE = ("dvl_dask_version", "model_parameters")
+
+
 def _same_identity(stored: Any, now: dict[str, Any]) -> bool:
-    """Same model and parameters; another dvl_dask version is accepted when the token (code) is unchanged."""
+    """Same model (token) and mode; another dvl_dask version is accepted when the model's token is unchanged."""
     if not isinstance(stored, dict):
         return False
-    return {k: v for k, v in stored.items() if k != "dvl_dask_version"} == {
-        k: v for k, v in now.items() if k != "dvl_dask_version"
+    return {k: v for k, v in stored.items() if k not in _DESCRIPTIVE} == {
+        k: v for k, v in now.items() if k not in _DESCRIPTIVE
     }
 
 
@@ -239,7 +243,7 @@ def _differences(
     """What distinguishes an interrupted write in ``group`` from the one about to start (empty: resumable)."""
     differing = [k for k in ("name", "token", "blocks", "dims") if stored.get(k) != header[k]]
     if not _same_identity(stored.get("identity"), header["identity"]):
-        differing.append("identity (dvl_dask version, model and its parameters)")
+        differing.append("identity (the model or its mode)")
     if differing:
         return differing
     if PROGRESS_GROUP not in group or header["name"] not in group:
