@@ -48,6 +48,7 @@ import enum
 import functools
 import hashlib
 import inspect
+import os
 import re
 import struct
 import sys
@@ -901,7 +902,14 @@ def dask_content_digest(array: Any, *, compute: bool = True) -> Any:
     rows = _rows_per_block(shape, dtype.itemsize)
     if not is_dask_array(array):
         arr = np.asarray(array)
-        digests = [_block_digest(arr[i : i + rows]) for i in range(0, max(1, shape[0]), rows)]
+        blocks = [arr[i : i + rows] for i in range(0, max(1, shape[0]), rows)]
+        if len(blocks) > 2:  # hashlib releases the GIL: hash blocks on all cores
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(blocks), os.cpu_count() or 1)) as pool:
+                digests = list(pool.map(_block_digest, blocks))
+        else:
+            digests = [_block_digest(b) for b in blocks]
         return _combine(shape, dtype, np.concatenate(digests))
     import dask
 
