@@ -1,37 +1,67 @@
-"""The one place that hashes.
+"""The one place that hashes: every identity in dvl_dask comes from here.
 
-* :func:`fingerprint` -- a deterministic token of any object (data, params).
-* :func:`code_fingerprint` -- a digest of a callable's *code*. ``dask.base.tokenize``
-  hashes importable functions by reference, so an edited function body keeps
-  its token; caches that outlive a process need the code itself in the key.
-* :func:`function_token` -- code plus the state a callable carries (the object a
-  bound method belongs to, closure cells, ``functools.partial`` arguments).
-* :class:`KeyFunction` and :func:`cache_key` -- function token + canonical
-  arguments, as a short ASCII key usable by every cache backend (memcached too).
-* :func:`canonical_indices` -- sorted unique ``int64`` indices of a coalition.
-* :func:`layer_name` -- ``"<verb>-<token>"`` names for graph layers.
+Graph keys, cache keys, checkpoint headers and zarr write tokens all go
+through :func:`object_token` (alias :func:`fingerprint`), so two computations
+share a key exactly when they are the same computation:
 
-Hashing never falls back to a random value: anything that cannot be hashed
-deterministically raises :class:`~dvl_dask.errors.TokenizationError`. Nothing
-here uses Python's ``hash()``, so keys do not depend on ``PYTHONHASHSEED`` and
-are the same in every process, on every machine and in every run (for the same
-Python minor version, whose bytecode they include).
+* numpy arrays by dtype, shape and C-order bytes (BLAKE2b, the same on every
+  machine whatever optional hashers are installed);
+* scikit-learn estimators by class and ``get_params()`` *by value* (arrays by
+  content, nested estimators recursively) -- :func:`estimator_token`;
+  scikit-learn scorers by score function, sign, keyword arguments and
+  response method;
+* callables by code **and** state -- :func:`function_token`: closure cells,
+  defaults, ``functools.partial`` arguments, the object a bound method
+  belongs to, and the constants, functions and classes their code reads from
+  module globals;
+* classes -- :func:`class_token`: code defined outside installed packages (a
+  notebook, a script, an editable checkout) contributes its bytecode, so
+  editing it changes the key; installed packages contribute name and version
+  (:func:`package_version`), so keys survive Python patch releases;
+* objects with ``__dask_tokenize__`` by their class and what it returns;
+  other objects (and types registered with ``dask.base.normalize_token``) by
+  class and state (``__getstate__``, ``__dict__``, ``__slots__``) --
+  :func:`instance_token`;
+* lazily backed (dask) arrays by content, read once:
+  :func:`dask_content_digest`.
+
+Hashing never falls back to ``repr`` or a random value: anything that cannot
+be hashed deterministically raises :class:`~dvl_dask.errors.TokenizationError`
+saying how to fix it (a ``__dask_tokenize__`` method, or ``token=`` where
+dvl_dask accepts one). Nothing here uses Python's ``hash()``, so keys do not
+depend on ``PYTHONHASHSEED`` and are the same in every process, on every
+machine and in every run (for the same Python minor version, whose bytecode
+user code contributes).
+
+The scikit-learn and torch normalisers are also registered with
+``dask.base.normalize_token`` (lazily, on first use), so graphs users build
+with dask from estimators, scorers, tensors and modules get value-based keys
+too; there they follow dask's ``tokenize.ensure-deterministic`` setting.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import dis
+import enum
 import functools
 import hashlib
 import inspect
+import os
 import re
 import struct
+import sys
 import threading
 import types
-from collections.abc import Callable, Collection, Iterable
+import uuid
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
-from dask.base import tokenize
+from dask.base import normalize_token, tokenize
 
 from . import config
 from .errors import InvalidParameterError, TokenizationError
@@ -40,23 +70,61 @@ __all__ = [
     "KeyFunction",
     "cache_key",
     "canonical_indices",
+    "class_token",
     "code_fingerprint",
+    "dask_content_digest",
+    "describe_parameters",
+    "estimator_token",
     "fingerprint",
     "function_token",
+    "instance_token",
     "layer_name",
+    "model_token",
+    "object_token",
+    "package_version",
+    "run_identity",
 ]
 
-#: Bumped whenever the layout of cache keys changes, so old entries are never misread.
-_KEY_FORMAT = b"dvl-key-2"
+#: Bumped whenever the layout of tokens changes, so old entries are never misread.
+_KEY_FORMAT = b"dvl-key-3"
 #: Longest key memcached accepts.
 MAX_KEY_LENGTH = 250
 _MAX_NAMESPACE = 64
 _MAX_NAME = 60
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+_FIX = (
+    "To fix, give the object a __dask_tokenize__ method returning a stable value (e.g. a tuple of its "
+    "parameters), or pass token=... where dvl_dask accepts one (Utility, the influence calculators)."
+)
+
+_Update = Callable[[bytes], Any]
+_local = threading.local()
+
+
+def object_token(*objs: Any) -> str:
+    """Deterministic hex token of ``objs``: equal values, equal tokens; different values, different tokens.
+
+    Raises
+    ------
+    TokenizationError
+        If some part of ``objs`` cannot be hashed deterministically.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> object_token(np.arange(3)) == object_token(np.arange(3)), object_token(1) == object_token(1.0)
+    (True, False)
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_KEY_FORMAT)
+    with _strict():
+        for obj in objs:
+            _feed(h.update, obj)
+    return h.hexdigest()
 
 
 def fingerprint(*objs: Any) -> str:
-    """Deterministic hex token of ``objs`` (``dask.base.tokenize``, never random).
+    """Deterministic hex token of ``objs`` (the same as :func:`object_token`).
 
     Examples
     --------
@@ -64,22 +132,24 @@ def fingerprint(*objs: Any) -> str:
     >>> fingerprint(np.arange(3)) == fingerprint(np.arange(3))
     True
     """
+    return object_token(*objs)
+
+
+@contextlib.contextmanager
+def _strict() -> Iterator[None]:
+    """Inside, the normalisers registered with dask raise instead of following dask's lenient default."""
+    depth = getattr(_local, "strict", 0)
+    _local.strict = depth + 1
     try:
-        return tokenize(*objs, ensure_deterministic=True)
-    except Exception as exc:
-        raise TokenizationError(
-            f"Cannot hash {', '.join(type(o).__name__ for o in objs)} deterministically: {exc}. "
-            "To fix, give the object a __dask_tokenize__ method returning a stable value."
-        ) from exc
+        yield
+    finally:
+        _local.strict = depth
 
 
 # -- canonical byte encoding --------------------------------------------------------------
 # Values are fed to a hash as tagged, length-prefixed bytes. Unordered containers (sets,
 # dict items) are sorted by the digest of their elements, so neither insertion order nor
-# PYTHONHASHSEED matters. Types without a fast path go through ``fingerprint``.
-
-_Update = Callable[[bytes], Any]
-_local = threading.local()
+# PYTHONHASHSEED matters.
 
 
 def _digest(obj: Any) -> bytes:
@@ -100,7 +170,7 @@ def _feed_array(update: _Update, arr: np.ndarray) -> None:
             _ARRAY_HEADERS[(arr.dtype, arr.shape)] = header
     update(header)
     if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr)  # values in C order: a transposed view is another array
     try:
         update(arr)
     except (TypeError, ValueError, BufferError):  # dtypes without a buffer (datetime64, ...)
@@ -131,10 +201,7 @@ def _feed(update: _Update, obj: Any) -> None:
         update(b"b%d:" % len(obj))
         update(obj)
     elif t is dict:
-        update(b"d%d:" % len(obj))
-        for kd, vd in sorted((_digest(k), _digest(v)) for k, v in obj.items()):
-            update(kd)
-            update(vd)
+        _feed_mapping(update, b"d", obj)
     elif t is set or t is frozenset:
         update(b"S%d:" % len(obj))
         for d in sorted(_digest(item) for item in obj):
@@ -148,14 +215,293 @@ def _feed(update: _Update, obj: Any) -> None:
         update(b"r%d,%d,%d;" % (obj.start, obj.stop, obj.step))
     elif obj is Ellipsis:
         update(b"E")
+    elif t is slice:
+        update(b"sl")
+        _feed(update, (obj.start, obj.stop, obj.step))
     elif t is types.CodeType:
         _feed_code(update, obj, _Context(None, None, None), set())
-    elif isinstance(obj, (types.FunctionType, types.MethodType, functools.partial)):
+    elif isinstance(obj, (types.FunctionType, types.MethodType, functools.partial, types.BuiltinFunctionType)):
         update(b"F")
         update(function_token(obj).encode())
+    elif isinstance(obj, type):
+        update(b"C")
+        update(class_token(obj).encode())
+    elif isinstance(obj, types.ModuleType):
+        update(b"M")
+        _feed(update, obj.__name__)
+    elif t is np.dtype:
+        update(b"dt")
+        _feed(update, obj.str if obj.fields is None else repr(obj.descr))
     else:
-        update(b"k")
-        update(fingerprint(obj).encode())
+        _feed_object(update, obj)
+
+
+def _feed_mapping(update: _Update, tag: bytes, obj: Mapping[Any, Any]) -> None:
+    update(tag + b"%d:" % len(obj))
+    for kd, vd in sorted((_digest(k), _digest(v)) for k, v in obj.items()):
+        update(kd)
+        update(vd)
+
+
+def _registered_normalizer(cls: type) -> Callable[[Any], Any] | None:
+    """The ``normalize_token`` registration for ``cls`` other than dask's generic object one."""
+    from dask.tokenize import normalize_object
+
+    try:
+        fn = normalize_token.dispatch(cls)
+    except TypeError:
+        return None
+    return None if fn is normalize_object else fn
+
+
+def _feed_object(update: _Update, obj: Any) -> None:
+    """Objects without a fast path: ``__dask_tokenize__``, dask registrations, then class + state."""
+    active: set[int] = getattr(_local, "objects", None) or set()
+    _local.objects = active
+    if id(obj) in active:  # an object that (indirectly) holds itself
+        update(b"<cycle>")
+        return
+    active.add(id(obj))
+    try:
+        cls = type(obj)
+        method = getattr(obj, "__dask_tokenize__", None)
+        if method is not None:
+            update(b"D")
+            update(class_token(cls).encode())
+            _feed(update, method())
+            return
+        if isinstance(obj, np.ndarray):  # object arrays and ndarray subclasses
+            update(b"A")
+            update(class_token(cls).encode())
+            _feed(update, (obj.dtype.str, obj.shape))
+            if obj.dtype.hasobject:
+                _feed(update, obj.ravel().tolist())
+            else:
+                _feed_array(update, np.asarray(obj))
+            return
+        update(b"O")
+        update(class_token(cls).encode())
+        if isinstance(obj, enum.Enum):
+            _feed(update, obj.name)
+        elif isinstance(obj, (int, float, str, bytes, complex)):  # subclasses of builtins: their plain value
+            base = next(b for b in (bool, int, float, str, bytes, complex) if isinstance(obj, b))
+            _feed(update, base(obj))
+            _feed(update, _state(obj))
+        elif isinstance(obj, (tuple, list)):
+            _feed(update, list(obj))
+            _feed(update, _state(obj))
+        elif isinstance(obj, dict):
+            _feed_mapping(update, b"d", obj)
+            _feed(update, _state(obj))
+        elif isinstance(obj, PurePath):
+            _feed(update, obj.as_posix())
+        elif dataclasses.is_dataclass(obj):
+            _feed(update, {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)})
+        else:
+            normalizer = _registered_normalizer(cls)
+            normalized = normalizer(obj) if normalizer is not None else obj
+            if normalized is not obj:  # registered with dask (ours for sklearn and torch, dask's, users')
+                update(b"R")
+                _feed(update, normalized)
+                return
+            state = _state(obj)
+            _feed(update, _pickled(obj) if state is None else state)
+    finally:
+        active.discard(id(obj))
+
+
+def _state(obj: Any) -> Any:
+    """What pickle would keep of ``obj``: ``__getstate__()``, else ``__dict__`` and ``__slots__`` (None: nothing)."""
+    cls = type(obj)
+    getstate = getattr(cls, "__getstate__", None)
+    if getstate is not None and getstate is not getattr(object, "__getstate__", None):
+        try:
+            return obj.__getstate__()
+        except TypeError:  # C types refusing to be pickled
+            return None
+    d = getattr(obj, "__dict__", None)
+    slots = [s for c in cls.__mro__ for s in getattr(c, "__slots__", ()) if isinstance(s, str)]
+    if d is None and not slots:
+        return None
+    state = dict(d) if d is not None else {}
+    for name in slots:
+        if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+            state[name] = getattr(obj, name)
+    return state
+
+
+def _pickled(obj: Any) -> str:
+    """Last resort for opaque (C extension) objects: dask's deterministic pickle-based token."""
+    try:
+        return tokenize(obj, ensure_deterministic=True)
+    except Exception as exc:
+        raise TokenizationError(
+            f"Cannot hash {type(obj).__module__}.{type(obj).__qualname__} deterministically ({exc}). {_FIX}"
+        ) from None
+
+
+def instance_token(obj: Any) -> str:
+    """Token of an object by its class (:func:`class_token`) and state, ignoring its ``__dask_tokenize__``.
+
+    The state is what pickle would keep (``__getstate__()``, else ``__dict__``
+    and ``__slots__``), hashed by value recursively. Classes use it to
+    implement ``__dask_tokenize__`` by value.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_KEY_FORMAT + b"instance")
+    h.update(class_token(type(obj)).encode())
+    with _strict():
+        state = _state(obj)
+        _feed(h.update, _pickled(obj) if state is None else state)
+    return h.hexdigest()
+
+
+# -- packages and classes -------------------------------------------------------------------
+
+
+def _is_installed(path: str) -> bool:
+    parts = PurePath(path).parts
+    return "site-packages" in parts or "dist-packages" in parts
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> Mapping[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+@functools.lru_cache(maxsize=4096)
+def package_version(module: str | None) -> str | None:
+    """``"<distribution>==<version>"`` of the installed package a module belongs to, else None.
+
+    The standard library gives ``"python==<major>.<minor>"``. Code that is not
+    installed -- ``__main__``, notebooks, scripts, editable checkouts -- gives
+    None: its identity is its bytecode.
+
+    Examples
+    --------
+    >>> package_version("numpy.linalg").startswith("numpy==")
+    True
+    >>> package_version("__main__") is None
+    True
+    """
+    if not module:
+        return None
+    top = module.partition(".")[0]
+    if top in ("__main__", "__mp_main__"):
+        return None
+    if top in sys.stdlib_module_names or top == "builtins":
+        return f"python=={sys.version_info.major}.{sys.version_info.minor}"
+    mod = sys.modules.get(top)
+    path = getattr(mod, "__file__", None)
+    if path is None:
+        paths = list(getattr(mod, "__path__", None) or ())
+        path = paths[0] if paths else None
+    if path is None or not _is_installed(str(path)):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in _distributions().get(top, ()):
+        try:
+            return f"{dist}=={version(dist)}"
+        except PackageNotFoundError:  # pragma: no cover - broken metadata
+            continue
+    return None  # files in site-packages without metadata: hash their code
+
+
+_CLASS_TOKENS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+_CLASS_LOCK = threading.Lock()
+
+
+def class_token(cls: type) -> str:
+    """Token of a class: name and version for installed packages, name and code for user code.
+
+    User code (not installed: ``__main__``, notebooks, scripts, editable
+    checkouts) contributes the bytecode of every method, property and nested
+    class, the constants in its body and the tokens of its bases, so editing
+    the class changes the token. Tokens are computed once per class object.
+    """
+    # Tokens are cached for top-level calls only: a class met while hashing another one is
+    # hashed afresh, so a token never depends on which classes were hashed before (cycles
+    # between classes are cut the same way every time). The lock guards the cache only:
+    # holding it while hashing could deadlock against dask's tokenize lock.
+    active: set[int] = getattr(_local, "classes", None) or set()
+    _local.classes = active
+    top_level = not active
+    if top_level:
+        with _CLASS_LOCK:
+            try:
+                found = _CLASS_TOKENS.get(cls)
+            except TypeError:  # not weak-referenceable
+                found = None
+        if found is not None:
+            return found
+    name = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls.__name__)}"
+    if id(cls) in active:  # a method naming its own class
+        return f"class:{name}"
+    active.add(id(cls))
+    try:
+        token = _class_token(cls, name)
+    finally:
+        active.discard(id(cls))
+    if top_level:
+        with _CLASS_LOCK, contextlib.suppress(TypeError):
+            _CLASS_TOKENS[cls] = token
+    return token
+
+
+def _class_token(cls: type, name: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"class:")
+    _feed(h.update, name)
+    version = package_version(getattr(cls, "__module__", None))
+    if version is not None or not hasattr(cls, "__dict__"):
+        _feed(h.update, version or "builtin")
+        return h.hexdigest()
+    for base in cls.__bases__:
+        if base is not object:
+            _feed(h.update, class_token(base))
+    module = sys.modules.get(cls.__module__)
+    ctx = _Context(cls.__module__, getattr(module, "__dict__", None), cls)
+    for attr in sorted(vars(cls)):
+        if attr in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", "__annotations__"):
+            continue
+        value = inspect.getattr_static(cls, attr)
+        funcs = _functions_of(value)
+        if funcs:
+            _feed(h.update, attr)
+            for fn in funcs:
+                _feed_code(h.update, fn.__code__, ctx, set())
+                _feed(h.update, (fn.__defaults__, fn.__kwdefaults__))
+        elif isinstance(value, type):
+            _feed(h.update, (attr, class_token(value)))
+        elif _is_constant(value):
+            _feed(h.update, (attr, value))
+    return h.hexdigest()
+
+
+def _functions_of(value: Any) -> list[types.FunctionType]:
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, property):
+        return [f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)]
+    if isinstance(value, functools.cached_property):
+        value = value.func
+    return [value] if isinstance(value, types.FunctionType) else []
+
+
+def _is_constant(value: Any, depth: int = 0) -> bool:
+    """Immutable plain values (numbers, strings, tuples and frozensets of them): safe to hash as configuration."""
+    if value is None or type(value) in (int, float, str, bytes, bool, complex):
+        return True
+    if isinstance(value, np.generic) and not isinstance(value, np.object_):
+        return True
+    if isinstance(value, enum.Enum):
+        return True
+    if type(value) in (tuple, frozenset) and depth < 3 and len(value) <= 256:
+        return all(_is_constant(v, depth + 1) for v in value)
+    return False
 
 
 # -- code -----------------------------------------------------------------------------------
@@ -172,23 +518,29 @@ class _Context:
         self.owner_cls = owner_cls
 
 
-def _resolve_helper(name: str, ctx: _Context) -> Any:
-    """The function a name in a code object refers to, if its code belongs in the digest.
+_STORED_GLOBALS: dict[types.CodeType, frozenset[str]] = {}
 
-    Module-level *values* are deliberately left out: a global counter would give
-    every process a different key.
-    """
-    obj = None
+
+def _stored_globals(code: types.CodeType) -> frozenset[str]:
+    """Names the code assigns with ``global``: run-time state, not configuration."""
+    found = _STORED_GLOBALS.get(code)
+    if found is None:
+        found = frozenset(
+            ins.argval for ins in dis.get_instructions(code) if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
+        )
+        if len(_STORED_GLOBALS) < 8192:
+            _STORED_GLOBALS[code] = found
+    return found
+
+
+def _resolve_name(name: str, ctx: _Context) -> Any:
+    """What a name in a code object refers to (module global, or attribute of the owner class)."""
     if ctx.globals is not None and name in ctx.globals:
-        obj = ctx.globals[name]
-    elif ctx.owner_cls is not None:
+        return ctx.globals[name]
+    if ctx.owner_cls is not None:
         obj = inspect.getattr_static(ctx.owner_cls, name, None)
-        if isinstance(obj, (staticmethod, classmethod)):
-            obj = obj.__func__
-        elif isinstance(obj, property):
-            obj = obj.fget
-    if isinstance(obj, types.FunctionType) and obj.__module__ == ctx.module:
-        return obj
+        funcs = _functions_of(obj)
+        return funcs[0] if len(funcs) == 1 else None
     return None
 
 
@@ -207,16 +559,29 @@ def _feed_code(update: _Update, code: types.CodeType, ctx: _Context, seen: set[i
             _feed_code(update, const, ctx, seen)
         else:
             _feed(update, const)
-    # Helpers the code calls by name: functions of the same module and methods of the
-    # owner's class. Editing them changes the key too.
+    # What the code reads by name: functions (their code, or package and version), classes,
+    # and constant module-level values. Names the code itself assigns (`global counter`) are
+    # state, not configuration, and left out, as are mutable values and modules.
+    stored = _stored_globals(code) if code.co_names else frozenset()
     for name in code.co_names:
-        helper = _resolve_helper(name, ctx)
-        if helper is None:
+        if name in stored:
             continue
-        _feed(update, name)
-        helper_ctx = _Context(helper.__module__, helper.__globals__, ctx.owner_cls)
-        _feed_code(update, helper.__code__, helper_ctx, seen)
-        _feed(update, (helper.__defaults__, helper.__kwdefaults__))
+        obj = _resolve_name(name, ctx)
+        if obj is None:
+            continue
+        if isinstance(obj, types.FunctionType):
+            _feed(update, name)
+            version = package_version(getattr(obj, "__module__", None))
+            if version is not None:
+                _feed(update, ("pkg", obj.__qualname__, version))
+                continue
+            helper_ctx = _Context(obj.__module__, obj.__globals__, ctx.owner_cls)
+            _feed_code(update, obj.__code__, helper_ctx, seen)
+            _feed(update, (obj.__defaults__, obj.__kwdefaults__))
+        elif isinstance(obj, type):
+            _feed(update, (name, class_token(obj)))
+        elif _is_constant(obj):
+            _feed(update, (name, obj))
 
 
 def _unwrap(fn: Any) -> tuple[Any, list[Any], Any]:
@@ -236,7 +601,7 @@ def _unwrap(fn: Any) -> tuple[Any, list[Any], Any]:
             if owner is None and not isinstance(target.__self__, (type, types.ModuleType)):
                 owner = target.__self__
             elif isinstance(target.__self__, type):  # classmethod: the class is state
-                partial_args.append(f"{target.__self__.__module__}.{target.__self__.__qualname__}")
+                partial_args.append(target.__self__)
             target = target.__func__
         elif not isinstance(target, type) and getattr(target, "__wrapped__", None) is not None:
             target = target.__wrapped__
@@ -251,12 +616,15 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
     Bound methods, ``functools.partial`` objects, ``__wrapped__`` chains and
     callables with a ``__call__`` are unwrapped to the function that runs.
     Nested code objects (inner functions, lambdas, comprehensions) are hashed
-    recursively, and so are the helpers the code names: functions of the same
-    module and methods of the owner's class (not module-level values, and not
-    functions of other modules).
-    Neither the file path nor line numbers are part of the digest, and sets
-    are hashed in sorted order, so the same code gives the same digest in
-    every process and on every machine.
+    recursively, and so is what the code reads by name: the functions it
+    calls (their code, or package and version if installed), classes
+    (:func:`class_token`) and constant module-level values (numbers,
+    strings, tuples of them; not mutable values, nor names the code assigns
+    with ``global``). Functions of installed packages contribute their
+    qualified name and the package version instead of their bytecode.
+    Neither the file path nor line numbers of user code are part of the
+    digest, and sets are hashed in sorted order, so the same code gives the
+    same digest in every process and on every machine.
 
     Examples
     --------
@@ -278,17 +646,30 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
         call = type(target).__call__ if callable(target) else None
         code = getattr(call, "__code__", None)
         owner_cls = type(target)
-        _feed(update, f"{type(target).__module__}.{type(target).__qualname__}")
+        update(b"instance:")
+        update(class_token(type(target)).encode())
         target = call if code is not None else target
+    if owner_cls is not None:
+        update(b"owner-class:")
+        update(class_token(owner_cls).encode())
     if code is None:
-        # Builtins, classes and C extensions: their identity is their qualified name.
-        name = getattr(target, "__qualname__", None) or type(target).__qualname__
-        _feed(update, f"builtin:{getattr(target, '__module__', '')}.{name}")
+        # Builtins, classes and C extensions: qualified name and package version.
+        if isinstance(target, type):
+            update(class_token(target).encode())
+        else:
+            name = getattr(target, "__qualname__", None) or type(target).__qualname__
+            module = getattr(target, "__module__", None) or type(target).__module__
+            _feed(update, f"builtin:{module}.{name}")
+            _feed(update, package_version(module) or "")
+        return h.hexdigest()
+    module = getattr(target, "__module__", None)
+    _feed(update, f"{module}.{getattr(target, '__qualname__', '')}")
+    version = package_version(module)
+    if version is not None:
+        _feed(update, ("pkg", version, code.co_name, code.co_firstlineno))
     else:
-        module = getattr(target, "__module__", None)
-        _feed(update, f"{module}.{getattr(target, '__qualname__', '')}")
         _feed_code(update, code, _Context(module, getattr(target, "__globals__", None), owner_cls), set())
-        _feed(update, (getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None)))
+    _feed(update, (getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None)))
     return h.hexdigest()
 
 
@@ -300,7 +681,7 @@ def _state_token(fn: Any) -> bytes:
         # The object a bound method belongs to; a Utility answers with its stored
         # token (data fingerprint, model parameters, scorer).
         h.update(b"owner:")
-        h.update(fingerprint(owner).encode())
+        _feed(h.update, owner)
     if isinstance(target, types.FunctionType):
         closure = target.__closure__ or ()
         h.update(b"closure:%d:" % len(closure))
@@ -313,7 +694,13 @@ def _state_token(fn: Any) -> bytes:
             _feed(h.update, contents)
     elif not isinstance(target, (types.BuiltinFunctionType, type)) and callable(target):
         h.update(b"instance:")
-        h.update(fingerprint(target).encode())
+        state = _state(target)
+        _feed(h.update, _pickled(target) if state is None else state)
+    elif isinstance(target, types.BuiltinFunctionType):
+        bound = getattr(target, "__self__", None)
+        if bound is not None and not isinstance(bound, types.ModuleType):
+            h.update(b"bound:")
+            _feed(h.update, bound)
     return h.digest()
 
 
@@ -329,6 +716,13 @@ def function_token(fn: Callable[..., Any]) -> str:
     ------
     TokenizationError
         If some of that state cannot be hashed deterministically.
+
+    Examples
+    --------
+    >>> def make(threshold):
+    ...     return lambda x: x > threshold
+    >>> function_token(make(0.5)) == function_token(make(0.5)), function_token(make(0.5)) == function_token(make(0.7))
+    (True, False)
     """
     active: set[int] = getattr(_local, "active", None) or set()
     _local.active = active
@@ -336,13 +730,270 @@ def function_token(fn: Callable[..., Any]) -> str:
         return "recursive"
     active.add(id(fn))
     try:
-        h = hashlib.blake2b(digest_size=16)
-        h.update(_KEY_FORMAT)
-        h.update(code_fingerprint(fn).encode())
-        h.update(_state_token(fn))
-        return h.hexdigest()
+        with _strict():
+            h = hashlib.blake2b(digest_size=16)
+            h.update(_KEY_FORMAT)
+            h.update(code_fingerprint(fn).encode())
+            h.update(_state_token(fn))
+            return h.hexdigest()
     finally:
         active.discard(id(fn))
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def estimator_token(estimator: Any, *, fitted: bool = True) -> str:
+    """Token of a scikit-learn style estimator: class, ``get_params(deep=False)`` by value, fitted state.
+
+    Parameters are hashed by value (arrays by content, nested estimators
+    recursively, callables by code and state). With ``fitted=True`` the
+    fitted attributes (public names ending in ``_``) are included too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> estimator_token(LogisticRegression(C=1.0)) == estimator_token(LogisticRegression(C=1.0))
+    True
+    >>> estimator_token(LogisticRegression(C=1.0)) == estimator_token(LogisticRegression(C=2.0))
+    False
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_KEY_FORMAT + b"estimator")
+    h.update(class_token(type(estimator)).encode())
+    with _strict():
+        try:
+            params = estimator.get_params(deep=False)
+        except Exception as exc:
+            raise TokenizationError(
+                f"Cannot read the parameters of {type(estimator).__qualname__} (get_params raised "
+                f"{type(exc).__name__}: {exc}). {_FIX}"
+            ) from exc
+        _feed(h.update, dict(params))
+        if fitted:
+            state = getattr(estimator, "__dict__", {})
+            _feed(h.update, {k: v for k, v in state.items() if k.endswith("_") and not k.startswith("_")})
+    return h.hexdigest()
+
+
+def model_token(model: Any) -> str:
+    """Token of an (unfitted) model: what a computation that clones and fits it depends on.
+
+    ``__dask_tokenize__`` wins; scikit-learn style models (``get_params``) are
+    hashed by class and parameters (:func:`estimator_token` without fitted
+    state); other objects by class and state (:func:`object_token`).
+    """
+    if getattr(model, "__dask_tokenize__", None) is None and callable(getattr(model, "get_params", None)):
+        return estimator_token(model, fitted=False)
+    return object_token(model)
+
+
+def _scorer_token(scorer: Any) -> str:
+    """A scikit-learn scorer: score function (code or package version), sign, kwargs, response method."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_KEY_FORMAT + b"scorer")
+    h.update(class_token(type(scorer)).encode())
+    with _strict():
+        _feed(h.update, dict(vars(scorer)))
+    return h.hexdigest()
+
+
+def _lenient(tag: str, fn: Callable[[Any], str]) -> Callable[[Any], tuple[str, str]]:
+    """A ``normalize_token`` registration: strict inside dvl_dask, dask's own rules elsewhere."""
+
+    def normalize(obj: Any) -> tuple[str, str]:
+        if getattr(_local, "strict", 0):
+            return tag, fn(obj)
+        try:
+            return tag, fn(obj)
+        except TokenizationError as exc:
+            from dask.tokenize import _maybe_raise_nondeterministic
+
+            _maybe_raise_nondeterministic(str(exc))
+            return tag, uuid.uuid4().hex
+
+    normalize.__name__ = f"normalize_{tag.replace('-', '_')}"
+    return normalize
+
+
+#: How dask normalises plain Python functions once dvl_dask is imported: by code and captured
+#: state (dask's default pickles importable functions by reference, so an edited body kept its key).
+normalize_function = _lenient("function", function_token)
+normalize_token.register(types.FunctionType, normalize_function)
+
+
+@normalize_token.register_lazy("sklearn")
+def _register_sklearn_tokenizers() -> None:
+    from sklearn.base import BaseEstimator
+
+    normalize_token.register(BaseEstimator, _lenient("sklearn-estimator", estimator_token))
+    try:
+        from sklearn.metrics._scorer import _BaseScorer
+    except ImportError:  # pragma: no cover - private module moved
+        return
+    normalize_token.register(_BaseScorer, _lenient("sklearn-scorer", _scorer_token))
+
+
+# -- data -----------------------------------------------------------------------------------
+
+#: Rows per block of a content digest: a fixed number of bytes, so the digest does not depend on chunks.
+_DIGEST_BLOCK_BYTES = 8 * 2**20
+
+
+def _rows_per_block(shape: tuple[int, ...], itemsize: int) -> int:
+    row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize) if len(shape) > 1 else max(1, itemsize)
+    return max(1, _DIGEST_BLOCK_BYTES // row)
+
+
+def _block_digest(block: np.ndarray) -> np.ndarray:
+    h = hashlib.blake2b(digest_size=16)
+    _feed_array(h.update, np.asarray(block))
+    return np.frombuffer(h.digest(), dtype=np.uint8).reshape((1, 16))
+
+
+def _combine(shape: tuple[int, ...], dtype: np.dtype, digests: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_KEY_FORMAT + b"content")
+    _feed(h.update, (np.dtype(dtype).str, tuple(int(s) for s in shape)))
+    h.update(np.ascontiguousarray(digests, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def _combine_parts(shape: tuple[int, ...], dtype: np.dtype, parts: list[np.ndarray]) -> str:
+    return _combine(shape, dtype, np.concatenate(parts))
+
+
+def dask_content_digest(array: Any, *, compute: bool = True) -> Any:
+    """Digest of an array's *values*, the same for numpy and dask arrays and for any chunking.
+
+    The rows are cut into blocks of about 8 MiB (a number of rows fixed by
+    the shape and dtype, not by the chunks), each block is hashed
+    (BLAKE2b), and the block digests are hashed in order with the dtype and
+    shape. For a dask array (e.g. backed by zarr or a cloud store) the block
+    digests are a dask reduction: the data is read once, in parallel, by the
+    current scheduler, and never held in memory as a whole.
+
+    Parameters
+    ----------
+    array : numpy or dask array
+        Must not be object dtype.
+    compute : bool
+        For dask arrays: False returns a ``dask.delayed`` object.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> x = np.arange(12.0).reshape(6, 2)
+    >>> dask_content_digest(x) == dask_content_digest(da.from_array(x, chunks=(4, 1)))
+    True
+    """
+    from .validation import is_dask_array
+
+    shape = tuple(int(s) for s in array.shape)
+    dtype = np.dtype(array.dtype)
+    if dtype.hasobject:
+        raise TokenizationError(
+            f"Cannot digest an object-dtype array (shape {shape}) by content. To fix, convert it to a numeric or "
+            "string dtype, or pass version=... to the Dataset."
+        )
+    if not shape:
+        return _combine(shape, dtype, _block_digest(np.asarray(array)))
+    rows = _rows_per_block(shape, dtype.itemsize)
+    if not is_dask_array(array):
+        arr = np.asarray(array)
+        blocks = [arr[i : i + rows] for i in range(0, max(1, shape[0]), rows)]
+        if len(blocks) > 2:  # hashlib releases the GIL: hash blocks on all cores
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(blocks), os.cpu_count() or 1)) as pool:
+                digests = list(pool.map(_block_digest, blocks))
+        else:
+            digests = [_block_digest(b) for b in blocks]
+        return _combine(shape, dtype, np.concatenate(digests))
+    import dask
+
+    blocks = array.rechunk({0: rows, **{d: -1 for d in range(1, len(shape))}})
+    parts = [dask.delayed(_block_digest, pure=True)(b) for b in blocks.to_delayed().ravel()]
+    combined = dask.delayed(_combine_parts, pure=True)(shape, dtype, parts)
+    return combined.compute() if compute else combined
+
+
+# -- run identity ---------------------------------------------------------------------------
+
+
+def run_identity(estimator: Any = None, utility_token: str | None = None, **parts: Any) -> dict[str, Any]:
+    """What a persisted run (checkpoint, influence store) records to refuse resuming another computation.
+
+    Returns a JSON-serialisable dict: the dvl_dask version, the estimator's
+    class, its parameters in full and its token (code and parameters), the
+    utility token and any extra ``parts`` (already JSON-serialisable).
+    """
+    from ._version import __version__
+
+    identity: dict[str, Any] = {"dvl_dask_version": __version__}
+    if estimator is not None:
+        identity["estimator"] = {
+            "class": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+            "parameters": describe_parameters(getattr(estimator, "__dict__", {})),
+            "token": object_token(estimator),
+        }
+    if utility_token is not None:
+        identity["utility_token"] = utility_token
+    identity.update(parts)
+    return identity
+
+
+def describe_parameters(value: Any, *, tokens: bool = True, _depth: int = 0) -> Any:
+    """A readable, JSON-serialisable description of parameters, for headers and attributes.
+
+    Numbers, strings and containers of them are kept; callables become their
+    name and :func:`function_token`; objects with a ``parameters()`` method
+    returning a mapping (samplers, truncation policies) are described by it;
+    other objects by class name and (with ``tokens=True``) :func:`object_token`.
+
+    Examples
+    --------
+    >>> describe_parameters({"alpha": 1.0, "rank": np.int64(3), "name": "x"})
+    {'alpha': 1.0, 'name': 'x', 'rank': 3}
+    """
+    depth = _depth + 1
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is float or isinstance(value, np.floating):
+        return float(value) if np.isfinite(value) else repr(float(value))
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    if isinstance(value, enum.Enum):
+        return describe_parameters(value.value, tokens=tokens, _depth=depth)
+    if isinstance(value, Mapping) and depth < 5:
+        return {
+            str(k): describe_parameters(v, tokens=tokens, _depth=depth)
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+        }
+    if isinstance(value, (list, tuple)) and depth < 5 and len(value) <= 64:
+        return [describe_parameters(v, tokens=tokens, _depth=depth) for v in value]
+    if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+        target, _, _ = _unwrap(value)
+        name = getattr(target, "__qualname__", type(target).__qualname__)
+        return {"callable": name, "token": _token_or_none(function_token, value) if tokens else None}
+    described: dict[str, Any] = {"class": type(value).__qualname__}
+    params = getattr(value, "parameters", None)
+    if callable(params) and depth < 5:
+        with contextlib.suppress(Exception):
+            found = params()
+            if isinstance(found, Mapping):
+                described.update(describe_parameters(found, tokens=tokens, _depth=depth))
+                return described
+    described["token"] = _token_or_none(object_token, value) if tokens else None
+    return described
+
+
+def _token_or_none(fn: Callable[[Any], str], value: Any) -> str | None:
+    try:
+        return fn(value)
+    except TokenizationError:  # described, not identified: the caller holds the identity (token=)
+        return None
 
 
 # -- coalitions and keys ------------------------------------------------------------------
@@ -610,7 +1261,6 @@ def layer_name(verb: str, *parts: Any) -> str:
 # torch tensors and modules hash by value. The normalisers live with the rest of the
 # torch code and are imported only once dask meets a torch object, so this module
 # (and `import dvl_dask`) never imports torch itself.
-from dask.base import normalize_token  # noqa: E402  (kept with the block it serves)
 
 
 @normalize_token.register_lazy("torch")

@@ -53,14 +53,22 @@ def test_from_sklearn_bunch_and_loader():
         Dataset.from_sklearn(object())
 
 
-def test_dataset_accepts_dask_arrays_and_fingerprints_without_computing():
+def test_dataset_accepts_dask_arrays_and_fingerprints_them_by_content_in_one_computation():
     from dvl_dask.testing import raise_if_dask_computes
 
     x, y = _xy(12)
-    with raise_if_dask_computes():
+    with raise_if_dask_computes(max_computes=1):
         data = Dataset(da.from_array(x[:8], chunks=4), da.from_array(y[:8], chunks=4), x[8:], y[8:])
     u = Utility(LogisticRegression(), data, "accuracy")
     assert 0.0 <= u(range(8)) <= 1.0
+    # the same values as numpy arrays, or chunked differently: the same fingerprint
+    assert data.fingerprint == Dataset(x[:8], y[:8], x[8:], y[8:]).fingerprint
+    assert data.fingerprint == Dataset(da.from_array(x[:8], chunks=3), y[:8], x[8:], y[8:]).fingerprint
+    with raise_if_dask_computes():  # an explicit version: the dask arrays are not read
+        named = Dataset(da.from_array(x[:8], chunks=4), da.from_array(y[:8], chunks=4), x[8:], y[8:], version="v1")
+    assert named.fingerprint != data.fingerprint
+    with pytest.raises(InvalidParameterError, match="'version'"):
+        Dataset(x[:8], y[:8], x[8:], y[8:], version=1)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import math
 import numbers
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
@@ -241,13 +242,14 @@ class MemoizedFunction(Generic[T]):
 
     # -- protocols --------------------------------------------------------------------------
     def __dask_tokenize__(self) -> Any:
-        # What the wrapped function normalises to: memoizing never changes graph keys.
-        from dask.tokenize import normalize_token
+        # The wrapped function by code and state (dvl_dask.keys.function_token), the token the
+        # cache keys start from, and for plain functions what dask gives the function itself:
+        # memoizing never changes graph keys, and two memoized functions with different code
+        # or captured values never share one.
+        from ..keys import normalize_function
 
-        try:
-            return normalize_token(self.__wrapped__)
-        except Exception:
-            return function_token(self.__wrapped__)
+        fn = self.__wrapped__
+        return normalize_function(fn) if isinstance(fn, types.FunctionType) else ("callable", function_token(fn))
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Used as a method decorator: bind the instance like a function would.

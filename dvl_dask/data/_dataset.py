@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidDataError, InvalidParameterError
-from ..keys import fingerprint
+from ..keys import dask_content_digest, fingerprint
 from ..validation import (
     SeedLike,
     as_seed_sequence,
@@ -60,12 +60,27 @@ class Dataset:
         Names of the classes or targets, kept for display.
     description : str, optional
         Free text kept with the data.
+    version : str, optional
+        Names the *content* of the dask-backed arrays (e.g. a dataset
+        release, a commit of the zarr store). When given, dask arrays are not
+        read to fingerprint them: their shape, dtype and this version stand
+        for their values, so give a new version whenever the data changes.
+        numpy arrays are always fingerprinted by content.
 
     Notes
     -----
-    The fingerprint is computed once, here, and is what caches and graph keys
-    use to tell datasets apart. numpy inputs are checked for NaN/inf; dask
-    arrays are checked for shape only (checking their values would compute them).
+    The fingerprint is computed once, here, and is what caches, graph keys
+    and checkpoints use to tell datasets apart: the *values* of the arrays
+    (dtype, shape and bytes, see :func:`dvl_dask.keys.dask_content_digest`),
+    labels and names. The same values give the same fingerprint whether they
+    are numpy or dask arrays, and however they are chunked. Dask arrays
+    (backed by zarr, a cloud store, ...) are read **once**, here, by the
+    current scheduler, in blocks of about 8 MiB (a dask reduction of block
+    digests) -- unless ``version`` is given. Rewriting values in a store thus
+    changes the fingerprint of a Dataset built afterwards, so stale cache
+    entries and checkpoints of the old values are never used.
+    numpy inputs are checked for NaN/inf; dask arrays are checked for shape
+    only (checking their values would compute them).
 
     Examples
     --------
@@ -86,8 +101,15 @@ class Dataset:
         feature_names: Sequence[str] | None = None,
         target_names: Sequence[str] | None = None,
         description: str | None = None,
+        version: str | None = None,
     ) -> None:
         owner = type(self).__name__
+        if version is not None and (not isinstance(version, str) or not version):
+            raise InvalidParameterError(
+                f"The 'version' argument of {owner} must be a non-empty string naming the data's content or "
+                f"None (to fingerprint dask arrays by reading them). Got {version!r} instead."
+            )
+        self.version = version
         self.x_train = check_array(x_train, "x_train", owner, ndim=(1, 2, 3, 4))
         self.y_train = check_array(y_train, "y_train", owner, ndim=(1, 2))
         self.x_test = check_array(x_test, "x_test", owner, ndim=(1, 2, 3, 4))
@@ -107,10 +129,7 @@ class Dataset:
         self.description = description
         self.fingerprint = fingerprint(
             type(self).__name__,
-            self.x_train,
-            self.y_train,
-            self.x_test,
-            self.y_test,
+            _content_tokens((self.x_train, self.y_train, self.x_test, self.y_test), version),
             self.data_names,
             self.feature_names,
             self._extra_fingerprint(),
@@ -254,6 +273,27 @@ class Dataset:
         return clone
 
 
+def _content_tokens(arrays: Sequence[Any], version: str | None) -> list[Any]:
+    """Content digests of the arrays; dask arrays are read once, in one computation (or named by ``version``)."""
+    import dask
+
+    tokens: list[Any] = []
+    lazy: dict[int, Any] = {}
+    for i, arr in enumerate(arrays):
+        if not is_dask_array(arr):
+            arr = np.asarray(arr)
+            tokens.append(fingerprint(arr) if arr.dtype.hasobject else dask_content_digest(arr))
+        elif version is not None:
+            tokens.append(("version", version, tuple(int(s) for s in arr.shape), np.dtype(arr.dtype).str))
+        else:
+            tokens.append(None)
+            lazy[i] = dask_content_digest(arr, compute=False)
+    if lazy:
+        for i, digest in zip(lazy, dask.compute(*lazy.values())):
+            tokens[i] = digest
+    return tokens
+
+
 def _is_per_row(value: Any, n: int) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, str) and len(value) == n
 
@@ -337,6 +377,7 @@ class GroupedDataset(Dataset):
             feature_names=list(data.feature_names),
             target_names=data.target_names,
             description=data.description,
+            version=data.version,
         )
 
 

@@ -19,7 +19,6 @@ a :class:`~dvl_dask.chunks.DaskMapper` over dask arrays and returns dask arrays
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -36,7 +35,7 @@ from ..errors import (
     TokenizationError,
     UnalignedChunksError,
 )
-from ..keys import fingerprint, layer_name
+from ..keys import describe_parameters, fingerprint, layer_name
 from ..results import influence_dataarray
 from ..validation import is_dask_array
 from ._base import InfluenceFunctionModel
@@ -115,11 +114,29 @@ def _budget(value: Any, owner: str) -> int:
     return budget
 
 
-def _model_token(model: Any) -> str:
+def _model_token(model: Any, token: str | None, owner: str) -> str:
+    """The model's identity in graph names and zarr headers: by value, stable across processes.
+
+    Torch influence models hash their class, hyper-parameters and the contents
+    of the module's parameters, buffers and fitted state (see
+    :mod:`dvl_dask.keys`). A model that cannot be hashed deterministically
+    raises unless the caller names it with ``token=``.
+    """
+    if token is not None:
+        if not isinstance(token, str) or not token:
+            raise InvalidParameterError(
+                f"The 'token' parameter of {owner} must be a non-empty string or None. Got {token!r} instead."
+            )
+        return fingerprint("user-token", token)
     try:
         return fingerprint(model)
-    except TokenizationError:  # a model holding unhashable state: graph names are then per calculator
-        return uuid.uuid4().hex
+    except TokenizationError as exc:
+        raise TokenizationError(
+            f"{owner} cannot name the computations of {type(model).__name__} deterministically: {exc} "
+            "Without a stable name, an interrupted influence_to_zarr/to_zarr could never resume. To fix, give "
+            f"the model a __dask_tokenize__ method, or pass token='<a string naming this fitted model>' to {owner} "
+            "(change it whenever the model or its fit changes)."
+        ) from exc
 
 
 def _numpy_dtype(model: Any, converter: Any) -> np.dtype:
@@ -136,11 +153,18 @@ class _Recipe:
 
     owner = "InfluenceCalculator"
 
-    def __init__(self, model: Any, train_gradients: TrainGradients, memory_budget: Any) -> None:
+    def __init__(
+        self, model: Any, train_gradients: TrainGradients, memory_budget: Any, token: str | None = None
+    ) -> None:
         self.model = _check_model(model, self.owner)
         self.train_gradients = _check_train_gradients(train_gradients, self.model, self.owner)
         self.memory_budget = _budget(memory_budget, self.owner)
-        self._token = _model_token(self.model)
+        self._token = _model_token(self.model, token, self.owner)
+        # Hyper-parameters in full, recorded with stored results; the module and the loss by class and name
+        # (the model token covers their contents; they are not hashed twice).
+        self._parameters = describe_parameters(
+            {k: v for k, v in getattr(self.model, "__dict__", {}).items() if not k.startswith("_")}, tokens=False
+        )
 
     @property
     def n_parameters(self) -> int:
@@ -151,6 +175,7 @@ class _Recipe:
             "mode": mode.value,
             "model": type(self.model).__name__,
             "model_token": self._token,
+            "model_parameters": self._parameters,
             "train_gradients": stored if isinstance(stored, str) else ("stored" if stored else "recomputed"),
         }
 
@@ -181,6 +206,11 @@ class SequentialInfluenceCalculator(_Recipe):
         ``dvl_dask.influence.gradient-memory-budget``, 1 GiB).
     progress : bool
         Print a progress line over the blocks (default False).
+    token : str, optional
+        Names the fitted model in graph keys and zarr headers, for models
+        dvl_dask cannot hash deterministically (it raises
+        :class:`~dvl_dask.errors.TokenizationError` saying so). Torch
+        influence models need none: they hash by value.
 
     Notes
     -----
@@ -216,8 +246,9 @@ class SequentialInfluenceCalculator(_Recipe):
         train_gradients: TrainGradients = "auto",
         memory_budget: int | str | None = None,
         progress: bool = False,
+        token: str | None = None,
     ) -> None:
-        super().__init__(model, train_gradients, memory_budget)
+        super().__init__(model, train_gradients, memory_budget, token)
         self.progress = bool(progress)
         self._mapper = SequentialMapper(progress=self.progress)
         self._shared = SharedObjects({"model": self.model, "converter": None}, token=self._token)
@@ -353,6 +384,11 @@ class DaskInfluenceCalculator(_Recipe):
     memory_budget : int or str, optional
         Bytes of stored gradients allowed in ``"auto"`` mode (default: option
         ``dvl_dask.influence.gradient-memory-budget``, 1 GiB).
+    token : str, optional
+        Names the fitted model in graph keys and zarr headers, for models
+        dvl_dask cannot hash deterministically (it raises
+        :class:`~dvl_dask.errors.TokenizationError` saying so). Torch
+        influence models need none: they hash by value.
 
     Raises
     ------
@@ -387,8 +423,9 @@ class DaskInfluenceCalculator(_Recipe):
         *,
         train_gradients: TrainGradients = "auto",
         memory_budget: int | str | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(model, train_gradients, memory_budget)
+        super().__init__(model, train_gradients, memory_budget, token)
         for method in ("to_tensor", "to_numpy"):
             if not callable(getattr(converter, method, None)):
                 raise InvalidParameterError(

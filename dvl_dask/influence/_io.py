@@ -14,7 +14,7 @@ from ..errors import InvalidDataError, InvalidParameterError
 from ..keys import fingerprint
 from ..results import TEST_DIM, TRAIN_DIM, open_block_sink
 from ..validation import is_dask_array
-from ._sequences import labels
+from ._sequences import labels, model_identity
 
 __all__ = ["influence_to_zarr"]
 
@@ -111,7 +111,7 @@ def influence_to_zarr(
         url, plan=grid, name=name, dims=dims, coords=coords,
         token=fingerprint(values.name, grid.chunks, coords[dims[0]], coords[dims[1]], attrs),
         attrs=attrs, dtype=values.dtype, trailing_shape=values.shape[2:], storage_options=storage_options,
-        overwrite=overwrite, resume=resume,
+        overwrite=overwrite, resume=resume, identity=model_identity(attrs),
     )
     return DaskMapper().store(values, sink, compute=compute)
 

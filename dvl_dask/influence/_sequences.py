@@ -22,7 +22,14 @@ from ..errors import InvalidParameterError
 from ..keys import fingerprint
 from ..results import FACTOR_DIM, TEST_DIM, TRAIN_DIM, open_block_sink, open_influence
 
-__all__ = ["LazyChunkSequence", "NestedLazyChunkSequence", "labels"]
+__all__ = ["LazyChunkSequence", "NestedLazyChunkSequence", "labels", "model_identity"]
+
+_IDENTITY_ATTRS = ("model", "model_token", "model_parameters", "mode")
+
+
+def model_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a stored influence result records about the model: class, token and hyper-parameters in full."""
+    return {k: attrs[k] for k in _IDENTITY_ATTRS if k in attrs}
 
 
 def labels(names: Sequence[Any] | np.ndarray | None, n: int, arg: str, owner: str) -> np.ndarray:
@@ -100,7 +107,7 @@ class LazyChunkSequence:
         sink = open_block_sink(
             url, plan=plan, name="influence_factors", dims=(TEST_DIM, FACTOR_DIM), coords=coords,
             token=fingerprint(self._token, plan.chunks, coords[TEST_DIM]), attrs=self.attrs,
-            storage_options=storage_options, overwrite=overwrite, resume=resume,
+            storage_options=storage_options, overwrite=overwrite, resume=resume, identity=model_identity(self.attrs),
         )
         out = SequentialMapper().store(self._blocks, sink, convert=_converter_fn(converter))
         return open_influence(out, storage_options=storage_options) if return_stored else out
@@ -192,7 +199,7 @@ class NestedLazyChunkSequence:
         sink = open_block_sink(
             url, plan=plan, name="influence", dims=(TEST_DIM, TRAIN_DIM), coords=coords,
             token=fingerprint(self._token, plan.chunks, coords[TEST_DIM], coords[TRAIN_DIM]), attrs=self.attrs,
-            storage_options=storage_options, overwrite=overwrite, resume=resume,
+            storage_options=storage_options, overwrite=overwrite, resume=resume, identity=model_identity(self.attrs),
         )
         mapper = SequentialMapper(progress=self._nested.progress)
         out = mapper.store(self._nested, sink, convert=_converter_fn(converter))

@@ -2,7 +2,8 @@
 
 Format 2 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL)::
 
-    <root>/zarr.json              group attrs: dvl_checkpoint_version=2, header, data_names
+    <root>/zarr.json              group attrs: dvl_checkpoint_version=2, header (method, parameters,
+                                  utility_token, seed, identity, ...), data_names
     <root>/header.json            a copy of the group attrs (written once; repairs the group metadata)
     <root>/stats/                 float64 (block, stat=3, stream, sample): count, mean, M2; one
                                   uncompressed chunk per block at stats/c/<block>/0/0/0
@@ -49,8 +50,49 @@ from ._stores import INFLUENCE, VALUATION, check_location, store_kind
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
 
 FORMAT_VERSION = 2
-_HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams")
+_HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams", "identity")
 _ARRAYS = ("stats", "evaluations")
+
+
+def _same(key: str, stored: Any, now: Any) -> bool:
+    """Whether a stored header value matches this run's.
+
+    The identity (see :func:`dvl_dask.keys.run_identity`) matches when the
+    estimator (class, parameters, code) and the utility are the same: a resume
+    after a dvl_dask upgrade is accepted when the estimator's code did not change.
+    """
+    if key == "identity" and isinstance(stored, dict) and isinstance(now, dict):
+        # The estimator's token covers its code and parameters; the version and the readable
+        # parameters are recorded to explain a refusal, not compared.
+        def strip(d: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in d.items() if k != "dvl_dask_version"}
+            if isinstance(out.get("estimator"), dict):
+                out["estimator"] = {k: v for k, v in out["estimator"].items() if k != "parameters"}
+            return out
+
+        return strip(stored) == strip(now)
+    return bool(stored == now)
+
+
+def _detail(key: str, stored: Any, now: Any) -> str:
+    if key != "identity":
+        return f"{key}: stored {stored!r}, now {now!r}"
+    if not isinstance(stored, dict):
+        return "identity: the checkpoint was written by a dvl_dask version that did not record one"
+    parts = []
+    old_est, new_est = stored.get("estimator") or {}, now.get("estimator") or {}
+    if old_est != new_est:
+        params = [k for k in set(old_est.get("parameters", {})) | set(new_est.get("parameters", {}))
+                  if old_est.get("parameters", {}).get(k) != new_est.get("parameters", {}).get(k)]
+        what = f"parameters {sorted(params)}" if params else "code"
+        parts.append(
+            f"the estimator's {what} changed (written by dvl_dask {stored.get('dvl_dask_version')}, "
+            f"now {now.get('dvl_dask_version')})"
+        )
+    for k in sorted((set(stored) | set(now)) - {"estimator", "dvl_dask_version"}):
+        if stored.get(k) != now.get(k):
+            parts.append(f"{k}: stored {stored.get(k)!r}, now {now.get(k)!r}")
+    return "identity: " + "; ".join(parts)
 
 
 def _canonical(v: Any) -> Any:
@@ -125,9 +167,9 @@ class Checkpoint:
                 f"by this version (format {FORMAT_VERSION}). dvl_dask.valuation.load_checkpoint still reads its "
                 "values. To continue the run, start a new checkpoint URL."
             )
-        differing = [k for k in header if attrs.get(k) != header[k]]
+        differing = [k for k in header if not _same(k, attrs.get(k), header[k])]
         if differing:
-            detail = "; ".join(f"{k}: stored {attrs.get(k)!r}, now {header[k]!r}" for k in differing)
+            detail = "; ".join(_detail(k, attrs.get(k), header[k]) for k in differing)
             raise CheckpointMismatchError(
                 f"The checkpoint at {url} belongs to another run ({detail}). Its statistics are never mixed "
                 "into a different run. To fix, use a new checkpoint URL, or the same method, parameters, "

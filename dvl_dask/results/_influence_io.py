@@ -210,14 +210,36 @@ class ZarrBlockSink:
         self._done = np.zeros(self._grid.grid, dtype=bool)
 
 
-def _header(name: str, token: str, plan: Any, dims: Sequence[str]) -> dict[str, Any]:
+def _header(
+    name: str, token: str, plan: Any, dims: Sequence[str], identity: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "format": _HEADER_FORMAT,
         "name": name,
         "token": token,
+        "identity": _canonical({"dvl_dask_version": __version__, **(identity or {})}),
         "blocks": [list(map(int, c)) for c in plan.chunks],
         "dims": list(dims)[: len(plan.chunks)],
         "id": uuid.uuid4().hex,
+    }
+
+
+def _canonical(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+#: Recorded for people reading the store; the model token already identifies what they describe.
+_DESCRIPTIVE = ("dvl_dask_version", "model_parameters")
+
+
+def _same_identity(stored: Any, now: dict[str, Any]) -> bool:
+    """Same model (token) and mode; another dvl_dask version is accepted when the model's token is unchanged."""
+    if not isinstance(stored, dict):
+        return False
+    return {k: v for k, v in stored.items() if k not in _DESCRIPTIVE} == {
+        k: v for k, v in now.items() if k not in _DESCRIPTIVE
     }
 
 
@@ -226,6 +248,8 @@ def _differences(
 ) -> list[str]:
     """What distinguishes an interrupted write in ``group`` from the one about to start (empty: resumable)."""
     differing = [k for k in ("name", "token", "blocks", "dims") if stored.get(k) != header[k]]
+    if not _same_identity(stored.get("identity"), header["identity"]):
+        differing.append("identity (the model or its mode)")
     if differing:
         return differing
     if PROGRESS_GROUP not in group or header["name"] not in group:
@@ -252,6 +276,7 @@ def open_block_sink(
     storage_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     resume: bool = True,
+    identity: Mapping[str, Any] | None = None,
 ) -> ZarrBlockSink:
     """Create a zarr store for a blocked array, or reopen an interrupted write of the same computation.
 
@@ -285,6 +310,10 @@ def open_block_sink(
     resume : bool
         Continue an interrupted write of the same computation (default);
         False starts over (needs ``overwrite=True`` if one exists).
+    identity : mapping, optional
+        What else the write depends on, recorded in the header with the
+        dvl_dask version (e.g. the model class and hyper-parameters in
+        full, JSON-serialisable). A resume is refused when it differs.
 
     Raises
     ------
@@ -297,7 +326,7 @@ def open_block_sink(
     kind = store_kind(url, dict(storage_options or {}))
     if kind in (CHECKPOINT, FOREIGN):
         refuse_to_replace(url, kind, "influence_to_zarr", overwrite=overwrite)
-    header = _header(name, token, plan, dims)
+    header = _header(name, token, plan, dims, identity)
     n_axes = len(plan.chunks)
     try:
         group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError, UnknownScorerError
-from ..keys import code_fingerprint, fingerprint
+from ..keys import object_token
 
 __all__ = ["Scorer", "as_scorer"]
 
@@ -79,12 +79,10 @@ class Scorer:
                 )
             self._fn = get_scorer(scoring)
             self.name = name or scoring
-            self._token = fingerprint("sklearn-scorer", scoring)
             default_range = _KNOWN_RANGES.get(scoring, (-np.inf, np.inf))
         elif callable(scoring):
             self._fn = scoring
             self.name = name or getattr(scoring, "__name__", type(scoring).__name__)
-            self._token = fingerprint("callable-scorer", code_fingerprint(scoring))
             default_range = (-np.inf, np.inf)
         else:
             raise InvalidParameterError(
@@ -95,12 +93,18 @@ class Scorer:
         if not lo <= hi:
             raise InvalidParameterError(f"The 'range' parameter of Scorer must satisfy low <= high. Got {range}.")
         self.range = (lo, hi)
+        self._token: str | None = None
 
     def __call__(self, model: Any, x: Any, y: Any) -> float:
         return float(self._fn(model, x, y))
 
     def __dask_tokenize__(self) -> str:
-        return fingerprint(self._token, self.range)
+        # By value: a sklearn scorer by its score function, sign, kwargs and response method
+        # (make_scorer(f1_score) and make_scorer(recall_score) differ); a callable by its code
+        # and captured state. Computed once, on first use.
+        if self._token is None:
+            self._token = object_token("Scorer", self._fn, self.range)
+        return self._token
 
     def __repr__(self) -> str:
         return f"Scorer({self.name!r}, range={self.range})"

@@ -12,21 +12,11 @@ import numpy as np
 from .. import config
 from ..data import Dataset
 from ..errors import InvalidModelError, InvalidParameterError, UnusableUtilityError, UtilityFailureWarning
-from ..keys import fingerprint
+from ..keys import model_token, object_token
 from ..validation import check_coalition
 from ._scorers import Scorer, as_scorer
 
 __all__ = ["Utility"]
-
-
-def _model_token(model: Any) -> str:
-    """Token of an unfitted model's class and hyper-parameters."""
-    cls = f"{type(model).__module__}.{type(model).__qualname__}"
-    if hasattr(model, "get_params"):
-        params = model.get_params(deep=True)
-        safe = {k: v for k, v in params.items() if not hasattr(v, "get_params")}
-        return fingerprint(cls, sorted((k, repr(v)) for k, v in safe.items()))
-    return fingerprint(cls, repr(model))
 
 
 def resolve_default_score(scorer: Scorer, default_score: float | None) -> float:
@@ -116,13 +106,23 @@ class Utility:
     cache : CacheBackend, optional
         Memoize evaluations in this backend (keys include the data fingerprint,
         model parameters, scorer and the sorted coalition).
+    token : str, optional
+        Identity of the model and the scorer, for objects dvl_dask cannot hash
+        deterministically (it raises :class:`~dvl_dask.errors.TokenizationError`
+        saying so). Give a different token whenever the model or the scorer
+        changes; the data fingerprint, ``default_score`` and ``catch_errors``
+        are still part of the utility's token.
 
     Notes
     -----
     The data fingerprint is computed once when the Dataset is built; the
-    utility's token (``__dask_tokenize__``) combines it with the model's
-    hyper-parameters and the scorer, so equal utilities share graph keys and
-    cache entries across processes and machines.
+    utility's token (``__dask_tokenize__``) combines it with the model's class
+    and parameters *by value* (arrays by content, nested estimators
+    recursively; the code of classes defined outside installed packages) and
+    the scorer (score function, sign, keyword arguments; callables by code and
+    captured state), so equal utilities share graph keys and cache entries
+    across processes and machines, and different ones never do. See
+    :mod:`dvl_dask.keys`.
 
     Examples
     --------
@@ -147,6 +147,7 @@ class Utility:
         catch_errors: bool = True,
         cache: Any = None,
         on_unusable: str | None = None,
+        token: str | None = None,
     ) -> None:
         if not callable(getattr(model, "fit", None)):
             raise InvalidModelError(
@@ -171,8 +172,13 @@ class Utility:
         self._usable: str | None = None  # "" once the full training set fits and scores, else the problem
         self.catch_errors = bool(catch_errors)
         self._is_classifier = _is_classifier(model)
-        self.token = fingerprint(
-            "Utility", data.fingerprint, _model_token(model), self.scorer, self.default_score, self.catch_errors
+        if token is not None and not (isinstance(token, str) and token):
+            raise InvalidParameterError(
+                f"The 'token' argument of Utility must be a non-empty string or None. Got {token!r} instead."
+            )
+        identity = ("token", token) if token is not None else (model_token(model), self.scorer)
+        self.token = object_token(
+            "Utility", data.fingerprint, identity, self.default_score, self.catch_errors
         )
         self.cache = cache
         self._memoized: Callable[[np.ndarray], float] | None = None

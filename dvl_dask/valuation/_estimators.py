@@ -91,7 +91,11 @@ class Estimator(ABC):
     sample_unit = "sample"
 
     def __dask_tokenize__(self) -> Any:
-        return (type(self).__name__, self.parameters())
+        # By value and code (dvl_dask.keys.instance_token): the class, its sampler, truncation and
+        # coefficient (callables by code and captured values), not just the class name.
+        from ..keys import instance_token
+
+        return instance_token(self)
 
 
 def values_from_stats(

@@ -38,7 +38,7 @@ import xarray as xr
 
 from .. import config
 from ..errors import InvalidParameterError, NoWorkersError
-from ..keys import layer_name
+from ..keys import layer_name, run_identity
 from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..typing import UtilityLike
@@ -245,6 +245,7 @@ def run_until_converged(
             "seed": seed_text,
             "n_players": n,
             "n_streams": estimator.n_streams,
+            "identity": run_identity(estimator, utility.token),  # estimator code and parameters in full
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)

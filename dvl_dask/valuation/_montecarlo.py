@@ -22,7 +22,7 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from ..errors import InvalidParameterError
-from ..keys import code_fingerprint, layer_name
+from ..keys import function_token, layer_name
 from ..results import valuation_dataset
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
@@ -82,7 +82,8 @@ def _permutation_estimator(
 
 def _coefficient_parameters(coefficient: LogCoefficient) -> dict[str, Any]:
     name = getattr(coefficient, "__qualname__", type(coefficient).__name__)
-    return {"coefficient": name, "coefficient_code": code_fingerprint(coefficient)}
+    # Code *and* captured values: weighted(alpha=1) and weighted(alpha=8) must differ.
+    return {"coefficient": name, "coefficient_code": function_token(coefficient)}
 
 
 def _semivalue_estimator(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import string
-import uuid
 from typing import Any
 
 import numpy as np
@@ -59,6 +58,7 @@ def torch_dataset_to_dask_array(
     chunk_size: int,
     total_size: int | None = None,
     dtype: Any = None,
+    token: str | None = None,
 ) -> tuple[Any, ...]:
     """Dask arrays of a map-style torch ``Dataset``: one array per element of its items.
 
@@ -78,6 +78,12 @@ def torch_dataset_to_dask_array(
     dtype : numpy dtype, optional
         Dtype of floating-point elements (e.g. ``np.float32``); integer
         elements keep theirs. Default: each element's own dtype.
+    token : str, optional
+        Names the dataset's content in the graph keys, for datasets dvl_dask
+        cannot hash deterministically (it raises
+        :class:`~dvl_dask.errors.TokenizationError` saying so); change it
+        whenever the data changes. Default: the dataset hashed by value
+        (tensors by content).
 
     Returns
     -------
@@ -116,10 +122,19 @@ def torch_dataset_to_dask_array(
         if dtype is not None and np.issubdtype(dt, np.floating):
             dt = np.dtype(dtype)
         dtypes.append(dt.str)
-    try:
-        token = fingerprint(dataset, n)
-    except TokenizationError:
-        token = uuid.uuid4().hex
+    if token is not None:
+        if not isinstance(token, str) or not token:
+            raise InvalidDataError(f"The 'token' argument of {owner} must be a non-empty string. Got {token!r}.")
+        token = fingerprint("user-token", token, n)
+    else:
+        try:
+            token = fingerprint(dataset, n)
+        except TokenizationError as exc:
+            raise TokenizationError(
+                f"{owner} cannot name {type(dataset).__name__} deterministically ({exc}); graph keys and resumable "
+                "writes need a stable name. To fix, give the dataset a __dask_tokenize__ method or pass "
+                "token='<a string naming this data>'."
+            ) from exc
     handle = dask.delayed(_DatasetHandle(dataset, token), name=layer_name("torch-dataset", token), traverse=False)
     index = da.arange(n, chunks=chunk_size)
     loaded = da.blockwise(

@@ -26,6 +26,18 @@ GRAD_CHUNK = 1024
 PERTURBATION_BUDGET = 2**24
 
 BlockStructure = BlockMode | str | Mapping[str, Sequence[str]]
+_UNSET = object()
+
+
+def _data_token(loader: DataLoader) -> Any:
+    """Token of the training data of a fit (the loader by value: dataset contents, batching), or the error."""
+    from ...errors import TokenizationError
+    from ...keys import object_token
+
+    try:
+        return object_token("fit-data", loader)
+    except TokenizationError as exc:  # reported when a token is needed, not at fit time
+        return exc
 
 
 class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoader]):
@@ -106,6 +118,38 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         first = self._layout.names[0]
         return dict(self.model.named_parameters())[first]
 
+    def __dask_tokenize__(self) -> str:
+        """Class, hyper-parameters, module contents and training data, by value.
+
+        The token digests the class (its code if not installed), every
+        attribute set before fitting (the module's parameters and buffers by
+        content, the loss by code, hyper-parameters) and the content of the
+        data passed to :meth:`fit`, not the fitted tensors (whose last bits
+        may differ between processes). So the same fitted model has the same
+        token in every process -- an interrupted ``influence_to_zarr`` resumes
+        in a new one -- and refitting on other data, another loss or other
+        hyper-parameters changes it.
+
+        Raises
+        ------
+        TokenizationError
+            If the training data cannot be hashed deterministically (a
+            DataLoader over a custom dataset): give the dataset a
+            ``__dask_tokenize__`` method, or pass ``token=`` to the calculator.
+        """
+        from ...errors import TokenizationError
+        from ...keys import class_token, object_token
+
+        fitted = set(getattr(self, "_fitted_attrs", ()))
+        state = {k: v for k, v in vars(self).items() if k not in fitted and k not in ("_fitted_attrs", "_fit_token")}
+        fit_token = getattr(self, "_fit_token", None)
+        if isinstance(fit_token, TokenizationError):
+            raise TokenizationError(
+                f"{self._owner} was fitted on data dvl_dask cannot hash deterministically ({fit_token}). To fix, "
+                "give the dataset a __dask_tokenize__ method, or pass token='<name of this fit>' to the calculator."
+            )
+        return object_token("torch-influence-model", class_token(type(self)), state, fit_token)
+
     def __repr__(self) -> str:
         state = "fitted" if self.is_fitted else "not fitted"
         return f"{self._owner}(model={type(self.model).__name__}, n_parameters={self.n_parameters}, {state})"
@@ -128,6 +172,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         """
         owner = self._owner
         loader = as_data_loader(data, owner)
+        before = dict(vars(self))
         x0, y0 = next(iter_batches(loader, f"{owner}.fit"))
         ref = self._first_param()
         spec = InputSpec(tuple(x0.shape[1:]), tuple(y0.shape[1:]), ref.dtype, ref.device)
@@ -137,6 +182,12 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         self._fm, self._spec = None, spec
         self._fit(fm, loader)
         self._fm = fm
+        # What fitting computed is identified by what it was computed from: the training
+        # data (by content) with the model and hyper-parameters. Fitted tensors themselves
+        # may differ in their last bits between processes (BLAS results depend on memory
+        # alignment), so they are left out of the token; see __dask_tokenize__.
+        self._fitted_attrs = tuple(sorted(k for k, v in vars(self).items() if before.get(k, _UNSET) is not v))
+        self._fit_token = _data_token(loader)
         return self
 
     @abstractmethod

@@ -2,9 +2,11 @@
 
 Registered lazily from :mod:`dvl_dask.keys` (``normalize_token.register_lazy("torch")``)
 and on import of :mod:`dvl_dask.influence.torch`. Tokens depend on values, not
-identity or device: a tensor hashes its dtype, shape and bytes; a module its
-class, ``repr`` (hyper-parameters), training flag and every parameter and
-buffer by name.
+identity or device: a tensor hashes its dtype, shape and bytes; a module,
+for itself and every submodule, its class (:func:`~dvl_dask.keys.class_token`:
+the code of user-defined modules), its plain attributes (hyper-parameters such
+as ``in_features`` or ``p``, the training flag) and every parameter and buffer
+by name and content. Tokens are the same in every process and on every machine.
 """
 
 from __future__ import annotations
@@ -32,13 +34,20 @@ def normalize_tensor(t: torch.Tensor) -> tuple[Any, ...]:
     return ("torch.Tensor", str(t.dtype), tuple(t.shape), digest)
 
 
+def _hyper_parameters(m: nn.Module) -> dict[str, Any]:
+    """Plain attributes of a module (``in_features``, ``p``, ``training``, ...), hashed by value."""
+    return {k: v for k, v in vars(m).items() if not k.startswith("_")}
+
+
 def normalize_module(m: nn.Module) -> tuple[Any, ...]:
-    """Class, ``repr``, training flag, parameters and buffers (by name) of a module."""
-    cls = f"{type(m).__module__}.{type(m).__qualname__}"
+    """Class and hyper-parameters of every submodule, parameters and buffers by name and content."""
+    from ...keys import class_token, object_token
+
+    layers = [(n, class_token(type(sub)), object_token(_hyper_parameters(sub))) for n, sub in m.named_modules()]
     state = [(n, normalize_tensor(p)) for n, p in m.named_parameters()]
     state += [(n, normalize_tensor(b)) for n, b in m.named_buffers()]
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
-    return ("torch.nn.Module", cls, repr(m), m.training, state, trainable)
+    return ("torch.nn.Module", layers, state, trainable)
 
 
 def register() -> None:
