@@ -265,7 +265,7 @@ def test_closures_differing_in_a_captured_threshold_computed_together():
 
         return score
 
-    low, high = (Utility(LogisticRegression(), data, threshold_scorer(t)) for t in (0.2, 0.8))
+    low, high = (Utility(LogisticRegression(), data, threshold_scorer(t), default_score=0.0) for t in (0.2, 0.8))
     assert low.token != high.token
     v_low, v_high = dask.compute(loo(low).value, loo(high).value, scheduler="sync")
     np.testing.assert_array_equal(v_low.values, loo(low).value.compute(scheduler="sync").values)
@@ -378,7 +378,7 @@ x, y = objs.pop("data")
 data = Dataset.from_arrays(da.from_array(x, chunks=7), y, train_size=0.5, seed=1)
 out = {k: object_token(v) for k, v in objs.items()}
 out["dataset"] = data.fingerprint
-out["utility"] = Utility(objs["pipeline"], data, objs["closure"]).token
+out["utility"] = Utility(objs["pipeline"], data, objs["closure"], default_score=0.0).token
 print(json.dumps(out, sort_keys=True))
 '''
 

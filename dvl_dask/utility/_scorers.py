@@ -34,6 +34,21 @@ _KNOWN_RANGES: dict[str, tuple[float, float]] = {
     "neg_log_loss": (-np.inf, 0.0),
 }
 
+# Metric functions with values in [0, 1], recognised inside make_scorer(...) objects.
+_UNIT_METRICS = (
+    "accuracy_score", "balanced_accuracy_score", "top_k_accuracy_score", "average_precision_score",
+    "jaccard_score", "f1_score", "precision_score", "recall_score", "roc_auc_score",
+)
+
+
+def _made_scorer_range(scoring: Any) -> tuple[float, float] | None:
+    """Range of a ``sklearn.metrics.make_scorer`` object wrapping a [0, 1] metric (sign applied), else None."""
+    func = getattr(scoring, "_score_func", None)
+    sign = getattr(scoring, "_sign", None)
+    if getattr(func, "__name__", None) in _UNIT_METRICS and getattr(func, "__module__", "").startswith("sklearn."):
+        return (0.0, 1.0) if sign == 1 else (-1.0, 0.0) if sign == -1 else None
+    return None
+
 
 class Scorer:
     """A callable ``scorer(model, x, y) -> float`` with a name and a known range.
@@ -44,8 +59,9 @@ class Scorer:
         A scikit-learn scorer name (``"accuracy"``, ``"neg_mean_squared_error"``, ...)
         or a callable ``(model, x, y) -> float``.
     range : (float, float), optional
-        Values the score can take. Known for common sklearn names, else
-        unbounded. The lower end is the default score of a Utility; scores are
+        Values the score can take. Known for common sklearn names and for
+        ``make_scorer`` objects of [0, 1] metrics (``f1_score``, ``recall_score``...),
+        else unbounded. The lower end is the default score of a Utility; scores are
         clipped to the range.
     name : str, optional
         Display name; defaults to the scorer name or the callable's name.
@@ -82,8 +98,9 @@ class Scorer:
             default_range = _KNOWN_RANGES.get(scoring, (-np.inf, np.inf))
         elif callable(scoring):
             self._fn = scoring
-            self.name = name or getattr(scoring, "__name__", type(scoring).__name__)
-            default_range = (-np.inf, np.inf)
+            func = getattr(scoring, "_score_func", None)
+            self.name = name or getattr(scoring, "__name__", getattr(func, "__name__", type(scoring).__name__))
+            default_range = _made_scorer_range(scoring) or (-np.inf, np.inf)
         else:
             raise InvalidParameterError(
                 f"The 'scoring' parameter must be a scikit-learn scorer name or a callable "
