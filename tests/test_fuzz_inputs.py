@@ -419,3 +419,12 @@ def test_valuation_methods_give_finite_values_or_a_clear_error(
         return
     assert np.isfinite(ds["value"].values).all()
     assert (ds["stderr"].values >= 0).all()  # never NaN (inf while a point has too few samples)
+
+
+def test_history_size_and_catch_errors_are_checked() -> None:
+    from dvl_dask.valuation import HistoryDeviation
+
+    with pytest.raises(InvalidParameterError, match="n_steps"):
+        HistoryDeviation(n_steps=10**30, rtol=0.01)
+    with pytest.raises(InvalidParameterError, match="catch_errors"):
+        _small_utility(catch_errors="yes")

@@ -170,6 +170,10 @@ class Utility:
             )
         self.on_unusable = mode
         self._usable: str | None = None  # "" once the full training set fits and scores, else the problem
+        if not isinstance(catch_errors, bool | np.bool_):
+            raise InvalidParameterError(
+                f"The 'catch_errors' parameter of Utility must be True or False. Got {catch_errors!r} instead."
+            )
         self.catch_errors = bool(catch_errors)
         self._is_classifier = _is_classifier(model)
         if token is not None and not (isinstance(token, str) and token):

@@ -289,6 +289,10 @@ class RelativeStandardError(_PerPoint):
         return state.stderr <= self.rtol * np.abs(state.values) + self.atol
 
 
+#: Largest history HistoryDeviation keeps per player.
+MAX_HISTORY_STEPS = 100_000
+
+
 class HistoryDeviation(StoppingCriterion):
     """Ghorbani & Zou's rule (Data Shapley, 2019): stop when every player's values are stable.
 
@@ -303,6 +307,12 @@ class HistoryDeviation(StoppingCriterion):
 
     def __init__(self, n_steps: int, rtol: float) -> None:
         self.n_steps = check_positive_int(n_steps, "n_steps", "HistoryDeviation")
+        if self.n_steps > MAX_HISTORY_STEPS:
+            # The criterion keeps (n_steps + 1) values per player: refuse sizes no run can hold.
+            raise InvalidParameterError(
+                f"The 'n_steps' parameter of HistoryDeviation must be at most {MAX_HISTORY_STEPS:,} (it keeps "
+                f"n_steps + 1 values per player). Got {n_steps!r}. To fix, use e.g. n_steps=100."
+            )
         self.rtol = check_real(rtol, "rtol", "HistoryDeviation", low=0.0, low_open=True, finite=True)
         self.reset()
 
