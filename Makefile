@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dvl-dask-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench install memcached-server clean
+.PHONY: demo test lint bench pictures install memcached-server clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test: $(STAMP) memcached-server lint
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Regenerate the README's pictures by running notebook 04 (writes docs/images/*.png).
+pictures: $(STAMP)
+	DVL_DASK_FIGURES=$(CURDIR)/docs/images $(BIN)/jupyter execute notebooks/04_compare_methods.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis values.zarr values.png
