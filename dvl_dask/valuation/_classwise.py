@@ -43,6 +43,7 @@ from ..results import valuation_dataset
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
+from ._stats import mean_and_stderr
 
 __all__ = ["classwise_shapley", "classwise_utility"]
 
@@ -99,12 +100,13 @@ def classwise_block(
     return out
 
 
+#: Width of one marginal contribution: u(S | C) = a_in exp(a_out) lies in [0, 1] (a_in + a_out <= 1).
+MARGINAL_RANGE = 2.0
+
+
 def _finalize(totals: np.ndarray) -> np.ndarray:
     sums, squares, counts = totals
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        variance = np.maximum(squares / np.maximum(counts, 1) - mean * mean, 0.0) * counts / np.maximum(counts - 1, 1)
-        stderr = np.where(counts > 1, np.sqrt(variance / np.maximum(counts, 1)), np.inf)
+    mean, stderr = mean_and_stderr(sums, squares, counts, MARGINAL_RANGE)
     return np.stack([mean, stderr, counts])
 
 

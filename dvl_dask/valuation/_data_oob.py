@@ -37,6 +37,7 @@ from ..results import valuation_dataset
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
+from ._stats import mean_and_stderr
 
 __all__ = ["data_oob", "data_oob_block"]
 
@@ -116,7 +117,7 @@ def data_oob_block(
     return out
 
 
-def _finalize(totals: np.ndarray) -> np.ndarray:
+def _finalize(totals: np.ndarray, sample_range: float | None) -> np.ndarray:
     """``(value, stderr, counts)`` rows from summed block statistics."""
     sums, squares, counts = totals
     if not counts.any():
@@ -124,10 +125,7 @@ def _finalize(totals: np.ndarray) -> np.ndarray:
             "data_oob: no bootstrap model could be fitted and scored (every fit failed, see the warnings). "
             "To fix, check that the model fits the training data, or raise max_samples."
         )
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / counts
-        variance = np.maximum(squares / counts - mean * mean, 0.0) * counts / np.maximum(counts - 1, 1)
-        stderr = np.sqrt(variance / counts)
+    mean, stderr = mean_and_stderr(sums, squares, counts, sample_range)
     return np.stack([mean, stderr, counts])
 
 
@@ -204,10 +202,12 @@ def data_oob(
         "estimators_per_block",
         owner,
     )
+    sample_range = None  # scores of a user's point_score or squared errors: no known bound
     if point_score is None:
         from sklearn.base import is_classifier
 
         point_score = _accuracy_per_point if is_classifier(model) else _neg_squared_error_per_point
+        sample_range = 1.0 if point_score is _accuracy_per_point else None
     elif not callable(point_score):
         raise InvalidParameterError(
             f"The 'point_score' argument of {owner} must be a callable (y_true, y_pred) -> scores. "
@@ -226,7 +226,7 @@ def data_oob(
     ]
     parts = [da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]
     totals = da.stack(parts).sum(axis=0, split_every=16)
-    final = totals.map_blocks(_finalize, dtype=np.float64)
+    final = totals.map_blocks(_finalize, sample_range, dtype=np.float64)
     return valuation_dataset(
         final[0],
         final[1],

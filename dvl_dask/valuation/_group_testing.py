@@ -42,6 +42,7 @@ from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, check_utility, utility_node
 from ._samplers import child_seed
+from ._stats import mean_and_stderr
 
 __all__ = ["group_testing_sample_size", "group_testing_shapley"]
 
@@ -113,13 +114,11 @@ def _endpoints(utility: UtilityLike, n: int) -> np.ndarray:
     return np.array([utility(np.arange(n)), utility(np.array([], dtype=np.int64))], dtype=np.float64)
 
 
-def _finalize(totals: np.ndarray, endpoints: np.ndarray) -> np.ndarray:
+def _finalize(totals: np.ndarray, endpoints: np.ndarray, sample_range: float | None) -> np.ndarray:
     sums, squares, count_row = totals
-    t = count_row[0]
     n = sums.shape[0]
-    mean = sums / t
-    variance = np.maximum(squares / t - mean * mean, 0.0) * t / max(t - 1, 1)
-    return np.stack([mean + (endpoints[0] - endpoints[1]) / n, np.sqrt(variance / t)])
+    mean, stderr = mean_and_stderr(sums, squares, np.full(n, count_row[0]), sample_range)
+    return np.stack([mean + (endpoints[0] - endpoints[1]) / n, stderr])
 
 
 def group_testing_shapley(
@@ -194,6 +193,9 @@ def group_testing_shapley(
     per_block = check_positive_int(
         DEFAULT_SAMPLES_PER_BLOCK if samples_per_block is None else samples_per_block, "samples_per_block", owner
     )
+    # w_ti = Z u(S) (1[i in S] - |S|/n) lies within Z * max|u| of 0: the width of one sample.
+    score_range = getattr(utility, "score_range", None)
+    sample_width = 2.0 * _z(n) * max(abs(score_range[0]), abs(score_range[1])) if score_range else None
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     u = utility_node(utility)
@@ -206,7 +208,7 @@ def group_testing_shapley(
     totals = da.stack([da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]).sum(axis=0, split_every=16)
     endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=layer_name("group-testing-ends", utility.token))
     final = da.from_delayed(
-        dask.delayed(_finalize, pure=True)(totals, endpoints, dask_key_name=f"{name}-final"),
+        dask.delayed(_finalize, pure=True)(totals, endpoints, sample_width, dask_key_name=f"{name}-final"),
         shape=(2, n),
         dtype=np.float64,
     )

@@ -143,6 +143,23 @@ def guarded_stderr(stats: PointStats, sample_range: float | None, *, floor: bool
     return np.where(count > 0, err, np.inf)
 
 
+def mean_and_stderr(
+    sums: np.ndarray, squares: np.ndarray, counts: np.ndarray, sample_range: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-player mean (NaN without samples) and :func:`guarded_stderr` from sums, sums of squares and counts.
+
+    For estimators whose blocks reduce plain moments (Data-OOB, class-wise
+    Shapley, group testing): the same variance floor as the Monte Carlo
+    estimators, so agreeing samples never report ``stderr = 0``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    safe = np.maximum(counts, 1.0)
+    mean = np.where(counts > 0, sums / safe, 0.0)
+    m2 = np.where(counts > 0, np.maximum(squares - counts * mean * mean, 0.0), 0.0)
+    stats = PointStats(np.rint(counts).astype(np.int64)[None], mean[None], m2[None])
+    return np.where(counts > 0, mean, np.nan), guarded_stderr(stats, sample_range)[0]
+
+
 def _strata(stats: PointStats, weights: np.ndarray, sample_range: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Value and stderr of a stratified estimate ``sum_k w_k mean_k``, floored per player.
 
