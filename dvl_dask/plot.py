@@ -10,7 +10,7 @@ import xarray as xr
 from .errors import InvalidDataError, InvalidParameterError
 from .results import validate_valuation_dataset
 
-__all__ = ["plot_curves", "plot_influence", "plot_value_distribution", "plot_values"]
+__all__ = ["plot_convergence", "plot_curves", "plot_influence", "plot_value_distribution", "plot_values"]
 
 
 def _pyplot() -> Any:
@@ -163,5 +163,41 @@ def plot_influence(
         ax.set_xlabel("influence")
         ax.set_ylabel("training point")
         ax.set_title(title or f"top {k} influential training points for test point {test_labels[test_index]}")
+    ax.figure.tight_layout()
+    return ax
+
+
+def plot_convergence(
+    history: xr.Dataset, *, players: Any = None, top_k: int = 5, n_stderr: float = 1.0, ax: Any = None,
+    title: str | None = None,
+) -> Any:
+    """Values (± ``n_stderr`` stderr bands) against utility evaluations, from ``checkpoint_history``.
+
+    ``players`` (labels) selects the lines; default: the ``top_k`` players
+    with the largest final ``|value|``. Returns the ``Axes``.
+    """
+    if not isinstance(history, xr.Dataset) or "step" not in history.dims or "value" not in history:
+        raise InvalidParameterError(
+            "plot_convergence needs the history of a run: dvl_dask.valuation.checkpoint_history(checkpoint_url)."
+        )
+    plt = _pyplot()
+    if players is None:
+        final = np.abs(history["value"].isel(step=-1).values)
+        chosen = history["sample"].values[np.argsort(-final, kind="stable")[: max(1, int(top_k))]]
+    else:
+        chosen = np.asarray(players)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.5))
+    x = history["n_evaluations"].values
+    for player in chosen:
+        row = history.sel(sample=player)
+        value, err = row["value"].values, n_stderr * row["stderr"].values
+        line = ax.plot(x, value, label=str(player))[0]
+        finite = np.isfinite(err)
+        ax.fill_between(x[finite], (value - err)[finite], (value + err)[finite], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("utility evaluations")
+    ax.set_ylabel(f"value (± {n_stderr:g} stderr)")
+    ax.legend(title="player", fontsize="small")
+    ax.set_title(title or f"{history.attrs.get('method', '')} convergence")
     ax.figure.tight_layout()
     return ax

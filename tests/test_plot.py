@@ -12,7 +12,13 @@ import xarray as xr
 
 from dvl_dask.errors import InvalidDataError, InvalidParameterError
 from dvl_dask.evaluation import point_removal_curve
-from dvl_dask.plot import plot_curves, plot_influence, plot_value_distribution, plot_values
+from dvl_dask.plot import (
+    plot_convergence,
+    plot_curves,
+    plot_influence,
+    plot_value_distribution,
+    plot_values,
+)
 from dvl_dask.results import influence_dataarray, valuation_dataset
 from dvl_dask.testing.games import AdditiveGame
 from dvl_dask.valuation import exact_shapley, permutation_shapley
@@ -65,3 +71,24 @@ def test_plot_influence_heatmap_and_top_k(tmp_path):
     _render(ax, tmp_path, "top_k")
     with pytest.raises(InvalidDataError):
         plot_influence(np.zeros(3))
+
+
+def test_convergence_history_and_plot(tmp_path):
+    from dvl_dask.valuation import MinUpdates, checkpoint_history, load_checkpoint, run_until_converged
+
+    game = AdditiveGame([0.5, 1.0, 2.0, 3.0])
+    ck = str(tmp_path / "run.zarr")
+    run_until_converged(permutation_shapley, game, stop=MinUpdates(40), seed=0, checkpoint=ck, items_per_block=4,
+                        progress=False)
+    history = checkpoint_history(ck)
+    final = load_checkpoint(ck)
+    assert history.sizes["step"] == final.attrs["n_blocks"]
+    np.testing.assert_allclose(history["value"].isel(step=-1).values, final["value"].values)
+    np.testing.assert_allclose(history["stderr"].isel(step=-1).values, final["stderr"].values)
+    assert np.all(np.diff(history["n_evaluations"].values) > 0)
+    assert checkpoint_history(ck, every=3).sizes["step"] == -(-final.attrs["n_blocks"] // 3)
+    ax = plot_convergence(history, top_k=2)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"3", "2"}
+    _render(ax, tmp_path, "convergence")
+    with pytest.raises(InvalidParameterError):
+        plot_convergence(final)

@@ -12,7 +12,7 @@ from ._exact import exact_shapley, loo, shapley_weights
 from ._group_testing import group_testing_sample_size, group_testing_shapley
 from ._knn import knn_shapley
 from ._least_core import LeastCoreError, exact_least_core, montecarlo_least_core
-from ._loop import load_checkpoint, run_until_converged
+from ._loop import checkpoint_history, load_checkpoint, run_until_converged
 from ._montecarlo import banzhaf, beta_shapley, msr_banzhaf, owen_shapley, permutation_shapley, semivalue
 from ._samplers import (
     AntitheticSampler,
@@ -49,6 +49,7 @@ __all__ = [
     "RankCorrelation",
     "RelativeStandardError",
     "StoppingCriterion",
+    "checkpoint_history",
     "load_checkpoint",
     "run_until_converged",
     "AntitheticSampler",

@@ -382,3 +382,59 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
             "sample_blocks": json.dumps([[header["seed"], 0, int(store.n_blocks)]]),
         },
     )
+
+
+def checkpoint_history(
+    url: str, *, every: int = 1, storage_options: dict[str, Any] | None = None
+) -> xr.Dataset:
+    """Values and standard errors after each committed block of a checkpoint: a run's convergence history.
+
+    Parameters
+    ----------
+    url : str
+        A checkpoint written by :func:`run_until_converged` (local path or fsspec URL).
+    every : int
+        Record every ``every``-th block (and always the last).
+    storage_options : dict, optional
+        fsspec options for ``url``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``value``, ``stderr`` and ``counts`` over dims ``(step, sample)``,
+        with coordinates ``block`` (blocks merged so far) and
+        ``n_evaluations`` along ``step``. Computed with the same finalize as
+        the run, so the last step equals :func:`load_checkpoint`.
+
+    Raises
+    ------
+    SchemaError, CheckpointCorruptError
+        As :func:`load_checkpoint`.
+    """
+    every = check_positive_int(every, "every", "checkpoint_history")
+    store = Checkpoint.open_existing(url, storage_options=storage_options)
+    header = store.header
+    merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))
+    rows: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+    n_blocks = int(store.n_blocks)
+    for index, block in enumerate(_stored_blocks(store), start=1):
+        merged = merged.merge(block)
+        if index % every == 0 or index == n_blocks:
+            value, stderr, count = values_from_stats(merged, header["parameters"])
+            rows.append((index, merged.n_evaluations, value, stderr, count))
+    if not rows:
+        raise InvalidParameterError(f"checkpoint_history: the checkpoint at {url} has no committed block yet.")
+    names = np.asarray(header["data_names"])
+    return xr.Dataset(
+        {
+            "value": (("step", "sample"), np.stack([r[2] for r in rows])),
+            "stderr": (("step", "sample"), np.stack([r[3] for r in rows])),
+            "counts": (("step", "sample"), np.stack([r[4] for r in rows]).astype(np.int64)),
+        },
+        coords={
+            "sample": names,
+            "block": ("step", [r[0] for r in rows]),
+            "n_evaluations": ("step", [int(r[1]) for r in rows]),
+        },
+        attrs={"method": header["method"], "seed": header["seed"], "checkpoint": url},
+    )
