@@ -1,4 +1,4 @@
-"""The ``dvl-dask`` command line: ``dvl-dask demo`` and ``dvl-dask value``.
+"""The ``dvl-dask`` command line: ``dvl-dask demo``, ``dvl-dask value`` and ``dvl-dask evaluate``.
 
 The demo is the project's main job: a real valuation of a scikit-learn dataset
 on a local Dask cluster, persisted to zarr in a local folder. Both commands can
@@ -219,6 +219,47 @@ def _plot(result: xr.Dataset, path: str) -> None:
     print(f"Wrote {path}")
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """Removal curves (and detection scores for --corrupted) of a stored result, on the rebuilt utility."""
+    from .evaluation import detection_scores, point_removal_curve, weighted_accuracy_drop
+    from .results import open_result
+
+    result = open_result(args.result, storage_options=args.storage_options).load()
+    data = _load_dataset(args.dataset, args.n_points, args.seed)
+    scorer = "r2" if args.dataset == "diabetes" else "accuracy"
+    utility = Utility(_make_model(args.model), data, scorer, default_score=0.0 if scorer == "r2" else None)
+    fractions = np.linspace(0.0, args.max_fraction, args.steps)
+    with _scheduler(args.scheduler, args.workers, args.scheduler_address, args.scheduler_file):
+        curve = point_removal_curve(result, utility, fractions=fractions, n_random=args.n_random, seed=args.seed)
+        curve = curve.compute()
+    print(f"Removal curve of {result.attrs.get('method', '?')} values ({args.result}), scorer {scorer!r}:")
+    print(f"  {'removed':>8}" + "".join(f"  {o!s:>10}" for o in curve["order"].values))
+    for step in range(curve.sizes["step"]):
+        row = curve.isel(step=step)
+        cells = "".join(f"  {float(v):10.4f}" for v in row["score"].values)
+        print(f"  {float(row['fraction']):8.0%}{cells}")
+    print(f"Weighted accuracy drop (highest first): {weighted_accuracy_drop(curve):+.4f}; "
+          f"(lowest first): {weighted_accuracy_drop(curve, 'lowest'):+.4f}")
+    if args.corrupted:
+        names = np.asarray(result["sample"].values).astype(str)
+        wanted = {c.strip() for c in args.corrupted.split(",") if c.strip()}
+        unknown = sorted(wanted - set(names))
+        if unknown:
+            raise InvalidParameterError(f"--corrupted names points that are not in the result: {unknown}.")
+        scores = detection_scores(result, np.isin(names, list(wanted)))
+        print("Detection of the corrupted points by low values: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float)))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .plot import plot_curves
+
+        plot_curves(curve).figure.savefig(args.plot, dpi=120)
+        print(f"Wrote {args.plot}")
+    return 0
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -264,6 +305,16 @@ def _parser() -> argparse.ArgumentParser:
     value = sub.add_parser("value", help="value a dataset and write the result to zarr")
     common(value, out="values.zarr")
     value.add_argument("--plot", default="", help="where to save a plot (default: none)")
+    evaluate = sub.add_parser(
+        "evaluate", help="removal curve and noisy-label detection of a stored result (same --dataset/--model/...)"
+    )
+    common(evaluate, out="values.zarr")
+    evaluate.add_argument("--result", default="values.zarr", help="zarr path or URL of the result to evaluate")
+    evaluate.add_argument("--max-fraction", type=float, default=0.5, help="largest fraction of points removed")
+    evaluate.add_argument("--steps", type=int, default=6, help="steps of the removal curve")
+    evaluate.add_argument("--n-random", type=int, default=3, help="repetitions of the random baseline")
+    evaluate.add_argument("--corrupted", default="", help="comma-separated names of known-corrupted points")
+    evaluate.add_argument("--plot", default="", help="where to save the curve plot (default: none)")
     return p
 
 
@@ -277,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --budget must be at least 1", file=sys.stderr)
         return 2
     try:
+        if args.command == "evaluate":
+            return _evaluate(args)
         result, loo_result = _value(args)
     except DvlDaskError as exc:
         print(f"error: {exc}", file=sys.stderr)

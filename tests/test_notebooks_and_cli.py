@@ -68,3 +68,20 @@ def test_cli_demo_on_local_cluster(tmp_path, capsys, monkeypatch):
     assert "Sum of values" in printed
     assert open_result(tmp_path / "values.zarr").sizes["sample"] == 8
     assert (tmp_path / "values.png").stat().st_size > 1000
+
+
+def test_cli_evaluate_stored_result(tmp_path, capsys):
+    out = tmp_path / "loo.zarr"
+    common = ["--dataset", "iris", "--model", "knn", "--n-points", "12", "--scheduler", "sync"]
+    assert main(["value", *common, "--method", "loo", "--out", str(out)]) == 0
+    names = open_result(out)["sample"].values.astype(str)
+    capsys.readouterr()
+    plot = tmp_path / "curve.png"
+    code = main(["evaluate", *common, "--result", str(out), "--steps", "3", "--n-random", "2",
+                 "--corrupted", f"{names[0]},{names[1]}", "--plot", str(plot)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Removal curve of loo values" in printed and "Weighted accuracy drop" in printed
+    assert "roc_auc" in printed and plot.stat().st_size > 1000
+    assert main(["evaluate", *common, "--result", str(out), "--corrupted", "nobody"]) == 2
+    assert "not in the result" in capsys.readouterr().err
