@@ -65,6 +65,15 @@ def main() -> None:
     print(f"sync scheduler:      {t_sync:7.2f} s   ideal (1 core) {n_subsets * t_fit:7.2f} s   "
           f"efficiency {n_subsets * t_fit / t_sync:5.1%}")
 
+    # Before any LocalCluster: starting one sets OMP/OPENBLAS_NUM_THREADS=1 in this process's
+    # environment, which would hide what the block tasks' own BLAS limit does for these workers.
+    start = time.perf_counter()
+    procs = exact_shapley(utility, block_size=args.block_size).compute(scheduler="processes", num_workers=cores)
+    t_procs = time.perf_counter() - start
+    print(f"processes scheduler: {t_procs:7.2f} s   ideal ({cores} cores) {ideal:7.2f} s   "
+          f"efficiency {ideal / t_procs:5.1%}  ({t_procs / ideal:.2f}x the ideal; pool start-up included)")
+    assert np.allclose(sync["value"].values, procs["value"].values, atol=1e-12)
+
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
             Client(cl) as client:
         client.run(lambda: __import__("sklearn.linear_model"))  # warm the workers' imports

@@ -19,6 +19,7 @@ import xarray as xr
 from ..errors import InvalidParameterError
 from ..keys import layer_name
 from ..results import validate_valuation_dataset
+from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 
 __all__ = ["REMOVAL_ORDERS", "point_addition_curve", "point_removal_curve", "weighted_accuracy_drop"]
@@ -52,6 +53,7 @@ def curve_step(
     return float(utility(np.sort(chosen)))
 
 
+@limits_blas_threads
 def _step_array(*args: Any) -> np.ndarray:
     # A 0-d array, not a Python float: dask slices the chunks it stacks.
     return np.asarray(curve_step(*args), dtype=np.float64)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..keys import canonical_indices, fingerprint
+from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 
 __all__ = ["LearnedUtility", "learn_utility"]
@@ -38,6 +39,7 @@ def _sample_coalitions(seed: np.random.SeedSequence, count: int, n: int) -> np.n
     return ranks < sizes[:, None]
 
 
+@limits_blas_threads
 def evaluate_masks(utility: Any, masks: np.ndarray) -> np.ndarray:
     """Real utility of each coalition given as a boolean mask row."""
     players = np.arange(masks.shape[1])

@@ -40,6 +40,7 @@ import xarray as xr
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ..keys import layer_name
 from ..results import valuation_dataset
+from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
@@ -76,6 +77,7 @@ def classwise_utility(model: Any, data: Any, rows: np.ndarray, label: Any) -> fl
     return a_in * math.exp(a_out)
 
 
+@limits_blas_threads
 def classwise_block(
     utility: Any, seed: np.random.SeedSequence, first_sample: int, n_samples: int, classes: np.ndarray
 ) -> np.ndarray:

@@ -34,6 +34,7 @@ import xarray as xr
 from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
 from ..keys import layer_name
 from ..results import valuation_dataset
+from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
@@ -63,6 +64,7 @@ def _clone(model: Any) -> Any:
     return clone(model)
 
 
+@limits_blas_threads
 def data_oob_block(
     utility: Any,
     seed: np.random.SeedSequence,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import config
+from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ._coefficients import LogCoefficient, log_binomial
 from ._samplers import PermutationSampler, StratifiedSampler, SubsetSampler
@@ -113,6 +114,7 @@ def values_from_stats(
     return finalize_stats(stats, spec)
 
 
+@limits_blas_threads
 def run_block(
     utility: UtilityLike,
     estimator: Estimator,

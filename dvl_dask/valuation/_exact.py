@@ -12,6 +12,7 @@ from .. import config
 from ..errors import TooManyPlayersError
 from ..keys import layer_name
 from ..results import valuation_dataset
+from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import check_positive_int
 from ._graph import block_ranges, check_utility, stack_blocks, utility_node
@@ -29,6 +30,7 @@ def _mask_bits(masks: np.ndarray, n: int) -> np.ndarray:
     return ((masks[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(bool)
 
 
+@limits_blas_threads
 def exact_shapley_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray:
     """Evaluate the coalitions with bit masks ``start..stop-1`` and return their
     contribution to every player's Shapley value.
@@ -123,6 +125,7 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     )
 
 
+@limits_blas_threads
 def loo_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray:
     """Scores ``u(N \\ {i})`` for ``i`` in ``start..stop-1``, placed in a length-n vector."""
     out = np.zeros(n)
@@ -132,6 +135,7 @@ def loo_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray
     return out
 
 
+@limits_blas_threads
 def _full_score(utility: UtilityLike, n: int) -> float:
     return float(utility(np.arange(n)))
 

@@ -38,6 +38,7 @@ import xarray as xr
 from ..errors import InvalidParameterError
 from ..keys import layer_name
 from ..results import valuation_dataset
+from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, check_utility, utility_node
@@ -93,6 +94,7 @@ def group_testing_sample_size(epsilon: float, delta: float, n: int, utility_rang
     return math.ceil(math.log(n * (n - 1) / delta) / (1 - q_tot) / bennett)
 
 
+@limits_blas_threads
 def group_testing_block(utility: UtilityLike, seed: np.random.SeedSequence, size: int, n: int) -> np.ndarray:
     """``(3, n)``: per-player sums of ``w_ti`` and ``w_ti^2`` over ``size`` sampled coalitions; ``size`` at [2, 0]."""
     rng = np.random.default_rng(seed)
@@ -110,6 +112,7 @@ def group_testing_block(utility: UtilityLike, seed: np.random.SeedSequence, size
     return out
 
 
+@limits_blas_threads
 def _endpoints(utility: UtilityLike, n: int) -> np.ndarray:
     return np.array([utility(np.arange(n)), utility(np.array([], dtype=np.int64))], dtype=np.float64)
 

@@ -30,6 +30,7 @@ from .. import config
 from ..errors import DvlDaskError, InvalidParameterError, TooManyPlayersError
 from ..keys import layer_name
 from ..results import valuation_dataset
+from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, check_utility, utility_node
@@ -51,18 +52,21 @@ def _bits(masks: np.ndarray, n: int) -> np.ndarray:
     return ((masks[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(bool)
 
 
+@limits_blas_threads
 def exact_coalitions_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray:
     """Rows ``[membership bits..., u(S)]`` for the coalitions with bit masks ``start..stop-1``."""
     bits = _bits(np.arange(start, stop, dtype=np.int64), n)
     return _evaluate(utility, bits)
 
 
+@limits_blas_threads
 def sampled_coalitions_block(utility: UtilityLike, seed: np.random.SeedSequence, size: int, n: int) -> np.ndarray:
     """Rows ``[membership bits..., u(S)]`` for ``size`` uniformly random coalitions (each player w.p. 1/2)."""
     bits = np.random.default_rng(seed).random((size, n)) < 0.5
     return _evaluate(utility, bits)
 
 
+@limits_blas_threads
 def grand_coalition_block(utility: UtilityLike, n: int) -> np.ndarray:
     """The row ``[1, ..., 1, u(N)]`` (any n; bit masks would overflow beyond 62 players)."""
     return _evaluate(utility, np.ones((1, n), dtype=bool))
