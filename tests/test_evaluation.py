@@ -124,3 +124,23 @@ def test_bad_input(noisy_knn):
         flip_labels([1, 1, 1], 0.5)
     with pytest.raises(InvalidParameterError, match="same points"):
         rank_stability([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_curve_steps_share_one_valuation():
+    """Lazy values are computed once for the whole curve, not once per step."""
+    from dvl_dask.valuation import permutation_shapley
+
+    class Counting(AdditiveGame):
+        calls = 0
+
+        def value(self, players):
+            Counting.calls += 1
+            return super().value(players)
+
+    game = Counting([1.0, 2.0, 3.0, 4.0])
+    values = permutation_shapley(game, n_permutations=10, seed=0)
+    values.value.compute(scheduler="sync")
+    per_valuation, Counting.calls = Counting.calls, 0
+    curve = point_removal_curve(values, game, fractions=[0, 0.25, 0.5], orders=["highest", "lowest"])
+    curve.score.compute(scheduler="threads")
+    assert Counting.calls == per_valuation + 6

@@ -103,9 +103,12 @@ def _curve(
     seq = as_seed_sequence(seed, "seed", owner)
     counts = np.round(fractions * n).astype(int)
     value_data = values["value"].data
-    value_node = value_data if isinstance(value_data, da.Array) else np.asarray(value_data)
+    value_array = value_data if isinstance(value_data, da.Array) else np.asarray(value_data)
     token = getattr(utility, "token", "")
-    name = layer_name(f"{mode}-curve", token, value_node, seed_entropy(seq), counts, orders, n_random)
+    name = layer_name(f"{mode}-curve", token, value_array, seed_entropy(seq), counts, orders, n_random)
+    # The values enter the graph as ONE key that every step reads: a dask array handed to
+    # each step's delayed call would have its whole valuation graph recomputed per step.
+    value_node = dask.delayed(np.asarray, pure=True)(value_array, dask_key_name=f"{name}-values")
     step = dask.delayed(_step_array, pure=True)
     repetitions = {o: (n_random if o == "random" else 1) for o in orders}
     rows = []

@@ -72,6 +72,10 @@ def grand_coalition_block(utility: UtilityLike, n: int) -> np.ndarray:
     return _evaluate(utility, np.ones((1, n), dtype=bool))
 
 
+def _stack_rows(blocks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(blocks, axis=0)
+
+
 def _membership_counts(rows: np.ndarray, n: int) -> np.ndarray:
     return (rows[:, :n] > 0.5).sum(axis=0).astype(np.int64)
 
@@ -172,8 +176,9 @@ def _least_core_graph(
     name: str,
 ) -> xr.Dataset:
     n = utility.n_players
-    parts = [da.from_delayed(b, shape=(np.nan, n + 1), dtype=np.float64) for b in blocks]
-    rows = da.concatenate(parts, axis=0, allow_unknown_chunksizes=True)
+    # One key holds every evaluated coalition, so both consumers below share it (a dask
+    # array passed to two delayed calls was evaluated twice).
+    rows = dask.delayed(_stack_rows, pure=True)(blocks, dask_key_name=f"{name}-rows")
     solution = dask.delayed(least_core_from_constraints, pure=True)(
         rows, n, non_negative_subsidy=non_negative_subsidy, dask_key_name=f"{name}-solve"
     )

@@ -128,3 +128,22 @@ def test_errors():
     with pytest.raises(LeastCoreError, match="proper coalition"):
         least_core_from_constraints(np.array([[1.0, 1.0, 1.0]]), 2)
     assert issubclass(LeastCoreError, DvlDaskError)
+
+
+class CountingMiner(MinerGame):
+    calls = 0
+
+    def value(self, players):
+        CountingMiner.calls += 1
+        return super().value(players)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_every_coalition_is_evaluated_once(scheduler):
+    """The values, counts and subsidy share one node of evaluated coalitions (no second evaluation)."""
+    CountingMiner.calls = 0
+    exact_least_core(CountingMiner(7)).compute(scheduler=scheduler)
+    assert CountingMiner.calls == 2**7
+    CountingMiner.calls = 0
+    montecarlo_least_core(CountingMiner(7), 50, seed=0).compute(scheduler=scheduler)
+    assert CountingMiner.calls == 51
