@@ -47,8 +47,9 @@ def main() -> None:
     solve = time.perf_counter() - start
     with (
         LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster,
-        Client(cluster),
+        Client(cluster) as client,
     ):
+        client.run(lambda: __import__("sklearn.linear_model"))  # warm the workers' imports
         start = time.perf_counter()
         ds = exact_least_core(utility).compute()
         wall = time.perf_counter() - start
