@@ -129,7 +129,8 @@ class DistributedBackend(Backend):
         # A task producing the utility, not scattered data: the scheduler keeps its recipe and
         # recomputes it when every worker holding the result has died.
         # One key per run: cancelling it at the end never touches another run's utility.
-        key = f"utility-{spec.utility.token}-{uuid.uuid4().hex[:8]}"
+        self.run_id = uuid.uuid4().hex[:8]
+        key = f"utility-{spec.utility.token}-{self.run_id}"
         self.utility = client.submit(_produce, spec.utility, key=key, pure=False)
         self.futures: dict[Any, int] = {}
         from distributed import as_completed
@@ -163,7 +164,10 @@ class DistributedBackend(Backend):
         spec = self.spec
         future = self.client.submit(
             run_block, self.utility, spec.estimator, child_seed(spec.seed, block), spec.per_block, active,
-            key=spec.key(block, active), pure=False,
+            # The run's id in every key: a run that repeats an earlier one (same seed, a resume)
+            # would otherwise reuse keys the scheduler may still be forgetting, and its futures
+            # were cancelled ("cancelled for reason: unknown"). Values never depend on keys.
+            key=f"{spec.key(block, active)}-{self.run_id}", pure=False,
         )
         self.futures[future] = block
         self.as_completed.add(future)

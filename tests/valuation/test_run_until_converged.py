@@ -324,3 +324,14 @@ def test_load_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path):
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
     with pytest.raises(SchemaError, match="not a dvl_dask checkpoint"):
         load_checkpoint(str(tmp_path / "other.zarr"))
+
+
+@pytest.mark.distributed
+def test_repeating_a_run_back_to_back_on_a_cluster(client):
+    """Runs with the same seed reuse no task keys: a repeat never meets the previous run's cancelled futures."""
+    kwargs = dict(seed=5, items_per_block=2, progress=False, client=client)
+    first = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(24), **kwargs)
+    for _ in range(4):
+        again = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(24), **kwargs)
+        for a, b in zip(_values(first), _values(again)):
+            np.testing.assert_array_equal(a, b)
