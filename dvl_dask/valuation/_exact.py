@@ -9,13 +9,12 @@ import numpy as np
 import xarray as xr
 
 from .. import config
-from ..errors import TooManyPlayersError
 from ..keys import layer_name
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import check_positive_int
-from ._graph import block_ranges, check_utility, stack_blocks, utility_node
+from ._graph import block_ranges, check_enumerable, check_utility, stack_blocks, utility_node
 
 __all__ = ["exact_shapley", "loo", "shapley_weights"]
 
@@ -94,14 +93,7 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     owner = "exact_shapley"
     utility = check_utility(utility, owner)
     n = utility.n_players
-    max_players = int(config.get(config.EXACT_MAX_PLAYERS))
-    if n > max_players:
-        raise TooManyPlayersError(
-            f"exact_shapley needs 2**n utility evaluations; n={n} exceeds the limit of {max_players} "
-            f"players (2**{n} = {2**n:,} fits). To fix, use a Monte Carlo method, group the data "
-            "(GroupedDataset), or raise the limit with "
-            f"dask.config.set({{'{config.EXACT_MAX_PLAYERS}': {n}}})."
-        )
+    check_enumerable(n, owner, "a Monte Carlo method")
     bs = check_positive_int(
         config.get(config.EXACT_SUBSETS_PER_BLOCK, override_with=block_size), "block_size", owner
     )

@@ -9,7 +9,8 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-from ..errors import InvalidParameterError
+from .. import config
+from ..errors import InvalidParameterError, TooManyPlayersError
 from ..typing import UtilityLike
 from ..validation import check_finite_score
 
@@ -87,3 +88,15 @@ def stack_blocks(blocks: list[Delayed], n: int, *, split_every: int = 16) -> da.
         raise InvalidParameterError("A valuation graph needs at least one block.")
     parts = [da.from_delayed(b, shape=(n,), dtype=np.float64) for b in blocks]
     return da.stack(parts).sum(axis=0, split_every=split_every)
+
+
+def check_enumerable(n: int, owner: str, alternative: str) -> None:
+    """Refuse to enumerate all ``2**n`` coalitions beyond ``dvl_dask.valuation.exact.max-players``."""
+    max_players = int(config.get(config.EXACT_MAX_PLAYERS))
+    if n > max_players:
+        raise TooManyPlayersError(
+            f"{owner} needs 2**n utility evaluations; n={n} exceeds the limit of {max_players} "
+            f"players (2**{n} = {2**n:,} fits). To fix, use {alternative}, group the data "
+            "(GroupedDataset), or raise the limit with "
+            f"dask.config.set({{'{config.EXACT_MAX_PLAYERS}': {n}}})."
+        )

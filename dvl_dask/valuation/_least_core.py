@@ -26,14 +26,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .. import config
-from ..errors import DvlDaskError, InvalidParameterError, TooManyPlayersError
+from ..errors import DvlDaskError, InvalidParameterError
 from ..keys import layer_name
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
-from ._graph import block_ranges, check_utility, utility_node
+from ._graph import block_ranges, check_enumerable, check_utility, utility_node
 from ._samplers import child_seed
 
 __all__ = ["LeastCoreError", "exact_least_core", "least_core_from_constraints", "montecarlo_least_core"]
@@ -242,13 +241,7 @@ def exact_least_core(
     owner = "exact_least_core"
     utility = check_utility(utility, owner)
     n = utility.n_players
-    max_players = int(config.get(config.EXACT_MAX_PLAYERS))
-    if n > max_players:
-        raise TooManyPlayersError(
-            f"{owner} evaluates all 2**n coalitions; n={n} exceeds the limit of {max_players} players. "
-            "To fix, use montecarlo_least_core, group the data, or raise "
-            f"dask.config.set({{'{config.EXACT_MAX_PLAYERS}': {n}}})."
-        )
+    check_enumerable(n, owner, "montecarlo_least_core")
     bs = check_positive_int(DEFAULT_COALITIONS_PER_BLOCK if block_size is None else block_size, "block_size", owner)
     u = utility_node(utility)
     name = layer_name("exact-least-core", utility.token, n, bs, bool(non_negative_subsidy))
