@@ -1,13 +1,14 @@
 # The two commands of the README:
 #   make demo   create .venv, install, run the main job (a real valuation end to end)
 #   make test   create .venv, install test extras and the memcached server, run everything
+#   make docs   build the API reference and guides into site/ (warnings are errors)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dvl-dask-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench pictures install memcached-server clean
+.PHONY: demo test lint docs bench pictures install memcached-server clean
 
 install: $(STAMP)
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch>=2.2,<2.14"
-	$(BIN)/python -m pip install --quiet -e ".[all,test,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[all,test,dev,docs]"
 	touch $(STAMP)
 
 # The memcached *server* is a system package; tests start their own instances.
@@ -41,6 +42,10 @@ lint: $(STAMP)
 test: $(STAMP) memcached-server lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# mkdocs.yml + docs/_hooks.py: README as home page, docs/*.md guides, notebooks (not executed), API pages.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
@@ -49,4 +54,4 @@ pictures: $(STAMP)
 	DVL_DASK_FIGURES=$(CURDIR)/docs/images $(BIN)/jupyter execute notebooks/04_compare_methods.ipynb
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis values.zarr values.png
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis values.zarr values.png site

@@ -62,6 +62,54 @@ def test_the_readme_quickstart_is_executed() -> None:
     assert "README.md" in [p.id for p in _files_with_python()]
 
 
+# --- the API reference covers every public module --------------------------------
+
+#: Public-looking modules that have no page of their own, and why.
+UNDOCUMENTED = {
+    "dvl_dask.__main__": "runs the CLI (documented on the cli page)",
+    "dvl_dask.threads": "internal: thread limits inside tasks",
+    "dvl_dask.typing": "internal type aliases",
+    "dvl_dask.validation": "internal argument checks",
+    "dvl_dask.testing.assertions": "re-exported by dvl_dask.testing",
+    "dvl_dask.influence.torch.util": "pyDVL spellings of dvl_dask.influence.torch names",
+}
+
+
+def _public_modules() -> set[str]:
+    names = set()
+    for path in (ROOT / "dvl_dask").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not any(part.startswith("_") for part in parts) or parts[-1] == "__main__":
+            names.add(".".join(parts))
+    return names - {"dvl_dask"}
+
+
+def test_every_public_module_has_an_api_page_in_the_nav() -> None:
+    import yaml
+
+    documented = {
+        line.split()[1]
+        for page in (ROOT / "docs" / "api").glob("*.md")
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith("::: ")
+    }
+    missing = _public_modules() - documented - set(UNDOCUMENTED)
+    assert not missing, f"add a `::: module` line to a page of docs/api/ for {sorted(missing)}"
+    assert "dvl_dask.valuation" in documented and "dvl_dask.influence.torch" in documented
+
+    def listed(nav) -> set[str]:
+        if isinstance(nav, str):
+            return {nav}
+        items = nav.values() if isinstance(nav, dict) else nav
+        return set().union(*(listed(item) for item in items))
+
+    nav = listed(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+    pages = {f"api/{page.name}" for page in (ROOT / "docs" / "api").glob("*.md")}
+    assert pages <= nav, f"list these pages in mkdocs.yml's nav: {sorted(pages - nav)}"
+
+
 # --- the harness itself ------------------------------------------------------------
 
 GUIDE = textwrap.dedent(
