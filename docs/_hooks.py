@@ -23,6 +23,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 _DOCS_LINK = re.compile(r"(\]\(|src=\")docs/")
 _SPHINX_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj|const):<code>(~)?([^<]*)</code>")
+_ESCAPED_PIPE = re.compile(r"(<code>[^<]*?)\\\|")  # GitHub shows `a \| b` in a table cell as `a | b`
 _UP_LINKS = {"](../README.md": "](index.md", "](../notebooks/": "](notebooks/"}
 
 
@@ -79,4 +80,6 @@ def _plain_role(match: re.Match) -> str:
 
 
 def on_page_content(html: str, page, config, files) -> str:
+    while _ESCAPED_PIPE.search(html):
+        html = _ESCAPED_PIPE.sub(r"\1|", html)
     return _SPHINX_ROLE.sub(_plain_role, html)

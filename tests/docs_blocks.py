@@ -17,6 +17,7 @@ renamed module or function fails the test even there.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import time
@@ -171,5 +172,6 @@ def run_blocks(blocks: list[CodeBlock], workdir: Path) -> RunReport:
         for value in reversed(list(namespace.values())):
             close = getattr(value, "close", None)
             if type(value).__module__.startswith("distributed") and callable(close):
-                close()
+                with contextlib.suppress(Exception):  # never hide the block's own failure
+                    close()
     return report

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 #: Files whose blocks take longer than ~20 s in all (still run by CI).
-SLOW_FILES = {"README.md"}
+SLOW_FILES = {"README.md", "docs/migrating-from-pydvl.md"}
 
 #: (file, heading) -> seconds the first block under that heading may take.
 TIME_LIMITS = {("README.md", "Quickstart"): 30.0}
