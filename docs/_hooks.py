@@ -2,8 +2,10 @@
 
 - ``index.md`` is generated from ``README.md`` (links into ``docs/`` made relative
   to the site), so the README stays the one source of the front page.
-- The notebooks of ``notebooks/`` are added as pages (mkdocs-jupyter renders them
-  with their stored outputs; the test suite executes them, the build does not).
+- The notebooks of ``notebooks/`` are added as pages. The build does not execute them:
+  mkdocs-jupyter renders the copy the test suite executed (``build/notebooks/``, written
+  by ``tests/test_notebooks_and_cli.py``, so CI's ``make test`` then ``make docs`` shows
+  outputs) when its code is that of the notebook, else the notebook as committed.
 - Links a guide makes as on GitHub (``../README.md``, ``../notebooks/x.ipynb``) are
   pointed at the pages the site has for them.
 - Sphinx roles in docstrings (``:class:`X```, ``:func:`~a.b```) are shown as plain code,
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -51,15 +54,23 @@ def on_config(config):
     return config
 
 
+def _code(notebook: Path) -> list[str]:
+    """The source of every code cell of a notebook file."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+
+
 @event_priority(100)  # before mkdocs-jupyter wraps .ipynb files as pages
 def on_files(files: Files, config) -> Files:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     files.append(File.generated(config, "index.md", content=_DOCS_LINK.sub(r"\1", readme)))
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        executed = ROOT / "build" / "notebooks" / notebook.name
+        source = ROOT / "build" if executed.is_file() and _code(executed) == _code(notebook) else ROOT
         files.append(
             File(
                 f"notebooks/{notebook.name}",
-                src_dir=str(ROOT),
+                src_dir=str(source),
                 dest_dir=config.site_dir,
                 use_directory_urls=config.use_directory_urls,
             )

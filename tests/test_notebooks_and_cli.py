@@ -23,6 +23,10 @@ def test_notebook_executes(path, tmp_path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    # The executed copy (gitignored build/) is what `make docs` renders, outputs included.
+    executed = path.parents[1] / "build" / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, executed / path.name)
 
 
 def test_there_are_notebooks():
