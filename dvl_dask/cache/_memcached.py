@@ -175,6 +175,10 @@ class MemcachedCacheBackend(CacheBackend):
         super().__init__()
         if config is None:
             config = MemcachedClientConfig()
+        if isinstance(config, dict):  # merged over the defaults, as pyDVL's memcached() does
+            from ._pydvl import as_client_config
+
+            config = as_client_config(config, "MemcachedCacheBackend")
         if not isinstance(config, MemcachedClientConfig):
             raise InvalidParameterError(
                 "The 'config' argument of MemcachedCacheBackend must be a MemcachedClientConfig. "

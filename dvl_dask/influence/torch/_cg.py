@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import ConvergenceWarning, InvalidParameterError
-from ...validation import check_positive_int, check_real
+from ...validation import check_positive_int, check_real, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
@@ -62,6 +62,7 @@ class CgInfluence(TorchInfluenceFunctionModel):
     direction stops that right-hand side and triggers a warning.
     """
 
+    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,
