@@ -62,7 +62,7 @@ class CgInfluence(TorchInfluenceFunctionModel):
     direction stops that right-hand side and triggers a warning.
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
+    @keyword_aliases(hessian_regularization="regularization", pre_conditioner="preconditioner")
     def __init__(
         self,
         model: nn.Module,
