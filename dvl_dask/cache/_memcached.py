@@ -209,6 +209,14 @@ class MemcachedCacheBackend(CacheBackend):
             self._signer = Signer(self._secret)
         return self._signer
 
+    @property
+    def client(self) -> Any:
+        """This thread's ``pymemcache`` client (pyDVL's attribute), e.g. ``backend.client.stats()``.
+
+        Calls on it bypass the backend: no signing, no counters, no error handling.
+        """
+        return self._client()
+
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
