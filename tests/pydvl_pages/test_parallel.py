@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import numpy as np
@@ -82,9 +83,10 @@ def test_valuation_fit_with_max_updates_on_a_cluster(u, client) -> None:
     on_cluster = run_until_converged(
         permutation_shapley, u, stop=MaxUpdates(12), seed=16, client=client, progress=False, items_per_block=4
     )
-    local = run_until_converged(
-        permutation_shapley, u, stop=MaxUpdates(12), seed=16, progress=False, items_per_block=4
-    )
+    with ThreadPoolExecutor(2) as pool:  # no cluster: two threads of this process
+        local = run_until_converged(
+            permutation_shapley, u, stop=MaxUpdates(12), seed=16, progress=False, items_per_block=4, executor=pool
+        )
     assert on_cluster.attrs["converged"] and int(on_cluster.counts.min()) >= 12
     np.testing.assert_array_equal(on_cluster.value, local.value)
     # an unbiased estimate: within a few standard errors of the exact values
