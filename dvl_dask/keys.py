@@ -1067,6 +1067,10 @@ class KeyFunction:
         :func:`inspect.signature` cannot read.
     salt : tuple, optional
         Extra values mixed into every key (e.g. the memoization mode).
+    function_key : bytes, optional
+        Stands for the function in the keys instead of its code and state
+        (pyDVL's ``signature`` bytes): functions given the same bytes share
+        entries whatever their code.
 
     Notes
     -----
@@ -1095,13 +1099,16 @@ class KeyFunction:
         subset_args: Collection[str] | None = None,
         signature: inspect.Signature | None = None,
         salt: tuple[Any, ...] = (),
+        function_key: bytes | None = None,
     ) -> None:
         if not callable(fn):
             raise InvalidParameterError(
                 f"The 'fn' argument of KeyFunction must be callable. Got {type(fn).__name__} instead."
             )
         self.namespace = _check_namespace(config.get(config.CACHE_NAMESPACE, override_with=namespace))
-        self.prefix = f"{self.namespace}:{_readable_name(fn)}:"
+        # With a function_key the function's name stays out of the key too, so that every function given
+        # the same key shares entries.
+        self.prefix = f"{self.namespace}:{'function-key' if function_key is not None else _readable_name(fn)}:"
         self.ignore_args = frozenset(_check_names(ignore_args, "ignore_args"))
         self.subset_args = frozenset(_check_names(subset_args, "subset_args"))
         sig = signature if signature is not None else _signature(fn)
@@ -1149,7 +1156,14 @@ class KeyFunction:
             and all(name in positional for name, _ in self._defaults)
         )
         h = hashlib.blake2b(digest_size=16)
-        h.update(function_token(fn).encode())
+        if function_key is None:
+            h.update(function_token(fn).encode())
+        elif isinstance(function_key, bytes):
+            h.update(b"function-key:" + function_key)
+        else:
+            raise InvalidParameterError(
+                f"The 'function_key' argument of KeyFunction must be bytes. Got {type(function_key).__name__} instead."
+            )
         _feed(h.update, salt)
         _feed(h.update, sorted(self.ignore_args))
         _feed(h.update, sorted(self.subset_args))

@@ -7,9 +7,12 @@ calls these once at the public boundary and trusts the values afterwards.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,8 +28,67 @@ __all__ = [
     "check_positive_int",
     "check_real",
     "is_dask_array",
+    "keyword_aliases",
     "seed_entropy",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def keyword_aliases(**aliases: str) -> Callable[[_F], _F]:
+    """Accept other spellings of keyword arguments: ``alias="canonical"`` pairs.
+
+    The decorated function keeps its signature (``inspect.signature`` shows
+    the canonical names); a call may name a parameter by its canonical name
+    or by one alias, never both (a :class:`TypeError`, like Python's own
+    "got multiple values"). dvl_dask uses it for pyDVL's names of the same
+    parameters (see ``docs/pydvl-names.md``); the alias of a positional
+    parameter also counts it as given when it is passed by position.
+    The mapping is kept as ``fn.__keyword_aliases__``.
+
+    Examples
+    --------
+    >>> @keyword_aliases(random_state="seed")
+    ... def split(n, seed=None):
+    ...     return n, seed
+    >>> split(3, random_state=1)
+    (3, 1)
+    >>> split(3, 2, random_state=1)
+    Traceback (most recent call last):
+    ...
+    TypeError: split() got 'seed' and its synonym 'random_state'; pass only one of them.
+    """
+
+    def decorate(fn: _F) -> _F:
+        params = inspect.signature(fn).parameters
+        positions = {}
+        for i, (name, param) in enumerate(params.items()):
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                positions[name] = i
+        for alias, canonical in aliases.items():
+            if canonical not in params or alias in params:
+                raise ValueError(
+                    f"keyword_aliases: {fn.__qualname__} has no parameter {canonical!r}, or has {alias!r}."
+                )
+        qualname = fn.__qualname__
+        owner = qualname[: -len(".__init__")] if qualname.endswith(".__init__") else qualname
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for alias, canonical in aliases.items():
+                if alias in kwargs:
+                    position = positions.get(canonical)
+                    if canonical in kwargs or (position is not None and len(args) > position):
+                        raise TypeError(
+                            f"{owner}() got {canonical!r} and its synonym {alias!r}; pass only one of them."
+                        )
+                    kwargs[canonical] = kwargs.pop(alias)
+            return fn(*args, **kwargs)
+
+        wrapper.__keyword_aliases__ = {**getattr(fn, "__keyword_aliases__", {}), **aliases}  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 SeedLike = int | np.random.SeedSequence | None
 

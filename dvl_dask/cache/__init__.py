@@ -4,7 +4,10 @@
   ``Utility(..., cache=backend)``) so each distinct call is computed once.
   Keys come from :class:`dvl_dask.keys.KeyFunction`: the function's code, the
   data it closes over and its canonical arguments, the same in every process.
-* :func:`memcached` is the decorator form for a memcached server.
+* :func:`memcached` is the decorator form for a memcached server, with pyDVL's
+  parameters; :class:`MemcachedConfig` and :class:`CachedFuncConfig` (for
+  ``backend.wrap(fn, config=...)`` and ``Utility(..., cached_func_options=...)``)
+  are pyDVL's option objects (see ``docs/pydvl-names.md``).
 * Backends implement :class:`CacheBackend` and pass the conformance suite in
   :mod:`dvl_dask.cache.conformance`: :class:`InMemoryCacheBackend`,
   :class:`DiskCacheBackend`, :class:`MemcachedCacheBackend`.
@@ -29,16 +32,19 @@ from ._disk import DiskCacheBackend
 from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
 from ._memoize import MemoizedFunction, memcached, memoize
 from ._memory import InMemoryCacheBackend
+from ._pydvl import CachedFuncConfig, MemcachedConfig
 from ._stats import CacheStats, RunningStats
 
 __all__ = [
     "HMAC_KEY_ENV",
     "CacheBackend",
     "CacheStats",
+    "CachedFuncConfig",
     "DiskCacheBackend",
     "InMemoryCacheBackend",
     "MemcachedCacheBackend",
     "MemcachedClientConfig",
+    "MemcachedConfig",
     "MemoizedFunction",
     "RunningStats",
     "check_key",

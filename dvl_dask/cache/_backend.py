@@ -178,6 +178,32 @@ class CacheBackend(abc.ABC):
     def __contains__(self, key: str) -> bool:
         return self.get(key, _ABSENT) is not _ABSENT
 
+    def wrap(self, func: Callable[..., Any], *, config: Any = None) -> Any:
+        """``func`` memoized in this backend, with pyDVL's options (``CacheBackend.wrap`` in pyDVL).
+
+        Parameters
+        ----------
+        func : callable
+            The function to memoize.
+        config : CachedFuncConfig, optional
+            pyDVL's options (default ``CachedFuncConfig()``: results that took
+            at least 0.3 s are stored). For dvl_dask's options use :func:`memoize`.
+
+        Returns
+        -------
+        MemoizedFunction
+        """
+        from ._memoize import memoize
+        from ._pydvl import CachedFuncConfig
+
+        config = CachedFuncConfig() if config is None else config
+        if not isinstance(config, CachedFuncConfig):
+            raise InvalidParameterError(
+                f"The 'config' argument of {type(self).__name__}.wrap must be a CachedFuncConfig or None. "
+                f"Got {type(config).__name__} instead."
+            )
+        return memoize(func, self, **config.memoize_options())
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["stats"] = CacheStats()  # counters are per process

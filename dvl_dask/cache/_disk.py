@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import CacheError, InvalidParameterError
+from ..validation import keyword_aliases
 from ._backend import CacheBackend, Signer, _Degradation, _Rejected, check_key, new_secret, resolve_hmac_key
 
 try:  # POSIX
@@ -44,10 +45,13 @@ class DiskCacheBackend(CacheBackend):
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str or os.PathLike, optional
         Directory of the cache; created if missing. Several processes (or
         workers on one machine, or machines sharing a file system with working
-        ``flock``) may use the same directory.
+        ``flock``) may use the same directory. Default, as in pyDVL: a new
+        temporary directory (``tempfile.mkdtemp``), shared by the copies of
+        this backend sent to workers on this machine, and left in place. pyDVL's
+        name ``cache_dir`` is accepted, and is also an attribute.
     hmac_key : bytes or str, optional
         Secret that signs entries; entries that do not verify are ignored
         (counted in ``stats.rejected``) and never unpickled. Default: option
@@ -84,8 +88,11 @@ class DiskCacheBackend(CacheBackend):
 
     shared = True
 
-    def __init__(self, path: str | os.PathLike[str], *, hmac_key: bytes | str | None = None) -> None:
+    @keyword_aliases(cache_dir="path")
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, hmac_key: bytes | str | None = None) -> None:
         super().__init__()
+        if path is None:
+            path = tempfile.mkdtemp(prefix="dvl_dask-cache-")
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameterError(
                 f"The 'path' argument of DiskCacheBackend must be a str or os.PathLike directory. "
@@ -100,6 +107,11 @@ class DiskCacheBackend(CacheBackend):
         self._secret = resolve_hmac_key(hmac_key)  # configured secrets travel with the backend
         self._signer: Signer | None = None
         self._degradation = _Degradation(f"The disk cache at {str(self.path)!r}")
+
+    @property
+    def cache_dir(self) -> pathlib.Path:
+        """The directory of the cache (pyDVL's name of :attr:`path`)."""
+        return self.path
 
     # -- helpers ------------------------------------------------------------------------------
     def _signer_(self) -> Signer:

@@ -175,6 +175,10 @@ class MemcachedCacheBackend(CacheBackend):
         super().__init__()
         if config is None:
             config = MemcachedClientConfig()
+        if isinstance(config, dict):  # merged over the defaults, as pyDVL's memcached() does
+            from ._pydvl import as_client_config
+
+            config = as_client_config(config, "MemcachedCacheBackend")
         if not isinstance(config, MemcachedClientConfig):
             raise InvalidParameterError(
                 "The 'config' argument of MemcachedCacheBackend must be a MemcachedClientConfig. "
@@ -204,6 +208,14 @@ class MemcachedCacheBackend(CacheBackend):
         if self._signer is None:
             self._signer = Signer(self._secret)
         return self._signer
+
+    @property
+    def client(self) -> Any:
+        """This thread's ``pymemcache`` client (pyDVL's attribute), e.g. ``backend.client.stats()``.
+
+        Calls on it bypass the backend: no signing, no counters, no error handling.
+        """
+        return self._client()
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)

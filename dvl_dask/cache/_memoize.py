@@ -10,7 +10,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -62,6 +62,7 @@ class MemoizedFunction(Generic[T]):
         min_repetitions: int | None = None,
         max_repetitions: int | None = None,
         signature: inspect.Signature | None = None,
+        function_key: bytes | None = None,
     ) -> None:
         owner = "memoize"
         if not callable(fn):
@@ -113,6 +114,7 @@ class MemoizedFunction(Generic[T]):
             subset_args=subset_args,
             signature=signature,
             salt=("repeated",) if self.allow_repeated_evaluations else (),
+            function_key=function_key,
         )
         functools.update_wrapper(self, fn)  # __wrapped__, __name__, __qualname__, __module__, __doc__
         if "__qualname__" not in self.__dict__:  # e.g. a functools.partial or a callable instance
@@ -368,6 +370,7 @@ def memoize(
     subset_args: Collection[str] | None = None,
     atol_stderr: float | None = None,
     max_repetitions: int | None = None,
+    function_key: bytes | None = None,
 ) -> MemoizedFunction[T]:
     """Keep the results of ``fn`` in ``backend``, keyed by code, data and arguments.
 
@@ -422,6 +425,10 @@ def memoize(
         cap. Default ``dvl_dask.cache.max-repetitions`` (100); None in the
         config means no cap. The resolved options (:attr:`MemoizedFunction.options`)
         rebuild the same function exactly in any process.
+    function_key : bytes, optional
+        Stands for ``fn`` in the keys instead of its code and state (what
+        pyDVL's ``signature`` bytes do): every function memoized with the same
+        bytes shares entries.
 
     Returns
     -------
@@ -466,11 +473,12 @@ def memoize(
         min_repetitions=min_repetitions,
         max_repetitions=max_repetitions,
         signature=signature,
+        function_key=function_key,
     )
 
 
 def memcached(
-    client_config: MemcachedClientConfig | None = None,
+    client_config: MemcachedClientConfig | Mapping[str, Any] | None = None,
     time_threshold: float = 0.3,
     allow_repeated_evaluations: bool = False,
     rtol_stderr: float = 0.1,
@@ -481,31 +489,45 @@ def memcached(
     subset_args: Collection[str] | None = None,
     hmac_key: bytes | str | None = None,
 ) -> Callable[..., MemoizedFunction[Any]]:
-    """Decorator: memoize a function in a memcached server.
+    """Decorator: memoize a function in a memcached server (pyDVL's ``memcached``).
 
-    A shortcut for ``memoize(fn, MemcachedCacheBackend(client_config), ...)``
-    with defaults suited to expensive functions. See :func:`memoize` for the
-    parameters.
+    ``memcached(...)(fn)`` is ``memoize(fn, MemcachedCacheBackend(client_config), ...)``
+    with pyDVL's parameters, defaults and meaning, so pyDVL code such as
+    ``memcached(**asdict(MemcachedConfig(...)))(fn, signature=b"...")`` runs
+    unchanged. See :func:`memoize` for what the options do.
 
     Parameters
     ----------
-    client_config : MemcachedClientConfig, optional
-        Server and timeouts; default ``localhost:11211``.
+    client_config : MemcachedClientConfig or dict, optional
+        Server and timeouts; a dict (e.g. from :func:`dataclasses.asdict`) is
+        merged over the defaults of :class:`MemcachedClientConfig`
+        (``localhost:11211``).
     time_threshold : float
         Store only results that took longer than this many seconds.
-    allow_repeated_evaluations, rtol_stderr, min_repetitions, ignore_args
-        As in :func:`memoize`.
+    allow_repeated_evaluations : bool
+        Average repeated evaluations of a stochastic function.
+    rtol_stderr : float
+        Stop repeating once the standard error is at most ``rtol_stderr * |mean|``.
+    min_repetitions : int
+        Repetitions after the first evaluation, as in pyDVL: a call is
+        evaluated at least ``min_repetitions + 1`` times (``memoize``'s
+        ``min_repetitions`` counts evaluations: this passes ``min_repetitions + 1``).
+    ignore_args : collection of str, optional
+        Parameters left out of the key.
     namespace, subset_args
-        As in :func:`memoize`.
+        As in :func:`memoize` (dvl_dask only).
     hmac_key : bytes or str, optional
-        Secret that signs values, see :class:`MemcachedCacheBackend`.
+        Secret that signs values, see :class:`MemcachedCacheBackend` (dvl_dask only).
 
     Returns
     -------
     callable
-        ``wrapper(fn, signature=None) -> MemoizedFunction``; the memoized
-        function has ``.stats`` (sets, misses, hits, timeouts, errors,
-        reconnects, rejected).
+        ``wrapper(fn, signature=None) -> MemoizedFunction``. ``signature`` is
+        either bytes that stand for ``fn`` in the keys instead of its code
+        (pyDVL's meaning: functions given the same bytes share entries) or an
+        :class:`inspect.Signature` to bind the arguments of callables whose
+        signature cannot be read. The memoized function has ``.stats``
+        (sets, misses, hits, timeouts, errors, reconnects, rejected).
 
     Examples
     --------
@@ -514,20 +536,37 @@ def memcached(
     ...     return x * x
     >>> slow_square.stats.hits  # no server contacted yet
     0
+    >>> slow_square.min_repetitions  # pyDVL's 3 repetitions after the first evaluation
+    4
     """
+    from ._pydvl import as_client_config, memoize_options
 
-    def wrapper(fn: Callable[..., T], signature: inspect.Signature | None = None) -> MemoizedFunction[T]:
+    config = as_client_config(client_config, "memcached")
+    options = memoize_options(
+        time_threshold=time_threshold,
+        allow_repeated_evaluations=allow_repeated_evaluations,
+        rtol_stderr=rtol_stderr,
+        min_repetitions=min_repetitions,
+        ignore_args=ignore_args,
+        owner="memcached",
+    )
+    options["namespace"] = namespace
+
+    def wrapper(
+        fn: Callable[..., T], signature: bytes | inspect.Signature | None = None
+    ) -> MemoizedFunction[T]:
+        if signature is not None and not isinstance(signature, (bytes, inspect.Signature)):
+            raise InvalidParameterError(
+                "The 'signature' argument of the memcached wrapper must be bytes (a key for the function, as "
+                f"in pyDVL) or an inspect.Signature. Got {type(signature).__name__} instead."
+            )
         return memoize(
             fn,
-            MemcachedCacheBackend(client_config, hmac_key=hmac_key),
-            namespace=namespace,
-            ignore_args=ignore_args,
+            MemcachedCacheBackend(config, hmac_key=hmac_key),
             subset_args=subset_args,
-            time_threshold=time_threshold,
-            allow_repeated_evaluations=allow_repeated_evaluations,
-            rtol_stderr=rtol_stderr,
-            min_repetitions=min_repetitions,
-            signature=signature,
+            signature=signature if isinstance(signature, inspect.Signature) else None,
+            function_key=signature if isinstance(signature, bytes) else None,
+            **options,
         )
 
     return wrapper

@@ -16,6 +16,7 @@ from ..validation import (
     check_consistent_length,
     check_real,
     is_dask_array,
+    keyword_aliases,
 )
 
 __all__ = ["Dataset", "GroupedDataset"]
@@ -137,6 +138,7 @@ class Dataset:
 
     # -- constructors ----------------------------------------------------------------
     @classmethod
+    @keyword_aliases(random_state="seed", stratify_by_target="stratify")
     def from_arrays(
         cls,
         x: Any,
@@ -155,6 +157,8 @@ class Dataset:
 
         ``data_names`` labels the rows of ``x`` *before* splitting (default: the
         row numbers); the training points keep their labels. ``stratify=True`` keeps class proportions.
+        pyDVL's names ``random_state`` (for ``seed``) and ``stratify_by_target``
+        (for ``stratify``) are accepted.
         Extra keyword arguments go to the class constructor (e.g. ``data_groups``
         of :class:`GroupedDataset`, given per row of ``x``).
         """
@@ -196,6 +200,7 @@ class Dataset:
         )
 
     @classmethod
+    @keyword_aliases(random_state="seed", stratify_by_target="stratify")
     def from_sklearn(
         cls,
         data: Any,
@@ -206,6 +211,9 @@ class Dataset:
         **kwargs: Any,
     ) -> Dataset:
         """Build from a scikit-learn ``Bunch`` or a loader such as ``load_iris``.
+
+        Parameters are those of :meth:`from_arrays` (pyDVL's ``random_state``
+        and ``stratify_by_target`` included).
 
         Examples
         --------

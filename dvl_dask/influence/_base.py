@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Generic, Self, TypeVar
 
 from ..errors import InvalidParameterError, NotFittedError
+from ..validation import keyword_aliases
 from ._mode import InfluenceMode
 
 __all__ = ["InfluenceFunctionModel"]
@@ -160,6 +161,7 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         x, y = self._train_or_test(x_test, y_test, x, y)
         return self._influences(x_test, y_test, x, y, mode)
 
+    @keyword_aliases(z_test_factors="factors")
     def influences_from_factors(
         self,
         factors: TensorT,

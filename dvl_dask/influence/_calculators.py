@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..keys import describe_parameters, fingerprint, layer_name
 from ..results import influence_dataarray
-from ..validation import is_dask_array
+from ..validation import is_dask_array, keyword_aliases
 from ._base import InfluenceFunctionModel
 from ._kernels import factors_block, from_factors_block, gradients_block, product_block
 from ._mode import InfluenceMode
@@ -290,6 +290,7 @@ class SequentialInfluenceCalculator(_Recipe):
         factors = self.influence_factors(test).blocks
         return self._from_factors(factors, train, mode)
 
+    @keyword_aliases(z_test_factors="factors")
     def influences_from_factors(
         self,
         factors: Iterable[Any],
@@ -624,6 +625,7 @@ class DaskInfluenceCalculator(_Recipe):
             return self._labelled(values, mode, stored, test_names, train_names, f"{self.owner}.influences")
         return values
 
+    @keyword_aliases(z_test_factors="factors")
     def influences_from_factors(
         self,
         factors: Any,

@@ -14,6 +14,7 @@ from ._schema import (
     validate_valuation_dataset,
     valuation_dataset,
 )
+from ._valuation_result import ValuationResult, ValueItem
 
 __all__ = [
     "FACTOR_DIM",
@@ -31,6 +32,8 @@ __all__ = [
     "to_zarr",
     "truncate_checkpoint",
     "validate_valuation_dataset",
+    "ValuationResult",
+    "ValueItem",
     "ZarrBlockSink",
     "valuation_dataset",
 ]

@@ -39,6 +39,15 @@ class DvlAccessor:
         """The method parameters recorded when the result was built."""
         return parameters_of(self._ds)
 
+    def to_valuation_result(self) -> Any:
+        """A read-only view with pyDVL's ``ValuationResult`` interface (computes the result once).
+
+        See :class:`dvl_dask.results.ValuationResult`.
+        """
+        from ._valuation_result import ValuationResult
+
+        return ValuationResult.from_dataset(self._ds)
+
     def rank(self, *, ascending: bool = False) -> xr.DataArray:
         """Rank of every player by value: 1 is the most valuable (or least, if ``ascending``)."""
         values = np.asarray(self._ds["value"].values)

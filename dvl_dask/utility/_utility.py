@@ -13,7 +13,7 @@ from .. import config
 from ..data import Dataset
 from ..errors import InvalidModelError, InvalidParameterError, UnusableUtilityError, UtilityFailureWarning
 from ..keys import model_token, object_token
-from ..validation import check_coalition
+from ..validation import check_coalition, keyword_aliases
 from ._scorers import Scorer, as_scorer
 
 __all__ = ["Utility"]
@@ -105,7 +105,12 @@ class Utility:
         ``dvl_dask.utility.on-unusable`` (``"raise"``).
     cache : CacheBackend, optional
         Memoize evaluations in this backend (keys include the data fingerprint,
-        model parameters, scorer and the sorted coalition).
+        model parameters, scorer and the sorted coalition). pyDVL's name
+        ``cache_backend`` is accepted. Options (averaging of stochastic fits,
+        thresholds) come from ``dvl_dask.cache.*`` in the config.
+    cached_func_options : CachedFuncConfig, optional
+        pyDVL's options for the cache instead of the config (only with
+        ``cache``); note pyDVL's default ``time_threshold`` of 0.3 s.
     token : str, optional
         Identity of the model and the scorer, for objects dvl_dask cannot hash
         deterministically (it raises :class:`~dvl_dask.errors.TokenizationError`
@@ -137,6 +142,7 @@ class Utility:
     #: Calls return finite floats only (valuation methods need not check them).
     returns_finite_scores = True
 
+    @keyword_aliases(cache_backend="cache")
     def __init__(
         self,
         model: Any,
@@ -148,6 +154,7 @@ class Utility:
         cache: Any = None,
         on_unusable: str | None = None,
         token: str | None = None,
+        cached_func_options: Any = None,
     ) -> None:
         if not callable(getattr(model, "fit", None)):
             raise InvalidModelError(
@@ -186,6 +193,20 @@ class Utility:
         )
         self.cache = cache
         self._memoized: Callable[[np.ndarray], float] | None = None
+        if cached_func_options is not None:
+            from ..cache import CachedFuncConfig
+
+            if not isinstance(cached_func_options, CachedFuncConfig):
+                raise InvalidParameterError(
+                    "The 'cached_func_options' argument of Utility must be a dvl_dask.cache.CachedFuncConfig or "
+                    f"None. Got {type(cached_func_options).__name__} instead."
+                )
+            if cache is None:
+                raise InvalidParameterError(
+                    "The 'cached_func_options' argument of Utility needs a cache: pass cache=<CacheBackend> "
+                    "(pyDVL: cache_backend=) too."
+                )
+            self._cache_options = cached_func_options.memoize_options()
         if cache is not None:
             self._memoized = _memoize_for(self, cache)
         self._materialized: Dataset | None = None
@@ -404,8 +425,8 @@ def _memoize_for(utility: Utility, cache: Any) -> Callable[[np.ndarray], float]:
             "or MemcachedCacheBackend(MemcachedClientConfig(server=(host, port)))."
         )
     options = utility.__dict__.get("_cache_options")
-    if options is None:
-        memoized = memoize(utility.fit_and_score, cache)
+    if options is None or "max_repetitions" not in options:  # unresolved (or pyDVL's partial) options
+        memoized = memoize(utility.fit_and_score, cache, **(options or {}))
         utility._cache_options = memoized.options  # type: ignore[attr-defined]
         return memoized
     return memoize(utility.fit_and_score, cache, **options)

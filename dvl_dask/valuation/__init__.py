@@ -5,6 +5,7 @@ eager loop that runs blocks until a stopping criterion holds, with
 checkpoints to zarr.
 """
 
+from ..results import ValuationResult, ValueItem
 from ._classwise import classwise_shapley
 from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
 from ._data_oob import data_oob
@@ -38,6 +39,8 @@ from ._stopping import (
 from ._truncation import FixedTruncation, NoTruncation, RelativeTruncation
 
 __all__ = [
+    "ValuationResult",
+    "ValueItem",
     "AbsoluteStandardError",
     "ConvergenceState",
     "HistoryDeviation",

@@ -180,7 +180,9 @@ def test_memcached_client_config_defaults_and_validation() -> None:
 
 def test_backends_are_named_in_errors() -> None:
     with pytest.raises(InvalidParameterError, match="MemcachedClientConfig"):
-        MemcachedCacheBackend(config={"server": ("localhost", 1)})  # type: ignore[arg-type]
+        MemcachedCacheBackend(config="localhost:1")  # type: ignore[arg-type]
+    # a dict of its fields is merged over the defaults (pyDVL's memcached() does the same)
+    assert MemcachedCacheBackend(config={"server": ("localhost", 1)}).config.server == ("localhost", 1)
 
 
 def test_disk_cache_is_shared_between_instances(tmp_path) -> None:

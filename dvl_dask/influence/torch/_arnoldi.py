@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError
-from ...validation import SeedLike, check_positive_int, check_real
+from ...validation import SeedLike, check_positive_int, check_real, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
@@ -42,8 +42,8 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
     loss : callable
         Mean-reduced loss.
     rank : int
-        Number of eigenpairs kept per block; at most the number of trainable
-        parameters (clipped to the size of smaller blocks).
+        Number of eigenpairs kept per block (default 10); at most the number of
+        trainable parameters (clipped to the size of smaller blocks).
     regularization : float
         ``λ ≥ 0`` added to every kept eigenvalue.
     krylov_dimension : int or None
@@ -58,11 +58,12 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         ``"full"`` (default), ``"layer"``, or ``{block_name: [parameter names]}``.
     """
 
+    @keyword_aliases(hessian_regularization="regularization", rank_estimate="rank")
     def __init__(
         self,
         model: nn.Module,
         loss: LossFn,
-        rank: int,
+        rank: int = 10,
         *,
         regularization: float = 0.0,
         krylov_dimension: int | None = None,

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import ConvergenceWarning, InvalidParameterError
-from ...validation import check_positive_int, check_real
+from ...validation import check_positive_int, check_real, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
@@ -41,8 +41,9 @@ class CgInfluence(TorchInfluenceFunctionModel):
     rtol, atol : float
         A right-hand side ``b`` has converged when ``‖r‖ ≤ max(rtol·‖b‖, atol)``.
     maxiter : int or None
-        Maximum number of iterations; None means the block size (the number
-        of steps exact arithmetic needs).
+        Maximum number of iterations; None means 10 times the block size (as
+        in pyDVL and scipy: exact arithmetic needs the block size, rounding
+        on ill-conditioned curvature more). CG stops earlier once converged.
     preconditioner : {"jacobi", "nystroem"}, Preconditioner or None
         ``"jacobi"`` is :class:`JacobiPreconditioner()`, ``"nystroem"`` is
         :class:`NystroemPreconditioner()`; instances allow setting their rank
@@ -62,6 +63,7 @@ class CgInfluence(TorchInfluenceFunctionModel):
     direction stops that right-hand side and triggers a warning.
     """
 
+    @keyword_aliases(hessian_regularization="regularization", pre_conditioner="preconditioner")
     def __init__(
         self,
         model: nn.Module,
@@ -116,7 +118,7 @@ class CgInfluence(TorchInfluenceFunctionModel):
             precondition=None if pre is None else pre.solve,
             rtol=self.rtol,
             atol=self.atol,
-            maxiter=self.maxiter if self.maxiter is not None else op.dim,
+            maxiter=self.maxiter if self.maxiter is not None else 10 * op.dim,
         )
         name = block.name
         if info.n_indefinite:

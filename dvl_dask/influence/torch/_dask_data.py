@@ -10,7 +10,7 @@ import torch
 
 from ...errors import InvalidDataError, TokenizationError
 from ...keys import fingerprint, layer_name
-from ...validation import check_positive_int
+from ...validation import check_positive_int, keyword_aliases
 
 __all__ = ["torch_dataset_to_dask_array"]
 
@@ -53,6 +53,7 @@ def _pick(chunk: tuple[np.ndarray, ...], k: int) -> np.ndarray:
     return chunk[k]
 
 
+@keyword_aliases(resulting_dtype="dtype")
 def torch_dataset_to_dask_array(
     dataset: Any,
     chunk_size: int,
@@ -77,7 +78,8 @@ def torch_dataset_to_dask_array(
         Number of samples to take (default ``len(dataset)``).
     dtype : numpy dtype, optional
         Dtype of floating-point elements (e.g. ``np.float32``); integer
-        elements keep theirs. Default: each element's own dtype.
+        elements keep theirs. Default: each element's own dtype. pyDVL's name
+        ``resulting_dtype`` is accepted.
     token : str, optional
         Names the dataset's content in the graph keys, for datasets dvl_dask
         cannot hash deterministically (it raises

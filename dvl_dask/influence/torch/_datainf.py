@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ...validation import keyword_aliases
 from .._mode import BlockMode
 from ._data import iter_batches
 from ._functional import FunctionalModel, LossFn
@@ -46,6 +47,7 @@ class InverseHarmonicMeanInfluence(TorchInfluenceFunctionModel):
         ``"layer"`` (default), ``"full"``, or ``{block_name: [parameter names]}``.
     """
 
+    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,

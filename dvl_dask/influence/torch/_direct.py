@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError
+from ...validation import keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
@@ -51,6 +52,7 @@ class DirectInfluence(TorchInfluenceFunctionModel):
     torch.Size([2, 20])
     """
 
+    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,

@@ -10,7 +10,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError
-from ...validation import check_positive_int
+from ...validation import check_positive_int, keyword_aliases
 from ._data import iter_batches
 from ._functional import FunctionalModel, LossFn
 from ._linalg import safe_eigh
@@ -79,6 +79,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         float64 on the CPU.
     """
 
+    @keyword_aliases(hessian_regularization="regularization", update_diagonal="eigenvalue_correction")
     def __init__(
         self,
         model: nn.Module,

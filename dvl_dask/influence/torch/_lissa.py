@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import ConvergenceWarning, InvalidModelError
-from ...validation import check_positive_int, check_real
+from ...validation import check_positive_int, check_real, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._data import iter_batches
@@ -81,6 +81,7 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     non-finite or explode, with advice on ``scale``.
     """
 
+    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,

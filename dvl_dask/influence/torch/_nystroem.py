@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...validation import SeedLike
+from ...validation import SeedLike, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
@@ -52,6 +52,7 @@ class NystroemSketchInfluence(TorchInfluenceFunctionModel):
         ``"full"`` (default), ``"layer"``, or ``{block_name: [parameter names]}``.
     """
 
+    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,

@@ -1,0 +1,143 @@
+"""pyDVL's configuration objects for caching: :class:`CachedFuncConfig`, :class:`MemcachedConfig`.
+
+pyDVL counts ``min_repetitions`` as repetitions *after* the first evaluation
+(a call is evaluated at least ``min_repetitions + 1`` times); :func:`memoize`
+counts evaluations. :func:`memoize_options` translates, so code written for
+pyDVL averages exactly as often as it did there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from ..errors import InvalidParameterError
+from ._memcached import MemcachedClientConfig
+
+__all__ = ["CachedFuncConfig", "MemcachedConfig", "as_client_config", "memoize_options"]
+
+
+def as_client_config(value: MemcachedClientConfig | Mapping[str, Any] | None, owner: str) -> MemcachedClientConfig:
+    """A :class:`MemcachedClientConfig` from one, from a mapping merged over the defaults, or the default.
+
+    A mapping is what :func:`dataclasses.asdict` makes of a config (e.g. of a
+    :class:`MemcachedConfig`); its keys are the fields of
+    :class:`MemcachedClientConfig` and missing ones keep their defaults.
+    """
+    if value is None:
+        return MemcachedClientConfig()
+    if isinstance(value, MemcachedClientConfig):
+        return value
+    if isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(MemcachedClientConfig)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise InvalidParameterError(
+                f"The 'client_config' argument of {owner} has keys {unknown} that MemcachedClientConfig does not "
+                f"know; its fields are {sorted(fields)}. (pyDVL's 'serde' is not needed: dvl_dask serialises "
+                "and signs values itself.)"
+            )
+        return MemcachedClientConfig(**dict(value))
+    raise InvalidParameterError(
+        f"The 'client_config' argument of {owner} must be a MemcachedClientConfig, a dict of its fields or None. "
+        f"Got {type(value).__name__} instead."
+    )
+
+
+def memoize_options(
+    *,
+    time_threshold: float,
+    allow_repeated_evaluations: bool,
+    rtol_stderr: float,
+    min_repetitions: int,
+    ignore_args: Collection[str] | None,
+    hash_prefix: str | None = None,
+    owner: str,
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`memoize` for pyDVL's options (``min_repetitions`` + 1 evaluations)."""
+    if isinstance(min_repetitions, bool) or not isinstance(min_repetitions, int) or min_repetitions < 0:
+        raise InvalidParameterError(
+            f"The 'min_repetitions' parameter of {owner} must be an int >= 0 (repetitions after the first "
+            f"evaluation, as in pyDVL). Got {min_repetitions!r} instead."
+        )
+    return {
+        "namespace": hash_prefix,
+        "ignore_args": None if ignore_args is None else list(ignore_args),
+        "time_threshold": time_threshold,
+        "allow_repeated_evaluations": allow_repeated_evaluations,
+        "rtol_stderr": rtol_stderr,
+        "min_repetitions": min_repetitions + 1,
+    }
+
+
+@dataclasses.dataclass
+class CachedFuncConfig:
+    """pyDVL's options of a cached function (``Utility(..., cached_func_options=...)``, ``backend.wrap``).
+
+    Parameters
+    ----------
+    hash_prefix : str, optional
+        First part of the keys (dvl_dask's ``namespace``).
+    ignore_args : collection of str
+        Parameters left out of the key.
+    time_threshold : float
+        Store only results that took longer than this many seconds.
+    allow_repeated_evaluations : bool
+        Average repeated evaluations of a stochastic function (see :func:`memoize`).
+    rtol_stderr : float
+        Stop repeating once the standard error is at most ``rtol_stderr * |mean|``.
+    min_repetitions : int
+        Repetitions after the first evaluation before a cached mean is returned
+        (pyDVL's count: at least ``min_repetitions + 1`` evaluations).
+
+    Examples
+    --------
+    >>> from dvl_dask.cache import InMemoryCacheBackend
+    >>> f = InMemoryCacheBackend().wrap(abs, config=CachedFuncConfig(time_threshold=0.0))
+    >>> f(-2), f(-2), f.stats.hits
+    (2, 2, 1)
+    """
+
+    hash_prefix: str | None = None
+    ignore_args: Collection[str] = dataclasses.field(default_factory=list)
+    time_threshold: float = 0.3
+    allow_repeated_evaluations: bool = False
+    rtol_stderr: float = 0.1
+    min_repetitions: int = 3
+
+    def memoize_options(self) -> dict[str, Any]:
+        """These options as keyword arguments of :func:`memoize`."""
+        return memoize_options(
+            time_threshold=self.time_threshold,
+            allow_repeated_evaluations=self.allow_repeated_evaluations,
+            rtol_stderr=self.rtol_stderr,
+            min_repetitions=self.min_repetitions,
+            ignore_args=self.ignore_args,
+            hash_prefix=self.hash_prefix,
+            owner="CachedFuncConfig",
+        )
+
+
+@dataclasses.dataclass
+class MemcachedConfig:
+    """pyDVL's options of :func:`memcached`, so that ``memcached(**asdict(options))`` works.
+
+    The fields are the parameters of :func:`memcached`; ``asdict`` turns
+    ``client_config`` into a dict, which :func:`memcached` merges over the
+    defaults of :class:`MemcachedClientConfig`.
+
+    Examples
+    --------
+    >>> from dataclasses import asdict
+    >>> options = MemcachedConfig(MemcachedClientConfig(server=("127.0.0.1", 11211)), time_threshold=0.0)
+    >>> asdict(options)["client_config"]["server"]
+    ('127.0.0.1', 11211)
+    """
+
+    client_config: MemcachedClientConfig = dataclasses.field(default_factory=MemcachedClientConfig)
+    time_threshold: float = 0.3
+    allow_repeated_evaluations: bool = False
+    rtol_stderr: float = 0.1
+    min_repetitions: int = 3
+    ignore_args: Collection[str] | None = None
