@@ -1,6 +1,6 @@
 """Variance reduction at equal utility evaluations: plain vs antithetic vs stratified.
 
-Run:  .venv/bin/python benchmarks/bench_variance_reduction.py [--seeds 100] [--evaluations 2400]
+Run:  .venv/bin/python benchmarks/bench_variance_reduction.py [--seeds 100] [--evaluations 2400] [--only stratified]
 
 For each game and value (Shapley, Banzhaf), every sampler gets the same
 number of utility evaluations; over ``--seeds`` seeds we report the root mean
@@ -84,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--evaluations", type=int, default=2400)
+    parser.add_argument("--only", default="", help="run only samplers whose label contains this (plus the plain ones)")
     args = parser.parse_args()
     budget = args.evaluations
 
@@ -114,6 +115,8 @@ def main() -> None:
         ]
         plain: dict[str, float] = {}
         exact_cache: dict[str, np.ndarray] = {}
+        plain_labels = ("permutation", "uniform")
+        rows = [r for r in rows if not args.only or args.only in r[2] or r[2] in plain_labels]
         for value_name, weight, label, method, options, n_items in rows:
             exact = exact_cache.setdefault(value_name, _exact(game, weight))
             start = time.perf_counter()
