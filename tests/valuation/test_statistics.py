@@ -335,3 +335,44 @@ def test_load_checkpoint_matches_live_run(tmp_path):
 def test_banzhaf_sampler_antithetic_pairs():
     ds = banzhaf(RARE, n_samples=10, sampler="antithetic", seed=0, items_per_block=10).compute(scheduler="sync")
     assert ds["counts"].values.tolist() == [5] * 12
+
+
+# -- effective sample size ----------------------------------------------------------------------------
+def _exact_permutation_moments(game):
+    """Brute force over all permutations: per-player variance of one marginal, and of an antithetic pair mean."""
+    import itertools
+
+    n = game.n_players
+    margs = []
+    for perm in itertools.permutations(range(n)):
+        row = np.zeros(n)
+        for step, player in enumerate(perm):
+            row[player] = game(list(perm[: step + 1])) - game(list(perm[:step]))
+        margs.append(row)
+    margs = np.array(margs)
+    index = {p: j for j, p in enumerate(itertools.permutations(range(n)))}
+    pair = np.array([(margs[j] + margs[index[p[::-1]]]) / 2 for p, j in index.items()])
+    return margs.var(axis=0), pair.var(axis=0)
+
+
+def test_effective_sample_size_against_exact_variances():
+    from dvl_dask.results import effective_sample_size
+
+    game = AirportGame([1.0, 2.0, 4.0, 7.0, 7.5])
+    plain_var, pair_var = _exact_permutation_moments(game)
+    # plain sampling: ESS = counts (the reference is the result itself)
+    plain = permutation_shapley(game, n_permutations=600, seed=3).compute(scheduler="sync")
+    np.testing.assert_allclose(effective_sample_size(plain, plain).values, plain["counts"].values)
+    # antithetic: 400 pairs are worth 400 * sigma^2 / var(pair mean) plain samples (exact), and the
+    # reported figure (from the estimated stderr) is within 25% of it
+    anti = permutation_shapley(game, n_permutations=800, antithetic=True, seed=3).compute(scheduler="sync")
+    exact_ess = 400 * plain_var / pair_var
+    reported = effective_sample_size(anti, plain_var).values
+    np.testing.assert_allclose(reported, exact_ess, rtol=0.25)
+    assert np.all(exact_ess > 800)  # on this game a pair is worth more than two plain permutations
+    # with an estimated reference (a plain run) the figure agrees within sampling noise
+    np.testing.assert_allclose(effective_sample_size(anti, plain).values, exact_ess, rtol=0.4)
+    with pytest.raises(InvalidParameterError, match="reference"):
+        effective_sample_size(anti, np.ones(3))
+    with pytest.raises(InvalidParameterError, match="reference"):
+        effective_sample_size(anti, -plain_var)
