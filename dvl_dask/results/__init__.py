@@ -2,6 +2,7 @@
 
 from ._accessor import DvlAccessor, merge_results
 from ._checkpoint import Checkpoint, truncate_checkpoint
+from ._ess import effective_sample_size
 from ._influence_io import ZarrBlockSink, open_block_sink, open_influence
 from ._io import open_result, to_zarr
 from ._schema import (
@@ -23,6 +24,7 @@ __all__ = [
     "TRAIN_DIM",
     "Checkpoint",
     "DvlAccessor",
+    "effective_sample_size",
     "influence_dataarray",
     "merge_results",
     "open_block_sink",

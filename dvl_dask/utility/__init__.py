@@ -1,7 +1,18 @@
 """Utilities: model + data + scorer as a function of coalitions."""
 
 from ._learned import LearnedUtility, learn_utility
-from ._scorers import Scorer, as_scorer
+from ._scorers import Scorer, as_scorer, compose_score, sigmoid, squashed_neg_mse, squashed_r2, squashed_variance
 from ._utility import Utility
 
-__all__ = ["LearnedUtility", "Scorer", "Utility", "as_scorer", "learn_utility"]
+__all__ = [
+    "LearnedUtility",
+    "Scorer",
+    "Utility",
+    "as_scorer",
+    "compose_score",
+    "learn_utility",
+    "sigmoid",
+    "squashed_neg_mse",
+    "squashed_r2",
+    "squashed_variance",
+]

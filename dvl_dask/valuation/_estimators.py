@@ -256,6 +256,18 @@ class SemivalueEstimator(Estimator):
         drawn = 2 * self.units(n_items) if self._antithetic() else int(n_items)
         return drawn * self.evaluations_per_item(n)
 
+    def items_per_block(self, n: int, override: int | None = None) -> int:
+        """As :meth:`Estimator.items_per_block`; Neyman allocation gets at least ``5 * pilot * n`` per block.
+
+        A Neyman block spends ``pilot * n`` samples per player on its pilot, so
+        smaller blocks would waste most of their evaluations (and blocks under
+        ``(pilot + 2) * n`` fall back to equal allocation).
+        """
+        items = super().items_per_block(n, override)
+        if override is None and self.stratified and getattr(self.sampler, "allocation", "equal") == "neyman":
+            items = max(items, 5 * self.sampler.pilot * n)
+        return items
+
     def stratum_weights(self) -> np.ndarray:
         """``C(n-1, k) w(k)`` for ``k = 0..n-1``: the weight of each coalition size."""
         n = self.n_players
@@ -315,24 +327,41 @@ class SemivalueEstimator(Estimator):
     def _stratified_block(
         self, utility: UtilityLike, rng: np.random.Generator, n: int, n_items: int, players: np.ndarray
     ) -> PointStats:
-        assert isinstance(self.sampler, StratifiedSampler)
+        sampler = self.sampler
+        assert isinstance(sampler, StratifiedSampler)
         values, strata, owners = [], [], []
         all_players = np.arange(n)
         evaluations = 0
-        for i in players:
-            masks, sizes = self.sampler.draw_for_player(rng, n, int(i), n_items)
-            for mask in masks:
+
+        def marginals(i: int, masks: np.ndarray) -> np.ndarray:
+            nonlocal evaluations
+            out = np.empty(len(masks))
+            for s, mask in enumerate(masks):
                 without = utility(all_players[mask])
                 mask[i] = True
-                with_i = utility(all_players[mask])
+                out[s] = utility(all_players[mask]) - without
                 evaluations += 2
-                values.append(with_i - without)
+            return out
+
+        weights = self.stratum_weights() if sampler.uses_pilot(n, n_items) else None
+        for i in players:
+            if weights is None:
+                masks, sizes = sampler.draw_for_player(rng, n, int(i), n_items)
+            else:
+                # Neyman: a pilot per stratum sets the allocation and is then discarded (unbiased).
+                pilot_sizes = np.repeat(np.arange(n), sampler.pilot)
+                pilot = marginals(int(i), sampler.draw_sizes_for_player(rng, n, int(i), pilot_sizes))
+                sigma = pilot.reshape(n, sampler.pilot).std(axis=1, ddof=1)
+                counts = sampler.neyman_counts(weights, sigma, n_items - len(pilot_sizes))
+                sizes = np.repeat(np.arange(n), counts)
+                masks = sampler.draw_sizes_for_player(rng, n, int(i), sizes)
+            values.append(marginals(int(i), masks))
             strata.append(sizes)
             owners.append(np.full(len(sizes), i))
         if not values:
             return PointStats.zeros(n, n)
         return PointStats.from_groups(
-            np.asarray(values, dtype=np.float64), np.concatenate(strata), np.concatenate(owners), n, n, evaluations
+            np.concatenate(values), np.concatenate(strata), np.concatenate(owners), n, n, evaluations
         )
 
 

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from dvl_dask import Dataset, Utility, config
+from dvl_dask import Dataset, Scorer, Utility, config
 from dvl_dask.errors import InvalidParameterError, SchemaError
 from dvl_dask.results import merge_results
 from dvl_dask.testing.games import AdditiveGame, AirportGame, MinerGame, WeightedVotingGame
+from dvl_dask.utility import compose_score, sigmoid, squashed_neg_mse, squashed_r2, squashed_variance
 from dvl_dask.valuation import (
     ConvergenceState,
     HistoryDeviation,
@@ -115,7 +116,45 @@ def test_stratified_sampler_allocates_equally_per_size():
     per_size = np.bincount(sizes, minlength=6)
     assert set(per_size.tolist()) == {2, 3} and per_size.sum() == 14
     with pytest.raises(InvalidParameterError, match="allocation"):
-        StratifiedSampler(allocation="neyman")
+        StratifiedSampler(allocation="optimal")
+    with pytest.raises(InvalidParameterError, match="pilot"):
+        StratifiedSampler(allocation="neyman", pilot=1)
+
+
+def test_neyman_allocation_is_proportional_to_weight_times_sigma():
+    sampler = StratifiedSampler("neyman", defensive=0.0)
+    weights = np.array([0.25, 0.25, 0.5, 0.0])
+    counts = sampler.neyman_counts(weights, np.array([1.0, 0.0, 2.0, 5.0]), 46)
+    # two per weighted stratum, then 40 split as w*sigma = 0.25 : 0 : 1 ; the weight-0 stratum gets none
+    assert counts.tolist() == [2 + 8, 2 + 0, 2 + 32, 0]
+    assert counts.sum() == 46
+    # defensive share: half of the 40 split equally over the 3 weighted strata
+    half = StratifiedSampler("neyman", defensive=0.5).neyman_counts(weights, np.array([1.0, 0.0, 2.0, 5.0]), 46)
+    assert half.sum() == 46 and half[1] >= 2 + 6 and half[3] == 0
+    # no spread seen anywhere: equal allocation
+    assert StratifiedSampler("neyman").neyman_counts(np.full(4, 0.25), np.zeros(4), 16).tolist() == [4, 4, 4, 4]
+
+
+@pytest.mark.slow
+def test_neyman_stratified_estimates_match_exact_values():
+    # Airport game: the marginal of a player is constant within no stratum, and the spread differs by size
+    game = AirportGame([1.0, 2.0, 4.0, 7.0, 7.5, 9.0])
+    exact = game.shapley_values()
+    reps = [semivalue(game, shapley_coefficient, n_samples=120, sampler="stratified-neyman", seed=s,
+                      items_per_block=60).compute(scheduler="sync") for s in range(24)]
+    values = np.array([ds["value"].values for ds in reps])
+    stderr = np.array([ds["stderr"].values for ds in reps])
+    # unbiased: the mean of 24 runs is within 4 standard errors (of that mean) of the exact values;
+    # and the reported stderr is never smaller than the spread over runs (the per-stratum floors of
+    # finalize_stats make it conservative on this game, whose marginals are constant in most strata)
+    se_of_mean = values.std(axis=0, ddof=1) / math.sqrt(len(reps))
+    assert np.all(np.abs(values.mean(axis=0) - exact) <= 4 * se_of_mean + 1e-12)
+    ratio = values.std(axis=0, ddof=1) / stderr.mean(axis=0)
+    assert np.all(ratio < 1.3), ratio
+    parameters = json.loads(reps[0].attrs["parameters"])
+    assert parameters["allocation"] == "neyman" and parameters["pilot"] == 2
+    # the pilot (2 per stratum and block) is evaluated but not in the estimate: 120 - 2 * 2 * 6 samples
+    assert np.all(reps[0]["counts"].values == 120 - 2 * 2 * 6)
 
 
 def test_stratified_estimator_combines_strata_with_weights():
@@ -177,6 +216,49 @@ def test_negative_mse_values_are_sane_with_explicit_default():
     # efficiency: values sum to u(N) - u(empty); with the best score for the empty set they did not
     assert float(ds["value"].sum()) == pytest.approx(u(range(6)) - u([]))
     assert u.score_range is None  # unbounded below: no variance floor from the range
+
+
+def test_squashed_scorers_have_a_range_and_a_default_score():
+    data = _regression_data()
+    model = LinearRegression().fit(data.x_train, data.y_train)
+    raw_r2 = float(Scorer("r2")(model, data.x_test, data.y_test))
+    for make, raw in ((squashed_r2, raw_r2), (squashed_variance, None)):
+        scorer = make()
+        assert scorer.range == (0.0, 1.0)
+        u = Utility(LinearRegression(), data, scorer)
+        assert u.default_score == 0.0 and u([]) == 0.0 and u.score_range == (0.0, 1.0)
+        if raw is not None:
+            assert u(range(6)) == pytest.approx(1.0 / (1.0 + math.exp(-raw)))
+    # a terrible fit stays inside the range, a constant prediction (r2 = 0) scores 1/2
+    assert sigmoid(-1e6) == 0.0 and sigmoid(float("-inf")) == 0.0 and sigmoid(0.0) == 0.5
+    assert 0.0 < sigmoid(-30.0) < 1e-12 and sigmoid(1.0) == pytest.approx(0.7310585786)
+    mse = squashed_neg_mse(scale=2.0)
+    perfect = float(Scorer("neg_mean_squared_error")(model, data.x_test, data.y_test))
+    assert mse(model, data.x_test, data.y_test) == pytest.approx(2.0 / (1.0 + math.exp(-perfect / 2.0)))
+    # composed scores are clipped to the declared range
+    clipped = Utility(LinearRegression(), data, compose_score("r2", lambda v: 5.0 + v, (0.0, 1.0), name="bad"))
+    assert clipped(range(6)) == 1.0 and clipped.scorer.name == "bad"
+    for bad_range in ((0.0, float("inf")), (1.0, 0.0), "ab"):
+        with pytest.raises(InvalidParameterError, match="range"):
+            compose_score("r2", sigmoid, bad_range)
+    with pytest.raises(InvalidParameterError, match="transformation"):
+        compose_score("r2", 3.0, (0.0, 1.0))
+    with pytest.raises(InvalidParameterError, match="scale"):
+        squashed_neg_mse(0.0)
+
+
+def test_exact_shapley_with_squashed_r2_needs_no_default_and_is_efficient():
+    data = _regression_data()
+    u = Utility(LinearRegression(), data, squashed_r2())
+    ds = exact_shapley(u).compute(scheduler="sync")
+    values = ds["value"].values
+    # efficiency against the brute-force grand and empty coalition scores
+    assert float(values.sum()) == pytest.approx(u(range(6)) - u([]))
+    assert u([]) == 0.0 and 0.5 < u(range(6)) <= 1.0 / (1.0 + math.exp(-1.0))
+    # sane: every value inside [-(hi - lo), hi - lo] = [-1, 1], unlike -22 ... +13 with neg MSE and default 0
+    assert np.all(np.abs(values) <= 1.0)
+    # and a different squashed scorer gives a different token (no cache collisions)
+    assert Utility(LinearRegression(), data, squashed_variance()).token != u.token
 
 
 # -- merge --------------------------------------------------------------------------------------------
@@ -253,3 +335,44 @@ def test_load_checkpoint_matches_live_run(tmp_path):
 def test_banzhaf_sampler_antithetic_pairs():
     ds = banzhaf(RARE, n_samples=10, sampler="antithetic", seed=0, items_per_block=10).compute(scheduler="sync")
     assert ds["counts"].values.tolist() == [5] * 12
+
+
+# -- effective sample size ----------------------------------------------------------------------------
+def _exact_permutation_moments(game):
+    """Brute force over all permutations: per-player variance of one marginal, and of an antithetic pair mean."""
+    import itertools
+
+    n = game.n_players
+    margs = []
+    for perm in itertools.permutations(range(n)):
+        row = np.zeros(n)
+        for step, player in enumerate(perm):
+            row[player] = game(list(perm[: step + 1])) - game(list(perm[:step]))
+        margs.append(row)
+    margs = np.array(margs)
+    index = {p: j for j, p in enumerate(itertools.permutations(range(n)))}
+    pair = np.array([(margs[j] + margs[index[p[::-1]]]) / 2 for p, j in index.items()])
+    return margs.var(axis=0), pair.var(axis=0)
+
+
+def test_effective_sample_size_against_exact_variances():
+    from dvl_dask.results import effective_sample_size
+
+    game = AirportGame([1.0, 2.0, 4.0, 7.0, 7.5])
+    plain_var, pair_var = _exact_permutation_moments(game)
+    # plain sampling: ESS = counts (the reference is the result itself)
+    plain = permutation_shapley(game, n_permutations=600, seed=3).compute(scheduler="sync")
+    np.testing.assert_allclose(effective_sample_size(plain, plain).values, plain["counts"].values)
+    # antithetic: 400 pairs are worth 400 * sigma^2 / var(pair mean) plain samples (exact), and the
+    # reported figure (from the estimated stderr) is within 25% of it
+    anti = permutation_shapley(game, n_permutations=800, antithetic=True, seed=3).compute(scheduler="sync")
+    exact_ess = 400 * plain_var / pair_var
+    reported = effective_sample_size(anti, plain_var).values
+    np.testing.assert_allclose(reported, exact_ess, rtol=0.25)
+    assert np.all(exact_ess > 800)  # on this game a pair is worth more than two plain permutations
+    # with an estimated reference (a plain run) the figure agrees within sampling noise
+    np.testing.assert_allclose(effective_sample_size(anti, plain).values, exact_ess, rtol=0.4)
+    with pytest.raises(InvalidParameterError, match="reference"):
+        effective_sample_size(anti, np.ones(3))
+    with pytest.raises(InvalidParameterError, match="reference"):
+        effective_sample_size(anti, -plain_var)
