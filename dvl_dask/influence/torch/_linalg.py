@@ -1,6 +1,7 @@
 """Matrix-free linear algebra on symmetric operators given as row products ``V ↦ V A``.
 
-* :func:`batched_cg` -- conjugate gradient for many right-hand sides at once.
+* :func:`batched_cg` -- conjugate gradient for many right-hand sides at once, one recurrence each.
+* :func:`block_cg` -- block conjugate gradient: many right-hand sides sharing one Krylov space.
 * :func:`lanczos_eigh` -- leading eigenpairs by Lanczos with full re-orthogonalisation.
 * :func:`nystroem_sketch` -- randomised Nyström low-rank approximation of a PSD operator.
 * :func:`safe_eigh` -- ``eigh`` that retries in float64 on the CPU.
@@ -9,13 +10,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from ...errors import InvalidModelError
 
-__all__ = ["CgInfo", "batched_cg", "lanczos_eigh", "nystroem_sketch", "safe_eigh"]
+__all__ = ["CgInfo", "batched_cg", "block_cg", "lanczos_eigh", "nystroem_sketch", "safe_eigh"]
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 
@@ -28,6 +30,8 @@ class CgInfo:
     n_unconverged: int
     n_indefinite: int
     max_relative_residual: float
+    #: Smallest Ritz value of ``A`` met (block CG only; NaN otherwise).
+    min_ritz_value: float = float("nan")
 
 
 def batched_cg(
@@ -88,6 +92,109 @@ def batched_cg(
         n_unconverged=int(unconverged.sum()),
         n_indefinite=int(indefinite.sum()),
         max_relative_residual=float(rel.max()) if rel.numel() else 0.0,
+    )
+    return x, info
+
+
+def block_cg(
+    matmat: MatMat,
+    b: torch.Tensor,
+    *,
+    precondition: MatMat | None = None,
+    rtol: float,
+    atol: float,
+    maxiter: int,
+    rank_tol: float | None = None,
+    memory: int = 4,
+) -> tuple[torch.Tensor, CgInfo]:
+    """Solve ``X A = B`` for all rows at once with block conjugate gradient.
+
+    O'Leary's block CG (1980) in the breakdown-free form of Ji & Li (2017):
+    all right-hand sides share one Krylov space, which grows by a block of
+    search directions per iteration (one ``matmat`` call on that block), and
+    every row takes its Galerkin-optimal update from the whole space so far.
+    With ``k`` right-hand sides the space grows up to ``k`` dimensions per
+    iteration instead of one, which is what makes few iterations enough on
+    ill-conditioned curvature matrices.
+
+    Each new block of directions is orthonormalised with a rank-revealing
+    SVD of its (row-normalised) rows: directions that are (numerically)
+    linearly dependent -- on each other, or because the space already spans
+    them -- are dropped, and rows that have converged
+    (``‖r‖ ≤ max(rtol·‖b‖, atol)``) contribute no new directions (deflation).
+    The block stays at most ``k`` wide and shrinks as rows converge. New
+    directions are made A-conjugate to the last ``memory`` blocks explicitly
+    (in exact arithmetic they already are; in floating point this keeps the
+    convergence of full block CG), so memory is about ``(2·memory + 4)·k``
+    vectors; when the stored blocks already span the residuals, the
+    iteration restarts from them.
+
+    Non-positive curvature (a Ritz value of ``A`` on the current block
+    ``≤ 0``) is recorded in ``n_indefinite`` (all rows share the space, so
+    it counts every row) and ``min_ritz_value``; the step then uses the
+    pseudo-inverse of the projected matrix and the iteration continues.
+    """
+    dtype = b.dtype
+    eps = torch.finfo(dtype).eps
+    rank_tol = eps**0.5 if rank_tol is None else rank_tol
+    x = torch.zeros_like(b)
+    r = b.clone()
+    b_norm = torch.linalg.vector_norm(b, dim=1)
+    tol = torch.clamp(rtol * b_norm, min=atol)
+    active = b_norm > tol
+    indefinite = False
+    min_ritz = float("inf")
+    it = 0
+
+    # Earlier blocks of directions P_j with their A P_j and (P_jᵀ A P_j)⁺, for re-conjugation.
+    history: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=max(1, memory))
+
+    def directions(z: torch.Tensor) -> torch.Tensor:
+        """Orthonormal rows spanning the part of ``z`` new to (and A-conjugate to) the stored blocks."""
+        norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+        z = z[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
+        for p_j, q_j, inv_j in history:
+            z = z - (inv_j @ (q_j @ z.T)).T @ p_j
+        if z.shape[0] == 0:
+            return z
+        _, s, vh = torch.linalg.svd(z, full_matrices=False)
+        return vh[s > rank_tol]
+
+    def preconditioned(rows: torch.Tensor) -> torch.Tensor:
+        return precondition(rows) if precondition is not None else rows
+
+    p = directions(preconditioned(r[active]))
+    while it < maxiter and p.shape[0] > 0:
+        it += 1
+        q = matmat(p)  # rows of (A Pᵀ)ᵀ
+        ptq = p @ q.T
+        ptq = (ptq + ptq.T) / 2
+        w, v = torch.linalg.eigh(ptq)
+        min_ritz = min(min_ritz, float(w[0]))
+        indefinite = indefinite or float(w[0]) <= 0
+        keep = w.abs() > eps * p.shape[0] * float(w.abs().max())
+        # Pseudo-inverse of PᵀAP from its eigendecomposition (its inverse when it is definite).
+        inv = (v[:, keep] / w[keep]) @ v[:, keep].T
+        alpha = inv @ (p @ r.T)  # (s, k)
+        x += alpha.T @ p
+        r -= alpha.T @ q
+        active = torch.linalg.vector_norm(r, dim=1) > tol
+        if not bool(active.any()):
+            break
+        history.append((p, q, inv))
+        z = preconditioned(r[active])
+        p = directions(z)
+        if p.shape[0] == 0:
+            # The stored blocks span what is left of the residuals up to rounding: restart from them.
+            history.clear()
+            p = directions(z)
+    rel = torch.linalg.vector_norm(r, dim=1) / torch.clamp(b_norm, min=torch.finfo(dtype).tiny)
+    info = CgInfo(
+        iterations=it,
+        n_unconverged=int(active.sum()),
+        n_indefinite=int(b.shape[0]) if indefinite else 0,
+        max_relative_residual=float(rel.max()) if rel.numel() else 0.0,
+        min_ritz_value=min_ritz if it else float("nan"),
     )
     return x, info
 
