@@ -48,8 +48,8 @@ def test_block_cg_shares_the_krylov_space():
     a = _spd(200, 1e4)
     b = torch.randn(40, 200, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     expected = torch.linalg.solve(a, b.T).T
-    xb, info_b = block_cg(lambda v: v @ a, b, rtol=1e-12, atol=0.0, maxiter=6)
-    xs, info_s = batched_cg(lambda v: v @ a, b, rtol=1e-12, atol=0.0, maxiter=6)
+    xb, _ = block_cg(lambda v: v @ a, b, rtol=1e-12, atol=0.0, maxiter=6)
+    xs, _ = batched_cg(lambda v: v @ a, b, rtol=1e-12, atol=0.0, maxiter=6)
     assert float((xb - expected).norm() / expected.norm()) < 1e-6
     assert float((xs - expected).norm() / expected.norm()) > 0.1
 

@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
