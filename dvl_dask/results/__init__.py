@@ -11,6 +11,7 @@ from ._schema import (
     TRAIN_DIM,
     influence_dataarray,
     parameters_of,
+    self_influence_dataarray,
     validate_valuation_dataset,
     valuation_dataset,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "open_influence",
     "open_result",
     "parameters_of",
+    "self_influence_dataarray",
     "to_zarr",
     "truncate_checkpoint",
     "validate_valuation_dataset",
