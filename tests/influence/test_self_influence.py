@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dvl_dask.errors import NotFittedError, UnknownModeError  # noqa: E402
+from dvl_dask.errors import InvalidParameterError, NotFittedError, UnknownModeError  # noqa: E402
 from dvl_dask.influence import (  # noqa: E402
     DaskInfluenceCalculator,
     DisableClientSingleThreadCheck,
@@ -155,6 +155,8 @@ def test_both_engines_agree_and_are_lazy(mlp_regressor, monkeypatch):
     sequential = lazy.compute(TorchCatAggregator()).numpy()
     assert calls == [17, 17, 16]  # one call per chunk: one factor and one gradient per point
     np.testing.assert_allclose(sequential, expected, rtol=1e-10)
+    with pytest.raises(InvalidParameterError, match="self-influences are one value per sample"):
+        lazy.to_zarr("unused.zarr")
 
     calls.clear()
     calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck)
