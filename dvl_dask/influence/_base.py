@@ -9,7 +9,10 @@ from ..errors import InvalidParameterError, NotFittedError
 from ..validation import keyword_aliases
 from ._mode import InfluenceMode
 
-__all__ = ["InfluenceFunctionModel"]
+__all__ = ["SELF_INFLUENCE_CHUNK", "InfluenceFunctionModel"]
+
+#: Samples per chunk of the generic :meth:`InfluenceFunctionModel.self_influences`.
+SELF_INFLUENCE_CHUNK = 256
 
 TensorT = TypeVar("TensorT")
 DataT = TypeVar("DataT")
@@ -46,6 +49,8 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
     * :meth:`influences_from_factors` contracts factors with training gradients.
     * :meth:`influences` does both; ``influences(x_test, y_test)`` (no training
       data) gives test-vs-test influences.
+    * :meth:`self_influences` gives the diagonal ``I(zᵢ, zᵢ)`` in ``O(n)``
+      memory and time, without the ``n × n`` matrix.
     * :meth:`per_sample_gradients` (optional, see :attr:`supports_gradients`)
       gives ``∇θℓ(zᵢ)``; up-mode influences are then ``factors @ gradientsᵀ``,
       which lets calculators compute training gradients once per chunk.
@@ -185,6 +190,56 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         self._check_fitted("influences_from_factors")
         return self._influences_from_factors(factors, x, y, mode)
 
+    def self_influences(self, x: TensorT, y: TensorT, mode: InfluenceMode | str = InfluenceMode.Up) -> TensorT:
+        r"""Influence of every sample on its own loss: the diagonal of ``influences(x, y, x, y, mode)``.
+
+        In up mode ``I(zᵢ, zᵢ) = ⟨H⁻¹∇θℓ(zᵢ), ∇θℓ(zᵢ)⟩`` -- the standard
+        mislabel detector: points the model can only fit by bending towards
+        them have large self-influence. Computed in chunks, one factor and
+        one gradient per sample, in ``O(n)`` memory (the full matrix is never
+        formed).
+
+        In perturbation mode the value for ``zᵢ`` is
+        ``∇_{xᵢ} ⟨H⁻¹∇θℓ(z_{test}), ∇θℓ(xᵢ, yᵢ)⟩`` at ``z_test = zᵢ`` held
+        fixed, i.e. ``influences(x, y, x, y, "perturbation")[i, i]``: how
+        moving the features of ``zᵢ`` as a *training* point changes its
+        influence on the (unmoved) test point ``zᵢ``. It is not the total
+        derivative of ``I(zᵢ, zᵢ)`` in ``xᵢ``, which would also move the
+        factor.
+
+        Parameters
+        ----------
+        x, y
+            Features and targets, ``len(x)`` samples.
+        mode : InfluenceMode or {"up", "perturbation"}
+
+        Returns
+        -------
+        tensor
+            Shape ``(n,)`` in up mode, ``(n, *x.shape[1:])`` in perturbation mode.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`fit` has not been called.
+        UnknownModeError
+            If ``mode`` is not a known :class:`InfluenceMode`.
+
+        Notes
+        -----
+        The default implementation, shared by every model type, takes chunks
+        of ``SELF_INFLUENCE_CHUNK`` samples: their factors, then row-wise dot
+        products with their gradients (:meth:`per_sample_gradients`) or, for
+        models without gradients and in perturbation mode, the diagonal of
+        ``influences_from_factors`` on the chunk. Subclasses may override
+        :meth:`_self_influences` with something cheaper. Models whose
+        factors depend on the other samples solved with them (block CG
+        before convergence) give the values of this chunking.
+        """
+        mode = InfluenceMode.parse(mode)
+        self._check_fitted("self_influences")
+        return self._self_influences(x, y, mode)
+
     # -- hooks for subclasses -------------------------------------------------------
 
     @abstractmethod
@@ -204,6 +259,37 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
     def _influences(self, x_test: TensorT, y_test: TensorT, x: TensorT, y: TensorT, mode: InfluenceMode) -> TensorT:
         """Default: factors of the test points, then their contraction with ``(x, y)``."""
         return self._influences_from_factors(self._influence_factors(x_test, y_test), x, y, mode)
+
+    def _self_influences(self, x: TensorT, y: TensorT, mode: InfluenceMode) -> TensorT:
+        """Generic diagonal, chunk by chunk: ``O(chunk²)`` work beyond one factor and gradient per sample."""
+        n = len(x)  # type: ignore[arg-type]
+        parts = []
+        for i in range(0, n, SELF_INFLUENCE_CHUNK):
+            xc, yc = x[i : i + SELF_INFLUENCE_CHUNK], y[i : i + SELF_INFLUENCE_CHUNK]  # type: ignore[index]
+            factors = self._influence_factors(xc, yc)
+            if mode is InfluenceMode.Up and self.supports_gradients:
+                parts.append((factors * self._per_sample_gradients(xc, yc)).sum(-1))
+            else:
+                block = self._influences_from_factors(factors, xc, yc, mode)
+                diagonal = list(range(len(xc)))
+                parts.append(block[diagonal, diagonal])  # type: ignore[index]
+        return self._concatenate(parts)
+
+    def _concatenate(self, parts: list[TensorT]) -> TensorT:
+        """Join result chunks along the sample axis, in the type of the chunks.
+
+        ``torch.cat`` for torch tensors (torch is not imported here: the chunks
+        come from an imported torch), ``numpy.concatenate`` otherwise. Tensor
+        libraries may override it.
+        """
+        import sys
+
+        import numpy as np
+
+        lib = sys.modules.get(type(parts[0]).__module__.split(".")[0]) if parts else None
+        if lib is not None and lib.__name__ == "torch":
+            return lib.cat(parts)  # type: ignore[no-any-return]
+        return np.concatenate(parts, axis=0)  # type: ignore[return-value]
 
     # -- helpers --------------------------------------------------------------------
 

@@ -36,10 +36,10 @@ from ..errors import (
     UnalignedChunksError,
 )
 from ..keys import describe_parameters, fingerprint, layer_name
-from ..results import influence_dataarray
+from ..results import influence_dataarray, self_influence_dataarray
 from ..validation import is_dask_array, keyword_aliases
 from ._base import InfluenceFunctionModel
-from ._kernels import factors_block, from_factors_block, gradients_block, product_block
+from ._kernels import factors_block, from_factors_block, gradients_block, product_block, self_influence_block
 from ._mode import InfluenceMode
 from ._sequences import LazyChunkSequence, NestedLazyChunkSequence, labels
 
@@ -306,6 +306,31 @@ class SequentialInfluenceCalculator(_Recipe):
         else:
             rows = BlockSequence.from_iterable(factors, name="factors")
         return self._from_factors(rows, self._source(train_data_iterable, "train_data_iterable"), mode)
+
+    def self_influences(
+        self, data_iterable: Iterable[Any], mode: InfluenceMode | str = InfluenceMode.Up
+    ) -> LazyChunkSequence:
+        """Self-influence ``I(zᵢ, zᵢ)`` of every sample, one block per chunk, lazily.
+
+        The diagonal of ``influences(data_iterable, data_iterable, mode)``
+        without the ``n × n`` matrix: one factor and one gradient per sample,
+        memory of one chunk (see :meth:`InfluenceFunctionModel.self_influences`,
+        also for the meaning in perturbation mode). Blocks have shape
+        ``(chunk,)`` (up) or ``(chunk, *x.shape[1:])`` (perturbation);
+        ``.compute(TorchCatAggregator())`` joins them.
+
+        Raises
+        ------
+        UnknownModeError
+            If ``mode`` is not ``"up"`` or ``"perturbation"``.
+        """
+        mode = InfluenceMode.parse(mode)
+        source = self._source(data_iterable, "data_iterable")
+        blocks = self._mapper.map_rows(
+            self_influence_block, source, shared=self._shared, static={"mode": mode.value}, name="self-influences"
+        )
+        attrs = {**self._attrs(mode, "recomputed"), "kind": "self_influences"}
+        return LazyChunkSequence(blocks, token=fingerprint("self-influences", self._token, mode.value), attrs=attrs)
 
     def _from_factors(self, rows: BlockSequence, train: BlockSequence, mode: InfluenceMode) -> NestedLazyChunkSequence:
         store = mode is InfluenceMode.Up and self.train_gradients != "recompute" and self.model.supports_gradients
@@ -624,6 +649,61 @@ class DaskInfluenceCalculator(_Recipe):
         if as_xarray:
             return self._labelled(values, mode, stored, test_names, train_names, f"{self.owner}.influences")
         return values
+
+    def self_influences(
+        self,
+        x: Any,
+        y: Any,
+        mode: InfluenceMode | str = InfluenceMode.Up,
+        *,
+        as_xarray: bool = False,
+        names: Sequence[Any] | np.ndarray | None = None,
+    ) -> Any:
+        """Self-influence ``I(zᵢ, zᵢ)`` of every sample, lazily: one task per chunk of ``x``.
+
+        The diagonal of ``influences(x, y, x, y, mode)`` without the ``n × n``
+        matrix: each task computes one factor and one gradient per sample of
+        its chunk (see :meth:`InfluenceFunctionModel.self_influences`, also for
+        the meaning in perturbation mode). Nothing runs before ``.compute()``.
+
+        Parameters
+        ----------
+        x, y : dask arrays
+            Samples, same chunks along axis 0.
+        mode : InfluenceMode or {"up", "perturbation"}
+        as_xarray : bool
+            Return an ``xr.DataArray`` named ``"self_influence"`` with dim
+            ``train_sample`` (and feature dims in perturbation mode).
+        names : sequence, optional
+            Labels of the samples for the ``as_xarray`` result (default: positions).
+
+        Returns
+        -------
+        dask.array.Array or xarray.DataArray
+            Shape ``(n,)`` (up) or ``(n, *x.shape[1:])`` (perturbation), chunked like ``x``.
+
+        Raises
+        ------
+        UnknownModeError, InvalidDataError, UnalignedChunksError
+            On a bad mode, inputs of the wrong type or shape, or ``x``/``y`` chunked differently.
+        """
+        mode = InfluenceMode.parse(mode)
+        x, y = self._check_pair(x, y, "x", "y", "self_influences")
+        trailing = tuple(x.shape[1:]) if mode is InfluenceMode.Perturbation else ()
+        values = self._mapper.map_rows(
+            self_influence_block,
+            [x, y],
+            dtype=self.dtype,
+            trailing_shape=trailing,
+            shared=self._shared,
+            static={"mode": mode.value},
+            name=layer_name("self-influence", self._token, mode.value, x.name, y.name),
+        )
+        if not as_xarray:
+            return values
+        owner = f"{self.owner}.self_influences"
+        attrs = {**self._attrs(mode, "recomputed"), "kind": "self_influences"}
+        return self_influence_dataarray(values, names=labels(names, values.shape[0], "names", owner), attrs=attrs)
 
     @keyword_aliases(z_test_factors="factors")
     def influences_from_factors(

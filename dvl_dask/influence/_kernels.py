@@ -23,7 +23,7 @@ from typing import Any
 
 from ._mode import InfluenceMode
 
-__all__ = ["factors_block", "from_factors_block", "gradients_block", "product_block"]
+__all__ = ["factors_block", "from_factors_block", "gradients_block", "product_block", "self_influence_block"]
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -87,4 +87,11 @@ def from_factors_block(
         out = model.influences_from_factors(
             _in(factors, converter), _in(x, converter), _in(y, converter), InfluenceMode.parse(mode)
         )
+    return _out(out, converter)
+
+
+def self_influence_block(x: Any, y: Any, *, model: Any, converter: Any = None, mode: str = "up") -> Any:
+    """Self-influences ``I(zᵢ, zᵢ)`` of one chunk of samples: shape ``(len(x),)`` (up) or ``x.shape`` (perturbation)."""
+    with exclusive(model):
+        out = model.self_influences(_in(x, converter), _in(y, converter), InfluenceMode.parse(mode))
     return _out(out, converter)

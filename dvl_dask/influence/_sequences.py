@@ -102,6 +102,12 @@ class LazyChunkSequence:
 
         See :meth:`NestedLazyChunkSequence.to_zarr` for the arguments.
         """
+        if self.attrs.get("kind") == "self_influences":
+            raise InvalidParameterError(
+                "LazyChunkSequence.to_zarr stores influence factors; self-influences are one value per sample. "
+                "To store them, compute them (.compute(TorchCatAggregator())) and save the array, or use "
+                "DaskInfluenceCalculator.self_influences(x, y, as_xarray=True).to_zarr(url)."
+            )
         plan = BlockPlan(self.chunks)
         coords = {TEST_DIM: labels(names, plan.n_rows, "names", "LazyChunkSequence.to_zarr")}
         sink = open_block_sink(

@@ -12,6 +12,7 @@ from ._schema import (
     TRAIN_DIM,
     influence_dataarray,
     parameters_of,
+    self_influence_dataarray,
     validate_valuation_dataset,
     valuation_dataset,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "open_influence",
     "open_result",
     "parameters_of",
+    "self_influence_dataarray",
     "to_zarr",
     "truncate_checkpoint",
     "validate_valuation_dataset",

@@ -38,6 +38,7 @@ __all__ = [
     "influence_dataarray",
     "parameters_of",
     "validate_valuation_dataset",
+    "self_influence_dataarray",
     "valuation_dataset",
 ]
 
@@ -184,3 +185,29 @@ def influence_dataarray(
     base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
     base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
     return xr.DataArray(values, dims=(TEST_DIM, TRAIN_DIM, *feature_dims), coords=coords, name="influence", attrs=base)
+
+
+def self_influence_dataarray(
+    values: Any,
+    *,
+    names: Sequence[Any] | np.ndarray | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Label a (train [× features]) self-influence array, numpy or dask, lazily.
+
+    Examples
+    --------
+    >>> arr = self_influence_dataarray(np.zeros(3), names=["a", "b", "c"], attrs={"mode": "up"})
+    >>> arr.dims, arr.name, arr.train_sample.values.tolist()
+    (('train_sample',), 'self_influence', ['a', 'b', 'c'])
+    """
+    shape = tuple(values.shape)
+    if len(shape) < 1:
+        raise SchemaError(f"Self-influence values must have a sample dim. Got shape {shape}.")
+    coords = {TRAIN_DIM: np.arange(shape[0]) if names is None else np.asarray(names)}
+    if len(coords[TRAIN_DIM]) != shape[0]:
+        raise SchemaError(f"{TRAIN_DIM} labels have length {len(coords[TRAIN_DIM])}, the array has {shape[0]}.")
+    base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
+    base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
+    dims = (TRAIN_DIM, *(f"feature_{i}" for i in range(len(shape) - 1)))
+    return xr.DataArray(values, dims=dims, coords=coords, name="self_influence", attrs=base)

@@ -5,7 +5,7 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 ``influences_from_factors``. See that class for the sign convention.
 
 * :class:`DirectInfluence` -- explicit regularised curvature matrix, inverted.
-* :class:`CgInfluence` -- batched conjugate gradient, optional Jacobi or Nyström
+* :class:`CgInfluence` -- block (or batched per-sample) conjugate gradient, optional Jacobi or Nyström
   preconditioning.
 * :class:`LissaInfluence` -- stochastic Neumann series.
 * :class:`ArnoldiInfluence` -- leading eigenpairs by Lanczos iteration.

@@ -119,6 +119,20 @@ class FunctionalModel:
             jac = vmap(jacrev(contracted), in_dims=(0, 0, None))(x, y, factors)
         return jac.movedim(0, 1)
 
+    def paired_perturbation(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``∇xⱼ ⟨fⱼ, ∇θℓ(xⱼ, yⱼ)⟩`` for every sample ``j`` with its own factor ``fⱼ``.
+
+        The diagonal of :meth:`perturbation` for ``len(factors) == len(x)``:
+        shape ``(len(x), *x.shape[1:])``.
+        """
+
+        def contracted(xi: torch.Tensor, yi: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            g = grad(self._sample_loss)(self.params, xi, yi)
+            return f @ self.layout.flatten(g)
+
+        with _explain_vmap_errors():
+            return vmap(jacrev(contracted), in_dims=(0, 0, 0))(x, y, factors)
+
 
 class _explain_vmap_errors:
     """Turn torch.func's error on random layers (dropout in training mode) into advice."""

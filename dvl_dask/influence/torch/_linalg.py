@@ -1,13 +1,15 @@
 """Matrix-free linear algebra on symmetric operators given as row products ``V ↦ V A``.
 
-* :func:`batched_cg` -- conjugate gradient for many right-hand sides at once.
-* :func:`lanczos_eigh` -- leading eigenpairs by Lanczos with full re-orthogonalisation.
+* :func:`batched_cg` -- conjugate gradient for many right-hand sides at once, one recurrence each.
+* :func:`block_cg` -- block conjugate gradient: many right-hand sides sharing one Krylov space.
+* :func:`block_krylov_eigh` -- leading eigenpairs from a randomised block Krylov space (batched products).
 * :func:`nystroem_sketch` -- randomised Nyström low-rank approximation of a PSD operator.
 * :func:`safe_eigh` -- ``eigh`` that retries in float64 on the CPU.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +17,7 @@ import torch
 
 from ...errors import InvalidModelError
 
-__all__ = ["CgInfo", "batched_cg", "lanczos_eigh", "nystroem_sketch", "safe_eigh"]
+__all__ = ["CgInfo", "batched_cg", "block_cg", "block_krylov_eigh", "nystroem_sketch", "safe_eigh"]
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 
@@ -28,6 +30,8 @@ class CgInfo:
     n_unconverged: int
     n_indefinite: int
     max_relative_residual: float
+    #: Smallest Ritz value of ``A`` met (block CG only; NaN otherwise).
+    min_ritz_value: float = float("nan")
 
 
 def batched_cg(
@@ -92,61 +96,177 @@ def batched_cg(
     return x, info
 
 
-def lanczos_eigh(
+def block_cg(
+    matmat: MatMat,
+    b: torch.Tensor,
+    *,
+    precondition: MatMat | None = None,
+    rtol: float,
+    atol: float,
+    maxiter: int,
+    rank_tol: float | None = None,
+    memory: int = 4,
+) -> tuple[torch.Tensor, CgInfo]:
+    """Solve ``X A = B`` for all rows at once with block conjugate gradient.
+
+    O'Leary's block CG (1980) in the breakdown-free form of Ji & Li (2017):
+    all right-hand sides share one Krylov space, which grows by a block of
+    search directions per iteration (one ``matmat`` call on that block), and
+    every row takes its Galerkin-optimal update from the whole space so far.
+    With ``k`` right-hand sides the space grows up to ``k`` dimensions per
+    iteration instead of one, which is what makes few iterations enough on
+    ill-conditioned curvature matrices.
+
+    Each new block of directions is orthonormalised with a rank-revealing
+    SVD of its (row-normalised) rows: directions that are (numerically)
+    linearly dependent -- on each other, or because the space already spans
+    them -- are dropped, and rows that have converged
+    (``‖r‖ ≤ max(rtol·‖b‖, atol)``) contribute no new directions (deflation).
+    The block stays at most ``k`` wide and shrinks as rows converge. New
+    directions are made A-conjugate to the last ``memory`` blocks explicitly
+    (in exact arithmetic they already are; in floating point this keeps the
+    convergence of full block CG), so memory is about ``(2·memory + 4)·k``
+    vectors; when the stored blocks already span the residuals, the
+    iteration restarts from them.
+
+    Non-positive curvature (a Ritz value of ``A`` on the current block
+    ``≤ 0``) is recorded in ``n_indefinite`` (all rows share the space, so
+    it counts every row) and ``min_ritz_value``; the step then uses the
+    pseudo-inverse of the projected matrix and the iteration continues.
+    """
+    dtype = b.dtype
+    eps = torch.finfo(dtype).eps
+    rank_tol = eps**0.5 if rank_tol is None else rank_tol
+    x = torch.zeros_like(b)
+    r = b.clone()
+    b_norm = torch.linalg.vector_norm(b, dim=1)
+    tol = torch.clamp(rtol * b_norm, min=atol)
+    active = b_norm > tol
+    indefinite = False
+    min_ritz = float("inf")
+    it = 0
+
+    # Earlier blocks of directions P_j with their A P_j and (P_jᵀ A P_j)⁺, for re-conjugation.
+    history: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=max(1, memory))
+
+    def directions(z: torch.Tensor) -> torch.Tensor:
+        """Orthonormal rows spanning the part of ``z`` new to (and A-conjugate to) the stored blocks."""
+        norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+        z = z[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
+        for p_j, q_j, inv_j in history:
+            z = z - (inv_j @ (q_j @ z.T)).T @ p_j
+        if z.shape[0] == 0:
+            return z
+        _, s, vh = torch.linalg.svd(z, full_matrices=False)
+        return vh[s > rank_tol]
+
+    def preconditioned(rows: torch.Tensor) -> torch.Tensor:
+        return precondition(rows) if precondition is not None else rows
+
+    p = directions(preconditioned(r[active]))
+    while it < maxiter and p.shape[0] > 0:
+        it += 1
+        q = matmat(p)  # rows of (A Pᵀ)ᵀ
+        ptq = p @ q.T
+        ptq = (ptq + ptq.T) / 2
+        w, v = torch.linalg.eigh(ptq)
+        min_ritz = min(min_ritz, float(w[0]))
+        indefinite = indefinite or float(w[0]) <= 0
+        keep = w.abs() > eps * p.shape[0] * float(w.abs().max())
+        # Pseudo-inverse of PᵀAP from its eigendecomposition (its inverse when it is definite).
+        inv = (v[:, keep] / w[keep]) @ v[:, keep].T
+        alpha = inv @ (p @ r.T)  # (s, k)
+        x += alpha.T @ p
+        r -= alpha.T @ q
+        active = torch.linalg.vector_norm(r, dim=1) > tol
+        if not bool(active.any()):
+            break
+        history.append((p, q, inv))
+        z = preconditioned(r[active])
+        p = directions(z)
+        if p.shape[0] == 0:
+            # The stored blocks span what is left of the residuals up to rounding: restart from them.
+            history.clear()
+            p = directions(z)
+    rel = torch.linalg.vector_norm(r, dim=1) / torch.clamp(b_norm, min=torch.finfo(dtype).tiny)
+    info = CgInfo(
+        iterations=it,
+        n_unconverged=int(active.sum()),
+        n_indefinite=int(b.shape[0]) if indefinite else 0,
+        max_relative_residual=float(rel.max()) if rel.numel() else 0.0,
+        min_ritz_value=min_ritz if it else float("nan"),
+    )
+    return x, info
+
+
+def block_krylov_eigh(
     matmat: MatMat,
     dim: int,
     krylov_dim: int,
+    block_size: int,
     *,
     dtype: torch.dtype,
     device: torch.device,
     generator: torch.Generator,
     tol: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of the ``krylov_dim``-step Lanczos approximation of a symmetric operator.
+    """Eigenpairs of a symmetric operator from a randomised block Krylov space (block Lanczos).
 
-    Full re-orthogonalisation keeps the basis orthonormal; when the Krylov
-    space becomes invariant (``β ≤ tol·‖A‖``) the iteration restarts with a
-    random vector orthogonal to the basis, so ``krylov_dim == dim`` recovers
-    the full spectrum. Returns ``(eigenvalues, eigenvectors as rows)`` sorted
-    by decreasing magnitude.
+    The space ``span{Ω, AΩ, A²Ω, ...}`` of a random ``block_size``-wide start
+    ``Ω`` is built block by block, each new block orthonormalised against all
+    earlier ones (two passes of block Gram-Schmidt, then a rank-revealing SVD;
+    directions lost to an invariant subspace are replaced by random ones), up
+    to ``krylov_dim`` vectors. Every block costs **one** ``matmat`` call on
+    ``block_size`` rows, so the operator sees ``krylov_dim / block_size``
+    batched calls instead of ``krylov_dim`` single-vector ones. Rayleigh-Ritz
+    on the whole space (``Qᵀ A Q``, from the products already made) gives the
+    eigenpairs; ``block_size=1`` is Lanczos with full re-orthogonalisation and
+    ``krylov_dim == dim`` the exact spectrum. Returns ``(eigenvalues,
+    eigenvectors as rows)`` sorted by decreasing magnitude (Musco & Musco,
+    2015; Halko, Martinsson & Tropp, 2011).
     """
-    q = torch.zeros((krylov_dim, dim), dtype=dtype, device=device)
-    alphas = torch.zeros(krylov_dim, dtype=dtype, device=device)
-    betas = torch.zeros(max(krylov_dim - 1, 0), dtype=dtype, device=device)
-    v = _random_orthonormal(q[:0], dim, dtype, device, generator)
+    krylov_dim = min(krylov_dim, dim)
+    block_size = max(1, min(block_size, krylov_dim))
+    basis = torch.zeros((krylov_dim, dim), dtype=dtype, device=device)
+    products = torch.zeros((krylov_dim, dim), dtype=dtype, device=device)
+    block = _orthonormal_rows(basis[:0], block_size, dim, dtype, device, generator)
+    filled = 0
     scale = 0.0
-    for j in range(krylov_dim):
-        q[j] = v
-        w = matmat(v[None])[0]
-        alphas[j] = w @ v
-        # Two passes of classical Gram-Schmidt against the whole basis.
-        for _ in range(2):
-            w = w - (q[: j + 1] @ w) @ q[: j + 1]
-        beta = torch.linalg.vector_norm(w)
-        scale = max(scale, float(abs(alphas[j])), float(beta))
-        if j == krylov_dim - 1:
+    while True:
+        block = block[: krylov_dim - filled]
+        s = block.shape[0]
+        w = matmat(block)
+        basis[filled : filled + s], products[filled : filled + s] = block, w
+        filled += s
+        if filled >= krylov_dim:
             break
-        if float(beta) <= tol * max(scale, 1.0):
-            betas[j] = 0.0
-            v = _random_orthonormal(q[: j + 1], dim, dtype, device, generator)
-        else:
-            betas[j] = beta
-            v = w / beta
-    t = torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
-    evals, evecs = torch.linalg.eigh(t)
+        scale = max(scale, float(torch.linalg.matrix_norm(w, ord=2)))
+        q = basis[:filled]
+        for _ in range(2):
+            w = w - (w @ q.T) @ q
+        _, sv, vh = torch.linalg.svd(w, full_matrices=False)
+        block = vh[sv > tol * max(scale, 1.0)]
+        want = min(block_size, krylov_dim - filled)
+        if block.shape[0] < want:  # (nearly) invariant subspace: continue with random directions
+            extra = _orthonormal_rows(torch.cat([q, block]), want - block.shape[0], dim, dtype, device, generator)
+            block = torch.cat([block, extra])
+    t = basis @ products.T
+    evals, evecs = torch.linalg.eigh((t + t.T) / 2)
     order = torch.argsort(evals.abs(), descending=True)
     evals, evecs = evals[order], evecs[:, order]
-    return evals, evecs.T @ q
+    return evals, evecs.T @ basis
 
 
-def _random_orthonormal(
-    basis: torch.Tensor, dim: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+def _orthonormal_rows(
+    basis: torch.Tensor, k: int, dim: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator
 ) -> torch.Tensor:
-    v = torch.randn(dim, generator=generator, dtype=dtype, device="cpu").to(device)
+    """``k`` random orthonormal rows, orthogonal to the rows of ``basis``."""
+    v = torch.randn((k, dim), generator=generator, dtype=dtype, device="cpu").to(device)
     for _ in range(2):
         if basis.shape[0]:
-            v = v - (basis @ v) @ basis
-    return v / torch.linalg.vector_norm(v)
+            v = v - (v @ basis.T) @ basis
+        v = torch.linalg.qr(v.T).Q.T
+    return v
 
 
 def nystroem_sketch(

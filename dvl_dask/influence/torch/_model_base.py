@@ -262,6 +262,23 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
                 )
         return out.detach()
 
+    def _self_influences(self, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode) -> torch.Tensor:
+        """Per chunk: gradients once, factors from them, then a row-wise contraction."""
+        perturbation = mode is InfluenceMode.Perturbation
+        x, y = self._check_inputs(x, y, "self_influences", differentiable=perturbation)
+        fm = self._functional
+        step = max(1, min(GRAD_CHUNK, PERTURBATION_BUDGET // self.n_parameters)) if perturbation else GRAD_CHUNK
+        parts = []
+        for i in range(0, x.shape[0], step):
+            xc, yc = x[i : i + step], y[i : i + step]
+            grads = fm.per_sample_grads(xc, yc)
+            factors = self._solve(grads)
+            parts.append(fm.paired_perturbation(factors, xc, yc) if perturbation else (factors * grads).sum(dim=1))
+        return torch.cat(parts).detach()
+
+    def _concatenate(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts).detach()
+
     def _check_factors(self, factors: Any) -> torch.Tensor:
         owner = f"{self._owner}.influences_from_factors"
         if not isinstance(factors, torch.Tensor):
