@@ -12,6 +12,7 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 * :class:`EkfacInfluence` -- eigenvalue-corrected Kronecker factors (``nn.Linear`` layers).
 * :class:`NystroemSketchInfluence` -- randomised Nyström low-rank sketch.
 * :class:`InverseHarmonicMeanInfluence` -- DataInf, closed-form per-sample inverses.
+* :class:`TracInInfluence` -- TracIn: gradient similarity over training checkpoints (no Hessian).
 
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
 ``"gauss_newton"``) and ``block_structure`` (``"full"``, ``"layer"`` or a mapping).
@@ -36,6 +37,7 @@ from ._lissa import LissaInfluence
 from ._model_base import TorchInfluenceFunctionModel
 from ._nystroem import NystroemSketchInfluence
 from ._preconditioners import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
+from ._tracin import TracInInfluence
 
 __all__ = [
     "TorchInfluenceFunctionModel",
@@ -46,6 +48,7 @@ __all__ = [
     "EkfacInfluence",
     "NystroemSketchInfluence",
     "InverseHarmonicMeanInfluence",
+    "TracInInfluence",
     "Preconditioner",
     "JacobiPreconditioner",
     "NystroemPreconditioner",
