@@ -12,6 +12,7 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 * :class:`EkfacInfluence` -- eigenvalue-corrected Kronecker factors (``nn.Linear`` layers).
 * :class:`NystroemSketchInfluence` -- randomised Nyström low-rank sketch.
 * :class:`InverseHarmonicMeanInfluence` -- DataInf, closed-form per-sample inverses.
+* :class:`TrakInfluence` -- TRAK-style: influence in a seeded random projection of the gradients.
 * :class:`TracInInfluence` -- TracIn: gradient similarity over training checkpoints (no Hessian).
 
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
@@ -38,6 +39,7 @@ from ._model_base import TorchInfluenceFunctionModel
 from ._nystroem import NystroemSketchInfluence
 from ._preconditioners import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
 from ._tracin import TracInInfluence
+from ._trak import TrakInfluence
 
 __all__ = [
     "TorchInfluenceFunctionModel",
@@ -49,6 +51,7 @@ __all__ = [
     "NystroemSketchInfluence",
     "InverseHarmonicMeanInfluence",
     "TracInInfluence",
+    "TrakInfluence",
     "Preconditioner",
     "JacobiPreconditioner",
     "NystroemPreconditioner",
