@@ -22,7 +22,8 @@ Importing this package registers dask tokenizers for tensors and modules.
 For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`
 (numpy blocks ↔ tensors), :class:`TorchCatAggregator` and
 :class:`NestedTorchCatAggregator` (assemble lazy results into one tensor) and
-:func:`torch_dataset_to_dask_array` (a torch ``Dataset`` as dask arrays).
+:func:`torch_dataset_to_dask_array` (a torch ``Dataset`` as dask arrays). :func:`load_torchscript`
+loads a TorchScript file as a module ``torch.func`` can differentiate.
 """
 
 from . import _tokenize as _tokenize  # registers dask tokenizers for tensors and modules
@@ -38,6 +39,7 @@ from ._lissa import LissaInfluence
 from ._model_base import TorchInfluenceFunctionModel
 from ._nystroem import NystroemSketchInfluence
 from ._preconditioners import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
+from ._script import ScriptedModule, load_torchscript
 from ._tracin import TracInInfluence
 from ._trak import TrakInfluence
 
@@ -59,4 +61,6 @@ __all__ = [
     "TorchCatAggregator",
     "NestedTorchCatAggregator",
     "torch_dataset_to_dask_array",
+    "ScriptedModule",
+    "load_torchscript",
 ]
