@@ -22,8 +22,11 @@ from ._tracin import load_checkpoint_states
 __all__ = ["TrakInfluence"]
 
 CURVATURES = ("gauss_newton", "empirical_fisher")
-#: Bound on elements of per-sample gradients / Jacobians held at once during fit.
+#: Bound on elements of per-sample Jacobians held at once during fit.
 FIT_BUDGET = 2**24
+#: Bound on elements of per-sample gradients projected together: the projection is regenerated
+#: (block by block) once per such chunk, so larger chunks amortise it over more samples.
+FEATURE_BUDGET = 2**26
 _STORE_TAG = "dvl_dask_projected_gradients"
 
 
@@ -274,7 +277,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
             out = fm.output(fm.params, x[:1])
             m = out[0].numel()
             for b, (block, proj) in enumerate(zip(self._blocks, self._projections)):
-                step = max(1, FIT_BUDGET // (m * block.n))
+                step = max(1, FEATURE_BUDGET // (m * block.n))
                 for i in range(0, len(x), step):
                     xs, ys = x[i : i + step], y[i : i + step]
                     with torch.no_grad():
@@ -287,7 +290,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Projected per-sample loss gradients, ``[Pᵦᵀ g_{c,b}]`` over checkpoints c and blocks b."""
         p = self._layout.n
-        step = max(1, min(GRAD_CHUNK, FIT_BUDGET // p))
+        step = max(1, min(GRAD_CHUNK, FEATURE_BUDGET // p))
         rows = []
         for i in range(0, len(x), step):
             xs, ys = x[i : i + step], y[i : i + step]
