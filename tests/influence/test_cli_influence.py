@@ -175,3 +175,39 @@ def test_bad_arguments_exit_with_a_message(mlp_regressor, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main([*base, "--module", "no_such_module_xyz:f"]) == 2
     assert "cannot import 'no_such_module_xyz'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_on_a_running_scheduler(mlp_regressor, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    p = mlp_regressor
+    script_path = str(tmp_path / "mlp.pt")
+    torch.jit.script(p.model).save(script_path)
+    paths = _save(tmp_path, x_train=p.x, y_train=p.y, x_test=p.x_test, y_test=p.y_test)
+    out = str(tmp_path / "remote.zarr")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as cluster:
+        code = main(
+            [
+                "influence",
+                "--model",
+                script_path,
+                *_data_args(paths),
+                "--method",
+                "direct",
+                "--regularization",
+                "0.01",
+                "--chunk-size",
+                "16",
+                "--out",
+                out,
+                "--scheduler-address",
+                cluster.scheduler_address,
+            ]
+        )
+    assert code == 0
+    expected = DirectInfluence(p.model, p.loss, regularization=0.01).fit((p.x, p.y))
+    np.testing.assert_allclose(
+        open_influence(out).values, expected.influences(p.x_test, p.y_test, p.x, p.y).numpy(), rtol=1e-9, atol=1e-12
+    )
