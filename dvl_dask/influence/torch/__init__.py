@@ -13,6 +13,7 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 * :class:`NystroemSketchInfluence` -- randomised Nyström low-rank sketch.
 * :class:`InverseHarmonicMeanInfluence` -- DataInf, closed-form per-sample inverses.
 * :class:`TrakInfluence` -- TRAK-style: influence in a seeded random projection of the gradients.
+* :class:`LograInfluence` -- LoGra-style: per-layer Kronecker projections, no per-sample gradients.
 * :class:`TracInInfluence` -- TracIn: gradient similarity over training checkpoints (no Hessian).
 
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
@@ -36,6 +37,7 @@ from ._datainf import InverseHarmonicMeanInfluence
 from ._direct import DirectInfluence
 from ._ekfac import EkfacInfluence
 from ._lissa import LissaInfluence
+from ._logra import LograInfluence
 from ._model_base import TorchInfluenceFunctionModel
 from ._nystroem import NystroemSketchInfluence
 from ._preconditioners import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
@@ -54,6 +56,7 @@ __all__ = [
     "InverseHarmonicMeanInfluence",
     "TracInInfluence",
     "TrakInfluence",
+    "LograInfluence",
     "Preconditioner",
     "JacobiPreconditioner",
     "NystroemPreconditioner",

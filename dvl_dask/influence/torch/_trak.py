@@ -199,6 +199,19 @@ class TrakInfluence(TorchInfluenceFunctionModel):
             fms.append(other)
         return fms
 
+    def _make_projections(self) -> None:
+        self._projections = [
+            RandomProjection(
+                b.n,
+                self.projection_dim,
+                self.projection,
+                self.seed * 1_000_003 + i,
+                dtype=self.dtype,
+                device=self.device,
+            )
+            for i, b in enumerate(self._blocks)
+        ]
+
     def _store_key(self, loader: DataLoader) -> str:
         from ...keys import class_token, object_token
 
@@ -224,10 +237,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
         self._store = None if self._store is None else (self._store[0], self._store[1])
         self._fms = self._functional_models(fm)
         k = self.projection_dim
-        self._projections = [
-            RandomProjection(b.n, k, self.projection, self.seed * 1_000_003 + i, dtype=self.dtype, device=self.device)
-            for i, b in enumerate(self._blocks)
-        ]
+        self._make_projections()
         curv = None
         writer = None
         if self._store is not None:
