@@ -98,3 +98,26 @@ def test_logra_gradients_stored_once_and_reused(mlp_regressor, tmp_path):
     assert not torch.allclose(
         torch.from_numpy(other.train_influences(p.x_test, p.y_test).compute()), torch.from_numpy(expected)
     )
+
+
+def test_sampled_gauss_newton_converges_to_the_per_layer_gauss_newton(mlp_regressor):
+    p = mlp_regressor
+    direct = DirectInfluence(
+        p.model, p.loss, regularization=REG, second_order_mode="gauss_newton", block_structure="layer"
+    ).fit((p.x, p.y))
+    expected = direct.influences(p.x_test, p.y_test, p.x, p.y)
+    errors = []
+    for samples in (4, 400):
+        logra = LograInfluence(
+            p.model,
+            p.loss,
+            input_dim=9,
+            output_dim=8,
+            projection="orthogonal",
+            regularization=REG,
+            curvature="gauss_newton",
+            fisher_samples=samples,
+        ).fit((p.x, p.y))
+        values = logra.influences(p.x_test, p.y_test, p.x, p.y)
+        errors.append(float(torch.linalg.norm(values - expected) / torch.linalg.norm(expected)))
+    assert errors[1] < 0.1 and errors[1] < errors[0] / 3  # Monte Carlo error shrinks like 1/√samples

@@ -29,8 +29,8 @@ class LograInfluence(TrakInfluence):
     per-sample gradient (``p`` numbers a sample) and the ``p x k`` matrix are
     never formed; a layer costs ``O(d_in k_in + d_out k_out + k_in k_out)``
     per token. The projected gradients (``k_out x k_in`` a layer) then enter
-    :class:`TrakInfluence`'s machinery with the empirical-Fisher curvature
-    solved per layer: same factors/gradients interface, calculators, zarr
+    :class:`TrakInfluence`'s machinery with the curvature (empirical or
+    sampled true Fisher) solved per layer: same factors/gradients interface, calculators, zarr
     store of training gradients, :meth:`train_influences`.
 
     With orthogonal factors and ``input_dim >= in_features + 1``,
@@ -53,6 +53,15 @@ class LograInfluence(TrakInfluence):
         Seed of the factors.
     regularization : float
         ``λ ≥ 0`` added to each layer's projected curvature.
+    curvature : {"empirical_fisher", "gauss_newton"}
+        ``"empirical_fisher"`` (default): the projected loss gradients of the
+        training data. ``"gauss_newton"``: the true Fisher, estimated from
+        the projected gradients of ``fisher_samples`` pseudo-targets per
+        sample drawn from the model's predictive distribution (categorical
+        for cross-entropy, Gaussian for MSE; equal to the Gauss–Newton matrix
+        in expectation).
+    fisher_samples : int
+        Pseudo-targets per sample with ``curvature="gauss_newton"`` (default 1).
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class LograInfluence(TrakInfluence):
         projection: str = "gaussian",
         seed: int = 0,
         regularization: float = 0.0,
+        curvature: str = "empirical_fisher",
+        fisher_samples: int = 1,
     ) -> None:
         k_in = check_positive_int(input_dim, "input_dim", type(self).__name__)
         k_out = check_positive_int(output_dim, "output_dim", type(self).__name__)
@@ -75,10 +86,11 @@ class LograInfluence(TrakInfluence):
             projection=projection,
             seed=seed,
             regularization=regularization,
-            curvature="empirical_fisher",
+            curvature=curvature,
             block_structure=BlockMode.Layer,
         )
         self.input_dim, self.output_dim = k_in, k_out
+        self.fisher_samples = check_positive_int(fisher_samples, "fisher_samples", self._owner)
         self._linear = self._find_linear_layers()
         self._factors_in_out: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -111,8 +123,34 @@ class LograInfluence(TrakInfluence):
             factors.append((p_in.dense(), p_out.dense()))
         self._factors_in_out = factors
         self._projections = []
+        self._make_generator()
 
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._projected(x, lambda out: [self.loss(out, y) * x.shape[0]])[0]
+
+    def _add_gauss_newton(self, curv: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
+        from ._fisher import sample_output_gradients
+
+        generator = self._generator
+
+        def seeds(out: torch.Tensor) -> list[torch.Tensor]:
+            draws = sample_output_gradients(self.loss, out.detach(), self.fisher_samples, generator, None, self._owner)
+            return [(out * d).sum() for d in draws]
+
+        k = self.projection_dim
+        for feats in self._projected(x, seeds):
+            for j in range(len(curv)):
+                phi = feats[:, j * k : (j + 1) * k]
+                curv[j] += phi.T @ phi
+
+    def _make_generator(self) -> None:
+        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def _projected(self, x: torch.Tensor, objectives: Any) -> list[torch.Tensor]:
+        """Projected per-sample gradients of each scalar in ``objectives(output)``, one ``(n, k)`` per scalar.
+
+        Each scalar must be a sum over samples of per-sample terms (n x a mean-reduced loss).
+        """
         fm = self._fms[0]
         inputs: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
@@ -133,21 +171,29 @@ class LograInfluence(TrakInfluence):
             with torch.enable_grad():
                 params = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # views, no copies
                 out = functional_call(self.model, {**params, **fm.state}, (x,))
-                # the loss is a mean over samples: n times its gradient is each sample's own gradient
-                total = self.loss(out, y) * x.shape[0]
-                grads = torch.autograd.grad(total, [outputs[name] for name, _, _ in self._linear])
+                targets = [outputs[name] for name, _, _ in self._linear]
+                scalars = objectives(out)
+                all_grads = [
+                    torch.autograd.grad(s, targets, retain_graph=i + 1 < len(scalars)) for i, s in enumerate(scalars)
+                ]
         finally:
             for h in handles:
                 h.remove()
         n = x.shape[0]
-        parts = []
-        for (name, module, bias), g, (p_in, p_out) in zip(self._linear, grads, self._factors_in_out):
+        acts = []
+        for (name, module, bias), (p_in, _) in zip(self._linear, self._factors_in_out):
             a = inputs[name].reshape(n, -1, module.in_features)
             if bias:
                 a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-            g = g.detach().reshape(n, -1, module.out_features)
-            parts.append(torch.einsum("nto,nti->noi", g @ p_out, a @ p_in).reshape(n, -1))
-        return torch.cat(parts, dim=1)
+            acts.append(a @ p_in)
+        result = []
+        for grads in all_grads:
+            parts = []
+            for (_, module, _), g, a, (_, p_out) in zip(self._linear, grads, acts, self._factors_in_out):
+                g = g.detach().reshape(n, -1, module.out_features)
+                parts.append(torch.einsum("nto,nti->noi", g @ p_out, a).reshape(n, -1))
+            result.append(torch.cat(parts, dim=1))
+        return result
 
     def _influences_from_factors(
         self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
@@ -161,4 +207,4 @@ class LograInfluence(TrakInfluence):
     def _store_key(self, loader: Any) -> str:
         from ...keys import object_token
 
-        return object_token(super()._store_key(loader), self.input_dim, self.output_dim)
+        return object_token(super()._store_key(loader), self.input_dim, self.output_dim, self.fisher_samples)
