@@ -25,7 +25,7 @@ def main() -> None:
     import torch.nn.functional as F
     from torch import nn
 
-    from dvl_dask.influence.torch import DirectInfluence, TrakInfluence
+    from dvl_dask.influence.torch import DirectInfluence, LograInfluence, TrakInfluence
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-train", type=int, default=2000)
@@ -74,6 +74,24 @@ def main() -> None:
         r_h = np.corrcoef(v.ravel(), h.ravel())[0, 1]
         err = np.linalg.norm(v - gn) / np.linalg.norm(gn)
         print(f"{k:>6} {r_gn:>11.4f} {err:>11.3f} {r_h:>10.4f} {elapsed:>8.2f}")
+    gn_layer = (
+        DirectInfluence(net, F.mse_loss, regularization=0.01, second_order_mode="gauss_newton", block_structure="layer")
+        .fit((xs, ys))
+        .influences(xt, yt, xs, ys)
+        .numpy()
+    )
+    print("LograInfluence (k_in x k_out a layer; sampled Gauss-Newton, 1 draw a sample):")
+    print(f"{'k_in':>6} {'k':>6} {'pearson GN':>11} {'pearson GN layer':>17} {'time s':>8}")
+    for d in (4, 8, 16, 33):
+        start = time.perf_counter()
+        logra = LograInfluence(
+            net, F.mse_loss, input_dim=d, output_dim=min(d, 32), regularization=0.01, curvature="gauss_newton"
+        )
+        v = logra.fit((xs, ys)).influences(xt, yt, xs, ys).numpy()
+        elapsed = time.perf_counter() - start
+        r_gn = np.corrcoef(v.ravel(), refs["gauss_newton"].ravel())[0, 1]
+        r_layer = np.corrcoef(v.ravel(), gn_layer.ravel())[0, 1]
+        print(f"{d:>6} {logra.n_parameters:>6} {r_gn:>11.4f} {r_layer:>17.4f} {elapsed:>8.2f}")
 
 
 def _large(hidden: int, n_train: int, n_test: int) -> None:
