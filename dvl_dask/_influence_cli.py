@@ -18,7 +18,7 @@ from .errors import InvalidModelError, InvalidParameterError
 
 __all__ = ["METHODS", "add_parser", "run"]
 
-METHODS = ("direct", "cg", "lissa", "arnoldi", "ekfac", "nystroem", "datainf", "tracin", "trak")
+METHODS = ("direct", "cg", "lissa", "arnoldi", "ekfac", "nystroem", "datainf", "tracin", "trak", "logra")
 _CLASSES = {
     "direct": "DirectInfluence",
     "cg": "CgInfluence",
@@ -29,6 +29,7 @@ _CLASSES = {
     "datainf": "InverseHarmonicMeanInfluence",
     "tracin": "TracInInfluence",
     "trak": "TrakInfluence",
+    "logra": "LograInfluence",
 }
 #: command-line option -> constructor parameter of the influence models (passed when given and accepted)
 _OPTIONS = {
@@ -42,6 +43,8 @@ _OPTIONS = {
     "fisher_samples": "fisher_samples",
     "projection_dim": "projection_dim",
     "projection": "projection",
+    "input_dim": "input_dim",
+    "output_dim": "output_dim",
     "curvature": "curvature",
     "normalize": "normalize",
     "method_seed": "seed",
@@ -84,9 +87,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     method.add_argument("--maxiter", type=int, default=None, help="cg, lissa")
     method.add_argument("--rtol", type=float, default=None, help="cg, lissa")
     method.add_argument("--preconditioner", default=None, help="cg: jacobi or nystroem")
-    method.add_argument("--fisher-samples", type=int, default=None, help="ekfac: sampled Fisher draws per sample")
+    method.add_argument(
+        "--fisher-samples", type=int, default=None, help="ekfac, logra: sampled Fisher draws per sample"
+    )
     method.add_argument("--projection-dim", type=int, default=None, help="trak")
-    method.add_argument("--projection", default=None, choices=("rademacher", "gaussian", "orthogonal"), help="trak")
+    method.add_argument(
+        "--projection", default=None, choices=("rademacher", "gaussian", "orthogonal"), help="trak, logra"
+    )
+    method.add_argument("--input-dim", type=int, default=None, help="logra: k_in a layer")
+    method.add_argument("--output-dim", type=int, default=None, help="logra: k_out a layer")
     method.add_argument("--curvature", default=None, choices=("gauss_newton", "empirical_fisher"), help="trak")
     method.add_argument("--method-seed", type=int, default=None, help="seed of randomised methods")
     method.add_argument(

@@ -10,12 +10,14 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 import zarr  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from dvl_dask import open_influence  # noqa: E402
 from dvl_dask.cli import main  # noqa: E402
 from dvl_dask.influence.torch import (  # noqa: E402
     DirectInfluence,
     EkfacInfluence,
+    LograInfluence,
     TracInInfluence,
     TrakInfluence,
 )
@@ -141,6 +143,34 @@ def test_state_dict_module_zarr_data_and_other_methods(mlp_classifier, tmp_path,
     trak = TrakInfluence(p.model, F.cross_entropy, projection_dim=16, regularization=0.05, seed=3).fit((p.x, p.y))
     np.testing.assert_allclose(
         open_influence(out).values, trak.influences(p.x_test, p.y_test, p.x, p.y).numpy(), rtol=1e-9, atol=1e-12
+    )
+
+    out = str(tmp_path / "logra.zarr")
+    assert (
+        main(
+            [
+                *common,
+                "--method",
+                "logra",
+                "--input-dim",
+                "3",
+                "--output-dim",
+                "2",
+                "--curvature",
+                "gauss_newton",
+                "--regularization",
+                "0.05",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    logra = LograInfluence(
+        p.model, F.cross_entropy, input_dim=3, output_dim=2, curvature="gauss_newton", regularization=0.05
+    ).fit(DataLoader(TensorDataset(p.x, p.y), batch_size=20))
+    np.testing.assert_allclose(
+        open_influence(out).values, logra.influences(p.x_test, p.y_test, p.x, p.y).numpy(), rtol=1e-9, atol=1e-12
     )
 
     torch.manual_seed(7)
