@@ -138,16 +138,8 @@ def torch_dataset_to_dask_array(
     handle = dask.delayed(_DatasetHandle(dataset, token), name=layer_name("torch-dataset", token), traverse=False)
     index = da.arange(n, chunks=chunk_size)
     loaded = da.blockwise(
-        _load_chunk,
-        "i",
-        index,
-        "i",
-        handle,
-        None,
-        dtypes=tuple(dtypes),
-        dtype=object,
-        meta=np.empty((0,), dtype=object),
-        name=layer_name("load-torch-dataset", token, chunk_size, tuple(dtypes)),
+        _load_chunk, "i", index, "i", handle, None, dtypes=tuple(dtypes), dtype=object,
+        meta=np.empty((0,), dtype=object), name=layer_name("load-torch-dataset", token, chunk_size, tuple(dtypes)),
     )
     letters = iter(c for c in string.ascii_letters if c != "i")
     arrays = []
@@ -155,13 +147,7 @@ def torch_dataset_to_dask_array(
         new = {next(letters): int(s) for s in t.shape}
         arrays.append(
             da.blockwise(
-                _pick,
-                "i" + "".join(new),
-                loaded,
-                "i",
-                k=k,
-                new_axes=new,
-                dtype=np.dtype(dt),
+                _pick, "i" + "".join(new), loaded, "i", k=k, new_axes=new, dtype=np.dtype(dt),
                 meta=np.empty((0,) * (1 + len(new)), dtype=np.dtype(dt)),
                 name=layer_name("torch-dataset-element", loaded.name, k),
             )
