@@ -1,4 +1,4 @@
-"""The ``dvl-dask`` command line: ``dvl-dask demo``, ``dvl-dask value`` and ``dvl-dask evaluate``.
+"""The ``dvl-dask`` command line: ``dvl-dask demo``, ``value``, ``evaluate`` and ``influence``.
 
 The demo is the project's main job: a real valuation of a scikit-learn dataset
 on a local Dask cluster, persisted to zarr in a local folder. Both commands can
@@ -315,12 +315,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n-random", type=int, default=3, help="repetitions of the random baseline")
     evaluate.add_argument("--corrupted", default="", help="comma-separated names of known-corrupted points")
     evaluate.add_argument("--plot", default="", help="where to save the curve plot (default: none)")
+    from ._influence_cli import add_parser as add_influence_parser
+
+    add_influence_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dvl-dask`` and ``python -m dvl_dask``."""
     args = _parser().parse_args(argv)
+    if args.command == "influence":
+        from ._influence_cli import run as run_influence
+
+        try:
+            return run_influence(args)
+        except DvlDaskError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.n_points < 2:
         print("error: --n-points must be at least 2", file=sys.stderr)
         return 2

@@ -24,9 +24,12 @@ from dvl_dask.influence.torch import (  # noqa: E402
     EkfacInfluence,
     InverseHarmonicMeanInfluence,
     LissaInfluence,
+    LograInfluence,
     NystroemSketchInfluence,
     TorchCatAggregator,
     TorchNumpyConverter,
+    TracInInfluence,
+    TrakInfluence,
 )
 from dvl_dask.testing import raise_if_dask_computes  # noqa: E402
 
@@ -54,13 +57,22 @@ MODELS = {
         m, loss, rank=10, regularization=LAM, second_order_mode="gauss_newton"
     ),
     "datainf": lambda m, loss: InverseHarmonicMeanInfluence(m, loss, regularization=LAM),
+    "trak": lambda m, loss: TrakInfluence(m, loss, projection_dim=64, regularization=LAM),
+    "logra": lambda m, loss: LograInfluence(m, loss, input_dim=4, output_dim=2, regularization=LAM),
+    "tracin": lambda m, loss: TracInInfluence(m, loss),
+    "tracin-cosine": lambda m, loss: TracInInfluence(m, loss, normalize=True),
 }
 
 
 def _fitted(name, p):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return MODELS[name](p.model, p.loss).fit((p.x, p.y))
+        model = MODELS[name](p.model, p.loss)
+        if name.startswith("tracin"):  # fits from checkpoints: the trained state and a perturbed copy
+            state = p.model.state_dict()
+            shifted = {k: v + 0.01 for k, v in state.items()}
+            return model.fit([state, shifted], [0.1, 0.05])
+        return model.fit((p.x, p.y))
 
 
 @pytest.mark.parametrize("name", list(MODELS))

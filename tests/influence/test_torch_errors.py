@@ -274,7 +274,7 @@ def test_nystroem_rejects_indefinite_curvature(data):
 
 def test_ekfac_rejects_unsupported_layers():
     model = nn.Sequential(nn.Conv1d(1, 2, 2), nn.Flatten(), nn.Linear(4, 1)).double()
-    with pytest.raises(InvalidModelError, match=r"nn.Linear layers only.*\['0.weight', '0.bias'\].*Conv1d"):
+    with pytest.raises(InvalidModelError, match=r"Conv2d layers only.*\['0.weight', '0.bias'\].*Conv1d"):
         EkfacInfluence(model, F.mse_loss)
     # Freezing the unsupported layer makes the model acceptable.
     model[0].requires_grad_(False)

@@ -12,6 +12,9 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 * :class:`EkfacInfluence` -- eigenvalue-corrected Kronecker factors (``nn.Linear`` layers).
 * :class:`NystroemSketchInfluence` -- randomised Nyström low-rank sketch.
 * :class:`InverseHarmonicMeanInfluence` -- DataInf, closed-form per-sample inverses.
+* :class:`TrakInfluence` -- TRAK-style: influence in a seeded random projection of the gradients.
+* :class:`LograInfluence` -- LoGra-style: per-layer Kronecker projections, no per-sample gradients.
+* :class:`TracInInfluence` -- TracIn: gradient similarity over training checkpoints (no Hessian).
 
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
 ``"gauss_newton"``) and ``block_structure`` (``"full"``, ``"layer"`` or a mapping).
@@ -20,7 +23,8 @@ Importing this package registers dask tokenizers for tensors and modules.
 For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`
 (numpy blocks ↔ tensors), :class:`TorchCatAggregator` and
 :class:`NestedTorchCatAggregator` (assemble lazy results into one tensor) and
-:func:`torch_dataset_to_dask_array` (a torch ``Dataset`` as dask arrays).
+:func:`torch_dataset_to_dask_array` (a torch ``Dataset`` as dask arrays). :func:`load_torchscript`
+loads a TorchScript file as a module ``torch.func`` can differentiate.
 """
 
 from . import _tokenize as _tokenize  # registers dask tokenizers for tensors and modules
@@ -33,9 +37,13 @@ from ._datainf import InverseHarmonicMeanInfluence
 from ._direct import DirectInfluence
 from ._ekfac import EkfacInfluence
 from ._lissa import LissaInfluence
+from ._logra import LograInfluence
 from ._model_base import TorchInfluenceFunctionModel
 from ._nystroem import NystroemSketchInfluence
 from ._preconditioners import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
+from ._script import ScriptedModule, load_torchscript
+from ._tracin import TracInInfluence
+from ._trak import TrakInfluence
 
 __all__ = [
     "TorchInfluenceFunctionModel",
@@ -46,6 +54,9 @@ __all__ = [
     "EkfacInfluence",
     "NystroemSketchInfluence",
     "InverseHarmonicMeanInfluence",
+    "TracInInfluence",
+    "TrakInfluence",
+    "LograInfluence",
     "Preconditioner",
     "JacobiPreconditioner",
     "NystroemPreconditioner",
@@ -53,4 +64,6 @@ __all__ = [
     "TorchCatAggregator",
     "NestedTorchCatAggregator",
     "torch_dataset_to_dask_array",
+    "ScriptedModule",
+    "load_torchscript",
 ]

@@ -1,7 +1,8 @@
-"""EK-FAC: Kronecker-factored Gauss–Newton blocks per nn.Linear layer, with eigenvalue correction."""
+"""EK-FAC: Kronecker-factored Gauss–Newton blocks per nn.Linear / nn.Conv2d layer, with eigenvalue correction."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,9 +10,10 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader
 
-from ...errors import InvalidModelError
+from ...errors import InvalidModelError, InvalidParameterError
 from ...validation import check_positive_int, keyword_aliases
 from ._data import iter_batches
+from ._fisher import sample_output_gradients
 from ._functional import FunctionalModel, LossFn
 from ._linalg import safe_eigh
 from ._model_base import TorchInfluenceFunctionModel
@@ -21,13 +23,39 @@ __all__ = ["EkfacInfluence"]
 
 @dataclass(frozen=True)
 class _Layer:
-    """An nn.Linear layer with trainable parameters and where they sit in the flat vector."""
+    """An nn.Linear or nn.Conv2d layer with trainable parameters and where they sit in the flat vector.
+
+    For a convolution, ``in_features`` is the length of one unfolded input
+    patch (``C_in x kh x kw``) and ``out_features`` the output channels.
+    """
 
     name: str
     in_features: int
     out_features: int
     weight: tuple[int, int] | None  # (start, stop) in the flat vector, None when frozen
     bias: tuple[int, int] | None
+    conv: nn.Conv2d | None = None
+
+    def tokens(self, inp: torch.Tensor, owner: str) -> torch.Tensor:
+        """The layer's input as ``(n, T, in_features)``: patches of a convolution, tokens of a sequence."""
+        n = inp.shape[0]
+        if self.conv is None:
+            return inp.reshape(n, -1, inp.shape[-1])
+        if inp.ndim != 4:
+            raise InvalidModelError(
+                f"{owner}: layer {self.name!r} received input of shape {tuple(inp.shape)}; EK-FAC supports "
+                "nn.Conv2d layers applied to (batch, channels, height, width) inputs only."
+            )
+        c = self.conv
+        patches = nn.functional.unfold(inp, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride)
+        return patches.transpose(1, 2)
+
+    def output_tokens(self, grad: torch.Tensor) -> torch.Tensor:
+        """Gradients w.r.t. the layer's output as ``(n, T, out_features)``."""
+        n = grad.shape[0]
+        if self.conv is None:
+            return grad.reshape(n, -1, grad.shape[-1])
+        return grad.reshape(n, self.out_features, -1).transpose(1, 2)
 
     @property
     def input_dim(self) -> int:
@@ -48,21 +76,41 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
     (``Λᵢ`` the Hessian of the per-sample loss w.r.t. the model output, ``Jᵢ``
     the Jacobian of the output w.r.t. ``s``) is approximated by ``A ⊗ S`` with
     ``A = mean aaᵀ`` and ``S = mean JᵀΛJ``. In the eigenbasis ``Q_S ⊗ Q_A`` of
-    that product, the diagonal is then refitted to the data (eigenvalue
-    correction), giving ``(Q_S ⊗ Q_A) diag(Λ*) (Q_S ⊗ Q_A)ᵀ``; its inverse
-    (plus ``λI``) is applied layer by layer. Cross-layer curvature is
-    ignored (block-diagonal by layer). ``Λᵢ`` is computed exactly and factored
-    as ``Λᵢ = RᵢRᵢᵀ``, so ``S`` needs one extra backward pass per model
-    output dimension; this keeps the approximation exact for a single linear
-    layer with MSE loss, where the Hessian is exactly ``A ⊗ (2/m)I``.
+    that product, the diagonal is then refitted to the per-sample gradients
+    (eigenvalue correction), giving ``(Q_S ⊗ Q_A) diag(Λ*) (Q_S ⊗ Q_A)ᵀ``; its
+    inverse (plus ``λI``) is applied layer by layer. Cross-layer curvature is
+    ignored (block-diagonal by layer).
+
+    Weight sharing: an ``nn.Linear`` applied to inputs with extra dimensions
+    (``(batch, tokens, features)``) has its tokens flattened into the factors
+    (``A`` is the mean over tokens of ``aaᵀ``, ``S`` the sum), and an
+    ``nn.Conv2d`` is treated the same way with the unfolded input patches as
+    tokens (KFC, Grosse & Martens 2016). The eigenvalue correction uses the
+    exact per-sample gradients ``Σ_t g_t a_tᵀ``, cross-token terms included.
+    A single such layer with MSE loss has an exactly Kronecker-factored
+    Gauss–Newton block, so EK-FAC is exact there.
+
+    Output curvature: by default (``fisher_samples=None``) ``Λᵢ`` is computed
+    exactly and factored as ``Λᵢ = RᵢRᵢᵀ``, one backward pass per model
+    output dimension (exact for a single linear layer with MSE loss, where
+    the Hessian is exactly ``A ⊗ (2/m)I``). With ``fisher_samples=s``,
+    ``JᵀΛJ`` is estimated by the true Fisher (Grosse et al. 2023): ``s``
+    pseudo-targets per sample are drawn from the model's predictive
+    distribution and their loss gradients back-propagated, ``s`` backward
+    passes whatever the number of classes. Built-in predictive
+    distributions: categorical for :func:`~torch.nn.functional.cross_entropy`
+    (class indices or probabilities as targets) and Gaussian for
+    :func:`~torch.nn.functional.mse_loss` (mean reductions, as
+    ``nn.CrossEntropyLoss()`` / ``nn.MSELoss()``); pass ``target_sampler``
+    for other losses.
 
     Parameters
     ----------
     model : nn.Module
         A trained model whose trainable parameters all belong to
-        ``nn.Linear`` layers, each applied once per forward pass to inputs of
-        shape ``(batch, features)``, and whose samples are processed
-        independently (no batch-norm in training mode).
+        ``nn.Linear`` or ``nn.Conv2d`` layers (groups 1, zero padding given
+        as numbers), each applied once per forward pass, and whose samples
+        are processed independently (no batch-norm in training mode).
     loss : callable
         Mean-reduced loss.
     regularization : float
@@ -77,6 +125,16 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         layers raise :class:`~dvl_dask.errors.InvalidModelError` at
         construction. If ``eigh`` fails on the model's device it is retried in
         float64 on the CPU.
+    fisher_samples : int, optional
+        Pseudo-targets drawn per training sample for the sampled (true)
+        Fisher; None (default) for the exact output Hessian.
+    target_sampler : callable, optional
+        ``target_sampler(output, generator) -> targets`` drawing one target
+        per sample from the model's predictive distribution given the
+        (detached) batch output; needed with ``fisher_samples`` for losses
+        other than cross-entropy and MSE.
+    seed : int
+        Seed of the pseudo-target draws (default 0).
     """
 
     @keyword_aliases(hessian_regularization="regularization", update_diagonal="eigenvalue_correction")
@@ -88,11 +146,26 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         regularization: float = 0.0,
         eigenvalue_correction: bool = True,
         max_factor_dim: int = 8192,
+        fisher_samples: int | None = None,
+        target_sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(model, loss)
         self.regularization = self._check_regularization(regularization, positive=False)
         self.eigenvalue_correction = bool(eigenvalue_correction)
         self.max_factor_dim = check_positive_int(max_factor_dim, "max_factor_dim", self._owner)
+        self.fisher_samples = (
+            None if fisher_samples is None else check_positive_int(fisher_samples, "fisher_samples", self._owner)
+        )
+        if target_sampler is not None and not callable(target_sampler):
+            raise InvalidParameterError(
+                f"The 'target_sampler' parameter of {self._owner} must be a callable (output, generator) -> "
+                f"targets or None. Got {type(target_sampler).__name__}."
+            )
+        self.target_sampler = target_sampler
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InvalidParameterError(f"The 'seed' parameter of {self._owner} must be an integer >= 0. Got {seed!r}.")
+        self.seed = seed
         self._layers = self._find_layers()
         self._factors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -102,13 +175,24 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         offsets = self._layout.offsets()
         layers, covered = [], set()
         for name, module in self.model.named_modules():
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, nn.Linear | nn.Conv2d):
                 continue
             prefix = f"{name}." if name else ""
             w, b = offsets.get(f"{prefix}weight"), offsets.get(f"{prefix}bias")
             if w is None and b is None:
                 continue
-            layer = _Layer(name, module.in_features, module.out_features, w, b)
+            if isinstance(module, nn.Conv2d):
+                if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+                    raise InvalidModelError(
+                        f"{self._owner}: convolution {name!r} has groups={module.groups}, padding="
+                        f"{module.padding!r}, padding_mode={module.padding_mode!r}; EK-FAC supports nn.Conv2d "
+                        "with groups=1, zero padding and numeric padding only. To fix, freeze the layer "
+                        "(requires_grad_(False)) or use another influence model."
+                    )
+                kh, kw = module.kernel_size
+                layer = _Layer(name, module.in_channels * kh * kw, module.out_channels, w, b, module)
+            else:
+                layer = _Layer(name, module.in_features, module.out_features, w, b)
             for what, dim in (("input", layer.input_dim), ("output", layer.out_features)):
                 if dim > self.max_factor_dim:
                     raise InvalidModelError(
@@ -124,20 +208,24 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
             owners = dict(self.model.named_modules())
             kinds = sorted({type(owners.get(n.rpartition(".")[0], self.model)).__name__ for n in unsupported})
             raise InvalidModelError(
-                f"{self._owner} supports trainable parameters of nn.Linear layers only. Got {unsupported} "
-                f"in {kinds}. To fix, freeze them (requires_grad_(False)) or use another influence model."
+                f"{self._owner} supports trainable parameters of nn.Linear and nn.Conv2d layers only. Got "
+                f"{unsupported} in {kinds}. To fix, freeze them (requires_grad_(False)) or use another "
+                "influence model."
             )
         return layers
 
     # -- fitting -----------------------------------------------------------------------
 
     def _capture(
-        self, fm: FunctionalModel, x: torch.Tensor, y: torch.Tensor
+        self, fm: FunctionalModel, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer: augmented inputs ``(n, d_in)`` and output pseudo-gradients ``(n, m, d_out)``.
+        """Per layer: augmented inputs ``(n, T, d_in)`` and output pseudo-gradients ``(n, c, T, d_out)``.
 
-        The pseudo-gradients are ``Jᵀ Rᵢ[:, c]`` for the columns ``c`` of a square
-        root of the output Hessian, so that ``Σ_c g gᵀ = JᵀΛᵢJ``.
+        With the exact output Hessian the pseudo-gradients are ``Jᵀ Rᵢ[:, c]``
+        for the columns ``c`` of a square root of it, so that ``Σ_c g gᵀ =
+        JᵀΛᵢJ``; with sampled targets they are the loss gradients of the
+        ``c``-th draw divided by ``√s``, whose expectation of ``Σ_c g gᵀ`` is
+        the same for the built-in losses.
         """
         modules = dict(self.model.named_modules())
         inputs: dict[str, torch.Tensor] = {}
@@ -148,12 +236,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
                 if name in inputs:
                     raise InvalidModelError(
                         f"{self._owner}: layer {name!r} is called more than once per forward pass; EK-FAC "
-                        "needs each nn.Linear to be applied once."
-                    )
-                if args[0].ndim != 2:
-                    raise InvalidModelError(
-                        f"{self._owner}: layer {name!r} received input of shape {tuple(args[0].shape)}; EK-FAC "
-                        "supports nn.Linear layers applied to (batch, features) inputs only."
+                        "needs each layer to be applied once."
                     )
                 inputs[name], outputs[name] = args[0].detach(), out
 
@@ -168,38 +251,43 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
             for h in handles:
                 h.remove()
         n = x.shape[0]
-        out_flat = out.detach().reshape(n, -1)
-
-        def sample_loss(oi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            return self.loss(oi.reshape(1, *out.shape[1:]), yi.unsqueeze(0))
-
-        h_out = vmap(jacrev(jacrev(sample_loss)))(out_flat, y)  # (n, m, m)
-        evals, evecs = torch.linalg.eigh((h_out + h_out.transpose(1, 2)) / 2)
-        root = evecs * torch.sqrt(torch.clamp(evals, min=0.0)).unsqueeze(1)  # Λᵢ = R Rᵀ
         targets = [outputs[layer.name] for layer in self._layers]
-        columns = []
-        for c in range(root.shape[2]):
-            g = torch.autograd.grad(
-                out, targets, grad_outputs=root[:, :, c].reshape(out.shape), retain_graph=c + 1 < root.shape[2]
+        if self.fisher_samples is None:
+            out_flat = out.detach().reshape(n, -1)
+
+            def sample_loss(oi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+                return self.loss(oi.reshape(1, *out.shape[1:]), yi.unsqueeze(0))
+
+            h_out = vmap(jacrev(jacrev(sample_loss)))(out_flat, y)  # (n, m, m)
+            evals, evecs = torch.linalg.eigh((h_out + h_out.transpose(1, 2)) / 2)
+            root = evecs * torch.sqrt(torch.clamp(evals, min=0.0)).unsqueeze(1)  # Λᵢ = R Rᵀ
+            seeds = [root[:, :, c].reshape(out.shape) for c in range(root.shape[2])]
+        else:
+            seeds = sample_output_gradients(
+                self.loss, out.detach(), self.fisher_samples, generator, self.target_sampler, self._owner
             )
+        columns = []
+        for c, seed in enumerate(seeds):
+            g = torch.autograd.grad(out, targets, grad_outputs=seed, retain_graph=c + 1 < len(seeds))
             columns.append([gi.detach() for gi in g])
-        acts = []
-        for layer in self._layers:
-            a = inputs[layer.name]
-            parts = ([a] if layer.weight else []) + ([torch.ones_like(a[:, :1])] if layer.bias else [])
-            acts.append(torch.cat(parts, dim=1))
-        pseudo = [torch.stack([col[i] for col in columns], dim=1) for i in range(len(self._layers))]
+        acts, pseudo = [], []
+        for i, layer in enumerate(self._layers):
+            a = layer.tokens(inputs[layer.name], self._owner)
+            parts = ([a] if layer.weight else []) + ([torch.ones_like(a[..., :1])] if layer.bias else [])
+            acts.append(torch.cat(parts, dim=2))
+            pseudo.append(torch.stack([layer.output_tokens(col[i]) for col in columns], dim=1))
         return acts, pseudo
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         a_fac = [torch.zeros((ly.input_dim,) * 2, dtype=self.dtype, device=self.device) for ly in self._layers]
         s_fac = [torch.zeros((ly.out_features,) * 2, dtype=self.dtype, device=self.device) for ly in self._layers]
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
         n = 0
         for x, y in iter_batches(loader, self._owner):
-            acts, pseudo = self._capture(fm, x.to(self.device), y.to(self.device))
+            acts, pseudo = self._capture(fm, x.to(self.device), y.to(self.device), generator)
             for i, (a, g) in enumerate(zip(acts, pseudo)):
-                a_fac[i] += a.T @ a
-                s_fac[i] += torch.einsum("nco,ncp->op", g, g)
+                a_fac[i] += torch.einsum("ntd,nte->de", a, a) / a.shape[1]
+                s_fac[i] += torch.einsum("ncto,nctp->op", g, g)
             n += x.shape[0]
         bases = []
         for layer, a, s in zip(self._layers, a_fac, s_fac):
@@ -209,10 +297,14 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         if self.eigenvalue_correction:
             corrected = [torch.zeros_like(lam) for _, _, lam in bases]
             for x, y in iter_batches(loader, self._owner):
-                acts, pseudo = self._capture(fm, x.to(self.device), y.to(self.device))
+                acts, pseudo = self._capture(fm, x.to(self.device), y.to(self.device), generator)
                 for i, (a, g) in enumerate(zip(acts, pseudo)):
                     q_a, q_s, _ = bases[i]
-                    corrected[i] += torch.einsum("nco,nk->ok", (g @ q_s) ** 2, (a @ q_a) ** 2)
+                    if a.shape[1] == 1:  # one token: the per-sample gradient is rank one
+                        corrected[i] += torch.einsum("nco,nk->ok", (g[:, :, 0] @ q_s) ** 2, (a[:, 0] @ q_a) ** 2)
+                    else:  # per-sample gradients Σ_t g_t a_tᵀ in the eigenbasis
+                        rotated = torch.einsum("ncto,ntk->ncok", g @ q_s, a @ q_a)
+                        corrected[i] += (rotated**2).sum(dim=(0, 1))
             bases = [(q_a, q_s, lam / n) for (q_a, q_s, _), lam in zip(bases, corrected)]
         factors = []
         for layer, (q_a, q_s, lam) in zip(self._layers, bases):

@@ -1,0 +1,289 @@
+"""TracIn: learning-rate-weighted gradient similarity summed over training checkpoints (no Hessian)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import torch
+from torch import nn
+
+from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from .._base import InfluenceFunctionModel
+from .._mode import InfluenceMode
+from ._data import check_tensor_pair
+from ._functional import FunctionalModel, LossFn
+from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, TorchInfluenceFunctionModel
+
+__all__ = ["TracInInfluence", "load_checkpoint_states"]
+
+
+def load_checkpoint_states(model: nn.Module, checkpoints: Any, owner: str) -> list[dict[str, torch.Tensor]]:
+    """Parameter and buffer tensors of every checkpoint (a state dict or a module), checked against ``model``."""
+    if isinstance(checkpoints, Mapping | nn.Module) or not isinstance(checkpoints, Sequence):
+        raise InvalidParameterError(
+            f"The 'checkpoints' argument of {owner} must be a list of model states (state dicts or nn.Module "
+            f"objects with the architecture of the model). Got {type(checkpoints).__name__}."
+        )
+    if len(checkpoints) == 0:
+        raise InvalidParameterError(
+            f"The 'checkpoints' argument of {owner} must hold at least one model state. Got an empty list."
+        )
+    reference = dict(model.state_dict())
+    states = []
+    for c, ckpt in enumerate(checkpoints):
+        if isinstance(ckpt, nn.Module):
+            ckpt = ckpt.state_dict()
+        if not isinstance(ckpt, Mapping):
+            raise InvalidParameterError(
+                f"Checkpoint {c} given to {owner} must be a state dict or an nn.Module. Got {type(ckpt).__name__}."
+            )
+        missing = sorted(set(reference) - set(ckpt))
+        extra = sorted(set(ckpt) - set(reference))
+        if missing or extra:
+            raise InvalidModelError(
+                f"Checkpoint {c} given to {owner} does not match the model: missing keys {missing[:5]}, "
+                f"unexpected keys {extra[:5]}. Pass states of the same architecture as 'model'."
+            )
+        state = {}
+        for name, ref in reference.items():
+            t = ckpt[name]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(ref.shape):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise InvalidModelError(
+                    f"Checkpoint {c} given to {owner}: entry {name!r} must be a tensor of shape "
+                    f"{tuple(ref.shape)}. Got {got}."
+                )
+            state[name] = t.detach().to(device=ref.device, dtype=ref.dtype).clone()
+        states.append(state)
+    return states
+
+
+def _check_learning_rates(learning_rates: Any, n: int, owner: str) -> list[float]:
+    if isinstance(learning_rates, int | float) and not isinstance(learning_rates, bool):
+        rates = [float(learning_rates)] * n
+    elif isinstance(learning_rates, Sequence) and not isinstance(learning_rates, str):
+        if len(learning_rates) != n:
+            raise InvalidParameterError(
+                f"The 'learning_rates' argument of {owner} must have one entry per checkpoint ({n}). Got "
+                f"{len(learning_rates)}."
+            )
+        rates = []
+        for r in learning_rates:
+            if isinstance(r, bool) or not isinstance(r, int | float):
+                raise InvalidParameterError(
+                    f"The 'learning_rates' of {owner} must be numbers. Got {type(r).__name__} ({r!r})."
+                )
+            rates.append(float(r))
+    else:
+        raise InvalidParameterError(
+            f"The 'learning_rates' argument of {owner} must be a positive number or a list with one positive "
+            f"number per checkpoint. Got {type(learning_rates).__name__}."
+        )
+    for r in rates:
+        if not (r > 0 and r < float("inf")):
+            raise InvalidParameterError(f"The 'learning_rates' of {owner} must be positive and finite. Got {r!r}.")
+    return rates
+
+
+class TracInInfluence(TorchInfluenceFunctionModel):
+    r"""TracIn-CP (Pruthi et al. 2020): gradient similarity summed over training checkpoints.
+
+    .. math::
+
+        I(z_{test}, z) = \sum_c \eta_c\,
+            \langle \nabla_\theta \ell(z_{test}; \theta_c), \nabla_\theta \ell(z; \theta_c) \rangle
+
+    over checkpoints ``θ_c`` saved during training with learning rates
+    ``η_c``. With ``normalize=True`` the gradients are scaled to unit norm
+    per checkpoint (the cosine variant, robust to points with huge losses).
+    No curvature is involved. As for the other models a positive value means
+    that the training point helps the test point (gradient descent on it
+    lowers the test loss).
+
+    Factors are ``[η_c ĝ_c(z_test)]_c`` and per-sample gradients
+    ``[ĝ_c(z)]_c`` concatenated over checkpoints, so
+    :attr:`n_parameters` is ``n_checkpoints x`` the number of trainable
+    parameters and the calculators and ``influence_to_zarr`` work as for
+    any other model (``ĝ`` is the gradient, normalised if ``normalize``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The architecture (its parameter values are replaced by each
+        checkpoint's). Only parameters with ``requires_grad=True`` count.
+    loss : callable
+        Mean-reduced loss ``loss(output, target) -> scalar``.
+    normalize : bool
+        Cosine variant: unit-norm gradients per checkpoint (default False).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import torch.nn.functional as F
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+    >>> net = nn.Linear(3, 1)
+    >>> states = [{k: v.clone() for k, v in net.state_dict().items()}, nn.Linear(3, 1).state_dict()]
+    >>> tracin = TracInInfluence(net, F.mse_loss).fit(states, learning_rates=[0.1, 0.05])
+    >>> tracin.influences(x[:2], y[:2], x, y).shape
+    torch.Size([2, 8])
+    """
+
+    def __init__(self, model: nn.Module, loss: LossFn, *, normalize: bool = False) -> None:
+        super().__init__(model, loss)
+        if not isinstance(normalize, bool):
+            raise InvalidParameterError(
+                f"The 'normalize' parameter of {self._owner} must be True or False. Got {normalize!r}."
+            )
+        self.normalize = normalize
+        self._fms: list[FunctionalModel] = []
+        self._rates: list[float] = []
+
+    @property
+    def n_parameters(self) -> int:
+        """Length of one factor: trainable parameters times checkpoints (after :meth:`fit`)."""
+        return self._layout.n * max(1, len(self._fms))
+
+    @property
+    def n_checkpoints(self) -> int:
+        """Number of checkpoints given to :meth:`fit` (0 before)."""
+        return len(self._fms)
+
+    @property
+    def learning_rates(self) -> list[float]:
+        """Learning rate of each checkpoint (after :meth:`fit`)."""
+        return list(self._rates)
+
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        return None
+
+    def fit(self, checkpoints: Sequence[Any], learning_rates: float | Sequence[float] = 1.0) -> Self:  # type: ignore[override]
+        """Store the checkpoints; no training data is needed (there is no curvature).
+
+        Parameters
+        ----------
+        checkpoints : list of state dicts or nn.Module
+            Model states saved during training, each with the keys (and
+            shapes) of ``model.state_dict()``. Tensors are copied.
+        learning_rates : float or list of float
+            ``η_c`` of each checkpoint (one number: the same for all).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InvalidParameterError
+            On an empty or malformed list, or learning rates that are not
+            positive or whose number differs from that of the checkpoints.
+        InvalidModelError
+            If a checkpoint does not match the model's architecture.
+        """
+        from ...keys import object_token
+
+        owner = self._owner
+        states = load_checkpoint_states(self.model, checkpoints, owner)
+        rates = _check_learning_rates(learning_rates, len(states), owner)
+        fms = []
+        for state in states:
+            fm = FunctionalModel(self.model, self.loss, self._layout)
+            fm.params = {n: state[n] for n in fm.params}
+            fm.state = {n: state[n] for n in fm.state}
+            fms.append(fm)
+        self._fms, self._rates = fms, rates
+        self._fm = fms[0]
+        self._fitted_attrs = ("_fm", "_fms", "_rates")
+        self._fit_token = object_token("tracin-checkpoints", states, rates)
+        return self
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def _check_inputs(
+        self, x: Any, y: Any, method: str, *, differentiable: bool = False, prefix: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        owner = f"{self._owner}.{method}"
+        x, y = check_tensor_pair(x, y, owner, f"x{prefix}", f"y{prefix}")
+        for name, t in ((f"x{prefix}", x), (f"y{prefix}", y)):
+            if t.is_floating_point() and t.dtype != self.dtype:
+                raise InvalidDataError(
+                    f"The {name!r} argument of {owner} has dtype {t.dtype}, but the model parameters are "
+                    f"{self.dtype}. To fix, convert it with {name}.to({self.dtype})."
+                )
+        if differentiable and not x.is_floating_point():
+            raise InvalidDataError(f"Perturbation influences need a floating point 'x' in {owner}.")
+        return x.to(self.device), y.to(self.device)
+
+    # -- gradients and factors ----------------------------------------------------------------
+
+    def _grads(self, x: torch.Tensor, y: torch.Tensor, scale: bool) -> torch.Tensor:
+        parts = []
+        for fm, rate in zip(self._fms, self._rates):
+            g = torch.cat(
+                [
+                    fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK])
+                    for i in range(0, len(x), GRAD_CHUNK)
+                ]
+            )
+            if self.normalize:
+                g = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+            parts.append(g * rate if scale else g)
+        return torch.cat(parts, dim=1).detach()
+
+    def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self._check_inputs(x, y, "influence_factors")
+        return self._grads(x, y, scale=True)
+
+    def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self._check_inputs(x, y, "per_sample_gradients")
+        return self._grads(x, y, scale=False)
+
+    def _solve(self, grads: torch.Tensor) -> torch.Tensor:  # pragma: no cover - factors are built directly
+        raise NotImplementedError
+
+    def _self_influences(self, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode) -> torch.Tensor:
+        """``Σ_c η_c ‖g_c(z)‖²`` (cosine: ``Σ_c η_c`` where the gradient is non-zero), one gradient per point."""
+        if mode is InfluenceMode.Perturbation:
+            return InfluenceFunctionModel._self_influences(self, x, y, mode)
+        x, y = self._check_inputs(x, y, "self_influences")
+        parts = []
+        for i in range(0, len(x), GRAD_CHUNK):
+            rows = self._grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], scale=False)
+            width = rows.shape[1] // len(self._fms)
+            squares = (rows * rows).reshape(len(rows), len(self._fms), width).sum(dim=2)
+            rates = torch.as_tensor(list(self._rates), dtype=rows.dtype, device=rows.device)
+            parts.append(squares @ rates)
+        return torch.cat(parts)
+
+    def _fit(self, fm: FunctionalModel, loader: Any) -> None:  # pragma: no cover - fit is overridden
+        raise NotImplementedError
+
+    def _influences_from_factors(
+        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
+    ) -> torch.Tensor:
+        factors = self._check_factors(factors)
+        perturbation = mode is InfluenceMode.Perturbation
+        x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
+        if not perturbation:
+            return factors @ self._grads(x, y, scale=False).T
+        if self.normalize:
+            raise InvalidParameterError(
+                f"{self._owner} with normalize=True supports mode='up' only: the derivative of the cosine "
+                "similarity w.r.t. the features is not implemented. To fix, use normalize=False."
+            )
+        p = self._layout.n
+        k = factors.shape[0]
+        k_chunk = min(k, 64)
+        n_chunk = max(1, PERTURBATION_BUDGET // (k_chunk * p))
+        out = torch.zeros((k, x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
+        for c, fm in enumerate(self._fms):
+            f_c = factors[:, c * p : (c + 1) * p]
+            for i in range(0, k, k_chunk):
+                for j in range(0, x.shape[0], n_chunk):
+                    out[i : i + k_chunk, j : j + n_chunk] += fm.perturbation(
+                        f_c[i : i + k_chunk], x[j : j + n_chunk], y[j : j + n_chunk]
+                    )
+        return out.detach()
