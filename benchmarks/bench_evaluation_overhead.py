@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_montecarlo import _utility  # noqa: E402
+from bench_montecarlo import _utility
 
 T = time.thread_time
 
@@ -102,13 +102,13 @@ def components(repeats: int) -> None:
 
 
 def blocks(repeats: int) -> None:
+    from sklearn.base import clone
+    from sklearn.metrics import get_scorer
+
     from dvl_dask.valuation._estimators import PermutationEstimator, run_block
     from dvl_dask.valuation._samplers import PermutationSampler
     from dvl_dask.valuation._stats import PointStats
     from dvl_dask.valuation._truncation import NoTruncation, RelativeTruncation
-
-    from sklearn.base import clone
-    from sklearn.metrics import get_scorer
 
     u = _utility("breast_cancer", 100)
     d = u.data
