@@ -22,8 +22,11 @@ from .. import config
 __all__ = ["warm_workers"]
 
 
-def _warm_worker(model: Any = None, scorer: Any = None) -> None:
-    """Runs on each worker: the arguments were unpickled there, which imported their modules."""
+async def _warm_worker(model: Any = None, scorer: Any = None) -> None:
+    """Runs on each worker's event loop (``client.run(wait=False)`` needs a coroutine).
+
+    The arguments were unpickled there, which imported their modules.
+    """
     import dvl_dask.valuation._estimators  # noqa: F401 - the block function and its imports
     from dvl_dask.threads import blas_limits
 

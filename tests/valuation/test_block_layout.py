@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import dask
@@ -76,7 +77,7 @@ def test_warm_workers_sends_the_unfitted_model_and_scorer_without_waiting():
     assert fn is _warm_worker and wait is False
     assert args[0].get_params() == model.get_params() and not hasattr(args[0], "coef_")
     assert args[1] is utility.scorer
-    fn(*args)  # runs where the worker would
+    asyncio.run(fn(*args))  # runs as the worker would (a coroutine on its event loop)
     with dask.config.set({config.MC_WARM_WORKERS: False}):
         assert not warm_workers(client, utility)
     assert warm_workers(client, GAME) and client.calls[-1][1] == ()  # games need no model
