@@ -7,6 +7,10 @@ passes) with each backend: the overhead of a hit and of a miss followed by a
 set, i.e. the time per call minus the time of the bare function. Targets:
 memory < 10 µs, memcached < 300 µs per hit on loopback.
 
+Part 1b ("roundtrip") times, call by call and interleaved, a memoized hit
+through memcached next to a raw pymemcache get of the same item: the hit can
+never be faster than the round trip it contains.
+
 Part 2 runs ``exact_shapley(utility)`` and then ``loo(utility)`` on one cached
 utility. Every coalition leave-one-out needs was already evaluated by exact
 Shapley, so the second method should fit no model at all.
@@ -94,6 +98,50 @@ def overheads(backends: dict, n_calls: dict) -> None:
         verdict = "-" if target is None else ("OK" if hit_us < target else "SLOWER THAN TARGET")
         target_s = f"< {target:g}" if target else "-"
         print(f"{name:<10} {hit_us:9.1f} {target_s:>9} {miss_us:12.1f}   {verdict}")
+
+
+def roundtrip(server_address, n_calls: int = 3000) -> None:
+    """A memoized hit through memcached next to a raw pymemcache get of the same stored bytes.
+
+    Both are timed call by call, interleaved in one loop (so foreign load hits
+    both alike), on one connection each with the same client options. The raw
+    get fetches the very item the hit reads (same key, same size); the hit
+    adds key hashing, HMAC verification and unpickling to it.
+    """
+    from pymemcache.client.base import Client
+
+    from dvl_dask.cache import MemcachedCacheBackend, MemcachedClientConfig, memoize
+
+    def score(players: np.ndarray) -> float:
+        return float(players.sum()) / 7.0
+
+    cfg = MemcachedClientConfig(server=server_address, timeout=1.0)
+    f = memoize(score, MemcachedCacheBackend(cfg), namespace=f"roundtrip-{time.time_ns()}")
+    coalition = np.arange(0, 20, 2, dtype=np.int64)
+    f(coalition)  # miss + set: the item now exists
+    key = f.cache_key(coalition)
+    raw = Client(cfg.server, connect_timeout=cfg.connect_timeout, timeout=cfg.timeout, no_delay=cfg.no_delay,
+                 default_noreply=False, allow_unicode_keys=False)
+    size = len(raw.get(key))
+    raw_ns, hit_ns, bare_ns = np.empty(n_calls), np.empty(n_calls), np.empty(n_calls)
+    clock = time.perf_counter_ns
+    for i in range(n_calls):
+        t0 = clock()
+        raw.get(key)
+        t1 = clock()
+        f(coalition)
+        t2 = clock()
+        score(coalition)
+        t3 = clock()
+        raw_ns[i], hit_ns[i], bare_ns[i] = t1 - t0, t2 - t1, t3 - t2
+    raw.close()
+    print(f"\n== memcached round trip vs a memoized hit ({n_calls} interleaved calls, {size}-byte item, "
+          f"load average {os.getloadavg()[0]:.1f}) ==")
+    print(f"{'':36} {'p50 µs':>8} {'p90 µs':>8} {'mean µs':>8}")
+    for label, arr in (("raw pymemcache get (same item)", raw_ns), ("memoized hit (whole call)", hit_ns),
+                       ("bare function", bare_ns)):
+        print(f"{label:36} {np.median(arr) / 1e3:8.1f} {np.percentile(arr, 90) / 1e3:8.1f} {arr.mean() / 1e3:8.1f}")
+    print(f"{'hit minus raw get (p50)':36} {(np.median(hit_ns) - np.median(raw_ns)) / 1e3:8.1f}")
 
 
 def two_methods(backends: dict, n_points: int) -> None:
@@ -186,8 +234,8 @@ def main() -> None:
     p.add_argument("--n-points", type=int, default=10)
     p.add_argument(
         "--parts",
-        default="overhead,methods,cluster",
-        help="comma-separated subset of overhead,methods,cluster",
+        default="overhead,roundtrip,methods,cluster",
+        help="comma-separated subset of overhead,roundtrip,methods,cluster",
     )
     args = p.parse_args()
 
@@ -211,6 +259,8 @@ def main() -> None:
         parts = set(args.parts.split(","))
         if "overhead" in parts:
             overheads(backends, {"memory": 20000, "disk": 1000, "memcached": 3000})
+        if "roundtrip" in parts:
+            roundtrip(server.address)
         if "methods" in parts:
             two_methods(backends, args.n_points)
         if "cluster" in parts:

@@ -37,6 +37,8 @@ __all__ = [
     "MC_PROGRESS_INTERVAL",
     "MC_WINDOW",
     "MC_WINDOW_PER_THREAD",
+    "MC_MIN_BLOCKS",
+    "MC_WARM_WORKERS",
     "RESULTS_ZARR_FORMAT",
     "UTILITY_DEFAULT_SCORE",
     "UTILITY_ON_UNUSABLE",
@@ -52,6 +54,8 @@ MC_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.evaluations-per-block"
 MC_PROGRESS_INTERVAL = "dvl_dask.valuation.montecarlo.progress-interval"
 MC_WINDOW = "dvl_dask.valuation.montecarlo.window"
 MC_WINDOW_PER_THREAD = "dvl_dask.valuation.montecarlo.window-per-thread"
+MC_MIN_BLOCKS = "dvl_dask.valuation.montecarlo.min-blocks"
+MC_WARM_WORKERS = "dvl_dask.valuation.montecarlo.warm-workers"
 MC_ACTIVE_SET_LAG = "dvl_dask.valuation.montecarlo.active-set-lag"
 MC_NO_WORKERS_TIMEOUT = "dvl_dask.valuation.montecarlo.no-workers-timeout"
 MC_CHECKPOINT_INTERVAL = "dvl_dask.valuation.montecarlo.checkpoint-interval"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -183,6 +185,7 @@ class Utility:
             )
         self.catch_errors = bool(catch_errors)
         self._is_classifier = _is_classifier(model)
+        self._is_sklearn = hasattr(model, "get_params")
         if token is not None and not (isinstance(token, str) and token):
             raise InvalidParameterError(
                 f"The 'token' argument of Utility must be a non-empty string or None. Got {token!r} instead."
@@ -210,6 +213,13 @@ class Utility:
         if cache is not None:
             self._memoized = _memoize_for(self, cache)
         self._materialized: Dataset | None = None
+        self._reset_fast_path()
+
+    def _reset_fast_path(self) -> None:
+        """Per-process state of the fast evaluation path (never pickled; see :meth:`_fit_score`)."""
+        self._template: bytes | bool | None = None  # pickled unfitted clone; False: not picklable
+        self._validated = False  # a fit + score succeeded here, so sklearn's checks ran once
+        self._finite: bool | None = None  # every array of the data is finite
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -239,7 +249,42 @@ class Utility:
 
     def fit_and_score(self, players: np.ndarray) -> float:
         """Fit a fresh clone on the given (canonical) players and score it; no cache."""
-        return self._fit_score(_clone(self.model), players, "Fitting or scoring")
+        return self._fit_score(self._fresh_model(), players, "Fitting or scoring")
+
+    def _fresh_model(self) -> Any:
+        """An unfitted copy of the model: what ``sklearn.base.clone`` gives, about 15x cheaper.
+
+        The first call clones the model once and pickles that unfitted template;
+        every later call unpickles it (35 µs instead of 500 µs for a scaler +
+        logistic regression pipeline). Unpicklable models are cloned each time.
+        """
+        blob = self._template
+        if blob is None:
+            template = _clone(self.model)
+            try:
+                blob = pickle.dumps(template, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                blob = False
+            self._template = blob
+            return template
+        if blob is False:
+            return _clone(self.model)
+        return pickle.loads(blob)  # our own bytes, made in this process
+
+    def _checks_context(self) -> AbstractContextManager[Any]:
+        """scikit-learn's per-fit checks, skipped once they have passed here.
+
+        Every clone has the same parameters, so once a fit and a score succeed
+        in this process, scikit-learn's parameter validation
+        (``skip_parameter_validation``) is redundant; the finiteness checks of
+        the data (``assume_finite``) are skipped only if every array was found
+        finite (checked once). A failing fit is therefore reported as before.
+        """
+        if not self._validated or not self._is_sklearn:
+            return nullcontext()
+        import sklearn
+
+        return sklearn.config_context(skip_parameter_validation=True, assume_finite=bool(self._finite))
 
     def _fit_score(self, model: Any, players: np.ndarray, what: str) -> float:
         """Fit ``model`` on the rows of ``players`` and score it, with the default-score rules."""
@@ -251,14 +296,18 @@ class Utility:
         if self._is_classifier and np.unique(y).size < 2:
             return self.default_score
         try:
-            model.fit(data.x_train[rows], y)
-            score = self.scorer(model, data.x_test, data.y_test)
+            with self._checks_context():
+                model.fit(data.x_train[rows], y)
+                score = self.scorer(model, data.x_test, data.y_test)
         except Exception as exc:
             if not self.catch_errors:
                 raise
             return self._failed(players, what, f"{type(exc).__name__}: {exc}")
         if not np.isfinite(score):
             return self._failed(players, what, f"the scorer returned {score}")
+        if not self._validated:
+            self._finite = all(_all_finite(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test))
+            self._validated = True
         lo, hi = self.scorer.range
         return float(min(max(score, lo), hi))
 
@@ -381,12 +430,16 @@ class Utility:
         state["_materialized"] = None
         state["_memoized"] = None
         state.pop("_warned_unusable", None)
+        for key in ("_template", "_validated", "_finite"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("on_unusable", "raise")
         state.setdefault("_usable", None)
+        state.setdefault("_is_sklearn", hasattr(state.get("model"), "get_params"))
         self.__dict__.update(state)
+        self._reset_fast_path()
         if self.cache is not None:
             self._memoized = _memoize_for(self, self.cache)
 
@@ -395,6 +448,17 @@ class Utility:
             f"Utility(model={type(self.model).__name__}, n_players={self.n_players}, "
             f"scorer={self.scorer.name!r}, token={self.token[:8]})"
         )
+
+
+def _all_finite(arr: Any) -> bool:
+    """True if ``arr`` is a numpy array without NaN or inf (labels and integers always are)."""
+    if not isinstance(arr, np.ndarray):
+        return False
+    if arr.dtype.kind in "biuUS":
+        return True
+    if arr.dtype.kind in "fc":
+        return bool(np.isfinite(arr).all())
+    return False
 
 
 def _is_classifier(model: Any) -> bool:

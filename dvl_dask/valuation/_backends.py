@@ -46,6 +46,7 @@ from ._estimators import Estimator, run_block
 from ._graph import utility_node
 from ._samplers import child_seed
 from ._stats import PointStats
+from ._warmup import warm_workers
 
 __all__ = ["Backend", "BlockSpec", "choose_backend"]
 
@@ -131,6 +132,7 @@ class DistributedBackend(Backend):
         # One key per run: cancelling it at the end never touches another run's utility.
         self.run_id = uuid.uuid4().hex[:8]
         key = f"utility-{spec.utility.token}-{self.run_id}"
+        warm_workers(client, spec.utility)  # imports on every worker while the first blocks are submitted
         self.utility = client.submit(_produce, spec.utility, key=key, pure=False)
         self.futures: dict[Any, int] = {}
         from distributed import as_completed

@@ -69,6 +69,11 @@ class Estimator(ABC):
         """Independent samples per player that a block of ``n_items`` items yields."""
         return int(n_items)
 
+    @property
+    def item_granule(self) -> int:
+        """Blocks hold a multiple of this many items (2 keeps antithetic pairs whole)."""
+        return 1 if self.units(2) == 2 else 2
+
     def block_evaluations(self, n: int, n_items: int) -> int:
         """Upper bound of the utility evaluations of one block of ``n_items`` items."""
         return int(n_items) * self.evaluations_per_item(n)

@@ -21,11 +21,13 @@ import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
 
+from .. import config
 from ..errors import InvalidParameterError
 from ..keys import function_token, layer_name
 from ..results import valuation_dataset
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ._backends import _default_client
 from ._coefficients import (
     LogCoefficient,
     banzhaf_coefficient,
@@ -41,7 +43,7 @@ from ._estimators import (
     run_block,
     score_width,
 )
-from ._graph import block_ranges, check_utility, utility_node
+from ._graph import block_ranges, check_utility, even_ranges, utility_node
 from ._samplers import (
     BetaSampler,
     OwenSampler,
@@ -52,6 +54,7 @@ from ._samplers import (
 )
 from ._stats import PointStats, merge_all
 from ._truncation import make_truncation
+from ._warmup import warm_workers
 
 __all__ = [
     "ESTIMATOR_FACTORIES",
@@ -170,15 +173,25 @@ def montecarlo_dataset(
     seed: np.random.SeedSequence,
     items_per_block: int,
     budget: dict[str, Any],
+    min_blocks: int | None = None,
 ) -> xr.Dataset:
-    """Lazy result of ``estimator`` over ``n_items`` samples in blocks of ``items_per_block``."""
+    """Lazy result of ``estimator`` over ``n_items`` samples in blocks of ``items_per_block``.
+
+    With ``min_blocks``, small budgets are cut into at least that many blocks of
+    equal size (:func:`._graph.even_ranges`) so that every worker stays busy to
+    the end; the layout is recorded in the parameters.
+    """
     n = utility.n_players
     u = utility_node(utility)
     seed_text = seed_entropy(seed)
     verb = f"{estimator.method.replace('_', '-')}-block"
-    name = layer_name(verb, utility.token, estimator, seed_text, items_per_block)
+    name = layer_name(verb, utility.token, estimator, seed_text, items_per_block, min_blocks)
     block = dask.delayed(run_block, pure=True)
-    ranges = block_ranges(n_items, items_per_block)
+    if min_blocks is None:
+        ranges = block_ranges(n_items, items_per_block)
+    else:
+        ranges = even_ranges(n_items, items_per_block, min_blocks, estimator.item_granule)
+    _warm_default_client(utility)
     blocks = [
         block(u, estimator, child_seed(seed, i), stop - start, None, dask_key_name=f"{name}-{i}")
         for i, (start, stop) in enumerate(ranges)
@@ -187,6 +200,8 @@ def montecarlo_dataset(
     final = dask.delayed(_finalize, pure=True)(estimator, merged, dask_key_name=f"{name}-finalize")
     arr = da.from_delayed(final, shape=(3, n), dtype=np.float64)
     parameters = {**estimator.parameters(), **budget, "items_per_block": items_per_block}
+    if min_blocks is not None:
+        parameters["min_blocks"] = min_blocks
     return valuation_dataset(
         arr[0],
         arr[1],
@@ -236,9 +251,21 @@ def _run(
     if items_per_block is not None:
         check_positive_int(items_per_block, "items_per_block", method)
     per_block = estimator.items_per_block(utility.n_players, items_per_block)
+    # The default layout cuts small budgets into at least min-blocks equal blocks (no idle
+    # worker at the end); an explicit items_per_block gives the layout run_until_converged uses.
+    min_blocks = None if items_per_block is not None else check_positive_int(
+        config.get(config.MC_MIN_BLOCKS), "min-blocks", method)
     return montecarlo_dataset(
-        estimator, utility, n_items=n_items, seed=seq, items_per_block=per_block, budget={budget_name: n_items}
+        estimator, utility, n_items=n_items, seed=seq, items_per_block=per_block, budget={budget_name: n_items},
+        min_blocks=min_blocks,
     )
+
+
+def _warm_default_client(utility: UtilityLike) -> None:
+    """If dask computes on a distributed client, warm its workers now, while the graph is built."""
+    client = _default_client()
+    if client is not None:
+        warm_workers(client, utility)
 
 
 # -- public methods --------------------------------------------------------------------------------
@@ -277,7 +304,10 @@ def permutation_shapley(
         Fit each prefix starting from the previous prefix's model (sklearn
         ``warm_start``): faster fits, slightly different models; recorded in attrs.
     items_per_block : int, optional
-        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``.
+        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``,
+        and small budgets cut into at least ``min-blocks`` equal blocks so no worker idles at the
+        end. An explicit value gives blocks of exactly that size (the layout of
+        :func:`run_until_converged`).
 
     Examples
     --------

@@ -1,0 +1,59 @@
+"""Warm the workers of a cluster before the first Monte Carlo block reaches them.
+
+A fresh worker process pays, once, for the imports a block needs (dvl_dask,
+the model's and the scorer's modules: scikit-learn and scipy take most of
+it), and for the BLAS thread-limit controller. Without a warm-up each worker
+pays this when its first block arrives; the worker whose first task also
+produces the utility starts computing while the others are still importing.
+``warm_workers`` asks every worker to do it now, without waiting (it runs on
+each worker's event loop), so it overlaps the building and submission of the
+graph and all workers start together. On a warm worker it costs an unpickle
+of the unfitted model (well under a millisecond for sklearn models).
+
+Controlled by ``dvl_dask.valuation.montecarlo.warm-workers`` (default True).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import config
+
+__all__ = ["warm_workers"]
+
+
+async def _warm_worker(model: Any = None, scorer: Any = None) -> None:
+    """Runs on each worker's event loop (``client.run(wait=False)`` needs a coroutine).
+
+    The arguments were unpickled there, which imported their modules.
+    """
+    import dvl_dask.valuation._estimators  # noqa: F401 - the block function and its imports
+    from dvl_dask.threads import blas_limits
+
+    with blas_limits():  # builds the process's thread-limit controller once (~20 ms)
+        pass
+
+
+def _warm_up_objects(utility: Any) -> tuple[Any, ...]:
+    """A small stand-in for what a block unpickles: the unfitted model and the scorer, if any."""
+    model = getattr(utility, "model", None)
+    if model is None or not hasattr(model, "get_params"):
+        return ()
+    from sklearn.base import clone
+
+    return (clone(model), getattr(utility, "scorer", None))
+
+
+def warm_workers(client: Any, utility: Any) -> bool:
+    """Ask every worker of ``client`` to import what blocks of ``utility`` need; do not wait.
+
+    Returns True if the request was sent. Never raises: a failed warm-up only
+    means the first blocks pay the imports themselves.
+    """
+    if not config.get(config.MC_WARM_WORKERS):
+        return False
+    try:
+        client.run(_warm_worker, *_warm_up_objects(utility), wait=False)
+    except Exception:  # an optimisation must never break a run
+        return False
+    return True
