@@ -120,7 +120,6 @@ def test_block_cg_on_the_issue_mlp_at_maxiter_10():
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bench_block_cg import mlp_problem
 
-    torch.set_num_threads(1)
     model, loss, x, y, x_test, y_test = mlp_problem(500, 500)
     assert sum(q.numel() for q in model.parameters()) == 1761
     loader = DataLoader(TensorDataset(x, y), batch_size=500)
