@@ -11,8 +11,10 @@ process with threadpoolctl (a scikit-learn dependency) while it runs.
 The limit is ``dvl_dask.compute.blas-threads`` (default 1; ``null`` leaves the
 pools alone, e.g. for one large fit per task on a machine of its own). The
 controller that finds the loaded libraries is built once per process (about
-20 ms); entering a limit then costs about 20 µs, negligible for blocks that run
-for seconds. Tasks running side by side in one process share one limit (the
+20 ms) and rebuilt when modules were imported since (an import such as torch
+can load another BLAS or OpenMP library the old controller does not know);
+entering a limit then costs about 20 µs, negligible for blocks that run for
+seconds. Tasks running side by side in one process share one limit (the
 first applies it, the last restores the pools), so concurrent tasks of one
 process should use the same setting.
 
@@ -21,13 +23,15 @@ processes schedulers and ``distributed`` workers. Process workers read the
 packaged default or the environment (``DASK_DVL_DASK__COMPUTE__BLAS_THREADS``),
 not a ``dask.config.set`` of the parent process. On the threads scheduler the
 tasks run in pool threads, where this machine's OpenBLAS (pthreads build) does
-not take the limit; prefer the processes scheduler or a ``LocalCluster`` for
-BLAS-heavy models.
+not take the limit, and a limit set there would stop later limits of the main
+thread from taking: those tasks leave the pools alone. Prefer the processes
+scheduler or a ``LocalCluster`` for BLAS-heavy models.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -45,20 +49,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 # task restores them under another's feet.
 _lock = threading.Lock()
 _controller: Any = None
+_controller_modules = -1  # len(sys.modules) when the controller was built
 _active = 0
 _limiter: Any = None
 
 
 @contextmanager
 def _shared_limit(limit: int) -> Iterator[None]:
-    global _controller, _active, _limiter
+    global _controller, _controller_modules, _active, _limiter
     with _lock:
         if _active == 0:
             try:
-                if _controller is None:
+                if _controller is None or _controller_modules != len(sys.modules):
                     from threadpoolctl import ThreadpoolController
 
                     _controller = ThreadpoolController()
+                    _controller_modules = len(sys.modules)
                 _limiter = _controller.limit(limits=limit)
             except Exception:  # pragma: no cover - threadpoolctl missing or a library it cannot handle
                 _limiter = None
@@ -73,10 +79,33 @@ def _shared_limit(limit: int) -> Iterator[None]:
                 _limiter = None
 
 
+def _limits_apply_here() -> bool:
+    """True in a process's main thread and in a ``distributed`` worker's task threads.
+
+    A limit set from a pool thread of the local threads scheduler does not
+    take for OpenBLAS there, and afterwards the process's main thread can no
+    longer change the pools either (measured with this machine's OpenBLAS:
+    a later limit in the main thread reads back the old thread count). So
+    tasks of the threads scheduler leave the pools alone.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return True
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
 def blas_limits() -> AbstractContextManager[Any]:
-    """A context that limits the BLAS/OpenMP pools to ``dvl_dask.compute.blas-threads`` (or does nothing)."""
+    """A context that limits the BLAS/OpenMP pools to ``dvl_dask.compute.blas-threads`` (or does nothing).
+
+    It does nothing in threads of the local threads scheduler (see :func:`_limits_apply_here`).
+    """
     limit = config.get(config.COMPUTE_BLAS_THREADS)
-    if limit is None:
+    if limit is None or not _limits_apply_here():
         return nullcontext()
     return _shared_limit(int(limit))
 

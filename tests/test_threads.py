@@ -63,3 +63,11 @@ def test_null_leaves_the_pools_alone():
     with dask.config.set({"dvl_dask.compute.blas-threads": 1}), blas_limits():
         assert _blas_threads() in (1, -1)
     assert _blas_threads() == before
+
+
+@pytest.mark.skipif(_blas_threads() < 2, reason="needs a BLAS pool of more than one thread")
+def test_threads_scheduler_does_not_break_later_limits():
+    """A block on the threads scheduler leaves the pools alone, so the main thread can still limit them."""
+    exact_shapley(ProbeGame(3), block_size=4).value.compute(scheduler="threads")
+    with dask.config.set({"dvl_dask.compute.blas-threads": 1}), blas_limits():
+        assert _blas_threads() == 1

@@ -103,9 +103,11 @@ def test_sixteen_threads_stay_busy_and_values_equal_sync(client16):
         result, busy, wall = _busy(client16, stop, **kwargs)
         _same(result, reference)
         print(f"busy {busy:.0%} of 16 threads over the {wall:.1f} s the blocks ran (attempt {attempt + 1})")
-        if busy >= 0.70:
+        # A loop keeping 8 blocks in flight cannot exceed 50% on 16 threads; a quiet machine
+        # measures 72-79%, a loaded one less (a timing bound, so it keeps a margin above 50%).
+        if busy >= 0.60:
             break
-    assert busy >= 0.70, f"threads were busy {busy:.0%} of the time"
+    assert busy >= 0.60, f"threads were busy {busy:.0%} of the time"
 
 
 @pytest.mark.slow
