@@ -68,7 +68,7 @@ def client16(cluster_4x4):
 
 
 def _busy(client, stop, **kwargs):
-    """Run on ``client``; return (result, busy fraction, wall seconds).
+    """Run on ``client``; return (result, busy fraction, wall seconds, peak blocks computing at once).
 
     Busy is the blocks' worker-side compute time over ``threads x`` the span from
     the first block's start to the last block's end on the workers: what the window
@@ -87,8 +87,13 @@ def _busy(client, stop, **kwargs):
     busy = sum(b - a for a, b in spans)
     threads = sum(client.nthreads().values())
     span = max(b for _, b in spans) - min(a for a, _ in spans)
-    print(f"busy {busy / (threads * wall):.0%} of threads x client wall {wall:.1f} s")
-    return result, busy / (threads * span), span
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    print(f"busy {busy / (threads * wall):.0%} of threads x client wall {wall:.1f} s, peak {peak} blocks at once")
+    return result, busy / (threads * span), span, peak
 
 
 @pytest.mark.slow
@@ -98,16 +103,13 @@ def test_sixteen_threads_stay_busy_and_values_equal_sync(client16):
     reference = run_until_converged(permutation_shapley, UnevenGame(COSTS, delay=False), stop=stop,
                                     **kwargs, window=1)
     _busy(client16, MaxEvaluations(3_000), **kwargs)  # warm up: imports and the utility on every worker
-    # Other processes share the machine's cores: a run that overlapped a burst of foreign load is retried.
-    for attempt in range(3):
-        result, busy, wall = _busy(client16, stop, **kwargs)
-        _same(result, reference)
-        print(f"busy {busy:.0%} of 16 threads over the {wall:.1f} s the blocks ran (attempt {attempt + 1})")
-        # A loop keeping 8 blocks in flight cannot exceed 50% on 16 threads; a quiet machine
-        # measures 72-79%, a loaded one less (a timing bound, so it keeps a margin above 50%).
-        if busy >= 0.60:
-            break
-    assert busy >= 0.60, f"threads were busy {busy:.0%} of the time"
+    result, busy, wall, peak = _busy(client16, stop, **kwargs)
+    _same(result, reference)
+    print(f"busy {busy:.0%} of 16 threads over the {wall:.1f} s the blocks ran")
+    # The old loop kept at most 8 blocks in flight, whatever the cluster. The busy fraction
+    # (72-79% on a quiet machine) depends on how much CPU the client gets on 2 shared
+    # cores, so the test asserts what the window controls: blocks computing at once.
+    assert peak >= 14, f"at most {peak} of 16 threads computed blocks at the same time"
 
 
 @pytest.mark.slow
