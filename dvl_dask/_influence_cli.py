@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli import _json_object  # one parser for JSON options (cli imports this module lazily)
 from .errors import InvalidModelError, InvalidParameterError
 
 __all__ = ["METHODS", "add_parser", "run"]
@@ -128,18 +129,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     out.add_argument("--scheduler-address", default=None, help="a running Dask scheduler, e.g. tcp://host:8786")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="do not show progress")
     return p
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    import json
-
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 # -- inputs ---------------------------------------------------------------------------------------
