@@ -3,10 +3,12 @@
 Format 2 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL)::
 
     <root>/zarr.json              group attrs: dvl_checkpoint_version=2, header (method, parameters,
-                                  utility_token, seed, identity, ...), data_names
+                                  utility_token, seed, identity, ...), data_names, n_stats
     <root>/header.json            a copy of the group attrs (written once; repairs the group metadata)
-    <root>/stats/                 float64 (block, stat=3, stream, sample): count, mean, M2; one
-                                  uncompressed chunk per block at stats/c/<block>/0/0/0
+    <root>/stats/                 float64 (block, stat=n_stats, stream, sample): count, mean, M2, M3, M4;
+                                  one uncompressed chunk per block at stats/c/<block>/0/0/0
+                                  (checkpoints without ``n_stats`` hold 3 stats: they are read
+                                  and resumed with M3 and M4 unknown)
     <root>/evaluations/           int64 (block,): utility evaluations; one chunk per block
     <root>/commits/<i>.json       commit record i: blocks [first, stop), the SHA-256 of every
                                   chunk file of those blocks, the writer and the time
@@ -50,6 +52,8 @@ from ._stores import INFLUENCE, VALUATION, check_location, store_kind
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
 
 FORMAT_VERSION = 2
+#: Statistics per block in new checkpoints (count, mean, M2, M3, M4); checkpoints without the attr hold 3.
+N_STATS = 5
 _HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams", "identity")
 _ARRAYS = ("stats", "evaluations")
 
@@ -153,7 +157,7 @@ class Checkpoint:
         header = {k: _canonical(header[k]) for k in header}
         attrs = _read_attrs(files)
         if attrs is None:
-            attrs = {"dvl_checkpoint_version": FORMAT_VERSION, **header,
+            attrs = {"dvl_checkpoint_version": FORMAT_VERSION, **header, "n_stats": N_STATS,
                      "data_names": [jsonable(v) for v in np.asarray(data_names).tolist()]}
             store = cls(files, attrs, FORMAT_VERSION, new=True)
             store._take_lease()
@@ -221,7 +225,7 @@ class Checkpoint:
         return int(self._head["n_blocks"])
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """Committed blocks, verified: statistics ``(block, 3, stream, sample)`` and evaluations ``(block,)``.
+        """Committed blocks, verified: statistics ``(block, n_stats, stream, sample)`` and evaluations ``(block,)``.
 
         Raises
         ------
@@ -230,7 +234,7 @@ class Checkpoint:
         """
         if self.version == 1:
             return _read_format_1(self._files, self._attrs)
-        shape = (3, int(self._attrs["n_streams"]), int(self._attrs["n_players"]))
+        shape = (_n_stats(self._attrs), int(self._attrs["n_streams"]), int(self._attrs["n_players"]))
         stats = np.zeros((self.n_blocks, *shape))
         evaluations = np.zeros(self.n_blocks, np.int64)
         for record in _records(self._files, int(self._head["n_commits"]), self.n_blocks):
@@ -258,8 +262,10 @@ class Checkpoint:
         first = self.n_blocks
         stop = first + len(stats)
         chunks: dict[str, str] = {}
+        n_stats = _n_stats(self._attrs)
         for block, (arr, ev) in enumerate(zip(stats, evaluations), start=first):
-            for array, data in (("stats", np.ascontiguousarray(arr, dtype="<f8").tobytes()),
+            # a checkpoint started before M3 was recorded keeps its 3-stat layout
+            for array, data in (("stats", np.ascontiguousarray(arr[:n_stats], dtype="<f8").tobytes()),
                                 ("evaluations", np.asarray([ev], dtype="<i8").tobytes())):
                 key = _chunk_key(array, block)
                 self._files.write(key, data)
@@ -273,6 +279,10 @@ class Checkpoint:
         })
         self._head = {"format": FORMAT_VERSION, "n_blocks": stop, "n_commits": n_commits + 1}
         self._files.write_json("head.json", self._head)  # the commit point, written last
+
+
+def _n_stats(attrs: dict[str, Any]) -> int:
+    return int(attrs.get("n_stats", 3))
 
 
 def _corrupt(url: str, block: int, what: str) -> CheckpointCorruptError:
@@ -307,7 +317,8 @@ def _create(files: Files, attrs: dict[str, Any]) -> None:
 def _array_metadata(attrs: dict[str, Any], array: str, length: int) -> dict[str, Any]:
     streams, n = int(attrs["n_streams"]), int(attrs["n_players"])
     shape, chunks, dtype, fill = (
-        ([length, 3, streams, n], [1, 3, streams, n], "float64", "NaN") if array == "stats"
+        ([length, _n_stats(attrs), streams, n], [1, _n_stats(attrs), streams, n], "float64", "NaN")
+        if array == "stats"
         else ([length], [1], "int64", -1)
     )
     return {

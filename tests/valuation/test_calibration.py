@@ -4,11 +4,13 @@ For every estimator and sampler, on small games from ``dvl_dask.testing.games``
 (including a weighted voting game whose weight-1 player is pivotal about 1%
 of the time), over 100 seeds: the ``+-2 stderr`` interval covers the exact
 value in 90-98% of (seed, player) pairs, the mean ``|z|`` is near 0.8 (its
-value for a normal error), and no player ends beyond 4 stderr -- except in
-the rare-jump cases listed in ``WALD_TAIL``, where at most 1.25% may (see
-there why a symmetric stderr cannot do better at 100 samples). Estimators are
-called block by block (no scheduler) on games without the per-call coalition
-check (``Unchecked``) to keep the suite fast.
+value for a normal error), and no player ends beyond 4 stderr -- with one
+documented exception (``RARE_EVENTS``): two (seed, player) pairs whose samples
+are events of probability 1e-4 and 2e-3 under the exact sampling distribution.
+The rare-jump guard of ``guarded_stderr`` is what keeps the rest within 4
+stderr (the plain Wald stderr put 0.2-1.2% of the pairs of six cases beyond).
+Estimators are called block by block (no scheduler) on games without the
+per-call coalition check (``Unchecked``) to keep the suite fast.
 """
 
 from __future__ import annotations
@@ -131,16 +133,12 @@ CALIBRATION = [(RARE, *c) for c in CASES if c[0] in _ON_RARE] + [(SHOES, *c) for
 #: value of 0.002-0.019, i.e. 0.2-1.9 expected non-zero samples in 100. Below that detection limit an
 #: interval that never reports 0 +- 0 covers the value in (nearly) every run, so only the upper tail is tested.
 BELOW_DETECTION = {(RARE.token, "beta-4-1")}
-#: Cases whose marginals are rare 0/1 jumps (or pair means of them) at ~100 samples: a player with 5-15
-#: expected jumps that saw only 1-3 reports a stderr ~sqrt(jumps seen) too small -- the heavy lower tail
-#: of the Wald interval ``mean +- 2 s / sqrt(n)`` for skewed samples. 0.2-1.2% of their (seed, player)
-#: pairs end beyond 4 stderr (measured: permutation 1.0%, owen 1.17%, banzhaf-uniform 1.0%,
-#: permutation-antithetic 0.75% and 0.17%, owen-grid-antithetic 0.58%). A symmetric stderr cannot remove
-#: that tail at n = 100 without over-covering (> 98%) every other player; it needs a skewness-aware
-#: (asymmetric) interval. All other cases: no player beyond 4 stderr.
-WALD_TAIL = {(RARE.token, "permutation"), (RARE.token, "owen"), (RARE.token, "banzhaf-uniform"),
-             (RARE.token, "permutation-antithetic"), (RARE.token, "owen-grid-antithetic"),
-             (SHOES.token, "permutation-antithetic")}
+#: The only pairs beyond 4 stderr, with their probability under the exact distribution. Antithetic
+#: permutation pairs of the shoes game have pair means 0.5 or 1 (P(1) = 0.272 for a left shoe); 104
+#: permutations give 52 pairs, i.e. 14.2 expected ones. Seed 58 saw 3 for player 0 (P(K <= 3) = 9e-5,
+#: z = 4.8) and seed 39 saw 5 for player 1 (P(K <= 5) = 1.7e-3, z = 4.2). A symmetric stderr large enough
+#: for these over-covers every other case (> 98%): these two are left as the tail they are.
+RARE_EVENTS = {(SHOES.token, "permutation-antithetic"): {(58, 0), (39, 1)}}
 
 
 @pytest.mark.parametrize("game, name, method, options, weight, n_items", CALIBRATION,
@@ -153,17 +151,17 @@ def test_stderr_is_calibrated(game, name, method, options, weight, n_items):
     else:
         assert 0.90 <= coverage <= 0.98, f"{name}: +-2 stderr coverage {coverage:.3f}"
         assert 0.6 <= float(np.mean(z)) <= 1.0, f"{name}: mean |z| {np.mean(z):.3f}"
-    if (game.token, name) in WALD_TAIL:
-        assert float(np.mean(z > 4)) <= 0.0125, f"{name}: {np.mean(z > 4):.3%} of players beyond 4 stderr"
-    else:
-        assert float(z.max()) <= 4, f"{name}: {int(np.sum(z > 4))} (seed, player) pairs beyond 4 stderr"
+    beyond = {(int(seed), int(player)) for seed, player in zip(*np.nonzero(z > 4))}
+    expected = RARE_EVENTS.get((game.token, name), set())
+    assert beyond <= expected, f"{name}: (seed, player) pairs beyond 4 stderr: {sorted(beyond - expected)}"
+    assert float(z.max()) < 5
 
 
 def test_airport_game_is_covered():
     z = np.abs(z_scores("permutation_shapley", AIRPORT, {}, _shapley_weight, 100))
     assert 0.90 <= float(np.mean(z <= 2)) <= 0.98
-    # the largest of 8 players pays its cost rarely: the same Wald tail as WALD_TAIL
-    assert float(np.mean(z > 4)) <= 0.01
+    # the largest of 8 players pays its cost rarely: rare jumps, guarded
+    assert float(z.max()) <= 4
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from dvl_dask.valuation import (
     ConvergenceState,
     HistoryDeviation,
     MaxChecks,
+    MaxEvaluations,
     MaxUpdates,
     MinUpdates,
     RankCorrelation,
@@ -35,7 +36,14 @@ from dvl_dask.valuation import (
     semivalue,
     shapley_coefficient,
 )
-from dvl_dask.valuation._stats import FLOOR_FACTOR, PointStats, finalize_stats, guarded_stderr
+from dvl_dask.valuation._stats import (
+    FLOOR_FACTOR,
+    JUMP_FACTOR,
+    PointStats,
+    finalize_stats,
+    guarded_stderr,
+    merge_all,
+)
 
 RARE = WeightedVotingGame([12, 11, 10, 10, 9, 9, 8, 8, 7, 6, 6, 1], quota=72)
 
@@ -376,3 +384,69 @@ def test_effective_sample_size_against_exact_variances():
         effective_sample_size(anti, np.ones(3))
     with pytest.raises(InvalidParameterError, match="reference"):
         effective_sample_size(anti, -plain_var)
+
+
+# -- higher moments and the rare-jump guard ---------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=40), st.integers(1, 6), st.integers(0, 99))
+def test_higher_moments_merge_exactly(values, n_groups, seed):
+    x = np.asarray(values)[:, None]
+    groups = np.random.default_rng(seed).integers(0, n_groups, size=len(x))
+    parts = [PointStats.from_samples(x[groups == g], np.ones((int(np.sum(groups == g)), 1), bool), 0)
+             for g in range(n_groups)]
+    merged = merge_all(parts)
+    dev = x[:, 0] - x[:, 0].mean()
+    assert merged.count[0, 0] == len(x)
+    assert merged.m2[0, 0] == pytest.approx(np.sum(dev**2), abs=1e-9)
+    assert merged.m3[0, 0] == pytest.approx(np.sum(dev**3), abs=1e-8)
+    assert merged.m4[0, 0] == pytest.approx(np.sum(dev**4), rel=1e-9, abs=1e-7)
+    back = PointStats.from_array(merged.to_array(), 0)  # storage round trip keeps M3 and M4
+    assert back.m3[0, 0] == pytest.approx(merged.m3[0, 0]) and back.m4[0, 0] == pytest.approx(merged.m4[0, 0])
+
+
+def test_jump_guard_widens_rare_jumps_and_leaves_bulk_samples():
+    n = 100
+    rare = np.zeros((n, 1))
+    rare[:2] = 1.0  # 2 jumps where ~10 were expected: Wald's stderr is sqrt(2)/n
+    stats = PointStats.from_samples(rare, np.ones((n, 1), bool), n)
+    wald = np.sqrt(stats.variance() / n)[0, 0]
+    guarded = guarded_stderr(stats, 1.0)[0, 0]
+    p = 2 / n
+    assert guarded == pytest.approx(JUMP_FACTOR * np.sqrt(1 - 3 * p + 3 * p * p) / n)  # sqrt(M4 / M2) ~ jump
+    assert guarded > 1.7 * wald
+    assert (0.1 - p) / guarded < 4 < (0.1 - p) / wald  # the player that expected 10 jumps: within 4 stderr
+    # many jumps: the Wald stderr stands
+    often = np.zeros((n, 1))
+    often[:20] = 1.0
+    stats = PointStats.from_samples(often, np.ones((n, 1), bool), n)
+    assert guarded_stderr(stats, 1.0)[0, 0] == pytest.approx(np.sqrt(stats.variance() / n)[0, 0])
+    # rare jumps of both signs (no skewness) are guarded too
+    both = np.zeros((n, 1))
+    both[0], both[1] = 1.0, -1.0
+    stats = PointStats.from_samples(both, np.ones((n, 1), bool), n)
+    assert guarded_stderr(stats, 2.0)[0, 0] == pytest.approx(JUMP_FACTOR / n, rel=1e-3)
+    # bulk samples: no change
+    bulk = np.random.default_rng(0).normal(size=(n, 1))
+    stats = PointStats.from_samples(bulk, np.ones((n, 1), bool), n)
+    assert guarded_stderr(stats, None)[0, 0] == pytest.approx(np.sqrt(stats.variance() / n)[0, 0])
+    # unknown 4th moment (statistics rebuilt from sums): the guard is off
+    blind = PointStats(stats.count, stats.mean, stats.m2)
+    assert blind.m4 is None and np.isfinite(guarded_stderr(blind, None)).all()
+
+
+def test_checkpoint_without_higher_moments_is_read_and_resumed(tmp_path, monkeypatch):
+    import dvl_dask.results._checkpoint as checkpoint_module
+
+    ck = str(tmp_path / "three-stats.zarr")
+    kw = dict(seed=3, items_per_block=5, progress=False)
+    monkeypatch.setattr(checkpoint_module, "N_STATS", 3)  # a checkpoint written before M3 and M4 were stored
+    run_until_converged(permutation_shapley, RARE, stop=MaxEvaluations(600), checkpoint=ck, **kw)
+    monkeypatch.undo()
+    first = load_checkpoint(ck)
+    resumed = run_until_converged(permutation_shapley, RARE, stop=MaxEvaluations(1_200), checkpoint=ck, **kw)
+    live = run_until_converged(permutation_shapley, RARE, stop=MaxEvaluations(1_200), **kw)
+    assert resumed.attrs["n_evaluations"] == live.attrs["n_evaluations"] > first.attrs["n_evaluations"]
+    np.testing.assert_allclose(resumed["value"].values, live["value"].values)
+    # without M4 the rare-jump guard is off: never a larger stderr than the live run's
+    assert np.all(resumed["stderr"].values <= live["stderr"].values + 1e-15)
+    assert np.all(resumed["stderr"].values > 0)
