@@ -21,6 +21,7 @@ from ..keys import layer_name
 from ..results import validate_valuation_dataset
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..valuation._graph import companion_name, utility_node
 
 __all__ = ["REMOVAL_ORDERS", "point_addition_curve", "point_removal_curve", "weighted_accuracy_drop"]
 
@@ -108,7 +109,11 @@ def _curve(
     name = layer_name(f"{mode}-curve", token, value_array, seed_entropy(seq), counts, orders, n_random)
     # The values enter the graph as ONE key that every step reads: a dask array handed to
     # each step's delayed call would have its whole valuation graph recomputed per step.
-    value_node = dask.delayed(np.asarray, pure=True)(value_array, dask_key_name=f"{name}-values")
+    # The steps' inputs get task groups of their own (see companion_name), so the steps are
+    # "root-ish" and the scheduler spreads them over the workers from the start.
+    value_node = dask.delayed(np.asarray, pure=True)(value_array, dask_key_name=companion_name(name, "values"))
+    # The utility too enters once (one key), not embedded in every step's task.
+    u = utility_node(utility) if token else utility
     step = dask.delayed(_step_array, pure=True)
     repetitions = {o: (n_random if o == "random" else 1) for o in orders}
     rows = []
@@ -118,7 +123,7 @@ def _curve(
             rep_seed = seq.spawn(r + 1)[r] if o == "random" else None
             tasks = [
                 da.from_delayed(
-                    step(utility, value_node, o, rep_seed, int(k), mode, dask_key_name=f"{name}-{o}-{r}-{j}"),
+                    step(u, value_node, o, rep_seed, int(k), mode, dask_key_name=f"{name}-{o}-{r}-{j}"),
                     shape=(),
                     dtype=np.float64,
                 )

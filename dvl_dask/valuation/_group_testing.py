@@ -41,7 +41,7 @@ from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
-from ._graph import block_ranges, check_utility, utility_node
+from ._graph import block_ranges, check_utility, companion_name, utility_node
 from ._samplers import child_seed
 from ._stats import mean_and_stderr
 
@@ -211,7 +211,9 @@ def group_testing_shapley(
     totals = da.stack([da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]).sum(axis=0, split_every=16)
     endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=layer_name("group-testing-ends", utility.token))
     final = da.from_delayed(
-        dask.delayed(_finalize, pure=True)(totals, endpoints, sample_width, dask_key_name=f"{name}-final"),
+        dask.delayed(_finalize, pure=True)(
+            totals, endpoints, sample_width, dask_key_name=companion_name(name, "final")
+        ),
         shape=(2, n),
         dtype=np.float64,
     )

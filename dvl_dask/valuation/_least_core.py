@@ -32,7 +32,7 @@ from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
-from ._graph import block_ranges, check_enumerable, check_utility, utility_node
+from ._graph import block_ranges, check_enumerable, check_utility, companion_name, utility_node
 from ._samplers import child_seed
 
 __all__ = ["LeastCoreError", "exact_least_core", "least_core_from_constraints", "montecarlo_least_core"]
@@ -177,13 +177,13 @@ def _least_core_graph(
     n = utility.n_players
     # One key holds every evaluated coalition, so both consumers below share it (a dask
     # array passed to two delayed calls was evaluated twice).
-    rows = dask.delayed(_stack_rows, pure=True)(blocks, dask_key_name=f"{name}-rows")
+    rows = dask.delayed(_stack_rows, pure=True)(blocks, dask_key_name=companion_name(name, "rows"))
     solution = dask.delayed(least_core_from_constraints, pure=True)(
-        rows, n, non_negative_subsidy=non_negative_subsidy, dask_key_name=f"{name}-solve"
+        rows, n, non_negative_subsidy=non_negative_subsidy, dask_key_name=companion_name(name, "solve")
     )
     solved = da.from_delayed(solution, shape=(n + 1,), dtype=np.float64)
     counts = da.from_delayed(
-        dask.delayed(_membership_counts, pure=True)(rows, n, dask_key_name=f"{name}-counts"),
+        dask.delayed(_membership_counts, pure=True)(rows, n, dask_key_name=companion_name(name, "counts")),
         shape=(n,),
         dtype=np.int64,
     )
@@ -309,7 +309,7 @@ def montecarlo_least_core(
         block_fn(u, child_seed(seq, i), stop - start, n, dask_key_name=f"{name}-{i}")
         for i, (start, stop) in enumerate(block_ranges(n_samples, bs))
     ]
-    grand = dask.delayed(grand_coalition_block, pure=True)(u, n, dask_key_name=f"{name}-grand")
+    grand = dask.delayed(grand_coalition_block, pure=True)(u, n, dask_key_name=companion_name(name, "grand"))
     return _least_core_graph(
         utility,
         [*blocks, grand],

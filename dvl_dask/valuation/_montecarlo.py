@@ -43,7 +43,7 @@ from ._estimators import (
     run_block,
     score_width,
 )
-from ._graph import block_ranges, check_utility, even_ranges, utility_node
+from ._graph import block_ranges, check_utility, companion_name, even_ranges, utility_node
 from ._samplers import (
     BetaSampler,
     OwenSampler,
@@ -158,7 +158,8 @@ def tree_merge(blocks: list[Delayed], name: str, split_every: int = 8) -> Delaye
     merge = dask.delayed(_merge_stats, pure=True)
     while len(nodes) > 1:
         nodes = [
-            merge(*nodes[j : j + split_every], dask_key_name=f"{name}-merge-{level}-{j // split_every}")
+            merge(*nodes[j : j + split_every],
+                  dask_key_name=f"{companion_name(name, 'merge')}-{level}-{j // split_every}")
             for j in range(0, len(nodes), split_every)
         ]
         level += 1
@@ -197,7 +198,7 @@ def montecarlo_dataset(
         for i, (start, stop) in enumerate(ranges)
     ]
     merged = tree_merge(blocks, name)
-    final = dask.delayed(_finalize, pure=True)(estimator, merged, dask_key_name=f"{name}-finalize")
+    final = dask.delayed(_finalize, pure=True)(estimator, merged, dask_key_name=companion_name(name, "finalize"))
     arr = da.from_delayed(final, shape=(3, n), dtype=np.float64)
     parameters = {**estimator.parameters(), **budget, "items_per_block": items_per_block}
     if min_blocks is not None:

@@ -15,6 +15,7 @@ Controlled by ``dvl_dask.valuation.montecarlo.warm-workers`` (default True).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from .. import config
@@ -53,7 +54,19 @@ def warm_workers(client: Any, utility: Any) -> bool:
     if not config.get(config.MC_WARM_WORKERS):
         return False
     try:
-        client.run(_warm_worker, *_warm_up_objects(utility), wait=False)
+        objects = _warm_up_objects(utility)
     except Exception:  # an optimisation must never break a run
         return False
+    # ``client.run(wait=False)`` still waits until every worker has unpickled the request, i.e.
+    # imported the model's modules (about a second for scikit-learn on a fresh worker): send it
+    # from a daemon thread so that building and submitting the graph does not wait for it.
+    thread = threading.Thread(target=_send, args=(client, objects), name="dvl-dask-warm-workers", daemon=True)
+    thread.start()
     return True
+
+
+def _send(client: Any, objects: tuple[Any, ...]) -> None:
+    try:
+        client.run(_warm_worker, *objects, wait=False)
+    except Exception:  # an optimisation must never break a run (the client may be closing)
+        pass
