@@ -25,7 +25,13 @@ from scipy.special import betaln
 from dvl_dask.testing.games import AirportGame, ShoesGame, WeightedVotingGame
 from dvl_dask.valuation import (
     AbsoluteStandardError,
+    HistoryDeviation,
+    MaxChecks,
     MaxEvaluations,
+    MaxTime,
+    MaxUpdates,
+    MinUpdates,
+    RankCorrelation,
     RelativeStandardError,
     run_until_converged,
     shapley_coefficient,
@@ -166,8 +172,9 @@ def test_airport_game_is_covered():
 
 @pytest.mark.parametrize(
     "stop",
-    [RelativeStandardError(0.1, burn_in=4), AbsoluteStandardError(0.02, burn_in=4)],
-    ids=["relative", "absolute"],
+    [RelativeStandardError(0.1, burn_in=4), AbsoluteStandardError(0.02, burn_in=4), HistoryDeviation(5, 0.05),
+     RankCorrelation(0.01, burn_in=5), MinUpdates(40), MaxUpdates(60), MaxChecks(8), MaxTime(2.0)],
+    ids=["relative", "absolute", "history", "rank", "min-updates", "max-updates", "max-checks", "max-time"],
 )
 @pytest.mark.parametrize("method, options", [("permutation_shapley", {}), ("banzhaf", {}), ("msr_banzhaf", {})])
 def test_no_converged_player_is_frozen_at_zero(stop, method, options):
