@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
@@ -25,3 +27,21 @@ class CountingModel(RegressorMixin, BaseEstimator):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.full(len(x), self.mean_)
+
+
+def one_torch_thread() -> Iterator[None]:
+    """Fixture body: run tiny torch problems on one intra-op thread, restoring the setting after.
+
+    On a shared 2-core machine torch's thread pool makes the many small kernels
+    of the influence tests about 10x slower than one thread. Conftests wrap it
+    with ``pytest.fixture(autouse=True, scope="package")``.
+    """
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

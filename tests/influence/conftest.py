@@ -7,24 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import one_torch_thread
 
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_torch_thread():
-    """Run the (tiny) torch problems on one intra-op thread.
-
-    On a shared 2-core machine, torch's thread pool makes the many small kernels of these tests
-    10x slower than a single thread. The previous setting is restored afterwards.
-    """
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+_one_torch_thread = pytest.fixture(autouse=True, scope="package")(one_torch_thread)
 
 
 @dataclass

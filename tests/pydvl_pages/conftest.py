@@ -8,20 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers import one_torch_thread
 
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny torch problems run fastest on one intra-op thread (the machine is shared)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+_one_torch_thread = pytest.fixture(autouse=True, scope="package")(one_torch_thread)
 
 
 @dataclass

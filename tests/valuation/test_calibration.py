@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from scipy.special import betaln
 
-from dvl_dask.testing.games import AirportGame, ShoesGame, WeightedVotingGame
+from dvl_dask.testing.games import AirportGame, ShoesGame, Unchecked, WeightedVotingGame
 from dvl_dask.valuation import (
     AbsoluteStandardError,
     HistoryDeviation,
@@ -99,17 +99,6 @@ def z_scores(method, game, options, weight, n_items) -> np.ndarray:
         assert np.all((stderr > 0) | exact_hit), "a player reported 0 +- 0 away from its exact value"
         zs.append(np.where(exact_hit, 0.0, err / np.where(stderr > 0, stderr, 1.0)))
     return np.asarray(zs)
-
-
-class Unchecked:
-    """A game without the per-call coalition check (10x faster; the estimators pass valid coalitions)."""
-
-    def __init__(self, game) -> None:
-        self.game, self.n_players, self.token = game, game.n_players, game.token
-        self.score_range, self.data_names = game.score_range, game.data_names
-
-    def __call__(self, indices) -> float:
-        return self.game.value(np.asarray(indices, dtype=np.int64))
 
 
 CASES = [
