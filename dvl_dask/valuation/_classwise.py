@@ -44,7 +44,7 @@ from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
-from ._stats import mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr
 
 __all__ = ["classwise_shapley", "classwise_utility"]
 
@@ -81,12 +81,12 @@ def classwise_utility(model: Any, data: Any, rows: np.ndarray, label: Any) -> fl
 def classwise_block(
     utility: Any, seed: np.random.SeedSequence, first_sample: int, n_samples: int, classes: np.ndarray
 ) -> np.ndarray:
-    """``(3, n)``: per-point sums of marginal contributions, their squares and counts over the block's samples."""
+    """``(5, n)``: per-point power sums of marginal contributions and counts (``add_powers``)."""
     data = utility.data.materialize()
     y = np.asarray(data.y_train)
     n = len(y)
     rng = np.random.default_rng(seed)
-    out = np.zeros((3, n))
+    out = np.zeros((POWER_ROWS, n))
     for j in range(first_sample, first_sample + n_samples):
         label = classes[j % len(classes)]
         members = np.flatnonzero(y == label)
@@ -97,7 +97,7 @@ def classwise_block(
         for k in range(order.size):
             current = classwise_utility(utility.model, data, np.concatenate([context, order[: k + 1]]), label)
             marginal = current - previous
-            out[:, order[k]] += (marginal, marginal * marginal, 1.0)
+            add_powers(out, order[k], marginal)
             previous = current
     return out
 
@@ -107,9 +107,8 @@ MARGINAL_RANGE = 2.0
 
 
 def _finalize(totals: np.ndarray) -> np.ndarray:
-    sums, squares, counts = totals
-    mean, stderr = mean_and_stderr(sums, squares, counts, MARGINAL_RANGE)
-    return np.stack([mean, stderr, counts])
+    mean, stderr = mean_and_stderr(totals, MARGINAL_RANGE)
+    return np.stack([mean, stderr, totals[4]])
 
 
 def classwise_shapley(
@@ -187,7 +186,8 @@ def classwise_shapley(
         block_fn(u, child_seed(seq, i), start, stop - start, classes, dask_key_name=f"{name}-{i}")
         for i, (start, stop) in enumerate(block_ranges(n_samples, per_block))
     ]
-    totals = da.stack([da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]).sum(axis=0, split_every=16)
+    parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
+    totals = da.stack(parts).sum(axis=0, split_every=16)
     final = totals.map_blocks(_finalize, dtype=np.float64)
     sizes = {str(c): int(np.sum(labels == c)) for c in classes}
     ds = valuation_dataset(

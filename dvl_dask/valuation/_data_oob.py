@@ -9,7 +9,7 @@ bag (mislabelled, atypical) score low.
 
 Graph: blocks of estimators are tasks (block *i* draws its bootstrap samples
 from child *i* of the seed, so a seed gives the same values on any scheduler);
-each returns per-player sums, sums of squares and counts of out-of-bag scores,
+each returns per-player power sums (values to 4th powers) and counts of out-of-bag scores,
 and a tree reduction adds them. ``stderr`` is the Monte Carlo error of each
 mean over the estimators that left the player out.
 
@@ -38,7 +38,7 @@ from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
-from ._stats import mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr
 
 __all__ = ["data_oob", "data_oob_block"]
 
@@ -72,7 +72,7 @@ def data_oob_block(
     sample_size: int,
     point_score: PointScore,
 ) -> np.ndarray:
-    """Fit ``n_estimators`` bootstrap models; return ``(3, n_players)``: OOB score sums, sums of squares, counts.
+    """Fit ``n_estimators`` bootstrap models; return ``(5, n_players)`` power sums of OOB scores (``add_powers``).
 
     A fit that fails (e.g. a bootstrap sample holding one class for a model
     that needs two) contributes nothing and raises a
@@ -81,7 +81,7 @@ def data_oob_block(
     data = utility.data.materialize()
     n = data.n_players
     grouped = data.n_samples != n
-    out = np.zeros((3, n))
+    out = np.zeros((POWER_ROWS, n))
     rng = np.random.default_rng(seed)
     for _ in range(n_estimators):
         in_bag = rng.integers(0, n, size=sample_size)
@@ -105,7 +105,7 @@ def data_oob_block(
             for player in out_of_bag:
                 player_rows = data.train_indices(np.array([player]))
                 score = float(np.mean(point_score(data.y_train[player_rows], model.predict(data.x_train[player_rows]))))
-                out[:, player] += (score, score * score, 1.0)
+                add_powers(out, player, score)
         else:
             scores = np.asarray(
                 point_score(data.y_train[out_of_bag], model.predict(data.x_train[out_of_bag])), dtype=np.float64
@@ -115,21 +115,19 @@ def data_oob_block(
                     f"data_oob: point_score must return one score per point, shape ({out_of_bag.size},). "
                     f"Got shape {scores.shape}."
                 )
-            out[0, out_of_bag] += scores
-            out[1, out_of_bag] += scores * scores
-            out[2, out_of_bag] += 1.0
+            add_powers(out, out_of_bag, scores)
     return out
 
 
 def _finalize(totals: np.ndarray, sample_range: float | None) -> np.ndarray:
     """``(value, stderr, counts)`` rows from summed block statistics."""
-    sums, squares, counts = totals
+    counts = totals[4]
     if not counts.any():
         raise InvalidModelError(
             "data_oob: no bootstrap model could be fitted and scored (every fit failed, see the warnings). "
             "To fix, check that the model fits the training data, or raise max_samples."
         )
-    mean, stderr = mean_and_stderr(sums, squares, counts, sample_range)
+    mean, stderr = mean_and_stderr(totals, sample_range)
     return np.stack([mean, stderr, counts])
 
 
@@ -228,7 +226,7 @@ def data_oob(
         block_fn(u, child_seed(seq, i), stop - start, sample_size, point_score, dask_key_name=f"{name}-{i}")
         for i, (start, stop) in enumerate(block_ranges(n_estimators, per_block))
     ]
-    parts = [da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]
+    parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
     totals = da.stack(parts).sum(axis=0, split_every=16)
     final = totals.map_blocks(_finalize, sample_range, dtype=np.float64)
     return valuation_dataset(

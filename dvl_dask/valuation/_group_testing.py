@@ -43,7 +43,7 @@ from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, check_utility, companion_name, utility_node
 from ._samplers import child_seed
-from ._stats import mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr
 
 __all__ = ["group_testing_sample_size", "group_testing_shapley"]
 
@@ -96,19 +96,18 @@ def group_testing_sample_size(epsilon: float, delta: float, n: int, utility_rang
 
 @limits_blas_threads
 def group_testing_block(utility: UtilityLike, seed: np.random.SeedSequence, size: int, n: int) -> np.ndarray:
-    """``(3, n)``: per-player sums of ``w_ti`` and ``w_ti^2`` over ``size`` sampled coalitions; ``size`` at [2, 0]."""
+    """``(5, n)``: per-player power sums of ``w_ti`` over ``size`` coalitions (``add_powers``); ``size`` at [4, 0]."""
     rng = np.random.default_rng(seed)
     sizes = rng.choice(np.arange(1, n), size=size, p=_size_probabilities(n))
     z = _z(n)
-    out = np.zeros((3, n))
+    out = np.zeros((POWER_ROWS, n))
     for k in sizes:
         members = rng.choice(n, size=int(k), replace=False)
         value = float(utility(members))
         w = np.full(n, -z * value * k / n)
         w[members] += z * value
-        out[0] += w
-        out[1] += w * w
-    out[2, 0] = size
+        add_powers(out, slice(None), w, count=False)
+    out[4, 0] = size
     return out
 
 
@@ -118,9 +117,8 @@ def _endpoints(utility: UtilityLike, n: int) -> np.ndarray:
 
 
 def _finalize(totals: np.ndarray, endpoints: np.ndarray, sample_range: float | None) -> np.ndarray:
-    sums, squares, count_row = totals
-    n = sums.shape[0]
-    mean, stderr = mean_and_stderr(sums, squares, np.full(n, count_row[0]), sample_range)
+    n = totals.shape[1]
+    mean, stderr = mean_and_stderr(totals, sample_range, counts=np.full(n, totals[4, 0]))
     return np.stack([mean + (endpoints[0] - endpoints[1]) / n, stderr])
 
 
@@ -208,7 +206,8 @@ def group_testing_shapley(
         block_fn(u, child_seed(seq, i), stop - start, n, dask_key_name=f"{name}-{i}")
         for i, (start, stop) in enumerate(block_ranges(n_samples, per_block))
     ]
-    totals = da.stack([da.from_delayed(b, shape=(3, n), dtype=np.float64) for b in blocks]).sum(axis=0, split_every=16)
+    parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
+    totals = da.stack(parts).sum(axis=0, split_every=16)
     endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=layer_name("group-testing-ends", utility.token))
     final = da.from_delayed(
         dask.delayed(_finalize, pure=True)(

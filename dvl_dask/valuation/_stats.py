@@ -201,7 +201,8 @@ def guarded_stderr(
     player beyond 4 stderr but for 2 of 700 (seed, player) pairs of one case,
     events of probability 1e-4 and 2e-3 (see that test). On real accuracy
     utilities with 30 permutations (10 points of wine / breast_cancer, exact
-    Shapley as truth, 80 seeds): coverage 0.90 -> 0.94 and 0.87 -> 0.91.
+    Shapley as truth, 80 seeds): coverage 0.90 -> 0.93 and 0.87 -> 0.91
+    (``benchmarks/bench_stderr_calibration.py``).
     """
     count = stats.count
     err = np.sqrt(stats.variance() / np.maximum(count, 1))
@@ -218,20 +219,48 @@ def guarded_stderr(
     return np.where(count > 0, err, np.inf)
 
 
-def mean_and_stderr(
-    sums: np.ndarray, squares: np.ndarray, counts: np.ndarray, sample_range: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-player mean (NaN without samples) and :func:`guarded_stderr` from sums, sums of squares and counts.
+#: Rows of a power-sum block: sums of values, squares, cubes, 4th powers, and counts (see add_powers).
+POWER_ROWS = 5
 
-    For estimators whose blocks reduce plain moments (Data-OOB, class-wise
-    Shapley, group testing): the same variance floor as the Monte Carlo
-    estimators, so agreeing samples never report ``stderr = 0``.
+
+def add_powers(out: np.ndarray, index: Any, values: Any, *, count: bool = True) -> None:
+    """Accumulate ``values`` and their 2nd-4th powers (and a count) into rows 0-4 of ``out`` at ``index``.
+
+    The block format of estimators that reduce plain power sums by adding
+    blocks (Data-OOB, class-wise Shapley, group testing); ``index`` must not
+    repeat a player within one call.
     """
-    counts = np.asarray(counts, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    square = v * v
+    out[0, index] += v
+    out[1, index] += square
+    out[2, index] += square * v
+    out[3, index] += square * square
+    if count:
+        out[4, index] += 1.0
+
+
+def mean_and_stderr(
+    totals: np.ndarray, sample_range: float | None, counts: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-player mean (NaN without samples) and :func:`guarded_stderr` from summed power-sum blocks.
+
+    For estimators whose blocks reduce plain power sums (Data-OOB, class-wise
+    Shapley, group testing; rows as in :func:`add_powers`, ``counts``
+    overriding row 4): the same variance floor and rare-jump guard as the
+    Monte Carlo estimators, so agreeing samples never report ``stderr = 0``
+    and a point that met few of its rare jumps is not trusted to Wald.
+    Central moments come from the power sums (clipped at 0 where rounding
+    makes them negative; the values these estimators sum are bounded scores).
+    """
+    s1, s2, s3, s4 = (np.asarray(totals[k], dtype=np.float64) for k in range(4))
+    counts = np.asarray(totals[4] if counts is None else counts, dtype=np.float64)
     safe = np.maximum(counts, 1.0)
-    mean = np.where(counts > 0, sums / safe, 0.0)
-    m2 = np.where(counts > 0, np.maximum(squares - counts * mean * mean, 0.0), 0.0)
-    stats = PointStats(np.rint(counts).astype(np.int64)[None], mean[None], m2[None])
+    mean = np.where(counts > 0, s1 / safe, 0.0)
+    m2 = np.where(counts > 0, np.maximum(s2 - counts * mean * mean, 0.0), 0.0)
+    m3 = np.where(counts > 0, s3 - 3 * mean * s2 + 2 * counts * mean**3, 0.0)
+    m4 = np.where(counts > 0, np.maximum(s4 - 4 * mean * s3 + 6 * mean**2 * s2 - 3 * counts * mean**4, 0.0), 0.0)
+    stats = PointStats(np.rint(counts).astype(np.int64)[None], mean[None], m2[None], m3=m3[None], m4=m4[None])
     return np.where(counts > 0, mean, np.nan), guarded_stderr(stats, sample_range)[0]
 
 

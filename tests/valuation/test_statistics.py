@@ -39,9 +39,12 @@ from dvl_dask.valuation import (
 from dvl_dask.valuation._stats import (
     FLOOR_FACTOR,
     JUMP_FACTOR,
+    POWER_ROWS,
     PointStats,
+    add_powers,
     finalize_stats,
     guarded_stderr,
+    mean_and_stderr,
     merge_all,
 )
 
@@ -450,3 +453,21 @@ def test_checkpoint_without_higher_moments_is_read_and_resumed(tmp_path, monkeyp
     # without M4 the rare-jump guard is off: never a larger stderr than the live run's
     assert np.all(resumed["stderr"].values <= live["stderr"].values + 1e-15)
     assert np.all(resumed["stderr"].values > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 1, allow_nan=False), min_size=2, max_size=60), st.integers(1, 4))
+def test_power_sum_blocks_give_the_same_guarded_stderr(values, n_blocks):
+    # Data-OOB, class-wise Shapley and group testing add power-sum blocks: same stderr as PointStats
+    x = np.asarray(values)
+    blocks = np.array_split(x, n_blocks)
+    totals = np.zeros((POWER_ROWS, 1))
+    for part in blocks:
+        block = np.zeros((POWER_ROWS, 1))
+        for v in part:
+            add_powers(block, 0, v)
+        totals += block
+    mean, stderr = mean_and_stderr(totals, 1.0)
+    reference = PointStats.from_samples(x[:, None], np.ones((len(x), 1), bool), len(x))
+    assert mean[0] == pytest.approx(x.mean())
+    assert stderr[0] == pytest.approx(guarded_stderr(reference, 1.0)[0, 0], rel=1e-6, abs=1e-9)
