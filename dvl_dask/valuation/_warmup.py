@@ -5,10 +5,12 @@ the model's and the scorer's modules: scikit-learn and scipy take most of
 it), and for the BLAS thread-limit controller. Without a warm-up each worker
 pays this when its first block arrives; the worker whose first task also
 produces the utility starts computing while the others are still importing.
-``warm_workers`` asks every worker to do it now, without waiting (it runs on
-each worker's event loop), so it overlaps the building and submission of the
-graph and all workers start together. On a warm worker it costs an unpickle
-of the unfitted model (well under a millisecond for sklearn models).
+``warm_workers`` asks every worker to do it now, from a daemon thread (the
+request itself waits until every worker has unpickled it, i.e. imported the
+model's modules: about a second on a fresh worker), so building and submitting
+the graph never wait for it; a graph built ahead of ``compute`` finds the
+workers warm. On a warm worker it costs an unpickle of the unfitted model
+(well under a millisecond for sklearn models).
 
 Controlled by ``dvl_dask.valuation.montecarlo.warm-workers`` (default True).
 """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+import time
 
 import dask
 import numpy as np
@@ -73,6 +75,7 @@ def test_warm_workers_sends_the_unfitted_model_and_scorer_without_waiting():
     utility = Utility(model, Dataset(x[:10], y[:10], x[10:], y[10:]), "accuracy")
     client = _RecordingClient()
     assert warm_workers(client, utility)
+    _join_warm_up_threads()  # the request is sent from a daemon thread
     (fn, args, wait), = client.calls
     assert fn is _warm_worker and wait is False
     assert args[0].get_params() == model.get_params() and not hasattr(args[0], "coef_")
@@ -80,4 +83,30 @@ def test_warm_workers_sends_the_unfitted_model_and_scorer_without_waiting():
     asyncio.run(fn(*args))  # runs as the worker would (a coroutine on its event loop)
     with dask.config.set({config.MC_WARM_WORKERS: False}):
         assert not warm_workers(client, utility)
-    assert warm_workers(client, GAME) and client.calls[-1][1] == ()  # games need no model
+    assert warm_workers(client, GAME)
+    _join_warm_up_threads()
+    assert client.calls[-1][1] == ()  # games need no model
+
+
+def _join_warm_up_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "dvl-dask-warm-workers":
+            thread.join(10)
+
+
+class _SlowClient(_RecordingClient):
+    """``client.run(wait=False)`` on fresh workers: returns once they have unpickled (imported) the request."""
+
+    def run(self, fn, *args, wait=True):
+        time.sleep(1.0)
+        super().run(fn, *args, wait=wait)
+
+
+def test_building_a_graph_does_not_wait_for_the_warm_up():
+    client = _SlowClient()
+    start = time.perf_counter()
+    assert warm_workers(client, GAME)
+    assert time.perf_counter() - start < 0.5
+    assert not client.calls
+    _join_warm_up_threads()
+    assert len(client.calls) == 1
