@@ -8,7 +8,8 @@ Run:  .venv/bin/python benchmarks/bench_montecarlo.py [--workers 2] [--permutati
    ``cores / (one single-threaded sklearn clone+fit+score)`` measured in this
    run: the first run of a fresh cluster, then the same graph again on it
    (steady state, equal work), for ``--rounds`` fresh clusters and seeds; and
-   a run with warm starts.
+   a run with warm starts. ``--preload`` starts the workers with the preload
+   ``dvl_dask.preload`` (imports at worker start instead of at the first block).
 2. Accuracy per budget: 12 points of wine, exact Shapley as ground truth; after
    100 permutations, Spearman correlation and max |error| for plain,
    antithetic, truncated and warm-started sampling (mean over 5 seeds), and
@@ -86,7 +87,7 @@ def _timed_run(client, utility, n_permutations: int, seed: int, warm: bool) -> t
     return elapsed, float(out["stderr"].values.mean())
 
 
-def throughput(workers: int, cores: int, n_permutations: int, rounds: int) -> None:
+def throughput(workers: int, cores: int, n_permutations: int, rounds: int, preload: bool = False) -> None:
     """First run on a fresh cluster, then the SAME graph again (steady state): equal work, comparable times."""
     from distributed import Client, LocalCluster
 
@@ -113,8 +114,8 @@ def throughput(workers: int, cores: int, n_permutations: int, rounds: int) -> No
 
     ratios = []
     for seed in range(rounds):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
-                Client(cl) as client:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          preload=["dvl_dask.preload"] if preload else []) as cl, Client(cl) as client:
             first, err = _timed_run(client, utility, n_permutations, seed, False)
             report(f"seed {seed} first run", first, err)
             steady, err = _timed_run(client, utility, n_permutations, seed, False)
@@ -178,11 +179,12 @@ def main() -> None:
     p.add_argument("--permutations", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3, help="fresh clusters for the first-run measurement")
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--preload", action="store_true", help="start the workers with the preload dvl_dask.preload")
     args = p.parse_args()
     from distributed import Client, LocalCluster
 
     cores = min(args.workers, os.cpu_count() or 1)
-    throughput(args.workers, cores, args.permutations, args.rounds)
+    throughput(args.workers, cores, args.permutations, args.rounds, args.preload)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
             Client(cl) as client:
         overhead(client, cores)

@@ -113,8 +113,11 @@ def _scheduler(name: str, n_workers: int, address: str | None = None,
 
         class _ClusterClient:
             def __enter__(self) -> Any:
+                # dvl_dask.preload: workers import the block code and scikit-learn as they start,
+                # not when their first block arrives
                 self.cluster = LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                    preload=["dvl_dask.preload"],
                 )
                 self.client = Client(self.cluster)
                 print(f"Dask dashboard: {self.client.dashboard_link}")

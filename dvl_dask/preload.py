@@ -1,0 +1,64 @@
+"""Worker preload: import what valuation blocks need when a worker starts, not when its first block arrives.
+
+A fresh Dask worker process pays, once, for the imports its first block
+needs: unpickling the utility imports scikit-learn and scipy, and the block
+code imports dvl_dask (about 0.7-1 s of CPU a worker on a 2-core machine,
+measured in ``benchmarks/README.md``, "First run on a fresh cluster"). On a
+cluster created for one valuation, that is the difference between its first
+run and later runs. As a distributed *preload*, this module moves the imports
+to the worker's start-up::
+
+    from distributed import LocalCluster
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, preload=["dvl_dask.preload"])
+
+    # or for workers started from the command line
+    # dask worker tcp://scheduler:8786 --nthreads 1 --preload dvl_dask.preload
+
+Each worker then imports dvl_dask's block code, builds its BLAS thread-limit
+controller and imports the modules listed in
+``dvl_dask.compute.preload-modules`` (scikit-learn's core modules by default;
+add your model's package, e.g. ``xgboost``). Listed modules that are not
+installed are skipped. The list is read in the worker's process: set it in a
+Dask config file or the environment
+(``DASK_DVL_DASK__COMPUTE__PRELOAD_MODULES='["sklearn.base", "xgboost"]'``),
+not with ``dask.config.set`` in the client. Workers of a running cluster are warmed anyway when a
+Monte Carlo graph is built (``dvl_dask.valuation.montecarlo.warm-workers``);
+the preload only helps workers that start later or a first run that follows
+the cluster's creation at once. ``dvl-dask value --scheduler local-cluster``
+starts its workers with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import config
+
+__all__ = ["dask_setup", "preload_modules"]
+
+
+def preload_modules() -> list[str]:
+    """Import dvl_dask's block code and the configured modules; return the names of those imported.
+
+    Never raises: a module that is missing or fails to import is skipped (the
+    first block then imports it, and reports a real error if it is needed).
+    """
+    import dvl_dask.valuation._estimators  # noqa: F401 - the block functions and what they import
+    from dvl_dask.threads import blas_limits
+
+    with blas_limits():  # builds the process's thread-limit controller once
+        pass
+    imported = []
+    for name in config.get(config.COMPUTE_PRELOAD_MODULES) or ():
+        try:
+            importlib.import_module(str(name))
+        except Exception:  # an optimisation must never stop a worker from starting
+            continue
+        imported.append(str(name))
+    return imported
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Entry point of distributed's preload mechanism (called once per worker at start-up)."""
+    preload_modules()
