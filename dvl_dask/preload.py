@@ -49,8 +49,11 @@ def preload_modules() -> list[str]:
 
     with blas_limits():  # builds the process's thread-limit controller once
         pass
+    names = config.get(config.COMPUTE_PRELOAD_MODULES) or ()
+    if isinstance(names, str):  # one module given as a string (e.g. from the environment)
+        names = [names]
     imported = []
-    for name in config.get(config.COMPUTE_PRELOAD_MODULES) or ():
+    for name in names:
         try:
             importlib.import_module(str(name))
         except Exception:  # an optimisation must never stop a worker from starting

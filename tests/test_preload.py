@@ -16,6 +16,8 @@ def test_preload_imports_the_configured_modules_and_skips_missing_ones():
         assert preload_modules() == ["sklearn.linear_model", "json"]
     with dask.config.set({config.COMPUTE_PRELOAD_MODULES: None}):
         assert preload_modules() == []
+    with dask.config.set({config.COMPUTE_PRELOAD_MODULES: "json"}):  # a single name, not its letters
+        assert preload_modules() == ["json"]
     assert dask_setup(object()) is None  # distributed calls it with the worker
 
 
