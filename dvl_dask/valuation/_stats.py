@@ -197,7 +197,7 @@ def guarded_stderr(
     (or the ``floor`` from a known range, for all-equal streams) cover them.
     Measured over 100 seeds on the games of ``dvl_dask.testing.games``
     (``tests/valuation/test_calibration.py``): ``+-2 stderr`` coverage within
-    90-98% for every estimator and sampler (Wald alone: down to 89%), and no
+    90-98% for every estimator and sampler, and no
     player beyond 4 stderr but for 2 of 700 (seed, player) pairs of one case,
     events of probability 1e-4 and 2e-3 (see that test). On real accuracy
     utilities with 30 permutations (10 points of wine / breast_cancer, exact
