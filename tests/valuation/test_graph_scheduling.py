@@ -99,6 +99,8 @@ class SlowGame:
 
 
 def test_both_workers_start_blocks_at_once(client):
+    # A smoke test of the real scheduler on the shared cluster (timing-tolerant); the regression test
+    # for the grouping bug is test_block_tasks_are_rootish, which is exact.
     from distributed import get_task_stream
 
     deadline = time.monotonic() + 60
@@ -107,11 +109,18 @@ def test_both_workers_start_blocks_at_once(client):
     with get_task_stream(client) as stream:
         permutation_shapley(SlowGame(), n_permutations=32, seed=0).compute()
     starts = defaultdict(list)
+    durations = []
     for record in stream.data:
         if "block" in str(record["key"]):
-            starts[record["worker"]].extend(s["start"] for s in record["startstops"] if s["action"] == "compute")
+            for part in record["startstops"]:
+                if part["action"] == "compute":
+                    starts[record["worker"]].append(part["start"])
+                    durations.append(part["stop"] - part["start"])
     assert len(starts) == 2, f"blocks ran on {len(starts)} worker(s)"
     first = [min(v) for v in starts.values()]
     counts = sorted(len(v) for v in starts.values())
-    assert abs(first[0] - first[1]) < 0.5  # a block takes ~0.2 s here; before the fix one worker waited
+    # Both start within about one block of each other (on a loaded machine a block takes longer than
+    # its nominal ~0.2 s); before the fix the second worker waited for work stealing, several blocks.
+    block = float(np.median(durations))
+    assert abs(first[0] - first[1]) < max(0.5, 1.5 * block), f"first blocks at {first}, a block takes {block:.2f} s"
     assert counts[0] >= counts[1] // 2, f"blocks per worker: {counts}"  # neither is left with a small share
