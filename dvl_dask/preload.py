@@ -34,6 +34,7 @@ import importlib
 from typing import Any
 
 from . import config
+from .errors import InvalidParameterError
 
 __all__ = ["dask_setup", "preload_modules"]
 
@@ -41,24 +42,34 @@ __all__ = ["dask_setup", "preload_modules"]
 def preload_modules() -> list[str]:
     """Import dvl_dask's block code and the configured modules; return the names of those imported.
 
-    Never raises: a module that is missing or fails to import is skipped (the
-    first block then imports it, and reports a real error if it is needed).
-    """
-    import dvl_dask.valuation._estimators  # noqa: F401 - the block functions and what they import
-    from dvl_dask.threads import blas_limits
+    A module that is missing or fails to import is skipped (the first block
+    then imports it, and reports a real error if it is needed).
 
-    with blas_limits():  # builds the process's thread-limit controller once
-        pass
+    Raises
+    ------
+    InvalidParameterError
+        If ``dvl_dask.compute.preload-modules`` is not a list of module names
+        (a worker started with a misconfigured preload should say so, not
+        silently start cold).
+    """
+    from .valuation._warmup import import_block_code
+
+    import_block_code()
     names = config.get(config.COMPUTE_PRELOAD_MODULES) or ()
     if isinstance(names, str):  # one module given as a string (e.g. from the environment)
         names = [names]
+    if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+        raise InvalidParameterError(
+            f"The config value {config.COMPUTE_PRELOAD_MODULES!r} must be a list of module names "
+            f'(e.g. ["sklearn.base", "xgboost"]). Got {names!r}.'
+        )
     imported = []
     for name in names:
         try:
-            importlib.import_module(str(name))
-        except Exception:  # an optimisation must never stop a worker from starting
+            importlib.import_module(name)
+        except Exception:  # a missing optional module must not stop a worker from starting
             continue
-        imported.append(str(name))
+        imported.append(name)
     return imported
 
 

@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import dask
+import pytest
 
 from dvl_dask import config
+from dvl_dask.errors import InvalidParameterError
 from dvl_dask.preload import dask_setup, preload_modules
 
 
@@ -19,6 +21,13 @@ def test_preload_imports_the_configured_modules_and_skips_missing_ones():
     with dask.config.set({config.COMPUTE_PRELOAD_MODULES: "json"}):  # a single name, not its letters
         assert preload_modules() == ["json"]
     assert dask_setup(object()) is None  # distributed calls it with the worker
+
+
+@pytest.mark.parametrize("bad", [5, ["sklearn.base", 3], {"sklearn": 1}])
+def test_preload_refuses_a_malformed_module_list(bad):
+    with dask.config.set({config.COMPUTE_PRELOAD_MODULES: bad}), \
+            pytest.raises(InvalidParameterError, match="preload-modules"):
+        preload_modules()
 
 
 def test_preload_in_a_fresh_process_imports_sklearn_and_the_block_code():

@@ -30,10 +30,19 @@ async def _warm_worker(model: Any = None, scorer: Any = None) -> None:
 
     The arguments were unpickled there, which imported their modules.
     """
-    import dvl_dask.valuation._estimators  # noqa: F401 - the block function and its imports
+    import_block_code()
+
+
+def import_block_code() -> None:
+    """Import dvl_dask's block code and build the process's BLAS thread-limit controller (~20 ms, once).
+
+    What a worker needs before its first block besides the model's modules; shared by the
+    warm-up and the worker preload :mod:`dvl_dask.preload`.
+    """
+    import dvl_dask.valuation._estimators  # noqa: F401 - the block functions and their imports
     from dvl_dask.threads import blas_limits
 
-    with blas_limits():  # builds the process's thread-limit controller once (~20 ms)
+    with blas_limits():
         pass
 
 
