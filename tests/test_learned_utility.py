@@ -56,3 +56,15 @@ def test_bad_input():
     learned = learn_utility(game, 10, regressor=LinearRegression(), seed=0)
     with pytest.raises(InvalidParameterError, match="indices"):
         learned([5])
+
+
+def test_the_utility_enters_the_evaluation_graph_once():
+    from dask.callbacks import Callback
+
+    graphs = []
+    with Callback(start=lambda dsk: graphs.append(dict(dsk))):
+        learn_utility(AdditiveGame([0.5, -1.0, 2.0]), 300, regressor=LinearRegression(), seed=0)
+    (graph,) = graphs
+    blocks = [k for k in graph if str(k).startswith("evaluate_masks")]
+    assert len(blocks) > 1  # several blocks, all reading one utility key
+    assert sum(str(k).startswith("utility-") for k in graph) == 1

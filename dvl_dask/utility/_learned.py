@@ -162,8 +162,11 @@ def learn_utility(
     seq = as_seed_sequence(seed, "seed", owner)
     sampled = _sample_coalitions(seq, n_evaluations - 2, n)
     masks = np.r_[np.zeros((1, n), bool), np.ones((1, n), bool), sampled]
+    # The utility (model and data) enters the graph as ONE key that every block reads, as in the
+    # valuation graphs (valuation._graph.utility_node, a layer above this one), not copied into each task.
+    u = dask.delayed(utility, pure=True, name=f"utility-{utility.token}")
     blocks = [
-        dask.delayed(evaluate_masks, pure=True)(utility, masks[i : i + COALITIONS_PER_BLOCK])
+        dask.delayed(evaluate_masks, pure=True)(u, masks[i : i + COALITIONS_PER_BLOCK])
         for i in range(0, len(masks), COALITIONS_PER_BLOCK)
     ]
     values = np.concatenate(dask.compute(*blocks))
