@@ -63,8 +63,8 @@ from typing import Any
 import numpy as np
 from dask.base import normalize_token, tokenize
 
-from . import config
-from .errors import InvalidParameterError, TokenizationError
+from .. import config
+from ..errors import InvalidParameterError, TokenizationError
 
 __all__ = [
     "KeyFunction",
@@ -888,7 +888,7 @@ def dask_content_digest(array: Any, *, compute: bool = True) -> Any:
     >>> dask_content_digest(x) == dask_content_digest(da.from_array(x, chunks=(4, 1)))
     True
     """
-    from .validation import is_dask_array
+    from ..validation import is_dask_array
 
     shape = tuple(int(s) for s in array.shape)
     dtype = np.dtype(array.dtype)
@@ -929,7 +929,7 @@ def run_identity(estimator: Any = None, utility_token: str | None = None, **part
     class, its parameters in full and its token (code and parameters), the
     utility token and any extra ``parts`` (already JSON-serialisable).
     """
-    from ._version import __version__
+    from .._version import __version__
 
     identity: dict[str, Any] = {"dvl_dask_version": __version__}
     if estimator is not None:
@@ -1279,6 +1279,6 @@ def layer_name(verb: str, *parts: Any) -> str:
 
 @normalize_token.register_lazy("torch")
 def _register_torch_tokenizers() -> None:
-    from .influence.torch._tokenize import register
+    from ..influence.torch._tokenize import register
 
     register()
