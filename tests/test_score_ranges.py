@@ -29,8 +29,7 @@ from dvl_dask.testing.games import (
     SymmetricVotingGame,
     WeightedVotingGame,
 )
-from dvl_dask.utility import Scorer
-from dvl_dask.utility._scorers import sklearn_scorer_range
+from dvl_dask.utility import Scorer, sklearn_scorer_range
 
 INF = math.inf
 
