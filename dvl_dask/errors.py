@@ -21,6 +21,7 @@ builtin they already handle (``except ValueError``)::
     ├── CacheError (RuntimeError)              a cache backend failed
     ├── ThreadSafetyViolationError (RuntimeError)  a non thread-safe model on threaded workers
     ├── UnusableUtilityError (ValueError)      no coalition can be fitted and scored
+    ├── ScoreOutOfRangeError (ValueError)      a score outside its scorer's declared range
     ├── ResultNotFoundError (FileNotFoundError)  nothing stored at a result location
     ├── CheckpointCorruptError (ValueError)    a checkpoint fails verification (names block, recovery)
     ├── CheckpointInUseError (RuntimeError)    another writer holds a checkpoint's lease
@@ -51,6 +52,7 @@ __all__ = [
     "ResultExistsError",
     "ResultNotFoundError",
     "SchemaError",
+    "ScoreOutOfRangeError",
     "ThreadSafetyViolationError",
     "TokenizationError",
     "TooManyPlayersError",
@@ -148,6 +150,16 @@ class UnusableUtilityError(DvlDaskError, ValueError):
     meaningless (all zeros). Typical causes: features of the wrong shape or
     type, a model without ``predict``, a classifier on continuous targets, a
     scorer that does not fit the task or that returns NaN.
+    """
+
+
+class ScoreOutOfRangeError(DvlDaskError, ValueError):
+    """A scorer returned a score outside the range declared for it (by the user or dvl_dask's table).
+
+    Scores are never clipped into their range (a clipped score values a
+    different game), and the range is a premise of default scores, variance
+    floors and sample-size bounds, so a score outside it is an error: the
+    declared range is wrong.
     """
 
 

@@ -57,9 +57,13 @@ class Game:
 
     @property
     def score_range(self) -> tuple[float, float] | None:
-        """Bounds ``(lo, hi)`` of ``v(S)`` over all coalitions, or None if unknown.
+        """Bounds ``(lo, hi)`` of ``v(S)`` over all coalitions (the empty one included), or None if unknown.
 
-        Estimators use the width to bound the variance of players whose samples all agree.
+        Each game derives its exact minimum and maximum from its definition (a
+        test checks them against every coalition of small games). Estimators
+        use the width to bound the variance of players whose samples all agree,
+        and :func:`~dvl_dask.valuation.group_testing_shapley` the bound on
+        ``|v(S)|`` as the premise of its (epsilon, delta) guarantee.
         """
         return None
 
@@ -92,6 +96,7 @@ class AdditiveGame(Game):
 
     @property
     def score_range(self) -> tuple[float, float]:
+        # The smallest sum takes every negative weight, the largest every positive one.
         return float(self.weights[self.weights < 0].sum()), float(self.weights[self.weights > 0].sum())
 
     def value(self, players: np.ndarray) -> float:
@@ -106,7 +111,7 @@ class SymmetricVotingGame(Game):
 
     @property
     def score_range(self) -> tuple[float, float]:
-        return 0.0, 1.0
+        return 0.0, 1.0  # v(∅) = 0, v(N) = 1 (n > n/2)
 
     def value(self, players: np.ndarray) -> float:
         return 1.0 if players.size > self._n / 2 else 0.0
@@ -136,7 +141,8 @@ class WeightedVotingGame(Game):
 
     @property
     def score_range(self) -> tuple[float, float]:
-        return 0.0, 1.0
+        # v(∅) = 0 (quota >= 1); v(N) = 1 unless even all the weight misses the quota.
+        return 0.0, 1.0 if int(self.weights.sum()) >= self.quota else 0.0
 
     def value(self, players: np.ndarray) -> float:
         return 1.0 if self.weights[players].sum() >= self.quota else 0.0
@@ -174,7 +180,7 @@ class ShoesGame(Game):
 
     @property
     def score_range(self) -> tuple[float, float]:
-        return 0.0, float(min(self.left, self.right))
+        return 0.0, float(min(self.left, self.right))  # v(∅) = 0; N makes min(left, right) pairs
 
     def value(self, players: np.ndarray) -> float:
         n_left = int((players < self.left).sum())
@@ -217,6 +223,7 @@ class AirportGame(Game):
 
     @property
     def score_range(self) -> tuple[float, float]:
+        # v(∅) = 0 and each singleton {i} costs c_i: the values are {0} and every cost.
         return min(0.0, float(self.costs[0])), max(0.0, float(self.costs[-1]))
 
     def value(self, players: np.ndarray) -> float:
@@ -233,7 +240,7 @@ class MinerGame(Game):
 
     @property
     def score_range(self) -> tuple[float, float]:
-        return 0.0, float(self._n // 2)
+        return 0.0, float(self._n // 2)  # floor(|S| / 2) from |S| = 0 to n
 
     def value(self, players: np.ndarray) -> float:
         return float(players.size // 2)

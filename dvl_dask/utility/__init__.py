@@ -1,7 +1,16 @@
 """Utilities: model + data + scorer as a function of coalitions."""
 
 from ._learned import LearnedUtility, learn_utility
-from ._scorers import Scorer, as_scorer, compose_score, sigmoid, squashed_neg_mse, squashed_r2, squashed_variance
+from ._scorers import (
+    Scorer,
+    as_scorer,
+    compose_score,
+    sigmoid,
+    sklearn_scorer_range,
+    squashed_neg_mse,
+    squashed_r2,
+    squashed_variance,
+)
 from ._utility import Utility
 
 __all__ = [
@@ -12,6 +21,7 @@ __all__ = [
     "compose_score",
     "learn_utility",
     "sigmoid",
+    "sklearn_scorer_range",
     "squashed_neg_mse",
     "squashed_r2",
     "squashed_variance",

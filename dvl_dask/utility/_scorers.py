@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -11,55 +12,216 @@ from ..errors import InvalidParameterError, UnknownScorerError
 from ..keys import object_token
 
 __all__ = [
+    "RANGE_TOLERANCE",
     "Scorer",
     "as_scorer",
     "compose_score",
+    "outside_range",
     "sigmoid",
+    "sklearn_scorer_range",
     "squashed_neg_mse",
     "squashed_r2",
     "squashed_variance",
 ]
 
-# Ranges of common sklearn scorers. Utility uses the lower end as the default
-# score (the worst attainable score), clips scores to the range, and passes
-# the range to estimators to bound the variance of their samples.
-_UNIT_SCORERS = (
-    "accuracy", "balanced_accuracy", "top_k_accuracy", "average_precision", "jaccard",
-    "f1", "f1_micro", "f1_macro", "f1_weighted", "f1_samples",
-    "precision", "precision_micro", "precision_macro", "precision_weighted", "precision_samples",
-    "recall", "recall_micro", "recall_macro", "recall_weighted", "recall_samples",
-    "roc_auc", "roc_auc_ovr", "roc_auc_ovo", "roc_auc_ovr_weighted", "roc_auc_ovo_weighted",
-)
-_KNOWN_RANGES: dict[str, tuple[float, float]] = {
-    **{name: (0.0, 1.0) for name in _UNIT_SCORERS},
-    "r2": (-np.inf, 1.0),
-    "explained_variance": (-np.inf, 1.0),
-    "neg_max_error": (-np.inf, 0.0),
-    "neg_median_absolute_error": (-np.inf, 0.0),
-    "neg_mean_squared_error": (-np.inf, 0.0),
-    "neg_mean_absolute_error": (-np.inf, 0.0),
-    "neg_root_mean_squared_error": (-np.inf, 0.0),
-    "neg_log_loss": (-np.inf, 0.0),
+#: Relative rounding a score may show beyond its range's ends (sums of floats in a metric)
+#: before it counts as outside; such a score is kept as computed, never moved.
+RANGE_TOLERANCE = 1e-9
+
+Bounds = tuple[float, float]
+# A rule gets a make_scorer object's keyword arguments and the test targets (or None when
+# unknown) and returns the metric's (low, high) before the scorer's sign, or None when the
+# range is not known for certain for these arguments.
+_Rule = Callable[[Mapping[str, Any], Any], "Bounds | None"]
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool | np.bool_)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _anything(value: Any) -> bool:
+    return True
+
+
+def _is_zero_division(value: Any) -> bool:
+    """The values of ``zero_division`` scikit-learn accepts: "warn", 0, 1 or NaN (NaN fails as non-finite)."""
+    if isinstance(value, str):
+        return value == "warn"
+    return isinstance(value, int | float | np.integer | np.floating) and (value in (0, 1) or np.isnan(value))
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not _is_bool(value) and value > 0
+
+
+def _known_kwargs(kwargs: Mapping[str, Any], allowed: Mapping[str, Callable[[Any], bool]]) -> bool:
+    """True if every keyword is one whose effect on the range is known, with a value of that kind."""
+    return all(key in allowed and allowed[key](value) for key, value in kwargs.items())
+
+
+def _n_test(y_test: Any) -> int | None:
+    """Number of test points, or None if unknown (no targets, or a dask array of unknown length)."""
+    if y_test is None:
+        return None
+    shape = getattr(y_test, "shape", None)
+    n = shape[0] if shape else len(y_test)
+    return int(n) if np.isfinite(n) else None
+
+
+def _fixed(bounds: Bounds, allowed: Mapping[str, Callable[[Any], bool]]) -> _Rule:
+    """The metric lies in ``bounds`` whatever the (allowed) keywords and the test data."""
+
+    def rule(kwargs: Mapping[str, Any], y_test: Any) -> Bounds | None:
+        return bounds if _known_kwargs(kwargs, allowed) else None
+
+    return rule
+
+
+def _fraction_or_count(allowed: Mapping[str, Callable[[Any], bool]]) -> _Rule:
+    """Accuracy-like: a fraction of the test points in [0, 1], or with ``normalize=False`` their count.
+
+    The count lies in ``[0, n_test]``; without the test data its upper end is unknown (None).
+    """
+
+    def rule(kwargs: Mapping[str, Any], y_test: Any) -> Bounds | None:
+        if not _known_kwargs(kwargs, {**allowed, "normalize": _is_bool}):
+            return None
+        if kwargs.get("normalize", True):
+            return (0.0, 1.0)
+        n = _n_test(y_test)
+        return None if n is None else (0.0, float(n))
+
+    return rule
+
+
+def _balanced_accuracy(kwargs: Mapping[str, Any], y_test: Any) -> Bounds | None:
+    """Mean recall over the k classes present in ``y_test``; ``adjusted=True`` maps chance to 0.
+
+    ``(mean_recall - 1/k) / (1 - 1/k)`` is smallest, ``-1/(k - 1)``, when every
+    recall is 0; with ``k`` unknown, ``-1`` (``k = 2``) bounds every ``k >= 2``
+    (``k = 1`` gives no finite score at all).
+    """
+    if not _known_kwargs(kwargs, {"adjusted": _is_bool}):
+        return None
+    if not kwargs.get("adjusted", False):
+        return (0.0, 1.0)
+    k = 0 if y_test is None else np.unique(np.asarray(y_test)).size
+    return (-1.0 / (k - 1), 1.0) if k >= 2 else (-1.0, 1.0)
+
+
+_PRF_KWARGS: dict[str, Callable[[Any], bool]] = {
+    "average": _is_str,  # average=None gives one score per class (not a scorer's float)
+    "pos_label": _anything,
+    "labels": _anything,
+    "zero_division": _is_zero_division,
 }
-
-# Metric functions with values in [0, 1], recognised inside make_scorer(...) objects.
-_UNIT_METRICS = (
-    "accuracy_score", "balanced_accuracy_score", "top_k_accuracy_score", "average_precision_score",
-    "jaccard_score", "f1_score", "precision_score", "recall_score", "roc_auc_score",
+_REGRESSION_AVERAGE = {"multioutput": lambda v: v in ("uniform_average", "variance_weighted")}
+_UNIFORM_AVERAGE = {"multioutput": lambda v: v == "uniform_average"}
+#: Error metrics (means, medians or maxima of non-negative terms): [0, inf).
+_LOSSES = (
+    "mean_squared_error", "root_mean_squared_error", "mean_absolute_error", "median_absolute_error",
+    "max_error", "mean_squared_log_error", "root_mean_squared_log_error", "mean_absolute_percentage_error",
+    "mean_poisson_deviance", "mean_gamma_deviance",
 )
 
 
-def _made_scorer_range(scoring: Any) -> tuple[float, float] | None:
-    """Range of a ``sklearn.metrics.make_scorer`` object wrapping a [0, 1] metric (sign applied), else None."""
-    func = getattr(scoring, "_score_func", None)
-    sign = getattr(scoring, "_sign", None)
-    if getattr(func, "__name__", None) in _UNIT_METRICS and getattr(func, "__module__", "").startswith("sklearn."):
-        return (0.0, 1.0) if sign == 1 else (-1.0, 0.0) if sign == -1 else None
-    return None
+@functools.cache
+def _metric_rules() -> dict[Any, _Rule]:
+    """Range rules of scikit-learn metric functions (looked up by identity), built on first use.
+
+    Only (metric, keyword) combinations whose range follows from the metric's
+    definition are listed; a keyword not listed for a metric (``sample_weight``,
+    ``max_fpr``, ...) makes its range unknown.
+    """
+    from sklearn import metrics
+
+    unit = (0.0, 1.0)
+    rules: dict[str, _Rule] = {
+        "accuracy_score": _fraction_or_count({}),
+        "top_k_accuracy_score": _fraction_or_count({"k": _is_positive, "labels": _anything}),
+        "balanced_accuracy_score": _balanced_accuracy,
+        "f1_score": _fixed(unit, _PRF_KWARGS),
+        "precision_score": _fixed(unit, _PRF_KWARGS),
+        "recall_score": _fixed(unit, _PRF_KWARGS),
+        "jaccard_score": _fixed(unit, _PRF_KWARGS),
+        "fbeta_score": _fixed(unit, {**_PRF_KWARGS, "beta": _is_positive}),
+        "roc_auc_score": _fixed(unit, {"average": _is_str, "multi_class": _is_str, "labels": _anything}),
+        "average_precision_score": _fixed(unit, {"average": _is_str, "pos_label": _anything}),
+        "matthews_corrcoef": _fixed((-1.0, 1.0), {}),
+        "r2_score": _fixed((-np.inf, 1.0), {**_REGRESSION_AVERAGE, "force_finite": _is_bool}),
+        "explained_variance_score": _fixed((-np.inf, 1.0), {**_REGRESSION_AVERAGE, "force_finite": _is_bool}),
+        "log_loss": _fixed((0.0, np.inf), {"labels": _anything}),
+        **{name: _fixed((0.0, np.inf), _UNIFORM_AVERAGE) for name in _LOSSES},
+    }
+    return {getattr(metrics, name): rule for name, rule in rules.items() if hasattr(metrics, name)}
+
+
+def sklearn_scorer_range(scoring: Any, y_test: Any = None) -> Bounds | None:
+    """Range of a scikit-learn scorer object (``make_scorer(...)``, ``get_scorer(name)``), or None if unknown.
+
+    The range comes from what the scorer computes: its metric function, the
+    keyword arguments given to ``make_scorer`` and its sign
+    (``greater_is_better=False`` negates the metric). ``y_test``, when given,
+    is the test targets it will score on (their number bounds
+    ``accuracy_score(normalize=False)``, their classes bound
+    ``balanced_accuracy_score(adjusted=True)``). Anything not known for
+    certain gives None, never a guess.
+
+    Examples
+    --------
+    >>> from sklearn.metrics import accuracy_score, make_scorer
+    >>> sklearn_scorer_range(make_scorer(accuracy_score))
+    (0.0, 1.0)
+    >>> sklearn_scorer_range(make_scorer(accuracy_score, normalize=False), y_test=[0, 1, 1])
+    (0.0, 3.0)
+    >>> sklearn_scorer_range(make_scorer(accuracy_score, greater_is_better=False))
+    (-1.0, 0.0)
+    """
+    if not type(scoring).__module__.startswith("sklearn."):
+        return None
+    func, sign, kwargs = (getattr(scoring, a, None) for a in ("_score_func", "_sign", "_kwargs"))
+    try:
+        rule = _metric_rules().get(func)
+    except TypeError:  # an unhashable score function: not one of the table's
+        return None
+    if rule is None or sign not in (1, -1) or not isinstance(kwargs, Mapping):
+        return None
+    bounds = rule(kwargs, y_test)
+    if bounds is None:
+        return None
+    lo, hi = float(bounds[0]), float(bounds[1])
+    return (lo, hi) if sign == 1 else (0.0 - hi, 0.0 - lo)  # 0.0 - x: no negative zero
+
+
+def outside_range(score: float, bounds: Bounds) -> bool:
+    """True if ``score`` lies outside ``bounds`` by more than rounding (:data:`RANGE_TOLERANCE`, relative)."""
+    lo, hi = bounds
+    scale = max([1.0] + [abs(b) for b in bounds if np.isfinite(b)])
+    slack = RANGE_TOLERANCE * scale
+    return bool(score < lo - slack or score > hi + slack)
+
+
+def _check_range(range: Any, owner: str) -> Bounds:  # noqa: A002 - the natural name
+    """A declared range as two floats ``low <= high`` (infinite ends allowed: no bound on that side)."""
+    try:
+        lo, hi = (float(range[0]), float(range[1]))
+        if len(range) != 2:
+            raise ValueError
+    except (TypeError, ValueError, IndexError):
+        raise InvalidParameterError(
+            f"The 'range' parameter of {owner} must be two numbers (low, high). Got {range!r}."
+        ) from None
+    if np.isnan(lo) or np.isnan(hi) or not lo <= hi:
+        raise InvalidParameterError(f"The 'range' parameter of {owner} must satisfy low <= high. Got {range!r}.")
+    return lo, hi
 
 
 class Scorer:
-    """A callable ``scorer(model, x, y) -> float`` with a name and a known range.
+    """A callable ``scorer(model, x, y) -> float`` with a name and a range.
 
     Parameters
     ----------
@@ -67,18 +229,33 @@ class Scorer:
         A scikit-learn scorer name (``"accuracy"``, ``"neg_mean_squared_error"``, ...)
         or a callable ``(model, x, y) -> float``.
     range : (float, float), optional
-        Values the score can take. Known for common sklearn names and for
-        ``make_scorer`` objects of [0, 1] metrics (``f1_score``, ``recall_score``...),
-        else unbounded. The lower end is the default score of a Utility; scores are
-        clipped to the range.
+        Values the score can take, declared by the caller (infinite ends: no
+        bound on that side). When not given, it comes from what the scorer
+        computes: scikit-learn scorers (names and ``make_scorer`` objects) whose
+        metric and keyword arguments have a range known for certain (see
+        :func:`sklearn_scorer_range`), else ``(-inf, inf)``: unknown, never a
+        guess. The lower end is the default score of a Utility. Scores are never
+        clipped: a :class:`~dvl_dask.utility.Utility` raises
+        :class:`~dvl_dask.errors.ScoreOutOfRangeError` for a score outside it.
     name : str, optional
         Display name; defaults to the scorer name or the callable's name.
+
+    Attributes
+    ----------
+    range : (float, float)
+        The range known without the test data; :meth:`range_on` can be
+        narrower (e.g. ``accuracy_score(normalize=False)`` counts at most the
+        number of test points, unknown here).
 
     Examples
     --------
     >>> s = Scorer("accuracy")
     >>> s.name, s.range
     ('accuracy', (0.0, 1.0))
+    >>> from sklearn.metrics import accuracy_score, make_scorer
+    >>> counting = Scorer(make_scorer(accuracy_score, normalize=False))
+    >>> counting.range, counting.range_on([0, 1, 1, 0])
+    ((-inf, inf), (0.0, 4.0))
     """
 
     def __init__(
@@ -104,23 +281,35 @@ class Scorer:
             self._fn = get_scorer(scoring)
             self._accuracy = scoring == "accuracy"
             self.name = name or scoring
-            default_range = _KNOWN_RANGES.get(scoring, (-np.inf, np.inf))
         elif callable(scoring):
             self._fn = scoring
             self._accuracy = False
             func = getattr(scoring, "_score_func", None)
             self.name = name or getattr(scoring, "__name__", getattr(func, "__name__", type(scoring).__name__))
-            default_range = _made_scorer_range(scoring) or (-np.inf, np.inf)
         else:
             raise InvalidParameterError(
                 f"The 'scoring' parameter must be a scikit-learn scorer name or a callable "
                 f"(model, x, y) -> float. Got {type(scoring).__name__}."
             )
-        lo, hi = default_range if range is None else (float(range[0]), float(range[1]))
-        if not lo <= hi:
-            raise InvalidParameterError(f"The 'range' parameter of Scorer must satisfy low <= high. Got {range}.")
-        self.range = (lo, hi)
+        self._declared = None if range is None else _check_range(range, "Scorer")
+        self.range = self.range_on(None)
         self._token: str | None = None
+
+    @property
+    def declared_range(self) -> Bounds | None:
+        """The range given as ``range=`` (the caller's claim), or None if it comes from what the scorer computes."""
+        return self._declared
+
+    def range_on(self, y_test: Any) -> Bounds:
+        """The range of scores on the test targets ``y_test`` (None: not known), ``(-inf, inf)`` if unknown.
+
+        The declared range if one was given; else the range of what the scorer
+        computes (:func:`sklearn_scorer_range`), which may depend on the
+        number or the classes of the test targets.
+        """
+        if self._declared is not None:
+            return self._declared
+        return sklearn_scorer_range(self._fn, y_test) or (-np.inf, np.inf)
 
     def __call__(self, model: Any, x: Any, y: Any) -> float:
         if getattr(self, "_accuracy", False):
@@ -131,14 +320,17 @@ class Scorer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_accuracy", False)
+        state.setdefault("_declared", None)
         self.__dict__.update(state)
 
     def __dask_tokenize__(self) -> str:
         # By value: a sklearn scorer by its score function, sign, kwargs and response method
         # (make_scorer(f1_score) and make_scorer(recall_score) differ); a callable by its code
         # and captured state. Computed once, on first use.
+        # A declared range is part of the identity (it decides the default score and the range check).
         if self._token is None:
-            self._token = object_token("Scorer", self._fn, self.range)
+            declared = () if self._declared is None else ("declared", self._declared)
+            self._token = object_token("Scorer", self._fn, self.range, *declared)
         return self._token
 
     def __repr__(self) -> str:
@@ -213,7 +405,9 @@ def compose_score(
     ``range``, the transformed worst score) and estimators get a finite
     ``score_range`` for their variance floor. The transformation should be
     increasing (better scores stay better) and map the scorer's range into
-    ``range``; scores are clipped to ``range``.
+    ``range``: scores are not clipped, and a :class:`~dvl_dask.utility.Utility`
+    raises :class:`~dvl_dask.errors.ScoreOutOfRangeError` for a transformed
+    score outside ``range``.
 
     Parameters
     ----------

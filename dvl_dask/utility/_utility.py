@@ -13,31 +13,42 @@ import numpy as np
 
 from .. import config
 from ..data import Dataset
-from ..errors import InvalidModelError, InvalidParameterError, UnusableUtilityError, UtilityFailureWarning
+from ..errors import (
+    InvalidModelError,
+    InvalidParameterError,
+    ScoreOutOfRangeError,
+    UnusableUtilityError,
+    UtilityFailureWarning,
+)
 from ..keys import model_token, object_token
 from ..validation import check_coalition, keyword_aliases
-from ._scorers import Scorer, as_scorer
+from ._scorers import Scorer, as_scorer, outside_range
 
 __all__ = ["Utility"]
 
 
-def resolve_default_score(scorer: Scorer, default_score: float | None) -> float:
+def resolve_default_score(
+    scorer: Scorer, default_score: float | None, bounds: tuple[float, float] | None = None
+) -> float:
     """The default score: the argument, else the configured value, else the scorer's worst score.
+
+    ``bounds`` is the scorer's range on the utility's test data (default: ``scorer.range``).
 
     Raises
     ------
     InvalidParameterError
         If the value is not a finite number, or none is given and the scorer is unbounded below.
     """
+    bounds = scorer.range if bounds is None else bounds
     chosen = config.get(config.UTILITY_DEFAULT_SCORE, override_with=default_score)
     if chosen is None:
-        lo = scorer.range[0]
+        lo = bounds[0]
         if not np.isfinite(lo):
             raise InvalidParameterError(
-                f"The scorer {scorer.name!r} has no lowest score (range {scorer.range}), so Utility needs an "
+                f"The scorer {scorer.name!r} has no known lowest score (range {bounds}), so Utility needs an "
                 "explicit 'default_score' for coalitions a model cannot be fitted on (e.g. the empty one). "
                 "To fix, pass default_score=<a finite score>, e.g. the score of a constant prediction "
-                "(0.0 for r2), or give the scorer a finite range: Scorer(..., range=(low, high))."
+                "(0.0 for r2), or declare the scorer's range: Scorer(..., range=(low, high))."
             )
         return float(lo)
     try:
@@ -88,12 +99,18 @@ class Utility:
         Score of coalitions the model cannot be fitted on (the empty one, a
         single class, a failure). ``None`` takes ``dvl_dask.utility.default-score``
         if that is set, else the worst score the scorer can give: the lower end
-        of its range (0 for accuracy, precision, recall, f1, roc_auc). Scorers
-        unbounded below (r2, neg_mean_squared_error, neg_log_loss, callables
-        without a ``range``) need an explicit finite value (NaN and inf are refused): the empty coalition
-        must not receive the best possible score. Scores outside the scorer's
-        range are clipped to it; ``score_range`` (the range widened to include
-        ``default_score``) lets estimators bound the variance of their samples.
+        of its range on the test data (:attr:`scorer_range`: 0 for accuracy,
+        precision, recall, f1, roc_auc; ``-1/(k-1)`` for
+        ``balanced_accuracy_score(adjusted=True)`` on ``k`` test classes).
+        Scorers unbounded below or of unknown range (r2, neg_mean_squared_error,
+        neg_log_loss, callables without a ``range``) need an explicit finite
+        value (NaN and inf are refused): the empty coalition must not receive
+        the best possible score. Scores are never clipped: a score outside
+        :attr:`scorer_range` raises :class:`~dvl_dask.errors.ScoreOutOfRangeError`
+        (even with ``catch_errors``), since the range is a premise of the
+        default score, of variance floors and of sample-size bounds.
+        ``score_range`` (the range widened to include ``default_score``) lets
+        estimators bound the variance of their samples.
     catch_errors : bool
         Return ``default_score`` (with a :class:`UtilityFailureWarning`) when
         fitting or scoring raises, instead of failing the whole computation.
@@ -119,6 +136,13 @@ class Utility:
         saying so). Give a different token whenever the model or the scorer
         changes; the data fingerprint, ``default_score`` and ``catch_errors``
         are still part of the utility's token.
+
+    Attributes
+    ----------
+    scorer_range : (float, float)
+        The scorer's range on this utility's test data
+        (:meth:`Scorer.range_on`; infinite ends where no bound is known).
+        Every score is checked against it.
 
     Notes
     -----
@@ -171,7 +195,8 @@ class Utility:
         self.model = model
         self.data = data
         self.scorer = as_scorer(scorer)
-        self.default_score = resolve_default_score(self.scorer, default_score)
+        self.scorer_range = self.scorer.range_on(data.y_test)
+        self.default_score = resolve_default_score(self.scorer, default_score, self.scorer_range)
         mode = config.get(config.UTILITY_ON_UNUSABLE, override_with=on_unusable)
         if mode not in ("raise", "warn"):
             raise InvalidParameterError(
@@ -234,8 +259,12 @@ class Utility:
 
     @property
     def score_range(self) -> tuple[float, float] | None:
-        """Bounds of every value ``u(S)`` can take (scorer range and default score), or None if unbounded."""
-        lo, hi = self.scorer.range
+        """Bounds of every value ``u(S)`` can take, or None if not known to be bounded.
+
+        :attr:`scorer_range` (the scorer's range on the test data, enforced on
+        every score) widened to include ``default_score``.
+        """
+        lo, hi = self.scorer_range
         lo, hi = min(lo, self.default_score), max(hi, self.default_score)
         return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else None
 
@@ -308,8 +337,21 @@ class Utility:
         if not self._validated:
             self._finite = all(_all_finite(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test))
             self._validated = True
-        lo, hi = self.scorer.range
-        return float(min(max(score, lo), hi))
+        if outside_range(score, self.scorer_range):
+            self._out_of_range(score, players)
+        return float(score)
+
+    def _out_of_range(self, score: float, players: np.ndarray) -> None:
+        """Refuse a score outside the scorer's range: the range is wrong, and a clipped score values another game."""
+        declared = self.scorer.declared_range is not None
+        origin = "declared for it" if declared else "known for what it computes"
+        raise ScoreOutOfRangeError(
+            f"The scorer {self.scorer.name!r} returned {score!r} for a coalition of {players.size} player(s), "
+            f"outside the range {self.scorer_range} {origin}. dvl_dask does not clip scores (a clipped score "
+            "values a different game), and the range is a premise of the default score, of variance floors "
+            "and of sample-size bounds. To fix, declare the range the scorer really has, "
+            "Scorer(scoring, range=(low, high)) (infinite ends allowed), or pass the scorer without a range."
+        )
 
     def _failed(self, players: np.ndarray, what: str, problem: str) -> float:
         """A fit or score failed: raise if the utility is unusable, else warn and use the default."""
@@ -438,6 +480,8 @@ class Utility:
         state.setdefault("on_unusable", "raise")
         state.setdefault("_usable", None)
         state.setdefault("_is_sklearn", hasattr(state.get("model"), "get_params"))
+        if "scorer_range" not in state:  # pickled before scorer_range existed
+            state["scorer_range"] = state["scorer"].range
         self.__dict__.update(state)
         self._reset_fast_path()
         if self.cache is not None:

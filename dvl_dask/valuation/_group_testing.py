@@ -29,23 +29,25 @@ reported.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..errors import InvalidParameterError
-from ..keys import layer_name
+from ..errors import InvalidParameterError, ScoreOutOfRangeError
+from ..keys import fingerprint, layer_name
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
+from ..utility._scorers import outside_range
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, check_utility, companion_name, utility_node
 from ._samplers import child_seed
 from ._stats import POWER_ROWS, add_powers, mean_and_stderr
 
-__all__ = ["group_testing_sample_size", "group_testing_shapley"]
+__all__ = ["RangeCheckedUtility", "group_testing_sample_size", "group_testing_shapley"]
 
 #: Coalitions evaluated per task when not given.
 DEFAULT_SAMPLES_PER_BLOCK = 400
@@ -61,37 +63,146 @@ def _z(n: int) -> float:
     return 2.0 * float(np.sum(1.0 / np.arange(1, n, dtype=np.float64)))
 
 
-def group_testing_sample_size(epsilon: float, delta: float, n: int, utility_range: float = 1.0) -> int:
+def group_testing_sample_size(
+    epsilon: float, delta: float, n: int, utility_range: tuple[float, float]
+) -> int:
     """Samples after which, with probability ``1 - delta``, ``||s - phi||_2 <= epsilon``.
 
     The bound of Wang & Jia (2023, Theorem 4, the corrected version of Jia et
     al. 2019's Theorem 3): Bennett's inequality on each pairwise difference
     estimate at accuracy ``epsilon / sqrt(n)`` with confidence
-    ``delta / (n (n - 1))``, for a utility with values in an interval of
-    length ``utility_range``. The estimate returned by
-    :func:`group_testing_shapley` has pairwise differences equal to the
-    estimated ones and sums to ``u(N) - u(∅)``, so every error
-    ``|s_i - phi_i|`` is then below ``epsilon / sqrt(n)``.
+    ``delta / (n (n - 1))``. Its premise is a bound ``|u(S)| <= r`` on every
+    coalition's value: each sample ``Z u(S) (1[i in S] - 1[j in S])`` then lies
+    in ``[-Z r, Z r]``. The estimate returned by :func:`group_testing_shapley`
+    has pairwise differences equal to the estimated ones and sums to
+    ``u(N) - u(∅)``, so every error ``|s_i - phi_i|`` is then below
+    ``epsilon / sqrt(n)``.
+
+    Parameters
+    ----------
+    epsilon : float
+        Accuracy, in the units of the utility (> 0).
+    delta : float
+        Probability of missing it, in (0, 1).
+    n : int
+        Number of players (>= 3).
+    utility_range : (float, float)
+        Bounds ``(low, high)`` of ``u(S)`` over all coalitions, the caller's
+        claim (no default: a wrong range voids the guarantee). ``r`` is
+        ``max(|low|, |high|)``: the samples scale with ``u`` itself, not with
+        the width ``high - low`` (a shifted utility needs more samples).
+
+    Returns
+    -------
+    int
+        The number of sampled coalitions (2 when ``r = 0``: every value is 0 and any estimate is exact).
 
     Examples
     --------
-    >>> group_testing_sample_size(0.5, 0.05, 6) > 0
+    >>> group_testing_sample_size(0.5, 0.05, 6, (0.0, 1.0)) > 0
+    True
+    >>> group_testing_sample_size(0.5, 0.05, 6, (0.0, 1.0)) == group_testing_sample_size(50, 0.05, 6, (0, 100))
     True
     """
     owner = "group_testing_sample_size"
     epsilon = check_real(epsilon, "epsilon", owner, low=0.0, low_open=True)
     delta = check_real(delta, "delta", owner, low=0.0, high=1.0, low_open=True, high_open=True)
-    utility_range = check_real(utility_range, "utility_range", owner, low=0.0, low_open=True)
+    low, high = check_utility_range(utility_range, owner)
     n = check_positive_int(n, "n", owner)
     if n < 3:
         raise InvalidParameterError(f"{owner} needs n >= 3 players (the bound's size distribution). Got {n}.")
+    r = max(abs(low), abs(high))
+    if r == 0.0:
+        return 2
     q = _size_probabilities(n)
     k = np.arange(1, n, dtype=np.float64)
     # Probability that a sampled coalition holds both or neither of two given players.
     q_tot = (n - 2) / n * q[0] + float(np.dot(q[1:], 1 + 2 * k[1:] * (k[1:] - n) / (n * (n - 1))))
-    u = epsilon / utility_range / (2 * _z(n) * math.sqrt(n) * (1 - q_tot))
+    u = epsilon / r / (2 * _z(n) * math.sqrt(n) * (1 - q_tot))
     bennett = (1 + u) * math.log1p(u) - u
-    return math.ceil(math.log(n * (n - 1) / delta) / (1 - q_tot) / bennett)
+    return max(2, math.ceil(math.log(n * (n - 1) / delta) / (1 - q_tot) / bennett))
+
+
+def check_utility_range(utility_range: object, owner: str) -> tuple[float, float]:
+    """``utility_range`` as two finite floats ``low <= high``; anything else raises InvalidParameterError."""
+    problem = (
+        f"The 'utility_range' parameter of {owner} must be a pair (low, high) of finite numbers with "
+        f"low <= high, bounding u(S) over all coalitions. Got {utility_range!r}."
+    )
+    if isinstance(utility_range, str | bytes) or not hasattr(utility_range, "__len__"):
+        hint = (
+            " A single number is ambiguous (the width of the interval or a bound on |u|?); "
+            "the guarantee needs max |u(S)|, so pass both ends, e.g. (0.0, 1.0)."
+            if isinstance(utility_range, int | float | np.number) else ""
+        )
+        raise InvalidParameterError(problem + hint)
+    try:
+        if len(utility_range) != 2:  # type: ignore[arg-type]
+            raise ValueError
+        low, high = (float(v) for v in utility_range)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InvalidParameterError(problem) from None
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise InvalidParameterError(problem)
+    return low, high
+
+
+def known_utility_range(utility: object) -> tuple[float, float] | None:
+    """The range ``utility`` declares (``score_range``) as two finite floats ``low <= high``, else None.
+
+    A :class:`~dvl_dask.Utility` declares its scorer's range on its test data
+    (and refuses any score outside it), a game its exact bounds, a protocol
+    utility what its ``score_range`` says. Nothing is guessed: no declaration,
+    no range.
+    """
+    bounds = getattr(utility, "score_range", None)
+    if bounds is None:
+        return None
+    try:
+        return check_utility_range(bounds, "score_range")
+    except InvalidParameterError:
+        return None
+
+
+class RangeCheckedUtility:
+    """A utility whose every value is checked against the range a guarantee assumes.
+
+    :func:`group_testing_shapley` wraps the utility with it when a range is a
+    premise (``epsilon`` given) or the caller's claim (``utility_range``): a value outside raises
+    :class:`~dvl_dask.errors.ScoreOutOfRangeError` instead of silently voiding
+    the (epsilon, delta) promise. The token covers the range.
+    """
+
+    returns_finite_scores = True
+
+    def __init__(self, utility: UtilityLike, bounds: tuple[float, float]) -> None:
+        self.utility, self.bounds = utility, bounds
+        self.token = fingerprint("RangeCheckedUtility", utility.token, bounds)
+        self.score_range = bounds
+
+    @property
+    def n_players(self) -> int:
+        return self.utility.n_players
+
+    @property
+    def data_names(self) -> np.ndarray:
+        return self.utility.data_names
+
+    def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
+        value = float(self.utility(indices))
+        if outside_range(value, self.bounds):
+            raise ScoreOutOfRangeError(
+                f"The utility {type(self.utility).__name__} returned {value!r}, outside the range {self.bounds} "
+                "that group_testing_shapley's (epsilon, delta) guarantee assumes (from utility_range= or the "
+                "utility's score_range). To fix, pass the utility's real bounds as utility_range=(low, high)."
+            )
+        return value
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __repr__(self) -> str:
+        return f"RangeCheckedUtility({self.utility!r}, {self.bounds})"
 
 
 @limits_blas_threads
@@ -122,21 +233,33 @@ def _finalize(totals: np.ndarray, endpoints: np.ndarray, sample_range: float | N
     return np.stack([mean + (endpoints[0] - endpoints[1]) / n, stderr])
 
 
+def _no_range_message(owner: str, utility: object) -> str:
+    declared = getattr(utility, "score_range", None)
+    return (
+        f"{owner}(epsilon=...) promises ||values - phi||_2 <= epsilon with probability 1 - delta only for a "
+        "utility with known bounds: the bound on |u(S)| sets the number of samples. "
+        f"{type(utility).__name__} declares no usable range (score_range={declared!r}: e.g. a scorer unbounded "
+        "below or of unknown range, or a utility without score_range). To fix, pass utility_range=(low, high), "
+        "bounds of u(S) over all coalitions that you can vouch for, or declare the scorer's range "
+        "(Scorer(scoring, range=(low, high))); or give n_samples= instead (no guarantee)."
+    )
+
+
 def group_testing_shapley(
     utility: UtilityLike,
     n_samples: int | None = None,
     *,
     epsilon: float | None = None,
     delta: float = 0.05,
-    utility_range: float | None = None,
+    utility_range: tuple[float, float] | None = None,
     seed: SeedLike = None,
     samples_per_block: int | None = None,
 ) -> xr.Dataset:
     """Group-testing Shapley values as a lazy graph of sampled coalitions.
 
     Give either ``n_samples`` or ``epsilon`` (then ``n_samples`` is
-    :func:`group_testing_sample_size` for ``epsilon``, ``delta`` and
-    ``utility_range``, recorded in the result's parameters).
+    :func:`group_testing_sample_size` for ``epsilon``, ``delta`` and the
+    utility's range, recorded in the result's parameters).
 
     Parameters
     ----------
@@ -146,9 +269,18 @@ def group_testing_shapley(
         Coalitions to sample.
     epsilon, delta : float
         Target: ``||values - phi||_2 <= epsilon`` with probability ``1 - delta``.
-    utility_range : float, optional
-        Length of the interval the utility's values lie in (default: the
-        scorer's range when the utility knows it, else 1).
+        The promise holds only for a utility with known bounds (its premise):
+        the range the utility declares (``score_range``: a game's exact bounds,
+        a :class:`~dvl_dask.Utility`'s scorer range on its test data, which it
+        enforces on every score), or ``utility_range``. Without either, a call
+        with ``epsilon`` raises :class:`~dvl_dask.errors.InvalidParameterError`.
+        Every sampled value is then checked against that range
+        (:class:`~dvl_dask.errors.ScoreOutOfRangeError` if outside).
+    utility_range : (float, float), optional
+        Bounds ``(low, high)`` of ``u(S)`` over all coalitions, the caller's
+        claim (every sampled value is checked against it); overrides the
+        utility's own ``score_range``. Also bounds the standard errors of
+        players whose samples all agree.
     seed : int, SeedSequence or None
         Same seed, same values on any scheduler.
     samples_per_block : int, optional
@@ -174,6 +306,7 @@ def group_testing_shapley(
     True
     """
     owner = "group_testing_shapley"
+    raw = utility
     utility = check_utility(utility, owner)
     n = utility.n_players
     if n < 3:
@@ -181,13 +314,20 @@ def group_testing_shapley(
     parameters: dict[str, object] = {}
     if (n_samples is None) == (epsilon is None):
         raise InvalidParameterError(f"{owner} needs exactly one of 'n_samples' and 'epsilon'.")
+    if utility_range is not None:
+        bounds: tuple[float, float] | None = check_utility_range(utility_range, owner)
+        parameters.update(utility_range=list(bounds), utility_range_source="argument")
+    else:
+        bounds = known_utility_range(raw)
+        if bounds is not None:
+            parameters.update(utility_range=list(bounds), utility_range_source="utility")
     if epsilon is not None:
-        if utility_range is None:
-            scorer = getattr(utility, "scorer", None)
-            low, high = getattr(scorer, "range", (-np.inf, np.inf)) if scorer is not None else (0.0, 1.0)
-            utility_range = float(high - low) if np.isfinite(high - low) else 1.0
-        n_samples = group_testing_sample_size(epsilon, delta, n, utility_range)
-        parameters.update(epsilon=epsilon, delta=delta, utility_range=utility_range)
+        if bounds is None:
+            raise InvalidParameterError(_no_range_message(owner, raw))
+        n_samples = group_testing_sample_size(epsilon, delta, n, bounds)
+        parameters.update(epsilon=epsilon, delta=delta)
+    if bounds is not None and (epsilon is not None or utility_range is not None):
+        utility = RangeCheckedUtility(utility, bounds)  # a premise of the promise or the caller's claim: verify it
     n_samples = check_positive_int(n_samples, "n_samples", owner)
     if n_samples < 2:
         raise InvalidParameterError(f"The 'n_samples' parameter of {owner} must be at least 2. Got {n_samples}.")
@@ -195,8 +335,7 @@ def group_testing_shapley(
         DEFAULT_SAMPLES_PER_BLOCK if samples_per_block is None else samples_per_block, "samples_per_block", owner
     )
     # w_ti = Z u(S) (1[i in S] - |S|/n) lies within Z * max|u| of 0: the width of one sample.
-    score_range = getattr(utility, "score_range", None)
-    sample_width = 2.0 * _z(n) * max(abs(score_range[0]), abs(score_range[1])) if score_range else None
+    sample_width = 2.0 * _z(n) * max(abs(bounds[0]), abs(bounds[1])) if bounds is not None else None
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     u = utility_node(utility)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from dvl_dask import Dataset, Scorer, Utility, config
-from dvl_dask.errors import InvalidParameterError, SchemaError
+from dvl_dask.errors import InvalidParameterError, SchemaError, ScoreOutOfRangeError
 from dvl_dask.results import merge_results
 from dvl_dask.testing.games import AdditiveGame, AirportGame, MinerGame, WeightedVotingGame
 from dvl_dask.utility import compose_score, sigmoid, squashed_neg_mse, squashed_r2, squashed_variance
@@ -246,9 +246,10 @@ def test_squashed_scorers_have_a_range_and_a_default_score():
     mse = squashed_neg_mse(scale=2.0)
     perfect = float(Scorer("neg_mean_squared_error")(model, data.x_test, data.y_test))
     assert mse(model, data.x_test, data.y_test) == pytest.approx(2.0 / (1.0 + math.exp(-perfect / 2.0)))
-    # composed scores are clipped to the declared range
-    clipped = Utility(LinearRegression(), data, compose_score("r2", lambda v: 5.0 + v, (0.0, 1.0), name="bad"))
-    assert clipped(range(6)) == 1.0 and clipped.scorer.name == "bad"
+    # composed scores outside the declared range are refused, never clipped
+    wrong = Utility(LinearRegression(), data, compose_score("r2", lambda v: 5.0 + v, (0.0, 1.0), name="bad"))
+    with pytest.raises(ScoreOutOfRangeError, match="'bad' returned"):
+        wrong(range(6))
     for bad_range in ((0.0, float("inf")), (1.0, 0.0), "ab"):
         with pytest.raises(InvalidParameterError, match="range"):
             compose_score("r2", sigmoid, bad_range)
