@@ -41,7 +41,7 @@ import dask.config
 import numpy as np
 
 from .. import config
-from ..errors import TokenizationError
+from ..errors import InvalidParameterError, TokenizationError
 from ..validation import as_seed_sequence
 
 __all__ = ["BoundCall", "bind_arguments", "call_key", "current_call", "graph_token", "lazy_method"]
@@ -143,8 +143,18 @@ def bind_arguments(
     >>> bind_arguments(f, (1,), {"c": 4})
     {'a': 1, 'b': 2, 'c': 4}
     """
+    return _bind(func, inspect.signature(func), args, kwargs, exclude)
+
+
+def _bind(
+    func: Callable[..., Any],
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    exclude: Collection[str] = (),
+) -> dict[str, Any]:
     try:
-        bound = inspect.signature(func).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"{getattr(func, '__qualname__', func)}(): {exc}") from None
     bound.apply_defaults()
@@ -190,8 +200,9 @@ class BoundCall:
     name : str
         Qualified name of the method.
     arguments : dict
-        Every argument by parameter name, after defaults, with seeds as
-        :class:`numpy.random.SeedSequence` -- exactly what the method runs with.
+        Every argument that entered the token, by parameter name, after
+        defaults, with seeds as :class:`numpy.random.SeedSequence` (what the
+        method runs with).
     token : str
         Token of the name, the arguments and the ``dvl_dask.*`` options in effect.
     """
@@ -272,7 +283,7 @@ def lazy_method(
     func : callable
         The method (when used as ``@lazy_method`` without arguments).
     seeds : collection of str
-        Names of seed parameters (default ``("seed",)``).
+        Names of seed parameters (default ``("seed",)``, if the method has one).
     exclude : collection of str
         Names of parameters that never change a result.
 
@@ -288,13 +299,20 @@ def lazy_method(
     """
 
     def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        if isinstance(exclude, str) or set(exclude) - set(signature.parameters):
+            raise InvalidParameterError(
+                f"The 'exclude' argument of lazy_method must name parameters of {fn.__qualname__} "
+                f"({sorted(signature.parameters)}). Got {exclude!r}."
+            )
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            arguments = bind_arguments(fn, args, kwargs)
+            arguments = _bind(fn, signature, args, kwargs)
             _resolve_seeds(fn, arguments, seeds)
             hashed = {k: v for k, v in arguments.items() if k not in exclude}
             with _active(BoundCall.of(fn, hashed)):
-                return _call_with(fn, arguments)
+                return _call_with(fn, signature, arguments)
 
         # How the key is made, read by call_key (and by tests that check every method is keyed by its call).
         wrapper.__dvl_lazy_method__ = {"seeds": tuple(seeds), "exclude": tuple(exclude)}  # type: ignore[attr-defined]
@@ -303,11 +321,11 @@ def lazy_method(
     return decorate if func is None else decorate(func)
 
 
-def _call_with(fn: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
+def _call_with(fn: Callable[..., Any], signature: inspect.Signature, arguments: Mapping[str, Any]) -> Any:
     """Call ``fn`` with bound ``arguments`` (as :func:`bind_arguments` returns them)."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-    for param in inspect.signature(fn).parameters.values():
+    for param in signature.parameters.values():
         if param.name not in arguments:
             continue
         value = arguments[param.name]

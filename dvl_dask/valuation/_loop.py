@@ -142,6 +142,7 @@ class _Run:
         self.converged = bool(self.stop.check(self.state))
         return self.converged
 
+
 #: Arguments that never change a block's statistics: where and how fast blocks run, when to stop
 #: (blocks are merged in order, so the stopping point is replayed, not computed), the checkpoint's place.
 _DRIVER_ONLY = ("stop", "client", "executor", "checkpoint", "storage_options", "progress", "window")

@@ -383,3 +383,24 @@ def test_run_until_converged_resume_refuses_other_options(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="antithetic"):
         run_until_converged("permutation_shapley", GAME, stop=MaxUpdates(3), seed=0, items_per_block=2,
                             checkpoint=url, progress=False, antithetic=True)
+
+
+def test_lazy_method_contract():
+    from dvl_dask.keys import call_key, current_call, lazy_method
+
+    with pytest.raises(RuntimeError, match="lazy_method"):
+        current_call()  # outside a lazy method there is no call to name tasks from
+    with pytest.raises(InvalidParameterError, match="exclude"):
+        lazy_method(exclude=("nope",))(lambda x: x)
+
+    @lazy_method(exclude=("progress",))
+    def method(n, *, progress=False, seed=None):
+        return current_call()
+
+    call = method(2, seed=5)
+    assert call.arguments["seed"].entropy == 5 and call.arguments["n"] == 2
+    assert method(2, seed=5, progress=True).token == call.token  # excluded: never changes a result
+    # call_key names the same call without running it: block names end with its token
+    ds = permutation_shapley(GAME, n_permutations=20, seed=0)
+    token = call_key(permutation_shapley, (GAME,), {"n_permutations": 20, "seed": 0}).rsplit("-", 1)[1]
+    assert any(str(k).startswith("permutation-shapley-block-" + token) for k in _keys(ds))
