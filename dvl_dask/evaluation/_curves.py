@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidParameterError
-from ..keys import layer_name
+from ..keys import current_call, lazy_method
 from ..results import validate_valuation_dataset
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
@@ -105,8 +105,12 @@ def _curve(
     counts = np.round(fractions * n).astype(int)
     value_data = values["value"].data
     value_array = value_data if isinstance(value_data, da.Array) else np.asarray(value_data)
+    if isinstance(value_array, da.Array):
+        # As one delayed key named by the array: handed to a delayed call as is, dask would wrap it
+        # in a key named at random, and equal calls would not share keys.
+        (value_array,) = value_array.rechunk(-1).to_delayed(optimize_graph=False).ravel()
     token = getattr(utility, "token", "")
-    name = layer_name(f"{mode}-curve", token, value_array, seed_entropy(seq), counts, orders, n_random)
+    name = current_call().layer(f"{mode}-curve")  # from the public function's whole call
     # The values enter the graph as ONE key that every step reads: a dask array handed to
     # each step's delayed call would have its whole valuation graph recomputed per step.
     # The steps' inputs get task groups of their own (see companion_name), so the steps are
@@ -154,6 +158,7 @@ def _curve(
     )
 
 
+@lazy_method
 def point_removal_curve(
     values: xr.Dataset,
     utility: Any,
@@ -214,6 +219,7 @@ def point_removal_curve(
     )
 
 
+@lazy_method
 def point_addition_curve(
     values: xr.Dataset,
     utility: Any,

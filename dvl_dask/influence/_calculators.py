@@ -463,6 +463,9 @@ class DaskInfluenceCalculator(_Recipe):
         self.dtype = _numpy_dtype(self.model, converter)
         self._mapper = DaskMapper()
         shared = SharedObjects({"model": self.model, "converter": converter}, token=fingerprint(self._token, converter))
+        # Graph layers are named by everything their blocks read: the model AND the converter (its dtype and
+        # device change the numbers), i.e. the shared objects' token, plus the inputs' names.
+        self._graph_token = shared.token
         if self.client is not None:
             # One copy per worker, sent once; every graph refers to this future's key.
             self._shared: Any = self.client.scatter(shared, broadcast=True, hash=True)
@@ -550,13 +553,13 @@ class DaskInfluenceCalculator(_Recipe):
     def _factors(self, x: Any, y: Any) -> Any:
         return self._mapper.map_rows(
             factors_block, [x, y], dtype=self.dtype, trailing_shape=(self.n_parameters,), shared=self._shared,
-            name=layer_name("influence-factors", self._token, x.name, y.name),
+            name=layer_name("influence-factors", self._graph_token, x.name, y.name),
         )
 
     def _gradients(self, x: Any, y: Any) -> Any:
         return self._mapper.map_rows(
             gradients_block, [x, y], dtype=self.dtype, trailing_shape=(self.n_parameters,), shared=self._shared,
-            name=layer_name("influence-gradients", self._token, x.name, y.name),
+            name=layer_name("influence-gradients", self._graph_token, x.name, y.name),
         )
 
     def _pairwise(self, factors: Any, x: Any, y: Any, mode: InfluenceMode) -> tuple[Any, bool]:
@@ -572,7 +575,7 @@ class DaskInfluenceCalculator(_Recipe):
             out = self._mapper.map_pairwise(
                 from_factors_block, [factors], [x, y], dtype=self.dtype, trailing_shape=trailing,
                 shared=self._shared, static={"mode": mode.value},
-                name=layer_name(verb, self._token, factors.name, x.name, y.name),
+                name=layer_name(verb, self._graph_token, factors.name, x.name, y.name),
             )
         return out, stored
 
@@ -697,7 +700,7 @@ class DaskInfluenceCalculator(_Recipe):
             trailing_shape=trailing,
             shared=self._shared,
             static={"mode": mode.value},
-            name=layer_name("self-influence", self._token, mode.value, x.name, y.name),
+            name=layer_name("self-influence", self._graph_token, mode.value, x.name, y.name),
         )
         if not as_xarray:
             return values

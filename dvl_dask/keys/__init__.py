@@ -65,6 +65,7 @@ from dask.base import normalize_token, tokenize
 
 from .. import config
 from ..errors import InvalidParameterError, TokenizationError
+from ._calls import BoundCall, bind_arguments, call_key, current_call, lazy_method  # noqa: F401 - graph keys from whole calls
 
 __all__ = [
     "KeyFunction",

@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
-from ..keys import layer_name
+from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
@@ -111,6 +111,7 @@ def _finalize(totals: np.ndarray) -> np.ndarray:
     return np.stack([mean, stderr, totals[4]])
 
 
+@lazy_method
 def classwise_shapley(
     utility: Any,
     n_samples: int,
@@ -180,7 +181,7 @@ def classwise_shapley(
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     u = utility_node(utility)
-    name = layer_name("classwise-block", utility.token, seed_text, per_block)
+    name = current_call().layer("classwise-block")
     block_fn = dask.delayed(classwise_block, pure=True)
     blocks = [
         block_fn(u, child_seed(seq, i), start, stop - start, classes, dask_key_name=f"{name}-{i}")

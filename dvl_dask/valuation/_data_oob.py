@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
-from ..keys import layer_name
+from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
@@ -131,6 +131,7 @@ def _finalize(totals: np.ndarray, sample_range: float | None) -> np.ndarray:
     return np.stack([mean, stderr, counts])
 
 
+@lazy_method
 def data_oob(
     utility: Any,
     *,
@@ -219,7 +220,7 @@ def data_oob(
     sample_size = max(1, math.ceil(max_samples * n))
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
-    name = layer_name("data-oob-block", utility, seed_text, per_block, sample_size, point_score)
+    name = current_call().layer("data-oob-block")
     block_fn = dask.delayed(data_oob_block, pure=True)
     u = utility_node(utility)
     blocks = [

@@ -9,12 +9,12 @@ import numpy as np
 import xarray as xr
 
 from .. import config
-from ..keys import layer_name
+from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import check_positive_int
-from ._graph import block_ranges, check_enumerable, check_utility, stack_blocks, utility_node
+from ._graph import block_ranges, check_enumerable, check_utility, companion_name, stack_blocks, utility_node
 
 __all__ = ["exact_shapley", "loo", "shapley_weights"]
 
@@ -52,6 +52,7 @@ def exact_shapley_block(utility: UtilityLike, start: int, stop: int, n: int) -> 
     return plus - minus
 
 
+@lazy_method
 def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
     """Exact Shapley values of every player, as a lazy graph.
 
@@ -98,7 +99,7 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
         config.get(config.EXACT_SUBSETS_PER_BLOCK, override_with=block_size), "block_size", owner
     )
     u = utility_node(utility)
-    name = layer_name("exact-shapley-block", utility.token, n, bs)
+    name = current_call().layer("exact-shapley-block")
     block_fn = dask.delayed(exact_shapley_block, pure=True)
     blocks = [
         block_fn(u, start, stop, n, dask_key_name=f"{name}-{i}")
@@ -132,6 +133,7 @@ def _full_score(utility: UtilityLike, n: int) -> float:
     return float(utility(np.arange(n)))
 
 
+@lazy_method
 def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
     """Leave-one-out values ``u(N) - u(N \\ {i})`` as a lazy graph of ``n + 1`` evaluations.
 
@@ -155,11 +157,11 @@ def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
         config.get(config.LOO_EVALUATIONS_PER_BLOCK, override_with=block_size), "block_size", owner
     )
     u = utility_node(utility)
-    name = layer_name("loo-block", utility.token, n, bs)
+    name = current_call().layer("loo-block")
     block_fn = dask.delayed(loo_block, pure=True)
     blocks = [block_fn(u, a, b, n, dask_key_name=f"{name}-{i}") for i, (a, b) in enumerate(block_ranges(n, bs))]
     without = stack_blocks(blocks, n)
-    full = dask.delayed(_full_score, pure=True)(u, n, dask_key_name=layer_name("loo-full", utility.token, n))
+    full = dask.delayed(_full_score, pure=True)(u, n, dask_key_name=companion_name(name, "full"))
     import dask.array as da
 
     total = da.from_delayed(full, shape=(), dtype=np.float64)

@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidParameterError, ScoreOutOfRangeError
-from ..keys import fingerprint, layer_name
+from ..keys import current_call, fingerprint, lazy_method
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
@@ -245,6 +245,7 @@ def _no_range_message(owner: str, utility: object) -> str:
     )
 
 
+@lazy_method
 def group_testing_shapley(
     utility: UtilityLike,
     n_samples: int | None = None,
@@ -339,15 +340,17 @@ def group_testing_shapley(
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     u = utility_node(utility)
-    name = layer_name("group-testing-block", utility.token, n, seed_text, per_block)
+    name = current_call().layer("group-testing-block")
     block_fn = dask.delayed(group_testing_block, pure=True)
     blocks = [
         block_fn(u, child_seed(seq, i), stop - start, n, dask_key_name=f"{name}-{i}")
         for i, (start, stop) in enumerate(block_ranges(n_samples, per_block))
     ]
     parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
-    totals = da.stack(parts).sum(axis=0, split_every=16)
-    endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=layer_name("group-testing-ends", utility.token))
+    # One chunk, as one delayed key named by the array (handing the array itself to a delayed call
+    # wraps it in a key dask names at random: equal calls would not share keys).
+    (totals,) = da.stack(parts).sum(axis=0, split_every=16).to_delayed(optimize_graph=False).ravel()
+    endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=companion_name(name, "ends"))
     final = da.from_delayed(
         dask.delayed(_finalize, pure=True)(
             totals, endpoints, sample_width, dask_key_name=companion_name(name, "final")

@@ -40,7 +40,7 @@ import xarray as xr
 
 from ..data import Dataset, GroupedDataset
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
-from ..keys import layer_name
+from ..keys import current_call, layer_name, lazy_method
 from ..results import valuation_dataset
 from ..validation import check_positive_int, is_dask_array
 from ._graph import stack_blocks
@@ -176,6 +176,7 @@ def _as_rows_array(x: Any, row_chunk: int) -> da.Array:
     return da.from_array(np.asarray(x), chunks={0: row_chunk, **dict.fromkeys(range(1, np.ndim(x)), -1)})
 
 
+@lazy_method
 def knn_shapley(
     data: Dataset,
     model: Any,
@@ -282,9 +283,9 @@ def knn_shapley(
     x_train = _as_rows_array(data.x_train, train_chunk_size)
     x_test = _as_rows_array(data.x_test, test_chunk_size)
     y_test = _as_rows_array(data.y_test, test_chunk_size)
-    name = layer_name("knn-shapley", data.fingerprint, k, metric, sorted(metric_params.items()), test_chunk_size)
+    name = current_call().layer("knn-shapley")
     # The labels of the training points travel as one key; every task needs all of them.
-    labels = dask.delayed(encode_labels, pure=True)(data.y_train, dask_key_name=f"knn-labels-{data.fingerprint}")
+    labels = dask.delayed(encode_labels, pure=True)(data.y_train, dask_key_name=current_call().layer("knn-labels"))
     train_chunks = list(x_train.to_delayed().ravel())
     chunk_fn = dask.delayed(knn_shapley_test_chunk, pure=True)
     blocks = [

@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DvlDaskError, InvalidParameterError
-from ..keys import layer_name
+from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
@@ -201,6 +201,7 @@ def _least_core_graph(
     return ds.assign(subsidy=((), solved[n]))
 
 
+@lazy_method
 def exact_least_core(
     utility: UtilityLike, *, non_negative_subsidy: bool = False, block_size: int | None = None
 ) -> xr.Dataset:
@@ -244,7 +245,7 @@ def exact_least_core(
     check_enumerable(n, owner, "montecarlo_least_core")
     bs = check_positive_int(DEFAULT_COALITIONS_PER_BLOCK if block_size is None else block_size, "block_size", owner)
     u = utility_node(utility)
-    name = layer_name("exact-least-core", utility.token, n, bs, bool(non_negative_subsidy))
+    name = current_call().layer("exact-least-core")
     block_fn = dask.delayed(exact_coalitions_block, pure=True)
     blocks = [
         block_fn(u, start, stop, n, dask_key_name=f"{name}-{i}")
@@ -262,6 +263,7 @@ def exact_least_core(
     )
 
 
+@lazy_method
 def montecarlo_least_core(
     utility: UtilityLike,
     n_samples: int,
@@ -303,7 +305,7 @@ def montecarlo_least_core(
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     u = utility_node(utility)
-    name = layer_name("mc-least-core", utility.token, n, bs, seed_text, n_samples, bool(non_negative_subsidy))
+    name = current_call().layer("mc-least-core")
     block_fn = dask.delayed(sampled_coalitions_block, pure=True)
     blocks = [
         block_fn(u, child_seed(seq, i), stop - start, n, dask_key_name=f"{name}-{i}")

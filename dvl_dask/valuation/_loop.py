@@ -38,7 +38,7 @@ import xarray as xr
 
 from .. import config
 from ..errors import InvalidParameterError, NoWorkersError
-from ..keys import layer_name, run_identity
+from ..keys import bind_arguments, current_call, describe_parameters, lazy_method, run_identity
 from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..typing import UtilityLike
@@ -74,6 +74,12 @@ def _resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str
             "To fix, drop it, or call the method itself for a fixed budget."
         )
     return name, opts
+
+
+def _bound_options(name: str, utility: UtilityLike, options: dict[str, Any]) -> Any:
+    """Every option of method ``name`` after defaults, described (readable, compared on resume)."""
+    bound = bind_arguments(ESTIMATOR_FACTORIES[name], (utility,), options, exclude=("utility",))
+    return describe_parameters(bound)
 
 
 def _parse_seed(text: str) -> np.random.SeedSequence:
@@ -136,6 +142,13 @@ class _Run:
         self.converged = bool(self.stop.check(self.state))
         return self.converged
 
+
+#: Arguments that never change a block's statistics: where and how fast blocks run, when to stop
+#: (blocks are merged in order, so the stopping point is replayed, not computed), the checkpoint's place.
+_DRIVER_ONLY = ("stop", "client", "executor", "checkpoint", "storage_options", "progress", "window")
+
+
+@lazy_method(seeds=(), exclude=_DRIVER_ONLY)
 def run_until_converged(
     method: Any,
     utility: UtilityLike,
@@ -245,7 +258,9 @@ def run_until_converged(
             "seed": seed_text,
             "n_players": n,
             "n_streams": estimator.n_streams,
-            "identity": run_identity(estimator, utility.token),  # estimator code and parameters in full
+            # The estimator's code and parameters in full, and every option of the method (bound, defaults
+            # applied), so a resume with any option that changes the numbers is refused.
+            "identity": run_identity(estimator, utility.token, options=_bound_options(name, utility, options)),
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)
@@ -303,8 +318,9 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
     """The sliding window: keep blocks in flight, merge them in block order, commit, stop."""
     if run.converged:
         return
-    prefix = layer_name(f"{estimator.method.replace('_', '-')}-block", utility.token, estimator, seed_text,
-                        per_block)
+    # Block keys: the run's whole call (less the driver-only arguments) and the seed actually used
+    # (None resolves to fresh entropy or the checkpoint's); the block index and active players follow.
+    prefix = current_call().layer(f"{estimator.method.replace('_', '-')}-block", seed_text)
     backend = choose_backend(BlockSpec(utility, estimator, seq, per_block, prefix), client, executor, window)
     line = ProgressLine(
         f"{estimator.method}", enabled=progress, interval=float(config.get(config.MC_PROGRESS_INTERVAL))

@@ -23,7 +23,7 @@ from dask.delayed import Delayed
 
 from .. import config
 from ..errors import InvalidParameterError
-from ..keys import function_token, layer_name
+from ..keys import current_call, function_token, lazy_method
 from ..results import valuation_dataset
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
@@ -180,13 +180,15 @@ def montecarlo_dataset(
 
     With ``min_blocks``, small budgets are cut into at least that many blocks of
     equal size (:func:`._graph.even_ranges`) so that every worker stays busy to
-    the end; the layout is recorded in the parameters.
+    the end; the layout is recorded in the parameters. Call it from a
+    :func:`~dvl_dask.keys.lazy_method`: task names derive from that call.
     """
     n = utility.n_players
     u = utility_node(utility)
     seed_text = seed_entropy(seed)
-    verb = f"{estimator.method.replace('_', '-')}-block"
-    name = layer_name(verb, utility.token, estimator, seed_text, items_per_block, min_blocks)
+    # Task names come from the public method's whole call (every argument and option), so two
+    # results computed together never share a key unless they are the same computation.
+    name = current_call().layer(f"{estimator.method.replace('_', '-')}-block")
     block = dask.delayed(run_block, pure=True)
     if min_blocks is None:
         ranges = block_ranges(n_items, items_per_block)
@@ -270,6 +272,7 @@ def _warm_default_client(utility: UtilityLike) -> None:
 
 
 # -- public methods --------------------------------------------------------------------------------
+@lazy_method
 def permutation_shapley(
     utility: UtilityLike,
     *,
@@ -323,6 +326,7 @@ def permutation_shapley(
     )
 
 
+@lazy_method
 def semivalue(
     utility: UtilityLike,
     coefficient: LogCoefficient,
@@ -348,6 +352,7 @@ def semivalue(
     )
 
 
+@lazy_method
 def banzhaf(
     utility: UtilityLike,
     *,
@@ -360,6 +365,7 @@ def banzhaf(
     return _run("banzhaf", utility, "n_samples", n_samples, seed, items_per_block, sampler=sampler)
 
 
+@lazy_method
 def msr_banzhaf(
     utility: UtilityLike,
     *,
@@ -378,6 +384,7 @@ def msr_banzhaf(
     return _run("msr_banzhaf", utility, "n_samples", n_samples, seed, items_per_block, antithetic=antithetic)
 
 
+@lazy_method
 def beta_shapley(
     utility: UtilityLike,
     *,
@@ -400,6 +407,7 @@ def beta_shapley(
     )
 
 
+@lazy_method
 def owen_shapley(
     utility: UtilityLike,
     *,
