@@ -230,7 +230,7 @@ ALTERNATIVES = {
     "estimators_per_block": 3,
     "samples_per_block": 3,
     "delta": 0.1,
-    "utility_range": 2.0,
+    "utility_range": (-100.0, 100.0),
     "data": OTHER_DATA,
     "model": KNeighborsClassifier(n_neighbors=2),
     "test_chunk_size": 2,
