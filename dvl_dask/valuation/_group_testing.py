@@ -43,7 +43,7 @@ from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, check_utility, companion_name, utility_node
 from ._samplers import child_seed
-from ._stats import POWER_ROWS, add_powers, mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr, power_block, reduce_power_blocks
 
 __all__ = ["group_testing_sample_size", "group_testing_shapley"]
 
@@ -96,18 +96,17 @@ def group_testing_sample_size(epsilon: float, delta: float, n: int, utility_rang
 
 @limits_blas_threads
 def group_testing_block(utility: UtilityLike, seed: np.random.SeedSequence, size: int, n: int) -> np.ndarray:
-    """``(5, n)``: per-player power sums of ``w_ti`` over ``size`` coalitions (``add_powers``); ``size`` at [4, 0]."""
+    """``(POWER_ROWS, n)``: per-player power sums of ``w_ti`` over ``size`` coalitions (``add_powers``)."""
     rng = np.random.default_rng(seed)
     sizes = rng.choice(np.arange(1, n), size=size, p=_size_probabilities(n))
     z = _z(n)
-    out = np.zeros((POWER_ROWS, n))
+    out = power_block(n)
     for k in sizes:
         members = rng.choice(n, size=int(k), replace=False)
         value = float(utility(members))
         w = np.full(n, -z * value * k / n)
         w[members] += z * value
-        add_powers(out, slice(None), w, count=False)
-    out[4, 0] = size
+        add_powers(out, slice(None), w)
     return out
 
 
@@ -207,7 +206,7 @@ def group_testing_shapley(
         for i, (start, stop) in enumerate(block_ranges(n_samples, per_block))
     ]
     parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
-    totals = da.stack(parts).sum(axis=0, split_every=16)
+    totals = reduce_power_blocks(parts)
     endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=layer_name("group-testing-ends", utility.token))
     final = da.from_delayed(
         dask.delayed(_finalize, pure=True)(
