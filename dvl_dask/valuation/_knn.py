@@ -25,7 +25,9 @@ the values back with ``np.bincount``; the per-chunk vectors are summed by a
 tree reduction. Peak memory of a task is its buffer (``max_block_bytes``) plus
 a few length-``N`` vectors; the full ``n_test x N`` distance matrix never
 exists. Training chunks are graph keys of their own, so a cluster ships each
-of them to a worker once.
+of them to a worker once; for the Euclidean metric they are keys of float64
+rows centred on the training mean (with their squared norms), prepared once,
+which holds a float64 copy of the training features while the graph runs.
 """
 
 from __future__ import annotations
@@ -96,26 +98,31 @@ def _centred(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) - centre
 
 
-def _distance_rows(
-    x_test: np.ndarray, x_train: np.ndarray, metric: Any, metric_params: dict[str, Any], centre: np.ndarray | None
-) -> np.ndarray:
+def centred_train_chunk(x_train: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows - centre, their squared norms)`` in float64: one chunk of training rows, prepared once."""
+    rows = _centred(x_train, centre)
+    return rows, np.einsum("ij,ij->i", rows, rows)
+
+
+def _distance_rows(x_test: np.ndarray, train_chunk: Any, metric: Any, metric_params: dict[str, Any]) -> np.ndarray:
     """Distances (or any score with the same order per row) between test and training rows, in float64.
 
-    For the Euclidean metric ``x_test`` must already be centred (``_centred``)
-    and ``centre`` is the one it was centred on; other metrics get raw rows.
+    For the Euclidean metric ``x_test`` is centred (``_centred``) and
+    ``train_chunk`` is :func:`centred_train_chunk` of the same centre; other
+    metrics get raw rows.
     """
     if metric in _EUCLIDEAN:
         # ||b||^2 - 2 a.b ranks the training rows b exactly like ||a - b||^2 (||a||^2 is constant
         # per test row and dropped): one GEMM, no sqrt. Around the training mean every term is at
         # the scale of the data's spread, not of its offset, so the cancellation loses nothing
         # to a large offset (timestamps, uncentred pixels); float64 keeps near-ties apart.
-        assert centre is not None
-        b = _centred(x_train, centre)
-        return np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (x_test @ b.T)
+        rows, norms = train_chunk
+        return norms[None, :] - 2.0 * (x_test @ rows.T)
     from sklearn.metrics import pairwise_distances
 
     return pairwise_distances(
-        np.asarray(x_test, dtype=np.float64), np.asarray(x_train, dtype=np.float64), metric=metric, **metric_params
+        np.asarray(x_test, dtype=np.float64), np.asarray(train_chunk, dtype=np.float64), metric=metric,
+        **metric_params,
     )
 
 
@@ -152,15 +159,16 @@ def knn_shapley_test_chunk(
     metric: Any,
     metric_params: dict[str, Any],
     centre: np.ndarray | None,
-    *train_chunks: np.ndarray,
+    *train_chunks: Any,
 ) -> np.ndarray:
     """Sum over the given test points of every training point's KNN-Shapley value.
 
     ``labels`` is :func:`encode_labels` of the training labels and
-    ``train_chunks`` are consecutive row blocks of the training features.
-    ``centre`` (float64, one value per feature; Euclidean metric only, else
-    None) is subtracted from test and training rows before the distances
-    are computed in float64. Ties in distance are broken by the sort (as in
+    ``train_chunks`` are consecutive row blocks of the training features:
+    for the Euclidean metric, :func:`centred_train_chunk` of each block with
+    ``centre`` (float64, one value per feature; the test rows are centred on
+    it too), else the raw blocks and ``centre=None``. Distances are computed
+    in float64. Ties in distance are broken by the sort (as in
     scikit-learn's brute-force search, their order is not specified).
     """
     x_test = _centred(x_test, centre) if metric in _EUCLIDEAN else np.asarray(x_test)
@@ -173,7 +181,7 @@ def knn_shapley_test_chunk(
     dist = np.empty((rows, n), dtype=np.float64)
     start = 0
     for chunk in train_chunks:
-        block = _distance_rows(x_test, chunk, metric, metric_params, centre)
+        block = _distance_rows(x_test, chunk, metric, metric_params)
         dist[:, start : start + block.shape[1]] = block
         start += block.shape[1]
     coefficients = _rank_coefficients(n, k)
@@ -314,7 +322,12 @@ def knn_shapley(
     # The labels of the training points travel as one key; every task needs all of them.
     labels = dask.delayed(encode_labels, pure=True)(data.y_train, dask_key_name=f"knn-labels-{data.fingerprint}")
     train_chunks = list(x_train.to_delayed().ravel())
-    centre = _training_mean(x_train) if metric in _EUCLIDEAN else None
+    centre = None
+    if metric in _EUCLIDEAN:
+        # Centred float64 chunks and their norms are keys of their own: prepared once, not per task.
+        centre = _training_mean(x_train)
+        prepare = dask.delayed(centred_train_chunk, pure=True)
+        train_chunks = [prepare(chunk, centre) for chunk in train_chunks]
     chunk_fn = dask.delayed(knn_shapley_test_chunk, pure=True)
     blocks = [
         chunk_fn(xt, yt, labels, k, metric, metric_params, centre, *train_chunks, dask_key_name=f"{name}-{i}")
