@@ -321,8 +321,9 @@ class HistoryDeviation(StoppingCriterion):
     check at which the player had at most ``t - n_steps`` updates is used:
     the lag is then ``n_steps`` rounded up to a whole number of checks. The
     rule is evaluated (and can stop the run) only at checks, and only once
-    every player has a value ``n_steps`` or more updates back (``t - n_steps >= 1``: values before the first update are
-    not estimates); until then it does not stop.
+    every player has a value ``n_steps`` or more updates back
+    (``t - n_steps >= 1``: values before the first update are not
+    estimates); until then it does not stop.
 
     Zeros (the paper does not say): a player with ``v_i^t = 0`` contributes
     0 if ``v_i^{t - n_steps} = 0`` too (no change) and ``inf`` otherwise (a
