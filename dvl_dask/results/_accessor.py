@@ -77,8 +77,21 @@ class DvlAccessor:
         return merge_results(self._ds, other)
 
 
-#: Parameters that only say how much was sampled; results differing only in these can merge.
-BUDGET_PARAMETERS = ("n_permutations", "n_samples", "items_per_block")
+#: Parameters that only say how much was sampled: merged results record their sum.
+BUDGET_PARAMETERS = ("n_permutations", "n_samples")
+#: Parameters that only say how the samples were cut into tasks and scheduled: they change neither
+#: the estimand nor the estimator (every sample is drawn and weighted the same way), so results
+#: differing only in these (and in budgets) can merge; the merged result keeps a value both share
+#: and records None where they differ.
+LAYOUT_PARAMETERS = (
+    "items_per_block",  # samples per graph task (Monte Carlo)
+    "min_blocks",  # small budgets cut into at least this many tasks
+    "active_set_lag",  # blocks in flight before a converged player stops receiving work
+    "samples_per_block",  # class-wise Shapley, group testing
+    "estimators_per_block",  # Data-OOB
+)
+#: Parameters a merge may ignore when comparing runs.
+MERGEABLE_PARAMETERS = BUDGET_PARAMETERS + LAYOUT_PARAMETERS
 
 
 def _sample_blocks(ds: xr.Dataset) -> list[tuple[str, float, float]]:
@@ -106,14 +119,33 @@ def _check_disjoint(a: xr.Dataset, b: xr.Dataset) -> None:
                 )
 
 
+def _merged_parameters(pa: dict[str, Any], pb: dict[str, Any]) -> dict[str, Any]:
+    """Parameters of a merged result: budgets summed, a layout both share kept, a differing one None."""
+    merged = dict(pa)
+    for key in BUDGET_PARAMETERS:
+        if key in pa and key in pb:
+            merged[key] = pa[key] + pb[key]
+    for key in LAYOUT_PARAMETERS:
+        if key in pa or key in pb:
+            merged[key] = pa.get(key) if pa.get(key) == pb.get(key) else None
+    return merged
+
+
 def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     """Merge two independent estimates of the same values.
 
-    The results must come from the same method, utility and parameters; their
-    budgets (``n_permutations``, ``n_samples``, ``items_per_block``) may
-    differ. Their samples must be disjoint: results record the seed blocks
-    they used (attr ``sample_blocks``), and a merge of a result with itself or
-    with an overlapping run is refused.
+    The results must come from the same method, utility and parameters, i.e.
+    the same estimand and estimator. What may differ: budgets
+    (``n_permutations``, ``n_samples``; the merged result records their sum)
+    and layout, the parameters that only say how samples were cut into tasks
+    and scheduled (``items_per_block``, ``min_blocks``, ``active_set_lag``,
+    ``samples_per_block``, ``estimators_per_block``; the merged result keeps a
+    value both runs share and records ``None`` where they differ). Any other
+    parameter (sampler, truncation, coefficient, finalize rule, ...) changes
+    what is estimated or how, and a difference is refused. Their samples
+    must be disjoint: results record the seed blocks they used (attr
+    ``sample_blocks``), and a merge of a result with itself or with an
+    overlapping run is refused.
 
     Each player's value is the count-weighted mean of the two estimates,
     ``(n_a v_a + n_b v_b) / (n_a + n_b)``, and, the estimates being
@@ -125,7 +157,7 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     Raises
     ------
     SchemaError
-        If method, utility or (non-budget) parameters differ.
+        If method, utility or any parameter other than budget and layout differ.
     InvalidParameterError
         If the samples overlap or the players differ.
     """
@@ -138,8 +170,8 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
                 "Merging only makes sense for runs of the same method on the same utility."
             )
     pa, pb = parameters_of(a), parameters_of(b)
-    fixed_a = {k: v for k, v in pa.items() if k not in BUDGET_PARAMETERS}
-    fixed_b = {k: v for k, v in pb.items() if k not in BUDGET_PARAMETERS}
+    fixed_a = {k: v for k, v in pa.items() if k not in MERGEABLE_PARAMETERS}
+    fixed_b = {k: v for k, v in pb.items() if k not in MERGEABLE_PARAMETERS}
     if fixed_a != fixed_b:
         differ = sorted(k for k in set(fixed_a) | set(fixed_b) if fixed_a.get(k) != fixed_b.get(k))
         raise SchemaError(
@@ -176,13 +208,7 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     attrs["sample_blocks"] = json.dumps(
         [[s, x, y if np.isfinite(y) else None] for s, x, y in _sample_blocks(a) + _sample_blocks(b)]
     )
-    merged_parameters = dict(pa)
-    for key in BUDGET_PARAMETERS:
-        if key in pa and key in pb:
-            merged_parameters[key] = pa[key] + pb[key] if key != "items_per_block" else (
-                pa[key] if pa[key] == pb[key] else None
-            )
-    attrs["parameters"] = json.dumps(merged_parameters, sort_keys=True)
+    attrs["parameters"] = json.dumps(_merged_parameters(pa, pb), sort_keys=True)
     for key in ("effective_sample_size", "n_blocks"):
         if key in a.attrs and key in b.attrs:
             attrs[key] = int(a.attrs[key]) + int(b.attrs[key])

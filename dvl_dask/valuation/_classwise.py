@@ -44,7 +44,7 @@ from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
-from ._stats import POWER_ROWS, add_powers, mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr, power_block, reduce_power_blocks
 
 __all__ = ["classwise_shapley", "classwise_utility"]
 
@@ -81,12 +81,12 @@ def classwise_utility(model: Any, data: Any, rows: np.ndarray, label: Any) -> fl
 def classwise_block(
     utility: Any, seed: np.random.SeedSequence, first_sample: int, n_samples: int, classes: np.ndarray
 ) -> np.ndarray:
-    """``(5, n)``: per-point power sums of marginal contributions and counts (``add_powers``)."""
+    """``(POWER_ROWS, n)``: per-point power sums of marginal contributions around a shift (``add_powers``)."""
     data = utility.data.materialize()
     y = np.asarray(data.y_train)
     n = len(y)
     rng = np.random.default_rng(seed)
-    out = np.zeros((POWER_ROWS, n))
+    out = power_block(n)
     for j in range(first_sample, first_sample + n_samples):
         label = classes[j % len(classes)]
         members = np.flatnonzero(y == label)
@@ -188,7 +188,7 @@ def classwise_shapley(
         for i, (start, stop) in enumerate(block_ranges(n_samples, per_block))
     ]
     parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
-    totals = da.stack(parts).sum(axis=0, split_every=16)
+    totals = reduce_power_blocks(parts)
     final = totals.map_blocks(_finalize, dtype=np.float64)
     sizes = {str(c): int(np.sum(labels == c)) for c in classes}
     ds = valuation_dataset(

@@ -9,8 +9,9 @@ bag (mislabelled, atypical) score low.
 
 Graph: blocks of estimators are tasks (block *i* draws its bootstrap samples
 from child *i* of the seed, so a seed gives the same values on any scheduler);
-each returns per-player power sums (values to 4th powers) and counts of out-of-bag scores,
-and a tree reduction adds them. ``stderr`` is the Monte Carlo error of each
+each returns per-player power sums (to 4th powers, around one of the player's own
+scores, so an offset in the scores costs no precision) and counts of out-of-bag
+scores, and a tree reduction merges them exactly. ``stderr`` is the Monte Carlo error of each
 mean over the estimators that left the player out.
 
 Differences from pyDVL's ``DataOOBValuation``: the bagging is done here (from
@@ -38,7 +39,7 @@ from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
-from ._stats import POWER_ROWS, add_powers, mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr, power_block, reduce_power_blocks
 
 __all__ = ["data_oob", "data_oob_block"]
 
@@ -72,7 +73,10 @@ def data_oob_block(
     sample_size: int,
     point_score: PointScore,
 ) -> np.ndarray:
-    """Fit ``n_estimators`` bootstrap models; return ``(5, n_players)`` power sums of OOB scores (``add_powers``).
+    """Fit ``n_estimators`` bootstrap models; return ``(POWER_ROWS, n_players)`` power sums of OOB scores.
+
+    The block format of :func:`~dvl_dask.valuation._stats.add_powers` (sums
+    around a shift per player, merged with ``merge_powers``).
 
     A fit that fails (e.g. a bootstrap sample holding one class for a model
     that needs two) contributes nothing and raises a
@@ -81,7 +85,7 @@ def data_oob_block(
     data = utility.data.materialize()
     n = data.n_players
     grouped = data.n_samples != n
-    out = np.zeros((POWER_ROWS, n))
+    out = power_block(n)
     rng = np.random.default_rng(seed)
     for _ in range(n_estimators):
         in_bag = rng.integers(0, n, size=sample_size)
@@ -228,7 +232,7 @@ def data_oob(
         for i, (start, stop) in enumerate(block_ranges(n_estimators, per_block))
     ]
     parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
-    totals = da.stack(parts).sum(axis=0, split_every=16)
+    totals = reduce_power_blocks(parts)
     final = totals.map_blocks(_finalize, sample_range, dtype=np.float64)
     return valuation_dataset(
         final[0],

@@ -45,7 +45,7 @@ from ..utility._scorers import outside_range
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, check_utility, companion_name, utility_node
 from ._samplers import child_seed
-from ._stats import POWER_ROWS, add_powers, mean_and_stderr
+from ._stats import POWER_ROWS, add_powers, mean_and_stderr, power_block, reduce_power_blocks
 
 __all__ = ["RangeCheckedUtility", "group_testing_sample_size", "group_testing_shapley"]
 
@@ -207,18 +207,17 @@ class RangeCheckedUtility:
 
 @limits_blas_threads
 def group_testing_block(utility: UtilityLike, seed: np.random.SeedSequence, size: int, n: int) -> np.ndarray:
-    """``(5, n)``: per-player power sums of ``w_ti`` over ``size`` coalitions (``add_powers``); ``size`` at [4, 0]."""
+    """``(POWER_ROWS, n)``: per-player power sums of ``w_ti`` over ``size`` coalitions (``add_powers``)."""
     rng = np.random.default_rng(seed)
     sizes = rng.choice(np.arange(1, n), size=size, p=_size_probabilities(n))
     z = _z(n)
-    out = np.zeros((POWER_ROWS, n))
+    out = power_block(n)
     for k in sizes:
         members = rng.choice(n, size=int(k), replace=False)
         value = float(utility(members))
         w = np.full(n, -z * value * k / n)
         w[members] += z * value
-        add_powers(out, slice(None), w, count=False)
-    out[4, 0] = size
+        add_powers(out, slice(None), w)
     return out
 
 
@@ -349,7 +348,7 @@ def group_testing_shapley(
     parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
     # One chunk, as one delayed key named by the array (handing the array itself to a delayed call
     # wraps it in a key dask names at random: equal calls would not share keys).
-    (totals,) = da.stack(parts).sum(axis=0, split_every=16).to_delayed(optimize_graph=False).ravel()
+    (totals,) = reduce_power_blocks(parts).to_delayed(optimize_graph=False).ravel()
     endpoints = dask.delayed(_endpoints, pure=True)(u, n, dask_key_name=companion_name(name, "ends"))
     final = da.from_delayed(
         dask.delayed(_finalize, pure=True)(

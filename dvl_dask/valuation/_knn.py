@@ -20,12 +20,14 @@ distance row and one sort per test point, O(n_test * N log N).
 Graph shape (why not a single ``dask.array`` expression): every test point
 needs the distances to *all* training points at once to rank them. One task
 per chunk of test points computes its distance rows train chunk by train chunk
-into one preallocated ``(rows, N)`` buffer, then ranks each row and scatters
+into one preallocated float64 ``(rows, N)`` buffer, then ranks each row and scatters
 the values back with ``np.bincount``; the per-chunk vectors are summed by a
 tree reduction. Peak memory of a task is its buffer (``max_block_bytes``) plus
 a few length-``N`` vectors; the full ``n_test x N`` distance matrix never
 exists. Training chunks are graph keys of their own, so a cluster ships each
-of them to a worker once.
+of them to a worker once; for the Euclidean metric they are keys of float64
+rows centred on the training mean (with their squared norms), prepared once,
+which holds a float64 copy of the training features while the graph runs.
 """
 
 from __future__ import annotations
@@ -91,18 +93,37 @@ def _knn_parameters(model: Any, owner: str) -> tuple[int, str, dict[str, Any]]:
     return k, metric, metric_params
 
 
-def _distance_rows(x_test: np.ndarray, x_train: np.ndarray, metric: Any, metric_params: dict[str, Any]) -> np.ndarray:
-    """Distances (or any score with the same order per row) between test and training rows."""
+def _centred(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` in float64 relative to ``centre`` (exact for float32 input and nearby float64 values)."""
+    return np.asarray(x, dtype=np.float64) - centre
+
+
+def centred_train_chunk(x_train: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows - centre, their squared norms)`` in float64: one chunk of training rows, prepared once."""
+    rows = _centred(x_train, centre)
+    return rows, np.einsum("ij,ij->i", rows, rows)
+
+
+def _distance_rows(x_test: np.ndarray, train_chunk: Any, metric: Any, metric_params: dict[str, Any]) -> np.ndarray:
+    """Distances (or any score with the same order per row) between test and training rows, in float64.
+
+    For the Euclidean metric ``x_test`` is centred (``_centred``) and
+    ``train_chunk`` is :func:`centred_train_chunk` of the same centre; other
+    metrics get raw rows.
+    """
     if metric in _EUCLIDEAN:
-        # ||a||^2 - 2 a.b ranks the training rows b exactly like ||a - b||; the ||a||^2
-        # term is constant per test row and dropped: one GEMM, no sqrt.
-        dtype = np.result_type(x_test.dtype, x_train.dtype, np.float32)
-        a = np.asarray(x_train, dtype=dtype)
-        b = np.asarray(x_test, dtype=dtype)
-        return np.einsum("ij,ij->i", a, a)[None, :] - 2.0 * (b @ a.T)
+        # ||b||^2 - 2 a.b ranks the training rows b exactly like ||a - b||^2 (||a||^2 is constant
+        # per test row and dropped): one GEMM, no sqrt. Around the training mean every term is at
+        # the scale of the data's spread, not of its offset, so the cancellation loses nothing
+        # to a large offset (timestamps, uncentred pixels); float64 keeps near-ties apart.
+        rows, norms = train_chunk
+        return norms[None, :] - 2.0 * (x_test @ rows.T)
     from sklearn.metrics import pairwise_distances
 
-    return pairwise_distances(x_test, x_train, metric=metric, **metric_params)
+    return pairwise_distances(
+        np.asarray(x_test, dtype=np.float64), np.asarray(train_chunk, dtype=np.float64), metric=metric,
+        **metric_params,
+    )
 
 
 def _rank_coefficients(n: int, k: int) -> np.ndarray:
@@ -137,27 +158,30 @@ def knn_shapley_test_chunk(
     k: int,
     metric: Any,
     metric_params: dict[str, Any],
-    *train_chunks: np.ndarray,
+    centre: np.ndarray | None,
+    *train_chunks: Any,
 ) -> np.ndarray:
     """Sum over the given test points of every training point's KNN-Shapley value.
 
     ``labels`` is :func:`encode_labels` of the training labels and
-    ``train_chunks`` are consecutive row blocks of the training features. Ties
-    in distance are broken by the sort (as in scikit-learn's brute-force
-    search, their order is not specified).
+    ``train_chunks`` are consecutive row blocks of the training features:
+    for the Euclidean metric, :func:`centred_train_chunk` of each block with
+    ``centre`` (float64, one value per feature; the test rows are centred on
+    it too), else the raw blocks and ``centre=None``. Distances are computed
+    in float64. Ties in distance are broken by the sort (as in
+    scikit-learn's brute-force search, their order is not specified).
     """
-    x_test = np.asarray(x_test)
+    x_test = _centred(x_test, centre) if metric in _EUCLIDEAN else np.asarray(x_test)
     classes, codes = labels
     n = codes.shape[0]
     # A test label absent from the training labels matches no training point (code -1).
     where = np.minimum(np.searchsorted(classes, np.asarray(y_test)), len(classes) - 1)
     test_codes = np.where(classes[where] == np.asarray(y_test), where, -1)
     rows = x_test.shape[0]
-    first = _distance_rows(x_test, train_chunks[0], metric, metric_params)
-    dist = np.empty((rows, n), dtype=first.dtype)
+    dist = np.empty((rows, n), dtype=np.float64)
     start = 0
-    for i, chunk in enumerate(train_chunks):
-        block = first if i == 0 else _distance_rows(x_test, chunk, metric, metric_params)
+    for chunk in train_chunks:
+        block = _distance_rows(x_test, chunk, metric, metric_params)
         dist[:, start : start + block.shape[1]] = block
         start += block.shape[1]
     coefficients = _rank_coefficients(n, k)
@@ -167,6 +191,11 @@ def knn_shapley_test_chunk(
         # ``order`` is a permutation: a fancy-indexed += adds every value exactly once.
         total[order] += _shapley_of_sorted(codes[order] == test_codes[r], coefficients)
     return total
+
+
+def _training_mean(x_train: da.Array) -> Any:
+    """The float64 mean of the training rows, as one delayed key (the centre of the distance computation)."""
+    return x_train.mean(axis=0, dtype=np.float64).to_delayed().ravel()[0]
 
 
 def _as_rows_array(x: Any, row_chunk: int) -> da.Array:
@@ -230,10 +259,17 @@ def knn_shapley(
 
     Notes
     -----
-    Distances are computed in the features' precision (float32 stays float32,
-    which is what makes 10^6 training points fast); the Euclidean metric uses
-    one matrix product per chunk. Points at exactly equal distance from a test
-    point are ranked in an unspecified order, as in scikit-learn.
+    Distances are computed in float64 whatever the features' dtype. The
+    Euclidean metric uses one matrix product per training chunk,
+    ``||b - c||^2 - 2 (a - c).(b - c)``, around the training mean ``c``
+    (computed once, in float64): this ranks the training points ``b`` like
+    ``||a - b||^2`` for a test point ``a`` while every term stays at the scale
+    of the data's spread, so features with a large offset (float32 around
+    1e3, float64 timestamps around 1e8) find the same neighbours as exact
+    float64 distances. Other metrics go to
+    ``sklearn.metrics.pairwise_distances`` with float64 rows. Points at
+    exactly equal distance from a test point are ranked in an unspecified
+    order, as in scikit-learn.
 
     Examples
     --------
@@ -272,7 +308,7 @@ def knn_shapley(
     n_test = int(data.x_test.shape[0])
     itemsize = max(np.dtype(data.x_train.dtype).itemsize, 4)
     if test_chunk_size is None:
-        fits = max(1, max_block_bytes // (itemsize * n_train))
+        fits = max(1, max_block_bytes // (np.dtype(np.float64).itemsize * n_train))  # float64 distance rows
         test_chunk_size = max(1, min(fits, math.ceil(n_test / MIN_TEST_CHUNKS)))
     test_chunk_size = check_positive_int(test_chunk_size, "test_chunk_size", owner)
     if train_chunk_size is None and not is_dask_array(data.x_train):
@@ -287,9 +323,15 @@ def knn_shapley(
     # The labels of the training points travel as one key; every task needs all of them.
     labels = dask.delayed(encode_labels, pure=True)(data.y_train, dask_key_name=current_call().layer("knn-labels"))
     train_chunks = list(x_train.to_delayed().ravel())
+    centre = None
+    if metric in _EUCLIDEAN:
+        # Centred float64 chunks and their norms are keys of their own: prepared once, not per task.
+        centre = _training_mean(x_train)
+        prepare = dask.delayed(centred_train_chunk, pure=True)
+        train_chunks = [prepare(chunk, centre) for chunk in train_chunks]
     chunk_fn = dask.delayed(knn_shapley_test_chunk, pure=True)
     blocks = [
-        chunk_fn(xt, yt, labels, k, metric, metric_params, *train_chunks, dask_key_name=f"{name}-{i}")
+        chunk_fn(xt, yt, labels, k, metric, metric_params, centre, *train_chunks, dask_key_name=f"{name}-{i}")
         for i, (xt, yt) in enumerate(zip(x_test.to_delayed().ravel(), y_test.to_delayed().ravel(), strict=True))
     ]
     values = stack_blocks(blocks, n_train) / n_test

@@ -219,49 +219,135 @@ def guarded_stderr(
     return np.where(count > 0, err, np.inf)
 
 
-#: Rows of a power-sum block: sums of values, squares, cubes, 4th powers, and counts (see add_powers).
-POWER_ROWS = 5
+#: Rows of a power-sum block: sums of ``(v - shift)**p`` for ``p = 1..4``, the count and the shift
+#: (see add_powers).
+POWER_ROWS = 6
+_SHIFT = 5
+_COUNT = 4
 
 
-def add_powers(out: np.ndarray, index: Any, values: Any, *, count: bool = True) -> None:
-    """Accumulate ``values`` and their 2nd-4th powers (and a count) into rows 0-4 of ``out`` at ``index``.
+def power_block(n_players: int) -> np.ndarray:
+    """An empty ``(POWER_ROWS, n_players)`` power-sum block for :func:`add_powers` (no shift chosen yet)."""
+    out = np.zeros((POWER_ROWS, n_players))
+    out[_SHIFT] = np.nan
+    return out
 
-    The block format of estimators that reduce plain power sums by adding
-    blocks (Data-OOB, class-wise Shapley, group testing); ``index`` must not
-    repeat a player within one call.
+
+def add_powers(out: np.ndarray, index: Any, values: Any) -> None:
+    """Accumulate ``values`` into the power-sum block ``out`` (from :func:`power_block`) at ``index``.
+
+    The block format of estimators that reduce per-player sums instead of
+    :class:`PointStats` (Data-OOB, class-wise Shapley, group testing): rows
+    0-3 hold the sums of ``(v - K)``, ``(v - K)^2``, ``(v - K)^3`` and
+    ``(v - K)^4``, row 4 the count and row 5 the shift ``K``, the first
+    value the block saw for that player. Summing powers around one of the
+    player's own values keeps every term at the scale of the samples'
+    spread, so scores carrying a large offset (``1e4 + x``) lose no
+    precision, which raw power sums (``sum v^2 - n mean^2``) would.
+    ``index`` must not repeat a player within one call. Blocks with
+    different shifts combine exactly with :func:`merge_powers`.
     """
     v = np.asarray(values, dtype=np.float64)
-    square = v * v
-    out[0, index] += v
+    shift = out[_SHIFT, index]
+    shift = np.where(np.isnan(shift), v, shift)
+    out[_SHIFT, index] = shift
+    d = v - shift
+    square = d * d
+    out[0, index] += d
     out[1, index] += square
-    out[2, index] += square * v
+    out[2, index] += square * d
     out[3, index] += square * square
-    if count:
-        out[4, index] += 1.0
+    out[_COUNT, index] += 1.0
+
+
+def _recentred(block: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Rows 0-3 of ``block`` as sums of powers of ``v - K + delta`` (binomial expansion, exact)."""
+    s1, s2, s3, s4, n = block[0], block[1], block[2], block[3], block[_COUNT]
+    d2 = delta * delta
+    return np.stack([
+        s1 + n * delta,
+        s2 + 2.0 * delta * s1 + n * d2,
+        s3 + 3.0 * delta * s2 + 3.0 * d2 * s1 + n * d2 * delta,
+        s4 + 4.0 * delta * s3 + 6.0 * d2 * s2 + 4.0 * d2 * delta * s1 + n * d2 * d2,
+    ])
+
+
+def merge_powers(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Power-sum blocks ``a`` and ``b`` combined into one, around ``a``'s shift where it has samples.
+
+    Exact: ``sum (v - K_a)^p = sum_j C(p, j) (K_b - K_a)^(p-j) sum (v - K_b)^j``.
+    Both shifts are samples of the same player, so ``K_b - K_a`` is at the
+    scale of the samples' spread and the expansion keeps its precision.
+    """
+    na, nb = a[_COUNT], b[_COUNT]
+    shift = np.where(na > 0, a[_SHIFT], b[_SHIFT])
+    with np.errstate(invalid="ignore"):
+        delta_a = np.where(na > 0, a[_SHIFT] - shift, 0.0)
+        delta_b = np.where(nb > 0, b[_SHIFT] - shift, 0.0)
+    out = np.empty_like(a)
+    out[:4] = _recentred(a, delta_a) + _recentred(b, delta_b)
+    out[_COUNT] = na + nb
+    out[_SHIFT] = shift
+    return out
+
+
+def merge_power_stack(stack: np.ndarray, axis: Any = 0, keepdims: bool = False) -> np.ndarray:
+    """Merge power-sum blocks stacked along ``axis`` 0 (a balanced tree of :func:`merge_powers`).
+
+    The signature of a ``dask.array.reduction`` combine/aggregate step.
+    """
+    items = list(np.asarray(stack, dtype=np.float64))
+    if not items:
+        raise ValueError("merge_power_stack needs at least one power-sum block.")
+    while len(items) > 1:
+        items = [merge_powers(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
+                 for i in range(0, len(items), 2)]
+    return items[0][None] if keepdims else items[0]
+
+
+def reduce_power_blocks(parts: list[Any], split_every: int = 16) -> Any:
+    """Tree-reduce lazy ``(POWER_ROWS, n)`` power-sum blocks (dask arrays) with :func:`merge_power_stack`."""
+    import dask.array as da
+
+    stacked = da.stack(parts)
+    return da.reduction(
+        stacked, _keep_block, merge_power_stack, combine=merge_power_stack, axis=0, split_every=split_every,
+        concatenate=True, dtype=np.float64, name="merge-power-sums",
+    )
+
+
+def _keep_block(block: np.ndarray, axis: Any = 0, keepdims: bool = False) -> np.ndarray:
+    return block if keepdims else block[0]
 
 
 def mean_and_stderr(
     totals: np.ndarray, sample_range: float | None, counts: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-player mean (NaN without samples) and :func:`guarded_stderr` from summed power-sum blocks.
+    """Per-player mean (NaN without samples) and :func:`guarded_stderr` from merged power-sum blocks.
 
-    For estimators whose blocks reduce plain power sums (Data-OOB, class-wise
+    For estimators whose blocks reduce power sums (Data-OOB, class-wise
     Shapley, group testing; rows as in :func:`add_powers`, ``counts``
     overriding row 4): the same variance floor and rare-jump guard as the
     Monte Carlo estimators, so agreeing samples never report ``stderr = 0``
     and a point that met few of its rare jumps is not trusted to Wald.
-    Central moments come from the power sums (clipped at 0 where rounding
-    makes them negative; the values these estimators sum are bounded scores).
+    With ``T_p`` the sums of ``(v - K)^p`` and ``d = T_1 / n``, the mean is
+    ``K + d`` and the central moments are ``M2 = T_2 - n d^2``,
+    ``M3 = T_3 - 3 d T_2 + 2 n d^3`` and
+    ``M4 = T_4 - 4 d T_3 + 6 d^2 T_2 - 3 n d^4`` (clipped at 0 where
+    rounding makes M2 or M4 negative): every term is at the scale of the
+    spread of the samples, whatever their offset.
     """
-    s1, s2, s3, s4 = (np.asarray(totals[k], dtype=np.float64) for k in range(4))
-    counts = np.asarray(totals[4] if counts is None else counts, dtype=np.float64)
+    t1, t2, t3, t4 = (np.asarray(totals[k], dtype=np.float64) for k in range(4))
+    counts = np.asarray(totals[_COUNT] if counts is None else counts, dtype=np.float64)
+    seen = counts > 0
     safe = np.maximum(counts, 1.0)
-    mean = np.where(counts > 0, s1 / safe, 0.0)
-    m2 = np.where(counts > 0, np.maximum(s2 - counts * mean * mean, 0.0), 0.0)
-    m3 = np.where(counts > 0, s3 - 3 * mean * s2 + 2 * counts * mean**3, 0.0)
-    m4 = np.where(counts > 0, np.maximum(s4 - 4 * mean * s3 + 6 * mean**2 * s2 - 3 * counts * mean**4, 0.0), 0.0)
+    d = np.where(seen, t1 / safe, 0.0)
+    mean = np.where(seen, np.asarray(totals[_SHIFT], dtype=np.float64), 0.0) + d
+    m2 = np.where(seen, np.maximum(t2 - counts * d * d, 0.0), 0.0)
+    m3 = np.where(seen, t3 - 3 * d * t2 + 2 * counts * d**3, 0.0)
+    m4 = np.where(seen, np.maximum(t4 - 4 * d * t3 + 6 * d**2 * t2 - 3 * counts * d**4, 0.0), 0.0)
     stats = PointStats(np.rint(counts).astype(np.int64)[None], mean[None], m2[None], m3=m3[None], m4=m4[None])
-    return np.where(counts > 0, mean, np.nan), guarded_stderr(stats, sample_range)[0]
+    return np.where(seen, mean, np.nan), guarded_stderr(stats, sample_range)[0]
 
 
 def _strata(stats: PointStats, weights: np.ndarray, sample_range: float | None) -> tuple[np.ndarray, np.ndarray]:

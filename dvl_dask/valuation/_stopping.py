@@ -294,15 +294,46 @@ MAX_HISTORY_STEPS = 100_000
 
 
 class HistoryDeviation(StoppingCriterion):
-    """Ghorbani & Zou's rule (Data Shapley, 2019): stop when every player's values are stable.
+    r"""Ghorbani & Zou's convergence rule for TMC-Shapley (Data Shapley, ICML 2019).
 
-    For each player, keep its values after each of its last ``n_steps``
-    updates (checks where its count grew). Its deviation is the mean relative
-    change over those updates, ``mean_j |v(t_j) - v(t_{j-1})| / |v(now)|``
-    (0 for a player whose values are all exactly 0). Stop when the maximum
-    deviation over players is below ``rtol``; players with fewer than
-    ``n_steps`` updates count as not converged. A heuristic: it measures
-    stability of the running means, not their error.
+    Their rule, with ``t`` the iteration (one permutation, which updates
+    every point once), ``n_steps = 100`` and ``rtol = 0.05`` in the paper:
+    stop at the first ``t`` with
+
+    .. math::
+
+        \frac{1}{n} \sum_{i=1}^{n}
+        \frac{\left| v_i^t - v_i^{t - n_{steps}} \right|}{\left| v_i^t \right|} < rtol,
+
+    the mean over players of each player's relative change over the last
+    ``n_steps`` iterations. The parameters keep the names of pyDVL's
+    ``HistoryDeviation(n_steps, rtol)``, which also averages over players
+    but counts ``n_steps`` in checks (batches) and compares only the players
+    updated more than ``n_steps + 1`` times.
+
+    How ``t`` counts here: a player's ``t`` is its number of updates (its
+    count, the paper's iterations: permutations for permutation sampling),
+    not the number of checks, so the rule does not depend on how many
+    samples a block holds. ``v_i^{t - n_steps}`` is the player's value when
+    it had exactly ``t - n_steps`` updates; the loop checks once per merged
+    block, so when no check fell at that count (a block holds several
+    updates and ``n_steps`` is not a multiple of them) the value at the last
+    check at which the player had at most ``t - n_steps`` updates is used:
+    the lag is then ``n_steps`` rounded up to a whole number of checks. The
+    rule is evaluated (and can stop the run) only at checks, and only once
+    every player has a value ``n_steps`` or more updates back
+    (``t - n_steps >= 1``: values before the first update are not
+    estimates); until then it does not stop.
+
+    Zeros (the paper does not say): a player with ``v_i^t = 0`` contributes
+    0 if ``v_i^{t - n_steps} = 0`` too (no change) and ``inf`` otherwise (a
+    relative change from a non-zero value to 0 is unbounded), so that
+    iteration cannot stop the run. pyDVL instead adds the absolute change
+    ``|v_i^{t - n_steps}|`` for such a player.
+
+    A heuristic: it measures the stability of the running means, not their
+    error (prefer :class:`RelativeStandardError`). Unlike pyDVL there is no
+    ``pin_converged``: the rule is one number over all players.
     """
 
     def __init__(self, n_steps: int, rtol: float) -> None:
@@ -317,38 +348,49 @@ class HistoryDeviation(StoppingCriterion):
         self.reset()
 
     def reset(self) -> None:
-        self._values: np.ndarray | None = None  # (n_steps + 1, n) last values per player, newest last
-        self._seen: np.ndarray | None = None  # recorded updates per player
+        # Per player, its values and counts at its last (n_steps + 1) updates, newest last; count 0 = empty.
+        # n_steps + 1 distinct counts ending at t include one <= t - n_steps, the one the rule needs.
+        self._values: np.ndarray | None = None
         self._counts: np.ndarray | None = None
         self._last = np.inf
 
     def _record(self, state: ConvergenceState) -> None:
         values = np.array(state.values, dtype=np.float64)
-        counts = np.asarray(state.counts)
+        counts = np.asarray(state.counts, dtype=np.int64)
         if self._values is None or self._values.shape[1] != len(values):
             self._values = np.zeros((self.n_steps + 1, len(values)))
-            self._seen = np.zeros(len(values), dtype=np.int64)
-            self._counts = np.zeros(len(values), dtype=np.int64)
-        assert self._seen is not None and self._counts is not None
-        updated = counts > self._counts
-        self._values[:, updated] = np.roll(self._values[:, updated], -1, axis=0)
-        self._values[-1, updated] = values[updated]
-        self._seen[updated] += 1
-        self._counts = counts.copy()
+            self._counts = np.zeros((self.n_steps + 1, len(values)), dtype=np.int64)
+        assert self._counts is not None
+        updated = counts > self._counts[-1]
+        for history, now in ((self._values, values), (self._counts, counts)):
+            history[:, updated] = np.roll(history[:, updated], -1, axis=0)
+            history[-1, updated] = now[updated]
+
+    def _lagged(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per player, its value ``n_steps`` updates ago (see the class docstring) and whether it has one."""
+        assert self._values is not None and self._counts is not None
+        target = self._counts[-1] - self.n_steps
+        # Counts grow along axis 0 (empty rows hold 0 at the top): the last row at or below the target.
+        row = np.sum(self._counts <= target[None, :], axis=0) - 1
+        columns = np.arange(self._counts.shape[1])
+        row = np.maximum(row, 0)
+        has = (target >= 1) & (self._counts[row, columns] >= 1) & (self._counts[row, columns] <= target)
+        return self._values[row, columns], has
 
     def deviations(self) -> np.ndarray:
-        """Per-player mean relative change over the last ``n_steps`` updates (inf if too few)."""
-        if self._values is None or self._seen is None:
+        """Per player ``|v(t) - v(t - n_steps)| / |v(t)|`` (0 for 0/0; inf while a player has too few updates)."""
+        if self._values is None:
             return np.array([np.inf])
-        steps = np.abs(np.diff(self._values, axis=0)).mean(axis=0)
-        now = np.abs(self._values[-1])
+        past, has = self._lagged()
+        now = self._values[-1]
+        change = np.abs(now - past)
         with np.errstate(divide="ignore", invalid="ignore"):
-            dev = np.where(now > 0, steps / now, np.where(steps > 0, np.inf, 0.0))
-        return np.where(self._seen > self.n_steps, dev, np.inf)
+            dev = np.where(now != 0, change / np.abs(now), np.where(change > 0, np.inf, 0.0))
+        return np.where(has, dev, np.inf)
 
     def check(self, state: ConvergenceState) -> bool:
         self._record(state)
-        self._last = float(np.max(self.deviations()))
+        self._last = float(np.mean(self.deviations()))
         return self._last < self.rtol
 
     def completion(self, state: ConvergenceState) -> float:

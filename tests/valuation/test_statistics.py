@@ -39,13 +39,14 @@ from dvl_dask.valuation import (
 from dvl_dask.valuation._stats import (
     FLOOR_FACTOR,
     JUMP_FACTOR,
-    POWER_ROWS,
     PointStats,
     add_powers,
     finalize_stats,
     guarded_stderr,
     mean_and_stderr,
     merge_all,
+    merge_powers,
+    power_block,
 )
 
 RARE = WeightedVotingGame([12, 11, 10, 10, 9, 9, 8, 8, 7, 6, 6, 1], quota=72)
@@ -304,11 +305,12 @@ def test_max_checks():
     assert not stop.check(_state([1.0]))
 
 
-def test_history_deviation_is_per_player_max_over_updates():
+def test_history_deviation_compares_with_the_value_n_steps_updates_back():
+    # the published rule is a mean over players of |v(t) - v(t - n_steps)| / |v(t)| (see test_numerics.py)
     stop = HistoryDeviation(n_steps=2, rtol=0.05)
-    # player 0 is stable, player 1 keeps moving by 20%: never stop
-    for t in range(1, 8):
-        assert not stop.check(_state([1.0, 1.0 + 0.2 * (t % 2)], counts=[t, t]))
+    # player 1 moves by 20% at every update but returns every 2: no change over 2 updates
+    results = [stop.check(_state([1.0, 1.0 + 0.2 * (t % 2)], counts=[t, t])) for t in range(1, 6)]
+    assert results == [False, False, True, True, True]
     stop = HistoryDeviation(n_steps=2, rtol=0.05)
     results = [stop.check(_state([1.0, 2.0], counts=[t, t])) for t in range(1, 5)]
     assert results == [False, False, True, True]  # needs n_steps updates of every player
@@ -462,12 +464,12 @@ def test_power_sum_blocks_give_the_same_guarded_stderr(values, n_blocks):
     # Data-OOB, class-wise Shapley and group testing add power-sum blocks: same stderr as PointStats
     x = np.asarray(values)
     blocks = np.array_split(x, n_blocks)
-    totals = np.zeros((POWER_ROWS, 1))
+    totals = power_block(1)
     for part in blocks:
-        block = np.zeros((POWER_ROWS, 1))
+        block = power_block(1)
         for v in part:
             add_powers(block, 0, v)
-        totals += block
+        totals = merge_powers(totals, block)
     mean, stderr = mean_and_stderr(totals, 1.0)
     reference = PointStats.from_samples(x[:, None], np.ones((len(x), 1), bool), len(x))
     assert mean[0] == pytest.approx(x.mean())
