@@ -39,7 +39,6 @@ import json
 import sys
 import threading
 import types
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -404,7 +403,29 @@ def _is_named(fn: types.FunctionType, module: str | None) -> bool:
     return value is fn
 
 
+def _named_library_function(fn: types.FunctionType) -> bytes | None:
+    """What a library function reachable as ``module.<qualname>`` feeds: its name and version (else None)."""
+    named = _NAMED_FUNCTIONS.get(fn)
+    if named is None:
+        g = fn.__globals__
+        module = g.get("__name__") if isinstance(g, dict) else None
+        version = package_version(module)
+        if version is None or not _is_named(fn, module):
+            return None
+        h = hashlib.blake2b(digest_size=16)
+        feed(h.update, (f"{module}.{fn.__qualname__}", version))
+        named = b"lib-fn:" + h.digest()
+        if len(_NAMED_FUNCTIONS) > 16384:
+            _NAMED_FUNCTIONS.clear()
+        _NAMED_FUNCTIONS[fn] = named
+    return named
+
+
 def _feed_function(update: Update, fn: types.FunctionType) -> None:
+    named = _named_library_function(fn)
+    if named is not None:
+        update(named)
+        return
     s = current()
     assert s is not None
     found = s.memo.get(id(fn))
@@ -418,10 +439,8 @@ def _feed_function(update: Update, fn: types.FunctionType) -> None:
     feed(update, f"{module}.{fn.__qualname__}")
     version = package_version(module)
     plan = None
-    if version is not None:
+    if version is not None:  # a closure made by library code: its name and version, and its state below
         feed(update, version)
-        if _is_named(fn, module):
-            return
     else:
         plan = _plan(fn.__code__)
         s.budget -= plan.n_codes
@@ -429,7 +448,7 @@ def _feed_function(update: Update, fn: types.FunctionType) -> None:
             raise Uncoverable(
                 f"Hashing {module}.{fn.__qualname__} walks more code than dvl_dask's bound: it reaches more than "
                 "the allowed number of functions of code not installed as a package (no non-editable distribution "
-                "in importlib.metadata; e.g. a large library installed editable or put on PYTHONPATH)."
+                "in importlib.metadata; e.g. a large library put on PYTHONPATH)."
             )
         update(plan.digest)
         _feed_references(update, fn, plan, g)
@@ -524,7 +543,10 @@ def _feed_class(update: Update, cls: type) -> None:
 
 # -- classes -------------------------------------------------------------------------------------------
 
-_LIBRARY_CLASSES: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+#: Tokens of library classes (name and version): module-level classes, kept as long as the process.
+_LIBRARY_CLASSES: dict[type, str] = {}
+#: What named library functions feed (name and version), by function.
+_NAMED_FUNCTIONS: dict[types.FunctionType, bytes] = {}
 _SKIPPED_CLASS_ATTRS = frozenset(
     {"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", "__annotations__", "__slots__",
      "__abstractmethods__", "_abc_impl", "__dataclass_fields__", "__dataclass_params__", "__parameters__",
@@ -547,18 +569,13 @@ def class_token(cls: type) -> str:
     name = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', getattr(cls, '__name__', '?'))}"
     version = package_version(getattr(cls, "__module__", None))
     if version is not None or not hasattr(cls, "__dict__"):
-        try:
-            found = _LIBRARY_CLASSES.get(cls)
-        except TypeError:
-            found = None
-        if found is not None:
-            return found
-        token = digest_of(b"class:", name, version or "builtin")
-        try:
-            _LIBRARY_CLASSES[cls] = token
-        except TypeError:  # pragma: no cover - not weak-referenceable
-            pass
-        return token
+        found = _LIBRARY_CLASSES.get(cls)
+        if found is None:
+            found = digest_of(b"class:", name, version or "builtin")
+            if len(_LIBRARY_CLASSES) > 16384:
+                _LIBRARY_CLASSES.clear()
+            _LIBRARY_CLASSES[cls] = found
+        return found
     with session(strict=True) as s:
         if id(cls) in s.active:  # a method naming its own class
             return f"class:{name}"

@@ -245,11 +245,21 @@ def handler_for(cls: type) -> Handler:
 # -- the encoding ---------------------------------------------------------------------------------
 
 
+_PLAIN_TYPES = frozenset({int, str, float, bool, bytes, type(None)})
+
+
 def digest(obj: Any) -> bytes:
     """Raw 16-byte digest of one value, in a fresh back-reference scope."""
     h = hashlib.blake2b(digest_size=16)
-    with scope():
+    s = current() if type(obj) not in _PLAIN_TYPES else None
+    if s is None:
         feed(h.update, obj)
+        return h.digest()
+    saved, s.memo = s.memo, {}  # what scope() does, without a context manager on this hot path
+    try:
+        feed(h.update, obj)
+    finally:
+        s.memo = saved
     return h.digest()
 
 
