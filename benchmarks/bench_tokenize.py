@@ -37,12 +37,12 @@ import numpy as np  # noqa: E402
 
 #: Figures recorded in benchmarks/README.md ("Identities", issue 23), printed beside the new ones.
 RECORDED = {
-    "blake2b": "0.62 s",
-    "object_token": "0.66 s",
-    "dask_content_digest": "1.27 s",
-    "dict_lookup": "0.05 µs",
-    "memoized_hit": "8.1 µs",
-    "utility_hit": "15.6 µs",
+    "blake2b": "1.09 s",
+    "object_token": "1.17 s",
+    "dask_content_digest": "1.25 s",
+    "dict_lookup": "0.04 µs",
+    "memoized_hit": "18.5 µs",
+    "utility_hit": "26.8 µs",
 }
 
 
