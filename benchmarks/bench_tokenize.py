@@ -13,8 +13,13 @@ Part 2 times the overhead of a cache hit per call: a memoized function of a
 10-player coalition with the in-memory backend (target < 10 µs), and a whole
 ``Utility(...)(players)`` call answered from the cache.
 
-The script only uses APIs that existed before the identity rework, so running it
-with ``PYTHONPATH`` pointing at an older checkout gives the "before" figures.
+Each line also prints the ideal (a bare BLAKE2b over the array's bytes; a bare
+dict lookup of a ready key) and, in brackets, the figure recorded in
+``benchmarks/README.md`` ("Identities"), so a regression shows at a glance.
+
+The script only uses APIs that existed before the identity rework (newer ones
+are skipped when missing), so running it with ``PYTHONPATH`` pointing at an
+older checkout gives the "before" figures.
 """
 
 from __future__ import annotations
@@ -25,9 +30,24 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+#: Figures recorded in benchmarks/README.md ("Identities", issue 23), printed beside the new ones.
+RECORDED = {
+    "blake2b": "1.09 s",
+    "object_token": "1.17 s",
+    "dask_content_digest": "1.25 s",
+    "dict_lookup": "0.04 µs",
+    "memoized_hit": "18.5 µs",
+    "utility_hit": "26.8 µs",
+}
+
+
+def _recorded(name: str) -> str:
+    return f"[recorded {RECORDED.get(name, '-')}]"
 
 
 def _best(fn, repeats: int = 3) -> float:
@@ -64,9 +84,17 @@ def part_dataset(rows: int, cols: int) -> None:
     print(f"[dataset] {rows} x {cols} float32 = {mb:.0f} MiB")
     t = _best(lambda: tokenize(x, ensure_deterministic=True))
     print(f"[dataset] dask.base.tokenize(numpy)         {t:7.3f} s  ({mb / t:6.0f} MiB/s)  (the old fingerprint)")
+    ideal = _best(lambda: hashlib.blake2b(x, digest_size=16).digest())
+    print(f"[dataset] ideal: bare BLAKE2b over the bytes {ideal:7.3f} s  ({mb / ideal:6.0f} MiB/s)  "
+          f"{_recorded('blake2b')}")
+    if hasattr(keys, "object_token"):
+        t = _best(lambda: keys.object_token(x))
+        print(f"[dataset] object_token(numpy)               {t:7.3f} s  ({mb / t:6.0f} MiB/s)  "
+              f"x{t / ideal:4.2f} the ideal  {_recorded('object_token')}")
     if hasattr(keys, "dask_content_digest"):
         t = _best(lambda: keys.dask_content_digest(x))
-        print(f"[dataset] dask_content_digest(numpy)        {t:7.3f} s  ({mb / t:6.0f} MiB/s)")
+        print(f"[dataset] dask_content_digest(numpy)        {t:7.3f} s  ({mb / t:6.0f} MiB/s)  "
+              f"x{t / ideal:4.2f} the ideal  {_recorded('dask_content_digest')}")
         lazy = da.from_array(x, chunks=(rows // 8, cols))
         with dask.config.set(scheduler="threads"):
             t = _best(lambda: keys.dask_content_digest(lazy))
@@ -91,17 +119,21 @@ def part_cache_hit(calls: int) -> None:
 
     players = np.arange(10)
     bare = _per_call(value, players, calls)
+    table = {"dvl:value:0123456789abcdef0123456789abcdef": 10.0}
+    lookup = _per_call(table.__getitem__, "dvl:value:0123456789abcdef0123456789abcdef", calls)
+    print(f"[cache] ideal: bare dict lookup of a ready key          {1e6 * lookup:6.2f} µs/call  "
+          f"{_recorded('dict_lookup')}")
     f = memoize(value, InMemoryCacheBackend(), subset_args=["players"])
     f(players)
     hit = _per_call(f, players, calls)
     print(f"[cache] memoized function, memory backend: hit overhead {1e6 * (hit - bare):6.2f} µs/call "
-          "(target < 10 µs)")
+          f"(target < 10 µs)  {_recorded('memoized_hit')}")
     data = Dataset.from_sklearn(load_wine, train_size=10 / 178, seed=0, stratify=True)
     u = Utility(LogisticRegression(max_iter=500), data, "accuracy", cache=InMemoryCacheBackend())
     u(players)
     hit = _per_call(u, players, calls)
     print(f"[cache] Utility(players) answered from memory:     {1e6 * hit:6.2f} µs/call "
-          "(index checks + key + lookup)")
+          f"(index checks + key + lookup)  {_recorded('utility_hit')}")
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ import math
 import numbers
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Generic, TypeVar
@@ -17,7 +16,7 @@ import numpy as np
 
 from .. import config
 from ..errors import CacheError, DvlDaskWarning, InvalidParameterError
-from ..keys import KeyFunction, function_token
+from ..keys import KeyFunction, graph_token
 from ..validation import check_positive_int, check_real
 from ._backend import CacheBackend
 from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
@@ -244,14 +243,11 @@ class MemoizedFunction(Generic[T]):
 
     # -- protocols --------------------------------------------------------------------------
     def __dask_tokenize__(self) -> Any:
-        # The wrapped function by code and state (dvl_dask.keys.function_token), the token the
-        # cache keys start from, and for plain functions what dask gives the function itself:
-        # memoizing never changes graph keys, and two memoized functions with different code
-        # or captured values never share one.
-        from ..keys import normalize_function
-
-        fn = self.__wrapped__
-        return normalize_function(fn) if isinstance(fn, types.FunctionType) else ("callable", function_token(fn))
+        # The wrapped function by code and state (dvl_dask.keys.graph_token): two memoized functions
+        # with different code or captured values never share a key. Strict inside a persisted
+        # identity (object_token); inside one process's graph an unhashable function gets a key of
+        # its own instead of an error.
+        return ("memoized", graph_token(self.__wrapped__))
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Used as a method decorator: bind the instance like a function would.

@@ -31,9 +31,6 @@ import contextvars
 import dataclasses
 import functools
 import inspect
-import threading
-import uuid
-import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -41,77 +38,16 @@ import dask.config
 import numpy as np
 
 from .. import config
-from ..errors import InvalidParameterError, TokenizationError
+from ..errors import InvalidParameterError
 from ..validation import as_seed_sequence
+from ._tokens import graph_token
 
-__all__ = ["BoundCall", "bind_arguments", "call_key", "current_call", "graph_token", "lazy_method"]
+__all__ = ["BoundCall", "bind_arguments", "call_key", "current_call", "lazy_method"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Options whose values must never enter a key, even hashed (secrets).
 _SECRET_OPTIONS = (config.CACHE_HMAC_KEY,)
-
-
-# -- graph_token: TEMPORARY, until part A's ``dvl_dask.keys.graph_token`` replaces it -----------------
-# Semantics (the same as part A's): never raises; an object that cannot be hashed completely gets a
-# key unique to that object -- never a collision, only no de-duplication. At merge time delete this
-# block and import ``graph_token`` from the module part A adds.
-
-_UNIQUE: dict[int, tuple[weakref.ref[Any], str]] = {}
-_UNIQUE_LOCK = threading.Lock()
-
-
-def _unique_token(obj: Any) -> str:
-    """A random token remembered for ``obj`` while it lives (fresh on every call if it has no weakref)."""
-    try:
-        ref = weakref.ref(obj, functools.partial(_forget, id(obj)))
-    except TypeError:
-        return uuid.uuid4().hex  # cannot be remembered: a new key each time, never a shared one
-    with _UNIQUE_LOCK:
-        found = _UNIQUE.get(id(obj))
-        if found is not None and found[0]() is obj:
-            return found[1]
-        token = uuid.uuid4().hex
-        _UNIQUE[id(obj)] = (ref, token)
-        return token
-
-
-def _forget(key: int, ref: weakref.ref[Any]) -> None:
-    with _UNIQUE_LOCK:
-        found = _UNIQUE.get(key)
-        if found is not None and found[0] is ref:
-            del _UNIQUE[key]
-
-
-def graph_token(*objs: Any) -> str:
-    """Hex token of ``objs`` for graph keys: deterministic where possible, never raising.
-
-    Parts that :func:`~dvl_dask.keys.object_token` cannot hash deterministically
-    are replaced by a random token remembered per object (for as long as it
-    lives), so distinct objects never share a key.
-
-    Examples
-    --------
-    >>> import threading
-    >>> graph_token(1, "a") == graph_token(1, "a")
-    True
-    >>> lock = threading.Lock()  # no deterministic hash: a key of its own
-    >>> graph_token(lock) == graph_token(lock), graph_token(lock) == graph_token(threading.Lock())
-    (True, False)
-    """
-    from . import object_token
-
-    try:
-        return object_token(*objs)
-    except TokenizationError:
-        pass
-    parts = []
-    for obj in objs:
-        try:
-            parts.append(("hashed", object_token(obj)))
-        except TokenizationError:
-            parts.append(("unique", _unique_token(obj)))
-    return object_token(*parts)
 
 
 # -- binding and hashing a call ------------------------------------------------------------------------

@@ -278,3 +278,89 @@ def _utility_from(x: np.ndarray) -> Utility:
 
     data = Dataset.from_arrays(x, x.sum(axis=1), train_size=0.5, seed=0)
     return Utility(LinearRegression(), data, "r2", default_score=0.0, cache=InMemoryCacheBackend())
+
+
+# -- decorated scorers (issue 23): a wrapper's closure is part of the key --------------------------
+
+
+def _scaled(factor):
+    """A parametrised decorator: two scorers it makes differ only in the wrapper's closure."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(model, x, y):
+            return factor * fn(model, x, y)
+
+        return wrapper
+
+    return decorate
+
+
+def _r2(model, x, y):
+    return float(model.score(x, y))
+
+
+def _decorated_utilities(cache_for) -> tuple[Utility, Utility]:
+    from sklearn.linear_model import LinearRegression
+
+    data = _data(3)
+    return tuple(Utility(LinearRegression(), data, _scaled(f)(_r2), default_score=0.0, cache=cache_for())
+                 for f in (1.0, -1.0))
+
+
+def test_decorated_scorers_differing_in_a_wrapper_closure_get_different_keys() -> None:
+    plus, minus = _scaled(1.0)(_r2), _scaled(-1.0)(_r2)
+    assert plus.__wrapped__ is minus.__wrapped__ is _r2
+    assert function_token(plus) != function_token(minus)
+    assert function_token(plus) == function_token(_scaled(1.0)(_r2))
+    # a wrapper differing only in its own code (same closure, same wrapped function)
+    other = _define(
+        """
+        import functools
+        def decorate(fn):
+            @functools.wraps(fn)
+            def wrapper(model, x, y):
+                return {expr}
+            return wrapper
+        """.format(expr="fn(model, x, y) + 0.0"), "decorate")(_r2)
+    again = _define(
+        """
+        import functools
+        def decorate(fn):
+            @functools.wraps(fn)
+            def wrapper(model, x, y):
+                return {expr}
+            return wrapper
+        """.format(expr="fn(model, x, y) - 1.0"), "decorate")(_r2)
+    assert function_token(other) != function_token(again)
+
+
+def test_decorated_scorers_through_a_shared_disk_cache(tmp_path) -> None:
+    from dvl_dask.cache import DiskCacheBackend
+
+    disk = DiskCacheBackend(tmp_path / "cache", hmac_key="decorated")
+    plus, minus = _decorated_utilities(lambda: disk)
+    assert plus.token != minus.token
+    players = np.arange(plus.data.n_players)[1::2]
+    true_plus, true_minus = plus.fit_and_score(players), minus.fit_and_score(players)
+    assert true_minus == -true_plus != 0.0
+    assert plus(players) == true_plus
+    assert minus(players) == true_minus  # not the entry plus stored
+    fresh = _decorated_utilities(lambda: DiskCacheBackend(tmp_path / "cache", hmac_key="decorated"))
+    assert [u(players) for u in fresh] == [true_plus, true_minus]
+
+
+@pytest.mark.memcached
+def test_decorated_scorers_through_a_shared_memcached(memcached_server) -> None:
+    from dvl_dask.cache import MemcachedCacheBackend, MemcachedClientConfig
+
+    def backend():
+        return MemcachedCacheBackend(
+            MemcachedClientConfig(server=memcached_server.address, timeout=2.0), hmac_key="decorated-memcached"
+        )
+
+    plus, minus = _decorated_utilities(backend)
+    players = np.arange(plus.data.n_players)[::3]
+    true_plus = plus.fit_and_score(players)
+    assert plus(players) == true_plus
+    assert minus(players) == -true_plus

@@ -11,7 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
-from dask.base import tokenize  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -68,13 +67,13 @@ def test_unfitted_model_round_trips(mlp_regressor):
 
 
 def _check_tokenize(obj):
-    """Deterministic, idempotent and stable through one and two cloudpickle round trips (as dask tests)."""
-    token = tokenize(obj, ensure_deterministic=True)
-    assert token == tokenize(obj, ensure_deterministic=True)
+    """dvl_dask's tokens: idempotent and stable through one and two cloudpickle round trips (as dask tests)."""
+    token = fingerprint(obj)
+    assert token == fingerprint(obj)
     once = cloudpickle.loads(cloudpickle.dumps(obj))
-    assert tokenize(once, ensure_deterministic=True) == token
+    assert fingerprint(once) == token
     twice = cloudpickle.loads(cloudpickle.dumps(once))
-    assert tokenize(twice, ensure_deterministic=True) == token
+    assert fingerprint(twice) == token
     return token
 
 
@@ -93,13 +92,13 @@ def _check_tokenize(obj):
 )
 def test_tensor_tokens(make):
     token = _check_tokenize(make())
-    assert token == tokenize(make(), ensure_deterministic=True)  # equal values, equal tokens
+    assert token == fingerprint(make())  # equal values, equal tokens
 
 
 def test_tensor_tokens_depend_on_values_dtype_and_shape():
     a = torch.arange(6, dtype=torch.float32)
     tokens = {
-        tokenize(t, ensure_deterministic=True) for t in (a, a + 1, a.double(), a.reshape(2, 3), a.to(torch.int32))
+        fingerprint(t) for t in (a, a + 1, a.double(), a.reshape(2, 3), a.to(torch.int32))
     }
     assert len(tokens) == 5
 
@@ -111,18 +110,18 @@ def test_module_tokens(mlp_regressor):
     other = cloudpickle.loads(cloudpickle.dumps(model))
     with torch.no_grad():
         other[0].weight[0, 0] += 1e-12
-    assert tokenize(other, ensure_deterministic=True) != token
+    assert fingerprint(other) != token
     other = cloudpickle.loads(cloudpickle.dumps(model))
     other[0].weight.requires_grad_(False)
-    assert tokenize(other, ensure_deterministic=True) != token
+    assert fingerprint(other) != token
     other = cloudpickle.loads(cloudpickle.dumps(model)).train(False)
-    assert tokenize(other, ensure_deterministic=True) != token
+    assert fingerprint(other) != token
     # Same parameters, other hyper-parameters: the repr tells them apart.
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
     b = cloudpickle.loads(cloudpickle.dumps(a))
     b[1].p = 0.2
-    assert tokenize(a, ensure_deterministic=True) != tokenize(b, ensure_deterministic=True)
+    assert fingerprint(a) != fingerprint(b)
 
 
 def test_keys_registers_torch_lazily_and_stays_torch_free():

@@ -18,7 +18,7 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
 ``"gauss_newton"``) and ``block_structure`` (``"full"``, ``"layer"`` or a mapping).
-Importing this package registers dask tokenizers for tensors and modules.
+Importing this package registers dvl_dask's (private) hashing of tensors and modules.
 
 For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`
 (numpy blocks ↔ tensors), :class:`TorchCatAggregator` and
@@ -27,7 +27,7 @@ For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`
 loads a TorchScript file as a module ``torch.func`` can differentiate.
 """
 
-from . import _tokenize as _tokenize  # registers dask tokenizers for tensors and modules
+from . import _tokenize as _tokenize  # registers dvl_dask's hashing of tensors and modules
 from ._aggregators import NestedTorchCatAggregator, TorchCatAggregator
 from ._arnoldi import ArnoldiInfluence
 from ._cg import CgInfluence

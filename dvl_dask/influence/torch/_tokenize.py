@@ -1,12 +1,18 @@
-"""Deterministic dask tokens for torch tensors and modules.
+"""How dvl_dask's tokens hash torch tensors and modules: by value.
 
-Registered lazily from :mod:`dvl_dask.keys` (``normalize_token.register_lazy("torch")``)
-and on import of :mod:`dvl_dask.influence.torch`. Tokens depend on values, not
-identity or device: a tensor hashes its dtype, shape and bytes; a module,
-for itself and every submodule, its class (:func:`~dvl_dask.keys.class_token`:
-the code of user-defined modules), its plain attributes (hyper-parameters such
-as ``in_features`` or ``p``, the training flag) and every parameter and buffer
-by name and content. Tokens are the same in every process and on every machine.
+The handlers are registered into :mod:`dvl_dask.keys`' private dispatch when
+this module is imported: on import of :mod:`dvl_dask.influence.torch`, or by
+:mod:`dvl_dask.keys` itself (by module name) the first time it meets an
+object of a ``torch`` type, so that ``dvl_dask.keys`` never imports torch.
+Nothing is registered with ``dask.base.normalize_token``: how dask hashes
+tensors and modules is left to dask and torch.
+
+Tokens depend on values, not identity or device: a tensor hashes its dtype,
+shape and bytes; a module, for itself and every submodule, its class
+(:func:`~dvl_dask.keys.class_token`: the code of user-defined modules), its
+plain attributes (hyper-parameters such as ``in_features`` or ``p``, the
+training flag) and every parameter and buffer by name and content. Tokens are
+the same in every process and on every machine.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import hashlib
 from typing import Any
 
 import torch
-from dask.base import normalize_token
 from torch import nn
 
-__all__ = ["normalize_module", "normalize_tensor", "register"]
+from ...keys import class_token, object_token
+from ...keys._encode import Update, feed, register
+
+__all__ = ["normalize_module", "normalize_tensor", "register_handlers"]
 
 
 def normalize_tensor(t: torch.Tensor) -> tuple[Any, ...]:
@@ -41,8 +49,6 @@ def _hyper_parameters(m: nn.Module) -> dict[str, Any]:
 
 def normalize_module(m: nn.Module) -> tuple[Any, ...]:
     """Class and hyper-parameters of every submodule, parameters and buffers by name and content."""
-    from ...keys import class_token, object_token
-
     layers = [(n, class_token(type(sub)), object_token(_hyper_parameters(sub))) for n, sub in m.named_modules()]
     state = [(n, normalize_tensor(p)) for n, p in m.named_parameters()]
     state += [(n, normalize_tensor(b)) for n, b in m.named_buffers()]
@@ -50,10 +56,26 @@ def normalize_module(m: nn.Module) -> tuple[Any, ...]:
     return ("torch.nn.Module", layers, state, trainable)
 
 
-def register() -> None:
-    """Register the normalisers with ``dask.base.normalize_token`` (idempotent)."""
-    normalize_token.register(torch.Tensor, normalize_tensor)
-    normalize_token.register(nn.Module, normalize_module)
+def _feed_tensor(update: Update, t: torch.Tensor) -> None:
+    feed(update, normalize_tensor(t))
 
 
-register()
+def _feed_module(update: Update, m: nn.Module) -> None:
+    if getattr(m, "__dask_tokenize__", None) is not None:
+        feed(update, (class_token(type(m)), m.__dask_tokenize__()))
+        return
+    feed(update, normalize_module(m))
+
+
+def _feed_plain(update: Update, obj: Any) -> None:
+    feed(update, (type(obj).__name__, str(obj)))
+
+
+def register_handlers() -> None:
+    """Register the handlers with dvl_dask's private dispatch (idempotent)."""
+    register(torch.Tensor, _feed_tensor)
+    register(nn.Module, _feed_module)
+    register((torch.dtype, torch.device), _feed_plain)
+
+
+register_handlers()
