@@ -482,5 +482,6 @@ def checkpoint_history(
             "block": ("step", [r[0] for r in rows]),
             "n_evaluations": ("step", [int(r[1]) for r in rows]),
         },
-        attrs={"method": header["method"], "seed": header["seed"], "checkpoint": url},
+        attrs={"method": header["method"], "seed": header["seed"], "checkpoint": url,
+               **bias_attrs(header["parameters"])},
     )
