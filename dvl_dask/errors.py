@@ -30,7 +30,8 @@ builtin they already handle (``except ValueError``)::
     DvlDaskWarning (UserWarning)
     ├── UtilityFailureWarning                  a fit failed; default score used
     ├── CacheUnavailableWarning                cache backend down; running uncached
-    └── ConvergenceWarning                     an iterative solver did not converge
+    ├── ConvergenceWarning                     an iterative solver did not converge
+    └── BiasedEstimateWarning                  a stderr criterion judges a biased (truncated) estimator
 
 Messages follow one shape: what was wrong, what we got, and how to fix it.
 """
@@ -38,6 +39,7 @@ Messages follow one shape: what was wrong, what we got, and how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "BiasedEstimateWarning",
     "CacheError",
     "CacheUnavailableWarning",
     "CheckpointMismatchError",
@@ -141,6 +143,14 @@ class CacheUnavailableWarning(DvlDaskWarning):
 
 class ConvergenceWarning(DvlDaskWarning):
     """An iterative solver stopped before reaching its tolerance."""
+
+
+class BiasedEstimateWarning(DvlDaskWarning):
+    """A stopping criterion based on standard errors judges a biased estimator (e.g. truncated permutations).
+
+    The standard error measures only the sampling noise around the biased
+    value, so the criterion can declare convergence far from the true value.
+    """
 
 
 class UnusableUtilityError(DvlDaskError, ValueError):

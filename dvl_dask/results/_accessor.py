@@ -10,7 +10,7 @@ import xarray as xr
 
 from ..errors import InvalidParameterError, SchemaError
 from ..validation import check_positive_int
-from ._schema import SAMPLE_DIM, parameters_of, validate_valuation_dataset
+from ._schema import CONVERGED, SAMPLE_DIM, parameters_of, validate_valuation_dataset
 
 __all__ = ["DvlAccessor", "merge_results"]
 
@@ -192,11 +192,12 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         part_a = np.where(na > 0, (na * sa) ** 2, 0.0)
         part_b = np.where(nb > 0, (nb * sb) ** 2, 0.0)
         stderr = np.where(n > 0, np.sqrt(part_a + part_b) / safe, np.where(na == 0, sb, sa))
-    out = a.copy()
+    # Whether a run's criterion held (and which one stopped it) describes that run, not the merge.
+    out = a.drop_vars(CONVERGED, errors="ignore").copy()
     out["value"] = (a["value"].dims, value)
     out["stderr"] = (a["stderr"].dims, stderr)
     out["counts"] = (a["counts"].dims, (na + nb).astype(np.int64))
-    attrs = dict(a.attrs)
+    attrs = {k: v for k, v in a.attrs.items() if k not in ("converged", "stopped_by")}
     attrs["n_evaluations"] = int(a.attrs["n_evaluations"]) + int(b.attrs["n_evaluations"])
     seeds: list[str] = []
     for ds in (a, b):

@@ -5,10 +5,12 @@ Format 2 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL):
     <root>/zarr.json              group attrs: dvl_checkpoint_version=2, header (method, parameters,
                                   utility_token, seed, identity, ...), data_names, n_stats
     <root>/header.json            a copy of the group attrs (written once; repairs the group metadata)
-    <root>/stats/                 float64 (block, stat=n_stats, stream, sample): count, mean, M2, M3, M4;
-                                  one uncompressed chunk per block at stats/c/<block>/0/0/0
+    <root>/stats/                 float64 (block, stat=n_stats, stream, sample): count, mean, M2, M3, M4,
+                                  min, max; one uncompressed chunk per block at stats/c/<block>/0/0/0
                                   (checkpoints without ``n_stats`` hold 3 stats: they are read
-                                  and resumed with M3 and M4 unknown)
+                                  and resumed with M3 and M4 unknown; those with 5 are read and
+                                  resumed with min and max unknown, so a player whose samples
+                                  all agree keeps stderr = inf without a known range)
     <root>/evaluations/           int64 (block,): utility evaluations; one chunk per block
     <root>/commits/<i>.json       commit record i: blocks [first, stop), the SHA-256 of every
                                   chunk file of those blocks, the writer and the time
@@ -52,8 +54,9 @@ from ._stores import INFLUENCE, VALUATION, check_location, store_kind
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
 
 FORMAT_VERSION = 2
-#: Statistics per block in new checkpoints (count, mean, M2, M3, M4); checkpoints without the attr hold 3.
-N_STATS = 5
+#: Statistics per block in new checkpoints (count, mean, M2, M3, M4, min, max); checkpoints without the
+#: attr hold 3, and those of dvl_dask before min and max were recorded hold 5.
+N_STATS = 7
 _HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams", "identity")
 _ARRAYS = ("stats", "evaluations")
 

@@ -7,8 +7,15 @@ A valuation result is an ``xr.Dataset``::
     data_vars  value   float64 estimated value of each player
                stderr  float64 standard error of ``value`` (0 for exact methods)
                counts  int64   number of marginal contributions behind ``value``
+               converged bool  optional (results of ``run_until_converged``): whether the
+                               player's own convergence criterion held when the run stopped
     attrs      method, parameters (JSON text), seed, utility_token,
-               n_evaluations, dvl_dask_version, schema_version
+               n_evaluations, dvl_dask_version, schema_version; Monte Carlo
+               results add ``biased`` and ``bias`` (see
+               :func:`dvl_dask.valuation._truncation.bias_attrs`), and
+               ``run_until_converged`` adds ``converged`` (an accuracy
+               criterion held, not only a budget cap) and ``stopped_by``
+               (the criteria that fired, as a list of their reprs)
 
 An influence result is an ``xr.DataArray`` named ``influence`` with dims
 ("test_sample", "train_sample", *feature dims) built by :func:`influence_dataarray`.
@@ -29,6 +36,7 @@ from ..errors import SchemaError
 
 __all__ = [
     "ATTRS",
+    "CONVERGED",
     "FACTOR_DIM",
     "SAMPLE_DIM",
     "SCHEMA_VERSION",
@@ -49,6 +57,8 @@ TEST_DIM = "test_sample"
 TRAIN_DIM = "train_sample"
 FACTOR_DIM = "parameter"
 VARIABLES = {"value": np.float64, "stderr": np.float64, "counts": np.int64}
+#: Optional per-player variable of run_until_converged results: the player's own criterion held.
+CONVERGED = "converged"
 ATTRS = (
     "method",
     "parameters",
@@ -84,8 +94,12 @@ def valuation_dataset(
     utility_token: str = "",
     n_evaluations: int = 0,
     extra_attrs: Mapping[str, Any] | None = None,
+    converged: Any = None,
 ) -> xr.Dataset:
     """Wrap per-player arrays (numpy or dask, kept lazy) into a valuation Dataset.
+
+    ``converged`` (optional, boolean per player) becomes the variable
+    ``converged``: whether each player's own convergence criterion held.
 
     Examples
     --------
@@ -103,6 +117,13 @@ def valuation_dataset(
                 f"The {name!r} array must have shape ({len(names)},) to match data_names. Got {tuple(arr.shape)}."
             )
         data_vars[name] = ((SAMPLE_DIM,), arr.astype(VARIABLES[name]))
+    if converged is not None:
+        if tuple(converged.shape) != (len(names),):
+            raise SchemaError(
+                f"The {CONVERGED!r} array must have shape ({len(names)},) to match data_names. "
+                f"Got {tuple(converged.shape)}."
+            )
+        data_vars[CONVERGED] = ((SAMPLE_DIM,), converged.astype(bool))
     attrs = {
         "method": str(method),
         "parameters": json.dumps(_jsonable(dict(parameters or {})), sort_keys=True),
@@ -138,6 +159,12 @@ def validate_valuation_dataset(ds: Any) -> xr.Dataset:
             raise SchemaError(f"Variable {name!r} must have dims ('{SAMPLE_DIM}',). Got {var.dims}.")
         if var.dtype != np.dtype(dtype):
             raise SchemaError(f"Variable {name!r} must have dtype {np.dtype(dtype)}. Got {var.dtype}.")
+    if CONVERGED in ds.data_vars:
+        var = ds[CONVERGED]
+        if var.dims != (SAMPLE_DIM,) or var.dtype != np.dtype(bool):
+            raise SchemaError(
+                f"Variable {CONVERGED!r} must be boolean with dims ('{SAMPLE_DIM}',). Got {var.dtype} {var.dims}."
+            )
     if SAMPLE_DIM not in ds.coords:
         raise SchemaError(f"The result lacks the '{SAMPLE_DIM}' coordinate holding the data names.")
     missing_attrs = [a for a in ATTRS if a not in ds.attrs]

@@ -43,7 +43,9 @@ class CheckedUtility:
     :class:`~dvl_dask.typing.UtilityLike` other than :class:`dvl_dask.Utility`
     and the games of :mod:`dvl_dask.testing.games`), so a bad score fails the
     computation with :class:`~dvl_dask.errors.InvalidParameterError` instead
-    of turning every value into NaN. The token is the wrapped utility's.
+    of turning every value into NaN. The token is the wrapped utility's, and
+    so is ``score_range`` (the bounds a protocol utility may declare; None
+    when it declares none), which estimators read for their variance floor.
     """
 
     def __init__(self, utility: UtilityLike) -> None:
@@ -57,6 +59,11 @@ class CheckedUtility:
     @property
     def data_names(self) -> np.ndarray:
         return self.utility.data_names
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """The wrapped utility's declared ``score_range``, or None if it declares none."""
+        return getattr(self.utility, "score_range", None)
 
     def __call__(self, indices: Any) -> float:
         return check_finite_score(self.utility(indices), f"The utility {type(self.utility).__name__}")

@@ -173,6 +173,7 @@ def _least_core_graph(
     n_evaluations: int,
     non_negative_subsidy: bool,
     name: str,
+    exact: bool,
 ) -> xr.Dataset:
     n = utility.n_players
     # One key holds every evaluated coalition, so both consumers below share it (a dask
@@ -187,9 +188,15 @@ def _least_core_graph(
         shape=(n,),
         dtype=np.int64,
     )
+    # Exact: every constraint is known, no sampling error. Sampled: the allocation depends on which
+    # coalitions were drawn, and no standard error of it is computed: NaN, and an attr that says so.
+    stderr_note = ("exact: every coalition's constraint is used" if exact else
+                   "not available: the least core of sampled constraints is not a mean of samples, and "
+                   "dvl_dask computes no spread for it (stderr is NaN); compare runs with different seeds, "
+                   "or use exact_least_core for few players")
     ds = valuation_dataset(
         solved[:n],
-        np.zeros(n),
+        np.zeros(n) if exact else np.full(n, np.nan),
         counts,
         data_names=utility.data_names,
         method=method,
@@ -197,6 +204,7 @@ def _least_core_graph(
         seed=seed,
         utility_token=utility.token,
         n_evaluations=n_evaluations,
+        extra_attrs={"stderr_available": exact, "stderr_note": stderr_note},
     )
     return ds.assign(subsidy=((), solved[n]))
 
@@ -260,6 +268,7 @@ def exact_least_core(
         n_evaluations=2**n,
         non_negative_subsidy=bool(non_negative_subsidy),
         name=name,
+        exact=True,
     )
 
 
@@ -291,6 +300,16 @@ def montecarlo_least_core(
         Constrain ``e >= 0`` (see :func:`exact_least_core`).
     block_size : int, optional
         Coalitions per task (default 128).
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`exact_least_core`, but ``stderr`` is NaN: the allocation
+        solves a linear programme over the sampled constraints, it is not a
+        mean of samples, and no spread is computed for it (an honest
+        "unknown" instead of 0). ``attrs["stderr_available"]`` is False and
+        ``attrs["stderr_note"]`` says so; compare runs with different seeds to
+        see the spread.
     """
     owner = "montecarlo_least_core"
     utility = check_utility(utility, owner)
@@ -321,4 +340,5 @@ def montecarlo_least_core(
         n_evaluations=n_samples + 1,
         non_negative_subsidy=bool(non_negative_subsidy),
         name=name,
+        exact=False,
     )

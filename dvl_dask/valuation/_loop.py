@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
-from ..errors import InvalidParameterError, NoWorkersError
+from ..errors import BiasedEstimateWarning, InvalidParameterError, NoWorkersError
 from ..keys import bind_arguments, current_call, describe_parameters, lazy_method, run_identity
 from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
@@ -50,6 +51,7 @@ from ._montecarlo import ESTIMATOR_FACTORIES, sample_attrs
 from ._progress import ProgressLine
 from ._stats import PointStats
 from ._stopping import ConvergenceState, StoppingCriterion, now
+from ._truncation import bias_attrs
 
 __all__ = ["load_checkpoint", "run_until_converged"]
 
@@ -98,7 +100,7 @@ class _Run:
         self.merged = PointStats.zeros(n, estimator.n_streams)
         self.n_blocks = 0
         self.start = now()
-        self.converged = False
+        self.stopped = False
         self.state = self._state()
         #: active players of future blocks, decided when the state they depend on was merged
         self._decided: dict[int, np.ndarray | None] = {}
@@ -139,8 +141,23 @@ class _Run:
         self.state = self._state()
         if self.estimator.supports_active and self.n_blocks + self.lag >= submitted:
             self._decided[self.n_blocks + self.lag] = self._active_now()
-        self.converged = bool(self.stop.check(self.state))
-        return self.converged
+        self.stopped = bool(self.stop.check(self.state))
+        return self.stopped
+
+    def outcome(self) -> tuple[bool, list[str], np.ndarray]:
+        """Whether an accuracy criterion held, the criteria that fired, and each player's own convergence.
+
+        ``converged`` is True only if a criterion other than a budget cap
+        (:attr:`~StoppingCriterion.is_budget_cap`) fired. Per player: the
+        criterion's own per-player test where it has one, else ``converged``.
+        """
+        fired = self.stop.fired() if self.stopped else []
+        converged = any(not c.is_budget_cap for c in fired)
+        per_player = self.stop.converged(self.state)
+        n = self.merged.count.shape[1]
+        per_player = np.full(n, converged) if per_player is None else np.asarray(per_player, dtype=bool)
+        return converged, [repr(c) for c in fired], per_player
+
 
 
 #: Arguments that never change a block's statistics: where and how fast blocks run, when to stop
@@ -206,8 +223,23 @@ def run_until_converged(
     Returns
     -------
     xarray.Dataset
-        Computed values with attrs ``converged``, ``stopping_criterion``,
-        ``n_blocks`` and the actual ``n_evaluations``.
+        Computed values with attrs ``converged`` (True only if a criterion
+        other than a budget cap -- ``MaxEvaluations``, ``MaxTime``,
+        ``MaxChecks``, ``MaxUpdates`` -- fired), ``stopped_by`` (the reprs of
+        the criteria that fired: the parts of ``a | b`` that held),
+        ``stopping_criterion``, ``biased`` and ``bias`` (truncation),
+        ``n_blocks`` and the actual ``n_evaluations``; and the boolean
+        variable ``converged``: whether each player's own criterion (e.g.
+        ``RelativeStandardError``) held when the run stopped (the global
+        ``converged`` for criteria that are not per player).
+
+    Warns
+    -----
+    BiasedEstimateWarning
+        Once per call, when ``stop`` judges standard errors
+        (``RelativeStandardError``, ``AbsoluteStandardError``) and the
+        estimator is biased (``truncation``): the stderr measures sampling
+        noise only, so the criterion can declare convergence at the biased value.
 
     Raises
     ------
@@ -246,6 +278,15 @@ def run_until_converged(
     parameters = {**estimator.parameters(), "items_per_block": per_block}
     if estimator.supports_active:
         parameters["active_set_lag"] = lag
+    bias = bias_attrs(parameters)
+    if bias["biased"] and stop.uses_stderr():
+        warnings.warn(
+            f"{owner}: the criterion {stop!r} judges standard errors, but the estimator is biased: {bias['bias']} "
+            "It can report convergence at the biased value (with FixedTruncation(0.5), +-2 stderr covered "
+            "the exact Shapley values in under half the cases; see the README's statistics section). To fix, "
+            "drop truncation, or stop on a budget (MaxEvaluations) and read attrs['bias'].",
+            BiasedEstimateWarning, stacklevel=2,
+        )
 
     stop.reset()
     run = _Run(estimator, n, stop, lag)
@@ -274,13 +315,17 @@ def run_until_converged(
         if store is not None:
             store.close()
     value, stderr, count = estimator.finalize(run.merged)
+    converged, stopped_by, per_player = run.outcome()
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
         seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations,
+        converged=per_player,
         extra_attrs={
             "n_blocks": run.n_blocks,
-            "converged": run.converged,
+            "converged": converged,
+            "stopped_by": stopped_by,
             "stopping_criterion": repr(stop),
+            **bias,
             "checkpoint": checkpoint or "",
             **sample_attrs(estimator, seed_text, run.n_blocks, int(np.max(count, initial=0))),
         },
@@ -316,7 +361,7 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
            seed_text: str, client: Any, executor: Executor | None, window: int | None,
            store: Checkpoint | None, progress: bool) -> None:
     """The sliding window: keep blocks in flight, merge them in block order, commit, stop."""
-    if run.converged:
+    if run.stopped:
         return
     # Block keys: the run's whole call (less the driver-only arguments) and the seed actually used
     # (None resolves to fresh entropy or the checkpoint's); the block index and active players follow.
@@ -330,7 +375,7 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
     in_flight: set[int] = set()
     next_block = run.n_blocks
     try:
-        while not run.converged:
+        while not run.stopped:
             size = backend.window
             # buffered blocks count too (up to 4 windows), so one slow block cannot make memory grow
             while (len(in_flight) < size and len(in_flight) + len(buffered) < 4 * size
@@ -341,7 +386,7 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
             block, stats = backend.next_done()
             in_flight.discard(block)
             buffered[block] = stats
-            while run.n_blocks in buffered and not run.converged:
+            while run.n_blocks in buffered and not run.stopped:
                 stats = buffered.pop(run.n_blocks)
                 run.add(stats, submitted=next_block)
                 committer.add(stats)
@@ -395,6 +440,7 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
         extra_attrs={
             "n_blocks": store.n_blocks, "checkpoint": url,
             "effective_sample_size": int(np.max(count, initial=0)),
+            **bias_attrs(header["parameters"]),
             "sample_blocks": json.dumps([[header["seed"], 0, int(store.n_blocks)]]),
         },
     )
@@ -452,5 +498,6 @@ def checkpoint_history(
             "block": ("step", [r[0] for r in rows]),
             "n_evaluations": ("step", [int(r[1]) for r in rows]),
         },
-        attrs={"method": header["method"], "seed": header["seed"], "checkpoint": url},
+        attrs={"method": header["method"], "seed": header["seed"], "checkpoint": url,
+               **bias_attrs(header["parameters"])},
     )

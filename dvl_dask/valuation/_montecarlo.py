@@ -53,7 +53,7 @@ from ._samplers import (
     make_subset_sampler,
 )
 from ._stats import PointStats, merge_all
-from ._truncation import make_truncation
+from ._truncation import bias_attrs, make_truncation
 from ._warmup import warm_workers
 
 __all__ = [
@@ -218,6 +218,7 @@ def montecarlo_dataset(
         extra_attrs={
             "n_blocks": len(blocks),
             "n_evaluations_is_upper_bound": True,
+            **bias_attrs(parameters),
             **sample_attrs(estimator, seed_text, len(blocks), sum(estimator.units(b - a) for a, b in ranges)),
         },
     )
@@ -299,7 +300,10 @@ def permutation_shapley(
     truncation : None, float or TruncationPolicy
         ``None`` evaluates every prefix; a float ``rtol`` stops a permutation
         once ``|u(prefix) - u(N)| <= rtol |u(N)|`` (:class:`RelativeTruncation`);
-        or :class:`FixedTruncation` / :class:`RelativeTruncation`. The policy is recorded in attrs.
+        or :class:`FixedTruncation` / :class:`RelativeTruncation`. The policy is recorded in attrs,
+        and so is the bias it introduces (later players of a truncated permutation get a marginal of
+        0): ``attrs["biased"]`` is True and ``attrs["bias"]`` names the rule; the stderr then measures
+        sampling noise only (measured coverage with and without truncation: README, "Statistics").
     antithetic : bool
         Pair every permutation with its reverse. A pair is ONE sample (its two
         marginals are averaged), so ``counts`` and the stderr count pairs; each

@@ -1,12 +1,13 @@
 """Per-player sufficient statistics of Monte Carlo samples, mergeable in any grouping.
 
 A :class:`PointStats` holds, for every player and every *stream* of samples,
-the count, mean and sums of 2nd, 3rd and 4th powers of deviations (M2, M3,
-M4). Blocks of a graph return one each; they merge exactly (Chan, Golub and
-LeVeque's parallel update, extended to M3 and M4 by Pebay 2008), so a tree
-reduction, a streaming loop and a resumed run all give the same numbers. M4
-(with M3, which its merge needs) feeds the rare-jump guard of
-:func:`guarded_stderr`.
+the count, mean, sums of 2nd, 3rd and 4th powers of deviations (M2, M3,
+M4) and the smallest and largest sample. Blocks of a graph return one each;
+they merge exactly (Chan, Golub and LeVeque's parallel update, extended to M3
+and M4 by Pebay 2008; minimum and maximum), so a tree reduction, a streaming
+loop and a resumed run all give the same numbers. M4 (with M3, which its
+merge needs) feeds the rare-jump guard of :func:`guarded_stderr`; the extremes
+give the observed sample width that stands in for an unknown range.
 Most estimators have one stream (marginal contributions); MSR has two
 (utilities of samples that contain a player, and of samples that do not).
 """
@@ -19,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FLOOR_FACTOR", "JUMP_FACTOR", "MIN_COUNT_UNKNOWN_RANGE", "PointStats", "finalize_stats",
-           "guarded_stderr"]
+__all__ = ["FLOOR_FACTOR", "JUMP_FACTOR", "PointStats", "finalize_stats", "guarded_stderr", "observed_width"]
 
 #: All-equal samples of a stream with known sample range ``W`` get ``stderr = FLOOR_FACTOR * W / n``.
 FLOOR_FACTOR = 1.5
@@ -29,18 +29,19 @@ STRATUM_FLOOR_FACTOR = 0.25
 #: A stream of ``n`` samples gets ``stderr >= JUMP_FACTOR * sqrt(M4 / M2) / n``: the Wald stderr of a
 #: stream that has seen ``JUMP_FACTOR**2`` (about 7) jumps of its typical size (see guarded_stderr).
 JUMP_FACTOR = 2.6
-#: Without a known range, an all-equal stream keeps ``stderr = inf`` until it has this many samples.
-MIN_COUNT_UNKNOWN_RANGE = 30
 
 
 @dataclass
 class PointStats:
-    """Count, mean, M2, M3 and M4 of shape ``(n_streams, n_players)`` plus an evaluation counter.
+    """Count, mean, M2, M3, M4, min and max of shape ``(n_streams, n_players)`` plus an evaluation counter.
 
     ``m3`` and ``m4`` (sums of 3rd and 4th powers of deviations) are ``None``
     where unknown (statistics rebuilt from plain sums, or read from a
     checkpoint written before they were recorded); the rare-jump guard is
-    then off.
+    then off. ``lo`` and ``hi`` (smallest and largest sample; ``+inf`` and
+    ``-inf`` without samples) are ``None`` where unknown likewise; without a
+    known range an all-equal stream then keeps ``stderr = inf`` (see
+    :func:`guarded_stderr`).
     """
 
     count: np.ndarray
@@ -50,12 +51,14 @@ class PointStats:
     extra: dict = field(default_factory=dict)
     m3: np.ndarray | None = None
     m4: np.ndarray | None = None
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
 
     @classmethod
     def zeros(cls, n_players: int, n_streams: int = 1) -> PointStats:
         shape = (n_streams, n_players)
         return cls(np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape), m3=np.zeros(shape),
-                   m4=np.zeros(shape))
+                   m4=np.zeros(shape), lo=np.full(shape, np.inf), hi=np.full(shape, -np.inf))
 
     @classmethod
     def from_groups(
@@ -73,8 +76,11 @@ class PointStats:
         m2 = np.bincount(flat, weights=dev * dev, minlength=size)
         m3 = np.bincount(flat, weights=dev * dev * dev, minlength=size)
         m4 = np.bincount(flat, weights=(dev * dev) ** 2, minlength=size)
+        lo, hi = np.full(size, np.inf), np.full(size, -np.inf)
+        np.minimum.at(lo, flat, values)
+        np.maximum.at(hi, flat, values)
         return cls(count.reshape(shape), mean.reshape(shape), m2.reshape(shape), int(n_evaluations),
-                   m3=m3.reshape(shape), m4=m4.reshape(shape))
+                   m3=m3.reshape(shape), m4=m4.reshape(shape), lo=lo.reshape(shape), hi=hi.reshape(shape))
 
     @classmethod
     def from_samples(cls, values: np.ndarray, mask: np.ndarray, n_evaluations: int) -> PointStats:
@@ -92,7 +98,8 @@ class PointStats:
         dev = np.where(mask, values - mean[:, None, :], 0.0)
         square = dev * dev
         return cls(count, mean, square.sum(axis=1), int(n_evaluations), m3=(square * dev).sum(axis=1),
-                   m4=(square * square).sum(axis=1))
+                   m4=(square * square).sum(axis=1), lo=np.where(mask, values, np.inf).min(axis=1, initial=np.inf),
+                   hi=np.where(mask, values, -np.inf).max(axis=1, initial=-np.inf))
 
     def merge(self, other: PointStats) -> PointStats:
         """Exact merge of two independent sets of samples (M3, M4 by Pebay's pairwise update)."""
@@ -110,7 +117,10 @@ class PointStats:
                 m4 = (self.m4 + other.m4 + delta**4 * (na * nb * (na * na - na * nb + nb * nb) / safe**3)
                       + 6.0 * delta**2 * (na * na * other.m2 + nb * nb * self.m2) / (safe * safe)
                       + 4.0 * delta * (na * other.m3 - nb * self.m3) / safe)
-        return PointStats(n, mean, m2, self.n_evaluations + other.n_evaluations, m3=m3, m4=m4)
+        lo = hi = None
+        if self.lo is not None and other.lo is not None and self.hi is not None and other.hi is not None:
+            lo, hi = np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi)
+        return PointStats(n, mean, m2, self.n_evaluations + other.n_evaluations, m3=m3, m4=m4, lo=lo, hi=hi)
 
     def variance(self) -> np.ndarray:
         """Sample variance (ddof=1) per stream and player; 0 where count < 2."""
@@ -122,24 +132,57 @@ class PointStats:
         return np.where(self.count > 1, err, np.inf)
 
     def to_array(self) -> np.ndarray:
-        """Stack count, mean, M2, M3, M4 as ``(5, n_streams, n_players)`` float64 (NaN where unknown)."""
+        """Stack count, mean, M2, M3, M4, min, max as ``(7, n_streams, n_players)`` float64 (NaN where unknown)."""
         unknown = np.full_like(self.m2, np.nan)
-        m3 = self.m3 if self.m3 is not None else unknown
-        m4 = self.m4 if self.m4 is not None else unknown
-        return np.stack([self.count.astype(np.float64), self.mean, self.m2, m3, m4])
+        rows = [self.m3, self.m4, self.lo, self.hi]
+        known = [unknown if r is None else np.asarray(r, dtype=np.float64) for r in rows]
+        return np.stack([self.count.astype(np.float64), self.mean, self.m2, *known])
 
     @classmethod
     def from_array(cls, arr: np.ndarray, n_evaluations: int) -> PointStats:
-        """Inverse of :meth:`to_array`; also reads the 3-row layout of older checkpoints (M3, M4 unknown)."""
+        """Inverse of :meth:`to_array`; also reads the 3- and 5-row layouts of older checkpoints.
+
+        Rows an older checkpoint lacks are unknown (``None``): M3 and M4 (3
+        rows; the rare-jump guard is off), min and max (3 or 5 rows; without
+        a known range an all-equal stream keeps ``stderr = inf``).
+        """
         m3, m4 = (arr[k].copy() if len(arr) > k and np.all(np.isfinite(arr[k])) else None for k in (3, 4))
+        # min/max are +-inf for a player without samples: known means "not NaN".
+        lo, hi = (arr[k].copy() if len(arr) > k and not np.any(np.isnan(arr[k])) else None for k in (5, 6))
         return cls(np.rint(arr[0]).astype(np.int64), arr[1].copy(), arr[2].copy(), int(n_evaluations), m3=m3,
-                   m4=m4 if m3 is not None else None)
+                   m4=m4 if m3 is not None else None, lo=lo if hi is not None else None,
+                   hi=hi if lo is not None else None)
 
 
 def _all_equal(stats: PointStats, sample_range: float | None) -> np.ndarray:
     """Per stream and player: True where every sample has the same value (or there is at most one)."""
     scale = np.abs(stats.mean) + (sample_range if sample_range else 1.0)
     return stats.m2 <= (1e-12 * scale) ** 2 * np.maximum(stats.count, 1)
+
+
+def observed_width(stats: PointStats) -> float | None:
+    """Spread of every sample seen so far, ``max - min`` over all streams and players, or None if unknown.
+
+    The evidence that stands in for an unknown sample range (see
+    :func:`guarded_stderr`): it merges exactly across blocks (a minimum and a
+    maximum per stream and player) and is stored in checkpoints. None for
+    statistics without extremes (rebuilt from power sums, or read from a
+    checkpoint written before they were recorded) or without samples.
+    """
+    if stats.lo is None or stats.hi is None:
+        return None
+    seen = stats.count > 0
+    if not seen.any():
+        return None
+    return float(np.max(stats.hi[seen]) - np.min(stats.lo[seen]))
+
+
+def _floor_width(stats: PointStats, sample_range: float | None) -> float | None:
+    """The width the variance floor uses: the known range, else the observed spread if positive, else None."""
+    if sample_range is not None and np.isfinite(sample_range):
+        return float(sample_range)
+    width = observed_width(stats)
+    return width if width is not None and np.isfinite(width) and width > 0 else None
 
 
 def _jump_floor(stats: PointStats) -> np.ndarray:
@@ -165,7 +208,16 @@ def guarded_stderr(
       at 0 every time): ``FLOOR_FACTOR * W / n = 1.5 W / n``; with ``n = 1``
       the bound ``W / 2`` (Popoviciu: no variable in ``[a, a + W]`` has a larger
       standard deviation).
-    - unknown range: ``inf`` while ``n < MIN_COUNT_UNKNOWN_RANGE``, then 0.
+    - unknown range (``sample_range=None``: a custom utility without
+      ``score_range``, a ``Utility`` whose scorer is unbounded, e.g. r2,
+      ``neg_*`` or a callable): ``W`` is the **observed width**, the spread
+      ``max - min`` of every sample any player of the run has shown so far
+      (:func:`observed_width`; e.g. the largest marginal contribution seen).
+      An all-equal stream then gets ``1.5 W / n``; with ``n = 1``, or while
+      every sample of the run is equal (``W = 0``: no evidence of any
+      spread), or when the extremes are unknown (statistics of a checkpoint
+      written before they were recorded), it keeps ``stderr = inf``. It is
+      never 0.
     - rare jumps (``jumps=True``): at least ``JUMP_FACTOR * sqrt(M4 / M2) / n``
       with ``M2``, ``M4`` the sums of 2nd and 4th powers of deviations.
 
@@ -176,7 +228,12 @@ def guarded_stderr(
     ``(1 - p)^n < e^{-3} < 0.05``. So the ``+-2 stderr`` interval of an all-equal
     stream still covers the true mean with probability at least 95%, and a
     per-player criterion (``RelativeStandardError``) cannot retire a player at
-    ``0 +- 0``: its stderr is positive whenever the range is.
+    ``0 +- 0``: its stderr is positive whenever the range is. With the observed
+    width the same guarantee holds under its premise: the player's samples
+    lie within the spread other players have shown (e.g. no player's marginal
+    contribution exceeds the largest one seen). A player whose rare samples
+    are larger than anything the run has seen is beyond any sample statistic;
+    declare ``score_range`` on the utility to state the bound instead.
 
     Why the rare-jump guard: a stream that is mostly one value with rare
     jumps of size ``R`` (a rarely pivotal player; a point whose marginal
@@ -197,8 +254,8 @@ def guarded_stderr(
     (or the ``floor`` from a known range, for all-equal streams) cover them.
     Measured over 100 seeds on the games of ``dvl_dask.testing.games``
     (``tests/valuation/test_calibration.py``): ``+-2 stderr`` coverage within
-    90-98% for every estimator and sampler, and no
-    player beyond 4 stderr but for 2 of 700 (seed, player) pairs of one case,
+    90-98% for every estimator and sampler, with and without a known range,
+    and no player beyond 4 stderr but for 2 of 700 (seed, player) pairs of one case,
     events of probability 1e-4 and 2e-3 (see that test). On real accuracy
     utilities with 30 permutations (10 points of wine / breast_cancer, exact
     Shapley as truth, 80 seeds): coverage 0.90 -> 0.93 and 0.87 -> 0.91
@@ -208,13 +265,16 @@ def guarded_stderr(
     err = np.sqrt(stats.variance() / np.maximum(count, 1))
     if jumps:
         err = np.maximum(err, _jump_floor(stats))
-    flat = _all_equal(stats, sample_range) & floor
-    if sample_range is not None and np.isfinite(sample_range):
-        w = float(sample_range)
-        bound = np.where(count > 1, FLOOR_FACTOR * w / np.maximum(count, 1), 0.5 * w)
+    known = sample_range is not None and np.isfinite(sample_range)
+    width = _floor_width(stats, sample_range)
+    flat = _all_equal(stats, width) & floor
+    if known:
+        assert width is not None
+        bound = np.where(count > 1, FLOOR_FACTOR * width / np.maximum(count, 1), 0.5 * width)
         err = np.where(flat | (count < 2), bound, err)
     else:
-        err = np.where(flat & (count < MIN_COUNT_UNKNOWN_RANGE), np.inf, err)
+        bound = np.inf if width is None else FLOOR_FACTOR * width / np.maximum(count, 1)
+        err = np.where(flat, bound, err)
         err = np.where(count < 2, np.inf, err)
     return np.where(count > 0, err, np.inf)
 
@@ -364,29 +424,32 @@ def _strata(stats: PointStats, weights: np.ndarray, sample_range: float | None) 
     allocation the value differs from the common sample by at most
     ``W sum_k w_k p_k <= W n max(w) mean_k(p_k)`` and all samples agree with
     probability at most ``exp(-N mean_k(p_k))``, so the rule of three holds
-    as for a single stream.
+    as for a single stream. Without a known range ``W`` is the observed width
+    of all samples (:func:`observed_width`), and a player whose samples all
+    agree keeps ``stderr = inf`` while there is no such evidence.
     """
     used = weights > 0
     w = weights[used][:, None]
     counts, means = stats.count[used], stats.mean[used]
+    width = _floor_width(stats, sample_range)
     err = guarded_stderr(PointStats(counts, means, stats.m2[used]), sample_range, floor=False)
-    if sample_range is not None and np.isfinite(sample_range):
-        flat = _all_equal(PointStats(counts, means, stats.m2[used]), sample_range) & (counts > 1)
-        err = np.where(flat, STRATUM_FLOOR_FACTOR * float(sample_range) / np.maximum(counts, 1), err)
+    if width is not None:
+        flat = _all_equal(PointStats(counts, means, stats.m2[used]), width) & (counts > 1)
+        err = np.where(flat, STRATUM_FLOOR_FACTOR * width / np.maximum(counts, 1), err)
     value = (w * means).sum(axis=0)
     with np.errstate(invalid="ignore"):
         stderr = np.sqrt((w**2 * err**2).sum(axis=0))
     seen = counts > 0
-    same = _all_equal(PointStats(counts, means, stats.m2[used]), sample_range) | ~seen
+    same = _all_equal(PointStats(counts, means, stats.m2[used]), width) | ~seen
     first = np.where(seen.any(axis=0), means[np.argmax(seen, axis=0), np.arange(means.shape[1])], 0.0)
-    scale = np.abs(first) + (sample_range if sample_range else 1.0)
+    scale = np.abs(first) + (width if width else 1.0)
     agree = same.all(axis=0) & np.all(~seen | (np.abs(means - first) <= 1e-12 * scale), axis=0)
     total = counts.sum(axis=0)
-    if sample_range is not None and np.isfinite(sample_range):
-        bound = FLOOR_FACTOR * float(sample_range) * len(weights) * float(weights.max()) / np.maximum(total, 1)
+    if width is not None:
+        bound = FLOOR_FACTOR * width * len(weights) * float(weights.max()) / np.maximum(total, 1)
         stderr = np.where(agree, np.maximum(stderr, bound), stderr)
     else:
-        stderr = np.where(agree & (total < MIN_COUNT_UNKNOWN_RANGE), np.inf, stderr)
+        stderr = np.where(agree, np.inf, stderr)
     return value, np.where(total > 0, stderr, np.inf)
 
 
@@ -409,7 +472,8 @@ def finalize_stats(stats: PointStats, spec: Mapping[str, Any] | None) -> tuple[n
       variance floor applies per player, see ``_strata``.
 
     ``spec["sample_range"]`` is the width of the interval a single sample lies
-    in (``None`` if unknown); see :func:`guarded_stderr` for the rule it feeds.
+    in (``None`` if unknown: the observed width of the samples stands in); see
+    :func:`guarded_stderr` for the rule it feeds.
     """
     spec = dict(spec or {})
     combine = spec.get("combine", "mean")

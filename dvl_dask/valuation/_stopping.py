@@ -9,6 +9,12 @@ those players.
 Criteria may keep history (``HistoryDeviation``, ``RankCorrelation``); the
 loop calls :meth:`reset` before a run and replays checkpointed blocks through
 :meth:`check` in order, so a resumed run makes the same decisions.
+
+Budget caps (``MaxEvaluations``, ``MaxTime``, ``MaxChecks``, ``MaxUpdates``;
+:attr:`StoppingCriterion.is_budget_cap`) say that the budget ran out, not that
+the values are accurate: after a run, :meth:`StoppingCriterion.fired` names
+the criteria that stopped it, and the run counts as converged only if one of
+them is not a cap.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class ConvergenceState:
 class StoppingCriterion(ABC):
     """Base class of stopping criteria."""
 
+    #: True for criteria that stop when a budget is spent (evaluations, time, checks, updates): their
+    #: firing says nothing about the accuracy of the values.
+    is_budget_cap = False
+
     def reset(self) -> None:  # noqa: B027 - a hook: most criteria keep no history
         """Forget history before a new run."""
 
@@ -67,6 +77,18 @@ class StoppingCriterion(ABC):
     def converged(self, state: ConvergenceState) -> np.ndarray | None:
         """Per-player convergence (True = no more work needed), or None if not per player."""
         return None
+
+    def fired(self) -> list[StoppingCriterion]:
+        """The criteria whose last :meth:`check` stopped the run (call it after a check returned True).
+
+        A simple criterion returns itself; ``a | b`` and ``a & b`` return the
+        criteria among their parts that held at the last check (recursively).
+        """
+        return [self]
+
+    def uses_stderr(self) -> bool:
+        """Whether the criterion (or one of its parts) judges the reported standard errors."""
+        return False
 
     def __and__(self, other: StoppingCriterion) -> StoppingCriterion:
         return _All(self, other)
@@ -85,13 +107,22 @@ class StoppingCriterion(ABC):
 class _All(StoppingCriterion):
     def __init__(self, *parts: StoppingCriterion) -> None:
         self.parts = parts
+        self._held = [False] * len(parts)  # each part's result at the last check
 
     def reset(self) -> None:
+        self._held = [False] * len(self.parts)
         for p in self.parts:
             p.reset()
 
     def check(self, state: ConvergenceState) -> bool:
-        return all([p.check(state) for p in self.parts])  # every part records history
+        self._held = [p.check(state) for p in self.parts]  # every part records history
+        return all(self._held)
+
+    def fired(self) -> list[StoppingCriterion]:
+        return [leaf for part, ok in zip(self.parts, self._held) if ok for leaf in part.fired()]
+
+    def uses_stderr(self) -> bool:
+        return any(p.uses_stderr() for p in self.parts)
 
     def completion(self, state: ConvergenceState) -> float:
         return min(p.completion(state) for p in self.parts)
@@ -106,7 +137,8 @@ class _All(StoppingCriterion):
 
 class _Any(_All):
     def check(self, state: ConvergenceState) -> bool:
-        return any([p.check(state) for p in self.parts])
+        self._held = [p.check(state) for p in self.parts]  # every part records history
+        return any(self._held)
 
     def completion(self, state: ConvergenceState) -> float:
         return max(p.completion(state) for p in self.parts)
@@ -132,12 +164,17 @@ class _Not(StoppingCriterion):
     def completion(self, state: ConvergenceState) -> float:
         return 1.0 - self.part.completion(state)
 
+    def uses_stderr(self) -> bool:
+        return self.part.uses_stderr()
+
     def __repr__(self) -> str:
         return f"~{self.part!r}"
 
 
 class MaxEvaluations(StoppingCriterion):
-    """Stop after ``n_evaluations`` utility evaluations (counted over all blocks)."""
+    """Stop after ``n_evaluations`` utility evaluations (counted over all blocks). A budget cap."""
+
+    is_budget_cap = True
 
     def __init__(self, n_evaluations: int) -> None:
         self.n_evaluations = check_positive_int(n_evaluations, "n_evaluations", "MaxEvaluations")
@@ -154,8 +191,10 @@ class MaxUpdates(StoppingCriterion):
 
     With per-player convergence some players stop receiving work, so this
     bounds the work spent on any one player. To require ``n_updates`` samples
-    for every player use :class:`MinUpdates`.
+    for every player use :class:`MinUpdates`. A budget cap.
     """
+
+    is_budget_cap = True
 
     def __init__(self, n_updates: int) -> None:
         self.n_updates = check_positive_int(n_updates, "n_updates", "MaxUpdates")
@@ -187,7 +226,9 @@ class MinUpdates(StoppingCriterion):
 
 
 class MaxChecks(StoppingCriterion):
-    """Stop after ``n_checks`` checks, i.e. merged blocks (pyDVL's ``MaxChecks``)."""
+    """Stop after ``n_checks`` checks, i.e. merged blocks (pyDVL's ``MaxChecks``). A budget cap."""
+
+    is_budget_cap = True
 
     def __init__(self, n_checks: int) -> None:
         self.n_checks = check_positive_int(n_checks, "n_checks", "MaxChecks")
@@ -205,7 +246,9 @@ class MaxChecks(StoppingCriterion):
 
 
 class MaxTime(StoppingCriterion):
-    """Stop after ``seconds`` of wall time in this call (not deterministic across runs)."""
+    """Stop after ``seconds`` of wall time in this call (not deterministic across runs). A budget cap."""
+
+    is_budget_cap = True
 
     def __init__(self, seconds: float) -> None:
         self.seconds = check_real(seconds, "seconds", "MaxTime", low=0.0, low_open=True)
@@ -244,8 +287,10 @@ class AbsoluteStandardError(_PerPoint):
     for a player merely because its samples agree (see
     :func:`~dvl_dask.valuation._stats.guarded_stderr`): with a known score
     range ``D`` an all-equal player has ``stderr = 1.5 W / n`` (``W`` the
-    sample width, e.g. ``2 D`` for marginals), so it converges only after
-    ``n >= 1.5 W / threshold`` samples, when the rule of three bounds its error.
+    sample width, e.g. ``2 D`` for marginals; without a known range, the
+    spread of the samples the run has seen, and ``inf`` while they all agree),
+    so it converges only after ``n >= 1.5 W / threshold`` samples, when the
+    rule of three bounds its error.
     """
 
     def __init__(self, threshold: float, *, fraction: float = 1.0, burn_in: int = 4) -> None:
@@ -257,15 +302,19 @@ class AbsoluteStandardError(_PerPoint):
     def _passes(self, state: ConvergenceState) -> np.ndarray:
         return state.stderr <= self.threshold
 
+    def uses_stderr(self) -> bool:
+        return True
+
 
 class RelativeStandardError(_PerPoint):
     """Converged where ``stderr <= rtol * |value| + atol`` (and the player has ``burn_in`` samples).
 
-    With ``atol = 0`` (default) a player valued exactly 0 converges only with
-    ``stderr == 0``, which the estimators report only for samples that are
-    truly constant with no known range: a rarely pivotal player seen at 0 keeps
-    a positive stderr (variance floor) and keeps receiving work. Pass ``atol``
-    to accept players whose value is indistinguishable from 0 at that scale.
+    With ``atol = 0`` (default) a player valued exactly 0 never converges:
+    the estimators never report ``stderr == 0`` for sampled values (a rarely
+    pivotal player seen at 0 keeps a positive stderr, from the variance floor
+    or ``inf`` without evidence of a range, and keeps receiving work). Pass
+    ``atol`` to accept players whose value is indistinguishable from 0 at that
+    scale.
 
     Raises
     ------
@@ -287,6 +336,9 @@ class RelativeStandardError(_PerPoint):
 
     def _passes(self, state: ConvergenceState) -> np.ndarray:
         return state.stderr <= self.rtol * np.abs(state.values) + self.atol
+
+    def uses_stderr(self) -> bool:
+        return True
 
 
 #: Largest history HistoryDeviation keeps per player.

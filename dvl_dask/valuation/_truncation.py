@@ -2,7 +2,10 @@
 
 Late in a permutation, adding a point rarely changes the score. A policy
 decides after each prefix whether to stop evaluating; the remaining players of
-that permutation get a marginal contribution of 0.
+that permutation get a marginal contribution of 0. That makes the estimate
+**biased**: the truncated marginals are not 0 in general, values need not sum
+to ``u(N)``, and the standard error measures the noise around the biased
+value only. Results of truncated runs say so (:func:`bias_attrs`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..validation import check_real
 
-__all__ = ["FixedTruncation", "NoTruncation", "RelativeTruncation", "TruncationPolicy", "make_truncation"]
+__all__ = [
+    "FixedTruncation",
+    "NoTruncation",
+    "RelativeTruncation",
+    "TruncationPolicy",
+    "bias_attrs",
+    "make_truncation",
+]
 
 
 class TruncationPolicy:
@@ -71,6 +81,38 @@ class RelativeTruncation(TruncationPolicy):
 
     def parameters(self) -> dict[str, Any]:
         return {"truncation": self.name, "rtol": self.rtol}
+
+
+_BIAS_RULES = {
+    "fixed": ("FixedTruncation(fraction={fraction}): only the first ceil({fraction} n) prefixes of each "
+              "permutation are evaluated and later players get a marginal contribution of 0"),
+    "relative": ("RelativeTruncation(rtol={rtol}): a permutation stops once |u(prefix) - u(N)| <= {rtol} "
+                 "|u(N)| and later players get a marginal contribution of 0"),
+}
+
+
+def bias_attrs(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Result attrs that say whether (and by which rule) an estimate is biased, from its recorded parameters.
+
+    ``{"biased": False, "bias": ""}`` for unbiased estimators; for truncated
+    permutations ``{"biased": True, "bias": "<rule and parameters>"}``. The
+    standard error of a biased result measures its sampling noise only, not
+    its distance from the true value.
+
+    Examples
+    --------
+    >>> bias_attrs(FixedTruncation(0.5).parameters())["bias"][:31]
+    'FixedTruncation(fraction=0.5): '
+    >>> bias_attrs({"truncation": "none"})
+    {'biased': False, 'bias': ''}
+    """
+    name = str(parameters.get("truncation", "none"))
+    if name == "none":
+        return {"biased": False, "bias": ""}
+    rule = _BIAS_RULES.get(name, "truncation {truncation!r}: permutations stop early and later players get a "
+                                 "marginal contribution of 0")
+    return {"biased": True, "bias": rule.format_map(parameters) + "; the values are biased (need not sum to u(N)) "
+            "and their stderr measures sampling noise only."}
 
 
 def make_truncation(truncation: str | float | TruncationPolicy | None, owner: str) -> TruncationPolicy:

@@ -87,7 +87,7 @@ def test_valuation_fit_with_max_updates_on_a_cluster(u, client) -> None:
         local = run_until_converged(
             permutation_shapley, u, stop=MaxUpdates(12), seed=16, progress=False, items_per_block=4, executor=pool
         )
-    assert on_cluster.attrs["converged"] and int(on_cluster.counts.min()) >= 12
+    assert on_cluster.attrs["stopped_by"] == ["MaxUpdates(n_updates=12)"] and int(on_cluster.counts.min()) >= 12
     np.testing.assert_array_equal(on_cluster.value, local.value)
     # an unbiased estimate: within a few standard errors of the exact values
     exact = _brute_force_shapley(u)

@@ -111,7 +111,9 @@ def test_fixed_budget_equals_loop_with_same_blocks():
                                 progress=False)
     for a, b in zip(_values(lazy), _values(eager)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
-    assert eager.attrs["n_evaluations"] == 80 and eager.attrs["converged"]
+    assert eager.attrs["n_evaluations"] == 80
+    # only the budget cap fired: not converged (issue 24)
+    assert not eager.attrs["converged"] and eager.attrs["stopped_by"] == ["MaxEvaluations(n_evaluations=80)"]
 
 
 @pytest.mark.distributed
@@ -249,7 +251,8 @@ def test_max_evaluations_and_updates():
 def test_max_time():
     ds = run_until_converged(permutation_shapley, SlowGame([1.0, 2.0, 3.0], 0.002), stop=MaxTime(0.3), seed=0,
                              items_per_block=2, progress=False)
-    assert ds.attrs["converged"] and ds.attrs["n_blocks"] >= 1
+    assert ds.attrs["stopped_by"] == ["MaxTime(seconds=0.3)"] and ds.attrs["n_blocks"] >= 1
+    assert not ds.attrs["converged"]  # a budget cap is not convergence
 
 
 def test_standard_error_criteria_stop_when_met():
