@@ -279,17 +279,21 @@ def guarded_stderr(
     return np.where(count > 0, err, np.inf)
 
 
-#: Rows of a power-sum block: sums of ``(v - shift)**p`` for ``p = 1..4``, the count and the shift
-#: (see add_powers).
-POWER_ROWS = 6
+#: Rows of a power-sum block: sums of ``(v - shift)**p`` for ``p = 1..4``, the count, the shift and the
+#: smallest and largest sample (see add_powers).
+POWER_ROWS = 8
 _SHIFT = 5
 _COUNT = 4
+_LO = 6
+_HI = 7
 
 
 def power_block(n_players: int) -> np.ndarray:
     """An empty ``(POWER_ROWS, n_players)`` power-sum block for :func:`add_powers` (no shift chosen yet)."""
     out = np.zeros((POWER_ROWS, n_players))
     out[_SHIFT] = np.nan
+    out[_LO] = np.inf
+    out[_HI] = -np.inf
     return out
 
 
@@ -299,8 +303,10 @@ def add_powers(out: np.ndarray, index: Any, values: Any) -> None:
     The block format of estimators that reduce per-player sums instead of
     :class:`PointStats` (Data-OOB, class-wise Shapley, group testing): rows
     0-3 hold the sums of ``(v - K)``, ``(v - K)^2``, ``(v - K)^3`` and
-    ``(v - K)^4``, row 4 the count and row 5 the shift ``K``, the first
-    value the block saw for that player. Summing powers around one of the
+    ``(v - K)^4``, row 4 the count, row 5 the shift ``K``, the first
+    value the block saw for that player, and rows 6-7 the smallest and
+    largest sample (the evidence :func:`guarded_stderr` uses for the
+    variance floor when no range is known). Summing powers around one of the
     player's own values keeps every term at the scale of the samples'
     spread, so scores carrying a large offset (``1e4 + x``) lose no
     precision, which raw power sums (``sum v^2 - n mean^2``) would.
@@ -318,6 +324,8 @@ def add_powers(out: np.ndarray, index: Any, values: Any) -> None:
     out[2, index] += square * d
     out[3, index] += square * square
     out[_COUNT, index] += 1.0
+    out[_LO, index] = np.minimum(out[_LO, index], v)
+    out[_HI, index] = np.maximum(out[_HI, index], v)
 
 
 def _recentred(block: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -348,6 +356,8 @@ def merge_powers(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out[:4] = _recentred(a, delta_a) + _recentred(b, delta_b)
     out[_COUNT] = na + nb
     out[_SHIFT] = shift
+    out[_LO] = np.minimum(a[_LO], b[_LO])
+    out[_HI] = np.maximum(a[_HI], b[_HI])
     return out
 
 
@@ -406,7 +416,10 @@ def mean_and_stderr(
     m2 = np.where(seen, np.maximum(t2 - counts * d * d, 0.0), 0.0)
     m3 = np.where(seen, t3 - 3 * d * t2 + 2 * counts * d**3, 0.0)
     m4 = np.where(seen, np.maximum(t4 - 4 * d * t3 + 6 * d**2 * t2 - 3 * counts * d**4, 0.0), 0.0)
-    stats = PointStats(np.rint(counts).astype(np.int64)[None], mean[None], m2[None], m3=m3[None], m4=m4[None])
+    stats = PointStats(
+        np.rint(counts).astype(np.int64)[None], mean[None], m2[None], m3=m3[None], m4=m4[None],
+        lo=np.asarray(totals[_LO], dtype=np.float64)[None], hi=np.asarray(totals[_HI], dtype=np.float64)[None],
+    )
     return np.where(seen, mean, np.nan), guarded_stderr(stats, sample_range)[0]
 
 
