@@ -31,6 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._provenance import describe_utility
 from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
 from ..keys import layer_name
 from ..results import valuation_dataset
@@ -243,5 +244,6 @@ def data_oob(
         },
         seed=seed_text,
         utility_token=getattr(utility, "token", ""),
+        provenance=describe_utility(utility),
         n_evaluations=n_estimators,
     )

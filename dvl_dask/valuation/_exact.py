@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
+from .._provenance import describe_utility
 from ..keys import layer_name
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
@@ -113,6 +114,7 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
         method="exact_shapley",
         parameters={"block_size": bs},
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=2**n,
     )
 
@@ -171,5 +173,6 @@ def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
         method="loo",
         parameters={"block_size": bs},
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=n + 1,
     )

@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
+from .._provenance import describe_utility
 from ..errors import InvalidParameterError, NoWorkersError
 from ..keys import layer_name, run_identity
 from ..results import Checkpoint, valuation_dataset
@@ -236,6 +237,7 @@ def run_until_converged(
 
     stop.reset()
     run = _Run(estimator, n, stop, lag)
+    provenance = describe_utility(utility)
     store = None
     if checkpoint is not None:
         header = {
@@ -246,6 +248,7 @@ def run_until_converged(
             "n_players": n,
             "n_streams": estimator.n_streams,
             "identity": run_identity(estimator, utility.token),  # estimator code and parameters in full
+            "provenance": provenance,  # what the utility token was made of (recorded, never compared)
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)
@@ -261,7 +264,7 @@ def run_until_converged(
     value, stderr, count = estimator.finalize(run.merged)
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
-        seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations,
+        seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations, provenance=provenance,
         extra_attrs={
             "n_blocks": run.n_blocks,
             "converged": run.converged,
@@ -375,7 +378,7 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
     return valuation_dataset(
         value, stderr, count, data_names=np.asarray(header["data_names"]), method=header["method"],
         parameters=header["parameters"], seed=header["seed"], utility_token=header["utility_token"],
-        n_evaluations=merged.n_evaluations,
+        n_evaluations=merged.n_evaluations, provenance=header.get("provenance"),
         extra_attrs={
             "n_blocks": store.n_blocks, "checkpoint": url,
             "effective_sample_size": int(np.max(count, initial=0)),
