@@ -138,6 +138,16 @@ class Frozen:
             {k: freeze_array_in_place(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
         )
 
+    def _state_token(self, *exclude: str) -> str:
+        """Token of the class (:func:`dvl_dask.keys.class_token`: code or package version) and every attribute.
+
+        Attributes in ``exclude`` (cached derived values) and the frozen flag are left out.
+        """
+        from .keys import class_token, object_token
+
+        state = {k: v for k, v in self.__dict__.items() if k != "_frozen" and k not in exclude}
+        return object_token("frozen-instance", class_token(type(self)), state)
+
     def _replace(self, **changes: Any) -> Any:
         """A shallow copy with some attributes replaced (arrays among them made read-only), frozen too."""
         clone = copy.copy(self)

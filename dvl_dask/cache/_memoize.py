@@ -227,7 +227,7 @@ class MemoizedFunction(Generic[T]):
         None means that no value of this function was stored yet by a process
         that records provenance, or that the backend cannot be reached.
         """
-        text = self.backend.get(self.provenance_key)
+        text = _uncounted(self.backend, "get", self.provenance_key, None)
         if not isinstance(text, str):
             return None
         try:
@@ -254,7 +254,7 @@ class MemoizedFunction(Generic[T]):
             "arguments": describe_parameters(bound),
             "function": stored if stored is not None else self.describe(),
             "stored": stored is not None,
-            "cached": key in self.backend,
+            "cached": _uncounted(self.backend, "get", key, _MISS) is not _MISS,
         }
 
     def _record_provenance(self) -> None:
@@ -273,7 +273,7 @@ class MemoizedFunction(Generic[T]):
             )
             return
         try:
-            self.backend.set(self.provenance_key, text)
+            _uncounted(self.backend, "set", self.provenance_key, text)
         except CacheError as exc:
             self._warn_uncacheable(exc)
 
@@ -417,6 +417,23 @@ class _BoundMemoizedFunction:
 
     def __repr__(self) -> str:
         return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+def _uncounted(backend: CacheBackend, action: str, key: str, argument: Any) -> Any:
+    """``backend.get(key, argument)`` or ``backend.set(key, argument)`` left out of the hit/miss/set counters.
+
+    Provenance records and inspection are not values: the counters keep
+    describing the memoized calls (pyDVL's meaning). Failures (errors,
+    timeouts) still count.
+    """
+    counters = ("hits", "misses") if action == "get" else ("sets",)
+    before = backend.stats.as_dict()
+    result = backend.get(key, argument) if action == "get" else backend.set(key, argument)
+    after = backend.stats.as_dict()
+    for counter in counters:
+        if after[counter] > before[counter]:
+            backend.stats.increment(counter, -1)
+    return result
 
 
 def _resolve_named(module: str, qualname: str, backend: CacheBackend) -> MemoizedFunction[Any]:

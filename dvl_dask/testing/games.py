@@ -23,7 +23,7 @@ import numpy as np
 from .._frozen import Frozen
 from .._provenance import library_versions, qualified_name
 from ..errors import InvalidParameterError
-from ..keys import describe_parameters, instance_token
+from ..keys import describe_parameters
 from ..validation import check_coalition, check_finite_score, check_positive_int
 
 __all__ = [
@@ -47,9 +47,11 @@ class Game(Frozen):
 
     Subclasses set their attributes in ``__init__`` (before or after calling
     ``super().__init__(n_players)``). When the outermost ``__init__`` returns,
-    array attributes become read-only copies, ``token`` is computed from the
-    class and every attribute (:func:`dvl_dask.keys.instance_token`), and the
-    instance refuses further assignments.
+    array attributes become read-only copies and the instance refuses further
+    assignments. ``token`` covers the class (:func:`dvl_dask.keys.class_token`:
+    its code, or its package's version) and every attribute by value; it is
+    computed on first use, so building a game (e.g. at import time on a
+    worker) costs no hashing.
     """
 
     #: Calls return finite floats only (valuation methods need not check them).
@@ -58,9 +60,13 @@ class Game(Frozen):
     def __init__(self, n_players: int) -> None:
         self._n = check_positive_int(n_players, "n_players", type(self).__name__)
 
-    def _freeze(self) -> None:
-        super()._freeze()  # arrays read-only first: the token is computed from what the game will use
-        self.token = instance_token(self)
+    @property
+    def token(self) -> str:
+        """The game's identity: class and whole state, by value (computed once, on first use)."""
+        found = self.__dict__.get("_token")
+        if found is None:
+            found = self.__dict__["_token"] = self._state_token("_token")
+        return found
 
     @property
     def n_players(self) -> int:
@@ -76,7 +82,7 @@ class Game(Frozen):
 
     def provenance(self) -> dict[str, object]:
         """What the token was made of: class, attributes (described) and library versions."""
-        state = {k: v for k, v in vars(self).items() if k not in ("token", "_frozen")}
+        state = {k: v for k, v in vars(self).items() if k not in ("_token", "_frozen")}
         return {
             "class": qualified_name(self),
             "token": self.token,
@@ -289,11 +295,16 @@ class Unchecked(Frozen):
     returns_finite_scores = True
 
     def __init__(self, game: Game) -> None:
-        self.game, self.n_players, self.token = game, game.n_players, game.token
+        self.game, self.n_players = game, game.n_players
         self.score_range, self.data_names = game.score_range, game.data_names
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
         return self.game.value(np.asarray(indices, dtype=np.int64))
+
+    @property
+    def token(self) -> str:
+        """The wrapped game's token."""
+        return self.game.token
 
     def provenance(self) -> dict[str, object]:
         """The wrapped game's provenance."""

@@ -24,7 +24,7 @@ import numpy as np
 from .._frozen import Frozen
 from .._provenance import library_versions, qualified_name
 from ..errors import InvalidModelError, InvalidParameterError
-from ..keys import canonical_indices, describe_parameters, fingerprint, instance_token
+from ..keys import canonical_indices, describe_parameters, fingerprint
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 
@@ -76,8 +76,8 @@ class LearnedUtility(Frozen):
 
     Notes
     -----
-    ``token`` (the identity in graph keys and caches) is computed when the
-    object is built from its whole state (:func:`dvl_dask.keys.instance_token`):
+    ``token`` (the identity in graph keys and caches) is computed, on first
+    use, from the class (:func:`dvl_dask.keys.class_token`) and its whole state:
     the class, the fitted regressor by class, parameters *and* fitted
     attributes, the source token, the players and the holdout errors, so two
     learned utilities with different fitted regressors never share one.
@@ -109,9 +109,13 @@ class LearnedUtility(Frozen):
         self.holdout_r2 = float(holdout_r2)
         self.n_evaluations = int(n_evaluations)
 
-    def _freeze(self) -> None:
-        super()._freeze()
-        self.token = instance_token(self)
+    @property
+    def token(self) -> str:
+        """Identity: class, fitted regressor, source token, players and errors, by value (computed once)."""
+        found = self.__dict__.get("_token")
+        if found is None:
+            found = self.__dict__["_token"] = self._state_token("_token")
+        return found
 
     @property
     def regressor(self) -> Any:
