@@ -289,9 +289,9 @@ def test_learn_utility_tokens_cover_the_fitted_regressor():
 
 
 def test_frozen_error_names_the_class_and_the_fix():
-    with pytest.raises(FrozenInstanceError, match="AdditiveGame is immutable.*build a new AdditiveGame"):
+    with pytest.raises(FrozenInstanceError, match=r"AdditiveGame is immutable.*build a new AdditiveGame"):
         AdditiveGame([1.0]).weights = None
-    with pytest.raises(InvalidParameterError, match="deep-copied"):
+    with pytest.raises(InvalidParameterError, match=r"cannot be deep.copied"):
         Scorer(_Uncopyable())
 
 
