@@ -12,6 +12,7 @@ builtin they already handle (``except ValueError``)::
     ├── InvalidDataError (ValueError)          arrays: shapes, NaN/inf, empty
     │   └── UnalignedChunksError               chunks of x and y disagree
     ├── InvalidModelError (TypeError)          model lacks fit/predict or is unusable
+    ├── FrozenInstanceError (AttributeError)   assignment to an immutable value (Dataset, game...)
     ├── NotFittedError (RuntimeError)          an influence model used before fit()
     ├── SchemaError (ValueError)               a result does not follow the schema
     │   └── NotAResultError                    the location holds no result of that kind
@@ -46,6 +47,7 @@ __all__ = [
     "ConvergenceWarning",
     "DvlDaskError",
     "DvlDaskWarning",
+    "FrozenInstanceError",
     "InvalidDataError",
     "InvalidModelError",
     "InvalidParameterError",
@@ -99,6 +101,16 @@ class UnalignedChunksError(InvalidDataError):
 
 class InvalidModelError(DvlDaskError, TypeError):
     """A model does not provide the methods a utility or influence model needs."""
+
+
+class FrozenInstanceError(DvlDaskError, AttributeError):
+    """An attribute of an immutable value was assigned after construction.
+
+    Datasets, games, scorers, learned utilities and the identity of a Utility
+    (model, data, scorer, default score) are fixed when built: their token was
+    computed from them, so changing them would make caches and graph keys
+    return stale values. Build a new object instead.
+    """
 
 
 class NotFittedError(DvlDaskError, RuntimeError):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 import numbers
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Generic, TypeVar
@@ -15,8 +17,9 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from .. import config
+from .._provenance import describe_utility, library_versions
 from ..errors import CacheError, DvlDaskWarning, InvalidParameterError
-from ..keys import KeyFunction, graph_token
+from ..keys import KeyFunction, describe_parameters, graph_token
 from ..validation import check_positive_int, check_real
 from ._backend import CacheBackend
 from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
@@ -44,6 +47,16 @@ class MemoizedFunction(Generic[T]):
     key_function : KeyFunction
         Makes the keys; ``key_function.function_token`` identifies the code,
         the data it closes over and the memoization mode.
+
+    Notes
+    -----
+    Entries hold values only. What their keys were made of is recorded once
+    per function and process, beside them in the same backend (a signed JSON
+    text under :attr:`provenance_key`, written with the first stored value):
+    the function, its token, the options and -- for a bound method such as a
+    Utility's -- its owner's provenance (model class and parameters, scorer,
+    data fingerprint, library versions). Read it with :meth:`provenance`, or
+    :meth:`describe_key` for one call. Hits never read or write it.
     """
 
     def __init__(
@@ -120,6 +133,7 @@ class MemoizedFunction(Generic[T]):
             self.__qualname__ = self.__name__ = type(fn).__qualname__
         self._own = CacheStats()
         self._warned_uncacheable = False
+        self._provenance_recorded = False
 
     # -- calling ------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> T:
@@ -142,6 +156,7 @@ class MemoizedFunction(Generic[T]):
                 self._warn_uncacheable(exc)
             if stored:
                 self._own.increment("sets")
+                self._record_provenance()
         return value
 
     def _call_repeated(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -161,6 +176,7 @@ class MemoizedFunction(Generic[T]):
         if new is None:  # the backend is unavailable: the fresh value is all we have
             return value
         self._own.increment("sets")
+        self._record_provenance()
         return new.mean
 
     def _converged(self, record: RunningStats) -> bool:
@@ -176,6 +192,90 @@ class MemoizedFunction(Generic[T]):
             self._warned_uncacheable = True
             message = f"{exc} Results of {self.__qualname__} are not cached."
             warnings.warn(message, DvlDaskWarning, stacklevel=3)
+
+    # -- provenance ---------------------------------------------------------------------------
+    @property
+    def provenance_key(self) -> str:
+        """The key of this function's provenance record: ``"<namespace>:provenance:<function token>"``."""
+        return f"{self.key_function.namespace}:provenance:{self.key_function.function_token}"
+
+    def describe(self) -> dict[str, Any]:
+        """What this function's keys are made of, as a JSON-serialisable dict (computed here, not read).
+
+        The function's name and module, its token (code, captured state and
+        memoization mode: the part every key of this function starts from),
+        the namespace and options, the provenance of the object a bound method
+        belongs to (e.g. :meth:`dvl_dask.Utility.provenance`) and the library versions.
+        """
+        fn = self.__wrapped__
+        owner = getattr(fn, "__self__", None)
+        described: dict[str, Any] = {
+            "function": self.__qualname__,
+            "module": getattr(fn, "__module__", None) or getattr(type(fn), "__module__", None),
+            "function_token": self.key_function.function_token,
+            "namespace": self.key_function.namespace,
+            "options": describe_parameters(self.options, tokens=False),
+            "versions": library_versions(),
+        }
+        if owner is not None and not isinstance(owner, types.ModuleType):
+            described["owner"] = describe_utility(owner)
+        return described
+
+    def provenance(self) -> dict[str, Any] | None:
+        """The provenance record stored in the backend for this function (see :meth:`describe`), or None.
+
+        None means that no value of this function was stored yet by a process
+        that records provenance, or that the backend cannot be reached.
+        """
+        text = _uncounted(self.backend, "get", self.provenance_key, None)
+        if not isinstance(text, str):
+            return None
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
+    def describe_key(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """What the key of ``self(*args, **kwargs)`` is made of: the key, the canonical arguments, the function.
+
+        ``"function"`` is the stored provenance record (:meth:`provenance`) if
+        there is one, else what this process would record (:meth:`describe`);
+        ``"stored"`` says which, and ``"cached"`` whether a value is stored under the key.
+        """
+        key = self.key_function(args, kwargs)
+        bound = {  # small arrays (coalitions) shown as their values
+            name: value.tolist() if isinstance(value, np.ndarray) and value.size <= 64 else value
+            for name, value in self.key_function.bind(args, kwargs).items()
+        }
+        stored = self.provenance()
+        return {
+            "key": key,
+            "arguments": describe_parameters(bound),
+            "function": stored if stored is not None else self.describe(),
+            "stored": stored is not None,
+            "cached": _uncounted(self.backend, "get", key, _MISS) is not _MISS,
+        }
+
+    def _record_provenance(self) -> None:
+        """Store the provenance record once per process, after the first stored value (never on hits)."""
+        if self.__dict__.get("_provenance_recorded", False):
+            return
+        self._provenance_recorded = True
+        try:
+            text = json.dumps(self.describe(), sort_keys=True, default=repr)
+        except Exception as exc:  # a description must never break a computation
+            warnings.warn(
+                f"The provenance of {self.__qualname__} could not be recorded in its cache ({type(exc).__name__}: "
+                f"{exc}); its values are cached as usual.",
+                DvlDaskWarning,
+                stacklevel=4,
+            )
+            return
+        try:
+            _uncounted(self.backend, "set", self.provenance_key, text)
+        except CacheError as exc:
+            self._warn_uncacheable(exc)
 
     # -- inspection -------------------------------------------------------------------------
     @property
@@ -257,6 +357,7 @@ class MemoizedFunction(Generic[T]):
         state = self.__dict__.copy()
         state["_own"] = CacheStats()  # counters are per process
         state["_warned_uncacheable"] = False
+        state["_provenance_recorded"] = False  # recorded once per process
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -315,6 +416,23 @@ class _BoundMemoizedFunction:
         return f"<bound {self.__func__!r} of {self.__self__!r}>"
 
 
+def _uncounted(backend: CacheBackend, action: str, key: str, argument: Any) -> Any:
+    """``backend.get(key, argument)`` or ``backend.set(key, argument)`` left out of the hit/miss/set counters.
+
+    Provenance records and inspection are not values: the counters keep
+    describing the memoized calls (pyDVL's meaning). Failures (errors,
+    timeouts) still count.
+    """
+    counters = ("hits", "misses") if action == "get" else ("sets",)
+    before = backend.stats.as_dict()
+    result = backend.get(key, argument) if action == "get" else backend.set(key, argument)
+    after = backend.stats.as_dict()
+    for counter in counters:
+        if after[counter] > before[counter]:
+            backend.stats.increment(counter, -1)
+    return result
+
+
 def _resolve_named(module: str, qualname: str, backend: CacheBackend) -> MemoizedFunction[Any]:
     """The module-level memoized function ``module.qualname``, using ``backend`` (and its secret)."""
     import importlib
@@ -332,6 +450,7 @@ def _resolve_named(module: str, qualname: str, backend: CacheBackend) -> Memoize
     copy.__dict__.update(obj.__dict__)
     copy.backend = backend
     copy._own = CacheStats()
+    copy._provenance_recorded = False
     return copy
 
 

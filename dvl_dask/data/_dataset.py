@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._frozen import Frozen, readonly_array
+from .._provenance import qualified_name
 from ..errors import InvalidDataError, InvalidParameterError
 from ..keys import dask_content_digest, fingerprint
 from ..validation import (
@@ -37,11 +39,16 @@ def _as_labels(names: Any, n: int, arg: str, owner: str, default_prefix: str | N
         raise InvalidDataError(f"The {arg!r} argument of {owner} must hold unique labels; it has duplicates.")
     if labels.dtype == object:
         labels = labels.astype(str)
-    return labels
+    return readonly_array(labels)
 
 
-class Dataset:
-    """Training and test data for valuation: arrays, labels and a fingerprint.
+def _owned(arr: Any) -> Any:
+    """A numpy array as a read-only array the dataset owns (dask arrays cannot be frozen: kept as they are)."""
+    return arr if is_dask_array(arr) else readonly_array(arr)
+
+
+class Dataset(Frozen):
+    """Training and test data for valuation: arrays, labels and a fingerprint; an immutable value.
 
     The *players* of a valuation are the training points: ``data_names`` labels
     them, and a utility maps a subset of player indices to training rows with
@@ -83,6 +90,19 @@ class Dataset:
     numpy inputs are checked for NaN/inf; dask arrays are checked for shape
     only (checking their values would compute them).
 
+    A Dataset is immutable, so its fingerprint stays true: numpy arrays are
+    copied into read-only arrays it owns (an array that is already read-only
+    all the way down to its memory is kept without a copy; the caller's
+    arrays stay writeable), so ``data.y_train[:8] = 0`` raises ``ValueError:
+    assignment destination is read-only`` instead of silently leaving caches
+    keyed by the old fingerprint to serve stale values; assigning an
+    attribute raises :class:`~dvl_dask.errors.FrozenInstanceError`. Build a
+    new Dataset from modified copies instead. Lazily backed (dask, zarr,
+    cloud) arrays cannot be frozen: their fingerprint is their content read
+    once, here (or ``version``), and their store must not change while the
+    Dataset is in use (or give a new ``version`` and build a new Dataset).
+    :meth:`provenance` describes what the fingerprint was made of.
+
     Examples
     --------
     >>> import numpy as np
@@ -111,10 +131,10 @@ class Dataset:
                 f"None (to fingerprint dask arrays by reading them). Got {version!r} instead."
             )
         self.version = version
-        self.x_train = check_array(x_train, "x_train", owner, ndim=(1, 2, 3, 4))
-        self.y_train = check_array(y_train, "y_train", owner, ndim=(1, 2))
-        self.x_test = check_array(x_test, "x_test", owner, ndim=(1, 2, 3, 4))
-        self.y_test = check_array(y_test, "y_test", owner, ndim=(1, 2))
+        self.x_train = _owned(check_array(x_train, "x_train", owner, ndim=(1, 2, 3, 4)))
+        self.y_train = _owned(check_array(y_train, "y_train", owner, ndim=(1, 2)))
+        self.x_test = _owned(check_array(x_test, "x_test", owner, ndim=(1, 2, 3, 4)))
+        self.y_test = _owned(check_array(y_test, "y_test", owner, ndim=(1, 2)))
         n = check_consistent_length(owner, x_train=self.x_train, y_train=self.y_train)
         check_consistent_length(owner, x_test=self.x_test, y_test=self.y_test)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
@@ -126,7 +146,7 @@ class Dataset:
         self.data_names = _as_labels(data_names, n, "data_names", owner)
         n_features = self.x_train.shape[1] if self.x_train.ndim == 2 else 1
         self.feature_names = _as_labels(feature_names, n_features, "feature_names", owner, default_prefix="x")
-        self.target_names = None if target_names is None else np.asarray(target_names).astype(str)
+        self.target_names = None if target_names is None else readonly_array(np.asarray(target_names).astype(str))
         self.description = description
         self.fingerprint = fingerprint(
             type(self).__name__,
@@ -267,18 +287,46 @@ class Dataset:
         )
 
     def materialize(self) -> Dataset:
-        """Return a dataset whose arrays are numpy (dask arrays computed); same fingerprint."""
+        """Return a dataset whose arrays are numpy (dask arrays computed, read-only); same fingerprint."""
         if not any(is_dask_array(a) for a in (self.x_train, self.y_train, self.x_test, self.y_test)):
             return self
-        import copy
-
         import dask
 
-        clone = copy.copy(self)
-        clone.x_train, clone.y_train, clone.x_test, clone.y_test = dask.compute(
-            self.x_train, self.y_train, self.x_test, self.y_test
-        )
-        return clone
+        x_train, y_train, x_test, y_test = dask.compute(self.x_train, self.y_train, self.x_test, self.y_test)
+        # Computed arrays may be views of the arrays a dask graph was built from: copied, never frozen in place.
+        return self._replace(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+    def provenance(self) -> dict[str, Any]:
+        """What the fingerprint was made of, as a JSON-serialisable dict (for results, checkpoints, caches).
+
+        Class, fingerprint, ``version``, number of players and training rows,
+        and the shape, dtype and kind (numpy or dask) of each array.
+
+        Examples
+        --------
+        >>> data = Dataset(np.zeros((3, 2)), np.arange(3), np.ones((2, 2)), np.arange(2))
+        >>> p = data.provenance()
+        >>> p["class"], p["arrays"]["x_train"]["shape"], p["fingerprint"] == data.fingerprint
+        ('dvl_dask.data._dataset.Dataset', [3, 2], True)
+        """
+        arrays = {
+            name: {
+                "shape": [int(s) for s in arr.shape],
+                "dtype": np.dtype(arr.dtype).str,
+                "kind": "dask" if is_dask_array(arr) else "numpy",
+            }
+            for name, arr in (
+                ("x_train", self.x_train), ("y_train", self.y_train), ("x_test", self.x_test), ("y_test", self.y_test)
+            )
+        }
+        return {
+            "class": qualified_name(self),
+            "fingerprint": self.fingerprint,
+            "version": self.version,
+            "n_players": int(self.n_players),
+            "n_samples": int(self.n_samples),
+            "arrays": arrays,
+        }
 
 
 def _content_tokens(arrays: Sequence[Any], version: str | None) -> list[Any]:
@@ -354,8 +402,8 @@ class GroupedDataset(Dataset):
         self.group_names, self._group_of_row = np.unique(groups, return_inverse=True)
         order = np.argsort(self._group_of_row, kind="stable")
         counts = np.bincount(self._group_of_row, minlength=len(self.group_names))
-        self._rows_by_group = np.split(order, np.cumsum(counts)[:-1])
-        self.data_groups = groups
+        self._rows_by_group = tuple(readonly_array(rows) for rows in np.split(order, np.cumsum(counts)[:-1]))
+        self.data_groups = readonly_array(groups)
         super().__init__(x_train, y_train, x_test, y_test, data_names=data_names, **kwargs)
         self.sample_names = self.data_names
         self.data_names = self.group_names

@@ -10,7 +10,7 @@ import xarray as xr
 
 from ..errors import InvalidParameterError, SchemaError
 from ..validation import check_positive_int
-from ._schema import CONVERGED, SAMPLE_DIM, parameters_of, validate_valuation_dataset
+from ._schema import CONVERGED, SAMPLE_DIM, parameters_of, provenance_of, validate_valuation_dataset
 
 __all__ = ["DvlAccessor", "merge_results"]
 
@@ -38,6 +38,12 @@ class DvlAccessor:
     def parameters(self) -> dict[str, Any]:
         """The method parameters recorded when the result was built."""
         return parameters_of(self._ds)
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """What the result's identity was made of (model, parameters, data fingerprint, versions); see
+        :func:`dvl_dask.results.provenance_of`."""
+        return provenance_of(self._ds)
 
     def to_valuation_result(self) -> Any:
         """A read-only view with pyDVL's ``ValuationResult`` interface (computes the result once).

@@ -3,7 +3,7 @@
 Format 2 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL)::
 
     <root>/zarr.json              group attrs: dvl_checkpoint_version=2, header (method, parameters,
-                                  utility_token, seed, identity, ...), data_names, n_stats
+                                  utility_token, seed, identity, provenance, ...), data_names, n_stats
     <root>/header.json            a copy of the group attrs (written once; repairs the group metadata)
     <root>/stats/                 float64 (block, stat=n_stats, stream, sample): count, mean, M2, M3, M4,
                                   min, max; one uncompressed chunk per block at stats/c/<block>/0/0/0
@@ -58,7 +58,22 @@ FORMAT_VERSION = 2
 #: attr hold 3, and those of dvl_dask before min and max were recorded hold 5.
 N_STATS = 7
 _HEADER_KEYS = ("method", "parameters", "utility_token", "seed", "n_players", "n_streams", "identity")
+#: Header keys that describe the run for people (what the utility token was made of, library versions):
+#: recorded when the checkpoint is created, shown when a resume is refused, never compared.
+_DESCRIPTIVE_KEYS = ("provenance",)
 _ARRAYS = ("stats", "evaluations")
+
+
+def _provenance_changes(stored: Any, now: Any, path: str = "", limit: int = 8) -> list[str]:
+    """Dotted paths where two provenance descriptions differ (at most ``limit``), for refusal messages."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        found: list[str] = []
+        for key in sorted(set(stored) | set(now)):
+            if key == "token" or len(found) >= limit:
+                continue
+            found += _provenance_changes(stored.get(key), now.get(key), f"{path}{key}.", limit - len(found))
+        return found
+    return [] if _canonical(stored) == _canonical(now) else [f"{path[:-1]}: stored {stored!r}, now {now!r}"]
 
 
 def _same(key: str, stored: Any, now: Any) -> bool:
@@ -68,6 +83,8 @@ def _same(key: str, stored: Any, now: Any) -> bool:
     estimator (class, parameters, code) and the utility are the same: a resume
     after a dvl_dask upgrade is accepted when the estimator's code did not change.
     """
+    if key in _DESCRIPTIVE_KEYS:
+        return True
     if key == "identity" and isinstance(stored, dict) and isinstance(now, dict):
         # The estimator's token covers its code and parameters; the version and the readable
         # parameters are recorded to explain a refusal, not compared.
@@ -177,6 +194,9 @@ class Checkpoint:
         differing = [k for k in header if not _same(k, attrs.get(k), header[k])]
         if differing:
             detail = "; ".join(_detail(k, attrs.get(k), header[k]) for k in differing)
+            changes = _provenance_changes(attrs.get("provenance"), header.get("provenance"))
+            if "utility_token" in differing and attrs.get("provenance") is not None and changes:
+                detail += "; the utility's provenance differs in " + "; ".join(changes)
             raise CheckpointMismatchError(
                 f"The checkpoint at {url} belongs to another run ({detail}). Its statistics are never mixed "
                 "into a different run. To fix, use a new checkpoint URL, or the same method, parameters, "

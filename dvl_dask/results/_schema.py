@@ -15,7 +15,8 @@ A valuation result is an ``xr.Dataset``::
                :func:`dvl_dask.valuation._truncation.bias_attrs`), and
                ``run_until_converged`` adds ``converged`` (an accuracy
                criterion held, not only a budget cap) and ``stopped_by``
-               (the criteria that fired, as a list of their reprs)
+               (the criteria that fired, as a list of their reprs);
+               provenance (JSON text, optional): what the utility token was made of
 
 An influence result is an ``xr.DataArray`` named ``influence`` with dims
 ("test_sample", "train_sample", *feature dims) built by :func:`influence_dataarray`.
@@ -45,6 +46,7 @@ __all__ = [
     "VARIABLES",
     "influence_dataarray",
     "parameters_of",
+    "provenance_of",
     "validate_valuation_dataset",
     "self_influence_dataarray",
     "valuation_dataset",
@@ -95,8 +97,14 @@ def valuation_dataset(
     n_evaluations: int = 0,
     extra_attrs: Mapping[str, Any] | None = None,
     converged: Any = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Wrap per-player arrays (numpy or dask, kept lazy) into a valuation Dataset.
+
+    ``provenance`` (e.g. :meth:`dvl_dask.Utility.provenance`: model class and
+    parameters, scorer, data fingerprint, library versions) is stored as JSON
+    text in the ``provenance`` attr, beside ``utility_token``; read it back with
+    :func:`provenance_of` or ``ds.dvl.provenance``.
 
     ``converged`` (optional, boolean per player) becomes the variable
     ``converged``: whether each player's own convergence criterion held.
@@ -133,6 +141,8 @@ def valuation_dataset(
         "dvl_dask_version": __version__,
         "schema_version": SCHEMA_VERSION,
     }
+    if provenance is not None:
+        attrs["provenance"] = json.dumps(_jsonable(dict(provenance)), sort_keys=True)
     if extra_attrs:
         attrs.update({k: _jsonable(v) for k, v in extra_attrs.items()})
     return xr.Dataset(data_vars, coords={SAMPLE_DIM: names}, attrs=attrs)
@@ -141,6 +151,27 @@ def valuation_dataset(
 def parameters_of(ds: xr.Dataset) -> dict[str, Any]:
     """The method parameters recorded in a result, as a dict."""
     return json.loads(ds.attrs.get("parameters", "{}"))
+
+
+def provenance_of(ds: xr.Dataset | xr.DataArray) -> dict[str, Any] | None:
+    """What a result's identity was made of (the ``provenance`` attr), as a dict; None if not recorded.
+
+    For a valuation result: the utility's class and token, the model's class
+    and parameters, the scorer, the data's fingerprint, shapes and dtypes, and
+    the library versions of the run (see :meth:`dvl_dask.Utility.provenance`).
+    Results written by dvl_dask versions that did not record it give None.
+
+    Examples
+    --------
+    >>> ds = valuation_dataset(np.ones(1), np.zeros(1), np.ones(1, int), data_names=["a"], method="demo",
+    ...                        provenance={"model": {"class": "Demo"}})
+    >>> provenance_of(ds)["model"]["class"]
+    'Demo'
+    """
+    text = ds.attrs.get("provenance")
+    if text is None:
+        return None
+    return json.loads(text) if isinstance(text, str) else dict(text)
 
 
 def validate_valuation_dataset(ds: Any) -> xr.Dataset:

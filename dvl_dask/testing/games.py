@@ -4,6 +4,13 @@ Each game is cheap to evaluate, implements the :class:`~dvl_dask.typing.UtilityL
 protocol (``n_players``, ``data_names``, ``token``, ``__call__``) and has a
 ``shapley_values()`` method computing the values from a closed form (never by
 enumerating coalitions), which makes it a ground truth for estimators.
+
+Games are immutable values: their token is computed, when construction ends,
+from the class (its code, for classes outside installed packages) and the
+whole instance state (:func:`dvl_dask.keys.instance_token`), arrays become
+read-only copies, and assigning an attribute afterwards raises
+:class:`~dvl_dask.errors.FrozenInstanceError`. Two games differing in any
+parameter -- or a user's subclass with extra state -- never share a token.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .._frozen import Frozen
+from .._provenance import library_versions, qualified_name
 from ..errors import InvalidParameterError
-from ..keys import fingerprint
+from ..keys import describe_parameters
 from ..validation import check_coalition, check_finite_score, check_positive_int
 
 __all__ = [
@@ -29,12 +38,20 @@ __all__ = [
 ]
 
 
-class Game:
-    """Base class: a coalition value ``v(S)`` over players ``0..n-1``.
+class Game(Frozen):
+    """Base class: a coalition value ``v(S)`` over players ``0..n-1``; an immutable value.
 
     Calls validate the coalition (:func:`dvl_dask.validation.check_coalition`)
     and the value: ``value()`` returning None, NaN or infinity raises
     :class:`~dvl_dask.errors.InvalidParameterError`.
+
+    Subclasses set their attributes in ``__init__`` (before or after calling
+    ``super().__init__(n_players)``). When the outermost ``__init__`` returns,
+    array attributes become read-only copies and the instance refuses further
+    assignments. ``token`` covers the class (:func:`dvl_dask.keys.class_token`:
+    its code, or its package's version) and every attribute by value; it is
+    computed on first use, so building a game (e.g. at import time on a
+    worker) costs no hashing.
     """
 
     #: Calls return finite floats only (valuation methods need not check them).
@@ -42,7 +59,14 @@ class Game:
 
     def __init__(self, n_players: int) -> None:
         self._n = check_positive_int(n_players, "n_players", type(self).__name__)
-        self.token = fingerprint(type(self).__name__, self._params())
+
+    @property
+    def token(self) -> str:
+        """The game's identity: class and whole state, by value (computed once, on first use)."""
+        found = self.__dict__.get("_token")
+        if found is None:
+            found = self.__dict__["_token"] = self._state_token("_token")
+        return found
 
     @property
     def n_players(self) -> int:
@@ -53,7 +77,18 @@ class Game:
         return np.arange(self._n, dtype=np.int64)
 
     def _params(self) -> object:
+        """The defining parameters (kept for subclasses; the token covers the whole state anyway)."""
         return self._n
+
+    def provenance(self) -> dict[str, object]:
+        """What the token was made of: class, attributes (described) and library versions."""
+        state = {k: v for k, v in vars(self).items() if k not in ("_token", "_frozen")}
+        return {
+            "class": qualified_name(self),
+            "token": self.token,
+            "parameters": describe_parameters(state),
+            "versions": library_versions(),
+        }
 
     @property
     def score_range(self) -> tuple[float, float] | None:
@@ -249,7 +284,7 @@ class MinerGame(Game):
         return np.full(self._n, (self._n // 2) / self._n)
 
 
-class Unchecked:
+class Unchecked(Frozen):
     """A game whose calls skip the coalition check: about 10x faster, for statistics over many seeds.
 
     Valuation estimators only pass valid coalitions (sorted, unique, in
@@ -267,11 +302,20 @@ class Unchecked:
     returns_finite_scores = True
 
     def __init__(self, game: Game) -> None:
-        self.game, self.n_players, self.token = game, game.n_players, game.token
+        self.game, self.n_players = game, game.n_players
         self.score_range, self.data_names = game.score_range, game.data_names
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
         return self.game.value(np.asarray(indices, dtype=np.int64))
+
+    @property
+    def token(self) -> str:
+        """The wrapped game's token."""
+        return self.game.token
+
+    def provenance(self) -> dict[str, object]:
+        """The wrapped game's provenance."""
+        return self.game.provenance()
 
     def __dask_tokenize__(self) -> str:
         return self.token

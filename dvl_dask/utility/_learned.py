@@ -15,13 +15,16 @@ their graphs.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import dask
 import numpy as np
 
-from ..errors import InvalidParameterError
-from ..keys import canonical_indices, fingerprint
+from .._frozen import Frozen
+from .._provenance import library_versions, qualified_name
+from ..errors import InvalidModelError, InvalidParameterError
+from ..keys import canonical_indices, describe_parameters, fingerprint
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 
@@ -52,15 +55,33 @@ def _default_regressor(seed: int) -> Any:
     return MLPRegressor(hidden_layer_sizes=(64, 32), max_iter=2000, early_stopping=False, random_state=seed)
 
 
-class LearnedUtility:
-    """A fitted utility model: ``u(S) ≈ regressor.predict(indicator(S))``.
+class LearnedUtility(Frozen):
+    """A fitted utility model: ``u(S) ≈ regressor.predict(indicator(S))``; an immutable value.
 
-    Attributes
+    Parameters
     ----------
+    regressor : fitted estimator
+        Predicts ``u(S)`` from 0/1 indicator rows; the utility keeps its own
+        deep copy (changing yours afterwards changes nothing).
+    n_players : int
+    data_names : array-like
+        Labels of the players.
+    token : str
+        Identity of how it was learned (the real utility, seed, training
+        evaluations), kept as ``source_token``.
     holdout_rmse, holdout_r2 : float
         Error of the regressor on the held-out real evaluations (NaN without a holdout).
     n_evaluations : int
         Real utility evaluations spent on training and holdout.
+
+    Notes
+    -----
+    ``token`` (the identity in graph keys and caches) is computed, on first
+    use, from the class (:func:`dvl_dask.keys.class_token`) and its whole state:
+    the class, the fitted regressor by class, parameters *and* fitted
+    attributes, the source token, the players and the holdout errors, so two
+    learned utilities with different fitted regressors never share one.
+    Attributes cannot be assigned afterwards, and ``regressor`` returns a copy.
     """
 
     def __init__(
@@ -73,13 +94,49 @@ class LearnedUtility:
         holdout_r2: float,
         n_evaluations: int,
     ) -> None:
-        self.regressor = regressor
-        self._n = n_players
+        try:
+            self._regressor = copy.deepcopy(regressor)
+        except Exception as exc:
+            raise InvalidModelError(
+                f"The 'regressor' argument of LearnedUtility cannot be deep-copied ({type(exc).__name__}: {exc}); "
+                "the learned utility keeps its own copy so that its token stays true. To fix, use a regressor "
+                "that can be copied (scikit-learn estimators can)."
+            ) from exc
+        self._n = int(n_players)
         self._names = np.asarray(data_names)
-        self.token = token
-        self.holdout_rmse = holdout_rmse
-        self.holdout_r2 = holdout_r2
-        self.n_evaluations = n_evaluations
+        self.source_token = str(token)
+        self.holdout_rmse = float(holdout_rmse)
+        self.holdout_r2 = float(holdout_r2)
+        self.n_evaluations = int(n_evaluations)
+
+    @property
+    def token(self) -> str:
+        """Identity: class, fitted regressor, source token, players and errors, by value (computed once)."""
+        found = self.__dict__.get("_token")
+        if found is None:
+            found = self.__dict__["_token"] = self._state_token("_token")
+        return found
+
+    @property
+    def regressor(self) -> Any:
+        """A copy of the fitted regressor (changing it does not change this utility)."""
+        return copy.deepcopy(self._regressor)
+
+    def provenance(self) -> dict[str, Any]:
+        """What the token was made of: regressor class and parameters, source token, holdout errors, versions."""
+        model = self._regressor
+        params = model.get_params(deep=False) if callable(getattr(model, "get_params", None)) else {}
+        return {
+            "class": qualified_name(self),
+            "token": self.token,
+            "source_token": self.source_token,
+            "regressor": {"class": qualified_name(model), "parameters": describe_parameters(params)},
+            "n_players": self._n,
+            "n_evaluations": self.n_evaluations,
+            "holdout_rmse": describe_parameters(self.holdout_rmse),
+            "holdout_r2": describe_parameters(self.holdout_r2),
+            "versions": library_versions(),
+        }
 
     @property
     def n_players(self) -> int:
@@ -97,14 +154,14 @@ class LearnedUtility:
             )
         mask = np.zeros((1, self._n))
         mask[0, players] = 1.0
-        return float(self.regressor.predict(mask)[0])
+        return float(self._regressor.predict(mask)[0])
 
     def __dask_tokenize__(self) -> str:
         return self.token
 
     def __repr__(self) -> str:
         return (
-            f"LearnedUtility(n_players={self._n}, regressor={type(self.regressor).__name__}, "
+            f"LearnedUtility(n_players={self._n}, regressor={type(self._regressor).__name__}, "
             f"holdout_rmse={self.holdout_rmse:.4g}, holdout_r2={self.holdout_r2:.3f})"
         )
 
@@ -190,8 +247,6 @@ def learn_utility(
         r2 = float(r2_score(values[test_rows], predicted)) if n_holdout > 1 else float("nan")
     else:
         rmse = r2 = float("nan")
-    params = sorted((k, repr(v)) for k, v in model.get_params().items()) if hasattr(model, "get_params") else []
-    token = fingerprint(
-        "LearnedUtility", utility.token, seed_entropy(seq), type(model).__qualname__, params, masks, values, holdout
-    )
-    return LearnedUtility(model, n, utility.data_names, token, rmse, r2, len(masks))
+    # How it was learned; the LearnedUtility's own token adds the fitted regressor's whole state to it.
+    source = fingerprint("LearnedUtility", utility.token, seed_entropy(seq), masks, values, holdout)
+    return LearnedUtility(model, n, utility.data_names, source, rmse, r2, len(masks))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from .._frozen import Frozen
+from .._provenance import qualified_name
 from ..errors import InvalidParameterError, UnknownScorerError
-from ..keys import object_token
+from ..keys import describe_parameters, object_token
 
 __all__ = [
     "RANGE_TOLERANCE",
@@ -220,8 +223,8 @@ def _check_range(range: Any, owner: str) -> Bounds:  # noqa: A002 - the natural 
     return lo, hi
 
 
-class Scorer:
-    """A callable ``scorer(model, x, y) -> float`` with a name and a range.
+class Scorer(Frozen):
+    """A callable ``scorer(model, x, y) -> float`` with a name and a known range; an immutable value.
 
     Parameters
     ----------
@@ -246,6 +249,15 @@ class Scorer:
         The range known without the test data; :meth:`range_on` can be
         narrower (e.g. ``accuracy_score(normalize=False)`` counts at most the
         number of test points, unknown here).
+
+    Notes
+    -----
+    A Scorer keeps its own deep copy of a callable ``scoring`` (plain
+    functions are kept as they are: their code and captured state are hashed),
+    and its attributes cannot be assigned after construction
+    (:class:`~dvl_dask.errors.FrozenInstanceError`), so its token -- which
+    enters the token of every :class:`~dvl_dask.utility.Utility` using it --
+    stays true. Objects a plain function captures must not be changed.
 
     Examples
     --------
@@ -282,7 +294,7 @@ class Scorer:
             self._accuracy = scoring == "accuracy"
             self.name = name or scoring
         elif callable(scoring):
-            self._fn = scoring
+            self._fn = _own_copy(scoring)
             self._accuracy = False
             func = getattr(scoring, "_score_func", None)
             self.name = name or getattr(scoring, "__name__", getattr(func, "__name__", type(scoring).__name__))
@@ -321,17 +333,35 @@ class Scorer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_accuracy", False)
         state.setdefault("_declared", None)
-        self.__dict__.update(state)
+        state.setdefault("_frozen", True)
+        super().__setstate__(state)
 
     def __dask_tokenize__(self) -> str:
         # By value: a sklearn scorer by its score function, sign, kwargs and response method
         # (make_scorer(f1_score) and make_scorer(recall_score) differ); a callable by its code
-        # and captured state. Computed once, on first use.
+        # and captured state. Computed once, on first use (the scorer is immutable).
         # A declared range is part of the identity (it decides the default score and the range check).
         if self._token is None:
             declared = () if self._declared is None else ("declared", self._declared)
-            self._token = object_token("Scorer", self._fn, self.range, *declared)
+            self.__dict__["_token"] = object_token("Scorer", self._fn, self.range, *declared)
         return self._token
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-serialisable description: name, range and what is scored (for provenance)."""
+        fn = self._fn
+        func = getattr(fn, "_score_func", None)
+        described: dict[str, Any] = {
+            "name": self.name,
+            "range": describe_parameters(list(self.range)),
+            "class": qualified_name(fn),
+        }
+        if func is not None:  # a scikit-learn scorer
+            described["score_func"] = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
+            described["sign"] = describe_parameters(getattr(fn, "_sign", None))
+            described["kwargs"] = describe_parameters(dict(getattr(fn, "_kwargs", {}) or {}), tokens=False)
+        else:
+            described["callable"] = describe_parameters(fn, tokens=False)
+        return described
 
     def __repr__(self) -> str:
         return f"Scorer({self.name!r}, range={self.range})"
@@ -360,6 +390,18 @@ def _plain_accuracy(model: Any, x: Any, y: Any) -> float | None:
     if not isinstance(pred, np.ndarray) or pred.shape != y.shape or pred.dtype.kind not in kinds:
         return None  # sklearn decides (and e.g. refuses continuous predictions)
     return float(np.count_nonzero(pred == y) / y.size)
+
+
+def _own_copy(scoring: Callable[..., Any]) -> Callable[..., Any]:
+    """A deep copy of a scoring callable (plain functions stay themselves), so the caller's cannot change it."""
+    try:
+        return copy.deepcopy(scoring)
+    except Exception as exc:
+        raise InvalidParameterError(
+            f"The 'scoring' callable of Scorer ({type(scoring).__name__}) cannot be deep-copied ({type(exc).__name__}: "
+            f"{exc}). Scorer keeps its own copy so that later changes to yours cannot change scores behind its "
+            "token. To fix, make it deep-copyable (e.g. define __deepcopy__), or pass a plain function."
+        ) from exc
 
 
 def as_scorer(scoring: str | Callable[..., float] | Scorer) -> Scorer:

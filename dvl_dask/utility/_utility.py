@@ -12,15 +12,17 @@ from typing import Any
 import numpy as np
 
 from .. import config
+from .._provenance import library_versions, qualified_name
 from ..data import Dataset
 from ..errors import (
+    FrozenInstanceError,
     InvalidModelError,
     InvalidParameterError,
     ScoreOutOfRangeError,
     UnusableUtilityError,
     UtilityFailureWarning,
 )
-from ..keys import model_token, object_token
+from ..keys import describe_parameters, model_token, object_token
 from ..validation import check_coalition, keyword_aliases
 from ._scorers import Scorer, as_scorer, outside_range
 
@@ -74,6 +76,26 @@ def _clone(model: Any) -> Any:
     return copy.deepcopy(model)
 
 
+def _own_copy(model: Any) -> Any:
+    """The Utility's own unfitted copy of ``model`` (scikit-learn's ``clone``, else ``copy.deepcopy``)."""
+    try:
+        return _clone(model)
+    except Exception as exc:
+        how = "sklearn.base.clone" if hasattr(model, "get_params") else "copy.deepcopy"
+        raise InvalidModelError(
+            f"The 'model' argument of Utility cannot be copied with {how} ({type(exc).__name__}: {exc}). Utility "
+            "keeps its own copy, so that later changes to your object (set_params, attributes) cannot change "
+            "its values behind its token. To fix, make the model clonable (get_params/set_params as in "
+            "scikit-learn) or deep-copyable (e.g. define __deepcopy__)."
+        ) from exc
+
+
+#: Attributes that make up a Utility's identity (its token): fixed after construction.
+_FIXED = frozenset(
+    {"model", "_model", "data", "scorer", "default_score", "catch_errors", "token", "cache", "on_unusable"}
+)
+
+
 class Utility:
     """The value of a coalition of players: fit ``model`` on it, score on test data.
 
@@ -90,7 +112,13 @@ class Utility:
     Parameters
     ----------
     model : estimator
-        A scikit-learn style model with ``fit(x, y)``.
+        A scikit-learn style model with ``fit(x, y)``. The utility keeps its
+        own unfitted copy, made here: ``sklearn.base.clone`` for models with
+        ``get_params`` (scikit-learn's convention), ``copy.deepcopy`` for
+        other models; changing your object afterwards (``set_params``,
+        attributes) changes neither the utility's values nor its token.
+        Only with ``token=`` is a model that cannot be copied kept as given
+        (it must then not be changed while the utility is in use).
     data : Dataset
         Training points (the players) and test data.
     scorer : str, callable or Scorer
@@ -155,6 +183,15 @@ class Utility:
     across processes and machines, and different ones never do. See
     :mod:`dvl_dask.keys`.
 
+    What the token covers cannot change afterwards: the Dataset and the
+    :class:`Scorer` are immutable, the model is the utility's own copy (the
+    ``model`` attribute returns a fresh unfitted copy of it on every access),
+    and assigning ``data``, ``scorer``, ``default_score``, ``catch_errors``,
+    ``cache``, ``on_unusable`` or ``token`` raises
+    :class:`~dvl_dask.errors.FrozenInstanceError`: build a new Utility instead.
+    :meth:`provenance` describes what the token was made of; valuation
+    results, checkpoints and cache entries record it.
+
     Examples
     --------
     >>> from sklearn.linear_model import LogisticRegression
@@ -192,7 +229,13 @@ class Utility:
                 f"The 'data' argument of Utility must be a dvl_dask.Dataset. Got {type(data).__name__}. "
                 "To fix, build one with Dataset.from_arrays(x, y) or Dataset(x_train, y_train, x_test, y_test)."
             )
-        self.model = model
+        try:
+            self._model = _own_copy(model)
+        except InvalidModelError:
+            if token is None:
+                model_token(model)  # cannot be hashed either? say so first: token= is the fix for both
+                raise
+            self._model = model  # token= given: the caller names the model and keeps it unchanged
         self.data = data
         self.scorer = as_scorer(scorer)
         self.scorer_range = self.scorer.range_on(data.y_test)
@@ -209,13 +252,15 @@ class Utility:
                 f"The 'catch_errors' parameter of Utility must be True or False. Got {catch_errors!r} instead."
             )
         self.catch_errors = bool(catch_errors)
-        self._is_classifier = _is_classifier(model)
-        self._is_sklearn = hasattr(model, "get_params")
+        self._is_classifier = _is_classifier(self._model)
+        self._is_sklearn = hasattr(self._model, "get_params")
         if token is not None and not (isinstance(token, str) and token):
             raise InvalidParameterError(
                 f"The 'token' argument of Utility must be a non-empty string or None. Got {token!r} instead."
             )
-        identity = ("token", token) if token is not None else (model_token(model), self.scorer)
+        # The token comes from the utility's own copy: what it will fit, whatever happens to the caller's object.
+        identity = ("token", token) if token is not None else (model_token(self._model), self.scorer)
+        self._given_token = token is not None
         self.token = object_token(
             "Utility", data.fingerprint, identity, self.default_score, self.catch_errors
         )
@@ -239,6 +284,16 @@ class Utility:
             self._memoized = _memoize_for(self, cache)
         self._materialized: Dataset | None = None
         self._reset_fast_path()
+        self.__dict__["_fixed"] = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIXED and self.__dict__.get("_fixed", False):
+            raise FrozenInstanceError(
+                f"Cannot set {name!r} of a Utility after construction: its token was computed from its model, "
+                "data, scorer and options, so a change would make caches and graph keys serve stale values. "
+                "To fix, build a new Utility."
+            )
+        object.__setattr__(self, name, value)
 
     def _reset_fast_path(self) -> None:
         """Per-process state of the fast evaluation path (never pickled; see :meth:`_fit_score`)."""
@@ -247,6 +302,11 @@ class Utility:
         self._finite: bool | None = None  # every array of the data is finite
 
     # -- properties --------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """An unfitted copy of the utility's model (a new one on every access: changing it changes nothing)."""
+        return _clone(self._model)
+
     @property
     def n_players(self) -> int:
         """Number of players (training points or groups)."""
@@ -289,7 +349,7 @@ class Utility:
         """
         blob = self._template
         if blob is None:
-            template = _clone(self.model)
+            template = _clone(self._model)
             try:
                 blob = pickle.dumps(template, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:
@@ -297,7 +357,7 @@ class Utility:
             self._template = blob
             return template
         if blob is False:
-            return _clone(self.model)
+            return _clone(self._model)
         return pickle.loads(blob)  # our own bytes, made in this process
 
     def _checks_context(self) -> AbstractContextManager[Any]:
@@ -359,7 +419,7 @@ class Utility:
             self._usable = problem if players.size == self.n_players else self._probe()
         if self._usable:
             message = (
-                f"This utility cannot be evaluated: fitting {type(self.model).__name__} on all "
+                f"This utility cannot be evaluated: fitting {type(self._model).__name__} on all "
                 f"{self.n_players} players and scoring it with {self.scorer.name!r} fails "
                 f"({self._usable}), so every coalition would get default_score={self.default_score} "
                 "and every value would be meaningless. Common causes: features that are not a 2-D numeric "
@@ -385,7 +445,7 @@ class Utility:
         data = self._numpy_data()
         rows = data.train_indices(np.arange(self.n_players, dtype=np.int64))
         try:
-            model = _clone(self.model)
+            model = _clone(self._model)
             model.fit(data.x_train[rows], data.y_train[rows])
             score = self.scorer(model, data.x_test, data.y_test)
         except Exception as exc:
@@ -446,15 +506,15 @@ class Utility:
         return np.asarray(scores, dtype=np.float64)
 
     def _warm_model(self) -> Any:
-        params = self.model.get_params(deep=True) if hasattr(self.model, "get_params") else {}
+        params = self._model.get_params(deep=True) if hasattr(self._model, "get_params") else {}
         keys = [k for k in params if k == "warm_start" or k.endswith("__warm_start")]
         if not keys:
             raise InvalidModelError(
                 f"warm_start=True needs a model with a scikit-learn 'warm_start' parameter "
-                f"(e.g. LogisticRegression, SGDClassifier, MLPClassifier). {type(self.model).__name__} has none. "
+                f"(e.g. LogisticRegression, SGDClassifier, MLPClassifier). {type(self._model).__name__} has none. "
                 "To fix, use such a model or pass warm_start=False."
             )
-        model = _clone(self.model)
+        model = _clone(self._model)
         model.set_params(**{k: True for k in keys})
         return model
 
@@ -467,8 +527,70 @@ class Utility:
     def __dask_tokenize__(self) -> str:
         return self.token
 
+    def provenance(self) -> dict[str, Any]:
+        """What the token was made of, as a JSON-serialisable dict: the readable description beside it.
+
+        The token decides whether two utilities are the same; this says why:
+        the model's class and parameters (:func:`dvl_dask.keys.describe_parameters`),
+        the scorer, ``default_score`` and ``catch_errors``, the data
+        (:meth:`Dataset.provenance`: fingerprint, shapes, dtypes) and the
+        versions of Python, dvl_dask, numpy, scikit-learn, dask (and torch
+        when imported). Valuation results keep it in the ``provenance`` attr
+        (read it with ``ds.dvl.provenance``), checkpoints in their header, and
+        caches once per memoized function (``MemoizedFunction.provenance()``).
+
+        Examples
+        --------
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> from sklearn.datasets import load_iris
+        >>> data = Dataset.from_sklearn(load_iris, train_size=0.3, seed=1)
+        >>> p = Utility(LogisticRegression(C=2.0), data, "accuracy").provenance()
+        >>> p["model"]["class"], p["model"]["parameters"]["C"], p["data"]["fingerprint"] == data.fingerprint
+        ('sklearn.linear_model._logistic.LogisticRegression', 2.0, True)
+        """
+        found = self.__dict__.get("_provenance")
+        if found is None:
+            model = self._model
+            if callable(getattr(model, "get_params", None)):
+                parameters = describe_parameters(model.get_params(deep=False))
+            else:
+                parameters = describe_parameters(dict(getattr(model, "__dict__", {})))
+            found = {
+                "class": qualified_name(self),
+                "token": self.token,
+                "token_given": bool(self.__dict__.get("_given_token", False)),
+                "model": {"class": qualified_name(model), "parameters": parameters},
+                "scorer": self.scorer.describe(),
+                "default_score": self.default_score,
+                "catch_errors": self.catch_errors,
+                "data": self.data.provenance(),
+                "versions": library_versions(),
+            }
+            self._provenance = found
+        return copy.deepcopy(found)
+
+    def describe_cache_entry(self, indices: Iterable[int] | np.ndarray) -> dict[str, Any]:
+        """What the cache key of a coalition is made of: key, canonical coalition, the function's provenance.
+
+        See :meth:`dvl_dask.cache.MemoizedFunction.describe_key`; the
+        ``"function"`` entry holds the record the cache keeps beside the values
+        (with this utility's :meth:`provenance` under ``"owner"``).
+
+        Raises
+        ------
+        InvalidParameterError
+            If the utility has no cache.
+        """
+        if self._memoized is None:
+            raise InvalidParameterError(
+                "describe_cache_entry needs a Utility built with a cache (cache=<CacheBackend>); this one has none."
+            )
+        players = check_coalition(indices, self.n_players, "Utility.describe_cache_entry")
+        return self._memoized.describe_key(players)  # type: ignore[attr-defined]
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        state.pop("_provenance", None)
         state["_materialized"] = None
         state["_memoized"] = None
         state.pop("_warned_unusable", None)
@@ -477,9 +599,12 @@ class Utility:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "model" in state and "_model" not in state:  # pickled before the utility owned a copy
+            state["_model"] = state.pop("model")
         state.setdefault("on_unusable", "raise")
         state.setdefault("_usable", None)
-        state.setdefault("_is_sklearn", hasattr(state.get("model"), "get_params"))
+        state.setdefault("_is_sklearn", hasattr(state.get("_model"), "get_params"))
+        state.setdefault("_fixed", True)
         if "scorer_range" not in state:  # pickled before scorer_range existed
             state["scorer_range"] = state["scorer"].range
         self.__dict__.update(state)
@@ -489,7 +614,7 @@ class Utility:
 
     def __repr__(self) -> str:
         return (
-            f"Utility(model={type(self.model).__name__}, n_players={self.n_players}, "
+            f"Utility(model={type(self._model).__name__}, n_players={self.n_players}, "
             f"scorer={self.scorer.name!r}, token={self.token[:8]})"
         )
 

@@ -37,6 +37,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._provenance import describe_utility
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
@@ -87,15 +88,16 @@ def classwise_block(
     n = len(y)
     rng = np.random.default_rng(seed)
     out = power_block(n)
+    model = utility.model  # an unfitted copy (a new one on every access): taken once per block
     for j in range(first_sample, first_sample + n_samples):
         label = classes[j % len(classes)]
         members = np.flatnonzero(y == label)
         others = np.flatnonzero(y != label)
         context = others[rng.random(others.size) < 0.5]
         order = rng.permutation(members)
-        previous = classwise_utility(utility.model, data, context, label)
+        previous = classwise_utility(model, data, context, label)
         for k in range(order.size):
-            current = classwise_utility(utility.model, data, np.concatenate([context, order[: k + 1]]), label)
+            current = classwise_utility(model, data, np.concatenate([context, order[: k + 1]]), label)
             marginal = current - previous
             add_powers(out, order[k], marginal)
             previous = current
@@ -200,6 +202,7 @@ def classwise_shapley(
         parameters={"n_samples": n_samples, "samples_per_block": per_block},
         seed=seed_text,
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=sum(
             (n_samples // len(classes) + (1 if k < n_samples % len(classes) else 0)) * (sizes[str(c)] + 1)
             for k, c in enumerate(classes)

@@ -32,6 +32,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._provenance import describe_utility
 from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
@@ -248,5 +249,6 @@ def data_oob(
         },
         seed=seed_text,
         utility_token=getattr(utility, "token", ""),
+        provenance=describe_utility(utility),
         n_evaluations=n_estimators,
     )

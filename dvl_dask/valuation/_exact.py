@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
+from .._provenance import describe_utility
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
 from ..threads import limits_blas_threads
@@ -114,6 +115,7 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
         method="exact_shapley",
         parameters={"block_size": bs},
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=2**n,
     )
 
@@ -173,5 +175,6 @@ def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
         method="loo",
         parameters={"block_size": bs},
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=n + 1,
     )

@@ -68,6 +68,12 @@ class CheckedUtility:
     def __call__(self, indices: Any) -> float:
         return check_finite_score(self.utility(indices), f"The utility {type(self.utility).__name__}")
 
+    def provenance(self) -> dict[str, Any]:
+        """The wrapped utility's provenance (see :func:`dvl_dask._provenance.describe_utility`)."""
+        from .._provenance import describe_utility
+
+        return describe_utility(self.utility)
+
     def __dask_tokenize__(self) -> str:
         return self.token
 

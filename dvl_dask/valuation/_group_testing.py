@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._provenance import describe_utility
 from ..errors import InvalidParameterError, ScoreOutOfRangeError
 from ..keys import current_call, fingerprint, lazy_method
 from ..results import valuation_dataset
@@ -366,5 +367,6 @@ def group_testing_shapley(
         parameters={**parameters, "n_samples": n_samples, "samples_per_block": per_block},
         seed=seed_text,
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=n_samples + 2,
     )

@@ -40,6 +40,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._provenance import library_versions
 from ..data import Dataset, GroupedDataset
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ..keys import current_call, layer_name, lazy_method
@@ -344,4 +345,8 @@ def knn_shapley(
         parameters={"n_neighbors": k, "metric": str(metric), "metric_params": metric_params},
         utility_token=layer_name("knn-utility", data.fingerprint, k, metric, sorted(metric_params.items())),
         n_evaluations=0,
+        provenance={
+            "class": "knn_shapley", "n_neighbors": k, "metric": str(metric), "data": data.provenance(),
+            "versions": library_versions(),
+        },
     )

@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._provenance import describe_utility
 from ..errors import DvlDaskError, InvalidParameterError
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
@@ -203,6 +204,7 @@ def _least_core_graph(
         parameters={**parameters, "non_negative_subsidy": non_negative_subsidy},
         seed=seed,
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=n_evaluations,
         extra_attrs={"stderr_available": exact, "stderr_note": stderr_note},
     )

@@ -38,6 +38,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
+from .._provenance import describe_utility
 from ..errors import BiasedEstimateWarning, InvalidParameterError, NoWorkersError
 from ..keys import bind_arguments, current_call, describe_parameters, lazy_method, run_identity
 from ..results import Checkpoint, valuation_dataset
@@ -290,6 +291,7 @@ def run_until_converged(
 
     stop.reset()
     run = _Run(estimator, n, stop, lag)
+    provenance = describe_utility(utility)
     store = None
     if checkpoint is not None:
         header = {
@@ -302,6 +304,7 @@ def run_until_converged(
             # The estimator's code and parameters in full, and every option of the method (bound, defaults
             # applied), so a resume with any option that changes the numbers is refused.
             "identity": run_identity(estimator, utility.token, options=_bound_options(name, utility, options)),
+            "provenance": provenance,  # what the utility token was made of (recorded, never compared)
         }
         store = Checkpoint.open(checkpoint, header=header, data_names=utility.data_names,
                                 storage_options=storage_options)
@@ -319,7 +322,7 @@ def run_until_converged(
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
         seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations,
-        converged=per_player,
+        converged=per_player, provenance=provenance,
         extra_attrs={
             "n_blocks": run.n_blocks,
             "converged": converged,
@@ -436,7 +439,7 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
     return valuation_dataset(
         value, stderr, count, data_names=np.asarray(header["data_names"]), method=header["method"],
         parameters=header["parameters"], seed=header["seed"], utility_token=header["utility_token"],
-        n_evaluations=merged.n_evaluations,
+        n_evaluations=merged.n_evaluations, provenance=header.get("provenance"),
         extra_attrs={
             "n_blocks": store.n_blocks, "checkpoint": url,
             "effective_sample_size": int(np.max(count, initial=0)),

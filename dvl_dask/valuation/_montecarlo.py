@@ -22,6 +22,7 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from .. import config
+from .._provenance import describe_utility
 from ..errors import InvalidParameterError
 from ..keys import current_call, function_token, lazy_method
 from ..results import valuation_dataset
@@ -214,6 +215,7 @@ def montecarlo_dataset(
         parameters=parameters,
         seed=seed_text,
         utility_token=utility.token,
+        provenance=describe_utility(utility),
         n_evaluations=sum(estimator.block_evaluations(n, stop - start) for start, stop in ranges),
         extra_attrs={
             "n_blocks": len(blocks),
