@@ -495,3 +495,38 @@ def test_checkpoint_identity_refuses_another_estimator_code_accepts_another_vers
                                "estimator": {**identity["estimator"], "token": "0" * 32}}
     with pytest.raises(CheckpointMismatchError, match=r"estimator's code changed \(written by dvl_dask 0.0.1"):
         run(30)
+
+
+def test_sampler_and_truncation_subclasses_with_state_of_their_own_get_keys_of_their_own():
+    """Samplers and truncation policies hash their class and whole state, not a hand-picked parameters()."""
+    from dvl_dask.valuation import FixedTruncation, UniformSampler, banzhaf
+
+    class BiasedSampler(UniformSampler):
+        """Includes each player with probability q (same name and parameters() as its base)."""
+
+        def __init__(self, q):
+            self.q = float(q)
+
+        def inclusion_probabilities(self, rng, m):
+            return np.full(m, self.q)
+
+        def log_proposal(self, n, k):
+            k = np.asarray(k, dtype=float)
+            return k * np.log(self.q) + (n - k) * np.log1p(-self.q)
+
+    class Tagged(FixedTruncation):
+        def __init__(self, fraction, tag):
+            super().__init__(fraction)
+            self.tag = tag
+
+    assert object_token(BiasedSampler(0.3)) != object_token(BiasedSampler(0.7))
+    assert object_token(BiasedSampler(0.3)) == object_token(BiasedSampler(0.3))
+    assert object_token(Tagged(0.5, "a")) != object_token(Tagged(0.5, "b"))
+    game = AirportGame([1.0, 2.0, 3.0, 4.0])
+    low = banzhaf(game, n_samples=400, sampler=BiasedSampler(0.3), seed=0)
+    high = banzhaf(game, n_samples=400, sampler=BiasedSampler(0.7), seed=0)
+    together = dask.compute(low, high, scheduler="sync")
+    alone = [low.compute(scheduler="sync"), high.compute(scheduler="sync")]
+    for got, want in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(got["value"].values, want["value"].values)
+    assert not np.array_equal(together[0]["value"].values, together[1]["value"].values)

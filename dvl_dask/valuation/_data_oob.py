@@ -60,12 +60,6 @@ def _neg_squared_error_per_point(y_true: np.ndarray, y_pred: np.ndarray) -> np.n
     return -(diff.reshape(len(diff), -1) ** 2).sum(axis=1)
 
 
-def _clone(model: Any) -> Any:
-    from sklearn.base import clone
-
-    return clone(model)
-
-
 @limits_blas_threads
 def data_oob_block(
     utility: Any,
@@ -96,7 +90,7 @@ def data_oob_block(
         if out_of_bag.size == 0:
             continue
         rows = data.train_indices(in_bag) if grouped else in_bag
-        model = _clone(utility.model)
+        model = utility.model  # a fresh unfitted copy on every access
         try:
             model.fit(data.x_train[rows], data.y_train[rows])
         except Exception as exc:

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.special import betaln
 
 from ..errors import InvalidParameterError
+from ..keys import instance_token
 from ..validation import check_positive_int, check_real
 
 __all__ = [
@@ -65,7 +66,9 @@ class PermutationSampler:
         return {"sampler": "antithetic-permutation" if self.antithetic else "permutation"}
 
     def __dask_tokenize__(self) -> Any:
-        return self.parameters()
+        # The class (its code, for user subclasses) and its whole state, not the hand-picked
+        # parameters(): a subclass with state of its own must not share a key.
+        return instance_token(self)
 
 
 class SubsetSampler(ABC):
@@ -98,7 +101,9 @@ class SubsetSampler(ABC):
         return {"sampler": self.name}
 
     def __dask_tokenize__(self) -> Any:
-        return self.parameters()
+        # The class (its code, for user subclasses) and its whole state, not the hand-picked
+        # parameters(): a subclass with state of its own must not share a key.
+        return instance_token(self)
 
 
 class UniformSampler(SubsetSampler):
@@ -289,7 +294,9 @@ class StratifiedSampler:
                 "defensive": self.defensive}
 
     def __dask_tokenize__(self) -> Any:
-        return self.parameters()
+        # The class (its code, for user subclasses) and its whole state, not the hand-picked
+        # parameters(): a subclass with state of its own must not share a key.
+        return instance_token(self)
 
 
 _SUBSET_SAMPLERS = {

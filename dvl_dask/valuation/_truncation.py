@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..keys import instance_token
 from ..validation import check_real
 
 __all__ = [
@@ -41,7 +42,9 @@ class TruncationPolicy:
         return {"truncation": self.name}
 
     def __dask_tokenize__(self) -> Any:
-        return self.parameters()
+        # The class (its code, for user subclasses) and its whole state, not the hand-picked
+        # parameters(): a subclass with state of its own must not share a key.
+        return instance_token(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.parameters()})"
