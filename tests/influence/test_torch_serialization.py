@@ -139,3 +139,21 @@ def test_keys_registers_torch_lazily_and_stays_torch_free():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == fingerprint(torch.arange(3.0))  # same token in another process
+
+
+def test_torchscript_module_tokens_cover_weights_and_compiled_code():
+    """A scripted module hashes by its compiled code and weights (its ScriptMethods are not values)."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    scripted = torch.jit.script(base)
+    same = torch.jit.script(base)
+    assert fingerprint(scripted) == fingerprint(same)
+    other_code = torch.jit.script(nn.Sequential(base[0], nn.ReLU(), base[2]))  # same weights, other forward
+    assert fingerprint(other_code) != fingerprint(scripted)
+    import copy
+
+    moved = torch.jit.script(copy.deepcopy(base))
+    assert fingerprint(moved) == fingerprint(scripted)
+    with torch.no_grad():
+        moved[0].weight[0, 0] += 1.0
+    assert fingerprint(moved) != fingerprint(scripted)

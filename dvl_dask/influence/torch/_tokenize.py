@@ -28,6 +28,9 @@ from ...keys._encode import Update, feed, register
 
 __all__ = ["normalize_module", "normalize_tensor", "register_handlers"]
 
+#: Compiled TorchScript callables: identified through their module's code, not as values.
+_SCRIPT_CALLABLES = (torch._C.ScriptMethod, torch._C.ScriptFunction)
+
 
 def normalize_tensor(t: torch.Tensor) -> tuple[Any, ...]:
     """``(kind, dtype, shape, digest of the bytes)`` of a tensor."""
@@ -43,8 +46,19 @@ def normalize_tensor(t: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _hyper_parameters(m: nn.Module) -> dict[str, Any]:
-    """Plain attributes of a module (``in_features``, ``p``, ``training``, ...), hashed by value."""
-    return {k: v for k, v in vars(m).items() if not k.startswith("_")}
+    """Plain attributes of a module (``in_features``, ``p``, ``training``, ...), hashed by value.
+
+    A TorchScript module contributes its compiled code (``m.code``, the source
+    of ``forward``) instead of its ``ScriptMethod`` attributes, which cannot be
+    read as values.
+    """
+    found = {k: v for k, v in vars(m).items() if not k.startswith("_") and not isinstance(v, _SCRIPT_CALLABLES)}
+    if isinstance(m, torch.jit.ScriptModule):
+        try:
+            found["torchscript_code"] = m.code
+        except RuntimeError:  # a module without a compiled forward
+            found["torchscript_code"] = None
+    return found
 
 
 def normalize_module(m: nn.Module) -> tuple[Any, ...]:
