@@ -148,6 +148,13 @@ class Frozen:
         state = {k: v for k, v in self.__dict__.items() if k != "_frozen" and k not in exclude}
         return object_token("frozen-instance", class_token(type(self)), state)
 
+    def _cached_state_token(self) -> str:
+        """:meth:`_state_token`, computed on first use and kept in ``_token`` (the instance cannot change)."""
+        found = self.__dict__.get("_token")
+        if found is None:
+            found = self.__dict__["_token"] = self._state_token("_token")
+        return found
+
     def _replace(self, **changes: Any) -> Any:
         """A shallow copy with some attributes replaced (arrays among them made read-only), frozen too."""
         clone = copy.copy(self)

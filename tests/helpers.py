@@ -45,3 +45,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def scaled_by(factor: float):
+    """A parametrised ``functools.wraps`` decorator: scorers it makes differ only in the wrapper's closure."""
+    import functools
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(model, x, y):
+            return factor * fn(model, x, y)
+
+        return wrapper
+
+    return decorate
+
+
+def r2_scorer(model, x, y) -> float:
+    """``model.score`` as a plain scorer function (no range known)."""
+    return float(model.score(x, y))

@@ -15,6 +15,7 @@ import types
 import dask
 import numpy as np
 import pytest
+from helpers import r2_scorer, scaled_by
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -56,19 +57,8 @@ def _data(seed: int = 0) -> Dataset:
 # -- decorated callables --------------------------------------------------------------------------
 
 
-def _scaled(factor):
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(model, x, y):
-            return factor * fn(model, x, y)
-
-        return wrapper
-
-    return decorate
-
-
-def _r2(model, x, y):
-    return float(model.score(x, y))
+_scaled = scaled_by
+_r2 = r2_scorer
 
 
 def test_decorated_scorers_computed_together_give_their_own_values():

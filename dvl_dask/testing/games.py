@@ -63,10 +63,7 @@ class Game(Frozen):
     @property
     def token(self) -> str:
         """The game's identity: class and whole state, by value (computed once, on first use)."""
-        found = self.__dict__.get("_token")
-        if found is None:
-            found = self.__dict__["_token"] = self._state_token("_token")
-        return found
+        return self._cached_state_token()
 
     @property
     def n_players(self) -> int:

@@ -112,10 +112,7 @@ class LearnedUtility(Frozen):
     @property
     def token(self) -> str:
         """Identity: class, fitted regressor, source token, players and errors, by value (computed once)."""
-        found = self.__dict__.get("_token")
-        if found is None:
-            found = self.__dict__["_token"] = self._state_token("_token")
-        return found
+        return self._cached_state_token()
 
     @property
     def regressor(self) -> Any:

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import r2_scorer, scaled_by
 
 from dvl_dask import Dataset, Utility
 from dvl_dask.cache import InMemoryCacheBackend, memoize
@@ -283,21 +284,8 @@ def _utility_from(x: np.ndarray) -> Utility:
 # -- decorated scorers (issue 23): a wrapper's closure is part of the key --------------------------
 
 
-def _scaled(factor):
-    """A parametrised decorator: two scorers it makes differ only in the wrapper's closure."""
-
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(model, x, y):
-            return factor * fn(model, x, y)
-
-        return wrapper
-
-    return decorate
-
-
-def _r2(model, x, y):
-    return float(model.score(x, y))
+_scaled = scaled_by
+_r2 = r2_scorer
 
 
 def _decorated_utilities(cache_for) -> tuple[Utility, Utility]:
