@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import _json_object  # one parser for JSON options (cli imports this module lazily)
+from ._cli_options import json_object
 from .errors import InvalidModelError, InvalidParameterError
 
 __all__ = ["METHODS", "add_parser", "run"]
@@ -118,7 +118,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     out.add_argument("--out", default="influences.zarr", help="zarr path or fsspec URL of the result")
     out.add_argument("--overwrite", action="store_true", help="replace an existing result at --out")
     out.add_argument(
-        "--storage-options", type=_json_object, default=None, help="fsspec options for the data and --out as JSON"
+        "--storage-options", type=json_object, default=None, help="fsspec options for the data and --out as JSON"
     )
     out.add_argument(
         "--scheduler",

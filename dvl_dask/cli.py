@@ -10,7 +10,6 @@ per point with a resumable checkpoint (``--checkpoint``, local or ``s3://``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._cli_options import json_object
 from .data import Dataset
 from .errors import DvlDaskError, InvalidParameterError
 from .results import to_zarr
@@ -263,16 +263,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvl-dask", description="Data valuation as lazy Dask graphs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -298,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--checkpoint", default=None,
                         help="Monte Carlo methods: run until --budget samples per point, committing blocks to this "
                              "zarr path or URL and resuming from it")
-        sp.add_argument("--storage-options", type=_json_object, default=None,
+        sp.add_argument("--storage-options", type=json_object, default=None,
                         help='fsspec options for --out and --checkpoint as JSON, e.g. \'{"endpoint_url": "..."}\'')
 
     demo = sub.add_parser("demo", help="value a real sklearn dataset end to end (the main job)")

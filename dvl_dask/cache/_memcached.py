@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import DvlDaskWarning, InvalidParameterError
@@ -24,7 +24,7 @@ from ._backend import (
     resolve_hmac_key,
 )
 
-__all__ = ["MemcachedCacheBackend", "MemcachedClientConfig"]
+__all__ = ["MemcachedCacheBackend", "MemcachedClientConfig", "as_client_config"]
 
 _FAILED = object()
 _CAS_ATTEMPTS = 200
@@ -176,8 +176,6 @@ class MemcachedCacheBackend(CacheBackend):
         if config is None:
             config = MemcachedClientConfig()
         if isinstance(config, dict):  # merged over the defaults, as pyDVL's memcached() does
-            from ._pydvl import as_client_config
-
             config = as_client_config(config, "MemcachedCacheBackend")
         if not isinstance(config, MemcachedClientConfig):
             raise InvalidParameterError(
@@ -408,3 +406,30 @@ class MemcachedCacheBackend(CacheBackend):
 
     def __repr__(self) -> str:
         return f"MemcachedCacheBackend({self.config.address!r})"
+
+
+def as_client_config(value: MemcachedClientConfig | Mapping[str, Any] | None, owner: str) -> MemcachedClientConfig:
+    """A :class:`MemcachedClientConfig` from one, from a mapping merged over the defaults, or the default.
+
+    A mapping is what :func:`dataclasses.asdict` makes of a config (e.g. of a
+    :class:`MemcachedConfig`); its keys are the fields of
+    :class:`MemcachedClientConfig` and missing ones keep their defaults.
+    """
+    if value is None:
+        return MemcachedClientConfig()
+    if isinstance(value, MemcachedClientConfig):
+        return value
+    if isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(MemcachedClientConfig)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise InvalidParameterError(
+                f"The 'client_config' argument of {owner} has keys {unknown} that MemcachedClientConfig does not "
+                f"know; its fields are {sorted(fields)}. (pyDVL's 'serde' is not needed: dvl_dask serialises "
+                "and signs values itself.)"
+            )
+        return MemcachedClientConfig(**dict(value))
+    raise InvalidParameterError(
+        f"The 'client_config' argument of {owner} must be a MemcachedClientConfig, a dict of its fields or None. "
+        f"Got {type(value).__name__} instead."
+    )

@@ -9,40 +9,13 @@ pyDVL averages exactly as often as it did there.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import Any
 
 from ..errors import InvalidParameterError
-from ._memcached import MemcachedClientConfig
+from ._memcached import MemcachedClientConfig, as_client_config
 
 __all__ = ["CachedFuncConfig", "MemcachedConfig", "as_client_config", "memoize_options"]
-
-
-def as_client_config(value: MemcachedClientConfig | Mapping[str, Any] | None, owner: str) -> MemcachedClientConfig:
-    """A :class:`MemcachedClientConfig` from one, from a mapping merged over the defaults, or the default.
-
-    A mapping is what :func:`dataclasses.asdict` makes of a config (e.g. of a
-    :class:`MemcachedConfig`); its keys are the fields of
-    :class:`MemcachedClientConfig` and missing ones keep their defaults.
-    """
-    if value is None:
-        return MemcachedClientConfig()
-    if isinstance(value, MemcachedClientConfig):
-        return value
-    if isinstance(value, Mapping):
-        fields = {f.name for f in dataclasses.fields(MemcachedClientConfig)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise InvalidParameterError(
-                f"The 'client_config' argument of {owner} has keys {unknown} that MemcachedClientConfig does not "
-                f"know; its fields are {sorted(fields)}. (pyDVL's 'serde' is not needed: dvl_dask serialises "
-                "and signs values itself.)"
-            )
-        return MemcachedClientConfig(**dict(value))
-    raise InvalidParameterError(
-        f"The 'client_config' argument of {owner} must be a MemcachedClientConfig, a dict of its fields or None. "
-        f"Got {type(value).__name__} instead."
-    )
 
 
 def memoize_options(
