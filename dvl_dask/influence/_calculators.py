@@ -172,13 +172,14 @@ def _verified(shared: Any, expected: str, owner: str) -> Any:
 def _describe_data(value: Any) -> Any:
     """What a data argument was, for provenance: dask arrays by name, shape, dtype and chunks; else by class."""
     if is_dask_array(value):
-        return {"name": value.name, "shape": list(value.shape), "dtype": str(value.dtype), "chunks": list(value.chunks[0])}
-    if isinstance(value, (LazyChunkSequence, NestedLazyChunkSequence)):
-        return {"class": type(value).__name__, "token": value.token}
+        shape, dtype = list(value.shape), str(value.dtype)
+        return {"name": value.name, "shape": shape, "dtype": dtype, "chunks": list(value.chunks[0])}
+    described: dict[str, Any] = {"class": qualified_name(value)}
     shape = getattr(value, "shape", None)
     if shape is not None:
-        return {"class": qualified_name(value), "shape": [int(n) for n in shape], "dtype": str(getattr(value, "dtype", ""))}
-    described: dict[str, Any] = {"class": qualified_name(value)}
+        return {**described, "shape": [int(n) for n in shape], "dtype": str(getattr(value, "dtype", ""))}
+    if isinstance(value, (LazyChunkSequence, NestedLazyChunkSequence)):  # its token or chunks would read the data
+        return described
     try:
         described["length"] = len(value)
     except TypeError:
@@ -305,10 +306,34 @@ class SequentialInfluenceCalculator(_Recipe):
         Names the fitted model in graph keys and zarr headers, for models
         dvl_dask cannot hash deterministically (it raises
         :class:`~dvl_dask.errors.TokenizationError` saying so). Torch
-        influence models need none: they hash by value.
+        influence models need none: they hash by value. With ``token=`` you
+        answer for the model: the checks below are skipped.
 
     Notes
     -----
+    Identity. The model's token is taken at construction and names every
+    result. Torch influence models compute with a private copy of their
+    ``nn.Module`` taken at ``fit``, so training or reloading the module
+    afterwards changes neither their values nor their token. A model
+    *refitted* (or given another hyper-parameter) after the calculator was
+    built would compute other values under the old token: every method, and
+    every computation of a result built before (a task checks it when the
+    graph runs, a lazy sequence when it is iterated or written), raises
+    :class:`~dvl_dask.errors.InvalidModelError` instead; build a new
+    calculator. Results record what their identity was made of in the
+    ``provenance`` attr (JSON text: method, mode, model class, token,
+    hyper-parameters and parameter fingerprint, the data, library versions;
+    read it with :func:`dvl_dask.results.provenance_of`), also in zarr stores.
+
+    A lazy result's ``token`` (its zarr store identity) is derived from the
+    whole call: the method, every argument after defaults -- the data by
+    value (DataLoaders over tensor datasets, lists of tensors), the mode --
+    the model's token and ``train_gradients``/``memory_budget``. It is
+    computed when written, since hashing reads the data; data that cannot be
+    hashed completely gets a token unique to that object, so its store is
+    never resumed by another process. Another test set written to the same
+    path is refused, never resumed into the first one's blocks.
+
     Factors are computed once per test chunk, when the first block of its
     row is needed. Stored training gradients belong to the returned lazy
     result: computing or writing it again reuses them. Training data is read
@@ -543,12 +568,29 @@ class DaskInfluenceCalculator(_Recipe):
         Names the fitted model in graph keys and zarr headers, for models
         dvl_dask cannot hash deterministically (it raises
         :class:`~dvl_dask.errors.TokenizationError` saying so). Torch
-        influence models need none: they hash by value.
+        influence models need none: they hash by value. With ``token=`` you
+        answer for the model: the checks below are skipped.
 
     Raises
     ------
     ThreadSafetyViolationError
         If the model is not thread-safe and a worker of ``client`` has more than one thread.
+
+    Notes
+    -----
+    Identity. The model's token is taken at construction and names every
+    result. Torch influence models compute with a private copy of their
+    ``nn.Module`` taken at ``fit``, so training or reloading the module
+    afterwards changes neither their values nor their token. A model
+    *refitted* (or given another hyper-parameter) after the calculator was
+    built would compute other values under the old token: every method, and
+    every computation of a result built before (a task checks it when the
+    graph runs, a lazy sequence when it is iterated or written), raises
+    :class:`~dvl_dask.errors.InvalidModelError` instead; build a new
+    calculator. Results record what their identity was made of in the
+    ``provenance`` attr (JSON text: method, mode, model class, token,
+    hyper-parameters and parameter fingerprint, the data, library versions;
+    read it with :func:`dvl_dask.results.provenance_of`), also in zarr stores.
 
     Examples
     --------
