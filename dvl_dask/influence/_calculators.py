@@ -19,12 +19,14 @@ a :class:`~dvl_dask.chunks.DaskMapper` over dask arrays and returns dask arrays
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from .. import config
+from .._provenance import library_versions, qualified_name
 from ..chunks import BlockSequence, DaskMapper, SequentialMapper, SharedObjects
 from ..errors import (
     InvalidDataError,
@@ -35,7 +37,7 @@ from ..errors import (
     TokenizationError,
     UnalignedChunksError,
 )
-from ..keys import describe_parameters, fingerprint, layer_name
+from ..keys import BoundCall, bind_arguments, describe_parameters, fingerprint, layer_name
 from ..results import influence_dataarray, self_influence_dataarray
 from ..validation import is_dask_array, keyword_aliases
 from ._base import InfluenceFunctionModel
@@ -148,6 +150,43 @@ def _numpy_dtype(model: Any, converter: Any) -> np.dtype:
         return np.dtype(np.float32)  # bfloat16 and friends: converters return float32
 
 
+def _model_changed(owner: str, model: Any) -> InvalidModelError:
+    name = type(model).__name__
+    return InvalidModelError(
+        f"The {name} given to {owner} changed after the calculator was built (it was refitted, or a "
+        "hyper-parameter was assigned): its token no longer matches the one the calculator names its results "
+        f"with, so its graphs and stores would mix two different models. To fix, build a new {owner} for the "
+        "changed model (torch influence models snapshot their module at fit time: changing the nn.Module "
+        "itself needs a new fit, then a new calculator)."
+    )
+
+
+def _verified(shared: Any, expected: str, owner: str) -> Any:
+    """Task run before any block: the model a graph computes with still has the token the graph is named by."""
+    model = shared.objects["model"]
+    if _model_token(model, None, owner) != expected:
+        raise _model_changed(owner, model)
+    return shared
+
+
+def _describe_data(value: Any) -> Any:
+    """What a data argument was, for provenance: dask arrays by name, shape, dtype and chunks; else by class."""
+    if is_dask_array(value):
+        shape, dtype = list(value.shape), str(value.dtype)
+        return {"name": value.name, "shape": shape, "dtype": dtype, "chunks": list(value.chunks[0])}
+    described: dict[str, Any] = {"class": qualified_name(value)}
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return {**described, "shape": [int(n) for n in shape], "dtype": str(getattr(value, "dtype", ""))}
+    if isinstance(value, (LazyChunkSequence, NestedLazyChunkSequence)):  # its token or chunks would read the data
+        return described
+    try:
+        described["length"] = len(value)
+    except TypeError:
+        pass
+    return described
+
+
 class _Recipe:
     """What both calculators share: the model, its token and the gradients policy."""
 
@@ -159,6 +198,7 @@ class _Recipe:
         self.model = _check_model(model, self.owner)
         self.train_gradients = _check_train_gradients(train_gradients, self.model, self.owner)
         self.memory_budget = _budget(memory_budget, self.owner)
+        self._named_by_user = token is not None
         self._token = _model_token(self.model, token, self.owner)
         # Hyper-parameters in full, recorded with stored results; the module and the loss by class and name
         # (the model token covers their contents; they are not hashed twice).
@@ -170,13 +210,69 @@ class _Recipe:
     def n_parameters(self) -> int:
         return int(self.model.n_parameters)
 
-    def _attrs(self, mode: InfluenceMode, stored: bool | str) -> dict[str, Any]:
+    def _check_unchanged(self) -> None:
+        """Refuse to build or run a computation if the model no longer has the token taken at construction.
+
+        The token names graphs and zarr stores; a model refitted (or given
+        another hyper-parameter) after the calculator was built would compute
+        other values under the old name. With ``token=`` the caller names the
+        model and answers for it.
+        """
+        if not self._named_by_user and _model_token(self.model, None, self.owner) != self._token:
+            raise _model_changed(self.owner, self.model)
+
+    def _identity(self) -> dict[str, Any]:
+        """The calculator's part of every call's identity: the model's token and how blocks are computed."""
+        return {
+            "calculator": type(self).__name__,
+            "model_token": self._token,
+            "train_gradients": self.train_gradients,
+            "memory_budget": self.memory_budget,
+        }
+
+    def _call_token(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """Token of a whole call: the method, every argument after defaults (mode normalised), the calculator."""
+        arguments = bind_arguments(method, (self, *args), kwargs, exclude=("self",))
+        if "mode" in arguments:
+            arguments["mode"] = InfluenceMode.parse(arguments["mode"]).value
+        arguments["calculator"] = self._identity()
+        return BoundCall.of(method, arguments).token
+
+    def _provenance(self, method: str, mode: InfluenceMode | None, data: Mapping[str, Any]) -> str:
+        """What a result's identity was made of, as JSON text (stored in the ``provenance`` attr)."""
+        fingerprint_of = getattr(self.model, "parameter_fingerprint", None)
+        network = None
+        if callable(fingerprint_of):
+            try:
+                network = fingerprint_of()
+            except TokenizationError:
+                network = None
+        record = {
+            "method": f"{type(self).__name__}.{method}",
+            "mode": None if mode is None else mode.value,
+            "model": {
+                "class": qualified_name(self.model),
+                "token": self._token,
+                "named_by_user": self._named_by_user,
+                "parameters": self._parameters,
+                "parameter_fingerprint": network,
+            },
+            "calculator": describe_parameters(self._identity(), tokens=False),
+            "data": {k: _describe_data(v) for k, v in data.items() if v is not None},
+            "versions": library_versions(),
+        }
+        return json.dumps(record, sort_keys=True, default=str)
+
+    def _attrs(
+        self, mode: InfluenceMode, stored: bool | str, method: str = "", data: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         return {
             "mode": mode.value,
             "model": type(self.model).__name__,
             "model_token": self._token,
             "model_parameters": self._parameters,
             "train_gradients": stored if isinstance(stored, str) else ("stored" if stored else "recomputed"),
+            "provenance": self._provenance(method, mode, data or {}),
         }
 
 
@@ -210,10 +306,34 @@ class SequentialInfluenceCalculator(_Recipe):
         Names the fitted model in graph keys and zarr headers, for models
         dvl_dask cannot hash deterministically (it raises
         :class:`~dvl_dask.errors.TokenizationError` saying so). Torch
-        influence models need none: they hash by value.
+        influence models need none: they hash by value. With ``token=`` you
+        answer for the model: the checks below are skipped.
 
     Notes
     -----
+    Identity. The model's token is taken at construction and names every
+    result. Torch influence models compute with a private copy of their
+    ``nn.Module`` taken at ``fit``, so training or reloading the module
+    afterwards changes neither their values nor their token. A model
+    *refitted* (or given another hyper-parameter) after the calculator was
+    built would compute other values under the old token: every method, and
+    every computation of a result built before (a task checks it when the
+    graph runs, a lazy sequence when it is iterated or written), raises
+    :class:`~dvl_dask.errors.InvalidModelError` instead; build a new
+    calculator. Results record what their identity was made of in the
+    ``provenance`` attr (JSON text: method, mode, model class, token,
+    hyper-parameters and parameter fingerprint, the data, library versions;
+    read it with :func:`dvl_dask.results.provenance_of`), also in zarr stores.
+
+    A lazy result's ``token`` (its zarr store identity) is derived from the
+    whole call: the method, every argument after defaults -- the data by
+    value (DataLoaders over tensor datasets, lists of tensors), the mode --
+    the model's token and ``train_gradients``/``memory_budget``. It is
+    computed when written, since hashing reads the data; data that cannot be
+    hashed completely gets a token unique to that object, so its store is
+    never resumed by another process. Another test set written to the same
+    path is refused, never resumed into the first one's blocks.
+
     Factors are computed once per test chunk, when the first block of its
     row is needed. Stored training gradients belong to the returned lazy
     result: computing or writing it again reuses them. Training data is read
@@ -259,12 +379,21 @@ class SequentialInfluenceCalculator(_Recipe):
     def _source(self, data: Any, arg: str) -> BlockSequence:
         return BlockSequence.from_iterable(data, name=arg)
 
+    def _lazy_token(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], str]:
+        """The whole call's token, computed when asked (to_zarr): hashing the data reads it."""
+        return lambda: self._call_token(method, args, kwargs)
+
     def influence_factors(self, data_iterable: Iterable[Any]) -> LazyChunkSequence:
         """Factors ``H⁻¹∇θℓ`` of every chunk of ``data_iterable``, one block per chunk, lazily."""
+        self._check_unchanged()
         source = self._source(data_iterable, "data_iterable")
         blocks = self._mapper.map_rows(factors_block, source, shared=self._shared, name="influence-factors")
-        attrs = {"model": type(self.model).__name__, "model_token": self._token, "kind": "factors"}
-        return LazyChunkSequence(blocks, token=fingerprint("factors", self._token), attrs=attrs)
+        attrs = {
+            "model": type(self.model).__name__, "model_token": self._token, "kind": "factors",
+            "provenance": self._provenance("influence_factors", None, {"data_iterable": data_iterable}),
+        }
+        token = self._lazy_token(SequentialInfluenceCalculator.influence_factors, data_iterable)
+        return LazyChunkSequence(blocks, token=token, attrs=attrs, check=self._check_unchanged)
 
     def influences(
         self,
@@ -283,12 +412,18 @@ class SequentialInfluenceCalculator(_Recipe):
             If ``mode`` is not ``"up"`` or ``"perturbation"``.
         InvalidDataError
             If an iterable is a one-shot iterator (it is read more than once).
+        InvalidModelError
+            If the model changed since the calculator was built.
         """
         mode = InfluenceMode.parse(mode)
+        self._check_unchanged()
         test = self._source(test_data_iterable, "test_data_iterable")
         train = test if train_data_iterable is None else self._source(train_data_iterable, "train_data_iterable")
         factors = self.influence_factors(test).blocks
-        return self._from_factors(factors, train, mode)
+        train_data = test_data_iterable if train_data_iterable is None else train_data_iterable
+        token = self._lazy_token(SequentialInfluenceCalculator.influences, test_data_iterable, train_data, mode)
+        data = {"test_data_iterable": test_data_iterable, "train_data_iterable": train_data_iterable}
+        return self._from_factors(factors, train, mode, token, "influences", data)
 
     @keyword_aliases(z_test_factors="factors")
     def influences_from_factors(
@@ -299,13 +434,19 @@ class SequentialInfluenceCalculator(_Recipe):
     ) -> NestedLazyChunkSequence:
         """Contract precomputed factor chunks (e.g. from :meth:`influence_factors`) with every training chunk."""
         mode = InfluenceMode.parse(mode)
+        self._check_unchanged()
         if isinstance(factors, LazyChunkSequence):
             rows = factors.blocks
         elif hasattr(factors, "shape"):
             rows = BlockSequence.from_iterable([factors], name="factors")
         else:
             rows = BlockSequence.from_iterable(factors, name="factors")
-        return self._from_factors(rows, self._source(train_data_iterable, "train_data_iterable"), mode)
+        train = self._source(train_data_iterable, "train_data_iterable")
+        token = self._lazy_token(
+            SequentialInfluenceCalculator.influences_from_factors, factors, train_data_iterable, mode
+        )
+        data = {"factors": factors, "train_data_iterable": train_data_iterable}
+        return self._from_factors(rows, train, mode, token, "influences_from_factors", data)
 
     def self_influences(
         self, data_iterable: Iterable[Any], mode: InfluenceMode | str = InfluenceMode.Up
@@ -323,16 +464,29 @@ class SequentialInfluenceCalculator(_Recipe):
         ------
         UnknownModeError
             If ``mode`` is not ``"up"`` or ``"perturbation"``.
+        InvalidModelError
+            If the model changed since the calculator was built.
         """
         mode = InfluenceMode.parse(mode)
+        self._check_unchanged()
         source = self._source(data_iterable, "data_iterable")
         blocks = self._mapper.map_rows(
             self_influence_block, source, shared=self._shared, static={"mode": mode.value}, name="self-influences"
         )
-        attrs = {**self._attrs(mode, "recomputed"), "kind": "self_influences"}
-        return LazyChunkSequence(blocks, token=fingerprint("self-influences", self._token, mode.value), attrs=attrs)
+        data = {"data_iterable": data_iterable}
+        attrs = {**self._attrs(mode, "recomputed", "self_influences", data), "kind": "self_influences"}
+        token = self._lazy_token(SequentialInfluenceCalculator.self_influences, data_iterable, mode)
+        return LazyChunkSequence(blocks, token=token, attrs=attrs, check=self._check_unchanged)
 
-    def _from_factors(self, rows: BlockSequence, train: BlockSequence, mode: InfluenceMode) -> NestedLazyChunkSequence:
+    def _from_factors(
+        self,
+        rows: BlockSequence,
+        train: BlockSequence,
+        mode: InfluenceMode,
+        token: Callable[[], str],
+        method: str,
+        data: Mapping[str, Any],
+    ) -> NestedLazyChunkSequence:
         store = mode is InfluenceMode.Up and self.train_gradients != "recompute" and self.model.supports_gradients
         label = f"influence-{mode.value}"
         if store:
@@ -345,8 +499,8 @@ class SequentialInfluenceCalculator(_Recipe):
                 from_factors_block, rows, train, shared=self._shared, static={"mode": mode.value}, name=label
             )
             kind = "recomputed"
-        token = fingerprint("influences", self._token, mode.value)
-        return NestedLazyChunkSequence(nested, token=token, attrs=self._attrs(mode, kind))
+        attrs = self._attrs(mode, kind, method, data)
+        return NestedLazyChunkSequence(nested, token=token, attrs=attrs, check=self._check_unchanged)
 
 
 # -- dask ---------------------------------------------------------------------------------------
@@ -414,12 +568,29 @@ class DaskInfluenceCalculator(_Recipe):
         Names the fitted model in graph keys and zarr headers, for models
         dvl_dask cannot hash deterministically (it raises
         :class:`~dvl_dask.errors.TokenizationError` saying so). Torch
-        influence models need none: they hash by value.
+        influence models need none: they hash by value. With ``token=`` you
+        answer for the model: the checks below are skipped.
 
     Raises
     ------
     ThreadSafetyViolationError
         If the model is not thread-safe and a worker of ``client`` has more than one thread.
+
+    Notes
+    -----
+    Identity. The model's token is taken at construction and names every
+    result. Torch influence models compute with a private copy of their
+    ``nn.Module`` taken at ``fit``, so training or reloading the module
+    afterwards changes neither their values nor their token. A model
+    *refitted* (or given another hyper-parameter) after the calculator was
+    built would compute other values under the old token: every method, and
+    every computation of a result built before (a task checks it when the
+    graph runs, a lazy sequence when it is iterated or written), raises
+    :class:`~dvl_dask.errors.InvalidModelError` instead; build a new
+    calculator. Results record what their identity was made of in the
+    ``provenance`` attr (JSON text: method, mode, model class, token,
+    hyper-parameters and parameter fingerprint, the data, library versions;
+    read it with :func:`dvl_dask.results.provenance_of`), also in zarr stores.
 
     Examples
     --------
@@ -550,15 +721,30 @@ class DaskInfluenceCalculator(_Recipe):
         need = n_train * self.n_parameters * self.dtype.itemsize
         return self.model.supports_gradients and need <= self.memory_budget
 
+    def _handle(self) -> Any:
+        """The shared model in a graph, behind a task that checks, when the graph runs, it is still the same model.
+
+        The graph's keys are named from the model's token; a model refitted
+        between building a graph and computing it would otherwise compute
+        other values under those names. (Skipped when ``token=`` names the model.)
+        """
+        self._check_unchanged()
+        if self._named_by_user:
+            return self._shared
+        import dask
+
+        name = layer_name("verified-model", self._graph_token)
+        return dask.delayed(_verified, pure=True)(self._shared, self._token, self.owner, dask_key_name=name)
+
     def _factors(self, x: Any, y: Any) -> Any:
         return self._mapper.map_rows(
-            factors_block, [x, y], dtype=self.dtype, trailing_shape=(self.n_parameters,), shared=self._shared,
+            factors_block, [x, y], dtype=self.dtype, trailing_shape=(self.n_parameters,), shared=self._handle(),
             name=layer_name("influence-factors", self._graph_token, x.name, y.name),
         )
 
     def _gradients(self, x: Any, y: Any) -> Any:
         return self._mapper.map_rows(
-            gradients_block, [x, y], dtype=self.dtype, trailing_shape=(self.n_parameters,), shared=self._shared,
+            gradients_block, [x, y], dtype=self.dtype, trailing_shape=(self.n_parameters,), shared=self._handle(),
             name=layer_name("influence-gradients", self._graph_token, x.name, y.name),
         )
 
@@ -574,19 +760,27 @@ class DaskInfluenceCalculator(_Recipe):
             trailing = tuple(x.shape[1:]) if mode is InfluenceMode.Perturbation else ()
             out = self._mapper.map_pairwise(
                 from_factors_block, [factors], [x, y], dtype=self.dtype, trailing_shape=trailing,
-                shared=self._shared, static={"mode": mode.value},
+                shared=self._handle(), static={"mode": mode.value},
                 name=layer_name(verb, self._graph_token, factors.name, x.name, y.name),
             )
         return out, stored
 
     def _labelled(
-        self, values: Any, mode: InfluenceMode, stored: bool, test_names: Any, train_names: Any, owner: str
+        self,
+        values: Any,
+        mode: InfluenceMode,
+        stored: bool,
+        test_names: Any,
+        train_names: Any,
+        method: str,
+        data: Mapping[str, Any],
     ) -> Any:
+        owner = f"{self.owner}.{method}"
         return influence_dataarray(
             values,
             test_names=labels(test_names, values.shape[0], "test_names", owner),
             train_names=labels(train_names, values.shape[1], "train_names", owner),
-            attrs=self._attrs(mode, stored),
+            attrs=self._attrs(mode, stored, method, data),
         )
 
     # -- public API ---------------------------------------------------------------------------------
@@ -650,7 +844,8 @@ class DaskInfluenceCalculator(_Recipe):
             x, y = self._check_pair(x, y, "x", "y", "influences")
         values, stored = self._pairwise(self._factors(x_test, y_test), x, y, mode)
         if as_xarray:
-            return self._labelled(values, mode, stored, test_names, train_names, f"{self.owner}.influences")
+            data = {"x_test": x_test, "y_test": y_test, "x": x, "y": y}
+            return self._labelled(values, mode, stored, test_names, train_names, "influences", data)
         return values
 
     def self_influences(
@@ -698,14 +893,14 @@ class DaskInfluenceCalculator(_Recipe):
             [x, y],
             dtype=self.dtype,
             trailing_shape=trailing,
-            shared=self._shared,
+            shared=self._handle(),
             static={"mode": mode.value},
             name=layer_name("self-influence", self._graph_token, mode.value, x.name, y.name),
         )
         if not as_xarray:
             return values
         owner = f"{self.owner}.self_influences"
-        attrs = {**self._attrs(mode, "recomputed"), "kind": "self_influences"}
+        attrs = {**self._attrs(mode, "recomputed", "self_influences", {"x": x, "y": y}), "kind": "self_influences"}
         return self_influence_dataarray(values, names=labels(names, values.shape[0], "names", owner), attrs=attrs)
 
     @keyword_aliases(z_test_factors="factors")
@@ -729,6 +924,6 @@ class DaskInfluenceCalculator(_Recipe):
         x, y = self._check_pair(x, y, "x", "y", "influences_from_factors")
         values, stored = self._pairwise(factors, x, y, mode)
         if as_xarray:
-            owner = f"{self.owner}.influences_from_factors"
-            return self._labelled(values, mode, stored, test_names, train_names, owner)
+            data = {"factors": factors, "x": x, "y": y}
+            return self._labelled(values, mode, stored, test_names, train_names, "influences_from_factors", data)
         return values

@@ -109,7 +109,9 @@ def influence_to_zarr(
     }
     sink = open_block_sink(
         url, plan=grid, name=name, dims=dims, coords=coords,
-        token=fingerprint(values.name, grid.chunks, coords[dims[0]], coords[dims[1]], attrs),
+        # The provenance is a description (library versions, optional modules imported), not part of the identity.
+        token=fingerprint(values.name, grid.chunks, coords[dims[0]], coords[dims[1]],
+                          {k: v for k, v in attrs.items() if k != "provenance"}),
         attrs=attrs, dtype=values.dtype, trailing_shape=values.shape[2:], storage_options=storage_options,
         overwrite=overwrite, resume=resume, identity=model_identity(attrs),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,19 +55,69 @@ def _converter_fn(converter: Any) -> Any:
     return converter.to_numpy
 
 
-class LazyChunkSequence:
+class _Lazy:
+    """What both lazy results share: their identity (token), attributes and the model check."""
+
+    def __init__(
+        self,
+        *,
+        token: str | Callable[[], str],
+        attrs: Mapping[str, Any],
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        self._token = token
+        self._check = check
+        self.attrs = dict(attrs)
+
+    @property
+    def token(self) -> str:
+        """Identity of the computation: the calculator's method, every argument (data included) and the model.
+
+        Computed when asked (it hashes the data, reading it): zarr stores are
+        resumed only by a write with the same token.
+        """
+        return self._token() if callable(self._token) else self._token
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def _before_compute(self) -> None:
+        if self._check is not None:
+            self._check()
+
+    def _stored_attrs(self, token: str) -> dict[str, Any]:
+        """Attributes written with the result: the provenance records the token of the call too."""
+        import json
+
+        attrs = dict(self.attrs)
+        text = attrs.get("provenance")
+        if isinstance(text, str):
+            record = json.loads(text)
+            record["token"] = token
+            attrs["provenance"] = json.dumps(record, sort_keys=True)
+        return attrs
+
+
+class LazyChunkSequence(_Lazy):
     """Influence factors of every chunk of samples, computed lazily, one chunk at a time.
 
     Iterating yields one block per chunk (in the model's type, e.g. tensors).
     Nothing is computed until then.
     """
 
-    def __init__(self, blocks: BlockSequence, *, token: str, attrs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        blocks: BlockSequence,
+        *,
+        token: str | Callable[[], str],
+        attrs: Mapping[str, Any],
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(token=token, attrs=attrs, check=check)
         self._blocks = blocks
-        self._token = token
-        self.attrs = dict(attrs)
 
     def __iter__(self) -> Iterator[Any]:
+        self._before_compute()
         return iter(self._blocks)
 
     @property
@@ -108,18 +158,20 @@ class LazyChunkSequence:
                 "To store them, compute them (.compute(TorchCatAggregator())) and save the array, or use "
                 "DaskInfluenceCalculator.self_influences(x, y, as_xarray=True).to_zarr(url)."
             )
+        self._before_compute()
         plan = BlockPlan(self.chunks)
         coords = {TEST_DIM: labels(names, plan.n_rows, "names", "LazyChunkSequence.to_zarr")}
+        token = self.token
         sink = open_block_sink(
             url, plan=plan, name="influence_factors", dims=(TEST_DIM, FACTOR_DIM), coords=coords,
-            token=fingerprint(self._token, plan.chunks, coords[TEST_DIM]), attrs=self.attrs,
+            token=fingerprint(token, plan.chunks, coords[TEST_DIM]), attrs=self._stored_attrs(token),
             storage_options=storage_options, overwrite=overwrite, resume=resume, identity=model_identity(self.attrs),
         )
         out = SequentialMapper().store(self._blocks, sink, convert=_converter_fn(converter))
         return open_influence(out, storage_options=storage_options) if return_stored else out
 
 
-class NestedLazyChunkSequence:
+class NestedLazyChunkSequence(_Lazy):
     """Influences of every (test chunk, training chunk) pair, computed lazily, one block at a time.
 
     Iterating yields, for each test chunk, a generator of its blocks (one per
@@ -127,12 +179,19 @@ class NestedLazyChunkSequence:
     first block is needed, and reused for all its blocks.
     """
 
-    def __init__(self, nested: NestedBlockSequence, *, token: str, attrs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        nested: NestedBlockSequence,
+        *,
+        token: str | Callable[[], str],
+        attrs: Mapping[str, Any],
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(token=token, attrs=attrs, check=check)
         self._nested = nested
-        self._token = token
-        self.attrs = dict(attrs)
 
     def __iter__(self) -> Iterator[Iterator[Any]]:
+        self._before_compute()
         return iter(self._nested)
 
     @property
@@ -196,15 +255,18 @@ class NestedLazyChunkSequence:
         ResultExistsError
             If a result exists at ``url`` and ``overwrite`` is False.
         """
+        self._before_compute()
         plan = self.plan
         owner = "NestedLazyChunkSequence.to_zarr"
         coords = {
             TEST_DIM: labels(test_names, plan.n_rows, "test_names", owner),
             TRAIN_DIM: labels(train_names, plan.n_cols, "train_names", owner),
         }
+        token = self.token
         sink = open_block_sink(
             url, plan=plan, name="influence", dims=(TEST_DIM, TRAIN_DIM), coords=coords,
-            token=fingerprint(self._token, plan.chunks, coords[TEST_DIM], coords[TRAIN_DIM]), attrs=self.attrs,
+            token=fingerprint(token, plan.chunks, coords[TEST_DIM], coords[TRAIN_DIM]),
+            attrs=self._stored_attrs(token),
             storage_options=storage_options, overwrite=overwrite, resume=resume, identity=model_identity(self.attrs),
         )
         mapper = SequentialMapper(progress=self._nested.progress)

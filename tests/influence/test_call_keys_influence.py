@@ -15,7 +15,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dvl_dask.influence import DaskInfluenceCalculator, DisableClientSingleThreadCheck  # noqa: E402
+from dvl_dask.influence import (  # noqa: E402
+    DaskInfluenceCalculator,
+    DisableClientSingleThreadCheck,
+    SequentialInfluenceCalculator,
+)
 from dvl_dask.influence.torch import DirectInfluence, TorchNumpyConverter  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -54,3 +58,104 @@ def test_calculators_with_different_converters_computed_together(fitted, method)
     for joint, single in zip(together, alone):
         np.testing.assert_array_equal(joint, single)
     assert not np.allclose(together[0], together[1])  # the converters really change the numbers
+
+
+# -- every public method, every argument (issue 23 in the influence package) -----------------------------
+
+
+def _public_methods(cls) -> list[str]:
+    return sorted(n for n, f in vars(cls).items() if not n.startswith("_") and callable(f))
+
+
+def _dask_identity(out) -> tuple:
+    """A lazy result's identity: its task keys, plus the labels and attrs of a DataArray."""
+    from dask.base import tokenize
+
+    if hasattr(out, "coords"):
+        coords = {k: tokenize(np.asarray(v.values)) for k, v in out.coords.items()}
+        return (tuple(sorted(map(str, out.data.__dask_graph__()))), tokenize(coords), out.attrs.get("mode"))
+    return (tuple(sorted(map(str, out.__dask_graph__()))),)
+
+
+@pytest.fixture(scope="module")
+def dask_calls(fitted):
+    model, x, y = fitted
+    calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck)
+    dx, dy = da.from_array(x, chunks=(4, -1)), da.from_array(y, chunks=(4, -1))
+    other_x, other_y = da.from_array(x + 1.0, chunks=(4, -1)), da.from_array(y - 1.0, chunks=(4, -1))
+    factors = calc.influence_factors(dx[:5], dy[:5])
+    # method -> (base arguments, {argument: another value})
+    return calc, {
+        "influence_factors": ({"x": dx, "y": dy}, {"x": other_x, "y": other_y}),
+        "influences": (
+            {"x_test": dx[:5], "y_test": dy[:5], "x": dx, "y": dy, "mode": "up", "as_xarray": True,
+             "test_names": None, "train_names": None},
+            {"x_test": other_x[:5], "y_test": other_y[:5], "x": other_x, "y": other_y, "mode": "perturbation",
+             "as_xarray": False, "test_names": list("abcde"), "train_names": np.arange(12) + 100},
+        ),
+        "influences_from_factors": (
+            {"factors": factors, "x": dx, "y": dy, "mode": "up", "as_xarray": True, "test_names": None,
+             "train_names": None},
+            {"factors": factors * 2, "x": other_x, "y": other_y, "mode": "perturbation", "as_xarray": False,
+             "test_names": list("abcde"), "train_names": np.arange(12) + 100},
+        ),
+        "self_influences": (
+            {"x": dx, "y": dy, "mode": "up", "as_xarray": True, "names": None},
+            {"x": other_x, "y": other_y, "mode": "perturbation", "as_xarray": False, "names": np.arange(12) + 1},
+        ),
+    }
+
+
+def test_every_dask_method_is_keyed_by_every_argument(dask_calls):
+    import inspect
+
+    calc, calls = dask_calls
+    assert set(calls) == set(_public_methods(DaskInfluenceCalculator))  # a new method needs its row here
+    for method, (base, others) in calls.items():
+        params = [p for p in inspect.signature(getattr(calc, method)).parameters]
+        assert set(params) == set(base) == set(others), method  # a new parameter needs its values here
+        fn = getattr(calc, method)
+        reference = _dask_identity(fn(**base))
+        assert _dask_identity(fn(**base)) == reference, method  # equal calls, equal keys
+        for name in params:
+            changed = _dask_identity(fn(**{**base, name: others[name]}))
+            assert changed != reference, (method, name)
+
+
+def test_every_sequential_method_is_keyed_by_every_argument(fitted):
+    import inspect
+
+    import torch
+
+    model, x, y = fitted
+    calc = SequentialInfluenceCalculator(model)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    data = [(tx[:6], ty[:6]), (tx[6:], ty[6:])]
+    other = [(tx[:6] + 1, ty[:6]), (tx[6:] + 1, ty[6:])]
+    factors = calc.influence_factors(data[:1])
+    calls = {
+        "influence_factors": ({"data_iterable": data}, {"data_iterable": other}),
+        "influences": (
+            {"test_data_iterable": data[:1], "train_data_iterable": data, "mode": "up"},
+            {"test_data_iterable": other[:1], "train_data_iterable": other, "mode": "perturbation"},
+        ),
+        "influences_from_factors": (
+            {"factors": factors, "train_data_iterable": data, "mode": "up"},
+            {"factors": calc.influence_factors(other[:1]), "train_data_iterable": other, "mode": "perturbation"},
+        ),
+        "self_influences": ({"data_iterable": data, "mode": "up"}, {"data_iterable": other, "mode": "perturbation"}),
+    }
+    assert set(calls) == set(_public_methods(SequentialInfluenceCalculator))
+    for method, (base, others) in calls.items():
+        fn = getattr(calc, method)
+        params = list(inspect.signature(fn).parameters)
+        assert set(params) == set(base) == set(others), method
+        reference = fn(**base).token
+        assert fn(**base).token == reference, method
+        for name in params:
+            assert fn(**{**base, name: others[name]}).token != reference, (method, name)
+    # Defaults and spellings of the same call share the identity.
+    assert calc.influences(data[:1]).token == calc.influences(data[:1], data[:1], "up").token
+    # Another calculator configuration (how blocks are computed) is another identity.
+    other_calc = SequentialInfluenceCalculator(model, train_gradients="recompute")
+    assert other_calc.influences(data[:1], data).token != calc.influences(data[:1], data).token

@@ -22,6 +22,20 @@ __all__ = ["EkfacInfluence"]
 
 
 @dataclass(frozen=True)
+class _ConvGeometry:
+    """What unfolding the input of an nn.Conv2d needs (values, not the module: the fit uses a private copy)."""
+
+    kernel_size: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> _ConvGeometry:
+        return cls(tuple(conv.kernel_size), tuple(conv.dilation), tuple(conv.padding), tuple(conv.stride))
+
+
+@dataclass(frozen=True)
 class _Layer:
     """An nn.Linear or nn.Conv2d layer with trainable parameters and where they sit in the flat vector.
 
@@ -34,7 +48,7 @@ class _Layer:
     out_features: int
     weight: tuple[int, int] | None  # (start, stop) in the flat vector, None when frozen
     bias: tuple[int, int] | None
-    conv: nn.Conv2d | None = None
+    conv: _ConvGeometry | None = None
 
     def tokens(self, inp: torch.Tensor, owner: str) -> torch.Tensor:
         """The layer's input as ``(n, T, in_features)``: patches of a convolution, tokens of a sequence."""
@@ -174,7 +188,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
     def _find_layers(self) -> list[_Layer]:
         offsets = self._layout.offsets()
         layers, covered = [], set()
-        for name, module in self.model.named_modules():
+        for name, module in self._net.named_modules():
             if not isinstance(module, nn.Linear | nn.Conv2d):
                 continue
             prefix = f"{name}." if name else ""
@@ -190,7 +204,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
                         "(requires_grad_(False)) or use another influence model."
                     )
                 kh, kw = module.kernel_size
-                layer = _Layer(name, module.in_channels * kh * kw, module.out_channels, w, b, module)
+                layer = _Layer(name, module.in_channels * kh * kw, module.out_channels, w, b, _ConvGeometry.of(module))
             else:
                 layer = _Layer(name, module.in_features, module.out_features, w, b)
             for what, dim in (("input", layer.input_dim), ("output", layer.out_features)):
@@ -205,8 +219,8 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
             covered.update(f"{prefix}{p}" for p, o in (("weight", w), ("bias", b)) if o is not None)
         unsupported = [n for n in self._layout.names if n not in covered]
         if unsupported:
-            owners = dict(self.model.named_modules())
-            kinds = sorted({type(owners.get(n.rpartition(".")[0], self.model)).__name__ for n in unsupported})
+            owners = dict(self._net.named_modules())
+            kinds = sorted({type(owners.get(n.rpartition(".")[0], self._net)).__name__ for n in unsupported})
             raise InvalidModelError(
                 f"{self._owner} supports trainable parameters of nn.Linear and nn.Conv2d layers only. Got "
                 f"{unsupported} in {kinds}. To fix, freeze them (requires_grad_(False)) or use another "
@@ -227,7 +241,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         ``c``-th draw divided by ``√s``, whose expectation of ``Σ_c g gᵀ`` is
         the same for the built-in losses.
         """
-        modules = dict(self.model.named_modules())
+        modules = dict(self._net.named_modules())
         inputs: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
 
@@ -246,7 +260,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         try:
             params = {k: v.clone().requires_grad_(True) for k, v in fm.params.items()}
             with torch.enable_grad():
-                out = functional_call(self.model, {**params, **fm.state}, (x,))
+                out = functional_call(self._net, {**params, **fm.state}, (x,))
         finally:
             for h in handles:
                 h.remove()

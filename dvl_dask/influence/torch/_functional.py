@@ -35,18 +35,25 @@ class FunctionalModel:
         ``loss(output, target) -> scalar``, mean-reduced over the batch.
     layout : ParameterLayout
         The trainable parameters and their order in flat vectors.
+    copy : bool
+        Copy the parameters and buffers (default). False uses them as they are
+        (detached views), for a module that is already a private copy.
     """
 
-    def __init__(self, model: nn.Module, loss: LossFn, layout: ParameterLayout) -> None:
+    def __init__(self, model: nn.Module, loss: LossFn, layout: ParameterLayout, *, copy: bool = True) -> None:
         self.model = model
         self.loss = loss
         self.layout = layout
         trainable = set(layout.names)
+
         # Copies: later in-place updates of the model (an optimiser step) must not change the
         # parameters the curvature was computed at.
-        self.params = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
-        self.state = {n: p.detach().clone() for n, p in model.named_parameters() if n not in trainable}
-        self.state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+        def own(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().clone() if copy else t.detach()
+
+        self.params = {n: own(p) for n, p in model.named_parameters() if n in trainable}
+        self.state = {n: own(p) for n, p in model.named_parameters() if n not in trainable}
+        self.state.update({n: own(b) for n, b in model.named_buffers()})
 
     # -- forward passes ---------------------------------------------------------------
 

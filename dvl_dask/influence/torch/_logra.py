@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -16,6 +16,13 @@ from ._projection import RandomProjection
 from ._trak import TrakInfluence
 
 __all__ = ["LograInfluence"]
+
+
+class _LinearShape(NamedTuple):
+    """Sizes of an nn.Linear layer."""
+
+    in_features: int
+    out_features: int
 
 
 class LograInfluence(TrakInfluence):
@@ -95,8 +102,8 @@ class LograInfluence(TrakInfluence):
         self._linear = self._find_linear_layers()
         self._factors_in_out: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def _find_linear_layers(self) -> list[tuple[str, nn.Linear, bool]]:
-        modules = dict(self.model.named_modules())
+    def _find_linear_layers(self) -> list[tuple[str, _LinearShape, bool]]:
+        modules = dict(self._net.named_modules())
         layers = []
         for block in self._blocks:
             name = "" if block.name == "<root>" else block.name
@@ -109,7 +116,8 @@ class LograInfluence(TrakInfluence):
                     f"only. Got {sorted(names)} in {type(module).__name__}. To fix, freeze them or use "
                     "TrakInfluence (dense projections of any parameters)."
                 )
-            layers.append((name, module, f"{prefix}bias" in names))
+            # Sizes, not the module: computations run through the private copy taken by fit.
+            layers.append((name, _LinearShape(module.in_features, module.out_features), f"{prefix}bias" in names))
         return layers
 
     def _make_projections(self) -> None:
@@ -167,11 +175,12 @@ class LograInfluence(TrakInfluence):
 
             return hook
 
-        handles = [module.register_forward_hook(hook_for(name)) for name, module, _ in self._linear]
+        modules = dict(self._net.named_modules())
+        handles = [modules[name].register_forward_hook(hook_for(name)) for name, _, _ in self._linear]
         try:
             with torch.enable_grad():
                 params = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # views, no copies
-                out = functional_call(self.model, {**params, **fm.state}, (x,))
+                out = functional_call(self._net, {**params, **fm.state}, (x,))
                 targets = [outputs[name] for name, _, _ in self._linear]
                 scalars = objectives(out)
                 all_grads = [

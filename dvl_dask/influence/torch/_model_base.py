@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
@@ -40,6 +41,22 @@ def _data_token(loader: DataLoader) -> Any:
         return exc
 
 
+def _snapshot(model: nn.Module, owner: str) -> nn.Module:
+    """A private deep copy of ``model``: what a fit and every later computation of the fitted model use."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # e.g. a non-leaf tensor held as a plain attribute
+        raise InvalidModelError(
+            f"{owner}.fit takes a private copy of the module (so that changing it afterwards cannot change the "
+            f"fitted model or its token), but copy.deepcopy failed: {type(exc).__name__}: {exc}. To fix, make the "
+            "module deep-copyable (e.g. register tensors as parameters or buffers instead of computed attributes)."
+        ) from exc
+
+
+#: Attributes that are not part of what a fitted model is (bookkeeping of its token).
+_TOKEN_BOOKKEEPING = ("_fitted_attrs", "_fit_token", "_module_token")
+
+
 class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoader]):
     """Base of the torch influence models.
 
@@ -47,9 +64,14 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
     ----------
     model : nn.Module
         A trained model. Only parameters with ``requires_grad=True`` are
-        considered; they (and the buffers) are copied when :meth:`fit` is
-        called, and all later gradients use those copies. Put models with
-        dropout or batch-norm in evaluation mode (``model.eval()``) first.
+        considered. :meth:`fit` takes a private copy of the whole module
+        (``copy.deepcopy``: parameters, buffers, hyper-parameters, training
+        flag) and everything the fitted model computes -- factors, influences,
+        its token -- uses that copy. Changing ``model`` afterwards (training a
+        few more steps, ``load_state_dict``, ``model.train()``) changes neither
+        the fitted model's values nor its identity; call :meth:`fit` again to
+        use the new weights (a new fit, a new token). Put models with dropout
+        or batch-norm in evaluation mode (``model.eval()``) first.
     loss : callable
         ``loss(output, target) -> scalar``, averaged over the batch like
         :func:`torch.nn.functional.mse_loss`. ``H`` is the Hessian of this loss
@@ -116,19 +138,50 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     def _first_param(self) -> torch.Tensor:
         first = self._layout.names[0]
-        return dict(self.model.named_parameters())[first]
+        return dict(self._net.named_parameters())[first]
+
+    @property
+    def _net(self) -> nn.Module:
+        """The module computations run through: the private copy taken by :meth:`fit` (``model`` before)."""
+        found = getattr(self, "_module", None)
+        return self.model if found is None else found
+
+    def parameter_fingerprint(self) -> str:
+        """Token of the module the fitted model computes with (classes, hyper-parameters, parameters, buffers).
+
+        After :meth:`fit` it is the token of the private copy taken at fit
+        time, computed once; before, that of ``model`` as it is now.
+
+        Raises
+        ------
+        TokenizationError
+            If the module holds something that cannot be hashed deterministically.
+        """
+        from ...keys import object_token
+
+        module = getattr(self, "_module", None)
+        if module is None:
+            return object_token(self.model)
+        found = getattr(self, "_module_token", None)
+        if found is None:
+            found = object_token(module)
+            self._module_token = found  # the copy is private and never changes: hashed once
+        return found
 
     def __dask_tokenize__(self) -> str:
         """Class, hyper-parameters, module contents and training data, by value.
 
         The token digests the class (its code if not installed), every
-        attribute set before fitting (the module's parameters and buffers by
-        content, the loss by code, hyper-parameters) and the content of the
-        data passed to :meth:`fit`, not the fitted tensors (whose last bits
-        may differ between processes). So the same fitted model has the same
-        token in every process -- an interrupted ``influence_to_zarr`` resumes
-        in a new one -- and refitting on other data, another loss or other
-        hyper-parameters changes it.
+        attribute set before fitting (the loss by code, hyper-parameters), the
+        module the model computes with (:meth:`parameter_fingerprint`: after
+        :meth:`fit`, the private copy taken then, not the live ``model``) and
+        the content of the data passed to :meth:`fit`, not the fitted tensors
+        (whose last bits may differ between processes). So the same fitted
+        model has the same token in every process -- an interrupted
+        ``influence_to_zarr`` resumes in a new one -- refitting on other data,
+        other weights, another loss or other hyper-parameters changes it, and
+        changing ``model`` after the fit changes neither the token nor the
+        values.
 
         Raises
         ------
@@ -141,7 +194,8 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         from ...keys import class_token, object_token
 
         fitted = set(getattr(self, "_fitted_attrs", ()))
-        state = {k: v for k, v in vars(self).items() if k not in fitted and k not in ("_fitted_attrs", "_fit_token")}
+        state = {k: v for k, v in vars(self).items() if k not in fitted and k not in _TOKEN_BOOKKEEPING}
+        state["model"] = ("module", self.parameter_fingerprint())  # the copy fitted on, not the live module
         fit_token = getattr(self, "_fit_token", None)
         if isinstance(fit_token, TokenizationError):
             raise TokenizationError(
@@ -174,12 +228,13 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         loader = as_data_loader(data, owner)
         before = dict(vars(self))
         x0, y0 = next(iter_batches(loader, f"{owner}.fit"))
-        ref = self._first_param()
+        module = _snapshot(self.model, owner)
+        ref = dict(module.named_parameters())[self._layout.names[0]]
         spec = InputSpec(tuple(x0.shape[1:]), tuple(y0.shape[1:]), ref.dtype, ref.device)
         x0, y0 = spec.check(x0, y0, f"{owner}.fit", x_name="x (batch)", y_name="y (batch)")
-        fm = FunctionalModel(self.model, self.loss, self._layout)
+        fm = FunctionalModel(module, self.loss, self._layout, copy=False)
         fm.check_loss(x0, y0, owner)
-        self._fm, self._spec = None, spec
+        self._fm, self._spec, self._module, self._module_token = None, spec, module, None
         self._fit(fm, loader)
         self._fm = fm
         # What fitting computed is identified by what it was computed from: the training

@@ -13,7 +13,7 @@ from .._base import InfluenceFunctionModel
 from .._mode import InfluenceMode
 from ._data import check_tensor_pair
 from ._functional import FunctionalModel, LossFn
-from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, TorchInfluenceFunctionModel
+from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, TorchInfluenceFunctionModel, _snapshot
 
 __all__ = ["TracInInfluence", "load_checkpoint_states"]
 
@@ -188,15 +188,16 @@ class TracInInfluence(TorchInfluenceFunctionModel):
         owner = self._owner
         states = load_checkpoint_states(self.model, checkpoints, owner)
         rates = _check_learning_rates(learning_rates, len(states), owner)
+        module = _snapshot(self.model, owner)  # hyper-parameters and code as at fit time; weights from the states
         fms = []
         for state in states:
-            fm = FunctionalModel(self.model, self.loss, self._layout)
+            fm = FunctionalModel(module, self.loss, self._layout, copy=False)
             fm.params = {n: state[n] for n in fm.params}
             fm.state = {n: state[n] for n in fm.state}
             fms.append(fm)
         self._fms, self._rates = fms, rates
-        self._fm = fms[0]
-        self._fitted_attrs = ("_fm", "_fms", "_rates")
+        self._fm, self._module, self._module_token = fms[0], module, None
+        self._fitted_attrs = ("_fm", "_fms", "_module", "_rates")
         self._fit_token = object_token("tracin-checkpoints", states, rates)
         return self
 

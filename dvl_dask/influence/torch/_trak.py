@@ -195,7 +195,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
             return [fm]
         fms = []
         for state in self.checkpoints:
-            other = FunctionalModel(self.model, self.loss, self._layout)
+            other = FunctionalModel(self._net, self.loss, self._layout, copy=False)
             other.params = {n: state[n] for n in other.params}
             other.state = {n: state[n] for n in other.state}
             fms.append(other)
@@ -223,7 +223,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
         return object_token(
             "projected-gradients",
             class_token(type(self)),
-            self.model,
+            self.parameter_fingerprint(),  # the module as fitted (a private copy), not the live one
             self.loss,
             self.projection_dim,
             self.projection,
