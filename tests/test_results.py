@@ -20,7 +20,7 @@ def _result(values, stderr, count, names=("a", "b", "c"), **kw):
     return valuation_dataset(
         np.asarray(values, float), np.asarray(stderr, float), np.asarray(count), data_names=list(names),
         method=kw.pop("method", "mc"), utility_token=kw.pop("utility_token", "t0"), n_evaluations=10,
-        parameters={"n": 3}, seed=kw.pop("seed", "1"),
+        parameters={"n": 3}, seed=kw.pop("seed", "1"), estimate=kw.pop("estimate", "sample mean"),
     )
 
 

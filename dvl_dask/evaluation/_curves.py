@@ -27,6 +27,13 @@ __all__ = ["REMOVAL_ORDERS", "point_addition_curve", "point_removal_curve", "wei
 
 #: Orders a curve can follow: by value, highest or lowest first, or at random.
 REMOVAL_ORDERS = ("highest", "lowest", "random")
+#: What ``score_std`` is (recorded in the curve's ``score_std_note`` attr).
+SCORE_STD_NOTE = (
+    "standard deviation (ddof=1) of the n_random random-order curves at each step: the spread of one random "
+    "curve, not the standard error of their mean (score_std / sqrt(n_random)); NaN where there is one curve "
+    "(the value orders, or n_random=1): no spread was measured. The uncertainty of the values themselves "
+    "(their stderr) is not propagated into any curve"
+)
 
 
 def _ranking(values: np.ndarray, order: str, seed: np.random.SeedSequence | None) -> np.ndarray:
@@ -135,9 +142,9 @@ def _curve(
             ]
             per_rep.append(da.stack(tasks))
         stacked = da.stack(per_rep)  # (repetition, step)
-        rows.append(
-            (stacked.mean(axis=0), stacked.std(axis=0, ddof=1) if repetitions[o] > 1 else da.zeros(len(counts)))
-        )
+        # One curve (a value order, or n_random=1) shows no spread: NaN (unknown), never 0.
+        spread = stacked.std(axis=0, ddof=1) if repetitions[o] > 1 else da.full(len(counts), np.nan)
+        rows.append((stacked.mean(axis=0), spread))
     score = da.stack([m for m, _ in rows])
     spread = da.stack([s for _, s in rows])
     return xr.Dataset(
@@ -154,6 +161,7 @@ def _curve(
             "seed": seed_entropy(seq),
             "method": values.attrs.get("method", ""),
             "utility_token": token,
+            "score_std_note": SCORE_STD_NOTE,
         },
     )
 
@@ -182,7 +190,7 @@ def point_removal_curve(
         Orders to follow; "random" is repeated ``n_random`` times with seeds.
     n_random : int
         Repetitions of the random baseline (its mean is ``score``, its
-        standard deviation ``score_std``).
+        standard deviation ``score_std``; at least 2 for a spread).
     seed : int, SeedSequence or None
         Seeds the random orders.
 
@@ -190,7 +198,11 @@ def point_removal_curve(
     -------
     xarray.Dataset
         ``score`` and ``score_std`` over dims ``(order, step)``, coordinates
-        ``fraction`` and ``n_points`` (points removed), lazy.
+        ``fraction`` and ``n_points`` (points removed), lazy. ``score_std``
+        is the spread of the ``n_random`` random curves (not the standard
+        error of their mean); it is NaN for the value orders and when
+        ``n_random=1``, where one curve shows no spread (attr
+        ``score_std_note``). The values' own uncertainty is not propagated.
 
     Notes
     -----

@@ -10,7 +10,17 @@ import xarray as xr
 
 from ..errors import InvalidParameterError, SchemaError
 from ..validation import check_positive_int
-from ._schema import CONVERGED, SAMPLE_DIM, parameters_of, provenance_of, validate_valuation_dataset
+from ._schema import (
+    CONVERGED,
+    ESTIMATE,
+    EXACT,
+    SAMPLE_DIM,
+    SAMPLE_MEAN,
+    SAMPLED_SOLUTION,
+    parameters_of,
+    provenance_of,
+    validate_valuation_dataset,
+)
 
 __all__ = ["DvlAccessor", "merge_results"]
 
@@ -79,12 +89,15 @@ class DvlAccessor:
         return self.sort(ascending=True)[{SAMPLE_DIM: slice(0, k)}]
 
     def merge(self, other: xr.Dataset) -> xr.Dataset:
-        """Count-weighted merge of two runs of the same method on the same utility."""
+        """Count-weighted merge of two independent Monte Carlo runs of the same method on the same utility.
+
+        See :func:`merge_results` for what may be merged and what is refused.
+        """
         return merge_results(self._ds, other)
 
 
 #: Parameters that only say how much was sampled: merged results record their sum.
-BUDGET_PARAMETERS = ("n_permutations", "n_samples")
+BUDGET_PARAMETERS = ("n_permutations", "n_samples", "n_estimators")
 #: Parameters that only say how the samples were cut into tasks and scheduled: they change neither
 #: the estimand nor the estimator (every sample is drawn and weighted the same way), so results
 #: differing only in these (and in budgets) can merge; the merged result keeps a value both share
@@ -95,21 +108,97 @@ LAYOUT_PARAMETERS = (
     "active_set_lag",  # blocks in flight before a converged player stops receiving work
     "samples_per_block",  # class-wise Shapley, group testing
     "estimators_per_block",  # Data-OOB
+    "block_size",  # coalitions or evaluations per task (exact methods, least core)
 )
 #: Parameters a merge may ignore when comparing runs.
 MERGEABLE_PARAMETERS = BUDGET_PARAMETERS + LAYOUT_PARAMETERS
+
+
+#: What results written before the ``estimate`` attr are, by method (see :func:`_estimate_of`).
+_ESTIMATE_OF_METHOD = {
+    **dict.fromkeys(("exact_shapley", "loo", "knn_shapley", "exact_least_core"), EXACT),
+    "montecarlo_least_core": SAMPLED_SOLUTION,
+    **dict.fromkeys(
+        ("permutation_shapley", "semivalue", "banzhaf", "msr_banzhaf", "beta_shapley", "owen_shapley", "data_oob",
+         "classwise_shapley", "group_testing_shapley"),
+        SAMPLE_MEAN,
+    ),
+}
+
+
+def _estimate_of(ds: xr.Dataset) -> str | None:
+    """What kind of number a result's ``value`` is: its ``estimate`` attr, else what its method gives."""
+    recorded = ds.attrs.get(ESTIMATE)
+    if recorded:
+        return str(recorded)
+    return _ESTIMATE_OF_METHOD.get(str(ds.attrs.get("method", "")))
+
+
+def _seeds(ds: xr.Dataset) -> list[str]:
+    """The seeds behind a result: one, or those of the runs a merged result pooled (a JSON list of texts)."""
+    text = str(ds.attrs.get("seed", ""))
+    if not text:
+        return []
+    if text.startswith("["):
+        # A merged result records a JSON list of seed texts; a SeedSequence whose entropy is a list
+        # also prints as "[...]", but of numbers: that is one seed.
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and parsed and all(isinstance(s, str) for s in parsed):
+            return parsed
+    return [text]
 
 
 def _sample_blocks(ds: xr.Dataset) -> list[tuple[str, float, float]]:
     """The ``(seed, first, stop)`` block ranges behind a result; unknown ranges span every block."""
     text = ds.attrs.get("sample_blocks")
     if text:
-        return [(str(seed), float(a), float(b)) for seed, a, b in json.loads(text)]
-    seed = ds.attrs.get("seed", "")
-    if not seed:
-        return []
-    seeds = json.loads(seed) if seed.startswith("[") else [seed]
-    return [(str(s), 0.0, np.inf) for s in seeds]
+        return [(str(seed), float(a), float(np.inf if b is None else b)) for seed, a, b in json.loads(text)]
+    return [(s, 0.0, np.inf) for s in _seeds(ds)]
+
+
+def _refusal(ds: xr.Dataset, which: str) -> str | None:
+    """Why ``ds`` cannot be pooled as a mean of independent samples (None if it can)."""
+    method = ds.attrs.get("method", "")
+    estimate = _estimate_of(ds)
+    if estimate == EXACT:
+        return (
+            f"the {which} result ({method!r}) is exact (attr 'estimate' = 'exact'): it is computed from every "
+            "term it is defined by and has no sampling error to average away. Pooling two exact results would "
+            "count the same evaluations twice and shrink the standard error without new evidence. Exact results "
+            "of the same utility are equal: keep one."
+        )
+    if estimate == SAMPLED_SOLUTION:
+        return (
+            f"the {which} result ({method!r}) is the solution of an optimisation over sampled constraints "
+            "(attr 'estimate' = 'sampled solution'), not a mean of samples: the count-weighted mean of two "
+            "solutions is not the solution over the pooled constraints, and no standard error pools them. "
+            "To fix, run the method once with the combined budget."
+        )
+    if estimate != SAMPLE_MEAN:
+        return (
+            f"the {which} result ({method!r}) does not record what kind of estimate it is (attr 'estimate' is "
+            f"{ds.attrs.get(ESTIMATE)!r}), so nothing shows it is a mean of independent samples. If it is one, "
+            f"build it with valuation_dataset(..., estimate={SAMPLE_MEAN!r})."
+        )
+    if not _seeds(ds):
+        return (
+            f"the {which} result ({method!r}) records no seed (attr 'seed' is empty), so nothing shows that its "
+            "samples are independent of the other result's: the same samples would be counted twice and the "
+            "standard error understated. Only results that record their seed can be merged."
+        )
+    return None
+
+
+def _check_poolable(a: xr.Dataset, b: xr.Dataset) -> None:
+    for ds, which in ((a, "first"), (b, "second")):
+        reason = _refusal(ds, which)
+        if reason is not None:
+            raise InvalidParameterError(
+                "Cannot merge: merging pools independent samples of the same values, and " + reason
+            )
 
 
 def _check_disjoint(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -138,20 +227,31 @@ def _merged_parameters(pa: dict[str, Any], pb: dict[str, Any]) -> dict[str, Any]
 
 
 def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
-    """Merge two independent estimates of the same values.
+    """Merge two independent Monte Carlo estimates of the same values (pool their samples).
+
+    Only results that are means of independent samples can be pooled (attr
+    ``estimate`` = ``"sample mean"``: the Monte Carlo semivalues, Data-OOB,
+    class-wise Shapley, group testing) and each must record its seed. Refused,
+    with an error that says why: exact results (``exact_shapley``, ``loo``,
+    ``knn_shapley``, ``exact_least_core``: nothing to average, and pooling would
+    count the same evaluations twice), least core solutions of sampled
+    constraints (``montecarlo_least_core``: not a mean), results without a seed
+    or that do not say what they are, and results that share samples (below).
 
     The results must come from the same method, utility and parameters, i.e.
     the same estimand and estimator. What may differ: budgets
-    (``n_permutations``, ``n_samples``; the merged result records their sum)
-    and layout, the parameters that only say how samples were cut into tasks
-    and scheduled (``items_per_block``, ``min_blocks``, ``active_set_lag``,
-    ``samples_per_block``, ``estimators_per_block``; the merged result keeps a
-    value both runs share and records ``None`` where they differ). Any other
+    (``n_permutations``, ``n_samples``, ``n_estimators``; the merged result
+    records their sum) and layout, the parameters that only say how samples
+    were cut into tasks and scheduled (``items_per_block``, ``min_blocks``,
+    ``active_set_lag``, ``samples_per_block``, ``estimators_per_block``,
+    ``block_size``; the merged result keeps a value both runs share and
+    records ``None`` where they differ). Any other
     parameter (sampler, truncation, coefficient, finalize rule, ...) changes
     what is estimated or how, and a difference is refused. Their samples
     must be disjoint: results record the seed blocks they used (attr
-    ``sample_blocks``), and a merge of a result with itself or with an
-    overlapping run is refused.
+    ``sample_blocks``; without it, every block of the seed), and a merge of
+    a result with itself, with a run of the same seed or with an overlapping
+    run is refused.
 
     Each player's value is the count-weighted mean of the two estimates,
     ``(n_a v_a + n_b v_b) / (n_a + n_b)``, and, the estimates being
@@ -160,15 +260,22 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     (plain means, antithetic pair means, MSR differences, stratified sums) and
     keeps the variance floor of each part.
 
+    What describes one run is not carried over: the ``converged`` variable and
+    attr, ``stopped_by``, ``stopping_criterion`` and ``checkpoint``. A bias
+    either run records (``biased``, ``bias``: truncation) is kept, and
+    ``effective_sample_size`` is that of the pooled counts.
+
     Raises
     ------
+    InvalidParameterError
+        If either result is not a mean of independent samples with a seed, the
+        samples overlap or the players differ.
     SchemaError
         If method, utility or any parameter other than budget and layout differ.
-    InvalidParameterError
-        If the samples overlap or the players differ.
     """
     a = validate_valuation_dataset(a)
     b = validate_valuation_dataset(b)
+    _check_poolable(a, b)
     for attr in ("method", "utility_token"):
         if a.attrs[attr] != b.attrs[attr]:
             raise SchemaError(
@@ -203,21 +310,36 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     out["value"] = (a["value"].dims, value)
     out["stderr"] = (a["stderr"].dims, stderr)
     out["counts"] = (a["counts"].dims, (na + nb).astype(np.int64))
-    attrs = {k: v for k, v in a.attrs.items() if k not in ("converged", "stopped_by")}
+    out.attrs = _merged_attrs(a, b, n)
+    return out
+
+
+#: Attrs that describe one run (how it stopped, where it was stored), not a merge of runs.
+_RUN_ATTRS = ("converged", "stopped_by", "stopping_criterion", "checkpoint")
+
+
+def _merged_attrs(a: xr.Dataset, b: xr.Dataset, counts: np.ndarray) -> dict[str, Any]:
+    attrs = {k: v for k, v in a.attrs.items() if k not in _RUN_ATTRS}
+    attrs[ESTIMATE] = SAMPLE_MEAN
     attrs["n_evaluations"] = int(a.attrs["n_evaluations"]) + int(b.attrs["n_evaluations"])
     seeds: list[str] = []
-    for ds in (a, b):
-        text = ds.attrs.get("seed", "")
-        for s in json.loads(text) if text.startswith("[") else ([text] if text else []):
-            if s not in seeds:
-                seeds.append(s)
-    attrs["seed"] = json.dumps(seeds) if len(seeds) > 1 else (seeds[0] if seeds else "")
+    for s in _seeds(a) + _seeds(b):
+        if s not in seeds:
+            seeds.append(s)
+    attrs["seed"] = json.dumps(seeds) if len(seeds) > 1 else seeds[0]
     attrs["sample_blocks"] = json.dumps(
         [[s, x, y if np.isfinite(y) else None] for s, x, y in _sample_blocks(a) + _sample_blocks(b)]
     )
-    attrs["parameters"] = json.dumps(_merged_parameters(pa, pb), sort_keys=True)
-    for key in ("effective_sample_size", "n_blocks"):
-        if key in a.attrs and key in b.attrs:
-            attrs[key] = int(a.attrs[key]) + int(b.attrs[key])
-    out.attrs = attrs
-    return out
+    attrs["parameters"] = json.dumps(_merged_parameters(parameters_of(a), parameters_of(b)), sort_keys=True)
+    if "n_blocks" in a.attrs and "n_blocks" in b.attrs:
+        attrs["n_blocks"] = int(a.attrs["n_blocks"]) + int(b.attrs["n_blocks"])
+    if "effective_sample_size" in a.attrs or "effective_sample_size" in b.attrs:
+        # Independent samples behind the most-sampled player: the pooled counts, not the sum of the
+        # two maxima (players sampled most in each run need not be the same one).
+        attrs["effective_sample_size"] = int(np.max(counts, initial=0))
+    # A bias either run carries (truncation) is the merged result's too.
+    biases = [str(ds.attrs.get("bias", "")) for ds in (a, b) if ds.attrs.get("biased")]
+    if biases or "biased" in attrs:
+        attrs["biased"] = bool(biases)
+        attrs["bias"] = biases[0] if biases else ""
+    return attrs

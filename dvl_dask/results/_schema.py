@@ -16,7 +16,14 @@ A valuation result is an ``xr.Dataset``::
                ``run_until_converged`` adds ``converged`` (an accuracy
                criterion held, not only a budget cap) and ``stopped_by``
                (the criteria that fired, as a list of their reprs);
-               provenance (JSON text, optional): what the utility token was made of
+               provenance (JSON text, optional): what the utility token was made of;
+               estimate (optional): what kind of number ``value`` is, one of
+               :data:`ESTIMATES` (``"sample mean"``: a mean of independent
+               samples drawn from the seed's blocks, the only kind
+               :func:`~dvl_dask.results.merge_results` pools; ``"exact"``: no
+               sampling error; ``"sampled solution"``: the solution of an
+               optimisation over sampled constraints), and ``stderr_note``
+               (optional): what ``stderr`` measures for that method
 
 An influence result is an ``xr.DataArray`` named ``influence`` with dims
 ("test_sample", "train_sample", *feature dims) built by :func:`influence_dataarray`.
@@ -38,8 +45,13 @@ from ..errors import SchemaError
 __all__ = [
     "ATTRS",
     "CONVERGED",
+    "ESTIMATE",
+    "ESTIMATES",
+    "EXACT",
     "FACTOR_DIM",
+    "SAMPLED_SOLUTION",
     "SAMPLE_DIM",
+    "SAMPLE_MEAN",
     "SCHEMA_VERSION",
     "TEST_DIM",
     "TRAIN_DIM",
@@ -61,6 +73,15 @@ FACTOR_DIM = "parameter"
 VARIABLES = {"value": np.float64, "stderr": np.float64, "counts": np.int64}
 #: Optional per-player variable of run_until_converged results: the player's own criterion held.
 CONVERGED = "converged"
+#: Attr naming what kind of number a result's ``value`` is (see the module docstring).
+ESTIMATE = "estimate"
+#: A mean of independent samples drawn from the seed's blocks (Monte Carlo methods, Data-OOB, ...).
+SAMPLE_MEAN = "sample mean"
+#: Computed from every term it is defined by (exact Shapley, leave-one-out, KNN-Shapley): no sampling error.
+EXACT = "exact"
+#: The solution of an optimisation over sampled constraints (Monte Carlo least core): not a mean.
+SAMPLED_SOLUTION = "sampled solution"
+ESTIMATES = (SAMPLE_MEAN, EXACT, SAMPLED_SOLUTION)
 ATTRS = (
     "method",
     "parameters",
@@ -98,6 +119,7 @@ def valuation_dataset(
     extra_attrs: Mapping[str, Any] | None = None,
     converged: Any = None,
     provenance: Mapping[str, Any] | None = None,
+    estimate: str | None = None,
 ) -> xr.Dataset:
     """Wrap per-player arrays (numpy or dask, kept lazy) into a valuation Dataset.
 
@@ -109,6 +131,10 @@ def valuation_dataset(
     ``converged`` (optional, boolean per player) becomes the variable
     ``converged``: whether each player's own convergence criterion held.
 
+    ``estimate`` (optional, one of :data:`ESTIMATES`) is stored in the
+    ``estimate`` attr: what kind of number ``value`` is, which decides whether
+    :func:`~dvl_dask.results.merge_results` may pool two results.
+
     Examples
     --------
     >>> import numpy as np
@@ -116,6 +142,8 @@ def valuation_dataset(
     >>> ds.value.dims, ds.sample.values.tolist()
     (('sample',), ['a', 'b'])
     """
+    if estimate is not None and estimate not in ESTIMATES:
+        raise SchemaError(f"The 'estimate' argument of valuation_dataset must be one of {ESTIMATES}. Got {estimate!r}.")
     names = np.asarray(data_names)
     arrays = {"value": value, "stderr": stderr, "counts": count}
     data_vars = {}
@@ -141,6 +169,8 @@ def valuation_dataset(
         "dvl_dask_version": __version__,
         "schema_version": SCHEMA_VERSION,
     }
+    if estimate is not None:
+        attrs[ESTIMATE] = estimate
     if provenance is not None:
         attrs["provenance"] = json.dumps(_jsonable(dict(provenance)), sort_keys=True)
     if extra_attrs:

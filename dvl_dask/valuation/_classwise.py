@@ -41,6 +41,7 @@ from .._provenance import describe_utility
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import SAMPLE_MEAN
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, utility_node
@@ -201,6 +202,7 @@ def classwise_shapley(
         method="classwise_shapley",
         parameters={"n_samples": n_samples, "samples_per_block": per_block},
         seed=seed_text,
+        estimate=SAMPLE_MEAN,
         utility_token=utility.token,
         provenance=describe_utility(utility),
         n_evaluations=sum(

@@ -34,8 +34,9 @@ import xarray as xr
 
 from .._provenance import describe_utility
 from ..errors import InvalidModelError, InvalidParameterError, UtilityFailureWarning
-from ..keys import current_call, lazy_method
+from ..keys import current_call, graph_token, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import SAMPLE_MEAN
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
 from ._graph import block_ranges, utility_node
@@ -169,8 +170,16 @@ def data_oob(
     xarray.Dataset
         ``value`` (mean out-of-bag score), ``stderr`` (its Monte Carlo error)
         and ``counts`` (models that left the player out), lazy. A player that
-        no model left out has ``counts == 0`` and a NaN value: raise
-        ``n_estimators``.
+        no model left out has ``counts == 0``, a NaN value and ``stderr =
+        inf``: raise ``n_estimators``. Few out-of-bag scores never give a
+        small stderr by chance (:func:`~dvl_dask.valuation._stats.guarded_stderr`):
+        one score gives ``W / 2`` for scores of known width ``W`` (1 for the
+        default classifier score) and ``inf`` otherwise, and agreeing scores
+        give ``1.5 W / counts``, never 0. The stderr is the error of
+        averaging over finitely many bootstrap models for this training set,
+        not the variability over training sets. Attr ``estimate`` is
+        ``"sample mean"``: runs with different seeds merge with
+        :func:`~dvl_dask.results.merge_results` (``n_estimators`` adds up).
 
     Examples
     --------
@@ -239,10 +248,14 @@ def data_oob(
             "n_estimators": n_estimators,
             "max_samples": max_samples,
             "point_score": getattr(point_score, "__qualname__", type(point_score).__name__),
+            # Its code and captured values too: two lambdas share a name but not a score, and results
+            # of different scores must not merge (a score that cannot be hashed gets a per-object token).
+            "point_score_code": graph_token(point_score),
             "estimators_per_block": per_block,
         },
         seed=seed_text,
         utility_token=getattr(utility, "token", ""),
         provenance=describe_utility(utility),
         n_evaluations=n_estimators,
+        estimate=SAMPLE_MEAN,
     )

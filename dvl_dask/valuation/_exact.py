@@ -12,12 +12,20 @@ from .. import config
 from .._provenance import describe_utility
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import EXACT
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import check_positive_int
 from ._graph import block_ranges, check_enumerable, check_utility, companion_name, stack_blocks, utility_node
 
-__all__ = ["exact_shapley", "loo", "shapley_weights"]
+__all__ = ["EXACT_STDERR_NOTE", "exact_shapley", "loo", "shapley_weights"]
+
+#: What ``stderr = 0`` means for a method that evaluates every term of its definition.
+EXACT_STDERR_NOTE = (
+    "0: exact, every coalition the value is defined by was evaluated once, so there is no sampling error; "
+    "a utility whose own evaluation is random (a model fitted with a random seed) is taken as evaluated, "
+    "its noise is not measured"
+)
 
 
 def shapley_weights(n: int) -> np.ndarray:
@@ -72,8 +80,10 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     Returns
     -------
     xarray.Dataset
-        ``value`` (lazy), ``stderr`` (0) and ``count`` (``2**(n-1)`` marginals
-        per player) over dim ``sample``.
+        ``value`` (lazy), ``stderr`` (0: no sampling error, see the
+        ``stderr_note`` attr) and ``counts`` (``2**(n-1)`` marginals per
+        player) over dim ``sample``; attr ``estimate`` is ``"exact"``, so
+        :func:`~dvl_dask.results.merge_results` refuses to pool it.
 
     Raises
     ------
@@ -117,6 +127,8 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
         utility_token=utility.token,
         provenance=describe_utility(utility),
         n_evaluations=2**n,
+        estimate=EXACT,
+        extra_attrs={"stderr_note": EXACT_STDERR_NOTE},
     )
 
 
@@ -145,6 +157,14 @@ def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
         The utility or game.
     block_size : int, optional
         Evaluations per task. Default ``dvl_dask.valuation.loo.evaluations-per-block``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``value`` (lazy), ``stderr`` (0: every evaluation the value is defined
+        by was made; the ``stderr_note`` attr says so) and ``counts`` (1);
+        attr ``estimate`` is ``"exact"`` (never pooled by
+        :func:`~dvl_dask.results.merge_results`).
 
     Examples
     --------
@@ -177,4 +197,6 @@ def loo(utility: UtilityLike, *, block_size: int | None = None) -> xr.Dataset:
         utility_token=utility.token,
         provenance=describe_utility(utility),
         n_evaluations=n + 1,
+        estimate=EXACT,
+        extra_attrs={"stderr_note": EXACT_STDERR_NOTE},
     )

@@ -40,6 +40,7 @@ from .._provenance import describe_utility
 from ..errors import InvalidParameterError, ScoreOutOfRangeError
 from ..keys import current_call, fingerprint, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import SAMPLE_MEAN
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..utility._scorers import outside_range
@@ -369,4 +370,5 @@ def group_testing_shapley(
         utility_token=utility.token,
         provenance=describe_utility(utility),
         n_evaluations=n_samples + 2,
+        estimate=SAMPLE_MEAN,
     )

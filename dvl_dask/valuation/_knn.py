@@ -45,6 +45,7 @@ from ..data import Dataset, GroupedDataset
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ..keys import current_call, layer_name, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import EXACT
 from ..validation import check_positive_int, is_dask_array
 from ._graph import stack_blocks
 
@@ -56,6 +57,12 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 DEFAULT_TRAIN_CHUNK_BYTES = 64 * 2**20
 #: Below this many test chunks a cluster would idle; split the test points further.
 MIN_TEST_CHUNKS = 16
+#: What ``stderr = 0`` means for KNN-Shapley (recorded in the result's ``stderr_note`` attr).
+KNN_STDERR_NOTE = (
+    "0: exact for this training and test set, the closed form of Jia et al. (2019) sums every coalition's "
+    "marginal contribution, so there is no sampling error; it does not measure how the values would change "
+    "with another test set drawn from the same distribution"
+)
 
 _EUCLIDEAN = ("euclidean", "l2", "sqeuclidean")
 
@@ -249,7 +256,11 @@ def knn_shapley(
     -------
     xarray.Dataset
         ``value`` (lazy), ``stderr`` (0: exact for this test set) and
-        ``counts`` (the number of test points) over dim ``sample``.
+        ``counts`` (the number of test points) over dim ``sample``. The
+        attrs say so: ``estimate`` is ``"exact"`` (such results are never
+        pooled by :func:`~dvl_dask.results.merge_results`) and
+        ``stderr_note`` states that 0 means no sampling error for this test
+        set, not a spread over test sets.
 
     Raises
     ------
@@ -345,6 +356,8 @@ def knn_shapley(
         parameters={"n_neighbors": k, "metric": str(metric), "metric_params": metric_params},
         utility_token=layer_name("knn-utility", data.fingerprint, k, metric, sorted(metric_params.items())),
         n_evaluations=0,
+        estimate=EXACT,
+        extra_attrs={"stderr_note": KNN_STDERR_NOTE},
         provenance={
             "class": "knn_shapley", "n_neighbors": k, "metric": str(metric), "data": data.provenance(),
             "versions": library_versions(),

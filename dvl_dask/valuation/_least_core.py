@@ -30,18 +30,38 @@ from .._provenance import describe_utility
 from ..errors import DvlDaskError, InvalidParameterError
 from ..keys import current_call, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import EXACT, SAMPLED_SOLUTION
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._graph import block_ranges, check_enumerable, check_utility, companion_name, utility_node
 from ._samplers import child_seed
 
-__all__ = ["LeastCoreError", "exact_least_core", "least_core_from_constraints", "montecarlo_least_core"]
+__all__ = [
+    "LeastCoreError",
+    "bootstrap_spread",
+    "exact_least_core",
+    "least_core_from_constraints",
+    "montecarlo_least_core",
+]
 
 #: Coalitions evaluated by one task.
 DEFAULT_COALITIONS_PER_BLOCK = 128
 #: Slack under which a constraint counts as satisfied in the second stage.
 FEASIBILITY_TOLERANCE = 1e-9
+#: Child of the method's seed that seeds the bootstrap (block i uses child i; no run has this many blocks).
+BOOTSTRAP_STREAM = 2**32 + 1
+#: What montecarlo_least_core's stderr is (its ``stderr_note`` attr); {b} is the number of replicates.
+BOOTSTRAP_NOTE = (
+    "bootstrap spread, not a CLT standard error of a mean: the standard deviation (ddof=1) of the least core "
+    "over {b} resamples (with replacement) of the sampled coalitions, each re-solved with the grand coalition; "
+    "inf if some resample leaves the linear programme unbounded (a player unconstrained: sample more). It "
+    "measures how the solution moves with the sampled constraints, including much but not all of the error "
+    "from constraints never sampled: measured against exact_least_core over 40 seeds on 5 games of "
+    "dvl_dask.testing.games with 4n and 20n samples, the root mean square error was at most 1.25 times this "
+    "spread per player (0.2 to 1.25 where it was not 0) and +-2 spreads covered the exact least core in 84% "
+    "to 100% of runs"
+)
 
 
 class LeastCoreError(DvlDaskError, RuntimeError):
@@ -164,6 +184,34 @@ def least_core_from_constraints(
     return np.r_[x, subsidy]
 
 
+def bootstrap_spread(
+    rows: np.ndarray, n: int, n_bootstrap: int, seed: np.random.SeedSequence, *, non_negative_subsidy: bool = False
+) -> np.ndarray:
+    """Standard deviation of the least core over resamples of the sampled coalitions; ``inf`` if one fails.
+
+    ``rows`` are the sampled coalitions followed by the grand coalition (last
+    row), as :func:`montecarlo_least_core` stacks them. Each replicate draws
+    as many sampled rows with replacement, adds the grand coalition and
+    solves both stages. A replicate whose programme cannot be solved (a
+    player left unconstrained) means the solution is not determined by the
+    sample: every player's spread is then ``inf``.
+    """
+    sampled, grand = rows[:-1], rows[-1:]
+    rng = np.random.default_rng(seed)
+    solutions = []
+    for _ in range(n_bootstrap):
+        picked = sampled[rng.integers(0, len(sampled), size=len(sampled))]
+        try:
+            solution = least_core_from_constraints(np.vstack([picked, grand]), n,
+                                                   non_negative_subsidy=non_negative_subsidy)
+        except LeastCoreError:
+            return np.full(n, np.inf)
+        solutions.append(solution[:n])
+    if len(solutions) < 2:
+        return np.full(n, np.inf)
+    return np.std(np.asarray(solutions), axis=0, ddof=1)
+
+
 def _least_core_graph(
     utility: UtilityLike,
     blocks: list[Any],
@@ -174,8 +222,9 @@ def _least_core_graph(
     n_evaluations: int,
     non_negative_subsidy: bool,
     name: str,
-    exact: bool,
+    bootstrap: tuple[int, np.random.SeedSequence] | None = None,
 ) -> xr.Dataset:
+    """The lazy result; ``bootstrap`` is ``(replicates, seed)`` for sampled coalitions, None when exact."""
     n = utility.n_players
     # One key holds every evaluated coalition, so both consumers below share it (a dask
     # array passed to two delayed calls was evaluated twice).
@@ -190,14 +239,29 @@ def _least_core_graph(
         dtype=np.int64,
     )
     # Exact: every constraint is known, no sampling error. Sampled: the allocation depends on which
-    # coalitions were drawn, and no standard error of it is computed: NaN, and an attr that says so.
-    stderr_note = ("exact: every coalition's constraint is used" if exact else
-                   "not available: the least core of sampled constraints is not a mean of samples, and "
-                   "dvl_dask computes no spread for it (stderr is NaN); compare runs with different seeds, "
-                   "or use exact_least_core for few players")
+    # coalitions were drawn; its spread is a bootstrap over them (extra lazy tasks), or NaN without one.
+    exact = bootstrap is None
+    if bootstrap is None:
+        stderr: Any = np.zeros(n)
+        available = True
+        stderr_note = "0: exact, every coalition's constraint is used, so there is no sampling error"
+    elif bootstrap[0] == 0:
+        stderr, available = np.full(n, np.nan), False
+        stderr_note = ("not computed (n_bootstrap=0): the least core of sampled constraints is not a mean of "
+                       "samples and has no CLT standard error; stderr is NaN. Pass n_bootstrap (e.g. 50) for a "
+                       "bootstrap spread over the sampled coalitions")
+    else:
+        n_bootstrap, bootstrap_seed = bootstrap
+        spread = dask.delayed(bootstrap_spread, pure=True)(
+            rows, n, n_bootstrap, bootstrap_seed, non_negative_subsidy=non_negative_subsidy,
+            dask_key_name=companion_name(name, "bootstrap"),
+        )
+        stderr = da.from_delayed(spread, shape=(n,), dtype=np.float64)
+        available = True
+        stderr_note = BOOTSTRAP_NOTE.format(b=n_bootstrap)
     ds = valuation_dataset(
         solved[:n],
-        np.zeros(n) if exact else np.full(n, np.nan),
+        stderr,
         counts,
         data_names=utility.data_names,
         method=method,
@@ -206,7 +270,8 @@ def _least_core_graph(
         utility_token=utility.token,
         provenance=describe_utility(utility),
         n_evaluations=n_evaluations,
-        extra_attrs={"stderr_available": exact, "stderr_note": stderr_note},
+        estimate=EXACT if exact else SAMPLED_SOLUTION,
+        extra_attrs={"stderr_available": available, "stderr_note": stderr_note},
     )
     return ds.assign(subsidy=((), solved[n]))
 
@@ -231,9 +296,10 @@ def exact_least_core(
     Returns
     -------
     xarray.Dataset
-        ``value`` (the minimal-norm least core allocation), ``stderr`` (0),
-        ``counts`` (coalitions holding the player) and the 0-d variable
-        ``subsidy`` (the minimal ``e``), all lazy.
+        ``value`` (the minimal-norm least core allocation), ``stderr`` (0:
+        every constraint is used, no sampling error; attrs ``estimate`` is
+        ``"exact"``), ``counts`` (coalitions holding the player) and the 0-d
+        variable ``subsidy`` (the minimal ``e``), all lazy.
 
     Raises
     ------
@@ -270,7 +336,6 @@ def exact_least_core(
         n_evaluations=2**n,
         non_negative_subsidy=bool(non_negative_subsidy),
         name=name,
-        exact=True,
     )
 
 
@@ -282,6 +347,7 @@ def montecarlo_least_core(
     seed: SeedLike = None,
     non_negative_subsidy: bool = False,
     block_size: int | None = None,
+    n_bootstrap: int = 0,
 ) -> xr.Dataset:
     """Least core values from ``n_samples`` random coalitions plus the grand coalition, lazily.
 
@@ -302,16 +368,37 @@ def montecarlo_least_core(
         Constrain ``e >= 0`` (see :func:`exact_least_core`).
     block_size : int, optional
         Coalitions per task (default 128).
+    n_bootstrap : int
+        Bootstrap replicates of the spread (e.g. 50), computed in one extra
+        task after the coalitions are evaluated and seeded from ``seed``.
+        Each replicate solves both stages again, so the solve costs
+        ``n_bootstrap + 1`` times as much (no extra utility evaluations; at 70
+        players and 600 coalitions, minutes instead of seconds). Default 0:
+        no spread, ``stderr`` is NaN (``attrs["stderr_available"]`` False).
 
     Returns
     -------
     xarray.Dataset
-        As :func:`exact_least_core`, but ``stderr`` is NaN: the allocation
-        solves a linear programme over the sampled constraints, it is not a
-        mean of samples, and no spread is computed for it (an honest
-        "unknown" instead of 0). ``attrs["stderr_available"]`` is False and
-        ``attrs["stderr_note"]`` says so; compare runs with different seeds to
-        see the spread.
+        As :func:`exact_least_core`, but ``stderr`` is NaN without
+        ``n_bootstrap``, and with it a **bootstrap
+        spread**, not the CLT standard error of a mean (the allocation solves
+        a linear programme over the sampled constraints; it is not a mean of
+        samples): the standard deviation of the least core over
+        ``n_bootstrap`` resamples, with replacement, of the sampled
+        coalitions (each with the grand coalition), and ``inf`` when a
+        resample leaves the programme unbounded (some player unconstrained:
+        sample more; with ``4 n`` samples this happened in about half the
+        runs of 5 players, with ``20 n`` in none). ``attrs["stderr_note"]``
+        says so. Calibration, measured against :func:`exact_least_core` over
+        40 seeds on five games of :mod:`dvl_dask.testing.games` (5 and 6
+        players, ``4 n`` and ``20 n`` samples): the root mean square error
+        around the exact least core was at most 1.25 times the reported
+        spread per player (0.2 to 1.25 where the samples had not pinned the
+        exact value; the spread errs mostly on the large side, by up to a
+        factor 5, and at most 25% on the small side), and ``+-2`` spreads
+        covered the exact value in 84% to 100% of the runs. ``attrs["estimate"]`` is ``"sampled solution"``:
+        :func:`~dvl_dask.results.merge_results` refuses to pool two runs
+        (run once with the combined ``n_samples`` instead).
     """
     owner = "montecarlo_least_core"
     utility = check_utility(utility, owner)
@@ -323,6 +410,12 @@ def montecarlo_least_core(
             f"player is constrained. Got {n_samples}."
         )
     bs = check_positive_int(DEFAULT_COALITIONS_PER_BLOCK if block_size is None else block_size, "block_size", owner)
+    n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap", owner, allow_zero=True)
+    if n_bootstrap == 1:
+        raise InvalidParameterError(
+            f"The 'n_bootstrap' parameter of {owner} must be 0 (no spread) or at least 2 (a standard deviation "
+            "needs two replicates). Got 1."
+        )
     seq = as_seed_sequence(seed, "seed", owner)
     seed_text = seed_entropy(seq)
     u = utility_node(utility)
@@ -337,10 +430,10 @@ def montecarlo_least_core(
         utility,
         [*blocks, grand],
         method="montecarlo_least_core",
-        parameters={"n_samples": n_samples, "block_size": bs},
+        parameters={"n_samples": n_samples, "block_size": bs, "n_bootstrap": n_bootstrap},
         seed=seed_text,
         n_evaluations=n_samples + 1,
         non_negative_subsidy=bool(non_negative_subsidy),
         name=name,
-        exact=False,
+        bootstrap=(n_bootstrap, child_seed(seq, BOOTSTRAP_STREAM)),
     )

@@ -43,6 +43,7 @@ from ..errors import BiasedEstimateWarning, InvalidParameterError, NoWorkersErro
 from ..keys import bind_arguments, current_call, describe_parameters, lazy_method, run_identity
 from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
+from ..results._schema import SAMPLE_MEAN
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._backends import BlockSpec, choose_backend
@@ -322,7 +323,7 @@ def run_until_converged(
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
         seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations,
-        converged=per_player, provenance=provenance,
+        converged=per_player, provenance=provenance, estimate=SAMPLE_MEAN,
         extra_attrs={
             "n_blocks": run.n_blocks,
             "converged": converged,
@@ -439,7 +440,7 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
     return valuation_dataset(
         value, stderr, count, data_names=np.asarray(header["data_names"]), method=header["method"],
         parameters=header["parameters"], seed=header["seed"], utility_token=header["utility_token"],
-        n_evaluations=merged.n_evaluations, provenance=header.get("provenance"),
+        n_evaluations=merged.n_evaluations, provenance=header.get("provenance"), estimate=SAMPLE_MEAN,
         extra_attrs={
             "n_blocks": store.n_blocks, "checkpoint": url,
             "effective_sample_size": int(np.max(count, initial=0)),

@@ -26,6 +26,7 @@ from .._provenance import describe_utility
 from ..errors import InvalidParameterError
 from ..keys import current_call, function_token, lazy_method
 from ..results import valuation_dataset
+from ..results._schema import SAMPLE_MEAN
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
 from ._backends import _default_client
@@ -217,6 +218,7 @@ def montecarlo_dataset(
         utility_token=utility.token,
         provenance=describe_utility(utility),
         n_evaluations=sum(estimator.block_evaluations(n, stop - start) for start, stop in ranges),
+        estimate=SAMPLE_MEAN,
         extra_attrs={
             "n_blocks": len(blocks),
             "n_evaluations_is_upper_bound": True,
@@ -429,6 +431,11 @@ def owen_shapley(
     ``n_q`` values) and every player joins with probability ``q``; each costs
     ``1 + n`` evaluations and updates every player. ``antithetic`` pairs each
     coalition with its complement.
+
+    With ``n_q`` the estimate is still unbiased (``attrs["biased"]`` is
+    False): the importance weights use the exact probability of a coalition
+    under the grid mixture, not the midpoint quadrature of the integral over
+    ``q`` (see :class:`OwenSampler`).
     """
     return _run(
         "owen_shapley", utility, "n_samples", n_samples, seed, items_per_block, n_q=n_q, antithetic=antithetic

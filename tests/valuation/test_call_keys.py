@@ -225,6 +225,7 @@ ALTERNATIVES = {
     "n_q": 4,
     "block_size": 3,
     "non_negative_subsidy": True,
+    "n_bootstrap": 3,
     "max_samples": 0.5,
     "point_score": _point_score,
     "estimators_per_block": 3,
