@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make demo   create .venv, install, run the main job (a real valuation end to end)
-#   make test   create .venv, install test extras and the memcached server, run everything
+#   make test   create .venv, install test extras and the memcached server, run the suite
+#               (prints its wall time and the 20 slowest tests)
+#   make test-long   the tests marked long (full-size notebooks, ...); CI runs it after make test
 #   make docs   build the API reference and guides into site/ (warnings are errors)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dvl-dask-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint docs bench pictures install memcached-server clean
+.PHONY: demo test test-long lint docs bench pictures install memcached-server clean
 
 install: $(STAMP)
 
@@ -39,8 +41,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check dvl_dask tests benchmarks
 	$(BIN)/lint-imports
 
+# Wall time printed whether pytest passes or not; pytest's own exit status is kept.
 test: $(STAMP) memcached-server lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	start=$$(date +%s); status=0; \
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	echo "make test: wall time $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-long: $(STAMP) memcached-server
+	start=$$(date +%s); status=0; \
+	$(BIN)/python -m pytest --run-long -m long --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	echo "make test-long: wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
 # mkdocs.yml + docs/_hooks.py: README as home page, docs/*.md guides, notebooks (not executed), API pages.
 docs: $(STAMP)

@@ -3,8 +3,8 @@
 - ``index.md`` is generated from ``README.md`` (links into ``docs/`` made relative
   to the site), so the README stays the one source of the front page.
 - The notebooks of ``notebooks/`` are added as pages. The build does not execute them:
-  mkdocs-jupyter renders the copy the test suite executed (``build/notebooks/``, written
-  by ``tests/test_notebooks_and_cli.py``, so CI's ``make test`` then ``make docs`` shows
+  mkdocs-jupyter renders the copy the full-size test run executed (``build/notebooks/``, written
+  by ``tests/test_notebooks_and_cli.py``, so CI's ``make test-long`` then ``make docs`` shows
   outputs) when its code is that of the notebook, else the notebook as committed.
 - Links a guide makes as on GitHub (``../README.md``, ``../notebooks/x.ipynb``) are
   pointed at the pages the site has for them.

@@ -17,6 +17,23 @@ def service_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-long", action="store_true", default=False,
+        help="also run the tests marked long (make test-long runs them alone: --run-long -m long)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` are skipped unless ``--run-long`` is given (CI gives it in ``make test-long``)."""
+    if config.getoption("--run-long"):
+        return
+    skip = pytest.mark.skip(reason="long: run by `make test-long` (pytest --run-long -m long), as in CI")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261122)

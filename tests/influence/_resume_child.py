@@ -1,6 +1,7 @@
 """Run by test_influence_resume.py in a fresh process: fit a torch influence model, write its influences to zarr.
 
-``python _resume_child.py <kind> <url> [<storage options as JSON>]``. Every computed
+``python _resume_child.py <kind> <url> [<storage options as JSON>]``, or ``python _resume_child.py
+tokens`` to print the token of every kind's fitted model as JSON. Every computed
 block appends a line to ``$DVL_BLOCK_LOG`` and sleeps ``$DVL_BLOCK_DELAY`` seconds, so the
 parent can kill the process mid-write and count what a resumed run recomputes. Neither
 setting is part of the model's state, so both runs compute the same thing.
@@ -72,7 +73,12 @@ def influences(kind: str):
     return calc.influences(xt, yt, x, y, as_xarray=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] == ["tokens"]:
+    from dvl_dask.keys import object_token
+
+    torch.set_num_threads(1)
+    print(json.dumps({kind: object_token(problem(kind)[0]) for kind in KINDS}))
+elif __name__ == "__main__":
     kind, url = sys.argv[1], sys.argv[2]
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
     torch.set_num_threads(1)

@@ -101,9 +101,32 @@ def _kill_and_resume(kind: str, url: str, options: dict | None, tmp_path: Path) 
     assert stored.attrs["model"] == "Counted"
 
 
-@pytest.mark.parametrize("kind", ["direct", "cg", "arnoldi", "ekfac"])
+#: One kill and resume takes two fresh processes (about 14 s). ``direct`` here and ``ekfac`` on S3
+#: run in every test run; every kind's model identity across processes is checked below by
+#: ``test_every_kind_has_the_same_token_in_fresh_processes``; the other kinds' full runs are long.
+LONG = pytest.mark.long
+
+
+@pytest.mark.parametrize(
+    "kind", ["direct", pytest.param("cg", marks=LONG), pytest.param("arnoldi", marks=LONG),
+             pytest.param("ekfac", marks=LONG)],
+)
 def test_sigkill_mid_write_resumes_locally(kind, tmp_path):
     _kill_and_resume(kind, str(tmp_path / f"{kind}.zarr"), None, tmp_path)
+
+
+def test_every_kind_has_the_same_token_in_fresh_processes():
+    """What a resume of each kind needs: the fitted model's token does not depend on the process."""
+    seeds = ("1", "2")
+    procs = [subprocess.Popen([sys.executable, str(CHILD), "tokens"], env={**_env(Path(os.devnull), 0.0),
+                              "PYTHONHASHSEED": seed}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in seeds]  # started together: the two interpreters start in parallel
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    first, second = (json.loads(out) for out, _ in outputs)
+    assert first == second
+    assert sorted(first) == ["arnoldi", "cg", "direct", "ekfac"]
+    assert len(set(first.values())) == 4  # and each kind has its own
 
 
 @pytest.mark.s3
