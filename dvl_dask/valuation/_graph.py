@@ -14,7 +14,9 @@ from ..errors import InvalidParameterError, TooManyPlayersError
 from ..typing import UtilityLike
 from ..validation import check_finite_score
 
-__all__ = ["block_ranges", "check_utility", "companion_name", "even_ranges", "stack_blocks", "utility_node"]
+__all__ = [
+    "UtilityWrapper", "block_ranges", "check_utility", "companion_name", "even_ranges", "stack_blocks", "utility_node",
+]
 
 
 def check_utility(utility: Any, owner: str) -> UtilityLike:
@@ -36,7 +38,36 @@ def _checks_its_scores(utility: Any) -> bool:
     return isinstance(utility, CheckedUtility) or getattr(type(utility), "returns_finite_scores", False) is True
 
 
-class CheckedUtility:
+class UtilityWrapper:
+    """What every wrapper of a user's utility passes through: players, labels, provenance and a token.
+
+    Subclasses add what they check in ``__call__``; ``token`` is the wrapped
+    utility's unless the wrapper changes what is computed.
+    """
+
+    def __init__(self, utility: UtilityLike, token: str | None = None) -> None:
+        self.utility = utility
+        self.token = utility.token if token is None else token
+
+    @property
+    def n_players(self) -> int:
+        return self.utility.n_players
+
+    @property
+    def data_names(self) -> np.ndarray:
+        return self.utility.data_names
+
+    def provenance(self) -> dict[str, Any]:
+        """The wrapped utility's provenance (see :func:`dvl_dask._provenance.describe_utility`)."""
+        from .._provenance import describe_utility
+
+        return describe_utility(self.utility)
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+class CheckedUtility(UtilityWrapper):
     """A user's utility whose every score is checked: None, NaN, inf or non-numbers raise clearly.
 
     Valuation methods wrap utilities they do not know (anything implementing
@@ -48,18 +79,6 @@ class CheckedUtility:
     when it declares none), which estimators read for their variance floor.
     """
 
-    def __init__(self, utility: UtilityLike) -> None:
-        self.utility = utility
-        self.token = utility.token
-
-    @property
-    def n_players(self) -> int:
-        return self.utility.n_players
-
-    @property
-    def data_names(self) -> np.ndarray:
-        return self.utility.data_names
-
     @property
     def score_range(self) -> tuple[float, float] | None:
         """The wrapped utility's declared ``score_range``, or None if it declares none."""
@@ -67,15 +86,6 @@ class CheckedUtility:
 
     def __call__(self, indices: Any) -> float:
         return check_finite_score(self.utility(indices), f"The utility {type(self.utility).__name__}")
-
-    def provenance(self) -> dict[str, Any]:
-        """The wrapped utility's provenance (see :func:`dvl_dask._provenance.describe_utility`)."""
-        from .._provenance import describe_utility
-
-        return describe_utility(self.utility)
-
-    def __dask_tokenize__(self) -> str:
-        return self.token
 
     def __repr__(self) -> str:
         return f"CheckedUtility({self.utility!r})"

@@ -45,7 +45,7 @@ from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..utility._scorers import outside_range
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
-from ._graph import block_ranges, check_utility, companion_name, utility_node
+from ._graph import UtilityWrapper, block_ranges, check_utility, companion_name, utility_node
 from ._samplers import child_seed
 from ._stats import POWER_ROWS, add_powers, mean_and_stderr, power_block, reduce_power_blocks
 
@@ -166,7 +166,7 @@ def known_utility_range(utility: object) -> tuple[float, float] | None:
         return None
 
 
-class RangeCheckedUtility:
+class RangeCheckedUtility(UtilityWrapper):
     """A utility whose every value is checked against the range a guarantee assumes.
 
     :func:`group_testing_shapley` wraps the utility with it when a range is a
@@ -178,17 +178,9 @@ class RangeCheckedUtility:
     returns_finite_scores = True
 
     def __init__(self, utility: UtilityLike, bounds: tuple[float, float]) -> None:
-        self.utility, self.bounds = utility, bounds
-        self.token = fingerprint("RangeCheckedUtility", utility.token, bounds)
+        super().__init__(utility, fingerprint("RangeCheckedUtility", utility.token, bounds))
+        self.bounds = bounds
         self.score_range = bounds
-
-    @property
-    def n_players(self) -> int:
-        return self.utility.n_players
-
-    @property
-    def data_names(self) -> np.ndarray:
-        return self.utility.data_names
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
         value = float(self.utility(indices))
@@ -199,9 +191,6 @@ class RangeCheckedUtility:
                 "utility's score_range). To fix, pass the utility's real bounds as utility_range=(low, high)."
             )
         return value
-
-    def __dask_tokenize__(self) -> str:
-        return self.token
 
     def __repr__(self) -> str:
         return f"RangeCheckedUtility({self.utility!r}, {self.bounds})"
