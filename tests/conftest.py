@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -32,6 +33,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("long") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_default_client_left_behind():
+    """Fail the test that leaves a ``distributed.Client`` as the default scheduler, and close it.
+
+    A client left as the default routes every later ``compute()`` of the session to
+    its cluster: later tests then hang or see distributed behaviour (no local
+    callbacks) where they expect a local scheduler. Closing it here stops one
+    test's failure from cascading into others.
+    """
+    yield
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return
+    try:
+        leftover = distributed.default_client()
+    except ValueError:
+        return
+    leftover.close()
+    pytest.fail(f"the test left {leftover!r} as the default scheduler; use `with Client(...)`", pytrace=False)
 
 
 @pytest.fixture

@@ -638,8 +638,11 @@ class DaskInfluenceCalculator(_Recipe):
         # device change the numbers), i.e. the shared objects' token, plus the inputs' names.
         self._graph_token = shared.token
         if self.client is not None:
-            # One copy per worker, sent once; every graph refers to this future's key.
-            self._shared: Any = self.client.scatter(shared, broadcast=True, hash=True)
+            # One copy per worker, sent once; every graph refers to this future's key. The key is unique to
+            # this calculator (hash=False): with a content-derived key, a calculator built for the same model
+            # right after another one was released can have its copy forgotten by the scheduler under it
+            # (dask/distributed#8576), and its graphs then fail with "lost dependencies" or hang.
+            self._shared: Any = self.client.scatter(shared, broadcast=True, hash=False)
         else:
             self._shared = self._mapper.shared_handle(shared)
 

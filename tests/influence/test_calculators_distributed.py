@@ -93,3 +93,23 @@ def test_disabling_the_check_runs_correctly_on_threaded_workers(fitted, threaded
     # Tasks share one model object in the threaded worker; the kernels take turns on it.
     got = threaded_client.compute(values).result()
     np.testing.assert_allclose(got, model.influences(p.x_test, p.y_test, p.x, p.y).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_calculators_rebuilt_for_one_model_in_a_loop_never_lose_their_model(fitted):
+    """A notebook cell re-run: each new calculator for the same model scatters its own copy.
+
+    With a content-derived scatter key, the new calculator's copy could be forgotten by the
+    scheduler as the previous calculator's future was released (dask/distributed#8576): about one
+    iteration in twenty failed with "lost dependencies" (or hung) here.
+    """
+    p, models = fitted
+    x, y = _dask(p.x[:12], 6), _dask(p.y[:12], 6)
+    expected = None
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        for _ in range(40):
+            calc = DaskInfluenceCalculator(models["direct"], TorchNumpyConverter(), client)
+            got = client.compute(calc.influences(x[:6], y[:6], x, y)).result(timeout=30)
+            expected = got if expected is None else expected
+            np.testing.assert_array_equal(got, expected)
+            del calc

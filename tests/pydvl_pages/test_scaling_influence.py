@@ -110,19 +110,18 @@ def test_parallel(small_mlp, local_cluster, tmp_path, monkeypatch) -> None:
     # use only one thread for scheduling,
     # due to non-thread safety of some torch operations
     client = Client(local_cluster)  # the page: Client(n_workers=4, threads_per_worker=1)
+    try:  # (not on the page: the client is closed even if the computation fails)
+        infl_calc = DaskInfluenceCalculator(infl_model,
+                                            converter=TorchNumpyConverter(
+                                                device=torch.device("cpu")
+                                            ),
+                                            client=client)
+        da_influences = infl_calc.influences(da_x_test, da_y_test, da_x, da_y)
+        # da_influences is a dask.array.Array
+        # trigger computation and write chunks to disk in parallel
+        da_influences.to_zarr(str(tmp_path / "path/or/url"))  # the page: "path/or/url" (see below)
+        # -- end of the page's block --
 
-    infl_calc = DaskInfluenceCalculator(infl_model,
-                                        converter=TorchNumpyConverter(
-                                            device=torch.device("cpu")
-                                        ),
-                                        client=client)
-    da_influences = infl_calc.influences(da_x_test, da_y_test, da_x, da_y)
-    # da_influences is a dask.array.Array
-    # trigger computation and write chunks to disk in parallel
-    da_influences.to_zarr(str(tmp_path / "path/or/url"))  # the page: "path/or/url" (see below)
-    # -- end of the page's block --
-
-    try:
         import zarr
 
         stored = np.asarray(zarr.open(str(tmp_path / "path/or/url"), mode="r")[...])
