@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import config
-from ..errors import CacheUnavailableWarning, InvalidParameterError
+from ..errors import CacheUnavailableWarning, DvlDaskWarning, InvalidParameterError
 from ._codec import Rejected, decode, encode
 from ._stats import CacheStats
 
 __all__ = [
     "HMAC_KEY_ENV",
     "CacheBackend",
+    "SignedCacheBackend",
     "Signer",
     "check_key",
     "new_secret",
@@ -121,10 +122,13 @@ class Signer:
 class CacheBackend(abc.ABC):
     """Where memoized values live: a small key-value store with counters.
 
-    Subclasses implement :meth:`get`, :meth:`set`, :meth:`delete`,
-    :meth:`clear` and :meth:`update`, keep :attr:`stats` up to date, and must
-    be picklable (so they can travel to Dask workers). Every backend passes the
-    shared conformance suite :class:`dvl_dask.cache.conformance.CacheBackendTests`.
+    The public methods (:meth:`get`, :meth:`set`, :meth:`delete`,
+    :meth:`update`) check keys and keep :attr:`stats` here, once for every
+    backend; a backend implements only its storage: :meth:`_lookup`,
+    :meth:`_store`, :meth:`_remove`, :meth:`_update` and :meth:`clear`.
+    Backends must be picklable (so they can travel to Dask workers). Every
+    backend passes the shared conformance suite
+    :class:`dvl_dask.cache.conformance.CacheBackendTests`.
 
     Failures of the storage (a server down, a full disk) never raise from these
     methods: they count in :attr:`stats`, warn once with
@@ -144,23 +148,27 @@ class CacheBackend(abc.ABC):
     def __init__(self) -> None:
         self.stats = CacheStats()
 
-    @abc.abstractmethod
+    # -- the public face: key checks and counters, the same for every backend ------------------
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` if there is none (or it is unusable)."""
+        check_key(key)
+        found, value = self._lookup(key)
+        self.stats.increment("hits" if found else "misses")
+        return value if found else default
 
-    @abc.abstractmethod
     def set(self, key: str, value: Any) -> bool:
         """Store ``value`` under ``key``; True if it was stored."""
+        check_key(key)
+        stored = self._store(key, value)
+        if stored:
+            self.stats.increment("sets")
+        return stored
 
-    @abc.abstractmethod
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was there."""
+        check_key(key)
+        return self._remove(key)
 
-    @abc.abstractmethod
-    def clear(self) -> None:
-        """Remove every entry of this backend."""
-
-    @abc.abstractmethod
     def update(self, key: str, fn: Callable[[Any], Any]) -> Any:
         """Atomically replace the value under ``key`` by ``fn(current)``.
 
@@ -174,6 +182,41 @@ class CacheBackend(abc.ABC):
         object or None
             The value stored, or None if the backend could not store it.
         """
+        check_key(key)
+
+        def checked(current: Any) -> Any:
+            new = fn(current)
+            if new is None:
+                raise InvalidParameterError(
+                    "The function given to CacheBackend.update must return the new value, not None."
+                )
+            return new
+
+        new = self._update(key, checked)
+        if new is not None:
+            self.stats.increment("sets")
+        return new
+
+    # -- what each backend implements ------------------------------------------------------------
+    @abc.abstractmethod
+    def _lookup(self, key: str) -> tuple[bool, Any]:
+        """``(found, value)`` for a checked key, counting only failures (never hits or misses)."""
+
+    @abc.abstractmethod
+    def _store(self, key: str, value: Any) -> bool:
+        """Store under a checked key; True if stored (failures counted, never raised)."""
+
+    @abc.abstractmethod
+    def _remove(self, key: str) -> bool:
+        """Remove a checked key; True if it was there."""
+
+    @abc.abstractmethod
+    def _update(self, key: str, fn: Callable[[Any], Any]) -> Any:
+        """Atomic read-modify-write of a checked key with ``fn`` (which never returns None); the value or None."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Remove every entry of this backend."""
 
     def __contains__(self, key: str) -> bool:
         return self.get(key, _ABSENT) is not _ABSENT
@@ -207,6 +250,65 @@ class CacheBackend(abc.ABC):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["stats"] = CacheStats()  # counters are per process
+        return state
+
+
+class SignedCacheBackend(CacheBackend):
+    """Base of the backends other processes write to: entries are signed going in, verified coming out.
+
+    One encode/verify path for every shared backend. A subclass provides its
+    secret (:meth:`_load_secret`, which may raise OSError, e.g. a secret file
+    that cannot be read) and a ``_degradation`` (:class:`_Degradation`) for
+    storage failures, and stores the bytes of :meth:`_encode`; whatever it
+    reads goes through :meth:`_decode`, which counts entries that do not
+    verify in ``stats.rejected`` before anything is unpickled.
+    """
+
+    shared: ClassVar[bool] = True
+    _signer: Signer | None = None
+    _degradation: _Degradation
+    _warned_unloadable: bool = False
+
+    @abc.abstractmethod
+    def _load_secret(self) -> bytes:
+        """The secret that signs this backend's entries (read or made on first use)."""
+
+    def _signer_(self) -> Signer:
+        """The signer, built on first use (raises OSError if the secret cannot be read or made)."""
+        if self._signer is None:
+            self._signer = Signer(self._load_secret())
+        return self._signer
+
+    def _encode(self, key: str, value: Any) -> bytes:
+        return self._signer_().dumps(key, value)
+
+    def _decode(self, key: str, data: bytes) -> tuple[bool, Any]:
+        """``(True, value)`` for an entry that verifies and loads, else ``(False, None)`` (counted)."""
+        try:
+            signer = self._signer_()
+        except OSError as exc:
+            self._degradation.failed(self.stats, "errors", exc, "reading the secret of")
+            return False, None
+        try:
+            return True, signer.loads(key, data)
+        except Rejected:
+            self.stats.increment("rejected")
+        except Exception as exc:  # verified but not loadable here (e.g. a class missing on this worker)
+            self.stats.increment("errors")
+            if not self._warned_unloadable:
+                self._warned_unloadable = True
+                warnings.warn(
+                    f"A signed cache entry for {key!r} could not be unpickled ({type(exc).__name__}: {exc}); "
+                    "treating it as a miss. Further such entries are counted in stats.errors without warning.",
+                    DvlDaskWarning,
+                    stacklevel=5,
+                )
+        return False, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for name in ("_signer", "_warned_unloadable"):
+            state.pop(name, None)  # rebuilt on first use in the receiving process
         return state
 
 

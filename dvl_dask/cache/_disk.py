@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import CacheError, InvalidParameterError
 from ..validation import keyword_aliases
-from ._backend import CacheBackend, Signer, _Degradation, _Rejected, check_key, new_secret, resolve_hmac_key
+from ._backend import SignedCacheBackend, _Degradation, new_secret, resolve_hmac_key
 
 try:  # POSIX
     import fcntl
@@ -33,7 +33,7 @@ _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
-class DiskCacheBackend(CacheBackend):
+class DiskCacheBackend(SignedCacheBackend):
     """Cache values as signed files in a directory.
 
     Each entry is one file, written to a temporary file in the same directory
@@ -86,8 +86,6 @@ class DiskCacheBackend(CacheBackend):
     >>> directory.cleanup()
     """
 
-    shared = True
-
     @keyword_aliases(cache_dir="path")
     def __init__(self, path: str | os.PathLike[str] | None = None, *, hmac_key: bytes | str | None = None) -> None:
         super().__init__()
@@ -105,7 +103,6 @@ class DiskCacheBackend(CacheBackend):
                 "To fix, pass a directory (it is created if missing)."
             )
         self._secret = resolve_hmac_key(hmac_key)  # configured secrets travel with the backend
-        self._signer: Signer | None = None
         self._degradation = _Degradation(f"The disk cache at {str(self.path)!r}")
 
     @property
@@ -114,12 +111,9 @@ class DiskCacheBackend(CacheBackend):
         return self.path
 
     # -- helpers ------------------------------------------------------------------------------
-    def _signer_(self) -> Signer:
-        """The signer; raises OSError if the directory's secret cannot be read or made."""
-        if self._signer is None:
-            secret = self._secret if self._secret is not None else self._directory_secret()
-            self._signer = Signer(secret)
-        return self._signer
+    def _load_secret(self) -> bytes:
+        """The configured secret, else the directory's (raises OSError if it cannot be read or made)."""
+        return self._secret if self._secret is not None else self._directory_secret()
 
     def _directory_secret(self) -> bytes:
         """Read ``<path>/.secret``, creating it (0600, atomically) if missing."""
@@ -194,25 +188,12 @@ class DiskCacheBackend(CacheBackend):
         except OSError as exc:
             self._degradation.failed(self.stats, "errors", exc, "reading")
             return False, None
-        try:
-            signer = self._signer_()
-        except OSError as exc:
-            self._degradation.failed(self.stats, "errors", exc, "reading the secret of")
-            return False, None
-        try:
-            value = signer.loads(key, data)
-        except _Rejected:
-            self.stats.increment("rejected")
-            return False, None
-        except Exception as exc:  # verified but cannot be unpickled here (e.g. a missing class)
-            self._degradation.failed(self.stats, "errors", exc, "unpickling")
-            return False, None
-        return True, value
+        return self._decode(key, data)
 
     def _write(self, key: str, digest: str, value: Any) -> bool:
         target = self._file(digest)
         try:
-            data = self._signer_().dumps(key, value)
+            data = self._encode(key, value)
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_TMP_PREFIX, suffix=".part")
             try:
@@ -227,7 +208,6 @@ class DiskCacheBackend(CacheBackend):
             self._degradation.failed(self.stats, "errors", exc, "writing")
             return False
         self._degradation.succeeded()
-        self.stats.increment("sets")
         return True
 
     @contextlib.contextmanager
@@ -251,22 +231,14 @@ class DiskCacheBackend(CacheBackend):
         finally:
             os.close(fd)
 
-    # -- API --------------------------------------------------------------------------------
-    def get(self, key: str, default: Any = None) -> Any:
-        check_key(key)
-        found, value = self._read(key, self._digest(key))
-        if not found:
-            self.stats.increment("misses")
-            return default
-        self.stats.increment("hits")
-        return value
+    # -- storage ------------------------------------------------------------------------------
+    def _lookup(self, key: str) -> tuple[bool, Any]:
+        return self._read(key, self._digest(key))
 
-    def set(self, key: str, value: Any) -> bool:
-        check_key(key)
+    def _store(self, key: str, value: Any) -> bool:
         return self._write(key, self._digest(key), value)
 
-    def delete(self, key: str) -> bool:
-        check_key(key)
+    def _remove(self, key: str) -> bool:
         try:
             self._file(self._digest(key)).unlink()
         except FileNotFoundError:
@@ -287,17 +259,12 @@ class DiskCacheBackend(CacheBackend):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
 
-    def update(self, key: str, fn: Callable[[Any], Any]) -> Any:
-        check_key(key)
+    def _update(self, key: str, fn: Callable[[Any], Any]) -> Any:
         digest = self._digest(key)
         try:
             with self._locked(digest):
                 _, current = self._read(key, digest)
                 new = fn(current)
-                if new is None:
-                    raise InvalidParameterError(
-                        "The function given to CacheBackend.update must return the new value, not None."
-                    )
                 return new if self._write(key, digest, new) else None
         except OSError as exc:  # the lock file could not be created or locked
             self._degradation.failed(self.stats, "errors", exc, "locking")
@@ -306,12 +273,6 @@ class DiskCacheBackend(CacheBackend):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_secret", None)
         self.__dict__.update(state)
-        self._signer = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_signer"] = None
-        return state
 
     def __repr__(self) -> str:
         return f"DiskCacheBackend({str(self.path)!r})"

@@ -14,15 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import DvlDaskWarning, InvalidParameterError
-from ._backend import (
-    CacheBackend,
-    Signer,
-    _Degradation,
-    _Rejected,
-    check_key,
-    new_secret,
-    resolve_hmac_key,
-)
+from ._backend import SignedCacheBackend, _Degradation, new_secret, resolve_hmac_key
 
 __all__ = ["MemcachedCacheBackend", "MemcachedClientConfig", "as_client_config"]
 
@@ -122,7 +114,7 @@ class MemcachedClientConfig:
             return False
 
 
-class MemcachedCacheBackend(CacheBackend):
+class MemcachedCacheBackend(SignedCacheBackend):
     """Cache values in a memcached server shared by processes and machines.
 
     Values are signed with HMAC-SHA256 (see ``hmac_key``); numbers, numpy
@@ -167,8 +159,6 @@ class MemcachedCacheBackend(CacheBackend):
     MemcachedCacheBackend('127.0.0.1:11211')
     """
 
-    shared = True
-
     def __init__(
         self, config: MemcachedClientConfig | None = None, *, hmac_key: bytes | str | None = None
     ) -> None:
@@ -196,16 +186,15 @@ class MemcachedCacheBackend(CacheBackend):
 
     def _init_runtime(self) -> None:
         self._local = threading.local()
-        self._signer: Signer | None = None
+        self._signer = None
+        self._warned_unloadable = False
         self._down_until = 0.0
         self._degradation = _Degradation(f"The memcached server at {self.config.address}")
         self._warned_too_large = False
 
     # -- connection and error handling -----------------------------------------------------
-    def _signer_(self) -> Signer:
-        if self._signer is None:
-            self._signer = Signer(self._secret)
-        return self._signer
+    def _load_secret(self) -> bytes:
+        return self._secret
 
     @property
     def client(self) -> Any:
@@ -298,68 +287,34 @@ class MemcachedCacheBackend(CacheBackend):
                 stacklevel=4,
             )
 
-    def _decode(self, key: str, data: bytes) -> Any:
-        try:
-            return self._signer_().loads(key, data)
-        except _Rejected:
-            self.stats.increment("rejected")
-        except Exception as exc:  # verified but not loadable here (e.g. a class missing on this worker)
-            self.stats.increment("errors")
-            warnings.warn(
-                f"A signed cache entry for {key!r} could not be unpickled ({type(exc).__name__}: {exc}); "
-                "treating it as a miss.",
-                DvlDaskWarning,
-                stacklevel=4,
-            )
-        return _FAILED
-
-    # -- API --------------------------------------------------------------------------------
-    def get(self, key: str, default: Any = None) -> Any:
-        check_key(key)
+    # -- storage ------------------------------------------------------------------------------
+    def _lookup(self, key: str) -> tuple[bool, Any]:
         data = self._run("get", lambda c: c.get(key))
-        value = _FAILED if data is None or data is _FAILED else self._decode(key, data)
-        if value is _FAILED:
-            self.stats.increment("misses")
-            return default
-        self.stats.increment("hits")
-        return value
+        if data is None or data is _FAILED:
+            return False, None
+        return self._decode(key, data)
 
-    def set(self, key: str, value: Any) -> bool:
-        check_key(key)
-        data = self._signer_().dumps(key, value)
-        stored = self._run("set", lambda c: c.set(key, data, noreply=False))
-        if stored is True:
-            self.stats.increment("sets")
-            return True
-        return False
+    def _store(self, key: str, value: Any) -> bool:
+        data = self._encode(key, value)
+        return self._run("set", lambda c: c.set(key, data, noreply=False)) is True
 
-    def delete(self, key: str) -> bool:
-        check_key(key)
+    def _remove(self, key: str) -> bool:
         return self._run("delete", lambda c: c.delete(key, noreply=False)) is True
 
     def clear(self) -> None:
         """Remove every item of the server (memcached ``flush_all``), not only dvl_dask's."""
         self._run("flush", lambda c: c.flush_all(noreply=False))
 
-    def update(self, key: str, fn: Callable[[Any], Any]) -> Any:
+    def _update(self, key: str, fn: Callable[[Any], Any]) -> Any:
         """Atomic read-modify-write: memcached ``gets``/``cas`` (``add`` when absent), retried on conflict."""
-        check_key(key)
-        signer = self._signer_()
         for attempt in range(_CAS_ATTEMPTS):
             got = self._run("gets", lambda c: c.gets(key))
             if got is _FAILED:
                 return None
             data, cas = got
-            current = None
-            if data is not None:
-                current = self._decode(key, data)
-                current = None if current is _FAILED else current
+            current = None if data is None else self._decode(key, data)[1]
             new = fn(current)
-            if new is None:
-                raise InvalidParameterError(
-                    "The function given to CacheBackend.update must return the new value, not None."
-                )
-            payload = signer.dumps(key, new)
+            payload = self._encode(key, new)
             if data is None:
                 stored = self._run("add", lambda c, data=payload: c.add(key, data, noreply=False))
             else:
@@ -369,7 +324,6 @@ class MemcachedCacheBackend(CacheBackend):
             if stored is _FAILED:
                 return None
             if stored is True:
-                self.stats.increment("sets")
                 return new
             # Another writer came first (or the item vanished): back off a little and retry.
             time.sleep(random.uniform(0, 0.0005 * 2 ** min(attempt, 5)))
@@ -385,7 +339,7 @@ class MemcachedCacheBackend(CacheBackend):
     # -- pickling, display -----------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_local", "_signer", "_down_until", "_degradation", "_warned_too_large"):
+        for name in ("_local", "_down_until", "_degradation", "_warned_too_large"):
             state.pop(name, None)
         return state
 

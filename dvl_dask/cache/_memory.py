@@ -7,8 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidParameterError
-from ._backend import CacheBackend, check_key
+from ._backend import CacheBackend
 
 __all__ = ["InMemoryCacheBackend"]
 
@@ -58,25 +57,17 @@ class InMemoryCacheBackend(CacheBackend):
         self._data = storage.data
         self._lock = storage.lock
 
-    def get(self, key: str, default: Any = None) -> Any:
-        check_key(key)
+    def _lookup(self, key: str) -> tuple[bool, Any]:
         with self._lock:
             value = self._data.get(key, _MISSING)
-        if value is _MISSING:
-            self.stats.increment("misses")
-            return default
-        self.stats.increment("hits")
-        return value
+        return (False, None) if value is _MISSING else (True, value)
 
-    def set(self, key: str, value: Any) -> bool:
-        check_key(key)
+    def _store(self, key: str, value: Any) -> bool:
         with self._lock:
             self._data[key] = value
-        self.stats.increment("sets")
         return True
 
-    def delete(self, key: str) -> bool:
-        check_key(key)
+    def _remove(self, key: str) -> bool:
         with self._lock:
             return self._data.pop(key, _MISSING) is not _MISSING
 
@@ -84,16 +75,9 @@ class InMemoryCacheBackend(CacheBackend):
         with self._lock:
             self._data.clear()
 
-    def update(self, key: str, fn: Callable[[Any], Any]) -> Any:
-        check_key(key)
+    def _update(self, key: str, fn: Callable[[Any], Any]) -> Any:
         with self._lock:
-            new = fn(self._data.get(key))
-            if new is None:
-                raise InvalidParameterError(
-                    "The function given to CacheBackend.update must return the new value, not None."
-                )
-            self._data[key] = new
-        self.stats.increment("sets")
+            new = self._data[key] = fn(self._data.get(key))
         return new
 
     def __len__(self) -> int:
