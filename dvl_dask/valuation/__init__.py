@@ -36,7 +36,7 @@ from ._stopping import (
     RelativeStandardError,
     StoppingCriterion,
 )
-from ._truncation import FixedTruncation, NoTruncation, RelativeTruncation
+from ._truncation import DeviationTruncation, FixedTruncation, NoTruncation, RelativeTruncation
 
 __all__ = [
     "ValuationResult",
@@ -57,6 +57,7 @@ __all__ = [
     "run_until_converged",
     "AntitheticSampler",
     "BetaSampler",
+    "DeviationTruncation",
     "FixedTruncation",
     "NoTruncation",
     "OwenSampler",

@@ -143,9 +143,7 @@ def _prefix_scores(
     stop_when = None
     n = len(order)
     if not isinstance(truncation, NoTruncation):
-
-        def stop_when(step: int, score: float) -> bool:
-            return truncation.stop_after(step, n, score, total)
+        stop_when = truncation.checker(n, total)  # fresh per permutation: policies may keep state along it
 
     prefix = getattr(utility, "prefix_scores", None)
     if prefix is not None:
