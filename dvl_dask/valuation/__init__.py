@@ -14,14 +14,29 @@ from ._group_testing import group_testing_sample_size, group_testing_shapley
 from ._knn import knn_shapley
 from ._least_core import LeastCoreError, exact_least_core, montecarlo_least_core
 from ._loop import checkpoint_history, load_checkpoint, run_until_converged
-from ._montecarlo import banzhaf, beta_shapley, msr_banzhaf, owen_shapley, permutation_shapley, semivalue
+from ._montecarlo import (
+    banzhaf,
+    beta_shapley,
+    delta_shapley,
+    msr_banzhaf,
+    owen_shapley,
+    permutation_shapley,
+    semivalue,
+)
 from ._samplers import (
     AntitheticSampler,
     BetaSampler,
+    ConstantSampleSize,
+    DeltaShapleySampleSize,
+    HarmonicSampleSize,
     OwenSampler,
     PermutationSampler,
+    PowerLawSampleSize,
+    SampleSizeStrategy,
+    StratifiedPermutationSampler,
     StratifiedSampler,
     UniformSampler,
+    VRDSSampler,
 )
 from ._stopping import (
     AbsoluteStandardError,
@@ -57,19 +72,27 @@ __all__ = [
     "run_until_converged",
     "AntitheticSampler",
     "BetaSampler",
+    "ConstantSampleSize",
+    "DeltaShapleySampleSize",
     "DeviationTruncation",
     "FixedTruncation",
+    "HarmonicSampleSize",
     "NoTruncation",
     "OwenSampler",
     "PermutationSampler",
+    "PowerLawSampleSize",
     "RelativeTruncation",
+    "SampleSizeStrategy",
+    "StratifiedPermutationSampler",
     "StratifiedSampler",
     "UniformSampler",
+    "VRDSSampler",
     "banzhaf",
     "banzhaf_coefficient",
     "beta_coefficient",
     "beta_shapley",
     "data_oob",
+    "delta_shapley",
     "exact_least_core",
     "classwise_shapley",
     "exact_shapley",

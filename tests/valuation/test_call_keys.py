@@ -31,6 +31,7 @@ from dvl_dask import Dataset, Utility, config
 from dvl_dask.errors import InvalidParameterError
 from dvl_dask.testing.games import AirportGame, WeightedVotingGame
 from dvl_dask.valuation import (
+    PowerLawSampleSize,
     banzhaf,
     banzhaf_coefficient,
     classwise_shapley,
@@ -193,6 +194,7 @@ BASE_CALLS = {
     "msr_banzhaf": ((GAME,), {"n_samples": 20, "seed": 0}),
     "beta_shapley": ((GAME,), {"alpha": 1.0, "beta": 1.0, "n_samples": 20, "seed": 0}),
     "owen_shapley": ((GAME,), {"n_samples": 20, "seed": 0}),
+    "delta_shapley": ((GAME,), {"lower_bound": 1, "upper_bound": 3, "n_samples": 20, "seed": 0}),
     "exact_shapley": ((GAME,), {}),
     "loo": ((GAME,), {}),
     "knn_shapley": ((DATA, KNeighborsClassifier(n_neighbors=1)), {}),
@@ -241,6 +243,9 @@ ALTERNATIVES = {
     "fractions": [0.0, 0.2],
     "orders": ("highest", "random"),
     "n_random": 3,
+    "lower_bound": 0,
+    "upper_bound": 2,
+    "sample_sizes": PowerLawSampleSize(-2.0),
     ("permutation_shapley", "utility"): OTHER_UTILITY,
     ("data_oob", "utility"): OTHER_UTILITY,
     ("classwise_shapley", "utility"): Utility(NearestMeanClassifier(), OTHER_DATA, "accuracy"),

@@ -8,13 +8,26 @@ same quantity.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from dvl_dask.errors import InvalidParameterError
-from dvl_dask.testing.games import AdditiveGame
-from dvl_dask.valuation import DeviationTruncation, permutation_shapley
+from dvl_dask.testing.games import AdditiveGame, AirportGame, SymmetricVotingGame
+from dvl_dask.valuation import (
+    DeltaShapleySampleSize,
+    DeviationTruncation,
+    HarmonicSampleSize,
+    PowerLawSampleSize,
+    StratifiedPermutationSampler,
+    StratifiedSampler,
+    VRDSSampler,
+    delta_shapley,
+    permutation_shapley,
+    semivalue,
+    shapley_coefficient,
+)
 
 
 # -- DeviationTruncation ---------------------------------------------------------------------------
@@ -62,3 +75,129 @@ def test_deviation_truncation_converges_to_its_biased_expectation():
 def test_deviation_truncation_bad_input(kwargs, name):
     with pytest.raises(InvalidParameterError, match=name):
         DeviationTruncation(**kwargs)
+
+
+# -- brute-force truths ----------------------------------------------------------------------------
+def _size_means(game) -> np.ndarray:
+    """``means[i, k]``: average marginal of player i over all coalitions of size k of the others."""
+    n = game.n_players
+    means = np.zeros((n, n))
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for k in range(n):
+            subsets = list(itertools.combinations(others, k))
+            means[i, k] = np.mean([game([*s, i]) - game(list(s)) for s in subsets])
+    return means
+
+
+def _shapley_truth(game) -> np.ndarray:
+    return _size_means(game).mean(axis=1)  # Shapley: each size has weight 1/n
+
+
+def _delta_truth(game, lower: int, upper: int) -> np.ndarray:
+    return _size_means(game)[:, lower : upper + 1].mean(axis=1)
+
+
+AIRPORT = AirportGame([1.0, 2.0, 3.0, 5.0])
+
+
+def _within(ds, truth, sigmas=4.5):
+    value, stderr = ds.value.values, ds.stderr.values
+    assert np.all(np.isfinite(stderr))
+    assert np.all(np.abs(value - truth) <= sigmas * stderr + 1e-12), (value, truth, stderr)
+
+
+# -- stratified permutations and VRDS --------------------------------------------------------------
+@pytest.mark.parametrize("game", [SymmetricVotingGame(5), AdditiveGame([1.0, -2.0, 0.5, 3.0])], ids=repr)
+def test_stratified_permutations_are_exact_when_marginals_depend_on_size_only(game):
+    # Each stratum's samples are all equal to its true mean, so the stratum-weighted value is exact
+    # (a plain permutation mean would still depend on how often each size was drawn).
+    ds = permutation_shapley(game, n_permutations=120, seed=1, sampler="stratified").compute(scheduler="sync")
+    np.testing.assert_allclose(ds.value.values, _shapley_truth(game), atol=1e-12)
+
+
+def test_stratified_permutations_estimate_shapley_values():
+    ds = permutation_shapley(AIRPORT, n_permutations=300, seed=2, sampler=StratifiedPermutationSampler())
+    _within(ds.compute(scheduler="sync"), _shapley_truth(AIRPORT))
+
+
+def test_stratified_permutations_without_every_size_report_infinite_stderr():
+    ds = permutation_shapley(AIRPORT, n_permutations=3, seed=0, sampler="stratified").compute(scheduler="sync")
+    assert np.all(np.isinf(ds.stderr.values))  # 3 permutations cannot give every size two samples
+
+
+def test_stratified_permutations_refuse_antithetic():
+    with pytest.raises(InvalidParameterError, match="antithetic"):
+        permutation_shapley(AIRPORT, n_permutations=10, antithetic=True, sampler="stratified")
+    with pytest.raises(InvalidParameterError, match="sampler"):
+        permutation_shapley(AIRPORT, n_permutations=10, sampler="owen")
+
+
+def test_vrds_estimates_shapley_values_and_is_exact_on_a_size_only_game():
+    _within(semivalue(AIRPORT, shapley_coefficient, n_samples=200, seed=4, sampler=VRDSSampler()).compute(
+        scheduler="sync"), _shapley_truth(AIRPORT))
+    game = SymmetricVotingGame(5)
+    ds = semivalue(game, shapley_coefficient, n_samples=40, seed=4, sampler="vrds").compute(scheduler="sync")
+    np.testing.assert_allclose(ds.value.values, _shapley_truth(game), atol=1e-12)
+
+
+def test_harmonic_allocation_by_hand():
+    # 20 samples over 4 sizes: 2 each, then 12 split as 1 : 1/2 : 1/3 : 1/4 = 5.76, 2.88, 1.92, 1.44
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        counts = HarmonicSampleSize().counts(rng, 4, np.ones(4), 20)
+        assert counts.sum() == 20
+        assert np.all(counts >= np.array([7, 4, 3, 3])) and np.all(counts <= np.array([8, 5, 4, 4]))
+    # sizes of weight 0 (outside a Delta-Shapley range) get nothing
+    assert HarmonicSampleSize().counts(rng, 4, np.array([0.0, 1.0, 1.0, 0.0]), 10)[[0, 3]].tolist() == [0, 0]
+
+
+def test_power_law_and_strategy_errors():
+    with pytest.raises(InvalidParameterError, match="exponent"):
+        PowerLawSampleSize(float("nan"))
+    with pytest.raises(InvalidParameterError, match="allocation"):
+        StratifiedSampler(allocation="harmonic")
+
+
+# -- Delta-Shapley ---------------------------------------------------------------------------------
+def test_delta_shapley_over_all_sizes_is_the_shapley_value():
+    game = SymmetricVotingGame(5)
+    ds = delta_shapley(game, lower_bound=0, upper_bound=4, n_samples=20, seed=0).compute(scheduler="sync")
+    np.testing.assert_allclose(ds.value.values, _shapley_truth(game), atol=1e-12)
+    _within(delta_shapley(AIRPORT, lower_bound=0, upper_bound=3, n_samples=200, seed=5).compute(
+        scheduler="sync"), _shapley_truth(AIRPORT))
+
+
+@pytest.mark.parametrize("sample_sizes", [None, PowerLawSampleSize(-2.0)], ids=repr)
+def test_delta_shapley_on_a_size_range_matches_its_definition(sample_sizes):
+    ds = delta_shapley(AIRPORT, lower_bound=1, upper_bound=2, n_samples=160, seed=6, sample_sizes=sample_sizes)
+    ds = ds.compute(scheduler="sync")
+    truth = _delta_truth(AIRPORT, 1, 2)
+    assert not np.allclose(truth, _shapley_truth(AIRPORT))
+    _within(ds, truth)
+    exact = delta_shapley(AdditiveGame([1.0, 2.0, 3.0, 4.0]), lower_bound=1, upper_bound=2, n_samples=8, seed=0)
+    np.testing.assert_allclose(exact.value.values, [1.0, 2.0, 3.0, 4.0], atol=1e-12)
+
+
+def test_delta_shapley_sample_size_bound_by_hand():
+    # q = lipschitz_grad * lr_factor = 1, so H_k = sqrt(max_loss) sqrt(2 lr L^2) sqrt(T) * 2 / max(k - 1, 1)
+    rule = DeltaShapleySampleSize(max_loss=1.0, lipschitz_loss=1.0, lipschitz_grad=1.0, lr_factor=1.0,
+                                  n_sgd_iter=2, eps=1.0, delta=0.05)
+    h = math.sqrt(1.0) * math.sqrt(2.0) * math.sqrt(2.0) * 2 / 2  # k = 3
+    expected = math.ceil(2 * math.log(2 * 4 / 0.05) * (2 * h * h + 2 * h + 4 / 3))
+    assert rule.fun(4, np.array([3]))[0] == expected
+    ds = delta_shapley(AIRPORT, lower_bound=2, upper_bound=3, sample_sizes=rule, seed=0)
+    total = int(rule.fun(4, np.array([2, 3])).sum())
+    assert int(ds.counts.values[0]) == total
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"lower_bound": -1, "upper_bound": 2}, "lower_bound"),
+    ({"lower_bound": 0, "upper_bound": 4}, "upper_bound"),
+    ({"lower_bound": 3, "upper_bound": 1}, "lower_bound"),
+    ({"lower_bound": 0, "upper_bound": 2, "sample_sizes": "harmonic"}, "sample_sizes"),
+    ({"lower_bound": 0, "upper_bound": 2, "n_samples": None}, "n_samples"),
+])
+def test_delta_shapley_bad_input(kwargs, name):
+    with pytest.raises(InvalidParameterError, match=name):
+        delta_shapley(AIRPORT, **{"n_samples": 10, **kwargs})
