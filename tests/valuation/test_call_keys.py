@@ -246,6 +246,7 @@ ALTERNATIVES = {
     "lower_bound": 0,
     "upper_bound": 2,
     "sample_sizes": PowerLawSampleSize(-2.0),
+    "normalize_values": True,
     ("permutation_shapley", "utility"): OTHER_UTILITY,
     ("data_oob", "utility"): OTHER_UTILITY,
     ("classwise_shapley", "utility"): Utility(NearestMeanClassifier(), OTHER_DATA, "accuracy"),
