@@ -52,6 +52,7 @@ from ._stopping import (
     StoppingCriterion,
 )
 from ._truncation import DeviationTruncation, FixedTruncation, NoTruncation, RelativeTruncation
+from ._two_d import FeatureSubsetUtility, exact_two_d_shapley, two_d_shapley
 
 __all__ = [
     "ValuationResult",
@@ -75,6 +76,7 @@ __all__ = [
     "ConstantSampleSize",
     "DeltaShapleySampleSize",
     "DeviationTruncation",
+    "FeatureSubsetUtility",
     "FixedTruncation",
     "HarmonicSampleSize",
     "NoTruncation",
@@ -96,6 +98,7 @@ __all__ = [
     "exact_least_core",
     "classwise_shapley",
     "exact_shapley",
+    "exact_two_d_shapley",
     "group_testing_sample_size",
     "group_testing_shapley",
     "LeastCoreError",
@@ -108,4 +111,5 @@ __all__ = [
     "semivalue",
     "shapley_coefficient",
     "shapley_weights",
+    "two_d_shapley",
 ]

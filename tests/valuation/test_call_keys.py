@@ -70,6 +70,22 @@ UTILITY = Utility(NearestMeanClassifier(), DATA, "accuracy")
 OTHER_UTILITY = Utility(NearestMeanClassifier(shift=0.5), DATA, "accuracy")
 
 
+class BlockSum:
+    """A 2D utility for 2D-Shapley: u(rows, features) = (sum of the block's cells) ** 2."""
+
+    def __init__(self, cells) -> None:
+        self.cells = np.asarray(cells, dtype=float)
+        self.n_rows, self.n_features = self.cells.shape
+        self.token = "block-sum-" + self.cells.tobytes().hex()
+
+    def __call__(self, rows, features) -> float:
+        return float(self.cells[np.ix_(np.asarray(rows, int), np.asarray(features, int))].sum()) ** 2
+
+
+TWO_D = BlockSum([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]])
+OTHER_TWO_D = BlockSum([[1.0, 2.0], [3.0, -1.0], [0.5, 1.0]])
+
+
 def _keys(ds: xr.Dataset) -> dict:
     return dict(ds.__dask_graph__())
 
@@ -196,6 +212,8 @@ BASE_CALLS = {
     "owen_shapley": ((GAME,), {"n_samples": 20, "seed": 0}),
     "delta_shapley": ((GAME,), {"lower_bound": 1, "upper_bound": 3, "n_samples": 20, "seed": 0}),
     "exact_shapley": ((GAME,), {}),
+    "exact_two_d_shapley": ((TWO_D,), {}),
+    "two_d_shapley": ((TWO_D,), {"n_permutations": 20, "seed": 0}),
     "loo": ((GAME,), {}),
     "knn_shapley": ((DATA, KNeighborsClassifier(n_neighbors=1)), {}),
     "data_oob": ((UTILITY,), {"n_estimators": 20, "seed": 0}),
@@ -254,6 +272,8 @@ ALTERNATIVES = {
     ("group_testing_shapley", "n_samples"): 41,
     ("group_testing_shapley", "epsilon"): {"n_samples": None, "epsilon": 3.0},
     ("beta_shapley", "sampler"): "uniform",
+    ("exact_two_d_shapley", "utility"): OTHER_TWO_D,
+    ("two_d_shapley", "utility"): OTHER_TWO_D,
     ("msr_banzhaf", "antithetic"): REFUSED,
 }
 
