@@ -254,6 +254,10 @@ class SemivalueEstimator(Estimator):
         self.stratified = isinstance(sampler, StratifiedSampler)
         if self.stratified:
             self.sample_unit = "stratified marginal"
+            strategy = sampler.allocation
+            if not isinstance(strategy, str):
+                # Refuse a strategy that starves a weighted size now, not inside the first block task.
+                strategy.counts(np.random.default_rng(0), self.n_players, self.stratum_weights(), 2 * self.n_players)
         else:
             self.sample_unit = "antithetic pair" if sampler.antithetic else "coalition"
 

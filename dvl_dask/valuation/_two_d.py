@@ -55,7 +55,7 @@ from ..keys import current_call, lazy_method, object_token
 from ..results import valuation_dataset
 from ..results._schema import EXACT, SAMPLE_DIM, SAMPLE_MEAN
 from ..threads import limits_blas_threads
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..validation import SeedLike, as_seed_sequence, check_finite_score, check_positive_int, seed_entropy
 from ._estimators import score_width
 from ._graph import block_ranges, companion_name, even_ranges, stack_blocks
 from ._montecarlo import tree_merge
@@ -175,6 +175,18 @@ def _check_two_d_utility(utility: Any, owner: str) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
+def _scorer(utility: Any) -> Any:
+    """``score(rows, features)``: the utility itself if it vouches for finite floats, else checked per call."""
+    if getattr(type(utility), "returns_finite_scores", False) is True:
+        return utility
+    owner = f"The 2D utility {type(utility).__name__}"
+
+    def score(rows: np.ndarray, features: np.ndarray) -> float:
+        return check_finite_score(utility(rows, features), owner)
+
+    return score
+
+
 def _names(utility: Any, attribute: str, size: int) -> np.ndarray:
     names = getattr(utility, attribute, None)
     return np.arange(size) if names is None or len(names) != size else np.asarray(names)
@@ -200,8 +212,9 @@ def exact_two_d_block(utility: Any, start: int, stop: int, n: int, m: int) -> np
     row_masks = np.arange(start, stop, dtype=np.int64)
     feature_masks = np.arange(2**m, dtype=np.int64)
     feature_sets = [_members(f, m) for f in feature_masks]
+    score = _scorer(utility)
     scores = np.array(
-        [[utility(_members(r, n), feats) for feats in feature_sets] for r in row_masks], dtype=np.float64
+        [[score(_members(r, n), feats) for feats in feature_sets] for r in row_masks], dtype=np.float64
     )
     share = _subset_coefficients(n, row_masks).T @ scores @ _subset_coefficients(m, feature_masks)
     return share.ravel()
@@ -213,12 +226,13 @@ def two_d_block(utility: Any, seed: np.random.SeedSequence, n_pairs: int, n: int
     rng = np.random.default_rng(seed)
     samples = np.empty((n_pairs, n * m))
     evaluations = 0
+    score = _scorer(utility)
     for p in range(n_pairs):
         rows, features = rng.permutation(n), rng.permutation(m)
         grid = np.empty((n + 1, m + 1))
         for a in range(n + 1):
             for b in range(m + 1):
-                grid[a, b] = utility(rows[:a], features[:b])
+                grid[a, b] = score(rows[:a], features[:b])
         evaluations += (n + 1) * (m + 1)
         double = grid[1:, 1:] - grid[:-1, 1:] - grid[1:, :-1] + grid[:-1, :-1]  # cell (rows[a], features[b])
         cells = np.empty((n, m))

@@ -201,3 +201,16 @@ def test_delta_shapley_sample_size_bound_by_hand():
 def test_delta_shapley_bad_input(kwargs, name):
     with pytest.raises(InvalidParameterError, match=name):
         delta_shapley(AIRPORT, **{"n_samples": 10, **kwargs})
+
+
+def test_a_strategy_that_starves_a_weighted_size_is_refused_when_the_graph_is_built():
+    class SmallOnly(HarmonicSampleSize):
+        def fun(self, n, k):
+            return np.where(np.asarray(k) < 2, 1.0, 0.0)
+
+    with pytest.raises(InvalidParameterError, match="every coalition size"):
+        semivalue(AIRPORT, shapley_coefficient, n_samples=20, sampler=StratifiedSampler(allocation=SmallOnly()))
+    # ...but is fine where the value gives the other sizes no weight
+    ds = delta_shapley(AdditiveGame([1.0, 2.0, 3.0, 4.0]), lower_bound=0, upper_bound=1, n_samples=8, seed=0,
+                       sample_sizes=SmallOnly())
+    np.testing.assert_allclose(ds.value.values, [1.0, 2.0, 3.0, 4.0], atol=1e-12)

@@ -128,3 +128,14 @@ def test_bad_input():
         FeatureSubsetUtility(one_d)
     with pytest.raises(InvalidParameterError, match=r"dvl_dask\.Utility"):
         FeatureSubsetUtility(CellGame(CELLS))
+
+
+def test_a_2d_utility_returning_nan_fails_clearly():
+    class Broken(CellGame):
+        def __call__(self, rows, features):
+            return float("nan") if len(rows) == 2 else super().__call__(rows, features)
+
+    with pytest.raises(InvalidParameterError, match="Broken"):
+        exact_two_d_shapley(Broken(CELLS)).compute(scheduler="sync")
+    with pytest.raises(InvalidParameterError, match="Broken"):
+        two_d_shapley(Broken(CELLS), n_permutations=2, seed=0).compute(scheduler="sync")
