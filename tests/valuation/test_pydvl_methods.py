@@ -19,12 +19,15 @@ from dvl_dask.valuation import (
     DeltaShapleySampleSize,
     DeviationTruncation,
     HarmonicSampleSize,
+    MaxChecks,
     PowerLawSampleSize,
     StratifiedPermutationSampler,
     StratifiedSampler,
     VRDSSampler,
     delta_shapley,
+    load_checkpoint,
     permutation_shapley,
+    run_until_converged,
     semivalue,
     shapley_coefficient,
 )
@@ -214,3 +217,18 @@ def test_a_strategy_that_starves_a_weighted_size_is_refused_when_the_graph_is_bu
     ds = delta_shapley(AdditiveGame([1.0, 2.0, 3.0, 4.0]), lower_bound=0, upper_bound=1, n_samples=8, seed=0,
                        sample_sizes=SmallOnly())
     np.testing.assert_allclose(ds.value.values, [1.0, 2.0, 3.0, 4.0], atol=1e-12)
+
+
+@pytest.mark.parametrize(("method", "options", "lazy"), [
+    ("delta_shapley", {"lower_bound": 1, "upper_bound": 2},
+     lambda **kw: delta_shapley(AIRPORT, lower_bound=1, upper_bound=2, **kw)),
+    ("permutation_shapley", {"sampler": "stratified"},
+     lambda **kw: permutation_shapley(AIRPORT, sampler="stratified", n_permutations=kw.pop("n_samples"), **kw)),
+])
+def test_run_until_converged_runs_the_new_methods_block_for_block(method, options, lazy, tmp_path):
+    url = str(tmp_path / "run.zarr")
+    run = run_until_converged(method, AIRPORT, stop=MaxChecks(4), seed=7, items_per_block=40, progress=False,
+                              window=1, checkpoint=url, **options)
+    same = lazy(n_samples=160, seed=7, items_per_block=40).compute(scheduler="sync")
+    np.testing.assert_allclose(run.value.values, same.value.values, atol=1e-12)
+    np.testing.assert_allclose(load_checkpoint(url).value.values, same.value.values, atol=1e-12)
