@@ -80,8 +80,9 @@ class FeatureSubsetUtility:
     ``x_train[rows][:, features]`` and scores it with the utility's scorer on
     ``x_test[:, features]``. Blocks without rows or features, and single-class
     row sets of classifiers, get the utility's ``default_score``; a failing
-    fit does too when the utility catches errors (with a
-    :class:`~dvl_dask.errors.UtilityFailureWarning`), else it raises. Rows are
+    fit does too when the utility catches errors, and so does a non-finite
+    score (both with a :class:`~dvl_dask.errors.UtilityFailureWarning`); an
+    error raises when the utility does not catch errors. Rows are
     the utility's players (groups of a ``GroupedDataset`` select all their
     rows); features are the columns of 2-d ``x_train``.
 
@@ -147,6 +148,10 @@ class FeatureSubsetUtility:
             )
             return float(utility.default_score)
         if not np.isfinite(score):
+            warnings.warn(
+                f"The scorer returned {score} on {rows.size} row(s) and {features.size} feature(s); "
+                f"using default_score={utility.default_score}.", UtilityFailureWarning, stacklevel=2,
+            )
             return float(utility.default_score)
         return score
 
