@@ -14,14 +14,29 @@ from ._group_testing import group_testing_sample_size, group_testing_shapley
 from ._knn import knn_shapley
 from ._least_core import LeastCoreError, exact_least_core, montecarlo_least_core
 from ._loop import checkpoint_history, load_checkpoint, run_until_converged
-from ._montecarlo import banzhaf, beta_shapley, msr_banzhaf, owen_shapley, permutation_shapley, semivalue
+from ._montecarlo import (
+    banzhaf,
+    beta_shapley,
+    delta_shapley,
+    msr_banzhaf,
+    owen_shapley,
+    permutation_shapley,
+    semivalue,
+)
 from ._samplers import (
     AntitheticSampler,
     BetaSampler,
+    ConstantSampleSize,
+    DeltaShapleySampleSize,
+    HarmonicSampleSize,
     OwenSampler,
     PermutationSampler,
+    PowerLawSampleSize,
+    SampleSizeStrategy,
+    StratifiedPermutationSampler,
     StratifiedSampler,
     UniformSampler,
+    VRDSSampler,
 )
 from ._stopping import (
     AbsoluteStandardError,
@@ -36,7 +51,8 @@ from ._stopping import (
     RelativeStandardError,
     StoppingCriterion,
 )
-from ._truncation import FixedTruncation, NoTruncation, RelativeTruncation
+from ._truncation import DeviationTruncation, FixedTruncation, NoTruncation, RelativeTruncation
+from ._two_d import FeatureSubsetUtility, exact_two_d_shapley, two_d_shapley
 
 __all__ = [
     "ValuationResult",
@@ -57,21 +73,32 @@ __all__ = [
     "run_until_converged",
     "AntitheticSampler",
     "BetaSampler",
+    "ConstantSampleSize",
+    "DeltaShapleySampleSize",
+    "DeviationTruncation",
+    "FeatureSubsetUtility",
     "FixedTruncation",
+    "HarmonicSampleSize",
     "NoTruncation",
     "OwenSampler",
     "PermutationSampler",
+    "PowerLawSampleSize",
     "RelativeTruncation",
+    "SampleSizeStrategy",
+    "StratifiedPermutationSampler",
     "StratifiedSampler",
     "UniformSampler",
+    "VRDSSampler",
     "banzhaf",
     "banzhaf_coefficient",
     "beta_coefficient",
     "beta_shapley",
     "data_oob",
+    "delta_shapley",
     "exact_least_core",
     "classwise_shapley",
     "exact_shapley",
+    "exact_two_d_shapley",
     "group_testing_sample_size",
     "group_testing_shapley",
     "LeastCoreError",
@@ -84,4 +111,5 @@ __all__ = [
     "semivalue",
     "shapley_coefficient",
     "shapley_weights",
+    "two_d_shapley",
 ]

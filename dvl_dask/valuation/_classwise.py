@@ -22,9 +22,19 @@ mean and its standard error are reported per point. Blocks of samples are
 seeded graph tasks, reduced like the other Monte Carlo methods.
 
 Conventions (also used by pyDVL): a training set of one class gives the
-constant predictor of that class; the empty set has utility 0. Differences:
-no value normalisation (pyDVL rescales each class's values to its in-class
-accuracy on request); contexts are uniform over subsets.
+constant predictor of that class; the empty set has utility 0. Contexts are
+uniform over subsets.
+
+Normalisation (``normalize_values=True``, pyDVL's
+``ClasswiseShapleyValuation(normalize_values=True)``): the values of each
+class ``c`` are scaled by ``a_in(D) / sum_{i in D_c} value_i``, so that they
+sum to the in-class utility ``a_in(D)`` of the model fitted on the whole
+training set (test points of class ``c`` it classifies correctly, over all
+test points). A class whose values sum to 0 is left unscaled, as in pyDVL.
+The factor is estimated (its denominator is a sum of estimates): the stderr
+of a scaled value is the first-order bound
+``|f| (stderr_i + |value_i| sum_{j in D_c} stderr_j / |sum_{j in D_c} value_j|)``,
+which holds whatever the correlation between the values of a class.
 """
 
 from __future__ import annotations
@@ -105,6 +115,49 @@ def classwise_block(
     return out
 
 
+def in_class_utilities(utility: Any, classes: np.ndarray) -> np.ndarray:
+    """``a_in(D)`` per class: the model fitted on all training points, correct test points of the class / n_test."""
+    data = utility.data.materialize()
+    rows = np.arange(len(np.asarray(data.y_train)))
+    model = utility.model  # an unfitted copy
+    return np.array([_in_class_accuracy(model, data, rows, label) for label in classes], dtype=np.float64)
+
+
+def _in_class_accuracy(model: Any, data: Any, rows: np.ndarray, label: Any) -> float:
+    y_rows = data.y_train[rows]
+    present = np.unique(y_rows)
+    if present.size == 1:
+        predictions = np.full(len(data.y_test), present[0])
+    else:
+        from sklearn.base import clone
+
+        predictions = clone(model).fit(data.x_train[rows], y_rows).predict(data.x_test)
+    return float(np.sum((predictions == data.y_test) & (data.y_test == label))) / len(data.y_test)
+
+
+def normalize_classwise(final: np.ndarray, in_class: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Scale each class's values to sum to its in-class utility; stderr by a bound that covers the factor's error.
+
+    ``final`` is ``(value, stderr, counts)`` per point. For class ``c`` with
+    values summing to ``s != 0`` the factor is ``f = a_in / s``; a scaled
+    value's stderr is ``|f| (stderr_i + |value_i| sum_c stderr_j / |s|)`` (the
+    linearised ratio with the standard deviation of the sum bounded by the sum
+    of standard deviations). Classes summing to 0 (or not sampled) are left as they are.
+    """
+    out = np.array(final, dtype=np.float64, copy=True)
+    value, stderr = final[0], final[1]
+    for k, label in enumerate(classes):
+        members = labels == label
+        total = float(np.sum(value[members]))
+        if not np.isfinite(total) or total == 0.0:
+            continue
+        factor = in_class[k] / total
+        spread = float(np.sum(stderr[members]))
+        out[1, members] = abs(factor) * (stderr[members] + np.abs(value[members]) * spread / abs(total))
+        out[0, members] = factor * value[members]
+    return out
+
+
 #: Width of one marginal contribution: u(S | C) = a_in exp(a_out) lies in [0, 1] (a_in + a_out <= 1).
 MARGINAL_RANGE = 2.0
 
@@ -121,6 +174,7 @@ def classwise_shapley(
     *,
     seed: SeedLike = None,
     samples_per_block: int | None = None,
+    normalize_values: bool = False,
 ) -> xr.Dataset:
     """Class-wise Shapley values (Schoch et al. 2022) as a lazy graph of sampled permutations.
 
@@ -137,6 +191,12 @@ def classwise_shapley(
         Same seed, same values on any scheduler.
     samples_per_block : int, optional
         Permutations per graph task (default 8).
+    normalize_values : bool, default False
+        Scale the values of each class so that they sum to its in-class
+        utility ``a_in(D)`` (the model fitted on all training points; one
+        more fit per class), as pyDVL's ``normalize_values=True``. The stderr
+        is scaled with a bound that includes the error of the estimated
+        class sum (module docstring); ``attrs["normalized"]`` says so.
 
     Returns
     -------
@@ -193,6 +253,16 @@ def classwise_shapley(
     parts = [da.from_delayed(b, shape=(POWER_ROWS, n), dtype=np.float64) for b in blocks]
     totals = reduce_power_blocks(parts)
     final = totals.map_blocks(_finalize, dtype=np.float64)
+    if not isinstance(normalize_values, bool | np.bool_):
+        raise InvalidParameterError(
+            f"The 'normalize_values' parameter of {owner} must be True or False. Got {normalize_values!r}."
+        )
+    if normalize_values:
+        in_class = dask.delayed(in_class_utilities, pure=True)(
+            u, classes, dask_key_name=current_call().layer("classwise-in-class"))
+        scaled = dask.delayed(normalize_classwise, pure=True)(
+            final, in_class, labels, classes, dask_key_name=current_call().layer("classwise-normalize"))
+        final = da.from_delayed(scaled, shape=(3, n), dtype=np.float64)
     sizes = {str(c): int(np.sum(labels == c)) for c in classes}
     ds = valuation_dataset(
         final[0],
@@ -200,7 +270,8 @@ def classwise_shapley(
         final[2].astype(np.int64),
         data_names=data.data_names,
         method="classwise_shapley",
-        parameters={"n_samples": n_samples, "samples_per_block": per_block},
+        parameters={"n_samples": n_samples, "samples_per_block": per_block,
+                    "normalize_values": bool(normalize_values)},
         seed=seed_text,
         estimate=SAMPLE_MEAN,
         utility_token=utility.token,
@@ -208,6 +279,7 @@ def classwise_shapley(
         n_evaluations=sum(
             (n_samples // len(classes) + (1 if k < n_samples % len(classes) else 0)) * (sizes[str(c)] + 1)
             for k, c in enumerate(classes)
-        ),
+        ) + (len(classes) if normalize_values else 0),
+        extra_attrs={"normalized": bool(normalize_values)},
     )
     return ds.assign_coords(label=("sample", labels))

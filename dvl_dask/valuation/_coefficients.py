@@ -21,6 +21,7 @@ __all__ = [
     "LogCoefficient",
     "banzhaf_coefficient",
     "beta_coefficient",
+    "delta_coefficient",
     "log_binomial",
     "shapley_coefficient",
 ]
@@ -60,6 +61,25 @@ def beta_coefficient(alpha: float, beta: float) -> LogCoefficient:
 
     log_w.__qualname__ = f"beta_coefficient({alpha}, {beta})"
     log_w.alpha, log_w.beta = alpha, beta  # type: ignore[attr-defined]
+    return log_w
+
+
+def delta_coefficient(lower_bound: int, upper_bound: int) -> LogCoefficient:
+    """Delta-Shapley (Watson et al., 2023): sizes ``lower..upper`` weigh ``1/(upper - lower + 1)`` each.
+
+    ``log w(k) = -log(upper - lower + 1) - log C(n-1, k)`` for
+    ``lower <= k <= upper`` and ``-inf`` (weight 0) elsewhere, so the value is
+    the mean over those sizes of the average marginal contribution at each
+    size; ``lower = 0, upper = n - 1`` is the Shapley value.
+    """
+    width = int(upper_bound) - int(lower_bound) + 1
+
+    def log_w(n: int, k: np.ndarray) -> np.ndarray:
+        k = np.asarray(k, dtype=np.float64)
+        inside = (k >= lower_bound) & (k <= upper_bound)
+        return np.where(inside, -np.log(width) - log_binomial(n - 1, np.where(inside, k, 0)), -np.inf)
+
+    log_w.__qualname__ = f"delta_coefficient({int(lower_bound)}, {int(upper_bound)})"
     return log_w
 
 

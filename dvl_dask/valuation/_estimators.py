@@ -143,9 +143,7 @@ def _prefix_scores(
     stop_when = None
     n = len(order)
     if not isinstance(truncation, NoTruncation):
-
-        def stop_when(step: int, score: float) -> bool:
-            return truncation.stop_after(step, n, score, total)
+        stop_when = truncation.checker(n, total)  # fresh per permutation: policies may keep state along it
 
     prefix = getattr(utility, "prefix_scores", None)
     if prefix is not None:
@@ -166,13 +164,19 @@ class PermutationEstimator(Estimator):
 
     def __init__(
         self, sampler: PermutationSampler, truncation: TruncationPolicy, warm_start: bool = False,
-        score_range: float | None = None,
+        score_range: float | None = None, n_players: int = 1,
     ) -> None:
         self.sampler = sampler
         self.truncation = truncation
         self.warm_start = bool(warm_start)
         self.score_range = score_range
         self.sample_unit = "antithetic pair" if sampler.antithetic else "permutation"
+        self.stratified = bool(getattr(sampler, "stratified", False))
+        self.n_players = int(n_players)
+
+    @property
+    def n_streams(self) -> int:  # type: ignore[override]
+        return self.n_players if self.stratified else 1
 
     def evaluations_per_item(self, n: int) -> int:
         return n
@@ -187,6 +191,10 @@ class PermutationEstimator(Estimator):
     def finalize_spec(self) -> dict[str, Any]:
         # A marginal contribution u(S + i) - u(S) lies in [-D, D]: width 2D.
         width = None if self.score_range is None else 2.0 * self.score_range
+        if self.stratified:
+            # Strata are the prefix sizes k = 0..n-1, each of probability 1/n in a uniform permutation.
+            return {"combine": "strata", "sample_range": width,
+                    "stratum_weights": [1.0 / self.n_players] * self.n_players}
         return {"combine": "mean", "sample_range": width}
 
     def parameters(self) -> dict[str, Any]:
@@ -210,6 +218,11 @@ class PermutationEstimator(Estimator):
             evaluations += used
             steps = len(scores) - 1
             marginals[row, perm[:steps]] = np.diff(scores)
+        if self.stratified:
+            # Player perm[k] arrived after a prefix of size k: its marginal belongs to stratum k.
+            positions = np.argsort(perms, axis=1)
+            players = np.broadcast_to(np.arange(n), marginals.shape)
+            return PointStats.from_groups(marginals.ravel(), positions.ravel(), players.ravel(), n, n, evaluations)
         if self.sampler.antithetic:
             marginals = marginals.reshape(-1, 2, n).mean(axis=1)
         return PointStats.from_samples(marginals, np.ones_like(marginals, dtype=bool), evaluations)
@@ -241,6 +254,10 @@ class SemivalueEstimator(Estimator):
         self.stratified = isinstance(sampler, StratifiedSampler)
         if self.stratified:
             self.sample_unit = "stratified marginal"
+            strategy = sampler.allocation
+            if not isinstance(strategy, str):
+                # Refuse a strategy that starves a weighted size now, not inside the first block task.
+                strategy.counts(np.random.default_rng(0), self.n_players, self.stratum_weights(), 2 * self.n_players)
         else:
             self.sample_unit = "antithetic pair" if sampler.antithetic else "coalition"
 
@@ -269,8 +286,11 @@ class SemivalueEstimator(Estimator):
         ``(pilot + 2) * n`` fall back to equal allocation).
         """
         items = super().items_per_block(n, override)
-        if override is None and self.stratified and getattr(self.sampler, "allocation", "equal") == "neyman":
+        allocation = getattr(self.sampler, "allocation", "equal")
+        if override is None and self.stratified and isinstance(allocation, str) and allocation == "neyman":
             items = max(items, 5 * self.sampler.pilot * n)
+        elif override is None and self.stratified and not isinstance(allocation, str):
+            items = max(items, 4 * n)  # two per size, and as much again split by the strategy
         return items
 
     def stratum_weights(self) -> np.ndarray:
@@ -348,10 +368,12 @@ class SemivalueEstimator(Estimator):
                 evaluations += 2
             return out
 
-        weights = self.stratum_weights() if sampler.uses_pilot(n, n_items) else None
+        weights = self.stratum_weights()
+        pilot = sampler.uses_pilot(n, n_items)
         for i in players:
-            if weights is None:
-                masks, sizes = sampler.draw_for_player(rng, n, int(i), n_items)
+            if not pilot:
+                sizes = sampler.plan_sizes(rng, n, n_items, weights)
+                masks = sampler.draw_sizes_for_player(rng, n, int(i), sizes)
             else:
                 # Neyman: a pilot per stratum sets the allocation and is then discarded (unbiased).
                 pilot_sizes = np.repeat(np.arange(n), sampler.pilot)

@@ -14,7 +14,18 @@ the farthest point inwards::
     s(a_i) = s(a_{i+1}) + (m_i - m_{i+1}) * min(K, i) / (K * i)
 
 which is a suffix sum over the sorted points; the value of a training point
-is the mean of ``s`` over the test points. No model is fitted: the cost is one
+is the mean of ``s`` over the test points.
+
+For a ``KNeighborsRegressor`` the utility of ``S`` for a test point
+``(x, t)`` is the negative squared error of the KNN prediction,
+``u(S) = -((1/K) sum of the targets of the K nearest members of S - t)^2``
+(divided by ``K`` also when ``|S| < K``, so ``u(∅) = -t^2``; for
+``|S| >= K`` it is ``-(KNeighborsRegressor.predict(x) - t)^2``). Jia et al.
+(2019, Theorem 2) show that its Shapley values also follow from one sort; the
+O(N) form used here (:func:`_regression_shapley_of_sorted`) expands the
+square into a sum of "j is among the K nearest" and "j and l are among the K
+nearest" games whose Shapley values are counted directly, and is checked
+against brute force over all subsets in the tests. No model is fitted: the cost is one
 distance row and one sort per test point, O(n_test * N log N).
 
 Graph shape (why not a single ``dask.array`` expression): every test point
@@ -49,7 +60,7 @@ from ..results._schema import EXACT
 from ..validation import check_positive_int, is_dask_array
 from ._graph import stack_blocks
 
-__all__ = ["encode_labels", "knn_shapley", "knn_shapley_test_chunk"]
+__all__ = ["encode_labels", "knn_regression_test_chunk", "knn_shapley", "knn_shapley_test_chunk"]
 
 #: Bytes of distance rows one task keeps by default (rows * N * itemsize).
 DEFAULT_BLOCK_BYTES = 256 * 2**20
@@ -68,18 +79,13 @@ _EUCLIDEAN = ("euclidean", "l2", "sqeuclidean")
 
 
 def _knn_parameters(model: Any, owner: str) -> tuple[int, str, dict[str, Any]]:
-    """``(K, metric, metric kwargs)`` of a ``KNeighborsClassifier``; refuse what the closed form cannot do."""
+    """``(K, metric, metric kwargs)`` of a KNN classifier or regressor; refuse what the closed form cannot do."""
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
-    if isinstance(model, KNeighborsRegressor):
+    if not isinstance(model, KNeighborsClassifier | KNeighborsRegressor):
         raise InvalidModelError(
-            f"{owner} implements the closed form of the KNN *classification* utility. For "
-            "KNeighborsRegressor use a Monte Carlo method (e.g. permutation_shapley) on a Utility."
-        )
-    if not isinstance(model, KNeighborsClassifier):
-        raise InvalidModelError(
-            f"The 'model' argument of {owner} must be a sklearn.neighbors.KNeighborsClassifier "
-            f"(its n_neighbors and metric define the utility). Got {type(model).__name__}."
+            f"The 'model' argument of {owner} must be a sklearn.neighbors.KNeighborsClassifier or "
+            f"KNeighborsRegressor (its n_neighbors and metric define the utility). Got {type(model).__name__}."
         )
     params = model.get_params()
     k = check_positive_int(params["n_neighbors"], "n_neighbors", owner)
@@ -153,6 +159,86 @@ def _shapley_of_sorted(match: np.ndarray, coefficients: np.ndarray) -> np.ndarra
     return out
 
 
+def _regression_shapley_of_sorted(y: np.ndarray, target: float, k: int) -> np.ndarray:
+    """Exact Shapley values of ``u(S) = -((1/K) sum of the K nearest y in S - target)^2``, nearest first.
+
+    Expanding the square, ``u(S) + target^2 = sum_{j in T(S)} c_j - (2/K^2) sum_{j<l in T(S)} y_j y_l``
+    with ``T(S)`` the ``min(K, |S|)`` nearest members of ``S`` and
+    ``c_j = 2 target y_j / K - y_j^2 / K^2``. Both parts are sums of games
+    with closed-form Shapley values (1-based ranks ``r``, derived by counting
+    the positions of ``r`` in a random order of the ``l`` nearest points):
+
+    - ``1[j in T(S)]`` gives ``min(K, j)/j`` to ``j`` and ``-K/(j(j-1))`` to
+      every nearer point when ``j > K``;
+    - ``1[j, l in T(S)]`` (``j < l``) gives ``A_l = m(m+1)/(2 l (l-1))``,
+      ``m = min(K-1, l-1)``, to ``j`` and to ``l``, and
+      ``-B_l = -K(K-1)/(l(l-1)(l-2))`` to every other point nearer than
+      ``l`` when ``l > K``.
+
+    Summed with prefix and suffix sums: O(N) per test point after the sort.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = y.size
+    r = np.arange(1, n + 1, dtype=np.float64)
+    c = 2.0 * target * y / k - y * y / k**2
+    big = r > k
+    d = np.where(big, c * k / (r * np.maximum(r - 1, 1)), 0.0)
+    after = np.cumsum(d[::-1])[::-1] - d  # sum over l > r
+    linear = c * np.minimum(k, r) / r - after
+    m = np.minimum(k - 1, r - 1)
+    a = np.where(r > 1, m * (m + 1) / (2 * r * np.maximum(r - 1, 1)), 0.0)
+    b = np.where(big & (r > 2), k * (k - 1) / (r * np.maximum(r - 1, 1) * np.maximum(r - 2, 1)), 0.0)
+    before = np.cumsum(y) - y  # Y_{<r}
+    ya = y * a
+    yb = y * b
+    suffix_ya = np.cumsum(ya[::-1])[::-1] - ya
+    suffix_yb_before = np.cumsum((yb * before)[::-1])[::-1] - yb * before
+    suffix_yb = np.cumsum(yb[::-1])[::-1] - yb
+    pairs = y * suffix_ya + ya * before - suffix_yb_before + y * suffix_yb
+    return linear - 2.0 / k**2 * pairs
+
+
+def knn_regression_test_chunk(
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    y_train: np.ndarray,
+    k: int,
+    metric: Any,
+    metric_params: dict[str, Any],
+    centre: np.ndarray | None,
+    *train_chunks: Any,
+) -> np.ndarray:
+    """Sum over the given test points of every training point's KNN-regression Shapley value.
+
+    As :func:`knn_shapley_test_chunk`, with float targets: the utility of a
+    test point is ``-(prediction - y)^2`` (:func:`_regression_shapley_of_sorted`).
+    """
+    x_test = _centred(x_test, centre) if metric in _EUCLIDEAN else np.asarray(x_test)
+    targets = np.asarray(y_test, dtype=np.float64)
+    dist = _distances(x_test, train_chunks, y_train.shape[0], metric, metric_params)
+    total = np.zeros(y_train.shape[0])
+    for row in range(dist.shape[0]):
+        order = np.argsort(dist[row])
+        total[order] += _regression_shapley_of_sorted(y_train[order], float(targets[row]), k)
+    return total
+
+
+def _distances(x_test: np.ndarray, train_chunks: Any, n: int, metric: Any, metric_params: dict[str, Any]) -> np.ndarray:
+    """Distance rows of the test points to all ``n`` training rows, chunk by chunk into one buffer."""
+    dist = np.empty((x_test.shape[0], n), dtype=np.float64)
+    start = 0
+    for chunk in train_chunks:
+        block = _distance_rows(x_test, chunk, metric, metric_params)
+        dist[:, start : start + block.shape[1]] = block
+        start += block.shape[1]
+    return dist
+
+
+def _float_targets(y_train: Any) -> np.ndarray:
+    """Training targets of a KNN regressor as float64 (one key every task reads)."""
+    return np.asarray(y_train, dtype=np.float64).ravel()
+
+
 def encode_labels(y_train: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(classes, codes)`` of the training labels: comparing int32 codes is cheaper than labels."""
     classes, codes = np.unique(np.asarray(y_train), return_inverse=True)
@@ -186,12 +272,7 @@ def knn_shapley_test_chunk(
     where = np.minimum(np.searchsorted(classes, np.asarray(y_test)), len(classes) - 1)
     test_codes = np.where(classes[where] == np.asarray(y_test), where, -1)
     rows = x_test.shape[0]
-    dist = np.empty((rows, n), dtype=np.float64)
-    start = 0
-    for chunk in train_chunks:
-        block = _distance_rows(x_test, chunk, metric, metric_params)
-        dist[:, start : start + block.shape[1]] = block
-        start += block.shape[1]
+    dist = _distances(x_test, train_chunks, n, metric, metric_params)
     coefficients = _rank_coefficients(n, k)
     total = np.zeros(n)
     for r in range(rows):
@@ -199,6 +280,12 @@ def knn_shapley_test_chunk(
         # ``order`` is a permutation: a fancy-indexed += adds every value exactly once.
         total[order] += _shapley_of_sorted(codes[order] == test_codes[r], coefficients)
     return total
+
+
+def _is_regressor(model: Any) -> bool:
+    from sklearn.neighbors import KNeighborsRegressor
+
+    return isinstance(model, KNeighborsRegressor)
 
 
 def _training_mean(x_train: da.Array) -> Any:
@@ -237,10 +324,13 @@ def knn_shapley(
         Training and test points (numpy or dask arrays, 2-d features,
         1-d labels). Players are the training points (a ``GroupedDataset`` is
         refused: the closed form is per point).
-    model : sklearn.neighbors.KNeighborsClassifier
+    model : sklearn.neighbors.KNeighborsClassifier or KNeighborsRegressor
         Unfitted or fitted; its ``n_neighbors`` and ``metric`` (with ``p`` and
         ``metric_params``) define the utility. ``weights`` must be
-        ``"uniform"``.
+        ``"uniform"``. For a regressor (numeric 1-d targets) the utility is
+        the mean over test points of the negative squared error of the KNN
+        prediction ``(1/K) sum of the K nearest targets in S`` (also divided
+        by ``K`` when ``|S| < K``; module docstring), exact as well.
     test_chunk_size : int, optional
         Test points per graph task. Default: as many as fit in
         ``max_block_bytes`` of distance rows, and at most ``n_test / 16`` so a
@@ -265,7 +355,7 @@ def knn_shapley(
     Raises
     ------
     InvalidModelError
-        If ``model`` is not a ``KNeighborsClassifier`` with uniform weights.
+        If ``model`` is not a ``KNeighborsClassifier`` or ``KNeighborsRegressor`` with uniform weights.
     InvalidDataError
         If the features are not 2-d or the labels not 1-d, or ``data`` is grouped.
 
@@ -304,6 +394,7 @@ def knn_shapley(
             "Use a Monte Carlo method on a Utility over the grouped data."
         )
     k, metric, metric_params = _knn_parameters(model, owner)
+    regression = _is_regressor(model)
     for name in ("x_train", "x_test"):
         if getattr(data, name).ndim != 2:
             raise InvalidDataError(
@@ -315,6 +406,10 @@ def knn_shapley(
             raise InvalidDataError(
                 f"{owner} needs 1-d labels (one class per sample). {name} has shape {tuple(getattr(data, name).shape)}."
             )
+    if regression and not np.issubdtype(np.dtype(data.y_train.dtype), np.number):
+        raise InvalidDataError(
+            f"{owner} with a KNeighborsRegressor needs numeric targets. y_train has dtype {data.y_train.dtype}."
+        )
     max_block_bytes = check_positive_int(max_block_bytes, "max_block_bytes", owner)
     n_train, n_features = (int(s) for s in data.x_train.shape)
     n_test = int(data.x_test.shape[0])
@@ -332,8 +427,9 @@ def knn_shapley(
     x_test = _as_rows_array(data.x_test, test_chunk_size)
     y_test = _as_rows_array(data.y_test, test_chunk_size)
     name = current_call().layer("knn-shapley")
-    # The labels of the training points travel as one key; every task needs all of them.
-    labels = dask.delayed(encode_labels, pure=True)(data.y_train, dask_key_name=current_call().layer("knn-labels"))
+    # The labels (targets) of the training points travel as one key; every task needs all of them.
+    encode = _float_targets if regression else encode_labels
+    labels = dask.delayed(encode, pure=True)(data.y_train, dask_key_name=current_call().layer("knn-labels"))
     train_chunks = list(x_train.to_delayed().ravel())
     centre = None
     if metric in _EUCLIDEAN:
@@ -341,7 +437,7 @@ def knn_shapley(
         centre = _training_mean(x_train)
         prepare = dask.delayed(centred_train_chunk, pure=True)
         train_chunks = [prepare(chunk, centre) for chunk in train_chunks]
-    chunk_fn = dask.delayed(knn_shapley_test_chunk, pure=True)
+    chunk_fn = dask.delayed(knn_regression_test_chunk if regression else knn_shapley_test_chunk, pure=True)
     blocks = [
         chunk_fn(xt, yt, labels, k, metric, metric_params, centre, *train_chunks, dask_key_name=f"{name}-{i}")
         for i, (xt, yt) in enumerate(zip(x_test.to_delayed().ravel(), y_test.to_delayed().ravel(), strict=True))
@@ -353,13 +449,16 @@ def knn_shapley(
         np.full(n_train, n_test, dtype=np.int64),
         data_names=data.data_names,
         method="knn_shapley",
-        parameters={"n_neighbors": k, "metric": str(metric), "metric_params": metric_params},
-        utility_token=layer_name("knn-utility", data.fingerprint, k, metric, sorted(metric_params.items())),
+        parameters={"n_neighbors": k, "metric": str(metric), "metric_params": metric_params,
+                    "utility": "negative squared error" if regression else "share of matching labels"},
+        utility_token=layer_name("knn-utility", data.fingerprint, k, metric, sorted(metric_params.items()),
+                                 "regression" if regression else "classification"),
         n_evaluations=0,
         estimate=EXACT,
         extra_attrs={"stderr_note": KNN_STDERR_NOTE},
         provenance={
-            "class": "knn_shapley", "n_neighbors": k, "metric": str(metric), "data": data.provenance(),
+            "class": "knn_shapley", "model": type(model).__name__, "n_neighbors": k, "metric": str(metric),
+            "data": data.provenance(),
             "versions": library_versions(),
         },
     )

@@ -35,6 +35,7 @@ from ._coefficients import (
     banzhaf_coefficient,
     beta_coefficient,
     check_coefficient,
+    delta_coefficient,
     shapley_coefficient,
 )
 from ._estimators import (
@@ -48,10 +49,13 @@ from ._estimators import (
 from ._graph import block_ranges, check_utility, companion_name, even_ranges, utility_node
 from ._samplers import (
     BetaSampler,
+    ConstantSampleSize,
     OwenSampler,
-    PermutationSampler,
+    SampleSizeStrategy,
+    StratifiedSampler,
     UniformSampler,
     child_seed,
+    make_permutation_sampler,
     make_subset_sampler,
 )
 from ._stats import PointStats, merge_all
@@ -62,6 +66,7 @@ __all__ = [
     "ESTIMATOR_FACTORIES",
     "banzhaf",
     "beta_shapley",
+    "delta_shapley",
     "msr_banzhaf",
     "owen_shapley",
     "permutation_shapley",
@@ -72,7 +77,8 @@ __all__ = [
 
 # -- estimator factories: method name + options → Estimator (shared with run_until_converged) ----
 def _permutation_estimator(
-    utility: UtilityLike, *, truncation: Any = None, antithetic: bool = False, warm_start: bool = False
+    utility: UtilityLike, *, truncation: Any = None, antithetic: bool = False, warm_start: bool = False,
+    sampler: Any = None,
 ) -> Estimator:
     if warm_start and not callable(getattr(utility, "prefix_scores", None)):
         raise InvalidParameterError(
@@ -80,8 +86,9 @@ def _permutation_estimator(
             f"Got {type(utility).__name__}."
         )
     return PermutationEstimator(
-        PermutationSampler(antithetic), make_truncation(truncation, "permutation_shapley"), warm_start,
-        score_range=score_width(utility),
+        make_permutation_sampler(sampler, antithetic, "permutation_shapley"),
+        make_truncation(truncation, "permutation_shapley"), warm_start,
+        score_range=score_width(utility), n_players=utility.n_players,
     )
 
 
@@ -134,6 +141,40 @@ def _owen_estimator(utility: UtilityLike, *, n_q: int | None = None, antithetic:
     )
 
 
+def _delta_bounds(n: int, lower_bound: Any, upper_bound: Any) -> tuple[int, int]:
+    owner = "delta_shapley"
+    for name, bound in (("lower_bound", lower_bound), ("upper_bound", upper_bound)):
+        if isinstance(bound, bool) or not isinstance(bound, int | np.integer) or not 0 <= bound <= n - 1:
+            raise InvalidParameterError(
+                f"The '{name}' parameter of {owner} must be a coalition size, an int in [0, n - 1] = [0, {n - 1}]. "
+                f"Got {bound!r}."
+            )
+    if lower_bound > upper_bound:
+        raise InvalidParameterError(
+            f"The 'lower_bound' parameter of {owner} must not exceed 'upper_bound'. Got {lower_bound} > {upper_bound}."
+        )
+    return int(lower_bound), int(upper_bound)
+
+
+def _delta_estimator(
+    utility: UtilityLike, *, lower_bound: int, upper_bound: int, sample_sizes: Any = None
+) -> Estimator:
+    lower, upper = _delta_bounds(utility.n_players, lower_bound, upper_bound)
+    strategy = ConstantSampleSize() if sample_sizes is None else sample_sizes
+    if not isinstance(strategy, SampleSizeStrategy):
+        raise InvalidParameterError(
+            "The 'sample_sizes' parameter of delta_shapley must be None (the same number at every size) or a "
+            "SampleSizeStrategy (DeltaShapleySampleSize(...), PowerLawSampleSize(-2), ...). "
+            f"Got {sample_sizes!r}."
+        )
+    coefficient = delta_coefficient(lower, upper)
+    return SemivalueEstimator(
+        "delta_shapley", coefficient, StratifiedSampler(allocation=strategy),
+        {"coefficient": "delta", "lower_bound": lower, "upper_bound": upper},
+        n_players=utility.n_players, score_range=score_width(utility),
+    )
+
+
 ESTIMATOR_FACTORIES: dict[str, Callable[..., Estimator]] = {
     "permutation_shapley": _permutation_estimator,
     "semivalue": _semivalue_estimator,
@@ -141,6 +182,7 @@ ESTIMATOR_FACTORIES: dict[str, Callable[..., Estimator]] = {
     "msr_banzhaf": _msr_estimator,
     "beta_shapley": _beta_estimator,
     "owen_shapley": _owen_estimator,
+    "delta_shapley": _delta_estimator,
 }
 
 
@@ -287,6 +329,7 @@ def permutation_shapley(
     antithetic: bool = False,
     warm_start: bool = False,
     items_per_block: int | None = None,
+    sampler: Any = None,
 ) -> xr.Dataset:
     """Shapley values by permutation sampling (optionally truncated: TMC-Shapley).
 
@@ -320,6 +363,12 @@ def permutation_shapley(
         and small budgets cut into at least ``min-blocks`` equal blocks so no worker idles at the
         end. An explicit value gives blocks of exactly that size (the layout of
         :func:`run_until_converged`).
+    sampler : None, "permutation", "antithetic", "stratified" or a PermutationSampler
+        ``None`` follows ``antithetic``. ``"stratified"`` (a
+        :class:`StratifiedPermutationSampler`) keeps one statistics stream per
+        prefix size and averages the stratum means with weight ``1/n`` each
+        (unbiased, lower variance when marginals depend on the coalition size;
+        the stderr is ``inf`` until every size has two samples of a player).
 
     Examples
     --------
@@ -330,7 +379,7 @@ def permutation_shapley(
     """
     return _run(
         "permutation_shapley", utility, "n_permutations", n_permutations, seed, items_per_block,
-        truncation=truncation, antithetic=antithetic, warm_start=warm_start,
+        truncation=truncation, antithetic=antithetic, warm_start=warm_start, sampler=sampler,
     )
 
 
@@ -439,6 +488,89 @@ def owen_shapley(
     """
     return _run(
         "owen_shapley", utility, "n_samples", n_samples, seed, items_per_block, n_q=n_q, antithetic=antithetic
+    )
+
+
+@lazy_method
+def delta_shapley(
+    utility: UtilityLike,
+    *,
+    lower_bound: int,
+    upper_bound: int,
+    n_samples: int | None = None,
+    sample_sizes: SampleSizeStrategy | None = None,
+    seed: SeedLike = None,
+    items_per_block: int | None = None,
+) -> xr.Dataset:
+    """Delta-Shapley values (Watson et al., 2023): Shapley restricted to coalition sizes ``lower..upper``.
+
+    The value of player ``i`` is the mean, over the sizes
+    ``k = lower_bound..upper_bound``, of its average marginal contribution to
+    coalitions of size ``k`` of the other players::
+
+        v_i = 1/(upper - lower + 1) sum_{k=lower}^{upper} mean_{S ⊆ N \\ {i}, |S| = k} [u(S ∪ {i}) - u(S)]
+
+    With ``lower_bound=0, upper_bound=n-1`` this is the Shapley value; small
+    upper bounds keep training sets small (cheap fits), which is the point of
+    the method. Sampling is stratified by size (a :class:`StratifiedSampler`
+    over the sizes in range, two evaluations per sample): every player gets
+    ``n_samples`` samples, split over the sizes by ``sample_sizes``; the
+    estimate is the weighted sum of the per-size means, unbiased for any
+    split, with stderr ``inf`` until every size in range has two samples.
+
+    Parameters
+    ----------
+    utility : Utility
+        The utility or game.
+    lower_bound, upper_bound : int
+        Smallest and largest coalition size (of the others), ``0 <= lower <= upper <= n - 1``.
+    n_samples : int, optional
+        Samples per player. ``None`` takes the total the strategy prescribes
+        (:class:`DeltaShapleySampleSize`: ``sum_k m_k`` over the range).
+    sample_sizes : SampleSizeStrategy, optional
+        Split over sizes: ``None`` the same number at every size;
+        :class:`DeltaShapleySampleSize` the paper's per-size counts from its
+        stability bound; :class:`PowerLawSampleSize` (``-2`` has the
+        paper's decay) and others.
+    seed : int, SeedSequence or None
+        Same seed, same values on any scheduler.
+    items_per_block : int, optional
+        Samples per player and graph task.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``value``, ``stderr``, ``counts`` over ``sample``; attrs record
+        the bounds and the sample-size rule.
+
+    References
+    ----------
+    Watson, L., Kujawa, Z., Andreeva, R., Yang, H.-T., Elahi, T. and Sarkar, R.
+    (2023). Accelerated Shapley value approximation for data evaluation. arXiv:2311.05346.
+
+    Examples
+    --------
+    >>> from dvl_dask.testing.games import SymmetricVotingGame
+    >>> ds = delta_shapley(SymmetricVotingGame(4), lower_bound=0, upper_bound=3, n_samples=16, seed=0)
+    >>> ds.value.compute().values.round(12).tolist()  # marginals depend on the size only: exact Shapley values
+    [0.25, 0.25, 0.25, 0.25]
+    """
+    owner = "delta_shapley"
+    checked = check_utility(utility, owner)
+    if n_samples is None:
+        lower, upper = _delta_bounds(checked.n_players, lower_bound, upper_bound)
+        prescribed = None if sample_sizes is None else getattr(sample_sizes, "total", lambda *a: None)(
+            checked.n_players, lower, upper)
+        if prescribed is None:
+            raise InvalidParameterError(
+                "The 'n_samples' parameter of delta_shapley is needed unless 'sample_sizes' prescribes a total "
+                "(DeltaShapleySampleSize). Got n_samples=None with "
+                f"sample_sizes={sample_sizes!r}."
+            )
+        n_samples = max(int(prescribed), 2 * (upper - lower + 1))
+    return _run(
+        owner, checked, "n_samples", n_samples, seed, items_per_block, lower_bound=lower_bound,
+        upper_bound=upper_bound, sample_sizes=sample_sizes,
     )
 
 

@@ -28,12 +28,20 @@ from ..validation import check_positive_int, check_real
 __all__ = [
     "AntitheticSampler",
     "BetaSampler",
+    "ConstantSampleSize",
+    "DeltaShapleySampleSize",
+    "HarmonicSampleSize",
+    "PowerLawSampleSize",
+    "SampleSizeStrategy",
+    "VRDSSampler",
     "OwenSampler",
     "PermutationSampler",
+    "StratifiedPermutationSampler",
     "StratifiedSampler",
     "SubsetSampler",
     "UniformSampler",
     "child_seed",
+    "make_permutation_sampler",
     "make_subset_sampler",
 ]
 
@@ -69,6 +77,62 @@ class PermutationSampler:
         # The class (its code, for user subclasses) and its whole state, not the hand-picked
         # parameters(): a subclass with state of its own must not share a key.
         return instance_token(self)
+
+
+class StratifiedPermutationSampler(PermutationSampler):
+    """Uniform random permutations whose marginals are stratified by prefix size (pyDVL's stratified permutations).
+
+    In a uniform permutation, player ``i`` arrives after a prefix of size
+    ``k`` with probability ``1/n`` for every ``k = 0..n-1``, and given ``k``
+    the prefix is a uniform ``k``-subset of the others. The Shapley value is
+    therefore ``(1/n) sum_k E[u(S + i) - u(S) | |S| = k]``. This sampler draws
+    the same permutations as :class:`PermutationSampler`, but the estimator
+    keeps one statistics stream per prefix size (a *stratum*) and reports
+    ``(1/n) sum_k mean_k`` with variance ``(1/n^2) sum_k stderr_k^2``
+    (post-stratification): the randomness of how many samples each size got
+    is removed from the estimate, which lowers its variance when marginals
+    depend strongly on the coalition size (Maleki et al., 2013; Castro et
+    al., 2017). Every stratum needs two samples before a player's stderr is
+    finite, so budgets should be several times ``n`` permutations; until then
+    the stderr is ``inf``, not small.
+
+    pyDVL 0.10's ``StratifiedPermutationSampler`` (marked experimental there)
+    samples set sizes from a strategy and does not reweight; this one
+    samples sizes exactly as permutations do and is unbiased. There is no
+    antithetic variant: a permutation and its reverse put a player at sizes
+    ``k`` and ``n - 1 - k``, two strata.
+    """
+
+    stratified = True
+
+    def __init__(self) -> None:
+        super().__init__(antithetic=False)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": "stratified-permutation"}
+
+
+def make_permutation_sampler(sampler: Any, antithetic: bool, owner: str) -> PermutationSampler:
+    """Resolve the ``sampler`` argument of a permutation method (None, a name or an instance)."""
+    if sampler is None or sampler == "permutation":
+        return PermutationSampler(antithetic)
+    if sampler == "antithetic":
+        return PermutationSampler(True)
+    if sampler == "stratified":
+        sampler = StratifiedPermutationSampler()
+    if not isinstance(sampler, PermutationSampler):
+        raise InvalidParameterError(
+            f"The 'sampler' parameter of {owner} must be None, 'permutation', 'antithetic', 'stratified' or a "
+            f"PermutationSampler / StratifiedPermutationSampler instance. Got {sampler!r}."
+        )
+    if antithetic and not sampler.antithetic:
+        raise InvalidParameterError(
+            f"{owner}: antithetic=True contradicts sampler={sampler!r}"
+            + (" (stratified permutations have no antithetic variant: a permutation and its reverse put a player "
+               "in two strata)" if getattr(sampler, "stratified", False) else "")
+            + ". To fix, drop one of the two arguments."
+        )
+    return sampler
 
 
 class SubsetSampler(ABC):
@@ -189,6 +253,162 @@ class BetaSampler(SubsetSampler):
         return {"sampler": self.name, "a": self.a, "b": self.b}
 
 
+class SampleSizeStrategy:
+    """How many of a player's samples go to each coalition size ``k``: ``m_k ∝ f(n, k)`` (Wu et al., 2023).
+
+    Subclasses implement :meth:`fun`. A stratified sampler with a strategy
+    splits each block of ``m`` samples per player over the sizes that carry
+    weight in the semivalue: two per size first (every stratum needs a
+    variance estimate), the rest in proportion to ``f`` (largest remainders,
+    ties broken at random). Estimates stay unbiased for any ``f``: each
+    stratum's mean is weighted by the semivalue, not by its sample count. A
+    block of fewer than two samples per weighted size splits all of them in
+    proportion to ``f`` at random, so sizes without a sample keep the stderr
+    ``inf`` until they get some.
+    """
+
+    name = "strategy"
+
+    def fun(self, n: int, k: np.ndarray) -> np.ndarray:
+        """Relative number of samples ``f(n, k)`` at each coalition size in ``k`` (non-negative)."""
+        raise NotImplementedError
+
+    def total(self, n: int, lower: int, upper: int) -> int | None:
+        """Samples per player the strategy prescribes for sizes ``lower..upper``, or None if only relative."""
+        return None
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sample_sizes": self.name}
+
+    def counts(self, rng: np.random.Generator, n: int, weights: np.ndarray, m: int) -> np.ndarray:
+        """Samples per coalition size ``k = 0..n-1`` for ``m`` samples of one player."""
+        used = np.asarray(weights, dtype=np.float64) > 0
+        share = np.where(used, np.asarray(self.fun(n, np.arange(n)), dtype=np.float64), 0.0)
+        if np.any(~np.isfinite(share)) or np.any(share < 0) or np.any(share[used] == 0):
+            raise InvalidParameterError(
+                f"The sample-size strategy {self!r} must give a positive, finite share to every coalition size "
+                "the value weighs (a size without samples would bias the value)."
+            )
+        counts = np.zeros(n, dtype=np.int64)
+        n_used = int(used.sum())
+        if m >= 2 * n_used:
+            counts[used] = 2
+            m -= 2 * n_used
+        exact = m * share / share.sum()
+        base = np.floor(exact).astype(np.int64)
+        left = m - int(base.sum())
+        if left > 0:
+            fraction = exact - base
+            pick = rng.choice(n, size=left, replace=False, p=fraction / fraction.sum())
+            base[pick] += 1
+        return counts + base
+
+    def __dask_tokenize__(self) -> Any:
+        return instance_token(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.parameters()})"
+
+
+class ConstantSampleSize(SampleSizeStrategy):
+    """The same number of samples at every coalition size (Maleki et al.'s equal allocation)."""
+
+    name = "constant"
+
+    def fun(self, n: int, k: np.ndarray) -> np.ndarray:
+        return np.ones(np.shape(k))
+
+
+class HarmonicSampleSize(SampleSizeStrategy):
+    """``f(k) = 1 / (1 + k)``: many small coalitions, few large ones (the VRDS rule of Wu et al., 2023)."""
+
+    name = "harmonic"
+
+    def fun(self, n: int, k: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.asarray(k, dtype=np.float64))
+
+
+class PowerLawSampleSize(SampleSizeStrategy):
+    """``f(k) = (1 + k) ** exponent``; -1 is :class:`HarmonicSampleSize`, -2 the decay of Delta-Shapley's bound.
+
+    Wu et al. (2023) report exponents between -1 and -0.5 to work well.
+    """
+
+    name = "power-law"
+
+    def __init__(self, exponent: float) -> None:
+        self.exponent = check_real(exponent, "exponent", "PowerLawSampleSize", finite=True)
+
+    def fun(self, n: int, k: np.ndarray) -> np.ndarray:
+        return (1.0 + np.asarray(k, dtype=np.float64)) ** self.exponent
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sample_sizes": self.name, "exponent": self.exponent}
+
+
+class DeltaShapleySampleSize(SampleSizeStrategy):
+    """Samples per coalition size from Watson et al.'s (2023) bound for non-convex losses trained with SGD.
+
+    Delta-Shapley bounds how much a model trained by ``T`` steps of SGD with
+    learning rate ``c / t`` can change when one point is added to a training
+    set of size ``k`` (uniform stability), and from it the number of samples
+    ``m_k`` at size ``k`` for which the mean marginal at that size is within
+    ``eps`` of its expectation with probability ``1 - delta`` (Theorem 7, a
+    Bernstein bound with a union bound over the ``n`` players)::
+
+        q   = lipschitz_grad * lr_factor
+        H_k = max_loss^(q/(q+1)) (2 lr_factor lipschitz_loss^2)^(1/(q+1)) T^(q/(q+1)) (1 + 1/q) / max(k - 1, 1)
+        m_k = ceil(2 log(2 n / delta) (2 H_k^2 + 2 max_loss H_k + 4 max_loss eps / 3) / eps^2)
+
+    ``m_k`` decays like ``1/k^2``. The constants are properties of the
+    training algorithm that are hard to know; :class:`PowerLawSampleSize`
+    with exponent -2 has the same shape with a budget of your choosing.
+    :func:`~dvl_dask.valuation.delta_shapley` with ``n_samples=None`` takes
+    ``sum_k m_k`` over its size range as the samples per player.
+
+    Parameters
+    ----------
+    max_loss, lipschitz_loss, lipschitz_grad, lr_factor : float
+        Bound of the loss, Lipschitz constants of the loss and of its
+        gradient, and ``c`` of the learning rate ``c / t``; all positive.
+    n_sgd_iter : int
+        Number of SGD steps ``T``.
+    eps, delta : float
+        Accuracy and failure probability of each size's mean marginal.
+    """
+
+    name = "delta-shapley"
+
+    def __init__(
+        self, *, max_loss: float, lipschitz_loss: float, lipschitz_grad: float, lr_factor: float,
+        n_sgd_iter: int, eps: float = 0.01, delta: float = 0.05,
+    ) -> None:
+        owner = "DeltaShapleySampleSize"
+        positive = {"low": 0.0, "low_open": True, "finite": True}
+        self.max_loss = check_real(max_loss, "max_loss", owner, **positive)
+        self.lipschitz_loss = check_real(lipschitz_loss, "lipschitz_loss", owner, **positive)
+        self.lipschitz_grad = check_real(lipschitz_grad, "lipschitz_grad", owner, **positive)
+        self.lr_factor = check_real(lr_factor, "lr_factor", owner, **positive)
+        self.n_sgd_iter = check_positive_int(n_sgd_iter, "n_sgd_iter", owner)
+        self.eps = check_real(eps, "eps", owner, **positive)
+        self.delta = check_real(delta, "delta", owner, low=0.0, high=1.0, low_open=True, high_open=True)
+
+    def fun(self, n: int, k: np.ndarray) -> np.ndarray:
+        q = self.lipschitz_grad * self.lr_factor
+        h = (self.max_loss ** (q / (q + 1)) * (2 * self.lr_factor * self.lipschitz_loss**2) ** (1 / (q + 1))
+             * self.n_sgd_iter ** (q / (q + 1)) * (1 + 1 / q) / np.maximum(np.asarray(k, dtype=np.float64) - 1, 1))
+        bound = (2 * h**2 + 2 * self.max_loss * h + 4 * self.max_loss * self.eps / 3) / self.eps**2
+        return np.ceil(2 * np.log(2 * n / self.delta) * bound)
+
+    def total(self, n: int, lower: int, upper: int) -> int | None:
+        return int(self.fun(n, np.arange(lower, upper + 1)).sum())
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sample_sizes": self.name, "max_loss": self.max_loss, "lipschitz_loss": self.lipschitz_loss,
+                "lipschitz_grad": self.lipschitz_grad, "lr_factor": self.lr_factor, "n_sgd_iter": self.n_sgd_iter,
+                "eps": self.eps, "delta": self.delta}
+
+
 class StratifiedSampler:
     """Per-player sampling stratified by coalition size, with equal or Neyman allocation per size.
 
@@ -204,6 +424,9 @@ class StratifiedSampler:
       starting size, so every stratum gets ``floor(m / n)`` or
       ``ceil(m / n)`` samples (Maleki et al.'s stratified Shapley sampling
       with equal allocation).
+    - ``allocation=<SampleSizeStrategy>``: a fixed split ``m_k ∝ f(k)``
+      (two per size first), e.g. :class:`HarmonicSampleSize` (VRDS,
+      :class:`VRDSSampler`) or :class:`PowerLawSampleSize`.
     - ``allocation="neyman"``: two-phase Neyman allocation, the
       variance-optimal split ``m_k ∝ w_k σ_k`` (Neyman, 1934; proposed for
       Shapley values by Maleki et al., 2013, and, with a pilot-estimated
@@ -224,8 +447,9 @@ class StratifiedSampler:
 
     Parameters
     ----------
-    allocation : {"equal", "neyman"}
-        How samples are split over coalition sizes.
+    allocation : {"equal", "neyman"} or SampleSizeStrategy
+        How samples are split over coalition sizes. Sizes of weight 0 in the
+        semivalue (outside Delta-Shapley's range) get no samples.
     pilot : int, default 2
         Pilot samples per stratum and block (``allocation="neyman"``), at least 2.
     defensive : float, default 0.2
@@ -234,10 +458,13 @@ class StratifiedSampler:
 
     name = "stratified"
 
-    def __init__(self, allocation: str = "equal", pilot: int = 2, defensive: float = 0.2) -> None:
-        if allocation not in ("equal", "neyman"):
+    def __init__(
+        self, allocation: str | SampleSizeStrategy = "equal", pilot: int = 2, defensive: float = 0.2
+    ) -> None:
+        if not isinstance(allocation, SampleSizeStrategy) and allocation not in ("equal", "neyman"):
             raise InvalidParameterError(
-                f"The 'allocation' parameter of StratifiedSampler must be 'equal' or 'neyman'. Got {allocation!r}."
+                "The 'allocation' parameter of StratifiedSampler must be 'equal', 'neyman' or a SampleSizeStrategy "
+                f"(HarmonicSampleSize(), PowerLawSampleSize(exponent), ...). Got {allocation!r}."
             )
         self.allocation = allocation
         self.pilot = check_positive_int(pilot, "pilot", "StratifiedSampler")
@@ -251,6 +478,19 @@ class StratifiedSampler:
     def sizes(self, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
         """Stratum (coalition size) of each of ``m`` samples: round-robin from a random start."""
         return (int(rng.integers(n)) + np.arange(m)) % n
+
+    def plan_sizes(self, rng: np.random.Generator, n: int, m: int, weights: np.ndarray) -> np.ndarray:
+        """Coalition size of each of ``m`` samples of one player (equal allocation or a strategy).
+
+        Sizes of weight 0 get no samples; with every weight positive, equal
+        allocation is :meth:`sizes` (the same draws as before strategies existed).
+        """
+        if isinstance(self.allocation, SampleSizeStrategy):
+            return np.repeat(np.arange(n), self.allocation.counts(rng, n, weights, m))
+        used = np.flatnonzero(np.asarray(weights) > 0)
+        if used.size == n:
+            return self.sizes(rng, n, m)
+        return used[(int(rng.integers(used.size)) + np.arange(m)) % used.size]
 
     def uses_pilot(self, n: int, m: int) -> bool:
         """Whether a block of ``m`` samples per player over ``n`` strata runs a Neyman pilot."""
@@ -296,6 +536,8 @@ class StratifiedSampler:
         return self.draw_sizes_for_player(rng, n, player, sizes), sizes
 
     def parameters(self) -> dict[str, Any]:
+        if isinstance(self.allocation, SampleSizeStrategy):
+            return {"sampler": self.name, "allocation": "strategy", **self.allocation.parameters()}
         if self.allocation == "equal":
             return {"sampler": self.name, "allocation": self.allocation}
         return {"sampler": self.name, "allocation": self.allocation, "pilot": self.pilot,
@@ -305,6 +547,31 @@ class StratifiedSampler:
         # The class (its code, for user subclasses) and its whole state, not the hand-picked
         # parameters(): a subclass with state of its own must not share a key.
         return instance_token(self)
+
+
+class VRDSSampler(StratifiedSampler):
+    """Variance-reduced data Shapley sampling (Wu et al., 2023): stratified by size with ``m_k ∝ 1 / (1 + k)``.
+
+    A :class:`StratifiedSampler` with :class:`HarmonicSampleSize` (pyDVL's
+    ``VRDSSampler``): each player's samples go mostly to small coalitions,
+    where marginal contributions of learning algorithms vary most, two per
+    size first. The estimate combines the stratum means with the semivalue's
+    weights and stays unbiased; only its variance depends on the split.
+
+    References
+    ----------
+    Wu, M., Jia, R., Lin, C., Huang, W. and Chang, X. (2023). Variance reduced
+    Shapley value estimation for trustworthy data valuation. Computers &
+    Operations Research 159, 106305.
+    """
+
+    name = "vrds"
+
+    def __init__(self) -> None:
+        super().__init__(allocation=HarmonicSampleSize())
+
+    def parameters(self) -> dict[str, Any]:
+        return {"sampler": self.name}
 
 
 _SUBSET_SAMPLERS = {
@@ -322,9 +589,11 @@ def make_subset_sampler(sampler: str | SubsetSampler | StratifiedSampler, owner:
         return StratifiedSampler()
     if sampler == "stratified-neyman":
         return StratifiedSampler("neyman")
+    if sampler == "vrds":
+        return VRDSSampler()
     if isinstance(sampler, str) and sampler in _SUBSET_SAMPLERS:
         return _SUBSET_SAMPLERS[sampler]()
-    names = [*_SUBSET_SAMPLERS, "stratified", "stratified-neyman"]
+    names = [*_SUBSET_SAMPLERS, "stratified", "stratified-neyman", "vrds"]
     raise InvalidParameterError(
         f"The 'sampler' parameter of {owner} must be one of {names} or a sampler instance "
         f"(OwenSampler(n_q=...), BetaSampler(a, b)). Got {sampler!r}."

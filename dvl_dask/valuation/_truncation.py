@@ -10,6 +10,7 @@ value only. Results of truncated runs say so (:func:`bias_attrs`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..keys import instance_token
 from ..validation import check_real
 
 __all__ = [
+    "DeviationTruncation",
     "FixedTruncation",
     "NoTruncation",
     "RelativeTruncation",
@@ -37,6 +39,19 @@ class TruncationPolicy:
     def stop_after(self, step: int, n: int, score: float, total: float | None) -> bool:
         """True to stop after prefix length ``step`` (1..n) with score ``score``."""
         return False
+
+    def checker(self, n: int, total: float | None) -> Callable[[int, float], bool]:
+        """A fresh stopping rule for ONE permutation of ``n`` players: ``stop(step, score) -> bool``.
+
+        Policies with state along a permutation (:class:`DeviationTruncation`)
+        keep it in the returned closure, so one policy object serves every
+        permutation of every block and thread without shared mutable state.
+        """
+
+        def stop(step: int, score: float) -> bool:
+            return self.stop_after(step, n, score, total)
+
+        return stop
 
     def parameters(self) -> dict[str, Any]:
         return {"truncation": self.name}
@@ -86,11 +101,77 @@ class RelativeTruncation(TruncationPolicy):
         return {"truncation": self.name, "rtol": self.rtol}
 
 
+class DeviationTruncation(TruncationPolicy):
+    """Stop once ``|u(prefix) - u(N)| < sigmas * std`` of the scores seen so far in the permutation (pyDVL's rule).
+
+    Along each permutation the policy keeps the running mean and (population)
+    variance of the prefix scores evaluated so far, the current one
+    included; after a burn-in of ``burn_in_fraction * n`` prefixes it stops
+    as soon as the current score lies strictly within ``sigmas`` standard
+    deviations of the total utility ``u(N)``. The state starts afresh with
+    every permutation. This is pyDVL 0.10's ``DeviationTruncation`` (the
+    "bootstrap truncation" of pyDVL 0.9). Like every truncation it biases the
+    values (later players get a marginal contribution of 0): results say so
+    in ``attrs["biased"]`` and ``attrs["bias"]``.
+
+    Parameters
+    ----------
+    burn_in_fraction : float
+        Fraction of the ``n`` prefixes of a permutation evaluated before the
+        rule is checked, in ``[0, 1]``.
+    sigmas : float, default 1.0
+        Number of standard deviations, positive.
+
+    Examples
+    --------
+    >>> stop = DeviationTruncation(0.0, sigmas=1.0).checker(4, total=1.0)
+    >>> [stop(1, 0.0), stop(2, 0.9)]  # std 0.45 after two scores; |0.9 - 1| < 0.45
+    [False, True]
+    """
+
+    name = "deviation"
+    needs_total = True
+
+    def __init__(self, burn_in_fraction: float, sigmas: float = 1.0) -> None:
+        self.burn_in_fraction = check_real(
+            burn_in_fraction, "burn_in_fraction", "DeviationTruncation", low=0.0, high=1.0
+        )
+        self.sigmas = check_real(sigmas, "sigmas", "DeviationTruncation", low=0.0, low_open=True, finite=True)
+
+    def checker(self, n: int, total: float | None) -> Callable[[int, float], bool]:
+        assert total is not None
+        burn_in = self.burn_in_fraction * n
+        count, mean, m2 = 0, 0.0, 0.0
+
+        def stop(step: int, score: float) -> bool:
+            nonlocal count, mean, m2
+            count += 1
+            delta = score - mean
+            mean += delta / count
+            m2 += delta * (score - mean)
+            if count < burn_in:
+                return False
+            return abs(score - total) < self.sigmas * float(np.sqrt(m2 / count))
+
+        return stop
+
+    def stop_after(self, step: int, n: int, score: float, total: float | None) -> bool:
+        raise InvalidParameterError(
+            "DeviationTruncation keeps state along a permutation; use checker(n, total) for each permutation."
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        return {"truncation": self.name, "burn_in_fraction": self.burn_in_fraction, "sigmas": self.sigmas}
+
+
 _BIAS_RULES = {
     "fixed": ("FixedTruncation(fraction={fraction}): only the first ceil({fraction} n) prefixes of each "
               "permutation are evaluated and later players get a marginal contribution of 0"),
     "relative": ("RelativeTruncation(rtol={rtol}): a permutation stops once |u(prefix) - u(N)| <= {rtol} "
                  "|u(N)| and later players get a marginal contribution of 0"),
+    "deviation": ("DeviationTruncation(burn_in_fraction={burn_in_fraction}, sigmas={sigmas}): after a burn-in, a "
+                  "permutation stops once |u(prefix) - u(N)| < {sigmas} standard deviations of its prefix scores "
+                  "so far and later players get a marginal contribution of 0"),
 }
 
 
@@ -128,5 +209,6 @@ def make_truncation(truncation: str | float | TruncationPolicy | None, owner: st
         return RelativeTruncation(float(truncation))
     raise InvalidParameterError(
         f"The 'truncation' parameter of {owner} must be None, 'none', a relative tolerance (float) or a "
-        f"policy (NoTruncation(), FixedTruncation(fraction), RelativeTruncation(rtol)). Got {truncation!r}."
+        f"policy (NoTruncation(), FixedTruncation(fraction), RelativeTruncation(rtol), "
+        f"DeviationTruncation(burn_in_fraction, sigmas)). Got {truncation!r}."
     )

@@ -31,6 +31,7 @@ from dvl_dask import Dataset, Utility, config
 from dvl_dask.errors import InvalidParameterError
 from dvl_dask.testing.games import AirportGame, WeightedVotingGame
 from dvl_dask.valuation import (
+    PowerLawSampleSize,
     banzhaf,
     banzhaf_coefficient,
     classwise_shapley,
@@ -67,6 +68,22 @@ DATA = Dataset(X, Y, X, Y)
 OTHER_DATA = Dataset(X, np.array([0, 1, 1, 0, 1, 0]), X, Y)
 UTILITY = Utility(NearestMeanClassifier(), DATA, "accuracy")
 OTHER_UTILITY = Utility(NearestMeanClassifier(shift=0.5), DATA, "accuracy")
+
+
+class BlockSum:
+    """A 2D utility for 2D-Shapley: u(rows, features) = (sum of the block's cells) ** 2."""
+
+    def __init__(self, cells) -> None:
+        self.cells = np.asarray(cells, dtype=float)
+        self.n_rows, self.n_features = self.cells.shape
+        self.token = "block-sum-" + self.cells.tobytes().hex()
+
+    def __call__(self, rows, features) -> float:
+        return float(self.cells[np.ix_(np.asarray(rows, int), np.asarray(features, int))].sum()) ** 2
+
+
+TWO_D = BlockSum([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]])
+OTHER_TWO_D = BlockSum([[1.0, 2.0], [3.0, -1.0], [0.5, 1.0]])
 
 
 def _keys(ds: xr.Dataset) -> dict:
@@ -193,7 +210,10 @@ BASE_CALLS = {
     "msr_banzhaf": ((GAME,), {"n_samples": 20, "seed": 0}),
     "beta_shapley": ((GAME,), {"alpha": 1.0, "beta": 1.0, "n_samples": 20, "seed": 0}),
     "owen_shapley": ((GAME,), {"n_samples": 20, "seed": 0}),
+    "delta_shapley": ((GAME,), {"lower_bound": 1, "upper_bound": 3, "n_samples": 20, "seed": 0}),
     "exact_shapley": ((GAME,), {}),
+    "exact_two_d_shapley": ((TWO_D,), {}),
+    "two_d_shapley": ((TWO_D,), {"n_permutations": 20, "seed": 0}),
     "loo": ((GAME,), {}),
     "knn_shapley": ((DATA, KNeighborsClassifier(n_neighbors=1)), {}),
     "data_oob": ((UTILITY,), {"n_estimators": 20, "seed": 0}),
@@ -241,6 +261,10 @@ ALTERNATIVES = {
     "fractions": [0.0, 0.2],
     "orders": ("highest", "random"),
     "n_random": 3,
+    "lower_bound": 0,
+    "upper_bound": 2,
+    "sample_sizes": PowerLawSampleSize(-2.0),
+    "normalize_values": True,
     ("permutation_shapley", "utility"): OTHER_UTILITY,
     ("data_oob", "utility"): OTHER_UTILITY,
     ("classwise_shapley", "utility"): Utility(NearestMeanClassifier(), OTHER_DATA, "accuracy"),
@@ -248,6 +272,8 @@ ALTERNATIVES = {
     ("group_testing_shapley", "n_samples"): 41,
     ("group_testing_shapley", "epsilon"): {"n_samples": None, "epsilon": 3.0},
     ("beta_shapley", "sampler"): "uniform",
+    ("exact_two_d_shapley", "utility"): OTHER_TWO_D,
+    ("two_d_shapley", "utility"): OTHER_TWO_D,
     ("msr_banzhaf", "antithetic"): REFUSED,
 }
 

@@ -126,3 +126,42 @@ def test_round_trip_through_zarr_keeps_labels(tmp_path):
     back = dvl_dask.open_result(tmp_path / "cs.zarr")
     assert back.label.values.tolist() == [0, 0, 1, 1]
     np.testing.assert_allclose(back.value.values, ds.value.compute().values)
+
+
+# -- normalize_values (pyDVL's ClasswiseShapleyValuation(normalize_values=True), issue 28) ---------
+def _norm_data():
+    x = np.array([[0.0], [0.4], [1.0], [2.6], [3.0], [3.8]])
+    y = np.array([0, 0, 1, 1, 1, 0])
+    x_test = np.array([[0.2], [0.8], [1.6], [2.9], [3.5], [0.1]])
+    y_test = np.array([0, 0, 1, 1, 1, 1])
+    return Dataset(x, y, x_test, y_test)
+
+
+def test_normalized_values_sum_to_the_in_class_utility_of_each_class():
+    data = _norm_data()
+    model = KNeighborsClassifier(n_neighbors=1)
+    u = Utility(model, data, "accuracy")
+    raw = classwise_shapley(u, 12, seed=0).compute(scheduler="sync")
+    ds = classwise_shapley(u, 12, seed=0, normalize_values=True).compute(scheduler="sync")
+    assert ds.attrs["normalized"] in (True, 1)
+    # In-class utility written out: 1-NN fitted on all six points, test points of the class it gets right / n_test.
+    predictions = KNeighborsClassifier(n_neighbors=1).fit(data.x_train, data.y_train).predict(data.x_test)
+    for label in (0, 1):
+        members = data.y_train == label
+        a_in = np.sum((predictions == data.y_test) & (data.y_test == label)) / len(data.y_test)
+        total = raw.value.values[members].sum()
+        assert total != 0
+        np.testing.assert_allclose(ds.value.values[members].sum(), a_in, atol=1e-12)
+        factor = a_in / total
+        np.testing.assert_allclose(ds.value.values[members], factor * raw.value.values[members], atol=1e-12)
+        # The stderr bound covers the error of the estimated class sum as well as the point's own.
+        expected = abs(factor) * (raw.stderr.values[members] + np.abs(raw.value.values[members])
+                                  * raw.stderr.values[members].sum() / abs(total))
+        np.testing.assert_allclose(ds.stderr.values[members], expected, rtol=1e-12)
+        assert np.all(ds.stderr.values[members] >= abs(factor) * raw.stderr.values[members])
+
+
+def test_normalize_values_must_be_a_bool():
+    u = Utility(KNeighborsClassifier(n_neighbors=1), _norm_data(), "accuracy")
+    with pytest.raises(InvalidParameterError, match="normalize_values"):
+        classwise_shapley(u, 4, seed=0, normalize_values="yes")

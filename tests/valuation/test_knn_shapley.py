@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import dask
@@ -194,7 +195,7 @@ def test_distributed_equals_sync(rng, client):
     [
         (KNeighborsClassifier(weights="distance"), InvalidModelError, "weights='uniform'"),
         (KNeighborsClassifier(metric="precomputed"), InvalidModelError, "precomputed"),
-        (KNeighborsRegressor(), InvalidModelError, "KNeighborsRegressor"),
+        (KNeighborsRegressor(weights="distance"), InvalidModelError, "weights='uniform'"),
         ("knn", InvalidModelError, "KNeighborsClassifier"),
     ],
 )
@@ -216,3 +217,65 @@ def test_refuses_bad_data(rng):
         knn_shapley((x_train, y_train), KNeighborsClassifier())
     with pytest.raises(DvlDaskError, match="test_chunk_size"):
         knn_shapley(Dataset(x_train, y_train, x_test, y_test), KNeighborsClassifier(), test_chunk_size=0)
+
+
+# -- KNN regression (issue 28) ---------------------------------------------------------------------
+def knn_regression_utility(x_train, y_train, x_test, y_test, k, subset) -> float:
+    """Negative squared error of the KNN regressor written out: mean of the K nearest targets (sum / K)."""
+    subset = list(subset)
+    total = 0.0
+    for a, t in zip(x_test, y_test, strict=True):
+        nearest = [subset[j] for j in np.argsort(np.linalg.norm(x_train[subset] - a, axis=1))[:k]] if subset else []
+        total += -(np.sum(y_train[nearest]) / k - t) ** 2
+    return total / len(x_test)
+
+
+def brute_force_subsets(u, n) -> np.ndarray:
+    """Shapley values from the subset formula, each coalition evaluated once."""
+    values = {s: u(s) for size in range(n + 1) for s in itertools.combinations(range(n), size)}
+    phi = np.zeros(n)
+    for s, value in values.items():
+        for i in range(n):
+            if i in s:
+                phi[i] += value / (n * math.comb(n - 1, len(s) - 1))
+            else:
+                phi[i] -= value / (n * math.comb(n - 1, len(s)))
+    return phi
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 8])
+def test_knn_regression_matches_brute_force_over_all_subsets(rng, k):
+    x_train, x_test = rng.normal(size=(7, 2)), rng.normal(size=(3, 2))
+    y_train, y_test = rng.normal(size=7) * 3, rng.normal(size=3)
+    truth = brute_force_subsets(
+        lambda s: knn_regression_utility(x_train, y_train, x_test, y_test, k, s), 7
+    )
+    ds = knn_shapley(Dataset(x_train, y_train, x_test, y_test), KNeighborsRegressor(n_neighbors=k), test_chunk_size=2)
+    np.testing.assert_allclose(ds.value.values, truth, atol=1e-12)
+    assert json.loads(ds.attrs["parameters"])["utility"] == "negative squared error"
+
+
+def test_knn_regression_utility_is_the_regressors_error(rng):
+    # The written-out utility is sklearn's KNeighborsRegressor for coalitions of at least K points.
+    x_train, x_test = rng.normal(size=(6, 2)), rng.normal(size=(4, 2))
+    y_train, y_test = rng.normal(size=6), rng.normal(size=4)
+    subset = [0, 2, 3, 5]
+    model = KNeighborsRegressor(n_neighbors=3).fit(x_train[subset], y_train[subset])
+    expected = -np.mean((model.predict(x_test) - y_test) ** 2)
+    assert knn_regression_utility(x_train, y_train, x_test, y_test, 3, subset) == pytest.approx(expected)
+
+
+def test_knn_regression_and_classification_keys_differ(rng):
+    x_train, y_train, x_test, y_test = random_data(rng, 6, 3)
+    data = Dataset(x_train, y_train.astype(float), x_test, y_test.astype(float))
+    a = knn_shapley(data, KNeighborsRegressor(n_neighbors=2))
+    b = knn_shapley(data, KNeighborsClassifier(n_neighbors=2))
+    assert a.attrs["utility_token"] != b.attrs["utility_token"]
+    assert not set(dict(a.__dask_graph__())) & {k for k in dict(b.__dask_graph__()) if "knn-shapley" in str(k)}
+
+
+def test_knn_regression_refuses_non_numeric_targets(rng):
+    x = rng.normal(size=(4, 2))
+    with pytest.raises(InvalidDataError, match="numeric targets"):
+        knn_shapley(Dataset(x, np.array(["a", "b", "a", "b"]), x, np.array(["a", "b", "a", "b"])),
+                    KNeighborsRegressor(n_neighbors=1))

@@ -1,0 +1,141 @@
+"""2D-Shapley (Liu et al., ICML 2023) against its definition, brute force over all row and feature subsets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from dvl_dask import Dataset, Utility
+from dvl_dask.errors import InvalidParameterError, TooManyPlayersError
+from dvl_dask.valuation import FeatureSubsetUtility, exact_two_d_shapley, two_d_shapley
+
+CELLS = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, 1.0], [-1.0, 2.0, 2.0], [0.5, 1.5, -0.5]])
+
+
+class CellGame:
+    """``u(S, F) = g(sum of the block's cells)``: additive for g = identity, with interactions otherwise."""
+
+    def __init__(self, cells: np.ndarray, power: int = 1) -> None:
+        self.cells, self.power = cells, power
+        self.n_rows, self.n_features = cells.shape
+        self.token = f"cell-game-{power}-{cells.tobytes().hex()}"
+        self.row_names = np.array([f"r{i}" for i in range(self.n_rows)])
+        self.feature_names = np.array([f"f{j}" for j in range(self.n_features)])
+        self.score_range = None
+
+    def __call__(self, rows, features) -> float:
+        block = self.cells[np.ix_(np.asarray(rows, dtype=int), np.asarray(features, dtype=int))]
+        return float(block.sum()) ** self.power
+
+
+def brute_force_2d(u, n: int, m: int) -> np.ndarray:
+    """The 2D-Shapley definition: Shapley-weighted double marginals over S ⊆ N\\{i}, F ⊆ M\\{j}."""
+    cache = {}
+
+    def value(rows, features):
+        key = (frozenset(rows), frozenset(features))
+        if key not in cache:
+            cache[key] = u(sorted(rows), sorted(features))
+        return cache[key]
+
+    psi = np.zeros((n, m))
+    for i, j in itertools.product(range(n), range(m)):
+        other_rows = [r for r in range(n) if r != i]
+        other_features = [f for f in range(m) if f != j]
+        for s in range(n):
+            for rows in itertools.combinations(other_rows, s):
+                for f in range(m):
+                    weight = 1.0 / (n * math.comb(n - 1, s) * m * math.comb(m - 1, f))
+                    for features in itertools.combinations(other_features, f):
+                        double = (value([*rows, i], [*features, j]) - value([*rows, i], features)
+                                  - value(rows, [*features, j]) + value(rows, features))
+                        psi[i, j] += weight * double
+    return psi
+
+
+def test_exact_on_an_additive_matrix_values_every_cell_as_itself():
+    ds = exact_two_d_shapley(CellGame(CELLS), block_size=3)
+    assert ds.value.dims == ("sample", "feature")
+    assert ds.sample.values.tolist() == ["r0", "r1", "r2", "r3"] and ds.feature.values.tolist() == ["f0", "f1", "f2"]
+    np.testing.assert_allclose(ds.value.values, CELLS, atol=1e-12)
+    assert ds.attrs["estimate"] == "exact" and np.all(ds.stderr.values == 0)
+
+
+def test_exact_matches_the_brute_force_definition_with_interactions():
+    game = CellGame(CELLS, power=2)
+    truth = brute_force_2d(game, 4, 3)
+    ds = exact_two_d_shapley(game, block_size=5).compute(scheduler="sync")
+    np.testing.assert_allclose(ds.value.values, truth, atol=1e-10)
+    # 2D efficiency: the cells share u(N, M) - u(N, {}) - u({}, M) + u({}, {})
+    assert ds.value.values.sum() == pytest.approx(game(range(4), range(3)))
+
+
+def test_monte_carlo_is_exact_on_an_additive_matrix_and_unbiased_with_interactions():
+    ds = two_d_shapley(CellGame(CELLS), n_permutations=6, seed=0).compute(scheduler="sync")
+    np.testing.assert_allclose(ds.value.values, CELLS, atol=1e-12)  # every double marginal is the cell
+    game = CellGame(CELLS, power=2)
+    mc = two_d_shapley(game, n_permutations=400, seed=1, items_per_block=50).compute(scheduler="sync")
+    truth = brute_force_2d(game, 4, 3)
+    assert np.all(np.isfinite(mc.stderr.values))
+    assert np.all(np.abs(mc.value.values - truth) <= 4.5 * mc.stderr.values), (mc.value.values, truth)
+    assert np.all(mc.counts.values == 400)
+
+
+def test_same_seed_same_values_any_layout():
+    game = CellGame(CELLS, power=2)
+    a = two_d_shapley(game, n_permutations=12, seed=3, items_per_block=4).compute(scheduler="sync")
+    b = two_d_shapley(game, n_permutations=12, seed=3, items_per_block=4).compute(scheduler="threads")
+    np.testing.assert_array_equal(a.value.values, b.value.values)
+
+
+def test_feature_subset_utility_fits_on_the_selected_columns():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3))
+    y = 2.0 * x[:, 0] - x[:, 2] + rng.normal(scale=0.1, size=4)
+    x_test = rng.normal(size=(5, 3))
+    y_test = 2.0 * x_test[:, 0] - x_test[:, 2]
+    utility = FeatureSubsetUtility(
+        Utility(LinearRegression(), Dataset(x, y, x_test, y_test, feature_names=["a", "b", "c"]),
+                "neg_mean_squared_error", default_score=-10.0)
+    )
+
+    def by_hand(rows, features):
+        if not rows or not features:
+            return -10.0
+        model = LinearRegression().fit(x[np.ix_(rows, features)], y[rows])
+        return -float(np.mean((model.predict(x_test[:, features]) - y_test) ** 2))
+
+    assert utility([0, 1, 3], [0, 2]) == pytest.approx(by_hand([0, 1, 3], [0, 2]))
+    ds = exact_two_d_shapley(utility).compute(scheduler="sync")
+    np.testing.assert_allclose(ds.value.values, brute_force_2d(by_hand, 4, 3), atol=1e-9)
+    assert ds.feature.values.tolist() == ["a", "b", "c"]
+
+
+def test_bad_input():
+    with pytest.raises(InvalidParameterError, match="utility"):
+        exact_two_d_shapley(lambda rows, features: 0.0)
+    with pytest.raises(InvalidParameterError, match="n_permutations"):
+        two_d_shapley(CellGame(CELLS), n_permutations=0)
+    with pytest.raises(TooManyPlayersError, match="n \\+ m"):
+        exact_two_d_shapley(CellGame(np.ones((12, 10))))
+    x = np.arange(4.0)
+    one_d = Utility(LinearRegression(), Dataset(x, x, x, x), "r2", default_score=0.0)
+    with pytest.raises(InvalidParameterError, match="2-d features"):
+        FeatureSubsetUtility(one_d)
+    with pytest.raises(InvalidParameterError, match=r"dvl_dask\.Utility"):
+        FeatureSubsetUtility(CellGame(CELLS))
+
+
+def test_a_2d_utility_returning_nan_fails_clearly():
+    class Broken(CellGame):
+        def __call__(self, rows, features):
+            return float("nan") if len(rows) == 2 else super().__call__(rows, features)
+
+    with pytest.raises(InvalidParameterError, match="Broken"):
+        exact_two_d_shapley(Broken(CELLS)).compute(scheduler="sync")
+    with pytest.raises(InvalidParameterError, match="Broken"):
+        two_d_shapley(Broken(CELLS), n_permutations=2, seed=0).compute(scheduler="sync")
