@@ -113,7 +113,9 @@ class Dataset:
         )
 
     def data(self, indices: Index = None) -> RawData:
-        """``RawData(x, y)`` of the given logical indices (all by default)."""
+        """``RawData(x, y)`` of the given logical indices (all by default: the read-only arrays themselves)."""
+        if indices is None and type(self) is Dataset:
+            return RawData(self._x, self._y)
         rows = self.data_indices(indices)
         return RawData(self._x[rows], self._y[rows])
 
