@@ -184,6 +184,17 @@ def test_delta_shapley_raises_naming_the_dvl_dask_way() -> None:
     assert isinstance(info.value, CompatNotSupportedError)
 
 
+def test_pydvl_09_compute_shapley_values_agrees_with_native() -> None:
+    ns = run_script("old_compute_shapley_values.py")
+    data = ns["data"]
+    u = Utility(GaussianNB(), NativeDataset(data.x_train, data.y_train, data.x_test, data.y_test), "accuracy",
+                default_score=0.0)
+    reference = run_native(
+        native.permutation_shapley, u, native.MaxUpdates(8), 16, truncation=native.RelativeTruncation(0.05)
+    )
+    assert_same(ns["result"], reference)
+
+
 def test_every_valuation_class_has_a_script() -> None:
     from dvl_dask.compat.pydvl import valuation as compat
 
