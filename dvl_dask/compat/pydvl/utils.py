@@ -203,10 +203,11 @@ class ParallelConfig:
         self, backend: str = "joblib", address: Any = None, n_cpus_local: int | None = None,
         logging_level: Any = None, wait_timeout: float = 1.0,
     ) -> None:
+        if backend == "ray":
+            raise not_supported("ParallelConfig(backend='ray')")
         if backend not in ("joblib", "sequential"):
             raise InvalidParameterError(
-                f"ParallelConfig(backend={backend!r}) is not supported by dvl_dask.compat.pydvl: dvl_dask runs on "
-                "any Dask scheduler; for a cluster, create a distributed.Client(address) (it becomes the default)."
+                f"The 'backend' argument of ParallelConfig must be 'joblib', 'sequential' or 'ray'. Got {backend!r}."
             )
         self.backend, self.address, self.n_cpus_local = backend, address, n_cpus_local
 

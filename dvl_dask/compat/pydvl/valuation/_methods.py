@@ -124,10 +124,7 @@ class Valuation:
     def fit(self, data: Dataset, continue_from: Any = None) -> Valuation:
         """Compute the values of the players of ``data`` (a compat :class:`Dataset`); returns ``self``."""
         if continue_from is not None:
-            raise InvalidParameterError(
-                f"{type(self).__name__}.fit(continue_from=...) is not supported: run again with another seed "
-                "and add the results (result_a + result_b pools independent runs)."
-            )
+            raise not_supported("fit(continue_from=...)")
         if not isinstance(data, Dataset):
             raise InvalidParameterError(
                 f"The 'data' argument of {type(self).__name__}.fit must be a dvl_dask.compat.pydvl Dataset "

@@ -99,10 +99,7 @@ class RelativeTruncation(TruncationPolicy):
                 raise InvalidParameterError("RelativeTruncation needs 'rtol', the relative tolerance.")
             rtol = args[-1]
         if burn_in_fraction:
-            raise InvalidParameterError(
-                "RelativeTruncation(burn_in_fraction > 0) is not supported by dvl_dask.compat.pydvl: "
-                "dvl_dask.valuation.RelativeTruncation(rtol) checks from the first player (pass 0.0)."
-            )
+            raise not_supported("RelativeTruncation(burn_in_fraction > 0)")
         self.rtol = float(rtol)
         self.burn_in_fraction = burn_in_fraction
 

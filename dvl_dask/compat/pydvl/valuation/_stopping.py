@@ -168,10 +168,7 @@ class RankCorrelation(StoppingCriterion):
 
     def __init__(self, rtol: float, burn_in: int, fraction: float = 1.0, modify_result: bool = True) -> None:
         if fraction != 1.0:
-            raise InvalidParameterError(
-                "RankCorrelation(fraction != 1) is not supported by dvl_dask.compat.pydvl: "
-                "dvl_dask.valuation.RankCorrelation ranks all players."
-            )
+            raise not_supported("RankCorrelation(fraction != 1)")
         self.rtol, self.burn_in, self.fraction = rtol, burn_in, fraction
 
     def native(self, n_players: int) -> native.StoppingCriterion:

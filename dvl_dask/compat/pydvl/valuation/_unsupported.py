@@ -47,6 +47,14 @@ NOT_SUPPORTED: dict[str, str] = {
     "round-robin size iteration)",
     "LeastCoreValuation with this sampler": "dvl_dask.valuation.exact_least_core or montecarlo_least_core "
     "(coalitions drawn uniformly)",
+    "RelativeTruncation(burn_in_fraction > 0)": "dvl_dask.valuation.RelativeTruncation(rtol) checks from the "
+    "first player (pass burn_in_fraction=0.0)",
+    "RankCorrelation(fraction != 1)": "dvl_dask.valuation.RankCorrelation(rtol, burn_in=...) ranks all players",
+    "ParallelConfig(backend='ray')": "dvl_dask runs on any Dask scheduler: for a cluster, create a "
+    "distributed.Client(address) (it becomes the default scheduler)",
+    "fit(continue_from=...)": "run again with another seed and add the results (result_a + result_b pools "
+    "independent runs), or use dvl_dask.valuation.run_until_converged(..., checkpoint=url) to resume a run",
+    "this compute_shapley_values mode": "mode='permutation_montecarlo' (dvl_dask.valuation.permutation_shapley)",
     "skip_converged=True": "dvl_dask's criteria stop the whole run; a per-player RelativeStandardError reports "
     "which players converged in the result's 'converged' variable",
 }

@@ -38,6 +38,7 @@ from ..valuation import (
 from ..valuation._methods import _default_client
 from ..valuation._result import as_result
 from ..valuation._samplers import native_truncation
+from ..valuation._unsupported import not_supported
 
 __all__ = [
     "AbsoluteStandardError",
@@ -165,10 +166,7 @@ def compute_shapley_values(
         elif mode == ShapleyMode.KNN:
             ds = native.knn_shapley(u.data, u.model).compute()
         else:
-            raise InvalidParameterError(
-                f"compute_shapley_values(mode={mode.value!r}) is not supported by dvl_dask.compat.pydvl: use "
-                "mode='permutation_montecarlo' (dvl_dask.valuation.permutation_shapley)."
-            )
+            raise not_supported("this compute_shapley_values mode")
     return _result(ds, u)
 
 
