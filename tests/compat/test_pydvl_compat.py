@@ -170,6 +170,11 @@ def test_classwise_normalisation_and_exact_banzhaf_are_refused_at_the_point_of_d
     exact = pv.BanzhafValuation(plain, pv.DeterministicUniformSampler(), pv.NoStopping())
     with pytest.raises(NotImplementedError, match=r"dvl_dask\.valuation\.banzhaf"):
         exact.fit(train)
+    with pytest.raises(NotImplementedError, match="samplers each valuation accepts"):
+        pv.ShapleyValuation(plain, pv.LOOSampler(), pv.NoStopping()).fit(train)
+    truncated = pv.DeterministicPermutationSampler(truncation=pv.RelativeTruncation(0.1))
+    with pytest.raises(ValueError, match="truncation"):
+        pv.ShapleyValuation(plain, truncated, pv.NoStopping()).fit(train)
     endless = pv.ShapleyValuation(plain, pv.UniformSampler(seed=1), pv.NoStopping())
     with pytest.raises(NotImplementedError, match="MaxUpdates"):
         endless.fit(train)

@@ -183,7 +183,15 @@ class _SemivalueValuation(Valuation):
 
     def _compute(self, data: Dataset) -> xr.Dataset:
         utility = _native_utility(self.utility, data, type(self).__name__)
+        if self.sampler.kind == "loo":
+            raise not_supported("this sampler with this valuation")
         if self.sampler.deterministic:
+            truncation = getattr(self.sampler, "truncation", None)
+            if truncation is not None and type(truncation).__name__ != "NoTruncation":
+                raise InvalidParameterError(
+                    f"{type(self).__name__} with a deterministic sampler computes exact values: truncation "
+                    f"{truncation!r} would change them. Pass truncation=None (or NoTruncation())."
+                )
             return self._exact(utility)
         if isinstance(self.is_done, NoStopping):
             raise not_supported("NoStopping with a random sampler")
