@@ -239,3 +239,12 @@ def test_compose_score_transforms_score_default_and_range() -> None:
     full = pv.ModelUtility(GaussianNB(), base).with_dataset(train)
     half = pv.ModelUtility(GaussianNB(), halved).with_dataset(train)
     assert half(range(6)) == pytest.approx(full(range(6)) / 2, abs=1e-12)
+
+
+def test_old_grouped_dataset_splits_rows_and_groups_as_pydvl() -> None:
+    groups = np.arange(40) % 4
+    x_tr, _, _, _, g_tr, _ = train_test_split(X, Y, groups, train_size=0.5, random_state=9)
+    data = old.GroupedDataset.from_arrays(X, Y, 0.5, 9, data_groups=groups)
+    np.testing.assert_array_equal(data.x_train, x_tr)
+    np.testing.assert_array_equal(data.data_groups, g_tr)
+    assert data.n_players == 4

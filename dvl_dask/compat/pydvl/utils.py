@@ -87,13 +87,15 @@ class GroupedDataset(NativeGroupedDataset):
         cls,
         X: Any,
         y: Any,
-        data_groups: Sequence[Any],
         train_size: float | int = 0.8,
         random_state: int | None = None,
         stratify_by_target: bool = False,
+        data_groups: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> GroupedDataset:
         """Split ``X, y`` and ``data_groups`` (one group per row) as pyDVL 0.9 did."""
+        if data_groups is None:
+            raise InvalidParameterError("GroupedDataset.from_arrays needs 'data_groups': a group label per row.")
         x_train, x_test, y_train, y_test, g_train, _ = _split(
             X, y, data_groups, train_size, random_state, stratify_by_target
         )
@@ -110,10 +112,8 @@ class GroupedDataset(NativeGroupedDataset):
         **kwargs: Any,
     ) -> GroupedDataset:
         """Split a scikit-learn ``Bunch`` and its ``data_groups`` as pyDVL 0.9 did."""
-        if data_groups is None:
-            raise InvalidParameterError("GroupedDataset.from_sklearn needs 'data_groups': a group label per row.")
         x, y = _bunch_kwargs(data, kwargs, f"{cls.__name__}.from_sklearn")
-        return cls.from_arrays(x, y, data_groups, train_size, random_state, stratify_by_target, **kwargs)
+        return cls.from_arrays(x, y, train_size, random_state, stratify_by_target, data_groups, **kwargs)
 
 
 class Scorer:
