@@ -227,6 +227,7 @@ def test_model_utility_scores_coalitions_like_a_model_fitted_here() -> None:
     expected = float(np.mean(GaussianNB().fit(x, y).predict(test.data().x) == test.data().y))
     assert utility(coalition[::-1]) == pytest.approx(expected, abs=1e-12)
     assert utility([]) == 0.0  # pyDVL's default score of the empty coalition
+    assert utility(pv.Sample(None, np.array(coalition))) == utility(coalition)  # pyDVL's way to call it
     # dvl_dask's difference (docs/pydvl-names.md): a classifier is not fitted on a single class
     assert utility(np.flatnonzero(labels == 0).tolist()) == 0.0
 

@@ -8,7 +8,10 @@ of the run: the values depend on it only, never on the scheduler.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import numpy as np
 
 from ....errors import InvalidParameterError
 from ....valuation import FixedTruncation as NativeFixedTruncation
@@ -41,6 +44,7 @@ __all__ = [
     "RandomSizeIteration",
     "RelativeTruncation",
     "RoundRobinSizeIteration",
+    "Sample",
     "SequentialIndexIteration",
     "StratifiedPermutationSampler",
     "StratifiedSampler",
@@ -49,6 +53,15 @@ __all__ = [
     "UniformSampler",
     "VRDSSampler",
 ]
+
+
+# -- samples ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """pyDVL's ``Sample(idx, subset)``: a player of interest (or None) and a coalition; ``utility(sample)`` works."""
+
+    idx: int | None
+    subset: np.ndarray
 
 
 # -- truncation ---------------------------------------------------------------------------------
