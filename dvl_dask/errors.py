@@ -14,6 +14,7 @@ builtin they already handle (``except ValueError``)::
     ├── InvalidModelError (TypeError)          model lacks fit/predict or is unusable
     ├── FrozenInstanceError (AttributeError)   assignment to an immutable value (Dataset, game...)
     ├── NotFittedError (RuntimeError)          an influence model used before fit()
+    ├── CompatNotSupportedError (NotImplementedError)  a pyDVL name without a dvl_dask counterpart yet
     ├── SchemaError (ValueError)               a result does not follow the schema
     │   └── NotAResultError                    the location holds no result of that kind
     ├── ResultExistsError (FileExistsError)    refusing to overwrite a stored result
@@ -44,6 +45,7 @@ __all__ = [
     "CacheError",
     "CacheUnavailableWarning",
     "CheckpointMismatchError",
+    "CompatNotSupportedError",
     "ConvergenceWarning",
     "DvlDaskError",
     "DvlDaskWarning",
@@ -115,6 +117,10 @@ class FrozenInstanceError(DvlDaskError, AttributeError):
 
 class NotFittedError(DvlDaskError, RuntimeError):
     """A model was used before it was fitted."""
+
+
+class CompatNotSupportedError(DvlDaskError, NotImplementedError):
+    """A pyDVL name of ``dvl_dask.compat.pydvl`` has no dvl_dask counterpart yet; the message names the dvl_dask way."""
 
 
 class SchemaError(DvlDaskError, ValueError):

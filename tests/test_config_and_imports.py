@@ -34,7 +34,8 @@ def test_environment_variables_override_defaults():
 def test_import_is_light():
     code = (
         "import sys, dvl_dask;"
-        "heavy=[m for m in ('torch','pymemcache','distributed','matplotlib','s3fs') if m in sys.modules];"
+        "heavy=[m for m in ('torch','pymemcache','distributed','matplotlib','s3fs','dvl_dask.compat')"
+        " if m in sys.modules];"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

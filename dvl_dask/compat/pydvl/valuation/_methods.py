@@ -1,0 +1,502 @@
+"""pyDVL 0.10's valuation classes: ``Valuation(...).fit(data)`` runs the matching dvl_dask method.
+
+Each ``fit`` builds the dvl_dask utility of the training data and the
+scorer's test data, picks the dvl_dask method and computes it:
+
+- Monte Carlo methods with a stopping criterion run in
+  :func:`dvl_dask.valuation.run_until_converged` (blocks on the active
+  scheduler or the default ``distributed.Client``), seeded with the sampler's
+  (or the valuation's) ``seed``;
+- exact and fixed-budget methods build their lazy graph and compute it once.
+
+Where no ``distributed.Client`` is the default and no dask scheduler was set
+explicitly, ``joblib.parallel_config(n_jobs=k)`` (how pyDVL users ask for
+parallelism) becomes dask's threads scheduler with ``k`` workers for the call
+(``n_jobs=1``: the synchronous scheduler); global configuration is unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .... import valuation as native
+from ....data import Dataset as NativeDataset
+from ....errors import InvalidParameterError, NotFittedError
+from ....utility import Scorer, Utility, squashed_neg_mse
+from ._dataset import Dataset, native_dataset
+from ._result import ValuationResult, as_result
+from ._samplers import IndexSampler, LOOSampler, OwenSampler, native_truncation
+from ._stopping import NoStopping, StoppingCriterion
+from ._unsupported import not_supported
+from ._utility import ClasswiseModelUtility, DataUtilityLearning, ModelUtility
+
+__all__ = [
+    "BanzhafValuation",
+    "BetaShapleyValuation",
+    "ClasswiseSampler",
+    "ClasswiseShapleyValuation",
+    "DataOOBValuation",
+    "DeltaShapleyValuation",
+    "ExactLeastCoreValuation",
+    "GroupTestingShapleyValuation",
+    "KNNShapleyValuation",
+    "LOOValuation",
+    "LeastCoreValuation",
+    "MSRBanzhafValuation",
+    "MonteCarloLeastCoreValuation",
+    "ShapleyValuation",
+    "StratifiedShapleyValuation",
+    "TMCShapleyValuation",
+    "Valuation",
+    "joblib_scheduler",
+]
+
+
+# -- scheduler ----------------------------------------------------------------------------------
+def _default_client() -> Any:
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.default_client()
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def joblib_scheduler() -> Iterator[None]:
+    """Translate an active ``joblib.parallel_config(n_jobs=k)`` to dask's threads scheduler for the block.
+
+    Nothing changes when a ``distributed.Client`` is the default, when a dask
+    scheduler was set explicitly (``dask.config.set(scheduler=...)``), or when
+    joblib has no ``n_jobs`` set: dask's own choice stands.
+    """
+    import dask
+
+    n_jobs = None
+    joblib = sys.modules.get("joblib")
+    if joblib is not None:
+        _, n_jobs = joblib.parallel.get_active_backend()
+    if n_jobs is None or _default_client() is not None or dask.config.get("scheduler", None) is not None:
+        yield
+        return
+    if n_jobs == 1:
+        settings: dict[str, Any] = {"scheduler": "sync"}
+    else:
+        settings = {"scheduler": "threads"}
+        if n_jobs > 1:
+            settings["num_workers"] = int(n_jobs)
+    with dask.config.set(settings):
+        yield
+
+
+# -- base ---------------------------------------------------------------------------------------
+def _native_utility(utility: Any, data: Dataset, owner: str) -> Any:
+    if isinstance(utility, (ModelUtility, DataUtilityLearning)):
+        return utility.with_dataset(data).native(owner=owner)
+    raise InvalidParameterError(
+        f"The 'utility' argument of {owner} must be a ModelUtility or DataUtilityLearning of "
+        f"dvl_dask.compat.pydvl.valuation. Got {type(utility).__name__}."
+    )
+
+
+def _check_stop(is_done: Any, owner: str) -> StoppingCriterion:
+    if not isinstance(is_done, StoppingCriterion):
+        raise InvalidParameterError(
+            f"The 'is_done' argument of {owner} must be a stopping criterion of dvl_dask.compat.pydvl.valuation "
+            f"(e.g. MaxUpdates(100) | MaxTime(60)). Got {type(is_done).__name__}."
+        )
+    return is_done
+
+
+class Valuation:
+    """Base of the valuations: ``fit(data)`` computes; ``result`` / ``values()`` return the :class:`ValuationResult`."""
+
+    def __init__(self) -> None:
+        self._result: ValuationResult | None = None
+
+    def fit(self, data: Dataset, continue_from: Any = None) -> Valuation:
+        """Compute the values of the players of ``data`` (a compat :class:`Dataset`); returns ``self``."""
+        if continue_from is not None:
+            raise not_supported("fit(continue_from=...)")
+        if not isinstance(data, Dataset):
+            raise InvalidParameterError(
+                f"The 'data' argument of {type(self).__name__}.fit must be a dvl_dask.compat.pydvl Dataset "
+                f"(e.g. from Dataset.from_arrays). Got {type(data).__name__}."
+            )
+        with joblib_scheduler():
+            ds = self._compute(data)
+        self._result = as_result(ds, data.names)
+        return self
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        raise NotImplementedError  # pragma: no cover - every valuation overrides it
+
+    @property
+    def result(self) -> ValuationResult:
+        """The result of the last :meth:`fit`."""
+        if self._result is None:
+            raise NotFittedError(f"{type(self).__name__} has no result yet: call fit(data) first.")
+        return self._result
+
+    def values(self, sort: bool = False) -> ValuationResult:
+        """The result of the last :meth:`fit` (sorted by value, ascending, with ``sort=True``)."""
+        result = ValuationResult(self.result.to_dataset())
+        return result.sort() if sort else result  # type: ignore[return-value]
+
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` has run."""
+        return self._result is not None
+
+
+class _SemivalueValuation(Valuation):
+    """A semivalue estimated with ``sampler`` until ``is_done``; subclasses say which method to run."""
+
+    def __init__(
+        self, utility: Any, sampler: IndexSampler, is_done: StoppingCriterion, skip_converged: bool = False,
+        show_warnings: bool = True, progress: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if not isinstance(sampler, IndexSampler):
+            raise InvalidParameterError(
+                f"The 'sampler' argument of {owner} must be a sampler of dvl_dask.compat.pydvl.valuation "
+                f"(e.g. PermutationSampler(seed=16)). Got {type(sampler).__name__}."
+            )
+        if skip_converged:
+            raise not_supported("skip_converged=True")
+        self.utility, self.sampler, self.is_done = utility, sampler, _check_stop(is_done, owner)
+        self.show_warnings, self.progress = show_warnings, progress
+
+    def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
+        """The dvl_dask method and its options for ``self.sampler``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _exact(self, utility: Any) -> xr.Dataset:
+        raise not_supported("exact Banzhaf values (a deterministic sampler)")
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        utility = _native_utility(self.utility, data, type(self).__name__)
+        if self.sampler.kind == "loo":
+            raise not_supported("this sampler with this valuation")
+        if self.sampler.deterministic:
+            truncation = getattr(self.sampler, "truncation", None)
+            if truncation is not None and type(truncation).__name__ != "NoTruncation":
+                raise InvalidParameterError(
+                    f"{type(self).__name__} with a deterministic sampler computes exact values: truncation "
+                    f"{truncation!r} would change them. Pass truncation=None (or NoTruncation())."
+                )
+            return self._exact(utility)
+        if isinstance(self.is_done, NoStopping):
+            raise not_supported("NoStopping with a random sampler")
+        method, options = self._method()
+        return native.run_until_converged(
+            method, utility, stop=self.is_done.native(len(data)), seed=self.sampler.seed,
+            progress=self.progress, **options,
+        )
+
+    def _subset_sampler(self) -> Any:
+        """dvl_dask's subset sampler for the powerset samplers (uniform, antithetic, Owen, stratified)."""
+        kind = self.sampler.kind
+        if kind in ("uniform", "antithetic"):
+            return kind
+        if kind == "stratified":
+            return native.StratifiedSampler()
+        if isinstance(self.sampler, OwenSampler):
+            return native.OwenSampler(n_q=self.sampler.n_q, antithetic=self.sampler.antithetic)
+        raise not_supported("this sampler with this valuation")
+
+
+class ShapleyValuation(_SemivalueValuation):
+    """Shapley values with any of pyDVL's samplers.
+
+    Permutation samplers run :func:`~dvl_dask.valuation.permutation_shapley`
+    (with the sampler's truncation), Owen samplers :func:`~dvl_dask.valuation.owen_shapley`,
+    the other powerset samplers :func:`~dvl_dask.valuation.semivalue` with the
+    Shapley coefficient, and the deterministic samplers
+    :func:`~dvl_dask.valuation.exact_shapley` (each coalition fitted once).
+    """
+
+    def _exact(self, utility: Any) -> xr.Dataset:
+        return native.exact_shapley(utility).compute()
+
+    def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
+        kind = self.sampler.kind
+        if kind in ("permutation", "antithetic_permutation"):
+            truncation = native_truncation(getattr(self.sampler, "truncation", None), type(self).__name__)
+            return native.permutation_shapley, {
+                "truncation": truncation, "antithetic": kind == "antithetic_permutation",
+            }
+        if isinstance(self.sampler, OwenSampler):
+            return native.owen_shapley, {"n_q": self.sampler.n_q, "antithetic": self.sampler.antithetic}
+        return native.semivalue, {"coefficient": native.shapley_coefficient, "sampler": self._subset_sampler()}
+
+
+class TMCShapleyValuation(ShapleyValuation):
+    """Truncated Monte Carlo Shapley: permutation sampling with ``truncation`` (default none)."""
+
+    def __init__(
+        self, utility: Any, truncation: Any = None, is_done: StoppingCriterion | None = None, seed: Any = None,
+        skip_converged: bool = False, show_warnings: bool = True, progress: bool = False,
+    ) -> None:
+        from ._samplers import PermutationSampler
+
+        if is_done is None:
+            raise InvalidParameterError("TMCShapleyValuation needs 'is_done', a stopping criterion.")
+        super().__init__(
+            utility, PermutationSampler(truncation=truncation, seed=seed), is_done, skip_converged,
+            show_warnings, progress,
+        )
+
+
+class BanzhafValuation(_SemivalueValuation):
+    """Banzhaf values: uniform or antithetic samplers run :func:`~dvl_dask.valuation.banzhaf`.
+
+    The MSR sampler runs :func:`~dvl_dask.valuation.msr_banzhaf`, Owen and stratified samplers
+    :func:`~dvl_dask.valuation.semivalue` with the Banzhaf coefficient.
+    """
+
+    def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
+        if self.sampler.kind == "msr":
+            return native.msr_banzhaf, {}
+        if self.sampler.kind in ("uniform", "antithetic"):
+            return native.banzhaf, {"sampler": self.sampler.kind}
+        return native.semivalue, {"coefficient": native.banzhaf_coefficient, "sampler": self._subset_sampler()}
+
+
+class MSRBanzhafValuation(BanzhafValuation):
+    """Banzhaf values by maximum sample reuse (:func:`~dvl_dask.valuation.msr_banzhaf`)."""
+
+    def __init__(
+        self, utility: Any, is_done: StoppingCriterion, batch_size: int = 1, seed: Any = None,
+        skip_converged: bool = False, show_warnings: bool = True, progress: bool = False,
+    ) -> None:
+        from ._samplers import MSRSampler
+
+        super().__init__(utility, MSRSampler(seed=seed), is_done, skip_converged, show_warnings, progress)
+
+
+class BetaShapleyValuation(_SemivalueValuation):
+    """Beta(alpha, beta) Shapley values (:func:`~dvl_dask.valuation.beta_shapley`) with a powerset sampler."""
+
+    def __init__(
+        self, utility: Any, sampler: IndexSampler, is_done: StoppingCriterion, alpha: float, beta: float,
+        skip_converged: bool = False, show_warnings: bool = True, progress: bool = False,
+    ) -> None:
+        super().__init__(utility, sampler, is_done, skip_converged, show_warnings, progress)
+        self.alpha, self.beta = alpha, beta
+
+    def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
+        return native.beta_shapley, {"alpha": self.alpha, "beta": self.beta, "sampler": self._subset_sampler()}
+
+
+class StratifiedShapleyValuation(ShapleyValuation):
+    """Stratified Shapley sampling: :func:`~dvl_dask.valuation.semivalue` with ``StratifiedSampler()``.
+
+    dvl_dask's sampler allocates samples equally over coalition sizes.
+    """
+
+    def __init__(
+        self, utility: Any, is_done: StoppingCriterion, batch_size: int = 1, seed: Any = None,
+        skip_converged: bool = False, show_warnings: bool = True, progress: bool = False,
+    ) -> None:
+        from ._samplers import StratifiedSampler
+
+        super().__init__(utility, StratifiedSampler(seed=seed), is_done, skip_converged, show_warnings, progress)
+
+
+class DeltaShapleyValuation(Valuation):
+    """pyDVL's Delta-Shapley: not available yet (raises, naming the dvl_dask way)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise not_supported("DeltaShapleyValuation")
+
+
+class LOOValuation(Valuation):
+    """Leave-one-out values (:func:`~dvl_dask.valuation.loo`)."""
+
+    def __init__(self, utility: Any, progress: bool = False) -> None:
+        super().__init__()
+        self.utility, self.progress = utility, progress
+        self.sampler = LOOSampler()
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        return native.loo(_native_utility(self.utility, data, "LOOValuation")).compute()
+
+
+class KNNShapleyValuation(Valuation):
+    """Exact KNN-Shapley of a ``KNeighborsClassifier`` (:func:`~dvl_dask.valuation.knn_shapley`)."""
+
+    def __init__(self, model: Any, test_data: Dataset, progress: bool = False, clone_before_fit: bool = True) -> None:
+        super().__init__()
+        from sklearn.base import is_regressor
+
+        if is_regressor(model):
+            raise not_supported("KNNShapleyValuation for regression")
+        self.model, self.test_data, self.progress = model, test_data, progress
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        return native.knn_shapley(native_dataset(data, self.test_data, "KNNShapleyValuation"), self.model).compute()
+
+
+def _bagging_parameters(model: Any) -> tuple[Any, int, float, Any]:
+    """Base estimator, number of estimators, ``max_samples`` (a fraction) and seed of a bagging ensemble."""
+    base = getattr(model, "estimator", None)
+    if base is None or not hasattr(model, "n_estimators"):
+        raise InvalidParameterError(
+            "The 'model' argument of DataOOBValuation must be a scikit-learn bagging ensemble "
+            f"(BaggingClassifier / BaggingRegressor with an estimator). Got {type(model).__name__}."
+        )
+    if not getattr(model, "bootstrap", True):
+        raise InvalidParameterError("DataOOBValuation needs a bagging model with bootstrap=True (out-of-bag points).")
+    return base, int(model.n_estimators), model.max_samples, model.random_state
+
+
+class DataOOBValuation(Valuation):
+    """Data-OOB values of a bagging ensemble (:func:`~dvl_dask.valuation.data_oob`).
+
+    The ensemble's ``estimator``, ``n_estimators``, ``max_samples`` and
+    ``random_state`` (the seed) are used; dvl_dask fits its own bootstrap models.
+    """
+
+    def __init__(self, model: Any, score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.model, self.score = model, score
+        _bagging_parameters(model)
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        from sklearn.base import is_classifier
+
+        base, n_estimators, max_samples, seed = _bagging_parameters(self.model)
+        if isinstance(max_samples, (int, np.integer)):
+            max_samples = max_samples / len(data.data())
+        x, y = data.data()
+        # The test part is not used by Data-OOB (points are scored out of bag); the training part stands in.
+        scorer = Scorer("accuracy") if is_classifier(base) else squashed_neg_mse  # bounded; not used by Data-OOB
+        utility = Utility(base, NativeDataset(x, y, x, y), scorer)
+        return native.data_oob(
+            utility, n_estimators=n_estimators, max_samples=float(max_samples), seed=seed, point_score=self.score,
+        ).compute()
+
+
+class ClasswiseSampler:
+    """pyDVL's class-wise sampler; the seed of its ``in_class`` sampler is the seed of the run."""
+
+    def __init__(self, in_class: IndexSampler, out_of_class: IndexSampler, **kwargs: Any) -> None:
+        self.in_class, self.out_of_class = in_class, out_of_class
+        self.seed = getattr(in_class, "seed", None)
+
+
+class ClasswiseShapleyValuation(Valuation):
+    """Class-wise Shapley values (:func:`~dvl_dask.valuation.classwise_shapley`).
+
+    ``is_done`` must be ``MaxUpdates(m)`` or ``MinUpdates(m)`` (a fixed budget:
+    ``m`` permutations per class); ``normalize_values=True`` (pyDVL's default)
+    is not available yet.
+    """
+
+    def __init__(
+        self, utility: ClasswiseModelUtility, sampler: ClasswiseSampler, is_done: StoppingCriterion,
+        progress: bool = False, normalize_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if normalize_values:
+            raise not_supported("ClasswiseShapleyValuation(normalize_values=True)")
+        from ._stopping import MaxUpdates, MinUpdates
+
+        if not isinstance(is_done, (MaxUpdates, MinUpdates)):
+            raise InvalidParameterError(
+                "ClasswiseShapleyValuation in dvl_dask.compat.pydvl runs a fixed budget: pass "
+                "is_done=MaxUpdates(m) (m permutations per class; dvl_dask.valuation.classwise_shapley(n_samples=...))."
+            )
+        self.utility, self.sampler, self.is_done, self.progress = utility, sampler, is_done, progress
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        utility = _native_utility(self.utility, data, "ClasswiseShapleyValuation")
+        n_classes = len(np.unique(data.data().y))
+        return native.classwise_shapley(
+            utility, self.is_done.n_updates * n_classes, seed=self.sampler.seed  # type: ignore[attr-defined]
+        ).compute()
+
+
+class GroupTestingShapleyValuation(Valuation):
+    """Group-testing Shapley values from ``n_samples`` coalitions.
+
+    Runs :func:`~dvl_dask.valuation.group_testing_shapley`.
+
+    dvl_dask estimates the values from the sampled coalitions directly;
+    ``epsilon`` and ``solver_options`` (pyDVL's constraint problem) are accepted and not used.
+    """
+
+    def __init__(
+        self, utility: Any, n_samples: int, epsilon: float, solver_options: dict | None = None,
+        progress: bool = False, seed: Any = None, batch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.utility, self.n_samples, self.epsilon, self.seed = utility, n_samples, epsilon, seed
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        utility = _native_utility(self.utility, data, type(self).__name__)
+        return native.group_testing_shapley(utility, self.n_samples, seed=self.seed).compute()
+
+
+class ExactLeastCoreValuation(Valuation):
+    """Least core over all coalitions (:func:`~dvl_dask.valuation.exact_least_core`)."""
+
+    def __init__(
+        self, utility: Any, non_negative_subsidy: bool = False, solver_options: dict | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.utility, self.non_negative_subsidy = utility, non_negative_subsidy
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        utility = _native_utility(self.utility, data, type(self).__name__)
+        return native.exact_least_core(utility, non_negative_subsidy=self.non_negative_subsidy).compute()
+
+
+class MonteCarloLeastCoreValuation(Valuation):
+    """Least core over ``n_samples`` random coalitions (:func:`~dvl_dask.valuation.montecarlo_least_core`)."""
+
+    def __init__(
+        self, utility: Any, n_samples: int, non_negative_subsidy: bool = False, solver_options: dict | None = None,
+        progress: bool = False, seed: Any = None,
+    ) -> None:
+        super().__init__()
+        self.utility, self.n_samples, self.non_negative_subsidy, self.seed = (
+            utility, n_samples, non_negative_subsidy, seed,
+        )
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        utility = _native_utility(self.utility, data, type(self).__name__)
+        return native.montecarlo_least_core(
+            utility, self.n_samples, seed=self.seed, non_negative_subsidy=self.non_negative_subsidy
+        ).compute()
+
+
+class LeastCoreValuation(Valuation):
+    """Least core with a sampler: a deterministic sampler is the exact least core, a uniform one Monte Carlo."""
+
+    def __init__(
+        self, utility: Any, sampler: IndexSampler, n_samples: int | None = None, non_negative_subsidy: bool = False,
+        solver_options: dict | None = None, progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if sampler.deterministic and sampler.kind == "exact":
+            self._inner: Valuation = ExactLeastCoreValuation(utility, non_negative_subsidy)
+        elif sampler.kind == "uniform" and n_samples is not None:
+            self._inner = MonteCarloLeastCoreValuation(
+                utility, n_samples, non_negative_subsidy, seed=sampler.seed
+            )
+        else:
+            raise not_supported("LeastCoreValuation with this sampler")
+        self.utility, self.sampler, self.n_samples = utility, sampler, n_samples
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        return self._inner._compute(data)

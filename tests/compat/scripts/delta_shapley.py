@@ -1,0 +1,14 @@
+"""pyDVL 0.10: Delta-Shapley (not available yet: raises, naming the way to go)."""
+
+from pydvl.valuation import Dataset, DeltaShapleyValuation, MaxUpdates, ModelUtility, SupervisedScorer
+from sklearn.datasets import make_classification
+from sklearn.naive_bayes import GaussianNB
+
+X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
+scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
+utility = ModelUtility(GaussianNB(), scorer)
+
+valuation = DeltaShapleyValuation(utility, is_done=MaxUpdates(8), lower_bound=1, upper_bound=4, seed=16)
+valuation.fit(train)
+result = valuation.values()

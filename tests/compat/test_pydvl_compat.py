@@ -1,0 +1,251 @@
+"""dvl_dask.compat.pydvl: pyDVL's splits, datasets, results, scheduler translation and refusals."""
+
+from __future__ import annotations
+
+import dask
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris, make_classification
+from sklearn.model_selection import train_test_split
+from sklearn.naive_bayes import GaussianNB
+
+from dvl_dask import Dataset as NativeDataset
+from dvl_dask import Utility
+from dvl_dask import valuation as native
+from dvl_dask.compat.pydvl import utils as old
+from dvl_dask.compat.pydvl import valuation as pv
+from dvl_dask.compat.pydvl import value as old_value
+from dvl_dask.compat.pydvl.valuation._methods import joblib_scheduler
+from dvl_dask.errors import CompatNotSupportedError
+
+X, Y = make_classification(n_samples=40, n_features=3, n_informative=2, n_redundant=0, random_state=1)
+
+
+# -- splits: pyDVL 0.10 calls train_test_split(X, y, train_size=, random_state=, stratify=y or None) ----------
+@pytest.mark.parametrize("train_size", [0.7, 12])
+@pytest.mark.parametrize("stratify", [False, True])
+def test_from_arrays_splits_as_pydvl(train_size: float, stratify: bool) -> None:
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        X, Y, train_size=train_size, random_state=7, stratify=Y if stratify else None
+    )
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=train_size, random_state=7, stratify_by_target=stratify)
+    np.testing.assert_array_equal(train.data().x, x_tr)  # same rows, same (shuffled) order
+    np.testing.assert_array_equal(train.data().y, y_tr)
+    np.testing.assert_array_equal(test.data().x, x_te)
+    np.testing.assert_array_equal(test.data().y, y_te)
+
+
+def test_from_sklearn_splits_as_pydvl_and_keeps_names() -> None:
+    iris = load_iris()
+    x_tr, _, y_tr, _ = train_test_split(iris.data, iris.target, train_size=0.1, random_state=3, stratify=iris.target)
+    train, test = pv.Dataset.from_sklearn(iris, train_size=0.1, random_state=3, stratify_by_target=True)
+    np.testing.assert_array_equal(train.data().x, x_tr)
+    np.testing.assert_array_equal(train.data().y, y_tr)
+    assert train.feature_names == list(iris.feature_names) and len(test) == 135
+    old_data = old.Dataset.from_sklearn(iris, train_size=0.1, random_state=3, stratify_by_target=True)
+    np.testing.assert_array_equal(old_data.x_train, x_tr)  # pyDVL 0.9's one-object Dataset splits the same way
+
+
+def test_grouped_dataset_indexing_and_data() -> None:
+    groups = [0, 1, 0, 2, 1, 2]
+    data = pv.GroupedDataset(X[:6], Y[:6], data_groups=groups, group_names=["a", "b", "c"])
+    assert len(data) == 3 and data.names.tolist() == ["a", "b", "c"]
+    np.testing.assert_array_equal(data.data_indices([0, 2]), [0, 2, 3, 5])
+    np.testing.assert_array_equal(data.data([1]).x, X[[1, 4]])
+    sliced = data[2]
+    assert len(sliced) == 1 and sliced.names.tolist() == ["c"] and len(sliced.data()) == 2
+    plain = pv.Dataset(X[:4], Y[:4])
+    with pytest.raises(ValueError, match="read-only"):
+        plain.data().x[0, 0] = 1.0
+    assert plain.names.tolist() == ["0", "1", "2", "3"] and plain[1:3].data().x.shape == (2, 3)
+
+
+def test_grouped_valuation_values_groups_like_native() -> None:
+    """Exact Shapley of groups equals brute force over the groups, computed on dvl_dask's grouped utility."""
+    train, test = pv.Dataset(X[:8], Y[:8]), pv.Dataset(X[20:], Y[20:])
+    grouped = pv.GroupedDataset.from_dataset(train, data_groups=[0, 0, 1, 1, 2, 2, 3, 3])
+    utility = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0))
+    sampler = pv.DeterministicUniformSampler()
+    with dask.config.set(scheduler="sync"):
+        result = pv.ShapleyValuation(utility, sampler, pv.NoStopping(sampler)).fit(grouped).result
+    u = Utility(GaussianNB(), NativeDataset(X[:8], Y[:8], X[20:], Y[20:]), "accuracy", default_score=0.0)
+    rows = {0: [0, 1], 1: [2, 3], 2: [4, 5], 3: [6, 7]}
+
+    def v(players: tuple[int, ...]) -> float:
+        return u(sorted(r for p in players for r in rows[p]))
+
+    # n = 4 groups: Shapley by the permutation formula, every permutation enumerated
+    import itertools
+
+    truth = np.zeros(4)
+    perms = list(itertools.permutations(range(4)))
+    for perm in perms:
+        for k, p in enumerate(perm):
+            truth[p] += (v(perm[: k + 1]) - v(perm[:k])) / len(perms)
+    np.testing.assert_allclose(result.values, truth, atol=1e-12)
+    assert result.names.tolist() == ["0", "1", "2", "3"]
+
+
+# -- results -------------------------------------------------------------------------------------------------
+def _tmc(seed: int) -> pv.ValuationResult:
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=5, random_state=2)
+    utility = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0))
+    valuation = pv.TMCShapleyValuation(utility, is_done=pv.MaxUpdates(4), seed=seed)
+    with dask.config.set({"scheduler": "sync", "dvl_dask.valuation.montecarlo.evaluations-per-block": 24}):
+        return valuation.fit(train).values()
+
+
+def test_result_addition_pools_counts_and_status_is_pydvls_enum() -> None:
+    a, b = _tmc(1), _tmc(2)
+    total = a + b
+    np.testing.assert_array_equal(total.counts, a.counts + b.counts)
+    # pooled mean: count-weighted mean of the two runs (written here, not the library's merge)
+    np.testing.assert_allclose(total.values, (a.values * a.counts + b.values * b.counts) / (a.counts + b.counts))
+    assert total.status is pv.Status.Pending and total.status == "pending"  # a budget cap is not convergence
+    ordered = total.sort(reverse=True)
+    assert list(ordered.values) == sorted(total.values, reverse=True)
+
+
+def test_values_before_fit_raises() -> None:
+    _, test = pv.Dataset.from_arrays(X, Y, train_size=5, random_state=2)
+    valuation = pv.LOOValuation(pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0)))
+    with pytest.raises(RuntimeError, match="call fit"):
+        valuation.values()
+
+
+# -- scheduler: joblib's n_jobs becomes dask's threads, for the call only ------------------------------------
+def test_joblib_n_jobs_becomes_threads_scheduler_for_the_call_only() -> None:
+    assert dask.config.get("scheduler", None) is None
+    with joblib.parallel_config(n_jobs=3), joblib_scheduler():
+        assert dask.config.get("scheduler") == "threads" and dask.config.get("num_workers") == 3
+    with joblib.parallel_config(n_jobs=1), joblib_scheduler():
+        assert dask.config.get("scheduler") == "sync"
+    with dask.config.set(scheduler="processes"), joblib.parallel_config(n_jobs=3), joblib_scheduler():
+        assert dask.config.get("scheduler") == "processes"  # an explicit dask choice wins
+    with joblib_scheduler():
+        assert dask.config.get("scheduler", None) is None  # no joblib setting: dask's default
+    assert dask.config.get("scheduler", None) is None and dask.config.get("num_workers", None) is None
+
+
+def test_fit_under_joblib_parallel_config_gives_the_same_values() -> None:
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=5, random_state=2)
+    utility = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0))
+    with joblib.parallel_config(n_jobs=2):
+        threaded = pv.LOOValuation(utility).fit(train).values()
+    with dask.config.set(scheduler="sync"):
+        synchronous = pv.LOOValuation(utility).fit(train).values()
+    np.testing.assert_array_equal(threaded.values, synchronous.values)
+
+
+# -- refusals name the dvl_dask way ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: pv.VRDSSampler(seed=1), "StratifiedSampler"),
+        (lambda: pv.StratifiedPermutationSampler(seed=1), "permutation_shapley"),
+        (lambda: pv.DeviationTruncation(sigmas=1.0), "RelativeTruncation"),
+        (lambda: pv.DeltaShapleyValuation(None, None, 1, 2), "semivalue"),
+        (lambda: pv.StratifiedSampler(sample_sizes=pv.HarmonicSampleSize(1)), "allocation"),
+        (lambda: pv.RelativeTruncation(0.1, burn_in_fraction=0.2), "burn_in_fraction=0.0"),
+        (lambda: pv.RankCorrelation(0.1, burn_in=5, fraction=0.5), "ranks all players"),
+        (lambda: pv.KNNShapleyValuation(__import__("sklearn.neighbors").neighbors.KNeighborsRegressor(), None),
+         "knn_shapley"),
+    ],
+)
+def test_unsupported_names_raise_naming_the_dvl_dask_way(build: object, match: str) -> None:
+    with pytest.raises(NotImplementedError, match=match) as info:
+        build()  # type: ignore[operator]
+    assert isinstance(info.value, CompatNotSupportedError)
+
+
+def test_classwise_normalisation_and_exact_banzhaf_are_refused_at_the_point_of_difference() -> None:
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=5, random_state=2)
+    scorer = pv.ClasswiseSupervisedScorer("accuracy", test)
+    utility = pv.ClasswiseModelUtility(GaussianNB(), scorer)
+    sampler = pv.ClasswiseSampler(pv.PermutationSampler(seed=1), pv.UniformSampler(seed=1))
+    with pytest.raises(NotImplementedError, match=r"normalize_values=False"):
+        pv.ClasswiseShapleyValuation(utility, sampler, pv.MaxUpdates(4))
+    plain = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0))
+    exact = pv.BanzhafValuation(plain, pv.DeterministicUniformSampler(), pv.NoStopping())
+    with pytest.raises(NotImplementedError, match=r"dvl_dask\.valuation\.banzhaf"):
+        exact.fit(train)
+    with pytest.raises(NotImplementedError, match="samplers each valuation accepts"):
+        pv.ShapleyValuation(plain, pv.LOOSampler(), pv.NoStopping()).fit(train)
+    truncated = pv.DeterministicPermutationSampler(truncation=pv.RelativeTruncation(0.1))
+    with pytest.raises(ValueError, match="truncation"):
+        pv.ShapleyValuation(plain, truncated, pv.NoStopping()).fit(train)
+    endless = pv.ShapleyValuation(plain, pv.UniformSampler(seed=1), pv.NoStopping())
+    with pytest.raises(NotImplementedError, match="MaxUpdates"):
+        endless.fit(train)
+
+
+def test_one_table_lists_every_pending_method() -> None:
+    assert set(pv.PENDING_METHODS) == {
+        "DeltaShapleyValuation", "VRDSSampler", "StratifiedPermutationSampler", "DeviationTruncation",
+        "KNNShapleyValuation for regression", "ClasswiseShapleyValuation(normalize_values=True)",
+    }
+
+
+def test_stopping_translation() -> None:
+    sampler = pv.UniformSampler(seed=0)
+    assert pv.MaxSamples(sampler, 50).native(10).n_updates == 5  # (player, coalition) pairs: 5 per player
+    assert pv.MaxSamples(pv.PermutationSampler(), 50).native(10).n_updates == 50  # permutations
+    combined = (pv.MaxUpdates(3) | pv.MaxTime(10)) & ~pv.MinUpdates(1)
+    assert isinstance(combined.native(4), native.StoppingCriterion)
+
+
+# -- older names: pydvl.utils / pydvl.value ------------------------------------------------------------------
+def test_old_compute_shapley_values_exact_equals_brute_force() -> None:
+    data = old.Dataset.from_arrays(X, Y, train_size=4, random_state=5)
+    u = old.Utility(GaussianNB(), data, old.Scorer("accuracy", default=0.0))
+    with dask.config.set(scheduler="sync"):
+        result = old_value.compute_shapley_values(u, mode="combinatorial_exact")
+    import itertools
+
+    truth = np.zeros(4)
+    perms = list(itertools.permutations(range(4)))
+    for perm in perms:
+        for k, p in enumerate(perm):
+            truth[p] += (u(list(perm[: k + 1])) - u(list(perm[:k]))) / len(perms)
+    np.testing.assert_allclose(result.values, truth, atol=1e-12)
+
+
+def test_parallel_config_translation_and_ray_refusal() -> None:
+    assert old.ParallelConfig(n_cpus_local=4).dask_settings(None) == {"scheduler": "threads", "num_workers": 4}
+    assert old.ParallelConfig().dask_settings(1) == {"scheduler": "sync"}
+    with pytest.raises(NotImplementedError, match=r"distributed\.Client"):
+        old.ParallelConfig(backend="ray")
+
+
+def test_model_utility_scores_coalitions_like_a_model_fitted_here() -> None:
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=6, random_state=2, stratify_by_target=True)
+    utility = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0)).with_dataset(train)
+    labels = train.data().y
+    coalition = [int(np.flatnonzero(labels == 0)[0]), *np.flatnonzero(labels == 1)[:2].tolist()]
+    x, y = train.data(sorted(coalition))
+    expected = float(np.mean(GaussianNB().fit(x, y).predict(test.data().x) == test.data().y))
+    assert utility(coalition[::-1]) == pytest.approx(expected, abs=1e-12)
+    assert utility([]) == 0.0  # pyDVL's default score of the empty coalition
+    assert utility(pv.Sample(None, np.array(coalition))) == utility(coalition)  # pyDVL's way to call it
+    # dvl_dask's difference (docs/pydvl-names.md): a classifier is not fitted on a single class
+    assert utility(np.flatnonzero(labels == 0).tolist()) == 0.0
+
+
+def test_compose_score_transforms_score_default_and_range() -> None:
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=6, random_state=2)
+    base = pv.SupervisedScorer("accuracy", test, default=0.0, range=(0.0, 1.0))
+    halved = pv.compose_score(base, lambda s: s / 2, (0.0, 0.5), "half")
+    assert halved.default == 0.0 and halved.range == (0.0, 0.5) and halved.test_data is test
+    full = pv.ModelUtility(GaussianNB(), base).with_dataset(train)
+    half = pv.ModelUtility(GaussianNB(), halved).with_dataset(train)
+    assert half(range(6)) == pytest.approx(full(range(6)) / 2, abs=1e-12)
+
+
+def test_old_grouped_dataset_splits_rows_and_groups_as_pydvl() -> None:
+    groups = np.arange(40) % 4
+    x_tr, _, _, _, g_tr, _ = train_test_split(X, Y, groups, train_size=0.5, random_state=9)
+    data = old.GroupedDataset.from_arrays(X, Y, 0.5, 9, data_groups=groups)
+    np.testing.assert_array_equal(data.x_train, x_tr)
+    np.testing.assert_array_equal(data.data_groups, g_tr)
+    assert data.n_players == 4
