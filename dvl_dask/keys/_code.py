@@ -61,9 +61,33 @@ from ._encode import (
 
 @functools.lru_cache(maxsize=1)
 def _distributions() -> Mapping[str, list[str]]:
-    from importlib.metadata import packages_distributions
+    """Top-level import name -> names of the distributions that provide it (once per process).
 
-    return packages_distributions()
+    The same mapping as :func:`importlib.metadata.packages_distributions`, built
+    faster: that function turns every file of a distribution without
+    ``top_level.txt`` into a ``PackagePath`` (1.4 s here, a third of it for one
+    documentation theme's 14,000 files), which every fresh process (each Dask
+    worker, each CLI run) paid before its first identity. Here a distribution's
+    ``top_level.txt`` is read when it lists names, else its ``RECORD`` is parsed
+    as text with the same rule (the first part of each ``.py`` file's path, or
+    a top-level file's module name; names with a dot are not importable).
+    """
+    import csv
+    from importlib.metadata import distributions
+
+    found: dict[str, list[str]] = {}
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        tops = set((dist.read_text("top_level.txt") or "").split())
+        if not tops:
+            for row in csv.reader((dist.read_text("RECORD") or "").splitlines()):
+                if row and row[0].endswith(".py"):
+                    first, _, rest = row[0].partition("/")
+                    tops.add(first if rest else first[: -len(".py")])
+        for top in tops:
+            if top and "." not in top:
+                found.setdefault(top, []).append(name)
+    return found
 
 
 def _editable(dist: Any) -> bool:
