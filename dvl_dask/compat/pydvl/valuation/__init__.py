@@ -68,6 +68,7 @@ from ._samplers import (
     RelativeTruncation,
     RoundRobinSizeIteration,
     Sample,
+    SampleSizeStrategy,
     SequentialIndexIteration,
     StratifiedPermutationSampler,
     StratifiedSampler,
@@ -88,7 +89,7 @@ from ._stopping import (
     RankCorrelation,
     StoppingCriterion,
 )
-from ._unsupported import NOT_SUPPORTED, PENDING_METHODS
+from ._unsupported import NOT_SUPPORTED
 from ._utility import (
     ClasswiseModelUtility,
     ClasswiseSupervisedScorer,
@@ -100,7 +101,6 @@ from ._utility import (
 
 __all__ = [
     "NOT_SUPPORTED",
-    "PENDING_METHODS",
     "AbsoluteStandardError",
     "AntitheticOwenSampler",
     "AntitheticPermutationSampler",
@@ -155,6 +155,7 @@ __all__ = [
     "RelativeTruncation",
     "RoundRobinSizeIteration",
     "Sample",
+    "SampleSizeStrategy",
     "SequentialIndexIteration",
     "ShapleyValuation",
     "Status",
