@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask
 import joblib
 import numpy as np
@@ -191,13 +193,26 @@ def test_sample_size_strategies_map_onto_the_native_ones(strategy: object, expec
 
 def test_vrds_and_deviation_truncation_map_onto_the_native_ones() -> None:
     vrds = pv.VRDSSampler(n_samples_per_index=12, seed=3)
-    assert isinstance(vrds.native(), native.VRDSSampler) and vrds.n_samples_per_index == 12 and vrds.seed == 3
-    assert pv.StratifiedSampler(pv.ConstantSampleSize(7)).n_samples_per_index == 7  # finite index iteration
+    assert isinstance(vrds.native(), native.VRDSSampler) and vrds.samples_per_index(5) == 12 and vrds.seed == 3
+    assert pv.StratifiedSampler(pv.ConstantSampleSize(7)).samples_per_index(5) == 7  # finite index iteration
     endless = pv.StratifiedSampler(pv.ConstantSampleSize(7), index_iteration=pv.RandomIndexIteration)
-    assert endless.n_samples_per_index is None
+    assert endless.samples_per_index(5) is None
+    assert pv.StratifiedSampler(pv.HarmonicSampleSize()).samples_per_index(5) is None  # only relative sizes
     policy = pv.DeviationTruncation(0.25, sigmas=2.0).native()  # pyDVL's order: burn_in_fraction, sigmas
     assert isinstance(policy, native.DeviationTruncation)
     assert (policy.burn_in_fraction, policy.sigmas) == (0.25, 2.0)
+
+
+def test_delta_shapley_sgd_sample_size_maps_onto_the_native_bound() -> None:
+    config = pv.DeltaShapleyNCSGDConfig(max_loss=1.0, lipschitz_loss=1.0, lipschitz_grad=1.0, lr_factor=1.0,
+                                        n_sgd_iter=10, n_val=10, n_train=10, eps=0.5, delta=0.1)
+    sampler = pv.StratifiedSampler(pv.DeltaShapleyNCSGDSampleSize(config))
+    # Theorem 7 of Watson et al., written out here: q = 1, H_k = (2 * 10)^(1/2) * 2 / max(k - 1, 1)
+    h = np.sqrt(20.0) * 2 / np.maximum(np.arange(4) - 1, 1)
+    m = np.ceil(2 * np.log(2 * 4 / 0.1) * (2 * h**2 + 2 * h + 4 * 0.5 / 3) / 0.5**2)
+    assert sampler.samples_per_index(4) == int(m.sum())  # the strategy prescribes the budget
+    with pytest.raises(NotImplementedError, match="theorem7"):
+        pv.StratifiedSampler(pv.DeltaShapleyNCSGDSampleSize(dataclasses.replace(config, version="code")))
 
 
 def test_stopping_translation() -> None:

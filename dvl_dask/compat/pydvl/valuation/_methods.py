@@ -194,7 +194,8 @@ class _SemivalueValuation(Valuation):
                 )
             return self._exact(utility)
         method, options = self._method()
-        cap = getattr(self.sampler, "n_samples_per_index", None)
+        samples_per_index = getattr(self.sampler, "samples_per_index", None)
+        cap = samples_per_index(len(data)) if samples_per_index is not None else None
         if isinstance(self.is_done, NoStopping):
             if cap is None:
                 raise not_supported("NoStopping with a random sampler")

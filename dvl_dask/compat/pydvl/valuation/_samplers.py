@@ -27,6 +27,8 @@ __all__ = [
     "AntitheticSampler",
     "ConstantSampleSize",
     "DeterministicPermutationSampler",
+    "DeltaShapleyNCSGDConfig",
+    "DeltaShapleyNCSGDSampleSize",
     "DeterministicUniformSampler",
     "DeviationTruncation",
     "FiniteSequentialSizeIteration",
@@ -244,6 +246,49 @@ class PowerLawSampleSize(SampleSizeStrategy):
         return native.PowerLawSampleSize(self.exponent)
 
 
+@dataclasses.dataclass
+class DeltaShapleyNCSGDConfig:
+    """Constants of Watson et al.'s (2023) bound for non-convex losses trained with SGD (pyDVL's config).
+
+    ``n_val`` and ``n_train`` are used only by pyDVL's ``version="code"``
+    bound, which dvl_dask does not implement (it raises when used).
+    """
+
+    max_loss: float
+    lipschitz_loss: float
+    lipschitz_grad: float
+    lr_factor: float
+    n_sgd_iter: int
+    n_val: int
+    n_train: int
+    eps: float = 0.01
+    delta: float = 0.05
+    version: str = "theorem7"
+
+
+class DeltaShapleyNCSGDSampleSize(SampleSizeStrategy):
+    """Delta-Shapley's samples per size from its SGD bound (:class:`~dvl_dask.valuation.DeltaShapleySampleSize`).
+
+    With ``n_samples`` left to None the strategy prescribes the total: a
+    finite sampler is exhausted after ``sum_k m_k`` samples per player.
+    """
+
+    def __init__(
+        self, config: DeltaShapleyNCSGDConfig, lower_bound: int | None = None, upper_bound: int | None = None,
+    ) -> None:
+        super().__init__(None, lower_bound, upper_bound)
+        self.config = config
+
+    def _native(self) -> Any:
+        c = self.config
+        if c.version != "theorem7":
+            raise not_supported("DeltaShapleyNCSGDConfig(version='code')")
+        return native.DeltaShapleySampleSize(
+            max_loss=c.max_loss, lipschitz_loss=c.lipschitz_loss, lipschitz_grad=c.lipschitz_grad,
+            lr_factor=c.lr_factor, n_sgd_iter=c.n_sgd_iter, eps=c.eps, delta=c.delta,
+        )
+
+
 class LinearSampleSize(SampleSizeStrategy):
     """Samples per size linear in ``k`` (pyDVL: for testing): no dvl_dask counterpart, raises when used."""
 
@@ -432,10 +477,19 @@ class StratifiedSampler(IndexSampler):
         self.sample_sizes_iteration = sample_sizes_iteration
         self.index_iteration = index_iteration
 
-    @property
-    def n_samples_per_index(self) -> int | None:
-        """Samples per player after which the sampler is exhausted (None: never, an infinite index iteration)."""
-        return self.sample_sizes.n_samples if self.index_iteration is None else None
+    def samples_per_index(self, n_players: int) -> int | None:
+        """Samples per player after which the sampler is exhausted (None: never).
+
+        A finite index iteration (pyDVL's default) is exhausted after the
+        strategy's ``n_samples``, or, without it, the total a strategy
+        prescribes (``DeltaShapleyNCSGDSampleSize``); an infinite one never.
+        """
+        if self.index_iteration is not None:
+            return None
+        if self.sample_sizes.n_samples is not None:
+            return int(self.sample_sizes.n_samples)
+        total = getattr(self._allocation, "total", None)
+        return None if total is None else total(n_players, 0, n_players - 1)
 
     def native(self) -> Any:
         """dvl_dask's sampler."""
@@ -451,6 +505,7 @@ class VRDSSampler(StratifiedSampler):
 
     def __init__(self, n_samples_per_index: int, batch_size: int = 1, seed: Any = None) -> None:
         super().__init__(HarmonicSampleSize(n_samples=n_samples_per_index), batch_size=batch_size, seed=seed)
+        self.n_samples_per_index = n_samples_per_index
 
     def native(self) -> Any:
         return native.VRDSSampler()

@@ -33,6 +33,9 @@ NOT_SUPPORTED: dict[str, str] = {
     "sampler='stratified') stratifies the prefix sizes of uniform permutations (unbiased; pass "
     "ConstantSampleSize()); for another split over sizes use StratifiedSampler(sample_sizes=...) "
     "(dvl_dask.valuation.StratifiedSampler(allocation=HarmonicSampleSize()))",
+    "DeltaShapleyNCSGDConfig(version='code')": "dvl_dask.valuation.DeltaShapleySampleSize implements the "
+    "bound of Theorem 7 of Watson et al. (version='theorem7'); PowerLawSampleSize(-2) has the same decay with "
+    "a budget of your choosing",
     "LeastCoreValuation with this sampler": "dvl_dask.valuation.exact_least_core or montecarlo_least_core "
     "(coalitions drawn uniformly)",
     "RelativeTruncation(burn_in_fraction > 0)": "dvl_dask.valuation.RelativeTruncation(rtol) checks from the "
