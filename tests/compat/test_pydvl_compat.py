@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask
 import joblib
 import numpy as np
@@ -142,15 +144,11 @@ def test_fit_under_joblib_parallel_config_gives_the_same_values() -> None:
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: pv.VRDSSampler(seed=1), "StratifiedSampler"),
-        (lambda: pv.StratifiedPermutationSampler(seed=1), "permutation_shapley"),
-        (lambda: pv.DeviationTruncation(sigmas=1.0), "RelativeTruncation"),
-        (lambda: pv.DeltaShapleyValuation(None, None, 1, 2), "semivalue"),
-        (lambda: pv.StratifiedSampler(sample_sizes=pv.HarmonicSampleSize(1)), "allocation"),
+        (lambda: pv.StratifiedPermutationSampler(pv.HarmonicSampleSize(), seed=1), r"sampler='stratified'"),
+        (lambda: pv.StratifiedSampler(pv.ConstantSampleSize(lower_bound=1)), "delta_shapley"),
+        (lambda: pv.StratifiedSampler(pv.LinearSampleSize(1.0)), "SampleSizeStrategy"),
         (lambda: pv.RelativeTruncation(0.1, burn_in_fraction=0.2), "burn_in_fraction=0.0"),
         (lambda: pv.RankCorrelation(0.1, burn_in=5, fraction=0.5), "ranks all players"),
-        (lambda: pv.KNNShapleyValuation(__import__("sklearn.neighbors").neighbors.KNeighborsRegressor(), None),
-         "knn_shapley"),
     ],
 )
 def test_unsupported_names_raise_naming_the_dvl_dask_way(build: object, match: str) -> None:
@@ -159,13 +157,8 @@ def test_unsupported_names_raise_naming_the_dvl_dask_way(build: object, match: s
     assert isinstance(info.value, CompatNotSupportedError)
 
 
-def test_classwise_normalisation_and_exact_banzhaf_are_refused_at_the_point_of_difference() -> None:
+def test_exact_banzhaf_is_refused_at_the_point_of_difference() -> None:
     train, test = pv.Dataset.from_arrays(X, Y, train_size=5, random_state=2)
-    scorer = pv.ClasswiseSupervisedScorer("accuracy", test)
-    utility = pv.ClasswiseModelUtility(GaussianNB(), scorer)
-    sampler = pv.ClasswiseSampler(pv.PermutationSampler(seed=1), pv.UniformSampler(seed=1))
-    with pytest.raises(NotImplementedError, match=r"normalize_values=False"):
-        pv.ClasswiseShapleyValuation(utility, sampler, pv.MaxUpdates(4))
     plain = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0))
     exact = pv.BanzhafValuation(plain, pv.DeterministicUniformSampler(), pv.NoStopping())
     with pytest.raises(NotImplementedError, match=r"dvl_dask\.valuation\.banzhaf"):
@@ -180,17 +173,53 @@ def test_classwise_normalisation_and_exact_banzhaf_are_refused_at_the_point_of_d
         endless.fit(train)
 
 
-def test_one_table_lists_every_pending_method() -> None:
-    assert set(pv.PENDING_METHODS) == {
-        "DeltaShapleyValuation", "VRDSSampler", "StratifiedPermutationSampler", "DeviationTruncation",
-        "KNNShapleyValuation for regression", "ClasswiseShapleyValuation(normalize_values=True)",
-    }
+def test_no_pending_methods_are_left_and_messages_name_no_issues() -> None:
+    assert not hasattr(pv, "PENDING_METHODS")
+    assert [way for way in pv.NOT_SUPPORTED.values() if "issue" in way] == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        (pv.ConstantSampleSize(), "equal"),
+        (pv.HarmonicSampleSize(), native.HarmonicSampleSize().parameters()),
+        (pv.PowerLawSampleSize(-0.5), native.PowerLawSampleSize(-0.5).parameters()),
+    ],
+)
+def test_sample_size_strategies_map_onto_the_native_ones(strategy: object, expected: object) -> None:
+    allocation = pv.StratifiedSampler(strategy, seed=1).native().allocation
+    assert (allocation if isinstance(allocation, str) else allocation.parameters()) == expected
+
+
+def test_vrds_and_deviation_truncation_map_onto_the_native_ones() -> None:
+    vrds = pv.VRDSSampler(n_samples_per_index=12, seed=3)
+    assert isinstance(vrds.native(), native.VRDSSampler) and vrds.samples_per_index(5) == 12 and vrds.seed == 3
+    assert pv.StratifiedSampler(pv.ConstantSampleSize(7)).samples_per_index(5) == 7  # finite index iteration
+    endless = pv.StratifiedSampler(pv.ConstantSampleSize(7), index_iteration=pv.RandomIndexIteration)
+    assert endless.samples_per_index(5) is None
+    assert pv.StratifiedSampler(pv.HarmonicSampleSize()).samples_per_index(5) is None  # only relative sizes
+    policy = pv.DeviationTruncation(0.25, sigmas=2.0).native()  # pyDVL's order: burn_in_fraction, sigmas
+    assert isinstance(policy, native.DeviationTruncation)
+    assert (policy.burn_in_fraction, policy.sigmas) == (0.25, 2.0)
+
+
+def test_delta_shapley_sgd_sample_size_maps_onto_the_native_bound() -> None:
+    config = pv.DeltaShapleyNCSGDConfig(max_loss=1.0, lipschitz_loss=1.0, lipschitz_grad=1.0, lr_factor=1.0,
+                                        n_sgd_iter=10, n_val=10, n_train=10, eps=0.5, delta=0.1)
+    sampler = pv.StratifiedSampler(pv.DeltaShapleyNCSGDSampleSize(config))
+    # Theorem 7 of Watson et al., written out here: q = 1, H_k = (2 * 10)^(1/2) * 2 / max(k - 1, 1)
+    h = np.sqrt(20.0) * 2 / np.maximum(np.arange(4) - 1, 1)
+    m = np.ceil(2 * np.log(2 * 4 / 0.1) * (2 * h**2 + 2 * h + 4 * 0.5 / 3) / 0.5**2)
+    assert sampler.samples_per_index(4) == int(m.sum())  # the strategy prescribes the budget
+    with pytest.raises(NotImplementedError, match="theorem7"):
+        pv.StratifiedSampler(pv.DeltaShapleyNCSGDSampleSize(dataclasses.replace(config, version="code")))
 
 
 def test_stopping_translation() -> None:
     sampler = pv.UniformSampler(seed=0)
     assert pv.MaxSamples(sampler, 50).native(10).n_updates == 5  # (player, coalition) pairs: 5 per player
     assert pv.MaxSamples(pv.PermutationSampler(), 50).native(10).n_updates == 50  # permutations
+    assert pv.MaxSamples(pv.StratifiedPermutationSampler(), 50).native(10).n_updates == 50
     combined = (pv.MaxUpdates(3) | pv.MaxTime(10)) & ~pv.MinUpdates(1)
     assert isinstance(combined.native(4), native.StoppingCriterion)
 

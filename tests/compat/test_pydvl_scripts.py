@@ -24,7 +24,6 @@ from sklearn.neighbors import KNeighborsClassifier
 from dvl_dask import Dataset as NativeDataset
 from dvl_dask import Utility
 from dvl_dask import valuation as native
-from dvl_dask.errors import CompatNotSupportedError
 from dvl_dask.utility import learn_utility
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -178,10 +177,72 @@ def test_data_utility_learning_agrees_with_brute_force_on_the_learned_utility() 
     np.testing.assert_allclose(ns["result"].values, brute_force_shapley(learned, 5), atol=1e-9)
 
 
-def test_delta_shapley_raises_naming_the_dvl_dask_way() -> None:
-    with pytest.raises(NotImplementedError, match=r"Delta-Shapley is being added to dvl_dask\.valuation") as info:
-        run_script("delta_shapley.py")
-    assert isinstance(info.value, CompatNotSupportedError)
+def test_delta_shapley_agrees_with_native() -> None:
+    ns = run_script("delta_shapley.py")
+    reference = run_native(native.delta_shapley, native_utility(ns), native.MaxUpdates(8), 16, lower_bound=1,
+                           upper_bound=4)
+    assert_same(ns["result"], reference)
+    assert ns["result"].to_dataset().attrs["method"] == "delta_shapley"
+
+
+def test_vrds_run_to_exhaustion_is_the_native_fixed_budget() -> None:
+    ns = run_script("vrds.py")
+    with dask.config.set({**SMALL_BLOCKS, "scheduler": "sync"}):
+        reference = native.semivalue(
+            native_utility(ns), native.shapley_coefficient, n_samples=20, seed=16, sampler=native.VRDSSampler()
+        ).compute()
+    assert_same(ns["result"], reference)
+    assert np.all(ns["result"].counts == 20)  # n_samples_per_index samples of every player, then exhausted
+
+
+def test_stratified_sampler_with_a_power_law_agrees_with_native() -> None:
+    ns = run_script("stratified_sampler_power_law.py")
+    sampler = native.StratifiedSampler(allocation=native.PowerLawSampleSize(-0.5))
+    reference = run_native(native.semivalue, native_utility(ns), native.MaxUpdates(12), 16,
+                           coefficient=native.shapley_coefficient, sampler=sampler)
+    assert_same(ns["result"], reference)
+
+
+def test_stratified_permutations_agree_with_native() -> None:
+    ns = run_script("stratified_permutation.py")
+    reference = run_native(native.permutation_shapley, native_utility(ns), native.MaxUpdates(12), 16,
+                           sampler="stratified")
+    assert_same(ns["result"], reference)
+
+
+def test_deviation_truncation_agrees_with_native() -> None:
+    ns = run_script("tmc_deviation_truncation.py")
+    reference = run_native(native.permutation_shapley, native_utility(ns), native.MaxUpdates(8), 16,
+                           truncation=native.DeviationTruncation(0.4, sigmas=1.0))
+    assert_same(ns["result"], reference)
+    assert "DeviationTruncation" in ns["result"].to_dataset().attrs["bias"]
+
+
+def test_knn_shapley_of_a_regressor_agrees_with_brute_force() -> None:
+    ns = run_script("knn_shapley_regression.py")
+    (x, y), (xt, yt) = ns["train"].data(), ns["test"].data()
+    k, n = 2, len(y)
+    order = np.argsort(((xt[:, None, :] - x[None, :, :]) ** 2).sum(axis=2), axis=1)  # nearest first, per test point
+
+    def u(coalition: list[int]) -> float:
+        members = set(coalition)
+        nearest = [[j for j in row if j in members][:k] for row in order]
+        predictions = np.array([y[idx].sum() / k for idx in nearest])  # divided by K also when |S| < K
+        return float(np.mean(-((predictions - yt) ** 2)))
+
+    np.testing.assert_allclose(ns["result"].values, brute_force_shapley(u, n), rtol=1e-9, atol=1e-9)
+
+
+def test_classwise_normalisation_agrees_with_native_and_sums_to_the_in_class_accuracy() -> None:
+    ns = run_script("classwise_shapley_normalized.py")
+    u = native_utility(ns)
+    reference = native.classwise_shapley(u, 4 * 2, seed=16, normalize_values=True).compute()
+    assert_same(ns["result"], reference)
+    (x, y), (xt, yt) = ns["train"].data(), ns["test"].data()
+    predictions = GaussianNB().fit(x, y).predict(xt)
+    for label in np.unique(y):
+        in_class = np.sum((predictions == yt) & (yt == label)) / len(yt)
+        assert ns["result"].values[y == label].sum() == pytest.approx(in_class, abs=1e-12)
 
 
 def test_pydvl_09_compute_shapley_values_agrees_with_native() -> None:

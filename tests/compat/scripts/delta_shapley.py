@@ -1,4 +1,4 @@
-"""pyDVL 0.10: Delta-Shapley (not available yet: raises, naming the way to go)."""
+"""pyDVL 0.10: Delta-Shapley (coalition sizes 1..4)."""
 
 from pydvl.valuation import Dataset, DeltaShapleyValuation, MaxUpdates, ModelUtility, SupervisedScorer
 from sklearn.datasets import make_classification

@@ -47,6 +47,8 @@ from ._samplers import (
     AntitheticPermutationSampler,
     AntitheticSampler,
     ConstantSampleSize,
+    DeltaShapleyNCSGDConfig,
+    DeltaShapleyNCSGDSampleSize,
     DeterministicPermutationSampler,
     DeterministicUniformSampler,
     DeviationTruncation,
@@ -68,6 +70,7 @@ from ._samplers import (
     RelativeTruncation,
     RoundRobinSizeIteration,
     Sample,
+    SampleSizeStrategy,
     SequentialIndexIteration,
     StratifiedPermutationSampler,
     StratifiedSampler,
@@ -88,7 +91,7 @@ from ._stopping import (
     RankCorrelation,
     StoppingCriterion,
 )
-from ._unsupported import NOT_SUPPORTED, PENDING_METHODS
+from ._unsupported import NOT_SUPPORTED
 from ._utility import (
     ClasswiseModelUtility,
     ClasswiseSupervisedScorer,
@@ -100,7 +103,6 @@ from ._utility import (
 
 __all__ = [
     "NOT_SUPPORTED",
-    "PENDING_METHODS",
     "AbsoluteStandardError",
     "AntitheticOwenSampler",
     "AntitheticPermutationSampler",
@@ -115,6 +117,8 @@ __all__ = [
     "DataOOBValuation",
     "DataUtilityLearning",
     "Dataset",
+    "DeltaShapleyNCSGDConfig",
+    "DeltaShapleyNCSGDSampleSize",
     "DeltaShapleyValuation",
     "DeterministicPermutationSampler",
     "DeterministicUniformSampler",
@@ -155,6 +159,7 @@ __all__ = [
     "RelativeTruncation",
     "RoundRobinSizeIteration",
     "Sample",
+    "SampleSizeStrategy",
     "SequentialIndexIteration",
     "ShapleyValuation",
     "Status",

@@ -193,12 +193,19 @@ class _SemivalueValuation(Valuation):
                     f"{truncation!r} would change them. Pass truncation=None (or NoTruncation())."
                 )
             return self._exact(utility)
-        if isinstance(self.is_done, NoStopping):
-            raise not_supported("NoStopping with a random sampler")
         method, options = self._method()
+        samples_per_index = getattr(self.sampler, "samples_per_index", None)
+        cap = samples_per_index(len(data)) if samples_per_index is not None else None
+        if isinstance(self.is_done, NoStopping):
+            if cap is None:
+                raise not_supported("NoStopping with a random sampler")
+            # A finite sampler run to exhaustion: a fixed budget of ``cap`` samples per player.
+            return method(utility, n_samples=cap, seed=self.sampler.seed, **options).compute()
+        stop = self.is_done.native(len(data))
+        if cap is not None:
+            stop = stop | native.MaxUpdates(cap)  # the sampler is exhausted after cap samples per player
         return native.run_until_converged(
-            method, utility, stop=self.is_done.native(len(data)), seed=self.sampler.seed,
-            progress=self.progress, **options,
+            method, utility, stop=stop, seed=self.sampler.seed, progress=self.progress, **options,
         )
 
     def _subset_sampler(self) -> Any:
@@ -207,7 +214,7 @@ class _SemivalueValuation(Valuation):
         if kind in ("uniform", "antithetic"):
             return kind
         if kind == "stratified":
-            return native.StratifiedSampler()
+            return self.sampler.native()  # type: ignore[attr-defined]
         if isinstance(self.sampler, OwenSampler):
             return native.OwenSampler(n_q=self.sampler.n_q, antithetic=self.sampler.antithetic)
         raise not_supported("this sampler with this valuation")
@@ -217,7 +224,8 @@ class ShapleyValuation(_SemivalueValuation):
     """Shapley values with any of pyDVL's samplers.
 
     Permutation samplers run :func:`~dvl_dask.valuation.permutation_shapley`
-    (with the sampler's truncation), Owen samplers :func:`~dvl_dask.valuation.owen_shapley`,
+    (with the sampler's truncation; ``StratifiedPermutationSampler`` with
+    ``sampler="stratified"``), Owen samplers :func:`~dvl_dask.valuation.owen_shapley`,
     the other powerset samplers :func:`~dvl_dask.valuation.semivalue` with the
     Shapley coefficient, and the deterministic samplers
     :func:`~dvl_dask.valuation.exact_shapley` (each coalition fitted once).
@@ -228,8 +236,10 @@ class ShapleyValuation(_SemivalueValuation):
 
     def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
         kind = self.sampler.kind
-        if kind in ("permutation", "antithetic_permutation"):
+        if kind in ("permutation", "antithetic_permutation", "stratified_permutation"):
             truncation = native_truncation(getattr(self.sampler, "truncation", None), type(self).__name__)
+            if kind == "stratified_permutation":
+                return native.permutation_shapley, {"truncation": truncation, "sampler": "stratified"}
             return native.permutation_shapley, {
                 "truncation": truncation, "antithetic": kind == "antithetic_permutation",
             }
@@ -311,11 +321,29 @@ class StratifiedShapleyValuation(ShapleyValuation):
         super().__init__(utility, StratifiedSampler(seed=seed), is_done, skip_converged, show_warnings, progress)
 
 
-class DeltaShapleyValuation(Valuation):
-    """pyDVL's Delta-Shapley: not available yet (raises, naming the dvl_dask way)."""
+class _DeltaSampler(IndexSampler):
+    """The sampler DeltaShapleyValuation builds: coalitions stratified by size within the bounds."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise not_supported("DeltaShapleyValuation")
+    kind = "delta"
+
+
+class DeltaShapleyValuation(_SemivalueValuation):
+    """Delta-Shapley: Shapley restricted to coalition sizes ``lower_bound..upper_bound`` (Watson et al., 2023).
+
+    Runs :func:`~dvl_dask.valuation.delta_shapley` (samples stratified by
+    size, the same number at every size in range, as pyDVL's
+    ``ConstantSampleSize``) until ``is_done``, seeded with ``seed``.
+    """
+
+    def __init__(
+        self, utility: Any, is_done: StoppingCriterion, lower_bound: int, upper_bound: int, seed: Any = None,
+        skip_converged: bool = False, progress: bool = False,
+    ) -> None:
+        super().__init__(utility, _DeltaSampler(seed=seed), is_done, skip_converged, progress=progress)
+        self.lower_bound, self.upper_bound = lower_bound, upper_bound
+
+    def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
+        return native.delta_shapley, {"lower_bound": self.lower_bound, "upper_bound": self.upper_bound}
 
 
 class LOOValuation(Valuation):
@@ -331,14 +359,16 @@ class LOOValuation(Valuation):
 
 
 class KNNShapleyValuation(Valuation):
-    """Exact KNN-Shapley of a ``KNeighborsClassifier`` (:func:`~dvl_dask.valuation.knn_shapley`)."""
+    """Exact KNN-Shapley of a ``KNeighborsClassifier`` or ``KNeighborsRegressor``.
+
+    Runs :func:`~dvl_dask.valuation.knn_shapley`.
+
+    For a regressor the utility is the negative squared error of the KNN
+    prediction, averaged over the test points.
+    """
 
     def __init__(self, model: Any, test_data: Dataset, progress: bool = False, clone_before_fit: bool = True) -> None:
         super().__init__()
-        from sklearn.base import is_regressor
-
-        if is_regressor(model):
-            raise not_supported("KNNShapleyValuation for regression")
         self.model, self.test_data, self.progress = model, test_data, progress
 
     def _compute(self, data: Dataset) -> xr.Dataset:
@@ -397,8 +427,8 @@ class ClasswiseShapleyValuation(Valuation):
     """Class-wise Shapley values (:func:`~dvl_dask.valuation.classwise_shapley`).
 
     ``is_done`` must be ``MaxUpdates(m)`` or ``MinUpdates(m)`` (a fixed budget:
-    ``m`` permutations per class); ``normalize_values=True`` (pyDVL's default)
-    is not available yet.
+    ``m`` permutations per class). ``normalize_values=True`` (pyDVL's default)
+    scales the values of each class to sum to its in-class utility.
     """
 
     def __init__(
@@ -406,8 +436,6 @@ class ClasswiseShapleyValuation(Valuation):
         progress: bool = False, normalize_values: bool = True,
     ) -> None:
         super().__init__()
-        if normalize_values:
-            raise not_supported("ClasswiseShapleyValuation(normalize_values=True)")
         from ._stopping import MaxUpdates, MinUpdates
 
         if not isinstance(is_done, (MaxUpdates, MinUpdates)):
@@ -416,12 +444,14 @@ class ClasswiseShapleyValuation(Valuation):
                 "is_done=MaxUpdates(m) (m permutations per class; dvl_dask.valuation.classwise_shapley(n_samples=...))."
             )
         self.utility, self.sampler, self.is_done, self.progress = utility, sampler, is_done, progress
+        self.normalize_values = normalize_values
 
     def _compute(self, data: Dataset) -> xr.Dataset:
         utility = _native_utility(self.utility, data, "ClasswiseShapleyValuation")
         n_classes = len(np.unique(data.data().y))
         return native.classwise_shapley(
-            utility, self.is_done.n_updates * n_classes, seed=self.sampler.seed  # type: ignore[attr-defined]
+            utility, self.is_done.n_updates * n_classes, seed=self.sampler.seed,  # type: ignore[attr-defined]
+            normalize_values=self.normalize_values,
         ).compute()
 
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .... import valuation as native
 from ....errors import InvalidParameterError
+from ....valuation import DeviationTruncation as NativeDeviationTruncation
 from ....valuation import FixedTruncation as NativeFixedTruncation
 from ....valuation import NoTruncation as NativeNoTruncation
 from ....valuation import RelativeTruncation as NativeRelativeTruncation
@@ -25,6 +27,8 @@ __all__ = [
     "AntitheticSampler",
     "ConstantSampleSize",
     "DeterministicPermutationSampler",
+    "DeltaShapleyNCSGDConfig",
+    "DeltaShapleyNCSGDSampleSize",
     "DeterministicUniformSampler",
     "DeviationTruncation",
     "FiniteSequentialSizeIteration",
@@ -45,6 +49,7 @@ __all__ = [
     "RelativeTruncation",
     "RoundRobinSizeIteration",
     "Sample",
+    "SampleSizeStrategy",
     "SequentialIndexIteration",
     "StratifiedPermutationSampler",
     "StratifiedSampler",
@@ -121,10 +126,17 @@ class RelativeTruncation(TruncationPolicy):
 
 
 class DeviationTruncation(TruncationPolicy):
-    """pyDVL's deviation-based truncation: not available yet (raises, naming the dvl_dask way)."""
+    """Stop a permutation once ``|u(prefix) - u(N)| < sigmas`` standard deviations of its prefix scores so far.
 
-    def __init__(self, sigmas: float, burn_in_fraction: float = 0.0) -> None:
-        raise not_supported("DeviationTruncation")
+    The rule is checked after ``burn_in_fraction * n`` prefixes (dvl_dask's
+    :class:`~dvl_dask.valuation.DeviationTruncation`, the same rule).
+    """
+
+    def __init__(self, burn_in_fraction: float, sigmas: float = 1.0) -> None:
+        self.burn_in_fraction, self.sigmas = burn_in_fraction, sigmas
+
+    def native(self) -> Any:
+        return NativeDeviationTruncation(self.burn_in_fraction, sigmas=self.sigmas)
 
 
 def native_truncation(truncation: Any, owner: str) -> Any:
@@ -134,7 +146,8 @@ def native_truncation(truncation: Any, owner: str) -> Any:
     if not isinstance(truncation, TruncationPolicy):
         raise InvalidParameterError(
             f"The 'truncation' argument of {owner} must be a truncation policy of dvl_dask.compat.pydvl "
-            f"(NoTruncation, FixedTruncation, RelativeTruncation). Got {type(truncation).__name__}."
+            f"(NoTruncation, FixedTruncation, RelativeTruncation, DeviationTruncation). "
+            f"Got {type(truncation).__name__}."
         )
     return truncation.native()
 
@@ -174,23 +187,117 @@ class RoundRobinSizeIteration(_Strategy):
     """One sample per size in turn."""
 
 
-class ConstantSampleSize(_Strategy):
+class SampleSizeStrategy(_Strategy):
+    """pyDVL's sample-size strategies: how a stratified sampler splits its samples over coalition sizes.
+
+    :meth:`native` gives dvl_dask's strategy. ``n_samples`` (samples per
+    player) is the budget of a finite sampler run with ``NoStopping``; with
+    another stopping criterion the run also stops once every player has that
+    many. ``lower_bound`` / ``upper_bound`` (sizes outside get no samples)
+    have no counterpart outside Delta-Shapley: they raise.
+    """
+
+    def __init__(
+        self, n_samples: int | None = None, lower_bound: int | None = None, upper_bound: int | None = None,
+    ) -> None:
+        super().__init__(n_samples=n_samples, lower_bound=lower_bound, upper_bound=upper_bound)
+        self.n_samples, self.lower_bound, self.upper_bound = n_samples, lower_bound, upper_bound
+
+    def native(self) -> Any:
+        """dvl_dask's strategy (or allocation name) for this one."""
+        if self.lower_bound is not None or self.upper_bound is not None:
+            raise not_supported("a sample-size strategy with lower_bound or upper_bound")
+        return self._native()
+
+    def _native(self) -> Any:
+        raise not_supported("StratifiedSampler with this sample-size strategy")
+
+
+class ConstantSampleSize(SampleSizeStrategy):
     """As many samples of every size (dvl_dask's ``StratifiedSampler(allocation="equal")``)."""
 
-    def __init__(self, n_samples: int = 1, lower_bound: int | None = None, upper_bound: int | None = None) -> None:
-        super().__init__(n_samples=n_samples, lower_bound=lower_bound, upper_bound=upper_bound)
+    def __init__(self, n_samples: int | None = None, lower_bound: int | None = None,
+                 upper_bound: int | None = None) -> None:
+        super().__init__(n_samples, lower_bound, upper_bound)
+
+    def _native(self) -> Any:
+        return "equal"
 
 
-class HarmonicSampleSize(_Strategy):
-    """Samples per size proportional to ``1 / (1 + k)``: no dvl_dask counterpart yet."""
+class HarmonicSampleSize(SampleSizeStrategy):
+    """Samples per size proportional to ``1 / (1 + k)`` (dvl_dask's :class:`~dvl_dask.valuation.HarmonicSampleSize`)."""
+
+    def _native(self) -> Any:
+        return native.HarmonicSampleSize()
 
 
-class PowerLawSampleSize(_Strategy):
-    """Samples per size proportional to ``(1 + k)^a``: no dvl_dask counterpart yet."""
+class PowerLawSampleSize(SampleSizeStrategy):
+    """Samples per size proportional to ``(1 + k)^exponent`` (:class:`~dvl_dask.valuation.PowerLawSampleSize`)."""
+
+    def __init__(
+        self, exponent: float, n_samples: int | None = None, lower_bound: int | None = None,
+        upper_bound: int | None = None,
+    ) -> None:
+        super().__init__(n_samples, lower_bound, upper_bound)
+        self.exponent = exponent
+        self.kwargs["exponent"] = exponent
+
+    def _native(self) -> Any:
+        return native.PowerLawSampleSize(self.exponent)
 
 
-class LinearSampleSize(_Strategy):
-    """Samples per size linear in ``k``: no dvl_dask counterpart yet."""
+@dataclasses.dataclass
+class DeltaShapleyNCSGDConfig:
+    """Constants of Watson et al.'s (2023) bound for non-convex losses trained with SGD (pyDVL's config).
+
+    ``n_val`` and ``n_train`` are used only by pyDVL's ``version="code"``
+    bound, which dvl_dask does not implement (it raises when used).
+    """
+
+    max_loss: float
+    lipschitz_loss: float
+    lipschitz_grad: float
+    lr_factor: float
+    n_sgd_iter: int
+    n_val: int
+    n_train: int
+    eps: float = 0.01
+    delta: float = 0.05
+    version: str = "theorem7"
+
+
+class DeltaShapleyNCSGDSampleSize(SampleSizeStrategy):
+    """Delta-Shapley's samples per size from its SGD bound (:class:`~dvl_dask.valuation.DeltaShapleySampleSize`).
+
+    With ``n_samples`` left to None the strategy prescribes the total: a
+    finite sampler is exhausted after ``sum_k m_k`` samples per player.
+    """
+
+    def __init__(
+        self, config: DeltaShapleyNCSGDConfig, lower_bound: int | None = None, upper_bound: int | None = None,
+    ) -> None:
+        super().__init__(None, lower_bound, upper_bound)
+        self.config = config
+
+    def _native(self) -> Any:
+        c = self.config
+        if c.version != "theorem7":
+            raise not_supported("DeltaShapleyNCSGDConfig(version='code')")
+        return native.DeltaShapleySampleSize(
+            max_loss=c.max_loss, lipschitz_loss=c.lipschitz_loss, lipschitz_grad=c.lipschitz_grad,
+            lr_factor=c.lr_factor, n_sgd_iter=c.n_sgd_iter, eps=c.eps, delta=c.delta,
+        )
+
+
+class LinearSampleSize(SampleSizeStrategy):
+    """Samples per size linear in ``k`` (pyDVL: for testing): no dvl_dask counterpart, raises when used."""
+
+    def __init__(
+        self, scale: float = 1.0, offset: int = 0, n_samples: int | None = None, lower_bound: int | None = None,
+        upper_bound: int | None = None,
+    ) -> None:
+        super().__init__(n_samples, lower_bound, upper_bound)
+        self.scale, self.offset = scale, offset
 
 
 class GridOwenStrategy:
@@ -332,11 +439,24 @@ class AntitheticOwenSampler(OwenSampler):
     antithetic = True
 
 
+def _check_strategy(sizes: Any, owner: str) -> SampleSizeStrategy:
+    if not isinstance(sizes, SampleSizeStrategy):
+        raise InvalidParameterError(
+            f"The 'sample_sizes' argument of {owner} must be a sample-size strategy of dvl_dask.compat.pydvl "
+            f"(ConstantSampleSize, HarmonicSampleSize, PowerLawSampleSize). Got {type(sizes).__name__}."
+        )
+    return sizes
+
+
 class StratifiedSampler(IndexSampler):
     """Coalitions stratified by size (dvl_dask's :class:`~dvl_dask.valuation.StratifiedSampler`).
 
-    ``ConstantSampleSize`` (without bounds) is equal allocation over sizes;
-    other size strategies raise :class:`~dvl_dask.errors.CompatNotSupportedError`.
+    ``ConstantSampleSize()`` is ``allocation="equal"``; ``HarmonicSampleSize()``
+    and ``PowerLawSampleSize(a)`` are dvl_dask's strategies of the same names
+    (``allocation=``). With pyDVL's default (finite) index iteration a
+    strategy's ``n_samples`` caps the samples per player; strategies with
+    size bounds raise :class:`~dvl_dask.errors.CompatNotSupportedError`
+    (Delta-Shapley's bounded sizes are :class:`DeltaShapleyValuation`).
     """
 
     kind = "stratified"
@@ -345,34 +465,74 @@ class StratifiedSampler(IndexSampler):
         self,
         sample_sizes: Any = None,
         sample_sizes_iteration: Any = None,
+        batch_size: int = 1,
         index_iteration: Any = None,
         seed: Any = None,
-        batch_size: int = 1,
     ) -> None:
         super().__init__(batch_size, seed)
-        sizes = sample_sizes if sample_sizes is not None else ConstantSampleSize()
-        bounded = isinstance(sizes, ConstantSampleSize) and (
-            sizes.kwargs["lower_bound"] is not None or sizes.kwargs["upper_bound"] is not None
-        )
-        if not isinstance(sizes, ConstantSampleSize) or bounded:
-            raise not_supported("StratifiedSampler with this sample-size strategy")
+        sizes = _check_strategy(sample_sizes if sample_sizes is not None else ConstantSampleSize(),
+                                type(self).__name__)
+        self._allocation = sizes.native()
         self.sample_sizes = sizes
         self.sample_sizes_iteration = sample_sizes_iteration
         self.index_iteration = index_iteration
 
+    def samples_per_index(self, n_players: int) -> int | None:
+        """Samples per player after which the sampler is exhausted (None: never).
+
+        A finite index iteration (pyDVL's default) is exhausted after the
+        strategy's ``n_samples``, or, without it, the total a strategy
+        prescribes (``DeltaShapleyNCSGDSampleSize``); an infinite one never.
+        """
+        if self.index_iteration is not None:
+            return None
+        if self.sample_sizes.n_samples is not None:
+            return int(self.sample_sizes.n_samples)
+        total = getattr(self._allocation, "total", None)
+        return None if total is None else total(n_players, 0, n_players - 1)
+
+    def native(self) -> Any:
+        """dvl_dask's sampler."""
+        return native.StratifiedSampler(allocation=self._allocation)
+
+
+class VRDSSampler(StratifiedSampler):
+    """Variance-reduced stratified sampling (dvl_dask's :class:`~dvl_dask.valuation.VRDSSampler`).
+
+    ``n_samples_per_index`` samples per player, split over sizes in
+    proportion to ``1 / (1 + k)``; the sampler is then exhausted.
+    """
+
+    def __init__(self, n_samples_per_index: int, batch_size: int = 1, seed: Any = None) -> None:
+        super().__init__(HarmonicSampleSize(n_samples=n_samples_per_index), batch_size=batch_size, seed=seed)
+        self.n_samples_per_index = n_samples_per_index
+
+    def native(self) -> Any:
+        return native.VRDSSampler()
+
 
 class StratifiedPermutationSampler(PermutationSampler):
-    """pyDVL's stratified permutation sampler: not available yet (raises, naming the dvl_dask way)."""
+    """Permutations with marginals stratified by prefix size (``permutation_shapley(sampler="stratified")``).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise not_supported("StratifiedPermutationSampler")
+    dvl_dask draws uniform permutations (every prefix size equally often)
+    and averages the per-size means, an unbiased estimate; ``sample_sizes``
+    must therefore be ``ConstantSampleSize()`` without bounds; the stopping
+    criterion sets the number of permutations. pyDVL's other strategies (an
+    experimental approximation there) raise.
+    """
 
+    kind = "stratified_permutation"
 
-class VRDSSampler(IndexSampler):
-    """pyDVL's variance-reduced stratified sampler: not available yet (raises, naming the dvl_dask way)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise not_supported("VRDSSampler")
+    def __init__(
+        self, sample_sizes: Any = None, truncation: TruncationPolicy | None = None, seed: Any = None,
+        batch_size: int = 1,
+    ) -> None:
+        super().__init__(truncation, seed, batch_size)
+        sizes = _check_strategy(sample_sizes if sample_sizes is not None else ConstantSampleSize(),
+                                type(self).__name__)
+        if not isinstance(sizes, ConstantSampleSize) or sizes.native() != "equal":
+            raise not_supported("StratifiedPermutationSampler with this sample-size strategy")
+        self.sample_sizes = sizes
 
 
 class LOOSampler(IndexSampler):

@@ -139,7 +139,7 @@ class MaxSamples(StoppingCriterion):
         self.n_samples = n_samples
 
     def native(self, n_players: int) -> native.StoppingCriterion:
-        whole = self.sampler.kind in ("permutation", "antithetic_permutation", "msr")
+        whole = self.sampler.kind in ("permutation", "antithetic_permutation", "stratified_permutation", "msr")
         return native.MaxUpdates(self.n_samples if whole else max(1, math.ceil(self.n_samples / n_players)))
 
 

@@ -1,36 +1,15 @@
-"""The one table of pyDVL names the compat layer cannot run yet, and what to use in dvl_dask instead.
+"""The one table of pyDVL names the compat layer cannot run, and what to use in dvl_dask instead.
 
-Keys name a pyDVL feature; values say the dvl_dask way (native API or the
-issue that adds it). ``PENDING_METHODS`` lists the methods being added to
-``dvl_dask.valuation`` in parallel (issue 28, second half): once merged, wire
-them in ``_methods.py`` / ``_samplers.py`` and delete their rows here.
+Keys name a pyDVL feature; values say the dvl_dask way.
 """
 
 from __future__ import annotations
 
 from ....errors import CompatNotSupportedError
 
-__all__ = ["NOT_SUPPORTED", "PENDING_METHODS", "not_supported"]
+__all__ = ["NOT_SUPPORTED", "not_supported"]
 
-#: Methods of pyDVL 0.10 that dvl_dask is gaining (issue 28): feature -> the dvl_dask way until then.
-PENDING_METHODS: dict[str, str] = {
-    "DeltaShapleyValuation": "Delta-Shapley is being added to dvl_dask.valuation (issue 28); until then use "
-    "dvl_dask.valuation.semivalue(utility, coefficient, sampler=StratifiedSampler()) with a coefficient "
-    "that is zero outside the size bounds",
-    "VRDSSampler": "the VRDS sampler is being added to dvl_dask.valuation (issue 28); until then use "
-    "dvl_dask.valuation.StratifiedSampler(allocation='neyman')",
-    "StratifiedPermutationSampler": "stratified permutation sampling is being added to dvl_dask.valuation "
-    "(issue 28); until then use dvl_dask.valuation.permutation_shapley or StratifiedSampler()",
-    "DeviationTruncation": "DeviationTruncation is being added to dvl_dask.valuation (issue 28); until then use "
-    "dvl_dask.valuation.RelativeTruncation(rtol) or FixedTruncation(fraction)",
-    "KNNShapleyValuation for regression": "KNN-Shapley for regression is being added to dvl_dask.valuation "
-    "(issue 28); dvl_dask.valuation.knn_shapley takes a KNeighborsClassifier",
-    "ClasswiseShapleyValuation(normalize_values=True)": "class-wise value normalisation is being added to "
-    "dvl_dask.valuation (issue 28); pass normalize_values=False, or use dvl_dask.valuation.classwise_shapley "
-    "and normalise the values yourself",
-}
-
-#: Other pyDVL features without a dvl_dask counterpart: feature -> the dvl_dask way.
+#: pyDVL features without a dvl_dask counterpart: feature -> the dvl_dask way.
 NOT_SUPPORTED: dict[str, str] = {
     "exact Banzhaf values (a deterministic sampler)": "dvl_dask has no exact Banzhaf method; use "
     "dvl_dask.valuation.banzhaf(utility, n_samples=..., seed=...) or msr_banzhaf",
@@ -43,8 +22,20 @@ NOT_SUPPORTED: dict[str, str] = {
     "this sampler with this valuation": "see docs/pydvl-names.md for the samplers each valuation accepts; "
     "the dvl_dask methods take sampler= or antithetic=",
     "StratifiedSampler with this sample-size strategy": "dvl_dask.valuation.StratifiedSampler(allocation="
-    "'equal' | 'neyman') (equal allocation over sizes is pyDVL's ConstantSampleSize with random or "
-    "round-robin size iteration)",
+    "'equal' | 'neyman' | HarmonicSampleSize() | PowerLawSampleSize(exponent)) (pyDVL's ConstantSampleSize, "
+    "HarmonicSampleSize and PowerLawSampleSize are translated; a strategy of your own subclasses "
+    "dvl_dask.valuation.SampleSizeStrategy)",
+    "a sample-size strategy with lower_bound or upper_bound": "coalition sizes within bounds are Delta-Shapley: "
+    "DeltaShapleyValuation(utility, is_done, lower_bound, upper_bound) or dvl_dask.valuation.delta_shapley("
+    "utility, lower_bound=..., upper_bound=..., sample_sizes=HarmonicSampleSize() | PowerLawSampleSize(-2) | "
+    "DeltaShapleySampleSize(...))",
+    "StratifiedPermutationSampler with this sample-size strategy": "dvl_dask.valuation.permutation_shapley("
+    "sampler='stratified') stratifies the prefix sizes of uniform permutations (unbiased; pass "
+    "ConstantSampleSize()); for another split over sizes use StratifiedSampler(sample_sizes=...) "
+    "(dvl_dask.valuation.StratifiedSampler(allocation=HarmonicSampleSize()))",
+    "DeltaShapleyNCSGDConfig(version='code')": "dvl_dask.valuation.DeltaShapleySampleSize implements the "
+    "bound of Theorem 7 of Watson et al. (version='theorem7'); PowerLawSampleSize(-2) has the same decay with "
+    "a budget of your choosing",
     "LeastCoreValuation with this sampler": "dvl_dask.valuation.exact_least_core or montecarlo_least_core "
     "(coalitions drawn uniformly)",
     "RelativeTruncation(burn_in_fraction > 0)": "dvl_dask.valuation.RelativeTruncation(rtol) checks from the "
@@ -61,6 +52,5 @@ NOT_SUPPORTED: dict[str, str] = {
 
 
 def not_supported(feature: str) -> CompatNotSupportedError:
-    """The error to raise for ``feature`` (a key of :data:`PENDING_METHODS` or :data:`NOT_SUPPORTED`)."""
-    way = PENDING_METHODS.get(feature) or NOT_SUPPORTED[feature]
-    return CompatNotSupportedError(f"dvl_dask.compat.pydvl does not support {feature} yet: {way}.")
+    """The error to raise for ``feature`` (a key of :data:`NOT_SUPPORTED`)."""
+    return CompatNotSupportedError(f"dvl_dask.compat.pydvl does not support {feature}: {NOT_SUPPORTED[feature]}.")

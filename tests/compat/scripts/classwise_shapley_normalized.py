@@ -1,0 +1,23 @@
+"""pyDVL 0.10: class-wise Shapley values, normalised per class (pyDVL's default)."""
+
+from pydvl.valuation import (
+    ClasswiseModelUtility,
+    ClasswiseSampler,
+    ClasswiseShapleyValuation,
+    ClasswiseSupervisedScorer,
+    Dataset,
+    MaxUpdates,
+    PermutationSampler,
+    UniformSampler,
+)
+from sklearn.datasets import make_classification
+from sklearn.naive_bayes import GaussianNB
+
+X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+train, test = Dataset.from_arrays(X, y, train_size=6, random_state=16, stratify_by_target=True)
+scorer = ClasswiseSupervisedScorer("accuracy", test_data=test)
+utility = ClasswiseModelUtility(GaussianNB(), scorer)
+sampler = ClasswiseSampler(in_class=PermutationSampler(seed=16), out_of_class=UniformSampler(seed=16))
+valuation = ClasswiseShapleyValuation(utility, sampler=sampler, is_done=MaxUpdates(4))
+valuation.fit(train)
+result = valuation.values()

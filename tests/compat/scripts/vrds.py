@@ -1,0 +1,15 @@
+"""pyDVL 0.10: Shapley values with the VRDS sampler, run until the sampler is exhausted."""
+
+from pydvl.valuation import Dataset, ModelUtility, NoStopping, ShapleyValuation, SupervisedScorer, VRDSSampler
+from sklearn.datasets import make_classification
+from sklearn.naive_bayes import GaussianNB
+
+X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
+scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
+utility = ModelUtility(GaussianNB(), scorer)
+
+sampler = VRDSSampler(n_samples_per_index=20, seed=16)
+valuation = ShapleyValuation(utility, sampler=sampler, is_done=NoStopping(sampler))
+valuation.fit(train)
+result = valuation.values()
