@@ -6,7 +6,6 @@ import argparse
 import importlib
 import inspect
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._cli_options import json_object
+from ._progress import GraphProgress, progress_enabled
 from .errors import InvalidModelError, InvalidParameterError
 
 __all__ = ["METHODS", "add_parser", "run"]
@@ -127,7 +127,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="local dask scheduler (default threads) when no --scheduler-address is given",
     )
     out.add_argument("--scheduler-address", default=None, help="a running Dask scheduler, e.g. tcp://host:8786")
-    out.add_argument("--no-progress", dest="progress", action="store_false", help="do not show progress")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show progress (default: on a terminal or in Jupyter, not when output is redirected)")
     return p
 
 
@@ -280,11 +281,10 @@ class _Blocks:
 
 
 def _progress(enabled: bool, remote: bool) -> AbstractContextManager[Any]:
+    """Tasks of a local-scheduler compute on one progress bar (a cluster's are shown by distributed.progress)."""
     if not enabled or remote:
         return nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(out=sys.stderr)
+    return GraphProgress("influences", progress=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -350,8 +350,9 @@ def run(args: argparse.Namespace) -> int:
             arrays["x_test"], arrays["y_test"], arrays["x_train"], arrays["y_train"], mode=args.mode, as_xarray=True
         )
         start = time.perf_counter()
-        with _progress(args.progress, remote):
-            if remote and args.progress:
+        show = progress_enabled(args.progress)
+        with _progress(show, remote):
+            if remote and show:
                 from distributed import progress
 
                 future = client.compute(

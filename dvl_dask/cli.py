@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ._cli_options import json_object
+from ._progress import GraphProgress
 from .data import Dataset
 from .errors import DvlDaskError, InvalidParameterError
 from .results import to_zarr
@@ -162,13 +163,13 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     loo_result = None
     remote = args.scheduler_address or args.scheduler_file
     with _scheduler(args.scheduler, args.workers, args.scheduler_address, args.scheduler_file) as client, \
-            _progress("local-cluster" if remote else args.scheduler):
+            _progress("local-cluster" if remote else args.scheduler, args.progress):
         start = time.perf_counter()
         if args.checkpoint:
             ds = valuation.run_until_converged(
                 args.method, utility, stop=valuation.MinUpdates(args.budget), seed=args.seed,
                 client=client if hasattr(client, "submit") else None, checkpoint=args.checkpoint,
-                storage_options=args.storage_options, progress=sys.stderr.isatty(),
+                storage_options=args.storage_options, progress=args.progress,
             )
             print(f"Ran {ds.attrs['n_blocks']} blocks ({ds.attrs['n_evaluations']} evaluations), "
                   f"checkpoint {args.checkpoint}")
@@ -184,12 +185,11 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     return open_result(args.out, storage_options=args.storage_options).load(), loo_result
 
 
-def _progress(scheduler: str) -> AbstractContextManager[Any]:
-    if scheduler == "local-cluster" or not sys.stdout.isatty():
+def _progress(scheduler: str, progress: bool | None) -> AbstractContextManager[Any]:
+    """Tasks of local-scheduler computes on one progress bar (a cluster shows them on its dashboard)."""
+    if scheduler == "local-cluster":
         return nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar()
+    return GraphProgress("value", progress=progress)
 
 
 def _report(result: xr.Dataset, k: int, loo_result: xr.Dataset | None = None) -> None:
@@ -288,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--checkpoint", default=None,
                         help="Monte Carlo methods: run until --budget samples per point, committing blocks to this "
                              "zarr path or URL and resuming from it")
+        sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress bars (default: on a terminal or in Jupyter, not when redirected)")
         sp.add_argument("--storage-options", type=json_object, default=None,
                         help='fsspec options for --out and --checkpoint as JSON, e.g. \'{"endpoint_url": "..."}\'')
 
