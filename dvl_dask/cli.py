@@ -49,8 +49,7 @@ def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
     n = len(bunch.target)
     classification = name != "diabetes"
     # keep n_points training points out of the whole data; the rest (up to 200) is test data
-    train_size = min(n_points, n - 2) / n
-    data = Dataset.from_sklearn(bunch, train_size=train_size, seed=seed, stratify=classification)
+    data = Dataset.from_sklearn(bunch, train_size=min(n_points, n - 2), seed=seed, stratify=classification)
     if len(data.x_test) > 200:
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(data.x_test), 200, replace=False))
