@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -52,6 +53,8 @@ from ._checkpoint_files import Files, Lease, jsonable, recovery
 from ._stores import INFLUENCE, VALUATION, check_location, store_kind
 
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 #: Statistics per block in new checkpoints (count, mean, M2, M3, M4, min, max); checkpoints without the
@@ -183,6 +186,7 @@ class Checkpoint:
             store._take_lease()
             _create(files, attrs)
             store._head = {"format": FORMAT_VERSION, "n_blocks": 0, "n_commits": 0}
+            logger.info("Created checkpoint %s (%s, seed %s)", url, header.get("method"), header.get("seed"))
             return store
         version = attrs.get("dvl_checkpoint_version")
         if version != FORMAT_VERSION:
@@ -204,6 +208,8 @@ class Checkpoint:
             )
         store = cls(files, attrs, FORMAT_VERSION)
         store._take_lease()
+        logger.info("Resuming checkpoint %s: same run (method, parameters, utility, seed), %d committed blocks",
+                    url, store.n_blocks)
         return store
 
     @classmethod
@@ -302,6 +308,7 @@ class Checkpoint:
         })
         self._head = {"format": FORMAT_VERSION, "n_blocks": stop, "n_commits": n_commits + 1}
         self._files.write_json("head.json", self._head)  # the commit point, written last
+        logger.debug("Committed blocks %d-%d to checkpoint %s", first, stop - 1, self.url)
 
 
 def _n_stats(attrs: dict[str, Any]) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -56,6 +57,8 @@ from ._stopping import ConvergenceState, StoppingCriterion, now
 from ._truncation import bias_attrs
 
 __all__ = ["load_checkpoint", "run_until_converged"]
+
+logger = logging.getLogger(__name__)
 
 _BUDGET_NAMES = ("n_permutations", "n_samples")
 
@@ -318,12 +321,18 @@ def run_until_converged(
             for block in _stored_blocks(store):
                 if run.add(block, submitted=0):
                     break
+            if run.n_blocks:
+                logger.info("%s: resumed %d committed blocks (%d evaluations) from %s%s", estimator.method,
+                            run.n_blocks, run.merged.n_evaluations, checkpoint,
+                            ", which already meet the stopping criterion" if run.stopped else "")
         _drive(run, utility, estimator, seq, per_block, seed_text, client, executor, window, store, progress)
     finally:
         if store is not None:
             store.close()
     value, stderr, count = estimator.finalize(run.merged)
     converged, stopped_by, per_player = run.outcome()
+    logger.info("%s: stopped after %d blocks (%d evaluations) by %s", estimator.method, run.n_blocks,
+                run.merged.n_evaluations, ", ".join(stopped_by) or "nothing")
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
         seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations,
