@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pytest
 
 from dvl_dask.cli import main
@@ -111,3 +112,67 @@ def test_cli_evaluate_stored_result(tmp_path, capsys):
     assert "roc_auc" in printed and plot.stat().st_size > 1000
     assert main(["evaluate", *common, "--result", str(out), "--corrupted", "nobody"]) == 2
     assert "not in the result" in capsys.readouterr().err
+
+
+def test_cli_version_and_defaults_in_help(capsys):
+    from dvl_dask import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["value", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: wine)" in text and "(default: 200)" in text and "(default: values.zarr)" in text
+
+
+def test_cli_budget_means_the_same_with_and_without_checkpoint(tmp_path):
+    common = ["value", "--dataset", "iris", "--model", "knn", "--method", "permutation_shapley", "--budget", "6",
+              "--n-points", "5", "--seed", "4", "--scheduler", "sync", "--top", "1"]
+    plain, checkpointed = tmp_path / "plain.zarr", tmp_path / "ck-values.zarr"
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(checkpointed), "--checkpoint", str(tmp_path / "ck.zarr")]) == 0
+    a, b = open_result(plain), open_result(checkpointed)
+    assert (a["counts"].values == 6).all() and (b["counts"].values == 6).all()  # 6 permutations: 6 samples each
+    # the same samples (merged in another order: a tree of merges vs one by one)
+    np.testing.assert_allclose(a["value"].values, b["value"].values, rtol=1e-12, atol=1e-15)
+
+
+def test_cli_value_reads_array_files_and_evaluate_needs_no_options(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 2))
+    y = (x[:, 0] > 0).astype(np.int64)
+    paths = {}
+    for name, arr in (("x-train", x[:6]), ("y-train", y[:6]), ("x-test", x[6:]), ("y-test", y[6:])):
+        paths[name] = str(tmp_path / f"{name}.npy")
+        np.save(paths[name], arr)
+    files = [a for name, path in paths.items() for a in (f"--{name}", path)]
+    assert main(["value", *files, "--model", "knn", "--method", "loo", "--scheduler", "sync", "--top", "1"]) == 0
+    stored = open_result(tmp_path / "values.zarr")
+    assert stored.sizes["sample"] == 6
+    # leave-one-out of 1-NN by hand: accuracy on the test set without each point
+    from sklearn.neighbors import KNeighborsClassifier
+
+    def acc(keep):
+        return KNeighborsClassifier(n_neighbors=1).fit(x[:6][keep], y[:6][keep]).score(x[6:], y[6:])
+
+    full = acc(np.arange(6))
+    expected = [full - acc(np.delete(np.arange(6), i)) for i in range(6)]
+    np.testing.assert_allclose(stored["value"].values, expected)
+    capsys.readouterr()
+    assert main(["evaluate", "--steps", "2", "--n-random", "1", "--scheduler", "sync"]) == 0  # values.zarr
+    printed = capsys.readouterr()
+    assert "Removal curve of loo values" in printed.out and "differs" not in printed.err
+    assert main(["value", "--x-train", paths["x-train"], "--scheduler", "sync"]) == 2
+    assert "--y-train, --x-test, --y-test" in capsys.readouterr().err
+
+
+def test_cli_evaluate_says_what_is_missing(tmp_path, capsys):
+    from dvl_dask.results import to_zarr, valuation_dataset
+
+    out = str(tmp_path / "foreign.zarr")
+    to_zarr(valuation_dataset(np.ones(3), np.zeros(3), np.ones(3, int), data_names=["a", "b", "c"], method="m"), out)
+    assert main(["evaluate", "--result", out, "--scheduler", "sync"]) == 2
+    err = capsys.readouterr().err
+    assert "records no dvl-dask options" in err and "--dataset" in err and "--model" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -33,6 +34,8 @@ def test_zarr_round_trip_keeps_labels_attrs_dtypes(tmp_path, names):
     back = open_result(path)
     assert back["value"].chunks is not None  # opened lazily
     back = back.load()
+    created = back.attrs.pop("date_created")  # when it was stored, UTC
+    assert abs(datetime.datetime.fromisoformat(created) - datetime.datetime.now(datetime.UTC)).total_seconds() < 600
     xr.testing.assert_identical(back.drop_vars("sample"), ds.drop_vars("sample"))
     assert back["sample"].values.tolist() == list(np.asarray(names).tolist())
     assert back["sample"].dtype.kind == np.asarray(names).dtype.kind

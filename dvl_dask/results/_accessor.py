@@ -18,6 +18,7 @@ from ._schema import (
     SAMPLE_DIM,
     SAMPLE_MEAN,
     SAMPLED_SOLUTION,
+    describe_variables,
     parameters_of,
     provenance_of,
     validate_valuation_dataset,
@@ -344,7 +345,7 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     out["stderr"] = (a["stderr"].dims, stderr)
     out["counts"] = (a["counts"].dims, (na + nb).astype(np.int64))
     out.attrs = _merged_attrs(a, b, n)
-    return out
+    return describe_variables(out)
 
 
 #: Attrs that describe one run (how it stopped, where it was stored), not a merge of runs.
