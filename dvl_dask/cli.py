@@ -177,6 +177,16 @@ class _RemoteClient:
         self.client.close()
 
 
+def _print_dashboard(client: Any) -> None:
+    """The dashboard's link when it serves (it needs bokeh), else how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        print('Dask dashboard: not served (it needs bokeh: pip install "dvl_dask[dashboard]")')
+    else:
+        print(f"Dask dashboard: {client.dashboard_link}")
+
+
 def _scheduler(name: str, n_workers: int, address: str | None = None,
                scheduler_file: str | None = None) -> AbstractContextManager[Any]:
     import dask
@@ -195,7 +205,7 @@ def _scheduler(name: str, n_workers: int, address: str | None = None,
                     preload=["dvl_dask.preload"],
                 )
                 self.client = Client(self.cluster)
-                print(f"Dask dashboard: {self.client.dashboard_link}")
+                _print_dashboard(self.client)
                 return self.client
 
             def __exit__(self, *exc: Any) -> None:

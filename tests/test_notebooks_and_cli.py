@@ -18,6 +18,23 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").g
 QUICK_SCALE = "0.1"
 
 
+#: Notebooks that draw figures, and how many each shows inline at least.
+FIGURES = {"02_distributed_convergence.ipynb": 1, "04_compare_methods.ipynb": 2}
+
+
+def _images(nb) -> int:
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def _check_outputs(nb, name: str) -> None:
+    """Every code cell ran, and the figures are inline PNGs."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), f"{name}: a code cell has not been executed"
+    assert any(c.get("outputs") for c in code), f"{name}: no outputs"
+    assert _images(nb) >= FIGURES.get(name, 0), f"{name}: {_images(nb)} inline figures"
+
+
 def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
     import nbformat
     from nbclient import NotebookClient
@@ -34,7 +51,20 @@ def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("DVL_DASK_NOTEBOOK_SCALE", QUICK_SCALE)  # the kernel inherits the environment
-    _execute(path, tmp_path)
+    _check_outputs(_execute(path, tmp_path), path.name)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_are_documentation(path):
+    """Committed executed (``make notebooks``), figures inline, no backend forced, requirements stated first."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    _check_outputs(nb, path.name)
+    assert not any("matplotlib.use(" in c.source for c in nb.cells if c.cell_type == "code")
+    assert nb.cells[0].cell_type == "markdown" and "**Requirements:**" in nb.cells[0].source
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
 
 
 @pytest.mark.notebook
@@ -176,3 +206,21 @@ def test_cli_evaluate_says_what_is_missing(tmp_path, capsys):
     assert main(["evaluate", "--result", out, "--scheduler", "sync"]) == 2
     err = capsys.readouterr().err
     assert "records no dvl-dask options" in err and "--dataset" in err and "--model" in err
+
+
+def test_demo_prints_the_dashboard_link_only_when_it_serves(monkeypatch, capsys):
+    import importlib.util
+
+    from dvl_dask import cli
+
+    class _Client:
+        dashboard_link = "http://127.0.0.1:8787/status"
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bokeh" else real(name, *a))
+    cli._print_dashboard(_Client())
+    assert "needs bokeh" in capsys.readouterr().out
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    if real("bokeh") is not None:
+        cli._print_dashboard(_Client())
+        assert _Client.dashboard_link in capsys.readouterr().out
