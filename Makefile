@@ -4,13 +4,14 @@
 #               (prints its wall time and the 20 slowest tests)
 #   make test-long   the tests marked long (full-size notebooks, ...); CI runs it after make test
 #   make docs   build the API reference and guides into site/ (warnings are errors)
+#   make notebooks   execute the notebooks in place: their committed outputs and figures are what the docs show
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dvl-dask-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-long lint docs bench pictures install memcached-server clean
+.PHONY: demo test test-long lint docs notebooks bench pictures install memcached-server clean
 
 install: $(STAMP)
 
@@ -58,6 +59,12 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Execute the four notebooks at full size, in place: outputs and inline figures are committed with them
+# (tests/test_notebooks_and_cli.py checks they are there; CI runs them at a smaller scale).
+notebooks: $(STAMP)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --coalesce-streams \
+		--ExecutePreprocessor.timeout=1800 notebooks/*.ipynb
 
 # Regenerate the README's pictures by running notebook 04 (writes docs/images/*.png).
 pictures: $(STAMP)

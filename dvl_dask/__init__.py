@@ -8,6 +8,8 @@ Examples
 3.0
 """
 
+import logging
+
 from . import (
     chunks,  # (imports .config first, through .keys)
     config,  # registers defaults in dask.config first
@@ -22,6 +24,10 @@ from .data import Dataset, GroupedDataset
 from .influence import DaskInfluenceCalculator, SequentialInfluenceCalculator, influence_to_zarr
 from .results import influence_dataarray, open_influence, open_result, to_zarr
 from .utility import Scorer, Utility
+
+# The library's messages (cache, checkpoint and resume decisions) go to the "dvl_dask" logger; an
+# application shows them with logging.basicConfig(level=logging.INFO) or a handler of its own.
+logging.getLogger("dvl_dask").addHandler(logging.NullHandler())
 
 __all__ = [
     "DaskInfluenceCalculator",

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import inspect
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -14,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._cli_options import json_object
+from ._cli_options import json_object, load_array
+from ._progress import GraphProgress, progress_enabled
 from .errors import InvalidModelError, InvalidParameterError
 
 __all__ = ["METHODS", "add_parser", "run"]
@@ -59,6 +59,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="influence of training points on test points of a saved torch model, written to zarr",
         description="Fit an influence model on the training data and write the n_test x n_train influence "
         "matrix to a labelled zarr store, block by block (resumable), on a local or remote Dask scheduler.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = p.add_argument_group("model")
     model.add_argument(
@@ -77,7 +78,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     data = p.add_argument_group("data (.npy files, or zarr arrays: local paths or fsspec URLs)")
     for name in ("x-train", "y-train", "x-test", "y-test"):
         data.add_argument(f"--{name}", required=True)
-    data.add_argument("--chunk-size", type=int, default=256, help="samples per block (default 256)")
+    data.add_argument("--chunk-size", type=int, default=256, help="samples per block")
     method = p.add_argument_group("method")
     method.add_argument("--method", default="direct", choices=METHODS)
     method.add_argument("--mode", default="up", choices=("up", "perturbation"))
@@ -110,10 +111,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         nargs="+",
         type=float,
         default=None,
-        help="tracin: one learning rate per checkpoint, or one for all (default 1)",
+        help="tracin: one learning rate per checkpoint, or one for all (None: 1 for all)",
     )
     method.add_argument("--normalize", action="store_true", default=None, help="tracin: cosine variant")
-    method.add_argument("--fit-batch-size", type=int, default=512, help="batch size of the fit (default 512)")
+    method.add_argument("--fit-batch-size", type=int, default=512, help="batch size of the fit")
     out = p.add_argument_group("output and scheduler")
     out.add_argument("--out", default="influences.zarr", help="zarr path or fsspec URL of the result")
     out.add_argument("--overwrite", action="store_true", help="replace an existing result at --out")
@@ -124,47 +125,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--scheduler",
         default="threads",
         choices=("threads", "processes", "sync"),
-        help="local dask scheduler (default threads) when no --scheduler-address is given",
+        help="local dask scheduler when no --scheduler-address is given",
     )
     out.add_argument("--scheduler-address", default=None, help="a running Dask scheduler, e.g. tcp://host:8786")
-    out.add_argument("--no-progress", dest="progress", action="store_false", help="do not show progress")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show progress (default: on a terminal or in Jupyter, not when output is redirected)")
     return p
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-
-
-def _load_array(location: str, option: str, chunk_size: int, storage_options: dict[str, Any] | None) -> Any:
-    import dask.array as da
-
-    if location.endswith(".npy"):
-        if not os.path.exists(location):
-            raise InvalidParameterError(f"{option}: no such file {location!r}.")
-        values = np.load(location, mmap_mode="r")
-    else:
-        try:
-            values = da.from_zarr(location, storage_options=storage_options)
-        except Exception as exc:
-            raise InvalidParameterError(
-                f"{option}: cannot read {location!r} as a .npy file or a zarr array ({type(exc).__name__}: {exc})."
-            ) from exc
-    if values.ndim == 0:
-        raise InvalidParameterError(f"{option}: {location!r} holds a scalar; expected one row per sample.")
-    chunks = (chunk_size, *(-1 for _ in values.shape[1:]))
-    if isinstance(values, np.ndarray):
-        return da.from_array(values, chunks=chunks, name=f"{option}-{_file_token(location)}")
-    return values.rechunk(chunks)
-
-
-def _file_token(path: str) -> str:
-    """Content hash of a .npy file: the same data gives the same graph names (and a resumable --out)."""
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _factory(spec: str) -> Callable[[], Any]:
@@ -280,11 +249,10 @@ class _Blocks:
 
 
 def _progress(enabled: bool, remote: bool) -> AbstractContextManager[Any]:
+    """Tasks of a local-scheduler compute on one progress bar (a cluster's are shown by distributed.progress)."""
     if not enabled or remote:
         return nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(out=sys.stderr)
+    return GraphProgress("influences", progress=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -304,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     loss = F.mse_loss if args.loss == "mse" else F.cross_entropy
     so = args.storage_options
     arrays = {
-        name: _load_array(getattr(args, name), "--" + name.replace("_", "-"), args.chunk_size, so)
+        name: load_array(getattr(args, name), "--" + name.replace("_", "-"), args.chunk_size, so)
         for name in ("x_train", "y_train", "x_test", "y_test")
     }
     np_dtype = np.dtype(str(dtype).removeprefix("torch."))
@@ -350,8 +318,9 @@ def run(args: argparse.Namespace) -> int:
             arrays["x_test"], arrays["y_test"], arrays["x_train"], arrays["y_train"], mode=args.mode, as_xarray=True
         )
         start = time.perf_counter()
-        with _progress(args.progress, remote):
-            if remote and args.progress:
+        show = progress_enabled(args.progress)
+        with _progress(show, remote):
+            if remote and show:
                 from distributed import progress
 
                 future = client.compute(

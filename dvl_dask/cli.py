@@ -10,6 +10,7 @@ per point with a resumable checkpoint (``--checkpoint``, local or ``s3://``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,13 +20,18 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._cli_options import json_object
+from ._cli_options import json_object, load_array
+from ._progress import GraphProgress
 from .data import Dataset
 from .errors import DvlDaskError, InvalidParameterError
 from .results import to_zarr
 from .utility import Utility
 
 __all__ = ["main"]
+
+#: Result attr of ``value``/``demo``: the options that rebuild the utility (read by ``evaluate``).
+CLI_ATTR = "dvl_cli"
+_DATA_FILES = ("x_train", "y_train", "x_test", "y_test")
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 MODELS = ("logistic", "knn", "tree", "ridge", "linear")
@@ -48,8 +54,7 @@ def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
     n = len(bunch.target)
     classification = name != "diabetes"
     # keep n_points training points out of the whole data; the rest (up to 200) is test data
-    train_size = min(n_points, n - 2) / n
-    data = Dataset.from_sklearn(bunch, train_size=train_size, seed=seed, stratify=classification)
+    data = Dataset.from_sklearn(bunch, train_size=min(n_points, n - 2), seed=seed, stratify=classification)
     if len(data.x_test) > 200:
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(data.x_test), 200, replace=False))
@@ -63,6 +68,76 @@ def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
             target_names=data.target_names,
         )
     return data
+
+
+
+def _recipe(args: argparse.Namespace, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What rebuilds the utility: the data (a dataset name, or four array files), model and scorer.
+
+    Options given on the command line win over ``stored`` (a result's recipe); a dataset name and
+    array files exclude each other.
+    """
+    recipe = dict(stored or {})
+    files = {k: getattr(args, k, None) for k in _DATA_FILES}
+    if any(files.values()):
+        missing = [f"--{k.replace('_', '-')}" for k, v in files.items() if not v]
+        if missing:
+            raise InvalidParameterError(
+                f"Array files come in fours: give {', '.join(missing)} too (or none of them and --dataset)."
+            )
+        for key in ("dataset", "n_points", "seed"):
+            recipe.pop(key, None)
+        recipe.update(files)
+    elif args.dataset is not None:
+        for key in _DATA_FILES:
+            recipe.pop(key, None)
+        recipe["dataset"] = args.dataset
+    if "dataset" in recipe:
+        for key in ("n_points", "seed"):
+            if getattr(args, key) is not None:
+                recipe[key] = getattr(args, key)
+    for key in ("model", "scorer"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    if "scorer" not in recipe and ("dataset" in recipe or "x_train" in recipe):
+        recipe["scorer"] = "r2" if recipe.get("dataset") == "diabetes" else "accuracy"
+    return recipe
+
+
+def _recipe_gaps(recipe: dict[str, Any]) -> list[str]:
+    """The options a recipe lacks to rebuild a utility."""
+    gaps = []
+    if "dataset" in recipe:
+        gaps += [f"--{k.replace('_', '-')}" for k in ("n_points", "seed") if recipe.get(k) is None]
+    elif not all(recipe.get(k) for k in _DATA_FILES):
+        gaps.append("--dataset (or --x-train, --y-train, --x-test and --y-test)")
+    if not recipe.get("model"):
+        gaps.append("--model")
+    return gaps
+
+
+def _utility(recipe: dict[str, Any], cache: Any = None) -> tuple[Utility, dict[str, Any]]:
+    """The utility a recipe describes (see :func:`_recipe`)."""
+    gaps = _recipe_gaps(recipe)
+    if gaps:
+        raise InvalidParameterError(f"Cannot build the utility: missing {', '.join(gaps)}.")
+    if "dataset" in recipe:
+        data = _load_dataset(recipe["dataset"], int(recipe["n_points"]), int(recipe["seed"]))
+    else:
+        arrays = [np.asarray(load_array(recipe[k], f"--{k.replace('_', '-')}", 1 << 20, None).compute())
+                  for k in _DATA_FILES]
+        data = Dataset(*arrays)
+    scorer = recipe["scorer"]
+    # r2 is unbounded below: the empty coalition scores like a constant prediction (r2 = 0).
+    default_score = 0.0 if scorer == "r2" else None
+    return Utility(_make_model(recipe["model"]), data, scorer, default_score=default_score, cache=cache), recipe
+
+
+def _items_per_block(budget: int) -> int:
+    """Samples per block of a Monte Carlo --budget: a divisor of it, so that the budget is whole blocks
+    (the same with and without --checkpoint), with at least 16 blocks where the budget allows."""
+    cap = max(1, budget // 16)
+    return max(d for d in range(1, cap + 1) if budget % d == 0)
 
 
 def _make_model(name: str) -> Any:
@@ -102,6 +177,16 @@ class _RemoteClient:
         self.client.close()
 
 
+def _print_dashboard(client: Any) -> None:
+    """The dashboard's link when it serves (it needs bokeh), else how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        print('Dask dashboard: not served (it needs bokeh: pip install "dvl_dask[dashboard]")')
+    else:
+        print(f"Dask dashboard: {client.dashboard_link}")
+
+
 def _scheduler(name: str, n_workers: int, address: str | None = None,
                scheduler_file: str | None = None) -> AbstractContextManager[Any]:
     import dask
@@ -120,7 +205,7 @@ def _scheduler(name: str, n_workers: int, address: str | None = None,
                     preload=["dvl_dask.preload"],
                 )
                 self.client = Client(self.cluster)
-                print(f"Dask dashboard: {self.client.dashboard_link}")
+                _print_dashboard(self.client)
                 return self.client
 
             def __exit__(self, *exc: Any) -> None:
@@ -138,40 +223,43 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     from . import valuation
     from .cache import InMemoryCacheBackend
 
-    data = _load_dataset(args.dataset, args.n_points, args.seed)
-    scorer = "r2" if args.dataset == "diabetes" else "accuracy"
     cache = InMemoryCacheBackend() if args.cache else None
-    # r2 is unbounded below: the empty coalition scores like a constant prediction (r2 = 0).
-    default_score = 0.0 if scorer == "r2" else None
-    utility = Utility(_make_model(args.model), data, scorer, default_score=default_score, cache=cache)
+    utility, recipe = _utility(_recipe(args), cache=cache)
+    data, scorer = utility.data, recipe["scorer"]
     if args.method not in METHODS:
         raise InvalidParameterError(f"--method must be one of {METHODS}. Got {args.method!r}.")
     method = getattr(valuation, args.method)
     if args.checkpoint and args.method not in _BUDGET_ARGUMENT:
         raise InvalidParameterError(f"--checkpoint needs a Monte Carlo --method {sorted(_BUDGET_ARGUMENT)}. "
                                     f"Got {args.method!r}.")
+    per_block = _items_per_block(args.budget)
     if args.method in _BUDGET_ARGUMENT:
-        ds = method(utility, **{_BUDGET_ARGUMENT[args.method]: args.budget}, seed=args.seed)
+        ds = method(utility, **{_BUDGET_ARGUMENT[args.method]: args.budget}, seed=args.seed,
+                    items_per_block=per_block)
     else:
         ds = method(utility)
     print(
-        f"Valuing {data.n_players} training points of {args.dataset!r} with {args.model!r} "
+        f"Valuing {data.n_players} training points of {recipe.get('dataset', 'the given arrays')!r} with "
+        f"{args.model!r} "
         f"({args.method}, {ds.attrs['n_evaluations'] if not args.checkpoint else 'until the budget'} utility "
         f"evaluations, scorer {scorer!r}, {'in-memory cache' if cache is not None else 'no cache'})"
     )
     loo_result = None
     remote = args.scheduler_address or args.scheduler_file
     with _scheduler(args.scheduler, args.workers, args.scheduler_address, args.scheduler_file) as client, \
-            _progress("local-cluster" if remote else args.scheduler):
+            _progress("local-cluster" if remote else args.scheduler, args.progress):
         start = time.perf_counter()
         if args.checkpoint:
+            # The same blocks as without --checkpoint (block i: child i of the seed, per_block
+            # samples), stopped after the same number of them: the same values.
             ds = valuation.run_until_converged(
-                args.method, utility, stop=valuation.MinUpdates(args.budget), seed=args.seed,
+                args.method, utility, stop=valuation.MaxChecks(args.budget // per_block), seed=args.seed,
                 client=client if hasattr(client, "submit") else None, checkpoint=args.checkpoint,
-                storage_options=args.storage_options, progress=sys.stderr.isatty(),
+                storage_options=args.storage_options, progress=args.progress, items_per_block=per_block,
             )
             print(f"Ran {ds.attrs['n_blocks']} blocks ({ds.attrs['n_evaluations']} evaluations), "
                   f"checkpoint {args.checkpoint}")
+        ds.attrs[CLI_ATTR] = json.dumps(recipe, sort_keys=True)
         to_zarr(ds, args.out, overwrite=True, storage_options=args.storage_options)
         print(f"Wrote {args.out} in {time.perf_counter() - start:.1f} s")
         if args.compare_loo and args.method != "loo":
@@ -184,12 +272,11 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     return open_result(args.out, storage_options=args.storage_options).load(), loo_result
 
 
-def _progress(scheduler: str) -> AbstractContextManager[Any]:
-    if scheduler == "local-cluster" or not sys.stdout.isatty():
+def _progress(scheduler: str, progress: bool | None) -> AbstractContextManager[Any]:
+    """Tasks of local-scheduler computes on one progress bar (a cluster shows them on its dashboard)."""
+    if scheduler == "local-cluster":
         return nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar()
+    return GraphProgress("value", progress=progress)
 
 
 def _report(result: xr.Dataset, k: int, loo_result: xr.Dataset | None = None) -> None:
@@ -228,9 +315,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .results import open_result
 
     result = open_result(args.result, storage_options=args.storage_options).load()
-    data = _load_dataset(args.dataset, args.n_points, args.seed)
-    scorer = "r2" if args.dataset == "diabetes" else "accuracy"
-    utility = Utility(_make_model(args.model), data, scorer, default_score=0.0 if scorer == "r2" else None)
+    stored = json.loads(result.attrs[CLI_ATTR]) if CLI_ATTR in result.attrs else None
+    recipe = _recipe(args, stored)
+    gaps = _recipe_gaps(recipe)
+    if gaps:
+        where = ("records no dvl-dask options (it was not written by dvl-dask value or demo)" if stored is None
+                 else "does not record them")
+        raise InvalidParameterError(
+            f"{args.result} {where}: to rebuild its utility, give {', '.join(gaps)}."
+        )
+    utility, recipe = _utility(recipe)
+    scorer = recipe["scorer"]
+    if utility.token != result.attrs.get("utility_token"):
+        print(f"note: the utility built from these options differs from the one that produced {args.result} "
+              "(its model, data or scorer changed): the curve evaluates the stored values on this one.",
+              file=sys.stderr)
     fractions = np.linspace(0.0, args.max_fraction, args.steps)
     with _scheduler(args.scheduler, args.workers, args.scheduler_address, args.scheduler_file):
         curve = point_removal_curve(result, utility, fractions=fractions, n_random=args.n_random, seed=args.seed)
@@ -264,19 +363,33 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dvl-dask", description="Data valuation as lazy Dask graphs.")
+    from ._version import __version__
+
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="dvl-dask", description="Data valuation as lazy Dask graphs.",
+                                formatter_class=defaults)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp: argparse.ArgumentParser, *, out: str) -> None:
-        sp.add_argument("--dataset", default="wine", choices=DATASETS)
-        sp.add_argument("--model", default="logistic", choices=MODELS)
-        sp.add_argument("--method", default="exact_shapley", choices=METHODS)
-        sp.add_argument("--n-points", type=int, default=12, help="training points to value (default 12)")
-        sp.add_argument("--seed", type=int, default=0)
+    def common(sp: argparse.ArgumentParser, *, out: str, stored: bool = False) -> None:
+        # evaluate: the utility's options default to those stored in the result (None here)
+        sp.add_argument("--dataset", default=None if stored else "wine", choices=DATASETS,
+                        help="scikit-learn dataset to value" + (" (default: the result's)" if stored else ""))
+        sp.add_argument("--model", default=None if stored else "logistic", choices=MODELS, help="the model")
+        sp.add_argument("--scorer", default=None,
+                        help="scikit-learn scorer name (None: r2 for diabetes, else accuracy"
+                             + ("; or the result's" if stored else "") + ")")
+        sp.add_argument("--method", default="exact_shapley", choices=METHODS, help="valuation method")
+        sp.add_argument("--n-points", type=int, default=None if stored else 12,
+                        help="training points to value (the rest of the dataset, up to 200, is test data)")
+        sp.add_argument("--seed", type=int, default=None if stored else 0,
+                        help="seed of the train/test split and of Monte Carlo sampling")
         sp.add_argument("--budget", type=int, default=200,
-                        help="permutations or samples of Monte Carlo methods (default 200)")
+                        help="Monte Carlo methods: permutations (permutation_shapley) or sampled subsets, "
+                             "with or without --checkpoint")
         sp.add_argument("--out", default=out, help="zarr path or fsspec URL of the result")
-        sp.add_argument("--scheduler", default="local-cluster", choices=SCHEDULERS)
+        sp.add_argument("--scheduler", default="local-cluster", choices=SCHEDULERS,
+                        help="where graphs run (local-cluster: a LocalCluster of --workers processes)")
         sp.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
         sp.add_argument("--no-cache", dest="cache", action="store_false", help="do not memoize utilities")
         sp.add_argument("--top", type=int, default=5, help="how many best/worst points to print")
@@ -286,28 +399,41 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--scheduler-file", default=None,
                         help="connect to the Dask scheduler described by this file (dask scheduler --scheduler-file)")
         sp.add_argument("--checkpoint", default=None,
-                        help="Monte Carlo methods: run until --budget samples per point, committing blocks to this "
-                             "zarr path or URL and resuming from it")
+                        help="Monte Carlo methods: commit blocks to this zarr path or URL and resume from it "
+                             "(the same values as without it)")
+        sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress bars (None: on a terminal or in Jupyter, not when redirected)")
         sp.add_argument("--storage-options", type=json_object, default=None,
                         help='fsspec options for --out and --checkpoint as JSON, e.g. \'{"endpoint_url": "..."}\'')
 
-    demo = sub.add_parser("demo", help="value a real sklearn dataset end to end (the main job)")
+    def array_files(sp: argparse.ArgumentParser) -> None:
+        files = sp.add_argument_group("data from arrays instead of --dataset (.npy files, or zarr arrays: local "
+                                      "paths or fsspec URLs; all four)")
+        for name in _DATA_FILES:
+            files.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"{name} array")
+
+    demo = sub.add_parser("demo", help="value a real sklearn dataset end to end (the main job)",
+                          formatter_class=defaults)
     common(demo, out="values.zarr")
     demo.set_defaults(compare_loo=True)
     demo.add_argument("--plot", default="values.png", help="where to save a plot ('' for none)")
-    value = sub.add_parser("value", help="value a dataset and write the result to zarr")
+    value = sub.add_parser("value", help="value a dataset and write the result to zarr", formatter_class=defaults)
     common(value, out="values.zarr")
-    value.add_argument("--plot", default="", help="where to save a plot (default: none)")
+    array_files(value)
+    value.add_argument("--plot", default="", help="where to save a plot ('' for none)")
     evaluate = sub.add_parser(
-        "evaluate", help="removal curve and noisy-label detection of a stored result (same --dataset/--model/...)"
+        "evaluate", help="removal curve and noisy-label detection of a stored result (its utility is rebuilt "
+                         "from the options stored in it; options given here replace them)",
+        formatter_class=defaults,
     )
-    common(evaluate, out="values.zarr")
+    common(evaluate, out="values.zarr", stored=True)
+    array_files(evaluate)
     evaluate.add_argument("--result", default="values.zarr", help="zarr path or URL of the result to evaluate")
     evaluate.add_argument("--max-fraction", type=float, default=0.5, help="largest fraction of points removed")
     evaluate.add_argument("--steps", type=int, default=6, help="steps of the removal curve")
     evaluate.add_argument("--n-random", type=int, default=3, help="repetitions of the random baseline")
     evaluate.add_argument("--corrupted", default="", help="comma-separated names of known-corrupted points")
-    evaluate.add_argument("--plot", default="", help="where to save the curve plot (default: none)")
+    evaluate.add_argument("--plot", default="", help="where to save the curve plot ('' for none)")
     from ._influence_cli import add_parser as add_influence_parser
 
     add_influence_parser(sub)
@@ -325,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DvlDaskError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.n_points < 2:
+    if args.n_points is not None and args.n_points < 2:
         print("error: --n-points must be at least 2", file=sys.stderr)
         return 2
     if args.budget < 1:

@@ -35,11 +35,12 @@ __all__ = [
     "MC_CHECKPOINT_INTERVAL",
     "MC_CHECKPOINT_LEASE_TIMEOUT",
     "MC_NO_WORKERS_TIMEOUT",
-    "MC_PROGRESS_INTERVAL",
     "MC_WINDOW",
     "MC_WINDOW_PER_THREAD",
     "MC_MIN_BLOCKS",
     "MC_WARM_WORKERS",
+    "PROGRESS_ENABLED",
+    "PROGRESS_INTERVAL",
     "RESULTS_ZARR_FORMAT",
     "UTILITY_DEFAULT_SCORE",
     "UTILITY_ON_UNUSABLE",
@@ -52,7 +53,6 @@ EXACT_MAX_PLAYERS = "dvl_dask.valuation.exact.max-players"
 EXACT_SUBSETS_PER_BLOCK = "dvl_dask.valuation.exact.subsets-per-block"
 LOO_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.loo.evaluations-per-block"
 MC_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.evaluations-per-block"
-MC_PROGRESS_INTERVAL = "dvl_dask.valuation.montecarlo.progress-interval"
 MC_WINDOW = "dvl_dask.valuation.montecarlo.window"
 MC_WINDOW_PER_THREAD = "dvl_dask.valuation.montecarlo.window-per-thread"
 MC_MIN_BLOCKS = "dvl_dask.valuation.montecarlo.min-blocks"
@@ -63,6 +63,8 @@ MC_CHECKPOINT_INTERVAL = "dvl_dask.valuation.montecarlo.checkpoint-interval"
 MC_CHECKPOINT_LEASE_TIMEOUT = "dvl_dask.valuation.montecarlo.checkpoint-lease-timeout"
 UTILITY_DEFAULT_SCORE = "dvl_dask.utility.default-score"
 INFLUENCE_GRADIENT_MEMORY_BUDGET = "dvl_dask.influence.gradient-memory-budget"
+PROGRESS_ENABLED = "dvl_dask.progress.enabled"
+PROGRESS_INTERVAL = "dvl_dask.progress.interval"
 RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"
 COMPUTE_BLAS_THREADS = "dvl_dask.compute.blas-threads"
 COMPUTE_PRELOAD_MODULES = "dvl_dask.compute.preload-modules"

@@ -44,7 +44,7 @@ def plot_values(
     """
     validate_valuation_dataset(ds)
     plt = _pyplot()
-    ordered = ds.dvl.sort()
+    ordered = ds.dvl.sort(ascending=False)
     n = ordered.sizes["sample"]
     if top_k is not None or bottom_k is not None:
         keep = sorted(set(range(min(top_k or 0, n))) | set(range(n - min(bottom_k or 0, n), n)))

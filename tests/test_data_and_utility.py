@@ -101,6 +101,24 @@ def test_from_arrays_bad_train_size():
         Dataset.from_arrays(x, y, seed=np.random.default_rng(0))
 
 
+def test_train_size_is_a_fraction_or_a_count_like_sklearn():
+    x = np.arange(40.0).reshape(20, 2)
+    y = np.arange(20) % 2
+    by_count = Dataset.from_arrays(x, y, train_size=7, seed=3)
+    assert by_count.n_players == 7 and len(by_count.x_test) == 13
+    assert Dataset.from_arrays(x, y, train_size=np.int64(7), seed=3).fingerprint == by_count.fingerprint
+    by_fraction = Dataset.from_arrays(x, y, train_size=0.37, seed=3)
+    assert by_fraction.n_players == 7  # floor(0.37 * 20), as sklearn rounds
+    for bad in (0, 20, -1):
+        with pytest.raises(InvalidParameterError, match=r"count of training samples and must be in \[1, 19\]"):
+            Dataset.from_arrays(x, y, train_size=bad)
+    with pytest.raises(InvalidParameterError, match="'train_size' parameter"):
+        Dataset.from_arrays(x, y, train_size=True)  # a bool is neither
+    from sklearn.datasets import load_iris
+
+    assert Dataset.from_sklearn(load_iris, train_size=30, seed=0, stratify=True).n_players == 30
+
+
 def test_grouped_dataset_players_are_groups():
     x, y = _xy(8)
     groups = ["b", "a", "b", "c", "a", "c", "b", "a"]

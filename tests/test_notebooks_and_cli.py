@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pytest
 
 from dvl_dask.cli import main
@@ -15,6 +16,23 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").g
 #: training-set sizes by it. At 0.1 every cell still runs (the same calls, the same checks);
 #: notebook 04 took 108 s at 1 (Beta-Shapley: 600 samples x 61 evaluations).
 QUICK_SCALE = "0.1"
+
+
+#: Notebooks that draw figures, and how many each shows inline at least.
+FIGURES = {"02_distributed_convergence.ipynb": 1, "04_compare_methods.ipynb": 2}
+
+
+def _images(nb) -> int:
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def _check_outputs(nb, name: str) -> None:
+    """Every code cell ran, and the figures are inline PNGs."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), f"{name}: a code cell has not been executed"
+    assert any(c.get("outputs") for c in code), f"{name}: no outputs"
+    assert _images(nb) >= FIGURES.get(name, 0), f"{name}: {_images(nb)} inline figures"
 
 
 def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
@@ -33,7 +51,20 @@ def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("DVL_DASK_NOTEBOOK_SCALE", QUICK_SCALE)  # the kernel inherits the environment
-    _execute(path, tmp_path)
+    _check_outputs(_execute(path, tmp_path), path.name)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_are_documentation(path):
+    """Committed executed (``make notebooks``), figures inline, no backend forced, requirements stated first."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    _check_outputs(nb, path.name)
+    assert not any("matplotlib.use(" in c.source for c in nb.cells if c.cell_type == "code")
+    assert nb.cells[0].cell_type == "markdown" and "**Requirements:**" in nb.cells[0].source
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
 
 
 @pytest.mark.notebook
@@ -111,3 +142,85 @@ def test_cli_evaluate_stored_result(tmp_path, capsys):
     assert "roc_auc" in printed and plot.stat().st_size > 1000
     assert main(["evaluate", *common, "--result", str(out), "--corrupted", "nobody"]) == 2
     assert "not in the result" in capsys.readouterr().err
+
+
+def test_cli_version_and_defaults_in_help(capsys):
+    from dvl_dask import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["value", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: wine)" in text and "(default: 200)" in text and "(default: values.zarr)" in text
+
+
+def test_cli_budget_means_the_same_with_and_without_checkpoint(tmp_path):
+    common = ["value", "--dataset", "iris", "--model", "knn", "--method", "permutation_shapley", "--budget", "6",
+              "--n-points", "5", "--seed", "4", "--scheduler", "sync", "--top", "1"]
+    plain, checkpointed = tmp_path / "plain.zarr", tmp_path / "ck-values.zarr"
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(checkpointed), "--checkpoint", str(tmp_path / "ck.zarr")]) == 0
+    a, b = open_result(plain), open_result(checkpointed)
+    assert (a["counts"].values == 6).all() and (b["counts"].values == 6).all()  # 6 permutations: 6 samples each
+    # the same samples (merged in another order: a tree of merges vs one by one)
+    np.testing.assert_allclose(a["value"].values, b["value"].values, rtol=1e-12, atol=1e-15)
+
+
+def test_cli_value_reads_array_files_and_evaluate_needs_no_options(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 2))
+    y = (x[:, 0] > 0).astype(np.int64)
+    paths = {}
+    for name, arr in (("x-train", x[:6]), ("y-train", y[:6]), ("x-test", x[6:]), ("y-test", y[6:])):
+        paths[name] = str(tmp_path / f"{name}.npy")
+        np.save(paths[name], arr)
+    files = [a for name, path in paths.items() for a in (f"--{name}", path)]
+    assert main(["value", *files, "--model", "knn", "--method", "loo", "--scheduler", "sync", "--top", "1"]) == 0
+    stored = open_result(tmp_path / "values.zarr")
+    assert stored.sizes["sample"] == 6
+    # leave-one-out of 1-NN by hand: accuracy on the test set without each point
+    from sklearn.neighbors import KNeighborsClassifier
+
+    def acc(keep):
+        return KNeighborsClassifier(n_neighbors=1).fit(x[:6][keep], y[:6][keep]).score(x[6:], y[6:])
+
+    full = acc(np.arange(6))
+    expected = [full - acc(np.delete(np.arange(6), i)) for i in range(6)]
+    np.testing.assert_allclose(stored["value"].values, expected)
+    capsys.readouterr()
+    assert main(["evaluate", "--steps", "2", "--n-random", "1", "--scheduler", "sync"]) == 0  # values.zarr
+    printed = capsys.readouterr()
+    assert "Removal curve of loo values" in printed.out and "differs" not in printed.err
+    assert main(["value", "--x-train", paths["x-train"], "--scheduler", "sync"]) == 2
+    assert "--y-train, --x-test, --y-test" in capsys.readouterr().err
+
+
+def test_cli_evaluate_says_what_is_missing(tmp_path, capsys):
+    from dvl_dask.results import to_zarr, valuation_dataset
+
+    out = str(tmp_path / "foreign.zarr")
+    to_zarr(valuation_dataset(np.ones(3), np.zeros(3), np.ones(3, int), data_names=["a", "b", "c"], method="m"), out)
+    assert main(["evaluate", "--result", out, "--scheduler", "sync"]) == 2
+    err = capsys.readouterr().err
+    assert "records no dvl-dask options" in err and "--dataset" in err and "--model" in err
+
+
+def test_demo_prints_the_dashboard_link_only_when_it_serves(monkeypatch, capsys):
+    import importlib.util
+
+    from dvl_dask import cli
+
+    class _Client:
+        dashboard_link = "http://127.0.0.1:8787/status"
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bokeh" else real(name, *a))
+    cli._print_dashboard(_Client())
+    assert "needs bokeh" in capsys.readouterr().out
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    if real("bokeh") is not None:
+        cli._print_dashboard(_Client())
+        assert _Client.dashboard_link in capsys.readouterr().out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -12,7 +14,7 @@ import xarray as xr
 import dvl_dask
 from dvl_dask.errors import InvalidParameterError, ResultExistsError, SchemaError
 from dvl_dask.results import merge_results, open_result, to_zarr, valuation_dataset
-from dvl_dask.testing.games import AirportGame
+from dvl_dask.testing.games import AdditiveGame, AirportGame
 from dvl_dask.valuation import exact_shapley
 
 
@@ -32,6 +34,8 @@ def test_zarr_round_trip_keeps_labels_attrs_dtypes(tmp_path, names):
     back = open_result(path)
     assert back["value"].chunks is not None  # opened lazily
     back = back.load()
+    created = back.attrs.pop("date_created")  # when it was stored, UTC
+    assert abs(datetime.datetime.fromisoformat(created) - datetime.datetime.now(datetime.UTC)).total_seconds() < 600
     xr.testing.assert_identical(back.drop_vars("sample"), ds.drop_vars("sample"))
     assert back["sample"].values.tolist() == list(np.asarray(names).tolist())
     assert back["sample"].dtype.kind == np.asarray(names).dtype.kind
@@ -105,6 +109,52 @@ def test_accessor_rank_top_bottom():
     assert ds.dvl.top_k(10).sizes["sample"] == 3
     with pytest.raises(InvalidParameterError, match="'k' parameter"):
         ds.dvl.top_k(0)
+
+
+def test_accessor_sort_is_ascending_like_xarray():
+    ds = _result([0.1, 0.5, -0.2], [0, 0, 0], [1, 1, 1])
+    assert ds.dvl.sort()["sample"].values.tolist() == ["c", "a", "b"]  # ds.sortby("value") order
+    assert ds.dvl.sort(ascending=False)["sample"].values.tolist() == ["b", "a", "c"]
+    assert ds.dvl.sort()["value"].values.tolist() == [-0.2, 0.1, 0.5]
+
+
+_CALLS: list[int] = []
+
+
+class _CountedGame(AdditiveGame):
+    """An additive game that records every evaluation (scheduler="sync": one process, one thread)."""
+
+    def value(self, players):
+        _CALLS.append(len(players))
+        return super().value(players)
+
+
+def test_accessor_computes_a_lazy_result_once():
+    game = _CountedGame([0.5, -1.0, 2.0, 0.25])
+    ds = exact_shapley(game)
+    with dask.config.set(scheduler="sync"):
+        _CALLS.clear()
+        ds.compute()
+        once = len(_CALLS)
+        assert once >= 2 ** 4  # every coalition at least once
+        _CALLS.clear()
+        top = ds.dvl.top_k(2)
+        bottom = ds.dvl.bottom_k(2)
+        ranks = ds.dvl.rank()
+        ordered = ds.dvl.sort()
+        # reading every variable of what they return runs nothing more
+        top["value"].values, top["stderr"].values, top["counts"].values, bottom["value"].values
+        ordered["stderr"].values
+        assert len(_CALLS) == once
+    np.testing.assert_allclose(top["value"].values, [2.0, 0.5])  # additive: Shapley values are the weights
+    assert bottom["sample"].values.tolist() == [1, 3] and ranks.values.tolist() == [2, 4, 1, 3]
+
+
+def test_accessor_sees_a_variable_assigned_in_place():
+    ds = _result([0.1, 0.5, -0.2], [0, 0, 0], [1, 1, 1]).chunk()
+    assert ds.dvl.top_k(1)["sample"].values.tolist() == ["b"]
+    ds["value"] = ds["value"] * -1
+    assert ds.dvl.top_k(1)["sample"].values.tolist() == ["c"]
 
 
 def test_merge_is_count_weighted_with_exact_variance(rng):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import math
 import numbers
 import sys
@@ -26,6 +27,8 @@ from ._memcached import MemcachedCacheBackend, MemcachedClientConfig
 from ._stats import CacheStats, RunningStats
 
 __all__ = ["MemoizedFunction", "memcached", "memoize"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MISS = object()
@@ -143,6 +146,7 @@ class MemoizedFunction(Generic[T]):
         value = self.backend.get(key, _MISS)
         if value is not _MISS:
             self._own.increment("hits")
+            logger.debug("cache hit %s", key)
             return value
         self._own.increment("misses")
         start = time.perf_counter()
@@ -157,6 +161,10 @@ class MemoizedFunction(Generic[T]):
             if stored:
                 self._own.increment("sets")
                 self._record_provenance()
+            logger.debug("cache miss %s: computed in %.3g s, %s", key, elapsed, "stored" if stored else "not stored")
+        else:
+            logger.debug("cache miss %s: computed in %.3g s, under time-threshold %g s: not stored", key, elapsed,
+                         self.time_threshold)
         return value
 
     def _call_repeated(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -25,7 +25,6 @@ from ._aggregators import (
 )
 from ._mappers import BlockSink, ChunkMapper, DaskMapper, SequentialMapper, SharedObjects
 from ._plan import BlockPlan, regular_chunks
-from ._progress import BlockProgress
 from ._sequences import BlockSequence, NestedBlockSequence
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "BlockSink",
     "BlockSequence",
     "NestedBlockSequence",
-    "BlockProgress",
     "SequenceAggregator",
     "NestedSequenceAggregator",
     "ListAggregator",

@@ -121,8 +121,9 @@ class SequentialMapper:
 
     Parameters
     ----------
-    progress : bool
-        Show a text progress line over the blocks of pairwise maps.
+    progress : bool, optional
+        Show a progress bar (``tqdm.auto``) over the blocks of pairwise maps;
+        None: as the ``dvl_dask.progress.enabled`` option says.
 
     Examples
     --------
@@ -134,7 +135,7 @@ class SequentialMapper:
     [[(2, 2)], [(1, 2)]]
     """
 
-    def __init__(self, *, progress: bool = False) -> None:
+    def __init__(self, *, progress: bool | None = False) -> None:
         self.progress = progress
 
     def map_rows(

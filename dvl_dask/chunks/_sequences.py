@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress_bar
 from ..errors import InvalidDataError
 from ._plan import BlockPlan
-from ._progress import BlockProgress
 
 __all__ = ["BlockSequence", "NestedBlockSequence", "as_args", "n_rows_of", "nbytes_of"]
 
@@ -293,10 +293,12 @@ class NestedBlockSequence:
         Row and column blocks.
     shared, static : mapping, optional
         Keyword arguments of every kernel call.
-    progress : bool
-        Show a text progress line over blocks on ``sys.stderr``.
+    progress : bool, optional
+        Show a progress bar over the blocks (``tqdm.auto``); None: as the
+        ``dvl_dask.progress.enabled`` option says (default: on a terminal or in
+        a Jupyter kernel).
     label : str
-        Label of the progress line.
+        Label of the progress bar.
     """
 
     def __init__(
@@ -307,7 +309,7 @@ class NestedBlockSequence:
         *,
         shared: Mapping[str, Any] | None = None,
         static: Mapping[str, Any] | None = None,
-        progress: bool = False,
+        progress: bool | None = False,
         label: str = "blocks",
     ) -> None:
         self.kernel = kernel
@@ -335,7 +337,7 @@ class NestedBlockSequence:
         reads the column data.
         """
         n_cols = len(self.cols.chunks) if skip is not None else None
-        bar = BlockProgress(self._total(), self.label, enabled=self.progress)
+        bar = progress_bar(self._total(), self.label, progress=self.progress)
         try:
             for i, row_thunk in enumerate(self.rows.thunks()):
                 if n_cols is not None and all(skip((i, j)) for j in range(n_cols)):  # type: ignore[misc]
@@ -353,12 +355,12 @@ class NestedBlockSequence:
             bar.close()
 
     def __iter__(self) -> Iterator[Iterator[Any]]:
-        bar = BlockProgress(self._total(), self.label, enabled=self.progress)
+        bar = progress_bar(self._total(), self.label, progress=self.progress)
         for row_thunk in self.rows.thunks():
             yield self._row(_Once(row_thunk), bar)
         bar.close()
 
-    def _row(self, row: _Once, bar: BlockProgress) -> Iterator[Any]:
+    def _row(self, row: _Once, bar: Any) -> Iterator[Any]:
         for col_thunk in self.cols.thunks():
             block = self.kernel(*as_args(row.get()), *as_args(col_thunk()), **self.kwargs)
             bar.update()

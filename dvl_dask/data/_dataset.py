@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -164,7 +165,7 @@ class Dataset(Frozen):
         x: Any,
         y: Any,
         *,
-        train_size: float = 0.8,
+        train_size: float | int = 0.8,
         seed: SeedLike = None,
         stratify: bool = False,
         data_names: Sequence[Any] | np.ndarray | None = None,
@@ -175,6 +176,9 @@ class Dataset(Frozen):
     ) -> Dataset:
         """Split ``x, y`` into train and test parts (a random split).
 
+        ``train_size`` is, as in scikit-learn's ``train_test_split``, a float
+        in (0, 1), the fraction of samples used for training (rounded down), or
+        an int, their number.
         ``data_names`` labels the rows of ``x`` *before* splitting (default: the
         row numbers); the training points keep their labels. ``stratify=True`` keeps class proportions.
         pyDVL's names ``random_state`` (for ``seed``) and ``stratify_by_target``
@@ -188,16 +192,17 @@ class Dataset(Frozen):
         x = check_array(x, "x", owner, ndim=(1, 2, 3, 4))
         y = check_array(y, "y", owner, ndim=(1, 2))
         n = check_consistent_length(owner, x=x, y=y)
-        check_real(train_size, "train_size", owner, low=0.0, high=1.0, low_open=True, high_open=True)
         if n < 2:
             raise InvalidDataError(f"{owner} needs at least 2 samples to split. Got {n}.")
+        n_train = _n_train(train_size, n, owner)
         rows = np.arange(n)
         rng_seed = int(as_seed_sequence(seed, "seed", owner).generate_state(1)[0])
         y_np = np.asarray(y) if not is_dask_array(y) else y.compute()
-        _check_split(n, float(train_size), y_np if stratify else None, stratify, owner)
+        _check_split(n, n_train, train_size, y_np if stratify else None, stratify, owner)
         try:
             train_rows, test_rows = train_test_split(
-                rows, train_size=train_size, random_state=rng_seed, stratify=y_np if stratify else None
+                rows, train_size=n_train, test_size=n - n_train, random_state=rng_seed,
+                stratify=y_np if stratify else None,
             )
         except ValueError as exc:  # anything _check_split did not foresee: still a clear, typed error
             raise InvalidDataError(f"{owner} cannot split {n} samples with train_size={train_size}: {exc}") from exc
@@ -225,7 +230,7 @@ class Dataset(Frozen):
         cls,
         data: Any,
         *,
-        train_size: float = 0.8,
+        train_size: float | int = 0.8,
         seed: SeedLike = None,
         stratify: bool = False,
         **kwargs: Any,
@@ -440,17 +445,31 @@ class GroupedDataset(Dataset):
 Loader = Callable[[], Any]
 
 
-def _check_split(n: int, train_size: float, y: Any, stratify: Any, owner: str) -> None:
+def _n_train(train_size: Any, n: int, owner: str) -> int:
+    """Training samples of a split of ``n``: a count as given, a fraction of ``n`` rounded down (as sklearn)."""
+    if isinstance(train_size, numbers.Integral) and not isinstance(train_size, (bool, np.bool_)):
+        if not 1 <= train_size <= n - 1:
+            raise InvalidParameterError(
+                f"The 'train_size' parameter of {owner} is a count of training samples and must be in "
+                f"[1, {n - 1}] for {n} samples (at least one is left for testing). Got {train_size!r}. "
+                "Pass a float in (0, 1) for a fraction."
+            )
+        return int(train_size)
+    fraction = check_real(train_size, "train_size", owner, low=0.0, high=1.0, low_open=True, high_open=True)
+    return int(np.floor(fraction * n))
+
+
+def _check_split(n: int, n_train: int, train_size: Any, y: Any, stratify: Any, owner: str) -> None:
     """Refuse splits that leave a part empty or cannot be stratified, before sklearn does so obscurely."""
     if not isinstance(stratify, (bool, np.bool_)):
         raise InvalidParameterError(f"The 'stratify' parameter of {owner} must be a bool. Got {stratify!r} instead.")
-    n_train = int(np.floor(train_size * n))
-    n_test = int(np.ceil((1.0 - train_size) * n))
+    n_test = n - n_train
     if n_train == 0 or n_test == 0:
         part = "training" if n_train == 0 else "test"
         raise InvalidDataError(
             f"{owner} with train_size={train_size} on {n} samples leaves the {part} part empty. To fix, pass a "
-            f"train_size between {1 / n:.3g} and {1 - 1 / n:.3g}, or provide more samples."
+            f"train_size between {1 / n:.3g} and {1 - 1 / n:.3g} (or a count between 1 and {n - 1}), or "
+            "provide more samples."
         )
     if not stratify:
         return

@@ -8,7 +8,7 @@ layout parameters, everything), and the ``dvl_dask.*`` options in effect
 task names exactly when they are the same computation, and adding a
 parameter to a method changes its keys without anyone having to remember to
 add it to a list: a dask graph computing two results whose layers share a
-name silently keeps only one (issue 23: budgets 20, 80 and 320 computed
+name silently keeps only one (budgets 20, 80 and 320 computed
 together returned the 320 run three times).
 
 Seeds are resolved before hashing: the decorator turns the seed argument into

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -17,6 +18,7 @@ from ._schema import (
     SAMPLE_DIM,
     SAMPLE_MEAN,
     SAMPLED_SOLUTION,
+    describe_variables,
     parameters_of,
     provenance_of,
     validate_valuation_dataset,
@@ -39,10 +41,33 @@ class DvlAccessor:
     ['b', 'a']
     >>> ds.dvl.rank().values.tolist()
     [2, 1, 3]
+    >>> ds.dvl.sort().sample.values.tolist()  # ascending, like xarray's sortby
+    ['c', 'a', 'b']
+
+    Methods that order players (``rank``, ``sort``, ``top_k``, ``bottom_k``)
+    compute a lazily backed result (a graph, or an opened zarr store) once,
+    keep the computed copy inside the accessor (xarray keeps one accessor per
+    Dataset object) and return in-memory results: calling several of them, or
+    reading several variables of what they return, never runs the graph
+    again.
     """
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds
+        self._loaded: tuple[tuple[Any, ...], xr.Dataset] | None = None
+
+    def _computed(self) -> xr.Dataset:
+        """The result with every variable in memory, computed once (the dataset itself if it already is).
+
+        The computed copy is reused while the dataset holds the same variables
+        (assigning a variable in place makes the next call compute again).
+        """
+        if not any(v.chunks is not None for v in self._ds.variables.values()):
+            return self._ds
+        held = tuple((name, id(v)) for name, v in self._ds.variables.items())
+        if self._loaded is None or self._loaded[0] != held:
+            self._loaded = (held, self._ds.compute())
+        return self._loaded[1]
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -65,26 +90,35 @@ class DvlAccessor:
         return ValuationResult.from_dataset(self._ds)
 
     def rank(self, *, ascending: bool = False) -> xr.DataArray:
-        """Rank of every player by value: 1 is the most valuable (or least, if ``ascending``)."""
-        values = np.asarray(self._ds["value"].values)
+        """Rank of every player by value: 1 is the most valuable (or least, if ``ascending``).
+
+        Computes a lazily backed result (once per accessor).
+        """
+        ds = self._computed()
+        values = np.asarray(ds["value"].values)
         order = np.argsort(values if ascending else -values, kind="stable")
         ranks = np.empty(len(values), dtype=np.int64)
         ranks[order] = np.arange(1, len(values) + 1)
-        return xr.DataArray(ranks, dims=(SAMPLE_DIM,), coords={SAMPLE_DIM: self._ds[SAMPLE_DIM]}, name="rank")
+        return xr.DataArray(ranks, dims=(SAMPLE_DIM,), coords={SAMPLE_DIM: ds[SAMPLE_DIM]}, name="rank")
 
-    def sort(self, *, ascending: bool = False) -> xr.Dataset:
-        """The result with players ordered by value (highest first by default)."""
-        values = np.asarray(self._ds["value"].values)
+    def sort(self, *, ascending: bool = True) -> xr.Dataset:
+        """The result with players ordered by value: lowest first, like ``ds.sortby("value")``.
+
+        ``ascending=False`` puts the most valuable first. Ties keep their
+        order. Computes a lazily backed result (once per accessor).
+        """
+        ds = self._computed()
+        values = np.asarray(ds["value"].values)
         order = np.argsort(values if ascending else -values, kind="stable")
-        return self._ds.isel({SAMPLE_DIM: order})
+        return ds.isel({SAMPLE_DIM: order})
 
     def top_k(self, k: int) -> xr.Dataset:
-        """The ``k`` most valuable players, highest first."""
+        """The ``k`` most valuable players, highest first (computes a lazy result once per accessor)."""
         k = check_positive_int(k, "k", "ds.dvl.top_k")
-        return self.sort()[{SAMPLE_DIM: slice(0, k)}]
+        return self.sort(ascending=False)[{SAMPLE_DIM: slice(0, k)}]
 
     def bottom_k(self, k: int) -> xr.Dataset:
-        """The ``k`` least valuable players, lowest first."""
+        """The ``k`` least valuable players, lowest first (computes a lazy result once per accessor)."""
         k = check_positive_int(k, "k", "ds.dvl.bottom_k")
         return self.sort(ascending=True)[{SAMPLE_DIM: slice(0, k)}]
 
@@ -273,8 +307,8 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     SchemaError
         If method, utility or any parameter other than budget and layout differ.
     """
-    a = validate_valuation_dataset(a)
-    b = validate_valuation_dataset(b)
+    # One compute for both (each variable read below would otherwise run its graph again).
+    a, b = dask.compute(validate_valuation_dataset(a), validate_valuation_dataset(b))
     _check_poolable(a, b)
     for attr in ("method", "utility_token"):
         if a.attrs[attr] != b.attrs[attr]:
@@ -311,7 +345,7 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     out["stderr"] = (a["stderr"].dims, stderr)
     out["counts"] = (a["counts"].dims, (na + nb).astype(np.int64))
     out.attrs = _merged_attrs(a, b, n)
-    return out
+    return describe_variables(out)
 
 
 #: Attrs that describe one run (how it stopped, where it was stored), not a merge of runs.

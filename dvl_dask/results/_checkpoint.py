@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -52,6 +53,8 @@ from ._checkpoint_files import Files, Lease, jsonable, recovery
 from ._stores import INFLUENCE, VALUATION, check_location, store_kind
 
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 #: Statistics per block in new checkpoints (count, mean, M2, M3, M4, min, max); checkpoints without the
@@ -183,6 +186,7 @@ class Checkpoint:
             store._take_lease()
             _create(files, attrs)
             store._head = {"format": FORMAT_VERSION, "n_blocks": 0, "n_commits": 0}
+            logger.info("Created checkpoint %s (%s, seed %s)", url, header.get("method"), header.get("seed"))
             return store
         version = attrs.get("dvl_checkpoint_version")
         if version != FORMAT_VERSION:
@@ -204,6 +208,8 @@ class Checkpoint:
             )
         store = cls(files, attrs, FORMAT_VERSION)
         store._take_lease()
+        logger.info("Resuming checkpoint %s: same run (method, parameters, utility, seed), %d committed blocks",
+                    url, store.n_blocks)
         return store
 
     @classmethod
@@ -302,6 +308,7 @@ class Checkpoint:
         })
         self._head = {"format": FORMAT_VERSION, "n_blocks": stop, "n_commits": n_commits + 1}
         self._files.write_json("head.json", self._head)  # the commit point, written last
+        logger.debug("Committed blocks %d-%d to checkpoint %s", first, stop - 1, self.url)
 
 
 def _n_stats(attrs: dict[str, Any]) -> int:
@@ -325,8 +332,18 @@ def _verified_chunk(files: Files, record: dict[str, Any], array: str, block: int
     return data
 
 
-def _group_metadata(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {"zarr_format": 3, "node_type": "group", "attributes": attrs, "consolidated_metadata": None}
+def _group_metadata(attrs: dict[str, Any], arrays: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The group's zarr.json; with the arrays' metadata consolidated into it when given (so plain
+    ``xr.open_zarr`` reads the checkpoint from this one document, without a warning)."""
+    consolidated = (None if arrays is None else
+                    {"kind": "inline", "must_understand": False, "metadata": dict(arrays)})
+    return {"zarr_format": 3, "node_type": "group", "attributes": attrs, "consolidated_metadata": consolidated}
+
+
+def _write_group(files: Files, attrs: dict[str, Any]) -> None:
+    """Write the group metadata with the current metadata of its arrays consolidated."""
+    arrays = {a: files.read_json(f"{a}/zarr.json", f"the metadata of array {a!r}") for a in _ARRAYS}
+    files.write_json("zarr.json", _group_metadata(attrs, arrays if all(arrays.values()) else None))
 
 
 def _create(files: Files, attrs: dict[str, Any]) -> None:
@@ -334,7 +351,22 @@ def _create(files: Files, attrs: dict[str, Any]) -> None:
     _write_arrays(files, attrs, 0)
     files.write_json("header.json", attrs)
     files.write_json("head.json", {"format": FORMAT_VERSION, "n_blocks": 0, "n_commits": 0})
-    files.write_json("zarr.json", _group_metadata(attrs))
+    _write_group(files, attrs)
+
+
+#: Dimension names and CF-style attributes of the checkpoint's arrays (what xr.open_zarr shows).
+_ARRAY_DESCRIPTIONS = {
+    "stats": (["block", "statistic", "stream", "sample"], {
+        "long_name": "per-block statistics",
+        "description": "Mergeable statistics of each committed block, per stream and player: count, mean and "
+                       "central moments (rows of 'statistic'). Uncommitted blocks are NaN.",
+        "units": "1",
+    }),
+    "evaluations": (["block"], {
+        "long_name": "utility evaluations", "description": "Utility evaluations of each committed block.",
+        "units": "1",
+    }),
+}
 
 
 def _array_metadata(attrs: dict[str, Any], array: str, length: int) -> dict[str, Any]:
@@ -349,7 +381,8 @@ def _array_metadata(attrs: dict[str, Any], array: str, length: int) -> dict[str,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-        "attributes": {}, "storage_transformers": [],
+        "attributes": dict(_ARRAY_DESCRIPTIONS[array][1]), "storage_transformers": [],
+        "dimension_names": list(_ARRAY_DESCRIPTIONS[array][0]),
     }
 
 
@@ -359,10 +392,15 @@ def _write_arrays(files: Files, attrs: dict[str, Any], length: int) -> None:
 
 
 def _set_length(files: Files, length: int) -> None:
+    arrays = {}
     for array in _ARRAYS:
         meta = files.read_json(f"{array}/zarr.json", f"the metadata of array {array!r}")
         meta["shape"][0] = length
         files.write_json(f"{array}/zarr.json", meta)
+        arrays[array] = meta
+    group = files.read_json("zarr.json", "the group metadata")
+    if isinstance(group, dict) and group.get("consolidated_metadata") is not None:
+        files.write_json("zarr.json", _group_metadata(group["attributes"], arrays))
 
 
 def _read_attrs(files: Files) -> dict[str, Any] | None:
@@ -553,6 +591,7 @@ def truncate_checkpoint(
                 files.write_json(f"commits/{i:08d}.json", record)
             records, i = records + 1, i + 1
         _write_arrays(files, attrs, to_block)
+        _write_group(files, attrs)
         files.write_json("head.json", {"format": FORMAT_VERSION, "n_blocks": to_block, "n_commits": records})
         # leftovers after the commit point are harmless (never read, overwritten by the next append)
         return to_block
@@ -581,4 +620,7 @@ def _repair_group(files: Files, attrs: dict[str, Any]) -> None:
     except CheckpointCorruptError:
         meta = None
     if not isinstance(meta, dict) or meta.get("attributes", {}).get("dvl_checkpoint_version") != FORMAT_VERSION:
-        files.write_json("zarr.json", _group_metadata(attrs))
+        try:
+            _write_group(files, attrs)
+        except CheckpointCorruptError:  # an array's metadata is torn too: the group alone, unconsolidated
+            files.write_json("zarr.json", _group_metadata(attrs))

@@ -30,13 +30,14 @@ import xarray as xr
 
 from .._version import __version__
 from ..errors import InvalidDataError, ResultExistsError, SchemaError
-from ._schema import SCHEMA_VERSION, _jsonable
+from ._schema import SCHEMA_VERSION, _jsonable, describe_variables
 from ._stores import (
     CHECKPOINT,
     COMPLETE,
     FOREIGN,
     INFLUENCE,
     check_location,
+    consolidate,
     delete_store,
     has_content,
     open_zarr_dataset,
@@ -159,6 +160,7 @@ class ZarrBlockSink:
             )
         delete_store(f"{self.url.rstrip('/')}/{PROGRESS_GROUP}", self.storage_options)
         group.attrs[COMPLETE] = True
+        consolidate(zarr_store(self.url, self.storage_options))  # the last write: the store is final
         with _HANDLES_LOCK:
             _HANDLES.pop((self.url, self.write_id), None)
         return self.url
@@ -198,7 +200,9 @@ class ZarrBlockSink:
         shape = self._grid.shape + tuple(trailing)
         chunks = tuple(max(c) for c in self._grid.chunks) + tuple(trailing)
         placeholder = da.empty(shape, chunks=chunks, dtype=dtype)
-        var = xr.DataArray(placeholder, dims=dims, coords=spec["coords"], name=self.name, attrs=spec["attrs"])
+        var = describe_variables(
+            xr.DataArray(placeholder, dims=dims, coords=spec["coords"], name=self.name, attrs=spec["attrs"])
+        )
         ds = portable_labels(var.to_dataset())
         ds.attrs = {WRITE_HEADER: spec["header"]}
         store = zarr_store(self.url, self.storage_options)

@@ -11,6 +11,7 @@ dvl_dask wrote (recognised by their metadata), never other data.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 from typing import Any
@@ -19,7 +20,7 @@ import xarray as xr
 
 from .. import config
 from ..errors import InvalidParameterError, NotAResultError, ResultNotFoundError, SchemaError
-from ._schema import validate_valuation_dataset
+from ._schema import describe_variables, validate_valuation_dataset
 from ._stores import (
     ABSENT,
     CHECKPOINT,
@@ -28,6 +29,7 @@ from ._stores import (
     VALUATION,
     check_location,
     clean_stale_temporaries,
+    consolidate,
     fsspec_mapper,
     is_local,
     local_path,
@@ -52,7 +54,12 @@ def to_zarr(
 ) -> Any:
     """Write a valuation result to zarr at ``url`` (a path or e.g. ``s3://bucket/x.zarr``).
 
-    Lazy results are computed chunk by chunk while writing. With
+    Lazy results are computed chunk by chunk while writing. The store is
+    self-describing: consolidated metadata (plain ``xr.open_zarr(url)`` reads
+    it without a warning), CF-style ``long_name``/``description``/``units`` on
+    every variable, the result's attrs (method, parameters, seed, utility
+    token and ``provenance``: model, scorer, data fingerprint and shapes,
+    library versions) and ``date_created``. With
     ``compute=False`` a ``dask.delayed`` object is returned that performs the
     write (and the atomic rename, for local paths) when computed.
 
@@ -80,8 +87,10 @@ def to_zarr(
     if not isinstance(overwrite, bool):
         raise InvalidParameterError(f"The 'overwrite' parameter of to_zarr must be a bool. Got {overwrite!r}.")
     fmt = int(config.get(config.RESULTS_ZARR_FORMAT))
-    out = portable_labels(ds.copy())
+    out = describe_variables(portable_labels(ds.copy()))
     out.attrs = dict(ds.attrs)
+    # When the result was first stored (ISO 8601, UTC; kept when a stored result is written again).
+    out.attrs.setdefault("date_created", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     out.attrs[COMPLETE] = True
     if is_local(url):
         target = os.path.abspath(local_path(url))
@@ -91,6 +100,7 @@ def to_zarr(
         delayed_write = out.to_zarr(tmp, mode="w", consolidated=False, zarr_format=fmt, compute=False)
 
         def _finish(_: Any) -> str:
+            consolidate(tmp)
             if os.path.exists(target):
                 # Checked again at commit time: something may have appeared since the graph was built.
                 refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
@@ -122,6 +132,7 @@ def to_zarr(
 
         group = zarr.open_group(mapper, mode="r+", zarr_format=fmt)
         group.attrs[COMPLETE] = True
+        consolidate(mapper)
         return url
 
     if compute:

@@ -56,6 +56,7 @@ __all__ = [
     "TEST_DIM",
     "TRAIN_DIM",
     "VARIABLES",
+    "VARIABLE_ATTRS",
     "influence_dataarray",
     "parameters_of",
     "provenance_of",
@@ -73,6 +74,68 @@ FACTOR_DIM = "parameter"
 VARIABLES = {"value": np.float64, "stderr": np.float64, "counts": np.int64}
 #: Optional per-player variable of run_until_converged results: the player's own criterion held.
 CONVERGED = "converged"
+_SCORE_UNITS = "units of the utility's score"
+#: CF-style attributes of every variable and coordinate dvl_dask writes (``long_name``,
+#: ``description``, ``units``: ``"1"`` for dimensionless numbers), so a store describes itself.
+VARIABLE_ATTRS: dict[str, dict[str, str]] = {
+    "value": {
+        "long_name": "data value",
+        "description": "Value of each training point (player) under the result's method: its contribution to "
+                       "the utility (the model's score on the test data). See the attrs 'method' and "
+                       "'estimate' for what kind of number it is.",
+        "units": _SCORE_UNITS,
+    },
+    "stderr": {
+        "long_name": "standard error of the value",
+        "description": "Standard error of 'value' (0 for exact methods, whose 'stderr_note' says why); "
+                       "a Monte Carlo estimate's sampling error, never its bias (see the attrs 'biased', 'bias').",
+        "units": _SCORE_UNITS,
+    },
+    "counts": {
+        "long_name": "number of samples",
+        "description": "Independent samples (permutations, subsets, bootstrap models, ...) that updated the "
+                       "value of each point.",
+        "units": "1",
+    },
+    CONVERGED: {
+        "long_name": "point converged",
+        "description": "Whether the point's own stopping criterion held when the run stopped.",
+        "units": "1",
+    },
+    SAMPLE_DIM: {"long_name": "training point", "description": "Label of the training point (player)."},
+    TEST_DIM: {"long_name": "test point", "description": "Label of the test point."},
+    TRAIN_DIM: {"long_name": "training point", "description": "Label of the training point."},
+    "influence": {
+        "long_name": "influence",
+        "description": "Influence of each training point on the loss at each test point (attr 'mode': 'up' is "
+                       "the change of the test loss when the training point is up-weighted, 'perturbation' "
+                       "its gradient with respect to the training features).",
+        "units": "units of the model's loss",
+    },
+    "influence_factors": {
+        "long_name": "influence factors",
+        "description": "Inverse-Hessian-vector products of the test losses' gradients, one row per test point: "
+                       "the test side of the influences.",
+    },
+    FACTOR_DIM: {"long_name": "model parameter", "description": "Index into the model's flattened parameters."},
+    "self_influence": {
+        "long_name": "self-influence",
+        "description": "Influence of each training point on its own loss.",
+        "units": "units of the model's loss",
+    },
+}
+
+
+def describe_variables(obj: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+    """Add the CF-style attributes of :data:`VARIABLE_ATTRS` to ``obj``'s variables and coordinates, in place.
+
+    Attributes already set are kept.
+    """
+    variables = obj.variables if isinstance(obj, xr.Dataset) else {**obj.coords, obj.name: obj}
+    for name, var in variables.items():
+        for key, text in VARIABLE_ATTRS.get(str(name), {}).items():
+            var.attrs.setdefault(key, text)
+    return obj
 #: Attr naming what kind of number a result's ``value`` is (see the module docstring).
 ESTIMATE = "estimate"
 #: A mean of independent samples drawn from the seed's blocks (Monte Carlo methods, Data-OOB, ...).
@@ -175,7 +238,7 @@ def valuation_dataset(
         attrs["provenance"] = json.dumps(_jsonable(dict(provenance)), sort_keys=True)
     if extra_attrs:
         attrs.update({k: _jsonable(v) for k, v in extra_attrs.items()})
-    return xr.Dataset(data_vars, coords={SAMPLE_DIM: names}, attrs=attrs)
+    return describe_variables(xr.Dataset(data_vars, coords={SAMPLE_DIM: names}, attrs=attrs))
 
 
 def parameters_of(ds: xr.Dataset) -> dict[str, Any]:
@@ -272,7 +335,9 @@ def influence_dataarray(
             raise SchemaError(f"{dim} labels have length {len(coords[dim])}, the array has {n} along it.")
     base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
     base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
-    return xr.DataArray(values, dims=(TEST_DIM, TRAIN_DIM, *feature_dims), coords=coords, name="influence", attrs=base)
+    return describe_variables(
+        xr.DataArray(values, dims=(TEST_DIM, TRAIN_DIM, *feature_dims), coords=coords, name="influence", attrs=base)
+    )
 
 
 def self_influence_dataarray(
@@ -298,4 +363,4 @@ def self_influence_dataarray(
     base = {"dvl_dask_version": __version__, "schema_version": SCHEMA_VERSION}
     base.update({k: _jsonable(v) for k, v in (attrs or {}).items()})
     dims = (TRAIN_DIM, *(f"feature_{i}" for i in range(len(shape) - 1)))
-    return xr.DataArray(values, dims=dims, coords=coords, name="self_influence", attrs=base)
+    return describe_variables(xr.DataArray(values, dims=dims, coords=coords, name="self_influence", attrs=base))

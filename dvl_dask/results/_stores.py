@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 import uuid
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "VALUATION",
     "check_location",
     "clean_stale_temporaries",
+    "consolidate",
     "refuse_to_replace",
     "store_kind",
     "temporary_sibling",
@@ -195,6 +197,22 @@ def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_
     if callable(invalidate):
         invalidate()
     return store
+
+
+def consolidate(store: Any) -> None:
+    """Write the consolidated metadata of a finished zarr store (local path, mapper or zarr store).
+
+    Plain ``xr.open_zarr(url)`` then reads one metadata document and warns
+    about nothing. Called as the last write of a store: any later change of
+    metadata would make the consolidated copy stale.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        # zarr notes that consolidated metadata is not (yet) in the v3 specification: zarr-python and
+        # xarray read it, and readers that do not still see the plain metadata of every node.
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(store)
 
 
 def open_zarr_dataset(url: str, storage_options: dict[str, Any] | None, chunks: Any) -> xr.Dataset:

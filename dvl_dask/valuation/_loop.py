@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -38,6 +39,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
+from .._progress import progress_bar
 from .._provenance import describe_utility
 from ..errors import BiasedEstimateWarning, InvalidParameterError, NoWorkersError
 from ..keys import bind_arguments, current_call, describe_parameters, lazy_method, run_identity
@@ -50,12 +52,13 @@ from ._backends import BlockSpec, choose_backend
 from ._estimators import Estimator, values_from_stats
 from ._graph import check_utility
 from ._montecarlo import ESTIMATOR_FACTORIES, sample_attrs
-from ._progress import ProgressLine
 from ._stats import PointStats
 from ._stopping import ConvergenceState, StoppingCriterion, now
 from ._truncation import bias_attrs
 
 __all__ = ["load_checkpoint", "run_until_converged"]
+
+logger = logging.getLogger(__name__)
 
 _BUDGET_NAMES = ("n_permutations", "n_samples")
 
@@ -178,7 +181,7 @@ def run_until_converged(
     executor: Executor | None = None,
     checkpoint: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     window: int | None = None,
     items_per_block: int | None = None,
     **method_options: Any,
@@ -211,8 +214,12 @@ def run_until_converged(
         of the same run is verified and resumed, one of another run refused.
     storage_options : dict, optional
         fsspec options for ``checkpoint`` (e.g. an S3 endpoint and keys).
-    progress : bool
-        Show a progress line (criterion completion, blocks, evaluations).
+    progress : bool, optional
+        Show a progress bar (the stopping criterion's completion, blocks,
+        evaluations; ``tqdm.auto``: one widget in Jupyter, one line in a
+        terminal). None: the ``dvl_dask.progress.enabled`` option (default
+        ``"auto"``: shown on a terminal or in a Jupyter kernel, silent when
+        output is redirected).
     window : int, optional
         Blocks in flight. Default ``dvl_dask.valuation.montecarlo.window``, else
         ``window-per-thread`` x the cluster's threads, or the number of workers of
@@ -314,12 +321,18 @@ def run_until_converged(
             for block in _stored_blocks(store):
                 if run.add(block, submitted=0):
                     break
+            if run.n_blocks:
+                logger.info("%s: resumed %d committed blocks (%d evaluations) from %s%s", estimator.method,
+                            run.n_blocks, run.merged.n_evaluations, checkpoint,
+                            ", which already meet the stopping criterion" if run.stopped else "")
         _drive(run, utility, estimator, seq, per_block, seed_text, client, executor, window, store, progress)
     finally:
         if store is not None:
             store.close()
     value, stderr, count = estimator.finalize(run.merged)
     converged, stopped_by, per_player = run.outcome()
+    logger.info("%s: stopped after %d blocks (%d evaluations) by %s", estimator.method, run.n_blocks,
+                run.merged.n_evaluations, ", ".join(stopped_by) or "nothing")
     return valuation_dataset(
         value, stderr, count, data_names=utility.data_names, method=estimator.method, parameters=parameters,
         seed=seed_text, utility_token=utility.token, n_evaluations=run.merged.n_evaluations,
@@ -361,9 +374,28 @@ class _Committer:
         self.stats, self.evaluations, self.last = [], [], now()
 
 
+class _CompletionBar:
+    """The stopping criterion's completion (in %) on a progress bar, with the blocks and evaluations merged."""
+
+    def __init__(self, method: str, progress: bool | None) -> None:
+        self.bar = progress_bar(100.0, method, progress=progress, unit="%",
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def update(self, run: _Run, *, refresh: bool = False) -> None:
+        done = 100.0 * max(0.0, min(1.0, float(run.stop.completion(run.state))))
+        self.bar.set_postfix_str(f"{run.n_blocks} blocks, {run.merged.n_evaluations:,} evaluations", refresh=False)
+        self.bar.update(max(0.0, done - self.bar.n))
+        if refresh:
+            self.bar.refresh()
+
+    def close(self, run: _Run) -> None:
+        self.update(run, refresh=True)
+        self.bar.close()
+
+
 def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random.SeedSequence, per_block: int,
            seed_text: str, client: Any, executor: Executor | None, window: int | None,
-           store: Checkpoint | None, progress: bool) -> None:
+           store: Checkpoint | None, progress: bool | None) -> None:
     """The sliding window: keep blocks in flight, merge them in block order, commit, stop."""
     if run.stopped:
         return
@@ -371,9 +403,7 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
     # (None resolves to fresh entropy or the checkpoint's); the block index and active players follow.
     prefix = current_call().layer(f"{estimator.method.replace('_', '-')}-block", seed_text)
     backend = choose_backend(BlockSpec(utility, estimator, seq, per_block, prefix), client, executor, window)
-    line = ProgressLine(
-        f"{estimator.method}", enabled=progress, interval=float(config.get(config.MC_PROGRESS_INTERVAL))
-    )
+    line = _CompletionBar(estimator.method, progress)
     committer = _Committer(store)
     buffered: dict[int, PointStats] = {}
     in_flight: set[int] = set()
@@ -395,8 +425,7 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
                 run.add(stats, submitted=next_block)
                 committer.add(stats)
             committer.maybe_flush()
-            line.update(blocks=run.n_blocks, evaluations=run.merged.n_evaluations,
-                        completion=run.stop.completion(run.state), elapsed=run.state.elapsed)
+            line.update(run)
     except NoWorkersError as exc:
         committer.flush()
         where = (f"{run.n_blocks} merged blocks are committed to the checkpoint {store.url}: call "
@@ -410,9 +439,7 @@ def _drive(run: _Run, utility: UtilityLike, estimator: Estimator, seq: np.random
             committer.flush()
         finally:
             backend.close()
-            line.update(blocks=run.n_blocks, evaluations=run.merged.n_evaluations,
-                        completion=run.stop.completion(run.state), elapsed=run.state.elapsed, force=True)
-            line.close()
+            line.close(run)
 
 
 def _stored_blocks(store: Checkpoint) -> Iterator[PointStats]:

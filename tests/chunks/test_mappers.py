@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import dask
 import dask.array as da
 import numpy as np
@@ -13,7 +11,6 @@ from hypothesis import strategies as st
 
 from dvl_dask.chunks import (
     BlockPlan,
-    BlockProgress,
     BlockSequence,
     DaskMapper,
     ListAggregator,
@@ -314,11 +311,19 @@ def test_aggregators(data):
         NestedMinMaxAggregator()([[np.zeros((2, 2, 2))]])
 
 
-def test_progress_line_without_total():
-    out = io.StringIO()
-    bar = BlockProgress(None, "work", interval=0.0, stream=out)
-    bar.update(3)
-    assert "work: 3 blocks" in out.getvalue()
-    silent = io.StringIO()
-    BlockProgress(5, "work", enabled=False, stream=silent).update()
-    assert silent.getvalue() == ""
+@pytest.mark.parametrize("progress", [False, None])  # None: "auto", and pytest's captured stderr is no terminal
+def test_sequential_progress_is_silent_when_disabled_or_redirected(data, capsys, progress):
+    rows = BlockSequence.from_arrays([data["x"]], chunks=(10, 13))
+    cols = BlockSequence.from_arrays([data["z"]], chunks=(9, 8))
+    blocks = SequentialMapper(progress=progress).map_pairwise(product, rows, cols)
+    np.testing.assert_allclose(NestedNumpyCatAggregator()(blocks), data["x"] @ data["z"].T)
+    assert capsys.readouterr().err == ""
+
+
+def test_sequential_progress_counts_blocks_on_one_bar(data, capsys):
+    pytest.importorskip("tqdm")
+    rows = BlockSequence.from_arrays([data["x"]], chunks=(10, 13))
+    cols = BlockSequence.from_arrays([data["z"]], chunks=(9, 8))
+    NestedNumpyCatAggregator()(SequentialMapper(progress=True).map_pairwise(product, rows, cols, name="gram"))
+    err = capsys.readouterr().err
+    assert "gram" in err and "4/4" in err and err.count("\n") <= 1  # one line rewritten with \r
