@@ -23,10 +23,6 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 #: Files whose blocks take longer than ~20 s in all (still run by CI).
 SLOW_FILES = {"README.md", "docs/migrating-from-pydvl.md"}
 
-#: (file, heading) -> seconds the first block under that heading may take.
-TIME_LIMITS = {("README.md", "Quickstart"): 30.0}
-
-
 def _relative(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
@@ -45,14 +41,12 @@ def _files_with_python() -> list:
 def test_markdown_python_blocks_run(path: Path, tmp_path: Path) -> None:
     name = _relative(path)
     blocks = python_blocks(path.read_text(encoding="utf-8"), name)
+    # How long the README's quickstart takes is measured in benchmarks/bench_quickstart_scheduler.py,
+    # not asserted here (a timed test fails on a loaded machine without telling anything).
     try:
-        report = run_blocks(blocks, tmp_path)
+        run_blocks(blocks, tmp_path)
     except BlockFailure as failure:
         pytest.fail(str(failure), pytrace=True)
-    for (file, heading), limit in TIME_LIMITS.items():
-        if file == name:
-            seconds = report.seconds_under(heading)
-            assert seconds < limit, f"{name}: the block under {heading!r} took {seconds:.1f} s (limit {limit} s)"
 
 
 def test_the_readme_quickstart_is_executed() -> None:
