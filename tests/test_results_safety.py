@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -20,9 +21,11 @@ from dvl_dask.errors import (
     ResultExistsError,
     ResultNotFoundError,
     SchemaError,
+    StoreAccessError,
 )
 from dvl_dask.results import open_result, to_zarr, valuation_dataset
-from dvl_dask.results._stores import STALE_AFTER, temporary_sibling
+from dvl_dask.results._owners import process_start_time
+from dvl_dask.results._stores import _HOST, STAGED, STALE_AFTER, TEMPORARY_MARKER, temporary_sibling
 from dvl_dask.testing.games import AdditiveGame
 from dvl_dask.valuation import MinUpdates, load_checkpoint, permutation_shapley, run_until_converged
 
@@ -153,32 +156,116 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_stale_temporaries_of_killed_writes_are_cleaned_by_the_next_write(tmp_path) -> None:
+def _mark_as(path: str, **changes) -> None:
+    """Rewrite the marker of a temporary folder (to play a write by another process)."""
+    marker_path = os.path.join(path, TEMPORARY_MARKER)
+    with open(marker_path) as f:
+        marker = json.load(f)
+    marker.update(changes)
+    with open(marker_path, "w") as f:
+        json.dump(marker, f)
+
+
+def test_user_folders_named_like_temporaries_survive_every_write(tmp_path) -> None:
+    # issue 25: a user's folders whose names look like dvl_dask's temporaries were deleted by to_zarr
+    target = str(tmp_path / "values.zarr")
+    users = [
+        f"{target}.old-20240517",
+        f"{target}.tmp-deadbeef",
+        f"{target}.tmp-{_HOST}-{_dead_pid()}-0123abcd",  # our very name pattern, a dead pid, no marker
+    ]
+    past = time.time() - 2 * 3600
+    for path in users:
+        os.makedirs(path)
+        with open(os.path.join(path, "notes.txt"), "w") as f:
+            f.write("mine")
+        os.utime(path, (past, past))
+    before = {p: _tree(p) for p in users}
+    to_zarr(_result(), target)  # a new target, overwrite=False
+    to_zarr(_result((1.0, 2.0, 3.0)), target, overwrite=True)
+    assert {p: _tree(p) for p in users} == before
+    assert open_result(target)["value"].values.tolist() == [1.0, 2.0, 3.0]
+    assert set(os.listdir(tmp_path)) == {"values.zarr", *(os.path.basename(p) for p in users)}
+
+
+def test_marked_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path) -> None:
     target = str(tmp_path / "r.zarr")
-    dead = temporary_sibling(target).rsplit("-", 2)[0] + f"-{_dead_pid()}-0123abcd"
-    os.makedirs(os.path.join(dead, "value"))
-    legacy_old = f"{target}.tmp-89abcdef"  # an older version's name, untouched for long
-    os.makedirs(legacy_old)
+    dead = temporary_sibling(target)
+    _mark_as(dead, pid=_dead_pid())
+    reused = temporary_sibling(target)  # a live pid (ours) that started at another time: pid reused
+    _mark_as(reused, started=time.time() - 86400.0)
+    alive = temporary_sibling(target)
+    _mark_as(alive, pid=os.getppid(), started=process_start_time(os.getppid()))  # a write in progress
+    other_target = temporary_sibling(target)
+    _mark_as(other_target, pid=_dead_pid(), target=str(tmp_path / "elsewhere.zarr"))  # not this target's
+    far_recent = temporary_sibling(target)
+    _mark_as(far_recent, host="another-host", pid=1)  # another machine, writing now
+    far_old = temporary_sibling(target)
+    _mark_as(far_old, host="another-host", pid=1)
     past = time.time() - STALE_AFTER - 10
-    os.utime(legacy_old, (past, past))
-    alive = temporary_sibling(target).rsplit("-", 2)[0] + f"-{os.getppid()}-4567cdef"  # a write in progress
-    os.makedirs(alive)
-    recent_legacy = f"{target}.tmp-fedcba98"  # maybe another machine writing now
-    os.makedirs(recent_legacy)
-    unrelated = f"{target}.tmp-notes"  # not our name pattern
-    os.makedirs(unrelated)
+    os.utime(far_old, (past, past))
     to_zarr(_result(), target)
-    left = sorted(os.listdir(tmp_path))
-    assert os.path.basename(dead) not in left and os.path.basename(legacy_old) not in left
-    for kept in (alive, recent_legacy, unrelated):
-        assert os.path.basename(kept) in left
+    left = set(os.listdir(tmp_path))
+    assert not {os.path.basename(p) for p in (dead, reused, far_old)} & left
+    assert {os.path.basename(p) for p in (alive, other_target, far_recent)} <= left
     assert open_result(target)["value"].values.tolist() == [0.1, -0.2, 0.3]
 
 
+def test_backup_of_an_interrupted_replacement_is_restored_not_deleted(tmp_path) -> None:
+    target = str(tmp_path / "r.zarr")
+    to_zarr(_result((5.0, 6.0, 7.0)), target)
+    backup = temporary_sibling(target, "old")  # killed between moving the result aside and the new one in
+    os.replace(target, os.path.join(backup, STAGED))
+    _mark_as(backup, pid=_dead_pid())
+    with pytest.raises(ResultExistsError):  # the previous result is back, and overwrite=False protects it
+        to_zarr(_result(), target)
+    assert open_result(target)["value"].values.tolist() == [5.0, 6.0, 7.0]
+    assert not os.path.exists(backup)
+
+
+def test_temporaries_of_a_write_are_removed_and_leave_nothing(tmp_path) -> None:
+    target = str(tmp_path / "r.zarr")
+    to_zarr(_result(), target)
+    to_zarr(_result(), target, overwrite=True)
+    assert os.listdir(tmp_path) == ["r.zarr"]
+    assert TEMPORARY_MARKER not in os.listdir(target)
+
+
+def test_read_only_directory_names_the_users_path(tmp_path, monkeypatch) -> None:
+    # issue 25: the error named the ".tmp-..." folder instead of the path the user gave
+    target = str(tmp_path / "out" / "values.zarr")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(StoreAccessError, match=r"values\.zarr") as info:
+        to_zarr(_result(), target)
+    assert ".tmp-" not in str(info.value) and "directory" in str(info.value)
+    assert isinstance(info.value, PermissionError)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_directory_for_real(tmp_path) -> None:
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(StoreAccessError, match=r"values\.zarr"):
+            to_zarr(_result(), str(out / "values.zarr"))
+    finally:
+        out.chmod(0o755)
+
+
 def test_temporary_names_identify_host_and_process(tmp_path) -> None:
-    name = os.path.basename(temporary_sibling(str(tmp_path / "r.zarr")))
+    path = temporary_sibling(str(tmp_path / "r.zarr"))
+    name = os.path.basename(path)
     assert f"-{os.getpid()}-" in name
     assert name.startswith("r.zarr.tmp-") and socket.gethostname()[:3].replace(".", "_") in name
+    with open(os.path.join(path, TEMPORARY_MARKER)) as f:
+        marker = json.load(f)
+    assert marker["target"] == str(tmp_path / "r.zarr") and marker["pid"] == os.getpid()
+    assert len(marker["id"]) == 32
 
 
 # -- readers say what is there ----------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Local writes go to a temporary sibling directory that is renamed into place,
 so an interrupted write never leaves a half-written result under the target
-name; temporary directories of killed writes are removed by the next write to
-the same path. Object stores have no atomic rename; there the data is written
+name. Every temporary (and backup) directory holds a marker file dvl_dask
+wrote (:data:`._stores.TEMPORARY_MARKER`); those of killed writes are removed
+by the next write to the same path, and nothing without the marker is ever
+removed, whatever its name or age. Object stores have no atomic rename; there the data is written
 first and a ``_dvl_complete`` marker attribute last, and :func:`open_result`
 refuses a store without the marker. ``overwrite=True`` replaces only results
 dvl_dask wrote (recognised by their metadata), never other data.
@@ -12,7 +14,6 @@ dvl_dask wrote (recognised by their metadata), never other data.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import xarray as xr
@@ -25,6 +26,7 @@ from ._stores import (
     CHECKPOINT,
     COMPLETE,
     INFLUENCE,
+    STAGED,
     VALUATION,
     check_location,
     clean_stale_temporaries,
@@ -34,6 +36,7 @@ from ._stores import (
     open_zarr_dataset,
     portable_labels,
     refuse_to_replace,
+    remove_temporary,
     restore_labels,
     store_kind,
     temporary_sibling,
@@ -59,8 +62,9 @@ def to_zarr(
     ``overwrite=True`` replaces a valuation or influence result that dvl_dask
     wrote (recognised by its metadata), and nothing else: a file, a directory
     of other files, another tool's zarr store or a checkpoint is refused and
-    left intact. Temporary directories left next to ``url`` by killed writes
-    are removed.
+    left intact. Temporary directories that killed writes left next to
+    ``url`` (recognised by the marker file dvl_dask writes inside them, never
+    by their name) are removed.
 
     Raises
     ------
@@ -69,6 +73,9 @@ def to_zarr(
         other than a dvl_dask result exists there (whatever ``overwrite``).
     InvalidParameterError
         If ``url`` is empty or the current directory.
+    StoreAccessError
+        If ``url``'s directory cannot be written (read-only), or an object
+        store refuses the credentials.
     """
     if isinstance(ds, xr.DataArray) and ds.name in ("influence", "influence_factors"):
         raise SchemaError(
@@ -88,18 +95,20 @@ def to_zarr(
         clean_stale_temporaries(target)
         refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
         tmp = temporary_sibling(target)
-        delayed_write = out.to_zarr(tmp, mode="w", consolidated=False, zarr_format=fmt, compute=False)
+        staged = os.path.join(tmp, STAGED)
+        delayed_write = out.to_zarr(staged, mode="w", consolidated=False, zarr_format=fmt, compute=False)
 
         def _finish(_: Any) -> str:
             if os.path.exists(target):
                 # Checked again at commit time: something may have appeared since the graph was built.
                 refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
                 backup = temporary_sibling(target, "old")
-                os.replace(target, backup)
-                os.replace(tmp, target)
-                shutil.rmtree(backup, ignore_errors=True)
+                os.replace(target, os.path.join(backup, STAGED))
+                os.replace(staged, target)
+                remove_temporary(backup, target)
             else:
-                os.replace(tmp, target)
+                os.replace(staged, target)
+            remove_temporary(tmp, target)
             return target
 
         import dask
@@ -109,7 +118,7 @@ def to_zarr(
             try:
                 return finish.compute()
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_temporary(tmp, target)
         return finish
     refuse_to_replace(url, store_kind(url, storage_options), "to_zarr", overwrite=overwrite)
     mapper = fsspec_mapper(url, storage_options)
