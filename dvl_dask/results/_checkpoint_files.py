@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import config
-from ..errors import CheckpointCorruptError, CheckpointInUseError
+from ..errors import CheckpointCorruptError, CheckpointInUseError, NotAResultError
 from ._stores import is_local, local_path
 
 __all__ = ["Files", "Lease", "jsonable", "recovery"]
@@ -48,6 +48,11 @@ class Files:
         if self.local:
             self.fs = fsspec.filesystem("file")
             self.root = os.path.abspath(local_path(url))
+            if os.path.isfile(self.root):
+                raise NotAResultError(
+                    f"{url} is a file, not a dvl_dask checkpoint (a checkpoint is a folder): it is left untouched. "
+                    "To fix, pass a path that does not exist yet (it is created) or a checkpoint folder."
+                )
         else:
             self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
             self.root = self.root.rstrip("/")
