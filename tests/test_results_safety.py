@@ -18,6 +18,7 @@ from dvl_dask.errors import (
     DvlDaskError,
     InvalidParameterError,
     NotAResultError,
+    ResultCorruptError,
     ResultExistsError,
     ResultNotFoundError,
     SchemaError,
@@ -324,3 +325,75 @@ def test_zarr_chunks_are_checked(tmp_path) -> None:
         with pytest.raises(InvalidParameterError, match="'zarr_chunks'"):
             influence_to_zarr(np.ones((4, 4)), str(tmp_path / "i.zarr"), zarr_chunks=bad)
     assert not (tmp_path / "i.zarr").exists()
+
+
+# -- influence stores verify every chunk they read ----------------------------------------------------------
+INFLUENCE = np.arange(60.0).reshape(6, 10)
+
+
+def _influence_store(tmp_path, values=INFLUENCE) -> str:
+    import dask.array as da
+
+    url = str(tmp_path / "infl.zarr")
+    influence_to_zarr(da.from_array(values, chunks=(3, 5)), url, overwrite=True)
+    return url
+
+
+def _chunk(url, i, j) -> str:
+    return os.path.join(url, "influence", "c", str(i), str(j))
+
+
+def _cut(path) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _flip_byte(path) -> None:
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[len(data) // 2] ^= 0x01
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [os.remove, _cut, _flip_byte], ids=["deleted", "truncated", "altered"])
+def test_a_damaged_influence_chunk_raises_naming_the_block(tmp_path, damage) -> None:
+    # issue 25: a deleted chunk read as NaN without an error, a truncated one gave a raw Zstd RuntimeError
+    url = _influence_store(tmp_path)
+    damage(_chunk(url, 1, 0))
+    stored = open_influence(url)  # still lazy: nothing is read yet
+    with pytest.raises(ResultCorruptError, match=r"block \(1, 0\)") as info:
+        stored.values
+    message = str(info.value)
+    assert "test_sample 3..5" in message and "train_sample 0..4" in message
+    assert f"influence_to_zarr(result, {url!r}, overwrite=True)" in message
+    assert isinstance(info.value, DvlDaskError) and info.value.block == (1, 0)
+    # the other blocks are still read, each verified on its own
+    np.testing.assert_array_equal(stored.isel(test_sample=slice(0, 3)).values, INFLUENCE[:3])
+
+
+def test_a_block_equal_to_the_fill_value_is_stored_not_taken_for_missing(tmp_path) -> None:
+    values = INFLUENCE.copy()
+    values[:3, :5] = np.nan  # zarr skips chunks equal to the fill value unless told otherwise
+    url = _influence_store(tmp_path, values)
+    assert os.path.isfile(_chunk(url, 0, 0))
+    np.testing.assert_array_equal(open_influence(url).values, values)
+
+
+def test_a_complete_store_whose_marker_alone_was_removed_is_verified_and_completed(tmp_path) -> None:
+    # issue 25: the advice "run the same write again" then refused the store as "another computation"
+    url = _influence_store(tmp_path)
+    group = zarr.open_group(url, mode="r+")
+    del group.attrs["_dvl_complete"]
+    with pytest.raises(SchemaError, match="run the same write again"):
+        open_influence(url)
+    before = os.path.getmtime(_chunk(url, 0, 0))
+    os.remove(_chunk(url, 1, 1))  # and one block lost: rewritten, the others kept
+    import dask.array as da
+
+    influence_to_zarr(da.from_array(INFLUENCE, chunks=(3, 5)), url)  # the same write, no overwrite
+    np.testing.assert_array_equal(open_influence(url).values, INFLUENCE)
+    assert os.path.getmtime(_chunk(url, 0, 0)) == before  # verified, not rewritten
+    assert "_dvl_progress" not in os.listdir(url)

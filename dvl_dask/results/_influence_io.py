@@ -14,7 +14,17 @@ are atomic on local disk (zarr writes to a temporary file and renames) and on
 object stores (a PUT), so an interrupted run leaves only whole chunks; a re-run
 of the same computation skips the blocks marked done and rewrites the others.
 The ``_dvl_complete`` attribute is written after the last block, and
-:func:`open_influence` refuses a store without it.
+:func:`open_influence` refuses a store without it. A store whose blocks are all
+written but whose marker is missing (removed, or a crash between dropping the
+progress markers and writing it) is verified chunk by chunk by the same write,
+which keeps the blocks that verify and rewrites the others.
+
+Every chunk carries a CRC-32C after its compression, and is written even when
+it equals the fill value. :func:`open_influence` reads lazily, and each chunk
+task verifies its chunk: a missing, truncated or altered chunk raises
+:class:`~dvl_dask.errors.ResultCorruptError` naming the block (never NaN, never
+a raw decompression error). Stores written before the checksum are verified
+for presence and decoding only.
 """
 
 from __future__ import annotations
@@ -173,7 +183,8 @@ class ZarrBlockSink:
             import zarr
 
             group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+", zarr_format=3)
-            found = (group[self.name], group[PROGRESS_GROUP]["done"])
+            # every chunk is written, even one equal to the fill value: a missing chunk then means damage
+            found = (group[self.name].with_config({"write_empty_chunks": True}), group[PROGRESS_GROUP]["done"])
             with _HANDLES_LOCK:
                 if len(_HANDLES) > 32:
                     _HANDLES.clear()
@@ -199,6 +210,7 @@ class ZarrBlockSink:
         chunks = tuple(max(c) for c in self._grid.chunks) + tuple(trailing)
         placeholder = da.empty(shape, chunks=chunks, dtype=dtype)
         var = xr.DataArray(placeholder, dims=dims, coords=spec["coords"], name=self.name, attrs=spec["attrs"])
+        var.encoding = {"compressors": _chunk_codecs()}
         ds = portable_labels(var.to_dataset())
         ds.attrs = {WRITE_HEADER: spec["header"]}
         store = zarr_store(self.url, self.storage_options)
@@ -252,7 +264,7 @@ def _differences(
         differing.append("identity (the model or its mode)")
     if differing:
         return differing
-    if PROGRESS_GROUP not in group or header["name"] not in group:
+    if header["name"] not in group:
         return ["stored arrays"]
     arr = group[header["name"]]
     if dtype is not None and np.dtype(arr.dtype) != np.dtype(dtype):
@@ -260,6 +272,19 @@ def _differences(
     if trailing_shape is not None and tuple(arr.shape[n_axes:]) != tuple(trailing_shape):
         differing.append("shape")
     return differing
+
+
+def _reverify(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: _Grid) -> np.ndarray:
+    """Blocks of a finished store whose marker is missing: verified ones are marked done, the rest rewritten."""
+    import zarr
+
+    done = verify_blocks(url, storage_options, name, grid)
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r+", zarr_format=3)
+    progress = group.require_group(PROGRESS_GROUP)
+    mask = progress.create_array("done", shape=grid.grid, chunks=(1,) * len(grid.grid), dtype="u1", fill_value=0,
+                                 overwrite=True)
+    mask[...] = done.astype("u1")
+    return done
 
 
 def open_block_sink(
@@ -349,7 +374,10 @@ def open_block_sink(
         else:
             differing = _differences(group, stored, header, dtype, trailing_shape, n_axes)
             if resume and not differing:
-                done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+                if PROGRESS_GROUP in group:
+                    done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+                else:  # every block was written but the completion marker is missing: verify, keep what holds
+                    done = _reverify(url, storage_options, name, _Grid(plan.chunks))
                 header = stored
             elif not overwrite:
                 differing = ", ".join(differing) or "resume=False"
@@ -372,6 +400,147 @@ def open_block_sink(
     if spec is not None and dtype is not None and trailing_shape is not None:
         sink._create(np.dtype(dtype), tuple(int(s) for s in trailing_shape))
     return sink
+
+
+def _chunk_codecs() -> tuple[Any, ...]:
+    """Compression, then a CRC-32C of every chunk: zarr verifies it on each read."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(), Crc32cCodec())
+
+
+_READERS: dict[tuple[str, str, str], Any] = {}
+
+
+def _reader(url: str, storage_options: Mapping[str, Any] | None, name: str, write_id: str) -> Any:
+    """The zarr array ``name`` of the store at ``url`` (cached per process and write)."""
+    import zarr
+
+    key = (url, name, write_id)
+    with _HANDLES_LOCK:
+        found = _READERS.get(key)
+    if found is None:
+        group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)
+        found = group[name]
+        with _HANDLES_LOCK:
+            if len(_READERS) > 32:
+                _READERS.clear()
+            _READERS[key] = found
+    return found
+
+
+def _chunk_exists(url: str, storage_options: Mapping[str, Any] | None, key: str) -> bool:
+    from ._stores import is_local, local_path
+
+    if is_local(url):
+        return os.path.isfile(os.path.join(os.path.abspath(local_path(url)), key))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return bool(fs.exists(f"{root.rstrip('/')}/{key}"))
+
+
+def _block_text(index: Sequence[int], slices: Sequence[slice], dims: Sequence[str]) -> str:
+    spans = ", ".join(f"{d} {s.start}..{s.stop - 1}" for d, s in zip(dims, slices[:2]))
+    return f"block {tuple(int(i) for i in index)}" + (f" ({spans})" if spans else "")
+
+
+def read_verified_chunk(
+    url: str, storage_options: Mapping[str, Any] | None, name: str, write_id: str, dims: Sequence[str],
+    index: tuple[int, ...], slices: tuple[slice, ...],
+) -> np.ndarray:
+    """One zarr chunk of a stored influence array, verified: present, whole and matching its checksum.
+
+    Raises
+    ------
+    ResultCorruptError
+        If the chunk is missing, or cannot be decoded (truncated, altered, checksum mismatch).
+    """
+    return _check_chunk(_reader(url, storage_options, name, write_id), url, storage_options, name, dims, index,
+                        slices)
+
+
+def _check_chunk(
+    arr: Any, url: str, storage_options: Mapping[str, Any] | None, name: str, dims: Sequence[str],
+    index: tuple[int, ...], slices: tuple[slice, ...],
+) -> np.ndarray:
+    from ..errors import ResultCorruptError
+
+    key = f"{name}/{arr.metadata.encode_chunk_key(tuple(index))}"
+    where = _block_text(index, slices, dims)
+    fix = (f"To recompute it, run the write again with influence_to_zarr(result, {url!r}, overwrite=True) (the "
+           "whole array is written anew).")
+    if not _chunk_exists(url, storage_options, key):
+        raise ResultCorruptError(
+            f"The influence store at {url} is damaged: the chunk of {where} ({key}) is missing, so its values "
+            f"are unknown (never read as NaN). {fix}", tuple(index)
+        )
+    try:
+        return np.asarray(arr[slices])
+    except Exception as exc:
+        raise ResultCorruptError(
+            f"The influence store at {url} is damaged: the chunk of {where} ({key}) cannot be read, it is "
+            f"truncated or altered ({type(exc).__name__}: {exc}). {fix}", tuple(index)
+        ) from None
+
+
+def _chunk_slices(arr: Any) -> tuple[tuple[tuple[int, ...], ...], list[tuple[tuple[int, ...], tuple[slice, ...]]]]:
+    """The dask chunks of zarr array ``arr`` (one per zarr chunk) and each chunk's index and slices."""
+    sizes = tuple(
+        tuple(min(c, n - start) for start in range(0, n, c)) or (0,) for n, c in zip(arr.shape, arr.chunks)
+    )
+    offsets = [np.concatenate([[0], np.cumsum(s)]).astype(int).tolist() for s in sizes]
+    blocks = [
+        (tuple(int(i) for i in idx), tuple(slice(off[i], off[i + 1]) for off, i in zip(offsets, idx)))
+        for idx in np.ndindex(*(len(s) for s in sizes))
+    ]
+    return sizes, blocks
+
+
+def verified_array(
+    url: str, storage_options: Mapping[str, Any] | None, name: str, write_id: str, dims: Sequence[str]
+) -> Any:
+    """The stored array ``name`` as a lazy dask array whose every chunk task verifies its chunk when read."""
+    import functools
+
+    import dask.array as da
+    from dask.base import tokenize
+
+    arr = _reader(url, storage_options, name, write_id)
+    sizes, blocks = _chunk_slices(arr)
+    key = f"open-influence-{tokenize(url, name, write_id)}"
+    options = dict(storage_options or {})
+    graph = {
+        (key, *index): (functools.partial(read_verified_chunk, url, options, name, write_id, tuple(dims), index,
+                                          slices),)
+        for index, slices in blocks
+    }
+    return da.Array(graph, key, sizes, dtype=arr.dtype)
+
+
+def verify_blocks(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: Any) -> np.ndarray:
+    """Per block of ``grid``: whether every chunk it covers is present and verifies (reads them all)."""
+    import zarr
+
+    from ..errors import ResultCorruptError
+
+    group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)
+    arr = group[name]
+    _, blocks = _chunk_slices(arr)
+    bad_chunks = set()
+    for index, slices in blocks:
+        try:
+            _check_chunk(arr, url, storage_options, name, (), index, slices)
+        except ResultCorruptError:
+            bad_chunks.add(index[:2])
+    ok = np.ones(grid.grid, dtype=bool)
+    for idx in np.ndindex(*grid.grid):
+        rows, cols = grid.block_slices(idx)
+        (r, c) = arr.chunks[:2]
+        covered = {(i, j) for i in range(rows.start // r, (rows.stop - 1) // r + 1)
+                   for j in range(cols.start // c, (cols.stop - 1) // c + 1)}
+        ok[idx] = not (covered & bad_chunks)
+    return ok
 
 
 def open_influence(
@@ -401,6 +570,10 @@ def open_influence(
     SchemaError
         If the store holds an interrupted write (run the write again to
         complete it).
+    ResultCorruptError
+        When the values are computed, if a chunk is missing, truncated or
+        altered (every chunk is verified as it is read; the message names
+        the block and how to recompute it). A subclass of ``SchemaError``.
     """
     from ._io import check_readable
 
@@ -415,4 +588,9 @@ def open_influence(
             f"The result at {url} is incomplete: its write was interrupted. To fix, run the same write again; "
             "it resumes from the blocks already stored."
         )
-    return restore_labels(ds[header["name"]])
+    stored = ds[header["name"]]
+    data = verified_array(url, storage_options, header["name"], str(header.get("id")), stored.dims)
+    out = stored.copy(data=data)
+    if chunks is not None:
+        out = out.chunk(chunks)
+    return restore_labels(out)
