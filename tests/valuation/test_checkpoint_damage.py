@@ -313,6 +313,40 @@ def test_run_refuses_a_checkpoint_in_use_and_takes_over_a_stale_lease(tmp_path, 
     assert not os.path.exists(files.path("lease.json"))  # released at the end
 
 
+def _dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lease_whose_holder_died_on_this_host_is_taken_over_at_once(tmp_path, reference):
+    # issue 25: after a driver was killed, its lease blocked the resume for 60 s
+    import socket
+
+    from dvl_dask.results._owners import process_start_time
+
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    files = Local(ck)
+    here = {"writer": "killed-driver", "host": socket.gethostname(), "heartbeat": time.time()}
+    files.write("lease.json", json.dumps({**here, "pid": _dead_pid(), "started": time.time() - 5}).encode())
+    started = time.monotonic()
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    assert time.monotonic() - started < 30  # not the 60 s lease timeout
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+    # a pid reused by a later process: the holder is dead too
+    files.write("lease.json", json.dumps({**here, "pid": os.getppid(), "started": 1.0}).encode())
+    run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    # a live holder on this host (its true start time), or one whose start time was not recorded: refused
+    for holder in ({"pid": os.getppid(), "started": process_start_time(os.getppid())}, {"pid": os.getppid()}):
+        files.write("lease.json", json.dumps({**here, **holder}).encode())
+        with pytest.raises(CheckpointInUseError, match="another run"):
+            run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+
+
 def test_a_writer_whose_lease_was_taken_over_stops_writing(tmp_path):
     ck = str(tmp_path / "lease.zarr")
     store = _open(ck)
