@@ -397,3 +397,22 @@ def test_a_complete_store_whose_marker_alone_was_removed_is_verified_and_complet
     np.testing.assert_array_equal(open_influence(url).values, INFLUENCE)
     assert os.path.getmtime(_chunk(url, 0, 0)) == before  # verified, not rewritten
     assert "_dvl_progress" not in os.listdir(url)
+
+
+# -- credentials of remote stores ---------------------------------------------------------------------------
+class NoCredentialsError(Exception):
+    """Stands for botocore's exception of that name (matched by name: the client libraries are optional)."""
+
+
+def test_credential_failures_of_remote_stores_are_explained() -> None:
+    from dvl_dask.results._stores import credential_error
+
+    wrapped = RuntimeError("zarr could not list the store")
+    wrapped.__cause__ = NoCredentialsError("Unable to locate credentials")
+    explained = credential_error(wrapped, "s3://bucket/v.zarr", "open_result")
+    assert isinstance(explained, StoreAccessError) and isinstance(explained, PermissionError)
+    assert "open_result cannot access s3://bucket/v.zarr: no credentials were found" in str(explained)
+    refused = credential_error(PermissionError("InvalidAccessKeyId: the key does not exist"), "s3://b/v", "to_zarr")
+    assert "refused the credentials" in str(refused)
+    assert credential_error(wrapped, "local/v.zarr", "open_result") is None  # local paths: not credentials
+    assert credential_error(ValueError("other"), "s3://b/v", "to_zarr") is None

@@ -57,7 +57,7 @@ import numpy as np
 
 from ..errors import CheckpointCorruptError, CheckpointMismatchError, NotAResultError, SchemaError
 from ._checkpoint_files import Files, Lease, jsonable, recovery
-from ._stores import INFLUENCE, VALUATION, check_location, store_kind
+from ._stores import INFLUENCE, VALUATION, check_location, explains_store_errors, store_kind
 
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
 
@@ -158,6 +158,7 @@ class Checkpoint:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
+    @explains_store_errors("run_until_converged (checkpoint)", 1)
     def open(
         cls,
         url: str | os.PathLike[str],
@@ -223,6 +224,7 @@ class Checkpoint:
         return store
 
     @classmethod
+    @explains_store_errors("opening the checkpoint", 1)
     def open_existing(cls, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> Checkpoint:
         """Open a checkpoint read-only, whatever run wrote it (no lease).
 
@@ -628,6 +630,7 @@ def stored_seed(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
         return None
 
 
+@explains_store_errors("truncate_checkpoint", 0)
 def truncate_checkpoint(
     url: str | os.PathLike[str], to_block: int, *, storage_options: dict[str, Any] | None = None
 ) -> int:

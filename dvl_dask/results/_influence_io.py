@@ -48,6 +48,7 @@ from ._stores import (
     INFLUENCE,
     check_location,
     delete_store,
+    explains_store_errors,
     has_content,
     open_zarr_dataset,
     portable_labels,
@@ -287,6 +288,7 @@ def _reverify(url: str, storage_options: Mapping[str, Any] | None, name: str, gr
     return done
 
 
+@explains_store_errors("influence_to_zarr", 0)
 def open_block_sink(
     url: str | os.PathLike[str],
     *,
@@ -543,6 +545,7 @@ def verify_blocks(url: str, storage_options: Mapping[str, Any] | None, name: str
     return ok
 
 
+@explains_store_errors("open_influence", 0)
 def open_influence(
     url: str | os.PathLike[str],
     *,

@@ -30,6 +30,7 @@ from ._stores import (
     VALUATION,
     check_location,
     clean_stale_temporaries,
+    explains_store_errors,
     fsspec_mapper,
     is_local,
     local_path,
@@ -45,6 +46,7 @@ from ._stores import (
 __all__ = ["open_result", "to_zarr"]
 
 
+@explains_store_errors("to_zarr", 1)
 def to_zarr(
     ds: xr.Dataset,
     url: str | os.PathLike[str],
@@ -140,6 +142,7 @@ def to_zarr(
     return dask.delayed(_mark, pure=False)(written)
 
 
+@explains_store_errors("open_result", 0)
 def open_result(
     url: str | os.PathLike[str],
     *,

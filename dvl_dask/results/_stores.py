@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -10,7 +11,8 @@ import shutil
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -26,6 +28,8 @@ __all__ = [
     "STAGED",
     "TEMPORARY_MARKER",
     "clean_stale_temporaries",
+    "credential_error",
+    "explains_store_errors",
     "remove_temporary",
     "refuse_to_replace",
     "store_kind",
@@ -40,6 +44,8 @@ __all__ = [
     "store_exists",
     "zarr_store",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute written last: a store without it holds an interrupted write.
 COMPLETE = "_dvl_complete"
@@ -235,6 +241,65 @@ def clean_stale_temporaries(target: str) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+#: Exceptions of object-store clients that mean "no usable credentials" (matched by name: botocore,
+#: google-auth and azure-identity are optional).
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "NoAuthTokenError", "DefaultCredentialsError", "RefreshError", "ClientAuthenticationError",
+                      "CredentialUnavailableError")
+#: Words in a PermissionError of an object store that mean the credentials were refused.
+_REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccessDenied", "Forbidden",
+            "InvalidToken", "AuthorizationHeaderMalformed", "Access Denied", "403")
+
+
+def credential_error(exc: BaseException, url: Any, owner: str) -> Exception | None:
+    """A :class:`~dvl_dask.errors.StoreAccessError` explaining ``exc`` if it is a credential problem of a remote store.
+
+    None when ``url`` is local or ``exc`` (and what caused it) is something else.
+    """
+    from ..errors import StoreAccessError
+
+    if not isinstance(url, (str, os.PathLike)) or is_local(os.fspath(url)):
+        return None
+    seen: BaseException | None = exc
+    for _ in range(8):  # zarr, xarray and s3fs wrap the client's exception
+        if seen is None or isinstance(seen, StoreAccessError):
+            return None
+        missing = type(seen).__name__ in _CREDENTIAL_ERRORS
+        refused = isinstance(seen, PermissionError) and any(word in str(seen) for word in _REFUSED)
+        if missing or refused:
+            what = ("no credentials were found" if missing else "the store refused the credentials or this "
+                    "account may not access it")
+            return StoreAccessError(
+                f"{owner} cannot access {os.fspath(url)}: {what} ({type(seen).__name__}: {seen}). To fix, pass "
+                "credentials in storage_options (for s3:// e.g. storage_options={'key': ..., 'secret': ...}, "
+                "plus 'endpoint_url' for a non-AWS store, or {'anon': True} for a public bucket) or set them in "
+                "the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+                "GOOGLE_APPLICATION_CREDENTIALS for gs://)."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def explains_store_errors(owner: str, url_position: int) -> Callable[[F], F]:
+    """Decorate a public reader or writer: credential failures of remote stores become StoreAccessError."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                url = kwargs.get("url", args[url_position] if len(args) > url_position else None)
+                explained = credential_error(exc, url, owner)
+                if explained is None:
+                    raise
+                raise explained from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def is_local(url: str) -> bool:

@@ -278,6 +278,29 @@ def test_a_file_as_checkpoint_is_a_clear_error(tmp_path):
     assert path.read_text() == "not a folder"
 
 
+def test_ctrl_c_says_how_many_blocks_are_committed_and_that_rerunning_resumes(tmp_path, monkeypatch, reference):
+    # issue 25: after Ctrl-C nothing said how many blocks were committed and that rerunning resumes
+    from dvl_dask.valuation import _loop
+
+    ck = str(tmp_path / "ck.zarr")
+    update = _loop.ProgressLine.update
+
+    def interrupt_at_block_3(self, *, blocks, force=False, **kwargs):
+        if blocks == 3 and not force:
+            raise KeyboardInterrupt
+        return update(self, blocks=blocks, force=force, **kwargs)
+
+    monkeypatch.setattr(_loop.ProgressLine, "update", interrupt_at_block_3)
+    with dask.config.set(EVERY_BLOCK), pytest.raises(KeyboardInterrupt) as info:
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, window=1, **KW)
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert f"3 blocks are committed to the checkpoint {ck}" in note and "resume" in note
+    monkeypatch.setattr(_loop.ProgressLine, "update", update)
+    assert load_checkpoint(ck).attrs["n_blocks"] == 3
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+
+
 # -- the writer lease -------------------------------------------------------------------------------
 def _open(ck, storage_options=None):
     header = {"method": "permutation_shapley", "parameters": {"items_per_block": 3}, "utility_token": "t",
