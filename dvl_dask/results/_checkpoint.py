@@ -374,7 +374,7 @@ def _group_metadata(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create(files: Files, attrs: dict[str, Any]) -> None:
-    """A new, empty format-2 checkpoint (the group metadata last: until then it is no checkpoint)."""
+    """A new, empty checkpoint (the group metadata last: until then it is no checkpoint)."""
     _write_arrays(files, attrs, 0)
     files.write_json("header.json", attrs)
     files.write_json("head.json", _head(attrs, 0, 0))
@@ -546,7 +546,10 @@ def _read_record(files: Files, i: int, block: int) -> tuple[dict[str, Any] | Non
     raw = files.read(f"commits/{i:08d}.json")
     if raw is None:
         return None, None
-    record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}", block)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}", block)  # raises, naming the block
     return (record if isinstance(record, dict) else {}), raw
 
 

@@ -295,6 +295,9 @@ def test_ctrl_c_says_how_many_blocks_are_committed_and_that_rerunning_resumes(tm
         run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, window=1, **KW)
     note = " ".join(getattr(info.value, "__notes__", []))
     assert f"3 blocks are committed to the checkpoint {ck}" in note and "resume" in note
+    with dask.config.set(EVERY_BLOCK), pytest.raises(KeyboardInterrupt) as info:
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), window=1, **KW)
+    assert "no checkpoint was given" in " ".join(getattr(info.value, "__notes__", []))
     monkeypatch.setattr(_loop.ProgressLine, "update", update)
     assert load_checkpoint(ck).attrs["n_blocks"] == 3
     resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
