@@ -212,6 +212,21 @@ def test_marked_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_p
     assert open_result(target)["value"].values.tolist() == [0.1, -0.2, 0.3]
 
 
+def test_an_owner_is_dead_only_when_provably_gone_here() -> None:
+    from dvl_dask.results._owners import owner_is_dead, process_owner
+
+    me = process_owner()
+    assert not owner_is_dead(me)
+    assert owner_is_dead({**me, "pid": _dead_pid()})
+    assert owner_is_dead({**me, "started": me["started"] - 3600.0})  # the pid now runs a later process
+    assert not owner_is_dead({**me, "pid": _dead_pid(), "host": "another-host"})
+    # the same host name in another container or boot: its pids are not the ones visible here
+    assert not owner_is_dead({**me, "pid": _dead_pid(), "machine": "another-boot:4026531836"})
+    assert owner_is_dead({k: v for k, v in {**me, "pid": _dead_pid()}.items() if k != "machine"})
+    assert not owner_is_dead({"host": me["host"], "pid": os.getppid()})  # live, start time unknown
+    assert not owner_is_dead(None) and not owner_is_dead({**me, "pid": "12"})
+
+
 def test_backup_of_an_interrupted_replacement_is_restored_not_deleted(tmp_path) -> None:
     target = str(tmp_path / "r.zarr")
     to_zarr(_result((5.0, 6.0, 7.0)), target)

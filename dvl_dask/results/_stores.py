@@ -206,11 +206,11 @@ def remove_temporary(path: str, target: str) -> bool:
 
 def _abandoned(path: str, marker: dict[str, Any]) -> bool:
     """Whether the write that made a marked temporary folder is over (its process died, or long silent)."""
-    from ._owners import owner_is_dead
+    from ._owners import owner_is_dead, owner_is_here
 
-    if marker.get("host") == socket.gethostname():
+    if owner_is_here(marker):
         return owner_is_dead(marker)
-    # another host: its process cannot be checked; the folder counts as abandoned once unchanged for long
+    # another host (or boot): its process cannot be checked; abandoned once unchanged for long
     try:
         latest = max(os.path.getmtime(p) for p in (path, os.path.join(path, STAGED)) if os.path.exists(p))
     except (OSError, ValueError):
