@@ -431,3 +431,30 @@ def test_credential_failures_of_remote_stores_are_explained() -> None:
     assert "refused the credentials" in str(refused)
     assert credential_error(wrapped, "local/v.zarr", "open_result") is None  # local paths: not credentials
     assert credential_error(ValueError("other"), "s3://b/v", "to_zarr") is None
+
+
+# -- valuation results verify every chunk they read too ------------------------------------------------------
+@pytest.mark.parametrize("fmt", [3, 2])
+@pytest.mark.parametrize("damage", [os.remove, _cut, _flip_byte], ids=["deleted", "truncated", "altered"])
+def test_a_damaged_result_chunk_raises_naming_the_variable(tmp_path, damage, fmt) -> None:
+    import dask
+
+    url = str(tmp_path / "values.zarr")
+    with dask.config.set({"dvl_dask.results.zarr-format": fmt}):
+        to_zarr(_result(), url)
+    chunk = os.path.join(url, "value", "c", "0") if fmt == 3 else os.path.join(url, "value", "0")
+    damage(chunk)
+    opened = open_result(url)  # lazy
+    with pytest.raises(ResultCorruptError, match=r"'value'") as info:
+        opened["value"].values
+    assert f"to_zarr(result, {url!r}, overwrite=True)" in str(info.value)
+    np.testing.assert_array_equal(opened["stderr"].values, np.zeros(3))  # undamaged variables still read
+
+
+def test_result_chunks_equal_to_the_fill_value_are_stored(tmp_path) -> None:
+    url = str(tmp_path / "values.zarr")
+    ds = _result((np.nan, np.nan, np.nan))  # every value equals the fill value
+    to_zarr(ds, url)
+    back = open_result(url)
+    assert np.isnan(back["value"].values).all() and back["counts"].values.tolist() == [1, 1, 1]
+    assert "_dvl_verified_chunks" not in back.attrs

@@ -57,6 +57,7 @@ from ._stores import (
     store_kind,
     zarr_store,
 )
+from ._verify import check_chunk, chunk_codecs, chunk_slices, verified_array
 
 __all__ = ["PROGRESS_GROUP", "WRITE_HEADER", "ZarrBlockSink", "open_block_sink", "open_influence"]
 
@@ -211,7 +212,7 @@ class ZarrBlockSink:
         chunks = tuple(max(c) for c in self._grid.chunks) + tuple(trailing)
         placeholder = da.empty(shape, chunks=chunks, dtype=dtype)
         var = xr.DataArray(placeholder, dims=dims, coords=spec["coords"], name=self.name, attrs=spec["attrs"])
-        var.encoding = {"compressors": _chunk_codecs()}
+        var.encoding = {"compressors": chunk_codecs()}
         ds = portable_labels(var.to_dataset())
         ds.attrs = {WRITE_HEADER: spec["header"]}
         store = zarr_store(self.url, self.storage_options)
@@ -404,122 +405,6 @@ def open_block_sink(
     return sink
 
 
-def _chunk_codecs() -> tuple[Any, ...]:
-    """Compression, then a CRC-32C of every chunk: zarr verifies it on each read."""
-    from zarr.codecs import Crc32cCodec, ZstdCodec
-
-    return (ZstdCodec(), Crc32cCodec())
-
-
-_READERS: dict[tuple[str, str, str], Any] = {}
-
-
-def _reader(url: str, storage_options: Mapping[str, Any] | None, name: str, write_id: str) -> Any:
-    """The zarr array ``name`` of the store at ``url`` (cached per process and write)."""
-    import zarr
-
-    key = (url, name, write_id)
-    with _HANDLES_LOCK:
-        found = _READERS.get(key)
-    if found is None:
-        group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)
-        found = group[name]
-        with _HANDLES_LOCK:
-            if len(_READERS) > 32:
-                _READERS.clear()
-            _READERS[key] = found
-    return found
-
-
-def _chunk_exists(url: str, storage_options: Mapping[str, Any] | None, key: str) -> bool:
-    from ._stores import is_local, local_path
-
-    if is_local(url):
-        return os.path.isfile(os.path.join(os.path.abspath(local_path(url)), key))
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    return bool(fs.exists(f"{root.rstrip('/')}/{key}"))
-
-
-def _block_text(index: Sequence[int], slices: Sequence[slice], dims: Sequence[str]) -> str:
-    spans = ", ".join(f"{d} {s.start}..{s.stop - 1}" for d, s in zip(dims, slices[:2]))
-    return f"block {tuple(int(i) for i in index)}" + (f" ({spans})" if spans else "")
-
-
-def read_verified_chunk(
-    url: str, storage_options: Mapping[str, Any] | None, name: str, write_id: str, dims: Sequence[str],
-    index: tuple[int, ...], slices: tuple[slice, ...],
-) -> np.ndarray:
-    """One zarr chunk of a stored influence array, verified: present, whole and matching its checksum.
-
-    Raises
-    ------
-    ResultCorruptError
-        If the chunk is missing, or cannot be decoded (truncated, altered, checksum mismatch).
-    """
-    return _check_chunk(_reader(url, storage_options, name, write_id), url, storage_options, name, dims, index,
-                        slices)
-
-
-def _check_chunk(
-    arr: Any, url: str, storage_options: Mapping[str, Any] | None, name: str, dims: Sequence[str],
-    index: tuple[int, ...], slices: tuple[slice, ...],
-) -> np.ndarray:
-    from ..errors import ResultCorruptError
-
-    key = f"{name}/{arr.metadata.encode_chunk_key(tuple(index))}"
-    where = _block_text(index, slices, dims)
-    fix = (f"To recompute it, run the write again with influence_to_zarr(result, {url!r}, overwrite=True) (the "
-           "whole array is written anew).")
-    if not _chunk_exists(url, storage_options, key):
-        raise ResultCorruptError(
-            f"The influence store at {url} is damaged: the chunk of {where} ({key}) is missing, so its values "
-            f"are unknown (never read as NaN). {fix}", tuple(index)
-        )
-    try:
-        return np.asarray(arr[slices])
-    except Exception as exc:
-        raise ResultCorruptError(
-            f"The influence store at {url} is damaged: the chunk of {where} ({key}) cannot be read, it is "
-            f"truncated or altered ({type(exc).__name__}: {exc}). {fix}", tuple(index)
-        ) from None
-
-
-def _chunk_slices(arr: Any) -> tuple[tuple[tuple[int, ...], ...], list[tuple[tuple[int, ...], tuple[slice, ...]]]]:
-    """The dask chunks of zarr array ``arr`` (one per zarr chunk) and each chunk's index and slices."""
-    sizes = tuple(
-        tuple(min(c, n - start) for start in range(0, n, c)) or (0,) for n, c in zip(arr.shape, arr.chunks)
-    )
-    offsets = [np.concatenate([[0], np.cumsum(s)]).astype(int).tolist() for s in sizes]
-    blocks = [
-        (tuple(int(i) for i in idx), tuple(slice(off[i], off[i + 1]) for off, i in zip(offsets, idx)))
-        for idx in np.ndindex(*(len(s) for s in sizes))
-    ]
-    return sizes, blocks
-
-
-def verified_array(
-    url: str, storage_options: Mapping[str, Any] | None, name: str, write_id: str, dims: Sequence[str]
-) -> Any:
-    """The stored array ``name`` as a lazy dask array whose every chunk task verifies its chunk when read."""
-    import functools
-
-    import dask.array as da
-    from dask.base import tokenize
-
-    arr = _reader(url, storage_options, name, write_id)
-    sizes, blocks = _chunk_slices(arr)
-    key = f"open-influence-{tokenize(url, name, write_id)}"
-    options = dict(storage_options or {})
-    graph = {
-        (key, *index): (functools.partial(read_verified_chunk, url, options, name, write_id, tuple(dims), index,
-                                          slices),)
-        for index, slices in blocks
-    }
-    return da.Array(graph, key, sizes, dtype=arr.dtype)
-
-
 def verify_blocks(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: Any) -> np.ndarray:
     """Per block of ``grid``: whether every chunk it covers is present and verifies (reads them all)."""
     import zarr
@@ -528,11 +413,11 @@ def verify_blocks(url: str, storage_options: Mapping[str, Any] | None, name: str
 
     group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)
     arr = group[name]
-    _, blocks = _chunk_slices(arr)
+    _, blocks = chunk_slices(arr)
     bad_chunks = set()
     for index, slices in blocks:
         try:
-            _check_chunk(arr, url, storage_options, name, (), index, slices)
+            check_chunk(arr, url, storage_options, name, (), index, slices)
         except ResultCorruptError:
             bad_chunks.add(index[:2])
     ok = np.ones(grid.grid, dtype=bool)

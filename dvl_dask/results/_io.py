@@ -9,11 +9,18 @@ removed, whatever its name or age. Object stores have no atomic rename; there th
 first and a ``_dvl_complete`` marker attribute last, and :func:`open_result`
 refuses a store without the marker. ``overwrite=True`` replaces only results
 dvl_dask wrote (recognised by their metadata), never other data.
+
+Every chunk is written (even one equal to the fill value) with a checksum, and
+:func:`open_result` verifies each chunk as it is read (see :mod:`._verify`): a
+missing, truncated or altered chunk raises
+:class:`~dvl_dask.errors.ResultCorruptError`, never NaN. Results written before
+this carry no ``_dvl_verified_chunks`` attribute and are read as before.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 import xarray as xr
@@ -92,13 +99,16 @@ def to_zarr(
     out = portable_labels(ds.copy())
     out.attrs = dict(ds.attrs)
     out.attrs[COMPLETE] = True
+    out.attrs[VERIFIED_CHUNKS] = True
+    out = _with_checksums(out, fmt)
     if is_local(url):
         target = os.path.abspath(local_path(url))
         clean_stale_temporaries(target)
         refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
         tmp = temporary_sibling(target)
         staged = os.path.join(tmp, STAGED)
-        delayed_write = out.to_zarr(staged, mode="w", consolidated=False, zarr_format=fmt, compute=False)
+        delayed_write = out.to_zarr(staged, mode="w", consolidated=False, zarr_format=fmt, compute=False,
+                                    write_empty_chunks=True)
 
         def _finish(_: Any) -> str:
             if os.path.exists(target):
@@ -126,7 +136,8 @@ def to_zarr(
     mapper = fsspec_mapper(url, storage_options)
     body = out.copy()
     body.attrs = {k: v for k, v in out.attrs.items() if k != COMPLETE}
-    written = body.to_zarr(mapper, mode="w", consolidated=False, zarr_format=fmt, compute=compute)
+    written = body.to_zarr(mapper, mode="w", consolidated=False, zarr_format=fmt, compute=compute,
+                           write_empty_chunks=True)
 
     def _mark(_: Any) -> str:
         import zarr
@@ -140,6 +151,27 @@ def to_zarr(
     import dask
 
     return dask.delayed(_mark, pure=False)(written)
+
+
+#: Attribute of results whose every chunk is written (even one equal to the fill value): a missing chunk
+#: is damage, and :func:`open_result` verifies each chunk as it is read.
+VERIFIED_CHUNKS = "_dvl_verified_chunks"
+
+
+def _with_checksums(ds: xr.Dataset, fmt: int) -> xr.Dataset:
+    """Data variables stored with a checksum per chunk, so truncated or altered chunks fail to read.
+
+    zarr v3: a CRC-32C after compression; zarr v2: a CRC-32 filter (checked after decompression).
+    """
+    import numcodecs
+
+    from ._verify import chunk_codecs
+
+    codecs = {"compressors": chunk_codecs()} if fmt == 3 else {"filters": [numcodecs.CRC32()]}
+    for name in ds.data_vars:
+        encoding = {k: v for k, v in ds[name].encoding.items() if k not in ("compressor", "compressors", "filters")}
+        ds[name].encoding = {**encoding, **codecs}
+    return ds
 
 
 @explains_store_errors("open_result", 0)
@@ -174,7 +206,21 @@ def open_result(
         raise SchemaError(
             f"The result at {url} is incomplete: its write was interrupted. To fix, write it again."
         )
+    if ds.attrs.pop(VERIFIED_CHUNKS, False):
+        ds = _verified(ds, url, storage_options, chunks)
     return validate_valuation_dataset(restore_labels(ds))
+
+
+def _verified(ds: xr.Dataset, url: str, storage_options: dict[str, Any] | None, chunks: Any) -> xr.Dataset:
+    """``ds`` whose data variables verify every chunk as it is read (lazily, one task per chunk)."""
+    from ._verify import verified_array
+
+    write_id = uuid.uuid4().hex  # a fresh handle per open: the store may have been rewritten
+    for name in list(ds.data_vars):
+        data = verified_array(url, storage_options, str(name), write_id, ds[name].dims, writer="to_zarr")
+        var = ds[name].copy(data=data)
+        ds[name] = var.chunk(chunks) if chunks is not None else var
+    return ds
 
 
 def check_readable(url: str, storage_options: dict[str, Any] | None, owner: str, wanted: str) -> str:
