@@ -16,7 +16,8 @@ builtin they already handle (``except ValueError``)::
     ├── NotFittedError (RuntimeError)          an influence model used before fit()
     ├── CompatNotSupportedError (NotImplementedError)  a pyDVL name without a dvl_dask counterpart yet
     ├── SchemaError (ValueError)               a result does not follow the schema
-    │   └── NotAResultError                    the location holds no result of that kind
+    │   ├── NotAResultError                    the location holds no result of that kind
+    │   └── ResultCorruptError                 a stored result's chunk is missing or damaged (names the block)
     ├── ResultExistsError (FileExistsError)    refusing to overwrite a stored result
     ├── CheckpointMismatchError (ValueError)   a checkpoint of another run/utility
     ├── TokenizationError (RuntimeError)       an object cannot be hashed deterministically
@@ -25,6 +26,7 @@ builtin they already handle (``except ValueError``)::
     ├── UnusableUtilityError (ValueError)      no coalition can be fitted and scored
     ├── ScoreOutOfRangeError (ValueError)      a score outside its scorer's declared range
     ├── ResultNotFoundError (FileNotFoundError)  nothing stored at a result location
+    ├── StoreAccessError (PermissionError)     a store cannot be written or read (permissions, credentials)
     ├── CheckpointCorruptError (ValueError)    a checkpoint fails verification (names block, recovery)
     ├── CheckpointInUseError (RuntimeError)    another writer holds a checkpoint's lease
     └── NoWorkersError (RuntimeError)          a cluster had no workers for too long
@@ -56,9 +58,11 @@ __all__ = [
     "NotAResultError",
     "NotFittedError",
     "ResultExistsError",
+    "ResultCorruptError",
     "ResultNotFoundError",
     "SchemaError",
     "ScoreOutOfRangeError",
+    "StoreAccessError",
     "ThreadSafetyViolationError",
     "TokenizationError",
     "TooManyPlayersError",
@@ -197,6 +201,28 @@ class ResultNotFoundError(DvlDaskError, FileNotFoundError):
 
 class NotAResultError(SchemaError):
     """The location holds something other than the kind of result asked for (a file, another tool's store...)."""
+
+
+class ResultCorruptError(SchemaError):
+    """A chunk of a stored result is missing, truncated or altered.
+
+    The message names the block and how to compute it again.
+
+    Attributes
+    ----------
+    block : tuple of int or None
+        The block (chunk index along the stored axes) that failed verification.
+    """
+
+    def __init__(self, message: str, block: tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+
+
+class StoreAccessError(DvlDaskError, PermissionError):
+    """A store cannot be written or read: a read-only directory, missing or refused credentials."""
+
+
 class CheckpointCorruptError(DvlDaskError, ValueError):
     """A checkpoint is damaged: a chunk, metadata file or commit record is missing or fails its checksum.
 

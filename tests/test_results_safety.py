@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,12 +18,15 @@ from dvl_dask.errors import (
     DvlDaskError,
     InvalidParameterError,
     NotAResultError,
+    ResultCorruptError,
     ResultExistsError,
     ResultNotFoundError,
     SchemaError,
+    StoreAccessError,
 )
 from dvl_dask.results import open_result, to_zarr, valuation_dataset
-from dvl_dask.results._stores import STALE_AFTER, temporary_sibling
+from dvl_dask.results._owners import process_start_time
+from dvl_dask.results._stores import _HOST, STAGED, STALE_AFTER, TEMPORARY_MARKER, temporary_sibling
 from dvl_dask.testing.games import AdditiveGame
 from dvl_dask.valuation import MinUpdates, load_checkpoint, permutation_shapley, run_until_converged
 
@@ -153,32 +157,131 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_stale_temporaries_of_killed_writes_are_cleaned_by_the_next_write(tmp_path) -> None:
+def _mark_as(path: str, **changes) -> None:
+    """Rewrite the marker of a temporary folder (to play a write by another process)."""
+    marker_path = os.path.join(path, TEMPORARY_MARKER)
+    with open(marker_path) as f:
+        marker = json.load(f)
+    marker.update(changes)
+    with open(marker_path, "w") as f:
+        json.dump(marker, f)
+
+
+def test_user_folders_named_like_temporaries_survive_every_write(tmp_path) -> None:
+    # issue 25: a user's folders whose names look like dvl_dask's temporaries were deleted by to_zarr
+    target = str(tmp_path / "values.zarr")
+    users = [
+        f"{target}.old-20240517",
+        f"{target}.tmp-deadbeef",
+        f"{target}.tmp-{_HOST}-{_dead_pid()}-0123abcd",  # our very name pattern, a dead pid, no marker
+    ]
+    past = time.time() - 2 * 3600
+    for path in users:
+        os.makedirs(path)
+        with open(os.path.join(path, "notes.txt"), "w") as f:
+            f.write("mine")
+        os.utime(path, (past, past))
+    before = {p: _tree(p) for p in users}
+    to_zarr(_result(), target)  # a new target, overwrite=False
+    to_zarr(_result((1.0, 2.0, 3.0)), target, overwrite=True)
+    assert {p: _tree(p) for p in users} == before
+    assert open_result(target)["value"].values.tolist() == [1.0, 2.0, 3.0]
+    assert set(os.listdir(tmp_path)) == {"values.zarr", *(os.path.basename(p) for p in users)}
+
+
+def test_marked_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path) -> None:
     target = str(tmp_path / "r.zarr")
-    dead = temporary_sibling(target).rsplit("-", 2)[0] + f"-{_dead_pid()}-0123abcd"
-    os.makedirs(os.path.join(dead, "value"))
-    legacy_old = f"{target}.tmp-89abcdef"  # an older version's name, untouched for long
-    os.makedirs(legacy_old)
+    dead = temporary_sibling(target)
+    _mark_as(dead, pid=_dead_pid())
+    reused = temporary_sibling(target)  # a live pid (ours) that started at another time: pid reused
+    _mark_as(reused, started=time.time() - 86400.0)
+    alive = temporary_sibling(target)
+    _mark_as(alive, pid=os.getppid(), started=process_start_time(os.getppid()))  # a write in progress
+    other_target = temporary_sibling(target)
+    _mark_as(other_target, pid=_dead_pid(), target=str(tmp_path / "elsewhere.zarr"))  # not this target's
+    far_recent = temporary_sibling(target)
+    _mark_as(far_recent, host="another-host", pid=1)  # another machine, writing now
+    far_old = temporary_sibling(target)
+    _mark_as(far_old, host="another-host", pid=1)
     past = time.time() - STALE_AFTER - 10
-    os.utime(legacy_old, (past, past))
-    alive = temporary_sibling(target).rsplit("-", 2)[0] + f"-{os.getppid()}-4567cdef"  # a write in progress
-    os.makedirs(alive)
-    recent_legacy = f"{target}.tmp-fedcba98"  # maybe another machine writing now
-    os.makedirs(recent_legacy)
-    unrelated = f"{target}.tmp-notes"  # not our name pattern
-    os.makedirs(unrelated)
+    os.utime(far_old, (past, past))
     to_zarr(_result(), target)
-    left = sorted(os.listdir(tmp_path))
-    assert os.path.basename(dead) not in left and os.path.basename(legacy_old) not in left
-    for kept in (alive, recent_legacy, unrelated):
-        assert os.path.basename(kept) in left
+    left = set(os.listdir(tmp_path))
+    assert not {os.path.basename(p) for p in (dead, reused, far_old)} & left
+    assert {os.path.basename(p) for p in (alive, other_target, far_recent)} <= left
     assert open_result(target)["value"].values.tolist() == [0.1, -0.2, 0.3]
 
 
+def test_an_owner_is_dead_only_when_provably_gone_here() -> None:
+    from dvl_dask.results._owners import owner_is_dead, process_owner
+
+    me = process_owner()
+    assert not owner_is_dead(me)
+    assert owner_is_dead({**me, "pid": _dead_pid()})
+    assert owner_is_dead({**me, "started": me["started"] - 3600.0})  # the pid now runs a later process
+    assert not owner_is_dead({**me, "pid": _dead_pid(), "host": "another-host"})
+    # the same host name in another container or boot: its pids are not the ones visible here
+    assert not owner_is_dead({**me, "pid": _dead_pid(), "machine": "another-boot:4026531836"})
+    assert owner_is_dead({k: v for k, v in {**me, "pid": _dead_pid()}.items() if k != "machine"})
+    assert not owner_is_dead({"host": me["host"], "pid": os.getppid()})  # live, start time unknown
+    assert not owner_is_dead(None) and not owner_is_dead({**me, "pid": "12"})
+
+
+def test_backup_of_an_interrupted_replacement_is_restored_not_deleted(tmp_path) -> None:
+    target = str(tmp_path / "r.zarr")
+    to_zarr(_result((5.0, 6.0, 7.0)), target)
+    backup = temporary_sibling(target, "old")  # killed between moving the result aside and the new one in
+    os.replace(target, os.path.join(backup, STAGED))
+    _mark_as(backup, pid=_dead_pid())
+    with pytest.raises(ResultExistsError):  # the previous result is back, and overwrite=False protects it
+        to_zarr(_result(), target)
+    assert open_result(target)["value"].values.tolist() == [5.0, 6.0, 7.0]
+    assert not os.path.exists(backup)
+
+
+def test_temporaries_of_a_write_are_removed_and_leave_nothing(tmp_path) -> None:
+    target = str(tmp_path / "r.zarr")
+    to_zarr(_result(), target)
+    to_zarr(_result(), target, overwrite=True)
+    assert os.listdir(tmp_path) == ["r.zarr"]
+    assert TEMPORARY_MARKER not in os.listdir(target)
+
+
+def test_read_only_directory_names_the_users_path(tmp_path, monkeypatch) -> None:
+    # issue 25: the error named the ".tmp-..." folder instead of the path the user gave
+    target = str(tmp_path / "out" / "values.zarr")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(StoreAccessError, match=r"values\.zarr") as info:
+        to_zarr(_result(), target)
+    assert ".tmp-" not in str(info.value) and "directory" in str(info.value)
+    assert isinstance(info.value, PermissionError)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_directory_for_real(tmp_path) -> None:
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(StoreAccessError, match=r"values\.zarr"):
+            to_zarr(_result(), str(out / "values.zarr"))
+    finally:
+        out.chmod(0o755)
+
+
 def test_temporary_names_identify_host_and_process(tmp_path) -> None:
-    name = os.path.basename(temporary_sibling(str(tmp_path / "r.zarr")))
+    path = temporary_sibling(str(tmp_path / "r.zarr"))
+    name = os.path.basename(path)
     assert f"-{os.getpid()}-" in name
     assert name.startswith("r.zarr.tmp-") and socket.gethostname()[:3].replace(".", "_") in name
+    with open(os.path.join(path, TEMPORARY_MARKER)) as f:
+        marker = json.load(f)
+    assert marker["target"] == str(tmp_path / "r.zarr") and marker["pid"] == os.getpid()
+    assert len(marker["id"]) == 32
 
 
 # -- readers say what is there ----------------------------------------------------------------------------
@@ -237,3 +340,121 @@ def test_zarr_chunks_are_checked(tmp_path) -> None:
         with pytest.raises(InvalidParameterError, match="'zarr_chunks'"):
             influence_to_zarr(np.ones((4, 4)), str(tmp_path / "i.zarr"), zarr_chunks=bad)
     assert not (tmp_path / "i.zarr").exists()
+
+
+# -- influence stores verify every chunk they read ----------------------------------------------------------
+INFLUENCE = np.arange(60.0).reshape(6, 10)
+
+
+def _influence_store(tmp_path, values=INFLUENCE) -> str:
+    import dask.array as da
+
+    url = str(tmp_path / "infl.zarr")
+    influence_to_zarr(da.from_array(values, chunks=(3, 5)), url, overwrite=True)
+    return url
+
+
+def _chunk(url, i, j) -> str:
+    return os.path.join(url, "influence", "c", str(i), str(j))
+
+
+def _cut(path) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _flip_byte(path) -> None:
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[len(data) // 2] ^= 0x01
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [os.remove, _cut, _flip_byte], ids=["deleted", "truncated", "altered"])
+def test_a_damaged_influence_chunk_raises_naming_the_block(tmp_path, damage) -> None:
+    # issue 25: a deleted chunk read as NaN without an error, a truncated one gave a raw Zstd RuntimeError
+    url = _influence_store(tmp_path)
+    damage(_chunk(url, 1, 0))
+    stored = open_influence(url)  # still lazy: nothing is read yet
+    with pytest.raises(ResultCorruptError, match=r"block \(1, 0\)") as info:
+        stored.values
+    message = str(info.value)
+    assert "test_sample 3..5" in message and "train_sample 0..4" in message
+    assert f"influence_to_zarr(result, {url!r}, overwrite=True)" in message
+    assert isinstance(info.value, DvlDaskError) and info.value.block == (1, 0)
+    # the other blocks are still read, each verified on its own
+    np.testing.assert_array_equal(stored.isel(test_sample=slice(0, 3)).values, INFLUENCE[:3])
+
+
+def test_a_block_equal_to_the_fill_value_is_stored_not_taken_for_missing(tmp_path) -> None:
+    values = INFLUENCE.copy()
+    values[:3, :5] = np.nan  # zarr skips chunks equal to the fill value unless told otherwise
+    url = _influence_store(tmp_path, values)
+    assert os.path.isfile(_chunk(url, 0, 0))
+    np.testing.assert_array_equal(open_influence(url).values, values)
+
+
+def test_a_complete_store_whose_marker_alone_was_removed_is_verified_and_completed(tmp_path) -> None:
+    # issue 25: the advice "run the same write again" then refused the store as "another computation"
+    url = _influence_store(tmp_path)
+    group = zarr.open_group(url, mode="r+")
+    del group.attrs["_dvl_complete"]
+    with pytest.raises(SchemaError, match="run the same write again"):
+        open_influence(url)
+    before = os.path.getmtime(_chunk(url, 0, 0))
+    os.remove(_chunk(url, 1, 1))  # and one block lost: rewritten, the others kept
+    import dask.array as da
+
+    influence_to_zarr(da.from_array(INFLUENCE, chunks=(3, 5)), url)  # the same write, no overwrite
+    np.testing.assert_array_equal(open_influence(url).values, INFLUENCE)
+    assert os.path.getmtime(_chunk(url, 0, 0)) == before  # verified, not rewritten
+    assert "_dvl_progress" not in os.listdir(url)
+
+
+# -- credentials of remote stores ---------------------------------------------------------------------------
+class NoCredentialsError(Exception):
+    """Stands for botocore's exception of that name (matched by name: the client libraries are optional)."""
+
+
+def test_credential_failures_of_remote_stores_are_explained() -> None:
+    from dvl_dask.results._stores import credential_error
+
+    wrapped = RuntimeError("zarr could not list the store")
+    wrapped.__cause__ = NoCredentialsError("Unable to locate credentials")
+    explained = credential_error(wrapped, "s3://bucket/v.zarr", "open_result")
+    assert isinstance(explained, StoreAccessError) and isinstance(explained, PermissionError)
+    assert "open_result cannot access s3://bucket/v.zarr: no credentials were found" in str(explained)
+    refused = credential_error(PermissionError("InvalidAccessKeyId: the key does not exist"), "s3://b/v", "to_zarr")
+    assert "refused the credentials" in str(refused)
+    assert credential_error(wrapped, "local/v.zarr", "open_result") is None  # local paths: not credentials
+    assert credential_error(ValueError("other"), "s3://b/v", "to_zarr") is None
+
+
+# -- valuation results verify every chunk they read too ------------------------------------------------------
+@pytest.mark.parametrize("fmt", [3, 2])
+@pytest.mark.parametrize("damage", [os.remove, _cut, _flip_byte], ids=["deleted", "truncated", "altered"])
+def test_a_damaged_result_chunk_raises_naming_the_variable(tmp_path, damage, fmt) -> None:
+    import dask
+
+    url = str(tmp_path / "values.zarr")
+    with dask.config.set({"dvl_dask.results.zarr-format": fmt}):
+        to_zarr(_result(), url)
+    chunk = os.path.join(url, "value", "c", "0") if fmt == 3 else os.path.join(url, "value", "0")
+    damage(chunk)
+    opened = open_result(url)  # lazy
+    with pytest.raises(ResultCorruptError, match=r"'value'") as info:
+        opened["value"].values
+    assert f"to_zarr(result, {url!r}, overwrite=True)" in str(info.value)
+    np.testing.assert_array_equal(opened["stderr"].values, np.zeros(3))  # undamaged variables still read
+
+
+def test_result_chunks_equal_to_the_fill_value_are_stored(tmp_path) -> None:
+    url = str(tmp_path / "values.zarr")
+    ds = _result((np.nan, np.nan, np.nan))  # every value equals the fill value
+    to_zarr(ds, url)
+    back = open_result(url)
+    assert np.isnan(back["value"].values).all() and back["counts"].values.tolist() == [1, 1, 1]
+    assert "_dvl_verified_chunks" not in back.attrs

@@ -1,9 +1,10 @@
 """Checkpoints of Monte Carlo runs: per-block statistics with verified commits and a writer lease.
 
-Format 2 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL)::
+Format 3 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL)::
 
-    <root>/zarr.json              group attrs: dvl_checkpoint_version=2, header (method, parameters,
-                                  utility_token, seed, identity, provenance, ...), data_names, n_stats
+    <root>/zarr.json              group attrs: dvl_checkpoint_version=3, header (method, parameters,
+                                  utility_token, seed, identity, provenance, ...), data_names, n_stats,
+                                  checkpoint_id (random, made when the checkpoint is created)
     <root>/header.json            a copy of the group attrs (written once; repairs the group metadata)
     <root>/stats/                 float64 (block, stat=n_stats, stream, sample): count, mean, M2, M3, M4,
                                   min, max; one uncompressed chunk per block at stats/c/<block>/0/0/0
@@ -12,9 +13,10 @@ Format 2 (zarr v3 arrays plus small JSON files; a local path or any fsspec URL):
                                   resumed with min and max unknown, so a player whose samples
                                   all agree keeps stderr = inf without a known range)
     <root>/evaluations/           int64 (block,): utility evaluations; one chunk per block
-    <root>/commits/<i>.json       commit record i: blocks [first, stop), the SHA-256 of every
-                                  chunk file of those blocks, the writer and the time
-    <root>/head.json              the commit point: n_blocks and n_commits (written last)
+    <root>/commits/<i>.json       commit record i: its index, its run (checkpoint_id, utility_token,
+                                  seed), the SHA-256 of record i-1 (the chain), blocks [first, stop),
+                                  the SHA-256 of every chunk file of those blocks, writer and time
+    <root>/head.json              the commit point: its run, n_blocks and n_commits (written last)
     <root>/lease.json             the writer's lease: identity and heartbeat
 
 An append writes the chunks, grows the arrays' metadata, writes the commit
@@ -24,7 +26,10 @@ mid-append exposes nothing, and damage (a missing, truncated or altered chunk,
 a deleted record or head, unreadable metadata) raises
 :class:`~dvl_dask.errors.CheckpointCorruptError` naming the first block that
 cannot be trusted and the call that keeps the blocks before it
-(:func:`truncate_checkpoint`).
+(:func:`truncate_checkpoint`). Records name their run and chain to the previous
+record, so files copied in from another checkpoint (its ``stats/``,
+``evaluations/``, ``commits/``, ``head.json``) or records reordered are refused
+the same way, never read as this run's blocks.
 
 The lease is advisory: a writer records its identity and refreshes a heartbeat
 every ``checkpoint-lease-timeout / 4`` seconds; a second writer is refused with
@@ -34,7 +39,9 @@ store with atomic whole-object writes (local files via rename, S3). Readers
 need no lease. File access and the lease live in :mod:`._checkpoint_files`.
 
 Format-1 checkpoints (no checksums) can still be read by ``load_checkpoint``
-after a sanity check; resuming one is refused (start a new checkpoint).
+after a sanity check, and format-2 ones (checksums, records not naming their
+run) with their checksums verified; resuming either is refused with the advice
+to start a new checkpoint.
 """
 
 from __future__ import annotations
@@ -44,19 +51,22 @@ import json
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import numpy as np
 
 from ..errors import CheckpointCorruptError, CheckpointMismatchError, NotAResultError, SchemaError
 from ._checkpoint_files import Files, Lease, jsonable, recovery
-from ._stores import INFLUENCE, VALUATION, check_location, store_kind
+from ._stores import INFLUENCE, VALUATION, check_location, explains_store_errors, store_kind
 
 __all__ = ["Checkpoint", "stored_seed", "truncate_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Format 2 had checksums but commit records that did not name their run: read, never resumed.
+_CHECKSUMMED = (2, FORMAT_VERSION)
 #: Statistics per block in new checkpoints (count, mean, M2, M3, M4, min, max); checkpoints without the
 #: attr hold 3, and those of dvl_dask before min and max were recorded hold 5.
 N_STATS = 7
@@ -145,11 +155,13 @@ class Checkpoint:
         self.url = files.url
         self._lease: Lease | None = None
         self._head: dict[str, Any] = {"n_blocks": int(attrs.get("n_blocks", 0)), "n_commits": 0}
-        if version == FORMAT_VERSION and not new:
-            self._head = _read_head(files, attrs)
+        self._last_record: str | None = None  # digest of the last commit record read or written
+        if version in _CHECKSUMMED and not new:
+            self._head = _read_head(files, attrs, version)
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
+    @explains_store_errors("run_until_converged (checkpoint)", 1)
     def open(
         cls,
         url: str | os.PathLike[str],
@@ -181,19 +193,24 @@ class Checkpoint:
         attrs = _read_attrs(files)
         if attrs is None:
             attrs = {"dvl_checkpoint_version": FORMAT_VERSION, **header, "n_stats": N_STATS,
-                     "data_names": [jsonable(v) for v in np.asarray(data_names).tolist()]}
+                     "data_names": [jsonable(v) for v in np.asarray(data_names).tolist()],
+                     "checkpoint_id": uuid.uuid4().hex}
             store = cls(files, attrs, FORMAT_VERSION, new=True)
             store._take_lease()
             _create(files, attrs)
-            store._head = {"format": FORMAT_VERSION, "n_blocks": 0, "n_commits": 0}
+            store._head = _head(attrs, 0, 0)
             logger.info("Created checkpoint %s (%s, seed %s)", url, header.get("method"), header.get("seed"))
             return store
         version = attrs.get("dvl_checkpoint_version")
         if version != FORMAT_VERSION:
+            what = ("carries no checksums" if version == 1 else
+                    "has commit records that do not name their run, so blocks copied in from another run "
+                    "cannot be told apart")
             raise CheckpointMismatchError(
-                f"The checkpoint at {url} has format {version}, which carries no checksums and cannot be resumed "
-                f"by this version (format {FORMAT_VERSION}). dvl_dask.valuation.load_checkpoint still reads its "
-                "values. To continue the run, start a new checkpoint URL."
+                f"The checkpoint at {url} has format {version}, which {what}; this version (format "
+                f"{FORMAT_VERSION}) does not resume it. dvl_dask.valuation.load_checkpoint still reads its "
+                "values. To continue the run, start fresh: pass a new checkpoint URL (or delete this one) and the "
+                "run starts again from block 0 with the same seed."
             )
         differing = [k for k in header if not _same(k, attrs.get(k), header[k])]
         if differing:
@@ -213,6 +230,7 @@ class Checkpoint:
         return store
 
     @classmethod
+    @explains_store_errors("opening the checkpoint", 1)
     def open_existing(cls, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> Checkpoint:
         """Open a checkpoint read-only, whatever run wrote it (no lease).
 
@@ -229,7 +247,7 @@ class Checkpoint:
         if attrs is None:
             raise SchemaError(f"There is no dvl_dask checkpoint at {url}.")
         version = attrs.get("dvl_checkpoint_version")
-        if version not in (1, FORMAT_VERSION):
+        if version not in (1, *_CHECKSUMMED):
             raise SchemaError(f"{url} has checkpoint format {version!r}, which this version cannot read.")
         return cls(files, attrs, int(version))
 
@@ -266,7 +284,9 @@ class Checkpoint:
         shape = (_n_stats(self._attrs), int(self._attrs["n_streams"]), int(self._attrs["n_players"]))
         stats = np.zeros((self.n_blocks, *shape))
         evaluations = np.zeros(self.n_blocks, np.int64)
-        for record in _records(self._files, int(self._head["n_commits"]), self.n_blocks):
+        records = _records(self._files, self._attrs, self.version, int(self._head["n_commits"]), self.n_blocks)
+        self._last_record = records[-1]["_digest"] if records else None
+        for record in records:
             for offset, block in enumerate(range(record["first"], record["stop"])):
                 raw = {a: _verified_chunk(self._files, record, a, block) for a in _ARRAYS}
                 stats[block] = np.frombuffer(raw["stats"], "<f8").reshape(shape)
@@ -301,14 +321,38 @@ class Checkpoint:
                 chunks[key] = _digest(data)
         _set_length(self._files, stop)
         n_commits = int(self._head["n_commits"])
-        self._files.write_json(f"commits/{n_commits:08d}.json", {
-            "commit": n_commits, "first": first, "stop": stop, "chunks": chunks,
-            "evaluations": [int(e) for e in evaluations],
+        previous = self._previous_digest(n_commits)
+        record = json.dumps({
+            "commit": n_commits, "run": _run_of(self._attrs), "previous": previous, "first": first, "stop": stop,
+            "chunks": chunks, "evaluations": [int(e) for e in evaluations],
             "writer": (self._lease.identity if self._lease is not None else None), "time": time.time(),
-        })
-        self._head = {"format": FORMAT_VERSION, "n_blocks": stop, "n_commits": n_commits + 1}
+        }, default=jsonable).encode()
+        self._files.write(f"commits/{n_commits:08d}.json", record)
+        self._last_record = _digest(record)
+        self._head = _head(self._attrs, stop, n_commits + 1)
         self._files.write_json("head.json", self._head)  # the commit point, written last
         logger.debug("Committed blocks %d-%d to checkpoint %s", first, stop - 1, self.url)
+
+    def _previous_digest(self, n_commits: int) -> str | None:
+        """The digest of commit record ``n_commits - 1`` (what the next record chains to)."""
+        if n_commits == 0:
+            return None
+        if self._last_record is None:
+            data = self._files.read(f"commits/{n_commits - 1:08d}.json")
+            if data is None:
+                raise _corrupt(self.url, self.n_blocks, f"commit record {n_commits - 1} is missing")
+            self._last_record = _digest(data)
+        return self._last_record
+
+
+def _run_of(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What names a run in its commit records and head: the checkpoint's random id, utility and seed."""
+    return {"checkpoint_id": attrs.get("checkpoint_id"), "utility_token": attrs.get("utility_token"),
+            "seed": attrs.get("seed")}
+
+
+def _head(attrs: dict[str, Any], n_blocks: int, n_commits: int) -> dict[str, Any]:
+    return {"format": FORMAT_VERSION, "run": _run_of(attrs), "n_blocks": n_blocks, "n_commits": n_commits}
 
 
 def _n_stats(attrs: dict[str, Any]) -> int:
@@ -347,10 +391,10 @@ def _write_group(files: Files, attrs: dict[str, Any]) -> None:
 
 
 def _create(files: Files, attrs: dict[str, Any]) -> None:
-    """A new, empty format-2 checkpoint (the group metadata last: until then it is no checkpoint)."""
+    """A new, empty checkpoint (the group metadata last: until then it is no checkpoint)."""
     _write_arrays(files, attrs, 0)
     files.write_json("header.json", attrs)
-    files.write_json("head.json", {"format": FORMAT_VERSION, "n_blocks": 0, "n_commits": 0})
+    files.write_json("head.json", _head(attrs, 0, 0))
     _write_group(files, attrs)
 
 
@@ -404,11 +448,17 @@ def _set_length(files: Files, length: int) -> None:
 
 
 def _read_attrs(files: Files) -> dict[str, Any] | None:
-    """The group's attributes; None for an empty location; corruption if metadata is missing or torn."""
+    """The group's attributes; None for an empty location; corruption if metadata is missing or torn.
+
+    A location is called a damaged checkpoint only when a file that only
+    dvl_dask writes says so (``header.json`` or ``head.json`` of a checkpoint);
+    anything else -- even a folder of the user's holding ``stats/`` -- is not a
+    dvl_dask checkpoint and is left alone.
+    """
     meta = files.read_json("zarr.json", "the group metadata")
     if meta is None:
         if files.has_content():
-            if files.exists("head.json") or files.exists("header.json") or files.exists("stats"):
+            if _written_by_dvl_dask(files):
                 raise CheckpointCorruptError(
                     f"The checkpoint at {files.url} is damaged: its group metadata (zarr.json) is missing. To "
                     f"recover, call dvl_dask.results.truncate_checkpoint({files.url!r}, <blocks to keep>), which "
@@ -421,77 +471,172 @@ def _read_attrs(files: Files) -> dict[str, Any] | None:
         return None
     attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
     if "dvl_checkpoint_version" not in attrs:
-        if files.exists("stats") or any(files.exists(k) for k in ("head.json", "header.json")):
-            if files.exists("header.json"):
-                raise CheckpointCorruptError(
-                    f"The checkpoint at {files.url} is damaged: its group metadata lost its attributes. To recover, "
-                    f"call dvl_dask.results.truncate_checkpoint({files.url!r}, <blocks to keep>)."
-                )
-        raise SchemaError(f"{files.url} is not a dvl_dask checkpoint.")
+        if _written_by_dvl_dask(files):
+            raise CheckpointCorruptError(
+                f"The checkpoint at {files.url} is damaged: its group metadata lost its attributes. To recover, "
+                f"call dvl_dask.results.truncate_checkpoint({files.url!r}, <blocks to keep>)."
+            )
+        raise NotAResultError(
+            f"{files.url} is not a dvl_dask checkpoint (a zarr store or folder dvl_dask did not write): it is left "
+            "untouched. To fix, choose another checkpoint path."
+        )
     return dict(attrs)
 
 
-def _read_head(files: Files, attrs: dict[str, Any]) -> dict[str, Any]:
-    head = files.read_json("head.json", "the commit point", 0)
-    if head is None:
-        survive = _surviving_blocks(files)
+def _written_by_dvl_dask(files: Files) -> bool:
+    """Whether the header copy or the commit point of a dvl_dask checkpoint is there (torn counts: ours)."""
+    for key, field in (("header.json", "dvl_checkpoint_version"), ("head.json", "n_commits")):
+        data = files.read(key)
+        if data is None:
+            continue
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            # a torn copy of ours, when the other copy confirms it (checked on its own turn)
+            continue
+        if isinstance(parsed, dict) and field in parsed:
+            return True
+    return False
+
+
+def _read_head(files: Files, attrs: dict[str, Any], version: int) -> dict[str, Any]:
+    try:
+        head = files.read_json("head.json", "the commit point")
+    except CheckpointCorruptError:
+        keep = _keepable(files, attrs, version)
         raise CheckpointCorruptError(
-            f"The checkpoint at {files.url} is damaged: its commit point (head.json) is missing. Commit records "
-            f"survive for blocks 0 to {survive - 1} (before block {survive}). To recover, keep them with "
-            f"dvl_dask.results.truncate_checkpoint({files.url!r}, {survive}), which verifies each, and resume "
-            "the run.", survive
+            f"The checkpoint at {files.url} is damaged: its commit point (head.json) is not valid JSON. "
+            f"{_keep_advice(files.url, keep)}", keep
+        ) from None
+    if head is None:
+        keep = _keepable(files, attrs, version)
+        raise CheckpointCorruptError(
+            f"The checkpoint at {files.url} is damaged: its commit point (head.json) is missing. "
+            f"{_keep_advice(files.url, keep)}", keep
+        )
+    if version >= 3 and (not isinstance(head, dict) or head.get("run") != _run_of(attrs)):
+        keep = _keepable(files, attrs, version)
+        raise CheckpointCorruptError(
+            f"The checkpoint at {files.url} is damaged: its commit point (head.json) names another run "
+            f"({_describe_run(head)}; this checkpoint is {_describe_run({'run': _run_of(attrs)})}): files were "
+            f"copied in from another checkpoint. {_keep_advice(files.url, keep)}", keep
         )
     n = int(head.get("n_blocks", -1))
     for array in _ARRAYS:
         try:
             meta = files.read_json(f"{array}/zarr.json", f"the metadata of array {array!r}")
-        except CheckpointCorruptError as exc:
+        except CheckpointCorruptError:
+            keep = _keepable(files, attrs, version, n)
             raise CheckpointCorruptError(
-                f"{exc} The {n} committed blocks may be intact: dvl_dask.results.truncate_checkpoint("
-                f"{files.url!r}, {n}) rewrites the metadata and verifies them.", n
+                f"The checkpoint at {files.url} is damaged: the metadata of array {array!r} ({array}/zarr.json) "
+                f"is not valid JSON. {_keep_advice(files.url, keep, 'rewrites the metadata and ')}", keep
             ) from None
         expected = _array_metadata(attrs, array, 0)
         if meta is None or list(meta.get("shape", [])[1:]) != expected["shape"][1:] or meta["shape"][0] < n:
             state = "missing" if meta is None else "inconsistent with the header"
+            keep = _keepable(files, attrs, version, n)
             raise CheckpointCorruptError(
-                f"The checkpoint at {files.url} is damaged: the metadata of array {array!r} is {state}. The "
-                f"{n} committed blocks may be intact: dvl_dask.results.truncate_checkpoint({files.url!r}, {n}) "
-                "rewrites the metadata and verifies them.", n
+                f"The checkpoint at {files.url} is damaged: the metadata of array {array!r} is {state}. "
+                f"{_keep_advice(files.url, keep, 'rewrites the metadata and ')}", keep
             )
     return head
 
 
-def _surviving_blocks(files: Files) -> int:
-    """Blocks covered by the contiguous, readable commit records from record 0 on."""
-    expected, i = 0, 0
-    while True:
+def _describe_run(head: Any) -> str:
+    run = head.get("run") if isinstance(head, dict) else None
+    if not isinstance(run, dict):
+        return "no run recorded"
+    return f"checkpoint id {run.get('checkpoint_id')!r}, seed {run.get('seed')!r}"
+
+
+def _keep_advice(url: str, keep: int, does: str = "") -> str:
+    if keep == 0:
+        return (f"No committed block verifies. To start fresh, delete it or pass a new checkpoint URL (or call "
+                f"dvl_dask.results.truncate_checkpoint({url!r}, 0)); the run then starts again from block 0.")
+    return (f"The first {keep} blocks verify (their commit records and chunks). To recover, keep them with "
+            f"dvl_dask.results.truncate_checkpoint({url!r}, {keep}), which {does}verifies each, and resume the "
+            "run: the blocks after them are computed again with the same seeds.")
+
+
+def _keepable(files: Files, attrs: dict[str, Any], version: int, limit: int | None = None) -> int:
+    """Blocks from block 0 on whose commit records (contiguous, chained, of this run) and chunks verify."""
+    kept, previous, i = 0, None, 0
+    while limit is None or kept < limit:
         try:
-            record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}")
+            record, raw = _read_record(files, i, kept)
         except CheckpointCorruptError:
-            return expected
-        if record is None or int(record.get("first", -1)) != expected:
-            return expected
-        expected, i = int(record["stop"]), i + 1
+            return kept
+        if _record_problem(record, i, kept, previous, attrs, version) is not None:
+            return kept
+        for block in range(kept, int(record["stop"]) if limit is None else min(int(record["stop"]), limit)):
+            try:
+                for array in _ARRAYS:
+                    _verified_chunk(files, record, array, block)
+            except CheckpointCorruptError:
+                return kept
+            kept = block + 1
+        previous, i = _digest(raw), i + 1
+    return kept
 
 
-def _records(files: Files, n_commits: int, n_blocks: int) -> list[dict[str, Any]]:
-    """Commit records ``0..n_commits-1``, checked to cover blocks ``0..n_blocks-1`` contiguously."""
-    records, expected = [], 0
+def _read_record(files: Files, i: int, block: int) -> tuple[dict[str, Any] | None, bytes | None]:
+    """Commit record ``i`` parsed and its raw bytes (None, None if missing); torn JSON is corruption."""
+    raw = files.read(f"commits/{i:08d}.json")
+    if raw is None:
+        return None, None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}", block)  # raises, naming the block
+    return (record if isinstance(record, dict) else {}), raw
+
+
+def _record_problem(
+    record: dict[str, Any] | None, i: int, expected: int, previous: str | None, attrs: dict[str, Any], version: int
+) -> str | None:
+    """Why commit record ``i`` cannot be trusted as the one after ``previous`` (None: it can)."""
+    if record is None:
+        return "is missing"
+    try:
+        first, stop = int(record.get("first", -1)), int(record.get("stop", -1))
+    except (TypeError, ValueError):
+        return "is malformed"
+    if version >= 3:
+        if record.get("run") != _run_of(attrs):
+            return (f"names another run ({_describe_run(record)}; this checkpoint is "
+                    f"{_describe_run({'run': _run_of(attrs)})}): it was copied in from another checkpoint")
+        if record.get("commit") != i or record.get("previous") != previous:
+            return "does not chain to the previous one (records reordered, replaced or copied in)"
+    if first != expected or stop <= first:
+        return "does not continue the previous one"
+    return None
+
+
+def _records(
+    files: Files, attrs: dict[str, Any], version: int, n_commits: int, n_blocks: int
+) -> list[dict[str, Any]]:
+    """Commit records ``0..n_commits-1``: of this run, chained, covering blocks ``0..n_blocks-1`` contiguously.
+
+    Each record is returned with its digest under ``"_digest"``.
+    """
+    records, expected, previous = [], 0, None
     for i in range(n_commits):
-        record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}", expected)
-        if record is None or int(record.get("first", -1)) != expected:
-            what = "is missing" if record is None else "does not continue the previous one"
+        record, raw = _read_record(files, i, expected)
+        problem = _record_problem(record, i, expected, previous, attrs, version)
+        if problem is not None:
             raise CheckpointCorruptError(
-                f"The checkpoint at {files.url} is damaged at block {expected}: commit record {i} {what}. "
+                f"The checkpoint at {files.url} is damaged at block {expected}: commit record {i} {problem}. "
                 f"{recovery(files.url, expected)}", expected
             )
-        records.append(record)
+        assert record is not None and raw is not None
+        previous = _digest(raw)
+        records.append({**record, "_digest": previous})
         expected = int(record["stop"])
     if expected != n_blocks:
+        keep = min(expected, n_blocks)
         raise CheckpointCorruptError(
-            f"The checkpoint at {files.url} is damaged at block {min(expected, n_blocks)}: its commit records "
-            f"cover {expected} blocks but its head says {n_blocks}. {recovery(files.url, min(expected, n_blocks))}",
-            min(expected, n_blocks),
+            f"The checkpoint at {files.url} is damaged at block {keep}: its commit records cover {expected} "
+            f"blocks but its head says {n_blocks}. {recovery(files.url, keep)}", keep,
         )
     return records
 
@@ -526,6 +671,7 @@ def stored_seed(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
         return None
 
 
+@explains_store_errors("truncate_checkpoint", 0)
 def truncate_checkpoint(
     url: str | os.PathLike[str], to_block: int, *, storage_options: dict[str, Any] | None = None
 ) -> int:
@@ -571,14 +717,17 @@ def truncate_checkpoint(
         if files.read_json("header.json", "the header copy") is None:
             files.write_json("header.json", attrs)
         _repair_group(files, attrs)
-        kept, records, i = [], 0, 0
+        kept, records, i, previous = [], 0, 0, None
         while len(kept) < to_block:
-            record = files.read_json(f"commits/{i:08d}.json", f"commit record {i}", len(kept))
-            if record is None or int(record.get("first", -1)) != len(kept):
+            record, raw = _read_record(files, i, len(kept))
+            problem = _record_problem(record, i, len(kept), previous, attrs, FORMAT_VERSION)
+            if problem is not None:
                 raise CheckpointCorruptError(
-                    f"Cannot keep {to_block} blocks of {url}: the commit record of block {len(kept)} is lost. "
+                    f"Cannot keep {to_block} blocks of {url}: commit record {i}, of block {len(kept)}, {problem}. "
                     f"Call truncate_checkpoint({url!r}, {len(kept)}).", len(kept)
                 )
+            assert record is not None and raw is not None
+            previous = _digest(raw)
             stop = min(int(record["stop"]), to_block)
             for block in range(int(record["first"]), stop):
                 for array in _ARRAYS:
@@ -592,7 +741,7 @@ def truncate_checkpoint(
             records, i = records + 1, i + 1
         _write_arrays(files, attrs, to_block)
         _write_group(files, attrs)
-        files.write_json("head.json", {"format": FORMAT_VERSION, "n_blocks": to_block, "n_commits": records})
+        files.write_json("head.json", _head(attrs, to_block, records))
         # leftovers after the commit point are harmless (never read, overwritten by the next append)
         return to_block
     finally:
@@ -608,6 +757,16 @@ def _header_copy(files: Files) -> dict[str, Any]:
         attrs = (meta or {}).get("attributes", meta) if key == "zarr.json" else meta
         if isinstance(attrs, dict) and attrs.get("dvl_checkpoint_version") == FORMAT_VERSION:
             return dict(attrs)
+        if isinstance(attrs, dict) and attrs.get("dvl_checkpoint_version") in (1, 2):
+            raise CheckpointMismatchError(
+                f"The checkpoint at {files.url} has format {attrs['dvl_checkpoint_version']}, which this version "
+                "does not repair or resume. dvl_dask.valuation.load_checkpoint still reads it. To continue the "
+                "run, start fresh with a new checkpoint URL."
+            )
+    if not _written_by_dvl_dask(files):
+        raise NotAResultError(
+            f"{files.url} is not a dvl_dask checkpoint: there is nothing to truncate, and it is left untouched."
+        )
     raise CheckpointCorruptError(
         f"The checkpoint at {files.url} has lost both copies of its header (zarr.json and header.json): it cannot "
         "be repaired. Start a new checkpoint URL."

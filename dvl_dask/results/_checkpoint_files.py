@@ -2,17 +2,18 @@
 
 :class:`Files` reads and writes whole objects under a checkpoint's root
 (atomically: a rename on local disks, one PUT on object stores). :class:`Lease`
-is the advisory writer lock: ``lease.json`` holds the writer's identity and a
-heartbeat refreshed by a daemon thread every ``checkpoint-lease-timeout / 4``
-seconds; another writer is refused until the heartbeat is older than the
-timeout, then may take over.
+is the advisory writer lock: ``lease.json`` holds the writer's identity (a
+random id, host, pid and process start time) and a heartbeat refreshed by a
+daemon thread every ``checkpoint-lease-timeout / 4`` seconds; another writer is
+refused until the heartbeat is older than the timeout, then may take over, or
+at once when the holder ran on the same host and its process is provably gone
+(no such pid, or the pid now belongs to a process started at another time).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .. import config
-from ..errors import CheckpointCorruptError, CheckpointInUseError
+from ..errors import CheckpointCorruptError, CheckpointInUseError, NotAResultError
+from ._owners import owner_is_dead, process_owner
 from ._stores import is_local, local_path
 
 __all__ = ["Files", "Lease", "jsonable", "recovery"]
@@ -48,6 +50,11 @@ class Files:
         if self.local:
             self.fs = fsspec.filesystem("file")
             self.root = os.path.abspath(local_path(url))
+            if os.path.isfile(self.root):
+                raise NotAResultError(
+                    f"{url} is a file, not a dvl_dask checkpoint (a checkpoint is a folder): it is left untouched. "
+                    "To fix, pass a path that does not exist yet (it is created) or a checkpoint folder."
+                )
         else:
             self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
             self.root = self.root.rstrip("/")
@@ -131,7 +138,7 @@ class Lease:
     def __init__(self, files: Files) -> None:
         self.files = files
         self.timeout = float(config.get(config.MC_CHECKPOINT_LEASE_TIMEOUT))
-        self.identity = {"writer": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.identity = {"writer": uuid.uuid4().hex, **process_owner()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: dict[str, Any] | None = None
@@ -150,16 +157,19 @@ class Lease:
         return CheckpointInUseError(
             f"The checkpoint at {self.files.url} is being written by another run (host {holder.get('host')!r}, "
             f"pid {holder.get('pid')}, last heartbeat {age:.0f} s ago). Two writers would interleave their "
-            "blocks. To fix, wait for that run to finish, use another checkpoint URL, or, if that run is dead, "
-            f"wait until its heartbeat is older than {self.timeout:g} s "
-            "(dvl_dask.valuation.montecarlo.checkpoint-lease-timeout), or delete lease.json."
+            "blocks. To fix, wait for that run to finish, or use another checkpoint URL. A holder on this host "
+            "whose process is gone is taken over at once; one on another host once its heartbeat is older than "
+            f"{self.timeout:g} s (dvl_dask.valuation.montecarlo.checkpoint-lease-timeout), or when you delete "
+            "lease.json after making sure it is dead."
         )
 
     def acquire(self) -> None:
         holder = self._holder()
         if holder is not None and holder.get("writer") != self.identity["writer"]:
             age = time.time() - float(holder.get("heartbeat", 0.0))
-            if age < self.timeout:
+            # a holder on this host whose process is gone (pid unused, or reused by a later process) is
+            # dead for sure: no need to wait for its heartbeat to age
+            if age < self.timeout and not owner_is_dead(holder):
                 raise self._refuse(holder, age)
         self.files.write_json(self.KEY, self._record())
         time.sleep(0.05)  # a concurrent writer's lease lands in between: read back who won

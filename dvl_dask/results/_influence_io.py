@@ -14,7 +14,17 @@ are atomic on local disk (zarr writes to a temporary file and renames) and on
 object stores (a PUT), so an interrupted run leaves only whole chunks; a re-run
 of the same computation skips the blocks marked done and rewrites the others.
 The ``_dvl_complete`` attribute is written after the last block, and
-:func:`open_influence` refuses a store without it.
+:func:`open_influence` refuses a store without it. A store whose blocks are all
+written but whose marker is missing (removed, or a crash between dropping the
+progress markers and writing it) is verified chunk by chunk by the same write,
+which keeps the blocks that verify and rewrites the others.
+
+Every chunk carries a CRC-32C after its compression, and is written even when
+it equals the fill value. :func:`open_influence` reads lazily, and each chunk
+task verifies its chunk: a missing, truncated or altered chunk raises
+:class:`~dvl_dask.errors.ResultCorruptError` naming the block (never NaN, never
+a raw decompression error). Stores written before the checksum are verified
+for presence and decoding only.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from ._stores import (
     check_location,
     consolidate,
     delete_store,
+    explains_store_errors,
     has_content,
     open_zarr_dataset,
     portable_labels,
@@ -47,6 +58,7 @@ from ._stores import (
     store_kind,
     zarr_store,
 )
+from ._verify import check_chunk, chunk_codecs, chunk_slices, verified_array
 
 __all__ = ["PROGRESS_GROUP", "WRITE_HEADER", "ZarrBlockSink", "open_block_sink", "open_influence"]
 
@@ -175,7 +187,8 @@ class ZarrBlockSink:
             import zarr
 
             group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+", zarr_format=3)
-            found = (group[self.name], group[PROGRESS_GROUP]["done"])
+            # every chunk is written, even one equal to the fill value: a missing chunk then means damage
+            found = (group[self.name].with_config({"write_empty_chunks": True}), group[PROGRESS_GROUP]["done"])
             with _HANDLES_LOCK:
                 if len(_HANDLES) > 32:
                     _HANDLES.clear()
@@ -203,6 +216,7 @@ class ZarrBlockSink:
         var = describe_variables(
             xr.DataArray(placeholder, dims=dims, coords=spec["coords"], name=self.name, attrs=spec["attrs"])
         )
+        var.encoding = {"compressors": chunk_codecs()}
         ds = portable_labels(var.to_dataset())
         ds.attrs = {WRITE_HEADER: spec["header"]}
         store = zarr_store(self.url, self.storage_options)
@@ -256,7 +270,7 @@ def _differences(
         differing.append("identity (the model or its mode)")
     if differing:
         return differing
-    if PROGRESS_GROUP not in group or header["name"] not in group:
+    if header["name"] not in group:
         return ["stored arrays"]
     arr = group[header["name"]]
     if dtype is not None and np.dtype(arr.dtype) != np.dtype(dtype):
@@ -266,6 +280,20 @@ def _differences(
     return differing
 
 
+def _reverify(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: _Grid) -> np.ndarray:
+    """Blocks of a finished store whose marker is missing: verified ones are marked done, the rest rewritten."""
+    import zarr
+
+    done = verify_blocks(url, storage_options, name, grid)
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r+", zarr_format=3)
+    progress = group.require_group(PROGRESS_GROUP)
+    mask = progress.create_array("done", shape=grid.grid, chunks=(1,) * len(grid.grid), dtype="u1", fill_value=0,
+                                 overwrite=True)
+    mask[...] = done.astype("u1")
+    return done
+
+
+@explains_store_errors("influence_to_zarr", 0)
 def open_block_sink(
     url: str | os.PathLike[str],
     *,
@@ -353,7 +381,10 @@ def open_block_sink(
         else:
             differing = _differences(group, stored, header, dtype, trailing_shape, n_axes)
             if resume and not differing:
-                done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+                if PROGRESS_GROUP in group:
+                    done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+                else:  # every block was written but the completion marker is missing: verify, keep what holds
+                    done = _reverify(url, storage_options, name, _Grid(plan.chunks))
                 header = stored
             elif not overwrite:
                 differing = ", ".join(differing) or "resume=False"
@@ -378,6 +409,32 @@ def open_block_sink(
     return sink
 
 
+def verify_blocks(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: Any) -> np.ndarray:
+    """Per block of ``grid``: whether every chunk it covers is present and verifies (reads them all)."""
+    import zarr
+
+    from ..errors import ResultCorruptError
+
+    group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r", zarr_format=3)
+    arr = group[name]
+    _, blocks = chunk_slices(arr)
+    bad_chunks = set()
+    for index, slices in blocks:
+        try:
+            check_chunk(arr, url, storage_options, name, (), index, slices)
+        except ResultCorruptError:
+            bad_chunks.add(index[:2])
+    ok = np.ones(grid.grid, dtype=bool)
+    for idx in np.ndindex(*grid.grid):
+        rows, cols = grid.block_slices(idx)
+        (r, c) = arr.chunks[:2]
+        covered = {(i, j) for i in range(rows.start // r, (rows.stop - 1) // r + 1)
+                   for j in range(cols.start // c, (cols.stop - 1) // c + 1)}
+        ok[idx] = not (covered & bad_chunks)
+    return ok
+
+
+@explains_store_errors("open_influence", 0)
 def open_influence(
     url: str | os.PathLike[str],
     *,
@@ -405,6 +462,10 @@ def open_influence(
     SchemaError
         If the store holds an interrupted write (run the write again to
         complete it).
+    ResultCorruptError
+        When the values are computed, if a chunk is missing, truncated or
+        altered (every chunk is verified as it is read; the message names
+        the block and how to recompute it). A subclass of ``SchemaError``.
     """
     from ._io import check_readable
 
@@ -419,4 +480,9 @@ def open_influence(
             f"The result at {url} is incomplete: its write was interrupted. To fix, run the same write again; "
             "it resumes from the blocks already stored."
         )
-    return restore_labels(ds[header["name"]])
+    stored = ds[header["name"]]
+    data = verified_array(url, storage_options, header["name"], str(header.get("id")), stored.dims)
+    out = stored.copy(data=data)
+    if chunks is not None:
+        out = out.chunk(chunks)
+    return restore_labels(out)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import glob
+import json
 import os
 import re
 import shutil
@@ -10,7 +12,8 @@ import socket
 import time
 import uuid
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -23,8 +26,13 @@ __all__ = [
     "INFLUENCE",
     "VALUATION",
     "check_location",
+    "STAGED",
+    "TEMPORARY_MARKER",
     "clean_stale_temporaries",
     "consolidate",
+    "credential_error",
+    "explains_store_errors",
+    "remove_temporary",
     "refuse_to_replace",
     "store_kind",
     "temporary_sibling",
@@ -38,6 +46,8 @@ __all__ = [
     "store_exists",
     "zarr_store",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute written last: a store without it holds an interrupted write.
 COMPLETE = "_dvl_complete"
@@ -125,49 +135,173 @@ def refuse_to_replace(url: str, kind: str, owner: str, *, overwrite: bool) -> No
 
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
-_TMP_PATTERN = re.compile(r"\.(?:tmp|old)-(?:(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-)?[0-9a-f]{8}")
+#: The file dvl_dask writes inside every temporary or backup folder it makes: only folders holding it
+#: (naming the same target) are ever removed, whatever their name or age.
+TEMPORARY_MARKER = ".dvl_dask_temporary.json"
+#: Inside a temporary folder: the store being written (renamed onto the target when complete), or in a
+#: backup folder the result being replaced.
+STAGED = "store"
 
 
 def temporary_sibling(target: str, kind: str = "tmp") -> str:
-    """A fresh sibling of ``target`` for an atomic write; names this host and process (see clean-up)."""
-    return f"{target}.{kind}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """Create a fresh, marked temporary folder next to ``target`` and return its path.
 
+    The folder holds :data:`TEMPORARY_MARKER` (a random id, the target, this
+    host, process and its start time); the data goes to ``<folder>/store``.
+    The name also shows host and process, for people; it is never trusted.
 
-def _alive(pid: int) -> bool:
+    Raises
+    ------
+    StoreAccessError
+        If the folder cannot be created (e.g. a read-only directory), naming ``target``.
+    """
+    from ._owners import process_owner
+
+    path = f"{target}.{kind}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    marker = {"dvl_dask_temporary": 1, "id": uuid.uuid4().hex, "kind": kind, "target": os.path.abspath(target),
+              "created": time.time(), **process_owner()}
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path)
+    except OSError as exc:
+        raise _access_error(target, exc) from None
+    try:
+        with open(os.path.join(path, TEMPORARY_MARKER), "w") as f:
+            json.dump(marker, f)
+    except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)  # made by this call a moment ago
+        raise _access_error(target, exc) from None
+    return path
+
+
+def _access_error(target: str, exc: OSError) -> Exception:
+    from ..errors import StoreAccessError
+
+    where = os.path.dirname(os.path.abspath(target)) or "."
+    return StoreAccessError(
+        f"Cannot write {target}: {exc.strerror or exc} in its directory {where}. dvl_dask writes a result next to "
+        "its target and renames it into place. To fix, choose a path in a directory you can write to."
+    )
+
+
+def _temporary_marker(path: str, target: str) -> dict[str, Any] | None:
+    """The marker of a temporary folder dvl_dask made for ``target``, or None (then it is not ours)."""
+    try:
+        with open(os.path.join(path, TEMPORARY_MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("dvl_dask_temporary") != 1:
+        return None
+    if marker.get("target") != os.path.abspath(target) or not isinstance(marker.get("id"), str):
+        return None
+    return marker
+
+
+def remove_temporary(path: str, target: str) -> bool:
+    """Remove ``path`` if it is a temporary folder dvl_dask made for ``target`` (its marker says so)."""
+    if not os.path.isdir(path) or _temporary_marker(path, target) is None:
         return False
-    except (PermissionError, OSError):
-        return True
+    shutil.rmtree(path, ignore_errors=True)
     return True
 
 
-def clean_stale_temporaries(target: str) -> list[str]:
-    """Remove temporary siblings of ``target`` left by killed writes; return what was removed.
+def _abandoned(path: str, marker: dict[str, Any]) -> bool:
+    """Whether the write that made a marked temporary folder is over (its process died, or long silent)."""
+    from ._owners import owner_is_dead, owner_is_here
 
-    A temporary directory is stale when the process that made it (named in
-    it) no longer runs on this host, or -- made on another host or by an
-    older version -- when it has not changed for :data:`STALE_AFTER` seconds.
-    Writes in progress are never touched.
+    if owner_is_here(marker):
+        return owner_is_dead(marker)
+    # another host (or boot): its process cannot be checked; abandoned once unchanged for long
+    try:
+        latest = max(os.path.getmtime(p) for p in (path, os.path.join(path, STAGED)) if os.path.exists(p))
+    except (OSError, ValueError):
+        return False
+    return time.time() - latest > STALE_AFTER
+
+
+def clean_stale_temporaries(target: str) -> list[str]:
+    """Remove temporary folders of ``target`` left by killed writes; return what was removed.
+
+    Only folders holding dvl_dask's :data:`TEMPORARY_MARKER` for this very
+    target are considered, never a folder recognised by its name or age alone:
+    a user's ``values.zarr.old-20240517/`` is never touched. A marked folder
+    is removed when the process that made it provably died (same host; see
+    :func:`._owners.owner_is_dead`), or -- made on another host -- when it has
+    not changed for :data:`STALE_AFTER` seconds. A backup of the previous
+    result whose replacement never landed (the target is missing) is moved
+    back instead of removed.
     """
     removed = []
-    for path in glob.glob(glob.escape(target) + ".tmp-*") + glob.glob(glob.escape(target) + ".old-*"):
-        match = _TMP_PATTERN.fullmatch(path[len(target) :])
-        if match is None or not os.path.isdir(path):
+    for path in sorted(glob.glob(glob.escape(target) + ".tmp-*") + glob.glob(glob.escape(target) + ".old-*")):
+        marker = _temporary_marker(path, target) if os.path.isdir(path) else None
+        if marker is None or not _abandoned(path, marker):
             continue
-        host, pid = match.group("host"), match.group("pid")
-        if host == _HOST and pid is not None:
-            stale = int(pid) != os.getpid() and not _alive(int(pid))
-        else:
-            try:
-                stale = time.time() - os.path.getmtime(path) > STALE_AFTER
-            except OSError:
-                continue
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        staged = os.path.join(path, STAGED)
+        if marker.get("kind") == "old" and os.path.isdir(staged) and not os.path.exists(target):
+            os.replace(staged, target)  # the replacement was interrupted: the previous result comes back
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
+
+
+#: Exceptions of object-store clients that mean "no usable credentials" (matched by name: botocore,
+#: google-auth and azure-identity are optional).
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "NoAuthTokenError", "DefaultCredentialsError", "RefreshError", "ClientAuthenticationError",
+                      "CredentialUnavailableError")
+#: Words in a PermissionError of an object store that mean the credentials were refused.
+_REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccessDenied", "Forbidden",
+            "InvalidToken", "AuthorizationHeaderMalformed", "Access Denied", "403")
+
+
+def credential_error(exc: BaseException, url: Any, owner: str) -> Exception | None:
+    """A :class:`~dvl_dask.errors.StoreAccessError` explaining ``exc`` if it is a credential problem of a remote store.
+
+    None when ``url`` is local or ``exc`` (and what caused it) is something else.
+    """
+    from ..errors import StoreAccessError
+
+    if not isinstance(url, (str, os.PathLike)) or is_local(os.fspath(url)):
+        return None
+    seen: BaseException | None = exc
+    for _ in range(8):  # zarr, xarray and s3fs wrap the client's exception
+        if seen is None or isinstance(seen, StoreAccessError):
+            return None
+        missing = type(seen).__name__ in _CREDENTIAL_ERRORS
+        refused = isinstance(seen, PermissionError) and any(word in str(seen) for word in _REFUSED)
+        if missing or refused:
+            what = ("no credentials were found" if missing else "the store refused the credentials or this "
+                    "account may not access it")
+            return StoreAccessError(
+                f"{owner} cannot access {os.fspath(url)}: {what} ({type(seen).__name__}: {seen}). To fix, pass "
+                "credentials in storage_options (for s3:// e.g. storage_options={'key': ..., 'secret': ...}, "
+                "plus 'endpoint_url' for a non-AWS store, or {'anon': True} for a public bucket) or set them in "
+                "the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+                "GOOGLE_APPLICATION_CREDENTIALS for gs://)."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def explains_store_errors(owner: str, url_position: int) -> Callable[[F], F]:
+    """Decorate a public reader or writer: credential failures of remote stores become StoreAccessError."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                url = kwargs.get("url", args[url_position] if len(args) > url_position else None)
+                explained = credential_error(exc, url, owner)
+                if explained is None:
+                    raise
+                raise explained from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def is_local(url: str) -> bool:

@@ -259,6 +259,10 @@ def run_until_converged(
         The checkpoint fails verification (the message names the block and how to recover).
     CheckpointInUseError
         Another process is writing the checkpoint.
+    KeyboardInterrupt
+        Re-raised after Ctrl-C, once merged blocks are committed; a note on
+        it says how many blocks the checkpoint holds and that the same call
+        resumes from them.
     """
     owner = "run_until_converged"
     if not isinstance(stop, StoppingCriterion):
@@ -326,6 +330,9 @@ def run_until_converged(
                             run.n_blocks, run.merged.n_evaluations, checkpoint,
                             ", which already meet the stopping criterion" if run.stopped else "")
         _drive(run, utility, estimator, seq, per_block, seed_text, client, executor, window, store, progress)
+    except KeyboardInterrupt as exc:
+        exc.add_note(_interrupted_note(run, store))
+        raise
     finally:
         if store is not None:
             store.close()
@@ -347,6 +354,16 @@ def run_until_converged(
             **sample_attrs(estimator, seed_text, run.n_blocks, int(np.max(count, initial=0))),
         },
     )
+
+
+def _interrupted_note(run: _Run, store: Checkpoint | None) -> str:
+    """What survives a Ctrl-C, added to the KeyboardInterrupt (its traceback shows it)."""
+    if store is None:
+        return (f"run_until_converged was interrupted after {run.n_blocks} merged blocks; nothing is kept because "
+                "no checkpoint was given. Pass checkpoint=<path or URL> to be able to resume an interrupted run.")
+    return (f"run_until_converged was interrupted: {store.n_blocks} blocks are committed to the checkpoint "
+            f"{store.url}. Run the same call again (same arguments and checkpoint) to resume from them: they are "
+            "verified and not computed again, and the values equal those of an uninterrupted run.")
 
 
 class _Committer:

@@ -11,7 +11,13 @@ import dask
 import numpy as np
 import pytest
 
-from dvl_dask.errors import CheckpointCorruptError, CheckpointInUseError, CheckpointMismatchError, DvlDaskError
+from dvl_dask.errors import (
+    CheckpointCorruptError,
+    CheckpointInUseError,
+    CheckpointMismatchError,
+    DvlDaskError,
+    NotAResultError,
+)
 from dvl_dask.results import Checkpoint, truncate_checkpoint
 from dvl_dask.testing.games import AirportGame
 from dvl_dask.valuation import MaxEvaluations, MinUpdates, load_checkpoint, permutation_shapley, run_until_converged
@@ -77,7 +83,14 @@ DAMAGE = {
     "deleted group metadata": (lambda f: f.delete("zarr.json"), None),
     "deleted array metadata": (lambda f: f.delete("stats/zarr.json"), 6),
     "truncated array metadata": (lambda f: _truncate(f, "evaluations/zarr.json"), 6),
+    # issue 25: the advice for a torn head kept 0 blocks, and for n_blocks too high it named a call that failed
+    "truncated commit point": (lambda f: _truncate(f, "head.json"), 6),
+    "n_blocks too high in the commit point": (lambda f: _edit_head(f, n_blocks=84), 6),
 }
+
+
+def _edit_head(files, **changes):
+    files.write("head.json", json.dumps({**json.loads(files.read("head.json")), **changes}).encode())
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -137,6 +150,160 @@ def test_chunks_stay_readable_by_zarr(tmp_path):
     np.testing.assert_array_equal(np.asarray(group["evaluations"][:]), evaluations)
 
 
+# -- commit records name their run and are chained ---------------------------------------------------
+def _copy(src, dst, key):
+    import shutil
+
+    source, target = os.path.join(src, key), os.path.join(dst, key)
+    if os.path.isdir(source):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+    else:
+        shutil.copy(source, target)
+
+
+def test_a_checkpoint_spliced_from_another_run_is_refused(tmp_path):
+    # issue 25: another run's stats/, evaluations/, commits/ and head.json copied in were resumed silently
+    mine, other = str(tmp_path / "mine.zarr"), str(tmp_path / "other.zarr")
+    _partial(mine)
+    with dask.config.set(EVERY_BLOCK):
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(18), checkpoint=other, window=1,
+                            **{**KW, "seed": 14})
+    for key in ("stats", "evaluations", "commits", "head.json"):
+        _copy(other, mine, key)
+    for call in (lambda: load_checkpoint(mine),
+                 lambda: run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=mine, **KW)):
+        with pytest.raises(CheckpointCorruptError, match="another run") as info:
+            call()
+        assert "copied in from another checkpoint" in str(info.value) and info.value.block == 0
+        assert "new checkpoint URL" in str(info.value)
+
+
+def test_one_record_copied_in_from_another_run_is_refused_at_its_block(tmp_path, reference):
+    mine, other = str(tmp_path / "mine.zarr"), str(tmp_path / "other.zarr")
+    _partial(mine)
+    _partial(other)  # the very same run in another folder: same seed and utility, another checkpoint
+    for key in ("commits/00000003.json", "stats/c/3/0/0/0", "evaluations/c/3"):
+        _copy(other, mine, key)
+    with pytest.raises(CheckpointCorruptError, match="commit record 3 names another run") as info:
+        load_checkpoint(mine)
+    assert info.value.block == 3 and f"truncate_checkpoint({mine!r}, 3)" in str(info.value)
+    with pytest.raises(CheckpointCorruptError, match="commit record 3"):
+        truncate_checkpoint(mine, 5)
+    assert truncate_checkpoint(mine, 3) == 3
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=mine, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+
+
+def test_reordered_commit_records_are_refused(tmp_path):
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    files = Local(ck)
+    one, two = files.read("commits/00000001.json"), files.read("commits/00000002.json")
+    # swap two records and give each the other's block range: continuity holds, the chain does not
+    r1, r2 = json.loads(one), json.loads(two)
+    files.write("commits/00000001.json", json.dumps({**r2, "commit": 1, "first": 1, "stop": 2}).encode())
+    files.write("commits/00000002.json", json.dumps({**r1, "commit": 2, "first": 2, "stop": 3}).encode())
+    with pytest.raises(CheckpointCorruptError, match="commit record 1 does not chain") as info:
+        load_checkpoint(ck)
+    assert info.value.block == 1
+
+
+def test_records_name_run_seed_and_blocks(tmp_path):
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    files = Local(ck)
+    header = json.loads(files.read("header.json"))
+    records = [json.loads(files.read(f"commits/{i:08d}.json")) for i in range(6)]
+    assert [(r["commit"], r["first"], r["stop"]) for r in records] == [(i, i, i + 1) for i in range(6)]
+    assert {r["run"]["seed"] for r in records} == {header["seed"]}
+    assert {r["run"]["checkpoint_id"] for r in records} == {header["checkpoint_id"]}
+    assert records[0]["previous"] is None
+    import hashlib
+
+    for i in range(1, 6):
+        assert records[i]["previous"] == hashlib.sha256(files.read(f"commits/{i - 1:08d}.json")).hexdigest()
+
+
+def test_format_2_checkpoint_is_read_but_resuming_says_how_to_start_fresh(tmp_path):
+    ck = str(tmp_path / "v2.zarr")
+    _partial(ck)
+    expected = load_checkpoint(ck)
+    files = Local(ck)
+    for key in ("zarr.json", "header.json"):
+        meta = json.loads(files.read(key))
+        attrs = meta.get("attributes", meta)
+        attrs["dvl_checkpoint_version"] = 2
+        del attrs["checkpoint_id"]
+        files.write(key, json.dumps(meta).encode())
+    for i in range(6):
+        record = json.loads(files.read(f"commits/{i:08d}.json"))
+        files.write(f"commits/{i:08d}.json", json.dumps(
+            {k: v for k, v in record.items() if k not in ("run", "previous")}).encode())
+    _edit_head(files, format=2)
+    ds = load_checkpoint(ck)
+    np.testing.assert_array_equal(ds["value"].values, expected["value"].values)
+    with pytest.raises(CheckpointMismatchError, match=r"format 2.*start fresh"):
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    _flip(files, "stats/c/2/0/0/0")  # its checksums are still verified
+    with pytest.raises(CheckpointCorruptError, match="block 2"):
+        load_checkpoint(ck)
+
+
+def test_a_user_folder_holding_stats_is_not_called_a_damaged_checkpoint(tmp_path):
+    notes = tmp_path / "notes"
+    (notes / "stats").mkdir(parents=True)
+    (notes / "stats" / "summary.csv").write_text("a,b\n1,2\n")
+    (notes / "head.json").write_text('{"title": "my notes"}')
+    for call in (lambda: load_checkpoint(str(notes)),
+                 lambda: run_until_converged(permutation_shapley, GAME, stop=MinUpdates(3), checkpoint=str(notes),
+                                             **KW),
+                 lambda: truncate_checkpoint(str(notes), 0)):
+        with pytest.raises(NotAResultError, match="not a dvl_dask checkpoint") as info:
+            call()
+        assert "damaged" not in str(info.value)
+    assert sorted(os.listdir(notes)) == ["head.json", "stats"]
+
+
+def test_a_file_as_checkpoint_is_a_clear_error(tmp_path):
+    # issue 25: run_until_converged(checkpoint=<a file>) raised NotADirectoryError
+    path = tmp_path / "run.ckpt"
+    path.write_text("not a folder")
+    for call in (lambda: run_until_converged(permutation_shapley, GAME, stop=MinUpdates(3), checkpoint=str(path),
+                                             **KW),
+                 lambda: load_checkpoint(str(path)),
+                 lambda: truncate_checkpoint(str(path), 0)):
+        with pytest.raises(NotAResultError, match="is a file"):
+            call()
+    assert path.read_text() == "not a folder"
+
+
+def test_ctrl_c_says_how_many_blocks_are_committed_and_that_rerunning_resumes(tmp_path, monkeypatch, reference):
+    # issue 25: after Ctrl-C nothing said how many blocks were committed and that rerunning resumes
+    from dvl_dask.valuation import _loop
+
+    ck = str(tmp_path / "ck.zarr")
+    update = _loop.ProgressLine.update
+
+    def interrupt_at_block_3(self, *, blocks, force=False, **kwargs):
+        if blocks == 3 and not force:
+            raise KeyboardInterrupt
+        return update(self, blocks=blocks, force=force, **kwargs)
+
+    monkeypatch.setattr(_loop.ProgressLine, "update", interrupt_at_block_3)
+    with dask.config.set(EVERY_BLOCK), pytest.raises(KeyboardInterrupt) as info:
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, window=1, **KW)
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert f"3 blocks are committed to the checkpoint {ck}" in note and "resume" in note
+    with dask.config.set(EVERY_BLOCK), pytest.raises(KeyboardInterrupt) as info:
+        run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), window=1, **KW)
+    assert "no checkpoint was given" in " ".join(getattr(info.value, "__notes__", []))
+    monkeypatch.setattr(_loop.ProgressLine, "update", update)
+    assert load_checkpoint(ck).attrs["n_blocks"] == 3
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+
+
 # -- the writer lease -------------------------------------------------------------------------------
 def _open(ck, storage_options=None):
     header = {"method": "permutation_shapley", "parameters": {"items_per_block": 3}, "utility_token": "t",
@@ -170,6 +337,40 @@ def test_run_refuses_a_checkpoint_in_use_and_takes_over_a_stale_lease(tmp_path, 
     resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
     np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
     assert not os.path.exists(files.path("lease.json"))  # released at the end
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lease_whose_holder_died_on_this_host_is_taken_over_at_once(tmp_path, reference):
+    # issue 25: after a driver was killed, its lease blocked the resume for 60 s
+    import socket
+
+    from dvl_dask.results._owners import process_start_time
+
+    ck = str(tmp_path / "ck.zarr")
+    _partial(ck)
+    files = Local(ck)
+    here = {"writer": "killed-driver", "host": socket.gethostname(), "heartbeat": time.time()}
+    files.write("lease.json", json.dumps({**here, "pid": _dead_pid(), "started": time.time() - 5}).encode())
+    started = time.monotonic()
+    resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    assert time.monotonic() - started < 30  # not the 60 s lease timeout
+    np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
+    # a pid reused by a later process: the holder is dead too
+    files.write("lease.json", json.dumps({**here, "pid": os.getppid(), "started": 1.0}).encode())
+    run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
+    # a live holder on this host (its true start time), or one whose start time was not recorded: refused
+    for holder in ({"pid": os.getppid(), "started": process_start_time(os.getppid())}, {"pid": os.getppid()}):
+        files.write("lease.json", json.dumps({**here, **holder}).encode())
+        with pytest.raises(CheckpointInUseError, match="another run"):
+            run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
 
 
 def test_a_writer_whose_lease_was_taken_over_stops_writing(tmp_path):

@@ -36,3 +36,26 @@ def test_result_round_trip_on_s3(s3_bucket):
     assert back.attrs["method"] == "msr_banzhaf"
     with pytest.raises(dvl_dask.errors.ResultExistsError):
         dvl_dask.to_zarr(ds, url, storage_options=options)
+
+
+def test_s3_without_credentials_is_a_clear_error(s3_bucket, monkeypatch):
+    # issue 25: a raw botocore NoCredentialsError traceback
+    prefix, options = s3_bucket
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    bare = {"endpoint_url": options["endpoint_url"]}  # no key, no secret
+    ds = msr_banzhaf(GAME, n_samples=20, seed=0, items_per_block=20)
+    calls = {
+        "to_zarr": lambda: dvl_dask.to_zarr(ds, f"{prefix}/v.zarr", storage_options=bare),
+        "open_result": lambda: dvl_dask.open_result(f"{prefix}/v.zarr", storage_options=bare),
+        "open_influence": lambda: dvl_dask.open_influence(f"{prefix}/i.zarr", storage_options=bare),
+        "run_until_converged": lambda: run_until_converged(
+            msr_banzhaf, GAME, stop=MaxEvaluations(10), checkpoint=f"{prefix}/c.zarr", storage_options=bare,
+            progress=False),
+    }
+    for owner, call in calls.items():
+        with pytest.raises(dvl_dask.errors.StoreAccessError, match="no credentials were found") as info:
+            call()
+        assert (owner if owner != "run_until_converged" else "checkpoint") in str(info.value)
+        assert "storage_options" in str(info.value)
+        assert isinstance(info.value, PermissionError)
