@@ -64,6 +64,14 @@ __all__ = ["PROGRESS_GROUP", "WRITE_HEADER", "ZarrBlockSink", "open_block_sink",
 
 WRITE_HEADER = "_dvl_write"
 PROGRESS_GROUP = "_dvl_progress"
+
+
+def _open_for_writing(url: str, storage_options: dict[str, Any] | None) -> Any:
+    """The store's root group for writing: its real hierarchy, never consolidated metadata (which a
+    finished store carries and a resumed or completed write would otherwise read stale)."""
+    import zarr
+
+    return zarr.open_group(zarr_store(url, storage_options), mode="r+", zarr_format=3, use_consolidated=False)
 _HEADER_FORMAT = 1
 
 _HANDLES: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -158,11 +166,10 @@ class ZarrBlockSink:
 
     def finish(self) -> str:
         """Check that every block is stored, mark the store complete and drop the progress markers."""
-        import zarr
 
         if self._spec is not None:
             raise SchemaError(f"No block was written to {self.url}: the computation produced no data.")
-        group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+", zarr_format=3)
+        group = _open_for_writing(self.url, self.storage_options)
         done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
         if not done.all():
             missing = [tuple(int(v) for v in idx) for idx in np.argwhere(~done)[:5]]
@@ -184,9 +191,8 @@ class ZarrBlockSink:
         with _HANDLES_LOCK:
             found = _HANDLES.get(key)
         if found is None:
-            import zarr
 
-            group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+", zarr_format=3)
+            group = _open_for_writing(self.url, self.storage_options)
             # every chunk is written, even one equal to the fill value: a missing chunk then means damage
             found = (group[self.name].with_config({"write_empty_chunks": True}), group[PROGRESS_GROUP]["done"])
             with _HANDLES_LOCK:
@@ -221,7 +227,7 @@ class ZarrBlockSink:
         ds.attrs = {WRITE_HEADER: spec["header"]}
         store = zarr_store(self.url, self.storage_options)
         ds.to_zarr(store, mode="w", compute=False, consolidated=False, zarr_format=3)
-        group = zarr.open_group(store, mode="r+", zarr_format=3)
+        group = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
         progress = group.create_group(PROGRESS_GROUP)
         progress.create_array("done", shape=self._grid.grid, chunks=(1,) * n_axes, dtype="u1", fill_value=0)
         self._spec = None
@@ -282,10 +288,9 @@ def _differences(
 
 def _reverify(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: _Grid) -> np.ndarray:
     """Blocks of a finished store whose marker is missing: verified ones are marked done, the rest rewritten."""
-    import zarr
 
     done = verify_blocks(url, storage_options, name, grid)
-    group = zarr.open_group(zarr_store(url, storage_options), mode="r+", zarr_format=3)
+    group = _open_for_writing(url, storage_options)
     progress = group.require_group(PROGRESS_GROUP)
     mask = progress.create_array("done", shape=grid.grid, chunks=(1,) * len(grid.grid), dtype="u1", fill_value=0,
                                  overwrite=True)

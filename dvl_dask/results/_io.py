@@ -120,7 +120,7 @@ def to_zarr(
                                     write_empty_chunks=True)
 
         def _finish(_: Any) -> str:
-            consolidate(tmp)
+            consolidate(staged)
             if os.path.exists(target):
                 # Checked again at commit time: something may have appeared since the graph was built.
                 refuse_to_replace(target, store_kind(target), "to_zarr", overwrite=overwrite)
@@ -152,7 +152,7 @@ def to_zarr(
     def _mark(_: Any) -> str:
         import zarr
 
-        group = zarr.open_group(mapper, mode="r+", zarr_format=fmt)
+        group = zarr.open_group(mapper, mode="r+", zarr_format=fmt, use_consolidated=False)
         group.attrs[COMPLETE] = True
         consolidate(mapper)
         return url

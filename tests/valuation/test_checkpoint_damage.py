@@ -283,14 +283,14 @@ def test_ctrl_c_says_how_many_blocks_are_committed_and_that_rerunning_resumes(tm
     from dvl_dask.valuation import _loop
 
     ck = str(tmp_path / "ck.zarr")
-    update = _loop.ProgressLine.update
+    update = _loop._CompletionBar.update
 
-    def interrupt_at_block_3(self, *, blocks, force=False, **kwargs):
-        if blocks == 3 and not force:
+    def interrupt_at_block_3(self, run, *, refresh=False):
+        if run.n_blocks == 3 and not refresh:
             raise KeyboardInterrupt
-        return update(self, blocks=blocks, force=force, **kwargs)
+        return update(self, run, refresh=refresh)
 
-    monkeypatch.setattr(_loop.ProgressLine, "update", interrupt_at_block_3)
+    monkeypatch.setattr(_loop._CompletionBar, "update", interrupt_at_block_3)
     with dask.config.set(EVERY_BLOCK), pytest.raises(KeyboardInterrupt) as info:
         run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, window=1, **KW)
     note = " ".join(getattr(info.value, "__notes__", []))
@@ -298,7 +298,7 @@ def test_ctrl_c_says_how_many_blocks_are_committed_and_that_rerunning_resumes(tm
     with dask.config.set(EVERY_BLOCK), pytest.raises(KeyboardInterrupt) as info:
         run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), window=1, **KW)
     assert "no checkpoint was given" in " ".join(getattr(info.value, "__notes__", []))
-    monkeypatch.setattr(_loop.ProgressLine, "update", update)
+    monkeypatch.setattr(_loop._CompletionBar, "update", update)
     assert load_checkpoint(ck).attrs["n_blocks"] == 3
     resumed = run_until_converged(permutation_shapley, GAME, stop=MinUpdates(30), checkpoint=ck, **KW)
     np.testing.assert_array_equal(resumed["value"].values, reference["value"].values)
