@@ -14,6 +14,7 @@ from . import (
     errors,
     influence,
     keys,
+    models,
     results,
     valuation,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "influence_dataarray",
     "influence_to_zarr",
     "keys",
+    "models",
     "open_influence",
     "open_result",
     "results",

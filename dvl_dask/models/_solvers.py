@@ -81,7 +81,7 @@ def standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 def _with_intercept(x: np.ndarray, fit_intercept: bool) -> np.ndarray:
     if not fit_intercept:
         return x
-    ones = np.ones(x.shape[:-1] + (1,), dtype=x.dtype)
+    ones = np.ones((*x.shape[:-1], 1), dtype=x.dtype)
     return np.concatenate([x, ones], axis=-1)
 
 
@@ -193,7 +193,7 @@ def _newton(problem: _Logistic, w0: np.ndarray, tol: float, max_iter: int) -> tu
     backtracking line search (Armijo) keeps every step a descent step.
     Returns the parameters, which elements converged, and the iterations.
     """
-    B, K, p = w0.shape
+    B = w0.shape[0]
     w = w0.copy()
     reference = np.abs(problem.gradient(np.zeros_like(w0))).reshape(B, -1).max(axis=1)
     target = tol * np.maximum(reference, _EPS)
@@ -201,7 +201,7 @@ def _newton(problem: _Logistic, w0: np.ndarray, tol: float, max_iter: int) -> tu
     iterations = 0
     active = np.arange(B)
     sub = problem
-    for iterations in range(max_iter + 1):  # noqa: B007 - the count is returned
+    for iterations in range(max_iter + 1):
         wa = w[active]
         prob = sub._probabilities(wa)
         g = sub.gradient(wa, prob)

@@ -48,6 +48,7 @@ class BatchEvaluator:
         data = utility._numpy_data()
         self.spec = spec
         self.default = utility.default_score
+        self.scorer_range = utility.scorer_range
         self.x = np.ascontiguousarray(data.x_train, dtype=np.float64)
         self.x_test = np.ascontiguousarray(data.x_test, dtype=np.float64)
         if spec.is_classifier:
@@ -123,8 +124,12 @@ class BatchEvaluator:
         scores = self.metric(fit, self.x_test, self.y_test, classes)
         if scores is None:
             return np.full(len(rows_weight), np.nan), fit
-        scores = np.where(fit.converged & np.isfinite(scores), scores, np.nan)
-        return scores, fit
+        # Not converged, not finite or outside the scorer's range: the one-at-a-time path decides (it warns,
+        # uses the default score or raises ScoreOutOfRangeError with its message).
+        lo, hi = self.scorer_range
+        with np.errstate(invalid="ignore"):
+            good = fit.converged & np.isfinite(scores) & (scores >= lo) & (scores <= hi)
+        return np.where(good, scores, np.nan), fit
 
     def chunk(self, m: int) -> int:
         """Coalitions per solver call for ``m`` rows each (bounded memory)."""
