@@ -254,3 +254,45 @@ def test_lockstep_truncation_drops_finished_permutations():
 
 def test_dvl_dask_models_is_importable_from_the_package():
     assert dvl_dask.models.LogisticRegression is LogisticRegression
+
+
+@pytest.mark.slow  # 300 tightly converged scikit-learn fits per dataset (~5-20 s each)
+@pytest.mark.parametrize(("loader", "n_train", "scorings"), [
+    (load_breast_cancer, 100, ("accuracy", "neg_log_loss")),
+    (load_wine, 60, ("accuracy", "neg_log_loss")),
+    (load_diabetes, 100, ("r2",)),
+])
+def test_300_coalitions_equal_tight_sklearn(loader, n_train, scorings):
+    x, y, xt, yt = _split(loader, n_train, 200 if loader is not load_wine else 100)
+    regression = loader is load_diabetes
+    masks = _coalitions(np.random.default_rng(10), 300, n_train, low=0.05)
+    model, ref_model = (Ridge(alpha=1.0), SkRidge(alpha=1.0)) if regression else (LogisticRegression(), _tight())
+    refs = []
+    for mask in masks:
+        fittable = mask.any() and (regression or np.unique(y[mask]).size >= 2)
+        refs.append(clone(ref_model).fit(x[mask], y[mask]) if fittable else None)
+    for scoring in scorings:
+        u = Utility(model, Dataset(x, y, xt, yt), scoring, default_score=-5.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = u.evaluate_batch(masks)
+        want = []
+        for ref in refs:
+            try:
+                want.append(-5.0 if ref is None else get_scorer(scoring)(ref, xt, yt))
+            except ValueError:  # log-loss of a model without every test class
+                want.append(-5.0)
+        if scoring == "accuracy":
+            assert (np.abs(got - np.array(want)) < 1e-12).sum() >= 299
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    k = None if regression else np.unique(y).size
+    full = [j for j, ref in enumerate(refs) if ref is not None and (regression or ref.classes_.size == k)]
+    if regression:
+        fit = fit_ridge(x, y, masks[full].astype(float), alpha=1.0, fit_intercept=True)
+        coef = np.array([refs[j].coef_ for j in full])[:, None, :]
+    else:
+        fit = fit_logistic(x, y, masks[full].astype(float), n_classes=k, C=1.0, fit_intercept=True)
+        coef = np.array([refs[j].coef_ for j in full])
+    for j in range(len(full)):
+        assert _relative(fit.coef[j], coef[j]) < 1e-6

@@ -18,7 +18,7 @@ import numpy as np
 from ..models import BatchSpec, LinearFit, vector_metric
 from ._scorers import Scorer
 
-__all__ = ["BatchEvaluator", "prefix_chunk"]
+__all__ = ["BatchEvaluator", "has_vector_metric", "prefix_chunk"]
 
 
 def _sklearn_scorer_name(scorer: Scorer) -> str | None:
@@ -35,6 +35,12 @@ def _sklearn_scorer_name(scorer: Scorer) -> str | None:
                 and getattr(fn, "_response_method", None) == ref._response_method):
             return name
     return None
+
+
+def has_vector_metric(scorer: Scorer, spec: BatchSpec) -> bool:
+    """Whether ``scorer`` has a vectorised version for this kind of model."""
+    name = _sklearn_scorer_name(scorer)
+    return name is not None and vector_metric(name, spec.is_classifier) is not None
 
 
 #: Largest batch * rows * features of one solver call (bounds the memory of a batch: ~64 MB of float64).

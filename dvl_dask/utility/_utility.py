@@ -518,15 +518,22 @@ class Utility:
             from ..models import batch_spec
             from ._batched import BatchEvaluator
 
-            spec = batch_spec(self._model) if self._memoized is None else None
-            evaluator = None if spec is None else BatchEvaluator(self, spec)
-            self._batch = evaluator if evaluator is not None and evaluator.usable else False
+            self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
         return self._batch or None
 
     @property
     def batched(self) -> bool:
-        """Whether :meth:`evaluate_batch` fits whole batches at once (else it evaluates one coalition at a time)."""
-        return self._batch_evaluator() is not None
+        """Whether :meth:`evaluate_batch` fits whole batches at once (else it evaluates one coalition at a time).
+
+        Decided from the model, the scorer and the cache only (the data are not read).
+        """
+        from ..models import batch_spec
+        from ._batched import has_vector_metric
+
+        if self._memoized is not None:
+            return False
+        spec = batch_spec(self._model)
+        return spec is not None and has_vector_metric(self.scorer, spec)
 
     def evaluate_batch(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
         """Scores of many coalitions: boolean masks ``(B, n_players)`` or a sequence of coalitions.

@@ -79,11 +79,15 @@ class Estimator(ABC):
         """Upper bound of the utility evaluations of one block of ``n_items`` items."""
         return int(n_items) * self.evaluations_per_item(n)
 
-    def items_per_block(self, n: int, override: int | None = None) -> int:
-        """Items per task so that a task runs about ``evaluations-per-block`` evaluations."""
+    def items_per_block(self, n: int, override: int | None = None, batched: bool = False) -> int:
+        """Items per task so that a task runs about ``evaluations-per-block`` evaluations.
+
+        ``batched``: the utility fits batches (``batched-evaluations-per-block``).
+        """
         if override is not None:
             return int(override)
-        target = int(config.get(config.MC_EVALUATIONS_PER_BLOCK))
+        key = config.MC_BATCHED_EVALUATIONS_PER_BLOCK if batched else config.MC_EVALUATIONS_PER_BLOCK
+        target = int(config.get(key))
         return max(1, target // max(1, self.evaluations_per_item(n)))
 
     def finalize_spec(self) -> dict[str, Any]:
@@ -292,14 +296,14 @@ class SemivalueEstimator(Estimator):
         drawn = 2 * self.units(n_items) if self._antithetic() else int(n_items)
         return drawn * self.evaluations_per_item(n)
 
-    def items_per_block(self, n: int, override: int | None = None) -> int:
+    def items_per_block(self, n: int, override: int | None = None, batched: bool = False) -> int:
         """As :meth:`Estimator.items_per_block`; Neyman allocation gets at least ``5 * pilot * n`` per block.
 
         A Neyman block spends ``pilot * n`` samples per player on its pilot, so
         smaller blocks would waste most of their evaluations (and blocks under
         ``(pilot + 2) * n`` fall back to equal allocation).
         """
-        items = super().items_per_block(n, override)
+        items = super().items_per_block(n, override, batched)
         if override is None and self.stratified and getattr(self.sampler, "allocation", "equal") == "neyman":
             items = max(items, 5 * self.sampler.pilot * n)
         return items

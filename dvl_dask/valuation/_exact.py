@@ -82,7 +82,8 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     utility : Utility
         The utility (model + data + scorer) or a game.
     block_size : int, optional
-        Coalitions per task. Default ``dvl_dask.valuation.exact.subsets-per-block``.
+        Coalitions per task. Default ``dvl_dask.valuation.exact.subsets-per-block``
+        (``batched-subsets-per-block`` for a utility that fits batches, see :mod:`dvl_dask.models`).
 
     Returns
     -------
@@ -113,9 +114,9 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     utility = check_utility(utility, owner)
     n = utility.n_players
     check_enumerable(n, owner, "a Monte Carlo method")
-    bs = check_positive_int(
-        config.get(config.EXACT_SUBSETS_PER_BLOCK, override_with=block_size), "block_size", owner
-    )
+    batched = getattr(utility, "batched", False)
+    key = config.EXACT_BATCHED_SUBSETS_PER_BLOCK if batched else config.EXACT_SUBSETS_PER_BLOCK
+    bs = check_positive_int(config.get(key, override_with=block_size), "block_size", owner)
     u = utility_node(utility)
     name = current_call().layer("exact-shapley-block")
     block_fn = dask.delayed(exact_shapley_block, pure=True)

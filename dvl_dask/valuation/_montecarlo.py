@@ -258,7 +258,7 @@ def _run(
     estimator = ESTIMATOR_FACTORIES[method](utility, **options)
     if items_per_block is not None:
         check_positive_int(items_per_block, "items_per_block", method)
-    per_block = estimator.items_per_block(utility.n_players, items_per_block)
+    per_block = estimator.items_per_block(utility.n_players, items_per_block, bool(getattr(utility, "batched", False)))
     # The default layout cuts small budgets into at least min-blocks equal blocks (no idle
     # worker at the end); an explicit items_per_block gives the layout run_until_converged uses.
     min_blocks = None if items_per_block is not None else check_positive_int(
