@@ -119,15 +119,24 @@ class BatchEvaluator:
         or gathered rows ``(B, m, d)``; ``y`` the matching targets (global codes).
         """
         assert self.metric is not None
-        if self.spec.is_classifier:
-            classes = self.classes_of(signature)
-            local = np.searchsorted(classes, y)
-            local = np.where(classes[local.clip(0, len(classes) - 1)] == y, local, 0)
-            fit = self.spec.fit(x, local, rows_weight, len(classes), init=init)
-        else:
-            classes = np.empty(0, dtype=np.int64)
-            fit = self.spec.fit(x, y, rows_weight, init=init)
-        scores = self.metric(fit, self.x_test, self.y_test, classes)
+        try:
+            if self.spec.is_classifier:
+                classes = self.classes_of(signature)
+                local = np.searchsorted(classes, y)
+                local = np.where(classes[local.clip(0, len(classes) - 1)] == y, local, 0)
+                fit = self.spec.fit(x, local, rows_weight, len(classes), init=init)
+            else:
+                classes = np.empty(0, dtype=np.int64)
+                fit = self.spec.fit(x, y, rows_weight, init=init)
+            with np.errstate(all="ignore"):
+                scores = self.metric(fit, self.x_test, self.y_test, classes)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            # The one-at-a-time path reports the failure (warning, default score or UnusableUtilityError).
+            p = x.shape[-1] + 1
+            k = 1 if not self.spec.is_classifier or self.n_classes <= 2 else self.n_classes
+            return np.full(len(rows_weight), np.nan), LinearFit(
+                np.zeros((len(rows_weight), k, p - 1)), np.zeros((len(rows_weight), k)),
+                np.zeros((len(rows_weight), k, p)), np.zeros(len(rows_weight), dtype=bool), 0)
         if scores is None:
             return np.full(len(rows_weight), np.nan), fit
         # Not converged, not finite or outside the scorer's range: the one-at-a-time path decides (it warns,
@@ -223,7 +232,10 @@ def prefix_chunk(evaluator: BatchEvaluator, orders: np.ndarray, step: int, alive
             scores, fit = evaluator.fit_score(x, np.ones((len(part), step)), y[part], int(signature), init)
             out[part] = scores
             for j, perm in enumerate(idx[part]):
-                previous[int(perm)] = (int(signature), fit.params[j])
+                if fit.converged[j]:
+                    previous[int(perm)] = (int(signature), fit.params[j])
+                else:
+                    previous.pop(int(perm), None)
     return out
 
 

@@ -518,7 +518,10 @@ class Utility:
             from ..models import batch_spec
             from ._batched import BatchEvaluator
 
-            self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
+            try:
+                self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
+            except (TypeError, ValueError):  # e.g. features that are not numbers: one call at a time says why
+                self._batch = False
         return self._batch or None
 
     @property
