@@ -95,12 +95,19 @@ def test_logistic_coefficients_equal_lbfgs_to_1e_6():
         assert _relative(fit.coef[j], ref.coef_) < 1e-6
 
 
-def test_pipeline_scaler_is_fitted_per_coalition():
-    x, y, _, _ = _split(load_breast_cancer, 80, 0, scale=False)
+@pytest.mark.parametrize(("loader", "fit_intercept"), [(load_breast_cancer, True), (load_wine, True),
+                                                     (load_breast_cancer, False)])
+def test_pipeline_scaler_is_fitted_per_coalition(loader, fit_intercept):
+    x, y, _, _ = _split(loader, 80, 0, scale=False)
+    k = np.unique(y).size
     masks = _coalitions(np.random.default_rng(3), 10, 80, low=0.4)
-    fit = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    masks = masks[[np.unique(y[m]).size == k for m in masks]]
+    fit = fit_logistic(x, y, masks.astype(float), n_classes=k, C=1.0, fit_intercept=fit_intercept, scale=True)
+    gathered = fit_logistic(x[masks[0]][None], y[masks[0]][None], np.ones((1, masks[0].sum())), n_classes=k,
+                            C=1.0, fit_intercept=fit_intercept, scale=True)
+    np.testing.assert_allclose(gathered.coef[0], fit.coef[0], rtol=1e-7, atol=1e-12)
     for j, mask in enumerate(masks):
-        ref = make_pipeline(StandardScaler(), _tight()).fit(x[mask], y[mask])
+        ref = make_pipeline(StandardScaler(), _tight(fit_intercept=fit_intercept)).fit(x[mask], y[mask])
         scaler, model = ref[0], ref[1]
         coef = model.coef_ / scaler.scale_  # back in raw units
         assert _relative(fit.coef[j], coef) < 1e-6
