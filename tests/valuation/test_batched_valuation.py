@@ -116,3 +116,17 @@ def test_subset_methods_batched_equal_one_fit_per_coalition():
             atol=1e-9,
         )
     np.testing.assert_allclose(_values(loo(u)), _values(loo(one)), atol=1e-9)
+
+
+def test_run_until_converged_with_a_batched_utility_resumes_from_its_checkpoint(tmp_path):
+    from dvl_dask.valuation import MaxEvaluations, run_until_converged
+
+    u = Utility(LogisticRegression(), _data(12, n_test=50), "accuracy")
+    path = str(tmp_path / "ck.zarr")
+    kwargs = {"seed": 2, "checkpoint": path, "progress": False, "items_per_block": 2, "executor": None}
+    first = run_until_converged("permutation_shapley", u, stop=MaxEvaluations(60), **kwargs)
+    resumed = run_until_converged("permutation_shapley", u, stop=MaxEvaluations(120), **kwargs)
+    fresh = run_until_converged("permutation_shapley", OneByOne(u), stop=MaxEvaluations(120), seed=2,
+                                progress=False, items_per_block=2)
+    assert first.attrs["n_evaluations"] < resumed.attrs["n_evaluations"]
+    np.testing.assert_allclose(resumed.value.values, fresh.value.values, atol=1e-9)
