@@ -315,8 +315,12 @@ def permutation_shapley(
     warm_start : bool
         Fit each prefix starting from the previous prefix's model (sklearn
         ``warm_start``): faster fits, slightly different models; recorded in attrs.
+        A utility with a batched model (:mod:`dvl_dask.models`) ignores it: its
+        permutations run in lockstep, every prefix warm-started and converged
+        to the same optimum as a cold fit.
     items_per_block : int, optional
-        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``,
+        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``
+        (``batched-evaluations-per-block`` for a utility with a batched model),
         and small budgets cut into at least ``min-blocks`` equal blocks so no worker idles at the
         end. An explicit value gives blocks of exactly that size (the layout of
         :func:`run_until_converged`).
