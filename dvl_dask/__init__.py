@@ -16,6 +16,7 @@ from . import (
     errors,
     influence,
     keys,
+    models,
     results,
     valuation,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "influence_dataarray",
     "influence_to_zarr",
     "keys",
+    "models",
     "open_influence",
     "open_result",
     "results",

@@ -31,6 +31,8 @@ __all__ = [
     "INFLUENCE_GRADIENT_MEMORY_BUDGET",
     "LOO_EVALUATIONS_PER_BLOCK",
     "MC_EVALUATIONS_PER_BLOCK",
+    "MC_BATCHED_EVALUATIONS_PER_BLOCK",
+    "EXACT_BATCHED_SUBSETS_PER_BLOCK",
     "MC_ACTIVE_SET_LAG",
     "MC_CHECKPOINT_INTERVAL",
     "MC_CHECKPOINT_LEASE_TIMEOUT",
@@ -53,6 +55,8 @@ EXACT_MAX_PLAYERS = "dvl_dask.valuation.exact.max-players"
 EXACT_SUBSETS_PER_BLOCK = "dvl_dask.valuation.exact.subsets-per-block"
 LOO_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.loo.evaluations-per-block"
 MC_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.evaluations-per-block"
+MC_BATCHED_EVALUATIONS_PER_BLOCK = "dvl_dask.valuation.montecarlo.batched-evaluations-per-block"
+EXACT_BATCHED_SUBSETS_PER_BLOCK = "dvl_dask.valuation.exact.batched-subsets-per-block"
 MC_WINDOW = "dvl_dask.valuation.montecarlo.window"
 MC_WINDOW_PER_THREAD = "dvl_dask.valuation.montecarlo.window-per-thread"
 MC_MIN_BLOCKS = "dvl_dask.valuation.montecarlo.min-blocks"

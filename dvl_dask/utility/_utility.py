@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -300,6 +300,7 @@ class Utility:
         self._template: bytes | bool | None = None  # pickled unfitted clone; False: not picklable
         self._validated = False  # a fit + score succeeded here, so sklearn's checks ran once
         self._finite: bool | None = None  # every array of the data is finite
+        self._batch: Any = None  # BatchEvaluator once built; False: the model has no batched fit
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -505,6 +506,137 @@ class Utility:
                 break
         return np.asarray(scores, dtype=np.float64)
 
+    # -- batches (models with a batched fit: dvl_dask.models) ----------------------------
+    def _batch_evaluator(self) -> Any:
+        """The per-process :class:`~._batched.BatchEvaluator`, or None if this utility is evaluated one at a time.
+
+        Batches need a model with a batched fit (:func:`dvl_dask.models.batch_spec`),
+        a scorer with a vectorised version and no cache (with a cache every
+        coalition goes through it, one at a time).
+        """
+        if self._batch is None:
+            from ..models import batch_spec
+            from ._batched import BatchEvaluator
+
+            try:
+                self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
+            except (TypeError, ValueError):  # e.g. features that are not numbers: one call at a time says why
+                self._batch = False
+        return self._batch or None
+
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`evaluate_batch` fits whole batches at once (else it evaluates one coalition at a time).
+
+        Decided from the model, the scorer and the cache only (the data are not read).
+        """
+        from ..models import batch_spec
+        from ._batched import has_vector_metric
+
+        if self._memoized is not None:
+            return False
+        spec = batch_spec(self._model)
+        return spec is not None and has_vector_metric(self.scorer, spec)
+
+    def evaluate_batch(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
+        """Scores of many coalitions: boolean masks ``(B, n_players)`` or a sequence of coalitions.
+
+        With a batched model (:mod:`dvl_dask.models`) and a vectorised scorer
+        (accuracy, balanced_accuracy, neg_log_loss, r2, neg_mean_squared_error)
+        the coalitions are fitted together; otherwise, and for any coalition the
+        vectorised path cannot score exactly as one call would (see
+        :mod:`dvl_dask.utility._batched`), each is evaluated as ``self(c)``.
+        Empty and one-class coalitions get ``default_score`` either way.
+        """
+        masks = self._as_masks(coalitions)
+        evaluator = self._batch_evaluator()
+        if evaluator is None:
+            return np.array([self(mask) for mask in masks], dtype=np.float64)
+        return self._complete(evaluator.scores(masks), masks)
+
+    def _as_masks(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
+        arr = coalitions if isinstance(coalitions, np.ndarray) else None
+        if arr is not None and arr.dtype == bool and arr.ndim == 2:
+            if arr.shape[1] != self.n_players:
+                raise InvalidParameterError(
+                    f"The masks given to Utility.evaluate_batch must have one column per player ({self.n_players}). "
+                    f"Got shape {arr.shape}."
+                )
+            return arr
+        masks = np.zeros((0, self.n_players), dtype=bool) if arr is not None and arr.size == 0 else None
+        if masks is not None:
+            return masks
+        rows = []
+        for coalition in coalitions:
+            mask = np.zeros(self.n_players, dtype=bool)
+            mask[check_coalition(coalition, self.n_players, "Utility.evaluate_batch")] = True
+            rows.append(mask)
+        return np.array(rows, dtype=bool).reshape(-1, self.n_players)
+
+    def _complete(self, scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Evaluate one at a time where the batch gave NaN (the batch scored only what it scores exactly)."""
+        for j in np.flatnonzero(np.isnan(scores)):
+            scores[j] = self(masks[j])
+        return scores
+
+    def batch_prefix_scores(
+        self,
+        orders: np.ndarray,
+        *,
+        warm_start: bool = True,
+        stop_when: Sequence[Callable[[int, float], bool]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Prefix scores of many permutations, evaluated in lockstep: prefix ``k`` of every permutation in one batch.
+
+        Parameters
+        ----------
+        orders : array of int, shape (P, L)
+            Permutations (or sequences) of players.
+        warm_start : bool
+            Start the fit of prefix ``k`` from prefix ``k - 1``'s optimum (same
+            classes only). The fits converge to the same optimum either way (to
+            the solver's tolerance), in fewer Newton steps.
+        stop_when : sequence of callables, optional
+            One rule per permutation: ``stop_when[p](step, score)`` True drops
+            permutation ``p`` from the batch (truncation). One rule each, since
+            a rule may keep state along its permutation.
+
+        Returns
+        -------
+        scores : ndarray, shape (P, L + 1)
+            ``scores[p, k]`` is the score of ``orders[p, :k]``; NaN after a permutation stopped.
+        steps : ndarray of int, shape (P,)
+            Prefixes evaluated per permutation (``L`` unless stopped).
+        """
+        orders = np.asarray(orders, dtype=np.int64).reshape(len(orders), -1)
+        n_perms, length = orders.shape
+        scores = np.full((n_perms, length + 1), np.nan)
+        scores[:, 0] = self(orders[:0, 0])
+        steps = np.full(n_perms, length, dtype=np.int64)
+        evaluator = self._batch_evaluator()
+        alive = np.ones(n_perms, dtype=bool)
+        previous: dict[int, Any] = {}
+        for step in range(1, length + 1):
+            idx = np.flatnonzero(alive)
+            if not idx.size:
+                break
+            if evaluator is None:
+                found = np.array([self(orders[p, :step]) for p in idx], dtype=np.float64)
+            else:
+                from ._batched import prefix_chunk
+
+                found = prefix_chunk(evaluator, orders, step, alive, previous, warm_start)
+                masks = np.zeros((len(idx), self.n_players), dtype=bool)
+                np.put_along_axis(masks, orders[idx, :step], True, axis=1)
+                found = self._complete(found, masks)
+            scores[idx, step] = found
+            if stop_when is not None:
+                for p, score in zip(idx, found, strict=True):
+                    if stop_when[p](step, float(score)):
+                        alive[p] = False
+                        steps[p] = step
+        return scores, steps
+
     def _warm_model(self) -> Any:
         params = self._model.get_params(deep=True) if hasattr(self._model, "get_params") else {}
         keys = [k for k in params if k == "warm_start" or k.endswith("__warm_start")]
@@ -594,7 +726,7 @@ class Utility:
         state["_materialized"] = None
         state["_memoized"] = None
         state.pop("_warned_unusable", None)
-        for key in ("_template", "_validated", "_finite"):
+        for key in ("_template", "_validated", "_finite", "_batch"):
             state.pop(key, None)
         return state
 

@@ -18,6 +18,7 @@ from .. import config
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ._coefficients import LogCoefficient, log_binomial
+from ._graph import evaluate_masks
 from ._samplers import PermutationSampler, StratifiedSampler, SubsetSampler
 from ._stats import PointStats, finalize_stats
 from ._truncation import NoTruncation, TruncationPolicy
@@ -78,11 +79,15 @@ class Estimator(ABC):
         """Upper bound of the utility evaluations of one block of ``n_items`` items."""
         return int(n_items) * self.evaluations_per_item(n)
 
-    def items_per_block(self, n: int, override: int | None = None) -> int:
-        """Items per task so that a task runs about ``evaluations-per-block`` evaluations."""
+    def items_per_block(self, n: int, override: int | None = None, batched: bool = False) -> int:
+        """Items per task so that a task runs about ``evaluations-per-block`` evaluations.
+
+        ``batched``: the utility fits batches (``batched-evaluations-per-block``).
+        """
         if override is not None:
             return int(override)
-        target = int(config.get(config.MC_EVALUATIONS_PER_BLOCK))
+        key = config.MC_BATCHED_EVALUATIONS_PER_BLOCK if batched else config.MC_EVALUATIONS_PER_BLOCK
+        target = int(config.get(key))
         return max(1, target // max(1, self.evaluations_per_item(n)))
 
     def finalize_spec(self) -> dict[str, Any]:
@@ -213,11 +218,10 @@ class PermutationEstimator(Estimator):
         empty = float(utility(np.arange(0)))
         evaluations = 1 + (1 if total is not None else 0)  # u(∅) once per block
         marginals = np.zeros((n_draw, n))
-        for row, perm in enumerate(perms):
-            scores, used = _prefix_scores(utility, perm, self.truncation, total, self.warm_start, empty)
-            evaluations += used
-            steps = len(scores) - 1
-            marginals[row, perm[:steps]] = np.diff(scores)
+        if getattr(utility, "batched", False):
+            evaluations += self._lockstep(utility, perms, total, marginals)
+        else:
+            evaluations += self._one_by_one(utility, perms, total, empty, marginals)
         if self.stratified:
             # Player perm[k] arrived after a prefix of size k: its marginal belongs to stratum k.
             positions = np.argsort(perms, axis=1)
@@ -226,6 +230,35 @@ class PermutationEstimator(Estimator):
         if self.sampler.antithetic:
             marginals = marginals.reshape(-1, 2, n).mean(axis=1)
         return PointStats.from_samples(marginals, np.ones_like(marginals, dtype=bool), evaluations)
+
+    def _one_by_one(
+        self, utility: UtilityLike, perms: np.ndarray, total: float | None, empty: float, marginals: np.ndarray
+    ) -> int:
+        evaluations = 0
+        for row, perm in enumerate(perms):
+            scores, used = _prefix_scores(utility, perm, self.truncation, total, self.warm_start, empty)
+            evaluations += used
+            steps = len(scores) - 1
+            marginals[row, perm[:steps]] = np.diff(scores)
+        return evaluations
+
+    def _lockstep(self, utility: UtilityLike, perms: np.ndarray, total: float | None, marginals: np.ndarray) -> int:
+        """All permutations of the block in lockstep: prefix k of every permutation in one batched fit.
+
+        Each prefix starts from the same permutation's previous optimum (batched
+        models converge to the same optimum from any start, to their tolerance);
+        truncation drops finished permutations from the batch.
+        """
+        n = perms.shape[1]
+        stop_when = None
+        if not isinstance(self.truncation, NoTruncation):
+            # One fresh rule per permutation: policies may keep state along a permutation (DeviationTruncation).
+            stop_when = [self.truncation.checker(n, total) for _ in range(len(perms))]
+        scores, steps = utility.batch_prefix_scores(perms, stop_when=stop_when)  # type: ignore[attr-defined]
+        for row, perm in enumerate(perms):
+            used = int(steps[row])
+            marginals[row, perm[:used]] = np.diff(scores[row, : used + 1])
+        return int(steps.sum())
 
 
 class SemivalueEstimator(Estimator):
@@ -278,14 +311,14 @@ class SemivalueEstimator(Estimator):
         drawn = 2 * self.units(n_items) if self._antithetic() else int(n_items)
         return drawn * self.evaluations_per_item(n)
 
-    def items_per_block(self, n: int, override: int | None = None) -> int:
+    def items_per_block(self, n: int, override: int | None = None, batched: bool = False) -> int:
         """As :meth:`Estimator.items_per_block`; Neyman allocation gets at least ``5 * pilot * n`` per block.
 
         A Neyman block spends ``pilot * n`` samples per player on its pilot, so
         smaller blocks would waste most of their evaluations (and blocks under
         ``(pilot + 2) * n`` fall back to equal allocation).
         """
-        items = super().items_per_block(n, override)
+        items = super().items_per_block(n, override, batched)
         allocation = getattr(self.sampler, "allocation", "equal")
         if override is None and self.stratified and isinstance(allocation, str) and allocation == "neyman":
             items = max(items, 5 * self.sampler.pilot * n)
@@ -330,19 +363,16 @@ class SemivalueEstimator(Estimator):
         n_draw = 2 * ((n_items + 1) // 2) if antithetic else n_items
         masks = self.sampler.draw(rng, n, n_draw)
         values = np.zeros((n_draw, n))
-        evaluations = 0
-        all_players = np.arange(n)
-        for s, mask in enumerate(masks):
-            u_s = utility(all_players[mask])
-            evaluations += 1
-            for i in players:
-                flipped = mask.copy()
-                flipped[i] = not mask[i]
-                u_f = utility(all_players[flipped])
-                evaluations += 1
-                values[s, i] = (u_s - u_f) if mask[i] else (u_f - u_s)
+        # Per sample: S, then S with each active player flipped; all evaluated as one batch.
+        batch = np.repeat(masks[:, None, :], 1 + len(players), axis=1)
+        batch[:, np.arange(1, 1 + len(players)), players] ^= True
+        scores = evaluate_masks(utility, batch.reshape(-1, n)).reshape(n_draw, 1 + len(players))
+        evaluations = scores.size
+        u_s, u_f = scores[:, :1], scores[:, 1:]
+        values[:, players] = np.where(masks[:, players], u_s - u_f, u_f - u_s)
+        for row, mask in enumerate(masks):
             k = mask.sum() - mask  # |S \ {i}| for every i
-            values[s] *= np.exp(self._log_factor(n, k))
+            values[row] *= np.exp(self._log_factor(n, k))
         if antithetic:
             values = values.reshape(-1, 2, n).mean(axis=1)
         used = np.zeros(values.shape, dtype=bool)
@@ -355,18 +385,15 @@ class SemivalueEstimator(Estimator):
         sampler = self.sampler
         assert isinstance(sampler, StratifiedSampler)
         values, strata, owners = [], [], []
-        all_players = np.arange(n)
         evaluations = 0
 
         def marginals(i: int, masks: np.ndarray) -> np.ndarray:
             nonlocal evaluations
-            out = np.empty(len(masks))
-            for s, mask in enumerate(masks):
-                without = utility(all_players[mask])
-                mask[i] = True
-                out[s] = utility(all_players[mask]) - without
-                evaluations += 2
-            return out
+            with_i = masks.copy()
+            with_i[:, i] = True
+            scores = evaluate_masks(utility, np.stack([masks, with_i], axis=1).reshape(-1, n)).reshape(-1, 2)
+            evaluations += scores.size
+            return scores[:, 1] - scores[:, 0]
 
         weights = self.stratum_weights()
         pilot = sampler.uses_pilot(n, n_items)
@@ -429,8 +456,7 @@ class MsrEstimator(Estimator):
         rng = np.random.default_rng(seed)
         n = utility.n_players
         masks = self.sampler.draw(rng, n, n_items)
-        all_players = np.arange(n)
-        scores = np.array([utility(all_players[m]) for m in masks], dtype=np.float64)
+        scores = evaluate_masks(utility, masks)
         values = np.broadcast_to(scores[:, None], masks.shape)
         stacked_values = np.stack([values, values])
         stacked_masks = np.stack([masks, ~masks])

@@ -16,7 +16,15 @@ from ..results._schema import EXACT
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import check_positive_int
-from ._graph import block_ranges, check_enumerable, check_utility, companion_name, stack_blocks, utility_node
+from ._graph import (
+    block_ranges,
+    check_enumerable,
+    check_utility,
+    companion_name,
+    evaluate_masks,
+    stack_blocks,
+    utility_node,
+)
 
 __all__ = ["EXACT_STDERR_NOTE", "exact_shapley", "loo", "shapley_weights"]
 
@@ -51,8 +59,7 @@ def exact_shapley_block(utility: UtilityLike, start: int, stop: int, n: int) -> 
     masks = np.arange(start, stop, dtype=np.int64)
     bits = _mask_bits(masks, n)
     sizes = bits.sum(axis=1)
-    players = np.arange(n)
-    values = np.array([utility(players[row]) for row in bits], dtype=np.float64)
+    values = evaluate_masks(utility, bits)  # one batch for a batched model (dvl_dask.models)
     w = shapley_weights(n)
     w_member = np.where(sizes > 0, w[np.clip(sizes - 1, 0, n - 1)], 0.0)
     w_outside = np.where(sizes < n, w[np.clip(sizes, 0, n - 1)], 0.0)
@@ -75,7 +82,8 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     utility : Utility
         The utility (model + data + scorer) or a game.
     block_size : int, optional
-        Coalitions per task. Default ``dvl_dask.valuation.exact.subsets-per-block``.
+        Coalitions per task. Default ``dvl_dask.valuation.exact.subsets-per-block``
+        (``batched-subsets-per-block`` for a utility that fits batches, see :mod:`dvl_dask.models`).
 
     Returns
     -------
@@ -106,9 +114,9 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
     utility = check_utility(utility, owner)
     n = utility.n_players
     check_enumerable(n, owner, "a Monte Carlo method")
-    bs = check_positive_int(
-        config.get(config.EXACT_SUBSETS_PER_BLOCK, override_with=block_size), "block_size", owner
-    )
+    batched = getattr(utility, "batched", False)
+    key = config.EXACT_BATCHED_SUBSETS_PER_BLOCK if batched else config.EXACT_SUBSETS_PER_BLOCK
+    bs = check_positive_int(config.get(key, override_with=block_size), "block_size", owner)
     u = utility_node(utility)
     name = current_call().layer("exact-shapley-block")
     block_fn = dask.delayed(exact_shapley_block, pure=True)
@@ -136,9 +144,9 @@ def exact_shapley(utility: UtilityLike, *, block_size: int | None = None) -> xr.
 def loo_block(utility: UtilityLike, start: int, stop: int, n: int) -> np.ndarray:
     """Scores ``u(N \\ {i})`` for ``i`` in ``start..stop-1``, placed in a length-n vector."""
     out = np.zeros(n)
-    players = np.arange(n)
-    for i in range(start, stop):
-        out[i] = utility(np.delete(players, i))
+    masks = np.ones((stop - start, n), dtype=bool)
+    masks[np.arange(stop - start), np.arange(start, stop)] = False
+    out[start:stop] = evaluate_masks(utility, masks)
     return out
 
 

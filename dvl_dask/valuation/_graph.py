@@ -15,7 +15,8 @@ from ..typing import UtilityLike
 from ..validation import check_finite_score
 
 __all__ = [
-    "UtilityWrapper", "block_ranges", "check_utility", "companion_name", "even_ranges", "stack_blocks", "utility_node",
+    "UtilityWrapper", "block_ranges", "check_utility", "companion_name", "evaluate_masks", "even_ranges",
+    "stack_blocks", "utility_node",
 ]
 
 
@@ -89,6 +90,19 @@ class CheckedUtility(UtilityWrapper):
 
     def __repr__(self) -> str:
         return f"CheckedUtility({self.utility!r})"
+
+
+def evaluate_masks(utility: UtilityLike, masks: np.ndarray) -> np.ndarray:
+    """Scores of the coalitions given as boolean masks ``(B, n)``: one batch when the utility fits batches.
+
+    A :class:`~dvl_dask.utility.Utility` with a batched model
+    (:mod:`dvl_dask.models`) fits them together (``evaluate_batch``); any other
+    utility is called once per coalition, in order.
+    """
+    if getattr(utility, "batched", False):
+        return np.asarray(utility.evaluate_batch(masks), dtype=np.float64)  # type: ignore[attr-defined]
+    players = np.arange(utility.n_players)
+    return np.array([utility(players[mask]) for mask in masks], dtype=np.float64).reshape(len(masks))
 
 
 def utility_node(utility: UtilityLike) -> Delayed:

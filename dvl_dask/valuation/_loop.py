@@ -280,7 +280,7 @@ def run_until_converged(
         check_positive_int(items_per_block, "items_per_block", owner)
     if window is not None:
         check_positive_int(window, "window", owner)
-    per_block = estimator.items_per_block(n, items_per_block)
+    per_block = estimator.items_per_block(n, items_per_block, bool(getattr(utility, "batched", False)))
     lag = check_positive_int(config.get(config.MC_ACTIVE_SET_LAG), "active-set-lag", owner)
     if seed is None and checkpoint is not None:
         previous = stored_seed(checkpoint, storage_options)

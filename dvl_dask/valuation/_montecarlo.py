@@ -300,7 +300,7 @@ def _run(
     estimator = ESTIMATOR_FACTORIES[method](utility, **options)
     if items_per_block is not None:
         check_positive_int(items_per_block, "items_per_block", method)
-    per_block = estimator.items_per_block(utility.n_players, items_per_block)
+    per_block = estimator.items_per_block(utility.n_players, items_per_block, bool(getattr(utility, "batched", False)))
     # The default layout cuts small budgets into at least min-blocks equal blocks (no idle
     # worker at the end); an explicit items_per_block gives the layout run_until_converged uses.
     min_blocks = None if items_per_block is not None else check_positive_int(
@@ -358,8 +358,12 @@ def permutation_shapley(
     warm_start : bool
         Fit each prefix starting from the previous prefix's model (sklearn
         ``warm_start``): faster fits, slightly different models; recorded in attrs.
+        A utility with a batched model (:mod:`dvl_dask.models`) ignores it: its
+        permutations run in lockstep, every prefix warm-started and converged
+        to the same optimum as a cold fit.
     items_per_block : int, optional
-        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``,
+        Permutations per task; default from ``dvl_dask.valuation.montecarlo.evaluations-per-block``
+        (``batched-evaluations-per-block`` for a utility with a batched model),
         and small budgets cut into at least ``min-blocks`` equal blocks so no worker idles at the
         end. An explicit value gives blocks of exactly that size (the layout of
         :func:`run_until_converged`).

@@ -1,0 +1,27 @@
+"""Batched convex models: many coalitions fitted at once, each to a stated tolerance.
+
+:class:`LogisticRegression` (binary and multinomial) and :class:`Ridge` are
+scikit-learn estimators with scikit-learn's objectives and parametrisation.
+A :class:`~dvl_dask.utility.Utility` built on one of them (alone or after a
+``StandardScaler`` in a pipeline) fits whole batches of coalitions as one
+numpy program (:meth:`Utility.evaluate_batch`), which the block tasks of
+valuation methods use. See ``docs/batched-models.md``.
+"""
+
+from ._estimators import BatchSpec, LogisticRegression, Ridge, batch_spec, check_batchable
+from ._scoring import VECTOR_METRICS, vector_metric
+from ._solvers import LinearFit, fit_logistic, fit_ridge, standardize
+
+__all__ = [
+    "VECTOR_METRICS",
+    "BatchSpec",
+    "LinearFit",
+    "LogisticRegression",
+    "Ridge",
+    "batch_spec",
+    "check_batchable",
+    "fit_logistic",
+    "fit_ridge",
+    "standardize",
+    "vector_metric",
+]

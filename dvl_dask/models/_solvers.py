@@ -1,0 +1,461 @@
+"""Batched solvers: many convex fits as one numpy program (Newton steps with batched linear solves).
+
+A batch is ``B`` coalitions of the same training matrix. Rows are given
+either as one shared matrix ``x`` of shape ``(m, d)`` with 0/1 weights ``s``
+of shape ``(B, m)`` (masks: the cost is ``m`` rows per coalition), or as
+gathered rows ``x`` of shape ``(B, m, d)`` with ``s`` all ones (prefixes of
+permutations in lockstep: the cost follows the prefix size).
+
+Objectives are scikit-learn's, with the same parametrisation:
+
+* logistic regression (``LogisticRegression(C, fit_intercept)`` with the
+  lbfgs solver): ``0.5 |w|^2 + C sum_i s_i loss_i``, intercept not penalised;
+  binary models have one coefficient vector (class ``classes_[1]`` positive),
+  multinomial ones one row per class with intercepts summing to zero;
+* ridge (``Ridge(alpha, fit_intercept)``): ``sum_i s_i (y_i - x_i w - b)^2 +
+  alpha |w|^2``, solved in closed form on weighted, centred data.
+
+Optionally the rows are standardised per coalition first, as
+``make_pipeline(StandardScaler(), model)`` does (mean and population standard
+deviation of the coalition's rows; near-constant features get scale 1 by
+scikit-learn's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["LinearFit", "cholesky_solve", "fit_logistic", "fit_ridge", "standardize"]
+
+_EPS = np.finfo(np.float64).eps
+
+
+@dataclass
+class LinearFit:
+    """Fitted coefficients of a batch: ``coef`` ``(B, K, d)``, ``intercept`` ``(B, K)`` in raw feature units.
+
+    ``params`` are the solver's own parameters (standardised units, intercept
+    last), used to warm-start the next batch; ``converged`` says which fits met
+    the tolerance and ``n_iter`` how many Newton steps the batch took.
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    params: np.ndarray
+    converged: np.ndarray
+    n_iter: int
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        """Decision values ``x @ coef.T + intercept``: shape ``(B, t, K)``."""
+        return np.einsum("td,bkd->btk", x, self.coef, optimize=True) + self.intercept[:, None, :]
+
+
+def _weighted_rows(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and population variance of the rows of each coalition: ``(B, d)`` each."""
+    total = s.sum(axis=1)[:, None]
+    if x.ndim == 2:
+        mean = (s @ x) / total
+        var = np.einsum("bm,bmd->bd", s, (x[None, :, :] - mean[:, None, :]) ** 2, optimize=True) / total
+    else:
+        mean = np.einsum("bm,bmd->bd", s, x, optimize=True) / total
+        var = np.einsum("bm,bmd->bd", s, (x - mean[:, None, :]) ** 2, optimize=True) / total
+    return mean, var
+
+
+def standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows standardised per coalition, as ``StandardScaler().fit(rows)`` would: ``(xs, mean, scale)``.
+
+    ``xs`` has shape ``(B, m, d)``; ``scale`` is 1 for near-constant features
+    (scikit-learn's ``_is_constant_feature`` bound on the variance).
+    """
+    mean, var = _weighted_rows(x, s)
+    n = s.sum(axis=1)[:, None]
+    constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2
+    scale = np.where(constant, 1.0, np.sqrt(var))
+    xs = (x[None] if x.ndim == 2 else x) - mean[:, None, :]
+    return xs / scale[:, None, :], mean, scale
+
+
+def _with_intercept(x: np.ndarray, fit_intercept: bool) -> np.ndarray:
+    if not fit_intercept:
+        return x
+    ones = np.ones((*x.shape[:-1], 1), dtype=x.dtype)
+    return np.concatenate([x, ones], axis=-1)
+
+
+def _xt_v(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``sum_i v[b, i, k] x[(b,) i, :]``: ``(B, m, K) -> (B, K, p)`` (one GEMM for a shared ``x``)."""
+    if x.ndim == 2:
+        B, m, K = v.shape
+        return (np.swapaxes(v, 1, 2).reshape(B * K, m) @ x).reshape(B, K, x.shape[1])
+    return np.matmul(np.swapaxes(v, 1, 2), x)
+
+
+def _outer_rows(x: np.ndarray) -> np.ndarray:
+    """``x_i x_i^T`` of every row, flattened: ``(m, p * p)``, so that every Gram matrix is one GEMM."""
+    return (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+
+
+def _gram(x: np.ndarray, c: np.ndarray, outer: np.ndarray | None = None) -> np.ndarray:
+    """``X^T diag(c_b) X`` for every batch element: ``(B, p, p)``."""
+    p = x.shape[-1]
+    if x.ndim == 2:
+        outer = _outer_rows(x) if outer is None else outer
+        return (c @ outer).reshape(len(c), p, p)
+    return np.matmul(np.swapaxes(x, 1, 2) * c[:, None, :], x)
+
+
+def _decision(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(B, m, K)`` decision values of parameters ``w`` ``(B, K, p)``."""
+    if x.ndim == 2:
+        B, K, p = w.shape
+        return np.swapaxes((w.reshape(B * K, p) @ x.T).reshape(B, K, len(x)), 1, 2)
+    return np.matmul(x, np.swapaxes(w, 1, 2))
+
+
+def cholesky_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve ``A x = b`` for a batch of symmetric positive definite ``A`` ``(B, p, p)``, ``b`` ``(B, p)``.
+
+    numpy's batched Cholesky factorisation (LAPACK ``potrf`` per matrix), then
+    the two triangular solves vectorised over the batch (one contiguous
+    operation per column for all matrices). A batch with a matrix that is not
+    numerically positive definite is solved by LU (``numpy.linalg.solve``).
+    Measured (2,000 matrices of 31 x 31, one thread): 18 ms, against 20 ms for
+    ``numpy.linalg.solve`` and 49 ms for a factorisation vectorised in numpy.
+    """
+    if len(A) < 64:  # small batches: the per-column loop below would cost more than LAPACK's LU
+        return np.linalg.solve(A, b[..., None])[..., 0]
+    try:
+        L = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        return np.linalg.solve(A, b[..., None])[..., 0]
+    p = A.shape[1]
+    Lt = np.ascontiguousarray(np.moveaxis(L, 0, -1))  # (p, p, B)
+    rhs = np.ascontiguousarray(b.T)
+    for j in range(p):  # L y = b
+        rhs[j] /= Lt[j, j]
+        rhs[j + 1 :] -= Lt[j + 1 :, j] * rhs[j]
+    for j in range(p - 1, -1, -1):  # L^T x = y
+        rhs[j] /= Lt[j, j]
+        rhs[:j] -= Lt[j, :j] * rhs[j]
+    return rhs.T.copy()
+
+
+class _Affine:
+    """Per-coalition map from standardised parameters to parameters on the shared columns ``[x', 1]``.
+
+    ``raw_w = scale * w`` and ``raw_b = offset . w (+ b)``: ``scale = 1 / sd``,
+    ``offset = -mean / sd`` (the coalition's statistics on ``x'``). Applied
+    elementwise (it is diagonal plus one row), never as a matrix product.
+    """
+
+    def __init__(self, scale: np.ndarray, offset: np.ndarray, fit_intercept: bool) -> None:
+        self.scale, self.offset, self.fit_intercept = scale, offset, fit_intercept
+
+    def __getitem__(self, idx: np.ndarray) -> _Affine:
+        return _Affine(self.scale[idx], self.offset[idx], self.fit_intercept)
+
+    def forward(self, w: np.ndarray) -> np.ndarray:
+        """``(B, K, p)`` parameters to ``(B, K, d + 1)`` on the shared columns."""
+        d = self.scale.shape[1]
+        coef = w[:, :, :d]
+        bias = np.einsum("bkd,bd->bk", coef, self.offset)
+        if self.fit_intercept:
+            bias = bias + w[:, :, d]
+        return np.concatenate([coef * self.scale[:, None, :], bias[:, :, None]], axis=2)
+
+    def pull(self, g: np.ndarray) -> np.ndarray:
+        """The transpose map: gradients on the shared columns to gradients of the parameters."""
+        d = self.scale.shape[1]
+        coef = g[:, :, :d] * self.scale[:, None, :] + g[:, :, d:] * self.offset[:, None, :]
+        return np.concatenate([coef, g[:, :, d:]], axis=2) if self.fit_intercept else coef
+
+    def congruence(self, M: np.ndarray) -> np.ndarray:
+        """``T^T M T`` for a batch of ``(d + 1, d + 1)`` blocks."""
+        d = self.scale.shape[1]
+        right = M[:, :, :d] * self.scale[:, None, :] + M[:, :, d:] * self.offset[:, None, :]
+        if self.fit_intercept:
+            right = np.concatenate([right, M[:, :, d:]], axis=2)
+        top = right[:, :d, :] * self.scale[:, :, None] + right[:, d:, :] * self.offset[:, :, None]
+        return np.concatenate([top, right[:, d:, :]], axis=1) if self.fit_intercept else top
+
+
+class _Logistic:
+    """Objective, gradient and Hessian of L2-regularised logistic regression on one batch.
+
+    ``K == 1``: binary (sigmoid of one decision value, ``y`` in {0, 1});
+    ``K > 1``: multinomial (softmax, ``y`` one-hot ``(m, K)`` or ``(B, m, K)``).
+    Parameters are ``(B, K, p)``; the last column is the intercept when fitted.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, fit_intercept: bool, K: int,
+                 transform: _Affine | None = None) -> None:
+        self.x, self.y, self.s, self.C, self.K = x, y, s, float(C), K
+        # transform (B, q, p): raw parameters (on the columns of x) = transform @ parameters, per coalition
+        # (the per-coalition standardisation on a shared x); None: the parameters are the raw ones.
+        self.transform = transform
+        p = x.shape[-1] if transform is None else transform.scale.shape[1] + (1 if fit_intercept else 0)
+        self.penalty = np.ones(p)
+        self.gauge = K > 1 and fit_intercept
+        if fit_intercept:
+            self.penalty[-1] = 0.0
+        self.outer = _outer_rows(x) if x.ndim == 2 else None
+
+    def subset(self, idx: np.ndarray) -> _Logistic:
+        out = object.__new__(_Logistic)
+        out.__dict__.update(self.__dict__)
+        out.x = self.x if self.x.ndim == 2 else self.x[idx]
+        out.y = self.y if self.y.ndim == self._y_shared_ndim() else self.y[idx]
+        out.s = self.s[idx]
+        out.transform = None if self.transform is None else self.transform[idx]  # type: ignore[index]
+        return out
+
+    def raw(self, w: np.ndarray) -> np.ndarray:
+        """Parameters on the columns of ``x``: ``(B, K, q)``."""
+        return w if self.transform is None else self.transform.forward(w)
+
+    def _y_shared_ndim(self) -> int:
+        return 1 if self.K == 1 else 2
+
+    def _y(self) -> np.ndarray:
+        y = self.y
+        if y.ndim == self._y_shared_ndim():
+            y = y[None]
+        return y if self.K > 1 else y[..., None]
+
+    def value(self, w: np.ndarray) -> np.ndarray:
+        z = _decision(self.x, self.raw(w))
+        if self.K == 1:
+            y = self._y()[..., 0]
+            loss = np.logaddexp(0.0, z[..., 0]) - y * z[..., 0]
+        else:
+            zmax = z.max(axis=-1, keepdims=True)
+            lse = zmax[..., 0] + np.log(np.exp(z - zmax).sum(axis=-1))
+            loss = lse - (self._y() * z).sum(axis=-1)
+        f = self.C * (self.s * loss).sum(axis=1) + 0.5 * np.einsum("bkp,p->b", w * w, self.penalty)
+        if self.gauge:
+            f = f + 0.5 * w[:, :, -1].sum(axis=1) ** 2
+        return f
+
+    def _probabilities(self, w: np.ndarray) -> np.ndarray:
+        z = _decision(self.x, self.raw(w))
+        if self.K == 1:
+            return 0.5 * (1.0 + np.tanh(0.5 * z))  # the sigmoid, without overflow
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def gradient(self, w: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
+        prob = self._probabilities(w) if prob is None else prob
+        residual = self.C * self.s[..., None] * (prob - self._y())
+        g = _xt_v(self.x, residual)
+        if self.transform is not None:
+            g = self.transform.pull(g)
+        g = g + w * self.penalty
+        if self.gauge:
+            g[:, :, -1] += w[:, :, -1].sum(axis=1, keepdims=True)
+        return g
+
+    def hessian(self, w: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        B, K, p = w.shape
+        cs = self.C * self.s
+        H = np.zeros((B, K, p, K, p))
+        T = self.transform
+        for k in range(K):
+            for j in range(k, K):
+                if K == 1:
+                    c = cs * prob[..., 0] * (1.0 - prob[..., 0])
+                else:
+                    c = cs * prob[..., k] * ((1.0 if k == j else 0.0) - prob[..., j])
+                block = _gram(self.x, c, self.outer)
+                if T is not None:
+                    block = T.congruence(block)
+                H[:, k, :, j, :] = block
+                if j != k:
+                    H[:, j, :, k, :] = block
+        idx = np.arange(p)
+        for k in range(K):
+            H[:, k, idx, k, idx] += self.penalty
+        if self.gauge:
+            H[:, :, -1, :, -1] += 1.0
+        return H.reshape(B, K * p, K * p)
+
+
+def _newton(problem: _Logistic, w0: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Damped Newton on every batch element until ``max|grad| <= tol * max|grad at 0|``.
+
+    Steps are batched linear solves of the (positive definite) Hessians; a
+    backtracking line search (Armijo) keeps every step a descent step.
+    Returns the parameters, which elements converged, and the iterations.
+    """
+    B = w0.shape[0]
+    w = w0.copy()
+    reference = np.abs(problem.gradient(np.zeros_like(w0))).reshape(B, -1).max(axis=1)
+    target = tol * np.maximum(reference, _EPS)
+    converged = np.zeros(B, dtype=bool)
+    iterations = 0
+    active = np.arange(B)
+    sub = problem
+    for iterations in range(max_iter + 1):
+        wa = w[active]
+        prob = sub._probabilities(wa)
+        g = sub.gradient(wa, prob)
+        done = np.abs(g).reshape(len(active), -1).max(axis=1) <= target[active]
+        converged[active[done]] = True
+        if done.all() or iterations == max_iter:
+            break
+        if done.any():  # drop the converged fits from the batch
+            keep = np.flatnonzero(~done)
+            active, sub = active[keep], sub.subset(keep)
+            wa, g, prob = wa[keep], g[keep], prob[keep]
+        H = sub.hessian(wa, prob)
+        step = -cholesky_solve(H, g.reshape(len(active), -1)).reshape(wa.shape)
+        w[active] = wa + _line_search(sub, wa, g, step)[:, None, None] * step
+    return w, converged, iterations
+
+
+def _line_search(problem: _Logistic, w: np.ndarray, g: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Step lengths (1, 1/2, 1/4, ...) meeting Armijo's condition, per batch element."""
+    f0 = problem.value(w)
+    slope = (g * step).reshape(len(w), -1).sum(axis=1)
+    t = np.ones(len(w))
+    pending = np.arange(len(w))
+    sub = problem
+    for _ in range(40):
+        f = sub.value(w[pending] + t[pending, None, None] * step[pending])
+        # Rounding: near the optimum a decrease below the objective's precision counts as none.
+        ok = f <= f0[pending] + 1e-4 * t[pending] * slope[pending] + 64 * _EPS * np.abs(f0[pending])
+        if ok.all():
+            break
+        sub = sub.subset(np.flatnonzero(~ok))
+        pending = pending[~ok]
+        t[pending] *= 0.5
+    return t
+
+
+def _design(
+    x: np.ndarray, s: np.ndarray, scale: bool, fit_intercept: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    if not scale:
+        return _with_intercept(x, fit_intercept), None, None
+    xs, mean, sd = standardize(x, s)
+    return _with_intercept(xs, fit_intercept), mean, sd
+
+
+def _shared_design(
+    x: np.ndarray, s: np.ndarray, fit_intercept: bool
+) -> tuple[np.ndarray, _Affine, np.ndarray, np.ndarray]:
+    """A shared design for per-coalition standardisation: ``(design, transform, mean, scale)``.
+
+    The coalition's standardised features ``(x - mean) / scale`` are an affine
+    map of the shared columns, so a linear model on them is a linear model on
+    ``design = [x', 1]`` with parameters ``transform @ params``. ``x'`` is ``x``
+    standardised once over all rows (only to keep the expansion well
+    conditioned; the standardised features of a coalition do not depend on it).
+    Every Gram matrix is then one GEMM over the shared rows.
+    """
+    centre, spread = x.mean(axis=0), x.std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0)
+    xg = (x - centre) / spread
+    mean_g, var_g = _weighted_rows(xg, s)
+    mean, var = centre + spread * mean_g, var_g * spread**2  # the coalition's statistics in raw units
+    n = s.sum(axis=1)[:, None]
+    constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2  # scikit-learn's rule, as in standardize()
+    sd = np.where(constant, 1.0, np.sqrt(var))
+    sd_g = sd / spread
+    transform = _Affine(1.0 / sd_g, -mean_g / sd_g, fit_intercept)
+    return _with_intercept(xg, True), transform, mean, sd
+
+
+def _to_raw(
+    w: np.ndarray, fit_intercept: bool, mean: np.ndarray | None, sd: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and intercepts in the units of the raw features (undoing the standardisation)."""
+    coef = w[:, :, :-1] if fit_intercept else w
+    intercept = w[:, :, -1].copy() if fit_intercept else np.zeros(w.shape[:2])
+    if sd is not None and mean is not None:
+        coef = coef / sd[:, None, :]
+        intercept = intercept - np.einsum("bkd,bd->bk", coef, mean)
+    return np.ascontiguousarray(coef), intercept
+
+
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    *,
+    n_classes: int,
+    C: float,
+    fit_intercept: bool,
+    scale: bool = False,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    init: np.ndarray | None = None,
+) -> LinearFit:
+    """Fit ``B`` logistic regressions at once.
+
+    Parameters
+    ----------
+    x : array ``(m, d)`` or ``(B, m, d)``
+        Shared training rows (with 0/1 weights ``s``) or gathered rows.
+    y : array of int
+        Class codes ``0..n_classes-1`` of the rows, ``(m,)`` or ``(B, m)``.
+    s : array ``(B, m)``
+        Row weights (1: the row is in the coalition).
+    n_classes : int
+        Number of classes of every coalition of the batch (2: binary model).
+    C, fit_intercept
+        As scikit-learn's ``LogisticRegression``.
+    scale : bool
+        Standardise each coalition's rows first (``StandardScaler`` in a pipeline).
+    tol, max_iter
+        Stop when ``max|grad| <= tol * max|grad at zero|``, or after ``max_iter`` Newton steps.
+    init : array ``(B, K, p)``, optional
+        Starting parameters (a warm start); zeros otherwise.
+    """
+    K = 1 if n_classes == 2 else n_classes
+    targets = y.astype(np.float64) if K == 1 else np.eye(K)[y]
+    s = s.astype(np.float64)
+    if x.ndim == 2 and scale:  # shared rows: standardise through a per-coalition map of the parameters
+        design, transform, mean, sd = _shared_design(x, s, fit_intercept)
+        problem = _Logistic(design, targets, s, C, fit_intercept, K, transform)
+    else:
+        design, mean, sd = _design(x, s, scale, fit_intercept)
+        problem = _Logistic(design, targets, s, C, fit_intercept, K)
+    B, p = s.shape[0], len(problem.penalty)
+    w0 = np.zeros((B, K, p)) if init is None else np.array(init, dtype=np.float64)
+    w, converged, n_iter = _newton(problem, w0, tol, max_iter)
+    coef, intercept = _to_raw(w, fit_intercept, mean, sd)
+    return LinearFit(coef, intercept, w, converged, n_iter)
+
+
+def fit_ridge(
+    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, alpha: float, fit_intercept: bool, scale: bool = False
+) -> LinearFit:
+    """Fit ``B`` ridge regressions at once, in closed form (one batched solve).
+
+    As scikit-learn's ``Ridge`` (cholesky solver): with an intercept, the
+    coalition's rows and targets are centred by their means and the intercept
+    is ``mean(y) - mean(x) @ w``.
+    """
+    s = s.astype(np.float64)
+    design, mean, sd = _design(x, s, scale, False)
+    yb = y[None] if y.ndim == 1 else y
+    if fit_intercept:
+        x_mean, _ = _weighted_rows(design, s)
+        y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
+        design = (design[None] if design.ndim == 2 else design) - x_mean[:, None, :]
+        yc = yb - y_mean[:, None]
+    else:
+        yc = np.broadcast_to(yb, s.shape)
+    A = _gram(design, s) + alpha * np.eye(design.shape[-1])
+    rhs = _xt_v(design, (s * yc)[..., None])[:, 0, :]
+    w = cholesky_solve(A, rhs)
+    if fit_intercept:
+        b = y_mean - np.einsum("bd,bd->b", x_mean, w)
+        params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]
+    else:
+        params = w[:, None, :]
+    coef, intercept = _to_raw(params, fit_intercept, mean, sd)
+    return LinearFit(coef, intercept, params, np.ones(len(s), dtype=bool), 1)

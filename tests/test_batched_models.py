@@ -1,0 +1,305 @@
+"""Batched convex models (dvl_dask.models) equal tightly converged scikit-learn fits, coalition by coalition.
+
+Ground truth is scikit-learn fitted on each coalition with ``tol=1e-12,
+max_iter=10_000``. Its ``newton-cholesky`` solver converges to the optimum
+(gradient ~1e-13); its default lbfgs stops near a gradient of 1e-7 even with
+``tol=1e-12`` (it stops on the change of the objective), so against lbfgs
+only the coefficients are compared, to 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.linear_model import LogisticRegression as SkLogisticRegression
+from sklearn.linear_model import Ridge as SkRidge
+from sklearn.metrics import get_scorer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import dvl_dask
+from dvl_dask import Dataset, Utility
+from dvl_dask.data import GroupedDataset
+from dvl_dask.errors import InvalidParameterError
+from dvl_dask.keys import model_token
+from dvl_dask.models import LogisticRegression, Ridge, fit_logistic, fit_ridge
+
+
+def _split(loader, n_train, n_test, seed=0, scale=True):
+    x, y = loader(return_X_y=True)
+    if scale:
+        x = StandardScaler().fit_transform(x)
+    order = np.random.default_rng(seed).permutation(len(y))[: n_train + n_test]
+    x, y = x[order], y[order]
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def _coalitions(rng, n_coalitions, n, low=0.1):
+    """Masks of random coalitions whose sizes spread from small to all players."""
+    return rng.random((n_coalitions, n)) < rng.uniform(low, 1.0, (n_coalitions, 1))
+
+
+def _tight(model_cls=SkLogisticRegression, solver="newton-cholesky", **params):
+    return model_cls(tol=1e-12, max_iter=10_000, solver=solver, **params)
+
+
+def _relative(a, b):
+    return np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(b).max(), 1e-300)
+
+
+def _sklearn_scores(model, x, y, xt, yt, masks, scoring, default):
+    scorer = get_scorer(scoring)
+    out = []
+    for mask in masks:
+        if not mask.any() or (hasattr(model, "predict_proba") and np.unique(y[mask]).size < 2):
+            out.append(default)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = clone(model).fit(x[mask], y[mask])
+        try:
+            out.append(scorer(fitted, xt, yt))
+        except ValueError:  # log-loss of a model without every test class: the utility's default score
+            out.append(default)
+    return np.array(out)
+
+
+# -- coefficients -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("loader", "n_train"), [(load_breast_cancer, 100), (load_wine, 60)])
+def test_logistic_coefficients_equal_tight_sklearn(loader, n_train):
+    x, y, _, _ = _split(loader, n_train, 0)
+    masks = _coalitions(np.random.default_rng(1), 40, n_train, low=0.3)
+    k = np.unique(y).size
+    full = np.array([np.unique(y[m]).size == k for m in masks])
+    fit = fit_logistic(x, y, masks[full].astype(float), n_classes=k, C=0.7, fit_intercept=True)
+    assert fit.converged.all()
+    for j, mask in enumerate(masks[full]):
+        ref = _tight(C=0.7).fit(x[mask], y[mask])
+        assert _relative(fit.coef[j], ref.coef_) < 1e-6
+        # Multinomial intercepts are defined up to a constant: both sum to zero.
+        assert _relative(fit.intercept[j], ref.intercept_) < 1e-6
+
+
+@pytest.mark.slow  # lbfgs at tol=1e-12 takes ~0.1-1 s a fit
+def test_logistic_coefficients_equal_lbfgs_to_1e_6():
+    x, y, _, _ = _split(load_breast_cancer, 100, 0)
+    masks = _coalitions(np.random.default_rng(2), 12, 100, low=0.4)
+    fit = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True)
+    for j, mask in enumerate(masks):
+        ref = _tight(solver="lbfgs").fit(x[mask], y[mask])
+        assert _relative(fit.coef[j], ref.coef_) < 1e-6
+
+
+@pytest.mark.parametrize(("loader", "fit_intercept"), [(load_breast_cancer, True), (load_wine, True),
+                                                     (load_breast_cancer, False)])
+def test_pipeline_scaler_is_fitted_per_coalition(loader, fit_intercept):
+    x, y, _, _ = _split(loader, 80, 0, scale=False)
+    k = np.unique(y).size
+    masks = _coalitions(np.random.default_rng(3), 10, 80, low=0.4)
+    masks = masks[[np.unique(y[m]).size == k for m in masks]]
+    fit = fit_logistic(x, y, masks.astype(float), n_classes=k, C=1.0, fit_intercept=fit_intercept, scale=True)
+    gathered = fit_logistic(x[masks[0]][None], y[masks[0]][None], np.ones((1, masks[0].sum())), n_classes=k,
+                            C=1.0, fit_intercept=fit_intercept, scale=True)
+    np.testing.assert_allclose(gathered.coef[0], fit.coef[0], rtol=1e-7, atol=1e-12)
+    for j, mask in enumerate(masks):
+        ref = make_pipeline(StandardScaler(), _tight(fit_intercept=fit_intercept)).fit(x[mask], y[mask])
+        scaler, model = ref[0], ref[1]
+        coef = model.coef_ / scaler.scale_  # back in raw units
+        assert _relative(fit.coef[j], coef) < 1e-6
+        assert _relative(fit.intercept[j], model.intercept_ - coef @ scaler.mean_) < 1e-6
+
+
+def test_ridge_coefficients_equal_sklearn_gathered_and_masked():
+    x, y, _, _ = _split(load_diabetes, 80, 0)
+    masks = _coalitions(np.random.default_rng(4), 20, 80)
+    fit = fit_ridge(x, y, masks.astype(float), alpha=0.5, fit_intercept=True)
+    rows = np.flatnonzero(masks[0])
+    gathered = fit_ridge(x[rows][None], y[rows][None], np.ones((1, rows.size)), alpha=0.5, fit_intercept=True)
+    for j, mask in enumerate(masks):
+        ref = SkRidge(alpha=0.5).fit(x[mask], y[mask])
+        assert _relative(fit.coef[j, 0], ref.coef_) < 1e-9
+        assert abs(fit.intercept[j, 0] - ref.intercept_) < 1e-9 * max(1.0, abs(ref.intercept_))
+    np.testing.assert_allclose(gathered.coef[0], fit.coef[0], rtol=1e-10)
+
+
+def test_warm_start_reaches_the_same_optimum():
+    x, y, _, _ = _split(load_wine, 60, 0)
+    masks = np.ones((3, 60))
+    cold = fit_logistic(x, y, masks, n_classes=3, C=1.0, fit_intercept=True)
+    warm = fit_logistic(x, y, masks, n_classes=3, C=1.0, fit_intercept=True, init=cold.params * 0.9)
+    assert warm.n_iter < cold.n_iter
+    np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-8, atol=1e-10)
+
+
+# -- the estimators -----------------------------------------------------------------------------
+def test_estimators_refuse_unsupported_parameters_naming_the_supported_ones():
+    with pytest.raises(InvalidParameterError, match=r"penalty.*Supported: C, fit_intercept, tol, max_iter"):
+        LogisticRegression(penalty="l1")
+    with pytest.raises(InvalidParameterError, match=r"solver.*Supported: alpha, fit_intercept"):
+        Ridge(solver="svd")
+    with pytest.raises(InvalidParameterError, match=r"'C'.*> 0"):
+        LogisticRegression(C=0.0).fit(np.eye(3), [0, 1, 1])
+    with pytest.raises(InvalidParameterError, match=r"'alpha'.*> 0"):
+        Ridge(alpha=0.0).fit(np.eye(3), [0.0, 1.0, 1.0])
+    with pytest.raises(InvalidParameterError, match="at least 2 classes"):
+        LogisticRegression().fit(np.eye(3), [1, 1, 1])
+
+
+def test_estimators_are_sklearn_estimators_with_their_own_token():
+    model = LogisticRegression(C=2.0)
+    assert clone(model).get_params() == {"C": 2.0, "fit_intercept": True, "tol": 1e-10, "max_iter": 100}
+    assert model_token(model) != model_token(SkLogisticRegression(C=2.0))
+    assert model_token(model) != model_token(LogisticRegression(C=1.0))
+    assert model_token(model) == model_token(pickle.loads(pickle.dumps(model)))
+    x, y, xt, _ = _split(load_wine, 60, 30)
+    fitted = model.fit(x, y)
+    ref = _tight(C=2.0).fit(x, y)
+    np.testing.assert_allclose(fitted.predict_proba(xt), ref.predict_proba(xt), rtol=1e-7, atol=1e-12)
+    assert (fitted.predict(xt) == ref.predict(xt)).all()
+
+
+# -- Utility.evaluate_batch -----------------------------------------------------------------------
+@pytest.mark.parametrize("scoring", ["accuracy", "neg_log_loss", "balanced_accuracy"])
+def test_batch_scores_equal_sklearn_binary(scoring):
+    x, y, xt, yt = _split(load_breast_cancer, 100, 200)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), scoring, default_score=-5.0)
+    assert u.batched
+    masks = _coalitions(np.random.default_rng(5), 40, 100, low=0.02)
+    masks[0] = False  # empty: the default score
+    masks[1] = False
+    masks[1, np.flatnonzero(y == 1)[:3]] = True  # one class: the default score
+    got = u.evaluate_batch(masks)
+    want = _sklearn_scores(_tight(), x, y, xt, yt, masks, scoring, -5.0)
+    assert got[0] == got[1] == -5.0
+    if scoring == "neg_log_loss":
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    else:  # a test point on the decision boundary could flip: at most one coalition may differ
+        assert (np.abs(got - want) < 1e-12).sum() >= len(masks) - 1
+
+
+def test_batch_scores_multiclass_coalitions_with_missing_classes():
+    x, y, xt, yt = _split(load_wine, 60, 60)
+    rng = np.random.default_rng(6)
+    masks = _coalitions(rng, 40, 60, low=0.03)
+    masks[0] = (y != 2) & (rng.random(60) < 0.6)  # two of the three classes: a binary model
+    masks[1] = (y != 0) & (rng.random(60) < 0.6)
+    for scoring in ("accuracy", "neg_log_loss"):
+        u = Utility(LogisticRegression(C=0.5), Dataset(x, y, xt, yt), scoring, default_score=-5.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # log-loss on two of three classes fails: default score, warned
+            got = u.evaluate_batch(masks)
+            one_by_one = np.array([u(m) for m in masks])
+        want = _sklearn_scores(_tight(C=0.5), x, y, xt, yt, masks, scoring, -5.0)
+        classes = np.array([np.unique(y[m]).size for m in masks])
+        assert {2, 3} <= set(classes.tolist())  # coalitions with 2 and 3 classes are both tested
+        np.testing.assert_allclose(got, one_by_one, atol=1e-8)
+        both = classes == 3
+        np.testing.assert_allclose(got[both], want[both], atol=1e-8)
+
+
+@pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
+def test_batch_scores_equal_sklearn_ridge_pipeline(scoring):
+    x, y, xt, yt = _split(load_diabetes, 80, 100, scale=False)
+    u = Utility(make_pipeline(StandardScaler(), Ridge(alpha=2.0)), Dataset(x, y, xt, yt), scoring,
+                default_score=0.0)
+    assert u.batched
+    masks = _coalitions(np.random.default_rng(7), 30, 80)
+    masks[0] = False
+    got = u.evaluate_batch(masks)
+    want = _sklearn_scores(make_pipeline(StandardScaler(), SkRidge(alpha=2.0)), x, y, xt, yt, masks, scoring, 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
+
+
+def test_other_scorers_and_models_are_evaluated_one_at_a_time():
+    x, y, xt, yt = _split(load_breast_cancer, 40, 40)
+    data = Dataset(x, y, xt, yt)
+    masks = _coalitions(np.random.default_rng(8), 5, 40, low=0.5)
+    for u in (Utility(LogisticRegression(), data, "f1"), Utility(SkLogisticRegression(), data, "accuracy")):
+        assert not u.batched
+        np.testing.assert_array_equal(u.evaluate_batch(masks), [u(m) for m in masks])
+
+
+def test_grouped_data_batches_by_groups():
+    x, y, xt, yt = _split(load_breast_cancer, 60, 60)
+    data = GroupedDataset(x, y, xt, yt, data_groups=np.arange(60) % 15)
+    u = Utility(LogisticRegression(), data, "neg_log_loss", default_score=-5.0)
+    masks = _coalitions(np.random.default_rng(9), 20, 15, low=0.2)
+    np.testing.assert_allclose(u.evaluate_batch(masks), [u(m) for m in masks], atol=1e-9)
+    orders = np.array([np.random.default_rng(i).permutation(15) for i in range(3)])
+    scores, steps = u.batch_prefix_scores(orders)
+    assert (steps == 15).all()
+    np.testing.assert_allclose(scores[1], [u(orders[1, :k]) for k in range(16)], atol=1e-9)
+
+
+def test_lockstep_prefixes_warm_equal_cold_and_one_by_one():
+    x, y, xt, yt = _split(load_wine, 30, 40)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "neg_log_loss", default_score=-5.0)
+    orders = np.array([np.random.default_rng(i).permutation(30) for i in range(4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm, _ = u.batch_prefix_scores(orders, warm_start=True)
+        cold, _ = u.batch_prefix_scores(orders, warm_start=False)
+        single = np.array([[u(o[:k]) for k in range(31)] for o in orders])
+    np.testing.assert_allclose(warm, cold, atol=1e-9)
+    np.testing.assert_allclose(warm, single, atol=1e-9)
+
+
+def test_lockstep_truncation_drops_finished_permutations():
+    x, y, xt, yt = _split(load_breast_cancer, 30, 60)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")
+    orders = np.array([np.random.default_rng(i).permutation(30) for i in range(5)])
+    scores, steps = u.batch_prefix_scores(orders, stop_when=lambda step, score: step >= 4 + (score > 0.9))
+    assert set(steps.tolist()) <= {4, 5}
+    for row, used in enumerate(steps):
+        assert np.isnan(scores[row, used + 1 :]).all() and not np.isnan(scores[row, : used + 1]).any()
+
+
+def test_dvl_dask_models_is_importable_from_the_package():
+    assert dvl_dask.models.LogisticRegression is LogisticRegression
+
+
+@pytest.mark.slow  # 300 tightly converged scikit-learn fits per dataset (~5-20 s each)
+@pytest.mark.parametrize(("loader", "n_train", "scorings"), [
+    (load_breast_cancer, 100, ("accuracy", "neg_log_loss")),
+    (load_wine, 60, ("accuracy", "neg_log_loss")),
+    (load_diabetes, 100, ("r2",)),
+])
+def test_300_coalitions_equal_tight_sklearn(loader, n_train, scorings):
+    x, y, xt, yt = _split(loader, n_train, 200 if loader is not load_wine else 100)
+    regression = loader is load_diabetes
+    masks = _coalitions(np.random.default_rng(10), 300, n_train, low=0.05)
+    model, ref_model = (Ridge(alpha=1.0), SkRidge(alpha=1.0)) if regression else (LogisticRegression(), _tight())
+    refs = []
+    for mask in masks:
+        fittable = mask.any() and (regression or np.unique(y[mask]).size >= 2)
+        refs.append(clone(ref_model).fit(x[mask], y[mask]) if fittable else None)
+    for scoring in scorings:
+        u = Utility(model, Dataset(x, y, xt, yt), scoring, default_score=-5.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = u.evaluate_batch(masks)
+        want = []
+        for ref in refs:
+            try:
+                want.append(-5.0 if ref is None else get_scorer(scoring)(ref, xt, yt))
+            except ValueError:  # log-loss of a model without every test class
+                want.append(-5.0)
+        if scoring == "accuracy":
+            assert (np.abs(got - np.array(want)) < 1e-12).sum() >= 299
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    k = None if regression else np.unique(y).size
+    full = [j for j, ref in enumerate(refs) if ref is not None and (regression or ref.classes_.size == k)]
+    if regression:
+        fit = fit_ridge(x, y, masks[full].astype(float), alpha=1.0, fit_intercept=True)
+        coef = np.array([refs[j].coef_ for j in full])[:, None, :]
+    else:
+        fit = fit_logistic(x, y, masks[full].astype(float), n_classes=k, C=1.0, fit_intercept=True)
+        coef = np.array([refs[j].coef_ for j in full])
+    for j in range(len(full)):
+        assert _relative(fit.coef[j], coef[j]) < 1e-6

@@ -1,0 +1,132 @@
+"""Valuation methods on a batched model (dvl_dask.models) give the values of one fit per coalition."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression as SkLogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from dvl_dask import Dataset, Utility
+from dvl_dask.models import LogisticRegression
+from dvl_dask.valuation import banzhaf, exact_shapley, loo, msr_banzhaf, permutation_shapley, semivalue
+from dvl_dask.valuation._coefficients import shapley_coefficient
+
+
+def _data(n_train: int, n_test: int = 100, seed: int = 0) -> Dataset:
+    x, y = load_breast_cancer(return_X_y=True)
+    x = StandardScaler().fit_transform(x)
+    order = np.random.default_rng(seed).permutation(len(y))[: n_train + n_test]
+    x, y = x[order], y[order]
+    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+class OneByOne:
+    """The same utility without its batch methods: every coalition is one call (one Newton fit)."""
+
+    returns_finite_scores = True
+
+    def __init__(self, utility: Utility) -> None:
+        self.utility = utility
+        self.token = "one-by-one-" + utility.token
+        self.score_range = utility.score_range
+
+    @property
+    def n_players(self) -> int:
+        return self.utility.n_players
+
+    @property
+    def data_names(self) -> np.ndarray:
+        return self.utility.data_names
+
+    def __call__(self, indices):
+        return self.utility(indices)
+
+
+def _values(ds) -> np.ndarray:
+    return ds.value.compute(scheduler="sync").values
+
+
+def _brute_force_shapley(u, n: int) -> np.ndarray:
+    """Shapley values from the definition: every coalition evaluated once, weights by formula."""
+    from math import comb
+
+    scores = {}
+    for bits in range(2**n):
+        members = [i for i in range(n) if bits >> i & 1]
+        scores[bits] = u(np.array(members, dtype=np.int64))
+    values = np.zeros(n)
+    for i in range(n):
+        for bits in range(2**n):
+            if not bits >> i & 1:
+                size = bin(bits).count("1")
+                values[i] += (scores[bits | 1 << i] - scores[bits]) / (n * comb(n - 1, size))
+    return values
+
+
+def _tight_sklearn_utility(data: Dataset, scoring: str, default: float) -> Utility:
+    model = SkLogisticRegression(tol=1e-12, max_iter=10_000, solver="newton-cholesky")
+    return Utility(model, data, scoring, default_score=default)
+
+
+def test_exact_shapley_batched_equals_tight_sklearn_small():
+    data = _data(6, seed=3)
+    batched = Utility(LogisticRegression(), data, "neg_log_loss", default_score=-1.0)
+    assert batched.batched
+    got = _values(exact_shapley(batched))
+    want = _brute_force_shapley(_tight_sklearn_utility(data, "neg_log_loss", -1.0), 6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # 4,096 scikit-learn fits for the ground truth (~10-40 s)
+def test_exact_shapley_n12_batched_equals_tight_sklearn():
+    data = _data(12, seed=4)
+    batched = Utility(LogisticRegression(), data, "neg_log_loss", default_score=-1.0)
+    got = _values(exact_shapley(batched))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _brute_force_shapley(_tight_sklearn_utility(data, "neg_log_loss", -1.0), 12)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("truncation", [None, 0.02])
+def test_lockstep_permutations_equal_one_fit_per_coalition(truncation):
+    u = Utility(LogisticRegression(), _data(20), "accuracy")
+    # Same layout (a batched utility gets bigger blocks by default), so the same permutations.
+    kwargs = {"n_permutations": 6, "seed": 5, "truncation": truncation, "items_per_block": 3}
+    lockstep = _values(permutation_shapley(u, **kwargs))
+    single = _values(permutation_shapley(OneByOne(u), **kwargs))
+    np.testing.assert_allclose(lockstep, single, atol=1e-12)
+
+
+def test_subset_methods_batched_equal_one_fit_per_coalition():
+    u = Utility(LogisticRegression(), _data(8, n_test=50), "neg_log_loss", default_score=-1.0)
+    one = OneByOne(u)
+    for method, kwargs in [
+        (banzhaf, {"n_samples": 4}),
+        (msr_banzhaf, {"n_samples": 16}),
+        (semivalue, {"coefficient": shapley_coefficient, "n_samples": 8, "sampler": "stratified"}),
+    ]:
+        np.testing.assert_allclose(
+            _values(method(u, seed=1, items_per_block=4, **kwargs)),
+            _values(method(one, seed=1, items_per_block=4, **kwargs)),
+            atol=1e-9,
+        )
+    np.testing.assert_allclose(_values(loo(u)), _values(loo(one)), atol=1e-9)
+
+
+def test_run_until_converged_with_a_batched_utility_resumes_from_its_checkpoint(tmp_path):
+    from dvl_dask.valuation import MaxEvaluations, run_until_converged
+
+    u = Utility(LogisticRegression(), _data(12, n_test=50), "accuracy")
+    path = str(tmp_path / "ck.zarr")
+    kwargs = {"seed": 2, "checkpoint": path, "progress": False, "items_per_block": 2, "executor": None}
+    first = run_until_converged("permutation_shapley", u, stop=MaxEvaluations(60), **kwargs)
+    resumed = run_until_converged("permutation_shapley", u, stop=MaxEvaluations(120), **kwargs)
+    fresh = run_until_converged("permutation_shapley", OneByOne(u), stop=MaxEvaluations(120), seed=2,
+                                progress=False, items_per_block=2)
+    assert first.attrs["n_evaluations"] < resumed.attrs["n_evaluations"]
+    np.testing.assert_allclose(resumed.value.values, fresh.value.values, atol=1e-9)
