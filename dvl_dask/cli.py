@@ -84,6 +84,24 @@ def _make_model(name: str) -> Any:
     return factories[name]()
 
 
+_CLASSIFIERS = ("logistic", "knn", "tree")
+
+
+def _check_model_fits_dataset(dataset: str, model: str) -> None:
+    """Refuse a classifier on the continuous target of diabetes, and a regressor on class labels."""
+    continuous = dataset == "diabetes"
+    if continuous and model in _CLASSIFIERS:
+        raise InvalidParameterError(
+            f"--model {model} is a classifier, but --dataset diabetes has a continuous target (it would be read as "
+            f"about 200 classes). To fix, use a regressor: --model ridge or --model linear."
+        )
+    if not continuous and model not in _CLASSIFIERS:
+        raise InvalidParameterError(
+            f"--model {model} is a regressor, but --dataset {dataset} has class labels (scored by accuracy). To fix, "
+            f"use a classifier: --model {', '.join(_CLASSIFIERS)}; or --dataset diabetes."
+        )
+
+
 class _RemoteClient:
     """A client of a cluster that is already running (its address or scheduler file)."""
 
@@ -138,6 +156,7 @@ def _value(args: argparse.Namespace) -> tuple[xr.Dataset, xr.Dataset | None]:
     from . import valuation
     from .cache import InMemoryCacheBackend
 
+    _check_model_fits_dataset(args.dataset, args.model)
     data = _load_dataset(args.dataset, args.n_points, args.seed)
     scorer = "r2" if args.dataset == "diabetes" else "accuracy"
     cache = InMemoryCacheBackend() if args.cache else None
@@ -227,6 +246,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import detection_scores, point_removal_curve, weighted_accuracy_drop
     from .results import open_result
 
+    _check_model_fits_dataset(args.dataset, args.model)
     result = open_result(args.result, storage_options=args.storage_options).load()
     data = _load_dataset(args.dataset, args.n_points, args.seed)
     scorer = "r2" if args.dataset == "diabetes" else "accuracy"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import InvalidDataError, InvalidParameterError
+from .errors import InvalidDataError, InvalidModelError, InvalidParameterError
 
 __all__ = [
     "SeedLike",
@@ -25,6 +25,7 @@ __all__ = [
     "check_coalition",
     "check_consistent_length",
     "check_finite_score",
+    "check_model",
     "check_positive_int",
     "check_real",
     "is_dask_array",
@@ -328,3 +329,26 @@ def check_finite_score(value: Any, owner: str, *, what: str = "returned") -> flo
             "estimate. To fix, return a finite float for every coalition."
         )
     return v
+
+
+def check_model(model: Any, name: str, owner: str, methods: tuple[str, ...] = ("fit",)) -> Any:
+    """Return ``model`` if it is an estimator *instance* with the given methods, else raise InvalidModelError.
+
+    A class (``LogisticRegression`` instead of ``LogisticRegression()``) is
+    refused by name: its ``fit`` is an unbound function, so it would only
+    fail later, far from the mistake.
+    """
+    if isinstance(model, type):
+        raise InvalidModelError(
+            f"The '{name}' argument of {owner} must be a model instance. Got the class {model.__name__}. "
+            f"To fix, pass {model.__name__}(...) (an instance, with its parameters)."
+        )
+    missing = [m for m in methods if not callable(getattr(model, m, None))]
+    if missing:
+        wanted = " and ".join(f"{m}()" for m in methods)
+        raise InvalidModelError(
+            f"The '{name}' argument of {owner} must have {wanted} (scikit-learn API). Got "
+            f"{type(model).__name__}, without {', '.join(missing)}. To fix, wrap your model in an object "
+            f"with {wanted}."
+        )
+    return model

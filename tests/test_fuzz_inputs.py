@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import LinearRegression
 
 from dvl_dask import Dataset, Utility
 from dvl_dask.cache import InMemoryCacheBackend, RunningStats, _codec
@@ -231,8 +231,7 @@ UNUSABLE = {
     "3-D features": lambda: Utility(LinearRegression(), _data(_x2.reshape(12, 2, 1), _y_cont), "r2", default_score=0.0),
     "string features": lambda: Utility(LinearRegression(), _data(_x2.astype(str), _y_cont), "r2", default_score=0.0),
     "model without predict": lambda: Utility(_NoPredict(), _data(_x2, _y_cont), "r2", default_score=0.0),
-    "classifier on continuous targets": lambda: Utility(LogisticRegression(), _data(_x2, _y_cont), "accuracy"),
-    "regressor scored by accuracy": lambda: Utility(LinearRegression(), _data(_x2, _y_cont), "accuracy"),
+    # a classifier on continuous targets and accuracy on a regressor are refused when built (test_input_errors.py)
     "scorer returning NaN": lambda: Utility(
         LinearRegression(), _data(_x2, _y_cont), lambda m, x, y: float("nan"), default_score=0.0
     ),
@@ -254,7 +253,7 @@ def test_unusable_utilities_raise_instead_of_returning_zeros(case) -> None:
 
 def test_unusable_utility_can_be_configured_to_warn_once() -> None:
     with dask.config.set({"dvl_dask.utility.on-unusable": "warn"}):
-        u = UNUSABLE["regressor scored by accuracy"]()
+        u = UNUSABLE["scorer returning NaN"]()
     with pytest.warns(UtilityFailureWarning, match="cannot be evaluated") as record:
         assert [u(range(k)) for k in (3, 5, 8)] == [0.0, 0.0, 0.0]
     assert len([w for w in record if "cannot be evaluated" in str(w.message)]) == 1
