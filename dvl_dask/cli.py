@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._cli_options import json_object
+from ._cli_options import check_numbers, connect_client, json_object
 from .data import Dataset
 from .errors import DvlDaskError, InvalidParameterError
 from .results import to_zarr
@@ -37,6 +37,17 @@ _BUDGET_ARGUMENT = {
     "owen_shapley": "n_samples",
 }
 SCHEDULERS = ("local-cluster", "threads", "processes", "sync")
+_INF = float("inf")
+#: Accepted ranges of the numeric options of demo, value and evaluate (checked before anything runs).
+_BOUNDS = {
+    "n_points": (2, _INF),
+    "budget": (1, _INF),
+    "workers": (1, 1024),
+    "top": (1, _INF),
+    "max_fraction": (0.0, 1.0),
+    "steps": (1, 10_000),
+    "n_random": (1, _INF),
+}
 
 
 def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
@@ -109,9 +120,7 @@ class _RemoteClient:
         self.address, self.scheduler_file = address, scheduler_file
 
     def __enter__(self) -> Any:
-        from distributed import Client
-
-        self.client = Client(self.address, scheduler_file=self.scheduler_file, set_as_default=True)
+        self.client = connect_client(self.address, self.scheduler_file)
         threads = sum(self.client.nthreads().values())
         print(f"Connected to {self.client.scheduler.address} ({threads} worker threads)")
         return self.client
@@ -345,20 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DvlDaskError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.n_points < 2:
-        print("error: --n-points must be at least 2", file=sys.stderr)
-        return 2
-    if args.budget < 1:
-        print("error: --budget must be at least 1", file=sys.stderr)
-        return 2
     try:
+        check_numbers(args, _BOUNDS)  # before anything runs or is written
         if args.command == "evaluate":
             return _evaluate(args)
         result, loo_result = _value(args)
+        _report(result, args.top, loo_result)
+        if args.plot:
+            _plot(result, args.plot)
     except DvlDaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _report(result, args.top, loo_result)
-    if args.plot:
-        _plot(result, args.plot)
     return 0

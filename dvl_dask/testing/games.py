@@ -101,7 +101,7 @@ class Game(Frozen):
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
         players = check_coalition(indices, self._n, type(self).__name__)
-        return check_finite_score(self.value(players), f"{type(self).__name__}.value()")
+        return check_finite_score(self.value(players), f"{type(self).__name__}.value()", coalition=players)
 
     def value(self, players: np.ndarray) -> float:
         raise NotImplementedError

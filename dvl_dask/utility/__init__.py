@@ -1,5 +1,6 @@
 """Utilities: model + data + scorer as a function of coalitions."""
 
+from .._pydvl_names import pydvl_name_hook as _pydvl_name_hook
 from ._learned import LearnedUtility, learn_utility
 from ._scorers import (
     Scorer,
@@ -28,3 +29,6 @@ __all__ = [
     "squashed_r2",
     "squashed_variance",
 ]
+
+# pyDVL names (ModelUtility, ShapleyValuation, ...) raise an ImportError pointing to the migration guide.
+__getattr__ = _pydvl_name_hook(__name__)

@@ -24,7 +24,7 @@ from ..errors import (
     UtilityFailureWarning,
 )
 from ..keys import describe_parameters, model_token, object_token
-from ..validation import check_coalition, check_model, keyword_aliases
+from ..validation import check_coalition, check_model, describe_coalition, keyword_aliases
 from ._scorers import Scorer, as_scorer, outside_range, scorer_task
 
 __all__ = ["Utility"]
@@ -441,7 +441,8 @@ class Utility:
                 warnings.warn(message + ".", UtilityFailureWarning, stacklevel=4)
             return self.default_score
         warnings.warn(
-            f"{what} on {players.size} player(s) failed ({problem}); using default_score={self.default_score}.",
+            f"{what} on {players.size} player(s) failed ({problem}) for {describe_coalition(players)}; using "
+            f"default_score={self.default_score}.",
             UtilityFailureWarning,
             stacklevel=4,
         )

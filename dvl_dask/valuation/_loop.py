@@ -28,6 +28,7 @@ checkpoint's writer lease while it runs.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import warnings
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..results._schema import SAMPLE_MEAN
 from ..typing import UtilityLike
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy, unknown_keyword_error
 from ._backends import BlockSpec, choose_backend
 from ._estimators import Estimator, values_from_stats
 from ._graph import check_utility
@@ -71,6 +72,7 @@ def _resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str
             f"The 'method' parameter of run_until_converged must be one of {sorted(ESTIMATOR_FACTORIES)} "
             f"(a name, the function, or a functools.partial of it). Got {method!r}."
         )
+    _check_method_keywords(name, opts)
     budget = [k for k in _BUDGET_NAMES if k in opts]
     if budget:
         raise InvalidParameterError(
@@ -78,6 +80,18 @@ def _resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str
             "To fix, drop it, or call the method itself for a fixed budget."
         )
     return name, opts
+
+
+def _check_method_keywords(name: str, options: dict[str, Any]) -> None:
+    """Refuse options that ``name`` does not take, naming the public method (not its private estimator factory)."""
+    params = inspect.signature(ESTIMATOR_FACTORIES[name]).parameters
+    accepted = [p for p in params if p != "utility"]
+    allowed = [*accepted, *_BUDGET_NAMES]  # budgets get their own message
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        own = [p for p in inspect.signature(run_until_converged).parameters if p not in ("method", "utility")]
+        own = [p for p in own if p != "method_options"]
+        raise unknown_keyword_error(f"run_until_converged(method={name!r}, ...)", unknown[0], [*accepted, *own])
 
 
 def _bound_options(name: str, utility: UtilityLike, options: dict[str, Any]) -> Any:
