@@ -30,6 +30,7 @@ __all__ = [
     "check_model",
     "check_positive_int",
     "check_real",
+    "check_url",
     "describe_coalition",
     "describe_point",
     "is_dask_array",
@@ -313,6 +314,18 @@ def check_coalition(indices: Any, n_players: int, owner: str = "Utility") -> np.
             f"{what} has player indices outside [0, {n_players}): min {low}, max {high}."
         )
     return np.unique(arr)
+
+
+def check_url(url: Any, name: str, owner: str) -> str:
+    """Return ``url`` (a path or an fsspec URL) as a string, or raise InvalidParameterError naming ``name``."""
+    import os
+
+    if isinstance(url, str | os.PathLike) and str(os.fspath(url)):
+        return str(os.fspath(url))
+    raise InvalidParameterError(
+        f"The '{name}' parameter of {owner} must be a local path or an fsspec URL (a non-empty str or "
+        f"os.PathLike). Got {type(url).__name__} {url!r:.40}."
+    )
 
 
 def check_bool(value: Any, name: str, owner: str) -> bool:

@@ -83,7 +83,10 @@ def _check_finite_values(values: np.ndarray, names: Any, owner: str) -> None:
 
 
 def _check_fractions(fractions: Any, owner: str) -> np.ndarray:
-    arr = np.asarray(fractions, dtype=np.float64)
+    try:
+        arr = np.asarray(fractions, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.array([np.nan])  # not numbers: refused below with the others
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
         raise InvalidParameterError(
             f"The 'fractions' argument of {owner} must be a non-empty 1-d sequence of numbers in [0, 1]. "

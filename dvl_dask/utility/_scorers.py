@@ -13,6 +13,7 @@ from .._frozen import Frozen
 from .._provenance import qualified_name
 from ..errors import InvalidParameterError, UnknownScorerError
 from ..keys import describe_parameters, object_token
+from ..validation import check_real
 
 __all__ = [
     "RANGE_TOLERANCE",
@@ -471,7 +472,7 @@ def as_scorer(scoring: str | Callable[..., float] | Scorer) -> Scorer:
 
 def sigmoid(x: float) -> float:
     """The logistic function ``1 / (1 + exp(-x))``, overflow-safe, with ``sigmoid(-inf) = 0``."""
-    x = float(x)
+    x = check_real(x, "x", "sigmoid")
     if x >= 0:
         return float(1.0 / (1.0 + np.exp(-x)))
     e = np.exp(x)
@@ -586,7 +587,7 @@ def squashed_neg_mse(scale: float = 1.0) -> Scorer:
     so that a constant prediction of the mean scores about 0.54). The default
     score of a Utility is 0 (infinite error).
     """
-    scale = float(scale)
+    scale = check_real(scale, "scale", "squashed_neg_mse", low=0.0, low_open=True, finite=True)
     if not (np.isfinite(scale) and scale > 0):
         raise InvalidParameterError(
             f"The 'scale' parameter of squashed_neg_mse must be a finite number > 0. Got {scale!r}."

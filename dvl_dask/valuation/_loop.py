@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -46,7 +47,14 @@ from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..results._schema import SAMPLE_MEAN
 from ..typing import UtilityLike
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy, unknown_keyword_error
+from ..validation import (
+    SeedLike,
+    as_seed_sequence,
+    check_positive_int,
+    check_url,
+    seed_entropy,
+    unknown_keyword_error,
+)
 from ._backends import BlockSpec, choose_backend
 from ._estimators import Estimator, values_from_stats
 from ._graph import check_utility
@@ -285,6 +293,13 @@ def run_until_converged(
         check_positive_int(window, "window", owner)
     per_block = estimator.items_per_block(n, items_per_block)
     lag = check_positive_int(config.get(config.MC_ACTIVE_SET_LAG), "active-set-lag", owner)
+    if checkpoint is not None:
+        checkpoint = check_url(checkpoint, "checkpoint", "run_until_converged")
+        if "://" not in checkpoint and os.path.isfile(checkpoint):
+            raise InvalidParameterError(
+                f"The 'checkpoint' of run_until_converged must be a folder (a zarr store it creates or resumes). "
+                f"Got the file {checkpoint!r}. To fix, pass a new or existing checkpoint folder."
+            )
     if seed is None and checkpoint is not None:
         previous = stored_seed(checkpoint, storage_options)
         seq = _parse_seed(previous) if previous else as_seed_sequence(None)
@@ -444,6 +459,7 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
     SchemaError
         If there is no dvl_dask checkpoint at ``url``.
     """
+    url = check_url(url, "url", "load_checkpoint")
     store = Checkpoint.open_existing(url, storage_options=storage_options)
     header = store.header
     merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))
@@ -492,6 +508,7 @@ def checkpoint_history(
         As :func:`load_checkpoint`.
     """
     every = check_positive_int(every, "every", "checkpoint_history")
+    url = check_url(url, "url", "checkpoint_history")
     store = Checkpoint.open_existing(url, storage_options=storage_options)
     header = store.header
     merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))
