@@ -20,6 +20,7 @@ from . import (
     results,
     valuation,
 )
+from ._pydvl_names import pydvl_name_hook as _pydvl_name_hook
 from ._version import __version__
 from .data import Dataset, GroupedDataset
 from .influence import DaskInfluenceCalculator, SequentialInfluenceCalculator, influence_to_zarr
@@ -52,3 +53,6 @@ __all__ = [
     "to_zarr",
     "valuation",
 ]
+
+# pyDVL names (ModelUtility, ShapleyValuation, ...) raise an ImportError pointing to the migration guide.
+__getattr__ = _pydvl_name_hook(__name__)

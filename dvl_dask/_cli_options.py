@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from .errors import InvalidParameterError
+from .errors import ClusterConnectionError, InvalidParameterError
 
-__all__ = ["file_token", "json_object", "load_array"]
+__all__ = ["check_numbers", "connect_client", "file_token", "json_object", "load_array"]
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -65,3 +67,35 @@ def file_token(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_numbers(args: argparse.Namespace, bounds: Mapping[str, tuple[float, float]]) -> None:
+    """Refuse options outside their bounds ``{dest: (low, high)}`` (inclusive; None values are skipped).
+
+    Raises :class:`~dvl_dask.errors.InvalidParameterError` naming the option as typed
+    (``--n-points``), the value and the accepted range, before anything runs or is written.
+    """
+    for dest, (low, high) in bounds.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and low <= value <= high):
+            upper = "" if math.isinf(high) else f" and at most {high:g}"
+            raise InvalidParameterError(
+                f"--{dest.replace('_', '-')} must be at least {low:g}{upper}. Got {value!r}."
+            )
+
+
+def connect_client(address: str | None, scheduler_file: str | None = None, *, set_as_default: bool = True) -> Any:
+    """A ``distributed.Client`` of a running scheduler, or ClusterConnectionError saying what to check."""
+    from distributed import Client
+
+    where = f"--scheduler-address {address}" if address else f"--scheduler-file {scheduler_file}"
+    try:
+        return Client(address, scheduler_file=scheduler_file, set_as_default=set_as_default)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterConnectionError(
+            f"Cannot connect to the Dask scheduler at {where} ({type(exc).__name__}: {exc}). To fix, check that "
+            "the scheduler is running and reachable from here (host, port, firewall), or run without "
+            "--scheduler-address to use a local scheduler."
+        ) from None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cli_options import json_object, load_array
+from ._cli_options import check_numbers, connect_client, json_object, load_array
 from ._progress import GraphProgress, progress_enabled
 from .errors import InvalidModelError, InvalidParameterError
 
@@ -49,6 +49,21 @@ _OPTIONS = {
     "curvature": "curvature",
     "normalize": "normalize",
     "method_seed": "seed",
+}
+
+
+_INF = float("inf")
+#: Accepted ranges of the numeric options (checked before the model is loaded).
+_BOUNDS = {
+    "chunk_size": (1, _INF),
+    "fit_batch_size": (1, _INF),
+    "rank": (1, _INF),
+    "maxiter": (1, _INF),
+    "rtol": (1e-300, _INF),
+    "regularization": (0.0, _INF),
+    "projection_dim": (1, _INF),
+    "input_dim": (1, _INF),
+    "output_dim": (1, _INF),
 }
 
 
@@ -255,8 +270,15 @@ def _progress(enabled: bool, remote: bool) -> AbstractContextManager[Any]:
     return GraphProgress("influences", progress=True)
 
 
+def _require_torch() -> None:
+    """Import dvl_dask's torch models first: without torch, its error names the ``[torch]`` extra."""
+    from .influence import torch as _models  # noqa: F401
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dvl-dask influence`` with parsed arguments."""
+    check_numbers(args, _BOUNDS)
+    _require_torch()
     import dask
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -264,9 +286,6 @@ def run(args: argparse.Namespace) -> int:
     from .influence import DaskInfluenceCalculator, DisableClientSingleThreadCheck, influence_to_zarr
     from .influence.torch import TorchNumpyConverter
 
-    for option in ("chunk_size", "fit_batch_size"):
-        if getattr(args, option) < 1:
-            raise InvalidParameterError(f"--{option.replace('_', '-')} must be at least 1.")
     model = _load_model(args)
     dtype = next(model.parameters()).dtype
     loss = F.mse_loss if args.loss == "mse" else F.cross_entropy
@@ -305,9 +324,7 @@ def run(args: argparse.Namespace) -> int:
     )
     remote = args.scheduler_address is not None
     if remote:
-        from distributed import Client
-
-        client: Any = Client(args.scheduler_address)
+        client: Any = connect_client(args.scheduler_address)
         context: AbstractContextManager[Any] = client
     else:
         client = DisableClientSingleThreadCheck

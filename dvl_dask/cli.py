@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._cli_options import json_object, load_array
+from ._cli_options import check_numbers, connect_client, json_object, load_array
 from ._progress import GraphProgress
 from .data import Dataset
 from .errors import DvlDaskError, InvalidParameterError
@@ -43,6 +43,17 @@ _BUDGET_ARGUMENT = {
     "owen_shapley": "n_samples",
 }
 SCHEDULERS = ("local-cluster", "threads", "processes", "sync")
+_INF = float("inf")
+#: Accepted ranges of the numeric options of demo, value and evaluate (checked before anything runs).
+_BOUNDS = {
+    "n_points": (2, _INF),
+    "budget": (1, _INF),
+    "workers": (1, 1024),
+    "top": (1, _INF),
+    "max_fraction": (0.0, 1.0),
+    "steps": (1, 10_000),
+    "n_random": (1, _INF),
+}
 
 
 def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
@@ -122,6 +133,7 @@ def _utility(recipe: dict[str, Any], cache: Any = None) -> tuple[Utility, dict[s
     if gaps:
         raise InvalidParameterError(f"Cannot build the utility: missing {', '.join(gaps)}.")
     if "dataset" in recipe:
+        _check_model_fits_dataset(recipe["dataset"], recipe["model"])
         data = _load_dataset(recipe["dataset"], int(recipe["n_points"]), int(recipe["seed"]))
     else:
         arrays = [np.asarray(load_array(recipe[k], f"--{k.replace('_', '-')}", 1 << 20, None).compute())
@@ -159,6 +171,24 @@ def _make_model(name: str) -> Any:
     return factories[name]()
 
 
+_CLASSIFIERS = ("logistic", "knn", "tree")
+
+
+def _check_model_fits_dataset(dataset: str, model: str) -> None:
+    """Refuse a classifier on the continuous target of diabetes, and a regressor on class labels."""
+    continuous = dataset == "diabetes"
+    if continuous and model in _CLASSIFIERS:
+        raise InvalidParameterError(
+            f"--model {model} is a classifier, but --dataset diabetes has a continuous target (it would be read as "
+            f"about 200 classes). To fix, use a regressor: --model ridge or --model linear."
+        )
+    if not continuous and model not in _CLASSIFIERS:
+        raise InvalidParameterError(
+            f"--model {model} is a regressor, but --dataset {dataset} has class labels (scored by accuracy). To fix, "
+            f"use a classifier: --model {', '.join(_CLASSIFIERS)}; or --dataset diabetes."
+        )
+
+
 class _RemoteClient:
     """A client of a cluster that is already running (its address or scheduler file)."""
 
@@ -166,9 +196,7 @@ class _RemoteClient:
         self.address, self.scheduler_file = address, scheduler_file
 
     def __enter__(self) -> Any:
-        from distributed import Client
-
-        self.client = Client(self.address, scheduler_file=self.scheduler_file, set_as_default=True)
+        self.client = connect_client(self.address, self.scheduler_file)
         threads = sum(self.client.nthreads().values())
         print(f"Connected to {self.client.scheduler.address} ({threads} worker threads)")
         return self.client
@@ -451,20 +479,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DvlDaskError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.n_points is not None and args.n_points < 2:
-        print("error: --n-points must be at least 2", file=sys.stderr)
-        return 2
-    if args.budget < 1:
-        print("error: --budget must be at least 1", file=sys.stderr)
-        return 2
     try:
+        check_numbers(args, _BOUNDS)  # before anything runs or is written
         if args.command == "evaluate":
             return _evaluate(args)
         result, loo_result = _value(args)
+        _report(result, args.top, loo_result)
+        if args.plot:
+            _plot(result, args.plot)
     except DvlDaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _report(result, args.top, loo_result)
-    if args.plot:
-        _plot(result, args.plot)
     return 0

@@ -91,6 +91,13 @@ def _register_defaults() -> None:
 
 def get(key: str, override_with: Any = None) -> Any:
     """Read option ``key`` now; ``override_with`` wins when it is not None."""
+    if not isinstance(key, str):
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            f"The 'key' of dvl_dask.config.get must be an option name such as 'dvl_dask.cache.time-threshold'. "
+            f"Got {type(key).__name__} {key!r:.40}."
+        )
     return dask.config.get(key, override_with=override_with)
 
 

@@ -12,6 +12,7 @@ builtin they already handle (``except ValueError``)::
     ├── InvalidDataError (ValueError)          arrays: shapes, NaN/inf, empty
     │   └── UnalignedChunksError               chunks of x and y disagree
     ├── InvalidModelError (TypeError)          model lacks fit/predict or is unusable
+    ├── InvalidArgumentsError (TypeError)      arguments do not fit a signature (misspelt keyword...)
     ├── FrozenInstanceError (AttributeError)   assignment to an immutable value (Dataset, game...)
     ├── NotFittedError (RuntimeError)          an influence model used before fit()
     ├── CompatNotSupportedError (NotImplementedError)  a pyDVL name without a dvl_dask counterpart yet
@@ -29,7 +30,10 @@ builtin they already handle (``except ValueError``)::
     ├── StoreAccessError (PermissionError)     a store cannot be written or read (permissions, credentials)
     ├── CheckpointCorruptError (ValueError)    a checkpoint fails verification (names block, recovery)
     ├── CheckpointInUseError (RuntimeError)    another writer holds a checkpoint's lease
-    └── NoWorkersError (RuntimeError)          a cluster had no workers for too long
+    ├── NoWorkersError (RuntimeError)          a cluster had no workers for too long
+    ├── ClusterConnectionError (ConnectionError)  a Dask scheduler cannot be reached
+    ├── PyDVLNameError (ImportError)           a pyDVL name dvl_dask spells differently (points to the guide)
+    └── MissingDependencyError (ModuleNotFoundError)  an optional dependency is not installed (names the extra)
 
     DvlDaskWarning (UserWarning)
     ├── UtilityFailureWarning                  a fit failed; default score used
@@ -47,16 +51,20 @@ __all__ = [
     "CacheError",
     "CacheUnavailableWarning",
     "CheckpointMismatchError",
+    "ClusterConnectionError",
     "CompatNotSupportedError",
     "ConvergenceWarning",
     "DvlDaskError",
     "DvlDaskWarning",
     "FrozenInstanceError",
+    "InvalidArgumentsError",
     "InvalidDataError",
     "InvalidModelError",
     "InvalidParameterError",
+    "MissingDependencyError",
     "NotAResultError",
     "NotFittedError",
+    "PyDVLNameError",
     "ResultExistsError",
     "ResultCorruptError",
     "ResultNotFoundError",
@@ -107,6 +115,13 @@ class UnalignedChunksError(InvalidDataError):
 
 class InvalidModelError(DvlDaskError, TypeError):
     """A model does not provide the methods a utility or influence model needs."""
+
+
+class InvalidArgumentsError(DvlDaskError, TypeError):
+    """The arguments of a call do not fit the function's signature: an unknown (misspelt) keyword, a missing one.
+
+    The message names the public function and suggests the closest parameter name.
+    """
 
 
 class FrozenInstanceError(DvlDaskError, AttributeError):
@@ -243,3 +258,18 @@ class CheckpointInUseError(DvlDaskError, RuntimeError):
 
 class NoWorkersError(DvlDaskError, RuntimeError):
     """A distributed cluster had no workers for longer than the configured timeout."""
+
+
+class ClusterConnectionError(DvlDaskError, ConnectionError):
+    """A Dask scheduler given by address or scheduler file cannot be reached."""
+
+
+class PyDVLNameError(DvlDaskError, ImportError):
+    """A name of pyDVL's API (``ModelUtility``, ``ShapleyValuation``...) that dvl_dask names otherwise.
+
+    The message names dvl_dask's equivalent and the migration guide (``docs/migrating-from-pydvl.md``).
+    """
+
+
+class MissingDependencyError(DvlDaskError, ModuleNotFoundError):
+    """An optional dependency (torch, matplotlib...) is not installed; the message names the extra to install."""

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import InvalidDataError, InvalidParameterError
+from .errors import InvalidDataError, InvalidParameterError, MissingDependencyError
 from .results import validate_valuation_dataset
+from .validation import check_positive_int, check_real
 
 __all__ = ["plot_convergence", "plot_curves", "plot_influence", "plot_value_distribution", "plot_values"]
 
@@ -20,9 +21,10 @@ def _pyplot() -> Any:
         matplotlib.use(matplotlib.get_backend())
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plot_values requires matplotlib, which could not be imported. "
-            "Install it with `pip install dvl_dask[plot]`."
+        raise MissingDependencyError(
+            "dvl_dask.plot needs matplotlib, which could not be imported. To fix, install dvl_dask's plot "
+            "extra: pip install 'dvl_dask[plot]'.",
+            name="matplotlib",
         ) from exc
     return plt
 
@@ -43,6 +45,10 @@ def plot_values(
     normal confidence intervals. Returns the matplotlib ``Axes``.
     """
     validate_valuation_dataset(ds)
+    owner = "plot_values"
+    n_stderr = check_real(n_stderr, "n_stderr", owner, low=0.0, finite=True)
+    top_k = None if top_k is None else check_positive_int(top_k, "top_k", owner, allow_zero=True)
+    bottom_k = None if bottom_k is None else check_positive_int(bottom_k, "bottom_k", owner, allow_zero=True)
     plt = _pyplot()
     ordered = ds.dvl.sort(ascending=False)
     n = ordered.sizes["sample"]
@@ -71,6 +77,7 @@ def plot_curves(curve: xr.Dataset, *, ax: Any = None, title: str | None = None, 
     """
     if "score" not in getattr(curve, "data_vars", {}) or "order" not in curve.dims:
         raise InvalidParameterError("plot_curves needs a curve from point_removal_curve or point_addition_curve.")
+    band = check_real(band, "band", "plot_curves", low=0.0, finite=True)
     plt = _pyplot()
     curve = curve.compute()
     if ax is None:
@@ -96,20 +103,23 @@ def plot_value_distribution(
 ) -> Any:
     """Histogram of values, one per class (``labels``, or the result's ``label`` coordinate). Returns the ``Axes``."""
     validate_valuation_dataset(ds)
-    plt = _pyplot()
+    bins = check_positive_int(bins, "bins", "plot_value_distribution")
     values = np.asarray(ds["value"].values)
     if labels is None and "label" in ds.coords:
         labels = ds["label"].values
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != values.shape:
+            raise InvalidDataError(
+                f"The 'labels' argument of plot_value_distribution must have one entry per point "
+                f"({values.shape[0]}). Got shape {labels.shape}."
+            )
+    plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(5.0, 3.5))
     if labels is None:
         ax.hist(values, bins=bins, alpha=0.8)
     else:
-        labels = np.asarray(labels)
-        if labels.shape != values.shape:
-            raise InvalidDataError(
-                f"labels must have one entry per point ({values.shape[0]}). Got shape {labels.shape}."
-            )
         for label in np.unique(labels):
             ax.hist(values[labels == label], bins=bins, alpha=0.5, label=str(label))
         ax.legend(title="class")
@@ -129,7 +139,8 @@ def plot_influence(
     ``train_sample``; extra feature dims are summed) or a 2-d array.
     Returns the ``Axes``.
     """
-    plt = _pyplot()
+    owner = "plot_influence"
+    top_k = check_positive_int(top_k, "top_k", owner)
     arr = influences
     if isinstance(arr, xr.DataArray):
         extra = [d for d in arr.dims if d not in ("test_sample", "train_sample")]
@@ -142,6 +153,17 @@ def plot_influence(
         if matrix.ndim != 2:
             raise InvalidDataError(f"plot_influence needs a (test, train) matrix. Got shape {matrix.shape}.")
         test_labels, train_labels = np.arange(matrix.shape[0]), np.arange(matrix.shape[1])
+    if matrix.ndim != 2 or 0 in matrix.shape:
+        raise InvalidDataError(f"{owner} needs a non-empty (test, train) matrix. Got shape {matrix.shape}.")
+    if test_index is not None:
+        test_index = check_positive_int(test_index, "test_index", owner, allow_zero=True)
+        if test_index >= matrix.shape[0]:
+            raise InvalidParameterError(
+                f"The 'test_index' parameter of {owner} must be the position of a test point, in [0, "
+                f"{matrix.shape[0]}). Got {test_index}. To fix, pass a position below {matrix.shape[0]} (or None for "
+                "the heatmap of every test point)."
+            )
+    plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(6.0, 3.5))
     if test_index is None:
@@ -180,10 +202,12 @@ def plot_convergence(
         raise InvalidParameterError(
             "plot_convergence needs the history of a run: dvl_dask.valuation.checkpoint_history(checkpoint_url)."
         )
+    top_k = check_positive_int(top_k, "top_k", "plot_convergence")
+    n_stderr = check_real(n_stderr, "n_stderr", "plot_convergence", low=0.0, finite=True)
     plt = _pyplot()
     if players is None:
         final = np.abs(history["value"].isel(step=-1).values)
-        chosen = history["sample"].values[np.argsort(-final, kind="stable")[: max(1, int(top_k))]]
+        chosen = history["sample"].values[np.argsort(-final, kind="stable")[:top_k]]
     else:
         chosen = np.asarray(players)
     if ax is None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import InvalidDataError, InvalidParameterError
+from .errors import InvalidArgumentsError, InvalidDataError, InvalidModelError, InvalidParameterError
 
 __all__ = [
     "SeedLike",
@@ -24,12 +24,19 @@ __all__ = [
     "check_array",
     "check_coalition",
     "check_consistent_length",
+    "check_bool",
     "check_finite_score",
+    "check_keywords",
+    "check_model",
     "check_positive_int",
     "check_real",
+    "check_url",
+    "describe_coalition",
+    "describe_point",
     "is_dask_array",
     "keyword_aliases",
     "seed_entropy",
+    "unknown_keyword_error",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -309,22 +316,121 @@ def check_coalition(indices: Any, n_players: int, owner: str = "Utility") -> np.
     return np.unique(arr)
 
 
-def check_finite_score(value: Any, owner: str, *, what: str = "returned") -> float:
-    """Return ``value`` as a float if it is a finite real number, else raise InvalidParameterError."""
+def check_url(url: Any, name: str, owner: str) -> str:
+    """Return ``url`` (a path or an fsspec URL) as a string, or raise InvalidParameterError naming ``name``."""
+    import os
+
+    if isinstance(url, str | os.PathLike) and str(os.fspath(url)):
+        return str(os.fspath(url))
+    raise InvalidParameterError(
+        f"The '{name}' parameter of {owner} must be a local path or an fsspec URL (a non-empty str or "
+        f"os.PathLike). Got {type(url).__name__} {url!r:.40}."
+    )
+
+
+def check_bool(value: Any, name: str, owner: str) -> bool:
+    """Return ``value`` as a bool if it is True or False (numpy's too), else raise InvalidParameterError.
+
+    Strings such as ``"yes"`` or ``"false"`` and numbers are refused rather than read by truthiness.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be True or False. Got {value!r:.60} "
+            f"({type(value).__name__}). To fix, pass {name}=True or {name}=False."
+        )
+    return bool(value)
+
+
+def check_keywords(names: Any, allowed: Any, owner: str) -> None:
+    """Refuse keyword ``names`` that are not in ``allowed`` (a signature's parameters), suggesting close matches.
+
+    Raises :class:`~dvl_dask.errors.InvalidArgumentsError` (a TypeError, as
+    Python's own) naming ``owner``, the public function the user called.
+    """
+    allowed = [str(a) for a in allowed]
+    unknown = [str(n) for n in names if str(n) not in allowed]
+    if unknown:
+        raise unknown_keyword_error(owner, unknown[0], allowed)
+
+
+def unknown_keyword_error(owner: str, keyword: str, allowed: Any) -> InvalidArgumentsError:
+    """The error for an unexpected keyword ``keyword`` of ``owner``: close matches, else the accepted names."""
+    import difflib
+
+    allowed = [str(a) for a in allowed]
+    close = difflib.get_close_matches(keyword, allowed, n=2, cutoff=0.6)
+    hint = (
+        f"Did you mean {' or '.join(repr(c) for c in close)}?"
+        if close
+        else f"It accepts {', '.join(repr(a) for a in allowed) or 'no keyword arguments'}."
+    )
+    call = owner if owner.endswith(")") else f"{owner}()"
+    return InvalidArgumentsError(f"{call} got an unexpected keyword argument {keyword!r}. {hint}")
+
+
+def describe_coalition(indices: Any, limit: int = 12) -> str:
+    """A short text naming a coalition: ``"the coalition [0, 2, 5]"`` (long ones cut, with their size)."""
+    try:
+        players = np.asarray(indices).ravel().tolist()
+    except Exception:
+        return f"the coalition {indices!r:.60}"
+    if len(players) <= limit:
+        return f"the coalition {players}"
+    return f"the coalition of {len(players)} players {players[:limit]}..."
+
+
+def describe_point(index: int, names: Any = None) -> str:
+    """``"point 3"``, or ``"point 3 ('alice')"`` when its label differs from its index."""
+    if names is None:
+        return f"point {index}"
+    name = np.asarray(names)[index]
+    name = name.item() if isinstance(name, np.generic) else name
+    return f"point {index}" if str(name) == str(index) else f"point {index} ({name!r})"
+
+
+def check_finite_score(value: Any, owner: str, *, what: str = "returned", coalition: Any = None) -> float:
+    """Return ``value`` as a float if it is a finite real number, else raise InvalidParameterError.
+
+    ``coalition`` (the players scored), when given, is named in the message.
+    """
+    where = "" if coalition is None else f" for {describe_coalition(coalition)}"
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic)):
         raise InvalidParameterError(
-            f"{owner} {what} {type(value).__name__} {value!r:.60}, not a real number. "
+            f"{owner} {what} {type(value).__name__} {value!r:.60}{where}, not a real number. "
             "To fix, make it return a finite float for every coalition (e.g. 0.0 for the empty one)."
         )
     arr = np.asarray(value)
     if arr.size != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise InvalidParameterError(
-            f"{owner} {what} {value!r:.60}, not a real number. To fix, return one finite float."
+            f"{owner} {what} {value!r:.60}{where}, not a real number. To fix, return one finite float."
         )
     v = float(arr.reshape(()))
     if not np.isfinite(v):
         raise InvalidParameterError(
-            f"{owner} {what} {v}. Values must be finite: NaN or infinity would spread into every "
+            f"{owner} {what} {v}{where}. Values must be finite: NaN or infinity would spread into every "
             "estimate. To fix, return a finite float for every coalition."
         )
     return v
+
+
+def check_model(model: Any, name: str, owner: str, methods: tuple[str, ...] = ("fit",)) -> Any:
+    """Return ``model`` if it is an estimator *instance* with the given methods, else raise InvalidModelError.
+
+    A class (``LogisticRegression`` instead of ``LogisticRegression()``) is
+    refused by name: its ``fit`` is an unbound function, so it would only
+    fail later, far from the mistake.
+    """
+    if isinstance(model, type):
+        raise InvalidModelError(
+            f"The '{name}' argument of {owner} must be a model instance. Got the class {model.__name__}. "
+            f"To fix, pass {model.__name__}(...) (an instance, with its parameters)."
+        )
+    missing = [m for m in methods if not callable(getattr(model, m, None))]
+    if missing:
+        wanted = " and ".join(f"{m}()" for m in methods)
+        raise InvalidModelError(
+            f"The '{name}' argument of {owner} must have {wanted} (scikit-learn API). Got "
+            f"{type(model).__name__}, without {', '.join(missing)}. To fix, wrap your model in an object "
+            f"with {wanted}."
+        )
+    return model

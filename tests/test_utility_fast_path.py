@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dvl_dask import Dataset, Scorer, Utility
-from dvl_dask.errors import UnusableUtilityError
+from dvl_dask.errors import InvalidParameterError, UnusableUtilityError
 
 
 def _data(labels=None, n=40, seed=0):
@@ -56,8 +56,8 @@ def test_plain_accuracy_matches_sklearn_and_defers_otherwise():
     reg = LinearRegression().fit(data.x_train, data.y_train)
     with pytest.raises(ValueError, match="continuous"):
         scorer(reg, data.x_test, data.y_test)
-    with pytest.raises(UnusableUtilityError):
-        Utility(LinearRegression(), data, "accuracy")(np.arange(20))
+    with pytest.raises(InvalidParameterError, match="classification metric"):  # refused when built (issue 25)
+        Utility(LinearRegression(), data, "accuracy")
 
 
 def test_invalid_parameters_still_fail():

@@ -16,11 +16,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidDataError, InvalidParameterError
 from ..keys import current_call, lazy_method
 from ..results import validate_valuation_dataset
 from ..threads import limits_blas_threads
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..validation import SeedLike, as_seed_sequence, check_positive_int, describe_point, seed_entropy
 from ..valuation._graph import companion_name, utility_node
 
 __all__ = ["REMOVAL_ORDERS", "point_addition_curve", "point_removal_curve", "weighted_accuracy_drop"]
@@ -56,7 +56,9 @@ def curve_step(
     mode: str,
 ) -> float:
     """Score after removing (``mode="removal"``) or keeping only (``"addition"``) the first ``n_points``."""
-    ranking = _ranking(np.asarray(values, dtype=np.float64), order, seed)
+    values = np.asarray(values, dtype=np.float64)
+    _check_finite_values(values, None, f"point_{mode}_curve")
+    ranking = _ranking(values, order, seed)
     chosen = ranking[n_points:] if mode == "removal" else ranking[:n_points]
     return float(utility(np.sort(chosen)))
 
@@ -67,8 +69,24 @@ def _step_array(*args: Any) -> np.ndarray:
     return np.asarray(curve_step(*args), dtype=np.float64)
 
 
+def _check_finite_values(values: np.ndarray, names: Any, owner: str) -> None:
+    """Refuse NaN or infinite values (they have no rank), naming the first such point."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InvalidDataError(
+            f"The 'values' argument of {owner} holds {int(bad.sum())} non-finite value(s), the first for "
+            f"{describe_point(first, names)}: {values[first]}. NaN or inf has no place in a ranking, so the curve "
+            "would be meaningless. To fix, compute the values again (check the method's warnings), or drop those "
+            "points first."
+        )
+
+
 def _check_fractions(fractions: Any, owner: str) -> np.ndarray:
-    arr = np.asarray(fractions, dtype=np.float64)
+    try:
+        arr = np.asarray(fractions, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.array([np.nan])  # not numbers: refused below with the others
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
         raise InvalidParameterError(
             f"The 'fractions' argument of {owner} must be a non-empty 1-d sequence of numbers in [0, 1]. "
@@ -112,6 +130,8 @@ def _curve(
     counts = np.round(fractions * n).astype(int)
     value_data = values["value"].data
     value_array = value_data if isinstance(value_data, da.Array) else np.asarray(value_data)
+    if not isinstance(value_array, da.Array):  # known now: refuse before building the graph
+        _check_finite_values(np.asarray(value_array, dtype=np.float64), values["sample"].values, owner)
     if isinstance(value_array, da.Array):
         # As one delayed key named by the array: handed to a delayed call as is, dask would wrap it
         # in a key named at random, and equal calls would not share keys.

@@ -13,16 +13,22 @@ from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_r
 __all__ = ["detection_scores", "flip_labels"]
 
 
-def _values_of(values: Any) -> np.ndarray:
+def _values_of(values: Any, name: str = "values") -> np.ndarray:
     if isinstance(values, xr.Dataset):
         values = values["value"]
-    arr = np.asarray(getattr(values, "values", values), dtype=np.float64)
+    try:
+        arr = np.asarray(getattr(values, "values", values), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"The '{name}' argument must be a valuation result or a 1-d array of numbers. Got "
+            f"{type(values).__name__} {values!r:.40}."
+        ) from None
     if arr.ndim != 1 or arr.size == 0:
         raise InvalidParameterError(
-            f"Values must be a non-empty 1-d array or a valuation result. Got shape {arr.shape}."
+            f"The '{name}' argument must be a non-empty 1-d array or a valuation result. Got shape {arr.shape}."
         )
     if not np.all(np.isfinite(arr)):
-        raise InvalidParameterError("Values contain NaN or inf; detection metrics need finite values.")
+        raise InvalidParameterError(f"The '{name}' argument contains NaN or inf; these metrics need finite values.")
     return arr
 
 

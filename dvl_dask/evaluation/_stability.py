@@ -14,7 +14,7 @@ __all__ = ["rank_stability", "top_k_overlap"]
 
 
 def _pair(a: Any, b: Any, owner: str) -> tuple[np.ndarray, np.ndarray]:
-    va, vb = _values_of(a), _values_of(b)
+    va, vb = _values_of(a, "a"), _values_of(b, "b")
     if va.shape != vb.shape:
         raise InvalidParameterError(
             f"{owner} compares values of the same points. Got shapes {va.shape} and {vb.shape}."

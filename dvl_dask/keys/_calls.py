@@ -38,8 +38,8 @@ import dask.config
 import numpy as np
 
 from .. import config
-from ..errors import InvalidParameterError
-from ..validation import as_seed_sequence
+from ..errors import InvalidArgumentsError, InvalidParameterError
+from ..validation import as_seed_sequence, check_keywords
 from ._tokens import graph_token
 
 __all__ = ["BoundCall", "bind_arguments", "call_key", "current_call", "lazy_method"]
@@ -69,8 +69,9 @@ def bind_arguments(
 
     Raises
     ------
-    TypeError
-        If the arguments do not fit the signature (as calling ``func`` would).
+    InvalidArgumentsError
+        If the arguments do not fit the signature (as calling ``func`` would; a TypeError too), with the
+        closest parameter name for a misspelt keyword.
 
     Examples
     --------
@@ -89,10 +90,15 @@ def _bind(
     kwargs: Mapping[str, Any],
     exclude: Collection[str] = (),
 ) -> dict[str, Any]:
+    owner = getattr(func, "__qualname__", func)
+    params = signature.parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        keywords = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        check_keywords(kwargs, [*keywords, *getattr(func, "__keyword_aliases__", {})], str(owner))
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"{getattr(func, '__qualname__', func)}(): {exc}") from None
+        raise InvalidArgumentsError(f"{owner}(): {exc}") from None
     bound.apply_defaults()
     return {k: v for k, v in bound.arguments.items() if k not in exclude}
 

@@ -23,7 +23,10 @@ def _plain_variance(reference: Any, n: int) -> xr.DataArray | np.ndarray:
             )
         # one plain sample's variance: n_ref * stderr_ref^2 (the stderr of a mean of n_ref iid samples)
         return (ref["counts"].astype(np.float64) * ref["stderr"] ** 2).data
-    arr = np.asarray(reference, dtype=np.float64)
+    try:
+        arr = np.asarray(reference, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.array([np.nan])  # not numbers: refused below
     if arr.shape != (n,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise InvalidParameterError(
             f"The 'reference' of effective_sample_size must be a plain Monte Carlo result (xarray.Dataset) "

@@ -211,7 +211,7 @@ def valuation_dataset(
     arrays = {"value": value, "stderr": stderr, "counts": count}
     data_vars = {}
     for name, arr in arrays.items():
-        if tuple(arr.shape) != (len(names),):
+        if tuple(_shape(arr, name, "valuation_dataset")) != (len(names),):
             raise SchemaError(
                 f"The {name!r} array must have shape ({len(names)},) to match data_names. Got {tuple(arr.shape)}."
             )
@@ -241,8 +241,27 @@ def valuation_dataset(
     return describe_variables(xr.Dataset(data_vars, coords={SAMPLE_DIM: names}, attrs=attrs))
 
 
+def _check_has_attrs(ds: Any, owner: str) -> None:
+    if not isinstance(ds, xr.Dataset | xr.DataArray):
+        raise SchemaError(
+            f"The 'ds' argument of {owner} must be a dvl_dask result (xarray.Dataset or DataArray). Got "
+            f"{type(ds).__name__}. To fix, pass what a method or open_result/open_influence returned."
+        )
+
+
+def _shape(arr: Any, name: str, owner: str) -> tuple[int, ...]:
+    """The shape of an array argument, or SchemaError naming it when it is not an array."""
+    shape = getattr(arr, "shape", None)
+    if shape is None:
+        raise SchemaError(
+            f"The {name!r} argument of {owner} must be a numpy or dask array. Got {type(arr).__name__} {arr!r:.40}."
+        )
+    return tuple(shape)
+
+
 def parameters_of(ds: xr.Dataset) -> dict[str, Any]:
     """The method parameters recorded in a result, as a dict."""
+    _check_has_attrs(ds, "parameters_of")
     return json.loads(ds.attrs.get("parameters", "{}"))
 
 
@@ -261,6 +280,7 @@ def provenance_of(ds: xr.Dataset | xr.DataArray) -> dict[str, Any] | None:
     >>> provenance_of(ds)["model"]["class"]
     'Demo'
     """
+    _check_has_attrs(ds, "provenance_of")
     text = ds.attrs.get("provenance")
     if text is None:
         return None
@@ -319,7 +339,7 @@ def influence_dataarray(
     >>> arr.dims, arr.train_sample.values.tolist(), arr.attrs["mode"]
     (('test_sample', 'train_sample'), [0, 1, 2], 'up')
     """
-    shape = tuple(values.shape)
+    shape = _shape(values, "values", "influence_dataarray")
     if len(shape) < 2:
         raise SchemaError(f"Influence values must have at least 2 dims (test, train). Got shape {shape}.")
     n_extra = len(shape) - 2
@@ -354,7 +374,7 @@ def self_influence_dataarray(
     >>> arr.dims, arr.name, arr.train_sample.values.tolist()
     (('train_sample',), 'self_influence', ['a', 'b', 'c'])
     """
-    shape = tuple(values.shape)
+    shape = _shape(values, "values", "self_influence_dataarray")
     if len(shape) < 1:
         raise SchemaError(f"Self-influence values must have a sample dim. Got shape {shape}.")
     coords = {TRAIN_DIM: np.arange(shape[0]) if names is None else np.asarray(names)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class Game(Frozen):
 
     def __call__(self, indices: Iterable[int] | np.ndarray) -> float:
         players = check_coalition(indices, self._n, type(self).__name__)
-        return check_finite_score(self.value(players), f"{type(self).__name__}.value()")
+        return check_finite_score(self.value(players), f"{type(self).__name__}.value()", coalition=players)
 
     def value(self, players: np.ndarray) -> float:
         raise NotImplementedError
@@ -116,11 +117,25 @@ class Game(Frozen):
         return f"{type(self).__name__}(n_players={self._n})"
 
 
+def _finite_vector(values: Any, name: str, owner: str) -> np.ndarray:
+    """A non-empty 1-d float64 array of finite numbers, or InvalidParameterError naming ``name``."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
+        raise InvalidParameterError(
+            f"The '{name}' of {owner} must be a non-empty 1-d sequence of finite numbers, one per player. Got "
+            f"{values!r:.60}."
+        )
+    return arr
+
+
 class AdditiveGame(Game):
     """``v(S) = sum of w_i over S``; Shapley values equal the weights."""
 
     def __init__(self, weights: Sequence[float]) -> None:
-        self.weights = np.asarray(weights, dtype=np.float64)
+        self.weights = _finite_vector(weights, "weights", "AdditiveGame")
         super().__init__(len(self.weights))
 
     def _params(self) -> object:
@@ -244,7 +259,7 @@ class AirportGame(Game):
     """
 
     def __init__(self, costs: Sequence[float]) -> None:
-        c = np.asarray(costs, dtype=np.float64)
+        c = _finite_vector(costs, "costs", "AirportGame")
         if c.ndim != 1 or np.any(np.diff(c) < 0):
             raise InvalidParameterError("The 'costs' of AirportGame must be a 1-d ascending sequence.")
         self.costs = c
@@ -299,6 +314,10 @@ class Unchecked(Frozen):
     returns_finite_scores = True
 
     def __init__(self, game: Game) -> None:
+        if not isinstance(game, Game):
+            raise InvalidParameterError(
+                f"The 'game' argument of Unchecked must be a Game of dvl_dask.testing.games. Got {type(game).__name__}."
+            )
         self.game, self.n_players = game, game.n_players
         self.score_range, self.data_names = game.score_range, game.data_names
 

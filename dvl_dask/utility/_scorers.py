@@ -13,6 +13,7 @@ from .._frozen import Frozen
 from .._provenance import qualified_name
 from ..errors import InvalidParameterError, UnknownScorerError
 from ..keys import describe_parameters, object_token
+from ..validation import check_real
 
 __all__ = [
     "RANGE_TOLERANCE",
@@ -20,6 +21,7 @@ __all__ = [
     "as_scorer",
     "compose_score",
     "outside_range",
+    "scorer_task",
     "sigmoid",
     "sklearn_scorer_range",
     "squashed_neg_mse",
@@ -294,6 +296,7 @@ class Scorer(Frozen):
             self._accuracy = scoring == "accuracy"
             self.name = name or scoring
         elif callable(scoring):
+            _refuse_metric_function(scoring)
             self._fn = _own_copy(scoring)
             self._accuracy = False
             func = getattr(scoring, "_score_func", None)
@@ -404,6 +407,64 @@ def _own_copy(scoring: Callable[..., Any]) -> Callable[..., Any]:
         ) from exc
 
 
+#: What the metrics of scikit-learn's modules need: their module names the task.
+_TASK_OF_METRIC_MODULE = {
+    "sklearn.metrics._classification": "classification",
+    "sklearn.metrics._ranking": "classification",
+    "sklearn.metrics._regression": "regression",
+}
+
+
+def scorer_task(scoring: Any) -> str | None:
+    """``"classification"`` or ``"regression"``: the task a scorer's metric is defined for, or None if unknown.
+
+    Known for scikit-learn scorers (names, ``make_scorer`` objects) by the
+    module of their metric function, also inside :func:`compose_score`;
+    callables of the user's are unknown (None).
+
+    Examples
+    --------
+    >>> scorer_task("r2"), scorer_task(Scorer("accuracy")), scorer_task(squashed_r2())
+    ('regression', 'classification', 'regression')
+    >>> scorer_task(lambda model, x, y: 0.0) is None
+    True
+    """
+    fn = as_scorer(scoring)._fn if isinstance(scoring, str | Scorer) else scoring
+    while isinstance(fn, _Composed):
+        fn = fn.scorer._fn
+    func = getattr(fn, "_score_func", None)
+    return _TASK_OF_METRIC_MODULE.get(getattr(func, "__module__", None) or "")
+
+
+def _refuse_metric_function(scoring: Any) -> None:
+    """A scikit-learn *metric* ``f(y_true, y_pred)`` given where a *scorer* ``f(model, x, y)`` is expected."""
+    module = getattr(scoring, "__module__", None) or ""
+    name = getattr(scoring, "__name__", None)
+    if not (module.startswith("sklearn.metrics") and name and not hasattr(scoring, "_score_func")):
+        return
+    if module == "sklearn.metrics._scorer":
+        return  # make_scorer and friends are not metrics, but neither are they scorers: caught by their call
+    names = _scorer_names_of(scoring)
+    negated = bool(names) and names[0].startswith("neg_")
+    how = f"make_scorer({name}, greater_is_better=False)" if negated else f"make_scorer({name})"
+    by_name = f" or its scorer name {names[0]!r}" if names else ""
+    raise InvalidParameterError(
+        f"The 'scoring' parameter of Scorer got the metric function {name}(y_true, y_pred), but a scorer is "
+        f"called as scorer(model, x, y). To fix, pass sklearn.metrics.{how}{by_name}."
+    )
+
+
+def _scorer_names_of(metric: Callable[..., Any]) -> list[str]:
+    """The scikit-learn scorer names whose metric is ``metric`` with its default keywords."""
+    from sklearn.metrics import get_scorer, get_scorer_names
+
+    return [
+        candidate for candidate in get_scorer_names()
+        if getattr(get_scorer(candidate), "_score_func", None) is metric
+        and not getattr(get_scorer(candidate), "_kwargs", None)
+    ]
+
+
 def as_scorer(scoring: str | Callable[..., float] | Scorer) -> Scorer:
     """Return ``scoring`` as a :class:`Scorer`."""
     return scoring if isinstance(scoring, Scorer) else Scorer(scoring)
@@ -411,7 +472,7 @@ def as_scorer(scoring: str | Callable[..., float] | Scorer) -> Scorer:
 
 def sigmoid(x: float) -> float:
     """The logistic function ``1 / (1 + exp(-x))``, overflow-safe, with ``sigmoid(-inf) = 0``."""
-    x = float(x)
+    x = check_real(x, "x", "sigmoid")
     if x >= 0:
         return float(1.0 / (1.0 + np.exp(-x)))
     e = np.exp(x)
@@ -526,7 +587,7 @@ def squashed_neg_mse(scale: float = 1.0) -> Scorer:
     so that a constant prediction of the mean scores about 0.54). The default
     score of a Utility is 0 (infinite error).
     """
-    scale = float(scale)
+    scale = check_real(scale, "scale", "squashed_neg_mse", low=0.0, low_open=True, finite=True)
     if not (np.isfinite(scale) and scale > 0):
         raise InvalidParameterError(
             f"The 'scale' parameter of squashed_neg_mse must be a finite number > 0. Got {scale!r}."

@@ -16,6 +16,7 @@ from .._provenance import library_versions, qualified_name
 from ..data import Dataset
 from ..errors import (
     FrozenInstanceError,
+    InvalidDataError,
     InvalidModelError,
     InvalidParameterError,
     ScoreOutOfRangeError,
@@ -23,8 +24,8 @@ from ..errors import (
     UtilityFailureWarning,
 )
 from ..keys import describe_parameters, model_token, object_token
-from ..validation import check_coalition, keyword_aliases
-from ._scorers import Scorer, as_scorer, outside_range
+from ..validation import check_coalition, check_model, describe_coalition, keyword_aliases
+from ._scorers import Scorer, as_scorer, outside_range, scorer_task
 
 __all__ = ["Utility"]
 
@@ -122,7 +123,15 @@ class Utility:
     data : Dataset
         Training points (the players) and test data.
     scorer : str, callable or Scorer
-        How to score the fitted model, e.g. ``"accuracy"``.
+        How to score the fitted model, e.g. ``"accuracy"``. A scikit-learn
+        scorer must fit the model's task (:func:`~dvl_dask.utility.scorer_task`,
+        ``sklearn.base.is_classifier``/``is_regressor``, pipelines too): a
+        regression metric (``"r2"``, ``"neg_mean_*"``) on a classifier or a
+        classification metric on a regressor raises
+        :class:`~dvl_dask.errors.InvalidParameterError`, and so does a metric
+        function ``f(y_true, y_pred)`` given instead of a scorer (use
+        ``make_scorer(f)`` or its name). A classifier on continuous float
+        targets raises :class:`~dvl_dask.errors.InvalidDataError`.
     default_score : float, optional
         Score of coalitions the model cannot be fitted on (the empty one, a
         single class, a failure). ``None`` takes ``dvl_dask.utility.default-score``
@@ -219,11 +228,7 @@ class Utility:
         token: str | None = None,
         cached_func_options: Any = None,
     ) -> None:
-        if not callable(getattr(model, "fit", None)):
-            raise InvalidModelError(
-                f"The 'model' argument of Utility must have a fit(x, y) method (scikit-learn API). "
-                f"Got {type(model).__name__}. To fix, wrap your model in an object with fit/predict."
-            )
+        check_model(model, "model", "Utility")
         if not isinstance(data, Dataset):
             raise InvalidParameterError(
                 f"The 'data' argument of Utility must be a dvl_dask.Dataset. Got {type(data).__name__}. "
@@ -238,6 +243,8 @@ class Utility:
             self._model = model  # token= given: the caller names the model and keeps it unchanged
         self.data = data
         self.scorer = as_scorer(scorer)
+        _check_scorer_fits_model(self.scorer, self._model)
+        _check_classifier_targets(self._model, data.y_train)
         self.scorer_range = self.scorer.range_on(data.y_test)
         self.default_score = resolve_default_score(self.scorer, default_score, self.scorer_range)
         mode = config.get(config.UTILITY_ON_UNUSABLE, override_with=on_unusable)
@@ -435,7 +442,8 @@ class Utility:
                 warnings.warn(message + ".", UtilityFailureWarning, stacklevel=4)
             return self.default_score
         warnings.warn(
-            f"{what} on {players.size} player(s) failed ({problem}); using default_score={self.default_score}.",
+            f"{what} on {players.size} player(s) failed ({problem}) for {describe_coalition(players)}; using "
+            f"default_score={self.default_score}.",
             UtilityFailureWarning,
             stacklevel=4,
         )
@@ -760,6 +768,50 @@ def _all_finite(arr: Any) -> bool:
     if arr.dtype.kind in "fc":
         return bool(np.isfinite(arr).all())
     return False
+
+
+def _model_task(model: Any) -> str | None:
+    """``"classification"``, ``"regression"`` or None: what scikit-learn says the model does (pipelines too)."""
+    try:
+        from sklearn.base import is_classifier, is_regressor
+
+        if is_classifier(model):
+            return "classification"
+        return "regression" if is_regressor(model) else None
+    except Exception:  # not a scikit-learn estimator: unknown
+        return None
+
+
+def _check_scorer_fits_model(scorer: Scorer, model: Any) -> None:
+    """Refuse a regression metric on a classifier and a classification metric on a regressor."""
+    wanted, task = scorer_task(scorer), _model_task(model)
+    if wanted is None or task is None or wanted == task:
+        return
+    examples = "'accuracy', 'f1' or 'neg_log_loss'" if task == "classification" else "'r2' or 'neg_mean_squared_error'"
+    other = "regressor" if task == "classification" else "classifier"
+    raise InvalidParameterError(
+        f"The 'scorer' {scorer.name!r} of Utility is a {wanted} metric, but the model {type(model).__name__} is a "
+        f"{'classifier' if task == 'classification' else 'regressor'}: its scores would be meaningless. To fix, "
+        f"use a {task} scorer ({examples}) or a {other}."
+    )
+
+
+def _check_classifier_targets(model: Any, y_train: Any) -> None:
+    """Refuse a classifier on continuous training targets (every distinct value would be a class)."""
+    if not isinstance(y_train, np.ndarray) or y_train.dtype.kind != "f" or _model_task(model) != "classification":
+        return
+    from sklearn.utils.multiclass import type_of_target
+
+    try:
+        kind = type_of_target(y_train)
+    except ValueError:  # NaN/inf targets are refused by Dataset; anything else: sklearn will say
+        return
+    if kind.startswith("continuous"):
+        raise InvalidDataError(
+            f"The model {type(model).__name__} of Utility is a classifier, but the training targets 'y_train' are "
+            f"continuous (float values such as {y_train.ravel()[:3].tolist()}): every distinct value would be a "
+            "class. To fix, use a regressor (and a regression scorer such as 'r2'), or pass class labels."
+        )
 
 
 def _is_classifier(model: Any) -> bool:

@@ -5,6 +5,7 @@ eager loop that runs blocks until a stopping criterion holds, with
 checkpoints to zarr.
 """
 
+from .._pydvl_names import pydvl_name_hook as _pydvl_name_hook
 from ..results import ValuationResult, ValueItem
 from ._classwise import classwise_shapley
 from ._coefficients import banzhaf_coefficient, beta_coefficient, shapley_coefficient
@@ -113,3 +114,6 @@ __all__ = [
     "shapley_weights",
     "two_d_shapley",
 ]
+
+# pyDVL names (ModelUtility, ShapleyValuation, ...) raise an ImportError pointing to the migration guide.
+__getattr__ = _pydvl_name_hook(__name__)

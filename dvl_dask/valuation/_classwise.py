@@ -167,6 +167,28 @@ def _finalize(totals: np.ndarray) -> np.ndarray:
     return np.stack([mean, stderr, totals[4]])
 
 
+def _refuse_regression(model: Any, y_train: Any, owner: str) -> None:
+    """Class-wise Shapley splits players by class: a regressor or continuous targets have none."""
+    from sklearn.base import is_regressor
+    from sklearn.utils.multiclass import type_of_target
+
+    try:
+        regressor = bool(is_regressor(model))
+    except Exception:
+        regressor = False
+    try:
+        continuous = type_of_target(np.asarray(y_train)).startswith("continuous")
+    except ValueError:
+        continuous = False
+    if regressor or continuous:
+        what = f"the model {type(model).__name__} is a regressor" if regressor else "y_train is continuous"
+        raise InvalidParameterError(
+            f"The 'utility' argument of {owner} must be a classification utility: class-wise Shapley values "
+            f"points within and across their classes, but {what}. To fix, use a classifier with class labels, or "
+            "a method for any utility (permutation_shapley, banzhaf, data_oob)."
+        )
+
+
 @lazy_method
 def classwise_shapley(
     utility: Any,
@@ -228,6 +250,7 @@ def classwise_shapley(
         raise InvalidModelError(
             f"{owner} needs a scikit-learn classifier (fit, predict, get_params). Got {type(model).__name__}."
         )
+    _refuse_regression(model, data.y_train, owner)
     if data.n_players != data.n_samples:
         raise InvalidDataError(f"{owner} values single training points; a GroupedDataset is not supported.")
     if getattr(data.y_train, "ndim", 1) != 1:

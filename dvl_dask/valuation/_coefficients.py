@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import betaln, gammaln
 
 from ..errors import InvalidParameterError
-from ..validation import check_real
+from ..validation import check_positive_int, check_real
 
 __all__ = [
     "LogCoefficient",
@@ -38,11 +38,13 @@ def log_binomial(n: int | np.ndarray, k: int | np.ndarray) -> np.ndarray:
 
 def shapley_coefficient(n: int, k: np.ndarray) -> np.ndarray:
     """``log w(k) = -log n - log C(n-1, k)``: the Shapley value."""
+    n = check_positive_int(n, "n", "shapley_coefficient")
     return -np.log(n) - log_binomial(n - 1, k)
 
 
 def banzhaf_coefficient(n: int, k: np.ndarray) -> np.ndarray:
     """``log w(k) = -(n-1) log 2``: the Banzhaf value (all subsets weigh the same)."""
+    n = check_positive_int(n, "n", "banzhaf_coefficient")
     return np.full(np.shape(k), -(n - 1) * np.log(2.0))
 
 

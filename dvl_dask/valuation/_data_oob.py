@@ -38,7 +38,14 @@ from ..keys import current_call, graph_token, lazy_method
 from ..results import valuation_dataset
 from ..results._schema import SAMPLE_MEAN
 from ..threads import limits_blas_threads
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
+from ..validation import (
+    SeedLike,
+    as_seed_sequence,
+    check_positive_int,
+    check_real,
+    describe_point,
+    seed_entropy,
+)
 from ._graph import block_ranges, utility_node
 from ._samplers import child_seed
 from ._stats import POWER_ROWS, add_powers, mean_and_stderr, power_block, reduce_power_blocks
@@ -105,6 +112,7 @@ def data_oob_block(
             for player in out_of_bag:
                 player_rows = data.train_indices(np.array([player]))
                 score = float(np.mean(point_score(data.y_train[player_rows], model.predict(data.x_train[player_rows]))))
+                _check_finite_scores(np.array([score]), np.array([player]), utility.data_names)
                 add_powers(out, player, score)
         else:
             scores = np.asarray(
@@ -115,8 +123,23 @@ def data_oob_block(
                     f"data_oob: point_score must return one score per point, shape ({out_of_bag.size},). "
                     f"Got shape {scores.shape}."
                 )
+            _check_finite_scores(scores, out_of_bag, utility.data_names)
             add_powers(out, out_of_bag, scores)
     return out
+
+
+def _check_finite_scores(scores: np.ndarray, players: np.ndarray, names: np.ndarray) -> None:
+    """Refuse a NaN or infinite out-of-bag score, naming the first point that got one."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        player = int(players[first])
+        raise InvalidParameterError(
+            f"data_oob: the out-of-bag score of {describe_point(player, names)} is {scores[first]} "
+            f"({int(bad.sum())} of {scores.size} scores of this estimator are not finite); NaN or inf would make its "
+            "value meaningless. To fix, make the 'point_score' callable return finite scores for every point "
+            "(e.g. handle predictions it cannot score), or check the model's predictions."
+        )
 
 
 def _finalize(totals: np.ndarray, sample_range: float | None) -> np.ndarray:

@@ -38,6 +38,7 @@ EXACT_STDERR_NOTE = (
 
 def shapley_weights(n: int) -> np.ndarray:
     """``w[s] = s! (n-s-1)! / n!`` for s in 0..n-1: the Shapley weight of a coalition of size s."""
+    n = check_positive_int(n, "n", "shapley_weights")
     s = np.arange(n)
     return np.array([1.0 / (n * math.comb(n - 1, int(k))) for k in s])
 

@@ -86,7 +86,9 @@ class CheckedUtility(UtilityWrapper):
         return getattr(self.utility, "score_range", None)
 
     def __call__(self, indices: Any) -> float:
-        return check_finite_score(self.utility(indices), f"The utility {type(self.utility).__name__}")
+        return check_finite_score(
+            self.utility(indices), f"The utility {type(self.utility).__name__}", coalition=indices
+        )
 
     def __repr__(self) -> str:
         return f"CheckedUtility({self.utility!r})"

@@ -118,6 +118,22 @@ def centred_train_chunk(x_train: np.ndarray, centre: np.ndarray) -> tuple[np.nda
     return rows, np.einsum("ij,ij->i", rows, rows)
 
 
+def _check_metric(metric: Any, metric_params: dict[str, Any], n_features: int, owner: str) -> None:
+    """Compute one distance now (two made-up rows), so a metric scikit-learn refuses fails when the graph is built."""
+    if metric in _EUCLIDEAN:
+        return
+    probe = np.arange(2.0 * n_features).reshape(2, n_features) / max(n_features, 1)
+    try:
+        _distance_rows(probe[:1], probe[1:], metric, metric_params)
+    except Exception as exc:
+        raise InvalidModelError(
+            f"The 'model' of {owner} has a metric scikit-learn cannot use: metric={metric!r} with "
+            f"metric_params={metric_params!r} ({type(exc).__name__}: {exc}). To fix, pass a metric of "
+            "sklearn.metrics.pairwise_distances (e.g. 'euclidean', 'manhattan', 'cosine') with the parameters it "
+            "needs, or a callable (a, b) -> float."
+        ) from exc
+
+
 def _distance_rows(x_test: np.ndarray, train_chunk: Any, metric: Any, metric_params: dict[str, Any]) -> np.ndarray:
     """Distances (or any score with the same order per row) between test and training rows, in float64.
 
@@ -410,6 +426,7 @@ def knn_shapley(
         raise InvalidDataError(
             f"{owner} with a KNeighborsRegressor needs numeric targets. y_train has dtype {data.y_train.dtype}."
         )
+    _check_metric(metric, metric_params, int(data.x_train.shape[1]), owner)
     max_block_bytes = check_positive_int(max_block_bytes, "max_block_bytes", owner)
     n_train, n_features = (int(s) for s in data.x_train.shape)
     n_test = int(data.x_test.shape[0])

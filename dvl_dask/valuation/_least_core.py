@@ -33,7 +33,7 @@ from ..results import valuation_dataset
 from ..results._schema import EXACT, SAMPLED_SOLUTION
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..validation import SeedLike, as_seed_sequence, check_bool, check_positive_int, describe_coalition, seed_entropy
 from ._graph import block_ranges, check_enumerable, check_utility, companion_name, utility_node
 from ._samplers import child_seed
 
@@ -142,6 +142,16 @@ def _minimal_norm(
     raise LeastCoreError("The minimal-norm stage of the least core did not converge in 100 rounds of constraints.")
 
 
+def _check_players(n: int, owner: str) -> None:
+    """The least core needs two players: with one there is no proper coalition to bound the subsidy."""
+    if n < 2:
+        raise InvalidParameterError(
+            f"{owner} needs at least two players; the utility has {n}. With one player there is no proper "
+            "coalition, so the subsidy is unbounded and the least core undefined. To fix, value more players (the "
+            "single player's value is simply u({0}), e.g. from exact_shapley)."
+        )
+
+
 def least_core_from_constraints(
     rows: np.ndarray, n: int, *, non_negative_subsidy: bool = False
 ) -> np.ndarray:
@@ -156,6 +166,13 @@ def least_core_from_constraints(
 
     bits = rows[:, :n] > 0.5
     values = rows[:, n]
+    bad = ~np.isfinite(values)
+    if bad.any():  # before the solver, which would only say "invalid input"
+        first = int(np.flatnonzero(bad)[0])
+        raise InvalidParameterError(
+            f"The utility returned {values[first]} for {describe_coalition(np.flatnonzero(bits[first]))}: the "
+            "least core needs a finite value for every coalition. To fix, make the utility return finite floats."
+        )
     sizes = bits.sum(axis=1)
     grand = np.flatnonzero(sizes == n)
     if grand.size == 0:
@@ -318,6 +335,8 @@ def exact_least_core(
     owner = "exact_least_core"
     utility = check_utility(utility, owner)
     n = utility.n_players
+    _check_players(n, owner)
+    non_negative_subsidy = check_bool(non_negative_subsidy, "non_negative_subsidy", owner)
     check_enumerable(n, owner, "montecarlo_least_core")
     bs = check_positive_int(DEFAULT_COALITIONS_PER_BLOCK if block_size is None else block_size, "block_size", owner)
     u = utility_node(utility)
@@ -402,6 +421,8 @@ def montecarlo_least_core(
     """
     owner = "montecarlo_least_core"
     utility = check_utility(utility, owner)
+    _check_players(utility.n_players, owner)
+    non_negative_subsidy = check_bool(non_negative_subsidy, "non_negative_subsidy", owner)
     n = utility.n_players
     n_samples = check_positive_int(n_samples, "n_samples", owner)
     if n_samples < n:

@@ -28,8 +28,10 @@ checkpoint's writer lease while it runs.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -47,7 +49,14 @@ from ..results import Checkpoint, valuation_dataset
 from ..results._checkpoint import stored_seed
 from ..results._schema import SAMPLE_MEAN
 from ..typing import UtilityLike
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..validation import (
+    SeedLike,
+    as_seed_sequence,
+    check_positive_int,
+    check_url,
+    seed_entropy,
+    unknown_keyword_error,
+)
 from ._backends import BlockSpec, choose_backend
 from ._estimators import Estimator, values_from_stats
 from ._graph import check_utility
@@ -74,6 +83,7 @@ def _resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str
             f"The 'method' parameter of run_until_converged must be one of {sorted(ESTIMATOR_FACTORIES)} "
             f"(a name, the function, or a functools.partial of it). Got {method!r}."
         )
+    _check_method_keywords(name, opts)
     budget = [k for k in _BUDGET_NAMES if k in opts]
     if budget:
         raise InvalidParameterError(
@@ -81,6 +91,18 @@ def _resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str
             "To fix, drop it, or call the method itself for a fixed budget."
         )
     return name, opts
+
+
+def _check_method_keywords(name: str, options: dict[str, Any]) -> None:
+    """Refuse options that ``name`` does not take, naming the public method (not its private estimator factory)."""
+    params = inspect.signature(ESTIMATOR_FACTORIES[name]).parameters
+    accepted = [p for p in params if p != "utility"]
+    allowed = [*accepted, *_BUDGET_NAMES]  # budgets get their own message
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        own = [p for p in inspect.signature(run_until_converged).parameters if p not in ("method", "utility")]
+        own = [p for p in own if p != "method_options"]
+        raise unknown_keyword_error(f"run_until_converged(method={name!r}, ...)", unknown[0], [*accepted, *own])
 
 
 def _bound_options(name: str, utility: UtilityLike, options: dict[str, Any]) -> Any:
@@ -282,6 +304,13 @@ def run_until_converged(
         check_positive_int(window, "window", owner)
     per_block = estimator.items_per_block(n, items_per_block, bool(getattr(utility, "batched", False)))
     lag = check_positive_int(config.get(config.MC_ACTIVE_SET_LAG), "active-set-lag", owner)
+    if checkpoint is not None:
+        checkpoint = check_url(checkpoint, "checkpoint", "run_until_converged")
+        if "://" not in checkpoint and os.path.isfile(checkpoint):
+            raise InvalidParameterError(
+                f"The 'checkpoint' of run_until_converged must be a folder (a zarr store it creates or resumes). "
+                f"Got the file {checkpoint!r}. To fix, pass a new or existing checkpoint folder."
+            )
     if seed is None and checkpoint is not None:
         previous = stored_seed(checkpoint, storage_options)
         seq = _parse_seed(previous) if previous else as_seed_sequence(None)
@@ -474,6 +503,7 @@ def load_checkpoint(url: str, *, storage_options: dict[str, Any] | None = None) 
     SchemaError
         If there is no dvl_dask checkpoint at ``url``.
     """
+    url = check_url(url, "url", "load_checkpoint")
     store = Checkpoint.open_existing(url, storage_options=storage_options)
     header = store.header
     merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))
@@ -522,6 +552,7 @@ def checkpoint_history(
         As :func:`load_checkpoint`.
     """
     every = check_positive_int(every, "every", "checkpoint_history")
+    url = check_url(url, "url", "checkpoint_history")
     store = Checkpoint.open_existing(url, storage_options=storage_options)
     header = store.header
     merged = PointStats.zeros(int(header["n_players"]), int(header["n_streams"]))

@@ -28,7 +28,7 @@ from ..keys import current_call, function_token, lazy_method
 from ..results import valuation_dataset
 from ..results._schema import SAMPLE_MEAN
 from ..typing import UtilityLike
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, seed_entropy
+from ..validation import SeedLike, as_seed_sequence, check_bool, check_positive_int, seed_entropy
 from ._backends import _default_client
 from ._coefficients import (
     LogCoefficient,
@@ -80,6 +80,8 @@ def _permutation_estimator(
     utility: UtilityLike, *, truncation: Any = None, antithetic: bool = False, warm_start: bool = False,
     sampler: Any = None,
 ) -> Estimator:
+    antithetic = check_bool(antithetic, "antithetic", "permutation_shapley")
+    warm_start = check_bool(warm_start, "warm_start", "permutation_shapley")
     if warm_start and not callable(getattr(utility, "prefix_scores", None)):
         raise InvalidParameterError(
             "warm_start=True needs a utility with prefix_scores() (dvl_dask.Utility). "

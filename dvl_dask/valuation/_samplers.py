@@ -23,7 +23,7 @@ from scipy.special import betaln
 
 from ..errors import InvalidParameterError
 from ..keys import instance_token
-from ..validation import check_positive_int, check_real
+from ..validation import check_bool, check_positive_int, check_real
 
 __all__ = [
     "AntitheticSampler",
@@ -59,7 +59,7 @@ class PermutationSampler:
     """
 
     def __init__(self, antithetic: bool = False) -> None:
-        self.antithetic = bool(antithetic)
+        self.antithetic = check_bool(antithetic, "antithetic", type(self).__name__)
 
     def draw(self, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
         """``m`` permutations of ``range(n)`` as an ``(m, n)`` int array (pairs in rows 2j, 2j+1)."""
@@ -208,7 +208,7 @@ class OwenSampler(SubsetSampler):
 
     def __init__(self, n_q: int | None = None, antithetic: bool = False) -> None:
         self.n_q = None if n_q is None else check_positive_int(n_q, "n_q", "OwenSampler")
-        self.antithetic = bool(antithetic)
+        self.antithetic = check_bool(antithetic, "antithetic", type(self).__name__)
         self.name = "owen" if n_q is None else "owen-grid"
 
     def _grid(self) -> np.ndarray:

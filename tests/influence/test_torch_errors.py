@@ -298,3 +298,58 @@ def test_dropout_in_training_mode_gets_advice(data):
     infl = DirectInfluence(model, F.mse_loss, regularization=0.1).fit(data)  # curvature is fine...
     with pytest.raises(InvalidModelError, match=r"model\.eval\(\)"):
         infl.influence_factors(*data)  # ...per-sample gradients cannot vectorise randomness
+
+
+# -- issue 25: NaN where it first appears, labels of the wrong dtype ---------------------------------
+
+
+def _double_data(n=16):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 1, generator=g, dtype=torch.float64)
+
+
+def test_tracin_refuses_a_nan_checkpoint_naming_it() -> None:
+    from dvl_dask.influence.torch import TracInInfluence
+
+    model = nn.Linear(2, 1).double()
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    diverged = {k: v.clone() for k, v in model.state_dict().items()}
+    diverged["weight"][0, 1] = float("nan")
+    with pytest.raises(InvalidModelError, match=r"Checkpoint 1 .*'weight' holds 1 NaN or infinite"):
+        TracInInfluence(model, F.mse_loss).fit([good, diverged])
+
+
+def test_a_nan_loss_with_a_zero_gradient_is_refused_not_zero_influences() -> None:
+    x, y = _double_data()
+    model = nn.Linear(2, 1).double()
+
+    def constant_nan_loss(out, target):  # no dependence on the parameters: zero gradient and zero Hessian
+        return (out * 0.0).sum() * 0.0 + torch.tensor(float("nan"), dtype=out.dtype)
+
+    for make in (DirectInfluence, CgInfluence):
+        with pytest.raises(InvalidModelError, match=r"loss .* is not finite \(nan\) on the first training batch"):
+            make(model, constant_nan_loss, regularization=0.1).fit((x, y))
+
+
+def test_a_nan_loss_at_one_test_point_names_it() -> None:
+    x, y = _double_data()
+    model = nn.Linear(2, 1).double()
+
+    def loss_nan_for_big_targets(out, target):
+        return F.mse_loss(out, target) + torch.where(target.abs().max() > 100, float("nan"), 0.0)
+
+    fitted = DirectInfluence(model, loss_nan_for_big_targets, regularization=0.1).fit((x, y))
+    y_test = y[:5].clone()
+    y_test[3] = 1e3
+    with pytest.raises(InvalidDataError, match=r"not finite for sample 3 \(loss nan"):
+        fitted.influences(x[:5], y_test, x, y)
+
+
+def test_float_labels_with_cross_entropy_say_to_pass_class_indices() -> None:
+    x, _ = _double_data()
+    model = nn.Linear(2, 3).double()
+    labels = torch.tensor([0.0, 1.0, 2.0, 1.0] * 4, dtype=torch.float64)
+    with pytest.raises(InvalidDataError, match=r"labels have dtype torch.float64.*integer class indices.*long\(\)"):
+        DirectInfluence(model, F.cross_entropy, regularization=0.1).fit((x, labels))
+    fitted = DirectInfluence(model, F.cross_entropy, regularization=0.1).fit((x, labels.long()))
+    assert torch.isfinite(fitted.influences(x[:2], labels[:2].long(), x, labels.long())).all()

@@ -211,14 +211,17 @@ def test_default_score_from_scorer_range():
     data = Dataset(x[:8], y[:8], x[8:], y[8:])
     for scorer in ("accuracy", "f1", "roc_auc", "precision", "recall"):
         assert Utility(LogisticRegression(), data, scorer).default_score == 0.0
-    for scorer in ("r2", "neg_mean_squared_error", "neg_log_loss"):
+    regression = Dataset(x[:8], x[:8, 0], x[8:], x[8:, 0])  # scorers must fit the model's task (issue 25)
+    for model, scorer_data, scorer in ((LinearRegression(), regression, "r2"),
+                                       (LinearRegression(), regression, "neg_mean_squared_error"),
+                                       (LogisticRegression(), data, "neg_log_loss")):
         with pytest.raises(InvalidParameterError, match="default_score"):
-            Utility(LogisticRegression(), data, scorer)
+            Utility(model, scorer_data, scorer)
     for bad in (float("nan"), float("inf"), "x"):
         with pytest.raises(InvalidParameterError, match="finite"):
             Utility(LogisticRegression(), data, "accuracy", default_score=bad)
     with dask.config.set({config.UTILITY_DEFAULT_SCORE: -1.0}):
-        assert Utility(LogisticRegression(), data, "r2").default_score == -1.0
+        assert Utility(LinearRegression(), regression, "r2").default_score == -1.0
 
 
 def test_negative_mse_values_are_sane_with_explicit_default():

@@ -27,6 +27,17 @@ For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`
 loads a TorchScript file as a module ``torch.func`` can differentiate.
 """
 
+try:
+    import torch as _torch  # noqa: F401 - only to say clearly when it is missing
+except ModuleNotFoundError as _missing:
+    from ...errors import MissingDependencyError
+
+    raise MissingDependencyError(
+        "dvl_dask.influence.torch needs PyTorch, which is not installed here. To fix, install dvl_dask's torch "
+        "extra: pip install 'dvl_dask[torch]' (or a torch build for your platform from pytorch.org).",
+        name="torch",
+    ) from _missing
+
 from . import _tokenize as _tokenize  # registers dvl_dask's hashing of tensors and modules
 from ._aggregators import NestedTorchCatAggregator, TorchCatAggregator
 from ._arnoldi import ArnoldiInfluence

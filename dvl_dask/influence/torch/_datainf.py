@@ -76,7 +76,7 @@ class InverseHarmonicMeanInfluence(TorchInfluenceFunctionModel):
         for x, y in iter_batches(self._loader, self._owner):
             x, y = x.to(grads.device), y.to(grads.device)
             for j in range(0, x.shape[0], GRAD_CHUNK):
-                g_train = fm.per_sample_grads(x[j : j + GRAD_CHUNK], y[j : j + GRAD_CHUNK])
+                g_train = fm.per_sample_grads(x[j : j + GRAD_CHUNK], y[j : j + GRAD_CHUNK], total)
                 for block, g_test in zip(self._blocks, test_blocks):
                     gt = block.select(g_train)
                     coef = (g_test @ gt.T) / (lam + (gt * gt).sum(dim=1))

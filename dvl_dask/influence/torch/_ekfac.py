@@ -11,7 +11,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError
-from ...validation import check_positive_int, keyword_aliases
+from ...validation import check_bool, check_positive_int, keyword_aliases
 from ._data import iter_batches
 from ._fisher import sample_output_gradients
 from ._functional import FunctionalModel, LossFn
@@ -166,7 +166,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
     ) -> None:
         super().__init__(model, loss)
         self.regularization = self._check_regularization(regularization, positive=False)
-        self.eigenvalue_correction = bool(eigenvalue_correction)
+        self.eigenvalue_correction = check_bool(eigenvalue_correction, "eigenvalue_correction", "EkfacInfluence")
         self.max_factor_dim = check_positive_int(max_factor_dim, "max_factor_dim", self._owner)
         self.fisher_samples = (
             None if fisher_samples is None else check_positive_int(fisher_samples, "fisher_samples", self._owner)

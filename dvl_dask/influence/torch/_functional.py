@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, grad_and_value, jacrev, vmap
 
-from ...errors import InvalidModelError
+from ...errors import InvalidDataError, InvalidModelError
 from ._layout import ParameterLayout
 
 __all__ = ["FunctionalModel", "LossFn"]
@@ -72,13 +72,19 @@ class FunctionalModel:
 
     def check_loss(self, x: torch.Tensor, y: torch.Tensor, owner: str) -> None:
         """Fail early and clearly if the loss is not a scalar on a batch."""
-        with torch.no_grad():
+        with torch.no_grad(), _explain_vmap_errors(owner, y):
             value = self.batch_loss(self.params, x, y)
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise InvalidModelError(
                 f"The loss given to {owner} must return a scalar averaged over the batch (like "
                 f"torch.nn.functional.mse_loss with reduction='mean'). Got {shape}."
+            )
+        if not bool(torch.isfinite(value)):
+            raise InvalidModelError(
+                f"The loss given to {owner} is not finite ({value.item()}) on the first training batch: NaN or inf "
+                "(NaN parameters or inputs, log(0), an overflow) would give NaN or silently zero influences. "
+                "To fix, check that the model's parameters are finite and the loss is finite on the training data."
             )
 
     # -- output derivatives (Gauss-Newton) ------------------------------------------------
@@ -105,11 +111,27 @@ class FunctionalModel:
 
     # -- gradients ----------------------------------------------------------------------
 
-    def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``∇θℓ(xᵢ, yᵢ)`` for each sample, flattened: shape ``(len(x), n_parameters)``."""
-        with _explain_vmap_errors():
-            g = vmap(grad(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
-        return self.layout.flatten(g, batch_ndim=1)
+    def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``∇θℓ(xᵢ, yᵢ)`` for each sample, flattened: shape ``(len(x), n_parameters)``.
+
+        A sample whose loss or gradient is NaN or infinite raises
+        :class:`~dvl_dask.errors.InvalidDataError` naming it (``start + i``:
+        ``start`` is the index of ``x[0]`` among the caller's points): a NaN
+        loss can have a zero gradient, which would give silently zero influences.
+        """
+        with _explain_vmap_errors("per-sample gradients", y):
+            g, losses = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
+        flat = self.layout.flatten(g, batch_ndim=1)
+        bad = ~(torch.isfinite(losses.reshape(len(losses), -1)).all(dim=1) & torch.isfinite(flat).all(dim=1))
+        if bool(bad.any()):
+            first = int(torch.nonzero(bad)[0, 0])
+            raise InvalidDataError(
+                f"The loss or its gradient is not finite for sample {start + first} (loss {losses[first].item()}; "
+                f"{int(bad.sum())} of {len(x)} samples in its chunk): its influences would be NaN or silently "
+                "zero. To fix, check that sample's inputs and label, the model's parameters (NaN in a checkpoint?) "
+                "and that the loss is finite there (e.g. clamp before a log)."
+            )
+        return flat
 
     def perturbation(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``∇x ⟨fₖ, ∇θℓ(xⱼ, yⱼ)⟩`` for every factor ``fₖ`` and sample ``j``.
@@ -141,16 +163,34 @@ class FunctionalModel:
             return vmap(jacrev(contracted), in_dims=(0, 0, 0))(x, y, factors)
 
 
+#: Words of torch's errors when a loss gets labels of the wrong dtype (float labels for cross_entropy).
+_LABEL_DTYPE_ERRORS = ("expected target dtype", "expected scalar type long", "not implemented for 'float'",
+                       "not implemented for 'double'")
+
+
 class _explain_vmap_errors:
-    """Turn torch.func's error on random layers (dropout in training mode) into advice."""
+    """Turn torch errors with a known cause into advice: random layers under vmap, labels of the wrong dtype."""
+
+    def __init__(self, what: str = "per-sample gradients", y: torch.Tensor | None = None) -> None:
+        self.what, self.y = what, y
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
-        if exc_type is not None and issubclass(exc_type, RuntimeError) and "randomness" in str(exc):
+        if exc_type is None or not issubclass(exc_type, RuntimeError):
+            return False
+        text = str(exc).lower()
+        if "randomness" in text:
             raise InvalidModelError(
                 "The model uses randomness (e.g. dropout in training mode), which per-sample gradients "
                 "cannot vectorise. To fix, call model.eval() before building the influence model."
+            ) from exc
+        if any(words in text for words in _LABEL_DTYPE_ERRORS):
+            dtype = getattr(self.y, "dtype", "?")
+            raise InvalidDataError(
+                f"The loss failed on the labels 'y' ({self.what}): {exc}. The labels have dtype {dtype}; a "
+                "classification loss such as cross_entropy or nll_loss needs integer class indices. To fix, pass "
+                "y.long() (or class probabilities of shape (n, n_classes) for cross_entropy)."
             ) from exc
         return False

@@ -272,7 +272,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         x, y = self._check_inputs(x, y, "influence_factors")
         fm = self._functional
         parts = [
-            self._solve(fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]))
+            self._solve(fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i))
             for i in range(0, x.shape[0], GRAD_CHUNK)
         ]
         return torch.cat(parts).detach()
@@ -281,7 +281,8 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         x, y = self._check_inputs(x, y, "per_sample_gradients")
         fm = self._functional
         parts = [
-            fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]) for i in range(0, x.shape[0], GRAD_CHUNK)
+            fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i)
+            for i in range(0, x.shape[0], GRAD_CHUNK)
         ]
         return torch.cat(parts).detach()
 
@@ -302,7 +303,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         fm = self._functional
         if not perturbation:
             cols = [
-                factors @ fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK]).T
+                factors @ fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i).T
                 for i in range(0, x.shape[0], GRAD_CHUNK)
             ]
             return torch.cat(cols, dim=1).detach()
@@ -326,7 +327,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         parts = []
         for i in range(0, x.shape[0], step):
             xc, yc = x[i : i + step], y[i : i + step]
-            grads = fm.per_sample_grads(xc, yc)
+            grads = fm.per_sample_grads(xc, yc, i)
             factors = self._solve(grads)
             parts.append(fm.paired_perturbation(factors, xc, yc) if perturbation else (factors * grads).sum(dim=1))
         return torch.cat(parts).detach()

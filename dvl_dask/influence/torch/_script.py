@@ -69,6 +69,12 @@ def load_torchscript(path: str | os.PathLike[str], map_location: str | torch.dev
     """
     import warnings
 
+    from ...validation import check_url
+
+    path = check_url(path, "path", "load_torchscript")
+    if not os.path.exists(path):
+        raise InvalidModelError(f"The 'path' of load_torchscript does not exist: {path!r}. To fix, pass the file "
+                                "written by torch.jit.save.")
     try:
         with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; loading it still works
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -54,6 +54,13 @@ def load_checkpoint_states(model: nn.Module, checkpoints: Any, owner: str) -> li
                     f"Checkpoint {c} given to {owner}: entry {name!r} must be a tensor of shape "
                     f"{tuple(ref.shape)}. Got {got}."
                 )
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise InvalidModelError(
+                    f"Checkpoint {c} given to {owner}: entry {name!r} holds "
+                    f"{int((~torch.isfinite(t)).sum())} NaN or infinite value(s) (a diverged training step?); "
+                    "every influence computed at it would be NaN. To fix, drop that checkpoint or pass one saved "
+                    "before training diverged."
+                )
             state[name] = t.detach().to(device=ref.device, dtype=ref.dtype).clone()
         states.append(state)
     return states
@@ -225,7 +232,7 @@ class TracInInfluence(TorchInfluenceFunctionModel):
         for fm, rate in zip(self._fms, self._rates):
             g = torch.cat(
                 [
-                    fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK])
+                    fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i)
                     for i in range(0, len(x), GRAD_CHUNK)
                 ]
             )

@@ -308,7 +308,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
             xs, ys = x[i : i + step], y[i : i + step]
             parts = []
             for fm in self._fms:
-                g = fm.per_sample_grads(xs, ys).detach()
+                g = fm.per_sample_grads(xs, ys, i).detach()
                 for block, proj in zip(self._blocks, self._projections):
                     parts.append(proj.project(block.select(g)))
             rows.append(torch.cat(parts, dim=1))
