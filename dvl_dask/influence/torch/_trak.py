@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError, NotFittedError
+from ...threads import uses_torch_threads
 from ...validation import check_positive_int, keyword_aliases
 from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode
@@ -158,6 +159,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
 
     # -- fitting ---------------------------------------------------------------------------
 
+    @uses_torch_threads
     def fit(  # type: ignore[override]
         self,
         data: DataLoader | tuple[torch.Tensor, torch.Tensor],
