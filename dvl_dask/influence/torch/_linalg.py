@@ -17,7 +17,7 @@ import torch
 
 from ...errors import InvalidModelError
 
-__all__ = ["CgInfo", "batched_cg", "block_cg", "block_krylov_eigh", "nystroem_sketch", "safe_eigh"]
+__all__ = ["CgInfo", "batched_cg", "block_cg", "block_krylov_eigh", "krylov_eigh", "nystroem_sketch", "safe_eigh"]
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 
@@ -209,6 +209,8 @@ def block_krylov_eigh(
     device: torch.device,
     generator: torch.Generator,
     tol: float,
+    rank: int | None = None,
+    ritz_rtol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of a symmetric operator from a randomised block Krylov space (block Lanczos).
 
@@ -224,37 +226,94 @@ def block_krylov_eigh(
     ``krylov_dim == dim`` the exact spectrum. Returns ``(eigenvalues,
     eigenvectors as rows)`` sorted by decreasing magnitude (Musco & Musco,
     2015; Halko, Martinsson & Tropp, 2011).
+
+    With ``rank`` and ``ritz_rtol`` the space keeps growing past ``krylov_dim``
+    until the ``rank`` Ritz pairs of largest magnitude have converged: every
+    residual ``‖A yᵢ - θᵢ yᵢ‖ ≤ ritz_rtol·|θᵢ| + 100·eps·|θ₁|`` (computed from
+    the products already made, no extra ``matmat``), or the space is the whole
+    of ``R^dim`` (exact). Use :func:`krylov_eigh` to also get the size reached.
     """
+    evals, evecs, _ = krylov_eigh(
+        matmat,
+        dim,
+        krylov_dim,
+        block_size,
+        dtype=dtype,
+        device=device,
+        generator=generator,
+        tol=tol,
+        rank=rank,
+        ritz_rtol=ritz_rtol,
+    )
+    return evals, evecs
+
+
+def krylov_eigh(
+    matmat: MatMat,
+    dim: int,
+    krylov_dim: int,
+    block_size: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator,
+    tol: float,
+    rank: int | None = None,
+    ritz_rtol: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`block_krylov_eigh`, returning ``(eigenvalues, eigenvectors as rows, Krylov size used)``."""
     krylov_dim = min(krylov_dim, dim)
     block_size = max(1, min(block_size, krylov_dim))
     basis = torch.zeros((krylov_dim, dim), dtype=dtype, device=device)
     products = torch.zeros((krylov_dim, dim), dtype=dtype, device=device)
     block = _orthonormal_rows(basis[:0], block_size, dim, dtype, device, generator)
-    filled = 0
-    scale = 0.0
+    filled, scale, target = 0, 0.0, krylov_dim
     while True:
-        block = block[: krylov_dim - filled]
+        block = block[: target - filled]
         s = block.shape[0]
         w = matmat(block)
         basis[filled : filled + s], products[filled : filled + s] = block, w
         filled += s
-        if filled >= krylov_dim:
-            break
+        if filled >= target:
+            evals, coeffs = _ritz(basis, products)
+            if rank is None or ritz_rtol is None or filled >= dim:
+                break
+            if _converged(evals, coeffs, basis, products, rank, ritz_rtol):
+                break
+            # Not converged: grow the space by a quarter (at least one block) and test again.
+            target = min(dim, filled + max(block_size, filled // 4))
+            more = torch.zeros((target - filled, dim), dtype=dtype, device=device)
+            basis, products = torch.cat([basis, more]), torch.cat([products, more])
         scale = max(scale, float(torch.linalg.matrix_norm(w, ord=2)))
         q = basis[:filled]
         for _ in range(2):
             w = w - (w @ q.T) @ q
         _, sv, vh = torch.linalg.svd(w, full_matrices=False)
         block = vh[sv > tol * max(scale, 1.0)]
-        want = min(block_size, krylov_dim - filled)
+        want = min(block_size, target - filled)
         if block.shape[0] < want:  # (nearly) invariant subspace: continue with random directions
             extra = _orthonormal_rows(torch.cat([q, block]), want - block.shape[0], dim, dtype, device, generator)
             block = torch.cat([block, extra])
+    return evals, coeffs.T @ basis, filled
+
+
+def _ritz(basis: torch.Tensor, products: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ritz values (by decreasing magnitude) and their coefficient vectors (columns) in ``basis``."""
     t = basis @ products.T
-    evals, evecs = torch.linalg.eigh((t + t.T) / 2)
+    evals, coeffs = torch.linalg.eigh((t + t.T) / 2)
     order = torch.argsort(evals.abs(), descending=True)
-    evals, evecs = evals[order], evecs[:, order]
-    return evals, evecs.T @ basis
+    return evals[order], coeffs[:, order]
+
+
+def _converged(
+    evals: torch.Tensor, coeffs: torch.Tensor, basis: torch.Tensor, products: torch.Tensor, rank: int, rtol: float
+) -> bool:
+    """Whether the ``rank`` leading Ritz pairs have residuals within ``rtol·|θᵢ| + 100·eps·|θ₁|``."""
+    k = min(rank, evals.shape[0])
+    c = coeffs[:, :k]
+    residual = torch.linalg.vector_norm(c.T @ products - evals[:k, None] * (c.T @ basis), dim=1)
+    floor = 100 * torch.finfo(evals.dtype).eps * float(evals[0].abs()) if k else 0.0
+    return bool((residual <= rtol * evals[:k].abs() + floor).all())
 
 
 def _orthonormal_rows(
