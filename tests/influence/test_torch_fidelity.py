@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence  # noqa: E402
+from dvl_dask.errors import InvalidModelError  # noqa: E402
+from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence, NystroemSketchInfluence  # noqa: E402
 from dvl_dask.influence.torch._linalg import batched_minres  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -145,3 +146,45 @@ def test_cg_with_one_or_few_right_hand_sides_on_an_indefinite_hessian_equals_a_d
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-8)
     if not simultaneous:  # per-sample CG stops at negative curvature; block CG may converge by itself
         assert calls and calls[0] <= 2
+
+
+def _near_collinear(dtype):
+    """Linear regression whose third feature is the first plus 1e-4 noise: cond(H) ~ 1e8."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    x[:, 2] = x[:, 0] + 1e-4 * torch.randn(40, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.1
+    model = torch.nn.Linear(3, 1, bias=False).to(dtype)
+    return model, x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m, lam: DirectInfluence(m, torch.nn.functional.mse_loss, regularization=lam),
+        lambda m, lam: ArnoldiInfluence(m, torch.nn.functional.mse_loss, rank=3, regularization=lam),
+    ],
+    ids=["direct", "arnoldi"],
+)
+def test_ill_conditioned_curvature_is_refused_in_float32_with_the_fix(build):
+    """Issue 25: regularization=0 on a near-singular Hessian gave wrong-signed influences in float32."""
+    model, x, y = _near_collinear(torch.float32)
+    with pytest.raises(InvalidModelError, match=r"ill-conditioned.*float32.*regularization.*float64"):
+        build(model, 0.0).fit((x, y))
+    build(model, 1e-2).fit((x, y))  # the suggested kind of fix is accepted
+
+
+def test_the_same_curvature_in_float64_is_accepted_and_exact():
+    model, x, y = _near_collinear(torch.float64)
+    infl = DirectInfluence(model, torch.nn.functional.mse_loss).fit((x, y))
+    w = next(model.parameters()).detach()
+    grads = 2 * (x @ w.T - y) * x  # per-sample gradients of (x·w - y)²
+    h = 2 * x.T @ x / len(x)
+    expected = grads[:3] @ torch.linalg.solve(h, grads.T)
+    torch.testing.assert_close(infl.influences(x[:3], y[:3], x, y), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_nystroem_refuses_a_regularization_too_small_for_the_dtype():
+    model, x, y = _near_collinear(torch.float32)
+    with pytest.raises(InvalidModelError, match=r"condition number"):
+        NystroemSketchInfluence(model, torch.nn.functional.mse_loss, rank=2, regularization=1e-7).fit((x, y))

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...errors import InvalidModelError, InvalidParameterError
+from ...errors import InvalidParameterError
 from ...validation import SeedLike, check_positive_int, check_real, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
-from ._linalg import krylov_eigh
+from ._linalg import check_conditioning, krylov_eigh
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 from ._preconditioners import torch_generator
 
@@ -145,13 +145,13 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
             )
             sizes.append(size)
             evals, evecs = evals[:rank] + self.regularization, evecs[:rank]
-            floor = torch.finfo(self.dtype).eps * max(float(evals.abs().max()), 1.0)
-            if bool((evals.abs() <= floor).any()):
-                raise InvalidModelError(
-                    f"{self._owner}: block {block.name!r} has (near-)zero regularised eigenvalues among the "
-                    f"{rank} kept, so they cannot be inverted. To fix, increase regularization (currently "
-                    f"{self.regularization}) or lower rank."
-                )
+            check_conditioning(
+                evals,
+                self.dtype,
+                owner=self._owner,
+                what=f"the {rank} kept regularised eigenvalues of block {block.name!r}",
+                regularization=self.regularization,
+            )
             eigen.append((evals, evecs))
         self._eigen = eigen
         self._krylov_sizes = sizes

@@ -17,6 +17,7 @@ from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode
 from ._data import iter_batches
 from ._functional import FunctionalModel, LossFn
+from ._linalg import check_conditioning
 from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, BlockStructure, TorchInfluenceFunctionModel, _data_token
 from ._projection import PROJECTIONS, RandomProjection
 from ._tracin import load_checkpoint_states
@@ -257,7 +258,15 @@ class TrakInfluence(TorchInfluenceFunctionModel):
         eye = torch.eye(k, dtype=self.dtype, device=self.device)
         inverses = []
         for i, c in enumerate(curv):
-            inv, info = torch.linalg.inv_ex(c.to(device=self.device, dtype=self.dtype) + self.regularization * eye)
+            c = c.to(device=self.device, dtype=self.dtype) + self.regularization * eye
+            check_conditioning(
+                torch.linalg.eigvalsh((c + c.T) / 2),
+                self.dtype,
+                owner=self._owner,
+                what=f"the regularised projected curvature {i} ({c.shape[0]}x{c.shape[0]})",
+                regularization=self.regularization,
+            )
+            inv, info = torch.linalg.inv_ex(c)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
                 raise InvalidModelError(
                     f"{self._owner}: the projected curvature (checkpoint {i // len(self._blocks)}, block "
