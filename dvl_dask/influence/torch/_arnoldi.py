@@ -149,7 +149,7 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
                 evals,
                 self.dtype,
                 owner=self._owner,
-                what=f"the {rank} kept regularised eigenvalues of block {block.name!r}",
+                what=f"the regularised curvature on the {rank} kept eigenvectors of block {block.name!r}",
                 regularization=self.regularization,
             )
             eigen.append((evals, evecs))

@@ -493,18 +493,26 @@ def check_conditioning(
     if cond * eps <= CONDITION_LIMIT:
         return
     suggested = 10 * largest * eps / CONDITION_LIMIT
+    typical = 1e-3 * float(a.mean())
+    name = str(dtype).removeprefix("torch.")
     negative = float(evals.min()) < 0
-    wider = f" (and above the most negative eigenvalue, {float(evals.min()):.3g})" if negative else ""
+    wider = f", and above the most negative eigenvalue ({float(evals.min()):.3g})" if negative else ""
     precision = (
-        " or compute in float64 (model.double() and float64 data), where the limit is "
+        f", or compute in float64 (model.double() and float64 data), which accepts condition numbers up to "
         f"{CONDITION_LIMIT / torch.finfo(torch.float64).eps:.1e}"
         if dtype != torch.float64
         else ""
     )
+    if smallest == 0:
+        state = "singular"
+    elif cond * eps >= 1:
+        state = f"numerically singular in {name}"
+    else:
+        state = f"too ill-conditioned to invert in {name}"
     raise InvalidModelError(
-        f"{owner}: {what} is too ill-conditioned to invert in {str(dtype).removeprefix('torch.')}: condition "
-        f"number {cond:.2e} with regularization={regularization} (largest |eigenvalue| {largest:.3g}, smallest "
-        f"{smallest:.3g}), so rounding alone can change the influences by more than {CONDITION_LIMIT:.0%} (cond x "
-        f"eps = {cond * eps:.1e} > {CONDITION_LIMIT}). To fix, pass a larger regularization, e.g. "
-        f"{suggested:.1e}{wider},{precision}."
+        f"{owner}: {what} is {state}: condition number {cond:.2e} with regularization={regularization} "
+        f"(largest |eigenvalue| {largest:.3g}, smallest {smallest:.3g}), so rounding in {name} alone can change "
+        f"the influences by more than {CONDITION_LIMIT:.0%} (cond x eps = {cond * eps:.1e} > {CONDITION_LIMIT}). "
+        f"To fix, pass a positive regularization of at least {suggested:.1e}{wider} (e.g. 1e-3 times the mean "
+        f"|eigenvalue|, {max(typical, suggested):.1e}){precision}."
     )
