@@ -1,6 +1,7 @@
 """Influence models: time of factors and influences per method, against the physical core.
 
 Run:  .venv/bin/python benchmarks/bench_influence_models.py [--n-train 5000] [--n-test 500]
+      .venv/bin/python benchmarks/bench_influence_models.py --contention [--methods direct,arnoldi] [--threads 2]
 
 Model: a 20→64→64→1 tanh MLP (5,569 parameters, float32), briefly trained on a
 synthetic regression task with MSE loss. All methods use the Gauss–Newton
@@ -18,6 +19,19 @@ what any method must at least do once the inverse curvature is known:
 The ideal for DirectInfluence is the core (target: within 2x of it). For the
 other methods the figure of merit is accuracy (relative error and correlation
 against DirectInfluence with the same curvature) for the time spent.
+
+``--contention`` (issue 30) is the regression guard for shared machines: on the
+20-32-32-1 tanh MLP (1,761 parameters, 2,000 points, batches of 500, exact
+Hessian unless the method says otherwise) it times each method's fit and
+products (factors of 100 test points, then their influences on the training
+set) in a fresh process alone, then in two processes at once, next to the bare
+core (``torch.func.hessian`` of each batch's loss; a GEMM of per-sample
+Jacobians for Gauss-Newton) measured the same way. It prints the ratio
+two-at-once / alone of each (the fair share of two cores is 2x; the target is
+<= 2.5x), next to the ratio recorded in ``benchmarks/README.md`` ("Influence
+under contention"), and flags every ratio more than 1.5x worse than recorded.
+Ratios are compared, not seconds, because they are robust to a machine that is
+busy with other work.
 """
 
 from __future__ import annotations
@@ -130,6 +144,129 @@ def _methods(model, loss, lam: float, args) -> dict[str, Callable[[], Any]]:
     }
 
 
+CONTENTION_METHODS = ("core-hessian", "core-gn", "direct", "direct-gn", "direct-layer", "arnoldi", "cg-gn", "ekfac")
+#: Ratios more than this factor above the recorded ones are flagged.
+WORSE = 1.5
+
+
+def _contention_case(name: str, threads: int) -> dict[str, float]:
+    """One fit + products of ``name`` on the issue-30 MLP, in this process: seconds of each."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from torch.func import functional_call, hessian, jacrev, vmap
+    from torch.utils.data import DataLoader, TensorDataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_block_cg import mlp_problem
+
+    from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence, EkfacInfluence
+
+    torch.set_num_threads(threads)
+    model, loss, x, y, x_test, y_test = mlp_problem(2000, 100)
+    loader = DataLoader(TensorDataset(x, y), batch_size=500)
+    if name.startswith("core"):
+        names = [n for n, _ in model.named_parameters()]
+        shapes = [q.shape for q in model.parameters()]
+        theta = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+
+        def unflat(t):
+            out, i = {}, 0
+            for n, shape in zip(names, shapes):
+                out[n] = t[i : i + shape.numel()].reshape(shape)
+                i += shape.numel()
+            return out
+
+        start = time.perf_counter()
+        for xb, yb in loader:
+            if name == "core-hessian":
+                hessian(lambda t: loss(functional_call(model, unflat(t), (xb,)), yb))(theta)  # noqa: B023
+            else:
+                jac = vmap(jacrev(lambda t, xi: functional_call(model, unflat(t), (xi[None],)).reshape(-1)), (None, 0))(
+                    theta, xb
+                ).reshape(len(xb), -1)
+                _ = 2 * jac.T @ jac
+        return {"fit": time.perf_counter() - start, "products": 0.0}
+    builders = {
+        "direct": lambda: DirectInfluence(model, loss, regularization=0.01),
+        "direct-gn": lambda: DirectInfluence(model, loss, regularization=0.01, second_order_mode="gauss_newton"),
+        "direct-layer": lambda: DirectInfluence(model, loss, regularization=0.01, block_structure="layer"),
+        "arnoldi": lambda: ArnoldiInfluence(model, loss, rank=100, regularization=0.01, ritz_rtol=None),
+        "cg-gn": lambda: CgInfluence(
+            model, loss, regularization=0.01, maxiter=10, second_order_mode="gauss_newton", warn_on_max_iteration=False
+        ),
+        "ekfac": lambda: EkfacInfluence(model, loss, regularization=0.01),
+    }
+    start = time.perf_counter()
+    infl = builders[name]().fit(loader)
+    t_fit = time.perf_counter() - start
+    start = time.perf_counter()
+    infl.influences_from_factors(infl.influence_factors(x_test, y_test), x, y)
+    return {"fit": t_fit, "products": time.perf_counter() - start}
+
+
+def _run_cases(name: str, threads: int, copies: int) -> list[dict[str, float]]:
+    """``copies`` fresh processes running ``name`` at once (started together)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--contention-case", name, "--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(__file__).parents[1])])}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)]
+    return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+
+def recorded_ratios(readme: str | None = None) -> dict[str, tuple[float, float]]:
+    """``{method: (fit ratio, products ratio)}`` from benchmarks/README.md, "Influence under contention"."""
+    import re
+    from pathlib import Path
+
+    text = Path(readme or Path(__file__).with_name("README.md")).read_text()
+    section = text.split("## Influence under contention", 1)[-1].split("\n## ", 1)[0]
+    out = {}
+    for row in re.findall(r"^\| `([\w-]+)` \|(.*)$", section, flags=re.M):
+        cells = [c.strip() for c in row[1].split("|")]
+        try:
+            out[row[0]] = (float(cells[2].rstrip("x")), float(cells[5].rstrip("x")) if cells[5] != "-" else 0.0)
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def contention(methods: list[str], threads: int) -> int:
+    """Print alone / two-at-once times and ratios per method; return the number of flagged ratios."""
+    recorded = recorded_ratios()
+    print(f"issue-30 MLP 20-32-32-1 (1,761 parameters), 2,000 points, batches of 500, torch threads={threads}")
+    header = (
+        f"{'method':<14}{'fit 1x s':>9}{'fit 2x s':>9}{'ratio':>7}{'rec.':>7}"
+        f"{'prod 1x s':>10}{'prod 2x s':>10}{'ratio':>7}{'rec.':>7}  flag"
+    )
+    print(header)
+    print("-" * len(header))
+    flagged = 0
+    for name in methods:
+        alone = _run_cases(name, threads, 1)[0]
+        pair = _run_cases(name, threads, 2)
+        ratios = []
+        for key in ("fit", "products"):
+            both = max(r[key] for r in pair)
+            ratios.append(both / alone[key] if alone[key] > 0 else 0.0)
+        rec = recorded.get(name, (0.0, 0.0))
+        worse = [r > WORSE * q > 0 for r, q in zip(ratios, rec)]
+        flagged += sum(worse)
+        flag = "WORSE" if any(worse) else ("ok" if rec[0] else "(not recorded)")
+        print(
+            f"{name:<14}{alone['fit']:>9.2f}{max(r['fit'] for r in pair):>9.2f}{ratios[0]:>6.2f}x{rec[0]:>6.2f}x"
+            f"{alone['products']:>10.2f}{max(r['products'] for r in pair):>10.2f}{ratios[1]:>6.2f}x"
+            f"{rec[1]:>6.2f}x  {flag}"
+        )
+    print(f"\n{flagged} ratio(s) more than {WORSE}x worse than recorded in benchmarks/README.md")
+    return flagged
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n-train", type=int, default=5000)
@@ -144,7 +281,18 @@ def main() -> None:
     p.add_argument("--methods", default="all", help="comma-separated prefixes of method names, or 'all'")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--with-hessian", action="store_true", help="also time DirectInfluence with the exact Hessian")
+    p.add_argument("--contention", action="store_true", help="issue-30 guard: each method alone and two at once")
+    p.add_argument("--contention-case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.contention_case:
+        import json
+
+        print(json.dumps(_contention_case(args.contention_case, args.threads or 2)))
+        return
+    if args.contention:
+        wanted = CONTENTION_METHODS if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+        contention(list(wanted), args.threads or 2)
+        return
 
     import torch
 

@@ -26,6 +26,7 @@ __all__ = [
     "CACHE_TIME_THRESHOLD",
     "COMPUTE_BLAS_THREADS",
     "COMPUTE_PRELOAD_MODULES",
+    "COMPUTE_TORCH_THREADS",
     "EXACT_MAX_PLAYERS",
     "EXACT_SUBSETS_PER_BLOCK",
     "INFLUENCE_GRADIENT_MEMORY_BUDGET",
@@ -72,6 +73,7 @@ PROGRESS_INTERVAL = "dvl_dask.progress.interval"
 RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"
 COMPUTE_BLAS_THREADS = "dvl_dask.compute.blas-threads"
 COMPUTE_PRELOAD_MODULES = "dvl_dask.compute.preload-modules"
+COMPUTE_TORCH_THREADS = "dvl_dask.compute.torch-threads"
 CACHE_NAMESPACE = "dvl_dask.cache.namespace"
 CACHE_HMAC_KEY = "dvl_dask.cache.hmac-key"
 CACHE_TIME_THRESHOLD = "dvl_dask.cache.time-threshold"

@@ -26,11 +26,22 @@ tasks run in pool threads, where this machine's OpenBLAS (pthreads build) does
 not take the limit, and a limit set there would stop later limits of the main
 thread from taking: those tasks leave the pools alone. Prefer the processes
 scheduler or a ``LocalCluster`` for BLAS-heavy models.
+
+torch has its own intra-op thread pool, which threadpoolctl does not
+manage: :func:`torch_threads` sets it for an influence model's fit and
+products to ``dvl_dask.compute.torch-threads`` (default ``auto``: the usable
+cores divided by the tasks this process runs at once -- the threads of a
+``distributed`` worker, one in a process's main thread, one per core in a
+pool thread of the threads scheduler -- never more than torch's own setting;
+an integer sets it; ``null`` leaves torch alone). With the OpenMP build of
+torch the setting belongs to the calling thread, so each thread sets and
+restores its own: ``torch.get_num_threads()`` is the same before and after.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -38,8 +49,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from . import config
+from .errors import InvalidParameterError
 
-__all__ = ["blas_limits", "limits_blas_threads"]
+__all__ = ["blas_limits", "limits_blas_threads", "torch_thread_budget", "torch_threads", "uses_torch_threads"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,6 +128,105 @@ def limits_blas_threads(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with blas_limits():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _tasks_at_once() -> int:
+    """Tasks this process runs side by side, as seen from the calling thread.
+
+    A ``distributed`` worker runs as many as it has threads; a process's main
+    thread runs one; any other thread is taken for a pool thread of the
+    threads scheduler, which runs one task per core.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        worker = None
+    if worker is not None:
+        nthreads = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", 1)
+        return max(1, int(nthreads))
+    if threading.current_thread() is threading.main_thread():
+        return 1
+    return _usable_cores()
+
+
+def torch_thread_budget() -> int | None:
+    """torch intra-op threads for a computation here (``dvl_dask.compute.torch-threads``), or None.
+
+    ``auto`` is the usable cores divided by :func:`_tasks_at_once`, at least
+    one and at most ``torch.get_num_threads()`` of the calling thread (a
+    user's or a ``distributed`` nanny's ``OMP_NUM_THREADS=1`` is kept).
+
+    Raises
+    ------
+    InvalidParameterError
+        If the option is neither ``auto``, a positive integer nor null.
+    """
+    setting = config.get(config.COMPUTE_TORCH_THREADS)
+    if setting is None:
+        return None
+    if isinstance(setting, str) and setting.strip().lower() == "auto":
+        import torch
+
+        return max(1, min(torch.get_num_threads(), _usable_cores() // _tasks_at_once()))
+    if isinstance(setting, str) and setting.strip().isdigit():
+        setting = int(setting)  # from the environment
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise InvalidParameterError(
+            f"The option {config.COMPUTE_TORCH_THREADS!r} must be 'auto', a positive integer or null. "
+            f"Got {setting!r}. To fix, set it with dask.config.set({{{config.COMPUTE_TORCH_THREADS!r}: 'auto'}})."
+        )
+    return setting
+
+
+_torch_state = threading.local()
+
+
+@contextmanager
+def torch_threads() -> Iterator[None]:
+    """Run the body with :func:`torch_thread_budget` torch intra-op threads, then restore the caller's.
+
+    Nested uses in one thread keep the outermost setting.
+    """
+    depth = getattr(_torch_state, "depth", 0)
+    budget = torch_thread_budget() if depth == 0 else None
+    previous = None
+    if budget is not None:
+        import torch
+
+        previous = torch.get_num_threads()
+        if previous != budget:
+            torch.set_num_threads(budget)
+        else:
+            previous = None
+    _torch_state.depth = depth + 1
+    try:
+        yield
+    finally:
+        _torch_state.depth = depth
+        if previous is not None:
+            import torch
+
+            torch.set_num_threads(previous)
+
+
+def uses_torch_threads(fn: F) -> F:
+    """Decorator: run ``fn`` inside :func:`torch_threads`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch_threads():
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

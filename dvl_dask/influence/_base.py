@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, Self, TypeVar
 
 from ..errors import InvalidParameterError, NotFittedError
@@ -110,7 +111,8 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
             If :meth:`fit` has not been called.
         """
         self._check_fitted("influence_factors")
-        return self._influence_factors(x, y)
+        with self._compute_context():
+            return self._influence_factors(x, y)
 
     def per_sample_gradients(self, x: TensorT, y: TensorT) -> TensorT:
         """``∇θℓ(xᵢ, yᵢ)`` for every sample, flattened: shape ``(len(x), n_parameters)``.
@@ -126,7 +128,8 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
             If the model does not expose gradients (:attr:`supports_gradients` is False).
         """
         self._check_fitted("per_sample_gradients")
-        return self._per_sample_gradients(x, y)
+        with self._compute_context():
+            return self._per_sample_gradients(x, y)
 
     def influences(
         self,
@@ -164,7 +167,8 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         mode = InfluenceMode.parse(mode)
         self._check_fitted("influences")
         x, y = self._train_or_test(x_test, y_test, x, y)
-        return self._influences(x_test, y_test, x, y, mode)
+        with self._compute_context():
+            return self._influences(x_test, y_test, x, y, mode)
 
     @keyword_aliases(z_test_factors="factors")
     def influences_from_factors(
@@ -188,7 +192,8 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         """
         mode = InfluenceMode.parse(mode)
         self._check_fitted("influences_from_factors")
-        return self._influences_from_factors(factors, x, y, mode)
+        with self._compute_context():
+            return self._influences_from_factors(factors, x, y, mode)
 
     def self_influences(self, x: TensorT, y: TensorT, mode: InfluenceMode | str = InfluenceMode.Up) -> TensorT:
         r"""Influence of every sample on its own loss: the diagonal of ``influences(x, y, x, y, mode)``.
@@ -238,9 +243,18 @@ class InfluenceFunctionModel(ABC, Generic[TensorT, DataT]):
         """
         mode = InfluenceMode.parse(mode)
         self._check_fitted("self_influences")
-        return self._self_influences(x, y, mode)
+        with self._compute_context():
+            return self._self_influences(x, y, mode)
 
     # -- hooks for subclasses -------------------------------------------------------
+
+    def _compute_context(self) -> AbstractContextManager[Any]:
+        """Context every public computation runs in (default: none).
+
+        Tensor libraries set their thread budget here (the torch models use
+        :func:`dvl_dask.threads.torch_threads`).
+        """
+        return nullcontext()
 
     @abstractmethod
     def _influence_factors(self, x: TensorT, y: TensorT) -> TensorT:

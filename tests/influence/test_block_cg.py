@@ -13,7 +13,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from dvl_dask.errors import ConvergenceWarning, InvalidParameterError  # noqa: E402
+from dvl_dask.errors import ConvergenceWarning, InvalidModelError, InvalidParameterError  # noqa: E402
 from dvl_dask.influence.torch import CgInfluence, DirectInfluence  # noqa: E402
 from dvl_dask.influence.torch._linalg import batched_cg, block_cg  # noqa: E402
 
@@ -102,11 +102,15 @@ def test_cg_rejects_bad_solve_simultaneously():
         CgInfluence(nn.Linear(2, 1), F.mse_loss, solve_simultaneously="yes")
 
 
-def test_block_cg_warns_on_non_positive_curvature_and_points_to_gauss_newton(mlp_regressor):
+def test_block_cg_refuses_unconverged_indefinite_solves_and_points_to_gauss_newton(mlp_regressor):
     p = mlp_regressor
-    infl = CgInfluence(p.model, lambda out, y: -F.mse_loss(out, y), maxiter=5).fit((p.x, p.y))
-    with pytest.warns(ConvergenceWarning, match=r"block CG met non-positive curvature.*gauss_newton"):
+    infl = CgInfluence(p.model, lambda out, y: -F.mse_loss(out, y), maxiter=2).fit((p.x, p.y))
+    with pytest.raises(InvalidModelError, match=r"non-positive curvature.*gauss_newton"):
         infl.influence_factors(p.x_test, p.y_test)
+    quiet = CgInfluence(p.model, lambda out, y: -F.mse_loss(out, y), maxiter=2, warn_on_max_iteration=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quiet.fit((p.x, p.y)).influence_factors(p.x_test, p.y_test).shape == (10, 41)
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def test_lossless_kronecker_projection_equals_per_layer_empirical_fisher(mlp_reg
 def test_projected_gradient_is_the_kronecker_projection_of_the_true_one(mlp_classifier):
     p = mlp_classifier
     logra = LograInfluence(p.model, p.loss, input_dim=3, output_dim=2, seed=4).fit((p.x, p.y))
-    grads = DirectInfluence(p.model, p.loss).fit((p.x, p.y)).per_sample_gradients(p.x[:5], p.y[:5])
+    grads = DirectInfluence(p.model, p.loss, regularization=1e-3).fit((p.x, p.y)).per_sample_gradients(p.x[:5], p.y[:5])
     feats = logra.per_sample_gradients(p.x[:5], p.y[:5])
     assert feats.shape == (5, 2 * 6)
     start, col = 0, 0

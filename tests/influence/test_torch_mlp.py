@@ -213,10 +213,11 @@ def test_cg_warns_when_not_converged(mlp_regressor):
         infl.influence_factors(p.x_test, p.y_test)
 
 
-def test_cg_warns_on_negative_curvature(mlp_regressor):
+def test_cg_refuses_unconverged_factors_of_an_indefinite_system(mlp_regressor):
+    """Issue 30: CG meets negative curvature, MINRES gets too few iterations: an error with the fix."""
     p = mlp_regressor
-    infl = CgInfluence(p.model, lambda out, y: -F.mse_loss(out, y)).fit((p.x, p.y))
-    with pytest.warns(ConvergenceWarning, match=r"non-positive curvature"):
+    infl = CgInfluence(p.model, lambda out, y: -F.mse_loss(out, y), maxiter=2).fit((p.x, p.y))
+    with pytest.raises(InvalidModelError, match=r"not positive definite.*MINRES.*gauss_newton"):
         infl.influence_factors(p.x_test, p.y_test)
 
 

@@ -18,6 +18,27 @@ All models implement :class:`dvl_dask.influence.InfluenceFunctionModel`:
 
 Most accept ``regularization``, ``second_order_mode`` (``"hessian"`` or
 ``"gauss_newton"``) and ``block_structure`` (``"full"``, ``"layer"`` or a mapping).
+
+Which curvature by default, and why:
+
+* The exact Hessian (``second_order_mode="hessian"``) for :class:`DirectInfluence`,
+  :class:`CgInfluence`, :class:`LissaInfluence`, :class:`ArnoldiInfluence` and
+  :class:`NystroemSketchInfluence`: it is the influence function's own definition. A trained
+  network's Hessian is usually indefinite; Direct and Arnoldi handle that (Arnoldi keeps the
+  eigenvalues of largest magnitude, to a residual tolerance), CG finishes right-hand sides it
+  cannot solve with MINRES and refuses unconverged indefinite solves, LiSSA needs a ``scale``
+  above the spectrum and Nyström refuses a non-PSD sketch: pass ``"gauss_newton"`` (positive
+  semi-definite by construction) for those on non-convex models.
+* A positive semi-definite Fisher-type curvature (Gauss-Newton / Fisher, or the empirical
+  Fisher of the gradients), always, for :class:`EkfacInfluence`,
+  :class:`InverseHarmonicMeanInfluence`, :class:`TrakInfluence` and :class:`LograInfluence`:
+  their factorisations (Kronecker factors, rank-one per-sample terms, projected ``ΦᵀΦ``) exist
+  only for such a sum of outer products.
+
+Every model that inverts a matrix refuses a regularised curvature whose condition number times
+the dtype's epsilon exceeds 1e-2 (the error names a regularization that fits, or float64), and
+every fit and product runs with the torch thread budget of :func:`dvl_dask.threads.torch_threads`
+(``dvl_dask.compute.torch-threads``), restoring the caller's ``torch.get_num_threads()``.
 Importing this package registers dvl_dask's (private) hashing of tensors and modules.
 
 For the calculators of :mod:`dvl_dask.influence`: :class:`TorchNumpyConverter`

@@ -6,19 +6,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...errors import InvalidModelError, InvalidParameterError
+from ...errors import InvalidParameterError
 from ...validation import SeedLike, check_positive_int, check_real, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
-from ._linalg import block_krylov_eigh
+from ._linalg import check_conditioning, krylov_eigh
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 from ._preconditioners import torch_generator
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "ArnoldiInfluence"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_RITZ_RTOL", "ArnoldiInfluence"]
 
 #: Default number of Krylov vectors per batched curvature product of :class:`ArnoldiInfluence`.
 DEFAULT_BLOCK_SIZE = 20
+#: Default relative residual of the kept Ritz pairs of :class:`ArnoldiInfluence`.
+DEFAULT_RITZ_RTOL = 1e-6
 
 
 class ArnoldiInfluence(TorchInfluenceFunctionModel):
@@ -26,9 +28,18 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
 
     At fit time a block Lanczos iteration (the symmetric case of Arnoldi, on a
     randomised block Krylov space with full re-orthogonalisation) makes
-    ``krylov_dimension`` curvature-vector products per block, ``block_size``
-    of them per batched call (one pass over the training data), and keeps the
-    ``rank`` eigenpairs ``(λᵢ, vᵢ)`` of largest magnitude. Then
+    curvature-vector products per block, ``block_size`` of them per batched
+    call (one pass over the training data), and keeps the ``rank`` eigenpairs
+    ``(λᵢ, vᵢ)`` of largest magnitude. The Krylov space starts at
+    ``krylov_dimension`` vectors and grows (by a quarter at a time) until
+    every kept Ritz pair has converged, ``‖H vᵢ - λᵢ vᵢ‖ ≤ ritz_rtol·|λᵢ|``
+    (plus ``100·eps·|λ₁|`` for rounding), or spans all parameters (then the
+    eigenpairs are exact): the result is the rank-``rank`` truncation by
+    largest ``|λᵢ|``, not an approximation of it that depends on the Krylov
+    size. The size reached is :attr:`krylov_dimensions`. On an indefinite
+    spectrum with many eigenvalues near the cut (a trained MLP's Hessian)
+    this can take most of ``p`` products, i.e. about the cost of
+    :class:`DirectInfluence` for that block. Then
 
     .. math::
 
@@ -51,7 +62,13 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
     regularization : float
         ``λ ≥ 0`` added to every kept eigenvalue.
     krylov_dimension : int or None
-        Lanczos steps; at least ``rank``. Default ``min(block size, max(2·rank, rank + 20))``.
+        Initial Lanczos steps; at least ``rank``. Default ``min(block size, max(2·rank, rank + 20))``.
+    ritz_rtol : float or None
+        Relative residual every kept Ritz pair must reach (default
+        ``DEFAULT_RITZ_RTOL`` = 1e-6); the eigenvector error is about the
+        residual divided by the gap to the rest of the spectrum. None stops
+        at ``krylov_dimension`` whatever the residuals (the behaviour before
+        issue 30: fast, but not the rank-``rank`` truncation).
     tol : float
         Relative size of a Lanczos residual treated as zero (invariant subspace; restart).
     seed : int, SeedSequence or None
@@ -78,6 +95,7 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         regularization: float = 0.0,
         krylov_dimension: int | None = None,
         tol: float = 1e-10,
+        ritz_rtol: float | None = DEFAULT_RITZ_RTOL,
         seed: SeedLike = 0,
         block_size: int | None = None,
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
@@ -96,34 +114,47 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
                 )
         self.krylov_dimension = krylov_dimension
         self.tol = check_real(tol, "tol", owner, low=0.0, finite=True)
+        self.ritz_rtol = None if ritz_rtol is None else check_real(ritz_rtol, "ritz_rtol", owner, low=0.0, finite=True)
         self.seed = seed
         self.block_size = None if block_size is None else check_positive_int(block_size, "block_size", owner)
         self.second_order_mode = SecondOrderMode.parse(second_order_mode)
         self._blocks = self._resolve_blocks(block_structure)
         self._eigen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._krylov_sizes: list[int] = []
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         gen = torch_generator(self.seed, self._owner)
-        eigen = []
+        eigen, sizes = [], []
         for block in self._blocks:
             op = CurvatureOperator(fm, block, loader, self.second_order_mode, 0.0, self._owner)
             rank = min(self.rank, block.n)
             krylov = self.krylov_dimension or max(2 * rank, rank + 20)
             krylov = min(max(krylov, rank), block.n)
             width = self.block_size or DEFAULT_BLOCK_SIZE
-            evals, evecs = block_krylov_eigh(
-                op.matmat, block.n, krylov, width, dtype=self.dtype, device=self.device, generator=gen, tol=self.tol
+            evals, evecs, size = krylov_eigh(
+                op.matmat,
+                block.n,
+                krylov,
+                width,
+                dtype=self.dtype,
+                device=self.device,
+                generator=gen,
+                tol=self.tol,
+                rank=rank,
+                ritz_rtol=self.ritz_rtol,
             )
+            sizes.append(size)
             evals, evecs = evals[:rank] + self.regularization, evecs[:rank]
-            floor = torch.finfo(self.dtype).eps * max(float(evals.abs().max()), 1.0)
-            if bool((evals.abs() <= floor).any()):
-                raise InvalidModelError(
-                    f"{self._owner}: block {block.name!r} has (near-)zero regularised eigenvalues among the "
-                    f"{rank} kept, so they cannot be inverted. To fix, increase regularization (currently "
-                    f"{self.regularization}) or lower rank."
-                )
+            check_conditioning(
+                evals,
+                self.dtype,
+                owner=self._owner,
+                what=f"the regularised curvature on the {rank} kept eigenvectors of block {block.name!r}",
+                regularization=self.regularization,
+            )
             eigen.append((evals, evecs))
         self._eigen = eigen
+        self._krylov_sizes = sizes
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         def apply(i: int, _block: object, g: torch.Tensor) -> torch.Tensor:
@@ -137,3 +168,9 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         """Kept eigenvalues per block, regularisation included (after :meth:`fit`)."""
         self._check_fitted("eigenvalues")
         return [e for e, _ in self._eigen]
+
+    @property
+    def krylov_dimensions(self) -> list[int]:
+        """Size of the Krylov space of each block's eigenpairs (after :meth:`fit`); the block's size means exact."""
+        self._check_fitted("krylov_dimensions")
+        return list(self._krylov_sizes)

@@ -29,11 +29,24 @@ from ._data import iter_batches
 from ._functional import FunctionalModel
 from ._layout import ParameterBlock
 
-__all__ = ["JACOBIAN_BUDGET", "JACOBIAN_ROWS_PER_OUTPUT", "VMAP_CHUNK", "CurvatureOperator", "batch_product_fn"]
+__all__ = [
+    "JACOBIAN_BUDGET",
+    "JACOBIAN_ROWS_PER_OUTPUT",
+    "ROW_SAMPLES_BUDGET",
+    "VMAP_CHUNK",
+    "CurvatureOperator",
+    "batch_product_fn",
+    "vmap_rows",
+]
 
-#: Rows of ``V`` pushed through one vectorised product; bounds memory to this many
-#: copies of a batch's activations.
+#: Fewest rows of ``V`` pushed through one vectorised product.
 VMAP_CHUNK = 64
+#: Bound on (rows of ``V``) x (samples of the batch) in one vectorised product, i.e. on the copies
+#: of one sample's activations held at once. Larger operations are what keeps the products fast
+#: when the cores are shared: on the 20-32-32-1 MLP (batches of 500) chunks of 64 rows took 2-4x
+#: longer than chunks of 256-512 under load (threads of small operations wait on each other),
+#: for the same work alone; whole-identity products (no chunks) cost 2.5x the CPU time.
+ROW_SAMPLES_BUDGET = 2**17
 #: Bound on the elements of one chunk of per-sample output Jacobians (samples x outputs x parameters).
 JACOBIAN_BUDGET = 2**24
 #: Gauss-Newton products of at least this many rows per model output use per-sample Jacobians
@@ -69,6 +82,11 @@ def batch_product_fn(
     _, j = vjp(lambda u: jt(u)[0], torch.zeros_like(out))
     _, h_out = vjp(grad(lambda o: fm.loss(o, y)), out.detach())
     return lambda v: jt(h_out(j(v)[0])[0])[0]
+
+
+def vmap_rows(n_samples: int) -> int:
+    """Rows of ``V`` per vectorised product on a batch of ``n_samples``: ``ROW_SAMPLES_BUDGET`` / batch."""
+    return max(VMAP_CHUNK, ROW_SAMPLES_BUDGET // max(1, n_samples))
 
 
 class CurvatureOperator:
@@ -123,7 +141,8 @@ class CurvatureOperator:
                     jv = (jac.reshape(s * m, p) @ v.T).reshape(s, m, -1)
                     acc += (jac.reshape(s * m, p).T @ torch.bmm(h_out, jv).reshape(s * m, -1)).T
                 return acc / x.shape[0]
-        return vmap(batch_product_fn(self.fm, self.block, x, y, self.mode), chunk_size=VMAP_CHUNK)(v)
+        fn = batch_product_fn(self.fm, self.block, x, y, self.mode)
+        return vmap(fn, chunk_size=vmap_rows(x.shape[0]))(v)
 
     def _n_outputs(self, x: torch.Tensor) -> int:
         with torch.no_grad():
@@ -162,7 +181,8 @@ class CurvatureOperator:
     def dense(self, *, regularized: bool = True) -> torch.Tensor:
         """The explicit ``(p_b, p_b)`` matrix, symmetrised.
 
-        The Hessian takes ``p_b`` Hessian-vector products. The Gauss–Newton
+        The Hessian takes ``p_b`` Hessian-vector products, vectorised in
+        chunks of :func:`vmap_rows` rows (a few large operations per batch). The Gauss–Newton
         matrix is assembled from per-sample output Jacobians instead,
         ``(1/n) Σᵢ Jᵢᵀ Λᵢ Jᵢ`` as one large matrix product per chunk, which is
         much faster when the model has few outputs.

@@ -11,6 +11,7 @@ from ...validation import keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
+from ._linalg import check_conditioning
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 
 __all__ = ["DirectInfluence"]
@@ -32,7 +33,11 @@ class DirectInfluence(TorchInfluenceFunctionModel):
         Mean-reduced loss ``loss(output, target) -> scalar``.
     regularization : float
         ``λ ≥ 0`` added to the diagonal. Use ``λ > 0`` when ``H`` may be
-        singular (over-parameterised models, dead units).
+        singular (over-parameterised models, dead units). A regularised
+        curvature whose condition number times the dtype's epsilon exceeds
+        ``CONDITION_LIMIT`` (1e-2; cond > 8e4 in float32) is refused with an
+        :class:`~dvl_dask.errors.InvalidModelError` naming a regularization
+        that fits, rather than inverted into meaningless factors.
     second_order_mode : SecondOrderMode or str
         ``"hessian"`` (default) or ``"gauss_newton"``.
     block_structure : BlockMode, str or mapping
@@ -80,6 +85,13 @@ class DirectInfluence(TorchInfluenceFunctionModel):
                     "inputs, a loss that overflows, e.g. log(0)). No regularization fixes this. To fix, check "
                     "that the loss of the model is finite on every training batch."
                 )
+            check_conditioning(
+                torch.linalg.eigvalsh(h),
+                h.dtype,
+                owner=self._owner,
+                what=f"the regularised curvature matrix of block {block.name!r} ({block.n}x{block.n})",
+                regularization=self.regularization,
+            )
             inv, info = torch.linalg.inv_ex(h)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
                 fix = (

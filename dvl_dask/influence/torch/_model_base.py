@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ...threads import torch_threads, uses_torch_threads
 from ...validation import check_positive_int, check_real
 from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode
@@ -210,8 +211,13 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     # -- fitting -----------------------------------------------------------------------
 
+    @uses_torch_threads
     def fit(self, data: DataLoader | tuple[torch.Tensor, torch.Tensor]) -> Self:
         """Compute the curvature approximation on the training data.
+
+        Like every computation of the model, it runs with the torch thread
+        budget of :func:`dvl_dask.threads.torch_threads` (the caller's
+        ``torch.get_num_threads()`` is restored afterwards).
 
         Parameters
         ----------
@@ -254,6 +260,9 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         """Apply the inverse-curvature approximation to the rows of ``grads``."""
 
     # -- factors and influences --------------------------------------------------------
+
+    def _compute_context(self) -> Any:
+        return torch_threads()
 
     @property
     def _functional(self) -> FunctionalModel:

@@ -10,7 +10,7 @@ from ...validation import SeedLike, keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
-from ._linalg import nystroem_sketch
+from ._linalg import check_conditioning, nystroem_sketch
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 from ._preconditioners import torch_generator
 
@@ -87,6 +87,13 @@ class NystroemSketchInfluence(TorchInfluenceFunctionModel):
                 device=self.device,
                 generator=gen,
                 owner=self._owner,
+            )
+            check_conditioning(
+                torch.cat([evals + self.regularization, evals.new_tensor([self.regularization])]),
+                self.dtype,
+                owner=self._owner,
+                what=f"the regularised Nyström approximation of block {block.name!r}",
+                regularization=self.regularization,
             )
             sketches.append((evals, u))
         self._sketches = sketches

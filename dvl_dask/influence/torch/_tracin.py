@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ...threads import uses_torch_threads
 from .._base import InfluenceFunctionModel
 from .._mode import InfluenceMode
 from ._data import check_tensor_pair
@@ -167,6 +168,7 @@ class TracInInfluence(TorchInfluenceFunctionModel):
     def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         return None
 
+    @uses_torch_threads
     def fit(self, checkpoints: Sequence[Any], learning_rates: float | Sequence[float] = 1.0) -> Self:  # type: ignore[override]
         """Store the checkpoints; no training data is needed (there is no curvature).
 

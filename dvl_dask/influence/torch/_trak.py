@@ -11,11 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError, NotFittedError
+from ...threads import uses_torch_threads
 from ...validation import check_positive_int, keyword_aliases
 from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode
 from ._data import iter_batches
 from ._functional import FunctionalModel, LossFn
+from ._linalg import check_conditioning
 from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, BlockStructure, TorchInfluenceFunctionModel, _data_token
 from ._projection import PROJECTIONS, RandomProjection
 from ._tracin import load_checkpoint_states
@@ -158,6 +160,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
 
     # -- fitting ---------------------------------------------------------------------------
 
+    @uses_torch_threads
     def fit(  # type: ignore[override]
         self,
         data: DataLoader | tuple[torch.Tensor, torch.Tensor],
@@ -255,7 +258,15 @@ class TrakInfluence(TorchInfluenceFunctionModel):
         eye = torch.eye(k, dtype=self.dtype, device=self.device)
         inverses = []
         for i, c in enumerate(curv):
-            inv, info = torch.linalg.inv_ex(c.to(device=self.device, dtype=self.dtype) + self.regularization * eye)
+            c = c.to(device=self.device, dtype=self.dtype) + self.regularization * eye
+            check_conditioning(
+                torch.linalg.eigvalsh((c + c.T) / 2),
+                self.dtype,
+                owner=self._owner,
+                what=f"the regularised projected curvature {i} ({c.shape[0]}x{c.shape[0]})",
+                regularization=self.regularization,
+            )
+            inv, info = torch.linalg.inv_ex(c)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
                 raise InvalidModelError(
                     f"{self._owner}: the projected curvature (checkpoint {i // len(self._blocks)}, block "
