@@ -342,6 +342,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import detection_scores, point_removal_curve, weighted_accuracy_drop
     from .results import open_result
 
+    if args.dataset is not None and args.model is not None:  # options given here: checked before any reading
+        _check_model_fits_dataset(args.dataset, args.model)
     result = open_result(args.result, storage_options=args.storage_options).load()
     stored = json.loads(result.attrs[CLI_ATTR]) if CLI_ATTR in result.attrs else None
     recipe = _recipe(args, stored)
