@@ -35,22 +35,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _default_client():
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.default_client()
+    except ValueError:
+        return None
+
+
 @pytest.fixture(autouse=True)
 def _no_default_client_left_behind():
-    """Fail the test that leaves a ``distributed.Client`` as the default scheduler, and close it.
+    """Fail the test that leaves a new ``distributed.Client`` as the default scheduler, and close it.
 
     A client left as the default routes every later ``compute()`` of the session to
     its cluster: later tests then hang or see distributed behaviour (no local
     callbacks) where they expect a local scheduler. Closing it here stops one
-    test's failure from cascading into others.
+    test's failure from cascading into others. A default client that existed
+    before the test (a module-scoped fixture's) is left to its fixture.
     """
+    before = _default_client()
     yield
-    distributed = sys.modules.get("distributed")
-    if distributed is None:
-        return
-    try:
-        leftover = distributed.default_client()
-    except ValueError:
+    leftover = _default_client()
+    if leftover is None or leftover is before:
         return
     leftover.close()
     pytest.fail(f"the test left {leftover!r} as the default scheduler; use `with Client(...)`", pytrace=False)

@@ -253,7 +253,8 @@ def test_lockstep_truncation_drops_finished_permutations():
     x, y, xt, yt = _split(load_breast_cancer, 30, 60)
     u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")
     orders = np.array([np.random.default_rng(i).permutation(30) for i in range(5)])
-    scores, steps = u.batch_prefix_scores(orders, stop_when=lambda step, score: step >= 4 + (score > 0.9))
+    rules = [lambda step, score: step >= 4 + (score > 0.9)] * len(orders)  # one (stateless) rule per permutation
+    scores, steps = u.batch_prefix_scores(orders, stop_when=rules)
     assert set(steps.tolist()) <= {4, 5}
     for row, used in enumerate(steps):
         assert np.isnan(scores[row, used + 1 :]).all() and not np.isnan(scores[row, : used + 1]).any()

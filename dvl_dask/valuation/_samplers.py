@@ -494,7 +494,7 @@ class StratifiedSampler:
 
     def uses_pilot(self, n: int, m: int) -> bool:
         """Whether a block of ``m`` samples per player over ``n`` strata runs a Neyman pilot."""
-        return self.allocation == "neyman" and m >= (self.pilot + 2) * n
+        return isinstance(self.allocation, str) and self.allocation == "neyman" and m >= (self.pilot + 2) * n
 
     def neyman_counts(self, weights: np.ndarray, sigma: np.ndarray, m: int) -> np.ndarray:
         """Samples per stratum for ``m`` samples: 2 per weighted stratum, a defensive equal share, then ``∝ w σ``.
