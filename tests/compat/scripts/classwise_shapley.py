@@ -7,6 +7,7 @@ from pydvl.valuation import (
     ClasswiseSupervisedScorer,
     Dataset,
     MaxUpdates,
+    NoIndexIteration,
     PermutationSampler,
     UniformSampler,
 )
@@ -17,7 +18,10 @@ X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redund
 train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
 scorer = ClasswiseSupervisedScorer("accuracy", test_data=test)
 utility = ClasswiseModelUtility(GaussianNB(), scorer)
-sampler = ClasswiseSampler(in_class=PermutationSampler(seed=16), out_of_class=UniformSampler(seed=16))
+sampler = ClasswiseSampler(
+    in_class=PermutationSampler(seed=16),
+    out_of_class=UniformSampler(index_iteration=NoIndexIteration, seed=16),
+)
 valuation = ClasswiseShapleyValuation(utility, sampler=sampler, is_done=MaxUpdates(4), normalize_values=False)
 valuation.fit(train)
 result = valuation.values()

@@ -4,6 +4,7 @@ from pydvl.valuation import (
     Dataset,
     DataUtilityLearning,
     DeterministicUniformSampler,
+    IndicatorUtilityModel,
     ModelUtility,
     NoStopping,
     ShapleyValuation,
@@ -17,7 +18,7 @@ X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redund
 train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
 scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
 utility = ModelUtility(GaussianNB(), scorer)
-learned = DataUtilityLearning(utility, training_budget=20, model=LinearRegression(), seed=16)
+learned = DataUtilityLearning(utility, training_budget=20, model=IndicatorUtilityModel(LinearRegression(), len(train)))
 sampler = DeterministicUniformSampler()
 valuation = ShapleyValuation(learned, sampler=sampler, is_done=NoStopping(sampler))
 valuation.fit(train)

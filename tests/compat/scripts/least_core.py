@@ -1,6 +1,13 @@
 """pyDVL 0.10: least core with a deterministic sampler (the exact least core)."""
 
-from pydvl.valuation import Dataset, DeterministicUniformSampler, LeastCoreValuation, ModelUtility, SupervisedScorer
+from pydvl.valuation import (
+    Dataset,
+    DeterministicUniformSampler,
+    LeastCoreValuation,
+    ModelUtility,
+    NoIndexIteration,
+    SupervisedScorer,
+)
 from sklearn.datasets import make_classification
 from sklearn.naive_bayes import GaussianNB
 
@@ -9,6 +16,6 @@ train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
 scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
 utility = ModelUtility(GaussianNB(), scorer)
 
-valuation = LeastCoreValuation(utility, sampler=DeterministicUniformSampler(), non_negative_subsidy=True)
+valuation = LeastCoreValuation(utility, sampler=DeterministicUniformSampler(index_iteration=NoIndexIteration), non_negative_subsidy=True)
 valuation.fit(train)
 result = valuation.values()
