@@ -13,6 +13,10 @@ time is the script's body (imports excluded). pyDVL runs its jobs in-process by 
 ``joblib.parallel_config`` in the scripts); dvl_dask runs on dask's ``--scheduler`` (default
 ``sync``, the like-for-like setting; ``threads`` is dask's default).
 
+``counts`` is the largest number of samples (updates) of a point, pyDVL/dvl_dask: pyDVL's
+``MaxUpdates(m)`` stops as soon as one point has ``m``; dvl_dask checks its criteria between blocks of
+evaluations (``dvl_dask.valuation.montecarlo.evaluations-per-block``), so it can run past ``m``.
+
 Comparison, per script, after aligning both results by index:
 
 * ``exact``: the method has one answer for the data (exact Shapley, LOO, KNN-Shapley, exact least
@@ -107,6 +111,10 @@ def compare(script: str, theirs: dict[str, Any], mine: dict[str, Any]) -> tuple[
     return "MC", note, worst <= Z_AGREE and exact_part
 
 
+def _max_count(run: dict[str, Any]) -> int:
+    return int(np.nanmax(np.asarray(run["counts"], dtype=float)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scripts", nargs="*", default=None, help="script names (default: all of tests/compat/scripts)")
@@ -118,7 +126,8 @@ def main() -> None:
     scripts = sorted(SCRIPTS.glob("*.py")) if not args.scripts else [SCRIPTS / s for s in args.scripts]
     print(f"[compat vs pyDVL] {len(scripts)} scripts, dvl_dask on dask's {args.scheduler!r} scheduler, "
           f"load average before: {os.getloadavg()[0]:.1f}")
-    print(f"{'script':34} {'pyDVL s':>8} {'dvl_dask s':>10} {'ratio':>6}  {'kind':14} {'comparison':40} agree")
+    print(f"{'script':34} {'pyDVL s':>8} {'dvl_dask s':>10} {'ratio':>6}  {'counts':>11}  {'kind':14} "
+          f"{'comparison':40} agree")
     for i, script in enumerate(scripts):
         order = ("pydvl", "dvl_dask") if i % 2 == 0 else ("dvl_dask", "pydvl")
         runs = {lib: _run(python if lib == "pydvl" else sys.executable, script, lib, args.scheduler) for lib in order}
@@ -129,8 +138,9 @@ def main() -> None:
         kind, note, agree = compare(script.name, theirs, mine)
         verdict = "yes" if agree else ("see README" if kind == "MC, no stderr" else "NO")
         ratio = mine["seconds"] / theirs["seconds"]
-        print(f"{script.name:34} {theirs['seconds']:8.2f} {mine['seconds']:10.2f} {ratio:6.2f}  {kind:14} "
-              f"{note:40} {verdict}", flush=True)
+        counts = f"{_max_count(theirs)}/{_max_count(mine)}"
+        print(f"{script.name:34} {theirs['seconds']:8.2f} {mine['seconds']:10.2f} {ratio:6.2f}  {counts:>11}  "
+              f"{kind:14} {note:40} {verdict}", flush=True)
     print(f"[compat vs pyDVL] load average after: {os.getloadavg()[0]:.1f}")
 
 

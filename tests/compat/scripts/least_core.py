@@ -17,6 +17,7 @@ scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1
 utility = ModelUtility(LogisticRegression(), scorer)
 
 sampler = DeterministicUniformSampler(index_iteration=NoIndexIteration)
-valuation = LeastCoreValuation(utility, sampler=sampler, non_negative_subsidy=True)
+solver = {"solver": "CLARABEL"}  # an interior-point solver: pyDVL's default SCS is accurate to about 1e-5
+valuation = LeastCoreValuation(utility, sampler=sampler, non_negative_subsidy=True, solver_options=solver)
 valuation.fit(train)
 result = valuation.values()
