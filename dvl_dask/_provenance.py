@@ -24,7 +24,7 @@ _LIBRARIES = {
     "xarray": "xarray",
     "zarr": "zarr",
 }
-#: Recorded only when imported (dvl_dask never imports them for valuation).
+#: Recorded when installed, read from package metadata (never imported for it: importing torch takes seconds).
 _OPTIONAL = {"torch": "torch", "distributed": "distributed", "pymemcache": "pymemcache"}
 
 
@@ -47,7 +47,7 @@ def _version(module: str, distribution: str) -> str | None:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries a result depends on (optional ones only when imported).
+    """Versions of Python and the libraries a result depends on (optional ones when installed).
 
     Examples
     --------
@@ -55,7 +55,7 @@ def library_versions() -> dict[str, str]:
     True
     """
     out = {name: _version(module, name) for module, name in _LIBRARIES.items()}
-    out.update({name: _version(module, name) for module, name in _OPTIONAL.items() if module in sys.modules})
+    out.update({name: _version(module, name) for module, name in _OPTIONAL.items()})
     out["python"] = "{}.{}.{}".format(*sys.version_info[:3])
     return {k: v for k, v in sorted(out.items()) if v is not None}
 

@@ -65,7 +65,8 @@ def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
     n = len(bunch.target)
     classification = name != "diabetes"
     # keep n_points training points out of the whole data; the rest (up to 200) is test data
-    data = Dataset.from_sklearn(bunch, train_size=min(n_points, n - 2), seed=seed, stratify=classification)
+    data = Dataset.from_sklearn(bunch, train_size=min(n_points, n - 2), seed=seed, stratify=classification,
+                                name=name)
     if len(data.x_test) > 200:
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(data.x_test), 200, replace=False))
@@ -77,6 +78,7 @@ def _load_dataset(name: str, n_points: int, seed: int) -> Dataset:
             data_names=data.data_names,
             feature_names=list(data.feature_names),
             target_names=data.target_names,
+            name=name,
         )
     return data
 

@@ -96,3 +96,20 @@ def test_checkpoint_header_records_provenance_and_explains_a_refusal(tmp_path):
     again = run_until_converged(permutation_shapley, _utility(), stop=MaxEvaluations(40), seed=1, checkpoint=url,
                                 progress=False, items_per_block=2)
     _check_utility_provenance(again.dvl.provenance, u)
+
+
+def test_dataset_name_is_recorded_in_provenance_but_not_in_the_fingerprint() -> None:
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    from dvl_dask import Dataset
+    from dvl_dask.errors import InvalidParameterError
+
+    iris = Dataset.from_sklearn(load_iris, train_size=0.5, seed=0)
+    assert iris.name == "iris" and iris.provenance()["name"] == "iris"
+    x, y = np.arange(12.0).reshape(6, 2), np.arange(6) % 2
+    named = Dataset(x[:4], y[:4], x[4:], y[4:], name="toy")
+    assert named.provenance()["name"] == "toy"
+    assert named.fingerprint == Dataset(x[:4], y[:4], x[4:], y[4:]).fingerprint
+    with pytest.raises(InvalidParameterError, match="'name'"):
+        Dataset(x[:4], y[:4], x[4:], y[4:], name=3)

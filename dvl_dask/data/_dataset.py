@@ -69,6 +69,12 @@ class Dataset(Frozen):
         Names of the classes or targets, kept for display.
     description : str, optional
         Free text kept with the data.
+    name : str, optional
+        A short name of the data (e.g. ``"iris"``), recorded in the provenance
+        of results for people reading them; not part of the fingerprint
+        (renaming data does not change what was computed).
+        :meth:`from_sklearn` takes it from a loader's name (``load_iris``
+        gives ``"iris"``).
     version : str, optional
         Names the *content* of the dask-backed arrays (e.g. a dataset
         release, a commit of the zarr store). When given, dask arrays are not
@@ -123,9 +129,15 @@ class Dataset(Frozen):
         feature_names: Sequence[str] | None = None,
         target_names: Sequence[str] | None = None,
         description: str | None = None,
+        name: str | None = None,
         version: str | None = None,
     ) -> None:
         owner = type(self).__name__
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidParameterError(
+                f"The 'name' argument of {owner} must be a non-empty string or None. Got {name!r} instead."
+            )
+        self.name = name
         if version is not None and (not isinstance(version, str) or not version):
             raise InvalidParameterError(
                 f"The 'version' argument of {owner} must be a non-empty string naming the data's content or "
@@ -258,6 +270,7 @@ class Dataset(Frozen):
         kwargs.setdefault("feature_names", None if feature_names is None else list(map(str, feature_names)))
         kwargs.setdefault("target_names", None if target_names is None else list(map(str, target_names)))
         kwargs.setdefault("description", getattr(bunch, "DESCR", None))
+        kwargs.setdefault("name", _loader_name(data))
         x, y = np.asarray(bunch.data), np.asarray(bunch.target)
         return cls.from_arrays(x, y, train_size=train_size, seed=seed, stratify=stratify, **kwargs)
 
@@ -304,7 +317,7 @@ class Dataset(Frozen):
     def provenance(self) -> dict[str, Any]:
         """What the fingerprint was made of, as a JSON-serialisable dict (for results, checkpoints, caches).
 
-        Class, fingerprint, ``version``, number of players and training rows,
+        Class, ``name``, fingerprint, ``version``, number of players and training rows,
         and the shape, dtype and kind (numpy or dask) of each array.
 
         Examples
@@ -326,6 +339,7 @@ class Dataset(Frozen):
         }
         return {
             "class": qualified_name(self),
+            "name": self.name,
             "fingerprint": self.fingerprint,
             "version": self.version,
             "n_players": int(self.n_players),
@@ -438,11 +452,23 @@ class GroupedDataset(Dataset):
             feature_names=list(data.feature_names),
             target_names=data.target_names,
             description=data.description,
+            name=data.name,
             version=data.version,
         )
 
 
 Loader = Callable[[], Any]
+
+
+def _loader_name(data: Any) -> str | None:
+    """The name of a scikit-learn style loader (``load_iris`` -> ``"iris"``); None for anything else."""
+    name = getattr(data, "__name__", None) if callable(data) else None
+    if not isinstance(name, str):
+        return None
+    for prefix in ("load_", "fetch_"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix):]
+    return None
 
 
 def _n_train(train_size: Any, n: int, owner: str) -> int:

@@ -145,7 +145,7 @@ def test_fit_under_joblib_parallel_config_gives_the_same_values() -> None:
     ("build", "match"),
     [
         (lambda: pv.StratifiedPermutationSampler(pv.HarmonicSampleSize(), seed=1), r"sampler='stratified'"),
-        (lambda: pv.StratifiedSampler(pv.ConstantSampleSize(lower_bound=1)), "delta_shapley"),
+        (lambda: pv.StratifiedSampler(pv.ConstantSampleSize(lower_bound=1)).native(), "delta_shapley"),
         (lambda: pv.StratifiedSampler(pv.LinearSampleSize(1.0)), "SampleSizeStrategy"),
         (lambda: pv.RelativeTruncation(0.1, burn_in_fraction=0.2), "burn_in_fraction=0.0"),
         (lambda: pv.RankCorrelation(0.1, burn_in=5, fraction=0.5), "ranks all players"),
@@ -198,7 +198,7 @@ def test_vrds_and_deviation_truncation_map_onto_the_native_ones() -> None:
     endless = pv.StratifiedSampler(pv.ConstantSampleSize(7), index_iteration=pv.RandomIndexIteration)
     assert endless.samples_per_index(5) is None
     assert pv.StratifiedSampler(pv.HarmonicSampleSize()).samples_per_index(5) is None  # only relative sizes
-    policy = pv.DeviationTruncation(0.25, sigmas=2.0).native()  # pyDVL's order: burn_in_fraction, sigmas
+    policy = pv.DeviationTruncation(2.0, 0.25).native()  # pyDVL 0.10's order: sigmas, burn_in_fraction
     assert isinstance(policy, native.DeviationTruncation)
     assert (policy.burn_in_fraction, policy.sigmas) == (0.25, 2.0)
 
@@ -264,7 +264,7 @@ def test_model_utility_scores_coalitions_like_a_model_fitted_here() -> None:
 def test_compose_score_transforms_score_default_and_range() -> None:
     train, test = pv.Dataset.from_arrays(X, Y, train_size=6, random_state=2)
     base = pv.SupervisedScorer("accuracy", test, default=0.0, range=(0.0, 1.0))
-    halved = pv.compose_score(base, lambda s: s / 2, (0.0, 0.5), "half")
+    halved = pv.compose_score(base, lambda s: s / 2, "half")  # pyDVL 0.10: the range is transformed too
     assert halved.default == 0.0 and halved.range == (0.0, 0.5) and halved.test_data is test
     full = pv.ModelUtility(GaussianNB(), base).with_dataset(train)
     half = pv.ModelUtility(GaussianNB(), halved).with_dataset(train)
@@ -278,3 +278,45 @@ def test_old_grouped_dataset_splits_rows_and_groups_as_pydvl() -> None:
     np.testing.assert_array_equal(data.x_train, x_tr)
     np.testing.assert_array_equal(data.data_groups, g_tr)
     assert data.n_players == 4
+
+
+# -- pyDVL 0.10's positional order (read with inspect.signature from pydvl 0.10.0 in its own venv) -------------
+def test_positional_arguments_follow_pydvl_0_10() -> None:
+    assert pv.UniformSampler(4, pv.NoIndexIteration, 7).seed == 7  # (batch_size, index_iteration, seed)
+    assert pv.UniformSampler(4, pv.NoIndexIteration, 7).index_iteration is pv.NoIndexIteration
+    assert pv.AntitheticSampler(4, None, 7).seed == 7
+    assert pv.DeterministicUniformSampler(1, pv.NoIndexIteration).index_iteration is pv.NoIndexIteration
+    assert pv.MSRSampler(1, 5).seed == 5  # (batch_size, seed)
+    owen = pv.OwenSampler(pv.GridOwenStrategy(8), 2, 1, None, 9)  # (outer, n_samples_inner, batch_size, ..., seed)
+    assert owen.seed == 9 and owen.n_q == 8
+    truncation = pv.DeviationTruncation(2.0)  # (sigmas, burn_in_fraction=0.0)
+    assert (truncation.sigmas, truncation.burn_in_fraction) == (2.0, 0.0)
+    _train, test = pv.Dataset.from_arrays(X, Y, train_size=6, random_state=2)
+    base = pv.SupervisedScorer("accuracy", test, default=0.0, range=(0.0, 1.0))
+    negated = pv.compose_score(base, lambda s: -s, "negated")  # (scorer, transformation, name)
+    assert negated.range == (-1.0, 0.0)  # the transformed ends, in order
+    utility = pv.ModelUtility(GaussianNB(), base)
+    assert pv.ExactLeastCoreValuation(utility, False, None, False, 1).utility is utility  # batch_size accepted
+    assert pv.MonteCarloLeastCoreValuation(utility, 10, batch_size=2).n_samples == 10
+    wrapped = pv.IndicatorUtilityModel(GaussianNB(), 6)
+    assert pv.DataUtilityLearning(utility, 5, wrapped).model is wrapped.predictor
+
+
+def test_delta_shapley_takes_its_bounds_from_pydvls_stratified_sampler() -> None:
+    train, test = pv.Dataset.from_arrays(X, Y, train_size=6, random_state=2)
+    utility = pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", test, default=0.0))
+    bounded = pv.StratifiedSampler(pv.ConstantSampleSize(upper_bound=2), index_iteration=pv.RandomIndexIteration,
+                                   seed=1)
+    valuation = pv.DeltaShapleyValuation(utility, bounded, pv.MaxUpdates(2))
+    valuation.fit(train)
+    assert valuation.result.to_dataset().attrs["method"] == "delta_shapley"
+    assert valuation._method()[1] == {"lower_bound": 0, "upper_bound": 2}  # a missing lower bound is 0
+    power = pv.StratifiedSampler(pv.PowerLawSampleSize(-1.0, lower_bound=1), seed=1)
+    valuation = pv.DeltaShapleyValuation(utility, power, pv.MaxUpdates(2))
+    valuation._n_players = 6
+    lower, upper = valuation._method()[1]["lower_bound"], valuation._method()[1]["upper_bound"]
+    assert (lower, upper) == (1, 5) and isinstance(valuation._method()[1]["sample_sizes"], native.PowerLawSampleSize)
+    with pytest.raises(CompatNotSupportedError, match="StratifiedSampler"):
+        pv.DeltaShapleyValuation(utility, pv.PermutationSampler(seed=1), pv.MaxUpdates(2))
+    with pytest.raises(CompatNotSupportedError, match="delta_shapley"):
+        bounded.native()  # outside Delta-Shapley the bounds would be ignored: refused

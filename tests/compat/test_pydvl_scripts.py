@@ -17,8 +17,7 @@ from typing import Any
 import dask
 import numpy as np
 import pytest
-from sklearn.linear_model import LinearRegression
-from sklearn.naive_bayes import GaussianNB
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from dvl_dask import Dataset as NativeDataset
@@ -48,7 +47,7 @@ def run_script(name: str, scheduler: str | None = "sync") -> dict[str, Any]:
 def native_utility(ns: dict[str, Any], model: Any = None) -> Utility:
     """dvl_dask's utility on the script's train and test parts."""
     (x, y), (xt, yt) = ns["train"].data(), ns["test"].data()
-    return Utility(model if model is not None else GaussianNB(), NativeDataset(x, y, xt, yt), "accuracy",
+    return Utility(model if model is not None else LogisticRegression(), NativeDataset(x, y, xt, yt), "accuracy",
                    default_score=0.0)
 
 
@@ -171,7 +170,14 @@ def test_montecarlo_least_core_agrees_with_native() -> None:
     np.testing.assert_allclose(ns["result"].values, reference.value, atol=1e-9)
 
 
-def test_data_utility_learning_agrees_with_brute_force_on_the_learned_utility() -> None:
+def test_data_utility_learning_agrees_with_brute_force_on_the_learned_utility(monkeypatch: Any) -> None:
+    # pyDVL 0.10's DataUtilityLearning takes no seed: fix the one of dvl_dask's sampled training coalitions.
+    from dvl_dask.compat.pydvl.valuation import _utility
+
+    def seeded(*args: Any, seed: Any = None, **kwargs: Any) -> Any:
+        return learn_utility(*args, seed=16 if seed is None else seed, **kwargs)
+
+    monkeypatch.setattr(_utility, "learn_utility", seeded)
     ns = run_script("data_utility_learning.py")
     learned = learn_utility(native_utility(ns), 20, regressor=LinearRegression(), seed=16)
     np.testing.assert_allclose(ns["result"].values, brute_force_shapley(learned, 5), atol=1e-9)
@@ -239,7 +245,7 @@ def test_classwise_normalisation_agrees_with_native_and_sums_to_the_in_class_acc
     reference = native.classwise_shapley(u, 4 * 2, seed=16, normalize_values=True).compute()
     assert_same(ns["result"], reference)
     (x, y), (xt, yt) = ns["train"].data(), ns["test"].data()
-    predictions = GaussianNB().fit(x, y).predict(xt)
+    predictions = LogisticRegression().fit(x, y).predict(xt)
     for label in np.unique(y):
         in_class = np.sum((predictions == yt) & (yt == label)) / len(yt)
         assert ns["result"].values[y == label].sum() == pytest.approx(in_class, abs=1e-12)
@@ -248,7 +254,7 @@ def test_classwise_normalisation_agrees_with_native_and_sums_to_the_in_class_acc
 def test_pydvl_09_compute_shapley_values_agrees_with_native() -> None:
     ns = run_script("old_compute_shapley_values.py")
     data = ns["data"]
-    u = Utility(GaussianNB(), NativeDataset(data.x_train, data.y_train, data.x_test, data.y_test), "accuracy",
+    u = Utility(LogisticRegression(), NativeDataset(data.x_train, data.y_train, data.x_test, data.y_test), "accuracy",
                 default_score=0.0)
     reference = run_native(
         native.permutation_shapley, u, native.MaxUpdates(8), 16, truncation=native.RelativeTruncation(0.05)

@@ -1,4 +1,8 @@
-"""pyDVL 0.10: exact KNN-Shapley of a regressor."""
+"""pyDVL 0.10 style: exact KNN-Shapley of a regressor (an extension of the compat namespace).
+
+pyDVL 0.10's KNNShapleyValuation accepts only a KNeighborsClassifier (it raises TypeError here); this
+script runs only with its imports pointed at the Dask compat namespace.
+"""
 
 from pydvl.valuation import Dataset, KNNShapleyValuation
 from sklearn.datasets import make_regression

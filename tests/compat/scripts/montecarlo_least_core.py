@@ -2,13 +2,16 @@
 
 from pydvl.valuation import Dataset, ModelUtility, MonteCarloLeastCoreValuation, SupervisedScorer
 from sklearn.datasets import make_classification
-from sklearn.naive_bayes import GaussianNB
+from sklearn.linear_model import LogisticRegression
 
 X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redundant=0, random_state=0)
 train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
 scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
-utility = ModelUtility(GaussianNB(), scorer)
+utility = ModelUtility(LogisticRegression(), scorer)
 
-valuation = MonteCarloLeastCoreValuation(utility, n_samples=40, non_negative_subsidy=True, seed=16)
+solver = {"solver": "CLARABEL"}  # an interior-point solver: pyDVL's default SCS is accurate to about 1e-5
+valuation = MonteCarloLeastCoreValuation(
+    utility, n_samples=40, non_negative_subsidy=True, seed=16, solver_options=solver
+)
 valuation.fit(train)
 result = valuation.values()

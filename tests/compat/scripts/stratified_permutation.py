@@ -10,12 +10,12 @@ from pydvl.valuation import (
     SupervisedScorer,
 )
 from sklearn.datasets import make_classification
-from sklearn.naive_bayes import GaussianNB
+from sklearn.linear_model import LogisticRegression
 
 X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redundant=0, random_state=0)
 train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
 scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
-utility = ModelUtility(GaussianNB(), scorer)
+utility = ModelUtility(LogisticRegression(), scorer)
 
 sampler = StratifiedPermutationSampler(sample_sizes=ConstantSampleSize(), seed=16)
 valuation = ShapleyValuation(utility, sampler=sampler, is_done=MaxUpdates(12))

@@ -9,12 +9,12 @@ from pydvl.valuation import (
     TMCShapleyValuation,
 )
 from sklearn.datasets import make_classification
-from sklearn.naive_bayes import GaussianNB
+from sklearn.linear_model import LogisticRegression
 
 X, y = make_classification(n_samples=30, n_features=3, n_informative=2, n_redundant=0, random_state=0)
 train, test = Dataset.from_arrays(X, y, train_size=5, random_state=16)
 scorer = SupervisedScorer("accuracy", test_data=test, default=0.0, range=(0.0, 1.0))
-utility = ModelUtility(GaussianNB(), scorer)
+utility = ModelUtility(LogisticRegression(), scorer)
 
 truncation = RelativeTruncation(rtol=0.05)
 valuation = TMCShapleyValuation(utility, truncation=truncation, is_done=MaxUpdates(8), seed=16)

@@ -321,29 +321,43 @@ class StratifiedShapleyValuation(ShapleyValuation):
         super().__init__(utility, StratifiedSampler(seed=seed), is_done, skip_converged, show_warnings, progress)
 
 
-class _DeltaSampler(IndexSampler):
-    """The sampler DeltaShapleyValuation builds: coalitions stratified by size within the bounds."""
-
-    kind = "delta"
-
-
 class DeltaShapleyValuation(_SemivalueValuation):
-    """Delta-Shapley: Shapley restricted to coalition sizes ``lower_bound..upper_bound`` (Watson et al., 2023).
+    """Delta-Shapley: Shapley restricted to coalition sizes within the sampler's bounds (Watson et al., 2023).
 
-    Runs :func:`~dvl_dask.valuation.delta_shapley` (samples stratified by
-    size, the same number at every size in range, as pyDVL's
-    ``ConstantSampleSize``) until ``is_done``, seeded with ``seed``.
+    pyDVL 0.10's signature: ``sampler`` is a :class:`StratifiedSampler` whose
+    sample-size strategy carries the bounds, e.g.
+    ``StratifiedSampler(ConstantSampleSize(lower_bound=1, upper_bound=4), seed=16)``
+    (a bound left to None is ``0`` or ``n - 1``). Runs
+    :func:`~dvl_dask.valuation.delta_shapley` with those bounds and the
+    strategy's split over sizes (``ConstantSampleSize``: the same number at
+    every size) until ``is_done``, seeded with the sampler's seed.
+    ``StratifiedPermutationSampler`` raises
+    :class:`~dvl_dask.errors.CompatNotSupportedError`.
     """
 
     def __init__(
-        self, utility: Any, is_done: StoppingCriterion, lower_bound: int, upper_bound: int, seed: Any = None,
-        skip_converged: bool = False, progress: bool = False,
+        self, utility: Any, sampler: Any, is_done: StoppingCriterion, skip_converged: bool = False,
+        show_warnings: bool = True, progress: bool = False,
     ) -> None:
-        super().__init__(utility, _DeltaSampler(seed=seed), is_done, skip_converged, progress=progress)
-        self.lower_bound, self.upper_bound = lower_bound, upper_bound
+        from ._samplers import StratifiedSampler
+
+        if isinstance(sampler, IndexSampler) and not isinstance(sampler, StratifiedSampler):
+            raise not_supported("DeltaShapleyValuation with a sampler other than StratifiedSampler")
+        super().__init__(utility, sampler, is_done, skip_converged, show_warnings, progress)
+        self._n_players = 0
+
+    def _compute(self, data: Dataset) -> xr.Dataset:
+        self._n_players = len(data)
+        return super()._compute(data)
 
     def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
-        return native.delta_shapley, {"lower_bound": self.lower_bound, "upper_bound": self.upper_bound}
+        sizes = self.sampler.sample_sizes  # type: ignore[attr-defined]
+        lower, upper = sizes.bounds(self._n_players)
+        strategy = sizes._native()
+        options = {"lower_bound": lower, "upper_bound": upper}
+        if not isinstance(strategy, str):  # "equal" (ConstantSampleSize) is delta_shapley's default split
+            options["sample_sizes"] = strategy
+        return native.delta_shapley, options
 
 
 class LOOValuation(Valuation):
@@ -481,7 +495,7 @@ class ExactLeastCoreValuation(Valuation):
 
     def __init__(
         self, utility: Any, non_negative_subsidy: bool = False, solver_options: dict | None = None,
-        progress: bool = False,
+        progress: bool = False, batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.utility, self.non_negative_subsidy = utility, non_negative_subsidy
@@ -496,7 +510,7 @@ class MonteCarloLeastCoreValuation(Valuation):
 
     def __init__(
         self, utility: Any, n_samples: int, non_negative_subsidy: bool = False, solver_options: dict | None = None,
-        progress: bool = False, seed: Any = None,
+        progress: bool = False, seed: Any = None, batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.utility, self.n_samples, self.non_negative_subsidy, self.seed = (

@@ -132,7 +132,7 @@ class DeviationTruncation(TruncationPolicy):
     :class:`~dvl_dask.valuation.DeviationTruncation`, the same rule).
     """
 
-    def __init__(self, burn_in_fraction: float, sigmas: float = 1.0) -> None:
+    def __init__(self, sigmas: float, burn_in_fraction: float = 0.0) -> None:  # pyDVL 0.10's order
         self.burn_in_fraction, self.sigmas = burn_in_fraction, sigmas
 
     def native(self) -> Any:
@@ -208,6 +208,12 @@ class SampleSizeStrategy(_Strategy):
         if self.lower_bound is not None or self.upper_bound is not None:
             raise not_supported("a sample-size strategy with lower_bound or upper_bound")
         return self._native()
+
+    def bounds(self, n_players: int) -> tuple[int, int]:
+        """Smallest and largest coalition size (of the others) sampled: pyDVL's defaults are ``0`` and ``n - 1``."""
+        lower = 0 if self.lower_bound is None else int(self.lower_bound)
+        upper = n_players - 1 if self.upper_bound is None else int(self.upper_bound)
+        return lower, upper
 
     def _native(self) -> Any:
         raise not_supported("StratifiedSampler with this sample-size strategy")
@@ -366,7 +372,7 @@ class UniformSampler(IndexSampler):
 
     kind = "uniform"
 
-    def __init__(self, index_iteration: Any = None, seed: Any = None, batch_size: int = 1) -> None:
+    def __init__(self, batch_size: int = 1, index_iteration: Any = None, seed: Any = None) -> None:
         super().__init__(batch_size, seed)
         self.index_iteration = index_iteration
 
@@ -383,8 +389,8 @@ class DeterministicUniformSampler(UniformSampler):
     kind = "exact"
     deterministic = True
 
-    def __init__(self, index_iteration: Any = None, batch_size: int = 1) -> None:
-        super().__init__(index_iteration, None, batch_size)
+    def __init__(self, batch_size: int = 1, index_iteration: Any = None) -> None:
+        super().__init__(batch_size, index_iteration, None)
 
 
 class MSRSampler(IndexSampler):
@@ -392,7 +398,7 @@ class MSRSampler(IndexSampler):
 
     kind = "msr"
 
-    def __init__(self, seed: Any = None, batch_size: int = 1) -> None:
+    def __init__(self, batch_size: int = 1, seed: Any = None) -> None:
         super().__init__(batch_size, seed)
 
 
@@ -410,9 +416,9 @@ class OwenSampler(IndexSampler):
         self,
         outer_sampling_strategy: GridOwenStrategy | UniformOwenStrategy | None = None,
         n_samples_inner: int = 2,
+        batch_size: int = 1,
         index_iteration: Any = None,
         seed: Any = None,
-        batch_size: int = 1,
     ) -> None:
         super().__init__(batch_size, seed)
         if outer_sampling_strategy is None:
@@ -472,7 +478,7 @@ class StratifiedSampler(IndexSampler):
         super().__init__(batch_size, seed)
         sizes = _check_strategy(sample_sizes if sample_sizes is not None else ConstantSampleSize(),
                                 type(self).__name__)
-        self._allocation = sizes.native()
+        self._allocation = sizes._native()  # size bounds are checked when used (only Delta-Shapley takes them)
         self.sample_sizes = sizes
         self.sample_sizes_iteration = sample_sizes_iteration
         self.index_iteration = index_iteration
@@ -489,10 +495,11 @@ class StratifiedSampler(IndexSampler):
         if self.sample_sizes.n_samples is not None:
             return int(self.sample_sizes.n_samples)
         total = getattr(self._allocation, "total", None)
-        return None if total is None else total(n_players, 0, n_players - 1)
+        return None if total is None else total(n_players, *self.sample_sizes.bounds(n_players))
 
     def native(self) -> Any:
         """dvl_dask's sampler."""
+        self.sample_sizes.native()  # raises for size bounds, which only DeltaShapleyValuation applies
         return native.StratifiedSampler(allocation=self._allocation)
 
 

@@ -25,8 +25,9 @@ NOT_SUPPORTED: dict[str, str] = {
     "'equal' | 'neyman' | HarmonicSampleSize() | PowerLawSampleSize(exponent)) (pyDVL's ConstantSampleSize, "
     "HarmonicSampleSize and PowerLawSampleSize are translated; a strategy of your own subclasses "
     "dvl_dask.valuation.SampleSizeStrategy)",
-    "a sample-size strategy with lower_bound or upper_bound": "coalition sizes within bounds are Delta-Shapley: "
-    "DeltaShapleyValuation(utility, is_done, lower_bound, upper_bound) or dvl_dask.valuation.delta_shapley("
+    "a sample-size strategy with lower_bound or upper_bound": "coalition sizes within bounds are Delta-Shapley "
+    "(outside it the bounds are not applied): DeltaShapleyValuation(utility, StratifiedSampler("
+    "ConstantSampleSize(lower_bound=..., upper_bound=...)), is_done) or dvl_dask.valuation.delta_shapley("
     "utility, lower_bound=..., upper_bound=..., sample_sizes=HarmonicSampleSize() | PowerLawSampleSize(-2) | "
     "DeltaShapleySampleSize(...))",
     "StratifiedPermutationSampler with this sample-size strategy": "dvl_dask.valuation.permutation_shapley("
@@ -36,6 +37,9 @@ NOT_SUPPORTED: dict[str, str] = {
     "DeltaShapleyNCSGDConfig(version='code')": "dvl_dask.valuation.DeltaShapleySampleSize implements the "
     "bound of Theorem 7 of Watson et al. (version='theorem7'); PowerLawSampleSize(-2) has the same decay with "
     "a budget of your choosing",
+    "DeltaShapleyValuation with a sampler other than StratifiedSampler": "dvl_dask.valuation.delta_shapley "
+    "samples coalitions stratified by size (pyDVL's StratifiedSampler); pass StratifiedSampler(sample_sizes="
+    "ConstantSampleSize(lower_bound=..., upper_bound=...))",
     "LeastCoreValuation with this sampler": "dvl_dask.valuation.exact_least_core or montecarlo_least_core "
     "(coalitions drawn uniformly)",
     "RelativeTruncation(burn_in_fraction > 0)": "dvl_dask.valuation.RelativeTruncation(rtol) checks from the "

@@ -18,6 +18,7 @@ __all__ = [
     "ClasswiseModelUtility",
     "ClasswiseSupervisedScorer",
     "DataUtilityLearning",
+    "IndicatorUtilityModel",
     "ModelUtility",
     "SupervisedScorer",
     "compose_score",
@@ -73,10 +74,17 @@ class SupervisedScorer:
 def compose_score(
     scorer: SupervisedScorer,
     transformation: Callable[[float], float],
-    range: tuple[float, float],  # noqa: A002 - pyDVL's name
     name: str,
+    range: tuple[float, float] | None = None,  # noqa: A002 - pyDVL's name
 ) -> SupervisedScorer:
-    """pyDVL's ``compose_score``: ``transformation(scorer(...))`` with a new range, same test data and default."""
+    """pyDVL's ``compose_score``: ``transformation(scorer(...))`` with a new range, same test data and default.
+
+    pyDVL 0.10's signature is ``(scorer, transformation, name)``, the range being the transformed ends of
+    ``scorer.range``; ``range=`` (dvl_dask's addition) overrides it, e.g. when the transformation is not monotone.
+    """
+    if range is None:
+        ends = (transformation(scorer.range[0]), transformation(scorer.range[1]))
+        range = (min(ends), max(ends))  # noqa: A001
     composed = native_compose_score(scorer.native(), transformation, range=tuple(range), name=name)
     return SupervisedScorer(composed, scorer.test_data, default=transformation(scorer.default), range=range, name=name)
 
@@ -207,6 +215,22 @@ class ClasswiseModelUtility(ModelUtility):
         super().__init__(model, scorer, **kwargs)
 
 
+class IndicatorUtilityModel:
+    """pyDVL 0.10's utility model: ``predictor`` regresses utilities on 0/1 indicator vectors of ``n_data`` players.
+
+    :class:`DataUtilityLearning` unwraps it (dvl_dask's
+    :func:`~dvl_dask.utility.learn_utility` uses the same encoding).
+    """
+
+    def __init__(self, predictor: Any, n_data: int) -> None:
+        self.predictor, self.n_data = predictor, n_data
+
+    @property
+    def model(self) -> Any:
+        """The wrapped regressor."""
+        return self.predictor
+
+
 class DataUtilityLearning:
     """pyDVL 0.10's ``DataUtilityLearning``: a regressor learns the utility from ``training_budget`` evaluations.
 
@@ -224,7 +248,10 @@ class DataUtilityLearning:
     show_warnings : bool
         Accepted for pyDVL.
     seed : int, optional
-        dvl_dask's addition: seeds the sampled coalitions (pyDVL draws them from the global state).
+        dvl_dask's addition: seeds the sampled training coalitions. pyDVL 0.10 has no seed: it trains on the
+        first ``training_budget`` coalitions the valuation asks for (with real utilities for those, predicted
+        ones afterwards), so its values mix real and learned utilities and differ from dvl_dask's, which are
+        those of the learned utility on every coalition.
     """
 
     def __init__(
