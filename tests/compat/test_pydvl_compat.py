@@ -305,6 +305,7 @@ BAD_COMPAT_ARGUMENTS = {
     "seed": lambda: pv.UniformSampler(seed="seed"),
     "truncation": lambda: pv.PermutationSampler(truncation=3),
     "n_samples_inner": lambda: pv.OwenSampler(n_samples_inner=0),
+    "index_iteration": lambda: pv.StratifiedSampler(index_iteration=5),  # was read as "infinite"
     "n_samples_outer": lambda: pv.GridOwenStrategy(0),
     "n_samples_per_index": lambda: pv.VRDSSampler(-1),
     "n_samples": lambda: pv.ConstantSampleSize(n_samples=0.5),

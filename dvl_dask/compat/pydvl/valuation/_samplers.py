@@ -195,6 +195,17 @@ class RandomSizeIteration(_Strategy):
     """Sizes drawn from the size strategy."""
 
 
+def _check_iteration(value: Any, name: str, owner: str) -> Any:
+    """pyDVL's ``index_iteration`` or ``sample_sizes_iteration``: None, or an iteration class or instance."""
+    is_class = isinstance(value, type) and issubclass(value, _Strategy)
+    if value is not None and not is_class and not isinstance(value, _Strategy):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be None or an iteration of dvl_dask.compat.pydvl.valuation "
+            f"(e.g. SequentialIndexIteration, RandomIndexIteration). Got {value!r:.60}."
+        )
+    return value
+
+
 class RoundRobinSizeIteration(_Strategy):
     """One sample per size in turn."""
 
@@ -411,7 +422,7 @@ class UniformSampler(IndexSampler):
 
     def __init__(self, index_iteration: Any = None, seed: Any = None, batch_size: int = 1) -> None:
         super().__init__(batch_size, seed)
-        self.index_iteration = index_iteration
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
 
 
 class AntitheticSampler(UniformSampler):
@@ -467,7 +478,7 @@ class OwenSampler(IndexSampler):
             )
         self.outer_sampling_strategy = outer_sampling_strategy
         self.n_samples_inner = check_positive_int(n_samples_inner, "n_samples_inner", type(self).__name__)
-        self.index_iteration = index_iteration
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
 
     @property
     def n_q(self) -> int | None:
@@ -517,8 +528,10 @@ class StratifiedSampler(IndexSampler):
                                 type(self).__name__)
         self._allocation = sizes.native()
         self.sample_sizes = sizes
-        self.sample_sizes_iteration = sample_sizes_iteration
-        self.index_iteration = index_iteration
+        self.sample_sizes_iteration = _check_iteration(
+            sample_sizes_iteration, "sample_sizes_iteration", type(self).__name__
+        )
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
 
     def samples_per_index(self, n_players: int) -> int | None:
         """Samples per player after which the sampler is exhausted (None: never).
@@ -587,4 +600,4 @@ class LOOSampler(IndexSampler):
 
     def __init__(self, batch_size: int = 1, index_iteration: Any = None, seed: Any = None) -> None:
         super().__init__(batch_size, seed)
-        self.index_iteration = index_iteration
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
