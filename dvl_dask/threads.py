@@ -223,6 +223,10 @@ def torch_threads() -> Iterator[None]:
 
 def uses_torch_threads(fn: F) -> F:
     """Decorator: run ``fn`` inside :func:`torch_threads`."""
+    if not callable(fn):
+        raise InvalidParameterError(
+            f"The 'fn' argument of uses_torch_threads must be a function to decorate. Got {type(fn).__name__}."
+        )
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -304,3 +304,24 @@ def test_300_coalitions_equal_tight_sklearn(loader, n_train, scorings):
         coef = np.array([refs[j].coef_ for j in full])
     for j in range(len(full)):
         assert _relative(fit.coef[j], coef[j]) < 1e-6
+
+
+def test_malformed_arguments_name_the_argument() -> None:
+    """Issue 25: the public building blocks refuse bad input where it is given, naming the argument."""
+    from dvl_dask.errors import DvlDaskError
+    from dvl_dask.models import BatchSpec, LogisticRegression, Ridge, batch_spec, fit_ridge, standardize, vector_metric
+
+    x = np.arange(8.0).reshape(4, 2)
+    cases = {
+        "model": lambda: batch_spec(Ridge),  # the class, not an instance: was None ("no batched fit")
+        "estimator": lambda: BatchSpec(None, False),
+        "fit_intercept": lambda: Ridge(fit_intercept="no").fit(x, np.arange(4.0)),
+        "x": lambda: fit_ridge(np.array([[np.nan, 1.0]] * 4), np.zeros(4), np.ones((1, 4)), alpha=1.0,
+                               fit_intercept=True),
+        "s": lambda: standardize(x, np.ones((1, 3))),
+        "name": lambda: vector_metric(None, True),
+        "C": lambda: LogisticRegression(C=-1.0).fit(x, np.array([0, 1, 0, 1])),
+    }
+    for argument, call in cases.items():
+        with pytest.raises(DvlDaskError, match=f"'{argument}'"):
+            call()

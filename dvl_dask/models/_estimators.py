@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from ..errors import ConvergenceWarning, InvalidModelError, InvalidParameterError
+from ..validation import check_bool
 from ._solvers import LinearFit, fit_logistic, fit_ridge
 
 __all__ = ["BatchSpec", "LogisticRegression", "Ridge", "batch_spec"]
@@ -100,6 +101,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
     def _check(self) -> None:
         _check_positive(self.C, "C", "LogisticRegression")
         _check_positive(self.tol, "tol", "LogisticRegression")
+        check_bool(self.fit_intercept, "fit_intercept", "dvl_dask.models.LogisticRegression")
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
             raise InvalidParameterError(
                 f"The 'max_iter' parameter of dvl_dask.models.LogisticRegression must be an int >= 1. "
@@ -191,6 +193,7 @@ class Ridge(RegressorMixin, BaseEstimator):
                   init: np.ndarray | None = None) -> LinearFit:
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_ridge`); ``init`` is not needed."""
         alpha = _check_positive(self.alpha, "alpha", "Ridge")
+        check_bool(self.fit_intercept, "fit_intercept", "dvl_dask.models.Ridge")
         return fit_ridge(x, y, s, alpha=alpha, fit_intercept=bool(self.fit_intercept), scale=scale)
 
     def fit(self, X: Any, y: Any) -> Ridge:
@@ -227,8 +230,13 @@ class BatchSpec:
     """How a utility's model fits in batches: the batched estimator and whether a StandardScaler precedes it."""
 
     def __init__(self, estimator: LogisticRegression | Ridge, scale: bool) -> None:
+        if not isinstance(estimator, LogisticRegression | Ridge):
+            raise InvalidModelError(
+                "The 'estimator' argument of BatchSpec must be a dvl_dask.models.LogisticRegression or Ridge. "
+                f"Got {type(estimator).__name__}."
+            )
         self.estimator = estimator
-        self.scale = scale
+        self.scale = check_bool(scale, "scale", "BatchSpec")
         self.is_classifier = isinstance(estimator, LogisticRegression)
 
     def fit(self, x: np.ndarray, y: np.ndarray, s: np.ndarray, n_classes: int = 0,
@@ -243,8 +251,13 @@ def batch_spec(model: Any) -> BatchSpec | None:
     Recognised: :class:`LogisticRegression`, :class:`Ridge`, and a scikit-learn
     ``Pipeline`` of a default ``StandardScaler()`` followed by one of them.
     Anything else (including scikit-learn's own classes) is fitted one
-    coalition at a time.
+    coalition at a time. A class (not an instance) raises :class:`~dvl_dask.errors.InvalidModelError`.
     """
+    if isinstance(model, type):
+        raise InvalidModelError(
+            f"The 'model' argument of batch_spec must be a model instance. Got the class {model.__name__}: "
+            f"pass {model.__name__}(...)."
+        )
     if isinstance(model, LogisticRegression | Ridge):
         return BatchSpec(model, scale=False)
     from sklearn.pipeline import Pipeline
@@ -263,7 +276,8 @@ def check_batchable(model: Any) -> BatchSpec:
     spec = batch_spec(model)
     if spec is None:
         raise InvalidModelError(
-            f"{type(model).__name__} has no batched fit. Supported: dvl_dask.models.LogisticRegression, "
-            "dvl_dask.models.Ridge, and make_pipeline(StandardScaler(), <one of them>)."
+            f"The 'model' argument ({type(model).__name__}) has no batched fit. Supported: "
+            "dvl_dask.models.LogisticRegression, dvl_dask.models.Ridge, and "
+            "make_pipeline(StandardScaler(), <one of them>)."
         )
     return spec

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import InvalidParameterError
+from ..validation import check_bool
 from ._solvers import LinearFit
 
 __all__ = ["VECTOR_METRICS", "vector_metric"]
@@ -84,6 +86,9 @@ VECTOR_METRICS: dict[str, tuple[Metric, bool]] = {
 
 def vector_metric(name: str, classifier: bool) -> Metric | None:
     """The vectorised version of the scikit-learn scorer ``name`` for this kind of model, or None."""
+    if not isinstance(name, str):
+        raise InvalidParameterError(f"The 'name' argument of vector_metric must be a scorer name. Got {name!r:.60}.")
+    check_bool(classifier, "classifier", "vector_metric")
     found = VECTOR_METRICS.get(name)
     if found is None or found[1] != classifier:
         return None

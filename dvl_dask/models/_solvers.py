@@ -24,8 +24,12 @@ scikit-learn's rule).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ..errors import InvalidParameterError
+from ..validation import check_bool, check_positive_int, check_real
 
 __all__ = ["LinearFit", "cholesky_solve", "fit_logistic", "fit_ridge", "standardize"]
 
@@ -47,9 +51,47 @@ class LinearFit:
     converged: np.ndarray
     n_iter: int
 
+    def __post_init__(self) -> None:
+        for name in ("coef", "intercept", "params", "converged"):
+            if not isinstance(getattr(self, name), np.ndarray):
+                raise InvalidParameterError(
+                    f"The '{name}' field of LinearFit must be a numpy array. Got {type(getattr(self, name)).__name__}."
+                )
+        check_positive_int(self.n_iter, "n_iter", "LinearFit", allow_zero=True)
+
     def decision(self, x: np.ndarray) -> np.ndarray:
         """Decision values ``x @ coef.T + intercept``: shape ``(B, t, K)``."""
         return np.einsum("td,bkd->btk", x, self.coef, optimize=True) + self.intercept[:, None, :]
+
+
+def _check_batch(x: Any, s: Any, owner: str, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` ``(m, d)`` or ``(B, m, d)`` finite numbers and 0/1 weights ``s`` ``(B, m)`` (and ``y`` of ``m`` rows)."""
+    x = _numeric(x, "x", owner)
+    if x.ndim not in (2, 3) or x.size == 0 or not np.isfinite(x).all():
+        raise InvalidParameterError(
+            f"The 'x' argument of {owner} must be a finite, non-empty array of shape (m, d) or (B, m, d). "
+            f"Got shape {x.shape}."
+        )
+    s = _numeric(s, "s", owner)
+    if s.ndim != 2 or s.shape[1] != x.shape[-2] or not np.isin(s, (0, 1)).all():
+        raise InvalidParameterError(
+            f"The 's' argument of {owner} must be 0/1 row weights of shape (B, {x.shape[-2]}). Got shape {s.shape}."
+        )
+    if y is not None and (not isinstance(y, np.ndarray) or y.shape[-1] != x.shape[-2]):
+        raise InvalidParameterError(
+            f"The 'y' argument of {owner} must be an array of {x.shape[-2]} targets per coalition. "
+            f"Got {getattr(y, 'shape', type(y).__name__)}."
+        )
+    return x, s
+
+
+def _numeric(value: Any, name: str, owner: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be a numeric array. Got {type(value).__name__}."
+        ) from None
 
 
 def _weighted_rows(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +112,7 @@ def standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     ``xs`` has shape ``(B, m, d)``; ``scale`` is 1 for near-constant features
     (scikit-learn's ``_is_constant_feature`` bound on the variance).
     """
+    x, s = _check_batch(x, s, "standardize")
     mean, var = _weighted_rows(x, s)
     n = s.sum(axis=1)[:, None]
     constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2
@@ -414,6 +457,13 @@ def fit_logistic(
     init : array ``(B, K, p)``, optional
         Starting parameters (a warm start); zeros otherwise.
     """
+    owner = "fit_logistic"
+    x, s = _check_batch(x, s, owner, y)
+    n_classes = check_positive_int(n_classes, "n_classes", owner)
+    C = check_real(C, "C", owner, low=0.0, low_open=True, finite=True)
+    fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
+    tol = check_real(tol, "tol", owner, low=0.0, low_open=True, finite=True)
+    max_iter = check_positive_int(max_iter, "max_iter", owner)
     K = 1 if n_classes == 2 else n_classes
     targets = y.astype(np.float64) if K == 1 else np.eye(K)[y]
     s = s.astype(np.float64)
@@ -439,6 +489,10 @@ def fit_ridge(
     coalition's rows and targets are centred by their means and the intercept
     is ``mean(y) - mean(x) @ w``.
     """
+    owner = "fit_ridge"
+    x, s = _check_batch(x, s, owner, y)
+    alpha = check_real(alpha, "alpha", owner, low=0.0, low_open=True, finite=True)
+    fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
     s = s.astype(np.float64)
     design, mean, sd = _design(x, s, scale, False)
     yb = y[None] if y.ndim == 1 else y

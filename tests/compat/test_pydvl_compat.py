@@ -11,6 +11,7 @@ import pytest
 from sklearn.datasets import load_iris, make_classification
 from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsClassifier
 
 from dvl_dask import Dataset as NativeDataset
 from dvl_dask import Utility
@@ -320,3 +321,76 @@ def test_delta_shapley_takes_its_bounds_from_pydvls_stratified_sampler() -> None
         pv.DeltaShapleyValuation(utility, pv.PermutationSampler(seed=1), pv.MaxUpdates(2))
     with pytest.raises(CompatNotSupportedError, match="delta_shapley"):
         bounded.native()  # outside Delta-Shapley the bounds would be ignored: refused
+
+
+# -- malformed arguments are refused in the constructor, naming pyDVL's argument (issue 25) --------------
+
+
+def _compat_data() -> pv.Dataset:
+    x, y = make_classification(n_samples=12, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    return pv.Dataset(x, y)
+
+
+def _compat_utility() -> pv.ModelUtility:
+    from sklearn.linear_model import LogisticRegression
+
+    return pv.ModelUtility(LogisticRegression(), pv.SupervisedScorer("accuracy", _compat_data(), 0.0))
+
+
+def _old_utility() -> Utility:
+    x, y = make_classification(n_samples=12, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    return old.Utility(GaussianNB(), NativeDataset(x[:8], y[:8], x[8:], y[8:]), "accuracy")
+
+
+BAD_COMPAT_ARGUMENTS = {
+    "batch_size": lambda: pv.PermutationSampler(batch_size=0),
+    "seed": lambda: pv.UniformSampler(seed="seed"),
+    "truncation": lambda: pv.PermutationSampler(truncation=3),
+    "n_samples_inner": lambda: pv.OwenSampler(n_samples_inner=0),
+    "index_iteration": lambda: pv.StratifiedSampler(index_iteration=5),  # was read as "infinite"
+    "n_samples_outer": lambda: pv.GridOwenStrategy(0),
+    "n_samples_per_index": lambda: pv.VRDSSampler(-1),
+    "n_samples": lambda: pv.ConstantSampleSize(n_samples=0.5),
+    "exponent": lambda: pv.PowerLawSampleSize(float("nan")),
+    "max_loss": lambda: pv.DeltaShapleyNCSGDConfig(-1.0, 1.0, 1.0, 0.1, 10, 4, 8),
+    "config": lambda: pv.DeltaShapleyNCSGDSampleSize(None),
+    "fraction": lambda: pv.FixedTruncation(fraction="half"),
+    "rtol": lambda: pv.RelativeTruncation(rtol=-0.1),
+    "burn_in_fraction": lambda: pv.DeviationTruncation(1.0, burn_in_fraction=float("nan")),
+    "n_updates": lambda: pv.MaxUpdates(0),
+    "seconds": lambda: pv.MaxTime(float("nan")),
+    "threshold": lambda: pv.AbsoluteStandardError("small"),
+    "n_steps": lambda: pv.HistoryDeviation(0, 0.1),
+    "sampler": lambda: pv.NoStopping(3),
+    "utility": lambda: pv.ShapleyValuation(None, pv.PermutationSampler(), pv.MaxUpdates(2)),
+    "alpha": lambda: pv.BetaShapleyValuation(_compat_utility(), pv.UniformSampler(), pv.MaxUpdates(2), -1.0, 1.0),
+    "non_negative_subsidy": lambda: pv.ExactLeastCoreValuation(_compat_utility(), non_negative_subsidy="yes"),
+    "epsilon": lambda: pv.GroupTestingShapleyValuation(_compat_utility(), 4, 0.0),
+    "in_class": lambda: pv.ClasswiseSampler(None, pv.PermutationSampler()),
+    "test_data": lambda: pv.KNNShapleyValuation(KNeighborsClassifier(), None),
+    "training_budget": lambda: pv.DataUtilityLearning(_compat_utility(), 0, GaussianNB()),
+    "default": lambda: pv.SupervisedScorer("accuracy", _compat_data(), "high"),
+    "catch_errors": lambda: pv.ModelUtility(GaussianNB(), pv.SupervisedScorer("accuracy", _compat_data(), 0.0),
+                                            catch_errors="no"),
+    "transformation": lambda: pv.compose_score(pv.SupervisedScorer("r2", _compat_data(), 0.0), 3, "s"),
+    "idx": lambda: pv.Sample(0.5, np.arange(2)),
+    "range": lambda: old.Scorer("accuracy", range="wide"),
+    "n_cpus_local": lambda: old.ParallelConfig(n_cpus_local=0),
+    "n_jobs": lambda: old_value.compute_loo(_old_utility(), n_jobs=0),
+    "mode": lambda: old_value.compute_shapley_values(_old_utility(), mode="tmc"),
+}
+
+
+@pytest.mark.parametrize("argument", sorted(BAD_COMPAT_ARGUMENTS))
+def test_compat_constructors_name_the_malformed_argument(argument: str) -> None:
+    from dvl_dask.errors import DvlDaskError
+
+    with pytest.raises(DvlDaskError, match=f"'{argument}'"):
+        BAD_COMPAT_ARGUMENTS[argument]()
+
+
+def test_compat_least_core_mode_is_checked_not_read_as_montecarlo() -> None:
+    from dvl_dask.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=r"'mode'.*'exact' or 'montecarlo'"):
+        old_value.compute_least_core_values(_old_utility(), mode="exakt", n_iterations=4)

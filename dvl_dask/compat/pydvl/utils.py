@@ -20,7 +20,9 @@ from ...data import GroupedDataset as NativeGroupedDataset
 from ...errors import InvalidParameterError
 from ...utility import Scorer as NativeScorer
 from ...utility import Utility as NativeUtility
+from ...validation import check_positive_int, check_real
 from .valuation._unsupported import not_supported
+from .valuation._utility import score_range as _score_range
 
 __all__ = ["Dataset", "GroupedDataset", "ParallelConfig", "Scorer", "Utility"]
 
@@ -129,9 +131,11 @@ class Scorer:
         range: tuple[float, float] = (-math.inf, math.inf),  # noqa: A002 - pyDVL's name
         name: str | None = None,
     ) -> None:
-        declared = None if np.isinf(range).all() else (float(range[0]), float(range[1]))
+        low, high = _score_range(range, "range", "Scorer")
+        default = check_real(default, "default", "Scorer") if not _is_nan(default) else math.nan  # NaN: not given
+        declared = None if np.isinf([low, high]).all() else (low, high)
         self.scorer = NativeScorer(scoring, range=declared, name=name)
-        self.default = float(default)
+        self.default = default
         self.range = self.scorer.range
         self.name = self.scorer.name
 
@@ -178,12 +182,17 @@ def Utility(
         default = default if math.isnan(scorer.default) else scorer.default
         scorer = scorer.scorer
     if not isinstance(scorer, NativeScorer):
-        declared = None if np.isinf(score_range).all() else (float(score_range[0]), float(score_range[1]))
+        low, high = _score_range(score_range, "score_range", "Utility")
+        declared = None if np.isinf([low, high]).all() else (low, high)
         scorer = NativeScorer(scorer, range=declared)
     return NativeUtility(
         model, data, scorer, default_score=default, catch_errors=catch_errors, cache=cache_backend,
         cached_func_options=cached_func_options,
     )
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _model_score(model: Any, x: Any, y: Any) -> float:
@@ -209,6 +218,8 @@ class ParallelConfig:
             raise InvalidParameterError(
                 f"The 'backend' argument of ParallelConfig must be 'joblib', 'sequential' or 'ray'. Got {backend!r}."
             )
+        if n_cpus_local is not None:
+            check_positive_int(n_cpus_local, "n_cpus_local", "ParallelConfig")
         self.backend, self.address, self.n_cpus_local = backend, address, n_cpus_local
 
     def dask_settings(self, n_jobs: int | None) -> dict[str, Any]:

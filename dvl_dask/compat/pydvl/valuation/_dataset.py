@@ -32,6 +32,12 @@ class RawData:
     y: np.ndarray
 
     def __post_init__(self) -> None:
+        for name in ("x", "y"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or np.ndim(value) == 0:
+                raise InvalidDataError(
+                    f"The '{name}' argument of RawData must be an array. Got {type(value).__name__}."
+                )
         if len(self.x) != len(self.y):
             raise InvalidDataError(f"RawData needs x and y of the same length. Got {len(self.x)} and {len(self.y)}.")
 

@@ -29,6 +29,7 @@ from .... import valuation as native
 from ....data import Dataset as NativeDataset
 from ....errors import InvalidParameterError, NotFittedError
 from ....utility import Scorer, Utility, squashed_neg_mse
+from ....validation import as_seed_sequence, check_bool, check_model, check_positive_int, check_real
 from ._dataset import Dataset, native_dataset
 from ._result import ValuationResult, as_result
 from ._samplers import IndexSampler, LOOSampler, OwenSampler, native_truncation
@@ -106,6 +107,31 @@ def _native_utility(utility: Any, data: Dataset, owner: str) -> Any:
     )
 
 
+def _check_utility(utility: Any, owner: str, kinds: tuple[type, ...] = (ModelUtility, DataUtilityLearning)) -> Any:
+    """``utility`` if it is one of ``kinds`` (checked where the user typed it, not at ``fit``)."""
+    if not isinstance(utility, kinds):
+        raise InvalidParameterError(
+            f"The 'utility' argument of {owner} must be a {' or '.join(k.__name__ for k in kinds)} of "
+            f"dvl_dask.compat.pydvl.valuation. Got {type(utility).__name__}."
+        )
+    return utility
+
+
+def _check_sampler(sampler: Any, name: str, owner: str) -> IndexSampler:
+    if not isinstance(sampler, IndexSampler):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be a sampler of dvl_dask.compat.pydvl.valuation "
+            f"(e.g. PermutationSampler(seed=16)). Got {type(sampler).__name__}."
+        )
+    return sampler
+
+
+def _check_seed(seed: Any, owner: str) -> Any:
+    if seed is not None:
+        as_seed_sequence(seed, "seed", owner)
+    return seed
+
+
 def _check_stop(is_done: Any, owner: str) -> StoppingCriterion:
     if not isinstance(is_done, StoppingCriterion):
         raise InvalidParameterError(
@@ -164,11 +190,8 @@ class _SemivalueValuation(Valuation):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if not isinstance(sampler, IndexSampler):
-            raise InvalidParameterError(
-                f"The 'sampler' argument of {owner} must be a sampler of dvl_dask.compat.pydvl.valuation "
-                f"(e.g. PermutationSampler(seed=16)). Got {type(sampler).__name__}."
-            )
+        _check_utility(utility, owner)
+        _check_sampler(sampler, "sampler", owner)
         if skip_converged:
             raise not_supported("skip_converged=True")
         self.utility, self.sampler, self.is_done = utility, sampler, _check_stop(is_done, owner)
@@ -289,7 +312,8 @@ class MSRBanzhafValuation(BanzhafValuation):
     ) -> None:
         from ._samplers import MSRSampler
 
-        super().__init__(utility, MSRSampler(seed=seed), is_done, skip_converged, show_warnings, progress)
+        sampler = MSRSampler(seed=seed, batch_size=batch_size)
+        super().__init__(utility, sampler, is_done, skip_converged, show_warnings, progress)
 
 
 class BetaShapleyValuation(_SemivalueValuation):
@@ -300,7 +324,8 @@ class BetaShapleyValuation(_SemivalueValuation):
         skip_converged: bool = False, show_warnings: bool = True, progress: bool = False,
     ) -> None:
         super().__init__(utility, sampler, is_done, skip_converged, show_warnings, progress)
-        self.alpha, self.beta = alpha, beta
+        self.alpha = check_real(alpha, "alpha", "BetaShapleyValuation", low=0.0, low_open=True, finite=True)
+        self.beta = check_real(beta, "beta", "BetaShapleyValuation", low=0.0, low_open=True, finite=True)
 
     def _method(self) -> tuple[Callable[..., xr.Dataset], dict[str, Any]]:
         return native.beta_shapley, {"alpha": self.alpha, "beta": self.beta, "sampler": self._subset_sampler()}
@@ -318,7 +343,8 @@ class StratifiedShapleyValuation(ShapleyValuation):
     ) -> None:
         from ._samplers import StratifiedSampler
 
-        super().__init__(utility, StratifiedSampler(seed=seed), is_done, skip_converged, show_warnings, progress)
+        sampler = StratifiedSampler(seed=seed, batch_size=batch_size)
+        super().__init__(utility, sampler, is_done, skip_converged, show_warnings, progress)
 
 
 class DeltaShapleyValuation(_SemivalueValuation):
@@ -365,7 +391,7 @@ class LOOValuation(Valuation):
 
     def __init__(self, utility: Any, progress: bool = False) -> None:
         super().__init__()
-        self.utility, self.progress = utility, progress
+        self.utility, self.progress = _check_utility(utility, "LOOValuation"), progress
         self.sampler = LOOSampler()
 
     def _compute(self, data: Dataset) -> xr.Dataset:
@@ -383,6 +409,12 @@ class KNNShapleyValuation(Valuation):
 
     def __init__(self, model: Any, test_data: Dataset, progress: bool = False, clone_before_fit: bool = True) -> None:
         super().__init__()
+        check_model(model, "model", "KNNShapleyValuation", ("fit", "kneighbors"))
+        if not isinstance(test_data, Dataset):
+            raise InvalidParameterError(
+                "The 'test_data' argument of KNNShapleyValuation must be a Dataset of "
+                f"dvl_dask.compat.pydvl.valuation. Got {type(test_data).__name__}."
+            )
         self.model, self.test_data, self.progress = model, test_data, progress
 
     def _compute(self, data: Dataset) -> xr.Dataset:
@@ -413,6 +445,11 @@ class DataOOBValuation(Valuation):
         super().__init__()
         self.model, self.score = model, score
         _bagging_parameters(model)
+        if score is not None and not callable(score):
+            raise InvalidParameterError(
+                "The 'score' argument of DataOOBValuation must be None or a function (y_true, y_pred) -> scores "
+                f"per point. Got {type(score).__name__}."
+            )
 
     def _compute(self, data: Dataset) -> xr.Dataset:
         from sklearn.base import is_classifier
@@ -433,6 +470,8 @@ class ClasswiseSampler:
     """pyDVL's class-wise sampler; the seed of its ``in_class`` sampler is the seed of the run."""
 
     def __init__(self, in_class: IndexSampler, out_of_class: IndexSampler, **kwargs: Any) -> None:
+        _check_sampler(in_class, "in_class", "ClasswiseSampler")
+        _check_sampler(out_of_class, "out_of_class", "ClasswiseSampler")
         self.in_class, self.out_of_class = in_class, out_of_class
         self.seed = getattr(in_class, "seed", None)
 
@@ -452,6 +491,12 @@ class ClasswiseShapleyValuation(Valuation):
         super().__init__()
         from ._stopping import MaxUpdates, MinUpdates
 
+        _check_utility(utility, "ClasswiseShapleyValuation", (ClasswiseModelUtility,))
+        if not isinstance(sampler, ClasswiseSampler):
+            raise InvalidParameterError(
+                "The 'sampler' argument of ClasswiseShapleyValuation must be a ClasswiseSampler. "
+                f"Got {type(sampler).__name__}."
+            )
         if not isinstance(is_done, (MaxUpdates, MinUpdates)):
             raise InvalidParameterError(
                 "ClasswiseShapleyValuation in dvl_dask.compat.pydvl runs a fixed budget: pass "
@@ -483,7 +528,10 @@ class GroupTestingShapleyValuation(Valuation):
         progress: bool = False, seed: Any = None, batch_size: int = 1,
     ) -> None:
         super().__init__()
-        self.utility, self.n_samples, self.epsilon, self.seed = utility, n_samples, epsilon, seed
+        owner = "GroupTestingShapleyValuation"
+        self.utility, self.seed = _check_utility(utility, owner), _check_seed(seed, owner)
+        self.n_samples = check_positive_int(n_samples, "n_samples", owner)
+        self.epsilon = check_real(epsilon, "epsilon", owner, low=0.0, low_open=True, finite=True)
 
     def _compute(self, data: Dataset) -> xr.Dataset:
         utility = _native_utility(self.utility, data, type(self).__name__)
@@ -498,7 +546,9 @@ class ExactLeastCoreValuation(Valuation):
         progress: bool = False, batch_size: int = 1,
     ) -> None:
         super().__init__()
-        self.utility, self.non_negative_subsidy = utility, non_negative_subsidy
+        owner = "ExactLeastCoreValuation"
+        self.utility = _check_utility(utility, owner)
+        self.non_negative_subsidy = check_bool(non_negative_subsidy, "non_negative_subsidy", owner)
 
     def _compute(self, data: Dataset) -> xr.Dataset:
         utility = _native_utility(self.utility, data, type(self).__name__)
@@ -513,9 +563,10 @@ class MonteCarloLeastCoreValuation(Valuation):
         progress: bool = False, seed: Any = None, batch_size: int = 1,
     ) -> None:
         super().__init__()
-        self.utility, self.n_samples, self.non_negative_subsidy, self.seed = (
-            utility, n_samples, non_negative_subsidy, seed,
-        )
+        owner = "MonteCarloLeastCoreValuation"
+        self.utility, self.seed = _check_utility(utility, owner), _check_seed(seed, owner)
+        self.n_samples = check_positive_int(n_samples, "n_samples", owner)
+        self.non_negative_subsidy = check_bool(non_negative_subsidy, "non_negative_subsidy", owner)
 
     def _compute(self, data: Dataset) -> xr.Dataset:
         utility = _native_utility(self.utility, data, type(self).__name__)
@@ -532,6 +583,10 @@ class LeastCoreValuation(Valuation):
         solver_options: dict | None = None, progress: bool = False,
     ) -> None:
         super().__init__()
+        _check_utility(utility, "LeastCoreValuation")
+        _check_sampler(sampler, "sampler", "LeastCoreValuation")
+        if n_samples is not None:
+            check_positive_int(n_samples, "n_samples", "LeastCoreValuation")
         if sampler.deterministic and sampler.kind == "exact":
             self._inner: Valuation = ExactLeastCoreValuation(utility, non_negative_subsidy)
         elif sampler.kind == "uniform" and n_samples is not None:

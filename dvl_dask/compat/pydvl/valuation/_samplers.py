@@ -15,6 +15,7 @@ import numpy as np
 
 from .... import valuation as native
 from ....errors import InvalidParameterError
+from ....validation import as_seed_sequence, check_positive_int, check_real
 from ....valuation import DeviationTruncation as NativeDeviationTruncation
 from ....valuation import FixedTruncation as NativeFixedTruncation
 from ....valuation import NoTruncation as NativeNoTruncation
@@ -68,6 +69,15 @@ class Sample:
     idx: int | None
     subset: np.ndarray
 
+    def __post_init__(self) -> None:
+        if self.idx is not None:
+            check_positive_int(self.idx, "idx", "Sample", allow_zero=True)
+        subset = np.asarray(self.subset) if not isinstance(self.subset, (str, bytes)) else np.asarray(None)
+        if subset.ndim != 1 or (subset.size and not np.issubdtype(subset.dtype, np.integer)):
+            raise InvalidParameterError(
+                f"The 'subset' argument of Sample must be a 1-d array of player indices. Got {self.subset!r:.60}."
+            )
+
 
 # -- truncation ---------------------------------------------------------------------------------
 class TruncationPolicy:
@@ -98,7 +108,7 @@ class FixedTruncation(TruncationPolicy):
             if not args:
                 raise InvalidParameterError("FixedTruncation needs 'fraction', the share of players to evaluate.")
             fraction = args[-1]
-        self.fraction = float(fraction)
+        self.fraction = NativeFixedTruncation(fraction).fraction  # checked where the user typed it
 
     def native(self) -> Any:
         return NativeFixedTruncation(self.fraction)
@@ -116,9 +126,10 @@ class RelativeTruncation(TruncationPolicy):
             if not args:
                 raise InvalidParameterError("RelativeTruncation needs 'rtol', the relative tolerance.")
             rtol = args[-1]
+        check_real(burn_in_fraction, "burn_in_fraction", "RelativeTruncation", low=0.0, high=1.0)
         if burn_in_fraction:
             raise not_supported("RelativeTruncation(burn_in_fraction > 0)")
-        self.rtol = float(rtol)
+        self.rtol = NativeRelativeTruncation(rtol).rtol  # checked where the user typed it
         self.burn_in_fraction = burn_in_fraction
 
     def native(self) -> Any:
@@ -133,6 +144,7 @@ class DeviationTruncation(TruncationPolicy):
     """
 
     def __init__(self, sigmas: float, burn_in_fraction: float = 0.0) -> None:  # pyDVL 0.10's order
+        NativeDeviationTruncation(burn_in_fraction, sigmas=sigmas)  # checks them where the user typed them
         self.burn_in_fraction, self.sigmas = burn_in_fraction, sigmas
 
     def native(self) -> Any:
@@ -183,6 +195,17 @@ class RandomSizeIteration(_Strategy):
     """Sizes drawn from the size strategy."""
 
 
+def _check_iteration(value: Any, name: str, owner: str) -> Any:
+    """pyDVL's ``index_iteration`` or ``sample_sizes_iteration``: None, or an iteration class or instance."""
+    is_class = isinstance(value, type) and issubclass(value, _Strategy)
+    if value is not None and not is_class and not isinstance(value, _Strategy):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be None or an iteration of dvl_dask.compat.pydvl.valuation "
+            f"(e.g. SequentialIndexIteration, RandomIndexIteration). Got {value!r:.60}."
+        )
+    return value
+
+
 class RoundRobinSizeIteration(_Strategy):
     """One sample per size in turn."""
 
@@ -200,6 +223,12 @@ class SampleSizeStrategy(_Strategy):
     def __init__(
         self, n_samples: int | None = None, lower_bound: int | None = None, upper_bound: int | None = None,
     ) -> None:
+        owner = type(self).__name__
+        if n_samples is not None:
+            check_positive_int(n_samples, "n_samples", owner)
+        for name, bound in (("lower_bound", lower_bound), ("upper_bound", upper_bound)):
+            if bound is not None:
+                check_positive_int(bound, name, owner, allow_zero=True)
         super().__init__(n_samples=n_samples, lower_bound=lower_bound, upper_bound=upper_bound)
         self.n_samples, self.lower_bound, self.upper_bound = n_samples, lower_bound, upper_bound
 
@@ -245,7 +274,7 @@ class PowerLawSampleSize(SampleSizeStrategy):
         upper_bound: int | None = None,
     ) -> None:
         super().__init__(n_samples, lower_bound, upper_bound)
-        self.exponent = exponent
+        self.exponent = check_real(exponent, "exponent", "PowerLawSampleSize", finite=True)
         self.kwargs["exponent"] = exponent
 
     def _native(self) -> Any:
@@ -271,6 +300,19 @@ class DeltaShapleyNCSGDConfig:
     delta: float = 0.05
     version: str = "theorem7"
 
+    def __post_init__(self) -> None:
+        owner = "DeltaShapleyNCSGDConfig"
+        for name in ("max_loss", "lipschitz_loss", "lipschitz_grad", "lr_factor"):
+            check_real(getattr(self, name), name, owner, low=0.0, low_open=True, finite=True)
+        for name in ("n_sgd_iter", "n_val", "n_train"):
+            check_positive_int(getattr(self, name), name, owner)
+        for name in ("eps", "delta"):
+            check_real(getattr(self, name), name, owner, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.version not in ("theorem7", "code"):
+            raise InvalidParameterError(
+                f"The 'version' argument of {owner} must be 'theorem7' or 'code'. Got {self.version!r}."
+            )
+
 
 class DeltaShapleyNCSGDSampleSize(SampleSizeStrategy):
     """Delta-Shapley's samples per size from its SGD bound (:class:`~dvl_dask.valuation.DeltaShapleySampleSize`).
@@ -282,6 +324,11 @@ class DeltaShapleyNCSGDSampleSize(SampleSizeStrategy):
     def __init__(
         self, config: DeltaShapleyNCSGDConfig, lower_bound: int | None = None, upper_bound: int | None = None,
     ) -> None:
+        if not isinstance(config, DeltaShapleyNCSGDConfig):
+            raise InvalidParameterError(
+                "The 'config' argument of DeltaShapleyNCSGDSampleSize must be a DeltaShapleyNCSGDConfig. "
+                f"Got {type(config).__name__}."
+            )
         super().__init__(None, lower_bound, upper_bound)
         self.config = config
 
@@ -303,21 +350,24 @@ class LinearSampleSize(SampleSizeStrategy):
         upper_bound: int | None = None,
     ) -> None:
         super().__init__(n_samples, lower_bound, upper_bound)
-        self.scale, self.offset = scale, offset
+        self.scale = check_real(scale, "scale", "LinearSampleSize", low=0.0, low_open=True, finite=True)
+        self.offset = check_positive_int(offset, "offset", "LinearSampleSize", allow_zero=True)
 
 
 class GridOwenStrategy:
     """Owen sampling on a grid of ``n_samples_outer`` probabilities (dvl_dask's ``n_q``)."""
 
     def __init__(self, n_samples_outer: int) -> None:
-        self.n_samples_outer = int(n_samples_outer)
+        self.n_samples_outer = check_positive_int(n_samples_outer, "n_samples_outer", "GridOwenStrategy")
 
 
 class UniformOwenStrategy:
     """Owen sampling with probabilities drawn uniformly (dvl_dask's ``n_q=None``)."""
 
     def __init__(self, n_samples_outer: int, seed: int | None = None) -> None:
-        self.n_samples_outer = int(n_samples_outer)
+        self.n_samples_outer = check_positive_int(n_samples_outer, "n_samples_outer", "UniformOwenStrategy")
+        if seed is not None:
+            as_seed_sequence(seed, "seed", "UniformOwenStrategy")
         self.seed = seed
 
 
@@ -333,7 +383,10 @@ class IndexSampler:
     deterministic = False
 
     def __init__(self, batch_size: int = 1, seed: Any = None, **options: Any) -> None:
-        self.batch_size = batch_size
+        owner = type(self).__name__
+        self.batch_size = check_positive_int(batch_size, "batch_size", owner)
+        if seed is not None:
+            as_seed_sequence(seed, "seed", owner)  # checked where the user typed it
         self.seed = seed
         self.options = options
 
@@ -348,6 +401,7 @@ class PermutationSampler(IndexSampler):
 
     def __init__(self, truncation: TruncationPolicy | None = None, seed: Any = None, batch_size: int = 1) -> None:
         super().__init__(batch_size, seed)
+        native_truncation(truncation, type(self).__name__)  # checked where the user typed it
         self.truncation = truncation
 
 
@@ -374,7 +428,7 @@ class UniformSampler(IndexSampler):
 
     def __init__(self, batch_size: int = 1, index_iteration: Any = None, seed: Any = None) -> None:
         super().__init__(batch_size, seed)
-        self.index_iteration = index_iteration
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
 
 
 class AntitheticSampler(UniformSampler):
@@ -429,8 +483,8 @@ class OwenSampler(IndexSampler):
                 f"UniformOwenStrategy(n). Got {type(outer_sampling_strategy).__name__}."
             )
         self.outer_sampling_strategy = outer_sampling_strategy
-        self.n_samples_inner = n_samples_inner
-        self.index_iteration = index_iteration
+        self.n_samples_inner = check_positive_int(n_samples_inner, "n_samples_inner", type(self).__name__)
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
 
     @property
     def n_q(self) -> int | None:
@@ -480,8 +534,10 @@ class StratifiedSampler(IndexSampler):
                                 type(self).__name__)
         self._allocation = sizes._native()  # size bounds are checked when used (only Delta-Shapley takes them)
         self.sample_sizes = sizes
-        self.sample_sizes_iteration = sample_sizes_iteration
-        self.index_iteration = index_iteration
+        self.sample_sizes_iteration = _check_iteration(
+            sample_sizes_iteration, "sample_sizes_iteration", type(self).__name__
+        )
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)
 
     def samples_per_index(self, n_players: int) -> int | None:
         """Samples per player after which the sampler is exhausted (None: never).
@@ -511,6 +567,7 @@ class VRDSSampler(StratifiedSampler):
     """
 
     def __init__(self, n_samples_per_index: int, batch_size: int = 1, seed: Any = None) -> None:
+        check_positive_int(n_samples_per_index, "n_samples_per_index", "VRDSSampler")
         super().__init__(HarmonicSampleSize(n_samples=n_samples_per_index), batch_size=batch_size, seed=seed)
         self.n_samples_per_index = n_samples_per_index
 
@@ -550,4 +607,4 @@ class LOOSampler(IndexSampler):
 
     def __init__(self, batch_size: int = 1, index_iteration: Any = None, seed: Any = None) -> None:
         super().__init__(batch_size, seed)
-        self.index_iteration = index_iteration
+        self.index_iteration = _check_iteration(index_iteration, "index_iteration", type(self).__name__)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .... import valuation as native
 from ....errors import InvalidParameterError
+from ....validation import check_positive_int
 from ._samplers import IndexSampler
 from ._unsupported import not_supported
 
@@ -83,6 +84,7 @@ class MaxUpdates(StoppingCriterion):
     """Stop once the most-updated player has ``n_updates`` updates."""
 
     def __init__(self, n_updates: int, modify_result: bool = True) -> None:
+        native.MaxUpdates(n_updates)  # checks n_updates now, where the user typed it
         self.n_updates = n_updates
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -93,6 +95,7 @@ class MinUpdates(StoppingCriterion):
     """Stop once every player has ``n_updates`` updates."""
 
     def __init__(self, n_updates: int, modify_result: bool = True) -> None:
+        native.MinUpdates(n_updates)  # checks n_updates now
         self.n_updates = n_updates
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -103,6 +106,7 @@ class MaxChecks(StoppingCriterion):
     """Stop after ``n_checks`` checks (dvl_dask checks once per merged block)."""
 
     def __init__(self, n_checks: int, modify_result: bool = True) -> None:
+        native.MaxChecks(n_checks)  # checks n_checks now
         self.n_checks = n_checks
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -113,6 +117,7 @@ class MaxTime(StoppingCriterion):
     """Stop after ``seconds`` of wall time."""
 
     def __init__(self, seconds: float, modify_result: bool = True) -> None:
+        native.MaxTime(seconds)  # checks seconds now
         self.seconds = seconds
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -136,7 +141,7 @@ class MaxSamples(StoppingCriterion):
                 f"Got {type(sampler).__name__}."
             )
         self.sampler = sampler
-        self.n_samples = n_samples
+        self.n_samples = check_positive_int(n_samples, "n_samples", "MaxSamples")
 
     def native(self, n_players: int) -> native.StoppingCriterion:
         whole = self.sampler.kind in ("permutation", "antithetic_permutation", "stratified_permutation", "msr")
@@ -147,6 +152,7 @@ class AbsoluteStandardError(StoppingCriterion):
     """Stop once a ``fraction`` of the players have a standard error below ``threshold``."""
 
     def __init__(self, threshold: float, fraction: float = 1.0, burn_in: int = 4, modify_result: bool = True) -> None:
+        native.AbsoluteStandardError(threshold, fraction=fraction, burn_in=burn_in)  # checks them now
         self.threshold, self.fraction, self.burn_in = threshold, fraction, burn_in
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -157,6 +163,7 @@ class HistoryDeviation(StoppingCriterion):
     """Ghorbani & Zou's rule: values moved less than ``rtol`` over ``n_steps`` (dvl_dask counts updates)."""
 
     def __init__(self, n_steps: int, rtol: float, pin_converged: bool = True, modify_result: bool = True) -> None:
+        native.HistoryDeviation(n_steps, rtol)  # checks them now
         self.n_steps, self.rtol, self.pin_converged = n_steps, rtol, pin_converged
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -169,6 +176,7 @@ class RankCorrelation(StoppingCriterion):
     def __init__(self, rtol: float, burn_in: int, fraction: float = 1.0, modify_result: bool = True) -> None:
         if fraction != 1.0:
             raise not_supported("RankCorrelation(fraction != 1)")
+        native.RankCorrelation(rtol, burn_in=burn_in)  # checks them now
         self.rtol, self.burn_in, self.fraction = rtol, burn_in, fraction
 
     def native(self, n_players: int) -> native.StoppingCriterion:
@@ -179,6 +187,11 @@ class NoStopping(StoppingCriterion):
     """Run until a (deterministic) sampler is exhausted: the exact methods."""
 
     def __init__(self, sampler: IndexSampler | None = None, modify_result: bool = True) -> None:
+        if sampler is not None and not isinstance(sampler, IndexSampler):
+            raise InvalidParameterError(
+                f"The 'sampler' argument of NoStopping must be None or a sampler of dvl_dask.compat.pydvl "
+                f"(e.g. DeterministicUniformSampler()). Got {type(sampler).__name__}."
+            )
         self.sampler = sampler
 
     def native(self, n_players: int) -> native.StoppingCriterion:

@@ -11,6 +11,7 @@ import numpy as np
 from ....errors import InvalidParameterError
 from ....utility import Scorer, Utility, learn_utility
 from ....utility import compose_score as native_compose_score
+from ....validation import as_seed_sequence, check_bool, check_model, check_positive_int, check_real
 from ._dataset import Dataset, native_dataset
 from ._unsupported import not_supported
 
@@ -23,6 +24,23 @@ __all__ = [
     "SupervisedScorer",
     "compose_score",
 ]
+
+
+def score_range(value: Any, name: str, owner: str) -> tuple[float, float]:
+    """``value`` as a pair ``(low, high)`` of numbers with ``low < high`` (pyDVL's ``range`` of a score)."""
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        low = high = None
+    pair = (low, high)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or np.isnan(v) for v in pair) or not (
+        low < high  # type: ignore[operator]
+    ):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be a pair (low, high) of numbers with low < high "
+            f"(e.g. (0.0, 1.0), or (-inf, inf) for unknown). Got {value!r:.60}."
+        )
+    return float(low), float(high)  # type: ignore[arg-type]
 
 
 class SupervisedScorer:
@@ -57,8 +75,8 @@ class SupervisedScorer:
                 f"Got {type(test_data).__name__}."
             )
         self.test_data = test_data
-        self.default = float(default)
-        self.range = (float(range[0]), float(range[1]))
+        self.default = check_real(default, "default", type(self).__name__)
+        self.range = score_range(range, "range", type(self).__name__)
         self.name = name
         declared = None if np.isinf(self.range).all() else self.range
         self.scorer = scoring if isinstance(scoring, Scorer) else Scorer(scoring, range=declared, name=name)
@@ -82,6 +100,16 @@ def compose_score(
     pyDVL 0.10's signature is ``(scorer, transformation, name)``, the range being the transformed ends of
     ``scorer.range``; ``range=`` (dvl_dask's addition) overrides it, e.g. when the transformation is not monotone.
     """
+    if not isinstance(scorer, SupervisedScorer):
+        raise InvalidParameterError(
+            f"The 'scorer' argument of compose_score must be a SupervisedScorer. Got {type(scorer).__name__}."
+        )
+    if not callable(transformation):
+        raise InvalidParameterError(
+            "The 'transformation' argument of compose_score must be a function float -> float. "
+            f"Got {type(transformation).__name__}."
+        )
+
     if range is None:
         ends = (transformation(scorer.range[0]), transformation(scorer.range[1]))
         range = (min(ends), max(ends))  # noqa: A001
@@ -111,6 +139,13 @@ class ClasswiseSupervisedScorer(SupervisedScorer):
         rescale_scores: bool = True,
         name: str | None = None,
     ) -> None:
+        for name, fn in (("in_class_discount_fn", in_class_discount_fn),
+                         ("out_of_class_discount_fn", out_of_class_discount_fn)):
+            if fn is not None and not callable(fn):
+                raise InvalidParameterError(
+                    f"The '{name}' argument of ClasswiseSupervisedScorer must be None or a function "
+                    f"float -> float. Got {type(fn).__name__}."
+                )
         if scoring != "accuracy" or in_class_discount_fn not in (None, _identity) or (
             out_of_class_discount_fn not in (None, np.exp)
         ):
@@ -150,6 +185,8 @@ class ModelUtility:
         cached_func_options: Any = None,
         clone_before_fit: bool = True,
     ) -> None:
+        check_model(model, "model", type(self).__name__)
+        catch_errors = check_bool(catch_errors, "catch_errors", type(self).__name__)
         if not isinstance(scorer, SupervisedScorer):
             raise InvalidParameterError(
                 f"The 'scorer' argument of {type(self).__name__} must be a SupervisedScorer (it holds the test "
@@ -263,8 +300,11 @@ class DataUtilityLearning:
                 f"The 'utility' argument of DataUtilityLearning must be a ModelUtility. Got {type(utility).__name__}."
             )
         self.utility = utility
-        self.training_budget = training_budget
+        self.training_budget = check_positive_int(training_budget, "training_budget", "DataUtilityLearning")
         self.model = getattr(model, "model", model)  # pyDVL's IndicatorUtilityModel wraps a regressor
+        check_model(self.model, "model", "DataUtilityLearning", ("fit", "predict"))
+        if seed is not None:
+            as_seed_sequence(seed, "seed", "DataUtilityLearning")
         self.show_warnings = show_warnings
         self.seed = seed
         self.training_data: Dataset | None = None

@@ -11,6 +11,7 @@ the default); ``done`` is one of the stopping criteria exported here.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 from enum import Enum
 from typing import Any
@@ -80,10 +81,11 @@ class ShapleyMode(str, Enum):  # noqa: UP042 - pyDVL's enum compares equal to it
 
 
 @contextlib.contextmanager
-def _scheduler(n_jobs: int | None, config: ParallelConfig | None) -> Iterator[None]:
+def _scheduler(n_jobs: int | None, config: ParallelConfig | None, owner: str) -> Iterator[None]:
     """dask's threads scheduler with ``n_jobs`` workers, unless a Client or an explicit scheduler is in use."""
     import dask
 
+    _check_parallel(n_jobs, config, owner)
     config = config if config is not None else ParallelConfig()
     settings = config.dask_settings(n_jobs)
     if not settings or _default_client() is not None or dask.config.get("scheduler", None) is not None:
@@ -91,6 +93,30 @@ def _scheduler(n_jobs: int | None, config: ParallelConfig | None) -> Iterator[No
         return
     with dask.config.set(settings):
         yield
+
+
+def _check_parallel(n_jobs: Any, config: Any, owner: str) -> None:
+    """pyDVL's ``n_jobs`` (a positive int, -1 for all cores, or None) and ``config`` (a ParallelConfig or None)."""
+    if n_jobs is not None and (
+        isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or (n_jobs < 1 and n_jobs != -1)
+    ):
+        raise InvalidParameterError(
+            f"The 'n_jobs' argument of {owner} must be a positive int, -1 (all cores) or None. Got {n_jobs!r:.60}."
+        )
+    if config is not None and not isinstance(config, ParallelConfig):
+        raise InvalidParameterError(
+            f"The 'config' argument of {owner} must be None or a ParallelConfig. Got {type(config).__name__}."
+        )
+
+
+def _shapley_mode(mode: Any, owner: str) -> ShapleyMode:
+    try:
+        return ShapleyMode(mode)
+    except (TypeError, ValueError):
+        choices = ", ".join(repr(m.value) for m in ShapleyMode)
+        raise InvalidParameterError(
+            f"The 'mode' argument of {owner} must be a ShapleyMode or one of {choices}. Got {mode!r:.60}."
+        ) from None
 
 
 def _check_utility(u: Any, owner: str) -> Any:
@@ -140,9 +166,9 @@ def compute_shapley_values(
     """
     owner = "compute_shapley_values"
     u = _check_utility(u, owner)
-    mode = ShapleyMode(mode)
+    mode = _shapley_mode(mode, owner)
     done = done if done is not None else MaxUpdates(100)
-    with _scheduler(n_jobs, config):
+    with _scheduler(n_jobs, config, owner):
         if mode in (ShapleyMode.CombinatorialExact, ShapleyMode.PermutationExact):
             ds = native.exact_shapley(u).compute()
         elif mode in (ShapleyMode.PermutationMontecarlo, ShapleyMode.TruncatedMontecarlo):
@@ -173,15 +199,16 @@ def compute_shapley_values(
 def compute_loo(u: Any, *, n_jobs: int = 1, config: ParallelConfig | None = None, progress: bool = False,
                 **kwargs: Any) -> ValuationResult:
     """pyDVL's ``compute_loo(u)``: :func:`~dvl_dask.valuation.loo`."""
-    u = _check_utility(u, "compute_loo")
-    with _scheduler(n_jobs, config):
+    owner = "compute_loo"
+    u = _check_utility(u, owner)
+    with _scheduler(n_jobs, config, owner):
         return _result(native.loo(u).compute(), u)
 
 
 def _semivalues(method: Any, u: Any, done: StoppingCriterion, n_jobs: int, config: ParallelConfig | None,
                 seed: Any, owner: str, **options: Any) -> ValuationResult:
     u = _check_utility(u, owner)
-    with _scheduler(n_jobs, config):
+    with _scheduler(n_jobs, config, owner):
         ds = native.run_until_converged(method, u, stop=_done(done, u, owner), seed=seed, progress=False, **options)
     return _result(ds, u)
 
@@ -217,8 +244,13 @@ def compute_least_core_values(
     non_negative_subsidy: bool = False, config: ParallelConfig | None = None, seed: Any = None, **kwargs: Any,
 ) -> ValuationResult:
     """pyDVL's ``compute_least_core_values``: ``mode="exact"`` or ``"montecarlo"`` (``n_iterations`` coalitions)."""
-    u = _check_utility(u, "compute_least_core_values")
-    with _scheduler(n_jobs, config):
+    owner = "compute_least_core_values"
+    u = _check_utility(u, owner)
+    if str(getattr(mode, "value", mode)) not in ("exact", "montecarlo"):
+        raise InvalidParameterError(
+            f"The 'mode' argument of {owner} must be 'exact' or 'montecarlo'. Got {mode!r:.60}."
+        )
+    with _scheduler(n_jobs, config, owner):
         if str(getattr(mode, "value", mode)) == "exact":
             ds = native.exact_least_core(u, non_negative_subsidy=non_negative_subsidy).compute()
         elif n_iterations is None:
