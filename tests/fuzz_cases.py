@@ -675,6 +675,8 @@ def cp_stop():
 
 
 CP_DATA, CP_UTILITY, CP_SAMPLER, CP_STOP = (_Lazy(f) for f in (cp_data, cp_utility, cp_sampler, cp_stop))
+#: A stratified sampler whose strategy carries Delta-Shapley's bounds (pyDVL 0.10's way).
+CP_STRATIFIED = _Lazy(lambda: _mod(CV).StratifiedSampler(_mod(CV).ConstantSampleSize(upper_bound=2), seed=1))
 
 
 def _cv(name: str, arg: str, values: st.SearchStrategy[Any], *args: Any, **kw: Any) -> Case:
@@ -800,8 +802,9 @@ NEW_CASES: dict[str, list[Case]] = {
     f"{CV}.RankCorrelation": [_cv("RankCorrelation", "rtol", bad_positive_real, ..., 4),
                               _cv("RankCorrelation", "burn_in", bad_non_negative_int, 0.1, ...)],
     # -- truncation
-    f"{CV}.DeviationTruncation": [_cv("DeviationTruncation", "burn_in_fraction", bad_fraction, ...),
-                                  _cv("DeviationTruncation", "sigmas", bad_positive_real, 0.2, sigmas=...)],
+    f"{CV}.DeviationTruncation": [_cv("DeviationTruncation", "sigmas", bad_positive_real, ...),
+                                  _cv("DeviationTruncation", "burn_in_fraction", bad_fraction, 1.0,
+                                      burn_in_fraction=...)],
     f"{CV}.FixedTruncation": [_cv("FixedTruncation", "fraction", bad_fraction, fraction=...)],
     f"{CV}.RelativeTruncation": [_cv("RelativeTruncation", "rtol", bad_positive_real, rtol=...),
                                  _cv("RelativeTruncation", "burn_in_fraction", bad_fraction, rtol=0.1,
@@ -883,8 +886,11 @@ NEW_CASES: dict[str, list[Case]] = {
         *_semivalue_valuation("TMCShapleyValuation", is_done=CP_STOP),
         _cv("TMCShapleyValuation", "truncation", bad_object_not_none, CP_UTILITY, truncation=..., is_done=CP_STOP)],
     f"{CV}.DeltaShapleyValuation": [
-        *_semivalue_valuation("DeltaShapleyValuation", is_done=CP_STOP, lower_bound=1, upper_bound=2),
-        _cv("DeltaShapleyValuation", "lower_bound", bad_non_negative_int, CP_UTILITY, CP_STOP, ..., 2)],
+        *_semivalue_valuation("DeltaShapleyValuation", CP_STRATIFIED, is_done=CP_STOP),
+        _cv("DeltaShapleyValuation", "sampler", bad_object, CP_UTILITY, ..., CP_STOP)],
+    f"{CV}.IndicatorUtilityModel": [
+        _cv("IndicatorUtilityModel", "predictor", bad_object, ..., 4),
+        _cv("IndicatorUtilityModel", "n_data", bad_int, _Lazy(lambda: _sk("LinearRegression")), ...)],
     f"{CV}.ClasswiseShapleyValuation": [
         _cv("ClasswiseShapleyValuation", "utility", bad_object, ..., None, CP_STOP),
     ],

@@ -367,7 +367,13 @@ class DeltaShapleyValuation(_SemivalueValuation):
     ) -> None:
         from ._samplers import StratifiedSampler
 
-        if isinstance(sampler, IndexSampler) and not isinstance(sampler, StratifiedSampler):
+        if not isinstance(sampler, IndexSampler):
+            raise InvalidParameterError(
+                "The 'sampler' argument of DeltaShapleyValuation must be a StratifiedSampler whose sample-size "
+                "strategy carries the bounds, e.g. StratifiedSampler(ConstantSampleSize(lower_bound=1, "
+                f"upper_bound=4)). Got {type(sampler).__name__}."
+            )
+        if not isinstance(sampler, StratifiedSampler):
             raise not_supported("DeltaShapleyValuation with a sampler other than StratifiedSampler")
         super().__init__(utility, sampler, is_done, skip_converged, show_warnings, progress)
         self._n_players = 0

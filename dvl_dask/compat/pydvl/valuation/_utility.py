@@ -260,7 +260,9 @@ class IndicatorUtilityModel:
     """
 
     def __init__(self, predictor: Any, n_data: int) -> None:
-        self.predictor, self.n_data = predictor, n_data
+        check_model(predictor, "predictor", "IndicatorUtilityModel")
+        self.predictor = predictor
+        self.n_data = check_positive_int(n_data, "n_data", "IndicatorUtilityModel")
 
     @property
     def model(self) -> Any:
