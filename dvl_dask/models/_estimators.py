@@ -179,7 +179,7 @@ class Ridge(RegressorMixin, BaseEstimator):
     --------
     >>> x = np.arange(12.0).reshape(6, 2); y = x @ [1.0, -2.0] + 3.0
     >>> Ridge(alpha=1e-9).fit(x, y).predict(x[:2]).round(6).tolist()
-    [1.0, 0.0]
+    [1.0, -1.0]
     """
 
     _supported = "alpha, fit_intercept"

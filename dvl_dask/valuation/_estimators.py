@@ -404,8 +404,8 @@ class SemivalueEstimator(Estimator):
             else:
                 # Neyman: a pilot per stratum sets the allocation and is then discarded (unbiased).
                 pilot_sizes = np.repeat(np.arange(n), sampler.pilot)
-                pilot = marginals(int(i), sampler.draw_sizes_for_player(rng, n, int(i), pilot_sizes))
-                sigma = pilot.reshape(n, sampler.pilot).std(axis=1, ddof=1)
+                pilot_marginals = marginals(int(i), sampler.draw_sizes_for_player(rng, n, int(i), pilot_sizes))
+                sigma = pilot_marginals.reshape(n, sampler.pilot).std(axis=1, ddof=1)
                 counts = sampler.neyman_counts(weights, sigma, n_items - len(pilot_sizes))
                 sizes = np.repeat(np.arange(n), counts)
                 masks = sampler.draw_sizes_for_player(rng, n, int(i), sizes)
