@@ -21,33 +21,11 @@ from ...errors import InvalidParameterError
 from ...utility import Scorer as NativeScorer
 from ...utility import Utility as NativeUtility
 from ...validation import check_positive_int, check_real
+from ._splits import bunch_arrays, pydvl_split
 from .valuation._unsupported import not_supported
 from .valuation._utility import score_range as _score_range
 
 __all__ = ["Dataset", "GroupedDataset", "ParallelConfig", "Scorer", "Utility"]
-
-
-def _split(x: Any, y: Any, extra: Any, train_size: float | int, random_state: Any, stratify: bool) -> list[Any]:
-    """pyDVL's split: ``train_test_split(x, y[, extra], train_size=, random_state=, stratify=y or None)``."""
-    from sklearn.model_selection import train_test_split
-
-    arrays = [np.asarray(x), np.asarray(y)] + ([np.asarray(extra)] if extra is not None else [])
-    return train_test_split(
-        *arrays, train_size=train_size, random_state=random_state, stratify=np.asarray(y) if stratify else None
-    )
-
-
-def _bunch_kwargs(data: Any, kwargs: dict[str, Any], owner: str) -> tuple[Any, Any]:
-    if not hasattr(data, "data") or not hasattr(data, "target"):
-        raise InvalidParameterError(
-            f"The 'data' argument of {owner} must be a scikit-learn Bunch with 'data' and 'target' "
-            f"(e.g. load_iris()). Got {type(data).__name__}."
-        )
-    for key in ("feature_names", "target_names"):
-        if key not in kwargs and getattr(data, key, None) is not None:
-            kwargs[key] = list(map(str, getattr(data, key)))
-    kwargs.setdefault("description", getattr(data, "DESCR", None))
-    return data.data, data.target
 
 
 class Dataset(NativeDataset):
@@ -64,7 +42,7 @@ class Dataset(NativeDataset):
         **kwargs: Any,
     ) -> Dataset:
         """Split ``X, y`` with ``train_test_split`` as pyDVL 0.9 did; extra keywords go to the constructor."""
-        x_train, x_test, y_train, y_test = _split(X, y, None, train_size, random_state, stratify_by_target)
+        x_train, x_test, y_train, y_test = pydvl_split(X, y, None, train_size, random_state, stratify_by_target)
         return cls(x_train, y_train, x_test, y_test, **kwargs)
 
     @classmethod
@@ -77,7 +55,7 @@ class Dataset(NativeDataset):
         **kwargs: Any,
     ) -> Dataset:
         """Split a scikit-learn ``Bunch`` as pyDVL 0.9 did."""
-        x, y = _bunch_kwargs(data, kwargs, f"{cls.__name__}.from_sklearn")
+        x, y = bunch_arrays(data, kwargs, f"{cls.__name__}.from_sklearn")
         return cls.from_arrays(x, y, train_size, random_state, stratify_by_target, **kwargs)
 
 
@@ -98,7 +76,7 @@ class GroupedDataset(NativeGroupedDataset):
         """Split ``X, y`` and ``data_groups`` (one group per row) as pyDVL 0.9 did."""
         if data_groups is None:
             raise InvalidParameterError("GroupedDataset.from_arrays needs 'data_groups': a group label per row.")
-        x_train, x_test, y_train, y_test, g_train, _ = _split(
+        x_train, x_test, y_train, y_test, g_train, _ = pydvl_split(
             X, y, data_groups, train_size, random_state, stratify_by_target
         )
         return cls(x_train, y_train, x_test, y_test, data_groups=g_train, **kwargs)
@@ -114,7 +92,7 @@ class GroupedDataset(NativeGroupedDataset):
         **kwargs: Any,
     ) -> GroupedDataset:
         """Split a scikit-learn ``Bunch`` and its ``data_groups`` as pyDVL 0.9 did."""
-        x, y = _bunch_kwargs(data, kwargs, f"{cls.__name__}.from_sklearn")
+        x, y = bunch_arrays(data, kwargs, f"{cls.__name__}.from_sklearn")
         return cls.from_arrays(x, y, train_size, random_state, stratify_by_target, data_groups, **kwargs)
 
 

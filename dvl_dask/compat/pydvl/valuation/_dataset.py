@@ -18,6 +18,7 @@ from ...._frozen import readonly_array
 from ....data import Dataset as NativeDataset
 from ....data import GroupedDataset as NativeGroupedDataset
 from ....errors import InvalidDataError, InvalidParameterError
+from .._splits import bunch_arrays, pydvl_split
 
 __all__ = ["Dataset", "GroupedDataset", "RawData", "native_dataset"]
 
@@ -188,12 +189,7 @@ class Dataset:
         random_state=random_state, stratify=y if stratify_by_target else None)``,
         so the same arguments give the same parts, in the same (shuffled) order.
         """
-        from sklearn.model_selection import train_test_split
-
-        x_train, x_test, y_train, y_test = train_test_split(
-            np.asarray(X), np.asarray(y), train_size=train_size, random_state=random_state,
-            stratify=np.asarray(y) if stratify_by_target else None,
-        )
+        x_train, x_test, y_train, y_test = pydvl_split(X, y, None, train_size, random_state, stratify_by_target)
         return cls(x_train, y_train, **kwargs), cls(x_test, y_test, **kwargs)
 
     @classmethod
@@ -209,18 +205,9 @@ class Dataset:
 
         Feature names, target names and the description come from the bunch.
         """
-        if not hasattr(data, "data") or not hasattr(data, "target"):
-            raise InvalidParameterError(
-                f"The 'data' argument of {cls.__name__}.from_sklearn must be a scikit-learn Bunch with 'data' "
-                f"and 'target' (e.g. load_iris()). Got {type(data).__name__}."
-            )
-        for key in ("feature_names", "target_names"):
-            if key not in kwargs and getattr(data, key, None) is not None:
-                kwargs[key] = list(map(str, getattr(data, key)))
-        kwargs.setdefault("description", getattr(data, "DESCR", None))
+        x, y = bunch_arrays(data, kwargs, f"{cls.__name__}.from_sklearn")
         return cls.from_arrays(
-            data.data, data.target, train_size=train_size, random_state=random_state,
-            stratify_by_target=stratify_by_target, **kwargs,
+            x, y, train_size=train_size, random_state=random_state, stratify_by_target=stratify_by_target, **kwargs
         )
 
 
@@ -314,13 +301,10 @@ class GroupedDataset(Dataset):
         **kwargs: Any,
     ) -> tuple[GroupedDataset, GroupedDataset]:
         """Split ``X, y`` and their ``data_groups`` into ``(train, test)`` as pyDVL 0.10 does."""
-        from sklearn.model_selection import train_test_split
-
         if data_groups is None:
             raise InvalidParameterError("GroupedDataset.from_arrays needs 'data_groups': a group id per row.")
-        x_train, x_test, y_train, y_test, g_train, g_test = train_test_split(
-            np.asarray(X), np.asarray(y), np.asarray(data_groups), train_size=train_size,
-            random_state=random_state, stratify=np.asarray(y) if stratify_by_target else None,
+        x_train, x_test, y_train, y_test, g_train, g_test = pydvl_split(
+            X, y, data_groups, train_size, random_state, stratify_by_target
         )
         return cls(x_train, y_train, data_groups=g_train, **kwargs), cls(x_test, y_test, data_groups=g_test, **kwargs)
 
