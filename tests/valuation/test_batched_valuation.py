@@ -81,7 +81,7 @@ def test_exact_shapley_batched_equals_tight_sklearn_small():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.slow  # 4,096 scikit-learn fits for the ground truth (~10-40 s)
+@pytest.mark.long  # 4,096 scikit-learn fits for the ground truth (30 s in make test): make test-long runs it
 def test_exact_shapley_n12_batched_equals_tight_sklearn():
     data = _data(12, seed=4)
     batched = Utility(LogisticRegression(), data, "neg_log_loss", default_score=-1.0)
