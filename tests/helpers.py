@@ -64,3 +64,19 @@ def scaled_by(factor: float):
 def r2_scorer(model, x, y) -> float:
     """``model.score`` as a plain scorer function (no range known)."""
     return float(model.score(x, y))
+
+
+def flat_params(model):
+    """A torch module's parameters as one detached vector (torch imported here, not at module import)."""
+    import torch
+
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def unflatten_params(model, theta):
+    """``{name: tensor}`` views of a flat parameter vector ``theta``, shaped like ``model``'s parameters."""
+    out, start = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = theta[start : start + p.numel()].reshape(p.shape)
+        start += p.numel()
+    return out

@@ -6,6 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import flat_params, unflatten_params  # noqa: E402
+
 from dvl_dask.errors import InvalidModelError  # noqa: E402
 from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence, NystroemSketchInfluence  # noqa: E402
 from dvl_dask.influence.torch._linalg import batched_minres  # noqa: E402
@@ -15,31 +17,19 @@ pytestmark = pytest.mark.torch
 LAM = 0.01
 
 
-def _flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def _unflatten(model, theta):
-    out, start = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = theta[start : start + p.numel()].reshape(p.shape)
-        start += p.numel()
-    return out
-
-
 def _hessian_and_grads(problem):
     """Dense Hessian of the mean loss and per-sample gradients with plain torch.autograd (no library code)."""
     model, loss = problem.model, problem.loss
-    theta = _flat(model)
+    theta = flat_params(model)
 
     def mean_loss(t):
-        return loss(torch.func.functional_call(model, _unflatten(model, t), (problem.x,)), problem.y)
+        return loss(torch.func.functional_call(model, unflatten_params(model, t), (problem.x,)), problem.y)
 
     def grads(x, y):
         rows = []
         for xi, yi in zip(x, y):
             f = lambda t, xi=xi, yi=yi: loss(  # noqa: E731
-                torch.func.functional_call(model, _unflatten(model, t), (xi[None],)), yi[None]
+                torch.func.functional_call(model, unflatten_params(model, t), (xi[None],)), yi[None]
             )
             rows.append(torch.autograd.functional.jacobian(f, theta))
         return torch.stack(rows)

@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from helpers import flat_params, unflatten_params  # noqa: E402
 
 from dvl_dask.errors import ConvergenceWarning, InvalidModelError  # noqa: E402
 from dvl_dask.influence import InfluenceMode  # noqa: E402
@@ -26,25 +27,13 @@ pytestmark = pytest.mark.torch
 LAM = 0.1
 
 
-def _flat_params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def _unflatten(model, theta):
-    out, start = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = theta[start : start + p.numel()].reshape(p.shape)
-        start += p.numel()
-    return out
-
-
 def _autograd_oracle(problem, lam, blocks=None):
     """Influences from torch.autograd.functional (no torch.func): explicit Hessian, per-sample loops."""
     model, loss = problem.model, problem.loss
-    theta = _flat_params(model)
+    theta = flat_params(model)
 
     def mean_loss(t):
-        return loss(torch.func.functional_call(model, _unflatten(model, t), (problem.x,)), problem.y)
+        return loss(torch.func.functional_call(model, unflatten_params(model, t), (problem.x,)), problem.y)
 
     h = torch.autograd.functional.hessian(mean_loss, theta)
     if blocks is not None:
@@ -58,7 +47,7 @@ def _autograd_oracle(problem, lam, blocks=None):
         rows = []
         for xi, yi in zip(x, y):
             f = lambda t, xi=xi, yi=yi: loss(  # noqa: E731
-                torch.func.functional_call(model, _unflatten(model, t), (xi[None],)), yi[None]
+                torch.func.functional_call(model, unflatten_params(model, t), (xi[None],)), yi[None]
             )
             rows.append(torch.autograd.functional.jacobian(f, theta))
         return torch.stack(rows)
