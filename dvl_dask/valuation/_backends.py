@@ -174,18 +174,39 @@ class DistributedBackend(Backend):
         self.futures[future] = block
         self.as_completed.add(future)
 
+    def _check_workers(self) -> None:
+        self._refresh()
+        if self._idle_since is not None and time.monotonic() - self._idle_since > self.no_workers_timeout:
+            raise NoWorkersError(
+                f"The cluster at {self.client.scheduler.address} has had no workers for more than "
+                f"{self.no_workers_timeout:g} s (dvl_dask.valuation.montecarlo.no-workers-timeout)."
+            )
+
     def next_done(self) -> tuple[int, PointStats]:
         while not self.as_completed.has_ready():
-            self._refresh()
-            if self._idle_since is not None and time.monotonic() - self._idle_since > self.no_workers_timeout:
-                raise NoWorkersError(
-                    f"The cluster at {self.client.scheduler.address} has had no workers for more than "
-                    f"{self.no_workers_timeout:g} s (dvl_dask.valuation.montecarlo.no-workers-timeout)."
-                )
+            self._check_workers()
             time.sleep(0.02)
         future = next(self.as_completed)
         block = self.futures.pop(future)
-        return block, future.result()
+        return block, self._fetch(future)
+
+    def _fetch(self, future: Any) -> PointStats:
+        """The block's statistics, without waiting forever for a result no worker holds any more.
+
+        A block can finish (and be handed out by ``as_completed``) and then lose its only
+        copy when every worker dies before the result is fetched: the scheduler would
+        recompute it once a worker joins, and a bare ``result()`` waits for that without
+        bound. Fetching in short slices keeps the no-workers deadline in force.
+        """
+        while True:
+            try:
+                return future.result(timeout=self._FETCH_SLICE)
+            except TimeoutError:
+                if future.status == "error":
+                    raise  # the task's own TimeoutError, not ours
+            self._check_workers()
+
+    _FETCH_SLICE = 0.5  # seconds per attempt to fetch a finished block's result
 
     def close(self) -> None:
         pending = list(self.futures)

@@ -180,3 +180,51 @@ def test_active_players_are_decided_by_block_index(lag):
     from dvl_dask.results import parameters_of
 
     assert parameters_of(reference)["active_set_lag"] == lag  # part of the run's identity (checkpoints)
+
+
+class _LostResult:
+    """A finished block whose only copy died with its worker: fetching it never completes."""
+
+    status = "lost"
+
+    def result(self, timeout=None):
+        time.sleep(timeout or 0)
+        raise TimeoutError(f"timed out after {timeout} s.")
+
+
+class _EmptyCluster:
+    class scheduler:  # mimics client.scheduler.address
+        address = "tcp://127.0.0.1:0"
+
+    def nthreads(self):
+        return {}
+
+
+def test_fetching_a_lost_result_still_honours_the_no_workers_deadline():
+    # CI once hung for 300 s here: the block had finished, every worker was then killed, and a bare
+    # future.result() waited for a worker to recompute it.
+    from dvl_dask.errors import NoWorkersError
+    from dvl_dask.valuation._backends import DistributedBackend
+
+    backend = object.__new__(DistributedBackend)
+    backend.client, backend.no_workers_timeout = _EmptyCluster(), 1.0
+    backend._threads, backend._checked, backend._idle_since = 0, 0.0, None
+    start = time.monotonic()
+    with pytest.raises(NoWorkersError, match="no workers for more than 1 s"):
+        backend._fetch(_LostResult())
+    assert time.monotonic() - start < 5
+
+
+class _TaskTimedOut(_LostResult):
+    status = "error"
+
+    def result(self, timeout=None):
+        raise TimeoutError("the scorer's own timeout")
+
+
+def test_a_block_that_raised_timeouterror_is_reported_not_retried():
+    from dvl_dask.valuation._backends import DistributedBackend
+
+    backend = object.__new__(DistributedBackend)
+    with pytest.raises(TimeoutError, match="scorer's own"):
+        backend._fetch(_TaskTimedOut())
