@@ -383,7 +383,7 @@ def test_a_damaged_influence_chunk_raises_naming_the_block(tmp_path, damage) -> 
         stored.values
     message = str(info.value)
     assert "test_sample 3..5" in message and "train_sample 0..4" in message
-    assert f"influence_to_zarr(result, {url!r}, overwrite=True)" in message
+    assert f"influence_to_zarr(result, {url!r}, repair=True)" in message  # recomputes only what is damaged
     assert isinstance(info.value, DvlDaskError) and info.value.block == (1, 0)
     # the other blocks are still read, each verified on its own
     np.testing.assert_array_equal(stored.isel(test_sample=slice(0, 3)).values, INFLUENCE[:3])
@@ -412,6 +412,102 @@ def test_a_complete_store_whose_marker_alone_was_removed_is_verified_and_complet
     np.testing.assert_array_equal(open_influence(url).values, INFLUENCE)
     assert os.path.getmtime(_chunk(url, 0, 0)) == before  # verified, not rewritten
     assert "_dvl_progress" not in os.listdir(url)
+
+
+# -- a damaged chunk is repaired by recomputing that block alone ----------------------------------------------
+UNEVEN = np.random.default_rng(3).normal(size=(7, 10))  # blocks of 3 x 4: the last row and column are smaller
+
+
+def _counted(computed: list, fail_after: int | None = None):
+    """The lazy matrix UNEVEN in (3, 4) blocks, recording each block it computes (after ``fail_after``: raise)."""
+    import dask.array as da
+
+    def produce(block, block_info=None):
+        where = tuple(block_info[0]["chunk-location"])
+        if len(computed) == fail_after:
+            raise RuntimeError("worker lost")
+        computed.append(where)
+        return block
+
+    # a fixed name: the same computation however often it is built (the write's token derives from it)
+    return da.from_array(UNEVEN, chunks=(3, 4)).map_blocks(produce, dtype=float, meta=np.empty((0, 0)),
+                                                          name="counted-influence")
+
+
+def _mtimes(url) -> dict:
+    folder = os.path.join(url, "influence", "c")
+    return {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.mark.parametrize("block", [(1, 1), (2, 2)], ids=["inner", "edge"])
+@pytest.mark.parametrize("damage", [os.remove, _cut, _flip_byte], ids=["deleted", "truncated", "altered"])
+def test_repair_recomputes_only_the_damaged_block_bit_identically(tmp_path, damage, block) -> None:
+    # issue 25: a damaged chunk of a complete store was only repairable by rewriting the whole array
+    import dask
+
+    url, fresh = str(tmp_path / "infl.zarr"), str(tmp_path / "fresh.zarr")
+    with dask.config.set(scheduler="sync"):
+        influence_to_zarr(_counted([]), url)
+        influence_to_zarr(_counted([]), fresh)
+        damage(_chunk(url, *block))
+        with pytest.raises(ResultCorruptError, match="repair=True"):
+            open_influence(url).values
+        with pytest.raises(ResultExistsError, match="repair=True"):  # a plain rerun does not touch it
+            influence_to_zarr(_counted([]), url)
+        before = _mtimes(url)
+        computed: list = []
+        assert influence_to_zarr(_counted(computed), url, repair=True) == url
+    assert computed == [block]  # one block recomputed, one chunk written
+    after = _mtimes(url)
+    changed = sorted(k for k in after if before.get(k) != after[k])
+    assert changed == [os.path.join(*map(str, block))]
+    repaired = open_influence(url).values
+    assert repaired.tobytes() == open_influence(fresh).values.tobytes() == UNEVEN.tobytes()
+    with open(_chunk(url, *block), "rb") as a, open(_chunk(fresh, *block), "rb") as b:
+        assert a.read() == b.read()  # the chunk itself is bit-identical to a fresh write's
+    assert "_dvl_progress" not in os.listdir(url)
+
+
+def test_repair_of_a_sound_store_recomputes_nothing(tmp_path) -> None:
+    url = str(tmp_path / "infl.zarr")
+    influence_to_zarr(_counted([]), url)
+    before, computed = _mtimes(url), []
+    influence_to_zarr(_counted(computed), url, repair=True)
+    assert computed == [] and _mtimes(url) == before
+    np.testing.assert_array_equal(open_influence(url).values, UNEVEN)
+
+
+def test_repair_verifies_the_blocks_an_interrupted_write_marked_done(tmp_path) -> None:
+    import dask
+
+    url = str(tmp_path / "infl.zarr")
+    with dask.config.set(scheduler="sync"), pytest.raises(RuntimeError, match="worker lost"):
+        influence_to_zarr(_counted([], fail_after=4), url)
+    written = sorted(tuple(map(int, k.split(os.sep))) for k in _mtimes(url))
+    assert len(written) == 4
+    _flip_byte(_chunk(url, *written[0]))  # a block marked done, damaged since
+    computed: list = []
+    with dask.config.set(scheduler="sync"):
+        influence_to_zarr(_counted(computed), url, repair=True)
+    unwritten = [(i, j) for i in range(3) for j in range(3) if (i, j) not in written]
+    # the damaged block and those never written are computed; every other block written earlier is kept
+    assert sorted(computed) == sorted([written[0], *unwritten])
+    np.testing.assert_array_equal(open_influence(url).values, UNEVEN)
+
+
+def test_repair_refuses_another_computation_and_contradictory_options(tmp_path) -> None:
+    import dask.array as da
+
+    url = str(tmp_path / "infl.zarr")
+    influence_to_zarr(_counted([]), url)
+    with pytest.raises(ResultExistsError, match="same computation"):
+        influence_to_zarr(da.from_array(UNEVEN + 1, chunks=(3, 4)), url, repair=True)
+    with pytest.raises(InvalidParameterError, match="repair=True and resume=False"):
+        influence_to_zarr(_counted([]), url, repair=True, resume=False)
+    with pytest.raises(InvalidParameterError, match="'repair'"):
+        influence_to_zarr(_counted([]), url, repair="yes")
+    np.testing.assert_array_equal(open_influence(url).values, UNEVEN)  # untouched
 
 
 # -- credentials of remote stores ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def influence_to_zarr(
     zarr_chunks: tuple[int, int] | None = None,
     overwrite: bool = False,
     resume: bool = True,
+    repair: bool = False,
     compute: bool = True,
 ) -> Any:
     """Write an influence matrix (dask array or labelled ``xr.DataArray``) to zarr, block by block.
@@ -60,6 +61,14 @@ def influence_to_zarr(
         Replace an existing result or an interrupted write of another computation.
     resume : bool
         Continue an interrupted write of the same computation (default True).
+    repair : bool
+        Repair a store of the same computation: every stored chunk is
+        verified (its presence and checksum) and only the blocks whose chunk
+        is missing, truncated or altered are recomputed and rewritten; the
+        store is then marked complete again. Use it when
+        :func:`~dvl_dask.open_influence` raises
+        :class:`~dvl_dask.errors.ResultCorruptError`. A store of another
+        computation is refused (``overwrite=True`` replaces it).
     compute : bool
         False returns a ``dask.delayed`` object that performs the write.
 
@@ -71,7 +80,14 @@ def influence_to_zarr(
     Raises
     ------
     ResultExistsError
-        If a result exists at ``url`` and ``overwrite`` is False.
+        If a result exists at ``url`` and neither ``overwrite`` nor (for the
+        same computation) ``repair`` is True.
+
+    Examples
+    --------
+    Recompute the damaged chunks of a stored matrix, keeping the others:
+
+    >>> influence_to_zarr(lazy, "influences.zarr", repair=True)  # doctest: +SKIP
     """
     import dask.array as da
 
@@ -113,7 +129,7 @@ def influence_to_zarr(
         token=fingerprint(values.name, grid.chunks, coords[dims[0]], coords[dims[1]],
                           {k: v for k, v in attrs.items() if k != "provenance"}),
         attrs=attrs, dtype=values.dtype, trailing_shape=values.shape[2:], storage_options=storage_options,
-        overwrite=overwrite, resume=resume, identity=model_identity(attrs),
+        overwrite=overwrite, resume=resume, identity=model_identity(attrs), repair=repair,
     )
     return DaskMapper().store(values, sink, compute=compute)
 

@@ -146,6 +146,7 @@ class LazyChunkSequence(_Lazy):
         names: Sequence[Any] | np.ndarray | None = None,
         overwrite: bool = False,
         resume: bool = True,
+        repair: bool = False,
         return_stored: bool = False,
     ) -> Any:
         """Write the factors chunk by chunk to zarr, dims ``("test_sample", "parameter")``.
@@ -166,6 +167,7 @@ class LazyChunkSequence(_Lazy):
             url, plan=plan, name="influence_factors", dims=(TEST_DIM, FACTOR_DIM), coords=coords,
             token=fingerprint(token, plan.chunks, coords[TEST_DIM]), attrs=self._stored_attrs(token),
             storage_options=storage_options, overwrite=overwrite, resume=resume, identity=model_identity(self.attrs),
+            repair=repair,
         )
         out = SequentialMapper().store(self._blocks, sink, convert=_converter_fn(converter))
         return open_influence(out, storage_options=storage_options) if return_stored else out
@@ -223,6 +225,7 @@ class NestedLazyChunkSequence(_Lazy):
         train_names: Sequence[Any] | np.ndarray | None = None,
         overwrite: bool = False,
         resume: bool = True,
+        repair: bool = False,
         return_stored: bool = False,
     ) -> Any:
         """Compute the blocks one by one and write each into its region of a zarr array.
@@ -247,6 +250,10 @@ class NestedLazyChunkSequence(_Lazy):
         resume : bool
             If an earlier write of the same computation was interrupted, keep
             its finished blocks and compute only the others (default).
+        repair : bool
+            Verify every chunk stored by the same computation (complete or
+            interrupted) and recompute only the blocks whose chunk is
+            missing or fails its checksum; the store is then complete again.
         return_stored : bool
             Return the stored array (lazy ``xr.DataArray``) instead of the URL.
 
@@ -268,6 +275,7 @@ class NestedLazyChunkSequence(_Lazy):
             token=fingerprint(token, plan.chunks, coords[TEST_DIM], coords[TRAIN_DIM]),
             attrs=self._stored_attrs(token),
             storage_options=storage_options, overwrite=overwrite, resume=resume, identity=model_identity(self.attrs),
+            repair=repair,
         )
         mapper = SequentialMapper(progress=self._nested.progress)
         out = mapper.store(self._nested, sink, convert=_converter_fn(converter))

@@ -25,6 +25,12 @@ task verifies its chunk: a missing, truncated or altered chunk raises
 :class:`~dvl_dask.errors.ResultCorruptError` naming the block (never NaN, never
 a raw decompression error). Stores written before the checksum are verified
 for presence and decoding only.
+
+``repair=True`` repairs a store of the same computation in place: the
+completion marker is removed first (so a crash leaves a store the same write
+re-verifies), every chunk is verified, the blocks that verify are marked done
+and only the others are recomputed and rewritten; the store is then marked
+complete again.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ import numpy as np
 import xarray as xr
 
 from .._version import __version__
-from ..errors import InvalidDataError, ResultExistsError, SchemaError
+from ..errors import InvalidDataError, InvalidParameterError, ResultExistsError, SchemaError
+from ..validation import check_bool
 from ._schema import SCHEMA_VERSION, _jsonable, describe_variables
 from ._stores import (
     CHECKPOINT,
@@ -286,16 +293,31 @@ def _differences(
     return differing
 
 
-def _reverify(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: _Grid) -> np.ndarray:
-    """Blocks of a finished store whose marker is missing: verified ones are marked done, the rest rewritten."""
+def _reverify(
+    url: str, storage_options: Mapping[str, Any] | None, name: str, grid: _Grid, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """Blocks of a store of the same computation whose chunks verify are marked done, the rest pending.
+
+    ``keep``: only these blocks may count as done (the progress marks of an interrupted write); default all.
+    """
 
     done = verify_blocks(url, storage_options, name, grid)
+    if keep is not None:
+        done &= keep
     group = _open_for_writing(url, storage_options)
     progress = group.require_group(PROGRESS_GROUP)
     mask = progress.create_array("done", shape=grid.grid, chunks=(1,) * len(grid.grid), dtype="u1", fill_value=0,
                                  overwrite=True)
     mask[...] = done.astype("u1")
     return done
+
+
+def _reopen_for_repair(url: str, storage_options: Mapping[str, Any] | None, name: str, grid: _Grid) -> np.ndarray:
+    """A complete store to repair: unmark it complete first (a crash then leaves a store the same write
+    re-verifies), then mark the blocks whose chunks verify as done; the others are pending."""
+    group = _open_for_writing(url, storage_options)
+    del group.attrs[COMPLETE]
+    return _reverify(url, storage_options, name, grid)
 
 
 @explains_store_errors("influence_to_zarr", 0)
@@ -314,6 +336,7 @@ def open_block_sink(
     overwrite: bool = False,
     resume: bool = True,
     identity: Mapping[str, Any] | None = None,
+    repair: bool = False,
 ) -> ZarrBlockSink:
     """Create a zarr store for a blocked array, or reopen an interrupted write of the same computation.
 
@@ -351,6 +374,12 @@ def open_block_sink(
         What else the write depends on, recorded in the header with the
         dvl_dask version (e.g. the model class and hyper-parameters in
         full, JSON-serialisable). A resume is refused when it differs.
+    repair : bool
+        Verify every stored chunk of the same computation -- a complete
+        store, or the blocks an interrupted write marked done -- and rewrite
+        only the blocks whose chunk is missing or fails its checksum; the
+        store is then marked complete again. The other blocks are kept
+        as they are (not recomputed). Needs ``resume=True``.
 
     Raises
     ------
@@ -360,6 +389,12 @@ def open_block_sink(
     import zarr
 
     url = check_location(url, "influence_to_zarr")
+    repair = check_bool(repair, "repair", "influence_to_zarr")
+    if repair and not check_bool(resume, "resume", "influence_to_zarr"):
+        raise InvalidParameterError(
+            "influence_to_zarr got repair=True and resume=False: a repair keeps the blocks that verify and "
+            "rewrites the others. To fix, pass repair=True alone (or overwrite=True to write everything anew)."
+        )
     kind = store_kind(url, dict(storage_options or {}))
     if kind in (CHECKPOINT, FOREIGN):
         refuse_to_replace(url, kind, "influence_to_zarr", overwrite=overwrite)
@@ -372,10 +407,17 @@ def open_block_sink(
     done = None
     if group is not None:
         stored = group.attrs.get(WRITE_HEADER)
-        if group.attrs.get(COMPLETE, False):
+        complete = bool(group.attrs.get(COMPLETE, False))
+        same = isinstance(stored, dict) and not _differences(group, stored, header, dtype, trailing_shape, n_axes)
+        if complete and repair and same:
+            done = _reopen_for_repair(url, storage_options, name, _Grid(plan.chunks))
+            header = stored
+        elif complete:
             if not overwrite:
+                hint = "" if same else " (repair=True applies only to a store of the same computation)"
                 raise ResultExistsError(
-                    f"{url} holds a complete result. To fix, pass overwrite=True or choose another location."
+                    f"{url} holds a complete result{hint}. To fix, pass overwrite=True or choose another location; "
+                    "to recompute only damaged chunks of the same computation, pass repair=True."
                 )
         elif not isinstance(stored, dict):
             if not overwrite:
@@ -388,6 +430,8 @@ def open_block_sink(
             if resume and not differing:
                 if PROGRESS_GROUP in group:
                     done = np.asarray(group[PROGRESS_GROUP]["done"][...]) > 0
+                    if repair:  # the blocks marked done are verified too; those that fail are rewritten
+                        done = _reverify(url, storage_options, name, _Grid(plan.chunks), keep=done)
                 else:  # every block was written but the completion marker is missing: verify, keep what holds
                     done = _reverify(url, storage_options, name, _Grid(plan.chunks))
                 header = stored

@@ -89,8 +89,13 @@ def check_chunk(
     key = f"{name}/{arr.metadata.encode_chunk_key(tuple(index))}"
     where = _block_text(index, slices, dims)
     what = "influence store" if writer == "influence_to_zarr" else "result"
-    fix = (f"To recompute it, run the write again with {writer}(result, {url!r}, overwrite=True) (the whole "
-           f"{'array' if writer == 'influence_to_zarr' else 'result'} is written anew).")
+    if writer == "influence_to_zarr":
+        fix = (f"To recompute only the damaged blocks, run the same write with {writer}(result, {url!r}, "
+               "repair=True): every chunk is verified and only those that fail are rewritten "
+               "(overwrite=True writes the whole array anew).")
+    else:
+        fix = f"To recompute it, run the write again with {writer}(result, {url!r}, overwrite=True) (the whole " \
+              "result is written anew)."
     if not _chunk_exists(url, storage_options, key):
         raise ResultCorruptError(
             f"The {what} at {url} is damaged: the chunk of {where} ({key}) of {name!r} is missing, so its values "
