@@ -76,6 +76,29 @@ def test_a_classifier_on_continuous_targets_is_refused_when_built() -> None:
     assert Utility(LogisticRegression(), floats, "accuracy")(range(8)) > 0.5  # whole floats are class labels
 
 
+def test_knn_shapley_refuses_a_classifier_on_continuous_targets() -> None:
+    # a sibling of the Utility check: each distinct float target was read as a class of its own
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    with pytest.raises(InvalidDataError, match=r"knn_shapley is a classifier.*continuous.*To fix, use a regressor"):
+        valuation.knn_shapley(CONTINUOUS, KNeighborsClassifier(n_neighbors=2))
+    floats = Dataset(_x[:8], _y_class[:8].astype(float), _x[8:], _y_class[8:].astype(float))
+    exact = valuation.knn_shapley(floats, KNeighborsClassifier(n_neighbors=2)).compute()
+    assert np.isfinite(exact["value"].values).all()  # whole floats are class labels
+    valuation.knn_shapley(CONTINUOUS, KNeighborsRegressor(n_neighbors=2))  # the regressor is the fix
+
+
+def test_pydvl_model_utility_refuses_a_scorer_of_the_other_task_when_built() -> None:
+    # a sibling: pyDVL 0.10's ModelUtility built its Utility only when first used, so "r2" on a classifier passed
+    from dvl_dask.compat.pydvl.valuation import Dataset as PyDVLDataset
+    from dvl_dask.compat.pydvl.valuation import ModelUtility, SupervisedScorer
+
+    test = PyDVLDataset(_x[8:], _y_class[8:])
+    with pytest.raises(InvalidParameterError, match=r"'r2' of ModelUtility is a regression metric.*classifier"):
+        ModelUtility(LogisticRegression(), SupervisedScorer("r2", test, 0.0))
+    ModelUtility(LogisticRegression(), SupervisedScorer("accuracy", test, 0.0))
+
+
 @pytest.mark.parametrize(
     ("argv", "fix"),
     [

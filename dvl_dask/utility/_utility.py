@@ -782,22 +782,25 @@ def _model_task(model: Any) -> str | None:
         return None
 
 
-def _check_scorer_fits_model(scorer: Scorer, model: Any) -> None:
-    """Refuse a regression metric on a classifier and a classification metric on a regressor."""
+def _check_scorer_fits_model(scorer: Scorer, model: Any, owner: str = "Utility") -> None:
+    """Refuse a regression metric on a classifier and a classification metric on a regressor (``owner``: who)."""
     wanted, task = scorer_task(scorer), _model_task(model)
     if wanted is None or task is None or wanted == task:
         return
     examples = "'accuracy', 'f1' or 'neg_log_loss'" if task == "classification" else "'r2' or 'neg_mean_squared_error'"
     other = "regressor" if task == "classification" else "classifier"
     raise InvalidParameterError(
-        f"The 'scorer' {scorer.name!r} of Utility is a {wanted} metric, but the model {type(model).__name__} is a "
+        f"The 'scorer' {scorer.name!r} of {owner} is a {wanted} metric, but the model {type(model).__name__} is a "
         f"{'classifier' if task == 'classification' else 'regressor'}: its scores would be meaningless. To fix, "
         f"use a {task} scorer ({examples}) or a {other}."
     )
 
 
-def _check_classifier_targets(model: Any, y_train: Any) -> None:
-    """Refuse a classifier on continuous training targets (every distinct value would be a class)."""
+def _check_classifier_targets(model: Any, y_train: Any, owner: str = "Utility") -> None:
+    """Refuse a classifier on continuous training targets (every distinct value would be a class).
+
+    Only numpy targets are checked: those of a dask array are not known without computing them.
+    """
     if not isinstance(y_train, np.ndarray) or y_train.dtype.kind != "f" or _model_task(model) != "classification":
         return
     from sklearn.utils.multiclass import type_of_target
@@ -808,7 +811,7 @@ def _check_classifier_targets(model: Any, y_train: Any) -> None:
         return
     if kind.startswith("continuous"):
         raise InvalidDataError(
-            f"The model {type(model).__name__} of Utility is a classifier, but the training targets 'y_train' are "
+            f"The model {type(model).__name__} of {owner} is a classifier, but the training targets 'y_train' are "
             f"continuous (float values such as {y_train.ravel()[:3].tolist()}): every distinct value would be a "
             "class. To fix, use a regressor (and a regression scorer such as 'r2'), or pass class labels."
         )

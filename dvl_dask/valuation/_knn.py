@@ -57,6 +57,7 @@ from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ..keys import current_call, layer_name, lazy_method
 from ..results import valuation_dataset
 from ..results._schema import EXACT
+from ..utility._utility import _check_classifier_targets
 from ..validation import check_positive_int, is_dask_array
 from ._graph import stack_blocks
 
@@ -373,7 +374,8 @@ def knn_shapley(
     InvalidModelError
         If ``model`` is not a ``KNeighborsClassifier`` or ``KNeighborsRegressor`` with uniform weights.
     InvalidDataError
-        If the features are not 2-d or the labels not 1-d, or ``data`` is grouped.
+        If the features are not 2-d or the labels not 1-d, or ``data`` is grouped, or a
+        ``KNeighborsClassifier`` is given continuous (float, not whole) numpy targets.
 
     Notes
     -----
@@ -422,6 +424,8 @@ def knn_shapley(
             raise InvalidDataError(
                 f"{owner} needs 1-d labels (one class per sample). {name} has shape {tuple(getattr(data, name).shape)}."
             )
+    if not regression:  # a continuous target would be read as one class per distinct value
+        _check_classifier_targets(model, data.y_train, owner)
     if regression and not np.issubdtype(np.dtype(data.y_train.dtype), np.number):
         raise InvalidDataError(
             f"{owner} with a KNeighborsRegressor needs numeric targets. y_train has dtype {data.y_train.dtype}."

@@ -11,6 +11,7 @@ import numpy as np
 from ....errors import InvalidParameterError
 from ....utility import Scorer, Utility, learn_utility
 from ....utility import compose_score as native_compose_score
+from ....utility._utility import _check_scorer_fits_model
 from ....validation import as_seed_sequence, check_bool, check_model, check_positive_int, check_real
 from ._dataset import Dataset, native_dataset
 from ._unsupported import not_supported
@@ -194,6 +195,7 @@ class ModelUtility:
             )
         if not clone_before_fit:
             raise not_supported("ModelUtility(clone_before_fit=False)")
+        _check_scorer_fits_model(scorer.native(), model, type(self).__name__)  # refused now, not when first used
         self.model = model
         self.scorer = scorer
         self.catch_errors = catch_errors
