@@ -74,5 +74,14 @@ def preload_modules() -> list[str]:
 
 
 def dask_setup(worker: Any = None) -> None:
-    """Entry point of distributed's preload mechanism (called once per worker at start-up)."""
+    """Entry point of distributed's preload mechanism (called once per worker at start-up).
+
+    ``worker`` is what distributed passes: the worker (or nanny, or scheduler) server, which has an ``address``.
+    """
+    if worker is not None and not hasattr(worker, "address"):
+        raise InvalidParameterError(
+            "The 'worker' argument of dask_setup must be the dask server distributed passes to a preload "
+            f"(a Worker, Nanny or Scheduler) or None. Got {type(worker).__name__} {worker!r:.60}. To use it, "
+            "start workers with --preload dvl_dask.preload."
+        )
     preload_modules()

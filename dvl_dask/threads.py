@@ -124,6 +124,7 @@ def blas_limits() -> AbstractContextManager[Any]:
 
 def limits_blas_threads(fn: F) -> F:
     """Decorator for block-task functions: run ``fn`` inside :func:`blas_limits`."""
+    _check_decorated(fn, "limits_blas_threads")
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -131,6 +132,14 @@ def limits_blas_threads(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_decorated(fn: Any, owner: str) -> None:
+    if not callable(fn):
+        raise InvalidParameterError(
+            f"The 'fn' argument of {owner} must be a function (it is a decorator: @{owner}). Got "
+            f"{type(fn).__name__} {fn!r:.60}."
+        )
 
 
 def _usable_cores() -> int:

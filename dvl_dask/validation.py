@@ -25,9 +25,12 @@ __all__ = [
     "check_coalition",
     "check_consistent_length",
     "check_bool",
+    "check_callable",
     "check_finite_score",
     "check_keywords",
+    "check_mapping",
     "check_model",
+    "check_name",
     "check_positive_int",
     "check_real",
     "check_url",
@@ -66,7 +69,11 @@ def keyword_aliases(**aliases: str) -> Callable[[_F], _F]:
     TypeError: split() got 'seed' and its synonym 'random_state'; pass only one of them.
     """
 
+    for alias, canonical in aliases.items():
+        check_name(canonical, alias, "keyword_aliases")
+
     def decorate(fn: _F) -> _F:
+        check_callable(fn, "fn", "keyword_aliases")
         params = inspect.signature(fn).parameters
         positions = {}
         for i, (name, param) in enumerate(params.items()):
@@ -74,8 +81,9 @@ def keyword_aliases(**aliases: str) -> Callable[[_F], _F]:
                 positions[name] = i
         for alias, canonical in aliases.items():
             if canonical not in params or alias in params:
-                raise ValueError(
-                    f"keyword_aliases: {fn.__qualname__} has no parameter {canonical!r}, or has {alias!r}."
+                raise InvalidParameterError(
+                    f"keyword_aliases: the alias {alias}={canonical!r} does not fit {fn.__qualname__}: it needs a "
+                    f"parameter named {canonical!r} and none named {alias!r}. Its parameters are {list(params)}."
                 )
         qualname = fn.__qualname__
         owner = qualname[: -len(".__init__")] if qualname.endswith(".__init__") else qualname
@@ -183,6 +191,11 @@ def as_seed_sequence(seed: SeedLike, name: str = "seed", owner: str = "this func
 
 def seed_entropy(seed: np.random.SeedSequence) -> str:
     """A string that recreates ``seed`` (entropy and spawn key), for result attrs."""
+    if not isinstance(seed, np.random.SeedSequence):
+        raise InvalidParameterError(
+            f"The 'seed' argument of seed_entropy must be a numpy.random.SeedSequence (see as_seed_sequence). "
+            f"Got {type(seed).__name__} {seed!r:.60} instead."
+        )
     if seed.spawn_key:
         return f"{seed.entropy}:{','.join(map(str, seed.spawn_key))}"
     return str(seed.entropy)
@@ -339,6 +352,38 @@ def check_bool(value: Any, name: str, owner: str) -> bool:
             f"({type(value).__name__}). To fix, pass {name}=True or {name}=False."
         )
     return bool(value)
+
+
+def check_callable(value: Any, name: str, owner: str, *, what: str = "a function") -> Callable[..., Any]:
+    """Return ``value`` if it is callable, else raise InvalidParameterError naming ``name`` and what was expected."""
+    if not callable(value):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be callable ({what}). Got {type(value).__name__} "
+            f"{value!r:.60} instead."
+        )
+    return value
+
+
+def check_name(value: Any, name: str, owner: str) -> str:
+    """Return ``value`` if it is a non-empty string (a name, a label), else raise InvalidParameterError."""
+    if not isinstance(value, str) or not value:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be a non-empty str. Got {type(value).__name__} "
+            f"{value!r:.60} instead."
+        )
+    return value
+
+
+def check_mapping(value: Any, name: str, owner: str) -> dict[str, Any]:
+    """Return ``value`` as a dict if it is a mapping with string keys, else raise InvalidParameterError."""
+    from collections.abc import Mapping
+
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidParameterError(
+            f"The '{name}' argument of {owner} must be a mapping with str keys (e.g. {{'model': model}}). "
+            f"Got {type(value).__name__} {value!r:.60} instead."
+        )
+    return dict(value)
 
 
 def check_keywords(names: Any, allowed: Any, owner: str) -> None:

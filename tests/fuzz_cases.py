@@ -415,6 +415,8 @@ CASES: dict[str, list[Case]] = {
         Case("result", bad_object, lambda v, t: dvl_dask.influence_to_zarr(v, str(t / "i.zarr")),
              named="needs an array|result"),
         Case("url", bad_path, lambda v, t: dvl_dask.influence_to_zarr(np.zeros((2, 3)), v)),
+        Case("repair", bad_bool, lambda v, t: dvl_dask.influence_to_zarr(np.zeros((2, 3)), str(t / "i.zarr"),
+                                                                         repair=v)),
     ],
     f"{R}.self_influence_dataarray": [
         Case("values", st.one_of(st.none(), text), _kw(fn(R, "self_influence_dataarray"), ...)),
@@ -1018,39 +1020,10 @@ CASES.update(NEW_CASES)
 
 
 #: Public callables whose malformed inputs still end in a raw error or are accepted (issue 25, left open):
-#: the coverage test lists them; their cases are skipped with the reason until they are fixed.
-KNOWN_GAPS: dict[str, str] = {
-    **{f"{CH}.{n}": "chunk building blocks for extension authors: arguments are not validated yet" for n in (
-        "BlockSequence", "NestedBlockSequence", "RowExtremes", "SequentialMapper", "SharedObjects")},
-    "dvl_dask.influence.LazyChunkSequence": "built by the calculators; arguments not validated yet",
-    "dvl_dask.influence.NestedLazyChunkSequence": "built by the calculators; arguments not validated yet",
-    **{f"{K}.{n}": "hashing helpers: non-callables and non-strings are not refused yet" for n in (
-        "BoundCall", "call_key", "canonical_indices", "class_token", "code_fingerprint", "dask_content_digest",
-        "function_token", "layer_name", "lazy_method", "package_version", "run_identity", "KeyFunction",
-        "cache_key")},
-    f"{R}.Checkpoint": "opened by run_until_converged (storage half of issue 25); arguments not validated",
-    f"{R}.ZarrBlockSink": "opened by open_block_sink; arguments not validated",
-    f"{R}.open_block_sink": "a non-string name is accepted",
-    f"{R}.DvlAccessor": "xarray builds it (ds.dvl); a non-Dataset is accepted",
-    f"{R}.ValueItem": "a record built by ValuationResult; fields not validated",
-    f"{R}.valuation_dataset": "a non-string method is accepted",
-    f"{C}.CacheStats": "a record of counters filled in by the backends; fields not validated",
-    f"{C}.RunningStats": "a record filled in by the memoizer; fields not validated",
-    f"{C}.resolve_hmac_key": "an empty key is accepted",
-    f"{C}.CachedFuncConfig": "options are validated when a function is wrapped (memoize), not when built",
-    f"{C}.MemcachedConfig": "options are validated when a function is wrapped (memoize), not when built",
-    f"{C}.memcached": "options are validated when a function is wrapped (memoize), not when built",
-    f"{U}.LearnedUtility": "built by learn_utility; a regressor without predict is accepted",
-    f"{V}.ConvergenceState": "a record built by run_until_converged; fields not validated",
-    "dvl_dask.testing.raise_if_dask_computes": "a negative max_computes is accepted",
-    "dvl_dask.testing.mappers.assert_mappers_agree": "a non-callable kernel gives a raw TypeError",
-    "dvl_dask.testing.servers.start_memcached": "a bad memory_mb gives memcached's own RuntimeError",
-    "dvl_dask.testing.servers.free_port": "a non-string host gives a raw TypeError",
-    "dvl_dask.threads.limits_blas_threads": "a non-callable is accepted (fails when called)",
-    "dvl_dask.preload.dask_setup": "called by dask with a worker; anything is accepted",
-    "dvl_dask.validation.keyword_aliases": "a decorator for dvl_dask's own functions: a raw ValueError",
-    "dvl_dask.validation.seed_entropy": "internal: a non-SeedSequence gives a raw AttributeError",
-}
+#: the coverage test lists them; their cases are skipped with the reason until they are fixed. Empty since
+#: wave 5: the 42 building blocks listed here (chunks, keys, cache records, stores, testing helpers) now
+#: refuse bad input with a DvlDaskError naming the argument.
+KNOWN_GAPS: dict[str, str] = {}
 
 
 #: Public callables without inputs a user could get wrong, and why.

@@ -72,6 +72,12 @@ def resolve_hmac_key(key: bytes | str | None = None) -> bytes | None:
     Backends call this once, when they are built, and carry the result to
     workers when they are pickled.
     """
+    if key is not None and isinstance(key, str | bytes) and not key:
+        raise InvalidParameterError(
+            "The cache HMAC key (argument 'hmac_key' or 'key') must not be empty: an empty secret signs nothing. "
+            "To fix, pass a long random secret, or None to read the option or the environment variable "
+            f"{HMAC_KEY_ENV}."
+        )
     value = config.get(config.CACHE_HMAC_KEY, override_with=key)
     if value is None or value == "" or value == b"":
         value = os.environ.get(HMAC_KEY_ENV) or None

@@ -13,6 +13,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ..errors import InvalidParameterError
+from ..validation import check_bool, check_name, check_real
 from ._memcached import MemcachedClientConfig, as_client_config
 
 __all__ = ["CachedFuncConfig", "MemcachedConfig", "as_client_config", "memoize_options"]
@@ -28,7 +29,25 @@ def memoize_options(
     hash_prefix: str | None = None,
     owner: str,
 ) -> dict[str, Any]:
-    """Keyword arguments of :func:`memoize` for pyDVL's options (``min_repetitions`` + 1 evaluations)."""
+    """Keyword arguments of :func:`memoize` for pyDVL's options (``min_repetitions`` + 1 evaluations).
+
+    Every option is checked here, so pyDVL's configuration objects and :func:`memcached` refuse a bad value
+    when they are built, not when a function is first wrapped. ``None`` (time and tolerance) reads the option.
+    """
+    for name, value in (("time_threshold", time_threshold), ("rtol_stderr", rtol_stderr)):
+        if value is not None:
+            check_real(value, name, owner, low=0.0)
+    check_bool(allow_repeated_evaluations, "allow_repeated_evaluations", owner)
+    if hash_prefix is not None:
+        check_name(hash_prefix, "hash_prefix", owner)
+    if ignore_args is not None and (
+        isinstance(ignore_args, str) or not isinstance(ignore_args, Collection)
+        or not all(isinstance(a, str) for a in ignore_args)
+    ):
+        raise InvalidParameterError(
+            f"The 'ignore_args' parameter of {owner} must be a collection of parameter names (str), e.g. "
+            f"['verbose']. Got {ignore_args!r:.60} instead."
+        )
     if isinstance(min_repetitions, bool) or not isinstance(min_repetitions, int) or min_repetitions < 0:
         raise InvalidParameterError(
             f"The 'min_repetitions' parameter of {owner} must be an int >= 0 (repetitions after the first "
@@ -79,6 +98,9 @@ class CachedFuncConfig:
     rtol_stderr: float = 0.1
     min_repetitions: int = 3
 
+    def __post_init__(self) -> None:
+        self.memoize_options()  # every option checked when built
+
     def memoize_options(self) -> dict[str, Any]:
         """These options as keyword arguments of :func:`memoize`."""
         return memoize_options(
@@ -114,3 +136,11 @@ class MemcachedConfig:
     rtol_stderr: float = 0.1
     min_repetitions: int = 3
     ignore_args: Collection[str] | None = None
+
+    def __post_init__(self) -> None:
+        as_client_config(self.client_config, "MemcachedConfig")
+        memoize_options(
+            time_threshold=self.time_threshold, allow_repeated_evaluations=self.allow_repeated_evaluations,
+            rtol_stderr=self.rtol_stderr, min_repetitions=self.min_repetitions, ignore_args=self.ignore_args,
+            owner="MemcachedConfig",
+        )

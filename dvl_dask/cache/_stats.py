@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import threading
 from typing import Any
+
+from ..errors import InvalidParameterError
 
 __all__ = ["CacheStats", "RunningStats"]
 
 _COUNTERS = ("hits", "misses", "sets", "timeouts", "errors", "reconnects", "rejected")
+
+
+def _check_count(value: Any, name: str, owner: str) -> None:
+    """A counter: a non-negative int (numpy's too), never a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InvalidParameterError(
+            f"The '{name}' field of {owner} must be an int >= 0 (a count). Got {type(value).__name__} "
+            f"{value!r:.60} instead."
+        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -58,6 +70,10 @@ class CacheStats:
     reconnects: int = 0
     rejected: int = 0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in _COUNTERS:
+            _check_count(getattr(self, name), name, "CacheStats")
 
     def increment(self, counter: str, n: int = 1) -> None:
         """Add ``n`` to ``counter`` (one of the attributes) atomically."""
@@ -114,6 +130,16 @@ class RunningStats:
     count: int = 0
     mean: float = 0.0
     m2: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_count(self.count, "count", "RunningStats")
+        for name in ("mean", "m2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InvalidParameterError(
+                    f"The '{name}' field of RunningStats must be a real number. Got {type(value).__name__} "
+                    f"{value!r:.60} instead."
+                )
 
     def add(self, value: float) -> RunningStats:
         """The statistics after one more evaluation ``value``."""

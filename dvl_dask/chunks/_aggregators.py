@@ -106,13 +106,45 @@ class MinMaxAggregator(SequenceAggregator):
         return lo, hi
 
 
-class RowExtremes(NamedTuple):
-    """Per row (test sample): smallest and largest value and the column (training sample) holding it."""
-
+class _RowExtremesFields(NamedTuple):
     min: np.ndarray
     argmin: np.ndarray
     max: np.ndarray
     argmax: np.ndarray
+
+
+class RowExtremes(_RowExtremesFields):
+    """Per row (test sample): smallest and largest value and the column (training sample) holding it.
+
+    A named tuple ``(min, argmin, max, argmax)`` of four 1-D arrays of one length (the rows); the ``arg``
+    arrays hold integer column indices.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, min: Any, argmin: Any, max: Any, argmax: Any) -> RowExtremes:  # noqa: A002 - field names
+        fields = {"min": min, "argmin": argmin, "max": max, "argmax": argmax}
+        arrays = {name: _row_vector(value, name) for name, value in fields.items()}
+        if len({a.shape[0] for a in arrays.values()}) > 1:
+            lengths = {name: a.shape[0] for name, a in arrays.items()}
+            raise InvalidDataError(f"The fields of RowExtremes must have one length (the rows). Got {lengths}.")
+        for name in ("argmin", "argmax"):
+            if arrays[name].size and arrays[name].dtype.kind not in "iu":
+                raise InvalidDataError(
+                    f"The {name!r} field of RowExtremes must hold integer column indices. Got dtype "
+                    f"{arrays[name].dtype}."
+                )
+        return super().__new__(cls, **arrays)
+
+
+def _row_vector(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value) if isinstance(value, np.ndarray | list | tuple) else None
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        raise InvalidDataError(
+            f"The {name!r} field of RowExtremes must be a 1-D numeric array (one value per row). Got "
+            f"{type(value).__name__} {value!r:.60}."
+        )
+    return arr
 
 
 class NestedMinMaxAggregator(NestedSequenceAggregator):

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import InvalidDataError, TokenizationError, UnalignedChunksError
 from ..keys import fingerprint, layer_name
+from ..validation import check_bool, check_mapping, check_name
 from ._plan import BlockPlan
 from ._sequences import BlockSequence, NestedBlockSequence, as_args
 
@@ -54,7 +55,9 @@ class SharedObjects:
     """
 
     def __init__(self, objects: Mapping[str, Any], token: str | None = None) -> None:
-        self.objects = dict(objects)
+        self.objects = check_mapping(objects, "objects", "SharedObjects")
+        if token is not None:
+            check_name(token, "token", "SharedObjects")
         if token is None:
             try:
                 token = fingerprint(self.objects)
@@ -136,7 +139,7 @@ class SequentialMapper:
     """
 
     def __init__(self, *, progress: bool | None = False) -> None:
-        self.progress = progress
+        self.progress = progress if progress is None else check_bool(progress, "progress", "SequentialMapper")
 
     def map_rows(
         self,

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from .._progress import progress_bar
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, InvalidParameterError
+from ..validation import check_bool, check_callable, check_mapping, check_name
 from ._plan import BlockPlan
 
 __all__ = ["BlockSequence", "NestedBlockSequence", "as_args", "n_rows_of", "nbytes_of"]
@@ -67,6 +68,19 @@ def _dataloader_chunks(obj: Any) -> tuple[int, ...] | None:
     return (int(batch_size),) * full + ((rest,) if rest else ())
 
 
+def _check_chunk_sizes(chunks: Any) -> tuple[int, ...]:
+    """Rows per block: a sequence of non-negative ints."""
+    ok = isinstance(chunks, Sequence) and not isinstance(chunks, str)
+    if ok:
+        ok = all(isinstance(c, int | np.integer) and not isinstance(c, bool) and c >= 0 for c in chunks)
+    if not ok:
+        raise InvalidParameterError(
+            "The 'chunks' argument of BlockSequence must be None, rows per block (a sequence of ints >= 0) or a "
+            f"function returning them. Got {chunks!r:.60} instead."
+        )
+    return tuple(int(c) for c in chunks)
+
+
 class BlockSequence:
     """A lazy, re-iterable sequence of row blocks.
 
@@ -102,10 +116,13 @@ class BlockSequence:
         chunks: tuple[int, ...] | Callable[[], tuple[int, ...]] | None = None,
         name: str = "blocks",
     ) -> None:
+        check_callable(thunks, "thunks", "BlockSequence", what="returning a fresh iterator of block thunks")
+        if chunks is not None and not callable(chunks):
+            chunks = _check_chunk_sizes(chunks)
         self._thunks = thunks
         self._chunks_fn = chunks if callable(chunks) else None
         self._chunks = None if callable(chunks) or chunks is None else tuple(int(c) for c in chunks)
-        self.name = name
+        self.name = check_name(name, "name", "BlockSequence")
 
     # -- constructors -------------------------------------------------------------------
 
@@ -312,12 +329,19 @@ class NestedBlockSequence:
         progress: bool | None = False,
         label: str = "blocks",
     ) -> None:
-        self.kernel = kernel
+        owner = "NestedBlockSequence"
+        self.kernel = check_callable(kernel, "kernel", owner, what="computing block (i, j)")
+        for what, seq in (("rows", rows), ("cols", cols)):
+            if not isinstance(seq, BlockSequence):
+                raise InvalidParameterError(
+                    f"The '{what}' argument of {owner} must be a BlockSequence (see BlockSequence.from_iterable). "
+                    f"Got {type(seq).__name__}."
+                )
         self.rows = rows
         self.cols = cols
-        self.kwargs = {**(shared or {}), **(static or {})}
-        self.progress = progress
-        self.label = label
+        self.kwargs = {**check_mapping(shared or {}, "shared", owner), **check_mapping(static or {}, "static", owner)}
+        self.progress = progress if progress is None else check_bool(progress, "progress", owner)
+        self.label = check_name(label, "label", owner)
 
     @property
     def plan(self) -> BlockPlan:

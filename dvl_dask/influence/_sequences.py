@@ -21,6 +21,7 @@ from ..chunks import (
 from ..errors import InvalidParameterError
 from ..keys import fingerprint
 from ..results import FACTOR_DIM, TEST_DIM, TRAIN_DIM, open_block_sink, open_influence
+from ..validation import check_callable, check_mapping, check_name
 
 __all__ = ["LazyChunkSequence", "NestedLazyChunkSequence", "labels", "model_identity"]
 
@@ -65,9 +66,14 @@ class _Lazy:
         attrs: Mapping[str, Any],
         check: Callable[[], None] | None = None,
     ) -> None:
+        owner = type(self).__name__
+        if not callable(token):
+            check_name(token, "token", owner)
+        if check is not None:
+            check_callable(check, "check", owner, what="checking the model before a computation")
         self._token = token
         self._check = check
-        self.attrs = dict(attrs)
+        self.attrs = check_mapping(attrs, "attrs", owner)
 
     @property
     def token(self) -> str:
@@ -113,6 +119,11 @@ class LazyChunkSequence(_Lazy):
         attrs: Mapping[str, Any],
         check: Callable[[], None] | None = None,
     ) -> None:
+        if not isinstance(blocks, BlockSequence):
+            raise InvalidParameterError(
+                f"The 'blocks' argument of LazyChunkSequence must be a dvl_dask.chunks.BlockSequence. Got "
+                f"{type(blocks).__name__}."
+            )
         super().__init__(token=token, attrs=attrs, check=check)
         self._blocks = blocks
 
@@ -189,6 +200,11 @@ class NestedLazyChunkSequence(_Lazy):
         attrs: Mapping[str, Any],
         check: Callable[[], None] | None = None,
     ) -> None:
+        if not isinstance(nested, NestedBlockSequence):
+            raise InvalidParameterError(
+                f"The 'nested' argument of NestedLazyChunkSequence must be a dvl_dask.chunks.NestedBlockSequence. "
+                f"Got {type(nested).__name__}."
+            )
         super().__init__(token=token, attrs=attrs, check=check)
         self._nested = nested
 

@@ -28,13 +28,24 @@ def canonical_indices(indices: Iterable[int] | np.ndarray) -> np.ndarray:
     >>> canonical_indices([3, 1, 3, 2])
     array([1, 2, 3])
     """
-    if isinstance(indices, np.ndarray):
-        arr = indices.astype(np.int64, copy=False).reshape(-1)
-    elif isinstance(indices, (set, frozenset, range, list, tuple)):
-        arr = np.fromiter(indices, dtype=np.int64, count=len(indices))
-    else:
-        arr = np.fromiter(indices, dtype=np.int64)
-    return np.unique(arr)
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
+        raise _bad_indices(indices)
+    if not isinstance(indices, np.ndarray):
+        try:
+            indices = np.asarray(indices if isinstance(indices, (list, tuple, range)) else list(indices))
+        except ValueError:  # ragged nesting
+            raise _bad_indices(indices) from None
+    if indices.ndim > 1 or (indices.size and indices.dtype.kind not in "iu"):
+        raise _bad_indices(indices)
+    return np.unique(indices.astype(np.int64, copy=False).reshape(-1))
+
+
+def _bad_indices(indices: Any) -> InvalidParameterError:
+    return InvalidParameterError(
+        "The 'indices' argument of canonical_indices must be a flat sequence of integer player indices (a list, "
+        f"range, set or 1-D integer array). Got {type(indices).__name__} {indices!r:.60} instead; indices are "
+        "never truncated or flattened."
+    )
 
 
 def _check_namespace(namespace: Any) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import config
 from ..errors import InvalidArgumentsError, InvalidParameterError
-from ..validation import as_seed_sequence, check_keywords
+from ..validation import as_seed_sequence, check_callable, check_keywords, check_mapping, check_name
 from ._tokens import graph_token
 
 __all__ = ["BoundCall", "bind_arguments", "call_key", "current_call", "lazy_method"]
@@ -153,6 +153,11 @@ class BoundCall:
     arguments: Mapping[str, Any]
     token: str
 
+    def __post_init__(self) -> None:
+        check_name(self.name, "name", "BoundCall")
+        check_mapping(self.arguments, "arguments", "BoundCall")
+        check_name(self.token, "token", "BoundCall")
+
     @classmethod
     def of(cls, func: Callable[..., Any], arguments: Mapping[str, Any]) -> BoundCall:
         """The call of ``func`` with bound ``arguments``; its token hashes all of them."""
@@ -241,12 +246,18 @@ def lazy_method(
     """
 
     def decorate(fn: F) -> F:
+        check_callable(fn, "func", "lazy_method")
         signature = inspect.signature(fn)
-        if isinstance(exclude, str) or set(exclude) - set(signature.parameters):
-            raise InvalidParameterError(
-                f"The 'exclude' argument of lazy_method must name parameters of {fn.__qualname__} "
-                f"({sorted(signature.parameters)}). Got {exclude!r}."
-            )
+        for arg, names in (("seeds", seeds), ("exclude", exclude)):
+            ok = not isinstance(names, str) and isinstance(names, Collection)
+            # the default seeds=("seed",) applies only "if the method has one"; names given must all exist
+            if ok and not (arg == "seeds" and tuple(names) == ("seed",)):
+                ok = not set(names) - set(signature.parameters)
+            if not ok:
+                raise InvalidParameterError(
+                    f"The '{arg}' argument of lazy_method must be a collection of parameter names of "
+                    f"{fn.__qualname__} ({sorted(signature.parameters)}). Got {names!r:.60}."
+                )
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -295,6 +306,7 @@ def call_key(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[st
     >>> call_key(f, (1,), {"seed": 0}) == call_key(f, (), {"x": 1, "seed": 0})
     True
     """
+    check_callable(func, "func", "call_key")
     how = getattr(func, "__dvl_lazy_method__", None) or {"seeds": ("seed",), "exclude": ()}
     target = inspect.unwrap(func)
     arguments = bind_arguments(target, args, kwargs)

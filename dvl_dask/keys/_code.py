@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidParameterError
+from ..validation import check_callable
 from ._encode import (
     _KEY_FORMAT,
     Uncoverable,
@@ -188,6 +190,16 @@ def package_version(module: str | None) -> str | None:
     >>> package_version("__main__") is None
     True
     """
+    if module is not None and (not isinstance(module, str) or not module):
+        raise InvalidParameterError(
+            "The 'module' argument of package_version must be a module name such as 'numpy.linalg' (a non-empty "
+            f"str) or None. Got {type(module).__name__} {module!r:.60} instead."
+        )
+    return _package_version(module)
+
+
+def _package_version(module: Any) -> str | None:
+    """:func:`package_version` for any value (the tokenizer's callers): not a module name gives None."""
     if not module or not isinstance(module, str):
         return None
     top = module.partition(".")[0]
@@ -201,9 +213,9 @@ def package_version(module: str | None) -> str | None:
 def _is_user_function(value: Any) -> bool:
     if isinstance(value, types.FunctionType):
         g = value.__globals__
-        return package_version(g.get("__name__") if isinstance(g, dict) else None) is None
+        return _package_version(g.get("__name__") if isinstance(g, dict) else None) is None
     if isinstance(value, type):
-        return package_version(getattr(value, "__module__", None)) is None
+        return _package_version(getattr(value, "__module__", None)) is None
     return False
 
 
@@ -376,7 +388,7 @@ def _feed_module_ref(update: Update, module: types.ModuleType, chains: tuple[tup
                      reader: str) -> None:
     """A module the code reads: library modules by version, user modules by the attributes read from them."""
     name = getattr(module, "__name__", None)
-    version = package_version(name)
+    version = _package_version(name)
     update(b"M")
     feed(update, name)
     if version is not None:
@@ -433,7 +445,7 @@ def _named_library_function(fn: types.FunctionType) -> bytes | None:
     if named is None:
         g = fn.__globals__
         module = g.get("__name__") if isinstance(g, dict) else None
-        version = package_version(module)
+        version = _package_version(module)
         if version is None or not _is_named(fn, module):
             return None
         h = hashlib.blake2b(digest_size=16)
@@ -461,7 +473,7 @@ def _feed_function(update: Update, fn: types.FunctionType) -> None:
     module = g.get("__name__") if isinstance(g, dict) else None  # where the code was written (wraps copies
     update(b"fn:")  # __module__ and __qualname__ from the function it wraps)
     feed(update, f"{module}.{fn.__qualname__}")
-    version = package_version(module)
+    version = _package_version(module)
     plan = None
     if version is not None:  # a closure made by library code: its name and version, and its state below
         feed(update, version)
@@ -549,7 +561,7 @@ def _feed_builtin(update: Update, fn: Any) -> None:
         return
     module = getattr(fn, "__module__", None) or getattr(bound, "__name__", None) or type(fn).__module__
     update(b"builtin:")
-    feed(update, (f"{module}.{_qualname(fn)}", package_version(module) or ""))
+    feed(update, (f"{module}.{_qualname(fn)}", _package_version(module) or ""))
 
 
 def _feed_module(update: Update, module: types.ModuleType) -> None:
@@ -590,8 +602,13 @@ def class_token(cls: type) -> str:
     a helper or module constant its methods read, changes the token. Library
     classes give their qualified name and the distribution version.
     """
+    if not isinstance(cls, type):
+        raise InvalidParameterError(
+            f"The 'cls' argument of class_token must be a class. Got {type(cls).__name__} {cls!r:.60} instead. "
+            "To hash an instance, use object_token."
+        )
     name = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', getattr(cls, '__name__', '?'))}"
-    version = package_version(getattr(cls, "__module__", None))
+    version = _package_version(getattr(cls, "__module__", None))
     if version is not None or not hasattr(cls, "__dict__"):
         found = _LIBRARY_CLASSES.get(cls)
         if found is None:
@@ -711,6 +728,7 @@ def function_token(fn: Callable[..., Any]) -> str:
     >>> function_token(make(0.5)) == function_token(make(0.5)), function_token(make(0.5)) == function_token(make(0.7))
     (True, False)
     """
+    check_callable(fn, "fn", "function_token", what="a function, method, partial or callable object")
     return digest_of(fn, tag=b"function")
 
 
@@ -736,6 +754,7 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
     >>> code_fingerprint(f) == code_fingerprint(f), code_fingerprint(f) == code_fingerprint(g)
     (True, False)
     """
+    check_callable(fn, "fn", "code_fingerprint", what="a function, method, partial or callable object")
     target = innermost(fn)
     if not isinstance(target, (types.FunctionType, types.BuiltinFunctionType, type)) and callable(target):
         call = inspect.getattr_static(type(target), "__call__", None)
@@ -747,7 +766,7 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
         g = target.__globals__
         module = g.get("__name__") if isinstance(g, dict) else None
         feed(h.update, f"{module}.{target.__qualname__}")
-        version = package_version(module)
+        version = _package_version(module)
         if version is not None:
             feed(h.update, version)
         else:

@@ -62,8 +62,14 @@ def dask_content_digest(array: Any, *, compute: bool = True) -> Any:
     >>> dask_content_digest(x) == dask_content_digest(da.from_array(x, chunks=(4, 1)))
     True
     """
+    from ..errors import InvalidParameterError
     from ..validation import is_dask_array
 
+    if not (isinstance(array, np.ndarray) or is_dask_array(array)):
+        raise InvalidParameterError(
+            f"The 'array' argument of dask_content_digest must be a numpy or dask array. Got "
+            f"{type(array).__name__} {array!r:.60} instead. To fix, convert it with np.asarray(...)."
+        )
     shape = tuple(int(s) for s in array.shape)
     dtype = np.dtype(array.dtype)
     if dtype.hasobject:

@@ -24,6 +24,10 @@ def run_identity(estimator: Any = None, utility_token: str | None = None, **part
     utility token and any extra ``parts`` (already JSON-serialisable).
     """
     from .._version import __version__
+    from ..validation import check_name
+
+    if utility_token is not None:
+        check_name(utility_token, "utility_token", "run_identity")
 
     identity: dict[str, Any] = {"dvl_dask_version": __version__}
     if estimator is not None:

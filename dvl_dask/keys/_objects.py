@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._code import class_token, package_version
+from ._code import _package_version, class_token
 from ._encode import (
     _KEY_FORMAT,
     FIX,
@@ -72,7 +72,7 @@ def feed_reduced(update: Update, obj: Any) -> None:
         ) from None
     if isinstance(reduced, str):  # pickled by reference: a named module-level object
         module = getattr(obj, "__module__", None) or cls.__module__
-        feed(update, ("global", f"{module}.{reduced}", package_version(module) or ""))
+        feed(update, ("global", f"{module}.{reduced}", _package_version(module) or ""))
         return
     if not isinstance(reduced, tuple) or len(reduced) < 2:
         raise Uncoverable(f"Cannot hash {_name(cls)}: its __reduce_ex__ returned {type(reduced).__name__}. {FIX}")

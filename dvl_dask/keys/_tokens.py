@@ -84,4 +84,7 @@ def graph_token(*objs: Any) -> str:
 
 def layer_name(verb: str, *parts: Any) -> str:
     """Name of a graph layer: ``"<verb>-<graph_token(*parts)>"``; same inputs, same name."""
+    from ..validation import check_name
+
+    check_name(verb, "verb", "layer_name")
     return f"{verb}-{graph_token(*parts)}"

@@ -53,6 +53,11 @@ class DvlAccessor:
     """
 
     def __init__(self, ds: xr.Dataset) -> None:
+        if not isinstance(ds, xr.Dataset):
+            raise InvalidParameterError(
+                f"The 'ds' argument of DvlAccessor must be an xarray.Dataset (xarray builds the accessor: use "
+                f"ds.dvl). Got {type(ds).__name__}."
+            )
         self._ds = ds
         self._loaded: tuple[tuple[Any, ...], xr.Dataset] | None = None
 

@@ -56,7 +56,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointCorruptError, CheckpointMismatchError, NotAResultError, SchemaError
+from ..errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    InvalidParameterError,
+    NotAResultError,
+    SchemaError,
+)
+from ..validation import check_mapping, check_positive_int
 from ._checkpoint_files import Files, Lease, jsonable, recovery
 from ._stores import INFLUENCE, VALUATION, check_location, explains_store_errors, store_kind
 
@@ -149,6 +156,13 @@ class Checkpoint:
     """The statistics of every committed block of one run (see the module docstring for the layout)."""
 
     def __init__(self, files: Files, attrs: dict[str, Any], version: int, *, new: bool = False) -> None:
+        check_mapping(attrs, "attrs", "Checkpoint")
+        version = check_positive_int(version, "version", "Checkpoint")
+        if not isinstance(files, Files):
+            raise InvalidParameterError(
+                f"The 'files' argument of Checkpoint must be the store's Files (use Checkpoint.open or "
+                f"run_until_converged(checkpoint=url)). Got {type(files).__name__}."
+            )
         self._files = files
         self._attrs = attrs
         self.version = version

@@ -46,7 +46,7 @@ import xarray as xr
 
 from .._version import __version__
 from ..errors import InvalidDataError, InvalidParameterError, ResultExistsError, SchemaError
-from ..validation import check_bool
+from ..validation import check_bool, check_name
 from ._schema import SCHEMA_VERSION, _jsonable, describe_variables
 from ._stores import (
     CHECKPOINT,
@@ -101,6 +101,16 @@ class _Grid:
         return tuple(c[i] for c, i in zip(self.chunks, index))
 
 
+def _check_plan(plan: Any, owner: str) -> None:
+    """A block grid: an object with ``chunks`` (sizes per blocked axis) and ``grid``, such as a BlockPlan."""
+    chunks = getattr(plan, "chunks", None)
+    if getattr(plan, "grid", None) is None or not isinstance(chunks, tuple | list) or not chunks:
+        raise InvalidParameterError(
+            f"The 'plan' argument of {owner} must be a block grid such as dvl_dask.chunks.BlockPlan (with "
+            f"'chunks' and 'grid'). Got {type(plan).__name__} {plan!r:.60}."
+        )
+
+
 class ZarrBlockSink:
     """A :class:`~dvl_dask.chunks.BlockSink` writing blocks into a zarr array (picklable).
 
@@ -123,6 +133,9 @@ class ZarrBlockSink:
         done: np.ndarray | None,
         spec: dict[str, Any] | None,
     ) -> None:
+        _check_plan(plan, "ZarrBlockSink")
+        check_name(name, "name", "ZarrBlockSink")
+        check_name(token, "token", "ZarrBlockSink")
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.name = name
@@ -389,6 +402,9 @@ def open_block_sink(
     import zarr
 
     url = check_location(url, "influence_to_zarr")
+    check_name(name, "name", "open_block_sink")
+    check_name(token, "token", "open_block_sink")
+    _check_plan(plan, "open_block_sink")
     repair = check_bool(repair, "repair", "influence_to_zarr")
     if repair and not check_bool(resume, "resume", "influence_to_zarr"):
         raise InvalidParameterError(

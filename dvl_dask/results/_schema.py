@@ -205,6 +205,9 @@ def valuation_dataset(
     >>> ds.value.dims, ds.sample.values.tolist()
     (('sample',), ['a', 'b'])
     """
+    from ..validation import check_name
+
+    check_name(method, "method", "valuation_dataset")
     if estimate is not None and estimate not in ESTIMATES:
         raise SchemaError(f"The 'estimate' argument of valuation_dataset must be one of {ESTIMATES}. Got {estimate!r}.")
     names = np.asarray(data_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidParameterError
+from ..validation import check_positive_int
 from ._schema import SAMPLE_DIM, validate_valuation_dataset
 
 __all__ = ["ValuationResult", "ValueItem"]
@@ -41,6 +43,17 @@ class ValueItem:
     variance: float
     count: int
     stderr: float
+
+    def __post_init__(self) -> None:
+        for name in ("index", "count"):
+            check_positive_int(getattr(self, name), name, "ValueItem", allow_zero=True)
+        for name in ("value", "variance", "stderr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NaN/inf: an estimate's own
+                raise InvalidParameterError(
+                    f"The '{name}' field of ValueItem must be a real number. Got {type(value).__name__} "
+                    f"{value!r:.60} instead."
+                )
 
 
 class ValuationResult:

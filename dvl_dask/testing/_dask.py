@@ -35,6 +35,9 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[_CountingScheduler
     >>> with raise_if_dask_computes():
     ...     y = da.ones(3) + 1  # building a graph is fine
     """
-    scheduler = _CountingScheduler(max_computes)
+    from ..validation import check_positive_int
+
+    scheduler = _CountingScheduler(check_positive_int(max_computes, "max_computes", "raise_if_dask_computes",
+                                                      allow_zero=True))
     with dask.config.set(scheduler=scheduler):
         yield scheduler

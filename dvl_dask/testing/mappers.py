@@ -71,6 +71,15 @@ def assert_mappers_agree(
     """
     import dask.array as da
 
+    from ..errors import InvalidParameterError
+    from ..validation import check_callable
+
+    check_callable(kernel, "kernel", "assert_mappers_agree", what="a module-level kernel returning numpy blocks")
+    if not isinstance(plan, BlockPlan):
+        raise InvalidParameterError(
+            "The 'plan' argument of assert_mappers_agree must be a dvl_dask.chunks.BlockPlan. Got "
+            f"{type(plan).__name__}."
+        )
     seq_mapper, dask_mapper = SequentialMapper(), DaskMapper()
     row_seq = BlockSequence.from_arrays(rows, chunks=plan.rows, name="rows")
     row_dask = [da.from_array(np.asarray(a), chunks=(plan.rows,) + (-1,) * (np.ndim(a) - 1)) for a in rows]

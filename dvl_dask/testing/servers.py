@@ -18,13 +18,29 @@ import subprocess
 import time
 from typing import Any
 
+from ..errors import InvalidParameterError
+from ..validation import check_name, check_positive_int, check_real
+
 __all__ = ["MemcachedServer", "free_port", "start_memcached"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
+    """A TCP port on ``host`` that nothing listens on right now.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``host`` is not a string naming a local interface (nothing can be bound there).
+    """
+    check_name(host, "host", "free_port")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, 0))
+        except OSError as exc:  # an unknown name, or an address of another machine
+            raise InvalidParameterError(
+                f"The 'host' argument of free_port must name a local interface such as '127.0.0.1'. Nothing can "
+                f"listen on {host!r}: {exc}."
+            ) from None
         return int(s.getsockname()[1])
 
 
@@ -123,6 +139,13 @@ def start_memcached(
     RuntimeError
         If the server does not start or answer within ``timeout``.
     """
+    owner = "start_memcached"
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+        raise InvalidParameterError(f"The 'port' argument of {owner} must be None or an int in [1, 65535]. "
+                                    f"Got {port!r:.60}.")
+    check_name(host, "host", owner)
+    check_positive_int(memory_mb, "memory_mb", owner)
+    check_real(timeout, "timeout", owner, low=0.0, low_open=True, finite=True)
     binary = executable or shutil.which("memcached")
     if binary is None:
         raise FileNotFoundError(

@@ -24,9 +24,17 @@ import numpy as np
 from .._frozen import Frozen
 from .._provenance import library_versions, qualified_name
 from ..errors import InvalidModelError, InvalidParameterError
-from ..keys import canonical_indices, describe_parameters, fingerprint
+from ..keys import describe_parameters, fingerprint
 from ..threads import limits_blas_threads
-from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real, seed_entropy
+from ..validation import (
+    SeedLike,
+    as_seed_sequence,
+    check_coalition,
+    check_model,
+    check_positive_int,
+    check_real,
+    seed_entropy,
+)
 
 __all__ = ["LearnedUtility", "learn_utility"]
 
@@ -94,6 +102,7 @@ class LearnedUtility(Frozen):
         holdout_r2: float,
         n_evaluations: int,
     ) -> None:
+        check_model(regressor, "regressor", "LearnedUtility", methods=("predict",))
         try:
             self._regressor = copy.deepcopy(regressor)
         except Exception as exc:
@@ -102,7 +111,7 @@ class LearnedUtility(Frozen):
                 "the learned utility keeps its own copy so that its token stays true. To fix, use a regressor "
                 "that can be copied (scikit-learn estimators can)."
             ) from exc
-        self._n = int(n_players)
+        self._n = check_positive_int(n_players, "n_players", "LearnedUtility")
         self._names = np.asarray(data_names)
         self.source_token = str(token)
         self.holdout_rmse = float(holdout_rmse)
@@ -144,11 +153,7 @@ class LearnedUtility(Frozen):
         return self._names
 
     def __call__(self, indices: Any) -> float:
-        players = canonical_indices(indices)
-        if players.size and (players[0] < 0 or players[-1] >= self._n):
-            raise InvalidParameterError(
-                f"Player indices must lie in [0, {self._n}). Got min {players[0]}, max {players[-1]}."
-            )
+        players = check_coalition(indices, self._n, "LearnedUtility")  # indices or a boolean mask
         mask = np.zeros((1, self._n))
         mask[0, players] = 1.0
         return float(self._regressor.predict(mask)[0])

@@ -23,6 +23,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,33 @@ class ConvergenceState:
     n_evaluations: int
     n_blocks: int
     elapsed: float
+
+    def __post_init__(self) -> None:
+        owner = "ConvergenceState"
+        self.values = _per_player(self.values, "values", owner)
+        n = self.values.shape[0]
+        self.stderr = _per_player(self.stderr, "stderr", owner, n, allow_inf=True)  # inf: too few samples yet
+        self.counts = _per_player(self.counts, "counts", owner, n)
+        if (self.stderr < 0).any() or (self.counts < 0).any():
+            raise InvalidParameterError(f"The 'stderr' and 'counts' fields of {owner} must be >= 0.")
+        self.n_evaluations = check_positive_int(self.n_evaluations, "n_evaluations", owner, allow_zero=True)
+        self.n_blocks = check_positive_int(self.n_blocks, "n_blocks", owner, allow_zero=True)
+        self.elapsed = check_real(self.elapsed, "elapsed", owner, low=0.0)
+
+
+def _per_player(value: Any, name: str, owner: str, n: int | None = None, *, allow_inf: bool = False) -> np.ndarray:
+    """A 1-D numeric array (one entry per player, ``n`` of them when given) without NaN (or inf)."""
+    arr = np.asarray(value) if isinstance(value, np.ndarray | list | tuple) else None
+    ok = arr is not None and arr.ndim == 1 and arr.dtype.kind in "iuf" and (n is None or arr.shape[0] == n)
+    if ok:
+        ok = not np.isnan(arr).any() if allow_inf else bool(np.isfinite(arr).all())
+    if not ok:
+        size = "" if n is None else f" of length {n}"
+        raise InvalidParameterError(
+            f"The {name!r} field of {owner} must be a 1-D numeric array{size} (one entry per player) without NaN"
+            f"{'' if allow_inf else ' or inf'}. Got {type(value).__name__} {value!r:.60}."
+        )
+    return arr
 
 
 class StoppingCriterion(ABC):
