@@ -78,7 +78,8 @@ def dask_setup(worker: Any = None) -> None:
 
     ``worker`` is what distributed passes: the worker (or nanny, or scheduler) server, which has an ``address``.
     """
-    if worker is not None and not hasattr(worker, "address"):
+    # looked up on the class: a server's ``address`` property raises until it listens
+    if worker is not None and not hasattr(type(worker), "address"):
         raise InvalidParameterError(
             "The 'worker' argument of dask_setup must be the dask server distributed passes to a preload "
             f"(a Worker, Nanny or Scheduler) or None. Got {type(worker).__name__} {worker!r:.60}. To use it, "

@@ -20,7 +20,12 @@ def test_preload_imports_the_configured_modules_and_skips_missing_ones():
         assert preload_modules() == []
     with dask.config.set({config.COMPUTE_PRELOAD_MODULES: "json"}):  # a single name, not its letters
         assert preload_modules() == ["json"]
-    assert dask_setup(object()) is None  # distributed calls it with the worker
+    class Worker:  # stands for distributed's server objects (Worker, Nanny, Scheduler)
+        address = "tcp://127.0.0.1:1"
+
+    assert dask_setup(Worker()) is None  # distributed calls it with the worker
+    with pytest.raises(InvalidParameterError, match="'worker'"):  # issue 25: anything was accepted
+        dask_setup(3)
 
 
 @pytest.mark.parametrize("bad", [5, ["sklearn.base", 3], {"sklearn": 1}])
