@@ -134,6 +134,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     out.add_argument("--out", default="influences.zarr", help="zarr path or fsspec URL of the result")
     out.add_argument("--overwrite", action="store_true", help="replace an existing result at --out")
     out.add_argument(
+        "--repair",
+        action="store_true",
+        help="verify every chunk of the result at --out (same command) and recompute only the damaged ones",
+    )
+    out.add_argument(
         "--storage-options", type=json_object, default=None, help="fsspec options for the data and --out as JSON"
     )
     out.add_argument(
@@ -341,12 +346,13 @@ def run(args: argparse.Namespace) -> int:
                 from distributed import progress
 
                 future = client.compute(
-                    influence_to_zarr(lazy, args.out, storage_options=so, overwrite=args.overwrite, compute=False)
+                    influence_to_zarr(lazy, args.out, storage_options=so, overwrite=args.overwrite, repair=args.repair,
+                                      compute=False)
                 )
                 progress(future)
                 future.result()
             else:
-                influence_to_zarr(lazy, args.out, storage_options=so, overwrite=args.overwrite)
+                influence_to_zarr(lazy, args.out, storage_options=so, overwrite=args.overwrite, repair=args.repair)
     print(
         f"Wrote {n_test} x {n_train} influences ({args.method}, mode {args.mode}) to {args.out} in "
         f"{time.perf_counter() - start:.1f} s"

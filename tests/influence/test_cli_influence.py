@@ -89,6 +89,15 @@ def test_torchscript_mlp_direct_equals_the_python_api(mlp_regressor, tmp_path, c
     )
     # output redirected (captured): no progress bar unless --progress
     assert "100%" not in printed.err
+    # a damaged chunk: the same command with --repair recomputes it, bit-identical to the first write
+    first = stored.values
+    (tmp_path / "influences.zarr" / "influence" / "c" / "0" / "1").unlink()
+    argv = ["influence", "--model", script_path, *_data_args(paths), "--method", "direct", "--regularization", "0.01",
+            "--chunk-size", "16", "--out", out, "--scheduler", "sync"]
+    assert main(argv) == 2  # a complete result is refused without --repair (or --overwrite)
+    assert "repair" in capsys.readouterr().err
+    assert main([*argv, "--repair"]) == 0
+    assert open_influence(out).values.tobytes() == first.tobytes()
 
 
 def test_state_dict_module_zarr_data_and_other_methods(mlp_classifier, tmp_path, monkeypatch):
