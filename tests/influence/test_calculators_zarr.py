@@ -184,6 +184,35 @@ def test_interrupted_write_resumes_without_recomputing_finished_blocks(fitted, t
     _check_stored(url, expected, ((5, 5), (20, 20, 10)))
 
 
+@pytest.mark.parametrize("engine", ["sequential", "dask"])
+def test_repair_recomputes_only_the_damaged_block(fitted, tmp_path, engine):
+    # issue 25: a damaged chunk of a complete store was only repairable by rewriting the whole matrix
+    p, model, expected = fitted
+    url = str(tmp_path / f"{engine}.zarr")
+
+    def write(counting, **options):
+        if engine == "sequential":
+            calc = SequentialInfluenceCalculator(counting, train_gradients="recompute")
+            lazy = calc.influences(_pairs(p.x_test, p.y_test, 5), _pairs(p.x, p.y, 20))
+            return lazy.to_zarr(url, TorchNumpyConverter(), test_names=TEST_NAMES, train_names=TRAIN_NAMES,
+                                **options)
+        calc = DaskInfluenceCalculator(counting, TorchNumpyConverter(), DisableClientSingleThreadCheck,
+                                       train_gradients="recompute")
+        values = calc.influences(_dask(p.x_test, 5), _dask(p.y_test, 5), _dask(p.x, 20), _dask(p.y, 20))
+        delayed = influence_to_zarr(values, url, test_names=TEST_NAMES, train_names=TRAIN_NAMES, compute=False,
+                                    **options)
+        return delayed.compute(scheduler="sync")
+
+    write(FlakyInfluence(model))
+    first = open_influence(url).values
+    os.remove(os.path.join(url, "influence", "c", "1", "2"))
+    repairing = FlakyInfluence(model)
+    assert write(repairing, repair=True) == url
+    assert repairing.contractions == 1  # one block of six recomputed
+    assert open_influence(url).values.tobytes() == first.tobytes()
+    _check_stored(url, expected, ((5, 5), (20, 20, 10)))
+
+
 def test_interrupted_write_of_another_computation_is_not_mixed_in(fitted, tmp_path):
     p, model, _ = fitted
     url = str(tmp_path / "other.zarr")
