@@ -530,7 +530,9 @@ def open_influence(
     ResultCorruptError
         When the values are computed, if a chunk is missing, truncated or
         altered (every chunk is verified as it is read; the message names
-        the block and how to recompute it). A subclass of ``SchemaError``.
+        the block and how to recompute it: the same write with
+        ``repair=True`` recomputes only the damaged blocks). A subclass of
+        ``SchemaError``.
     """
     from ._io import check_readable
 
