@@ -139,3 +139,53 @@ def test_a_2d_utility_returning_nan_fails_clearly():
         exact_two_d_shapley(Broken(CELLS)).compute(scheduler="sync")
     with pytest.raises(InvalidParameterError, match="Broken"):
         two_d_shapley(Broken(CELLS), n_permutations=2, seed=0).compute(scheduler="sync")
+
+
+class CountingRegression(LinearRegression):
+    """LinearRegression that counts its fits (class-wide: the utility fits clones)."""
+
+    fits = 0
+
+    def fit(self, x, y, sample_weight=None):
+        type(self).fits += 1
+        return super().fit(x, y, sample_weight=sample_weight)
+
+
+def test_feature_subset_utility_memoises_blocks_in_the_utility_cache():
+    from dvl_dask.cache import InMemoryCacheBackend
+
+    x = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0], [3.0, 0.0, 1.0]])
+    y = 2.0 * x[:, 0] - x[:, 2]
+    backend = InMemoryCacheBackend()
+    utility = Utility(CountingRegression(), Dataset(x, y, x, y), "r2", default_score=0.0, cache=backend)
+    two_d = FeatureSubsetUtility(utility)
+    CountingRegression.fits = 0
+    first = two_d([0, 1, 3], [0, 2])
+    assert CountingRegression.fits == 1
+    # the same block, given in another order: a hit, no fit
+    assert two_d([3, 1, 0], [2, 0]) == first and CountingRegression.fits == 1
+    stats = two_d.cache_stats
+    assert (stats.hits, stats.misses) == (1, 1)
+    # the same rows with other features, and other rows with the same features: misses, with their own values
+    other = two_d([0, 1, 3], [0, 1])
+    assert CountingRegression.fits == 2 and (two_d.cache_stats.hits, two_d.cache_stats.misses) == (1, 2)
+    by_hand = LinearRegression().fit(x[[0, 1, 3]][:, [0, 1]], y[[0, 1, 3]]).score(x[:, [0, 1]], y)
+    assert other == pytest.approx(by_hand)
+    two_d([0, 1], [0, 2])
+    assert CountingRegression.fits == 3
+    # a block with every feature does not share the 1-d utility's entry for the same rows
+    utility([0, 1, 3])
+    assert CountingRegression.fits == 4
+    # a copy sent to a worker (pickled) memoises again, against the same in-process entries: a hit
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(two_d))
+    assert clone([0, 1, 3], [0, 2]) == first and CountingRegression.fits == 4
+    assert clone.cache_stats.hits == 1
+
+
+def test_feature_subset_utility_without_cache_has_no_cache_stats():
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]])
+    two_d = FeatureSubsetUtility(Utility(LinearRegression(), Dataset(x, x[:, 0], x, x[:, 0]), "r2", default_score=0.0))
+    with pytest.raises(InvalidParameterError, match="cache"):
+        two_d.cache_stats
