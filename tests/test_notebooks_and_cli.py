@@ -224,3 +224,27 @@ def test_demo_prints_the_dashboard_link_only_when_it_serves(monkeypatch, capsys)
     if real("bokeh") is not None:
         cli._print_dashboard(_Client())
         assert _Client.dashboard_link in capsys.readouterr().out
+
+
+def test_cli_plots_leave_the_callers_matplotlib_state_alone(tmp_path, capsys):
+    """``main`` called in a session (a notebook, a script with its own backend) writes plots outside pyplot."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # not Agg: a backend the caller chose
+    figure = plt.figure()
+    try:
+        figures = plt.get_fignums()
+        out, values_png, curve_png = tmp_path / "v.zarr", tmp_path / "values.png", tmp_path / "curve.png"
+        common = ["--dataset", "iris", "--model", "knn", "--n-points", "6", "--scheduler", "sync"]
+        assert main(["value", *common, "--method", "loo", "--out", str(out), "--plot", str(values_png)]) == 0
+        assert main(["evaluate", "--result", str(out), "--steps", "2", "--n-random", "1", "--scheduler", "sync",
+                     "--plot", str(curve_png)]) == 0
+        for path in (values_png, curve_png):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures and plt.gcf() is figure
+    finally:
+        plt.close(figure)
+        matplotlib.use(backend)
