@@ -81,7 +81,7 @@ def save_plot(
     MissingDependencyError
         If matplotlib is not installed.
     InvalidParameterError
-        If ``plot`` is not callable.
+        If ``plot`` is not callable, ``dpi`` not a positive number or ``figsize`` not two of them.
 
     Examples
     --------
@@ -98,6 +98,16 @@ def save_plot(
     if not callable(plot):
         raise InvalidParameterError(
             f"The 'plot' argument of save_plot must be a plotting function such as plot_values. Got {plot!r}."
+        )
+    dpi = check_real(dpi, "dpi", "save_plot", low=0.0, low_open=True, finite=True)
+    if figsize is not None:
+        if not isinstance(figsize, tuple | list) or len(figsize) != 2:
+            raise InvalidParameterError(
+                f"The 'figsize' parameter of save_plot must be (width, height) in inches or None. Got {figsize!r}."
+            )
+        figsize = (
+            check_real(figsize[0], "figsize", "save_plot", low=0.0, low_open=True, finite=True),
+            check_real(figsize[1], "figsize", "save_plot", low=0.0, low_open=True, finite=True),
         )
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg

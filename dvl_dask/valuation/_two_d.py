@@ -53,7 +53,7 @@ from .. import config
 from ..errors import InvalidParameterError, TooManyPlayersError, UtilityFailureWarning
 from ..keys import current_call, lazy_method, object_token
 from ..results import valuation_dataset
-from ..results._schema import EXACT, SAMPLE_DIM, SAMPLE_MEAN
+from ..results._schema import EXACT, FEATURE_DIM, SAMPLE_DIM, SAMPLE_MEAN, describe_variables
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_finite_score, check_positive_int, seed_entropy
 from ._estimators import score_width
@@ -63,9 +63,6 @@ from ._samplers import child_seed
 from ._stats import PointStats, finalize_stats
 
 __all__ = ["FEATURE_DIM", "FeatureSubsetUtility", "exact_two_d_shapley", "two_d_shapley"]
-
-#: Name of the feature dimension of 2D-Shapley results (rows are :data:`~dvl_dask.results._schema.SAMPLE_DIM`).
-FEATURE_DIM = "feature"
 
 #: What ``stderr = 0`` means for exact 2D-Shapley.
 TWO_D_STDERR_NOTE = (
@@ -313,7 +310,8 @@ def _two_d_dataset(flat: Any, utility: Any, n: int, m: int, **attrs: Any) -> xr.
     cells = valuation_dataset(flat[0], flat[1], flat[2].astype(np.int64), data_names=np.arange(n * m), **attrs)
     rows, features = _names(utility, "row_names", n), _names(utility, "feature_names", m)
     data_vars = {name: ((SAMPLE_DIM, FEATURE_DIM), cells[name].data.reshape(n, m)) for name in cells.data_vars}
-    return xr.Dataset(data_vars, coords={SAMPLE_DIM: rows, FEATURE_DIM: features}, attrs=cells.attrs)
+    out = xr.Dataset(data_vars, coords={SAMPLE_DIM: rows, FEATURE_DIM: features}, attrs=cells.attrs)
+    return describe_variables(out)
 
 
 def _provenance(utility: Any) -> dict[str, Any]:
