@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -229,10 +230,12 @@ def _scheduler(name: str, n_workers: int, address: str | None = None,
         class _ClusterClient:
             def __enter__(self) -> Any:
                 # dvl_dask.preload: workers import the block code and scikit-learn as they start,
-                # not when their first block arrives
+                # not when their first block arrives. silence_logs: on a busy machine a worker that has
+                # imported scikit-learn can take longer than the nanny's 4 s to exit; it is then killed
+                # (harmless), which would print a warning per worker (the level is restored on close).
                 self.cluster = LocalCluster(
                     n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                    preload=["dvl_dask.preload"],
+                    preload=["dvl_dask.preload"], silence_logs=logging.ERROR,
                 )
                 self.client = Client(self.cluster)
                 _print_dashboard(self.client)
