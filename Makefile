@@ -62,9 +62,11 @@ bench: $(STAMP)
 
 # Execute the four notebooks at full size, in place: outputs and inline figures are committed with them
 # (tests/test_notebooks_and_cli.py checks they are there; CI runs them at a smaller scale).
+# nbconvert coalesces streams *before* it executes, so a second pass merges the progress bars' updates
+# (one stream output per cell, carriage returns applied: the final state of each bar).
 notebooks: $(STAMP)
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --coalesce-streams \
-		--ExecutePreprocessor.timeout=1800 notebooks/*.ipynb
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 notebooks/*.ipynb
+	$(BIN)/jupyter nbconvert --to notebook --inplace --coalesce-streams notebooks/*.ipynb
 
 # Regenerate the README's pictures by running notebook 04 (writes docs/images/*.png).
 pictures: $(STAMP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ import xarray as xr
 from ._cli_options import check_numbers, connect_client, json_object, load_array
 from ._progress import GraphProgress
 from .data import Dataset
-from .errors import DvlDaskError, InvalidParameterError
+from .errors import DvlDaskError, InvalidParameterError, MissingDependencyError
 from .results import to_zarr
 from .utility import Utility
 
@@ -229,10 +230,12 @@ def _scheduler(name: str, n_workers: int, address: str | None = None,
         class _ClusterClient:
             def __enter__(self) -> Any:
                 # dvl_dask.preload: workers import the block code and scikit-learn as they start,
-                # not when their first block arrives
+                # not when their first block arrives. silence_logs: on a busy machine a worker that has
+                # imported scikit-learn can take longer than the nanny's 4 s to exit; it is then killed
+                # (harmless), which would print a warning per worker (the level is restored on close).
                 self.cluster = LocalCluster(
                     n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                    preload=["dvl_dask.preload"],
+                    preload=["dvl_dask.preload"], silence_logs=logging.ERROR,
                 )
                 self.client = Client(self.cluster)
                 _print_dashboard(self.client)
@@ -325,17 +328,14 @@ def _report(result: xr.Dataset, k: int, loo_result: xr.Dataset | None = None) ->
 
 
 def _plot(result: xr.Dataset, path: str) -> None:
-    try:
-        import matplotlib
+    """Write the values' plot to ``path`` (a figure of its own: the caller's matplotlib state is left alone)."""
+    from .plot import plot_values, save_plot
 
-        matplotlib.use("Agg")
-    except ImportError:
+    try:
+        save_plot(plot_values, result, path)
+    except MissingDependencyError:
         print("matplotlib is not installed: no plot written (pip install dvl_dask[plot]).")
         return
-    from .plot import plot_values
-
-    ax = plot_values(result)
-    ax.figure.savefig(path, dpi=120)
     print(f"Wrote {path}")
 
 
@@ -384,12 +384,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print("Detection of the corrupted points by low values: " + ", ".join(
             f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float)))
     if args.plot:
-        import matplotlib
+        from .plot import plot_curves, save_plot
 
-        matplotlib.use("Agg")
-        from .plot import plot_curves
-
-        plot_curves(curve).figure.savefig(args.plot, dpi=120)
+        save_plot(plot_curves, curve, args.plot)  # no pyplot, no backend chosen: main() may run inside a session
         print(f"Wrote {args.plot}")
     return 0
 

@@ -1,7 +1,16 @@
-"""Plots of valuation results (needs matplotlib: ``pip install dvl_dask[plot]``)."""
+"""Plots of valuation results (needs matplotlib: ``pip install dvl_dask[plot]``).
+
+Each function draws on the ``ax`` it is given, or on a new pyplot figure
+(what shows inline in Jupyter). None of them selects a backend or changes
+matplotlib's settings: those belong to the caller. To write a file without
+pyplot (as ``dvl-dask ... --plot`` does), :func:`save_plot` draws on a
+figure of its own, rendered by the Agg canvas, outside pyplot's figures.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,22 +20,118 @@ from .errors import InvalidDataError, InvalidParameterError, MissingDependencyEr
 from .results import validate_valuation_dataset
 from .validation import check_positive_int, check_real
 
-__all__ = ["plot_convergence", "plot_curves", "plot_influence", "plot_value_distribution", "plot_values"]
+__all__ = [
+    "plot_convergence", "plot_curves", "plot_influence", "plot_value_distribution", "plot_values", "save_plot",
+]
+
+
+_MISSING = (
+    "dvl_dask.plot needs matplotlib, which could not be imported. To fix, install dvl_dask's plot "
+    "extra: pip install 'dvl_dask[plot]'."
+)
 
 
 def _pyplot() -> Any:
+    """pyplot, with whatever backend the caller has (never chosen here)."""
     try:
-        import matplotlib
-
-        matplotlib.use(matplotlib.get_backend())
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            "dvl_dask.plot needs matplotlib, which could not be imported. To fix, install dvl_dask's plot "
-            "extra: pip install 'dvl_dask[plot]'.",
-            name="matplotlib",
-        ) from exc
+        raise MissingDependencyError(_MISSING, name="matplotlib") from exc
     return plt
+
+
+def save_plot(
+    plot: Callable[..., Any],
+    data: Any,
+    path: str | os.PathLike[str],
+    *,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 120,
+    **options: Any,
+) -> str:
+    """Draw ``plot(data, ax=..., **options)`` on a figure of its own and write it to ``path``.
+
+    The figure is a :class:`matplotlib.figure.Figure` rendered by the Agg
+    canvas: pyplot is not used, so the caller's backend, current figure and
+    list of figures are left as they were (a script or a notebook that
+    imports dvl_dask keeps its own display).
+
+    Parameters
+    ----------
+    plot : callable
+        One of this module's functions (any function taking ``ax=``).
+    data : Dataset or DataArray
+        What ``plot`` draws.
+    path : str or path-like
+        The file; its extension chooses the format (``.png``, ``.pdf``, ``.svg``...).
+    figsize : tuple of float, optional
+        Width and height in inches. Default: what ``plot`` would choose.
+    dpi : float
+        Resolution of raster formats.
+    **options
+        More keyword arguments of ``plot``.
+
+    Returns
+    -------
+    str
+        ``path``, as a string.
+
+    Raises
+    ------
+    MissingDependencyError
+        If matplotlib is not installed.
+    InvalidParameterError
+        If ``plot`` is not callable, ``dpi`` not a positive number or ``figsize`` not two of them.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import matplotlib
+    >>> from dvl_dask.testing.games import AdditiveGame
+    >>> from dvl_dask.valuation import exact_shapley
+    >>> backend = matplotlib.get_backend()
+    >>> values = exact_shapley(AdditiveGame([1.0, 2.0, 3.0])).compute(scheduler="sync")
+    >>> path = save_plot(plot_values, values, os.path.join(tempfile.mkdtemp(), "values.png"))
+    >>> os.path.getsize(path) > 1000, matplotlib.get_backend() == backend
+    (True, True)
+    """
+    if not callable(plot):
+        raise InvalidParameterError(
+            f"The 'plot' argument of save_plot must be a plotting function such as plot_values. Got {plot!r}."
+        )
+    dpi = check_real(dpi, "dpi", "save_plot", low=0.0, low_open=True, finite=True)
+    if figsize is not None:
+        if not isinstance(figsize, tuple | list) or len(figsize) != 2:
+            raise InvalidParameterError(
+                f"The 'figsize' parameter of save_plot must be (width, height) in inches or None. Got {figsize!r}."
+            )
+        figsize = (
+            check_real(figsize[0], "figsize", "save_plot", low=0.0, low_open=True, finite=True),
+            check_real(figsize[1], "figsize", "save_plot", low=0.0, low_open=True, finite=True),
+        )
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(_MISSING, name="matplotlib") from exc
+    if figsize is None:
+        figsize = _default_figsize(plot, data)
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    plot(data, ax=figure.add_subplot(), **options)
+    figure.savefig(os.fspath(path), dpi=dpi)
+    return os.fspath(path)
+
+
+def _values_figsize(n_points: int) -> tuple[float, float]:
+    """Wide enough for one labelled tick per point, within 4-16 inches."""
+    return (min(16.0, max(4.0, 0.25 * n_points)), 3.5)
+
+
+def _default_figsize(plot: Callable[..., Any], data: Any) -> tuple[float, float]:
+    if plot is plot_values and isinstance(data, xr.Dataset) and "sample" in data.dims:
+        return _values_figsize(data.sizes["sample"])
+    return (6.0, 3.5) if plot in (plot_influence, plot_convergence) else (5.0, 3.5)
 
 
 def plot_values(
@@ -56,7 +161,7 @@ def plot_values(
         keep = sorted(set(range(min(top_k or 0, n))) | set(range(n - min(bottom_k or 0, n), n)))
         ordered = ordered.isel(sample=keep)
     if ax is None:
-        _, ax = plt.subplots(figsize=(min(16.0, max(4.0, 0.25 * ordered.sizes["sample"])), 3.5))
+        _, ax = plt.subplots(figsize=_values_figsize(ordered.sizes["sample"]))
     x = np.arange(ordered.sizes["sample"])
     ax.errorbar(x, ordered["value"].values, yerr=n_stderr * ordered["stderr"].values, fmt="o", capsize=2)
     ax.axhline(0.0, color="grey", linewidth=0.8)

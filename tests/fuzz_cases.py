@@ -465,6 +465,12 @@ CASES: dict[str, list[Case]] = {
     f"{P}.plot_curves": [Case("curve", bad_object, _kw(fn(P, "plot_curves"), ...)),
                          Case("band", bad_non_negative_real, _kw(fn(P, "plot_curves"), CURVE, band=...))],
     f"{P}.plot_convergence": [Case("history", bad_object, _kw(fn(P, "plot_convergence"), ...))],
+    f"{P}.save_plot": [
+        Case("plot", bad_object, _kw(fn(P, "save_plot"), ..., VALUES, "never-written.png")),
+        Case("dpi", bad_positive_real, _kw(fn(P, "save_plot"), fn(P, "plot_values"), VALUES, "x.png", dpi=...)),
+        Case("figsize", st.sampled_from([(0, 3), (1.0, math.nan), "wide", 3, (1, 2, 3)]),
+             _kw(fn(P, "save_plot"), fn(P, "plot_values"), VALUES, "x.png", figsize=...)),
+    ],
     # -- influence
     "dvl_dask.SequentialInfluenceCalculator": [
         Case("model", bad_object, _kw(dvl_dask.SequentialInfluenceCalculator, ...)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -35,6 +36,12 @@ def _check_outputs(nb, name: str) -> None:
     assert _images(nb) >= FIGURES.get(name, 0), f"{name}: {_images(nb)} inline figures"
 
 
+def _noisy(nb) -> list[str]:
+    """Log or warning text in the outputs (e.g. distributed's "Worker process still alive ... killing")."""
+    streams = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "stream"]
+    return [o.text for o in streams if re.search(r"WARNING|Warning|still alive|killing|Traceback", o.text)]
+
+
 def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
     import nbformat
     from nbclient import NotebookClient
@@ -51,7 +58,9 @@ def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("DVL_DASK_NOTEBOOK_SCALE", QUICK_SCALE)  # the kernel inherits the environment
-    _check_outputs(_execute(path, tmp_path), path.name)
+    nb = _execute(path, tmp_path)
+    _check_outputs(nb, path.name)
+    assert not _noisy(nb), f"{path.name}: warning text in the outputs: {_noisy(nb)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -65,6 +74,11 @@ def test_committed_notebooks_are_documentation(path):
     assert nb.cells[0].cell_type == "markdown" and "**Requirements:**" in nb.cells[0].source
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    assert not _noisy(nb), f"{path.name}: warning text in the outputs: {_noisy(nb)}"
+    # streams are coalesced (make notebooks' second pass): one progress bar is one output, not a line per update
+    per_cell = [sum(o.output_type == "stream" and o.name == "stderr" for o in c.get("outputs", []))
+                for c in nb.cells if c.cell_type == "code"]
+    assert max(per_cell, default=0) <= 1, f"{path.name}: stderr outputs not coalesced: {per_cell}"
 
 
 @pytest.mark.notebook
@@ -224,3 +238,27 @@ def test_demo_prints_the_dashboard_link_only_when_it_serves(monkeypatch, capsys)
     if real("bokeh") is not None:
         cli._print_dashboard(_Client())
         assert _Client.dashboard_link in capsys.readouterr().out
+
+
+def test_cli_plots_leave_the_callers_matplotlib_state_alone(tmp_path, capsys):
+    """``main`` called in a session (a notebook, a script with its own backend) writes plots outside pyplot."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # not Agg: a backend the caller chose
+    figure = plt.figure()
+    try:
+        figures = plt.get_fignums()
+        out, values_png, curve_png = tmp_path / "v.zarr", tmp_path / "values.png", tmp_path / "curve.png"
+        common = ["--dataset", "iris", "--model", "knn", "--n-points", "6", "--scheduler", "sync"]
+        assert main(["value", *common, "--method", "loo", "--out", str(out), "--plot", str(values_png)]) == 0
+        assert main(["evaluate", "--result", str(out), "--steps", "2", "--n-random", "1", "--scheduler", "sync",
+                     "--plot", str(curve_png)]) == 0
+        for path in (values_png, curve_png):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures and plt.gcf() is figure
+    finally:
+        plt.close(figure)
+        matplotlib.use(backend)

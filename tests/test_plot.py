@@ -92,3 +92,30 @@ def test_convergence_history_and_plot(tmp_path):
     _render(ax, tmp_path, "convergence")
     with pytest.raises(InvalidParameterError):
         plot_convergence(final)
+
+
+@pytest.fixture
+def svg_backend():
+    """pyplot on the 'svg' backend (not Agg) with one figure open, as a caller might have it; restored after."""
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    figure = plt.figure()
+    yield plt
+    plt.close(figure)
+    matplotlib.use(backend)
+
+
+def test_save_plot_leaves_backend_and_pyplot_alone(tmp_path, svg_backend):
+    from dvl_dask.plot import save_plot
+
+    plt = svg_backend
+    figures, current = plt.get_fignums(), plt.gcf()
+    ds = exact_shapley(AdditiveGame([0.5, -1.0, 2.0])).compute(scheduler="sync")
+    path = save_plot(plot_values, ds, tmp_path / "values.png", n_stderr=2.0)
+    assert (tmp_path / "values.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.endswith("values.png")
+    assert matplotlib.get_backend() == "svg"
+    assert plt.get_fignums() == figures and plt.gcf() is current  # no figure added to pyplot, none made current
+    with pytest.raises(InvalidParameterError, match="'plot' argument of save_plot"):
+        save_plot("plot_values", ds, tmp_path / "x.png")

@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidParameterError
+from ..results import validate_valuation_dataset
 from ..validation import SeedLike, as_seed_sequence, check_positive_int, check_real
 
 __all__ = ["detection_scores", "flip_labels"]
@@ -15,7 +16,7 @@ __all__ = ["detection_scores", "flip_labels"]
 
 def _values_of(values: Any, name: str = "values") -> np.ndarray:
     if isinstance(values, xr.Dataset):
-        values = values["value"]
+        values = validate_valuation_dataset(values)["value"]  # refuses 2D (cell) results, saying where they go
     try:
         arr = np.asarray(getattr(values, "values", values), dtype=np.float64)
     except (TypeError, ValueError):

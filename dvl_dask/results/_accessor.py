@@ -12,13 +12,16 @@ import xarray as xr
 from ..errors import InvalidParameterError, SchemaError
 from ..validation import check_positive_int
 from ._schema import (
+    CELL_DIM,
     CONVERGED,
     ESTIMATE,
     EXACT,
+    FEATURE_DIM,
     SAMPLE_DIM,
     SAMPLE_MEAN,
     SAMPLED_SOLUTION,
     describe_variables,
+    is_cell_result,
     parameters_of,
     provenance_of,
     validate_valuation_dataset,
@@ -50,6 +53,22 @@ class DvlAccessor:
     Dataset object) and return in-memory results: calling several of them, or
     reading several variables of what they return, never runs the graph
     again.
+
+    2D-Shapley results (dims ``("sample", "feature")``) value cells: ``rank``
+    ranks every cell (same dims as ``value``), and ``sort``, ``top_k`` and
+    ``bottom_k`` order the cells along one stacked dimension ``cell`` (a
+    ``(sample, feature)`` MultiIndex, as ``ds.stack(cell=("sample", "feature"))``
+    gives); ``merge`` pools two runs of the same game.
+
+    >>> cells = xr.Dataset(
+    ...     {"value": (("sample", "feature"), [[0.3, -0.1], [0.2, 0.4]])},
+    ...     coords={"sample": ["r0", "r1"], "feature": ["f0", "f1"]},
+    ... )
+    >>> cells.dvl.rank().values.tolist()
+    [[2, 4], [3, 1]]
+    >>> top = cells.dvl.top_k(2)
+    >>> list(zip(top.sample.values.tolist(), top.feature.values.tolist()))
+    [('r1', 'f1'), ('r0', 'f0')]
     """
 
     def __init__(self, ds: xr.Dataset) -> None:
@@ -94,38 +113,51 @@ class DvlAccessor:
 
         return ValuationResult.from_dataset(self._ds)
 
+    def _players(self) -> tuple[xr.Dataset, str]:
+        """The computed result with one entry per player along one dim, and that dim (2D cells stacked)."""
+        ds = self._computed()
+        if is_cell_result(ds):
+            return ds.stack({CELL_DIM: (SAMPLE_DIM, FEATURE_DIM)}), CELL_DIM
+        return ds, SAMPLE_DIM
+
     def rank(self, *, ascending: bool = False) -> xr.DataArray:
         """Rank of every player by value: 1 is the most valuable (or least, if ``ascending``).
 
+        A 2D result's ranks are over all its cells, with the dims of ``value``.
         Computes a lazily backed result (once per accessor).
         """
         ds = self._computed()
         values = np.asarray(ds["value"].values)
-        order = np.argsort(values if ascending else -values, kind="stable")
-        ranks = np.empty(len(values), dtype=np.int64)
-        ranks[order] = np.arange(1, len(values) + 1)
-        return xr.DataArray(ranks, dims=(SAMPLE_DIM,), coords={SAMPLE_DIM: ds[SAMPLE_DIM]}, name="rank")
+        flat = values.ravel()
+        order = np.argsort(flat if ascending else -flat, kind="stable")
+        ranks = np.empty(flat.size, dtype=np.int64)
+        ranks[order] = np.arange(1, flat.size + 1)
+        dims = ds["value"].dims
+        return xr.DataArray(ranks.reshape(values.shape), dims=dims, coords={d: ds[d] for d in dims}, name="rank")
 
     def sort(self, *, ascending: bool = True) -> xr.Dataset:
         """The result with players ordered by value: lowest first, like ``ds.sortby("value")``.
 
         ``ascending=False`` puts the most valuable first. Ties keep their
-        order. Computes a lazily backed result (once per accessor).
+        order. A 2D result's cells come stacked along ``cell``. Computes a
+        lazily backed result (once per accessor).
         """
-        ds = self._computed()
+        ds, dim = self._players()
         values = np.asarray(ds["value"].values)
         order = np.argsort(values if ascending else -values, kind="stable")
-        return ds.isel({SAMPLE_DIM: order})
+        return ds.isel({dim: order})
 
     def top_k(self, k: int) -> xr.Dataset:
-        """The ``k`` most valuable players, highest first (computes a lazy result once per accessor)."""
+        """The ``k`` most valuable players (2D: cells), highest first (computes a lazy result once per accessor)."""
         k = check_positive_int(k, "k", "ds.dvl.top_k")
-        return self.sort(ascending=False)[{SAMPLE_DIM: slice(0, k)}]
+        ordered = self.sort(ascending=False)
+        return ordered[{_player_dim(ordered): slice(0, k)}]
 
     def bottom_k(self, k: int) -> xr.Dataset:
-        """The ``k`` least valuable players, lowest first (computes a lazy result once per accessor)."""
+        """The ``k`` least valuable players (2D: cells), lowest first (computes a lazy result once per accessor)."""
         k = check_positive_int(k, "k", "ds.dvl.bottom_k")
-        return self.sort(ascending=True)[{SAMPLE_DIM: slice(0, k)}]
+        ordered = self.sort(ascending=True)
+        return ordered[{_player_dim(ordered): slice(0, k)}]
 
     def merge(self, other: xr.Dataset) -> xr.Dataset:
         """Count-weighted merge of two independent Monte Carlo runs of the same method on the same utility.
@@ -133,6 +165,10 @@ class DvlAccessor:
         See :func:`merge_results` for what may be merged and what is refused.
         """
         return merge_results(self._ds, other)
+
+
+def _player_dim(ds: xr.Dataset) -> str:
+    return CELL_DIM if CELL_DIM in ds.dims else SAMPLE_DIM
 
 
 #: Parameters that only say how much was sampled: merged results record their sum.
@@ -270,7 +306,8 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
 
     Only results that are means of independent samples can be pooled (attr
     ``estimate`` = ``"sample mean"``: the Monte Carlo semivalues, Data-OOB,
-    class-wise Shapley, group testing) and each must record its seed. Refused,
+    class-wise Shapley, group testing, Monte Carlo 2D-Shapley, whose results over
+    ``(sample, feature)`` cells merge cell by cell) and each must record its seed. Refused,
     with an error that says why: exact results (``exact_shapley``, ``loo``,
     ``knn_shapley``, ``exact_least_core``: nothing to average, and pooling would
     count the same evaluations twice), least core solutions of sampled
@@ -313,7 +350,7 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         If method, utility or any parameter other than budget and layout differ.
     """
     # One compute for both (each variable read below would otherwise run its graph again).
-    a, b = dask.compute(validate_valuation_dataset(a), validate_valuation_dataset(b))
+    a, b = dask.compute(validate_valuation_dataset(a, cells=True), validate_valuation_dataset(b, cells=True))
     _check_poolable(a, b)
     for attr in ("method", "utility_token"):
         if a.attrs[attr] != b.attrs[attr]:
@@ -330,8 +367,15 @@ def merge_results(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
             f"Cannot merge results computed with different parameters {differ}: "
             f"{ {k: fixed_a.get(k) for k in differ} } vs { {k: fixed_b.get(k) for k in differ} }."
         )
-    if a.sizes[SAMPLE_DIM] != b.sizes[SAMPLE_DIM] or not np.array_equal(a[SAMPLE_DIM].values, b[SAMPLE_DIM].values):
-        raise InvalidParameterError("Cannot merge results over different samples; their 'sample' labels differ.")
+    if a["value"].dims != b["value"].dims:
+        raise InvalidParameterError(
+            f"Cannot merge a result over {a['value'].dims} with one over {b['value'].dims} (a 2D-Shapley result "
+            "values cells, the others value players)."
+        )
+    for dim in a["value"].dims:
+        if a.sizes[dim] != b.sizes[dim] or not np.array_equal(a[dim].values, b[dim].values):
+            what = "samples" if dim == SAMPLE_DIM else "features"
+            raise InvalidParameterError(f"Cannot merge results over different {what}; their {dim!r} labels differ.")
     _check_disjoint(a, b)
     na = a["counts"].values.astype(np.float64)
     nb = b["counts"].values.astype(np.float64)

@@ -98,7 +98,7 @@ def to_zarr(
             "to_zarr writes valuation results (xr.Dataset). Got an influence DataArray. To fix, write it with "
             "dvl_dask.influence_to_zarr(values, url), which streams it block by block."
         )
-    validate_valuation_dataset(ds)
+    validate_valuation_dataset(ds, cells=True)
     url = check_location(url, "to_zarr")
     if not isinstance(overwrite, bool):
         raise InvalidParameterError(f"The 'overwrite' parameter of to_zarr must be a bool. Got {overwrite!r}.")
@@ -219,7 +219,7 @@ def open_result(
         )
     if ds.attrs.pop(VERIFIED_CHUNKS, False):
         ds = _verified(ds, url, storage_options, chunks)
-    return validate_valuation_dataset(restore_labels(ds))
+    return validate_valuation_dataset(restore_labels(ds), cells=True)
 
 
 def _verified(ds: xr.Dataset, url: str, storage_options: dict[str, Any] | None, chunks: Any) -> xr.Dataset:

@@ -2,8 +2,10 @@
 
 A valuation result is an ``xr.Dataset``::
 
-    dims       ("sample",)
+    dims       ("sample",), or ("sample", "feature") for 2D-Shapley results (one value per cell
+               of the data matrix: row x feature); see :func:`validate_valuation_dataset`
     coords     sample          labels of the players (data names or group names)
+               feature         2D results: labels of the features (columns)
     data_vars  value   float64 estimated value of each player
                stderr  float64 standard error of ``value`` (0 for exact methods)
                counts  int64   number of marginal contributions behind ``value``
@@ -47,8 +49,10 @@ __all__ = [
     "CONVERGED",
     "ESTIMATE",
     "ESTIMATES",
+    "CELL_DIM",
     "EXACT",
     "FACTOR_DIM",
+    "FEATURE_DIM",
     "SAMPLED_SOLUTION",
     "SAMPLE_DIM",
     "SAMPLE_MEAN",
@@ -58,6 +62,7 @@ __all__ = [
     "VARIABLES",
     "VARIABLE_ATTRS",
     "influence_dataarray",
+    "is_cell_result",
     "parameters_of",
     "provenance_of",
     "validate_valuation_dataset",
@@ -71,6 +76,17 @@ SAMPLE_DIM = "sample"
 TEST_DIM = "test_sample"
 TRAIN_DIM = "train_sample"
 FACTOR_DIM = "parameter"
+#: Second dimension of 2D-Shapley results: the features (columns) of the data matrix.
+FEATURE_DIM = "feature"
+#: The dimension ``ds.dvl.sort`` / ``top_k`` / ``bottom_k`` stack a 2D result's cells into.
+CELL_DIM = "cell"
+#: What the variables of a valuation result may be laid out over: players, or cells (rows x features).
+PLAYER_DIMS = ((SAMPLE_DIM,), (SAMPLE_DIM, FEATURE_DIM))
+#: Where 2D (cell) results are supported, for the refusals of everything else.
+CELL_SUPPORT = (
+    "2D results are supported by ds.dvl (rank, sort, top_k, bottom_k, merge), merge_results, to_zarr and "
+    "open_result; to use the values of one feature (a column of cells) here, select it: ds.isel(feature=j)"
+)
 VARIABLES = {"value": np.float64, "stderr": np.float64, "counts": np.int64}
 #: Optional per-player variable of run_until_converged results: the player's own criterion held.
 CONVERGED = "converged"
@@ -103,6 +119,7 @@ VARIABLE_ATTRS: dict[str, dict[str, str]] = {
         "units": "1",
     },
     SAMPLE_DIM: {"long_name": "training point", "description": "Label of the training point (player)."},
+    FEATURE_DIM: {"long_name": "feature", "description": "Label of the feature (column of the data matrix)."},
     TEST_DIM: {"long_name": "test point", "description": "Label of the test point."},
     TRAIN_DIM: {"long_name": "training point", "description": "Label of the training point."},
     "influence": {
@@ -290,8 +307,18 @@ def provenance_of(ds: xr.Dataset | xr.DataArray) -> dict[str, Any] | None:
     return json.loads(text) if isinstance(text, str) else dict(text)
 
 
-def validate_valuation_dataset(ds: Any) -> xr.Dataset:
-    """Check that ``ds`` follows the valuation schema; return it or raise :class:`SchemaError`."""
+def is_cell_result(ds: xr.Dataset) -> bool:
+    """Whether ``ds`` values cells (dims ``("sample", "feature")``, 2D-Shapley) rather than players."""
+    return "value" in ds.data_vars and ds["value"].dims == PLAYER_DIMS[1]
+
+
+def validate_valuation_dataset(ds: Any, *, cells: bool = False) -> xr.Dataset:
+    """Check that ``ds`` follows the valuation schema; return it or raise :class:`SchemaError`.
+
+    ``cells=True`` also accepts 2D-Shapley results (every variable over
+    ``("sample", "feature")``, with both coordinates); by default a 2D result
+    is refused with a message that says where it is supported.
+    """
     if not isinstance(ds, xr.Dataset):
         raise SchemaError(f"A valuation result must be an xarray.Dataset. Got {type(ds).__name__}.")
     if "count" in ds.data_vars and "counts" not in ds.data_vars and int(ds.attrs.get("schema_version", 0)) < 2:
@@ -300,20 +327,29 @@ def validate_valuation_dataset(ds: Any) -> xr.Dataset:
     missing = [v for v in VARIABLES if v not in ds.data_vars]
     if missing:
         raise SchemaError(f"The result lacks the variable(s) {missing}; it was not written by dvl_dask.")
+    dims = ds["value"].dims
+    if dims == PLAYER_DIMS[1] and not cells:
+        raise SchemaError(
+            f"This is a 2D-Shapley result (one value per cell, dims {PLAYER_DIMS[1]}); this function needs one "
+            f"value per player (dims {PLAYER_DIMS[0]}). {CELL_SUPPORT}."
+        )
+    allowed = PLAYER_DIMS if cells else PLAYER_DIMS[:1]
     for name, dtype in VARIABLES.items():
         var = ds[name]
-        if var.dims != (SAMPLE_DIM,):
-            raise SchemaError(f"Variable {name!r} must have dims ('{SAMPLE_DIM}',). Got {var.dims}.")
+        if var.dims not in allowed or var.dims != dims:
+            expected = " or ".join(str(d) for d in allowed)
+            raise SchemaError(f"Variable {name!r} must have dims {expected}, the same as 'value'. Got {var.dims}.")
         if var.dtype != np.dtype(dtype):
             raise SchemaError(f"Variable {name!r} must have dtype {np.dtype(dtype)}. Got {var.dtype}.")
     if CONVERGED in ds.data_vars:
         var = ds[CONVERGED]
-        if var.dims != (SAMPLE_DIM,) or var.dtype != np.dtype(bool):
+        if var.dims != dims or var.dtype != np.dtype(bool):
             raise SchemaError(
-                f"Variable {CONVERGED!r} must be boolean with dims ('{SAMPLE_DIM}',). Got {var.dtype} {var.dims}."
+                f"Variable {CONVERGED!r} must be boolean with dims {dims}. Got {var.dtype} {var.dims}."
             )
-    if SAMPLE_DIM not in ds.coords:
-        raise SchemaError(f"The result lacks the '{SAMPLE_DIM}' coordinate holding the data names.")
+    for dim, what in ((SAMPLE_DIM, "the data names"), (FEATURE_DIM, "the feature names")):
+        if dim in dims and dim not in ds.coords:
+            raise SchemaError(f"The result lacks the '{dim}' coordinate holding {what}.")
     missing_attrs = [a for a in ATTRS if a not in ds.attrs]
     if missing_attrs:
         raise SchemaError(f"The result lacks the attribute(s) {missing_attrs}.")

@@ -405,8 +405,9 @@ def portable_labels(ds: xr.Dataset) -> xr.Dataset:
 
 
 def restore_labels(ds: Any) -> Any:
-    """Text coordinates read back from zarr as numpy ``str`` arrays again."""
+    """Text coordinates read back from zarr as numpy ``str`` arrays again (their attrs kept)."""
     for name, coord in ds.coords.items():
         if coord.dtype.kind in "OT":
-            ds = ds.assign_coords({name: np.array([str(v) for v in coord.values.tolist()])})
+            labels = np.array([str(v) for v in coord.values.tolist()])
+            ds = ds.assign_coords({name: (coord.dims, labels, dict(coord.attrs))})
     return ds

@@ -49,7 +49,7 @@ import xarray as xr
 
 from .._provenance import describe_utility
 from ..errors import InvalidDataError, InvalidModelError, InvalidParameterError
-from ..keys import current_call, lazy_method
+from ..keys import current_call, lazy_method, object_token
 from ..results import valuation_dataset
 from ..results._schema import SAMPLE_MEAN
 from ..threads import limits_blas_threads
@@ -100,19 +100,59 @@ def classwise_block(
     rng = np.random.default_rng(seed)
     out = power_block(n)
     model = utility.model  # an unfitted copy (a new one on every access): taken once per block
+    score = _block_scores(utility, model, data)
     for j in range(first_sample, first_sample + n_samples):
         label = classes[j % len(classes)]
         members = np.flatnonzero(y == label)
         others = np.flatnonzero(y != label)
         context = others[rng.random(others.size) < 0.5]
         order = rng.permutation(members)
-        previous = classwise_utility(model, data, context, label)
+        previous = score(context, label)
         for k in range(order.size):
-            current = classwise_utility(model, data, np.concatenate([context, order[: k + 1]]), label)
+            current = score(np.concatenate([context, order[: k + 1]]), label)
             marginal = current - previous
             add_powers(out, order[k], marginal)
             previous = current
     return out
+
+
+class _ClasswiseScores:
+    """``classwise_utility(rows, label)`` of one utility's model and data, memoised in the utility's cache.
+
+    The key digests this code (and ``classwise_utility``'s), the owner's token (the
+    utility's model, data and scorer) and the arguments: the rows *in their order*
+    (the fit sees them in that order, and e.g. nearest-neighbour ties depend on it,
+    so values with and without a cache are the same) and the label.
+    """
+
+    def __init__(self, utility: Any, model: Any, data: Any) -> None:
+        from ..cache import memoize
+
+        self.token = object_token("classwise-utility", utility.token)
+        self._utility, self._model, self._data = utility, model, data
+        options = dict(getattr(utility, "_cache_options", None) or {})
+        options.pop("subset_args", None)
+        self._memoized = memoize(self.fit_and_score, utility.cache, **options)
+
+    def fit_and_score(self, rows: np.ndarray, label: Any) -> float:
+        return classwise_utility(self._model, self._data, rows, label)
+
+    def __call__(self, rows: np.ndarray, label: Any) -> float:
+        return float(self._memoized(np.asarray(rows, dtype=np.int64), label))
+
+    def provenance(self) -> dict[str, Any]:
+        """What the token was made of (recorded beside the cache entries)."""
+        return {"class": "classwise-utility", "utility": describe_utility(self._utility)}
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def _block_scores(utility: Any, model: Any, data: Any) -> Any:
+    """``score(rows, label)`` for a block: through the utility's cache when it has one."""
+    if getattr(utility, "cache", None) is None:
+        return lambda rows, label: classwise_utility(model, data, rows, label)
+    return _ClasswiseScores(utility, model, data)
 
 
 def in_class_utilities(utility: Any, classes: np.ndarray) -> np.ndarray:
@@ -204,7 +244,10 @@ def classwise_shapley(
     ----------
     utility : Utility
         A classifier (``predict``) and data with 1-d class labels. Its scorer
-        is not used: class-wise Shapley scores ``a_in * exp(a_out)``.
+        is not used: class-wise Shapley scores ``a_in * exp(a_out)``. With a
+        cache (``Utility(..., cache=backend)``) every ``(rows, label)``
+        evaluation is memoised there, keyed by the rows in their order and the
+        label, so a run repeated with the same seed and layout fits nothing.
     n_samples : int
         Permutations; classes take turns, so each class gets
         ``n_samples / n_classes`` of them and each of its points one marginal

@@ -53,7 +53,7 @@ from .. import config
 from ..errors import InvalidParameterError, TooManyPlayersError, UtilityFailureWarning
 from ..keys import current_call, lazy_method, object_token
 from ..results import valuation_dataset
-from ..results._schema import EXACT, SAMPLE_DIM, SAMPLE_MEAN
+from ..results._schema import EXACT, FEATURE_DIM, SAMPLE_DIM, SAMPLE_MEAN, describe_variables
 from ..threads import limits_blas_threads
 from ..validation import SeedLike, as_seed_sequence, check_finite_score, check_positive_int, seed_entropy
 from ._estimators import score_width
@@ -63,9 +63,6 @@ from ._samplers import child_seed
 from ._stats import PointStats, finalize_stats
 
 __all__ = ["FEATURE_DIM", "FeatureSubsetUtility", "exact_two_d_shapley", "two_d_shapley"]
-
-#: Name of the feature dimension of 2D-Shapley results (rows are :data:`~dvl_dask.results._schema.SAMPLE_DIM`).
-FEATURE_DIM = "feature"
 
 #: What ``stderr = 0`` means for exact 2D-Shapley.
 TWO_D_STDERR_NOTE = (
@@ -85,6 +82,14 @@ class FeatureSubsetUtility:
     error raises when the utility does not catch errors. Rows are
     the utility's players (groups of a ``GroupedDataset`` select all their
     rows); features are the columns of 2-d ``x_train``.
+
+    With a cache (``Utility(..., cache=backend)``) blocks are memoised in the
+    same backend, with the utility's cache options and the same key function
+    (:func:`dvl_dask.cache.memoize`): a key digests this class's evaluation
+    code, the token (the utility's model, data and scorer) and the canonical
+    row *and* feature subsets, so a block evaluated again is a hit and the
+    same rows with other features are a miss. Entries never collide with the
+    utility's own (one-argument) entries.
 
     Parameters
     ----------
@@ -123,10 +128,17 @@ class FeatureSubsetUtility:
         self.feature_names = np.asarray(data.feature_names)
         self.token = object_token("FeatureSubsetUtility", utility.token)
         self.score_range = getattr(utility, "score_range", None)
+        self._memoized = _memoize_blocks(self)
 
     def __call__(self, rows: Any, features: Any) -> float:
         rows = np.unique(np.asarray(rows, dtype=np.int64).ravel())
         features = np.unique(np.asarray(features, dtype=np.int64).ravel())
+        if self._memoized is not None:
+            return float(self._memoized(rows, features))
+        return self.fit_and_score(rows, features)
+
+    def fit_and_score(self, rows: np.ndarray, features: np.ndarray) -> float:
+        """Fit a fresh clone on canonical (sorted, unique) ``rows`` x ``features`` and score it; no cache."""
         utility = self.utility
         if rows.size == 0 or features.size == 0:
             return float(utility.default_score)
@@ -160,11 +172,53 @@ class FeatureSubsetUtility:
 
         return {"class": "FeatureSubsetUtility", "utility": describe_utility(self.utility)}
 
+    @property
+    def cache_stats(self) -> Any:
+        """Hits, misses and sets of this utility's blocks in this process (a :class:`~dvl_dask.cache.CacheStats`).
+
+        Raises
+        ------
+        InvalidParameterError
+            If the wrapped utility has no cache.
+        """
+        if self._memoized is None:
+            raise InvalidParameterError(
+                "cache_stats needs a FeatureSubsetUtility over a Utility built with a cache "
+                "(Utility(..., cache=<CacheBackend>)); this one has none."
+            )
+        return self._memoized.stats
+
     def __dask_tokenize__(self) -> str:
         return self.token
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_memoized"] = None  # rebuilt on unpickling, against the utility's own (unpickled) backend
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._memoized = _memoize_blocks(self)
+
     def __repr__(self) -> str:
         return f"FeatureSubsetUtility({self.utility!r})"
+
+
+def _memoize_blocks(two_d: FeatureSubsetUtility) -> Any:
+    """``two_d.fit_and_score`` memoised in its utility's cache backend with the utility's options, or None.
+
+    The key digests the method's code, the owner's token (``__dask_tokenize__``:
+    model, data, scorer) and both canonical subsets, as :class:`~dvl_dask.Utility` does.
+    """
+    utility = two_d.utility
+    backend = getattr(utility, "cache", None)
+    if backend is None:
+        return None
+    from ..cache import memoize
+
+    options = dict(getattr(utility, "_cache_options", None) or {})
+    options.pop("subset_args", None)  # the subsets arrive canonical (sorted, unique)
+    return memoize(two_d.fit_and_score, backend, **options)
 
 
 def _check_two_d_utility(utility: Any, owner: str) -> tuple[int, int]:
@@ -256,7 +310,8 @@ def _two_d_dataset(flat: Any, utility: Any, n: int, m: int, **attrs: Any) -> xr.
     cells = valuation_dataset(flat[0], flat[1], flat[2].astype(np.int64), data_names=np.arange(n * m), **attrs)
     rows, features = _names(utility, "row_names", n), _names(utility, "feature_names", m)
     data_vars = {name: ((SAMPLE_DIM, FEATURE_DIM), cells[name].data.reshape(n, m)) for name in cells.data_vars}
-    return xr.Dataset(data_vars, coords={SAMPLE_DIM: rows, FEATURE_DIM: features}, attrs=cells.attrs)
+    out = xr.Dataset(data_vars, coords={SAMPLE_DIM: rows, FEATURE_DIM: features}, attrs=cells.attrs)
+    return describe_variables(out)
 
 
 def _provenance(utility: Any) -> dict[str, Any]:

@@ -165,3 +165,35 @@ def test_normalize_values_must_be_a_bool():
     u = Utility(KNeighborsClassifier(n_neighbors=1), _norm_data(), "accuracy")
     with pytest.raises(InvalidParameterError, match="normalize_values"):
         classwise_shapley(u, 4, seed=0, normalize_values="yes")
+
+
+class CountingKNN(KNeighborsClassifier):
+    """1-NN that counts its fits (class-wide: the method fits clones)."""
+
+    fits = 0
+
+    def fit(self, x, y):
+        type(self).fits += 1
+        return super().fit(x, y)
+
+
+def test_evaluations_go_through_the_utility_cache():
+    from dvl_dask.cache import InMemoryCacheBackend
+
+    x, y, x_test, y_test = _problem(np.random.default_rng(4), 4, 3)
+    data = Dataset(x, y, x_test, y_test)
+    plain = classwise_shapley(Utility(CountingKNN(n_neighbors=1), data, "accuracy"), 12, seed=2).compute(
+        scheduler="sync")
+    cached = Utility(CountingKNN(n_neighbors=1), data, "accuracy", cache=InMemoryCacheBackend())
+    CountingKNN.fits = 0
+    first = classwise_shapley(cached, 12, seed=2).compute(scheduler="sync")
+    fitted = CountingKNN.fits
+    assert fitted > 0
+    np.testing.assert_array_equal(first.value.values, plain.value.values)  # the cache changes no value
+    # the same run again: every (rows, label) evaluation is a hit, no model is fitted
+    again = classwise_shapley(cached, 12, seed=2).compute(scheduler="sync")
+    assert CountingKNN.fits == fitted
+    np.testing.assert_array_equal(again.value.values, first.value.values)
+    # other samples: new coalitions, new fits
+    classwise_shapley(cached, 12, seed=3).compute(scheduler="sync")
+    assert CountingKNN.fits > fitted

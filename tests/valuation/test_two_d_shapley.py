@@ -139,3 +139,124 @@ def test_a_2d_utility_returning_nan_fails_clearly():
         exact_two_d_shapley(Broken(CELLS)).compute(scheduler="sync")
     with pytest.raises(InvalidParameterError, match="Broken"):
         two_d_shapley(Broken(CELLS), n_permutations=2, seed=0).compute(scheduler="sync")
+
+
+class CountingRegression(LinearRegression):
+    """LinearRegression that counts its fits (class-wide: the utility fits clones)."""
+
+    fits = 0
+
+    def fit(self, x, y, sample_weight=None):
+        type(self).fits += 1
+        return super().fit(x, y, sample_weight=sample_weight)
+
+
+def test_feature_subset_utility_memoises_blocks_in_the_utility_cache():
+    from dvl_dask.cache import InMemoryCacheBackend
+
+    x = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0], [3.0, 0.0, 1.0]])
+    y = 2.0 * x[:, 0] - x[:, 2]
+    backend = InMemoryCacheBackend()
+    utility = Utility(CountingRegression(), Dataset(x, y, x, y), "r2", default_score=0.0, cache=backend)
+    two_d = FeatureSubsetUtility(utility)
+    CountingRegression.fits = 0
+    first = two_d([0, 1, 3], [0, 2])
+    assert CountingRegression.fits == 1
+    # the same block, given in another order: a hit, no fit
+    assert two_d([3, 1, 0], [2, 0]) == first and CountingRegression.fits == 1
+    stats = two_d.cache_stats
+    assert (stats.hits, stats.misses) == (1, 1)
+    # the same rows with other features, and other rows with the same features: misses, with their own values
+    other = two_d([0, 1, 3], [0, 1])
+    assert CountingRegression.fits == 2 and (two_d.cache_stats.hits, two_d.cache_stats.misses) == (1, 2)
+    by_hand = LinearRegression().fit(x[[0, 1, 3]][:, [0, 1]], y[[0, 1, 3]]).score(x[:, [0, 1]], y)
+    assert other == pytest.approx(by_hand)
+    two_d([0, 1], [0, 2])
+    assert CountingRegression.fits == 3
+    # a block with every feature does not share the 1-d utility's entry for the same rows
+    utility([0, 1, 3])
+    assert CountingRegression.fits == 4
+    # a copy sent to a worker (pickled) memoises again, against the same in-process entries: a hit
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(two_d))
+    assert clone([0, 1, 3], [0, 2]) == first and CountingRegression.fits == 4
+    assert clone.cache_stats.hits == 1
+
+
+def test_feature_subset_utility_without_cache_has_no_cache_stats():
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]])
+    two_d = FeatureSubsetUtility(Utility(LinearRegression(), Dataset(x, x[:, 0], x, x[:, 0]), "r2", default_score=0.0))
+    with pytest.raises(InvalidParameterError, match="cache"):
+        two_d.cache_stats
+
+
+def test_two_d_results_sort_and_rank_their_cells():
+    ds = two_d_shapley(CellGame(CELLS, power=2), n_permutations=4, seed=1)  # lazy: the accessor computes it
+    values = ds.value.values
+    flat = [(values[i, j], f"r{i}", f"f{j}") for i in range(4) for j in range(3)]
+    by_value = sorted(flat, key=lambda t: -t[0])
+    top = ds.dvl.top_k(3)
+    assert top.value.dims == ("cell",)
+    assert list(zip(top.sample.values, top.feature.values)) == [(r, f) for _, r, f in by_value[:3]]
+    np.testing.assert_array_equal(top.value.values, [v for v, _, _ in by_value[:3]])
+    bottom = ds.dvl.bottom_k(2)
+    assert list(zip(bottom.sample.values, bottom.feature.values)) == [(r, f) for _, r, f in by_value[::-1][:2]]
+    assert ds.dvl.sort().sizes["cell"] == 12
+    ranks = ds.dvl.rank()
+    assert ranks.dims == ("sample", "feature")
+    for position, (_, r, f) in enumerate(by_value, start=1):
+        assert int(ranks.sel(sample=r, feature=f)) == position
+
+
+def test_two_d_runs_of_the_same_game_merge_cell_by_cell():
+    from dvl_dask.results import merge_results
+
+    game = CellGame(CELLS, power=2)
+    a = two_d_shapley(game, n_permutations=4, seed=1).compute(scheduler="sync")
+    b = two_d_shapley(game, n_permutations=6, seed=2).compute(scheduler="sync")
+    merged = a.dvl.merge(b)
+    assert merged.value.dims == ("sample", "feature") and (merged.counts.values == 10).all()
+    # the pooled mean and standard error, by hand: count-weighted, independent samples
+    np.testing.assert_allclose(merged.value.values, (4 * a.value.values + 6 * b.value.values) / 10, rtol=1e-12)
+    pooled = np.sqrt((4 * a.stderr.values) ** 2 + (6 * b.stderr.values) ** 2) / 10
+    np.testing.assert_allclose(merged.stderr.values, pooled, rtol=1e-12)
+    assert merged.dvl.parameters["n_permutations"] == 10 and merged.attrs["n_evaluations"] == 10 * 5 * 4
+    with pytest.raises(InvalidParameterError, match="share samples"):
+        merge_results(a, a)
+    with pytest.raises(InvalidParameterError, match="exact"):
+        merge_results(exact_two_d_shapley(game), exact_two_d_shapley(game))
+    renamed = b.assign_coords(feature=["x", "y", "z"])
+    with pytest.raises(InvalidParameterError, match="different features"):
+        merge_results(a, renamed)
+    one_d = b.isel(feature=0)
+    with pytest.raises(InvalidParameterError, match="2D-Shapley result values cells"):
+        merge_results(a, one_d)
+
+
+def test_two_d_result_round_trips_through_zarr(tmp_path):
+    from dvl_dask import open_result, to_zarr
+
+    ds = two_d_shapley(CellGame(CELLS, power=2), n_permutations=3, seed=5).compute(scheduler="sync")
+    to_zarr(ds, tmp_path / "cells.zarr")
+    back = open_result(tmp_path / "cells.zarr")
+    assert back.value.dims == ("sample", "feature")
+    assert back.sample.values.tolist() == ds.sample.values.tolist()
+    assert back.feature.values.tolist() == ["f0", "f1", "f2"]
+    for name in ("value", "stderr", "counts"):
+        np.testing.assert_array_equal(back[name].values, ds[name].values)
+    assert back.attrs["provenance"] == ds.attrs["provenance"] and back.attrs["seed"] == ds.attrs["seed"]
+    assert back.feature.attrs["long_name"] == "feature"
+
+
+def test_functions_of_one_value_per_player_refuse_two_d_results_clearly():
+    from dvl_dask.errors import SchemaError
+    from dvl_dask.evaluation import detection_scores
+
+    ds = exact_two_d_shapley(CellGame(CELLS)).compute(scheduler="sync")
+    with pytest.raises(SchemaError, match=r"2D-Shapley result .* supported by ds\.dvl .* merge_results, to_zarr"):
+        ds.dvl.to_valuation_result()
+    with pytest.raises(SchemaError, match="2D-Shapley result"):
+        detection_scores(ds, np.zeros(4, dtype=bool))
+    # one feature's column of cells is a result over samples again
+    assert ds.isel(feature=0).dvl.top_k(1).sample.values.tolist() == ["r1"]
