@@ -325,3 +325,39 @@ def test_malformed_arguments_name_the_argument() -> None:
     for argument, call in cases.items():
         with pytest.raises(DvlDaskError, match=f"'{argument}'"):
             call()
+
+
+@pytest.mark.parametrize("scoring", ["accuracy", "neg_log_loss"])
+def test_refilled_lanes_give_each_permutation_its_own_prefix_scores(scoring):
+    x, y, xt, yt = _split(load_breast_cancer, 30, 60)
+    u = Utility(make_pipeline(StandardScaler(), LogisticRegression()), Dataset(x, y, xt, yt), scoring,
+                default_score=-5.0 if scoring == "neg_log_loss" else None)
+    orders = np.array([np.random.default_rng(i).permutation(30) for i in range(6)])
+
+    def rules():  # stateless, different lengths per permutation: lanes refill at different prefix sizes
+        return [lambda step, score, p=p: step >= 5 + 4 * p for p in range(len(orders))]
+
+    lockstep, lockstep_steps = u.batch_prefix_scores(orders, stop_when=rules())
+    refilled, refilled_steps = u.batch_prefix_scores(orders, stop_when=rules(), lanes=2)
+    np.testing.assert_array_equal(refilled_steps, [5, 9, 13, 17, 21, 25])
+    np.testing.assert_array_equal(refilled_steps, lockstep_steps)
+    assert np.array_equal(np.isnan(refilled), np.isnan(lockstep))
+    cold = np.array([[u(o[:k]) if k <= used else np.nan for k in range(31)]
+                     for o, used in zip(orders, refilled_steps, strict=True)])
+    if scoring == "accuracy":  # a discrete score: the same fits give the same numbers, bit for bit
+        np.testing.assert_array_equal(refilled, lockstep)
+        np.testing.assert_array_equal(refilled, cold)
+    else:
+        np.testing.assert_allclose(refilled, lockstep, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(refilled, cold, rtol=0, atol=1e-9)
+
+
+def test_refilled_lanes_finish_permutations_without_truncation_and_refuse_bad_lanes():
+    x, y, xt, yt = _split(load_breast_cancer, 12, 40)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")
+    orders = np.array([np.random.default_rng(i).permutation(12) for i in range(3)])
+    refilled, steps = u.batch_prefix_scores(orders, lanes=1)
+    assert (steps == 12).all()
+    np.testing.assert_array_equal(refilled, u.batch_prefix_scores(orders)[0])
+    with pytest.raises(InvalidParameterError, match="lanes"):
+        u.batch_prefix_scores(orders, lanes=0)

@@ -24,7 +24,7 @@ from ..errors import (
     UtilityFailureWarning,
 )
 from ..keys import describe_parameters, model_token, object_token
-from ..validation import check_coalition, check_model, describe_coalition, keyword_aliases
+from ..validation import check_coalition, check_model, check_positive_int, describe_coalition, keyword_aliases
 from ._scorers import Scorer, as_scorer, outside_range, scorer_task
 
 __all__ = ["Utility"]
@@ -593,6 +593,7 @@ class Utility:
         *,
         warm_start: bool = True,
         stop_when: Sequence[Callable[[int, float], bool]] | None = None,
+        lanes: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Prefix scores of many permutations, evaluated in lockstep: prefix ``k`` of every permutation in one batch.
 
@@ -608,6 +609,16 @@ class Utility:
             One rule per permutation: ``stop_when[p](step, score)`` True drops
             permutation ``p`` from the batch (truncation). One rule each, since
             a rule may keep state along its permutation.
+        lanes : int, optional
+            Most permutations fitted together. None (default): all of them
+            start at once, and truncation shrinks the batch. With fewer lanes
+            than permutations, a permutation that stops (truncated or
+            finished) hands its lane to the next one not started yet, so the
+            batch stays full and the lanes are at different prefix sizes.
+            Each permutation's prefixes, warm starts and ``stop_when`` calls
+            are the same either way: only the scheduling of the fits changes
+            (the fits agree to the solver's tolerance, scores such as accuracy
+            exactly).
 
         Returns
         -------
@@ -622,6 +633,11 @@ class Utility:
         scores[:, 0] = self(orders[:0, 0])
         steps = np.full(n_perms, length, dtype=np.int64)
         evaluator = self._batch_evaluator()
+        if lanes is not None:
+            lanes = check_positive_int(lanes, "lanes", "Utility.batch_prefix_scores")
+            if evaluator is not None and lanes < n_perms and length:
+                self._refilled_prefixes(evaluator, orders, scores, steps, lanes, warm_start, stop_when)
+                return scores, steps
         alive = np.ones(n_perms, dtype=bool)
         previous: dict[int, Any] = {}
         for step in range(1, length + 1):
@@ -644,6 +660,48 @@ class Utility:
                         alive[p] = False
                         steps[p] = step
         return scores, steps
+
+    def _refilled_prefixes(
+        self,
+        evaluator: Any,
+        orders: np.ndarray,
+        scores: np.ndarray,
+        steps: np.ndarray,
+        lanes: int,
+        warm_start: bool,
+        stop_when: Sequence[Callable[[int, float], bool]] | None,
+    ) -> None:
+        """:meth:`batch_prefix_scores` with ``lanes`` permutations at a time, a finished one replaced by the next."""
+        from ._batched import lane_chunk
+
+        length = orders.shape[1]
+        running = np.arange(lanes)
+        position = np.ones(lanes, dtype=np.int64)  # the prefix size each lane fits next
+        waiting = lanes
+        previous: dict[int, Any] = {}
+        while running.size:
+            found = lane_chunk(evaluator, orders, running, position, previous, warm_start)
+            masks = np.zeros((len(running), self.n_players), dtype=bool)
+            for j, (p, k) in enumerate(zip(running, position, strict=True)):
+                masks[j, orders[p, :k]] = True
+            found = self._complete(found, masks)
+            scores[running, position] = found
+            done = position == length
+            if stop_when is not None:
+                for j, (p, k) in enumerate(zip(running, position, strict=True)):
+                    if stop_when[p](int(k), float(found[j])):
+                        done[j] = True
+                        steps[p] = k
+            position += 1
+            for j in np.flatnonzero(done):
+                previous.pop(int(running[j]), None)
+                if waiting < len(orders):  # the next permutation takes the lane, from its first prefix
+                    running[j], position[j] = waiting, 1
+                    waiting += 1
+                else:
+                    running[j] = -1
+            keep = running >= 0
+            running, position = running[keep], position[keep]
 
     def _warm_model(self) -> Any:
         params = self._model.get_params(deep=True) if hasattr(self._model, "get_params") else {}
