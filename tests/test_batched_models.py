@@ -361,3 +361,19 @@ def test_refilled_lanes_finish_permutations_without_truncation_and_refuse_bad_la
     np.testing.assert_array_equal(refilled, u.batch_prefix_scores(orders)[0])
     with pytest.raises(InvalidParameterError, match="lanes"):
         u.batch_prefix_scores(orders, lanes=0)
+
+
+def test_device_setting_other_than_cpu_raises_naming_the_supported_devices():
+    import dask
+
+    x, y, xt, yt = _split(load_breast_cancer, 20, 30)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")  # catch_errors=True by default
+    assert dask.config.get("dvl_dask.models.device") == "cpu"
+    with dask.config.set({"dvl_dask.models.device": "cuda"}):
+        for evaluate in (lambda: u(np.arange(10)), lambda: u.evaluate_batch([np.arange(20)]),
+                         lambda: u.batch_prefix_scores(np.arange(20)[None]),
+                         lambda: Ridge().fit(x, y.astype(float))):
+            with pytest.raises(InvalidParameterError, match=r"dvl_dask\.models\.device.*'cuda'.*Supported.*'cpu'"):
+                evaluate()
+    with dask.config.set({"dvl_dask.models.device": "CPU"}):
+        assert u(np.arange(20)) == u.evaluate_batch([np.arange(20)])[0]

@@ -8,16 +8,19 @@ numpy program (:meth:`Utility.evaluate_batch`), which the block tasks of
 valuation methods use. See ``docs/batched-models.md``.
 """
 
+from ._device import SUPPORTED_DEVICES, batch_device
 from ._estimators import BatchSpec, LogisticRegression, Ridge, batch_spec, check_batchable
 from ._scoring import VECTOR_METRICS, vector_metric
 from ._solvers import LinearFit, fit_logistic, fit_ridge, standardize
 
 __all__ = [
+    "SUPPORTED_DEVICES",
     "VECTOR_METRICS",
     "BatchSpec",
     "LinearFit",
     "LogisticRegression",
     "Ridge",
+    "batch_device",
     "batch_spec",
     "check_batchable",
     "fit_logistic",

@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from ..errors import ConvergenceWarning, InvalidModelError, InvalidParameterError
 from ..validation import check_bool
+from ._device import batch_device
 from ._solvers import LinearFit, fit_logistic, fit_ridge
 
 __all__ = ["BatchSpec", "LogisticRegression", "Ridge", "batch_spec"]
@@ -112,6 +113,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                   init: np.ndarray | None = None) -> LinearFit:
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_logistic`); ``y`` holds class codes."""
         self._check()
+        batch_device()
         return fit_logistic(x, y, s, n_classes=n_classes, C=float(self.C), fit_intercept=bool(self.fit_intercept),
                             scale=scale, tol=float(self.tol), max_iter=int(self.max_iter), init=init)
 
@@ -194,6 +196,7 @@ class Ridge(RegressorMixin, BaseEstimator):
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_ridge`); ``init`` is not needed."""
         alpha = _check_positive(self.alpha, "alpha", "Ridge")
         check_bool(self.fit_intercept, "fit_intercept", "dvl_dask.models.Ridge")
+        batch_device()
         return fit_ridge(x, y, s, alpha=alpha, fit_intercept=bool(self.fit_intercept), scale=scale)
 
     def fit(self, X: Any, y: Any) -> Ridge:

@@ -308,6 +308,7 @@ class Utility:
         self._validated = False  # a fit + score succeeded here, so sklearn's checks ran once
         self._finite: bool | None = None  # every array of the data is finite
         self._batch: Any = None  # BatchEvaluator once built; False: the model has no batched fit
+        self._batch_model: bool | None = None  # the model is a dvl_dask.models model (it has a device)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -346,6 +347,16 @@ class Utility:
 
     def fit_and_score(self, players: np.ndarray) -> float:
         """Fit a fresh clone on the given (canonical) players and score it; no cache."""
+        if self._batch_model is None:
+            from ..models import batch_spec
+
+            self._batch_model = batch_spec(self._model) is not None
+        if self._batch_model:
+            # A device setting the batched models do not support is an error of the setup, not of this
+            # coalition: raise it here, where catch_errors would otherwise turn it into default scores.
+            from ..models import batch_device
+
+            batch_device()
         return self._fit_score(self._fresh_model(), players, "Fitting or scoring")
 
     def _fresh_model(self) -> Any:
@@ -530,6 +541,10 @@ class Utility:
                 self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
             except (TypeError, ValueError):  # e.g. features that are not numbers: one call at a time says why
                 self._batch = False
+        if self._batch:
+            from ..models import batch_device
+
+            batch_device()  # read at call time; an unsupported device raises, it never falls back
         return self._batch or None
 
     @property
@@ -792,7 +807,7 @@ class Utility:
         state["_materialized"] = None
         state["_memoized"] = None
         state.pop("_warned_unusable", None)
-        for key in ("_template", "_validated", "_finite", "_batch"):
+        for key in ("_template", "_validated", "_finite", "_batch", "_batch_model"):
             state.pop(key, None)
         return state
 
