@@ -377,3 +377,71 @@ def test_device_setting_other_than_cpu_raises_naming_the_supported_devices():
                 evaluate()
     with dask.config.set({"dvl_dask.models.device": "CPU"}):
         assert u(np.arange(20)) == u.evaluate_batch([np.arange(20)])[0]
+
+
+def test_batched_true_converts_sklearn_models_to_the_batched_utility():
+    x, y, xt, yt = _split(load_breast_cancer, 25, 60, scale=False)
+    data = Dataset(x, y, xt, yt)
+    sk = make_pipeline(StandardScaler(), SkLogisticRegression(C=0.5, max_iter=1000, tol=1e-3))
+    converted = Utility(sk, data, "neg_log_loss", default_score=-5.0, batched=True)
+    direct = Utility(make_pipeline(StandardScaler(), LogisticRegression(C=0.5)), data, "neg_log_loss",
+                     default_score=-5.0)
+    unbatched = Utility(sk, data, "neg_log_loss", default_score=-5.0)
+    assert converted.batched and not unbatched.batched
+    # The same utility as one built on the batched model (same token); not the loosely converged scikit-learn one.
+    assert converted.token == direct.token and converted.token != unbatched.token
+    assert sk.get_params()["logisticregression__tol"] == 1e-3  # the caller's model is unchanged
+    masks = _coalitions(np.random.default_rng(3), 12, 25, low=0.3)
+    got = converted.evaluate_batch(masks)
+    truth = _sklearn_scores(make_pipeline(StandardScaler(), _tight(C=0.5)), x, y, xt, yt, masks, "neg_log_loss", -5.0)
+    np.testing.assert_allclose(got, truth, rtol=0, atol=1e-8)
+
+
+def test_batched_true_converts_sklearn_ridge():
+    x, y, xt, yt = _split(load_diabetes, 30, 60)
+    u = Utility(SkRidge(alpha=2.0, solver="svd", tol=1e-2), Dataset(x, y, xt, yt), "r2", default_score=-1.0,
+                batched=True)
+    assert u.batched and isinstance(u.model, Ridge) and u.model.alpha == 2.0
+    masks = _coalitions(np.random.default_rng(4), 10, 30, low=0.3)
+    truth = _sklearn_scores(SkRidge(alpha=2.0), x, y, xt, yt, masks, "r2", -1.0)
+    np.testing.assert_allclose(u.evaluate_batch(masks), truth, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("model", "scoring", "error", "match"), [
+    (SkLogisticRegression(class_weight="balanced"), "accuracy", InvalidParameterError, "class_weight='balanced'"),
+    (SkLogisticRegression(solver="liblinear"), "accuracy", InvalidParameterError, "solver='liblinear'"),
+    (SkLogisticRegression(l1_ratio=1.0, solver="saga"), "accuracy", InvalidParameterError, "l1_ratio=1.0"),
+    (SkRidge(positive=True), "r2", InvalidParameterError, "positive=True.*Supported: alpha"),
+    (make_pipeline(StandardScaler(with_mean=False), SkRidge()), "r2", "InvalidModelError", "default StandardScaler"),
+    ("LinearRegression", "r2", "InvalidModelError", "LinearRegression has no batched equivalent"),
+    ("KNeighborsClassifier", "accuracy", "InvalidModelError", "Supported: scikit-learn's LogisticRegression"),
+    (SkLogisticRegression(), "roc_auc", InvalidParameterError, "'roc_auc' has none.*Supported: accuracy"),
+])
+def test_batched_true_refuses_what_it_cannot_batch_naming_what_is_supported(model, scoring, error, match):
+    from sklearn.linear_model import LinearRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from dvl_dask.errors import InvalidModelError
+
+    model = {"LinearRegression": LinearRegression(), "KNeighborsClassifier": KNeighborsClassifier()}.get(model, model)
+    error = InvalidModelError if error == "InvalidModelError" else error
+    x, y, xt, yt = _split(load_breast_cancer, 20, 30)
+    y, yt = (y.astype(float), yt.astype(float)) if scoring == "r2" else (y, yt)
+    with pytest.raises(error, match=match):
+        Utility(model, Dataset(x, y, xt, yt), scoring, default_score=-1.0, batched=True)
+
+
+def test_batched_true_refuses_a_cache_and_batched_false_keeps_the_token():
+    from dvl_dask.cache import InMemoryCacheBackend
+
+    x, y, xt, yt = _split(load_breast_cancer, 20, 30)
+    data = Dataset(x, y, xt, yt)
+    with pytest.raises(InvalidParameterError, match="cannot use a cache"):
+        Utility(SkLogisticRegression(), data, "accuracy", batched=True, cache=InMemoryCacheBackend())
+    with pytest.raises(InvalidParameterError, match="'batched' parameter"):
+        Utility(LogisticRegression(), data, "accuracy", batched="yes")
+    one_at_a_time = Utility(LogisticRegression(), data, "accuracy", batched=False)
+    default = Utility(LogisticRegression(), data, "accuracy")
+    assert default.batched and not one_at_a_time.batched and one_at_a_time.token == default.token
+    masks = _coalitions(np.random.default_rng(5), 8, 20, low=0.3)
+    np.testing.assert_array_equal(one_at_a_time.evaluate_batch(masks), default.evaluate_batch(masks))

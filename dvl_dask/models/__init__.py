@@ -8,6 +8,7 @@ numpy program (:meth:`Utility.evaluate_batch`), which the block tasks of
 valuation methods use. See ``docs/batched-models.md``.
 """
 
+from ._convert import to_batched
 from ._device import SUPPORTED_DEVICES, batch_device
 from ._estimators import BatchSpec, LogisticRegression, Ridge, batch_spec, check_batchable
 from ._scoring import VECTOR_METRICS, vector_metric
@@ -26,5 +27,6 @@ __all__ = [
     "fit_logistic",
     "fit_ridge",
     "standardize",
+    "to_batched",
     "vector_metric",
 ]

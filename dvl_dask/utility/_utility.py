@@ -93,7 +93,8 @@ def _own_copy(model: Any) -> Any:
 
 #: Attributes that make up a Utility's identity (its token): fixed after construction.
 _FIXED = frozenset(
-    {"model", "_model", "data", "scorer", "default_score", "catch_errors", "token", "cache", "on_unusable"}
+    {"model", "_model", "data", "scorer", "default_score", "catch_errors", "token", "cache", "on_unusable",
+     "_batched_option"}
 )
 
 
@@ -173,6 +174,21 @@ class Utility:
         saying so). Give a different token whenever the model or the scorer
         changes; the data fingerprint, ``default_score`` and ``catch_errors``
         are still part of the utility's token.
+    batched : bool, optional
+        ``True``: fit coalitions in batches, converting scikit-learn's
+        ``LogisticRegression`` / ``Ridge`` (alone or after a default
+        ``StandardScaler`` in a ``Pipeline``) to their batched equivalents in
+        :mod:`dvl_dask.models` (:func:`dvl_dask.models.to_batched`): parameters
+        that change the optimum are refused naming the supported ones, those
+        that only steer scikit-learn's solver are dropped. The utility is then
+        the one built on the converted model, with its token: its fits are
+        converged far tighter than scikit-learn's defaults, so its values can
+        differ from the scikit-learn utility's and the two never share cache
+        entries or graph keys. A cache, or a scorer without a vectorised version,
+        raises. ``False``: evaluate one coalition at a time even with a
+        :mod:`dvl_dask.models` model (same values and token, to the solver's
+        tolerance). ``None`` (default): batches exactly when the model is a
+        :mod:`dvl_dask.models` model and the scorer is vectorised.
 
     Attributes
     ----------
@@ -227,8 +243,18 @@ class Utility:
         on_unusable: str | None = None,
         token: str | None = None,
         cached_func_options: Any = None,
+        batched: bool | None = None,
     ) -> None:
         check_model(model, "model", "Utility")
+        if batched is not None and not isinstance(batched, bool | np.bool_):
+            raise InvalidParameterError(
+                f"The 'batched' parameter of Utility must be True, False or None. Got {batched!r} instead."
+            )
+        self._batched_option = None if batched is None else bool(batched)
+        if batched:
+            from ..models import to_batched
+
+            model = to_batched(model)
         if not isinstance(data, Dataset):
             raise InvalidParameterError(
                 f"The 'data' argument of Utility must be a dvl_dask.Dataset. Got {type(data).__name__}. "
@@ -289,6 +315,8 @@ class Utility:
             self._cache_options = cached_func_options.memoize_options()
         if cache is not None:
             self._memoized = _memoize_for(self, cache)
+        if batched:
+            self._check_batchable()
         self._materialized: Dataset | None = None
         self._reset_fast_path()
         self.__dict__["_fixed"] = True
@@ -551,15 +579,33 @@ class Utility:
     def batched(self) -> bool:
         """Whether :meth:`evaluate_batch` fits whole batches at once (else it evaluates one coalition at a time).
 
-        Decided from the model, the scorer and the cache only (the data are not read).
+        Decided from the model, the scorer, the cache and the ``batched``
+        argument only (the data are not read).
         """
         from ..models import batch_spec
         from ._batched import has_vector_metric
 
-        if self._memoized is not None:
+        if self._memoized is not None or self.__dict__.get("_batched_option") is False:
             return False
         spec = batch_spec(self._model)
         return spec is not None and has_vector_metric(self.scorer, spec)
+
+    def _check_batchable(self) -> None:
+        """``batched=True``: refuse what would make the utility evaluate one coalition at a time anyway."""
+        if self._memoized is not None:
+            raise InvalidParameterError(
+                "Utility(..., batched=True) cannot use a cache: with a cache every coalition is evaluated one at a "
+                "time, through it. To fix, drop cache= or leave batched unset."
+            )
+        if not self.batched:
+            from ..models import VECTOR_METRICS
+
+            raise InvalidParameterError(
+                f"Utility(..., batched=True) needs a scorer with a vectorised version; {self.scorer.name!r} has "
+                f"none for this model. Supported: {', '.join(sorted(VECTOR_METRICS))} (scikit-learn's scorers of "
+                "those names; classification ones for LogisticRegression, regression ones for Ridge). To fix, use "
+                "one of them or leave batched unset."
+            )
 
     def evaluate_batch(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
         """Scores of many coalitions: boolean masks ``(B, n_players)`` or a sequence of coalitions.
@@ -817,6 +863,7 @@ class Utility:
         state.setdefault("on_unusable", "raise")
         state.setdefault("_usable", None)
         state.setdefault("_is_sklearn", hasattr(state.get("_model"), "get_params"))
+        state.setdefault("_batched_option", None)
         state.setdefault("_fixed", True)
         if "scorer_range" not in state:  # pickled before scorer_range existed
             state["scorer_range"] = state["scorer"].range
