@@ -130,3 +130,43 @@ def test_run_until_converged_with_a_batched_utility_resumes_from_its_checkpoint(
                                 progress=False, items_per_block=2)
     assert first.attrs["n_evaluations"] < resumed.attrs["n_evaluations"]
     np.testing.assert_allclose(resumed.value.values, fresh.value.values, atol=1e-9)
+
+
+def _count_single_fits(monkeypatch) -> list[int]:
+    """Count the coalitions a Utility fits one at a time (fit_and_score), to see that batches were used."""
+    calls = [0]
+    original = Utility.fit_and_score
+
+    def counting(self, players):
+        calls[0] += 1
+        return original(self, players)
+
+    monkeypatch.setattr(Utility, "fit_and_score", counting)
+    return calls
+
+
+def test_least_core_evaluates_its_coalitions_in_batches(monkeypatch):
+    from dvl_dask.valuation import exact_least_core, montecarlo_least_core
+
+    u = Utility(LogisticRegression(), _data(6, n_test=40, seed=2), "neg_log_loss", default_score=-1.0)
+    one = OneByOne(u)
+    want_exact = _values(exact_least_core(one))
+    want_mc = _values(montecarlo_least_core(one, 20, seed=3))
+    calls = _count_single_fits(monkeypatch)
+    np.testing.assert_allclose(_values(exact_least_core(u)), want_exact, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_values(montecarlo_least_core(u, 20, seed=3)), want_mc, rtol=0, atol=1e-9)
+    assert calls[0] == 0  # every coalition was fitted in a batch
+
+
+def test_learn_utility_evaluates_its_training_coalitions_in_batches(monkeypatch):
+    from sklearn.linear_model import Ridge as SkRidge
+
+    from dvl_dask.utility import learn_utility
+
+    u = Utility(LogisticRegression(), _data(8, n_test=40, seed=6), "neg_log_loss", default_score=-1.0)
+    probe = np.random.default_rng(0).random((10, 8)) < 0.5
+    want = learn_utility(OneByOne(u), 40, regressor=SkRidge(alpha=1e-3), seed=1)
+    calls = _count_single_fits(monkeypatch)
+    got = learn_utility(u, 40, regressor=SkRidge(alpha=1e-3), seed=1)
+    assert calls[0] == 0
+    np.testing.assert_allclose([got(m) for m in probe], [want(m) for m in probe], rtol=0, atol=1e-8)
