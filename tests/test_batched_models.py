@@ -445,3 +445,14 @@ def test_batched_true_refuses_a_cache_and_batched_false_keeps_the_token():
     assert default.batched and not one_at_a_time.batched and one_at_a_time.token == default.token
     masks = _coalitions(np.random.default_rng(5), 8, 20, low=0.3)
     np.testing.assert_array_equal(one_at_a_time.evaluate_batch(masks), default.evaluate_batch(masks))
+
+
+def test_fit_predict_batch_refuses_counts_that_are_not_multiplicities():
+    x, y, xt, yt = _split(load_breast_cancer, 10, 20)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")
+    for bad in (np.ones((2, 10)), -np.ones((2, 10), dtype=int), np.ones((2, 9), dtype=int)):
+        with pytest.raises(InvalidParameterError, match=r"'counts' argument of Utility\.fit_predict_batch"):
+            u.fit_predict_batch(bad)
+    one_class = np.zeros((1, 10), dtype=int)
+    one_class[0, np.flatnonzero(y == y[0])[:3]] = 2
+    assert u.fit_predict_batch(one_class) == [None]  # one class: the caller fits it (and reports the failure)

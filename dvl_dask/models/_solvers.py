@@ -5,6 +5,8 @@ either as one shared matrix ``x`` of shape ``(m, d)`` with 0/1 weights ``s``
 of shape ``(B, m)`` (masks: the cost is ``m`` rows per coalition), or as
 gathered rows ``x`` of shape ``(B, m, d)`` with ``s`` all ones (prefixes of
 permutations in lockstep: the cost follows the prefix size).
+Weights may also be counts (a bootstrap sample: a row counted twice weighs as
+two copies of it, exactly as fitting on the duplicated rows).
 
 Objectives are scikit-learn's, with the same parametrisation:
 
@@ -65,7 +67,7 @@ class LinearFit:
 
 
 def _check_batch(x: Any, s: Any, owner: str, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` ``(m, d)`` or ``(B, m, d)`` finite numbers and 0/1 weights ``s`` ``(B, m)`` (and ``y`` of ``m`` rows)."""
+    """``x`` ``(m, d)`` or ``(B, m, d)`` of finite numbers, row multiplicities ``s`` ``(B, m)``, ``m`` targets ``y``."""
     x = _numeric(x, "x", owner)
     if x.ndim not in (2, 3) or x.size == 0 or not np.isfinite(x).all():
         raise InvalidParameterError(
@@ -73,9 +75,10 @@ def _check_batch(x: Any, s: Any, owner: str, y: Any = None) -> tuple[np.ndarray,
             f"Got shape {x.shape}."
         )
     s = _numeric(s, "s", owner)
-    if s.ndim != 2 or s.shape[1] != x.shape[-2] or not np.isin(s, (0, 1)).all():
+    if s.ndim != 2 or s.shape[1] != x.shape[-2] or not (np.isfinite(s) & (s >= 0) & (s == np.round(s))).all():
         raise InvalidParameterError(
-            f"The 's' argument of {owner} must be 0/1 row weights of shape (B, {x.shape[-2]}). Got shape {s.shape}."
+            f"The 's' argument of {owner} must be row multiplicities (0/1 masks, or counts such as bootstrap "
+            f"counts: non-negative integers) of shape (B, {x.shape[-2]}). Got shape {s.shape}."
         )
     if y is not None and (not isinstance(y, np.ndarray) or y.shape[-1] != x.shape[-2]):
         raise InvalidParameterError(
@@ -441,11 +444,11 @@ def fit_logistic(
     Parameters
     ----------
     x : array ``(m, d)`` or ``(B, m, d)``
-        Shared training rows (with 0/1 weights ``s``) or gathered rows.
+        Shared training rows (with multiplicities ``s``) or gathered rows.
     y : array of int
         Class codes ``0..n_classes-1`` of the rows, ``(m,)`` or ``(B, m)``.
     s : array ``(B, m)``
-        Row weights (1: the row is in the coalition).
+        Row multiplicities (1: the row is in the coalition; counts weigh as duplicated rows).
     n_classes : int
         Number of classes of every coalition of the batch (2: binary model).
     C, fit_intercept

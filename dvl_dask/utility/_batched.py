@@ -62,6 +62,7 @@ class BatchEvaluator:
         self.x_test = np.ascontiguousarray(data.x_test, dtype=np.float64)
         if spec.is_classifier:
             classes, codes = np.unique(np.asarray(data.y_train), return_inverse=True)
+            self.labels = classes
             self.y = codes.reshape(-1).astype(np.int64)
             self.n_classes = classes.size
             test = np.asarray(data.y_test)
@@ -123,14 +124,7 @@ class BatchEvaluator:
         """
         assert self.metric is not None
         try:
-            if self.spec.is_classifier:
-                classes = self.classes_of(signature)
-                local = np.searchsorted(classes, y)
-                local = np.where(classes[local.clip(0, len(classes) - 1)] == y, local, 0)
-                fit = self.spec.fit(x, local, rows_weight, len(classes), init=init)
-            else:
-                classes = np.empty(0, dtype=np.int64)
-                fit = self.spec.fit(x, y, rows_weight, init=init)
+            fit, classes = self._fit(x, rows_weight, y, signature, init)
             with np.errstate(all="ignore"):
                 scores = self.metric(fit, self.x_test, self.y_test, classes)
         except (ArithmeticError, ValueError, np.linalg.LinAlgError):
@@ -148,6 +142,63 @@ class BatchEvaluator:
         with np.errstate(invalid="ignore"):
             good = fit.converged & np.isfinite(scores) & (scores >= lo) & (scores <= hi)
         return np.where(good, scores, np.nan), fit
+
+    def _fit(self, x: np.ndarray, rows_weight: np.ndarray, y: np.ndarray, signature: int,
+             init: np.ndarray | None) -> tuple[LinearFit, np.ndarray]:
+        """Fit a batch of one signature: the fit and the global codes of its classes (empty for regressors)."""
+        if not self.spec.is_classifier:
+            return self.spec.fit(x, y, rows_weight, init=init), np.empty(0, dtype=np.int64)
+        classes = self.classes_of(signature)
+        local = np.searchsorted(classes, y)
+        local = np.where(classes[local.clip(0, len(classes) - 1)] == y, local, 0)
+        return self.spec.fit(x, local, rows_weight, len(classes), init=init), classes
+
+    def fit_predict(self, counts: np.ndarray) -> list[np.ndarray | None]:
+        """One model per row of player multiplicities ``counts`` ``(B, n_players)``; its predictions of every row.
+
+        Predictions are what the model's ``predict`` gives on the training rows
+        (labels for classifiers, by the same tie rule). None where this batch
+        does not give them: a fit with fewer than two classes, or one that did
+        not converge or failed (the caller fits that one as usual).
+        """
+        weights = self.row_weights(counts)
+        signatures = self.signatures(weights > 0)
+        out: list[np.ndarray | None] = [None] * len(counts)
+        for signature in np.unique(signatures):
+            members = np.flatnonzero(signatures == signature)
+            if not self.fittable(int(signature)):
+                continue
+            start_from = self._full_fit(int(signature))
+            step = self.chunk(len(self.x))
+            for start in range(0, len(members), step):
+                part = members[start : start + step]
+                init = None if start_from is None else np.repeat(start_from, len(part), axis=0)
+                try:
+                    fit, classes = self._fit(self.x, weights[part], self.y, int(signature), init)
+                except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+                    continue
+                with np.errstate(all="ignore"):
+                    decision = fit.decision(self.x)
+                for j, member in enumerate(part):
+                    if fit.converged[j] and np.isfinite(decision[j]).all():
+                        out[member] = self._predictions(decision[j], classes)
+        return out
+
+    def _predictions(self, decision: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        if not self.spec.is_classifier:
+            return decision[:, 0]
+        local = (decision[:, 0] > 0).astype(np.int64) if decision.shape[1] == 1 else decision.argmax(axis=1)
+        return self.labels[classes[local]]
+
+    def row_weights(self, counts: np.ndarray) -> np.ndarray:
+        """Player multiplicities ``(B, n_players)`` to row multiplicities ``(B, n_rows)`` (a group's rows share it)."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if self.row_owner is None:
+            return counts
+        owned = self.row_owner >= 0
+        out = np.zeros((len(counts), len(self.x)))
+        out[:, owned] = counts[:, self.row_owner[owned]]
+        return out
 
     def chunk(self, m: int) -> int:
         """Coalitions per solver call for ``m`` rows each (bounded memory)."""

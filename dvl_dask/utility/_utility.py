@@ -623,6 +623,39 @@ class Utility:
             return np.array([self(mask) for mask in masks], dtype=np.float64)
         return self._complete(evaluator.scores(masks), masks)
 
+    def fit_predict_batch(self, counts: np.ndarray) -> list[np.ndarray | None]:
+        """Fit one model per row of player multiplicities and predict every training row with it, in one batch.
+
+        For bagging (Data-OOB): ``counts[b, i]`` is how often player ``i`` is in
+        bootstrap sample ``b``; fit ``b`` weighs each of the player's rows by
+        it, the same objective as fitting on the duplicated rows. Only a
+        utility that fits batches (:attr:`batched`) fits here.
+
+        Parameters
+        ----------
+        counts : array of int, shape (B, n_players)
+            Non-negative multiplicities.
+
+        Returns
+        -------
+        list
+            Per fit, the model's ``predict`` on every training row
+            (``(n_rows,)``: labels or targets), or None where this utility does
+            not fit batches, the sample holds one class, or the fit did not
+            converge or failed: fit that sample one at a time.
+        """
+        counts = np.asarray(counts)
+        if counts.ndim != 2 or counts.shape[1] != self.n_players or not np.issubdtype(counts.dtype, np.integer) \
+                or (counts < 0).any():
+            raise InvalidParameterError(
+                "The 'counts' argument of Utility.fit_predict_batch must be non-negative integers of shape "
+                f"(B, {self.n_players}). Got {counts.dtype} of shape {counts.shape}."
+            )
+        evaluator = self._batch_evaluator()
+        if evaluator is None:
+            return [None] * len(counts)
+        return evaluator.fit_predict(counts)
+
     def _as_masks(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
         arr = coalitions if isinstance(coalitions, np.ndarray) else None
         if arr is not None and arr.dtype == bool and arr.ndim == 2:
