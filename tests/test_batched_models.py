@@ -413,7 +413,7 @@ def test_batched_true_converts_sklearn_ridge():
     (SkLogisticRegression(l1_ratio=1.0, solver="saga"), "accuracy", InvalidParameterError, "l1_ratio=1.0"),
     (SkRidge(positive=True), "r2", InvalidParameterError, "positive=True.*Supported: alpha"),
     (make_pipeline(StandardScaler(with_mean=False), SkRidge()), "r2", "InvalidModelError", "default StandardScaler"),
-    ("LinearRegression", "r2", "InvalidModelError", "LinearRegression has no batched equivalent"),
+    ("LinearRegression", "r2", InvalidParameterError, "positive=True.*Supported: fit_intercept, tol"),
     ("KNeighborsClassifier", "accuracy", "InvalidModelError", "Supported: scikit-learn's LogisticRegression"),
     (SkLogisticRegression(), "roc_auc", InvalidParameterError, "'roc_auc' has none.*Supported: accuracy"),
 ])
@@ -423,7 +423,8 @@ def test_batched_true_refuses_what_it_cannot_batch_naming_what_is_supported(mode
 
     from dvl_dask.errors import InvalidModelError
 
-    model = {"LinearRegression": LinearRegression(), "KNeighborsClassifier": KNeighborsClassifier()}.get(model, model)
+    model = {"LinearRegression": LinearRegression(positive=True),
+             "KNeighborsClassifier": KNeighborsClassifier()}.get(model, model)
     error = InvalidModelError if error == "InvalidModelError" else error
     x, y, xt, yt = _split(load_breast_cancer, 20, 30)
     y, yt = (y.astype(float), yt.astype(float)) if scoring == "r2" else (y, yt)
@@ -456,3 +457,25 @@ def test_fit_predict_batch_refuses_counts_that_are_not_multiplicities():
     one_class = np.zeros((1, 10), dtype=int)
     one_class[0, np.flatnonzero(y == y[0])[:3]] = 2
     assert u.fit_predict_batch(one_class) == [None]  # one class: the caller fits it (and reports the failure)
+
+
+@pytest.mark.parametrize("loader", [load_diabetes, load_breast_cancer])
+def test_linear_regression_equals_sklearn_including_rank_deficient_coalitions(loader):
+    from sklearn.linear_model import LinearRegression as SkLinearRegression
+
+    from dvl_dask.models import LinearRegression as BatchedLinearRegression
+
+    x, y, xt, yt = _split(loader, 40, 60, scale=False)
+    y, yt = y.astype(float), yt.astype(float)
+    masks = _coalitions(np.random.default_rng(6), 24, 40, low=0.05)
+    masks[:4] = np.arange(40) < np.array([[3], [8], [15], [25]])  # fewer points than breast_cancer's 30 features
+    sk = make_pipeline(StandardScaler(), SkLinearRegression())
+    truth = _sklearn_scores(sk, x, y, xt, yt, masks, "r2", -1.0)
+    converted = Utility(sk, Dataset(x, y, xt, yt), "r2", default_score=-1.0, batched=True)
+    direct = Utility(make_pipeline(StandardScaler(), BatchedLinearRegression()), Dataset(x, y, xt, yt), "r2",
+                     default_score=-1.0)
+    assert converted.token == direct.token
+    np.testing.assert_allclose(converted.evaluate_batch(masks), truth, rtol=1e-8, atol=1e-8)
+    one = BatchedLinearRegression().fit(x[masks[1]], y[masks[1]])
+    ref = SkLinearRegression().fit(x[masks[1]], y[masks[1]])
+    np.testing.assert_allclose(one.predict(xt), ref.predict(xt), rtol=1e-8)

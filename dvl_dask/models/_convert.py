@@ -1,8 +1,9 @@
 """scikit-learn's convex models converted to their batched equivalents (``Utility(..., batched=True)``).
 
-A scikit-learn ``LogisticRegression`` or ``Ridge`` (alone or after a default
-``StandardScaler`` in a ``Pipeline``) whose parameters define the objective
-of :class:`~dvl_dask.models.LogisticRegression` / :class:`~dvl_dask.models.Ridge`
+A scikit-learn ``LogisticRegression``, ``Ridge`` or ``LinearRegression``
+(alone or after a default ``StandardScaler`` in a ``Pipeline``) whose
+parameters define the objective of :class:`~dvl_dask.models.LogisticRegression`,
+:class:`~dvl_dask.models.Ridge` or :class:`~dvl_dask.models.LinearRegression`
 becomes that model. Parameters that only steer scikit-learn's solver towards
 the same optimum (``solver``, ``tol``, ``max_iter``, ``warm_start``, ...) are
 dropped: the batched fit converges to its own, tighter, tolerance. Parameters
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidModelError, InvalidParameterError
-from ._estimators import LogisticRegression, Ridge
+from ._estimators import LinearRegression, LogisticRegression, Ridge
 
 __all__ = ["to_batched"]
 
@@ -28,6 +29,10 @@ _LOGISTIC_SUPPORTED = (
     "C (finite, > 0), fit_intercept, an L2 penalty (penalty 'l2' or left at its default, l1_ratio 0 or None), "
     f"solver in {_LOGISTIC_SOLVERS}, class_weight=None, dual=False; tol, max_iter, warm_start, n_jobs, verbose, "
     "random_state and intercept_scaling are accepted and dropped (they do not change the optimum)"
+)
+_LEAST_SQUARES_SUPPORTED = (
+    "fit_intercept, tol (the singular value cut-off of its least-squares solve, kept), positive=False; copy_X and "
+    "n_jobs are accepted and dropped"
 )
 _RIDGE_SUPPORTED = (
     "alpha (one finite number > 0), fit_intercept, positive=False; solver, tol, max_iter, copy_X and "
@@ -89,24 +94,33 @@ def _ridge(model: Any) -> Ridge:
     return Ridge(alpha=float(alpha), fit_intercept=bool(p.get("fit_intercept", True)))
 
 
+def _least_squares(model: Any) -> LinearRegression:
+    p = model.get_params(deep=False)
+    problems = []
+    if p.get("positive", False):
+        problems.append("positive=True")
+    tol = p.get("tol", 1e-6)
+    if not (_is_number(tol) and np.isfinite(tol) and tol >= 0):
+        problems.append(f"tol={tol!r}")
+    known = {"positive", "fit_intercept", "tol", "copy_X", "n_jobs"}
+    problems += [f"the unknown parameter {name}={p[name]!r}" for name in sorted(set(p) - known)]
+    _refuse("LinearRegression", problems, _LEAST_SQUARES_SUPPORTED)
+    return LinearRegression(fit_intercept=bool(p.get("fit_intercept", True)), tol=float(tol))
+
+
 def _convert_estimator(model: Any) -> Any:
+    from sklearn.linear_model import LinearRegression as SkLinearRegression
     from sklearn.linear_model import LogisticRegression as SkLogisticRegression
     from sklearn.linear_model import Ridge as SkRidge
 
-    if isinstance(model, LogisticRegression | Ridge):
+    if isinstance(model, LogisticRegression | Ridge | LinearRegression):
         return model
     if type(model) is SkLogisticRegression:
         return _logistic(model)
     if type(model) is SkRidge:
         return _ridge(model)
-    if type(model).__name__ == "LinearRegression" and type(model).__module__.startswith("sklearn."):
-        raise InvalidModelError(
-            "scikit-learn's LinearRegression has no batched equivalent yet: it is unregularised (a minimum-norm "
-            "least-squares fit, whose rank decisions on coalitions with fewer points than features the batched "
-            "ridge solver does not reproduce), so Utility(..., batched=True) cannot convert it. Supported: "
-            "scikit-learn's LogisticRegression and Ridge (alpha > 0). To fix, leave batched unset, or use "
-            "Ridge(alpha=1e-6) for a lightly regularised linear regression (a different utility, batched)."
-        )
+    if type(model) is SkLinearRegression:
+        return _least_squares(model)
     return None
 
 
@@ -116,7 +130,7 @@ def to_batched(model: Any) -> Any:
     Parameters
     ----------
     model : estimator
-        scikit-learn's ``LogisticRegression`` or ``Ridge``, or a ``Pipeline``
+        scikit-learn's ``LogisticRegression``, ``Ridge`` or ``LinearRegression``, or a ``Pipeline``
         of a default ``StandardScaler()`` and one of them (models of
         :mod:`dvl_dask.models` are returned as they are).
 
@@ -158,6 +172,6 @@ def to_batched(model: Any) -> Any:
             return Pipeline([(first_name, clone(first)), (last_name, last_converted)])
     raise InvalidModelError(
         f"Utility(..., batched=True) has no batched equivalent for {type(model).__name__}. Supported: "
-        "scikit-learn's LogisticRegression and Ridge, dvl_dask.models.LogisticRegression and Ridge, and a "
+        "scikit-learn's LogisticRegression, Ridge and LinearRegression, the same of dvl_dask.models, and a "
         "Pipeline of StandardScaler() and one of them. To fix, use one of them or leave batched unset."
     )

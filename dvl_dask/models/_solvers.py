@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..validation import check_bool, check_positive_int, check_real
 
-__all__ = ["LinearFit", "cholesky_solve", "fit_logistic", "fit_ridge", "standardize"]
+__all__ = ["LinearFit", "cholesky_solve", "fit_least_squares", "fit_logistic", "fit_ridge", "standardize"]
 
 _EPS = np.finfo(np.float64).eps
 
@@ -509,6 +509,47 @@ def fit_ridge(
     A = _gram(design, s) + alpha * np.eye(design.shape[-1])
     rhs = _xt_v(design, (s * yc)[..., None])[:, 0, :]
     w = cholesky_solve(A, rhs)
+    if fit_intercept:
+        b = y_mean - np.einsum("bd,bd->b", x_mean, w)
+        params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]
+    else:
+        params = w[:, None, :]
+    coef, intercept = _to_raw(params, fit_intercept, mean, sd)
+    return LinearFit(coef, intercept, params, np.ones(len(s), dtype=bool), 1)
+
+
+def fit_least_squares(
+    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, fit_intercept: bool, scale: bool = False, rcond: float = 1e-6
+) -> LinearFit:
+    """Fit ``B`` unregularised linear regressions at once: minimum-norm least squares, as scikit-learn's.
+
+    scikit-learn's ``LinearRegression`` centres the rows (with an intercept)
+    and calls ``scipy.linalg.lstsq(X, y, cond=tol)``: singular values below
+    ``tol`` times the largest count as zero, and a rank-deficient coalition
+    (fewer points than features) gets the solution of smallest norm. Here:
+    one batched SVD of every coalition's centred rows (scaled by the square
+    roots of their multiplicities, the same singular values as duplicated
+    rows), the same cut-off ``rcond``, and the pseudo-inverse solution.
+    """
+    owner = "fit_least_squares"
+    x, s = _check_batch(x, s, owner, y)
+    fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
+    rcond = check_real(rcond, "rcond", owner, low=0.0, finite=True)
+    s = s.astype(np.float64)
+    design, mean, sd = _design(x, s, scale, False)
+    design = np.broadcast_to(design, (len(s), *design.shape[-2:])) if design.ndim == 2 else design
+    yb = np.broadcast_to(y[None] if y.ndim == 1 else y, s.shape)
+    if fit_intercept:
+        x_mean, _ = _weighted_rows(design, s)
+        y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
+        design = design - x_mean[:, None, :]
+        yb = yb - y_mean[:, None]
+    root = np.sqrt(s)
+    u, sv, vt = np.linalg.svd(design * root[..., None], full_matrices=False)
+    kept = sv > rcond * sv[:, :1]
+    inverse = np.where(kept, 1.0 / np.where(kept, sv, 1.0), 0.0)
+    projected = np.einsum("bmk,bm->bk", u, yb * root) * inverse
+    w = np.einsum("bkd,bk->bd", vt, projected)
     if fit_intercept:
         b = y_mean - np.einsum("bd,bd->b", x_mean, w)
         params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]

@@ -603,8 +603,8 @@ class Utility:
             raise InvalidParameterError(
                 f"Utility(..., batched=True) needs a scorer with a vectorised version; {self.scorer.name!r} has "
                 f"none for this model. Supported: {', '.join(sorted(VECTOR_METRICS))} (scikit-learn's scorers of "
-                "those names; classification ones for LogisticRegression, regression ones for Ridge). To fix, use "
-                "one of them or leave batched unset."
+                "those names; classification ones for LogisticRegression, regression ones for Ridge and "
+                "LinearRegression). To fix, use one of them or leave batched unset."
             )
 
     def evaluate_batch(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
