@@ -176,15 +176,16 @@ class Utility:
         are still part of the utility's token.
     batched : bool, optional
         ``True``: fit coalitions in batches, converting scikit-learn's
-        ``LogisticRegression`` / ``Ridge`` (alone or after a default
+        ``LogisticRegression`` / ``Ridge`` / ``LinearRegression`` (alone or after a default
         ``StandardScaler`` in a ``Pipeline``) to their batched equivalents in
         :mod:`dvl_dask.models` (:func:`dvl_dask.models.to_batched`): parameters
         that change the optimum are refused naming the supported ones, those
         that only steer scikit-learn's solver are dropped. The utility is then
         the one built on the converted model, with its token: its fits are
-        converged far tighter than scikit-learn's defaults, so its values can
-        differ from the scikit-learn utility's and the two never share cache
-        entries or graph keys. A cache, or a scorer without a vectorised version,
+        converged far tighter than scikit-learn's defaults (logistic
+        regression), so its values can differ from the scikit-learn utility's,
+        and the two never share cache entries or graph keys (see
+        ``docs/batched-models.md``). A cache, or a scorer without a vectorised version,
         raises. ``False``: evaluate one coalition at a time even with a
         :mod:`dvl_dask.models` model (same values and token, to the solver's
         tolerance). ``None`` (default): batches exactly when the model is a
