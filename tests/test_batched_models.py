@@ -329,20 +329,20 @@ def test_malformed_arguments_name_the_argument() -> None:
 
 @pytest.mark.parametrize("scoring", ["accuracy", "neg_log_loss"])
 def test_refilled_lanes_give_each_permutation_its_own_prefix_scores(scoring):
-    x, y, xt, yt = _split(load_breast_cancer, 30, 60)
+    x, y, xt, yt = _split(load_breast_cancer, 20, 40)
     u = Utility(make_pipeline(StandardScaler(), LogisticRegression()), Dataset(x, y, xt, yt), scoring,
                 default_score=-5.0 if scoring == "neg_log_loss" else None)
-    orders = np.array([np.random.default_rng(i).permutation(30) for i in range(6)])
+    orders = np.array([np.random.default_rng(i).permutation(20) for i in range(5)])
 
     def rules():  # stateless, different lengths per permutation: lanes refill at different prefix sizes
-        return [lambda step, score, p=p: step >= 5 + 4 * p for p in range(len(orders))]
+        return [lambda step, score, p=p: step >= 4 + 3 * p for p in range(len(orders))]
 
     lockstep, lockstep_steps = u.batch_prefix_scores(orders, stop_when=rules())
     refilled, refilled_steps = u.batch_prefix_scores(orders, stop_when=rules(), lanes=2)
-    np.testing.assert_array_equal(refilled_steps, [5, 9, 13, 17, 21, 25])
+    np.testing.assert_array_equal(refilled_steps, [4, 7, 10, 13, 16])
     np.testing.assert_array_equal(refilled_steps, lockstep_steps)
     assert np.array_equal(np.isnan(refilled), np.isnan(lockstep))
-    cold = np.array([[u(o[:k]) if k <= used else np.nan for k in range(31)]
+    cold = np.array([[u(o[:k]) if k <= used else np.nan for k in range(21)]
                      for o, used in zip(orders, refilled_steps, strict=True)])
     if scoring == "accuracy":  # a discrete score: the same fits give the same numbers, bit for bit
         np.testing.assert_array_equal(refilled, lockstep)
