@@ -32,6 +32,7 @@ __all__ = [
     "INFLUENCE_GRADIENT_MEMORY_BUDGET",
     "LOO_EVALUATIONS_PER_BLOCK",
     "MC_EVALUATIONS_PER_BLOCK",
+    "MODELS_DEVICE",
     "MC_BATCHED_EVALUATIONS_PER_BLOCK",
     "EXACT_BATCHED_SUBSETS_PER_BLOCK",
     "MC_ACTIVE_SET_LAG",
@@ -74,6 +75,7 @@ RESULTS_ZARR_FORMAT = "dvl_dask.results.zarr-format"
 COMPUTE_BLAS_THREADS = "dvl_dask.compute.blas-threads"
 COMPUTE_PRELOAD_MODULES = "dvl_dask.compute.preload-modules"
 COMPUTE_TORCH_THREADS = "dvl_dask.compute.torch-threads"
+MODELS_DEVICE = "dvl_dask.models.device"
 CACHE_NAMESPACE = "dvl_dask.cache.namespace"
 CACHE_HMAC_KEY = "dvl_dask.cache.hmac-key"
 CACHE_TIME_THRESHOLD = "dvl_dask.cache.time-threshold"

@@ -325,3 +325,157 @@ def test_malformed_arguments_name_the_argument() -> None:
     for argument, call in cases.items():
         with pytest.raises(DvlDaskError, match=f"'{argument}'"):
             call()
+
+
+@pytest.mark.parametrize("scoring", ["accuracy", "neg_log_loss"])
+def test_refilled_lanes_give_each_permutation_its_own_prefix_scores(scoring):
+    x, y, xt, yt = _split(load_breast_cancer, 20, 40)
+    u = Utility(make_pipeline(StandardScaler(), LogisticRegression()), Dataset(x, y, xt, yt), scoring,
+                default_score=-5.0 if scoring == "neg_log_loss" else None)
+    orders = np.array([np.random.default_rng(i).permutation(20) for i in range(5)])
+
+    def rules():  # stateless, different lengths per permutation: lanes refill at different prefix sizes
+        return [lambda step, score, p=p: step >= 4 + 3 * p for p in range(len(orders))]
+
+    lockstep, lockstep_steps = u.batch_prefix_scores(orders, stop_when=rules())
+    refilled, refilled_steps = u.batch_prefix_scores(orders, stop_when=rules(), lanes=2)
+    np.testing.assert_array_equal(refilled_steps, [4, 7, 10, 13, 16])
+    np.testing.assert_array_equal(refilled_steps, lockstep_steps)
+    assert np.array_equal(np.isnan(refilled), np.isnan(lockstep))
+    cold = np.array([[u(o[:k]) if k <= used else np.nan for k in range(21)]
+                     for o, used in zip(orders, refilled_steps, strict=True)])
+    if scoring == "accuracy":  # a discrete score: the same fits give the same numbers, bit for bit
+        np.testing.assert_array_equal(refilled, lockstep)
+        np.testing.assert_array_equal(refilled, cold)
+    else:
+        np.testing.assert_allclose(refilled, lockstep, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(refilled, cold, rtol=0, atol=1e-9)
+
+
+def test_refilled_lanes_finish_permutations_without_truncation_and_refuse_bad_lanes():
+    x, y, xt, yt = _split(load_breast_cancer, 12, 40)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")
+    orders = np.array([np.random.default_rng(i).permutation(12) for i in range(3)])
+    refilled, steps = u.batch_prefix_scores(orders, lanes=1)
+    assert (steps == 12).all()
+    np.testing.assert_array_equal(refilled, u.batch_prefix_scores(orders)[0])
+    with pytest.raises(InvalidParameterError, match="lanes"):
+        u.batch_prefix_scores(orders, lanes=0)
+
+
+def test_device_setting_other_than_cpu_raises_naming_the_supported_devices():
+    import dask
+
+    x, y, xt, yt = _split(load_breast_cancer, 20, 30)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")  # catch_errors=True by default
+    assert dask.config.get("dvl_dask.models.device") == "cpu"
+    with dask.config.set({"dvl_dask.models.device": "cuda"}):
+        for evaluate in (lambda: u(np.arange(10)), lambda: u.evaluate_batch([np.arange(20)]),
+                         lambda: u.batch_prefix_scores(np.arange(20)[None]),
+                         lambda: Ridge().fit(x, y.astype(float))):
+            with pytest.raises(InvalidParameterError, match=r"dvl_dask\.models\.device.*'cuda'.*Supported.*'cpu'"):
+                evaluate()
+    with dask.config.set({"dvl_dask.models.device": "CPU"}):
+        assert u(np.arange(20)) == u.evaluate_batch([np.arange(20)])[0]
+
+
+def test_batched_true_converts_sklearn_models_to_the_batched_utility():
+    x, y, xt, yt = _split(load_breast_cancer, 25, 60, scale=False)
+    data = Dataset(x, y, xt, yt)
+    sk = make_pipeline(StandardScaler(), SkLogisticRegression(C=0.5, max_iter=1000, tol=1e-3))
+    converted = Utility(sk, data, "neg_log_loss", default_score=-5.0, batched=True)
+    direct = Utility(make_pipeline(StandardScaler(), LogisticRegression(C=0.5)), data, "neg_log_loss",
+                     default_score=-5.0)
+    unbatched = Utility(sk, data, "neg_log_loss", default_score=-5.0)
+    assert converted.batched and not unbatched.batched
+    # The same utility as one built on the batched model (same token); not the loosely converged scikit-learn one.
+    assert converted.token == direct.token and converted.token != unbatched.token
+    assert sk.get_params()["logisticregression__tol"] == 1e-3  # the caller's model is unchanged
+    masks = _coalitions(np.random.default_rng(3), 12, 25, low=0.3)
+    got = converted.evaluate_batch(masks)
+    truth = _sklearn_scores(make_pipeline(StandardScaler(), _tight(C=0.5)), x, y, xt, yt, masks, "neg_log_loss", -5.0)
+    np.testing.assert_allclose(got, truth, rtol=0, atol=1e-8)
+
+
+def test_batched_true_converts_sklearn_ridge():
+    x, y, xt, yt = _split(load_diabetes, 30, 60)
+    u = Utility(SkRidge(alpha=2.0, solver="svd", tol=1e-2), Dataset(x, y, xt, yt), "r2", default_score=-1.0,
+                batched=True)
+    assert u.batched and isinstance(u.model, Ridge) and u.model.alpha == 2.0
+    masks = _coalitions(np.random.default_rng(4), 10, 30, low=0.3)
+    truth = _sklearn_scores(SkRidge(alpha=2.0), x, y, xt, yt, masks, "r2", -1.0)
+    np.testing.assert_allclose(u.evaluate_batch(masks), truth, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("model", "scoring", "error", "match"), [
+    (SkLogisticRegression(class_weight="balanced"), "accuracy", InvalidParameterError, "class_weight='balanced'"),
+    (SkLogisticRegression(solver="liblinear"), "accuracy", InvalidParameterError, "solver='liblinear'"),
+    (SkLogisticRegression(l1_ratio=1.0, solver="saga"), "accuracy", InvalidParameterError, "l1_ratio=1.0"),
+    (SkRidge(positive=True), "r2", InvalidParameterError, "positive=True.*Supported: alpha"),
+    (make_pipeline(StandardScaler(with_mean=False), SkRidge()), "r2", "InvalidModelError", "default StandardScaler"),
+    ("LinearRegression", "r2", InvalidParameterError, "positive=True.*Supported: fit_intercept, tol"),
+    ("KNeighborsClassifier", "accuracy", "InvalidModelError", "Supported: scikit-learn's LogisticRegression"),
+    (SkLogisticRegression(), "roc_auc", InvalidParameterError, "'roc_auc' has none.*Supported: accuracy"),
+])
+def test_batched_true_refuses_what_it_cannot_batch_naming_what_is_supported(model, scoring, error, match):
+    from sklearn.linear_model import LinearRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from dvl_dask.errors import InvalidModelError
+
+    model = {"LinearRegression": LinearRegression(positive=True),
+             "KNeighborsClassifier": KNeighborsClassifier()}.get(model, model)
+    error = InvalidModelError if error == "InvalidModelError" else error
+    x, y, xt, yt = _split(load_breast_cancer, 20, 30)
+    y, yt = (y.astype(float), yt.astype(float)) if scoring == "r2" else (y, yt)
+    with pytest.raises(error, match=match):
+        Utility(model, Dataset(x, y, xt, yt), scoring, default_score=-1.0, batched=True)
+
+
+def test_batched_true_refuses_a_cache_and_batched_false_keeps_the_token():
+    from dvl_dask.cache import InMemoryCacheBackend
+
+    x, y, xt, yt = _split(load_breast_cancer, 20, 30)
+    data = Dataset(x, y, xt, yt)
+    with pytest.raises(InvalidParameterError, match="cannot use a cache"):
+        Utility(SkLogisticRegression(), data, "accuracy", batched=True, cache=InMemoryCacheBackend())
+    with pytest.raises(InvalidParameterError, match="'batched' parameter"):
+        Utility(LogisticRegression(), data, "accuracy", batched="yes")
+    one_at_a_time = Utility(LogisticRegression(), data, "accuracy", batched=False)
+    default = Utility(LogisticRegression(), data, "accuracy")
+    assert default.batched and not one_at_a_time.batched and one_at_a_time.token == default.token
+    masks = _coalitions(np.random.default_rng(5), 8, 20, low=0.3)
+    np.testing.assert_array_equal(one_at_a_time.evaluate_batch(masks), default.evaluate_batch(masks))
+
+
+def test_fit_predict_batch_refuses_counts_that_are_not_multiplicities():
+    x, y, xt, yt = _split(load_breast_cancer, 10, 20)
+    u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")
+    for bad in (np.ones((2, 10)), -np.ones((2, 10), dtype=int), np.ones((2, 9), dtype=int)):
+        with pytest.raises(InvalidParameterError, match=r"'counts' argument of Utility\.fit_predict_batch"):
+            u.fit_predict_batch(bad)
+    one_class = np.zeros((1, 10), dtype=int)
+    one_class[0, np.flatnonzero(y == y[0])[:3]] = 2
+    assert u.fit_predict_batch(one_class) == [None]  # one class: the caller fits it (and reports the failure)
+
+
+@pytest.mark.parametrize("loader", [load_diabetes, load_breast_cancer])
+def test_linear_regression_equals_sklearn_including_rank_deficient_coalitions(loader):
+    from sklearn.linear_model import LinearRegression as SkLinearRegression
+
+    from dvl_dask.models import LinearRegression as BatchedLinearRegression
+
+    x, y, xt, yt = _split(loader, 40, 60, scale=False)
+    y, yt = y.astype(float), yt.astype(float)
+    masks = _coalitions(np.random.default_rng(6), 24, 40, low=0.05)
+    masks[:4] = np.arange(40) < np.array([[3], [8], [15], [25]])  # fewer points than breast_cancer's 30 features
+    sk = make_pipeline(StandardScaler(), SkLinearRegression())
+    truth = _sklearn_scores(sk, x, y, xt, yt, masks, "r2", -1.0)
+    converted = Utility(sk, Dataset(x, y, xt, yt), "r2", default_score=-1.0, batched=True)
+    direct = Utility(make_pipeline(StandardScaler(), BatchedLinearRegression()), Dataset(x, y, xt, yt), "r2",
+                     default_score=-1.0)
+    assert converted.token == direct.token
+    np.testing.assert_allclose(converted.evaluate_batch(masks), truth, rtol=1e-8, atol=1e-8)
+    one = BatchedLinearRegression().fit(x[masks[1]], y[masks[1]])
+    ref = SkLinearRegression().fit(x[masks[1]], y[masks[1]])
+    np.testing.assert_allclose(one.predict(xt), ref.predict(xt), rtol=1e-8)

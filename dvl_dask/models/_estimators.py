@@ -19,9 +19,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from ..errors import ConvergenceWarning, InvalidModelError, InvalidParameterError
 from ..validation import check_bool
-from ._solvers import LinearFit, fit_logistic, fit_ridge
+from ._device import batch_device
+from ._solvers import LinearFit, fit_least_squares, fit_logistic, fit_ridge
 
-__all__ = ["BatchSpec", "LogisticRegression", "Ridge", "batch_spec"]
+__all__ = ["BatchSpec", "LinearRegression", "LogisticRegression", "Ridge", "batch_spec"]
 
 
 def _refuse_unsupported(owner: str, unsupported: dict[str, Any], supported: str) -> None:
@@ -112,6 +113,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                   init: np.ndarray | None = None) -> LinearFit:
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_logistic`); ``y`` holds class codes."""
         self._check()
+        batch_device()
         return fit_logistic(x, y, s, n_classes=n_classes, C=float(self.C), fit_intercept=bool(self.fit_intercept),
                             scale=scale, tol=float(self.tol), max_iter=int(self.max_iter), init=init)
 
@@ -194,6 +196,7 @@ class Ridge(RegressorMixin, BaseEstimator):
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_ridge`); ``init`` is not needed."""
         alpha = _check_positive(self.alpha, "alpha", "Ridge")
         check_bool(self.fit_intercept, "fit_intercept", "dvl_dask.models.Ridge")
+        batch_device()
         return fit_ridge(x, y, s, alpha=alpha, fit_intercept=bool(self.fit_intercept), scale=scale)
 
     def fit(self, X: Any, y: Any) -> Ridge:
@@ -216,6 +219,65 @@ class Ridge(RegressorMixin, BaseEstimator):
         return _as_matrix(X, "Ridge") @ self.coef_ + self.intercept_
 
 
+class LinearRegression(RegressorMixin, BaseEstimator):
+    """Ordinary least squares, scikit-learn's ``LinearRegression(fit_intercept=..., tol=...)``, fitted by SVD.
+
+    Unregularised: the rows are centred (with an intercept) and singular
+    values below ``tol`` times the largest count as zero, exactly as
+    scikit-learn's ``scipy.linalg.lstsq(X, y, cond=tol)``, so a coalition with
+    fewer points than features gets the minimum-norm solution scikit-learn
+    gives (predictions agree to about 1e-12 relative on breast_cancer and
+    diabetes coalitions, rank-deficient ones included). The batched fit is
+    one batched SVD of every coalition's rows.
+
+    Examples
+    --------
+    >>> x = np.arange(12.0).reshape(6, 2) ** 1.5; y = x @ [1.0, -2.0] + 3.0
+    >>> LinearRegression().fit(x, y).predict(x[:2]).round(6).tolist()
+    [1.0, -4.563878]
+    """
+
+    _supported = "fit_intercept, tol"
+
+    def __init__(self, *, fit_intercept: bool = True, tol: float = 1e-6, **unsupported: Any) -> None:
+        _refuse_unsupported("LinearRegression", unsupported, self._supported)
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+
+    def batch_fit(self, x: np.ndarray, y: np.ndarray, s: np.ndarray, n_classes: int = 0, *, scale: bool = False,
+                  init: np.ndarray | None = None) -> LinearFit:
+        """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_least_squares`)."""
+        check_bool(self.fit_intercept, "fit_intercept", "dvl_dask.models.LinearRegression")
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, int | float | np.integer | np.floating) or not (
+            np.isfinite(tol) and tol >= 0
+        ):
+            raise InvalidParameterError(
+                f"The 'tol' parameter of dvl_dask.models.LinearRegression must be a finite number >= 0. Got {tol!r}."
+            )
+        batch_device()
+        return fit_least_squares(x, y, s, fit_intercept=bool(self.fit_intercept), scale=scale, rcond=float(tol))
+
+    def fit(self, X: Any, y: Any) -> LinearRegression:
+        """Fit on ``X`` (2-D numeric) and 1-D numeric targets ``y``."""
+        x = _as_matrix(X, "LinearRegression")
+        target = np.asarray(y, dtype=np.float64)
+        if target.ndim != 1 or len(target) != len(x):
+            raise InvalidParameterError(
+                f"dvl_dask.models.LinearRegression.fit needs a 1-D target with one value per row. Got shape "
+                f"{target.shape} for {len(x)} rows."
+            )
+        fitted = self.batch_fit(x, target, np.ones((1, len(x))))
+        self.coef_ = fitted.coef[0, 0]
+        self.intercept_ = float(fitted.intercept[0, 0])
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted targets ``X @ coef_ + intercept_``."""
+        return _as_matrix(X, "LinearRegression") @ self.coef_ + self.intercept_
+
+
 def _as_matrix(X: Any, owner: str) -> np.ndarray:
     x = np.asarray(X, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():
@@ -229,10 +291,11 @@ def _as_matrix(X: Any, owner: str) -> np.ndarray:
 class BatchSpec:
     """How a utility's model fits in batches: the batched estimator and whether a StandardScaler precedes it."""
 
-    def __init__(self, estimator: LogisticRegression | Ridge, scale: bool) -> None:
-        if not isinstance(estimator, LogisticRegression | Ridge):
+    def __init__(self, estimator: LogisticRegression | Ridge | LinearRegression, scale: bool) -> None:
+        if not isinstance(estimator, LogisticRegression | Ridge | LinearRegression):
             raise InvalidModelError(
-                "The 'estimator' argument of BatchSpec must be a dvl_dask.models.LogisticRegression or Ridge. "
+                "The 'estimator' argument of BatchSpec must be a dvl_dask.models.LogisticRegression, Ridge or "
+                "LinearRegression. "
                 f"Got {type(estimator).__name__}."
             )
         self.estimator = estimator
@@ -248,7 +311,7 @@ class BatchSpec:
 def batch_spec(model: Any) -> BatchSpec | None:
     """The batch description of ``model``, or None if it has no batched fit.
 
-    Recognised: :class:`LogisticRegression`, :class:`Ridge`, and a scikit-learn
+    Recognised: :class:`LogisticRegression`, :class:`Ridge`, :class:`LinearRegression`, and a scikit-learn
     ``Pipeline`` of a default ``StandardScaler()`` followed by one of them.
     Anything else (including scikit-learn's own classes) is fitted one
     coalition at a time. A class (not an instance) raises :class:`~dvl_dask.errors.InvalidModelError`.
@@ -258,14 +321,14 @@ def batch_spec(model: Any) -> BatchSpec | None:
             f"The 'model' argument of batch_spec must be a model instance. Got the class {model.__name__}: "
             f"pass {model.__name__}(...)."
         )
-    if isinstance(model, LogisticRegression | Ridge):
+    if isinstance(model, LogisticRegression | Ridge | LinearRegression):
         return BatchSpec(model, scale=False)
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     if isinstance(model, Pipeline) and len(model.steps) == 2:
         (_, first), (_, last) = model.steps
-        if isinstance(last, LogisticRegression | Ridge) and type(first) is StandardScaler:
+        if isinstance(last, LogisticRegression | Ridge | LinearRegression) and type(first) is StandardScaler:
             if first.with_mean and first.with_std:
                 return BatchSpec(last, scale=True)
     return None
@@ -277,7 +340,7 @@ def check_batchable(model: Any) -> BatchSpec:
     if spec is None:
         raise InvalidModelError(
             f"The 'model' argument ({type(model).__name__}) has no batched fit. Supported: "
-            "dvl_dask.models.LogisticRegression, dvl_dask.models.Ridge, and "
+            "dvl_dask.models.LogisticRegression, Ridge and LinearRegression, and "
             "make_pipeline(StandardScaler(), <one of them>)."
         )
     return spec

@@ -5,6 +5,8 @@ either as one shared matrix ``x`` of shape ``(m, d)`` with 0/1 weights ``s``
 of shape ``(B, m)`` (masks: the cost is ``m`` rows per coalition), or as
 gathered rows ``x`` of shape ``(B, m, d)`` with ``s`` all ones (prefixes of
 permutations in lockstep: the cost follows the prefix size).
+Weights may also be counts (a bootstrap sample: a row counted twice weighs as
+two copies of it, exactly as fitting on the duplicated rows).
 
 Objectives are scikit-learn's, with the same parametrisation:
 
@@ -31,7 +33,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..validation import check_bool, check_positive_int, check_real
 
-__all__ = ["LinearFit", "cholesky_solve", "fit_logistic", "fit_ridge", "standardize"]
+__all__ = ["LinearFit", "cholesky_solve", "fit_least_squares", "fit_logistic", "fit_ridge", "standardize"]
 
 _EPS = np.finfo(np.float64).eps
 
@@ -65,7 +67,7 @@ class LinearFit:
 
 
 def _check_batch(x: Any, s: Any, owner: str, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` ``(m, d)`` or ``(B, m, d)`` finite numbers and 0/1 weights ``s`` ``(B, m)`` (and ``y`` of ``m`` rows)."""
+    """``x`` ``(m, d)`` or ``(B, m, d)`` of finite numbers, row multiplicities ``s`` ``(B, m)``, ``m`` targets ``y``."""
     x = _numeric(x, "x", owner)
     if x.ndim not in (2, 3) or x.size == 0 or not np.isfinite(x).all():
         raise InvalidParameterError(
@@ -73,9 +75,10 @@ def _check_batch(x: Any, s: Any, owner: str, y: Any = None) -> tuple[np.ndarray,
             f"Got shape {x.shape}."
         )
     s = _numeric(s, "s", owner)
-    if s.ndim != 2 or s.shape[1] != x.shape[-2] or not np.isin(s, (0, 1)).all():
+    if s.ndim != 2 or s.shape[1] != x.shape[-2] or not (np.isfinite(s) & (s >= 0) & (s == np.round(s))).all():
         raise InvalidParameterError(
-            f"The 's' argument of {owner} must be 0/1 row weights of shape (B, {x.shape[-2]}). Got shape {s.shape}."
+            f"The 's' argument of {owner} must be row multiplicities (0/1 masks, or counts such as bootstrap "
+            f"counts: non-negative integers) of shape (B, {x.shape[-2]}). Got shape {s.shape}."
         )
     if y is not None and (not isinstance(y, np.ndarray) or y.shape[-1] != x.shape[-2]):
         raise InvalidParameterError(
@@ -441,11 +444,11 @@ def fit_logistic(
     Parameters
     ----------
     x : array ``(m, d)`` or ``(B, m, d)``
-        Shared training rows (with 0/1 weights ``s``) or gathered rows.
+        Shared training rows (with multiplicities ``s``) or gathered rows.
     y : array of int
         Class codes ``0..n_classes-1`` of the rows, ``(m,)`` or ``(B, m)``.
     s : array ``(B, m)``
-        Row weights (1: the row is in the coalition).
+        Row multiplicities (1: the row is in the coalition; counts weigh as duplicated rows).
     n_classes : int
         Number of classes of every coalition of the batch (2: binary model).
     C, fit_intercept
@@ -506,6 +509,47 @@ def fit_ridge(
     A = _gram(design, s) + alpha * np.eye(design.shape[-1])
     rhs = _xt_v(design, (s * yc)[..., None])[:, 0, :]
     w = cholesky_solve(A, rhs)
+    if fit_intercept:
+        b = y_mean - np.einsum("bd,bd->b", x_mean, w)
+        params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]
+    else:
+        params = w[:, None, :]
+    coef, intercept = _to_raw(params, fit_intercept, mean, sd)
+    return LinearFit(coef, intercept, params, np.ones(len(s), dtype=bool), 1)
+
+
+def fit_least_squares(
+    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, fit_intercept: bool, scale: bool = False, rcond: float = 1e-6
+) -> LinearFit:
+    """Fit ``B`` unregularised linear regressions at once: minimum-norm least squares, as scikit-learn's.
+
+    scikit-learn's ``LinearRegression`` centres the rows (with an intercept)
+    and calls ``scipy.linalg.lstsq(X, y, cond=tol)``: singular values below
+    ``tol`` times the largest count as zero, and a rank-deficient coalition
+    (fewer points than features) gets the solution of smallest norm. Here:
+    one batched SVD of every coalition's centred rows (scaled by the square
+    roots of their multiplicities, the same singular values as duplicated
+    rows), the same cut-off ``rcond``, and the pseudo-inverse solution.
+    """
+    owner = "fit_least_squares"
+    x, s = _check_batch(x, s, owner, y)
+    fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
+    rcond = check_real(rcond, "rcond", owner, low=0.0, finite=True)
+    s = s.astype(np.float64)
+    design, mean, sd = _design(x, s, scale, False)
+    design = np.broadcast_to(design, (len(s), *design.shape[-2:])) if design.ndim == 2 else design
+    yb = np.broadcast_to(y[None] if y.ndim == 1 else y, s.shape)
+    if fit_intercept:
+        x_mean, _ = _weighted_rows(design, s)
+        y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
+        design = design - x_mean[:, None, :]
+        yb = yb - y_mean[:, None]
+    root = np.sqrt(s)
+    u, sv, vt = np.linalg.svd(design * root[..., None], full_matrices=False)
+    kept = sv > rcond * sv[:, :1]
+    inverse = np.where(kept, 1.0 / np.where(kept, sv, 1.0), 0.0)
+    projected = np.einsum("bmk,bm->bk", u, yb * root) * inverse
+    w = np.einsum("bkd,bk->bd", vt, projected)
     if fit_intercept:
         b = y_mean - np.einsum("bd,bd->b", x_mean, w)
         params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]

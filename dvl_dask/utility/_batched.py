@@ -18,7 +18,7 @@ import numpy as np
 from ..models import BatchSpec, LinearFit, vector_metric
 from ._scorers import Scorer
 
-__all__ = ["BatchEvaluator", "has_vector_metric", "prefix_chunk"]
+__all__ = ["BatchEvaluator", "has_vector_metric", "lane_chunk", "prefix_chunk"]
 
 
 def _sklearn_scorer_name(scorer: Scorer) -> str | None:
@@ -45,6 +45,9 @@ def has_vector_metric(scorer: Scorer, spec: BatchSpec) -> bool:
 
 #: Largest batch * rows * features of one solver call (bounds the memory of a batch: ~64 MB of float64).
 MAX_BATCH_ELEMENTS = 8_000_000
+#: Lanes of the refilled lockstep whose prefix sizes differ by at most this factor share a solver call (measured:
+#: 8 beat 2 and no limit at all on 2,000 points, 20 permutations; padding costs rows, splitting costs calls).
+_SPREAD = 8
 
 
 class BatchEvaluator:
@@ -59,6 +62,7 @@ class BatchEvaluator:
         self.x_test = np.ascontiguousarray(data.x_test, dtype=np.float64)
         if spec.is_classifier:
             classes, codes = np.unique(np.asarray(data.y_train), return_inverse=True)
+            self.labels = classes
             self.y = codes.reshape(-1).astype(np.int64)
             self.n_classes = classes.size
             test = np.asarray(data.y_test)
@@ -120,14 +124,7 @@ class BatchEvaluator:
         """
         assert self.metric is not None
         try:
-            if self.spec.is_classifier:
-                classes = self.classes_of(signature)
-                local = np.searchsorted(classes, y)
-                local = np.where(classes[local.clip(0, len(classes) - 1)] == y, local, 0)
-                fit = self.spec.fit(x, local, rows_weight, len(classes), init=init)
-            else:
-                classes = np.empty(0, dtype=np.int64)
-                fit = self.spec.fit(x, y, rows_weight, init=init)
+            fit, classes = self._fit(x, rows_weight, y, signature, init)
             with np.errstate(all="ignore"):
                 scores = self.metric(fit, self.x_test, self.y_test, classes)
         except (ArithmeticError, ValueError, np.linalg.LinAlgError):
@@ -145,6 +142,63 @@ class BatchEvaluator:
         with np.errstate(invalid="ignore"):
             good = fit.converged & np.isfinite(scores) & (scores >= lo) & (scores <= hi)
         return np.where(good, scores, np.nan), fit
+
+    def _fit(self, x: np.ndarray, rows_weight: np.ndarray, y: np.ndarray, signature: int,
+             init: np.ndarray | None) -> tuple[LinearFit, np.ndarray]:
+        """Fit a batch of one signature: the fit and the global codes of its classes (empty for regressors)."""
+        if not self.spec.is_classifier:
+            return self.spec.fit(x, y, rows_weight, init=init), np.empty(0, dtype=np.int64)
+        classes = self.classes_of(signature)
+        local = np.searchsorted(classes, y)
+        local = np.where(classes[local.clip(0, len(classes) - 1)] == y, local, 0)
+        return self.spec.fit(x, local, rows_weight, len(classes), init=init), classes
+
+    def fit_predict(self, counts: np.ndarray) -> list[np.ndarray | None]:
+        """One model per row of player multiplicities ``counts`` ``(B, n_players)``; its predictions of every row.
+
+        Predictions are what the model's ``predict`` gives on the training rows
+        (labels for classifiers, by the same tie rule). None where this batch
+        does not give them: a fit with fewer than two classes, or one that did
+        not converge or failed (the caller fits that one as usual).
+        """
+        weights = self.row_weights(counts)
+        signatures = self.signatures(weights > 0)
+        out: list[np.ndarray | None] = [None] * len(counts)
+        for signature in np.unique(signatures):
+            members = np.flatnonzero(signatures == signature)
+            if not self.fittable(int(signature)):
+                continue
+            start_from = self._full_fit(int(signature))
+            step = self.chunk(len(self.x))
+            for start in range(0, len(members), step):
+                part = members[start : start + step]
+                init = None if start_from is None else np.repeat(start_from, len(part), axis=0)
+                try:
+                    fit, classes = self._fit(self.x, weights[part], self.y, int(signature), init)
+                except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+                    continue
+                with np.errstate(all="ignore"):
+                    decision = fit.decision(self.x)
+                for j, member in enumerate(part):
+                    if fit.converged[j] and np.isfinite(decision[j]).all():
+                        out[member] = self._predictions(decision[j], classes)
+        return out
+
+    def _predictions(self, decision: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        if not self.spec.is_classifier:
+            return decision[:, 0]
+        local = (decision[:, 0] > 0).astype(np.int64) if decision.shape[1] == 1 else decision.argmax(axis=1)
+        return self.labels[classes[local]]
+
+    def row_weights(self, counts: np.ndarray) -> np.ndarray:
+        """Player multiplicities ``(B, n_players)`` to row multiplicities ``(B, n_rows)`` (a group's rows share it)."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if self.row_owner is None:
+            return counts
+        owned = self.row_owner >= 0
+        out = np.zeros((len(counts), len(self.x)))
+        out[:, owned] = counts[:, self.row_owner[owned]]
+        return out
 
     def chunk(self, m: int) -> int:
         """Coalitions per solver call for ``m`` rows each (bounded memory)."""
@@ -250,3 +304,70 @@ def _warm_init(previous: dict[int, tuple[int, np.ndarray]], perms: np.ndarray, s
         if f is not None and f[0] == signature:
             init[j] = f[1]
     return init
+
+
+def lane_chunk(evaluator: BatchEvaluator, orders: np.ndarray, perms: np.ndarray, steps: np.ndarray,
+               previous: dict[int, tuple[int, np.ndarray]], warm_start: bool) -> np.ndarray:
+    """Scores of prefix ``steps[j]`` of permutation ``perms[j]`` for every lane ``j`` (NaN: score one at a time).
+
+    The refilled lockstep of :meth:`Utility.batch_prefix_scores`: lanes are at
+    different prefix sizes. Lanes of the same classes whose sizes are within a
+    factor of two are one solver call; each gathers the rows of its
+    permutation up to the call's longest prefix and weights the rows past its
+    own prefix by 0, so the padding costs at most twice the rows. Warm starts
+    as :func:`prefix_chunk` (``previous`` is updated in place).
+    """
+    out = np.full(len(perms), np.nan)
+    longest = int(steps.max())
+    if evaluator.row_owner is not None:  # groups: rows differ in number, use masks
+        masks = np.zeros((len(perms), orders.shape[1]), dtype=bool)
+        for j, (p, k) in enumerate(zip(perms, steps, strict=True)):
+            masks[j, orders[p, :k]] = True
+        return evaluator.scores(masks)
+    window = orders[perms, :longest]
+    inside = np.arange(longest)[None, :] < steps[:, None]
+    y = evaluator.y[window]
+    signatures = _lane_signatures(evaluator, y, inside)
+    for signature in np.unique(signatures):
+        members = np.flatnonzero(signatures == signature)
+        if not evaluator.fittable(int(signature)):
+            out[members] = evaluator.default
+            for j in members:
+                previous.pop(int(perms[j]), None)
+            continue
+        for part in _size_groups(members, steps, evaluator):
+            m = int(steps[part].max())
+            init = _warm_init(previous, perms[part], int(signature)) if warm_start else None
+            x = evaluator.x[window[part, :m]]
+            weights = inside[part, :m].astype(np.float64)
+            scores, fit = evaluator.fit_score(x, weights, y[part, :m], int(signature), init)
+            out[part] = scores
+            for j, perm in enumerate(perms[part]):
+                if fit.converged[j]:
+                    previous[int(perm)] = (int(signature), fit.params[j])
+                else:
+                    previous.pop(int(perm), None)
+    return out
+
+
+def _lane_signatures(evaluator: BatchEvaluator, y: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    if not evaluator.spec.is_classifier:
+        return np.ones(len(y), dtype=np.int64)
+    present = np.zeros((len(y), evaluator.n_classes), dtype=bool)
+    for c in range(evaluator.n_classes):
+        present[:, c] = ((y == c) & inside).any(axis=1)
+    return _bits(present)
+
+
+def _size_groups(members: np.ndarray, steps: np.ndarray, evaluator: BatchEvaluator) -> list[np.ndarray]:
+    """Lanes split into solver calls: prefix sizes within a factor of two, and bounded memory per call."""
+    ordered = members[np.argsort(steps[members], kind="stable")]
+    groups: list[np.ndarray] = []
+    start = 0
+    for j in range(1, len(ordered) + 1):
+        if j == len(ordered) or steps[ordered[j]] > _SPREAD * steps[ordered[start]]:
+            span = ordered[start:j]
+            chunk = evaluator.chunk(int(steps[span].max()))
+            groups.extend(span[i : i + chunk] for i in range(0, len(span), chunk))
+            start = j
+    return groups

@@ -52,7 +52,9 @@ def _sample_coalitions(seed: np.random.SeedSequence, count: int, n: int) -> np.n
 
 @limits_blas_threads
 def evaluate_masks(utility: Any, masks: np.ndarray) -> np.ndarray:
-    """Real utility of each coalition given as a boolean mask row."""
+    """Real utility of each coalition given as a boolean mask row (one batch when the utility fits batches)."""
+    if getattr(utility, "batched", False):
+        return np.asarray(utility.evaluate_batch(masks), dtype=np.float64)
     players = np.arange(masks.shape[1])
     return np.array([utility(players[row]) for row in masks], dtype=np.float64)
 

@@ -24,7 +24,7 @@ from ..errors import (
     UtilityFailureWarning,
 )
 from ..keys import describe_parameters, model_token, object_token
-from ..validation import check_coalition, check_model, describe_coalition, keyword_aliases
+from ..validation import check_coalition, check_model, check_positive_int, describe_coalition, keyword_aliases
 from ._scorers import Scorer, as_scorer, outside_range, scorer_task
 
 __all__ = ["Utility"]
@@ -93,7 +93,8 @@ def _own_copy(model: Any) -> Any:
 
 #: Attributes that make up a Utility's identity (its token): fixed after construction.
 _FIXED = frozenset(
-    {"model", "_model", "data", "scorer", "default_score", "catch_errors", "token", "cache", "on_unusable"}
+    {"model", "_model", "data", "scorer", "default_score", "catch_errors", "token", "cache", "on_unusable",
+     "_batched_option"}
 )
 
 
@@ -173,6 +174,22 @@ class Utility:
         saying so). Give a different token whenever the model or the scorer
         changes; the data fingerprint, ``default_score`` and ``catch_errors``
         are still part of the utility's token.
+    batched : bool, optional
+        ``True``: fit coalitions in batches, converting scikit-learn's
+        ``LogisticRegression`` / ``Ridge`` / ``LinearRegression`` (alone or after a default
+        ``StandardScaler`` in a ``Pipeline``) to their batched equivalents in
+        :mod:`dvl_dask.models` (:func:`dvl_dask.models.to_batched`): parameters
+        that change the optimum are refused naming the supported ones, those
+        that only steer scikit-learn's solver are dropped. The utility is then
+        the one built on the converted model, with its token: its fits are
+        converged far tighter than scikit-learn's defaults (logistic
+        regression), so its values can differ from the scikit-learn utility's,
+        and the two never share cache entries or graph keys (see
+        ``docs/batched-models.md``). A cache, or a scorer without a vectorised version,
+        raises. ``False``: evaluate one coalition at a time even with a
+        :mod:`dvl_dask.models` model (same values and token, to the solver's
+        tolerance). ``None`` (default): batches exactly when the model is a
+        :mod:`dvl_dask.models` model and the scorer is vectorised.
 
     Attributes
     ----------
@@ -227,8 +244,18 @@ class Utility:
         on_unusable: str | None = None,
         token: str | None = None,
         cached_func_options: Any = None,
+        batched: bool | None = None,
     ) -> None:
         check_model(model, "model", "Utility")
+        if batched is not None and not isinstance(batched, bool | np.bool_):
+            raise InvalidParameterError(
+                f"The 'batched' parameter of Utility must be True, False or None. Got {batched!r} instead."
+            )
+        self._batched_option = None if batched is None else bool(batched)
+        if batched:
+            from ..models import to_batched
+
+            model = to_batched(model)
         if not isinstance(data, Dataset):
             raise InvalidParameterError(
                 f"The 'data' argument of Utility must be a dvl_dask.Dataset. Got {type(data).__name__}. "
@@ -289,6 +316,8 @@ class Utility:
             self._cache_options = cached_func_options.memoize_options()
         if cache is not None:
             self._memoized = _memoize_for(self, cache)
+        if batched:
+            self._check_batchable()
         self._materialized: Dataset | None = None
         self._reset_fast_path()
         self.__dict__["_fixed"] = True
@@ -308,6 +337,7 @@ class Utility:
         self._validated = False  # a fit + score succeeded here, so sklearn's checks ran once
         self._finite: bool | None = None  # every array of the data is finite
         self._batch: Any = None  # BatchEvaluator once built; False: the model has no batched fit
+        self._batch_model: bool | None = None  # the model is a dvl_dask.models model (it has a device)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -346,6 +376,16 @@ class Utility:
 
     def fit_and_score(self, players: np.ndarray) -> float:
         """Fit a fresh clone on the given (canonical) players and score it; no cache."""
+        if self._batch_model is None:
+            from ..models import batch_spec
+
+            self._batch_model = batch_spec(self._model) is not None
+        if self._batch_model:
+            # A device setting the batched models do not support is an error of the setup, not of this
+            # coalition: raise it here, where catch_errors would otherwise turn it into default scores.
+            from ..models import batch_device
+
+            batch_device()
         return self._fit_score(self._fresh_model(), players, "Fitting or scoring")
 
     def _fresh_model(self) -> Any:
@@ -530,21 +570,43 @@ class Utility:
                 self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
             except (TypeError, ValueError):  # e.g. features that are not numbers: one call at a time says why
                 self._batch = False
+        if self._batch:
+            from ..models import batch_device
+
+            batch_device()  # read at call time; an unsupported device raises, it never falls back
         return self._batch or None
 
     @property
     def batched(self) -> bool:
         """Whether :meth:`evaluate_batch` fits whole batches at once (else it evaluates one coalition at a time).
 
-        Decided from the model, the scorer and the cache only (the data are not read).
+        Decided from the model, the scorer, the cache and the ``batched``
+        argument only (the data are not read).
         """
         from ..models import batch_spec
         from ._batched import has_vector_metric
 
-        if self._memoized is not None:
+        if self._memoized is not None or self.__dict__.get("_batched_option") is False:
             return False
         spec = batch_spec(self._model)
         return spec is not None and has_vector_metric(self.scorer, spec)
+
+    def _check_batchable(self) -> None:
+        """``batched=True``: refuse what would make the utility evaluate one coalition at a time anyway."""
+        if self._memoized is not None:
+            raise InvalidParameterError(
+                "Utility(..., batched=True) cannot use a cache: with a cache every coalition is evaluated one at a "
+                "time, through it. To fix, drop cache= or leave batched unset."
+            )
+        if not self.batched:
+            from ..models import VECTOR_METRICS
+
+            raise InvalidParameterError(
+                f"Utility(..., batched=True) needs a scorer with a vectorised version; {self.scorer.name!r} has "
+                f"none for this model. Supported: {', '.join(sorted(VECTOR_METRICS))} (scikit-learn's scorers of "
+                "those names; classification ones for LogisticRegression, regression ones for Ridge and "
+                "LinearRegression). To fix, use one of them or leave batched unset."
+            )
 
     def evaluate_batch(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
         """Scores of many coalitions: boolean masks ``(B, n_players)`` or a sequence of coalitions.
@@ -561,6 +623,39 @@ class Utility:
         if evaluator is None:
             return np.array([self(mask) for mask in masks], dtype=np.float64)
         return self._complete(evaluator.scores(masks), masks)
+
+    def fit_predict_batch(self, counts: np.ndarray) -> list[np.ndarray | None]:
+        """Fit one model per row of player multiplicities and predict every training row with it, in one batch.
+
+        For bagging (Data-OOB): ``counts[b, i]`` is how often player ``i`` is in
+        bootstrap sample ``b``; fit ``b`` weighs each of the player's rows by
+        it, the same objective as fitting on the duplicated rows. Only a
+        utility that fits batches (:attr:`batched`) fits here.
+
+        Parameters
+        ----------
+        counts : array of int, shape (B, n_players)
+            Non-negative multiplicities.
+
+        Returns
+        -------
+        list
+            Per fit, the model's ``predict`` on every training row
+            (``(n_rows,)``: labels or targets), or None where this utility does
+            not fit batches, the sample holds one class, or the fit did not
+            converge or failed: fit that sample one at a time.
+        """
+        counts = np.asarray(counts)
+        if counts.ndim != 2 or counts.shape[1] != self.n_players or not np.issubdtype(counts.dtype, np.integer) \
+                or (counts < 0).any():
+            raise InvalidParameterError(
+                "The 'counts' argument of Utility.fit_predict_batch must be non-negative integers of shape "
+                f"(B, {self.n_players}). Got {counts.dtype} of shape {counts.shape}."
+            )
+        evaluator = self._batch_evaluator()
+        if evaluator is None:
+            return [None] * len(counts)
+        return evaluator.fit_predict(counts)
 
     def _as_masks(self, coalitions: np.ndarray | Iterable[Any]) -> np.ndarray:
         arr = coalitions if isinstance(coalitions, np.ndarray) else None
@@ -593,6 +688,7 @@ class Utility:
         *,
         warm_start: bool = True,
         stop_when: Sequence[Callable[[int, float], bool]] | None = None,
+        lanes: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Prefix scores of many permutations, evaluated in lockstep: prefix ``k`` of every permutation in one batch.
 
@@ -608,6 +704,16 @@ class Utility:
             One rule per permutation: ``stop_when[p](step, score)`` True drops
             permutation ``p`` from the batch (truncation). One rule each, since
             a rule may keep state along its permutation.
+        lanes : int, optional
+            Most permutations fitted together. None (default): all of them
+            start at once, and truncation shrinks the batch. With fewer lanes
+            than permutations, a permutation that stops (truncated or
+            finished) hands its lane to the next one not started yet, so the
+            batch stays full and the lanes are at different prefix sizes.
+            Each permutation's prefixes, warm starts and ``stop_when`` calls
+            are the same either way: only the scheduling of the fits changes
+            (the fits agree to the solver's tolerance, scores such as accuracy
+            exactly).
 
         Returns
         -------
@@ -622,6 +728,11 @@ class Utility:
         scores[:, 0] = self(orders[:0, 0])
         steps = np.full(n_perms, length, dtype=np.int64)
         evaluator = self._batch_evaluator()
+        if lanes is not None:
+            lanes = check_positive_int(lanes, "lanes", "Utility.batch_prefix_scores")
+            if evaluator is not None and lanes < n_perms and length:
+                self._refilled_prefixes(evaluator, orders, scores, steps, lanes, warm_start, stop_when)
+                return scores, steps
         alive = np.ones(n_perms, dtype=bool)
         previous: dict[int, Any] = {}
         for step in range(1, length + 1):
@@ -644,6 +755,48 @@ class Utility:
                         alive[p] = False
                         steps[p] = step
         return scores, steps
+
+    def _refilled_prefixes(
+        self,
+        evaluator: Any,
+        orders: np.ndarray,
+        scores: np.ndarray,
+        steps: np.ndarray,
+        lanes: int,
+        warm_start: bool,
+        stop_when: Sequence[Callable[[int, float], bool]] | None,
+    ) -> None:
+        """:meth:`batch_prefix_scores` with ``lanes`` permutations at a time, a finished one replaced by the next."""
+        from ._batched import lane_chunk
+
+        length = orders.shape[1]
+        running = np.arange(lanes)
+        position = np.ones(lanes, dtype=np.int64)  # the prefix size each lane fits next
+        waiting = lanes
+        previous: dict[int, Any] = {}
+        while running.size:
+            found = lane_chunk(evaluator, orders, running, position, previous, warm_start)
+            masks = np.zeros((len(running), self.n_players), dtype=bool)
+            for j, (p, k) in enumerate(zip(running, position, strict=True)):
+                masks[j, orders[p, :k]] = True
+            found = self._complete(found, masks)
+            scores[running, position] = found
+            done = position == length
+            if stop_when is not None:
+                for j, (p, k) in enumerate(zip(running, position, strict=True)):
+                    if stop_when[p](int(k), float(found[j])):
+                        done[j] = True
+                        steps[p] = k
+            position += 1
+            for j in np.flatnonzero(done):
+                previous.pop(int(running[j]), None)
+                if waiting < len(orders):  # the next permutation takes the lane, from its first prefix
+                    running[j], position[j] = waiting, 1
+                    waiting += 1
+                else:
+                    running[j] = -1
+            keep = running >= 0
+            running, position = running[keep], position[keep]
 
     def _warm_model(self) -> Any:
         params = self._model.get_params(deep=True) if hasattr(self._model, "get_params") else {}
@@ -734,7 +887,7 @@ class Utility:
         state["_materialized"] = None
         state["_memoized"] = None
         state.pop("_warned_unusable", None)
-        for key in ("_template", "_validated", "_finite", "_batch"):
+        for key in ("_template", "_validated", "_finite", "_batch", "_batch_model"):
             state.pop(key, None)
         return state
 
@@ -744,6 +897,7 @@ class Utility:
         state.setdefault("on_unusable", "raise")
         state.setdefault("_usable", None)
         state.setdefault("_is_sklearn", hasattr(state.get("_model"), "get_params"))
+        state.setdefault("_batched_option", None)
         state.setdefault("_fixed", True)
         if "scorer_range" not in state:  # pickled before scorer_range existed
             state["scorer_range"] = state["scorer"].range

@@ -34,7 +34,7 @@ from ..results._schema import EXACT, SAMPLED_SOLUTION
 from ..threads import limits_blas_threads
 from ..typing import UtilityLike
 from ..validation import SeedLike, as_seed_sequence, check_bool, check_positive_int, describe_coalition, seed_entropy
-from ._graph import block_ranges, check_enumerable, check_utility, companion_name, utility_node
+from ._graph import block_ranges, check_enumerable, check_utility, companion_name, evaluate_masks, utility_node
 from ._samplers import child_seed
 
 __all__ = [
@@ -101,8 +101,7 @@ def _membership_counts(rows: np.ndarray, n: int) -> np.ndarray:
 
 
 def _evaluate(utility: UtilityLike, bits: np.ndarray) -> np.ndarray:
-    players = np.arange(bits.shape[1])
-    values = np.array([utility(players[row]) for row in bits], dtype=np.float64)
+    values = evaluate_masks(utility, bits)  # one batch when the utility fits batches
     return np.column_stack([bits.astype(np.float64), values])
 
 

@@ -130,3 +130,87 @@ def test_run_until_converged_with_a_batched_utility_resumes_from_its_checkpoint(
                                 progress=False, items_per_block=2)
     assert first.attrs["n_evaluations"] < resumed.attrs["n_evaluations"]
     np.testing.assert_allclose(resumed.value.values, fresh.value.values, atol=1e-9)
+
+
+def _count_single_fits(monkeypatch) -> list[int]:
+    """Count the coalitions a Utility fits one at a time (fit_and_score), to see that batches were used."""
+    calls = [0]
+    original = Utility.fit_and_score
+
+    def counting(self, players):
+        calls[0] += 1
+        return original(self, players)
+
+    monkeypatch.setattr(Utility, "fit_and_score", counting)
+    return calls
+
+
+def test_least_core_evaluates_its_coalitions_in_batches(monkeypatch):
+    from dvl_dask.valuation import exact_least_core, montecarlo_least_core
+
+    u = Utility(LogisticRegression(), _data(6, n_test=40, seed=2), "neg_log_loss", default_score=-1.0)
+    one = OneByOne(u)
+    want_exact = _values(exact_least_core(one))
+    want_mc = _values(montecarlo_least_core(one, 20, seed=3))
+    calls = _count_single_fits(monkeypatch)
+    np.testing.assert_allclose(_values(exact_least_core(u)), want_exact, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_values(montecarlo_least_core(u, 20, seed=3)), want_mc, rtol=0, atol=1e-9)
+    assert calls[0] == 0  # every coalition was fitted in a batch
+
+
+def test_learn_utility_evaluates_its_training_coalitions_in_batches(monkeypatch):
+    from sklearn.linear_model import Ridge as SkRidge
+
+    from dvl_dask.utility import learn_utility
+
+    u = Utility(LogisticRegression(), _data(8, n_test=40, seed=6), "neg_log_loss", default_score=-1.0)
+    probe = np.random.default_rng(0).random((10, 8)) < 0.5
+    want = learn_utility(OneByOne(u), 40, regressor=SkRidge(alpha=1e-3), seed=1)
+    calls = _count_single_fits(monkeypatch)
+    got = learn_utility(u, 40, regressor=SkRidge(alpha=1e-3), seed=1)
+    assert calls[0] == 0
+    np.testing.assert_allclose([got(m) for m in probe], [want(m) for m in probe], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_data_oob_fits_its_bootstrap_models_in_batches(monkeypatch, grouped):
+    from sklearn.pipeline import make_pipeline
+
+    from dvl_dask import GroupedDataset
+    from dvl_dask.valuation import data_oob
+
+    plain = _data(24, n_test=20, seed=7)
+    parts = (plain.x_train, plain.y_train, plain.x_test, plain.y_test)
+    data = GroupedDataset(*parts, data_groups=np.arange(24) // 2) if grouped else plain
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.3))
+    batched = Utility(model, data, "accuracy")
+    one_at_a_time = Utility(model, data, "accuracy", batched=False)  # same token: same seeds, one fit per sample
+    kwargs = {"n_estimators": 12, "seed": 4, "estimators_per_block": 6}
+    want = data_oob(one_at_a_time, **kwargs).compute(scheduler="sync")
+    fits = [0]
+    original = LogisticRegression.fit
+
+    def counting(self, X, y):
+        fits[0] += 1
+        return original(self, X, y)
+
+    monkeypatch.setattr(LogisticRegression, "fit", counting)
+    got = data_oob(batched, **kwargs).compute(scheduler="sync")
+    assert fits[0] == 0  # every bootstrap model was fitted in a batch
+    for name in got.data_vars:
+        np.testing.assert_array_equal(got[name].values, want[name].values)
+
+
+def test_bootstrap_counts_weigh_as_duplicated_rows():
+    from dvl_dask.models import fit_logistic
+
+    plain = _data(15, n_test=5, seed=8)
+    x, y = np.asarray(plain.x_train), np.asarray(plain.y_train)
+    counts = np.random.default_rng(1).integers(0, 3, size=15)
+    counts[[np.flatnonzero(y == c)[0] for c in (0, 1)]] = 1  # both classes in the sample
+    rows = np.repeat(np.arange(15), counts)
+    weighted = fit_logistic(x, y, counts[None].astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    duplicated = SkLogisticRegression(tol=1e-12, max_iter=10_000, solver="newton-cholesky")
+    duplicated.fit(StandardScaler().fit_transform(x[rows]), y[rows])
+    sd = x[rows].std(axis=0)
+    np.testing.assert_allclose(weighted.coef[0, 0] * sd, duplicated.coef_[0], rtol=1e-6, atol=1e-9)
