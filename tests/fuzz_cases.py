@@ -693,6 +693,14 @@ CP_DATA, CP_UTILITY, CP_SAMPLER, CP_STOP = (_Lazy(f) for f in (cp_data, cp_utili
 CP_STRATIFIED = _Lazy(lambda: _mod(CV).StratifiedSampler(_mod(CV).ConstantSampleSize(upper_bound=2), seed=1))
 
 
+def _device_set(device: Any) -> Any:
+    """``batch_device()`` with ``dvl_dask.models.device`` set to ``device`` (the bad value)."""
+    import dask
+
+    with dask.config.set({"dvl_dask.models.device": device}):
+        return _mod(M).batch_device()
+
+
 def _cv(name: str, arg: str, values: st.SearchStrategy[Any], *args: Any, **kw: Any) -> Case:
     """A case of ``dvl_dask.compat.pydvl.valuation.<name>(*args, **kw)`` (``...`` marks the bad value)."""
     return Case(arg, values, _kw(fn(CV, name), *args, **kw))
@@ -981,6 +989,18 @@ NEW_CASES: dict[str, list[Case]] = {
         Case("alpha", bad_non_negative_real, _kw(fn(M, "fit_ridge"), _x, _y_cont, np.ones((1, 12)), alpha=...,
                                                  fit_intercept=True)),
     ],
+    f"{M}.LinearRegression": [
+        Case("fit_intercept", bad_bool, lambda v, t: _mod(M).LinearRegression(fit_intercept=v).fit(_x, _y_cont)),
+        Case("tol", bad_non_negative_real, lambda v, t: _mod(M).LinearRegression(tol=v).fit(_x, _y_cont)),
+    ],
+    f"{M}.fit_least_squares": [
+        Case("x", bad_rows, _kw(fn(M, "fit_least_squares"), ..., _y_cont, np.ones((1, 12)), fit_intercept=True)),
+    ],
+    f"{M}.to_batched": [Case("model", bad_object, _kw(fn(M, "to_batched"), ...),
+                             named=r"no batched equivalent for")],
+    f"{M}.batch_device": [Case("dvl_dask.models.device", st.one_of(st.sampled_from(["cuda", "mps", ""]),
+                                                                    st.integers(0, 2), st.none()),
+                               lambda v, t: _device_set(v))],
     f"{M}.standardize": [Case("x", bad_rows, _kw(fn(M, "standardize"), ..., np.ones((1, 12))))],
     f"{M}.vector_metric": [Case("name", st.one_of(st.integers(0, 3), st.none()), _kw(fn(M, "vector_metric"), ...,
                                                                                      True))],
