@@ -11,7 +11,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError
-from ...validation import check_bool, check_positive_int, keyword_aliases
+from ...validation import check_bool, check_positive_int
 from ._data import iter_batches
 from ._fisher import sample_output_gradients
 from ._functional import FunctionalModel, LossFn
@@ -77,7 +77,7 @@ class _Layer:
         return (self.in_features if self.weight else 0) + (1 if self.bias else 0)
 
 
-class EkfacInfluence(TorchInfluenceFunctionModel):
+class EkfacInfluence(TorchInfluenceFunctionModel, aliases={"update_diagonal": "eigenvalue_correction"}):
     r"""Eigenvalue-corrected Kronecker-factored curvature (George et al., 2018; Grosse et al., 2023).
 
     For every ``nn.Linear`` layer with input ``a`` (augmented with a 1 for a
@@ -151,7 +151,6 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         Seed of the pseudo-target draws (default 0).
     """
 
-    @keyword_aliases(hessian_regularization="regularization", update_diagonal="eigenvalue_correction")
     def __init__(
         self,
         model: nn.Module,
@@ -164,8 +163,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         target_sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, loss)
-        self.regularization = self._check_regularization(regularization, positive=False)
+        super().__init__(model, loss, regularization=regularization)
         self.eigenvalue_correction = check_bool(eigenvalue_correction, "eigenvalue_correction", "EkfacInfluence")
         self.max_factor_dim = check_positive_int(max_factor_dim, "max_factor_dim", self._owner)
         self.fisher_samples = (
@@ -177,9 +175,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
                 f"targets or None. Got {type(target_sampler).__name__}."
             )
         self.target_sampler = target_sampler
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidParameterError(f"The 'seed' parameter of {self._owner} must be an integer >= 0. Got {seed!r}.")
-        self.seed = seed
+        self.seed = self._check_seed(seed)
         self._layers = self._find_layers()
         self._factors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -323,14 +319,13 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         factors = []
         for layer, (q_a, q_s, lam) in zip(self._layers, bases):
             lam = lam + self.regularization
-            floor = torch.finfo(self.dtype).eps * max(float(lam.max()), 1.0)
-            if bool((lam <= floor).any()):
-                raise InvalidModelError(
-                    f"{self._owner}: layer {layer.name!r} has {int((lam <= floor).sum())} (near-)zero "
-                    f"eigenvalues (dead units, constant or collinear inputs) with regularization="
-                    f"{self.regularization}. To fix, pass a positive regularization, e.g. 1e-3 x "
-                    f"{float(lam.mean()):.3g} (the mean eigenvalue)."
-                )
+            floor = torch.finfo(self.dtype).eps * float(lam.max())
+            zeros = int((lam <= floor).sum())
+            dead = f"; {zeros} (near-)zero eigenvalues: dead units, constant or collinear inputs" if zeros else ""
+            self._check_conditioning(
+                lam.flatten(),
+                f"the regularised EK-FAC curvature of layer {layer.name!r} ({lam.numel()} Kronecker eigenvalues{dead})",
+            )
             factors.append((q_a, q_s, lam))
         self._factors = factors
 

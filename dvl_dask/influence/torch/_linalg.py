@@ -27,7 +27,9 @@ __all__ = [
     "check_conditioning",
     "block_krylov_eigh",
     "krylov_eigh",
+    "nystroem_from_products",
     "nystroem_sketch",
+    "nystroem_test_matrix",
     "safe_eigh",
 ]
 
@@ -437,9 +439,22 @@ def nystroem_sketch(
     SVD (Tropp et al., 2017). Returns ``(λ ≥ 0 decreasing, U with orthonormal
     rows)``; with ``rank == dim`` the approximation is exact up to ``ν``.
     """
+    omega = nystroem_test_matrix(dim, rank, dtype=dtype, device=device, generator=generator)
+    return nystroem_from_products(omega, matmat(omega), owner)
+
+
+def nystroem_test_matrix(
+    dim: int, rank: int, *, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
+    """A random ``(rank, dim)`` test matrix ``Ω`` with orthonormal rows (drawn on the CPU, then moved)."""
     omega = torch.randn((dim, rank), generator=generator, dtype=dtype, device="cpu").to(device)
-    omega = torch.linalg.qr(omega).Q.T  # (rank, dim), orthonormal rows
-    y = matmat(omega)  # rows of (A Ωᵀ)ᵀ
+    return torch.linalg.qr(omega).Q.T
+
+
+def nystroem_from_products(omega: torch.Tensor, y: torch.Tensor, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Nyström approximation of a PSD ``A`` from ``Ω`` and the rows ``Y = Ω A`` (see :func:`nystroem_sketch`)."""
+    dim = omega.shape[1]
+    dtype = omega.dtype
     nu = torch.finfo(dtype).eps * dim**0.5 * torch.linalg.matrix_norm(y)
     y_nu = y + nu * omega
     core = omega @ y_nu.T

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -9,9 +10,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ...errors import InvalidModelError, InvalidParameterError
-from ...validation import check_positive_int, keyword_aliases
-from .._mode import BlockMode, InfluenceMode
-from ._functional import LossFn
+from ...validation import check_positive_int
+from .._mode import BlockMode
+from ._functional import FunctionalModel, LossFn
 from ._projection import RandomProjection
 from ._trak import TrakInfluence
 
@@ -71,7 +72,6 @@ class LograInfluence(TrakInfluence):
         Pseudo-targets per sample with ``curvature="gauss_newton"`` (default 1).
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,
@@ -205,14 +205,10 @@ class LograInfluence(TrakInfluence):
             result.append(torch.cat(parts, dim=1))
         return result
 
-    def _influences_from_factors(
-        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
-    ) -> torch.Tensor:
-        if mode is InfluenceMode.Perturbation:
-            raise InvalidParameterError(
-                f"{self._owner} supports mode='up' only. To fix, use TrakInfluence for perturbation influences."
-            )
-        return super()._influences_from_factors(factors, x, y, mode)
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
+        raise InvalidParameterError(
+            f"{self._owner} supports mode='up' only. To fix, use TrakInfluence for perturbation influences."
+        )
 
     def _store_key(self, loader: Any) -> str:
         from ...keys import object_token
