@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from .._mode import BlockMode
 from ._functional import FunctionalModel, LossFn
-from ._linalg import nystroem_from_products, nystroem_test_matrix
+from ._linalg import CONDITION_LIMIT, nystroem_from_products, nystroem_test_matrix
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 
 __all__ = ["CONDITIONING_SKETCH_RANK", "InverseHarmonicMeanInfluence"]
@@ -94,23 +94,27 @@ class InverseHarmonicMeanInfluence(TorchInfluenceFunctionModel):
             torch.zeros((b.n if t is None else len(t), b.n), dtype=self.dtype, device=self.device)
             for b, t in zip(self._blocks, tests)
         ]
-        n = 0
+        norms: list[list[torch.Tensor]] = [[] for _ in self._blocks]
         for g_train in self._training_gradients(fm, loader):
-            for block, omega, acc in zip(self._blocks, tests, sums):
+            for block, omega, acc, sq in zip(self._blocks, tests, sums, norms):
                 gt = block.select(g_train)
-                weighted = gt / (lam + (gt * gt).sum(dim=1, keepdim=True))
+                sq.append((gt * gt).sum(dim=1))
+                weighted = gt / (lam + sq[-1]).unsqueeze(1)
                 acc += (weighted.T if omega is None else omega @ weighted.T) @ gt
-            n += g_train.shape[0]
-        for block, omega, acc in zip(self._blocks, tests, sums):
+        eps = torch.finfo(self.dtype).eps
+        for block, omega, acc, sq in zip(self._blocks, tests, sums, norms):
+            squares = torch.cat(sq).to(torch.float64)
+            n = len(squares)
             if omega is None:
                 mu = torch.linalg.eigvalsh((acc + acc.T) / (2 * n))
             else:  # the sketch's eigenvalues are at most M's: the check never refuses on an over-estimate
                 sketched = nystroem_from_products(omega, acc / n, self._owner)[0]
                 mu = torch.cat([sketched, sketched.new_zeros(1)])  # μ >= 0 everywhere: the curvature is >= λ
-            gap = torch.clamp(1 - mu.to(torch.float64), min=torch.finfo(torch.float64).tiny)
+            gap = torch.clamp(1 - mu.to(torch.float64), min=eps)  # 1 - μ is not resolved below eps
             self._check_conditioning(
                 lam / gap,
                 f"the approximate curvature λ/(1 - μ) of block {block.name!r} ({block.n} parameters)",
+                suggested=_regularization_for(squares, 2 * eps / CONDITION_LIMIT),
             )
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
@@ -131,3 +135,24 @@ class InverseHarmonicMeanInfluence(TorchInfluenceFunctionModel):
                     acc.index_add_(1, cols.to(acc.device), update)
             total += g_train.shape[0]
         return (grads - acc / total) / lam
+
+
+def _regularization_for(squares: torch.Tensor, floor: float) -> float:
+    """The smallest ``λ`` (to 1%) with ``mean(λ / (λ + ‖gᵢ‖²)) >= floor``.
+
+    Every eigenvalue ``μ`` of ``M = (1/n) Σᵢ gᵢgᵢᵀ/(λ + ‖gᵢ‖²)`` is at most
+    its trace ``1 - mean(λ / (λ + ‖gᵢ‖²))``, so such a ``λ`` bounds the
+    condition number of ``I - M`` by ``1/floor`` whatever the gradients' directions.
+    """
+
+    def enough(lam: float) -> bool:
+        return float((lam / (lam + squares)).mean()) >= floor
+
+    high = max(float(squares.max()), torch.finfo(torch.float64).tiny) * floor / (1 - floor)  # every term >= floor
+    while not enough(high):  # guards rounding: at most a few doublings
+        high *= 2
+    low = high * 1e-12
+    while high / low > 1.01:
+        mid = (low * high) ** 0.5
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high

@@ -501,16 +501,19 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         lam = self.regularization if regularization is None else regularization
         return CurvatureOperator(fm, block, loader, self.second_order_mode, lam, self._owner)
 
-    def _check_conditioning(self, evals: torch.Tensor, what: str) -> None:
+    def _check_conditioning(self, evals: torch.Tensor, what: str, suggested: float | None = None) -> None:
         """Refuse to invert or factorise a regularised curvature too ill-conditioned for the model's dtype.
 
         ``evals`` are the eigenvalues of what is inverted, regularisation
         included; ``what`` names it in the error. Above ``CONDITION_LIMIT``
         (``cond x eps``) the error names the condition number and the fix: a
-        regularization that brings it within the limit, or float64. See
+        regularization that brings it within the limit (``suggested`` where
+        the model knows it better than the generic rule), or float64. See
         :func:`~dvl_dask.influence.torch._linalg.check_conditioning`.
         """
-        check_conditioning(evals, self.dtype, owner=self._owner, what=what, regularization=self.regularization)
+        check_conditioning(
+            evals, self.dtype, owner=self._owner, what=what, regularization=self.regularization, suggested=suggested
+        )
 
     def _training_gradients(self, fm: FunctionalModel, loader: DataLoader) -> Iterator[torch.Tensor]:
         """Per-sample gradients of the training data in ``loader``, chunk by chunk (one pass, on the model's device)."""
