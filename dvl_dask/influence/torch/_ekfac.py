@@ -14,7 +14,7 @@ from ...errors import InvalidModelError, InvalidParameterError
 from ...validation import check_bool, check_positive_int
 from ._data import iter_batches
 from ._fisher import sample_output_gradients
-from ._functional import FunctionalModel, LossFn
+from ._functional import FunctionalModel, LossFn, recording_layers
 from ._linalg import safe_eigh
 from ._model_base import TorchInfluenceFunctionModel
 
@@ -237,29 +237,11 @@ class EkfacInfluence(TorchInfluenceFunctionModel, aliases={"update_diagonal": "e
         ``c``-th draw divided by ``√s``, whose expectation of ``Σ_c g gᵀ`` is
         the same for the built-in losses.
         """
-        modules = dict(self._net.named_modules())
-        inputs: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def hook_for(name: str):
-            def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-                if name in inputs:
-                    raise InvalidModelError(
-                        f"{self._owner}: layer {name!r} is called more than once per forward pass; EK-FAC "
-                        "needs each layer to be applied once."
-                    )
-                inputs[name], outputs[name] = args[0].detach(), out
-
-            return hook
-
-        handles = [modules[layer.name].register_forward_hook(hook_for(layer.name)) for layer in self._layers]
-        try:
+        names, why = [layer.name for layer in self._layers], "EK-FAC needs each layer to be applied once."
+        with recording_layers(self._net, names, self._owner, why) as (inputs, outputs):
             params = {k: v.clone().requires_grad_(True) for k, v in fm.params.items()}
             with torch.enable_grad():
                 out = functional_call(self._net, {**params, **fm.state}, (x,))
-        finally:
-            for h in handles:
-                h.remove()
         n = x.shape[0]
         targets = [outputs[layer.name] for layer in self._layers]
         if self.fisher_samples is None:

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from ...errors import InvalidModelError, InvalidParameterError
 from ...validation import check_positive_int
 from .._mode import BlockMode
-from ._functional import FunctionalModel, LossFn
+from ._functional import FunctionalModel, LossFn, recording_layers
 from ._projection import RandomProjection
 from ._trak import TrakInfluence
 
@@ -161,34 +161,15 @@ class LograInfluence(TrakInfluence):
         Each scalar must be a sum over samples of per-sample terms (n x a mean-reduced loss).
         """
         fm = self._fms[0]
-        inputs: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def hook_for(name: str) -> Any:
-            def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-                if name in inputs:
-                    raise InvalidModelError(
-                        f"{self._owner}: layer {name!r} is called more than once per forward pass; each "
-                        "nn.Linear must be applied once."
-                    )
-                inputs[name], outputs[name] = args[0].detach(), out
-
-            return hook
-
-        modules = dict(self._net.named_modules())
-        handles = [modules[name].register_forward_hook(hook_for(name)) for name, _, _ in self._linear]
-        try:
-            with torch.enable_grad():
-                params = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # views, no copies
-                out = functional_call(self._net, {**params, **fm.state}, (x,))
-                targets = [outputs[name] for name, _, _ in self._linear]
-                scalars = objectives(out)
-                all_grads = [
-                    torch.autograd.grad(s, targets, retain_graph=i + 1 < len(scalars)) for i, s in enumerate(scalars)
-                ]
-        finally:
-            for h in handles:
-                h.remove()
+        names, why = [name for name, _, _ in self._linear], "each nn.Linear must be applied once."
+        with recording_layers(self._net, names, self._owner, why) as (inputs, outputs), torch.enable_grad():
+            params = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # views, no copies
+            out = functional_call(self._net, {**params, **fm.state}, (x,))
+            targets = [outputs[name] for name in names]
+            scalars = objectives(out)
+            all_grads = [
+                torch.autograd.grad(s, targets, retain_graph=i + 1 < len(scalars)) for i, s in enumerate(scalars)
+            ]
         n = x.shape[0]
         acts = []
         for (name, module, bias), (p_in, _) in zip(self._linear, self._factors_in_out):

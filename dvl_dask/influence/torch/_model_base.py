@@ -408,11 +408,19 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         perturbation = mode is InfluenceMode.Perturbation
         x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
         if not perturbation:
-            cols = [factors @ g.T for _, g in self._grad_chunks(x, y)]
-            return torch.cat(cols, dim=1).detach()
+            return self._up_influences(factors, x, y)
         out = torch.zeros((factors.shape[0], x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
-        self._add_perturbation(out, self._functional, factors, x, y)
+        for fm, full in self._parameter_factors(factors):
+            self._add_perturbation(out, fm, full, x, y)
         return out.detach()
+
+    def _up_influences(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``factors @ gradientsᵀ`` of checked inputs, by chunks of training samples."""
+        return torch.cat([factors @ g.T for _, g in self._grad_chunks(x, y)], dim=1).detach()
+
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
+        """``(functional model, parameter-space factors)`` pairs whose perturbation influences add up to ours."""
+        return iter([(self._functional, factors)])
 
     @staticmethod
     def _add_perturbation(
@@ -590,15 +598,5 @@ class FeatureInfluenceModel(TorchInfluenceFunctionModel):
             parts.append((self._scale(feats) * feats).sum(dim=1))
         return torch.cat(parts).detach()
 
-    def _influences_from_factors(
-        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
-    ) -> torch.Tensor:
-        factors = self._check_factors(factors)
-        perturbation = mode is InfluenceMode.Perturbation
-        x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
-        if not perturbation:
-            return factors @ self._features(x, y).T
-        out = torch.zeros((factors.shape[0], x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
-        for fm, full in self._parameter_factors(factors):
-            self._add_perturbation(out, fm, full, x, y)
-        return out.detach()
+    def _up_influences(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return factors @ self._features(x, y).T
