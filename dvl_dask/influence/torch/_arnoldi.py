@@ -100,13 +100,7 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel, aliases={"rank_estimate": "r
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
         block_structure: BlockStructure = BlockMode.Full,
     ) -> None:
-        super().__init__(
-            model,
-            loss,
-            regularization=regularization,
-            second_order_mode=second_order_mode,
-            block_structure=block_structure,
-        )
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         owner = self._owner
         self.rank = self._check_rank(rank)
         if krylov_dimension is not None:

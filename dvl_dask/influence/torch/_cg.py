@@ -129,13 +129,7 @@ class CgInfluence(TorchInfluenceFunctionModel, aliases={"pre_conditioner": "prec
         warn_on_max_iteration: bool = True,
         solve_simultaneously: bool | None = None,
     ) -> None:
-        super().__init__(
-            model,
-            loss,
-            regularization=regularization,
-            second_order_mode=second_order_mode,
-            block_structure=block_structure,
-        )
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         owner = self._owner
         self.rtol = check_real(rtol, "rtol", owner, low=0.0, finite=True)
         self.atol = check_real(atol, "atol", owner, low=0.0, finite=True)

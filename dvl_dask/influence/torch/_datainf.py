@@ -56,7 +56,11 @@ class InverseHarmonicMeanInfluence(TorchInfluenceFunctionModel):
     loss : callable
         Mean-reduced loss.
     regularization : float
-        ``λ > 0``. The paper suggests ``0.1 · mean ‖gᵢ‖²`` per layer.
+        ``λ > 0``. The paper suggests ``0.1 · mean ‖gᵢ‖²`` per layer. Too
+        small a value for the dtype is refused at fit (see Conditioning
+        above) with a value that is guaranteed to fit: the smallest ``λ``
+        with ``mean(λ/(λ + ‖gᵢ‖²)) >= 2·eps/CONDITION_LIMIT``, a lower bound
+        on every ``1 - μ``.
     block_structure : BlockMode, str or mapping
         ``"layer"`` (default), ``"full"``, or ``{block_name: [parameter names]}``.
     """

@@ -64,13 +64,7 @@ class DirectInfluence(TorchInfluenceFunctionModel):
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
         block_structure: BlockStructure = BlockMode.Full,
     ) -> None:
-        super().__init__(
-            model,
-            loss,
-            regularization=regularization,
-            second_order_mode=second_order_mode,
-            block_structure=block_structure,
-        )
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         self._inverses: list[torch.Tensor] = []
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:

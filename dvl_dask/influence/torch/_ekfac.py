@@ -129,7 +129,13 @@ class EkfacInfluence(TorchInfluenceFunctionModel, aliases={"update_diagonal": "e
         Mean-reduced loss.
     regularization : float
         ``λ ≥ 0`` added to the corrected eigenvalues; must make them all
-        positive (zero eigenvalues appear with dead units or constant inputs).
+        positive (zero eigenvalues appear with dead units or constant inputs)
+        and their spread fit the dtype: a layer whose regularised eigenvalues
+        have a condition number times the dtype's epsilon above
+        ``CONDITION_LIMIT`` (1e-2; cond > 8e4 in float32) is refused at fit
+        with an :class:`~dvl_dask.errors.InvalidModelError` naming a
+        regularization that fits, or float64, as for every model that
+        inverts a curvature.
     eigenvalue_correction : bool
         True (default) for EK-FAC; False for plain K-FAC eigenvalues
         ``λ_S ⊗ λ_A``.

@@ -94,13 +94,7 @@ class LissaInfluence(TorchInfluenceFunctionModel):
         block_structure: BlockStructure = BlockMode.Full,
         warn_on_max_iteration: bool = True,
     ) -> None:
-        super().__init__(
-            model,
-            loss,
-            regularization=regularization,
-            second_order_mode=second_order_mode,
-            block_structure=block_structure,
-        )
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         owner = self._owner
         self.maxiter = check_positive_int(maxiter, "maxiter", owner)
         self.dampen = check_real(dampen, "dampen", owner, low=0.0, high=1.0, high_open=True)

@@ -157,7 +157,6 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         self,
         model: nn.Module,
         loss: LossFn,
-        *,
         regularization: float = _ABSENT,
         second_order_mode: SecondOrderMode | str = _ABSENT,
         block_structure: BlockStructure = _ABSENT,

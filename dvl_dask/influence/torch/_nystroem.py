@@ -65,13 +65,7 @@ class NystroemSketchInfluence(TorchInfluenceFunctionModel):
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
         block_structure: BlockStructure = BlockMode.Full,
     ) -> None:
-        super().__init__(
-            model,
-            loss,
-            regularization=regularization,
-            second_order_mode=second_order_mode,
-            block_structure=block_structure,
-        )
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         self.rank = self._check_rank(rank)
         self.seed = seed
         self._sketches: list[tuple[torch.Tensor, torch.Tensor]] = []
