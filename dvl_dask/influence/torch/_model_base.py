@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError, UnknownModeError
 from ...threads import torch_threads, uses_torch_threads
 from ...validation import check_positive_int, check_real, keyword_aliases
 from .._base import InfluenceFunctionModel
@@ -179,9 +179,11 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         if regularization is not _ABSENT:
             self.regularization = self._check_regularization(regularization)
         if second_order_mode is not _ABSENT:
-            self.second_order_mode = SecondOrderMode.parse(second_order_mode)
+            self.second_order_mode = self._named(SecondOrderMode.parse, second_order_mode, "second_order_mode")
         if block_structure is not _ABSENT:
-            self._blocks = resolve_blocks(self._layout, block_structure, owner)
+            self._blocks = self._named(
+                lambda v: resolve_blocks(self._layout, v, owner), block_structure, "block_structure"
+            )
 
     # -- properties --------------------------------------------------------------------
 
@@ -482,6 +484,13 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
             except InvalidParameterError as exc:
                 raise InvalidParameterError(f"{exc} {why}".strip()) from None
         return check_real(value, "regularization", self._owner, low=0.0, finite=True)
+
+    def _named(self, parse: Callable[[Any], Any], value: Any, name: str) -> Any:
+        """``parse(value)``, with an unknown mode's error naming the argument and this model."""
+        try:
+            return parse(value)
+        except UnknownModeError as exc:
+            raise UnknownModeError(f"The {name!r} parameter of {self._owner}: {exc}") from None
 
     def _check_rank(self, rank: Any) -> int:
         rank = check_positive_int(rank, "rank", self._owner)
