@@ -47,6 +47,26 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
+def train_lbfgs(model, loss, x, y, steps: int = 100):
+    """Train a small torch ``model`` on ``(x, y)`` with full-batch L-BFGS (strong Wolfe), in place; returns it.
+
+    The influence fixtures (tests/influence, tests/pydvl_pages) train their
+    MLPs to convergence with it, so that curvature is that of a minimum.
+    """
+    import torch
+
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss(model(x), y)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return model
+
+
 def scaled_by(factor: float):
     """A parametrised ``functools.wraps`` decorator: scorers it makes differ only in the wrapper's closure."""
     import functools

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import one_torch_thread
+from helpers import one_torch_thread, train_lbfgs
 
 _one_torch_thread = pytest.fixture(autouse=True, scope="package")(one_torch_thread)
 
@@ -20,21 +20,6 @@ class Problem:
     y: Any
     x_test: Any
     y_test: Any
-
-
-def _train(model: Any, loss: Any, x: Any, y: Any, steps: int = 100) -> Any:
-    import torch
-
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> Any:
-        opt.zero_grad()
-        value = loss(model(x), y)
-        value.backward()
-        return value
-
-    opt.step(closure)
-    return model
 
 
 def linear_closed_form(
@@ -82,7 +67,7 @@ def mlp_regressor() -> Problem:
     y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2] + 0.1 * torch.randn(60, 1, generator=g, dtype=torch.float64)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
-    _train(model, F.mse_loss, x[:50], y[:50])
+    train_lbfgs(model, F.mse_loss, x[:50], y[:50])
     return Problem(model, F.mse_loss, x[:50], y[:50], x[50:], y[50:])
 
 
@@ -97,7 +82,7 @@ def mlp_classifier() -> Problem:
     y = (x[:, 0] + x[:, 1] ** 2 > 1).long() + (x[:, 2] > 0.5).long()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    _train(model, F.cross_entropy, x[:50], y[:50], steps=30)
+    train_lbfgs(model, F.cross_entropy, x[:50], y[:50], steps=30)
     return Problem(model, F.cross_entropy, x[:50], y[:50], x[50:], y[50:])
 
 

@@ -353,3 +353,39 @@ def test_float_labels_with_cross_entropy_say_to_pass_class_indices() -> None:
         DirectInfluence(model, F.cross_entropy, regularization=0.1).fit((x, labels))
     fitted = DirectInfluence(model, F.cross_entropy, regularization=0.1).fit((x, labels.long()))
     assert torch.isfinite(fitted.influences(x[:2], labels[:2].long(), x, labels.long())).all()
+
+
+def test_a_model_on_the_base_gets_its_checks_synonyms_and_products(data):
+    """Issue 29: argument checks, pyDVL synonyms and chunked products come from the base, not the method file."""
+    from dvl_dask.influence.torch import TorchInfluenceFunctionModel
+
+    class Scaled(TorchInfluenceFunctionModel, aliases={"damping": "regularization"}):
+        """H⁻¹ ≈ I/λ per layer: influences are ⟨g_test, g⟩/λ."""
+
+        _POSITIVE_REGULARIZATION = "Scaled divides by it."
+
+        def __init__(self, model, loss, *, regularization, block_structure="layer"):
+            super().__init__(model, loss, regularization=regularization, block_structure=block_structure)
+
+        def _fit(self, fm, loader):
+            pass
+
+        def _solve_block(self, i, block, grads):
+            return grads / self.regularization
+
+    assert Scaled(_linear(), F.mse_loss, hessian_regularization=2.0).regularization == 2.0
+    assert Scaled(_linear(), F.mse_loss, damping=2.0).regularization == 2.0
+    with pytest.raises(InvalidParameterError, match=r"'regularization'.*Scaled divides by it"):
+        Scaled(_linear(), F.mse_loss, regularization=0.0)
+    with pytest.raises(UnknownModeError, match=r"'block_structure' parameter of Scaled: .*not a valid BlockMode"):
+        Scaled(_linear(), F.mse_loss, regularization=1.0, block_structure="rows")
+    with pytest.raises(UnknownModeError, match=r"'second_order_mode' parameter of DirectInfluence: .*SecondOrderMode"):
+        DirectInfluence(_linear(), F.mse_loss, second_order_mode="fisher")
+    x, y = data
+    model = _linear()
+    infl = Scaled(model, F.mse_loss, regularization=2.0).fit((x, y))
+    w, b = model.weight.detach(), model.bias.detach()
+    r = 2 * (x @ w.T + b - y)  # per-sample gradient of (x·w + b - y)²: r·[x, 1]
+    g = torch.cat([r * x, r], dim=1)
+    torch.testing.assert_close(infl.influences(x[:4], y[:4], x, y), g[:4] @ g.T / 2.0)
+    torch.testing.assert_close(infl.self_influences(x, y), (g * g).sum(dim=1) / 2.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -138,11 +140,11 @@ def test_cg_with_one_or_few_right_hand_sides_on_an_indefinite_hessian_equals_a_d
         assert calls and calls[0] <= 2
 
 
-def _near_collinear(dtype):
-    """Linear regression whose third feature is the first plus 1e-4 noise: cond(H) ~ 1e8."""
+def _near_collinear(dtype, spread=1e-4):
+    """Linear regression whose third feature is the first plus ``spread`` noise: cond(H) ~ 4/spread² (1e-4: 1e8)."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    x[:, 2] = x[:, 0] + 1e-4 * torch.randn(40, generator=g, dtype=torch.float64)
+    x[:, 2] = x[:, 0] + spread * torch.randn(40, generator=g, dtype=torch.float64)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.1
     model = torch.nn.Linear(3, 1, bias=False).to(dtype)
     return model, x.to(dtype), y.to(dtype)
@@ -178,3 +180,88 @@ def test_nystroem_refuses_a_regularization_too_small_for_the_dtype():
     model, x, y = _near_collinear(torch.float32)
     with pytest.raises(InvalidModelError, match=r"condition number"):
         NystroemSketchInfluence(model, torch.nn.functional.mse_loss, rank=2, regularization=1e-7).fit((x, y))
+
+
+# -- conditioning of EK-FAC and DataInf (issue 25): the base's check, with their own eigenvalues ------------
+
+
+def _suggested_regularization(message: str) -> float:
+    return float(re.search(r"regularization of at least ([0-9.e+-]+)", message).group(1))
+
+
+def _ridge_influences(x, y, w, lam, n_test=3):
+    """Closed form for mean squared error of ``x·w`` (one output): gradients 2(x·w - y)x, H = 2XᵀX/n + λI."""
+    grads = 2 * (x @ w.T - y) * x
+    h = 2 * x.T @ x / len(x) + lam * torch.eye(x.shape[1], dtype=x.dtype)
+    return grads[:n_test] @ torch.linalg.solve(h, grads.T)
+
+
+def test_ekfac_refuses_a_curvature_too_ill_conditioned_for_float32():
+    """cond(H) ~ 1e6: eigenvalues well above eps·max (the old zero test passed them), yet 10% rounding in float32."""
+    from dvl_dask.influence.torch import EkfacInfluence
+
+    model, x, y = _near_collinear(torch.float32, spread=2e-3)
+    with pytest.raises(InvalidModelError, match=r"EK-FAC curvature of layer.*ill-conditioned.*float32") as err:
+        EkfacInfluence(model, torch.nn.functional.mse_loss).fit((x, y))
+    lam = _suggested_regularization(str(err.value))
+    infl = EkfacInfluence(model, torch.nn.functional.mse_loss, regularization=lam).fit((x, y))
+    # One linear layer with MSE: EK-FAC is the exact Gauss-Newton = Hessian, so the closed form is the truth.
+    w = next(model.parameters()).detach().double()
+    expected = _ridge_influences(x.double(), y.double(), w, lam)
+    torch.testing.assert_close(infl.influences(x[:3], y[:3], x, y).double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_ekfac_accepts_a_well_conditioned_curvature_in_float32():
+    from dvl_dask.influence.torch import EkfacInfluence
+
+    model, x, y = _near_collinear(torch.float32, spread=1.0)
+    infl = EkfacInfluence(model, torch.nn.functional.mse_loss).fit((x, y))
+    w = next(model.parameters()).detach().double()
+    expected = _ridge_influences(x.double(), y.double(), w, 0.0)
+    torch.testing.assert_close(infl.influences(x[:3], y[:3], x, y).double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _aligned_gradients(dtype, d):
+    """Linear regression whose inputs all lie within 1e-4 of one line: aligned per-sample gradients, ‖g‖² ~ 10-60."""
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    sign = torch.sign(torch.randn(40, 1, generator=g, dtype=torch.float64))
+    x = (1 + torch.rand(40, 1, generator=g, dtype=torch.float64)) * sign * u / u.norm()
+    x = x + 1e-4 * torch.randn(40, d, generator=g, dtype=torch.float64)
+    y = 3 + torch.rand(40, 1, generator=g, dtype=torch.float64)
+    model = torch.nn.Linear(d, 1, bias=False).to(dtype)
+    torch.nn.init.zeros_(model.weight)
+    return model, x.to(dtype), y.to(dtype)
+
+
+def _datainf_influences(x, y, lam, n_test=3):
+    """DataInf's closed form at w = 0: gᵢ = -2yᵢxᵢ, H⁻¹ ≈ (I - mean gᵢgᵢᵀ/(λ + ‖gᵢ‖²)) / λ, in float64."""
+    g = -2 * y * x
+    m = (g.T / (lam + (g * g).sum(dim=1))) @ g / len(g)
+    return g[:n_test] @ ((torch.eye(x.shape[1], dtype=x.dtype) - m) / lam) @ g.T
+
+
+@pytest.mark.parametrize("d", [3, 300], ids=["exact", "sketched"])
+def test_datainf_refuses_an_approximation_too_ill_conditioned_for_float32(d):
+    """λ = 1e-6 against ‖g‖² ~ 10-60 on aligned gradients: cond(I - M) ~ 1e5-1e7, beyond float32 (8e4)."""
+    from dvl_dask.influence.torch import InverseHarmonicMeanInfluence
+
+    model, x, y = _aligned_gradients(torch.float32, d)
+    with pytest.raises(
+        InvalidModelError, match=r"approximate curvature.*(ill-conditioned|singular).* float32.*float64"
+    ) as err:
+        InverseHarmonicMeanInfluence(model, torch.nn.functional.mse_loss, regularization=1e-6).fit((x, y))
+    lam = _suggested_regularization(str(err.value))  # guaranteed to fit, whatever the directions
+    infl = InverseHarmonicMeanInfluence(model, torch.nn.functional.mse_loss, regularization=lam).fit((x, y))
+    expected = _datainf_influences(x.double(), y.double(), lam)
+    torch.testing.assert_close(infl.influences(x[:3], y[:3], x, y).double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_datainf_accepts_the_same_data_in_float64_and_a_large_regularization_in_float32():
+    from dvl_dask.influence.torch import InverseHarmonicMeanInfluence
+
+    for dtype, lam in ((torch.float64, 1e-6), (torch.float32, 10.0)):
+        model, x, y = _aligned_gradients(dtype, 3)
+        infl = InverseHarmonicMeanInfluence(model, torch.nn.functional.mse_loss, regularization=lam).fit((x, y))
+        expected = _datainf_influences(x.double(), y.double(), lam)
+        torch.testing.assert_close(infl.influences(x[:3], y[:3], x, y).double(), expected, rtol=1e-5, atol=1e-6)

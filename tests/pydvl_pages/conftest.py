@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import one_torch_thread
+from helpers import one_torch_thread, train_lbfgs
 
 _one_torch_thread = pytest.fixture(autouse=True, scope="package")(one_torch_thread)
 
@@ -36,15 +36,7 @@ def small_mlp() -> SmallMLP:
     y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2] + 0.1 * torch.randn(50, 1, generator=g, dtype=torch.float64)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> Any:
-        optimizer.zero_grad()
-        value = F.mse_loss(model(x[:40]), y[:40])
-        value.backward()
-        return value
-
-    optimizer.step(closure)
+    train_lbfgs(model, F.mse_loss, x[:40], y[:40])
     return SmallMLP(model, F.mse_loss, TensorDataset(x[:40], y[:40]), TensorDataset(x[40:], y[40:]))
 
 

@@ -7,11 +7,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidParameterError
-from ...validation import SeedLike, check_positive_int, check_real, keyword_aliases
+from ...validation import SeedLike, check_positive_int, check_real
 from .._mode import BlockMode, SecondOrderMode
-from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
-from ._linalg import check_conditioning, krylov_eigh
+from ._layout import ParameterBlock
+from ._linalg import krylov_eigh
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 from ._preconditioners import torch_generator
 
@@ -23,7 +23,7 @@ DEFAULT_BLOCK_SIZE = 20
 DEFAULT_RITZ_RTOL = 1e-6
 
 
-class ArnoldiInfluence(TorchInfluenceFunctionModel):
+class ArnoldiInfluence(TorchInfluenceFunctionModel, aliases={"rank_estimate": "rank"}):
     r"""Project onto the ``rank`` leading eigenvectors of the curvature (Schioppa et al., 2022).
 
     At fit time a block Lanczos iteration (the symmetric case of Arnoldi, on a
@@ -85,7 +85,6 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         ``"full"`` (default), ``"layer"``, or ``{block_name: [parameter names]}``.
     """
 
-    @keyword_aliases(hessian_regularization="regularization", rank_estimate="rank")
     def __init__(
         self,
         model: nn.Module,
@@ -101,10 +100,9 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
         block_structure: BlockStructure = BlockMode.Full,
     ) -> None:
-        super().__init__(model, loss)
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         owner = self._owner
         self.rank = self._check_rank(rank)
-        self.regularization = self._check_regularization(regularization, positive=False)
         if krylov_dimension is not None:
             krylov_dimension = check_positive_int(krylov_dimension, "krylov_dimension", owner)
             if not self.rank <= krylov_dimension <= self.n_parameters:
@@ -117,8 +115,6 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         self.ritz_rtol = None if ritz_rtol is None else check_real(ritz_rtol, "ritz_rtol", owner, low=0.0, finite=True)
         self.seed = seed
         self.block_size = None if block_size is None else check_positive_int(block_size, "block_size", owner)
-        self.second_order_mode = SecondOrderMode.parse(second_order_mode)
-        self._blocks = self._resolve_blocks(block_structure)
         self._eigen: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._krylov_sizes: list[int] = []
 
@@ -126,7 +122,7 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
         gen = torch_generator(self.seed, self._owner)
         eigen, sizes = [], []
         for block in self._blocks:
-            op = CurvatureOperator(fm, block, loader, self.second_order_mode, 0.0, self._owner)
+            op = self._curvature_operator(fm, block, loader, regularization=0.0)
             rank = min(self.rank, block.n)
             krylov = self.krylov_dimension or max(2 * rank, rank + 20)
             krylov = min(max(krylov, rank), block.n)
@@ -145,23 +141,16 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel):
             )
             sizes.append(size)
             evals, evecs = evals[:rank] + self.regularization, evecs[:rank]
-            check_conditioning(
-                evals,
-                self.dtype,
-                owner=self._owner,
-                what=f"the regularised curvature on the {rank} kept eigenvectors of block {block.name!r}",
-                regularization=self.regularization,
+            self._check_conditioning(
+                evals, f"the regularised curvature on the {rank} kept eigenvectors of block {block.name!r}"
             )
             eigen.append((evals, evecs))
         self._eigen = eigen
         self._krylov_sizes = sizes
 
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        def apply(i: int, _block: object, g: torch.Tensor) -> torch.Tensor:
-            evals, evecs = self._eigen[i]
-            return ((g @ evecs.T) / evals) @ evecs
-
-        return self._per_block(grads, self._blocks, apply)
+    def _solve_block(self, i: int, block: ParameterBlock, grads: torch.Tensor) -> torch.Tensor:
+        evals, evecs = self._eigen[i]
+        return ((grads @ evecs.T) / evals) @ evecs
 
     @property
     def eigenvalues(self) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import ConvergenceWarning, InvalidModelError, InvalidParameterError
-from ...validation import check_positive_int, check_real, keyword_aliases
+from ...validation import check_positive_int, check_real
 from .._mode import BlockMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_MAXITER", "CgInfluence"]
 DEFAULT_MAXITER = 100
 
 
-class CgInfluence(TorchInfluenceFunctionModel):
+class CgInfluence(TorchInfluenceFunctionModel, aliases={"pre_conditioner": "preconditioner"}):
     """Conjugate gradient on curvature-vector products, all right-hand sides at once.
 
     Nothing is inverted at fit time (beyond an optional preconditioner): each
@@ -114,7 +114,6 @@ class CgInfluence(TorchInfluenceFunctionModel):
     the test set; converged factors do not.
     """
 
-    @keyword_aliases(hessian_regularization="regularization", pre_conditioner="preconditioner")
     def __init__(
         self,
         model: nn.Module,
@@ -130,9 +129,8 @@ class CgInfluence(TorchInfluenceFunctionModel):
         warn_on_max_iteration: bool = True,
         solve_simultaneously: bool | None = None,
     ) -> None:
-        super().__init__(model, loss)
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         owner = self._owner
-        self.regularization = self._check_regularization(regularization, positive=False)
         self.rtol = check_real(rtol, "rtol", owner, low=0.0, finite=True)
         self.atol = check_real(atol, "atol", owner, low=0.0, finite=True)
         if self.rtol == 0 and self.atol == 0:
@@ -141,7 +139,6 @@ class CgInfluence(TorchInfluenceFunctionModel):
             )
         self.maxiter = check_positive_int(maxiter, "maxiter", owner)
         self.preconditioner = _as_preconditioner(preconditioner, owner)
-        self.second_order_mode = SecondOrderMode.parse(second_order_mode)
         self.warn_on_max_iteration = bool(warn_on_max_iteration)
         if solve_simultaneously not in (None, True, False):
             raise InvalidParameterError(
@@ -149,26 +146,19 @@ class CgInfluence(TorchInfluenceFunctionModel):
                 f"Got {solve_simultaneously!r} instead."
             )
         self.solve_simultaneously = solve_simultaneously
-        self._blocks = self._resolve_blocks(block_structure)
         self._loader: DataLoader | None = None
         self._preconditioners: list[Preconditioner | None] = []
 
-    def _operator(self, fm: FunctionalModel, i: int, loader: DataLoader) -> CurvatureOperator:
-        return CurvatureOperator(fm, self._blocks[i], loader, self.second_order_mode, self.regularization, self._owner)
-
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         self._preconditioners = [
-            None if self.preconditioner is None else self.preconditioner.fitted(self._operator(fm, i, loader))
-            for i in range(len(self._blocks))
+            None if self.preconditioner is None else self.preconditioner.fitted(self._curvature_operator(fm, b, loader))
+            for b in self._blocks
         ]
         self._loader = loader
 
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        return self._per_block(grads, self._blocks, self._solve_block)
-
     def _solve_block(self, i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
         assert self._loader is not None
-        op = self._operator(self._functional, i, self._loader)
+        op = self._curvature_operator(self._functional, block, self._loader)
         pre = self._preconditioners[i]
         block_mode = self.solve_simultaneously
         if block_mode is None:

@@ -7,11 +7,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError
-from ...validation import keyword_aliases
 from .._mode import BlockMode, SecondOrderMode
-from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
-from ._linalg import check_conditioning
+from ._layout import ParameterBlock
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 
 __all__ = ["DirectInfluence"]
@@ -57,7 +55,6 @@ class DirectInfluence(TorchInfluenceFunctionModel):
     torch.Size([2, 20])
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,
@@ -67,17 +64,13 @@ class DirectInfluence(TorchInfluenceFunctionModel):
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
         block_structure: BlockStructure = BlockMode.Full,
     ) -> None:
-        super().__init__(model, loss)
-        self.regularization = self._check_regularization(regularization, positive=False)
-        self.second_order_mode = SecondOrderMode.parse(second_order_mode)
-        self._blocks = self._resolve_blocks(block_structure)
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         self._inverses: list[torch.Tensor] = []
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         inverses = []
         for block in self._blocks:
-            op = CurvatureOperator(fm, block, loader, self.second_order_mode, self.regularization, self._owner)
-            h = op.dense()
+            h = self._curvature_operator(fm, block, loader).dense()
             if not bool(torch.isfinite(h).all()):
                 raise InvalidModelError(
                     f"{self._owner}: the curvature matrix of block {block.name!r} contains NaN or infinite "
@@ -85,12 +78,9 @@ class DirectInfluence(TorchInfluenceFunctionModel):
                     "inputs, a loss that overflows, e.g. log(0)). No regularization fixes this. To fix, check "
                     "that the loss of the model is finite on every training batch."
                 )
-            check_conditioning(
+            self._check_conditioning(
                 torch.linalg.eigvalsh(h),
-                h.dtype,
-                owner=self._owner,
-                what=f"the regularised curvature matrix of block {block.name!r} ({block.n}x{block.n})",
-                regularization=self.regularization,
+                f"the regularised curvature matrix of block {block.name!r} ({block.n}x{block.n})",
             )
             inv, info = torch.linalg.inv_ex(h)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
@@ -107,8 +97,8 @@ class DirectInfluence(TorchInfluenceFunctionModel):
             inverses.append((inv + inv.T) / 2)
         self._inverses = inverses
 
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        return self._per_block(grads, self._blocks, lambda i, _b, g: g @ self._inverses[i])
+    def _solve_block(self, i: int, block: ParameterBlock, grads: torch.Tensor) -> torch.Tensor:
+        return grads @ self._inverses[i]
 
     @property
     def inverse_curvature(self) -> list[torch.Tensor]:

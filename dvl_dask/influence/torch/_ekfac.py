@@ -11,10 +11,10 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError
-from ...validation import check_bool, check_positive_int, keyword_aliases
+from ...validation import check_bool, check_positive_int
 from ._data import iter_batches
 from ._fisher import sample_output_gradients
-from ._functional import FunctionalModel, LossFn
+from ._functional import FunctionalModel, LossFn, recording_layers
 from ._linalg import safe_eigh
 from ._model_base import TorchInfluenceFunctionModel
 
@@ -77,7 +77,7 @@ class _Layer:
         return (self.in_features if self.weight else 0) + (1 if self.bias else 0)
 
 
-class EkfacInfluence(TorchInfluenceFunctionModel):
+class EkfacInfluence(TorchInfluenceFunctionModel, aliases={"update_diagonal": "eigenvalue_correction"}):
     r"""Eigenvalue-corrected Kronecker-factored curvature (George et al., 2018; Grosse et al., 2023).
 
     For every ``nn.Linear`` layer with input ``a`` (augmented with a 1 for a
@@ -129,7 +129,13 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         Mean-reduced loss.
     regularization : float
         ``λ ≥ 0`` added to the corrected eigenvalues; must make them all
-        positive (zero eigenvalues appear with dead units or constant inputs).
+        positive (zero eigenvalues appear with dead units or constant inputs)
+        and their spread fit the dtype: a layer whose regularised eigenvalues
+        have a condition number times the dtype's epsilon above
+        ``CONDITION_LIMIT`` (1e-2; cond > 8e4 in float32) is refused at fit
+        with an :class:`~dvl_dask.errors.InvalidModelError` naming a
+        regularization that fits, or float64, as for every model that
+        inverts a curvature.
     eigenvalue_correction : bool
         True (default) for EK-FAC; False for plain K-FAC eigenvalues
         ``λ_S ⊗ λ_A``.
@@ -151,7 +157,6 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         Seed of the pseudo-target draws (default 0).
     """
 
-    @keyword_aliases(hessian_regularization="regularization", update_diagonal="eigenvalue_correction")
     def __init__(
         self,
         model: nn.Module,
@@ -164,8 +169,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         target_sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, loss)
-        self.regularization = self._check_regularization(regularization, positive=False)
+        super().__init__(model, loss, regularization=regularization)
         self.eigenvalue_correction = check_bool(eigenvalue_correction, "eigenvalue_correction", "EkfacInfluence")
         self.max_factor_dim = check_positive_int(max_factor_dim, "max_factor_dim", self._owner)
         self.fisher_samples = (
@@ -177,9 +181,7 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
                 f"targets or None. Got {type(target_sampler).__name__}."
             )
         self.target_sampler = target_sampler
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidParameterError(f"The 'seed' parameter of {self._owner} must be an integer >= 0. Got {seed!r}.")
-        self.seed = seed
+        self.seed = self._check_seed(seed)
         self._layers = self._find_layers()
         self._factors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -241,29 +243,11 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         ``c``-th draw divided by ``√s``, whose expectation of ``Σ_c g gᵀ`` is
         the same for the built-in losses.
         """
-        modules = dict(self._net.named_modules())
-        inputs: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def hook_for(name: str):
-            def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-                if name in inputs:
-                    raise InvalidModelError(
-                        f"{self._owner}: layer {name!r} is called more than once per forward pass; EK-FAC "
-                        "needs each layer to be applied once."
-                    )
-                inputs[name], outputs[name] = args[0].detach(), out
-
-            return hook
-
-        handles = [modules[layer.name].register_forward_hook(hook_for(layer.name)) for layer in self._layers]
-        try:
+        names, why = [layer.name for layer in self._layers], "EK-FAC needs each layer to be applied once."
+        with recording_layers(self._net, names, self._owner, why) as (inputs, outputs):
             params = {k: v.clone().requires_grad_(True) for k, v in fm.params.items()}
             with torch.enable_grad():
                 out = functional_call(self._net, {**params, **fm.state}, (x,))
-        finally:
-            for h in handles:
-                h.remove()
         n = x.shape[0]
         targets = [outputs[layer.name] for layer in self._layers]
         if self.fisher_samples is None:
@@ -323,14 +307,13 @@ class EkfacInfluence(TorchInfluenceFunctionModel):
         factors = []
         for layer, (q_a, q_s, lam) in zip(self._layers, bases):
             lam = lam + self.regularization
-            floor = torch.finfo(self.dtype).eps * max(float(lam.max()), 1.0)
-            if bool((lam <= floor).any()):
-                raise InvalidModelError(
-                    f"{self._owner}: layer {layer.name!r} has {int((lam <= floor).sum())} (near-)zero "
-                    f"eigenvalues (dead units, constant or collinear inputs) with regularization="
-                    f"{self.regularization}. To fix, pass a positive regularization, e.g. 1e-3 x "
-                    f"{float(lam.mean()):.3g} (the mean eigenvalue)."
-                )
+            floor = torch.finfo(self.dtype).eps * float(lam.max())
+            zeros = int((lam <= floor).sum())
+            dead = f"; {zeros} (near-)zero eigenvalues: dead units, constant or collinear inputs" if zeros else ""
+            self._check_conditioning(
+                lam.flatten(),
+                f"the regularised EK-FAC curvature of layer {layer.name!r} ({lam.numel()} Kronecker eigenvalues{dead})",
+            )
             factors.append((q_a, q_s, lam))
         self._factors = factors
 

@@ -27,7 +27,9 @@ __all__ = [
     "check_conditioning",
     "block_krylov_eigh",
     "krylov_eigh",
+    "nystroem_from_products",
     "nystroem_sketch",
+    "nystroem_test_matrix",
     "safe_eigh",
 ]
 
@@ -437,9 +439,22 @@ def nystroem_sketch(
     SVD (Tropp et al., 2017). Returns ``(λ ≥ 0 decreasing, U with orthonormal
     rows)``; with ``rank == dim`` the approximation is exact up to ``ν``.
     """
+    omega = nystroem_test_matrix(dim, rank, dtype=dtype, device=device, generator=generator)
+    return nystroem_from_products(omega, matmat(omega), owner)
+
+
+def nystroem_test_matrix(
+    dim: int, rank: int, *, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
+    """A random ``(rank, dim)`` test matrix ``Ω`` with orthonormal rows (drawn on the CPU, then moved)."""
     omega = torch.randn((dim, rank), generator=generator, dtype=dtype, device="cpu").to(device)
-    omega = torch.linalg.qr(omega).Q.T  # (rank, dim), orthonormal rows
-    y = matmat(omega)  # rows of (A Ωᵀ)ᵀ
+    return torch.linalg.qr(omega).Q.T
+
+
+def nystroem_from_products(omega: torch.Tensor, y: torch.Tensor, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Nyström approximation of a PSD ``A`` from ``Ω`` and the rows ``Y = Ω A`` (see :func:`nystroem_sketch`)."""
+    dim = omega.shape[1]
+    dtype = omega.dtype
     nu = torch.finfo(dtype).eps * dim**0.5 * torch.linalg.matrix_norm(y)
     y_nu = y + nu * omega
     core = omega @ y_nu.T
@@ -474,7 +489,13 @@ def safe_eigh(m: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_conditioning(
-    evals: torch.Tensor, dtype: torch.dtype, *, owner: str, what: str, regularization: float
+    evals: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    owner: str,
+    what: str,
+    regularization: float,
+    suggested: float | None = None,
 ) -> None:
     """Refuse to invert a curvature whose eigenvalues ``evals`` (regularisation included) are too ill-conditioned.
 
@@ -482,7 +503,10 @@ def check_conditioning(
     ``dtype`` bounds the relative error rounding can cause in a solve. Above
     ``CONDITION_LIMIT`` the factors may be meaningless (wrong signs), so an
     :class:`InvalidModelError` names the condition number and the fix: a
-    regularization that brings it within the limit, or float64.
+    regularization that brings it within the limit, or float64. The
+    regularization named is ``10·max|λᵢ|·eps/CONDITION_LIMIT`` (right where
+    the regularization shifts fixed eigenvalues), or ``suggested`` where the
+    caller knows better (an approximation whose eigenvalues move otherwise).
     """
     a = evals.detach().abs().to(torch.float64)
     if a.numel() == 0:
@@ -492,8 +516,11 @@ def check_conditioning(
     cond = largest / smallest if smallest > 0 else float("inf")
     if cond * eps <= CONDITION_LIMIT:
         return
-    suggested = 10 * largest * eps / CONDITION_LIMIT
-    typical = 1e-3 * float(a.mean())
+    if suggested is None:
+        suggested = 10 * largest * eps / CONDITION_LIMIT
+        example = f" (e.g. 1e-3 times the mean |eigenvalue|, {max(1e-3 * float(a.mean()), suggested):.1e})"
+    else:
+        example = ""
     name = str(dtype).removeprefix("torch.")
     negative = float(evals.min()) < 0
     wider = f", and above the most negative eigenvalue ({float(evals.min()):.3g})" if negative else ""
@@ -513,6 +540,5 @@ def check_conditioning(
         f"{owner}: {what} is {state}: condition number {cond:.2e} with regularization={regularization} "
         f"(largest |eigenvalue| {largest:.3g}, smallest {smallest:.3g}), so rounding in {name} alone can change "
         f"the influences by more than {CONDITION_LIMIT:.0%} (cond x eps = {cond * eps:.1e} > {CONDITION_LIMIT}). "
-        f"To fix, pass a positive regularization of at least {suggested:.1e}{wider} (e.g. 1e-3 times the mean "
-        f"|eigenvalue|, {max(typical, suggested):.1e}){precision}."
+        f"To fix, pass a positive regularization of at least {suggested:.1e}{wider}{example}{precision}."
     )

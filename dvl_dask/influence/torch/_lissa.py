@@ -10,9 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import ConvergenceWarning, InvalidModelError
-from ...validation import check_positive_int, check_real, keyword_aliases
+from ...validation import check_positive_int, check_real
 from .._mode import BlockMode, SecondOrderMode
-from ._curvature import CurvatureOperator
 from ._data import iter_batches
 from ._functional import FunctionalModel, LossFn
 from ._layout import ParameterBlock
@@ -81,7 +80,6 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     non-finite or explode, with advice on ``scale``.
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,
@@ -96,29 +94,21 @@ class LissaInfluence(TorchInfluenceFunctionModel):
         block_structure: BlockStructure = BlockMode.Full,
         warn_on_max_iteration: bool = True,
     ) -> None:
-        super().__init__(model, loss)
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         owner = self._owner
-        self.regularization = self._check_regularization(regularization, positive=False)
         self.maxiter = check_positive_int(maxiter, "maxiter", owner)
         self.dampen = check_real(dampen, "dampen", owner, low=0.0, high=1.0, high_open=True)
         self.scale = check_real(scale, "scale", owner, low=0.0, low_open=True, finite=True)
         self.rtol = check_real(rtol, "rtol", owner, low=0.0, low_open=True, finite=True)
-        self.second_order_mode = SecondOrderMode.parse(second_order_mode)
         self.warn_on_max_iteration = bool(warn_on_max_iteration)
-        self._blocks = self._resolve_blocks(block_structure)
         self._loader: DataLoader | None = None
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         self._loader = loader
 
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        return self._per_block(grads, self._blocks, self._solve_block)
-
     def _solve_block(self, _i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
         assert self._loader is not None
-        op = CurvatureOperator(
-            self._functional, block, self._loader, self.second_order_mode, self.regularization, self._owner
-        )
+        op = self._curvature_operator(self._functional, block, self._loader)
         batches = _cycle(self._loader, self._owner)
         tiny = torch.finfo(b.dtype).tiny
         b_norms = torch.clamp(torch.linalg.vector_norm(b, dim=1), min=tiny)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -9,9 +10,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ...errors import InvalidModelError, InvalidParameterError
-from ...validation import check_positive_int, keyword_aliases
-from .._mode import BlockMode, InfluenceMode
-from ._functional import LossFn
+from ...validation import check_positive_int
+from .._mode import BlockMode
+from ._functional import FunctionalModel, LossFn, recording_layers
 from ._projection import RandomProjection
 from ._trak import TrakInfluence
 
@@ -71,7 +72,6 @@ class LograInfluence(TrakInfluence):
         Pseudo-targets per sample with ``curvature="gauss_newton"`` (default 1).
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,
@@ -161,34 +161,15 @@ class LograInfluence(TrakInfluence):
         Each scalar must be a sum over samples of per-sample terms (n x a mean-reduced loss).
         """
         fm = self._fms[0]
-        inputs: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def hook_for(name: str) -> Any:
-            def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-                if name in inputs:
-                    raise InvalidModelError(
-                        f"{self._owner}: layer {name!r} is called more than once per forward pass; each "
-                        "nn.Linear must be applied once."
-                    )
-                inputs[name], outputs[name] = args[0].detach(), out
-
-            return hook
-
-        modules = dict(self._net.named_modules())
-        handles = [modules[name].register_forward_hook(hook_for(name)) for name, _, _ in self._linear]
-        try:
-            with torch.enable_grad():
-                params = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # views, no copies
-                out = functional_call(self._net, {**params, **fm.state}, (x,))
-                targets = [outputs[name] for name, _, _ in self._linear]
-                scalars = objectives(out)
-                all_grads = [
-                    torch.autograd.grad(s, targets, retain_graph=i + 1 < len(scalars)) for i, s in enumerate(scalars)
-                ]
-        finally:
-            for h in handles:
-                h.remove()
+        names, why = [name for name, _, _ in self._linear], "each nn.Linear must be applied once."
+        with recording_layers(self._net, names, self._owner, why) as (inputs, outputs), torch.enable_grad():
+            params = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # views, no copies
+            out = functional_call(self._net, {**params, **fm.state}, (x,))
+            targets = [outputs[name] for name in names]
+            scalars = objectives(out)
+            all_grads = [
+                torch.autograd.grad(s, targets, retain_graph=i + 1 < len(scalars)) for i, s in enumerate(scalars)
+            ]
         n = x.shape[0]
         acts = []
         for (name, module, bias), (p_in, _) in zip(self._linear, self._factors_in_out):
@@ -205,14 +186,10 @@ class LograInfluence(TrakInfluence):
             result.append(torch.cat(parts, dim=1))
         return result
 
-    def _influences_from_factors(
-        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
-    ) -> torch.Tensor:
-        if mode is InfluenceMode.Perturbation:
-            raise InvalidParameterError(
-                f"{self._owner} supports mode='up' only. To fix, use TrakInfluence for perturbation influences."
-            )
-        return super()._influences_from_factors(factors, x, y, mode)
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
+        raise InvalidParameterError(
+            f"{self._owner} supports mode='up' only. To fix, use TrakInfluence for perturbation influences."
+        )
 
     def _store_key(self, loader: Any) -> str:
         from ...keys import object_token

@@ -1,26 +1,52 @@
-"""What all torch influence models share: fitting protocol, input checks, factor contraction."""
+"""The one base of the torch influence models: everything they share, so that a model file holds its method only.
+
+:class:`TorchInfluenceFunctionModel` owns
+
+* construction: the checks of ``model`` and ``loss`` and of the shared
+  hyper-parameters (``regularization``, ``second_order_mode``,
+  ``block_structure``, ``rank``, integer seeds), and pyDVL's keyword synonyms
+  (``hessian_regularization=`` for every model with a ``regularization``;
+  a subclass adds its own with ``class M(TorchInfluenceFunctionModel,
+  aliases={...})``);
+* device and dtype (those of the model's trainable parameters; inputs are
+  checked against them), the private copy of the module taken at fit time,
+  the fit records that identify a fitted model (``__dask_tokenize__``) and
+  "not fitted" errors;
+* the computation skeleton: factors, gradients, influences and
+  self-influences by chunks of samples, with ``_solve`` applied block by
+  block through ``_solve_block``;
+* services a method calls: the curvature operator of a block, the
+  conditioning check of a regularised curvature before it is inverted or
+  factorised, passes over the training gradients, and perturbation products.
+
+:class:`FeatureInfluenceModel` adds the skeleton of models whose factors are a
+rescaling of their own features (TracIn, TRAK, LoGra): no ``_solve``.
+"""
 
 from __future__ import annotations
 
 import copy
+import inspect
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
+from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError, UnknownModeError
 from ...threads import torch_threads, uses_torch_threads
-from ...validation import check_positive_int, check_real
+from ...validation import check_positive_int, check_real, keyword_aliases
 from .._base import InfluenceFunctionModel
-from .._mode import BlockMode, InfluenceMode
+from .._mode import BlockMode, InfluenceMode, SecondOrderMode
+from ._curvature import CurvatureOperator
 from ._data import InputSpec, as_data_loader, iter_batches
 from ._functional import FunctionalModel, LossFn
 from ._layout import ParameterBlock, ParameterLayout, resolve_blocks
+from ._linalg import check_conditioning
 
-__all__ = ["TorchInfluenceFunctionModel"]
+__all__ = ["FeatureInfluenceModel", "TorchInfluenceFunctionModel"]
 
 #: Samples whose per-sample gradients are held in memory at once.
 GRAD_CHUNK = 1024
@@ -29,6 +55,10 @@ PERTURBATION_BUDGET = 2**24
 
 BlockStructure = BlockMode | str | Mapping[str, Sequence[str]]
 _UNSET = object()
+#: Default of the shared constructor arguments of the base: "this model has no such parameter".
+_ABSENT: Any = object()
+#: pyDVL's names of constructor parameters that every model accepts where it has the parameter.
+KEYWORD_ALIASES = {"hessian_regularization": "regularization"}
 
 
 def _data_token(loader: DataLoader) -> Any:
@@ -78,16 +108,59 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         :func:`torch.nn.functional.mse_loss`. ``H`` is the Hessian of this loss
         averaged over all training samples.
 
+    regularization : float, optional
+        ``λ`` added to the curvature's diagonal, for the models that have it:
+        checked finite and ``>= 0`` (``> 0`` where the class sets
+        ``_POSITIVE_REGULARIZATION`` to the reason), stored as a float.
+    second_order_mode : SecondOrderMode or str, optional
+        The curvature, for the models that choose it: ``"hessian"`` or
+        ``"gauss_newton"``.
+    block_structure : BlockMode, str or mapping, optional
+        How the parameters are cut into independent blocks, for the models
+        that allow it: ``"full"``, ``"layer"`` or ``{block_name: [parameter
+        names]}``; resolved into ``_blocks``.
+
     Notes
     -----
-    Subclasses implement ``_fit(loader)`` and ``_solve(grads)``; the latter
-    maps per-sample gradients (rows) to influence factors. Computation happens
-    on the device of the model's parameters, in their dtype. Inputs must have
-    the same dtype when floating point (no silent casts); they are moved to
-    the model's device.
+    A method implements ``_fit(fm, loader)`` (compute and store what solving
+    needs) and either ``_solve_block(i, block, grads)`` (the inverse-curvature
+    approximation on the columns of one block; :meth:`_solve` applies it to
+    every block) or ``_solve(grads)`` itself. Everything else -- input checks,
+    chunking, contractions with training gradients, perturbation influences,
+    self-influences, identity -- is here. Computation happens on the device
+    of the model's parameters, in their dtype. Inputs must have the same
+    dtype when floating point (no silent casts); they are moved to the
+    model's device.
+
+    Subclass keywords: ``aliases={"pyDVL name": "parameter"}`` adds keyword
+    synonyms to the subclass's ``__init__`` (on top of ``KEYWORD_ALIASES``,
+    which apply wherever the parameter exists).
     """
 
-    def __init__(self, model: nn.Module, loss: LossFn) -> None:
+    #: Why this model needs ``regularization > 0`` (the end of the error message), or None if 0 is allowed.
+    _POSITIVE_REGULARIZATION: ClassVar[str | None] = None
+    #: Keyword synonyms of this class's ``__init__`` (``KEYWORD_ALIASES`` plus the ``aliases=`` of the class).
+    _KEYWORD_ALIASES: ClassVar[dict[str, str]] = dict(KEYWORD_ALIASES)
+
+    def __init_subclass__(cls, aliases: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._KEYWORD_ALIASES = {**cls._KEYWORD_ALIASES, **(aliases or {})}
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        params = inspect.signature(init).parameters
+        own = {alias: name for alias, name in cls._KEYWORD_ALIASES.items() if name in params and alias not in params}
+        if own:
+            cls.__init__ = keyword_aliases(**own)(init)  # type: ignore[misc]
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        regularization: float = _ABSENT,
+        second_order_mode: SecondOrderMode | str = _ABSENT,
+        block_structure: BlockStructure = _ABSENT,
+    ) -> None:
         owner = type(self).__name__
         if not isinstance(model, nn.Module):
             raise InvalidModelError(
@@ -103,6 +176,14 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         self._layout = ParameterLayout.from_module(model, owner)
         self._fm: FunctionalModel | None = None
         self._spec: InputSpec | None = None
+        if regularization is not _ABSENT:
+            self.regularization = self._check_regularization(regularization)
+        if second_order_mode is not _ABSENT:
+            self.second_order_mode = self._named(SecondOrderMode.parse, second_order_mode, "second_order_mode")
+        if block_structure is not _ABSENT:
+            self._blocks = self._named(
+                lambda v: resolve_blocks(self._layout, v, owner), block_structure, "block_structure"
+            )
 
     # -- properties --------------------------------------------------------------------
 
@@ -242,22 +323,31 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         fm.check_loss(x0, y0, owner)
         self._fm, self._spec, self._module, self._module_token = None, spec, module, None
         self._fit(fm, loader)
-        self._fm = fm
         # What fitting computed is identified by what it was computed from: the training
         # data (by content) with the model and hyper-parameters. Fitted tensors themselves
         # may differ in their last bits between processes (BLAS results depend on memory
         # alignment), so they are left out of the token; see __dask_tokenize__.
-        self._fitted_attrs = tuple(sorted(k for k, v in vars(self).items() if before.get(k, _UNSET) is not v))
-        self._fit_token = _data_token(loader)
+        self._fm = fm
+        self._record_fit(tuple(sorted(k for k, v in vars(self).items() if before.get(k, _UNSET) is not v)),
+                         _data_token(loader))
         return self
+
+    def _record_fit(self, fitted_attrs: tuple[str, ...], fit_token: Any) -> None:
+        """Record what a fit set (left out of the token) and the token of what it was fitted on."""
+        self._fitted_attrs = fitted_attrs
+        self._fit_token = fit_token
 
     @abstractmethod
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         """Compute and store what :meth:`_solve` needs."""
 
-    @abstractmethod
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        """Apply the inverse-curvature approximation to the rows of ``grads``."""
+        """Apply the inverse-curvature approximation to the rows of ``grads``: :meth:`_solve_block` per block."""
+        return self._per_block(grads, self._blocks, self._solve_block)
+
+    def _solve_block(self, i: int, block: ParameterBlock, grads: torch.Tensor) -> torch.Tensor:
+        """The inverse-curvature approximation of block ``i`` applied to its columns ``grads`` of the rows."""
+        raise NotImplementedError(f"{self._owner} implements neither _solve nor _solve_block.")
 
     # -- factors and influences --------------------------------------------------------
 
@@ -279,21 +369,30 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._check_inputs(x, y, "influence_factors")
-        fm = self._functional
-        parts = [
-            self._solve(fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i))
-            for i in range(0, x.shape[0], GRAD_CHUNK)
-        ]
-        return torch.cat(parts).detach()
+        return torch.cat([self._solve(g) for _, g in self._grad_chunks(x, y)]).detach()
 
     def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._check_inputs(x, y, "per_sample_gradients")
-        fm = self._functional
-        parts = [
-            fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i)
-            for i in range(0, x.shape[0], GRAD_CHUNK)
-        ]
-        return torch.cat(parts).detach()
+        return torch.cat([g for _, g in self._grad_chunks(x, y)]).detach()
+
+    def _grad_chunks(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        step: int = GRAD_CHUNK,
+        *,
+        fm: FunctionalModel | None = None,
+        offset: int = 0,
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(rows, per-sample gradients of x[rows])`` for consecutive chunks of ``step`` samples.
+
+        ``fm`` defaults to the fitted functional model; ``offset`` is the index
+        of ``x[0]`` in the data (errors name samples by it).
+        """
+        fm = self._functional if fm is None else fm
+        for i in range(0, x.shape[0], step):
+            rows = slice(i, i + step)
+            yield rows, fm.per_sample_grads(x[rows], y[rows], offset + i)
 
     def _influences(
         self, x_test: torch.Tensor, y_test: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
@@ -309,23 +408,34 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         factors = self._check_factors(factors)
         perturbation = mode is InfluenceMode.Perturbation
         x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
-        fm = self._functional
         if not perturbation:
-            cols = [
-                factors @ fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i).T
-                for i in range(0, x.shape[0], GRAD_CHUNK)
-            ]
-            return torch.cat(cols, dim=1).detach()
+            return self._up_influences(factors, x, y)
+        out = torch.zeros((factors.shape[0], x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
+        for fm, full in self._parameter_factors(factors):
+            self._add_perturbation(out, fm, full, x, y)
+        return out.detach()
+
+    def _up_influences(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``factors @ gradientsᵀ`` of checked inputs, by chunks of training samples."""
+        return torch.cat([factors @ g.T for _, g in self._grad_chunks(x, y)], dim=1).detach()
+
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
+        """``(functional model, parameter-space factors)`` pairs whose perturbation influences add up to ours."""
+        return iter([(self._functional, factors)])
+
+    @staticmethod
+    def _add_perturbation(
+        out: torch.Tensor, fm: FunctionalModel, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        """``out += ∂⟨factors, ∇θℓ(x)⟩/∂x`` with ``fm``, in chunks bounded by ``PERTURBATION_BUDGET``."""
         k, p = factors.shape
         k_chunk = min(k, 64)
         n_chunk = max(1, PERTURBATION_BUDGET // (k_chunk * p))
-        out = torch.empty((k, x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
         for i in range(0, k, k_chunk):
             for j in range(0, x.shape[0], n_chunk):
-                out[i : i + k_chunk, j : j + n_chunk] = fm.perturbation(
+                out[i : i + k_chunk, j : j + n_chunk] += fm.perturbation(
                     factors[i : i + k_chunk], x[j : j + n_chunk], y[j : j + n_chunk]
                 )
-        return out.detach()
 
     def _self_influences(self, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode) -> torch.Tensor:
         """Per chunk: gradients once, factors from them, then a row-wise contraction."""
@@ -334,11 +444,11 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         fm = self._functional
         step = max(1, min(GRAD_CHUNK, PERTURBATION_BUDGET // self.n_parameters)) if perturbation else GRAD_CHUNK
         parts = []
-        for i in range(0, x.shape[0], step):
-            xc, yc = x[i : i + step], y[i : i + step]
-            grads = fm.per_sample_grads(xc, yc, i)
+        for rows, grads in self._grad_chunks(x, y, step):
             factors = self._solve(grads)
-            parts.append(fm.paired_perturbation(factors, xc, yc) if perturbation else (factors * grads).sum(dim=1))
+            parts.append(
+                fm.paired_perturbation(factors, x[rows], y[rows]) if perturbation else (factors * grads).sum(dim=1)
+            )
         return torch.cat(parts).detach()
 
     def _concatenate(self, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -365,16 +475,22 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     # -- helpers for subclasses -------------------------------------------------------
 
-    def _resolve_blocks(self, structure: BlockStructure) -> list[ParameterBlock]:
-        return resolve_blocks(self._layout, structure, self._owner)
-
-    def _check_regularization(self, value: Any, *, positive: bool, why: str = "") -> float:
-        if positive:
+    def _check_regularization(self, value: Any) -> float:
+        """``regularization`` as a finite float ``>= 0`` (``> 0`` if the class needs it, with its reason)."""
+        why = self._POSITIVE_REGULARIZATION
+        if why is not None:
             try:
                 return check_real(value, "regularization", self._owner, low=0.0, low_open=True, finite=True)
             except InvalidParameterError as exc:
                 raise InvalidParameterError(f"{exc} {why}".strip()) from None
         return check_real(value, "regularization", self._owner, low=0.0, finite=True)
+
+    def _named(self, parse: Callable[[Any], Any], value: Any, name: str) -> Any:
+        """``parse(value)``, with an unknown mode's error naming the argument and this model."""
+        try:
+            return parse(value)
+        except UnknownModeError as exc:
+            raise UnknownModeError(f"The {name!r} parameter of {self._owner}: {exc}") from None
 
     def _check_rank(self, rank: Any) -> int:
         rank = check_positive_int(rank, "rank", self._owner)
@@ -384,6 +500,45 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
                 f"({self.n_parameters}). Got {rank} instead. To fix, pass rank <= {self.n_parameters}."
             )
         return rank
+
+    def _check_seed(self, seed: Any) -> int:
+        """An integer seed ``>= 0`` (models that seed torch generators directly)."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InvalidParameterError(f"The 'seed' parameter of {self._owner} must be an integer >= 0. Got {seed!r}.")
+        return seed
+
+    def _curvature_operator(
+        self, fm: FunctionalModel, block: ParameterBlock, loader: DataLoader, regularization: float | None = None
+    ) -> CurvatureOperator:
+        """Products with the curvature (``second_order_mode``) of ``block`` over ``loader``, plus ``λI``.
+
+        ``regularization`` defaults to the model's (low-rank methods pass 0 and add it to eigenvalues).
+        """
+        lam = self.regularization if regularization is None else regularization
+        return CurvatureOperator(fm, block, loader, self.second_order_mode, lam, self._owner)
+
+    def _check_conditioning(self, evals: torch.Tensor, what: str, suggested: float | None = None) -> None:
+        """Refuse to invert or factorise a regularised curvature too ill-conditioned for the model's dtype.
+
+        ``evals`` are the eigenvalues of what is inverted, regularisation
+        included; ``what`` names it in the error. Above ``CONDITION_LIMIT``
+        (``cond x eps``) the error names the condition number and the fix: a
+        regularization that brings it within the limit (``suggested`` where
+        the model knows it better than the generic rule), or float64. See
+        :func:`~dvl_dask.influence.torch._linalg.check_conditioning`.
+        """
+        check_conditioning(
+            evals, self.dtype, owner=self._owner, what=what, regularization=self.regularization, suggested=suggested
+        )
+
+    def _training_gradients(self, fm: FunctionalModel, loader: DataLoader) -> Iterator[torch.Tensor]:
+        """Per-sample gradients of the training data in ``loader``, chunk by chunk (one pass, on the model's device)."""
+        total = 0
+        for x, y in iter_batches(loader, self._owner):
+            x, y = x.to(self.device), y.to(self.device)
+            for _, g in self._grad_chunks(x, y, fm=fm, offset=total):
+                yield g
+            total += x.shape[0]
 
     @staticmethod
     def _per_block(
@@ -400,3 +555,56 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
             cols = cols if isinstance(cols, slice) else cols.to(grads.device)
             out[:, cols] = fn(i, block, block.select(grads))
         return out
+
+
+class FeatureInfluenceModel(TorchInfluenceFunctionModel):
+    """Base of the models whose factors are a rescaling of their own features: no ``_solve`` on gradients.
+
+    TracIn's features are the gradients at every checkpoint, TRAK's and
+    LoGra's their random projections. A subclass implements
+
+    * ``_features(x, y)``: what :meth:`per_sample_gradients` returns (checked inputs);
+    * ``_scale(features)``: the factors of those features;
+    * ``_parameter_factors(factors)``: ``(functional model, factors in parameter space)`` pairs whose
+      perturbation influences add up to those of ``factors`` (needed for ``mode="perturbation"`` only).
+
+    Up-mode influences are ``factors @ featuresᵀ`` and self-influences the
+    row-wise ``⟨_scale(f), f⟩``, one feature computation per sample.
+    """
+
+    @abstractmethod
+    def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample features (the model's per-sample gradients) of checked inputs."""
+
+    @abstractmethod
+    def _scale(self, features: torch.Tensor) -> torch.Tensor:
+        """The influence factors of ``features``."""
+
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
+        """``factors`` as parameter-space factors of functional models, for perturbation influences."""
+        raise InvalidParameterError(f"{self._owner} supports mode='up' only.")
+
+    def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self._check_inputs(x, y, "influence_factors")
+        return self._scale(self._features(x, y))
+
+    def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self._check_inputs(x, y, "per_sample_gradients")
+        return self._features(x, y)
+
+    def _solve(self, grads: torch.Tensor) -> torch.Tensor:  # pragma: no cover - factors are built from features
+        raise NotImplementedError
+
+    def _self_influences(self, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode) -> torch.Tensor:
+        """``⟨_scale(f), f⟩`` of the features ``f`` of each sample (perturbation: the generic path)."""
+        if mode is InfluenceMode.Perturbation:
+            return InfluenceFunctionModel._self_influences(self, x, y, mode)
+        x, y = self._check_inputs(x, y, "self_influences")
+        parts = []
+        for i in range(0, len(x), GRAD_CHUNK):
+            feats = self._features(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK])
+            parts.append((self._scale(feats) * feats).sum(dim=1))
+        return torch.cat(parts).detach()
+
+    def _up_influences(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return factors @ self._features(x, y).T

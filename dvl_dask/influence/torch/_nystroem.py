@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...validation import SeedLike, keyword_aliases
+from ...validation import SeedLike
 from .._mode import BlockMode, SecondOrderMode
-from ._curvature import CurvatureOperator
 from ._functional import FunctionalModel, LossFn
-from ._linalg import check_conditioning, nystroem_sketch
+from ._layout import ParameterBlock
+from ._linalg import nystroem_sketch
 from ._model_base import BlockStructure, TorchInfluenceFunctionModel
 from ._preconditioners import torch_generator
 
@@ -52,7 +52,8 @@ class NystroemSketchInfluence(TorchInfluenceFunctionModel):
         ``"full"`` (default), ``"layer"``, or ``{block_name: [parameter names]}``.
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
+    _POSITIVE_REGULARIZATION = "The Nyström inverse divides the unsketched directions by it."
+
     def __init__(
         self,
         model: nn.Module,
@@ -64,21 +65,16 @@ class NystroemSketchInfluence(TorchInfluenceFunctionModel):
         second_order_mode: SecondOrderMode | str = SecondOrderMode.Hessian,
         block_structure: BlockStructure = BlockMode.Full,
     ) -> None:
-        super().__init__(model, loss)
+        super().__init__(model, loss, regularization, second_order_mode, block_structure)
         self.rank = self._check_rank(rank)
-        self.regularization = self._check_regularization(
-            regularization, positive=True, why="The Nyström inverse divides the unsketched directions by it."
-        )
         self.seed = seed
-        self.second_order_mode = SecondOrderMode.parse(second_order_mode)
-        self._blocks = self._resolve_blocks(block_structure)
         self._sketches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         gen = torch_generator(self.seed, self._owner)
         sketches = []
         for block in self._blocks:
-            op = CurvatureOperator(fm, block, loader, self.second_order_mode, 0.0, self._owner)
+            op = self._curvature_operator(fm, block, loader, regularization=0.0)
             evals, u = nystroem_sketch(
                 op.matmat,
                 block.n,
@@ -88,22 +84,15 @@ class NystroemSketchInfluence(TorchInfluenceFunctionModel):
                 generator=gen,
                 owner=self._owner,
             )
-            check_conditioning(
+            self._check_conditioning(
                 torch.cat([evals + self.regularization, evals.new_tensor([self.regularization])]),
-                self.dtype,
-                owner=self._owner,
-                what=f"the regularised Nyström approximation of block {block.name!r}",
-                regularization=self.regularization,
+                f"the regularised Nyström approximation of block {block.name!r}",
             )
             sketches.append((evals, u))
         self._sketches = sketches
 
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
+    def _solve_block(self, i: int, block: ParameterBlock, grads: torch.Tensor) -> torch.Tensor:
         lam = self.regularization
-
-        def apply(i: int, _block: object, g: torch.Tensor) -> torch.Tensor:
-            evals, u = self._sketches[i]
-            c = g @ u.T
-            return (c / (evals + lam)) @ u + (g - c @ u) / lam
-
-        return self._per_block(grads, self._blocks, apply)
+        evals, u = self._sketches[i]
+        c = grads @ u.T
+        return (c / (evals + lam)) @ u + (grads - c @ u) / lam

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Self
 
 import torch
@@ -10,11 +10,9 @@ from torch import nn
 
 from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ...threads import uses_torch_threads
-from .._base import InfluenceFunctionModel
-from .._mode import InfluenceMode
 from ._data import check_tensor_pair
 from ._functional import FunctionalModel, LossFn
-from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, TorchInfluenceFunctionModel, _snapshot
+from ._model_base import FeatureInfluenceModel, _snapshot
 
 __all__ = ["TracInInfluence", "load_checkpoint_states"]
 
@@ -94,7 +92,7 @@ def _check_learning_rates(learning_rates: Any, n: int, owner: str) -> list[float
     return rates
 
 
-class TracInInfluence(TorchInfluenceFunctionModel):
+class TracInInfluence(FeatureInfluenceModel):
     r"""TracIn-CP (Pruthi et al. 2020): gradient similarity summed over training checkpoints.
 
     .. math::
@@ -206,8 +204,7 @@ class TracInInfluence(TorchInfluenceFunctionModel):
             fms.append(fm)
         self._fms, self._rates = fms, rates
         self._fm, self._module, self._module_token = fms[0], module, None
-        self._fitted_attrs = ("_fm", "_fms", "_module", "_rates")
-        self._fit_token = object_token("tracin-checkpoints", states, rates)
+        self._record_fit(("_fm", "_fms", "_module", "_rates"), object_token("tracin-checkpoints", states, rates))
         return self
 
     # -- inputs -----------------------------------------------------------------------------
@@ -227,73 +224,34 @@ class TracInInfluence(TorchInfluenceFunctionModel):
             raise InvalidDataError(f"Perturbation influences need a floating point 'x' in {owner}.")
         return x.to(self.device), y.to(self.device)
 
-    # -- gradients and factors ----------------------------------------------------------------
+    # -- features and factors ------------------------------------------------------------------
 
-    def _grads(self, x: torch.Tensor, y: torch.Tensor, scale: bool) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample gradients at every checkpoint (normalised if ``normalize``), concatenated."""
         parts = []
-        for fm, rate in zip(self._fms, self._rates):
-            g = torch.cat(
-                [
-                    fm.per_sample_grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i)
-                    for i in range(0, len(x), GRAD_CHUNK)
-                ]
-            )
+        for fm in self._fms:
+            g = torch.cat([g for _, g in self._grad_chunks(x, y, fm=fm)])
             if self.normalize:
                 g = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-            parts.append(g * rate if scale else g)
+            parts.append(g)
         return torch.cat(parts, dim=1).detach()
 
-    def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = self._check_inputs(x, y, "influence_factors")
-        return self._grads(x, y, scale=True)
+    def _scale(self, features: torch.Tensor) -> torch.Tensor:
+        """Each checkpoint's gradients times its learning rate."""
+        p = self._layout.n
+        out = torch.empty_like(features)
+        for c, rate in enumerate(self._rates):
+            out[:, c * p : (c + 1) * p] = features[:, c * p : (c + 1) * p] * rate
+        return out
 
-    def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = self._check_inputs(x, y, "per_sample_gradients")
-        return self._grads(x, y, scale=False)
-
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:  # pragma: no cover - factors are built directly
-        raise NotImplementedError
-
-    def _self_influences(self, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode) -> torch.Tensor:
-        """``Σ_c η_c ‖g_c(z)‖²`` (cosine: ``Σ_c η_c`` where the gradient is non-zero), one gradient per point."""
-        if mode is InfluenceMode.Perturbation:
-            return InfluenceFunctionModel._self_influences(self, x, y, mode)
-        x, y = self._check_inputs(x, y, "self_influences")
-        parts = []
-        for i in range(0, len(x), GRAD_CHUNK):
-            rows = self._grads(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], scale=False)
-            width = rows.shape[1] // len(self._fms)
-            squares = (rows * rows).reshape(len(rows), len(self._fms), width).sum(dim=2)
-            rates = torch.as_tensor(list(self._rates), dtype=rows.dtype, device=rows.device)
-            parts.append(squares @ rates)
-        return torch.cat(parts)
-
-    def _fit(self, fm: FunctionalModel, loader: Any) -> None:  # pragma: no cover - fit is overridden
-        raise NotImplementedError
-
-    def _influences_from_factors(
-        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
-    ) -> torch.Tensor:
-        factors = self._check_factors(factors)
-        perturbation = mode is InfluenceMode.Perturbation
-        x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
-        if not perturbation:
-            return factors @ self._grads(x, y, scale=False).T
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
         if self.normalize:
             raise InvalidParameterError(
                 f"{self._owner} with normalize=True supports mode='up' only: the derivative of the cosine "
                 "similarity w.r.t. the features is not implemented. To fix, use normalize=False."
             )
         p = self._layout.n
-        k = factors.shape[0]
-        k_chunk = min(k, 64)
-        n_chunk = max(1, PERTURBATION_BUDGET // (k_chunk * p))
-        out = torch.zeros((k, x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
-        for c, fm in enumerate(self._fms):
-            f_c = factors[:, c * p : (c + 1) * p]
-            for i in range(0, k, k_chunk):
-                for j in range(0, x.shape[0], n_chunk):
-                    out[i : i + k_chunk, j : j + n_chunk] += fm.perturbation(
-                        f_c[i : i + k_chunk], x[j : j + n_chunk], y[j : j + n_chunk]
-                    )
-        return out.detach()
+        return ((fm, factors[:, c * p : (c + 1) * p]) for c, fm in enumerate(self._fms))
+
+    def _fit(self, fm: FunctionalModel, loader: Any) -> None:  # pragma: no cover - fit is overridden
+        raise NotImplementedError

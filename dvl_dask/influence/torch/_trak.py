@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Self
 
 import torch
@@ -12,13 +12,11 @@ from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError, InvalidParameterError, NotFittedError
 from ...threads import uses_torch_threads
-from ...validation import check_positive_int, keyword_aliases
-from .._base import InfluenceFunctionModel
-from .._mode import BlockMode, InfluenceMode
+from ...validation import check_positive_int
+from .._mode import BlockMode
 from ._data import iter_batches
 from ._functional import FunctionalModel, LossFn
-from ._linalg import check_conditioning
-from ._model_base import GRAD_CHUNK, PERTURBATION_BUDGET, BlockStructure, TorchInfluenceFunctionModel, _data_token
+from ._model_base import GRAD_CHUNK, BlockStructure, FeatureInfluenceModel, _data_token
 from ._projection import PROJECTIONS, RandomProjection
 from ._tracin import load_checkpoint_states
 
@@ -33,7 +31,7 @@ FEATURE_BUDGET = 2**26
 _STORE_TAG = "dvl_dask_projected_gradients"
 
 
-class TrakInfluence(TorchInfluenceFunctionModel):
+class TrakInfluence(FeatureInfluenceModel):
     r"""Influence in a random projection of the gradients (TRAK, Park et al. 2023).
 
     Per-sample gradients ``g`` are projected to ``φ = Pᵀg`` with a seeded
@@ -103,7 +101,6 @@ class TrakInfluence(TorchInfluenceFunctionModel):
     torch.Size([2, 40])
     """
 
-    @keyword_aliases(hessian_regularization="regularization")
     def __init__(
         self,
         model: nn.Module,
@@ -117,7 +114,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
         block_structure: BlockStructure = BlockMode.Full,
         checkpoints: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(model, loss)
+        super().__init__(model, loss, regularization=regularization, block_structure=block_structure)
         owner = self._owner
         self.projection_dim = check_positive_int(projection_dim, "projection_dim", owner)
         if projection not in PROJECTIONS:
@@ -128,13 +125,9 @@ class TrakInfluence(TorchInfluenceFunctionModel):
             raise InvalidParameterError(
                 f"The 'curvature' parameter of {owner} must be one of {CURVATURES}. Got {curvature!r}."
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidParameterError(f"The 'seed' parameter of {owner} must be an integer >= 0. Got {seed!r}.")
         self.projection = projection
-        self.seed = seed
+        self.seed = self._check_seed(seed)
         self.curvature = curvature
-        self.regularization = self._check_regularization(regularization, positive=False)
-        self._blocks = self._resolve_blocks(block_structure)
         self.checkpoints = None if checkpoints is None else load_checkpoint_states(model, checkpoints, owner)
         self._fms: list[FunctionalModel] = []
         self._projections: list[RandomProjection] = []
@@ -259,12 +252,9 @@ class TrakInfluence(TorchInfluenceFunctionModel):
         inverses = []
         for i, c in enumerate(curv):
             c = c.to(device=self.device, dtype=self.dtype) + self.regularization * eye
-            check_conditioning(
+            self._check_conditioning(
                 torch.linalg.eigvalsh((c + c.T) / 2),
-                self.dtype,
-                owner=self._owner,
-                what=f"the regularised projected curvature {i} ({c.shape[0]}x{c.shape[0]})",
-                regularization=self.regularization,
+                f"the regularised projected curvature {i} ({c.shape[0]}x{c.shape[0]})",
             )
             inv, info = torch.linalg.inv_ex(c)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
@@ -332,40 +322,11 @@ class TrakInfluence(TorchInfluenceFunctionModel):
             out[:, j * k : (j + 1) * k] = feats[:, j * k : (j + 1) * k] @ inv
         return out / len(self._fms)
 
-    def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = self._check_inputs(x, y, "influence_factors")
-        return self._scale(self._features(x, y))
-
-    def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = self._check_inputs(x, y, "per_sample_gradients")
-        return self._features(x, y)
-
-    def _solve(self, grads: torch.Tensor) -> torch.Tensor:  # pragma: no cover - factors are built directly
-        raise NotImplementedError
-
-    def _self_influences(self, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode) -> torch.Tensor:
-        """Projected features once per sample; the factor is their scaled copy (perturbation: generic path)."""
-        if mode is InfluenceMode.Perturbation:
-            return InfluenceFunctionModel._self_influences(self, x, y, mode)
-        x, y = self._check_inputs(x, y, "self_influences")
-        feats = self._features(x, y)
-        return (self._scale(feats) * feats).sum(dim=1)
-
-    def _influences_from_factors(
-        self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: InfluenceMode
-    ) -> torch.Tensor:
-        factors = self._check_factors(factors)
-        perturbation = mode is InfluenceMode.Perturbation
-        x, y = self._check_inputs(x, y, "influences_from_factors", differentiable=perturbation)
-        if not perturbation:
-            return factors @ self._features(x, y).T
-        # <f, Pᵀ g(x)> = <P f, g(x)>: back-project the factors, then differentiate as the exact models do.
+    def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
+        """<f, Pᵀ g(x)> = <P f, g(x)>: the factors back-projected, per checkpoint."""
         k, nb, p = self.projection_dim, len(self._blocks), self._layout.n
-        n_f = factors.shape[0]
-        out = torch.zeros((n_f, x.shape[0], *x.shape[1:]), dtype=factors.dtype, device=factors.device)
-        n_chunk = max(1, PERTURBATION_BUDGET // (min(n_f, 64) * p))
         for c, fm in enumerate(self._fms):
-            full = torch.zeros(n_f, p, dtype=factors.dtype, device=factors.device)
+            full = torch.zeros(factors.shape[0], p, dtype=factors.dtype, device=factors.device)
             for b, (block, proj) in enumerate(zip(self._blocks, self._projections)):
                 j = c * nb + b
                 back = torch.cat(
@@ -373,12 +334,7 @@ class TrakInfluence(TorchInfluenceFunctionModel):
                 )
                 cols = block.columns
                 full[:, cols if isinstance(cols, slice) else cols.to(full.device)] = back
-            for i in range(0, n_f, 64):
-                for s in range(0, x.shape[0], n_chunk):
-                    out[i : i + 64, s : s + n_chunk] += fm.perturbation(
-                        full[i : i + 64], x[s : s + n_chunk], y[s : s + n_chunk]
-                    )
-        return out.detach()
+            yield fm, full
 
     # -- stored training gradients ---------------------------------------------------------------
 
