@@ -10,6 +10,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dvl-dask-installed
 PYTEST_ARGS ?=
+# pytest-xdist: three worker processes on two cores, one test file per worker at a time (module-scoped
+# fixtures such as the CLI cluster start once; a file's tests keep their order). Most of the slow tests
+# wait (child processes, sleeps, servers, clusters), so a third worker fills the cores. XDIST= runs serially.
+XDIST ?= -n 3 --dist loadfile
+# The long tests are few and in two files (four full-size notebooks, three resumes): spread them by test.
+XDIST_LONG ?= -n 2 --dist load
 
 .PHONY: demo test test-long lint docs notebooks bench pictures install memcached-server clean
 
@@ -45,12 +51,12 @@ lint: $(STAMP)
 # Wall time printed whether pytest passes or not; pytest's own exit status is kept.
 test: $(STAMP) memcached-server lint
 	start=$$(date +%s); status=0; \
-	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest $(XDIST) --durations=20 $(PYTEST_ARGS) || status=$$?; \
 	echo "make test: wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
 test-long: $(STAMP) memcached-server
 	start=$$(date +%s); status=0; \
-	$(BIN)/python -m pytest --run-long -m long --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest $(XDIST_LONG) --run-long -m long --durations=20 $(PYTEST_ARGS) || status=$$?; \
 	echo "make test-long: wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
 # mkdocs.yml + docs/_hooks.py: README as home page, docs/*.md guides, notebooks (not executed), API pages.
