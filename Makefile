@@ -10,6 +10,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dvl-dask-installed
 PYTEST_ARGS ?=
+# pytest-xdist: three worker processes on two cores, one test file per worker at a time (module-scoped
+# fixtures such as the CLI cluster start once; a file's tests keep their order). Most of the slow tests
+# wait (child processes, sleeps, servers, clusters), so a third worker fills the cores. XDIST= runs serially.
+XDIST ?= -n 3 --dist loadfile
+# Tests marked serial (timing claims) run after the parallel phase, in one process: only their files are collected.
+SERIAL_FILES = $(shell grep -rl --include='test_*.py' 'pytest.mark.serial' tests)
+# The long tests are few and in two files (four full-size notebooks, three resumes): spread them by test.
+XDIST_LONG ?= -n 2 --dist load
 
 .PHONY: demo test test-long lint docs notebooks bench pictures install memcached-server clean
 
@@ -42,15 +50,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check dvl_dask tests benchmarks
 	$(BIN)/lint-imports
 
-# Wall time printed whether pytest passes or not; pytest's own exit status is kept.
+# Wall time printed whether pytest passes or not; pytest's exit status is kept (5, "no test selected",
+# is not a failure of the serial phase: PYTEST_ARGS may deselect every serial test).
 test: $(STAMP) memcached-server lint
 	start=$$(date +%s); status=0; \
-	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest $(XDIST) --serial=exclude --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	serial=0; $(BIN)/python -m pytest --serial=only --durations=5 $(PYTEST_ARGS) $(SERIAL_FILES) || serial=$$?; \
+	if [ $$serial -ne 0 ] && [ $$serial -ne 5 ]; then status=$$serial; fi; \
 	echo "make test: wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
 test-long: $(STAMP) memcached-server
 	start=$$(date +%s); status=0; \
-	$(BIN)/python -m pytest --run-long -m long --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest $(XDIST_LONG) --run-long -m long --durations=20 $(PYTEST_ARGS) || status=$$?; \
 	echo "make test-long: wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
 # mkdocs.yml + docs/_hooks.py: README as home page, docs/*.md guides, notebooks (not executed), API pages.

@@ -23,16 +23,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--run-long", action="store_true", default=False,
         help="also run the tests marked long (make test-long runs them alone: --run-long -m long)",
     )
+    parser.addoption(
+        "--serial", choices=("include", "exclude", "only"), default="include",
+        help="tests marked serial (timing or concurrency claims that need the machine to themselves): "
+             "`exclude` for the pytest-xdist phase of make test, `only` for the phase after it",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` are skipped unless ``--run-long`` is given (CI gives it in ``make test-long``)."""
+    """Select by ``--serial``; tests marked ``long`` are skipped unless ``--run-long`` is given."""
+    _select_serial(config, items)
     if config.getoption("--run-long"):
         return
     skip = pytest.mark.skip(reason="long: run by `make test-long` (pytest --run-long -m long), as in CI")
     for item in items:
         if item.get_closest_marker("long") is not None:
             item.add_marker(skip)
+
+
+def _select_serial(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests marked ``serial`` (``--serial=exclude``) or all others (``--serial=only``).
+
+    ``make test`` runs the suite on pytest-xdist workers with ``--serial=exclude``, then the
+    ``serial`` tests in one process with ``--serial=only``, so that their timing is not
+    disturbed by the other workers.
+    """
+    mode = config.getoption("--serial")
+    if mode == "include":
+        return
+    keep_serial = mode == "only"
+    kept = [item for item in items if (item.get_closest_marker("serial") is not None) == keep_serial]
+    dropped = [item for item in items if (item.get_closest_marker("serial") is not None) != keep_serial]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _default_client():
