@@ -135,6 +135,8 @@ class DistributedBackend(Backend):
         warm_workers(client, spec.utility)  # imports on every worker while the first blocks are submitted
         self.utility = client.submit(_produce, spec.utility, key=key, pure=False)
         self.futures: dict[Any, int] = {}
+        self._active: dict[int, np.ndarray | None] = {}  # the players of each block in flight
+        self._attempts: dict[int, int] = {}  # resubmissions of a block cancelled by the scheduler
         from distributed import as_completed
 
         self.as_completed = as_completed(loop=client.loop)  # a new block is .add-ed as each one finishes
@@ -164,14 +166,17 @@ class DistributedBackend(Backend):
 
     def submit(self, block: int, active: np.ndarray | None) -> None:
         spec = self.spec
+        attempt = self._attempts.get(block, 0)
         future = self.client.submit(
             run_block, self.utility, spec.estimator, child_seed(spec.seed, block), spec.per_block, active,
             # The run's id in every key: a run that repeats an earlier one (same seed, a resume)
             # would otherwise reuse keys the scheduler may still be forgetting, and its futures
-            # were cancelled ("cancelled for reason: unknown"). Values never depend on keys.
-            key=f"{spec.key(block, active)}-{self.run_id}", pure=False,
+            # were cancelled ("cancelled for reason: unknown"). Values never depend on keys;
+            # a resubmitted block gets a key of its own for the same reason.
+            key=f"{spec.key(block, active)}-{self.run_id}" + (f"-r{attempt}" if attempt else ""), pure=False,
         )
         self.futures[future] = block
+        self._active[block] = active
         self.as_completed.add(future)
 
     def _check_workers(self) -> None:
@@ -183,27 +188,54 @@ class DistributedBackend(Backend):
             )
 
     def next_done(self) -> tuple[int, PointStats]:
-        while not self.as_completed.has_ready():
-            self._check_workers()
-            time.sleep(0.02)
-        future = next(self.as_completed)
-        block = self.futures.pop(future)
-        return block, self._fetch(future)
+        while True:
+            while not self.as_completed.has_ready():
+                self._check_workers()
+                time.sleep(0.02)
+            future = next(self.as_completed)
+            block = self.futures.pop(future)
+            stats = self._fetch(future)
+            if stats is not None:
+                self._active.pop(block, None)
+                return block, stats
+            self._resubmit(block)
 
-    def _fetch(self, future: Any) -> PointStats:
-        """The block's statistics, without waiting forever for a result no worker holds any more.
+    def _resubmit(self, block: int) -> None:
+        """Run a block again whose future the scheduler cancelled (its statistics depend only on its seed)."""
+        attempt = self._attempts.get(block, 0) + 1
+        if attempt > self._MAX_RESUBMITS:
+            raise NoWorkersError(
+                f"Block {block} was cancelled by the scheduler at {self.client.scheduler.address} "
+                f"{attempt} times (workers lost while it ran or held its result)."
+            )
+        self._attempts[block] = attempt
+        self.submit(block, self._active[block])
+
+    _MAX_RESUBMITS = 3
+
+    def _fetch(self, future: Any) -> PointStats | None:
+        """The block's statistics (None if the scheduler cancelled it), never waiting without bound.
 
         A block can finish (and be handed out by ``as_completed``) and then lose its only
         copy when every worker dies before the result is fetched: the scheduler would
         recompute it once a worker joins, and a bare ``result()`` waits for that without
-        bound. Fetching in short slices keeps the no-workers deadline in force.
+        bound. Fetching in short slices keeps the no-workers deadline in force. A block
+        cancelled by the scheduler (every worker holding its inputs lost) is run again.
         """
         while True:
+            if future.status == "cancelled":
+                return None
             try:
                 return future.result(timeout=self._FETCH_SLICE)
             except TimeoutError:
                 if future.status == "error":
                     raise  # the task's own TimeoutError, not ours
+            except Exception:
+                # A future cancelled while we wait: distributed's ``sync`` only catches
+                # ``Exception``, so the ``CancelledError`` surfaces as an UnboundLocalError.
+                if future.status == "cancelled":
+                    return None
+                raise
             self._check_workers()
 
     _FETCH_SLICE = 0.5  # seconds per attempt to fetch a finished block's result

@@ -209,6 +209,7 @@ def test_server_killed_mid_run_then_restarted(own_memcached_server, restart_memc
     assert stats.reconnects >= 1
 
 
+@pytest.mark.serial  # timing: 100 skipped lookups in 0.1 s
 @pytest.mark.memcached
 def test_reconnect_interval_skips_a_dead_server(own_memcached_server) -> None:
     backend = _backend(own_memcached_server, reconnect_interval=30.0)

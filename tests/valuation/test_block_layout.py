@@ -102,6 +102,7 @@ class _SlowClient(_RecordingClient):
         super().run(fn, *args, wait=wait)
 
 
+@pytest.mark.serial  # timing: 0.5 s allowed against a 1 s warm-up
 def test_building_a_graph_does_not_wait_for_the_warm_up():
     client = _SlowClient()
     start = time.perf_counter()

@@ -228,3 +228,34 @@ def test_a_block_that_raised_timeouterror_is_reported_not_retried():
     backend = object.__new__(DistributedBackend)
     with pytest.raises(TimeoutError, match="scorer's own"):
         backend._fetch(_TaskTimedOut())
+
+
+class _CancelledWhileWaiting(_LostResult):
+    """Cancelled by the scheduler during the wait: distributed's sync surfaces it as an UnboundLocalError."""
+
+    status = "pending"
+
+    def result(self, timeout=None):
+        self.status = "cancelled"
+        raise UnboundLocalError("cannot access local variable 'result' where it is not associated with a value")
+
+
+def test_a_block_cancelled_by_the_scheduler_is_fetched_as_none_then_run_again():
+    from dvl_dask.errors import NoWorkersError
+    from dvl_dask.valuation._backends import DistributedBackend
+
+    backend = object.__new__(DistributedBackend)
+    backend.client, backend.no_workers_timeout = _EmptyCluster(), 1.0
+    assert backend._fetch(_CancelledWhileWaiting()) is None
+    cancelled = _LostResult()
+    cancelled.status = "cancelled"
+    assert backend._fetch(cancelled) is None
+    # the block is submitted again with its own players, at most _MAX_RESUBMITS times
+    submitted = []
+    backend._active, backend._attempts = {7: np.array([1, 3])}, {}
+    backend.submit = lambda block, active: submitted.append((block, active.tolist()))
+    for _ in range(DistributedBackend._MAX_RESUBMITS):
+        backend._resubmit(7)
+    assert submitted == [(7, [1, 3])] * DistributedBackend._MAX_RESUBMITS
+    with pytest.raises(NoWorkersError, match="Block 7 was cancelled"):
+        backend._resubmit(7)
