@@ -276,7 +276,8 @@ def side_by_side(*fns: Callable[[], Any]) -> list[Any]:
     for i, fn in enumerate(fns):
         if not callable(fn):
             raise InvalidParameterError(
-                f"Argument {i} of side_by_side must be a function without arguments. Got {type(fn).__name__}."
+                f"The 'fns' arguments of side_by_side must be functions without arguments. Argument {i} is a "
+                f"{type(fn).__name__}."
             )
     import torch
 
