@@ -173,7 +173,7 @@ def test_direct_fit_on_worker_threads_matches_the_inverse_of_the_exact_hessian(t
 def test_a_failing_chunk_is_raised_and_the_threads_restored(two_threads):
     from dvl_dask.influence.torch._curvature import map_row_chunks
 
-    def make_fn():
+    def make_fn(_worker):
         def fn(v):
             raise ValueError("boom in a chunk")
 
@@ -204,3 +204,23 @@ def test_side_by_side_refuses_a_non_callable():
 
     with pytest.raises(InvalidParameterError, match="fns"):
         side_by_side(lambda: 1, 3)
+
+
+def test_worker_threads_never_share_a_module(two_threads, small_chunks, monkeypatch):
+    """functional_call swaps a module's parameters while it runs: two threads on one module corrupt each other
+    (seen as a functorch "level escaped" assert). Each worker builds its products on its own module."""
+    from dvl_dask.influence.torch import _curvature
+
+    x, y = _data()
+    modules_by_thread: dict[int, set[int]] = {}
+    original = _curvature.batch_product_fn
+
+    def recording(fm, *args):
+        modules_by_thread.setdefault(threading.get_ident(), set()).add(id(fm.model))
+        return original(fm, *args)
+
+    monkeypatch.setattr(_curvature, "batch_product_fn", recording)
+    with dask.config.set({"dvl_dask.compute.torch-threads": 2}):
+        DirectInfluence(_mlp(), F.mse_loss, regularization=0.1).fit((x, y))
+    used = [m for ms in modules_by_thread.values() for m in ms]
+    assert len(modules_by_thread) == 2 and len(set(used)) == len(used) == 2

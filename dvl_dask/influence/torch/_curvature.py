@@ -32,6 +32,7 @@ contention").
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ __all__ = [
     "CurvatureOperator",
     "batch_product_fn",
     "map_row_chunks",
+    "row_workers",
     "vmap_rows",
 ]
 
@@ -106,15 +108,22 @@ def vmap_rows(n_samples: int) -> int:
     return max(VMAP_CHUNK, ROW_SAMPLES_BUDGET // max(1, n_samples))
 
 
-def map_row_chunks(make_fn: Callable[[], RowFn], v: torch.Tensor, rows: int) -> torch.Tensor:
-    """``vmap(fn)(V)`` in chunks of ``rows`` rows, shared out to ``torch.get_num_threads()`` threads.
+def row_workers(k: int, rows: int) -> int:
+    """Threads :func:`map_row_chunks` uses for ``k`` rows in chunks of ``rows``: at most the torch budget."""
+    return max(1, min(torch.get_num_threads(), -(-k // rows)))
+
+
+def map_row_chunks(make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int) -> torch.Tensor:
+    """``vmap(fn)(V)`` in chunks of ``rows`` rows, shared out to :func:`row_workers` threads.
 
     Parameters
     ----------
     make_fn : callable
-        Builds the row function ``fn`` (e.g. :func:`batch_product_fn`); called
-        once per thread that takes a chunk, so that no autograd graph is shared
-        between threads.
+        ``make_fn(i)`` builds the row function ``fn`` (e.g. :func:`batch_product_fn`)
+        of worker ``i`` (``0 <= i < row_workers(k, rows)``); called once per
+        worker that takes a chunk, so that no autograd graph is shared between
+        threads. Workers must not share a module either
+        (``functional_call`` swaps its parameters while it runs).
     v : torch.Tensor
         ``(k, p)`` rows.
     rows : int
@@ -135,16 +144,16 @@ def map_row_chunks(make_fn: Callable[[], RowFn], v: torch.Tensor, rows: int) -> 
     """
     k = v.shape[0]
     starts = list(range(0, k, rows))
-    workers = min(torch.get_num_threads(), len(starts))
+    workers = row_workers(k, rows)
     if workers <= 1:
-        fn = make_fn()
+        fn = make_fn(0)
         return torch.cat([vmap(fn)(v[i : i + rows]) for i in starts]) if starts else vmap(fn)(v)
     out = torch.empty_like(v)
     pending = iter(starts)
     lock = threading.Lock()
     failed = threading.Event()
 
-    def work() -> None:
+    def work(index: int) -> None:
         torch.set_num_threads(1)
         fn = None
         while not failed.is_set():
@@ -154,7 +163,7 @@ def map_row_chunks(make_fn: Callable[[], RowFn], v: torch.Tensor, rows: int) -> 
                 return
             try:
                 if fn is None:
-                    fn = make_fn()
+                    fn = make_fn(index)
                 out[start : start + rows] = vmap(fn)(v[start : start + rows])
             except BaseException:
                 failed.set()
@@ -163,7 +172,7 @@ def map_row_chunks(make_fn: Callable[[], RowFn], v: torch.Tensor, rows: int) -> 
     budget = torch.get_num_threads()
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="dvl_dask-curvature") as pool:
-            for future in [pool.submit(work) for _ in range(workers)]:
+            for future in [pool.submit(work, i) for i in range(workers)]:
                 future.result()
     finally:
         torch.set_num_threads(budget)  # a worker's setting is also torch's default for new threads
@@ -201,6 +210,7 @@ class CurvatureOperator:
         self.mode = mode
         self.regularization = regularization
         self.owner = owner
+        self._replicas: list[FunctionalModel] = [fm]
 
     @property
     def dim(self) -> int:
@@ -222,7 +232,22 @@ class CurvatureOperator:
                     jv = (jac.reshape(s * m, p) @ v.T).reshape(s, m, -1)
                     acc += (jac.reshape(s * m, p).T @ torch.bmm(h_out, jv).reshape(s * m, -1)).T
                 return acc / x.shape[0]
-        return map_row_chunks(lambda: batch_product_fn(self.fm, self.block, x, y, self.mode), v, vmap_rows(x.shape[0]))
+        rows = vmap_rows(x.shape[0])
+        fms = self._functional_models(row_workers(v.shape[0], rows))
+        return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows)
+
+    def _functional_models(self, n: int) -> list[FunctionalModel]:
+        """``self.fm`` and ``n - 1`` replicas over private copies of its module, one per worker thread.
+
+        ``functional_call`` swaps a module's parameters while it runs, so two
+        threads must not call one module. Replicas share the (read-only)
+        parameter tensors and are kept for later products.
+        """
+        while len(self._replicas) < n:
+            replica = copy.copy(self.fm)
+            replica.model = copy.deepcopy(self.fm.model)
+            self._replicas.append(replica)
+        return self._replicas[:n]
 
     def _n_outputs(self, x: torch.Tensor) -> int:
         with torch.no_grad():
