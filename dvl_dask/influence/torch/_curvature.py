@@ -19,7 +19,8 @@ Threads. A vjp product with many rows runs in chunks of :func:`vmap_rows` rows,
 sized so that one chunk's activations stay in cache. With a torch thread
 budget above one (:func:`dvl_dask.threads.torch_threads`), the chunks are
 shared out to that many Python threads, each running its chunks with one
-intra-op thread, instead of running one chunk at a time on all threads. The
+intra-op thread (and its own copy of the module, which ``functional_call``
+mutates while it runs), instead of running one chunk at a time on all threads. The
 intra-op route ends every one of the thousands of small kernels of a chunk
 at a barrier where each thread spins until the others arrive: when the
 cores are shared (two fits at once, or other jobs), a descheduled thread
