@@ -1,6 +1,6 @@
 """Influence calculators: pairs per second against the bare core, and an out-of-core write to zarr.
 
-Run:  .venv/bin/python benchmarks/bench_influence_calculators.py [--part speed|ooc|all]
+Run:  .venv/bin/python benchmarks/bench_influence_calculators.py [--part speed|per-pair|ooc|all]
 
 **speed** -- the 20→64→64→1 tanh MLP of ``bench_influence_models.py`` (5,569
 parameters, float32), 500 test × 5,000 training points, Gauss–Newton curvature,
@@ -18,6 +18,12 @@ preconditioner). Measured in the same run:
   and the same streamed to a local zarr store.
 
 Chunks: 250 test points (one test chunk per worker) × 1,000 training points.
+
+**per-pair** (issue 30) -- the same MLP and DirectInfluence: the sequential
+calculator in this process with 2 torch threads against the Dask calculator on
+one worker process with 2 threads (``DisableClientSingleThreadCheck``), store
+and recompute gradients; prints time per million pairs, the ratio (target: the
+Dask calculator not slower per pair) and the largest difference of values.
 
 **ooc** -- out of core: a 50,000 × 50,000 float32 influence matrix (10 GB)
 of a tiny model (linear, 8 features) written to zarr in 2,000 × 2,000 blocks by
@@ -223,6 +229,67 @@ def speed(args: argparse.Namespace) -> None:
     print(f"\nDirectInfluence, dask calculator vs bare core: {direct_dask / t_core:.2f}x (target <= 2x): {verdict}")
 
 
+# -- per pair: one 2-thread worker against the sequential calculator (issue 30) -------------------
+
+
+def per_pair(args: argparse.Namespace) -> None:
+    """Seconds per million pairs: the sequential calculator in this process (torch threads 2) against the
+    Dask calculator on one worker process with 2 threads, same model, same chunks; values must be identical."""
+    import dask.array as da
+    import torch
+    from bench_influence_models import _problem
+    from distributed import Client, LocalCluster
+
+    from dvl_dask.influence import (
+        DaskInfluenceCalculator,
+        DisableClientSingleThreadCheck,
+        SequentialInfluenceCalculator,
+    )
+    from dvl_dask.influence.torch import DirectInfluence, NestedTorchCatAggregator, TorchNumpyConverter
+
+    torch.set_num_threads(2)
+    model_nn, loss, x, y, x_test, y_test = _problem(args.n_train, args.n_test)
+    n_pairs = args.n_train * args.n_test
+    model = DirectInfluence(model_nn, loss, regularization=0.01, second_order_mode="gauss_newton").fit((x, y))
+    print(f"MLP 20-64-64-1, {args.n_test} test x {args.n_train} train = {n_pairs:,} pairs; chunks "
+          f"{args.test_chunk} x {args.train_chunk}; DirectInfluence (Gauss-Newton)")
+
+    def pairs(x_, y_, size):
+        return [(x_[i : i + size], y_[i : i + size]) for i in range(0, len(x_), size)]
+
+    rows = []
+    for gradients in ("store", "recompute"):
+        calc = SequentialInfluenceCalculator(model, train_gradients=gradients)
+        t_seq, seq = _best_of(lambda c=calc: c.influences(pairs(x_test, y_test, args.test_chunk),
+                                                          pairs(x, y, args.train_chunk)).compute(
+            NestedTorchCatAggregator()), args.repeats)
+        rows.append((f"sequential, {gradients} gradients (torch threads 2)", t_seq, 0.0))
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
+                          host="127.0.0.1") as cluster, Client(cluster) as client:
+            counter = itertools.count()
+
+            def inputs(n: int | None = None, counter: Any = counter) -> tuple[Any, ...]:
+                k, sl = next(counter), slice(None) if n is None else slice(0, n)
+                return tuple(da.from_array(t[sl].numpy(), chunks=(c, -1), name=f"{name}-{k}") for t, c, name in (
+                    (x_test, args.test_chunk, "xt"), (y_test, args.test_chunk, "yt"),
+                    (x, args.train_chunk, "x"), (y, args.train_chunk, "y")))
+
+            dcalc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck(),
+                                            train_gradients=gradients)
+            client.compute(dcalc.influences(*inputs(8))).result()  # warm the worker
+            t_dask, values = _best_of(lambda c=dcalc: client.compute(c.influences(*inputs())).result(), args.repeats)
+            threads = client.run(lambda: __import__("torch").get_num_threads())
+        diff = float(np.abs(values - seq.numpy()).max())
+        rows.append((f"dask, 1 worker x 2 threads, {gradients} gradients (worker torch threads "
+                     f"{next(iter(threads.values()))})", t_dask, diff))
+    print(f"\n{'engine':<72}{'time s':>8}{'s / 1e6 pairs':>15}{'max |diff|':>12}")
+    for label, t, diff in rows:
+        print(f"{label:<72}{t:>8.2f}{t / n_pairs * 1e6:>15.3f}{diff:>12.1e}")
+    for i in (0, 2):
+        print(f"{rows[i + 1][0].split(' (')[0]}: {rows[i + 1][1] / rows[i][1]:.2f}x the sequential time per pair "
+              "(target <= 1x)")
+
+
 # -- out of core ---------------------------------------------------------------------------------
 
 
@@ -297,7 +364,7 @@ def out_of_core(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["speed", "ooc", "all"], default="all")
+    p.add_argument("--part", choices=["speed", "ooc", "per-pair", "all"], default="all")
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--test-chunk", type=int, default=250)
@@ -311,6 +378,8 @@ def main() -> None:
     args = p.parse_args()
     if args.part in ("speed", "all"):
         speed(args)
+    if args.part in ("per-pair", "all"):
+        per_pair(args)
     if args.part in ("ooc", "all"):
         out_of_core(args)
 

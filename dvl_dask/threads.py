@@ -36,6 +36,15 @@ pool thread of the threads scheduler -- never more than torch's own setting;
 an integer sets it; ``null`` leaves torch alone). With the OpenMP build of
 torch the setting belongs to the calling thread, so each thread sets and
 restores its own: ``torch.get_num_threads()`` is the same before and after.
+
+Within that budget, independent torch computations (the chunks of a dense
+curvature matrix, an eigenvalue check next to an inverse) run side by side
+in Python threads with one intra-op thread each (:func:`side_by_side`)
+rather than one after the other on all threads: libgomp's threads spin at
+the barrier that ends every parallel kernel, so when the cores are shared
+(two fits at once, other jobs) a descheduled thread makes its partners burn
+their time slices. Measured on 2 loaded cores: ``eigvalsh`` of a 1,761 x
+1,761 matrix took 2.3 CPU s on two intra-op threads against 0.3 s on one.
 """
 
 from __future__ import annotations
@@ -45,13 +54,21 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from . import config
 from .errors import InvalidParameterError
 
-__all__ = ["blas_limits", "limits_blas_threads", "torch_thread_budget", "torch_threads", "uses_torch_threads"]
+__all__ = [
+    "blas_limits",
+    "limits_blas_threads",
+    "side_by_side",
+    "torch_thread_budget",
+    "torch_threads",
+    "uses_torch_threads",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -243,3 +260,48 @@ def uses_torch_threads(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def side_by_side(*fns: Callable[[], Any]) -> list[Any]:
+    """Run independent torch computations at once, one intra-op thread each; return their results in order.
+
+    Up to ``torch.get_num_threads()`` of the calling thread (its budget, see
+    :func:`torch_threads`) run at once, each in a worker thread limited to one
+    torch intra-op thread; with a budget of one, or a single function, they
+    run one after the other in the calling thread as they are. The caller's
+    ``torch.get_num_threads()`` is the same afterwards. The first exception
+    raised by a function is re-raised.
+
+    Parameters
+    ----------
+    *fns : callable
+        Functions without arguments that share no mutable state.
+
+    Returns
+    -------
+    list
+        ``[fn() for fn in fns]``.
+    """
+    for i, fn in enumerate(fns):
+        if not callable(fn):
+            raise InvalidParameterError(
+                f"The 'fns' arguments of side_by_side must be functions without arguments. Argument {i} is a "
+                f"{type(fn).__name__}."
+            )
+    import torch
+
+    budget = torch.get_num_threads()
+    workers = min(budget, len(fns))
+    if workers <= 1:
+        return [fn() for fn in fns]
+
+    def single_threaded(fn: Callable[[], Any]) -> Any:
+        torch.set_num_threads(1)
+        return fn()
+
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="dvl_dask-torch") as pool:
+            futures = [pool.submit(single_threaded, fn) for fn in fns]
+            return [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(budget)  # also torch's default for threads started later

@@ -1007,6 +1007,7 @@ NEW_CASES: dict[str, list[Case]] = {
     # -- threads
     "dvl_dask.threads.uses_torch_threads": [Case("fn", bad_callable, _kw(fn("dvl_dask.threads",
                                                                             "uses_torch_threads"), ...))],
+    "dvl_dask.threads.side_by_side": [Case("fns", bad_callable, _kw(fn("dvl_dask.threads", "side_by_side"), ...))],
     # -- valuation (native)
     f"{V}.delta_shapley": [
         Case("utility", bad_object, _kw(fn(V, "delta_shapley"), ..., lower_bound=1, upper_bound=2, n_samples=4)),

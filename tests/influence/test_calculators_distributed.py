@@ -113,3 +113,29 @@ def test_calculators_rebuilt_for_one_model_in_a_loop_never_lose_their_model(fitt
             expected = got if expected is None else expected
             np.testing.assert_array_equal(got, expected)
             del calc
+
+
+@pytest.mark.parametrize("gradients", ["store", "recompute"])
+def test_a_two_thread_worker_gives_the_sequential_calculators_pairs(fitted, threaded_client, gradients):
+    """Issue 30: per (test, train) pair, the Dask calculator on one 2-thread worker computes what the sequential
+    calculator computes in this process (same chunks; the model's lock makes the kernels take turns)."""
+    from dvl_dask.influence import SequentialInfluenceCalculator
+    from dvl_dask.influence.torch import NestedTorchCatAggregator
+
+    p, models = fitted
+    model = models["direct"]
+    assert p.x.dtype == torch.float64
+
+    def chunks(x, y, size):
+        return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+    sequential = SequentialInfluenceCalculator(model, train_gradients=gradients).influences(
+        chunks(p.x_test, p.y_test, 3), chunks(p.x, p.y, 10)
+    ).compute(NestedTorchCatAggregator()).numpy()
+    calc = DaskInfluenceCalculator(
+        model, TorchNumpyConverter(), DisableClientSingleThreadCheck(), train_gradients=gradients
+    )
+    lazy = calc.influences(_dask(p.x_test, 3), _dask(p.y_test, 3), _dask(p.x, 10), _dask(p.y, 10))
+    got = threaded_client.compute(lazy).result()
+    assert got.shape == sequential.shape == (len(p.x_test), len(p.x))
+    np.testing.assert_allclose(got, sequential, rtol=1e-12, atol=1e-14 * np.abs(sequential).max())

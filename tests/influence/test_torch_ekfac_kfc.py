@@ -129,9 +129,10 @@ def test_fit_cost_is_linear_in_samples_not_classes(monkeypatch):
     original = torch.autograd.grad
 
     def counting(outputs, inputs, *args, **kwargs):
-        # backward passes through the network (to the layer outputs), not those through the loss alone
+        # backward passes through the network (to the layer outputs), not those through the loss alone;
+        # a batched call (one vmapped pass per column of grad_outputs) counts its columns
         if isinstance(inputs, list | tuple) and len(inputs) == 2:
-            calls.append(1)
+            calls.append(kwargs["grad_outputs"].shape[0] if kwargs.get("is_grads_batched") else 1)
         return original(outputs, inputs, *args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
@@ -142,12 +143,13 @@ def test_fit_cost_is_linear_in_samples_not_classes(monkeypatch):
         for samples in (1, 3):
             calls.clear()
             EkfacInfluence(model, F.cross_entropy, regularization=LAM, fisher_samples=samples).fit(loader)
-            counts[n_classes, samples] = len(calls)
+            counts[n_classes, samples] = sum(calls)
     # 2 batches x 2 passes (factors, eigenvalue correction) x samples, whatever the number of classes
     assert counts == {(10, 1): 4, (10, 3): 12, (100, 1): 4, (100, 3): 12}
     calls.clear()
     EkfacInfluence(model, F.cross_entropy, regularization=LAM).fit(loader)
-    assert len(calls) == 2 * 2 * 100  # the exact output Hessian: one pass per class
+    assert sum(calls) == 2 * 2 * 100  # the exact output Hessian: one pass per class
+    assert len(calls) == 2 * 2  # ... batched into one call per batch and pass (large operations)
 
 
 def test_sampled_fisher_needs_a_known_loss_or_a_sampler():

@@ -97,3 +97,130 @@ def test_invalid_setting_is_refused(bad):
     with dask.config.set({"dvl_dask.compute.torch-threads": bad}):
         with pytest.raises(InvalidParameterError, match="torch-threads"):
             torch_thread_budget()
+
+
+# -- work shared out to single-threaded worker threads (issue 30: no intra-op barriers to spin at) ----
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 rows, so that the 21 rows of the small MLP's Hessian take 7 chunks."""
+    from dvl_dask.influence.torch import _curvature
+
+    monkeypatch.setattr(_curvature, "ROW_SAMPLES_BUDGET", 1)
+    monkeypatch.setattr(_curvature, "VMAP_CHUNK", 3)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def _hessian_by_torch_func(model, x, y):
+    """Ground truth: torch.func.hessian of the mean loss in the flat parameters (written here, not the library's)."""
+    from torch.func import functional_call, hessian
+
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [q.shape for q in model.parameters()]
+    theta = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+
+    def loss_of(t):
+        params, i = {}, 0
+        for n, shape in zip(names, shapes):
+            params[n] = t[i : i + shape.numel()].reshape(shape)
+            i += shape.numel()
+        return F.mse_loss(functional_call(model, params, (x,)), y)
+
+    return hessian(loss_of)(theta)
+
+
+def test_dense_hessian_on_worker_threads_is_exact_and_independent_of_the_budget(two_threads, small_chunks):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dvl_dask.influence import SecondOrderMode
+    from dvl_dask.influence.torch._curvature import CurvatureOperator
+    from dvl_dask.influence.torch._functional import FunctionalModel
+    from dvl_dask.influence.torch._layout import ParameterLayout, resolve_blocks
+
+    x, y = _data()
+    model = _mlp()
+    layout = ParameterLayout.from_module(model, "t")
+    block = resolve_blocks(layout, "full", "t")[0]
+    loss = RecordingLoss()
+    op = CurvatureOperator(
+        FunctionalModel(model, loss, layout), block, DataLoader(TensorDataset(x, y), batch_size=6),
+        SecondOrderMode.Hessian, 0.0, "t",
+    )  # fmt: skip
+    shared = op.dense()
+    assert torch.get_num_threads() == 2
+    assert loss.seen == {1}  # every chunk ran on a worker thread with one intra-op thread
+    torch.set_num_threads(1)
+    alone = op.dense()
+    torch.testing.assert_close(shared, alone, rtol=0, atol=0)  # same chunks, same arithmetic
+    torch.testing.assert_close(shared, _hessian_by_torch_func(model, x, y), rtol=1e-10, atol=1e-12)
+
+
+def test_direct_fit_on_worker_threads_matches_the_inverse_of_the_exact_hessian(two_threads, small_chunks):
+    x, y = _data()
+    model = _mlp()
+    with dask.config.set({"dvl_dask.compute.torch-threads": 2}):
+        infl = DirectInfluence(model, F.mse_loss, regularization=0.1).fit((x, y))
+    assert torch.get_num_threads() == 2
+    expected = torch.linalg.inv(_hessian_by_torch_func(model, x, y) + 0.1 * torch.eye(21, dtype=torch.float64))
+    torch.testing.assert_close(infl.inverse_curvature[0], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_a_failing_chunk_is_raised_and_the_threads_restored(two_threads):
+    from dvl_dask.influence.torch._curvature import map_row_chunks
+
+    def make_fn(_worker):
+        def fn(v):
+            raise ValueError("boom in a chunk")
+
+        return fn
+
+    with pytest.raises(ValueError, match="boom in a chunk"):
+        map_row_chunks(make_fn, torch.ones(8, 2), 2)
+    assert torch.get_num_threads() == 2
+
+
+def test_side_by_side_runs_single_threaded_in_order_and_restores(two_threads):
+    from dvl_dask.threads import side_by_side
+
+    assert side_by_side(lambda: ("a", torch.get_num_threads()), lambda: ("b", torch.get_num_threads())) == [
+        ("a", 1),
+        ("b", 1),
+    ]
+    assert torch.get_num_threads() == 2
+    with pytest.raises(KeyError):
+        side_by_side(lambda: 1, lambda: {}["missing"])
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    assert side_by_side(lambda: threading.current_thread() is threading.main_thread()) == [True]
+
+
+def test_side_by_side_refuses_a_non_callable():
+    from dvl_dask.threads import side_by_side
+
+    with pytest.raises(InvalidParameterError, match="fns"):
+        side_by_side(lambda: 1, 3)
+
+
+def test_worker_threads_never_share_a_module(two_threads, small_chunks, monkeypatch):
+    """functional_call swaps a module's parameters while it runs: two threads on one module corrupt each other
+    (seen as a functorch "level escaped" assert). Each worker builds its products on its own module."""
+    from dvl_dask.influence.torch import _curvature
+
+    x, y = _data()
+    modules_by_thread: dict[int, set[int]] = {}
+    original = _curvature.batch_product_fn
+
+    def recording(fm, *args):
+        modules_by_thread.setdefault(threading.get_ident(), set()).add(id(fm.model))
+        return original(fm, *args)
+
+    monkeypatch.setattr(_curvature, "batch_product_fn", recording)
+    with dask.config.set({"dvl_dask.compute.torch-threads": 2}):
+        DirectInfluence(_mlp(), F.mse_loss, regularization=0.1).fit((x, y))
+    used = [m for ms in modules_by_thread.values() for m in ms]
+    assert len(modules_by_thread) == 2 and len(set(used)) == len(used) == 2

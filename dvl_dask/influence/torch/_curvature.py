@@ -14,11 +14,29 @@ Two routes compute a product on one batch:
   Far faster when ``k`` is large compared with the number of model outputs, and
   the way the dense Gauss–Newton matrix is built. It relies on the batch loss
   being the mean of per-sample losses (the contract of every loss here).
+
+Threads. A vjp product with many rows runs in chunks of :func:`vmap_rows` rows,
+sized so that one chunk's activations stay in cache. With a torch thread
+budget above one (:func:`dvl_dask.threads.torch_threads`), the chunks are
+shared out to that many Python threads, each running its chunks with one
+intra-op thread (and its own copy of the module, which ``functional_call``
+mutates while it runs), instead of running one chunk at a time on all threads. The
+intra-op route ends every one of the thousands of small kernels of a chunk
+at a barrier where each thread spins until the others arrive: when the
+cores are shared (two fits at once, or other jobs), a descheduled thread
+makes its partners spin through their time slices, and two fits at once
+took 3.3-3.6x one alone on 2 cores. Whole chunks per thread have no barrier
+inside a chunk, keep the kernels' data in one core's cache, and degrade to
+the fair share under contention (``benchmarks/README.md``, "Influence under
+contention").
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.func import grad, vjp, vmap
@@ -36,17 +54,19 @@ __all__ = [
     "VMAP_CHUNK",
     "CurvatureOperator",
     "batch_product_fn",
+    "map_row_chunks",
+    "row_workers",
     "vmap_rows",
 ]
 
 #: Fewest rows of ``V`` pushed through one vectorised product.
-VMAP_CHUNK = 64
+VMAP_CHUNK = 16
 #: Bound on (rows of ``V``) x (samples of the batch) in one vectorised product, i.e. on the copies
-#: of one sample's activations held at once. Larger operations are what keeps the products fast
-#: when the cores are shared: on the 20-32-32-1 MLP (batches of 500) chunks of 64 rows took 2-4x
-#: longer than chunks of 256-512 under load (threads of small operations wait on each other),
-#: for the same work alone; whole-identity products (no chunks) cost 2.5x the CPU time.
-ROW_SAMPLES_BUDGET = 2**17
+#: of one sample's activations held at once, so that a chunk's activations stay in cache. On the
+#: 20-32-32-1 MLP (batches of 500, one thread) the dense Hessian cost 2.6 CPU s in chunks of 64 rows
+#: (2^15 / 500), 2.9 s in chunks of 32 and 4.0 s in chunks of 262 (2^17 / 500, which spill the
+#: cache, and more so when two processes share it).
+ROW_SAMPLES_BUDGET = 2**15
 #: Bound on the elements of one chunk of per-sample output Jacobians (samples x outputs x parameters).
 JACOBIAN_BUDGET = 2**24
 #: Gauss-Newton products of at least this many rows per model output use per-sample Jacobians
@@ -89,6 +109,77 @@ def vmap_rows(n_samples: int) -> int:
     return max(VMAP_CHUNK, ROW_SAMPLES_BUDGET // max(1, n_samples))
 
 
+def row_workers(k: int, rows: int) -> int:
+    """Threads :func:`map_row_chunks` uses for ``k`` rows in chunks of ``rows``: at most the torch budget."""
+    return max(1, min(torch.get_num_threads(), -(-k // rows)))
+
+
+def map_row_chunks(make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int) -> torch.Tensor:
+    """``vmap(fn)(V)`` in chunks of ``rows`` rows, shared out to :func:`row_workers` threads.
+
+    Parameters
+    ----------
+    make_fn : callable
+        ``make_fn(i)`` builds the row function ``fn`` (e.g. :func:`batch_product_fn`)
+        of worker ``i`` (``0 <= i < row_workers(k, rows)``); called once per
+        worker that takes a chunk, so that no autograd graph is shared between
+        threads. Workers must not share a module either
+        (``functional_call`` swaps its parameters while it runs).
+    v : torch.Tensor
+        ``(k, p)`` rows.
+    rows : int
+        Rows per chunk.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(k, p)``: row ``i`` is ``fn(v[i])``.
+
+    Notes
+    -----
+    With one chunk, or a thread budget of one, the chunks run in the calling
+    thread with its intra-op threads. Otherwise each worker thread runs whole
+    chunks with one intra-op thread (see the module docstring); chunk
+    boundaries do not depend on the threads, so neither do the results. The
+    caller's ``torch.get_num_threads()`` is restored.
+    """
+    k = v.shape[0]
+    starts = list(range(0, k, rows))
+    workers = row_workers(k, rows)
+    if workers <= 1:
+        fn = make_fn(0)
+        return torch.cat([vmap(fn)(v[i : i + rows]) for i in starts]) if starts else vmap(fn)(v)
+    out = torch.empty_like(v)
+    pending = iter(starts)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def work(index: int) -> None:
+        torch.set_num_threads(1)
+        fn = None
+        while not failed.is_set():
+            with lock:
+                start = next(pending, None)
+            if start is None:
+                return
+            try:
+                if fn is None:
+                    fn = make_fn(index)
+                out[start : start + rows] = vmap(fn)(v[start : start + rows])
+            except BaseException:
+                failed.set()
+                raise
+
+    budget = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="dvl_dask-curvature") as pool:
+            for future in [pool.submit(work, i) for i in range(workers)]:
+                future.result()
+    finally:
+        torch.set_num_threads(budget)  # a worker's setting is also torch's default for new threads
+    return out
+
+
 class CurvatureOperator:
     """``V ↦ V (C + λI)`` for one block, ``C`` the curvature of the mean loss over ``loader``.
 
@@ -120,6 +211,7 @@ class CurvatureOperator:
         self.mode = mode
         self.regularization = regularization
         self.owner = owner
+        self._replicas: list[FunctionalModel] = [fm]
 
     @property
     def dim(self) -> int:
@@ -141,8 +233,22 @@ class CurvatureOperator:
                     jv = (jac.reshape(s * m, p) @ v.T).reshape(s, m, -1)
                     acc += (jac.reshape(s * m, p).T @ torch.bmm(h_out, jv).reshape(s * m, -1)).T
                 return acc / x.shape[0]
-        fn = batch_product_fn(self.fm, self.block, x, y, self.mode)
-        return vmap(fn, chunk_size=vmap_rows(x.shape[0]))(v)
+        rows = vmap_rows(x.shape[0])
+        fms = self._functional_models(row_workers(v.shape[0], rows))
+        return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows)
+
+    def _functional_models(self, n: int) -> list[FunctionalModel]:
+        """``self.fm`` and ``n - 1`` replicas over private copies of its module, one per worker thread.
+
+        ``functional_call`` swaps a module's parameters while it runs, so two
+        threads must not call one module. Replicas share the (read-only)
+        parameter tensors and are kept for later products.
+        """
+        while len(self._replicas) < n:
+            replica = copy.copy(self.fm)
+            replica.model = copy.deepcopy(self.fm.model)
+            self._replicas.append(replica)
+        return self._replicas[:n]
 
     def _n_outputs(self, x: torch.Tensor) -> int:
         with torch.no_grad():
@@ -182,7 +288,8 @@ class CurvatureOperator:
         """The explicit ``(p_b, p_b)`` matrix, symmetrised.
 
         The Hessian takes ``p_b`` Hessian-vector products, vectorised in
-        chunks of :func:`vmap_rows` rows (a few large operations per batch). The Gauss–Newton
+        chunks of :func:`vmap_rows` rows, shared out to the thread budget by
+        :func:`map_row_chunks`. The Gauss–Newton
         matrix is assembled from per-sample output Jacobians instead,
         ``(1/n) Σᵢ Jᵢᵀ Λᵢ Jᵢ`` as one large matrix product per chunk, which is
         much faster when the model has few outputs.

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidModelError
+from ...threads import side_by_side
 from .._mode import BlockMode, SecondOrderMode
 from ._functional import FunctionalModel, LossFn
 from ._layout import ParameterBlock
@@ -78,11 +79,11 @@ class DirectInfluence(TorchInfluenceFunctionModel):
                     "inputs, a loss that overflows, e.g. log(0)). No regularization fixes this. To fix, check "
                     "that the loss of the model is finite on every training batch."
                 )
+            eigenvalues, (inv, info) = side_by_side(lambda: torch.linalg.eigvalsh(h), lambda: torch.linalg.inv_ex(h))  # noqa: B023
             self._check_conditioning(
-                torch.linalg.eigvalsh(h),
+                eigenvalues,
                 f"the regularised curvature matrix of block {block.name!r} ({block.n}x{block.n})",
             )
-            inv, info = torch.linalg.inv_ex(h)
             if int(info) != 0 or not bool(torch.isfinite(inv).all()):
                 fix = (
                     "pass a positive regularization (e.g. 1e-3 times the mean diagonal of the Hessian)"

@@ -264,16 +264,18 @@ class EkfacInfluence(TorchInfluenceFunctionModel, aliases={"update_diagonal": "e
             seeds = sample_output_gradients(
                 self.loss, out.detach(), self.fisher_samples, generator, self.target_sampler, self._owner
             )
-        columns = []
-        for c, seed in enumerate(seeds):
-            g = torch.autograd.grad(out, targets, grad_outputs=seed, retain_graph=c + 1 < len(seeds))
-            columns.append([gi.detach() for gi in g])
+        # All columns in one batched backward pass (vmap over the seeds), not one pass per column.
+        batched = len(seeds) > 1
+        grads = torch.autograd.grad(
+            out, targets, grad_outputs=torch.stack(list(seeds)) if batched else seeds[0], is_grads_batched=batched
+        )
         acts, pseudo = [], []
         for i, layer in enumerate(self._layers):
             a = layer.tokens(inputs[layer.name], self._owner)
             parts = ([a] if layer.weight else []) + ([torch.ones_like(a[..., :1])] if layer.bias else [])
             acts.append(torch.cat(parts, dim=2))
-            pseudo.append(torch.stack([layer.output_tokens(col[i]) for col in columns], dim=1))
+            g = grads[i].detach() if batched else grads[i].detach().unsqueeze(0)  # (columns, n, ...)
+            pseudo.append(torch.stack([layer.output_tokens(col) for col in g.unbind(0)], dim=1))
         return acts, pseudo
 
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
@@ -284,8 +286,10 @@ class EkfacInfluence(TorchInfluenceFunctionModel, aliases={"update_diagonal": "e
         for x, y in iter_batches(loader, self._owner):
             acts, pseudo = self._capture(fm, x.to(self.device), y.to(self.device), generator)
             for i, (a, g) in enumerate(zip(acts, pseudo)):
-                a_fac[i] += torch.einsum("ntd,nte->de", a, a) / a.shape[1]
-                s_fac[i] += torch.einsum("ncto,nctp->op", g, g)
+                # One GEMM over all samples (and tokens, and columns) of the batch per factor.
+                a_rows, g_rows = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+                a_fac[i] += (a_rows.T @ a_rows) / a.shape[1]
+                s_fac[i] += g_rows.T @ g_rows
             n += x.shape[0]
         bases = []
         for layer, a, s in zip(self._layers, a_fac, s_fac):
