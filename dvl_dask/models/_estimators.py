@@ -168,7 +168,35 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         return np.log(self.predict_proba(X))
 
 
-class Ridge(RegressorMixin, BaseEstimator):
+class _BatchedRegressor(RegressorMixin, BaseEstimator):
+    """``fit``/``predict`` of the batched linear regressors: one coalition of all rows through ``batch_fit``."""
+
+    def batch_fit(self, x: np.ndarray, y: np.ndarray, s: np.ndarray, *, scale: bool = False,
+                  init: np.ndarray | None = None) -> LinearFit:
+        raise NotImplementedError
+
+    def fit(self, X: Any, y: Any) -> Any:
+        """Fit on ``X`` (2-D numeric) and 1-D numeric targets ``y``."""
+        owner = type(self).__name__
+        x = _as_matrix(X, owner)
+        target = np.asarray(y, dtype=np.float64)
+        if target.ndim != 1 or len(target) != len(x):
+            raise InvalidParameterError(
+                f"dvl_dask.models.{owner}.fit needs a 1-D target with one value per row. Got shape "
+                f"{target.shape} for {len(x)} rows."
+            )
+        fitted = self.batch_fit(x, target, np.ones((1, len(x))))
+        self.coef_ = fitted.coef[0, 0]
+        self.intercept_ = float(fitted.intercept[0, 0])
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted targets ``X @ coef_ + intercept_``."""
+        return _as_matrix(X, type(self).__name__) @ self.coef_ + self.intercept_
+
+
+class Ridge(_BatchedRegressor):
     """Ridge regression, scikit-learn's ``Ridge(alpha=alpha, fit_intercept=fit_intercept)``, fitted in closed form.
 
     Minimises ``|y - X w - b|^2 + alpha |w|^2`` (intercept not penalised, data
@@ -199,27 +227,8 @@ class Ridge(RegressorMixin, BaseEstimator):
         batch_device()
         return fit_ridge(x, y, s, alpha=alpha, fit_intercept=bool(self.fit_intercept), scale=scale)
 
-    def fit(self, X: Any, y: Any) -> Ridge:
-        """Fit on ``X`` (2-D numeric) and 1-D numeric targets ``y``."""
-        x = _as_matrix(X, "Ridge")
-        target = np.asarray(y, dtype=np.float64)
-        if target.ndim != 1 or len(target) != len(x):
-            raise InvalidParameterError(
-                f"dvl_dask.models.Ridge.fit needs a 1-D target with one value per row. Got shape {target.shape} "
-                f"for {len(x)} rows."
-            )
-        fitted = self.batch_fit(x, target, np.ones((1, len(x))))
-        self.coef_ = fitted.coef[0, 0]
-        self.intercept_ = float(fitted.intercept[0, 0])
-        self.n_features_in_ = x.shape[1]
-        return self
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted targets ``X @ coef_ + intercept_``."""
-        return _as_matrix(X, "Ridge") @ self.coef_ + self.intercept_
-
-
-class LinearRegression(RegressorMixin, BaseEstimator):
+class LinearRegression(_BatchedRegressor):
     """Ordinary least squares, scikit-learn's ``LinearRegression(fit_intercept=..., tol=...)``, fitted by SVD.
 
     Unregularised: the rows are centred (with an intercept) and singular
@@ -257,25 +266,6 @@ class LinearRegression(RegressorMixin, BaseEstimator):
             )
         batch_device()
         return fit_least_squares(x, y, s, fit_intercept=bool(self.fit_intercept), scale=scale, rcond=float(tol))
-
-    def fit(self, X: Any, y: Any) -> LinearRegression:
-        """Fit on ``X`` (2-D numeric) and 1-D numeric targets ``y``."""
-        x = _as_matrix(X, "LinearRegression")
-        target = np.asarray(y, dtype=np.float64)
-        if target.ndim != 1 or len(target) != len(x):
-            raise InvalidParameterError(
-                f"dvl_dask.models.LinearRegression.fit needs a 1-D target with one value per row. Got shape "
-                f"{target.shape} for {len(x)} rows."
-            )
-        fitted = self.batch_fit(x, target, np.ones((1, len(x))))
-        self.coef_ = fitted.coef[0, 0]
-        self.intercept_ = float(fitted.intercept[0, 0])
-        self.n_features_in_ = x.shape[1]
-        return self
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted targets ``X @ coef_ + intercept_``."""
-        return _as_matrix(X, "LinearRegression") @ self.coef_ + self.intercept_
 
 
 def _as_matrix(X: Any, owner: str) -> np.ndarray:

@@ -499,6 +499,7 @@ def fit_ridge(
     s = s.astype(np.float64)
     design, mean, sd = _design(x, s, scale, False)
     yb = y[None] if y.ndim == 1 else y
+    x_mean = y_mean = None
     if fit_intercept:
         x_mean, _ = _weighted_rows(design, s)
         y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
@@ -509,13 +510,7 @@ def fit_ridge(
     A = _gram(design, s) + alpha * np.eye(design.shape[-1])
     rhs = _xt_v(design, (s * yc)[..., None])[:, 0, :]
     w = cholesky_solve(A, rhs)
-    if fit_intercept:
-        b = y_mean - np.einsum("bd,bd->b", x_mean, w)
-        params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]
-    else:
-        params = w[:, None, :]
-    coef, intercept = _to_raw(params, fit_intercept, mean, sd)
-    return LinearFit(coef, intercept, params, np.ones(len(s), dtype=bool), 1)
+    return _regression_fit(w, x_mean, y_mean, fit_intercept, mean, sd)
 
 
 def fit_least_squares(
@@ -539,6 +534,7 @@ def fit_least_squares(
     design, mean, sd = _design(x, s, scale, False)
     design = np.broadcast_to(design, (len(s), *design.shape[-2:])) if design.ndim == 2 else design
     yb = np.broadcast_to(y[None] if y.ndim == 1 else y, s.shape)
+    x_mean = y_mean = None
     if fit_intercept:
         x_mean, _ = _weighted_rows(design, s)
         y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
@@ -550,10 +546,16 @@ def fit_least_squares(
     inverse = np.where(kept, 1.0 / np.where(kept, sv, 1.0), 0.0)
     projected = np.einsum("bmk,bm->bk", u, yb * root) * inverse
     w = np.einsum("bkd,bk->bd", vt, projected)
+    return _regression_fit(w, x_mean, y_mean, fit_intercept, mean, sd)
+
+
+def _regression_fit(w: np.ndarray, x_mean: np.ndarray | None, y_mean: np.ndarray | None, fit_intercept: bool,
+                    mean: Any, sd: Any) -> LinearFit:
+    """The fit of ``B`` linear regressions from their weights on centred rows (intercept from the means)."""
     if fit_intercept:
         b = y_mean - np.einsum("bd,bd->b", x_mean, w)
         params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]
     else:
         params = w[:, None, :]
     coef, intercept = _to_raw(params, fit_intercept, mean, sd)
-    return LinearFit(coef, intercept, params, np.ones(len(s), dtype=bool), 1)
+    return LinearFit(coef, intercept, params, np.ones(len(w), dtype=bool), 1)
