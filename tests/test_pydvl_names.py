@@ -40,7 +40,7 @@ def test_keyword_aliases_helper() -> None:
         f(1, canonical=2, alias=3)
     with pytest.raises(TypeError, match="synonym 'alias'"):
         f(1, 2, alias=3)  # the canonical one given by position
-    with pytest.raises(ValueError, match="has no parameter 'missing'"):
+    with pytest.raises(ValueError, match="needs a parameter named 'missing'"):
         keyword_aliases(x="missing")(f.__wrapped__)
 
 
