@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,6 +42,26 @@ def score_range(value: Any, name: str, owner: str) -> tuple[float, float]:
             f"(e.g. (0.0, 1.0), or (-inf, inf) for unknown). Got {value!r:.60}."
         )
     return float(low), float(high)  # type: ignore[arg-type]
+
+
+class _BoundToData:
+    """pyDVL's ``with_dataset``: the utility bound to training data, its native utility built on first use."""
+
+    training_data: Dataset | None
+    _native: Any
+
+    def with_dataset(self: _Bound, data: Dataset, copy: bool = True) -> _Bound:
+        """The utility on training data ``data`` (a copy unless ``copy=False``)."""
+        target = self
+        if copy:
+            target = type(self).__new__(type(self))
+            target.__dict__.update(self.__dict__)
+        target.training_data = data
+        target._native = None
+        return target
+
+
+_Bound = TypeVar("_Bound", bound=_BoundToData)
 
 
 class SupervisedScorer:
@@ -155,7 +175,7 @@ class ClasswiseSupervisedScorer(SupervisedScorer):
         self.rescale_scores = rescale_scores
 
 
-class ModelUtility:
+class ModelUtility(_BoundToData):
     """pyDVL 0.10's ``ModelUtility(model, scorer)``: a :class:`dvl_dask.Utility` once the training data is known.
 
     Parameters
@@ -204,16 +224,6 @@ class ModelUtility:
         self.cached_func_options = cached_func_options
         self.training_data: Dataset | None = None
         self._native: Utility | None = None
-
-    def with_dataset(self, data: Dataset, copy: bool = True) -> ModelUtility:
-        """A utility on training data ``data`` (a copy unless ``copy=False``)."""
-        target = self
-        if copy:
-            target = type(self).__new__(type(self))
-            target.__dict__.update(self.__dict__)
-        target.training_data = data
-        target._native = None
-        return target
 
     def native(self, data: Dataset | None = None, owner: str = "ModelUtility") -> Utility:
         """The :class:`dvl_dask.Utility` on training data ``data`` (default: the data set with ``with_dataset``)."""
@@ -272,7 +282,7 @@ class IndicatorUtilityModel:
         return self.predictor
 
 
-class DataUtilityLearning:
+class DataUtilityLearning(_BoundToData):
     """pyDVL 0.10's ``DataUtilityLearning``: a regressor learns the utility from ``training_budget`` evaluations.
 
     Maps to :func:`dvl_dask.utility.learn_utility` (coalitions as 0/1 indicator
@@ -313,16 +323,6 @@ class DataUtilityLearning:
         self.seed = seed
         self.training_data: Dataset | None = None
         self._native: Any = None
-
-    def with_dataset(self, data: Dataset, copy: bool = True) -> DataUtilityLearning:
-        """The learned utility on training data ``data``."""
-        target = self
-        if copy:
-            target = type(self).__new__(type(self))
-            target.__dict__.update(self.__dict__)
-        target.training_data = data
-        target._native = None
-        return target
 
     def native(self, data: Dataset | None = None, owner: str = "DataUtilityLearning") -> Any:
         """The :class:`dvl_dask.utility.LearnedUtility` trained on the real utility over ``data``."""
