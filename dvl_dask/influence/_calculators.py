@@ -41,7 +41,14 @@ from ..keys import BoundCall, bind_arguments, describe_parameters, fingerprint, 
 from ..results import influence_dataarray, self_influence_dataarray
 from ..validation import is_dask_array, keyword_aliases
 from ._base import InfluenceFunctionModel
-from ._kernels import factors_block, from_factors_block, gradients_block, product_block, self_influence_block
+from ._kernels import (
+    factors_block,
+    from_factors_block,
+    gradients_block,
+    product_block,
+    self_influence_block,
+    supports_replicas,
+)
 from ._mode import InfluenceMode
 from ._sequences import LazyChunkSequence, NestedLazyChunkSequence, labels
 
@@ -62,10 +69,14 @@ class DisableClientSingleThreadCheck:
 
     The calculator then builds graphs without a distributed client: the model
     enters each graph as one ``dask.delayed`` key and the graphs run on any
-    scheduler. Use it with the synchronous or process scheduler, or on
-    workers you know to be single-threaded. (Models that are not thread-safe
-    are still used by one thread at a time within a process, so values stay
-    correct, but threads then wait for each other.)
+    scheduler. Use it with the synchronous, threads or processes scheduler.
+    On a ``distributed`` cluster prefer passing the ``Client``: the model is
+    then sent to each worker once, whereas here it travels with every graph
+    (for ``DirectInfluence`` of a 5,569-parameter MLP, its 124 MB inverse
+    Hessian per ``compute``). Torch models compute with one replica per
+    thread (sharing the fitted tensors), so values stay correct on any
+    number of threads; other models that are not thread-safe are used by
+    one thread at a time within a process.
 
     Both the class and an instance are accepted.
     """
@@ -518,7 +529,7 @@ def _check_client(client: Any, model: InfluenceFunctionModel, owner: str) -> Any
             f"The 'client' parameter of {owner} must be a distributed.Client or DisableClientSingleThreadCheck. "
             f"Got {type(client).__name__}."
         )
-    if not model.is_thread_safe:
+    if not (model.is_thread_safe or supports_replicas(model)):
         threaded = {w: n for w, n in client.nthreads().items() if n > 1}
         if threaded:
             listing = ", ".join(f"{w}: {n} threads" for w, n in sorted(threaded.items()))
@@ -552,8 +563,11 @@ class DaskInfluenceCalculator(_Recipe):
         ``to_numpy``), e.g. ``TorchNumpyConverter()``.
     client : distributed.Client or DisableClientSingleThreadCheck
         The cluster the graphs will run on (they refer to the model scattered
-        to it, so compute them with this client). If the model is not
-        thread-safe (no torch model is) every worker must have one thread.
+        to it, so compute them with this client). Workers may run several
+        threads when the model is thread-safe or makes per-thread replicas
+        (``thread_replica()``: every torch model; each thread then computes
+        with its own copy of the module, sharing the fitted tensors); any
+        other model needs single-threaded workers.
     train_gradients : {"auto", "store", "recompute"}
         ``"store"``: training gradients are a dask array computed once per
         training chunk, and blocks are ``factors @ gradientsᵀ``; they stay in
@@ -574,7 +588,8 @@ class DaskInfluenceCalculator(_Recipe):
     Raises
     ------
     ThreadSafetyViolationError
-        If the model is not thread-safe and a worker of ``client`` has more than one thread.
+        If the model is neither thread-safe nor makes per-thread replicas and a worker of ``client``
+        has more than one thread.
 
     Notes
     -----

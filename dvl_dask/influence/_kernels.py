@@ -8,9 +8,13 @@ converted with ``converter.to_tensor`` and results returned as numpy through
 to the model as they come (e.g. tensors from a DataLoader) and results are
 returned in the model's type. No tensor library is imported here.
 
-Models that are not thread-safe are used by one thread at a time (a lock per
-model object in each process), so even a threaded scheduler that bypassed the
-calculators' check computes correct values.
+Each thread computes with a model it alone uses (:func:`for_this_thread`): a
+model with a ``thread_replica()`` method (all torch models) gets one replica
+per thread, sharing the fitted tensors, so a multi-threaded worker computes
+its blocks side by side; any other model that is not thread-safe is used by
+one thread at a time (a lock per model object in each process), so even a
+threaded scheduler that bypassed the calculators' check computes correct
+values.
 """
 
 from __future__ import annotations
@@ -23,11 +27,51 @@ from typing import Any
 
 from ._mode import InfluenceMode
 
-__all__ = ["factors_block", "from_factors_block", "gradients_block", "product_block", "self_influence_block"]
+__all__ = [
+    "factors_block",
+    "for_this_thread",
+    "from_factors_block",
+    "gradients_block",
+    "product_block",
+    "self_influence_block",
+    "supports_replicas",
+]
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 _FALLBACK_LOCK = threading.RLock()
+_THREAD = threading.local()
+
+
+def supports_replicas(model: Any) -> bool:
+    """Whether ``model`` makes per-thread replicas (``thread_replica()``), so threads never share it."""
+    return callable(getattr(model, "thread_replica", None))
+
+
+def _replica(model: Any) -> Any:
+    """This thread's replica of ``model``, made on first use and kept while both live."""
+    replicas = getattr(_THREAD, "replicas", None)
+    if replicas is None:
+        replicas = _THREAD.replicas = weakref.WeakKeyDictionary()
+    try:
+        found = replicas.get(model)
+        if found is None:
+            found = replicas[model] = model.thread_replica()
+    except TypeError:  # not weak-referenceable or unhashable: one replica per call
+        found = model.thread_replica()
+    return found
+
+
+@contextmanager
+def for_this_thread(model: Any) -> Iterator[Any]:
+    """The model this thread may compute with: itself, this thread's replica, or itself under its lock."""
+    if getattr(model, "is_thread_safe", False):
+        yield model
+    elif supports_replicas(model):
+        yield _replica(model)
+    else:
+        with exclusive(model):
+            yield model
 
 
 @contextmanager
@@ -57,14 +101,14 @@ def _out(value: Any, converter: Any) -> Any:
 
 def factors_block(x: Any, y: Any, *, model: Any, converter: Any = None) -> Any:
     """Influence factors ``H⁻¹∇θℓ`` of one chunk of samples: shape ``(len(x), n_parameters)``."""
-    with exclusive(model):
-        return _out(model.influence_factors(_in(x, converter), _in(y, converter)), converter)
+    with for_this_thread(model) as own:
+        return _out(own.influence_factors(_in(x, converter), _in(y, converter)), converter)
 
 
 def gradients_block(x: Any, y: Any, *, model: Any, converter: Any = None) -> Any:
     """Per-sample gradients ``∇θℓ`` of one chunk of samples: shape ``(len(x), n_parameters)``."""
-    with exclusive(model):
-        return _out(model.per_sample_gradients(_in(x, converter), _in(y, converter)), converter)
+    with for_this_thread(model) as own:
+        return _out(own.per_sample_gradients(_in(x, converter), _in(y, converter)), converter)
 
 
 def product_block(factors: Any, gradients: Any) -> Any:
@@ -83,8 +127,8 @@ def from_factors_block(
     factors: Any, x: Any, y: Any, *, model: Any, converter: Any = None, mode: str = "up"
 ) -> Any:
     """Influences of a (test chunk, train chunk) pair, recomputing the training gradients."""
-    with exclusive(model):
-        out = model.influences_from_factors(
+    with for_this_thread(model) as own:
+        out = own.influences_from_factors(
             _in(factors, converter), _in(x, converter), _in(y, converter), InfluenceMode.parse(mode)
         )
     return _out(out, converter)
@@ -92,6 +136,6 @@ def from_factors_block(
 
 def self_influence_block(x: Any, y: Any, *, model: Any, converter: Any = None, mode: str = "up") -> Any:
     """Self-influences ``I(zᵢ, zᵢ)`` of one chunk of samples: shape ``(len(x),)`` (up) or ``x.shape`` (perturbation)."""
-    with exclusive(model):
-        out = model.self_influences(_in(x, converter), _in(y, converter), InfluenceMode.parse(mode))
+    with for_this_thread(model) as own:
+        out = own.self_influences(_in(x, converter), _in(y, converter), InfluenceMode.parse(mode))
     return _out(out, converter)

@@ -77,12 +77,33 @@ def threaded_client():
         yield c
 
 
-def test_thread_safety_check_raises_on_threaded_workers(fitted, threaded_client):
+class _WithoutReplicas(DirectInfluence):
+    """A model that is neither thread-safe nor makes per-thread replicas, like a user's own model class."""
+
+    thread_replica = None
+
+
+def test_thread_safety_check_raises_for_a_model_without_replicas(fitted, threaded_client):
     _, models = fitted
     with pytest.raises(ThreadSafetyViolationError, match="threads_per_worker=1") as info:
-        DaskInfluenceCalculator(models["direct"], TorchNumpyConverter(), threaded_client)
+        locked = _WithoutReplicas.__new__(_WithoutReplicas)
+        locked.__dict__.update(vars(models["direct"]))
+        DaskInfluenceCalculator(locked, TorchNumpyConverter(), threaded_client)
     assert "2 threads" in str(info.value) and "DisableClientSingleThreadCheck" in str(info.value)
     assert isinstance(info.value, RuntimeError)
+
+
+def test_torch_models_run_on_threaded_workers_with_one_replica_per_thread(fitted, threaded_client):
+    """Issue 30: a torch model makes per-thread replicas, so a 2-thread worker is accepted with the client (the
+    model scattered once, not embedded in every graph) and its threads compute side by side."""
+    p, models = fitted
+    model = models["direct"]
+    calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), threaded_client)
+    assert type(calc._shared).__name__ == "Future"
+    values = calc.influences(_dask(p.x_test, 2), _dask(p.y_test, 2), _dask(p.x, 10), _dask(p.y, 10))
+    assert not any(str(k).startswith("shared-objects-") for k in values.__dask_graph__())
+    got = threaded_client.compute(values).result()
+    np.testing.assert_allclose(got, model.influences(p.x_test, p.y_test, p.x, p.y).numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_disabling_the_check_runs_correctly_on_threaded_workers(fitted, threaded_client):
@@ -90,7 +111,7 @@ def test_disabling_the_check_runs_correctly_on_threaded_workers(fitted, threaded
     model = models["direct"]
     calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck())
     values = calc.influences(_dask(p.x_test, 2), _dask(p.y_test, 2), _dask(p.x, 10), _dask(p.y, 10))
-    # Tasks share one model object in the threaded worker; the kernels take turns on it.
+    # Tasks share one model object in the threaded worker; each thread computes with its own replica.
     got = threaded_client.compute(values).result()
     np.testing.assert_allclose(got, model.influences(p.x_test, p.y_test, p.x, p.y).numpy(), rtol=1e-10, atol=1e-12)
 
@@ -118,7 +139,7 @@ def test_calculators_rebuilt_for_one_model_in_a_loop_never_lose_their_model(fitt
 @pytest.mark.parametrize("gradients", ["store", "recompute"])
 def test_a_two_thread_worker_gives_the_sequential_calculators_pairs(fitted, threaded_client, gradients):
     """Issue 30: per (test, train) pair, the Dask calculator on one 2-thread worker computes what the sequential
-    calculator computes in this process (same chunks; the model's lock makes the kernels take turns)."""
+    calculator computes in this process (same chunks; each thread computes with its own replica)."""
     from dvl_dask.influence import SequentialInfluenceCalculator
     from dvl_dask.influence.torch import NestedTorchCatAggregator
 
@@ -132,9 +153,7 @@ def test_a_two_thread_worker_gives_the_sequential_calculators_pairs(fitted, thre
     sequential = SequentialInfluenceCalculator(model, train_gradients=gradients).influences(
         chunks(p.x_test, p.y_test, 3), chunks(p.x, p.y, 10)
     ).compute(NestedTorchCatAggregator()).numpy()
-    calc = DaskInfluenceCalculator(
-        model, TorchNumpyConverter(), DisableClientSingleThreadCheck(), train_gradients=gradients
-    )
+    calc = DaskInfluenceCalculator(model, TorchNumpyConverter(), threaded_client, train_gradients=gradients)
     lazy = calc.influences(_dask(p.x_test, 3), _dask(p.y_test, 3), _dask(p.x, 10), _dask(p.y, 10))
     got = threaded_client.compute(lazy).result()
     assert got.shape == sequential.shape == (len(p.x_test), len(p.x))

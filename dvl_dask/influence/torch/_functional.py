@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from copy import copy as shallow_copy
 
 import torch
 from torch import nn
@@ -85,6 +86,15 @@ class FunctionalModel:
         self.params = {n: own(p) for n, p in model.named_parameters() if n in trainable}
         self.state = {n: own(p) for n, p in model.named_parameters() if n not in trainable}
         self.state.update({n: own(b) for n, b in model.named_buffers()})
+
+    def replica(self, module: nn.Module) -> FunctionalModel:
+        """The same functional model computing through ``module`` (a private copy for another thread).
+
+        ``params`` and ``state`` are shared, not copied: they are only read.
+        """
+        out = shallow_copy(self)
+        out.model = module
+        return out
 
     # -- forward passes ---------------------------------------------------------------
 

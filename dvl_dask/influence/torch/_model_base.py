@@ -204,6 +204,39 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         # functional_call swaps the module's parameters during every call.
         return False
 
+    def thread_replica(self) -> Self:
+        """A copy of this fitted model for another thread: private modules, shared fitted tensors.
+
+        ``functional_call`` swaps a module's parameters while it runs, so two
+        threads must not compute through one module; everything else a fitted
+        model holds (factors, inverses, projections, parameters) is only read
+        by factors and influences. The replica therefore shares every tensor
+        and gets its own copy of each module, whose parameters and buffers are
+        the original tensor objects (no parameter memory is duplicated). The
+        influence calculators' block kernels give each thread one replica, so
+        a worker's threads compute side by side instead of queueing on a lock.
+        """
+        modules: dict[int, nn.Module] = {}
+
+        def module_copy(module: nn.Module) -> nn.Module:
+            if id(module) not in modules:
+                tensors = [*module.parameters(), *module.buffers()]
+                modules[id(module)] = copy.deepcopy(module, {id(t): t for t in tensors})
+            return modules[id(module)]
+
+        def replicate(value: Any) -> Any:
+            if isinstance(value, nn.Module):
+                return module_copy(value)
+            if isinstance(value, FunctionalModel):
+                return value.replica(module_copy(value.model))
+            if isinstance(value, list | tuple) and any(isinstance(v, nn.Module | FunctionalModel) for v in value):
+                return type(value)(replicate(v) for v in value)
+            return value
+
+        clone = object.__new__(type(self))
+        clone.__dict__.update({name: replicate(value) for name, value in vars(self).items()})
+        return clone
+
     @property
     def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         return None if self._spec is None else (self._spec.x_shape, self._spec.y_shape)
