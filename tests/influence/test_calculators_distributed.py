@@ -85,9 +85,9 @@ class _WithoutReplicas(DirectInfluence):
 
 def test_thread_safety_check_raises_for_a_model_without_replicas(fitted, threaded_client):
     _, models = fitted
+    locked = _WithoutReplicas.__new__(_WithoutReplicas)
+    locked.__dict__.update(vars(models["direct"]))
     with pytest.raises(ThreadSafetyViolationError, match="threads_per_worker=1") as info:
-        locked = _WithoutReplicas.__new__(_WithoutReplicas)
-        locked.__dict__.update(vars(models["direct"]))
         DaskInfluenceCalculator(locked, TorchNumpyConverter(), threaded_client)
     assert "2 threads" in str(info.value) and "DisableClientSingleThreadCheck" in str(info.value)
     assert isinstance(info.value, RuntimeError)
