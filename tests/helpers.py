@@ -100,3 +100,28 @@ def unflatten_params(model, theta):
         out[name] = theta[start : start + p.numel()].reshape(p.shape)
         start += p.numel()
     return out
+
+
+def torch_model_builders(lissa_maxiter: int = 50) -> dict:
+    """``name -> build(module, loss)`` of every curvature-based torch influence model, small settings for tests."""
+    from dvl_dask.influence.torch import (
+        ArnoldiInfluence,
+        CgInfluence,
+        DirectInfluence,
+        EkfacInfluence,
+        InverseHarmonicMeanInfluence,
+        LissaInfluence,
+        NystroemSketchInfluence,
+    )
+
+    return {
+        "direct": lambda m, loss: DirectInfluence(m, loss, regularization=0.1, block_structure="layer"),
+        "cg": lambda m, loss: CgInfluence(m, loss, regularization=0.1, preconditioner="nystroem"),
+        "lissa": lambda m, loss: LissaInfluence(
+            m, loss, regularization=1.0, scale=2.0, maxiter=lissa_maxiter, warn_on_max_iteration=False
+        ),
+        "arnoldi": lambda m, loss: ArnoldiInfluence(m, loss, rank=6, regularization=0.1),
+        "ekfac": lambda m, loss: EkfacInfluence(m, loss, regularization=0.1),
+        "nystroem": lambda m, loss: NystroemSketchInfluence(m, loss, rank=6, regularization=0.1),
+        "datainf": lambda m, loss: InverseHarmonicMeanInfluence(m, loss, regularization=0.1),
+    }

@@ -16,32 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from helpers import torch_model_builders  # noqa: E402
 
 from dvl_dask.influence._kernels import factors_block, for_this_thread, from_factors_block  # noqa: E402
-from dvl_dask.influence.torch import (  # noqa: E402
-    ArnoldiInfluence,
-    CgInfluence,
-    DirectInfluence,
-    EkfacInfluence,
-    InverseHarmonicMeanInfluence,
-    LissaInfluence,
-    LograInfluence,
-    NystroemSketchInfluence,
-    TracInInfluence,
-    TrakInfluence,
-)
+from dvl_dask.influence.torch import LograInfluence, TracInInfluence, TrakInfluence  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 BUILDERS = {
-    "direct": lambda m, loss: DirectInfluence(m, loss, regularization=0.1, block_structure="layer"),
-    "cg": lambda m, loss: CgInfluence(m, loss, regularization=0.1, preconditioner="nystroem"),
-    "lissa": lambda m, loss: LissaInfluence(m, loss, regularization=1.0, scale=2.0, maxiter=20,
-                                            warn_on_max_iteration=False),
-    "arnoldi": lambda m, loss: ArnoldiInfluence(m, loss, rank=6, regularization=0.1),
-    "ekfac": lambda m, loss: EkfacInfluence(m, loss, regularization=0.1),
-    "nystroem": lambda m, loss: NystroemSketchInfluence(m, loss, rank=6, regularization=0.1),
-    "datainf": lambda m, loss: InverseHarmonicMeanInfluence(m, loss, regularization=0.1),
+    **torch_model_builders(lissa_maxiter=20),
     "trak": lambda m, loss: TrakInfluence(m, loss, projection_dim=16, regularization=0.1, seed=3),
     "logra": lambda m, loss: LograInfluence(m, loss, input_dim=4, output_dim=2, regularization=0.1),
 }

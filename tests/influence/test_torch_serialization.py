@@ -11,33 +11,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from helpers import torch_model_builders  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from dvl_dask.influence.torch import (  # noqa: E402
-    ArnoldiInfluence,
-    CgInfluence,
-    DirectInfluence,
-    EkfacInfluence,
-    InverseHarmonicMeanInfluence,
-    LissaInfluence,
-    NystroemSketchInfluence,
-)
+from dvl_dask.influence.torch import DirectInfluence  # noqa: E402
 from dvl_dask.keys import fingerprint  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-BUILDERS = {
-    "direct": lambda m, loss: DirectInfluence(m, loss, regularization=0.1, block_structure="layer"),
-    "cg": lambda m, loss: CgInfluence(m, loss, regularization=0.1, preconditioner="nystroem"),
-    "lissa": lambda m, loss: LissaInfluence(
-        m, loss, regularization=1.0, scale=2.0, maxiter=50, warn_on_max_iteration=False
-    ),
-    "arnoldi": lambda m, loss: ArnoldiInfluence(m, loss, rank=6, regularization=0.1),
-    "ekfac": lambda m, loss: EkfacInfluence(m, loss, regularization=0.1),
-    "nystroem": lambda m, loss: NystroemSketchInfluence(m, loss, rank=6, regularization=0.1),
-    "datainf": lambda m, loss: InverseHarmonicMeanInfluence(m, loss, regularization=0.1),
-}
+BUILDERS = torch_model_builders()
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
