@@ -127,6 +127,79 @@ def test_ridge_coefficients_equal_sklearn_gathered_and_masked():
     np.testing.assert_allclose(gathered.coef[0], fit.coef[0], rtol=1e-10)
 
 
+# -- ridge from moments: centring and scaling without cancellation -----------------------------
+def _offset_problem(n=60, d=5, offset=1e4, seed=11):
+    """Features with means ~``offset`` and spread ~1; a linear target with its own large offset."""
+    rng = np.random.default_rng(seed)
+    x = offset * (1.0 + rng.random(d)) + rng.normal(size=(n, d))
+    y = x @ rng.normal(size=d) + 3.0 * offset + rng.normal(size=n)
+    return x, y
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_ridge_keeps_the_digits_of_large_offset_features(scale):
+    # Moments about zero would lose ~8 digits here (E x^2 ~ 1e8 against a variance ~1): the coefficients
+    # then differ from scikit-learn's by ~1e-8 relative; about a global centre they agree to ~1e-12.
+    x, y = _offset_problem()
+    masks = _coalitions(np.random.default_rng(12), 25, len(y), low=0.2)
+    masks[:, :2] = True  # at least two rows, so that no feature is constant
+    fit = fit_ridge(x, y, masks.astype(float), alpha=0.5, fit_intercept=True, scale=scale)
+    for j, mask in enumerate(masks):
+        if scale:
+            ref = make_pipeline(StandardScaler(), SkRidge(alpha=0.5)).fit(x[mask], y[mask])
+            coef = ref[1].coef_ / ref[0].scale_
+            intercept = ref[1].intercept_ - coef @ ref[0].mean_
+        else:
+            ref = SkRidge(alpha=0.5).fit(x[mask], y[mask])
+            coef, intercept = ref.coef_, ref.intercept_
+        assert _relative(fit.coef[j, 0], coef) < 1e-10
+        assert abs(fit.intercept[j, 0] - intercept) < 1e-10 * abs(intercept)
+
+
+def test_ridge_scaler_constant_features_and_single_rows_behave_as_sklearn():
+    # scikit-learn's StandardScaler gives a feature constant in the coalition scale 1: a binary feature in
+    # small coalitions, a column constant everywhere, every feature of a one-row coalition.
+    rng = np.random.default_rng(13)
+    x = np.column_stack([rng.normal(size=40) + 50.0, np.where(rng.random(40) < 0.5, 0.3, 1.7), np.full(40, 7.3),
+                         rng.normal(size=40) * 1e-3 + 1e3])
+    y = x @ [1.0, -2.0, 0.5, 3.0] + rng.normal(size=40)
+    masks = _coalitions(rng, 30, 40, low=0.02)
+    masks[0] = False
+    masks[0, 5] = True  # one row
+    for k in range(1, 9):  # the binary feature constant (moments of 7 rows leave it a variance of 2e-16)
+        masks[k] = False
+        masks[k, np.flatnonzero(x[:, 1] == 0.3)[: k + 1]] = True
+    masks = masks[masks.any(axis=1)]
+    for fit_intercept in (True, False):
+        fit = fit_ridge(x, y, masks.astype(float), alpha=1.0, fit_intercept=fit_intercept, scale=True)
+        for j, mask in enumerate(masks):
+            ref = make_pipeline(StandardScaler(), SkRidge(alpha=1.0, fit_intercept=fit_intercept))
+            # Without an intercept the same fit on targets centred on the coalition (scaled columns sum to
+            # zero, so X^T y = X^T (y - mean y)): scikit-learn's own X^T y rounds to ~1e-6 on these targets
+            # (mean ~3,000, the last feature's spread 1e-6 of its mean); the moments do not.
+            ref.fit(x[mask], y[mask] - (0.0 if fit_intercept else y[mask].mean()))
+            want = ref.predict(x)
+            np.testing.assert_allclose(x @ fit.coef[j, 0] + fit.intercept[j, 0], want, rtol=0,
+                                       atol=1e-9 * np.abs(want).max())
+
+
+def test_ridge_multiplicities_weigh_as_duplicated_rows():
+    x, y = _offset_problem(n=30, d=4, offset=1e3, seed=14)
+    counts = np.random.default_rng(15).integers(0, 4, size=(6, 30))
+    for scale in (False, True):
+        for fit_intercept in (True, False):
+            fit = fit_ridge(x, y, counts.astype(float), alpha=0.3, fit_intercept=fit_intercept, scale=scale)
+            for j, c in enumerate(counts):
+                rows = np.repeat(np.arange(30), c)
+                ridge = SkRidge(alpha=0.3, fit_intercept=fit_intercept)
+                ref = make_pipeline(StandardScaler(), ridge) if scale else ridge
+                # (targets centred without an intercept after a scaler: see the test above)
+                ref.fit(x[rows], y[rows] - (y[rows].mean() if scale and not fit_intercept else 0.0))
+                want = ref.predict(x)
+                np.testing.assert_allclose(x @ fit.coef[j, 0] + fit.intercept[j, 0], want, rtol=0,
+                                           atol=1e-9 * np.abs(want).max())
+
+
 def test_warm_start_reaches_the_same_optimum():
     x, y, _, _ = _split(load_wine, 60, 0)
     masks = np.ones((3, 60))

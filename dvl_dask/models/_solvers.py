@@ -490,23 +490,169 @@ def fit_ridge(
 
     As scikit-learn's ``Ridge`` (cholesky solver): with an intercept, the
     coalition's rows and targets are centred by their means and the intercept
-    is ``mean(y) - mean(x) @ w``.
+    is ``mean(y) - mean(x) @ w``; with ``scale``, each coalition's rows are
+    first standardised by its own mean and standard deviation.
+
+    Each coalition's normal equations are derived from its weighted moments
+    (row count, sums, ``X^T X``, ``X^T y``: one GEMM of the multiplicities with
+    the rows' outer products, :func:`_moments`): centring and standardising a
+    coalition are analytic in them. The moments are taken about a global
+    centre, so the centring does not cancel the digits of large feature
+    values. A coalition where it still would (a feature or the target almost
+    constant in it relative to its distance from that centre, or a feature at
+    scikit-learn's constant-feature bound) is solved from its own centred rows
+    instead, as before (:func:`_ridge_direct`).
     """
     owner = "fit_ridge"
     x, s = _check_batch(x, s, owner, y)
     alpha = check_real(alpha, "alpha", owner, low=0.0, low_open=True, finite=True)
     fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
     s = s.astype(np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ridge = alpha * np.eye(x.shape[-1])
+    if not (fit_intercept or scale):  # nothing is centred: the raw Gram matrix, taken about zero
+        raw = _moments(x, y, s, np.zeros(x.shape[-1]), 0.0)
+        return _regression_fit(cholesky_solve(raw.xx + ridge, raw.xy), None, None, False, None, None)
+    moments = _moments(x, y, s, *_centre(x, y))
+    n = moments.n[:, None]
+    mean, var = moments.mean(), moments.variance()
+    suspect = moments.cancels()
+    sd = None
+    if scale:
+        bound = n * _EPS * var + (n * mean * _EPS) ** 2  # scikit-learn's constant-feature rule
+        sd = np.where(var <= bound, 1.0, np.sqrt(var))
+        suspect |= ((var <= 4.0 * bound) & (moments.spread() > 0)).any(axis=1)
+    gram, rhs = n[:, :, None] * moments.covariance(), n * moments.cross()
+    if sd is not None:
+        gram, rhs = gram / (sd[:, :, None] * sd[:, None, :]), rhs / sd
+    w = cholesky_solve(gram + ridge, rhs)
+    y_mean = moments.y_mean()
+    x_mean = np.zeros_like(mean) if scale else mean  # standardised rows have mean zero
+    fit = _regression_fit(w, x_mean, y_mean, fit_intercept, mean if scale else None, sd)
+    if suspect.any():
+        rows = np.flatnonzero(suspect)
+        sub_x = x if x.ndim == 2 else x[rows]
+        sub_y = y if y.ndim == 1 else y[rows]
+        _replace_rows(fit, rows, _ridge_direct(sub_x, sub_y, s[rows], alpha, fit_intercept, scale))
+    return fit
+
+
+@dataclass
+class _Moments:
+    """Weighted moments of each coalition's rows and targets about a centre ``(c, c_y)``.
+
+    ``n`` ``(B,)`` the row count, ``x`` ``(B, d)`` the sums of ``x - c``,
+    ``yy`` ``(B,)`` and ``y`` the sums of ``(y - c_y)^2`` and ``y - c_y``,
+    ``xx`` ``(B, d, d)`` and ``xy`` ``(B, d)`` those of ``(x - c)(x - c)^T`` and
+    ``(x - c)(y - c_y)``.
+    """
+
+    n: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    xx: np.ndarray
+    xy: np.ndarray
+    yy: np.ndarray
+    centre: np.ndarray
+    y_centre: float
+
+    def shift(self) -> np.ndarray:
+        """Mean of ``x - c``: ``(B, d)``."""
+        return self.x / self.n[:, None]
+
+    def mean(self) -> np.ndarray:
+        """The coalition's mean of ``x`` in raw units."""
+        return self.centre + self.shift()
+
+    def y_mean(self) -> np.ndarray:
+        return self.y_centre + self.y / self.n
+
+    def covariance(self) -> np.ndarray:
+        """Population covariance ``(B, d, d)``."""
+        mu = self.shift()
+        return self.xx / self.n[:, None, None] - mu[:, :, None] * mu[:, None, :]
+
+    def variance(self) -> np.ndarray:
+        """Population variance ``(B, d)`` (rounding can leave it just below 0 only where :meth:`cancels`)."""
+        mu = self.shift()
+        return np.maximum(self.spread() - mu * mu, 0.0)
+
+    def spread(self) -> np.ndarray:
+        """Mean of ``(x - c)^2``: ``(B, d)``."""
+        return np.diagonal(self.xx, axis1=1, axis2=2) / self.n[:, None]
+
+    def cross(self) -> np.ndarray:
+        """Population covariance of each feature with the target: ``(B, d)``."""
+        return self.xy / self.n[:, None] - self.shift() * (self.y / self.n)[:, None]
+
+    def cancels(self, tol: float = 1e-4) -> np.ndarray:
+        """Coalitions ``(B,)`` whose centring loses more than ``eps / tol`` of a variance to cancellation.
+
+        The variance ``E(x - c)^2 - (E(x - c))^2`` carries a rounding error of
+        about ``eps E(x - c)^2``; where a variance is below ``tol`` times that
+        second moment (and not exactly zero: every row at the centre), the
+        moments cannot resolve it.
+        """
+        second = np.concatenate([self.spread(), (self.yy / self.n)[:, None]], axis=1)
+        mu = np.concatenate([self.shift(), (self.y / self.n)[:, None]], axis=1)
+        return ((second - mu * mu < tol * second) & (second > 0)).any(axis=1)
+
+
+def _centre(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """A centre of all rows and targets: the mean, or the value itself of a column that is constant."""
+    rows, targets = x.reshape(-1, x.shape[-1]), y.reshape(-1)
+    centre = np.where((rows == rows[0]).all(axis=0), rows[0], rows.mean(axis=0))
+    y_centre = targets[0] if (targets == targets[0]).all() else targets.mean()
+    return centre, float(y_centre)
+
+
+def _moments(x: np.ndarray, y: np.ndarray, s: np.ndarray, centre: np.ndarray, y_centre: float) -> _Moments:
+    """The weighted moments of every coalition about ``(centre, y_centre)``: one GEMM for a shared ``x``.
+
+    The rows ``a = [x - c, y - c_y, 1]`` give every moment as ``sum_i s_i a_i a_i^T``:
+    for shared rows, the multiplicities ``(B, m)`` times the rows' outer
+    products ``(m, (d + 2)^2)``; for gathered rows, a batched ``a^T diag(s) a``.
+    """
+    d = x.shape[-1]
+    shifted = x - centre
+    target = y - y_centre
+    if shifted.ndim == 2 and target.ndim == 2:  # shared rows, targets per coalition
+        shifted = np.broadcast_to(shifted, (len(s), *shifted.shape))
+    ones = np.ones((*shifted.shape[:-1], 1))
+    target = np.broadcast_to(target, shifted.shape[:-1])[..., None]
+    a = np.concatenate([shifted, target, ones], axis=-1)
+    if a.ndim == 2:
+        M = (s @ _outer_rows(a)).reshape(len(s), d + 2, d + 2)
+    else:
+        M = np.matmul(np.swapaxes(a, 1, 2) * s[:, None, :], a)
+    return _Moments(n=M[:, -1, -1], x=M[:, :d, -1], y=M[:, d, -1], xx=M[:, :d, :d], xy=M[:, :d, d],
+                    yy=M[:, d, d], centre=centre, y_centre=y_centre)
+
+
+def _replace_rows(fit: LinearFit, rows: np.ndarray, other: LinearFit) -> None:
+    """Put the fits of ``other`` in place of the batch elements ``rows`` of ``fit``."""
+    for name in ("coef", "intercept", "params", "converged"):
+        getattr(fit, name)[rows] = getattr(other, name)
+
+
+def _ridge_direct(x: np.ndarray, y: np.ndarray, s: np.ndarray, alpha: float, fit_intercept: bool,
+                  scale: bool) -> LinearFit:
+    """Ridge fits from each coalition's own standardised, centred rows (no moments, no cancellation).
+
+    The targets are centred whenever the rows are (with an intercept, or
+    standardised rows, whose columns sum to zero: ``X^T y = X^T (y - mean y)``
+    then, without the rounding of a large mean of ``y``).
+    """
     design, mean, sd = _design(x, s, scale, False)
     yb = y[None] if y.ndim == 1 else y
     x_mean = y_mean = None
+    yc = np.broadcast_to(yb, s.shape)
+    if fit_intercept or scale:
+        y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
+        yc = yb - y_mean[:, None]
     if fit_intercept:
         x_mean, _ = _weighted_rows(design, s)
-        y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
         design = (design[None] if design.ndim == 2 else design) - x_mean[:, None, :]
-        yc = yb - y_mean[:, None]
-    else:
-        yc = np.broadcast_to(yb, s.shape)
     A = _gram(design, s) + alpha * np.eye(design.shape[-1])
     rhs = _xt_v(design, (s * yc)[..., None])[:, 0, :]
     w = cholesky_solve(A, rhs)
