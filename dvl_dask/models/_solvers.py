@@ -592,7 +592,7 @@ def fit_ridge(
 
     Each coalition's normal equations are derived from its weighted moments
     (row count, sums, ``X^T X``, ``X^T y``: one GEMM of the multiplicities with
-    the rows' outer products, :func:`_moments`): centring and standardising a
+    the rows' outer products, :class:`_Moments`): centring and standardising a
     coalition are analytic in them. The moments are taken about a global
     centre, so the centring does not cancel the digits of large feature
     values. A coalition where it still would (a feature or the target almost
@@ -606,124 +606,136 @@ def fit_ridge(
     fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
     s = s.astype(np.float64)
     y = np.asarray(y, dtype=np.float64)
-    ridge = alpha * np.eye(x.shape[-1])
+    d = x.shape[-1]
     if not (fit_intercept or scale):  # nothing is centred: the raw Gram matrix, taken about zero
-        raw = _moments(x, y, s, np.zeros(x.shape[-1]), 0.0)
-        return _regression_fit(cholesky_solve(raw.xx + ridge, raw.xy), None, None, False, None, None)
-    moments = _moments(x, y, s, *_centre(x, y))
-    n = moments.n[:, None]
+        raw = _Moments.of(x, y, s, np.zeros(d), 0.0)
+        A = raw.M[:d, :d].copy()
+        A[np.arange(d), np.arange(d)] += alpha
+        w, ok = _solve_batch_last(A, raw.M[:d, d].copy())
+        fit = _regression_fit(w, None, None, False, None, None)
+        if not ok.all():
+            _replace_direct(fit, ~ok, x, y, s, alpha, fit_intercept, scale)
+        return fit
+    moments = _Moments.of(x, y, s, _column_centre(x.reshape(-1, d)), float(_column_centre(y.reshape(-1, 1))[0]))
     mean, var = moments.mean(), moments.variance()
     suspect = moments.cancels()
     sd = None
     if scale:
+        n = moments.n
         bound = n * _EPS * var + (n * mean * _EPS) ** 2  # scikit-learn's constant-feature rule
         sd = np.where(var <= bound, 1.0, np.sqrt(var))
-        suspect |= ((var <= 4.0 * bound) & (moments.spread() > 0)).any(axis=1)
-    gram, rhs = n[:, :, None] * moments.covariance(), n * moments.cross()
-    if sd is not None:
-        gram, rhs = gram / (sd[:, :, None] * sd[:, None, :]), rhs / sd
-    w = cholesky_solve(gram + ridge, rhs)
-    y_mean = moments.y_mean()
+        suspect |= ((var <= 4.0 * bound) & (moments.second > 0)).any(axis=0)
+    w, ok = _solve_batch_last(*moments.normal_equations(None if sd is None else 1.0 / sd, alpha))
+    suspect |= ~ok
+    mean = mean.T
     x_mean = np.zeros_like(mean) if scale else mean  # standardised rows have mean zero
-    fit = _regression_fit(w, x_mean, y_mean, fit_intercept, mean if scale else None, sd)
+    fit = _regression_fit(w, x_mean, moments.y_mean(), fit_intercept, mean if scale else None,
+                          None if sd is None else sd.T)
     if suspect.any():
-        rows = np.flatnonzero(suspect)
-        sub_x = x if x.ndim == 2 else x[rows]
-        sub_y = y if y.ndim == 1 else y[rows]
-        _replace_rows(fit, rows, _ridge_direct(sub_x, sub_y, s[rows], alpha, fit_intercept, scale))
+        _replace_direct(fit, suspect, x, y, s, alpha, fit_intercept, scale)
     return fit
 
 
-@dataclass
-class _Moments:
-    """Weighted moments of each coalition's rows and targets about a centre ``(c, c_y)``.
+def _replace_direct(fit: LinearFit, which: np.ndarray, x: np.ndarray, y: np.ndarray, s: np.ndarray, alpha: float,
+                    fit_intercept: bool, scale: bool) -> None:
+    """Refit the coalitions ``which`` (a mask) of a ridge batch from their own rows (:func:`_ridge_direct`)."""
+    rows = np.flatnonzero(which)
+    sub_x = x if x.ndim == 2 else x[rows]
+    sub_y = y if y.ndim == 1 else y[rows]
+    _replace_rows(fit, rows, _ridge_direct(sub_x, sub_y, s[rows], alpha, fit_intercept, scale))
 
-    ``n`` ``(B,)`` the row count, ``x`` ``(B, d)`` the sums of ``x - c``,
-    ``yy`` ``(B,)`` and ``y`` the sums of ``(y - c_y)^2`` and ``y - c_y``,
-    ``xx`` ``(B, d, d)`` and ``xy`` ``(B, d)`` those of ``(x - c)(x - c)^T`` and
-    ``(x - c)(y - c_y)``.
+
+def _solve_batch_last(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve symmetric positive definite systems stored batch last (``A`` ``(p, p, B)``, overwritten; ``b`` ``(p, B)``).
+
+    Returns the solutions ``(B, p)`` and which systems were solved (positive
+    pivots; LAPACK's LU for batches smaller than ``_SMALL_BATCH``, which
+    solves any non-singular system).
+    """
+    if A.shape[-1] < _SMALL_BATCH:
+        return np.linalg.solve(np.moveaxis(A, -1, 0), b.T[..., None])[..., 0], np.ones(A.shape[-1], dtype=bool)
+    x, ok = _cholesky_columns(A, np.ascontiguousarray(b))
+    return np.ascontiguousarray(x.T), ok
+
+
+class _Moments:
+    """Weighted moments of each coalition's rows and targets about a centre ``(c, c_y)``, batch last.
+
+    ``M = sum_i s_i a_i a_i^T`` with ``a = [x - c, y - c_y, 1]``, ``(d + 2, d + 2, B)``:
+    ``n`` ``(B,)`` the row counts, ``mu`` ``(d, B)`` the means of ``x - c``,
+    ``mu_y`` ``(B,)`` that of ``y - c_y``, ``second`` ``(d, B)`` and
+    ``second_y`` ``(B,)`` the means of their squares.
     """
 
-    n: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    xx: np.ndarray
-    xy: np.ndarray
-    yy: np.ndarray
-    centre: np.ndarray
-    y_centre: float
+    def __init__(self, M: np.ndarray, centre: np.ndarray, y_centre: float) -> None:
+        d = M.shape[0] - 2
+        self.M, self.d, self.centre, self.y_centre = M, d, centre, y_centre
+        self.n = M[-1, -1]
+        self.mu = M[:d, -1] / self.n
+        self.mu_y = M[d, -1] / self.n
+        self.second = np.diagonal(M[:d, :d]).T / self.n
+        self.second_y = M[d, d] / self.n
 
-    def shift(self) -> np.ndarray:
-        """Mean of ``x - c``: ``(B, d)``."""
-        return self.x / self.n[:, None]
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, s: np.ndarray, centre: np.ndarray, y_centre: float) -> _Moments:
+        """The moments of every coalition: for shared rows, one GEMM of the rows' outer products ``(q^2, m)``
+        with the multiplicities ``(m, B)``; for gathered rows, a batched ``a^T diag(s) a``."""
+        shifted = x - centre
+        target = y - y_centre
+        if shifted.ndim == 2 and target.ndim == 2:  # shared rows, targets per coalition
+            shifted = np.broadcast_to(shifted, (len(s), *shifted.shape))
+        target = np.broadcast_to(target, shifted.shape[:-1])[..., None]
+        a = np.concatenate([shifted, target, np.ones((*shifted.shape[:-1], 1))], axis=-1)
+        q = a.shape[-1]
+        if a.ndim == 2:
+            M = (np.ascontiguousarray(_outer_rows(a).T) @ s.T).reshape(q, q, len(s))
+        else:
+            M = np.ascontiguousarray(np.moveaxis(np.matmul(np.swapaxes(a, 1, 2) * s[:, None, :], a), 0, -1))
+        return cls(M, centre, y_centre)
 
     def mean(self) -> np.ndarray:
-        """The coalition's mean of ``x`` in raw units."""
-        return self.centre + self.shift()
+        """The coalitions' means of ``x`` in raw units: ``(d, B)``."""
+        return self.centre[:, None] + self.mu
 
     def y_mean(self) -> np.ndarray:
-        return self.y_centre + self.y / self.n
-
-    def covariance(self) -> np.ndarray:
-        """Population covariance ``(B, d, d)``."""
-        mu = self.shift()
-        return self.xx / self.n[:, None, None] - mu[:, :, None] * mu[:, None, :]
+        return self.y_centre + self.mu_y
 
     def variance(self) -> np.ndarray:
-        """Population variance ``(B, d)`` (rounding can leave it just below 0 only where :meth:`cancels`)."""
-        mu = self.shift()
-        return np.maximum(self.spread() - mu * mu, 0.0)
-
-    def spread(self) -> np.ndarray:
-        """Mean of ``(x - c)^2``: ``(B, d)``."""
-        return np.diagonal(self.xx, axis1=1, axis2=2) / self.n[:, None]
-
-    def cross(self) -> np.ndarray:
-        """Population covariance of each feature with the target: ``(B, d)``."""
-        return self.xy / self.n[:, None] - self.shift() * (self.y / self.n)[:, None]
+        """Population variances ``(d, B)`` (rounding can leave one just below 0 only where :meth:`cancels`)."""
+        return np.maximum(self.second - self.mu * self.mu, 0.0)
 
     def cancels(self, tol: float = 1e-4) -> np.ndarray:
         """Coalitions ``(B,)`` whose centring loses more than ``eps / tol`` of a variance to cancellation.
 
-        The variance ``E(x - c)^2 - (E(x - c))^2`` carries a rounding error of
-        about ``eps E(x - c)^2``; where a variance is below ``tol`` times that
-        second moment (and not exactly zero: every row at the centre), the
-        moments cannot resolve it.
+        A variance ``E(x - c)^2 - (E(x - c))^2`` carries a rounding error of
+        about ``eps E(x - c)^2``; where it is below ``tol`` times that second
+        moment (and not exactly zero: every row at the centre), the moments
+        cannot resolve it.
         """
-        second = np.concatenate([self.spread(), (self.yy / self.n)[:, None]], axis=1)
-        mu = np.concatenate([self.shift(), (self.y / self.n)[:, None]], axis=1)
-        return ((second - mu * mu < tol * second) & (second > 0)).any(axis=1)
+        def lost(second: np.ndarray, mu: np.ndarray) -> np.ndarray:
+            return (second - mu * mu < tol * second) & (second > 0)
 
+        return lost(self.second, self.mu).any(axis=0) | lost(self.second_y, self.mu_y)
 
-def _centre(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """A centre of all rows and targets: the mean, or the value itself of a column that is constant."""
-    rows, targets = x.reshape(-1, x.shape[-1]), y.reshape(-1)
-    centre = np.where((rows == rows[0]).all(axis=0), rows[0], rows.mean(axis=0))
-    y_centre = targets[0] if (targets == targets[0]).all() else targets.mean()
-    return centre, float(y_centre)
+    def normal_equations(self, inv: np.ndarray | None, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """The centred (and, with ``inv = 1 / scale``, standardised) ridge system of every coalition.
 
-
-def _moments(x: np.ndarray, y: np.ndarray, s: np.ndarray, centre: np.ndarray, y_centre: float) -> _Moments:
-    """The weighted moments of every coalition about ``(centre, y_centre)``: one GEMM for a shared ``x``.
-
-    The rows ``a = [x - c, y - c_y, 1]`` give every moment as ``sum_i s_i a_i a_i^T``:
-    for shared rows, the multiplicities ``(B, m)`` times the rows' outer
-    products ``(m, (d + 2)^2)``; for gathered rows, a batched ``a^T diag(s) a``.
-    """
-    d = x.shape[-1]
-    shifted = x - centre
-    target = y - y_centre
-    if shifted.ndim == 2 and target.ndim == 2:  # shared rows, targets per coalition
-        shifted = np.broadcast_to(shifted, (len(s), *shifted.shape))
-    ones = np.ones((*shifted.shape[:-1], 1))
-    target = np.broadcast_to(target, shifted.shape[:-1])[..., None]
-    a = np.concatenate([shifted, target, ones], axis=-1)
-    if a.ndim == 2:
-        M = (s @ _outer_rows(a)).reshape(len(s), d + 2, d + 2)
-    else:
-        M = np.matmul(np.swapaxes(a, 1, 2) * s[:, None, :], a)
-    return _Moments(n=M[:, -1, -1], x=M[:, :d, -1], y=M[:, d, -1], xx=M[:, :d, :d], xy=M[:, :d, d],
-                    yy=M[:, d, d], centre=centre, y_centre=y_centre)
+        ``A_ij = n cov_ij inv_i inv_j + alpha [i = j]`` (``(d, d, B)``, a new
+        array) and ``b_i = n cov(x_i, y) inv_i``, where
+        ``n cov_ij = sum (x_i - c_i)(x_j - c_j) - n mu_i mu_j``.
+        """
+        d, n = self.d, self.n
+        root = np.sqrt(n) * self.mu
+        A = self.M[:d, :d].copy()
+        b = self.M[:d, d] - n * self.mu * self.mu_y
+        if inv is not None:
+            A *= inv[:, None, :]
+            A *= inv[None, :, :]
+            root = root * inv
+            b = b * inv
+        A -= root[:, None, :] * root[None, :, :]
+        A[np.arange(d), np.arange(d)] += alpha
+        return A, b
 
 
 def _replace_rows(fit: LinearFit, rows: np.ndarray, other: LinearFit) -> None:
