@@ -268,8 +268,14 @@ class _Logistic:
                  gauge: np.ndarray | None) -> None:
         self.x, self.y, self.s, self.C, self.K = x, y, s, float(C), K
         self.penalty, self.gauge = penalty, gauge
-        # x's rows' outer products, transposed: every Hessian block is one GEMM giving it batch last.
-        self.outer_t = np.ascontiguousarray(_outer_rows(x).T) if x.ndim == 2 else None
+        # x's rows' outer products, transposed: every Hessian block is one GEMM giving it batch last; the
+        # lower triangle alone (what the Cholesky factorisation reads) is about half of that GEMM.
+        self.outer_t = self.lower_t = None
+        if x.ndim == 2:
+            p = x.shape[1]
+            self.outer_t = np.ascontiguousarray(_outer_rows(x).T)
+            self.lower = np.flatnonzero(np.tri(p, dtype=bool).reshape(-1))
+            self.lower_t = self.outer_t[self.lower]
 
     def subset(self, idx: np.ndarray) -> _Logistic:
         out = object.__new__(_Logistic)
@@ -314,7 +320,8 @@ class _Logistic:
 
     def probabilities(self, z: np.ndarray) -> np.ndarray:
         if self.K == 1:
-            return 0.5 * (1.0 + np.tanh(0.5 * z))  # the sigmoid, without overflow
+            with np.errstate(over="ignore"):  # exp(-z) = inf for z < -709: the probability is then 0, as it should
+                return 1.0 / (1.0 + np.exp(-z))
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
@@ -325,19 +332,29 @@ class _Logistic:
             g += self._gauge_level(r)[:, None, None] * self.gauge[:, None, :]
         return g
 
-    def _gram_t(self, c: np.ndarray) -> np.ndarray:
-        """``X^T diag(c_b) X`` of every batch element, batch last: ``(p, p, B)``, C-contiguous."""
+    def _gram_t(self, c: np.ndarray, lower: bool = False) -> np.ndarray:
+        """``X^T diag(c_b) X`` of every batch element, batch last: ``(p, p, B)``, C-contiguous.
+
+        ``lower``: only the lower triangle is computed (the rest of the array is not set).
+        """
         p = self.x.shape[-1]
+        if self.outer_t is not None and lower:
+            out = np.empty((p * p, len(c)))
+            out[self.lower] = self.lower_t @ c.T
+            return out.reshape(p, p, len(c))
         if self.outer_t is not None:
             return (self.outer_t @ c.T).reshape(p, p, len(c))
         return np.moveaxis(np.matmul(np.swapaxes(self.x, 1, 2) * c[:, None, :], self.x), 0, -1).copy()
 
-    def hessian(self, prob: np.ndarray) -> np.ndarray:
-        """The Hessians ``(K p, K p, B)``, batch last (they do not depend on ``r`` beyond ``prob``)."""
+    def hessian(self, prob: np.ndarray, lower: bool = False) -> np.ndarray:
+        """The Hessians ``(K p, K p, B)``, batch last (they do not depend on ``r`` beyond ``prob``).
+
+        ``lower``: binary models may then leave the strict upper triangle unset.
+        """
         B, K, p = len(prob), self.K, self.x.shape[-1]
         cs = self.C * self.s
         if K == 1:
-            H = self._gram_t(cs * prob[..., 0] * (1.0 - prob[..., 0]))[None, :, None]
+            H = self._gram_t(cs * prob[..., 0] * (1.0 - prob[..., 0]), lower)[None, :, None]
         else:
             H = np.empty((K, p, K, p, B))
             for k in range(K):
@@ -357,11 +374,10 @@ class _Logistic:
     def newton_step(self, g: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """``-H^{-1} g`` for every batch element: ``(B, K, p)``."""
         n = len(g)
-        H = self.hessian(prob)
         rhs = g.reshape(n, -1)
         if n < _SMALL_BATCH:
-            return -np.linalg.solve(np.moveaxis(H, -1, 0), rhs[..., None]).reshape(g.shape)
-        x, ok = _cholesky_columns(H, np.ascontiguousarray(rhs.T))
+            return -np.linalg.solve(np.moveaxis(self.hessian(prob), -1, 0), rhs[..., None]).reshape(g.shape)
+        x, ok = _cholesky_columns(self.hessian(prob, lower=True), np.ascontiguousarray(rhs.T))
         step = np.ascontiguousarray(x.T)
         if not ok.all():  # not numerically positive definite: LU on those Hessians, rebuilt
             bad = np.flatnonzero(~ok)
@@ -389,6 +405,7 @@ def _newton(problem: _Logistic, r0: np.ndarray, tol: float, max_iter: int,
     reference = np.abs(g0 if transform is None else transform.pull(g0)).reshape(B, -1).max(axis=1)
     target = tol * np.maximum(reference, _EPS)
     converged = np.zeros(B, dtype=bool)
+    objective = np.full(B, np.nan)  # at the current parameters, from the last line search
     iterations = 0
     active = np.arange(B)
     sub, T = problem, transform
@@ -408,17 +425,26 @@ def _newton(problem: _Logistic, r0: np.ndarray, tol: float, max_iter: int,
             T = None if T is None else T[keep]
             ra, g, prob, z = ra[keep], g[keep], prob[keep], z[keep]
         step = sub.newton_step(g, prob)
-        r[active] = ra + _line_search(sub, ra, z, g, step)[:, None, None] * step
+        t, objective[active] = _line_search(sub, ra, z, g, step, objective[active])
+        r[active] = ra + t[:, None, None] * step
     return r, converged, iterations
 
 
-def _line_search(problem: _Logistic, r: np.ndarray, z: np.ndarray, g: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Step lengths (1, 1/2, 1/4, ...) meeting Armijo's condition, per batch element.
+def _line_search(problem: _Logistic, r: np.ndarray, z: np.ndarray, g: np.ndarray, step: np.ndarray,
+                 f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step lengths (1, 1/2, 1/4, ...) meeting Armijo's condition, per batch element, and the objective there.
 
-    The decision values along the step are ``z + t * (x step)``: one product for all trial lengths.
+    ``f0`` is the objective at ``r`` where known (NaN: computed here). The
+    decision values along the step are ``z + t * (x step)``: one product for
+    all trial lengths.
     """
-    f0 = problem.value(z, r)
+    unknown = np.isnan(f0)
+    if unknown.any():
+        f0 = f0.copy()
+        f0[unknown] = problem.value(z, r)[unknown] if unknown.all() else \
+            problem.subset(np.flatnonzero(unknown)).value(z[unknown], r[unknown])
     dz = problem.decision(step)
+    reached = np.full(len(r), np.nan)
     slope = (g * step).reshape(len(r), -1).sum(axis=1)
     t = np.ones(len(r))
     pending = np.arange(len(r))
@@ -428,12 +454,13 @@ def _line_search(problem: _Logistic, r: np.ndarray, z: np.ndarray, g: np.ndarray
         f = sub.value(z[pending] + tp * dz[pending], r[pending] + tp * step[pending])
         # Rounding: near the optimum a decrease below the objective's precision counts as none.
         ok = f <= f0[pending] + 1e-4 * t[pending] * slope[pending] + 64 * _EPS * np.abs(f0[pending])
+        reached[pending[ok]] = f[ok]
         if ok.all():
             break
         sub = sub.subset(np.flatnonzero(~ok))
         pending = pending[~ok]
         t[pending] *= 0.5
-    return t
+    return t, reached
 
 
 def _design(
