@@ -127,6 +127,29 @@ def test_ridge_coefficients_equal_sklearn_gathered_and_masked():
     np.testing.assert_allclose(gathered.coef[0], fit.coef[0], rtol=1e-10)
 
 
+def test_logistic_scaler_with_a_feature_constant_in_the_coalition_behaves_as_sklearn():
+    # A binary feature that is constant in a coalition has scale 1 in scikit-learn's StandardScaler; its
+    # variance from the coalition's moments is ~1e-16 (not 0) for some sizes, so those coalitions take the
+    # two-pass statistics.
+    rng = np.random.default_rng(16)
+    x = np.column_stack([rng.normal(size=60), np.where(rng.random(60) < 0.5, 0.3, 1.7), rng.normal(size=60) + 5.0])
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+    rows = np.flatnonzero(x[:, 1] == 0.3)
+    masks = np.zeros((12, 60), dtype=bool)
+    for k in range(12):  # the first k + 4 rows with the value 0.3, both classes present
+        masks[k, rows[: k + 4]] = True
+        masks[k, rows[np.flatnonzero(y[rows] != y[rows[0]])[0]]] = True
+    fit = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    assert fit.converged.all()
+    for j, mask in enumerate(masks):
+        ref = make_pipeline(StandardScaler(), _tight()).fit(x[mask], y[mask])
+        scaler, model = ref[0], ref[1]
+        assert scaler.scale_[1] == 1.0
+        coef = model.coef_ / scaler.scale_
+        np.testing.assert_allclose(fit.coef[j], coef, rtol=1e-6, atol=1e-9)
+        assert abs(fit.intercept[j, 0] - (model.intercept_[0] - coef[0] @ scaler.mean_)) < 1e-6
+
+
 # -- ridge from moments: centring and scaling without cancellation -----------------------------
 def _offset_problem(n=60, d=5, offset=1e4, seed=11):
     """Features with means ~``offset`` and spread ~1; a linear target with its own large offset."""
