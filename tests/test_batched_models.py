@@ -150,6 +150,41 @@ def test_logistic_scaler_with_a_feature_constant_in_the_coalition_behaves_as_skl
         assert abs(fit.intercept[j, 0] - (model.intercept_[0] - coef[0] @ scaler.mean_)) < 1e-6
 
 
+def test_cholesky_solve_batched_equals_lu_and_solves_indefinite_matrices_by_lu():
+    from dvl_dask.models._solvers import cholesky_solve
+
+    rng = np.random.default_rng(17)
+    a = rng.normal(size=(80, 7, 7))
+    A = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(7)
+    A[5] = np.diag([1.0, -2.0, 3.0, 1.0, 1.0, 1.0, 1.0])  # symmetric, non-singular, not positive definite
+    b = rng.normal(size=(80, 7))
+    want = np.linalg.solve(A, b[..., None])[..., 0]
+    np.testing.assert_allclose(cholesky_solve(A, b), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(cholesky_solve(A[:10], b[:10]), want[:10], rtol=1e-9, atol=1e-12)  # small: LAPACK
+
+
+def test_logistic_newton_steps_the_batched_cholesky_rejects_are_solved_by_lu(monkeypatch):
+    from dvl_dask.models import _solvers
+
+    x, y, _, _ = _split(load_breast_cancer, 60, 0, scale=False)
+    masks = _coalitions(np.random.default_rng(18), 64, 60, low=0.5)
+    masks = masks[[np.unique(y[m]).size == 2 for m in masks]]
+    want = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    original = _solvers._cholesky_columns
+    calls = []
+
+    def rejecting(A, b):  # as if every third matrix had a non-positive pivot
+        calls.append(A.shape[-1])
+        solution, ok = original(A, b)
+        ok[::3] = False
+        return solution, ok
+
+    monkeypatch.setattr(_solvers, "_cholesky_columns", rejecting)
+    got = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    assert calls and got.converged.all()
+    np.testing.assert_allclose(got.coef, want.coef, rtol=1e-8, atol=1e-10)
+
+
 # -- ridge from moments: centring and scaling without cancellation -----------------------------
 def _offset_problem(n=60, d=5, offset=1e4, seed=11):
     """Features with means ~``offset`` and spread ~1; a linear target with its own large offset."""
