@@ -197,7 +197,7 @@ def _offset_problem(n=60, d=5, offset=1e4, seed=11):
 @pytest.mark.parametrize("scale", [False, True])
 def test_ridge_keeps_the_digits_of_large_offset_features(scale):
     # Moments about zero would lose ~8 digits here (E x^2 ~ 1e8 against a variance ~1): the coefficients
-    # then differ from scikit-learn's by ~1e-8 relative; about a global centre they agree to ~1e-12.
+    # then differ from scikit-learn's by up to ~3e-7 relative; about a global centre they agree to 1e-10.
     x, y = _offset_problem()
     masks = _coalitions(np.random.default_rng(12), 25, len(y), low=0.2)
     masks[:, :2] = True  # at least two rows, so that no feature is constant
