@@ -274,8 +274,9 @@ class _Logistic:
         if x.ndim == 2:
             p = x.shape[1]
             self.outer_t = np.ascontiguousarray(_outer_rows(x).T)
-            self.lower = np.flatnonzero(np.tri(p, dtype=bool).reshape(-1))
-            self.lower_t = self.outer_t[self.lower]
+            if K == 1:  # only binary Hessians are built from their lower triangle
+                self.lower = np.flatnonzero(np.tri(p, dtype=bool).reshape(-1))
+                self.lower_t = self.outer_t[self.lower]
 
     def subset(self, idx: np.ndarray) -> _Logistic:
         out = object.__new__(_Logistic)
@@ -338,7 +339,7 @@ class _Logistic:
         ``lower``: only the lower triangle is computed (the rest of the array is not set).
         """
         p = self.x.shape[-1]
-        if self.outer_t is not None and lower:
+        if self.lower_t is not None and lower:
             out = np.empty((p * p, len(c)))
             out[self.lower] = self.lower_t @ c.T
             return out.reshape(p, p, len(c))
