@@ -127,6 +127,137 @@ def test_ridge_coefficients_equal_sklearn_gathered_and_masked():
     np.testing.assert_allclose(gathered.coef[0], fit.coef[0], rtol=1e-10)
 
 
+def test_logistic_scaler_with_a_feature_constant_in_the_coalition_behaves_as_sklearn():
+    # A binary feature that is constant in a coalition has scale 1 in scikit-learn's StandardScaler; its
+    # variance from the coalition's moments is ~1e-16 (not 0) for some sizes, so those coalitions take the
+    # two-pass statistics.
+    rng = np.random.default_rng(16)
+    x = np.column_stack([rng.normal(size=60), np.where(rng.random(60) < 0.5, 0.3, 1.7), rng.normal(size=60) + 5.0])
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+    rows = np.flatnonzero(x[:, 1] == 0.3)
+    masks = np.zeros((12, 60), dtype=bool)
+    for k in range(12):  # the first k + 4 rows with the value 0.3, both classes present
+        masks[k, rows[: k + 4]] = True
+        masks[k, rows[np.flatnonzero(y[rows] != y[rows[0]])[0]]] = True
+    fit = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    assert fit.converged.all()
+    for j, mask in enumerate(masks):
+        ref = make_pipeline(StandardScaler(), _tight()).fit(x[mask], y[mask])
+        scaler, model = ref[0], ref[1]
+        assert scaler.scale_[1] == 1.0
+        coef = model.coef_ / scaler.scale_
+        np.testing.assert_allclose(fit.coef[j], coef, rtol=1e-6, atol=1e-9)
+        assert abs(fit.intercept[j, 0] - (model.intercept_[0] - coef[0] @ scaler.mean_)) < 1e-6
+
+
+def test_cholesky_solve_batched_equals_lu_and_solves_indefinite_matrices_by_lu():
+    from dvl_dask.models._solvers import cholesky_solve
+
+    rng = np.random.default_rng(17)
+    a = rng.normal(size=(80, 7, 7))
+    A = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(7)
+    A[5] = np.diag([1.0, -2.0, 3.0, 1.0, 1.0, 1.0, 1.0])  # symmetric, non-singular, not positive definite
+    b = rng.normal(size=(80, 7))
+    want = np.linalg.solve(A, b[..., None])[..., 0]
+    np.testing.assert_allclose(cholesky_solve(A, b), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(cholesky_solve(A[:10], b[:10]), want[:10], rtol=1e-9, atol=1e-12)  # small: LAPACK
+
+
+def test_logistic_newton_steps_the_batched_cholesky_rejects_are_solved_by_lu(monkeypatch):
+    from dvl_dask.models import _solvers
+
+    x, y, _, _ = _split(load_breast_cancer, 60, 0, scale=False)
+    masks = _coalitions(np.random.default_rng(18), 64, 60, low=0.5)
+    masks = masks[[np.unique(y[m]).size == 2 for m in masks]]
+    want = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    original = _solvers._cholesky_columns
+    calls = []
+
+    def rejecting(A, b):  # as if every third matrix had a non-positive pivot
+        calls.append(A.shape[-1])
+        solution, ok = original(A, b)
+        ok[::3] = False
+        return solution, ok
+
+    monkeypatch.setattr(_solvers, "_cholesky_columns", rejecting)
+    got = fit_logistic(x, y, masks.astype(float), n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    assert calls and got.converged.all()
+    np.testing.assert_allclose(got.coef, want.coef, rtol=1e-8, atol=1e-10)
+
+
+# -- ridge from moments: centring and scaling without cancellation -----------------------------
+def _offset_problem(n=60, d=5, offset=1e4, seed=11):
+    """Features with means ~``offset`` and spread ~1; a linear target with its own large offset."""
+    rng = np.random.default_rng(seed)
+    x = offset * (1.0 + rng.random(d)) + rng.normal(size=(n, d))
+    y = x @ rng.normal(size=d) + 3.0 * offset + rng.normal(size=n)
+    return x, y
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_ridge_keeps_the_digits_of_large_offset_features(scale):
+    # Moments about zero would lose ~8 digits here (E x^2 ~ 1e8 against a variance ~1): the coefficients
+    # then differ from scikit-learn's by up to ~3e-7 relative; about a global centre they agree to 1e-10.
+    x, y = _offset_problem()
+    masks = _coalitions(np.random.default_rng(12), 25, len(y), low=0.2)
+    masks[:, :2] = True  # at least two rows, so that no feature is constant
+    fit = fit_ridge(x, y, masks.astype(float), alpha=0.5, fit_intercept=True, scale=scale)
+    for j, mask in enumerate(masks):
+        if scale:
+            ref = make_pipeline(StandardScaler(), SkRidge(alpha=0.5)).fit(x[mask], y[mask])
+            coef = ref[1].coef_ / ref[0].scale_
+            intercept = ref[1].intercept_ - coef @ ref[0].mean_
+        else:
+            ref = SkRidge(alpha=0.5).fit(x[mask], y[mask])
+            coef, intercept = ref.coef_, ref.intercept_
+        assert _relative(fit.coef[j, 0], coef) < 1e-10
+        assert abs(fit.intercept[j, 0] - intercept) < 1e-10 * abs(intercept)
+
+
+def test_ridge_scaler_constant_features_and_single_rows_behave_as_sklearn():
+    # scikit-learn's StandardScaler gives a feature constant in the coalition scale 1: a binary feature in
+    # small coalitions, a column constant everywhere, every feature of a one-row coalition.
+    rng = np.random.default_rng(13)
+    x = np.column_stack([rng.normal(size=40) + 50.0, np.where(rng.random(40) < 0.5, 0.3, 1.7), np.full(40, 7.3),
+                         rng.normal(size=40) * 1e-3 + 1e3])
+    y = x @ [1.0, -2.0, 0.5, 3.0] + rng.normal(size=40)
+    masks = _coalitions(rng, 30, 40, low=0.02)
+    masks[0] = False
+    masks[0, 5] = True  # one row
+    for k in range(1, 9):  # the binary feature constant (moments of 7 rows leave it a variance of 2e-16)
+        masks[k] = False
+        masks[k, np.flatnonzero(x[:, 1] == 0.3)[: k + 1]] = True
+    masks = masks[masks.any(axis=1)]
+    for fit_intercept in (True, False):
+        fit = fit_ridge(x, y, masks.astype(float), alpha=1.0, fit_intercept=fit_intercept, scale=True)
+        for j, mask in enumerate(masks):
+            ref = make_pipeline(StandardScaler(), SkRidge(alpha=1.0, fit_intercept=fit_intercept))
+            # Without an intercept the same fit on targets centred on the coalition (scaled columns sum to
+            # zero, so X^T y = X^T (y - mean y)): scikit-learn's own X^T y rounds to ~1e-6 on these targets
+            # (mean ~3,000, the last feature's spread 1e-6 of its mean); the moments do not.
+            ref.fit(x[mask], y[mask] - (0.0 if fit_intercept else y[mask].mean()))
+            want = ref.predict(x)
+            np.testing.assert_allclose(x @ fit.coef[j, 0] + fit.intercept[j, 0], want, rtol=0,
+                                       atol=1e-9 * np.abs(want).max())
+
+
+def test_ridge_multiplicities_weigh_as_duplicated_rows():
+    x, y = _offset_problem(n=30, d=4, offset=1e3, seed=14)
+    counts = np.random.default_rng(15).integers(0, 4, size=(6, 30))
+    for scale in (False, True):
+        for fit_intercept in (True, False):
+            fit = fit_ridge(x, y, counts.astype(float), alpha=0.3, fit_intercept=fit_intercept, scale=scale)
+            for j, c in enumerate(counts):
+                rows = np.repeat(np.arange(30), c)
+                ridge = SkRidge(alpha=0.3, fit_intercept=fit_intercept)
+                ref = make_pipeline(StandardScaler(), ridge) if scale else ridge
+                # (targets centred without an intercept after a scaler: see the test above)
+                ref.fit(x[rows], y[rows] - (y[rows].mean() if scale and not fit_intercept else 0.0))
+                want = ref.predict(x)
+                np.testing.assert_allclose(x @ fit.coef[j, 0] + fit.intercept[j, 0], want, rtol=0,
+                                           atol=1e-9 * np.abs(want).max())
+
+
 def test_warm_start_reaches_the_same_optimum():
     x, y, _, _ = _split(load_wine, 60, 0)
     masks = np.ones((3, 60))

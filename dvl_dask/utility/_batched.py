@@ -237,8 +237,11 @@ class BatchEvaluator:
             return None  # ridge is solved in closed form
         if getattr(self, "_start", None) is None:
             everyone = np.ones((1, len(self.x)))
-            _, fit = self.fit_score(self.x, everyone, self.y, signature)
-            self._start = fit.params if fit.converged.all() else False
+            try:  # fitted only (not scored: fit_predict has no scorer to use)
+                fit, _ = self._fit(self.x, everyone, self.y, signature, None)
+            except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+                fit = None
+            self._start = fit.params if fit is not None and fit.converged.all() else False
         return self._start if self._start is not False else None
 
 

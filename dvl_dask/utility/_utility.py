@@ -555,26 +555,30 @@ class Utility:
         return np.asarray(scores, dtype=np.float64)
 
     # -- batches (models with a batched fit: dvl_dask.models) ----------------------------
-    def _batch_evaluator(self) -> Any:
+    def _batch_evaluator(self, scoring: bool = True) -> Any:
         """The per-process :class:`~._batched.BatchEvaluator`, or None if this utility is evaluated one at a time.
 
-        Batches need a model with a batched fit (:func:`dvl_dask.models.batch_spec`),
-        a scorer with a vectorised version and no cache (with a cache every
-        coalition goes through it, one at a time).
+        Batches need a model with a batched fit (:func:`dvl_dask.models.batch_spec`)
+        and no ``batched=False``. Scored batches (``scoring``) also need a scorer
+        with a vectorised version and no cache (with a cache every coalition goes
+        through it, one at a time); fits that are neither scored nor cached
+        (:meth:`fit_predict_batch`) do not.
         """
         if self._batch is None:
             from ..models import batch_spec
             from ._batched import BatchEvaluator
 
+            spec = None if self.__dict__.get("_batched_option") is False else batch_spec(self._model)
             try:
-                self._batch = BatchEvaluator(self, batch_spec(self._model)) if self.batched else False
+                self._batch = BatchEvaluator(self, spec) if spec is not None else False
             except (TypeError, ValueError):  # e.g. features that are not numbers: one call at a time says why
                 self._batch = False
-        if self._batch:
-            from ..models import batch_device
+        if not self._batch or (scoring and not self.batched):
+            return None
+        from ..models import batch_device
 
-            batch_device()  # read at call time; an unsupported device raises, it never falls back
-        return self._batch or None
+        batch_device()  # read at call time; an unsupported device raises, it never falls back
+        return self._batch
 
     @property
     def batched(self) -> bool:
@@ -629,8 +633,11 @@ class Utility:
 
         For bagging (Data-OOB): ``counts[b, i]`` is how often player ``i`` is in
         bootstrap sample ``b``; fit ``b`` weighs each of the player's rows by
-        it, the same objective as fitting on the duplicated rows. Only a
-        utility that fits batches (:attr:`batched`) fits here.
+        it, the same objective as fitting on the duplicated rows. The model
+        must have a batched fit (:func:`dvl_dask.models.batch_spec`) and the
+        utility must not be ``batched=False``; the scorer and the cache do not
+        matter (these fits are neither scored nor cached), unlike for
+        :attr:`batched`.
 
         Parameters
         ----------
@@ -641,8 +648,8 @@ class Utility:
         -------
         list
             Per fit, the model's ``predict`` on every training row
-            (``(n_rows,)``: labels or targets), or None where this utility does
-            not fit batches, the sample holds one class, or the fit did not
+            (``(n_rows,)``: labels or targets), or None where the model has no
+            batched fit, the sample holds one class, or the fit did not
             converge or failed: fit that sample one at a time.
         """
         counts = np.asarray(counts)
@@ -652,7 +659,7 @@ class Utility:
                 "The 'counts' argument of Utility.fit_predict_batch must be non-negative integers of shape "
                 f"(B, {self.n_players}). Got {counts.dtype} of shape {counts.shape}."
             )
-        evaluator = self._batch_evaluator()
+        evaluator = self._batch_evaluator(scoring=False)
         if evaluator is None:
             return [None] * len(counts)
         return evaluator.fit_predict(counts)

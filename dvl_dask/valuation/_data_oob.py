@@ -121,9 +121,13 @@ def data_oob_block(
 
 
 def _batched_predictions(utility: Any, counts: np.ndarray) -> list[np.ndarray | None]:
-    """Every bootstrap model of the block fitted as one batch when the utility fits batches (None: fit it alone)."""
-    if getattr(utility, "batched", False) and len(counts):
-        return list(utility.fit_predict_batch(counts))
+    """Every bootstrap model of the block fitted as one batch when the model has a batched fit (None: fit it alone).
+
+    Whatever the utility's scorer and cache: Data-OOB neither scores nor caches these fits.
+    """
+    fit_predict = getattr(utility, "fit_predict_batch", None)
+    if fit_predict is not None and len(counts):
+        return list(fit_predict(counts))
     return [None] * len(counts)
 
 

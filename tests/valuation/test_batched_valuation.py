@@ -172,8 +172,10 @@ def test_learn_utility_evaluates_its_training_coalitions_in_batches(monkeypatch)
     np.testing.assert_allclose([got(m) for m in probe], [want(m) for m in probe], rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_data_oob_fits_its_bootstrap_models_in_batches(monkeypatch, grouped):
+@pytest.mark.parametrize(("grouped", "scoring"), [(False, "accuracy"), (True, "accuracy"), (False, "f1")])
+def test_data_oob_fits_its_bootstrap_models_in_batches(monkeypatch, grouped, scoring):
+    # Data-OOB never scores with the utility's scorer: a scorer without a vectorised version ("f1") does
+    # not stop its bootstrap fits from being batched.
     from sklearn.pipeline import make_pipeline
 
     from dvl_dask import GroupedDataset
@@ -183,8 +185,9 @@ def test_data_oob_fits_its_bootstrap_models_in_batches(monkeypatch, grouped):
     parts = (plain.x_train, plain.y_train, plain.x_test, plain.y_test)
     data = GroupedDataset(*parts, data_groups=np.arange(24) // 2) if grouped else plain
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.3))
-    batched = Utility(model, data, "accuracy")
-    one_at_a_time = Utility(model, data, "accuracy", batched=False)  # same token: same seeds, one fit per sample
+    batched = Utility(model, data, scoring)
+    assert batched.batched == (scoring == "accuracy")
+    one_at_a_time = Utility(model, data, scoring, batched=False)  # same token: same seeds, one fit per sample
     kwargs = {"n_estimators": 12, "seed": 4, "estimators_per_block": 6}
     want = data_oob(one_at_a_time, **kwargs).compute(scheduler="sync")
     fits = [0]
