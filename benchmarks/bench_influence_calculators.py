@@ -234,9 +234,20 @@ def speed(args: argparse.Namespace) -> None:
 # -- per pair: one 2-thread worker against the sequential calculator (issue 30) -------------------
 
 
+def _worker_malloc(threshold: int | None) -> dict[str, Any]:
+    """dask config giving the workers glibc's mmap and trim thresholds of ``threshold`` bytes (None: distributed's
+    default environment, ``MALLOC_TRIM_THRESHOLD_=65536``, which makes every allocation above 128 KiB a fresh
+    mmap: page faults on each, see docs/deployment.md)."""
+    if threshold is None:
+        return {}
+    prefix = "distributed.nanny.pre-spawn-environ."
+    return {f"{prefix}MALLOC_TRIM_THRESHOLD_": threshold, f"{prefix}MALLOC_MMAP_THRESHOLD_": threshold}
+
+
 def per_pair(args: argparse.Namespace) -> None:
     """Seconds per million pairs: the sequential calculator in this process (torch threads 2) against the
     Dask calculator on one worker process with 2 threads, same model, same chunks; values must be identical."""
+    import dask
     import dask.array as da
     import torch
     from bench_influence_models import _problem
@@ -250,7 +261,8 @@ def per_pair(args: argparse.Namespace) -> None:
     n_pairs = args.n_train * args.n_test
     model = DirectInfluence(model_nn, loss, regularization=0.01, second_order_mode="gauss_newton").fit((x, y))
     print(f"MLP 20-64-64-1, {args.n_test} test x {args.n_train} train = {n_pairs:,} pairs; chunks "
-          f"{args.test_chunk} x {args.train_chunk}; DirectInfluence (Gauss-Newton)")
+          f"{args.test_chunk} x {args.train_chunk}; DirectInfluence (Gauss-Newton); worker malloc thresholds: "
+          f"{args.worker_malloc_threshold or 'distributed default (trim 65536)'}")
 
     def pairs(x_, y_, size):
         return [(x_[i : i + size], y_[i : i + size]) for i in range(0, len(x_), size)]
@@ -262,8 +274,9 @@ def per_pair(args: argparse.Namespace) -> None:
                                                           pairs(x, y, args.train_chunk)).compute(
             NestedTorchCatAggregator()), args.repeats)
         rows.append((f"sequential, {gradients} gradients (torch threads 2)", t_seq, 0.0))
-        with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
-                          host="127.0.0.1") as cluster, Client(cluster) as client:
+        with dask.config.set(_worker_malloc(args.worker_malloc_threshold)), \
+                LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
+                             host="127.0.0.1") as cluster, Client(cluster) as client:
             counter = itertools.count()
 
             def inputs(n: int | None = None, counter: Any = counter) -> tuple[Any, ...]:
@@ -379,6 +392,8 @@ def main() -> None:
     p.add_argument("--test-chunk", type=int, default=250)
     p.add_argument("--train-chunk", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker-malloc-threshold", type=int, default=None,
+                   help="per-pair: glibc mmap/trim thresholds of the worker in bytes (default: distributed's env)")
     p.add_argument("--ooc-n", type=int, default=50_000)
     p.add_argument("--ooc-chunk", type=int, default=2000)
     p.add_argument("--ooc-engine", choices=["dask", "sequential"], default="dask")

@@ -389,3 +389,18 @@ def test_a_model_on_the_base_gets_its_checks_synonyms_and_products(data):
     g = torch.cat([r * x, r], dim=1)
     torch.testing.assert_close(infl.influences(x[:4], y[:4], x, y), g[:4] @ g.T / 2.0)
     torch.testing.assert_close(infl.self_influences(x, y), (g * g).sum(dim=1) / 2.0)
+
+
+def test_non_finite_rows_screen_by_row_sums_without_false_alarms_on_overflow():
+    """Rows are screened by their sums (no boolean copy of the gradients); a sum that overflows from
+    finite entries is checked entry by entry and not reported."""
+    from dvl_dask.influence.torch._functional import _non_finite_rows
+
+    big = torch.finfo(torch.float32).max
+    flat = torch.tensor(
+        [[1.0, 2.0, 3.0], [big, big, 1.0], [1.0, float("nan"), 0.0], [float("inf"), 0.0, 0.0], [-big, -big, 0.0],
+         [1.0, 1.0, 1.0]],
+        dtype=torch.float32,
+    )
+    losses = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, float("nan")])
+    assert _non_finite_rows(flat, losses).tolist() == [False, False, True, True, False, True]

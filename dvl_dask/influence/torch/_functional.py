@@ -54,6 +54,22 @@ def recording_layers(
             h.remove()
 
 
+def _non_finite_rows(flat: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    """Rows of ``flat`` (or ``losses``) holding a NaN or an infinity: a boolean vector.
+
+    A row's sum is NaN or infinite if the row holds one, so the rows are
+    screened by their sums (``n`` values allocated, not a boolean copy of
+    ``flat``: fresh memory costs page faults, which distributed's workers pay
+    on every large allocation) and only rows whose sum is not finite -- an
+    overflow of finite values among them -- are checked entry by entry.
+    """
+    bad = ~torch.isfinite(losses.reshape(len(losses), -1)).all(dim=1)
+    suspect = bad | ~torch.isfinite(flat.sum(dim=1))
+    if bool(suspect.any()):
+        bad[suspect] = bad[suspect] | ~torch.isfinite(flat[suspect]).all(dim=1)
+    return bad
+
+
 class FunctionalModel:
     """``model`` and ``loss`` with the trainable parameters captured as detached tensors.
 
@@ -163,7 +179,7 @@ class FunctionalModel:
         with _explain_vmap_errors("per-sample gradients", y):
             g, losses = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
         flat = self.layout.flatten(g, batch_ndim=1)
-        bad = ~(torch.isfinite(losses.reshape(len(losses), -1)).all(dim=1) & torch.isfinite(flat).all(dim=1))
+        bad = _non_finite_rows(flat, losses)
         if bool(bad.any()):
             first = int(torch.nonzero(bad)[0, 0])
             raise InvalidDataError(

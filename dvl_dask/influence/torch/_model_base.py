@@ -84,6 +84,11 @@ def _snapshot(model: nn.Module, owner: str) -> nn.Module:
         ) from exc
 
 
+def _joined(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat(parts, dim)``, without the copy when there is one part (most calls: one chunk)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
 #: Attributes that are not part of what a fitted model is (bookkeeping of its token).
 _TOKEN_BOOKKEEPING = ("_fitted_attrs", "_fit_token", "_module_token")
 
@@ -402,11 +407,11 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._check_inputs(x, y, "influence_factors")
-        return torch.cat([self._solve(g) for _, g in self._grad_chunks(x, y)]).detach()
+        return _joined([self._solve(g) for _, g in self._grad_chunks(x, y)]).detach()
 
     def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._check_inputs(x, y, "per_sample_gradients")
-        return torch.cat([g for _, g in self._grad_chunks(x, y)]).detach()
+        return _joined([g for _, g in self._grad_chunks(x, y)]).detach()
 
     def _grad_chunks(
         self,
@@ -450,7 +455,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     def _up_influences(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``factors @ gradientsᵀ`` of checked inputs, by chunks of training samples."""
-        return torch.cat([factors @ g.T for _, g in self._grad_chunks(x, y)], dim=1).detach()
+        return _joined([factors @ g.T for _, g in self._grad_chunks(x, y)], dim=1).detach()
 
     def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
         """``(functional model, parameter-space factors)`` pairs whose perturbation influences add up to ours."""
