@@ -149,8 +149,30 @@ CONTENTION_METHODS = ("core-hessian", "core-gn", "direct", "direct-gn", "direct-
 WORSE = 1.5
 
 
-def _contention_case(name: str, threads: int) -> dict[str, float]:
-    """One fit + products of ``name`` on the issue-30 MLP, in this process: seconds of each."""
+#: Products are timed over this many repetitions (one takes 20-40 ms: too short to time two at once).
+PRODUCT_REPEATS = 10
+
+
+def _barrier(folder: str | None, copies: int, phase: str) -> None:
+    """Wait until all ``copies`` processes reached ``phase`` (files in ``folder``), so their phases overlap."""
+    import os
+    from pathlib import Path
+
+    if folder is None:
+        return
+    Path(folder, f"{phase}-{os.getpid()}").touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(folder).glob(f"{phase}-*"))) < copies and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _contention_case(name: str, threads: int, barrier: str | None = None, copies: int = 1) -> dict[str, float]:
+    """One fit + products of ``name`` on the issue-30 MLP, in this process: seconds of each.
+
+    With ``barrier``, the ``copies`` processes start their fits together and their products together (a
+    process still fitting would otherwise share the cores with the other's products), and products are
+    timed over :data:`PRODUCT_REPEATS` repetitions.
+    """
     import sys
     from pathlib import Path
 
@@ -178,6 +200,7 @@ def _contention_case(name: str, threads: int) -> dict[str, float]:
                 i += shape.numel()
             return out
 
+        _barrier(barrier, copies, "fit")
         start = time.perf_counter()
         for xb, yb in loader:
             if name == "core-hessian":
@@ -198,11 +221,15 @@ def _contention_case(name: str, threads: int) -> dict[str, float]:
         ),
         "ekfac": lambda: EkfacInfluence(model, loss, regularization=0.01),
     }
+    _barrier(barrier, copies, "fit")
     start = time.perf_counter()
     infl = builders[name]().fit(loader)
     t_fit = time.perf_counter() - start
+    infl.influences_from_factors(infl.influence_factors(x_test[:2], y_test[:2]), x[:2], y[:2])  # warm-up
+    _barrier(barrier, copies, "products")
     start = time.perf_counter()
-    infl.influences_from_factors(infl.influence_factors(x_test, y_test), x, y)
+    for _ in range(PRODUCT_REPEATS):
+        infl.influences_from_factors(infl.influence_factors(x_test, y_test), x, y)
     return {"fit": t_fit, "products": time.perf_counter() - start}
 
 
@@ -212,11 +239,14 @@ def _run_cases(name: str, threads: int, copies: int) -> list[dict[str, float]]:
     import os
     import subprocess
     import sys
+    import tempfile
 
-    cmd = [sys.executable, __file__, "--contention-case", name, "--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(__file__).parents[1])])}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)]
-    return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    with tempfile.TemporaryDirectory() as barrier:
+        cmd = [sys.executable, __file__, "--contention-case", name, "--threads", str(threads), "--barrier", barrier,
+               "--copies", str(copies)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
 
 def recorded_ratios(readme: str | None = None) -> dict[str, tuple[float, float]]:
@@ -283,11 +313,13 @@ def main() -> None:
     p.add_argument("--with-hessian", action="store_true", help="also time DirectInfluence with the exact Hessian")
     p.add_argument("--contention", action="store_true", help="issue-30 guard: each method alone and two at once")
     p.add_argument("--contention-case", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.contention_case:
         import json
 
-        print(json.dumps(_contention_case(args.contention_case, args.threads or 2)))
+        print(json.dumps(_contention_case(args.contention_case, args.threads or 2, args.barrier, args.copies)))
         return
     if args.contention:
         wanted = CONTENTION_METHODS if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
