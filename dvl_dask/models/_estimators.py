@@ -113,9 +113,9 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                   init: np.ndarray | None = None) -> LinearFit:
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_logistic`); ``y`` holds class codes."""
         self._check()
-        batch_device()
+        device = batch_device()
         return fit_logistic(x, y, s, n_classes=n_classes, C=float(self.C), fit_intercept=bool(self.fit_intercept),
-                            scale=scale, tol=float(self.tol), max_iter=int(self.max_iter), init=init)
+                            scale=scale, tol=float(self.tol), max_iter=int(self.max_iter), init=init, device=device)
 
     def fit(self, X: Any, y: Any) -> LogisticRegression:
         """Fit on ``X`` (2-D numeric) and labels ``y`` (at least two classes)."""
@@ -224,8 +224,8 @@ class Ridge(_BatchedRegressor):
         """Fit a batch of coalitions (see :func:`dvl_dask.models._solvers.fit_ridge`); ``init`` is not needed."""
         alpha = _check_positive(self.alpha, "alpha", "Ridge")
         check_bool(self.fit_intercept, "fit_intercept", "dvl_dask.models.Ridge")
-        batch_device()
-        return fit_ridge(x, y, s, alpha=alpha, fit_intercept=bool(self.fit_intercept), scale=scale)
+        device = batch_device()
+        return fit_ridge(x, y, s, alpha=alpha, fit_intercept=bool(self.fit_intercept), scale=scale, device=device)
 
 
 class LinearRegression(_BatchedRegressor):
@@ -264,8 +264,9 @@ class LinearRegression(_BatchedRegressor):
             raise InvalidParameterError(
                 f"The 'tol' parameter of dvl_dask.models.LinearRegression must be a finite number >= 0. Got {tol!r}."
             )
-        batch_device()
-        return fit_least_squares(x, y, s, fit_intercept=bool(self.fit_intercept), scale=scale, rcond=float(tol))
+        device = batch_device()
+        return fit_least_squares(x, y, s, fit_intercept=bool(self.fit_intercept), scale=scale, rcond=float(tol),
+                                 device=device)
 
 
 def _as_matrix(X: Any, owner: str) -> np.ndarray:

@@ -32,6 +32,8 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..validation import check_bool, check_positive_int, check_real
+from ._device import device_namespace
+from ._xp import namespace_of
 
 __all__ = ["LinearFit", "cholesky_solve", "fit_least_squares", "fit_logistic", "fit_ridge", "standardize"]
 
@@ -99,13 +101,14 @@ def _numeric(value: Any, name: str, owner: str) -> np.ndarray:
 
 def _weighted_rows(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and population variance of the rows of each coalition: ``(B, d)`` each."""
+    xp = namespace_of(x)
     total = s.sum(axis=1)[:, None]
     if x.ndim == 2:
         mean = (s @ x) / total
-        var = np.einsum("bm,bmd->bd", s, (x[None, :, :] - mean[:, None, :]) ** 2, optimize=True) / total
+        var = xp.einsum("bm,bmd->bd", s, (x[None, :, :] - mean[:, None, :]) ** 2, optimize=True) / total
     else:
-        mean = np.einsum("bm,bmd->bd", s, x, optimize=True) / total
-        var = np.einsum("bm,bmd->bd", s, (x - mean[:, None, :]) ** 2, optimize=True) / total
+        mean = xp.einsum("bm,bmd->bd", s, x, optimize=True) / total
+        var = xp.einsum("bm,bmd->bd", s, (x - mean[:, None, :]) ** 2, optimize=True) / total
     return mean, var
 
 
@@ -116,10 +119,16 @@ def standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     (scikit-learn's ``_is_constant_feature`` bound on the variance).
     """
     x, s = _check_batch(x, s, "standardize")
+    return _standardize(x, s)
+
+
+def _standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`standardize` without the checks, in the namespace of ``x``."""
+    xp = namespace_of(x)
     mean, var = _weighted_rows(x, s)
     n = s.sum(axis=1)[:, None]
     constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2
-    scale = np.where(constant, 1.0, np.sqrt(var))
+    scale = xp.where(constant, 1.0, xp.sqrt(var))
     xs = (x[None] if x.ndim == 2 else x) - mean[:, None, :]
     return xs / scale[:, None, :], mean, scale
 
@@ -127,16 +136,18 @@ def standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 def _with_intercept(x: np.ndarray, fit_intercept: bool) -> np.ndarray:
     if not fit_intercept:
         return x
-    ones = np.ones((*x.shape[:-1], 1), dtype=x.dtype)
-    return np.concatenate([x, ones], axis=-1)
+    xp = namespace_of(x)
+    ones = xp.ones((*x.shape[:-1], 1), dtype=x.dtype)
+    return xp.concatenate([x, ones], axis=-1)
 
 
 def _xt_v(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``sum_i v[b, i, k] x[(b,) i, :]``: ``(B, m, K) -> (B, K, p)`` (one GEMM for a shared ``x``)."""
+    xp = namespace_of(x)
     if x.ndim == 2:
         B, m, K = v.shape
-        return (np.swapaxes(v, 1, 2).reshape(B * K, m) @ x).reshape(B, K, x.shape[1])
-    return np.matmul(np.swapaxes(v, 1, 2), x)
+        return (xp.swapaxes(v, 1, 2).reshape(B * K, m) @ x).reshape(B, K, x.shape[1])
+    return xp.matmul(xp.swapaxes(v, 1, 2), x)
 
 
 def _outer_rows(x: np.ndarray) -> np.ndarray:
@@ -146,19 +157,21 @@ def _outer_rows(x: np.ndarray) -> np.ndarray:
 
 def _gram(x: np.ndarray, c: np.ndarray, outer: np.ndarray | None = None) -> np.ndarray:
     """``X^T diag(c_b) X`` for every batch element: ``(B, p, p)``."""
+    xp = namespace_of(x)
     p = x.shape[-1]
     if x.ndim == 2:
         outer = _outer_rows(x) if outer is None else outer
         return (c @ outer).reshape(len(c), p, p)
-    return np.matmul(np.swapaxes(x, 1, 2) * c[:, None, :], x)
+    return xp.matmul(xp.swapaxes(x, 1, 2) * c[:, None, :], x)
 
 
 def _decision(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``(B, m, K)`` decision values of parameters ``w`` ``(B, K, p)``."""
+    xp = namespace_of(x)
     if x.ndim == 2:
         B, K, p = w.shape
-        return np.swapaxes((w.reshape(B * K, p) @ x.T).reshape(B, K, len(x)), 1, 2)
-    return np.matmul(x, np.swapaxes(w, 1, 2))
+        return xp.swapaxes((w.reshape(B * K, p) @ x.T).reshape(B, K, len(x)), 1, 2)
+    return xp.matmul(x, xp.swapaxes(w, 1, 2))
 
 
 #: Batches of fewer matrices are solved by LAPACK matrix by matrix (``numpy.linalg.solve``): below this size its
@@ -175,15 +188,30 @@ def cholesky_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     definite is solved by LU (``numpy.linalg.solve``), as are small batches.
     Measured (2,000 matrices of 31 x 31, one thread): 9 ms, against 17 ms for
     ``numpy.linalg.solve`` and 21 ms for LAPACK's Cholesky per matrix followed
-    by these triangular solves.
+    by these triangular solves. Torch arrays (the torch path) are solved by
+    ``torch.linalg.cholesky_ex`` instead (:func:`_spd_solve_batch_last`).
     """
+    xp = namespace_of(A)
     if len(A) < _SMALL_BATCH:
-        return np.linalg.solve(A, b[..., None])[..., 0]
-    x, ok = _cholesky_columns(np.moveaxis(A, 0, -1).copy(), np.ascontiguousarray(b.T))
-    out = np.ascontiguousarray(x.T)
+        return xp.linalg.solve(A, b[..., None])[..., 0]
+    x, ok = _spd_solve_batch_last(xp.copy(xp.moveaxis(A, 0, -1)), xp.ascontiguousarray(b.T))
+    out = xp.ascontiguousarray(x.T)
     if not ok.all():
-        out[~ok] = np.linalg.solve(A[~ok], b[~ok][..., None])[..., 0]
+        out[~ok] = xp.linalg.solve(A[~ok], b[~ok][..., None])[..., 0]
     return out
+
+
+def _spd_solve_batch_last(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve symmetric positive definite systems stored batch last: ``A`` ``(p, p, B)`` (only its lower triangle is
+    read; overwritten), ``b`` ``(p, B)``; returns ``x`` ``(p, B)`` and which matrices had positive pivots.
+
+    The one backend-specific piece of the solvers: numpy's is :func:`_cholesky_columns` (faster than LAPACK per
+    matrix on a batch), torch's ``torch.linalg.cholesky_ex`` on the whole batch.
+    """
+    xp = namespace_of(A)
+    if xp.is_numpy:
+        return _cholesky_columns(A, b)
+    return xp.cholesky_solve_batch_last(A, b)
 
 
 def _cholesky_columns(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,29 +253,33 @@ class _Affine:
 
     def __init__(self, scale: np.ndarray, offset: np.ndarray) -> None:
         self.scale, self.offset = scale, offset
+        self.xp = namespace_of(scale)
 
     def __getitem__(self, idx: np.ndarray) -> _Affine:
         return _Affine(self.scale[idx], self.offset[idx])
 
     def forward(self, w: np.ndarray) -> np.ndarray:
         """``(B, K, d + 1)`` standardised parameters to parameters on the shared columns."""
+        xp = self.xp
         d = self.scale.shape[1]
         coef = w[:, :, :d]
-        bias = np.einsum("bkd,bd->bk", coef, self.offset) + w[:, :, d]
-        return np.concatenate([coef * self.scale[:, None, :], bias[:, :, None]], axis=2)
+        bias = xp.einsum("bkd,bd->bk", coef, self.offset) + w[:, :, d]
+        return xp.concatenate([coef * self.scale[:, None, :], bias[:, :, None]], axis=2)
 
     def inverse(self, r: np.ndarray) -> np.ndarray:
         """Parameters on the shared columns back to standardised parameters."""
+        xp = self.xp
         d = self.scale.shape[1]
         coef = r[:, :, :d] / self.scale[:, None, :]
-        bias = r[:, :, d] - np.einsum("bkd,bd->bk", coef, self.offset)
-        return np.concatenate([coef, bias[:, :, None]], axis=2)
+        bias = r[:, :, d] - xp.einsum("bkd,bd->bk", coef, self.offset)
+        return xp.concatenate([coef, bias[:, :, None]], axis=2)
 
     def pull(self, g: np.ndarray) -> np.ndarray:
         """``T^T g``: gradients on the shared columns to gradients of the standardised parameters."""
+        xp = self.xp
         d = self.scale.shape[1]
         coef = g[:, :, :d] * self.scale[:, None, :] + g[:, :, d:] * self.offset[:, None, :]
-        return np.concatenate([coef, g[:, :, d:]], axis=2)
+        return xp.concatenate([coef, g[:, :, d:]], axis=2)
 
 
 class _Logistic:
@@ -266,6 +298,7 @@ class _Logistic:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, K: int, penalty: np.ndarray,
                  gauge: np.ndarray | None) -> None:
+        self.xp = xp = namespace_of(x)
         self.x, self.y, self.s, self.C, self.K = x, y, s, float(C), K
         self.penalty, self.gauge = penalty, gauge
         # x's rows' outer products, transposed: every Hessian block is one GEMM giving it batch last; the
@@ -273,9 +306,9 @@ class _Logistic:
         self.outer_t = self.lower_t = None
         if x.ndim == 2:
             p = x.shape[1]
-            self.outer_t = np.ascontiguousarray(_outer_rows(x).T)
+            self.outer_t = xp.ascontiguousarray(_outer_rows(x).T)
             if K == 1:  # only binary Hessians are built from their lower triangle
-                self.lower = np.flatnonzero(np.tri(p, dtype=bool).reshape(-1))
+                self.lower = xp.flatnonzero(xp.tri(p, dtype=bool).reshape(-1))
                 self.lower_t = self.outer_t[self.lower]
 
     def subset(self, idx: np.ndarray) -> _Logistic:
@@ -303,27 +336,30 @@ class _Logistic:
 
     def _gauge_level(self, r: np.ndarray) -> np.ndarray:
         """``sum_k u . r_k`` per batch element (the multinomial intercepts' sum in standardised units)."""
+        xp = self.xp
         assert self.gauge is not None
-        return np.einsum("bkp,bp->b", r, self.gauge)
+        return xp.einsum("bkp,bp->b", r, self.gauge)
 
     def value(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
         """The objective at parameters ``r`` whose decision values are ``z``."""
+        xp = self.xp
         if self.K == 1:
-            loss = np.logaddexp(0.0, z[..., 0]) - self._y()[..., 0] * z[..., 0]
+            loss = xp.logaddexp(0.0, z[..., 0]) - self._y()[..., 0] * z[..., 0]
         else:
-            zmax = z.max(axis=-1, keepdims=True)
-            lse = zmax[..., 0] + np.log(np.exp(z - zmax).sum(axis=-1))
+            zmax = xp.amax(z, axis=-1, keepdims=True)
+            lse = zmax[..., 0] + xp.log(xp.exp(z - zmax).sum(axis=-1))
             loss = lse - (self._y() * z).sum(axis=-1)
-        f = self.C * (self.s * loss).sum(axis=1) + 0.5 * np.einsum("bkp,bp->b", r * r, self.penalty)
+        f = self.C * (self.s * loss).sum(axis=1) + 0.5 * xp.einsum("bkp,bp->b", r * r, self.penalty)
         if self.gauge is not None:
             f = f + 0.5 * self._gauge_level(r) ** 2
         return f
 
     def probabilities(self, z: np.ndarray) -> np.ndarray:
+        xp = self.xp
         if self.K == 1:
-            with np.errstate(over="ignore"):  # exp(-z) = inf for z < -709: the probability is then 0, as it should
-                return 1.0 / (1.0 + np.exp(-z))
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
+            with xp.errstate(over="ignore"):  # exp(-z) = inf for z < -709: the probability is then 0, as it should
+                return 1.0 / (1.0 + xp.exp(-z))
+        e = xp.exp(z - xp.amax(z, axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
     def gradient(self, r: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -338,33 +374,35 @@ class _Logistic:
 
         ``lower``: only the lower triangle is computed (the rest of the array is not set).
         """
+        xp = self.xp
         p = self.x.shape[-1]
         if self.lower_t is not None and lower:
-            out = np.empty((p * p, len(c)))
+            out = xp.empty((p * p, len(c)))
             out[self.lower] = self.lower_t @ c.T
             return out.reshape(p, p, len(c))
         if self.outer_t is not None:
             return (self.outer_t @ c.T).reshape(p, p, len(c))
-        return np.moveaxis(np.matmul(np.swapaxes(self.x, 1, 2) * c[:, None, :], self.x), 0, -1).copy()
+        return xp.copy(xp.moveaxis(xp.matmul(xp.swapaxes(self.x, 1, 2) * c[:, None, :], self.x), 0, -1))
 
     def hessian(self, prob: np.ndarray, lower: bool = False) -> np.ndarray:
         """The Hessians ``(K p, K p, B)``, batch last (they do not depend on ``r`` beyond ``prob``).
 
         ``lower``: binary models may then leave the strict upper triangle unset.
         """
+        xp = self.xp
         B, K, p = len(prob), self.K, self.x.shape[-1]
         cs = self.C * self.s
         if K == 1:
             H = self._gram_t(cs * prob[..., 0] * (1.0 - prob[..., 0]), lower)[None, :, None]
         else:
-            H = np.empty((K, p, K, p, B))
+            H = xp.empty((K, p, K, p, B))
             for k in range(K):
                 for j in range(k, K):
                     block = self._gram_t(cs * prob[..., k] * ((1.0 if k == j else 0.0) - prob[..., j]))
                     H[k, :, j] = block
                     if j != k:
                         H[j, :, k] = block
-        idx = np.arange(p)
+        idx = xp.arange(p)
         for k in range(K):
             H[k, idx, k, idx] += self.penalty.T
         if self.gauge is not None:
@@ -374,16 +412,17 @@ class _Logistic:
 
     def newton_step(self, g: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """``-H^{-1} g`` for every batch element: ``(B, K, p)``."""
+        xp = self.xp
         n = len(g)
         rhs = g.reshape(n, -1)
         if n < _SMALL_BATCH:
-            return -np.linalg.solve(np.moveaxis(self.hessian(prob), -1, 0), rhs[..., None]).reshape(g.shape)
-        x, ok = _cholesky_columns(self.hessian(prob, lower=True), np.ascontiguousarray(rhs.T))
-        step = np.ascontiguousarray(x.T)
+            return -xp.linalg.solve(xp.moveaxis(self.hessian(prob), -1, 0), rhs[..., None]).reshape(g.shape)
+        x, ok = _spd_solve_batch_last(self.hessian(prob, lower=True), xp.ascontiguousarray(rhs.T))
+        step = xp.ascontiguousarray(x.T)
         if not ok.all():  # not numerically positive definite: LU on those Hessians, rebuilt
-            bad = np.flatnonzero(~ok)
-            again = np.moveaxis(self.subset(bad).hessian(prob[bad]), -1, 0)
-            step[bad] = np.linalg.solve(again, rhs[bad][..., None])[..., 0]
+            bad = xp.flatnonzero(~ok)
+            again = xp.moveaxis(self.subset(bad).hessian(prob[bad]), -1, 0)
+            step[bad] = xp.linalg.solve(again, rhs[bad][..., None])[..., 0]
         return -step.reshape(g.shape)
 
 
@@ -399,16 +438,17 @@ def _newton(problem: _Logistic, r0: np.ndarray, tol: float, max_iter: int,
     keeps every step a descent step. Returns the parameters, which elements
     converged, and the iterations.
     """
+    xp = problem.xp
     B = r0.shape[0]
-    r = r0.copy()
-    zero = np.zeros_like(r0)
+    r = xp.copy(r0)
+    zero = xp.zeros_like(r0)
     g0 = problem.gradient(zero, problem.probabilities(problem.decision(zero)))
-    reference = np.abs(g0 if transform is None else transform.pull(g0)).reshape(B, -1).max(axis=1)
-    target = tol * np.maximum(reference, _EPS)
-    converged = np.zeros(B, dtype=bool)
-    objective = np.full(B, np.nan)  # at the current parameters, from the last line search
+    reference = xp.amax(xp.abs(g0 if transform is None else transform.pull(g0)).reshape(B, -1), axis=1)
+    target = tol * xp.maximum(reference, _EPS)
+    converged = xp.zeros(B, dtype=bool)
+    objective = xp.full(B, np.nan)  # at the current parameters, from the last line search
     iterations = 0
-    active = np.arange(B)
+    active = xp.arange(B)
     sub, T = problem, transform
     for iterations in range(max_iter + 1):
         ra = r[active]
@@ -416,12 +456,12 @@ def _newton(problem: _Logistic, r0: np.ndarray, tol: float, max_iter: int,
         prob = sub.probabilities(z)
         g = sub.gradient(ra, prob)
         gw = g if T is None else T.pull(g)
-        done = np.abs(gw).reshape(len(active), -1).max(axis=1) <= target[active]
+        done = xp.amax(xp.abs(gw).reshape(len(active), -1), axis=1) <= target[active]
         converged[active[done]] = True
         if done.all() or iterations == max_iter:
             break
         if done.any():  # drop the converged fits from the batch
-            keep = np.flatnonzero(~done)
+            keep = xp.flatnonzero(~done)
             active, sub = active[keep], sub.subset(keep)
             T = None if T is None else T[keep]
             ra, g, prob, z = ra[keep], g[keep], prob[keep], z[keep]
@@ -439,26 +479,27 @@ def _line_search(problem: _Logistic, r: np.ndarray, z: np.ndarray, g: np.ndarray
     decision values along the step are ``z + t * (x step)``: one product for
     all trial lengths.
     """
-    unknown = np.isnan(f0)
+    xp = problem.xp
+    unknown = xp.isnan(f0)
     if unknown.any():
-        f0 = f0.copy()
+        f0 = xp.copy(f0)
         f0[unknown] = problem.value(z, r)[unknown] if unknown.all() else \
-            problem.subset(np.flatnonzero(unknown)).value(z[unknown], r[unknown])
+            problem.subset(xp.flatnonzero(unknown)).value(z[unknown], r[unknown])
     dz = problem.decision(step)
-    reached = np.full(len(r), np.nan)
+    reached = xp.full(len(r), np.nan)
     slope = (g * step).reshape(len(r), -1).sum(axis=1)
-    t = np.ones(len(r))
-    pending = np.arange(len(r))
+    t = xp.ones(len(r))
+    pending = xp.arange(len(r))
     sub = problem
     for _ in range(40):
         tp = t[pending][:, None, None]
         f = sub.value(z[pending] + tp * dz[pending], r[pending] + tp * step[pending])
         # Rounding: near the optimum a decrease below the objective's precision counts as none.
-        ok = f <= f0[pending] + 1e-4 * t[pending] * slope[pending] + 64 * _EPS * np.abs(f0[pending])
+        ok = f <= f0[pending] + 1e-4 * t[pending] * slope[pending] + 64 * _EPS * xp.abs(f0[pending])
         reached[pending[ok]] = f[ok]
         if ok.all():
             break
-        sub = sub.subset(np.flatnonzero(~ok))
+        sub = sub.subset(xp.flatnonzero(~ok))
         pending = pending[~ok]
         t[pending] *= 0.5
     return t, reached
@@ -469,13 +510,14 @@ def _design(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     if not scale:
         return _with_intercept(x, fit_intercept), None, None
-    xs, mean, sd = standardize(x, s)
+    xs, mean, sd = _standardize(x, s)
     return _with_intercept(xs, fit_intercept), mean, sd
 
 
 def _column_centre(rows: np.ndarray) -> np.ndarray:
     """The mean of each column, or its value where the column is constant (so that it centres to exact zeros)."""
-    return np.where((rows == rows[0]).all(axis=0), rows[0], rows.mean(axis=0))
+    xp = namespace_of(rows)
+    return xp.where((rows == rows[0]).all(axis=0), rows[0], rows.mean(axis=0))
 
 
 def _coalition_statistics(xg: np.ndarray, s: np.ndarray, centre: np.ndarray,
@@ -487,10 +529,11 @@ def _coalition_statistics(xg: np.ndarray, s: np.ndarray, centre: np.ndarray,
     or near scikit-learn's constant-feature bound) gets its own two-pass
     statistics, as :func:`standardize` computes them.
     """
+    xp = namespace_of(xg)
     n = s.sum(axis=1)[:, None]
     mean_g = (s @ xg) / n
     second = (s @ (xg * xg)) / n
-    var_g = np.maximum(second - mean_g * mean_g, 0.0)
+    var_g = xp.maximum(second - mean_g * mean_g, 0.0)
     mean, var = centre + spread * mean_g, var_g * spread**2
     bound = n * _EPS * var + (n * mean * _EPS) ** 2
     suspect = (((var_g < 1e-4 * second) | (var <= 4.0 * bound)) & (second > 0)).any(axis=1)
@@ -516,18 +559,19 @@ def _shared_problem(
     every Hessian is one GEMM over the shared rows plus a diagonal (and a
     rank-one term), with no per-coalition transformation of the matrices.
     """
-    centre, spread = _column_centre(x), x.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
+    xp = namespace_of(x)
+    centre, spread = _column_centre(x), xp.std(x, axis=0)
+    spread = xp.where(spread > 0, spread, 1.0)
     xg = (x - centre) / spread
     mean_g, mean, var = _coalition_statistics(xg, s, centre, spread)
     n = s.sum(axis=1)[:, None]
     constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2  # scikit-learn's rule, as in standardize()
-    sd = np.where(constant, 1.0, np.sqrt(var))
+    sd = xp.where(constant, 1.0, xp.sqrt(var))
     sd_g = sd / spread
     transform = _Affine(1.0 / sd_g, -mean_g / sd_g)
-    ones = np.ones((len(s), 1))
-    penalty = np.concatenate([sd_g**2, 0.0 * ones], axis=1)
-    gauge = np.concatenate([mean_g, ones], axis=1) if K > 1 else None
+    ones = xp.ones((len(s), 1))
+    penalty = xp.concatenate([sd_g**2, 0.0 * ones], axis=1)
+    gauge = xp.concatenate([mean_g, ones], axis=1) if K > 1 else None
     return _Logistic(_with_intercept(xg, True), targets, s, C, K, penalty, gauge), transform, mean, sd
 
 
@@ -535,12 +579,13 @@ def _to_raw(
     w: np.ndarray, fit_intercept: bool, mean: np.ndarray | None, sd: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients and intercepts in the units of the raw features (undoing the standardisation)."""
+    xp = namespace_of(w)
     coef = w[:, :, :-1] if fit_intercept else w
-    intercept = w[:, :, -1].copy() if fit_intercept else np.zeros(w.shape[:2])
+    intercept = xp.copy(w[:, :, -1]) if fit_intercept else xp.zeros(w.shape[:2])
     if sd is not None and mean is not None:
         coef = coef / sd[:, None, :]
-        intercept = intercept - np.einsum("bkd,bd->bk", coef, mean)
-    return np.ascontiguousarray(coef), intercept
+        intercept = intercept - xp.einsum("bkd,bd->bk", coef, mean)
+    return xp.ascontiguousarray(coef), intercept
 
 
 def fit_logistic(
@@ -555,6 +600,7 @@ def fit_logistic(
     tol: float = 1e-10,
     max_iter: int = 100,
     init: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> LinearFit:
     """Fit ``B`` logistic regressions at once.
 
@@ -578,6 +624,8 @@ def fit_logistic(
         ``max_iter`` Newton steps.
     init : array ``(B, K, p)``, optional
         Starting parameters (a warm start, in the units of ``LinearFit.params``); zeros otherwise.
+    device : str
+        Where to fit: ``"cpu"`` (numpy) or a torch device (:func:`dvl_dask.models.batch_device`'s values).
     """
     owner = "fit_logistic"
     x, s = _check_batch(x, s, owner, y)
@@ -586,9 +634,10 @@ def fit_logistic(
     fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
     tol = check_real(tol, "tol", owner, low=0.0, low_open=True, finite=True)
     max_iter = check_positive_int(max_iter, "max_iter", owner)
+    xp = device_namespace(device, owner)
     K = 1 if n_classes == 2 else n_classes
-    targets = y.astype(np.float64) if K == 1 else np.eye(K)[y]
-    s = s.astype(np.float64)
+    x, s = xp.asarray(x), xp.array(s, dtype=xp.float64)
+    targets = xp.asarray(y, dtype=xp.float64) if K == 1 else xp.eye(K)[xp.int_array(y)]
     B = s.shape[0]
     transform = None
     if x.ndim == 2 and scale and fit_intercept:  # shared rows: standardise through a per-coalition reparametrisation
@@ -596,20 +645,27 @@ def fit_logistic(
     else:  # raw rows, or each coalition's rows standardised (gathered, or without an intercept)
         design, mean, sd = _design(x, s, scale, fit_intercept)
         p = design.shape[-1]
-        penalty = np.broadcast_to(np.r_[np.ones(p - 1), 0.0 if fit_intercept else 1.0], (B, p))
-        gauge = np.broadcast_to(np.eye(p)[-1], (B, p)) if K > 1 and fit_intercept else None
+        penalty = xp.broadcast_to(xp.concatenate([xp.ones(p - 1), xp.full(1, 0.0 if fit_intercept else 1.0)]),
+                                  (B, p))
+        gauge = xp.broadcast_to(xp.eye(p)[-1], (B, p)) if K > 1 and fit_intercept else None
         problem = _Logistic(design, targets, s, C, K, penalty, gauge)
     p = problem.x.shape[-1]
-    w0 = np.zeros((B, K, p)) if init is None else np.array(init, dtype=np.float64)
+    w0 = xp.zeros((B, K, p)) if init is None else xp.array(init, dtype=xp.float64)
     r0 = w0 if transform is None else transform.forward(w0)
     r, converged, n_iter = _newton(problem, r0, tol, max_iter, transform)
     w = r if transform is None else transform.inverse(r)
     coef, intercept = _to_raw(w, fit_intercept, mean, sd)
-    return LinearFit(coef, intercept, w, converged, n_iter)
+    return _linear_fit(xp, coef, intercept, w, converged, n_iter)
+
+
+def _linear_fit(xp: Any, coef: Any, intercept: Any, params: Any, converged: Any, n_iter: int) -> LinearFit:
+    """The results as a :class:`LinearFit` of numpy arrays (one copy to the host on the torch path)."""
+    return LinearFit(xp.to_numpy(coef), xp.to_numpy(intercept), xp.to_numpy(params), xp.to_numpy(converged), n_iter)
 
 
 def fit_ridge(
-    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, alpha: float, fit_intercept: bool, scale: bool = False
+    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, alpha: float, fit_intercept: bool, scale: bool = False,
+    device: str = "cpu",
 ) -> LinearFit:
     """Fit ``B`` ridge regressions at once, in closed form (one batched solve).
 
@@ -626,20 +682,20 @@ def fit_ridge(
     values. A coalition where it still would (a feature or the target almost
     constant in it relative to its distance from that centre, or a feature at
     scikit-learn's constant-feature bound) is solved from its own centred rows
-    instead, as before (:func:`_ridge_direct`).
+    instead, as before (:func:`_ridge_direct`). ``device``: as :func:`fit_logistic`'s.
     """
     owner = "fit_ridge"
     x, s = _check_batch(x, s, owner, y)
     alpha = check_real(alpha, "alpha", owner, low=0.0, low_open=True, finite=True)
     fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
-    s = s.astype(np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    xp = device_namespace(device, owner)
+    x, s, y = xp.asarray(x), xp.array(s, dtype=xp.float64), xp.asarray(y, dtype=xp.float64)
     d = x.shape[-1]
     if not (fit_intercept or scale):  # nothing is centred: the raw Gram matrix, taken about zero
-        raw = _Moments.of(x, y, s, np.zeros(d), 0.0)
-        A = raw.M[:d, :d].copy()
-        A[np.arange(d), np.arange(d)] += alpha
-        w, ok = _solve_batch_last(A, raw.M[:d, d].copy())
+        raw = _Moments.of(x, y, s, xp.zeros(d), 0.0)
+        A = xp.copy(raw.M[:d, :d])
+        A[xp.arange(d), xp.arange(d)] += alpha
+        w, ok = _solve_batch_last(A, xp.copy(raw.M[:d, d]))
         fit = _regression_fit(w, None, None, False, None, None)
         if not ok.all():
             _replace_direct(fit, ~ok, x, y, s, alpha, fit_intercept, scale)
@@ -651,12 +707,12 @@ def fit_ridge(
     if scale:
         n = moments.n
         bound = n * _EPS * var + (n * mean * _EPS) ** 2  # scikit-learn's constant-feature rule
-        sd = np.where(var <= bound, 1.0, np.sqrt(var))
+        sd = xp.where(var <= bound, 1.0, xp.sqrt(var))
         suspect |= ((var <= 4.0 * bound) & (moments.second > 0)).any(axis=0)
     w, ok = _solve_batch_last(*moments.normal_equations(None if sd is None else 1.0 / sd, alpha))
     suspect |= ~ok
     mean = mean.T
-    x_mean = np.zeros_like(mean) if scale else mean  # standardised rows have mean zero
+    x_mean = xp.zeros_like(mean) if scale else mean  # standardised rows have mean zero
     fit = _regression_fit(w, x_mean, moments.y_mean(), fit_intercept, mean if scale else None,
                           None if sd is None else sd.T)
     if suspect.any():
@@ -667,10 +723,11 @@ def fit_ridge(
 def _replace_direct(fit: LinearFit, which: np.ndarray, x: np.ndarray, y: np.ndarray, s: np.ndarray, alpha: float,
                     fit_intercept: bool, scale: bool) -> None:
     """Refit the coalitions ``which`` (a mask) of a ridge batch from their own rows (:func:`_ridge_direct`)."""
-    rows = np.flatnonzero(which)
+    xp = namespace_of(x)
+    rows = xp.flatnonzero(which)
     sub_x = x if x.ndim == 2 else x[rows]
     sub_y = y if y.ndim == 1 else y[rows]
-    _replace_rows(fit, rows, _ridge_direct(sub_x, sub_y, s[rows], alpha, fit_intercept, scale))
+    _replace_rows(fit, xp.to_numpy(rows), _ridge_direct(sub_x, sub_y, s[rows], alpha, fit_intercept, scale))
 
 
 def _solve_batch_last(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -680,10 +737,11 @@ def _solve_batch_last(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     pivots; LAPACK's LU for batches smaller than ``_SMALL_BATCH``, which
     solves any non-singular system).
     """
+    xp = namespace_of(A)
     if A.shape[-1] < _SMALL_BATCH:
-        return np.linalg.solve(np.moveaxis(A, -1, 0), b.T[..., None])[..., 0], np.ones(A.shape[-1], dtype=bool)
-    x, ok = _cholesky_columns(A, np.ascontiguousarray(b))
-    return np.ascontiguousarray(x.T), ok
+        return xp.linalg.solve(xp.moveaxis(A, -1, 0), b.T[..., None])[..., 0], xp.ones(A.shape[-1], dtype=bool)
+    x, ok = _spd_solve_batch_last(A, xp.ascontiguousarray(b))
+    return xp.ascontiguousarray(x.T), ok
 
 
 class _Moments:
@@ -696,29 +754,31 @@ class _Moments:
     """
 
     def __init__(self, M: np.ndarray, centre: np.ndarray, y_centre: float) -> None:
+        self.xp = xp = namespace_of(M)
         d = M.shape[0] - 2
         self.M, self.d, self.centre, self.y_centre = M, d, centre, y_centre
         self.n = M[-1, -1]
         self.mu = M[:d, -1] / self.n
         self.mu_y = M[d, -1] / self.n
-        self.second = np.diagonal(M[:d, :d]).T / self.n
+        self.second = xp.diagonal(M[:d, :d]).T / self.n
         self.second_y = M[d, d] / self.n
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, s: np.ndarray, centre: np.ndarray, y_centre: float) -> _Moments:
         """The moments of every coalition: for shared rows, one GEMM of the rows' outer products ``(q^2, m)``
         with the multiplicities ``(m, B)``; for gathered rows, a batched ``a^T diag(s) a``."""
+        xp = namespace_of(x)
         shifted = x - centre
         target = y - y_centre
         if shifted.ndim == 2 and target.ndim == 2:  # shared rows, targets per coalition
-            shifted = np.broadcast_to(shifted, (len(s), *shifted.shape))
-        target = np.broadcast_to(target, shifted.shape[:-1])[..., None]
-        a = np.concatenate([shifted, target, np.ones((*shifted.shape[:-1], 1))], axis=-1)
+            shifted = xp.broadcast_to(shifted, (len(s), *shifted.shape))
+        target = xp.broadcast_to(target, shifted.shape[:-1])[..., None]
+        a = xp.concatenate([shifted, target, xp.ones((*shifted.shape[:-1], 1))], axis=-1)
         q = a.shape[-1]
         if a.ndim == 2:
-            M = (np.ascontiguousarray(_outer_rows(a).T) @ s.T).reshape(q, q, len(s))
+            M = (xp.ascontiguousarray(_outer_rows(a).T) @ s.T).reshape(q, q, len(s))
         else:
-            M = np.ascontiguousarray(np.moveaxis(np.matmul(np.swapaxes(a, 1, 2) * s[:, None, :], a), 0, -1))
+            M = xp.ascontiguousarray(xp.moveaxis(xp.matmul(xp.swapaxes(a, 1, 2) * s[:, None, :], a), 0, -1))
         return cls(M, centre, y_centre)
 
     def mean(self) -> np.ndarray:
@@ -730,7 +790,8 @@ class _Moments:
 
     def variance(self) -> np.ndarray:
         """Population variances ``(d, B)`` (rounding can leave one just below 0 only where :meth:`cancels`)."""
-        return np.maximum(self.second - self.mu * self.mu, 0.0)
+        xp = self.xp
+        return xp.maximum(self.second - self.mu * self.mu, 0.0)
 
     def cancels(self, tol: float = 1e-4) -> np.ndarray:
         """Coalitions ``(B,)`` whose centring loses more than ``eps / tol`` of a variance to cancellation.
@@ -752,9 +813,10 @@ class _Moments:
         array) and ``b_i = n cov(x_i, y) inv_i``, where
         ``n cov_ij = sum (x_i - c_i)(x_j - c_j) - n mu_i mu_j``.
         """
+        xp = self.xp
         d, n = self.d, self.n
-        root = np.sqrt(n) * self.mu
-        A = self.M[:d, :d].copy()
+        root = xp.sqrt(n) * self.mu
+        A = xp.copy(self.M[:d, :d])
         b = self.M[:d, d] - n * self.mu * self.mu_y
         if inv is not None:
             A *= inv[:, None, :]
@@ -762,7 +824,7 @@ class _Moments:
             root = root * inv
             b = b * inv
         A -= root[:, None, :] * root[None, :, :]
-        A[np.arange(d), np.arange(d)] += alpha
+        A[xp.arange(d), xp.arange(d)] += alpha
         return A, b
 
 
@@ -780,24 +842,26 @@ def _ridge_direct(x: np.ndarray, y: np.ndarray, s: np.ndarray, alpha: float, fit
     standardised rows, whose columns sum to zero: ``X^T y = X^T (y - mean y)``
     then, without the rounding of a large mean of ``y``).
     """
+    xp = namespace_of(x)
     design, mean, sd = _design(x, s, scale, False)
     yb = y[None] if y.ndim == 1 else y
     x_mean = y_mean = None
-    yc = np.broadcast_to(yb, s.shape)
+    yc = xp.broadcast_to(yb, s.shape)
     if fit_intercept or scale:
         y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
         yc = yb - y_mean[:, None]
     if fit_intercept:
         x_mean, _ = _weighted_rows(design, s)
         design = (design[None] if design.ndim == 2 else design) - x_mean[:, None, :]
-    A = _gram(design, s) + alpha * np.eye(design.shape[-1])
+    A = _gram(design, s) + alpha * xp.eye(design.shape[-1])
     rhs = _xt_v(design, (s * yc)[..., None])[:, 0, :]
     w = cholesky_solve(A, rhs)
     return _regression_fit(w, x_mean, y_mean, fit_intercept, mean, sd)
 
 
 def fit_least_squares(
-    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, fit_intercept: bool, scale: bool = False, rcond: float = 1e-6
+    x: np.ndarray, y: np.ndarray, s: np.ndarray, *, fit_intercept: bool, scale: bool = False, rcond: float = 1e-6,
+    device: str = "cpu",
 ) -> LinearFit:
     """Fit ``B`` unregularised linear regressions at once: minimum-norm least squares, as scikit-learn's.
 
@@ -808,37 +872,40 @@ def fit_least_squares(
     one batched SVD of every coalition's centred rows (scaled by the square
     roots of their multiplicities, the same singular values as duplicated
     rows), the same cut-off ``rcond``, and the pseudo-inverse solution.
+    ``device``: as :func:`fit_logistic`'s.
     """
     owner = "fit_least_squares"
     x, s = _check_batch(x, s, owner, y)
     fit_intercept, scale = check_bool(fit_intercept, "fit_intercept", owner), check_bool(scale, "scale", owner)
     rcond = check_real(rcond, "rcond", owner, low=0.0, finite=True)
-    s = s.astype(np.float64)
+    xp = device_namespace(device, owner)
+    x, s, y = xp.asarray(x), xp.array(s, dtype=xp.float64), xp.asarray(y, dtype=xp.float64)
     design, mean, sd = _design(x, s, scale, False)
-    design = np.broadcast_to(design, (len(s), *design.shape[-2:])) if design.ndim == 2 else design
-    yb = np.broadcast_to(y[None] if y.ndim == 1 else y, s.shape)
+    design = xp.broadcast_to(design, (len(s), *design.shape[-2:])) if design.ndim == 2 else design
+    yb = xp.broadcast_to(y[None] if y.ndim == 1 else y, s.shape)
     x_mean = y_mean = None
     if fit_intercept:
         x_mean, _ = _weighted_rows(design, s)
         y_mean = (s * yb).sum(axis=1) / s.sum(axis=1)
         design = design - x_mean[:, None, :]
         yb = yb - y_mean[:, None]
-    root = np.sqrt(s)
-    u, sv, vt = np.linalg.svd(design * root[..., None], full_matrices=False)
+    root = xp.sqrt(s)
+    u, sv, vt = xp.linalg.svd(design * root[..., None], full_matrices=False)
     kept = sv > rcond * sv[:, :1]
-    inverse = np.where(kept, 1.0 / np.where(kept, sv, 1.0), 0.0)
-    projected = np.einsum("bmk,bm->bk", u, yb * root) * inverse
-    w = np.einsum("bkd,bk->bd", vt, projected)
+    inverse = xp.where(kept, 1.0 / xp.where(kept, sv, 1.0), 0.0)
+    projected = xp.einsum("bmk,bm->bk", u, yb * root) * inverse
+    w = xp.einsum("bkd,bk->bd", vt, projected)
     return _regression_fit(w, x_mean, y_mean, fit_intercept, mean, sd)
 
 
 def _regression_fit(w: np.ndarray, x_mean: np.ndarray | None, y_mean: np.ndarray | None, fit_intercept: bool,
                     mean: Any, sd: Any) -> LinearFit:
     """The fit of ``B`` linear regressions from their weights on centred rows (intercept from the means)."""
+    xp = namespace_of(w)
     if fit_intercept:
-        b = y_mean - np.einsum("bd,bd->b", x_mean, w)
-        params = np.concatenate([w, b[:, None]], axis=1)[:, None, :]
+        b = y_mean - xp.einsum("bd,bd->b", x_mean, w)
+        params = xp.concatenate([w, b[:, None]], axis=1)[:, None, :]
     else:
         params = w[:, None, :]
     coef, intercept = _to_raw(params, fit_intercept, mean, sd)
-    return LinearFit(coef, intercept, params, np.ones(len(w), dtype=bool), 1)
+    return _linear_fit(xp, coef, intercept, params, xp.ones(len(w), dtype=bool), 1)
