@@ -103,8 +103,11 @@ class TorchNamespace:
 
     # -- creation (on this device) --
     def asarray(self, a: Any, dtype: Any = None) -> Any:
-        if isinstance(a, np.ndarray) and dtype is None:
-            dtype = self.float64 if a.dtype.kind == "f" else None
+        if isinstance(a, np.ndarray):
+            if dtype is None and a.dtype.kind == "f":
+                dtype = self.float64
+            if not a.flags.writeable:  # e.g. a broadcast view: torch wants memory it may write (it never does here)
+                a = np.array(a)
         return self._torch.as_tensor(a, dtype=dtype, device=self.device)
 
     def int_array(self, a: Any) -> Any:
