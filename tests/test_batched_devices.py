@@ -111,18 +111,63 @@ def test_ridge_and_least_squares_in_torch_on_the_cpu_equal_the_numpy_fits(scale,
     _assert_same_fit(fit_least_squares(x, y, s, **kw, device="torch:cpu"), fit_least_squares(x, y, s, **kw))
 
 
-def test_ridge_with_large_offsets_takes_the_same_direct_path_in_torch():
+@pytest.mark.parametrize("n_suspect", [10, 60])  # refits below and above the batched Cholesky's batch size
+def test_ridge_with_large_offsets_takes_the_same_direct_path_in_torch(monkeypatch, n_suspect):
     # Features far from zero and almost constant in a coalition: the moments would cancel, both paths refit
-    # those coalitions from their own rows (_ridge_direct, with the batched Cholesky of 60 matrices).
+    # those coalitions from their own rows (_ridge_direct).
+    from dvl_dask.models import _solvers
+
     rng = np.random.default_rng(5)
     x = 1e6 + rng.normal(size=(30, 3))
     x[:10, 2] = 1e6 + 1e-7 * rng.normal(size=10)
     y = x[:, 0] - 1e6 + rng.normal(size=30)
-    s = (rng.random((60, 30)) < 0.6).astype(float)
-    s[::2] = 0.0
-    s[::2, :10] = 1.0
-    _assert_same_fit(fit_ridge(x, y, s, alpha=1.0, fit_intercept=True, scale=True, device="torch:cpu"),
-                     fit_ridge(x, y, s, alpha=1.0, fit_intercept=True, scale=True))
+    s = (rng.random((n_suspect + 20, 30)) < 0.6).astype(float)
+    s[:n_suspect] = 0.0
+    s[:n_suspect, :10] = 1.0
+    refits = []
+    direct = _solvers._ridge_direct
+    monkeypatch.setattr(_solvers, "_ridge_direct", lambda x, y, s, *a: refits.append(len(s)) or direct(x, y, s, *a))
+    want = fit_ridge(x, y, s, alpha=1.0, fit_intercept=True, scale=True)
+    _assert_same_fit(fit_ridge(x, y, s, alpha=1.0, fit_intercept=True, scale=True, device="torch:cpu"), want)
+    assert refits == [n_suspect, n_suspect]
+
+
+def test_torch_newton_steps_its_cholesky_rejects_are_solved_by_lu(monkeypatch):
+    from dvl_dask.models._xp import TorchNamespace
+
+    x, rng = _rows(9, m=40)
+    y = np.arange(40) % 2
+    s = (rng.random((64, 40)) < 0.7).astype(float)
+    s[:, :2] = 1.0
+    kw = dict(n_classes=2, C=1.0, fit_intercept=True, scale=True)
+    want = fit_logistic(x, y, s, **kw)
+    original = TorchNamespace.cholesky_solve_batch_last
+    calls = []
+
+    def rejecting(self, A, b):  # as if every third matrix had a non-positive pivot (cholesky_ex's info > 0)
+        calls.append(A.shape[-1])
+        solution, ok = original(self, A, b)
+        ok[::3] = False
+        solution[:, ::3] = np.nan  # what is not ok must not be used
+        return solution, ok
+
+    monkeypatch.setattr(TorchNamespace, "cholesky_solve_batch_last", rejecting)
+    got = fit_logistic(x, y, s, **kw, device="torch:cpu")
+    assert calls and got.converged.all()
+    np.testing.assert_allclose(got.coef, want.coef, rtol=1e-10, atol=1e-12)
+
+
+def test_lockstep_prefixes_with_warm_starts_under_torch_cpu_equal_the_numpy_ones():
+    x, y = load_breast_cancer(return_X_y=True)
+    order = np.random.default_rng(4).permutation(len(y))[:80]
+    data = Dataset(x[order[:16]], y[order[:16]], x[order[16:]], y[order[16:]])
+    u = Utility(make_pipeline(StandardScaler(), LogisticRegression()), data, "neg_log_loss", default_score=-2.0)
+    orders = np.stack([np.random.default_rng(i).permutation(16) for i in range(6)])
+    want, want_steps = u.batch_prefix_scores(orders)
+    with dask.config.set(TORCH_CPU):
+        got, steps = u.batch_prefix_scores(orders)
+    np.testing.assert_array_equal(steps, want_steps)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
 def _masks(rng: np.random.Generator, n: int, y: np.ndarray) -> np.ndarray:

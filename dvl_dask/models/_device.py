@@ -11,20 +11,20 @@ utility and valuation layers stay numpy (the scores of a batch are computed
 from the coefficients, in numpy).
 
 A device that is not available here (torch not installed, no CUDA device of
-that index, no MPS) raises :class:`~dvl_dask.errors.InvalidParameterError`
-naming the setting, its value and the devices that are available, before any
-work: it never falls back to another device.
+that index, no MPS, or no float64 on it: torch's MPS backend has none)
+raises :class:`~dvl_dask.errors.InvalidParameterError` naming the setting,
+its value and the devices that are available, before any work: it never
+falls back to another device.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from typing import Any
 
 from .. import config
 from ..errors import InvalidParameterError
-from ._xp import NUMPY, torch_namespace
+from ._xp import NUMPY, torch_module, torch_namespace
 
 __all__ = ["SUPPORTED_DEVICES", "available_devices", "batch_device", "device_namespace"]
 
@@ -68,7 +68,7 @@ def available_devices() -> tuple[str, ...]:
         found.append("torch:cpu")
         if torch.cuda.is_available():
             found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        if torch.backends.mps.is_available():
+        if torch.backends.mps.is_available() and _float64_problem("mps") is None:
             found.append("mps")
     return tuple(found)
 
@@ -118,14 +118,21 @@ def _unavailable(device: str) -> str | None:
                     f"{' (CUDA is not available)' if count == 0 else ''}")
     if device == "mps" and not torch.backends.mps.is_available():
         return f"MPS is not available to torch {torch.__version__}"
+    return _float64_problem(device)
+
+
+@functools.cache
+def _float64_problem(device: str) -> str | None:
+    """Why torch cannot compute in float64 on ``device`` (MPS has no float64), or None; probed once per device."""
+    torch = _torch()
+    try:
+        torch.ones(2, dtype=torch.float64, device=device).sum().item()
+    except (RuntimeError, TypeError) as error:
+        return (f"torch {torch.__version__} cannot compute in float64 on {device!r}, which the batched solvers need "
+                f"(their tolerance is 1e-10 relative): {str(error).splitlines()[0]}")
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def _torch() -> Any:
-    """torch, imported on first use of a torch device; None if it is not installed."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    import torch
-
-    return torch
+    """torch (imported by :mod:`._xp`, the one module of ``dvl_dask.models`` that does), or None if not installed."""
+    return torch_module()

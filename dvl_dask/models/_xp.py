@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NUMPY", "NumpyNamespace", "TorchNamespace", "namespace_of", "torch_namespace"]
+__all__ = ["NUMPY", "NumpyNamespace", "TorchNamespace", "namespace_of", "torch_module", "torch_namespace"]
 
 
 class NumpyNamespace:
@@ -89,8 +90,9 @@ class TorchNamespace:
     is_numpy = False
 
     def __init__(self, device: str) -> None:
-        import torch
-
+        torch = torch_module()
+        if torch is None:
+            raise ModuleNotFoundError("torch is not installed")
         self._torch = torch
         self.device = torch.device(device)
         self.float64 = torch.float64
@@ -218,3 +220,16 @@ def namespace_of(a: Any) -> Any:
 def torch_namespace(device: str) -> TorchNamespace:
     """The (cached) torch namespace of ``device``."""
     return TorchNamespace(device)
+
+
+@functools.cache
+def torch_module() -> Any:
+    """torch, imported on first use of a torch device (never for ``"cpu"``); None if it is not installed.
+
+    The one place ``dvl_dask.models`` imports torch (an import-linter contract allows it here only).
+    """
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    return torch
