@@ -17,7 +17,11 @@ Parts (``--parts``, default all but ``tmc``):
   regression, ``--tmc-permutations`` permutations, relative truncation 0.01),
   2-worker LocalCluster; peak memory of the workers from their RSS.
 
-Run: ``.venv/bin/python benchmarks/bench_batched_models.py [--parts rate,permutation,exact]``.
+``--device`` (default ``cpu``, numpy) sets ``dvl_dask.models.device`` for every
+part: ``--device torch:cpu`` runs the torch path on the CPU, ``--device cuda``
+on a GPU.
+
+Run: ``.venv/bin/python benchmarks/bench_batched_models.py [--parts rate,permutation,exact] [--device cpu]``.
 """
 
 from __future__ import annotations
@@ -143,6 +147,27 @@ def tmc(n_points: int, n_permutations: int) -> None:
           f"{max(peak.values()) / 1024:.0f} MiB")
 
 
+def use_device(device: str) -> None:
+    """Fit on ``device`` in this process and in the LocalCluster workers started after this (environment).
+
+    A torch device gets one torch thread here, so that ``time.thread_time`` counts all the work of a fit
+    (the workers' torch threads are set by the nanny's ``OMP_NUM_THREADS=1``).
+    """
+    import os
+
+    import dask
+
+    from dvl_dask.models import batch_device
+
+    os.environ["DASK_DVL_DASK__MODELS__DEVICE"] = device
+    dask.config.set({"dvl_dask.models.device": device})
+    if batch_device() != "cpu":
+        import torch
+
+        torch.set_num_threads(1)
+    print(f"device: {batch_device()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="rate,permutation,exact")
@@ -150,7 +175,10 @@ def main() -> None:
     parser.add_argument("--n-sklearn", type=int, default=300)
     parser.add_argument("--tmc-points", type=int, default=10_000)
     parser.add_argument("--tmc-permutations", type=int, default=100)
+    parser.add_argument("--device", default="cpu",
+                        help="dvl_dask.models.device for every part ('cpu': numpy; 'torch:cpu', 'cuda', ...: torch)")
     args = parser.parse_args()
+    use_device(args.device)
     parts = set(args.parts.split(","))
     if "rate" in parts:
         rate(args.n_batched, args.n_sklearn)
