@@ -259,12 +259,22 @@ def test_an_unavailable_device_raises_naming_the_setting_the_value_and_what_is_a
 
 
 def test_without_torch_a_torch_device_raises_and_cpu_still_works(monkeypatch):
-    from dvl_dask.models import _device
+    import sys
 
-    monkeypatch.setattr(_device, "_torch", lambda: None)
+    from dvl_dask.models._xp import torch_module
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an environment without torch looks like to import
+    torch_module.cache_clear()
     x, y = np.arange(12.0).reshape(6, 2), np.arange(6.0)
+    try:
+        _fit_without_torch(x, y)
+    finally:
+        torch_module.cache_clear()  # torch is imported again once sys.modules is restored
+
+
+def _fit_without_torch(x: np.ndarray, y: np.ndarray) -> None:
     with dask.config.set(TORCH_CPU):
-        with pytest.raises(InvalidParameterError, match=r"'torch:cpu', but torch.*is not installed.*"
-                                                        r"Supported on this install: 'cpu'\. "):
+        with pytest.raises(InvalidParameterError, match=r"'torch:cpu', but torch.*is not installed "
+                           r"\(pip install 'dvl_dask\[torch\]'\)\. Supported on this install: 'cpu'\. "):
             Ridge().fit(x, y)
     assert Ridge().fit(x, y).coef_.shape == (2,)

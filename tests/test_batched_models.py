@@ -494,17 +494,17 @@ def test_refilled_lanes_finish_permutations_without_truncation_and_refuse_bad_la
         u.batch_prefix_scores(orders, lanes=0)
 
 
-def test_device_setting_other_than_cpu_raises_naming_the_supported_devices():
+def test_an_unavailable_device_setting_raises_from_every_fitting_path_naming_the_supported_devices():
     import dask
 
     x, y, xt, yt = _split(load_breast_cancer, 20, 30)
     u = Utility(LogisticRegression(), Dataset(x, y, xt, yt), "accuracy")  # catch_errors=True by default
     assert dask.config.get("dvl_dask.models.device") == "cpu"
-    with dask.config.set({"dvl_dask.models.device": "cuda"}):
+    with dask.config.set({"dvl_dask.models.device": "cuda:99"}):  # no such GPU (torch devices: test_batched_devices)
         for evaluate in (lambda: u(np.arange(10)), lambda: u.evaluate_batch([np.arange(20)]),
                          lambda: u.batch_prefix_scores(np.arange(20)[None]),
                          lambda: Ridge().fit(x, y.astype(float))):
-            with pytest.raises(InvalidParameterError, match=r"dvl_dask\.models\.device.*'cuda'.*Supported.*'cpu'"):
+            with pytest.raises(InvalidParameterError, match=r"dvl_dask\.models\.device.*'cuda:99'.*Supported.*'cpu'"):
                 evaluate()
     with dask.config.set({"dvl_dask.models.device": "CPU"}):
         assert u(np.arange(20)) == u.evaluate_batch([np.arange(20)])[0]

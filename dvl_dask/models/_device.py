@@ -109,7 +109,8 @@ def _unavailable(device: str) -> str | None:
     """Why the torch device ``device`` cannot be used here, or None."""
     torch = _torch()
     if torch is None:
-        return "torch, which runs the batched models on devices other than 'cpu', is not installed"
+        return ("torch, which runs the batched models on devices other than 'cpu', is not installed "
+                "(pip install 'dvl_dask[torch]')")
     if device.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.partition(":")[2] or 0)

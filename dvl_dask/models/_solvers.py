@@ -1,4 +1,4 @@
-"""Batched solvers: many convex fits as one numpy program (Newton steps with batched linear solves).
+"""Batched solvers: many convex fits as one array program (Newton steps with batched linear solves).
 
 A batch is ``B`` coalitions of the same training matrix. Rows are given
 either as one shared matrix ``x`` of shape ``(m, d)`` with 0/1 weights ``s``
@@ -21,6 +21,14 @@ Optionally the rows are standardised per coalition first, as
 ``make_pipeline(StandardScaler(), model)`` does (mean and population standard
 deviation of the coalition's rows; near-constant features get scale 1 by
 scikit-learn's rule).
+
+Devices: the algorithms are written once against an array namespace ``xp``
+(:mod:`._xp`; each function takes it from its arrays, :func:`._xp.namespace_of`):
+numpy itself, or torch on a device behind numpy's names. The public ``fit_*``
+functions check their inputs in numpy, move them to the namespace of their
+``device`` argument once, and return a :class:`LinearFit` of numpy arrays; the
+internal functions annotated ``np.ndarray`` receive torch tensors on the torch
+path. The one backend-specific operation is :func:`_spd_solve_batch_last`.
 """
 
 from __future__ import annotations

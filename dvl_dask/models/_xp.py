@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 from typing import Any
 
 import numpy as np
@@ -228,8 +227,8 @@ def torch_module() -> Any:
 
     The one place ``dvl_dask.models`` imports torch (an import-linter contract allows it here only).
     """
-    if importlib.util.find_spec("torch") is None:
+    try:
+        import torch
+    except ImportError:
         return None
-    import torch
-
     return torch
