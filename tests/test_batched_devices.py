@@ -216,6 +216,36 @@ def test_regression_scores_under_torch_cpu_equal_the_numpy_scores(model):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_bootstrap_fits_predict_the_same_under_torch_cpu():
+    x, y = load_iris(return_X_y=True)
+    order = np.random.default_rng(8).permutation(len(y))[:60]
+    data = Dataset(x[order[:30]], y[order[:30]], x[order[30:]], y[order[30:]])
+    u = Utility(make_pipeline(StandardScaler(), LogisticRegression()), data, "accuracy")
+    counts = np.random.default_rng(9).multinomial(30, np.full(30, 1 / 30), size=16)
+    counts[0] = 0
+    counts[0, np.flatnonzero(data.y_train == data.y_train[0])] = 1  # one class: not fitted in the batch
+    want = u.fit_predict_batch(counts)
+    with dask.config.set(TORCH_CPU):
+        got = u.fit_predict_batch(counts)
+    assert got[0] is None and want[0] is None
+    assert sum(g is not None for g in got) == len(counts) - 1
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_least_squares_failures_raise_numpys_error_on_the_torch_path(monkeypatch):
+    # The batch evaluator catches numpy.linalg.LinAlgError (the coalitions are then fitted one at a time).
+    x, _ = _rows(2, m=12)
+    s = np.ones((2, 12))
+
+    def failing(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing)
+    with pytest.raises(np.linalg.LinAlgError, match="failed to converge"):
+        fit_least_squares(x, x[:, 0], s, fit_intercept=True, device="torch:cpu")
+
+
 def test_exact_shapley_under_torch_cpu_equals_brute_force_and_the_numpy_values():
     from dvl_dask.valuation import exact_shapley
 

@@ -74,7 +74,11 @@ class _TorchLinalg:
             raise np.linalg.LinAlgError(str(error)) from None
 
     def svd(self, a: Any, full_matrices: bool = True) -> tuple[Any, Any, Any]:
-        return self._torch.linalg.svd(a, full_matrices=full_matrices)
+        """``numpy.linalg.svd``; no convergence raises ``numpy.linalg.LinAlgError``, as numpy's does."""
+        try:
+            return self._torch.linalg.svd(a, full_matrices=full_matrices)
+        except self._torch.linalg.LinAlgError as error:
+            raise np.linalg.LinAlgError(str(error)) from None
 
 
 class TorchNamespace:
