@@ -1072,6 +1072,7 @@ EXEMPT: dict[str, str] = {
     f"{CH}.ChunkMapper": "a Protocol",
     f"{CH}.BlockSink": "a Protocol",
     f"{CH}.DaskMapper": "takes no arguments",
+    "dvl_dask.models.available_devices": "takes no arguments",
     **{f"{CH}.{n}": "an aggregator: takes no arguments" for n in (
         "SequenceAggregator", "NestedSequenceAggregator", "ListAggregator", "NestedListAggregator",
         "NumpyCatAggregator", "NestedNumpyCatAggregator", "MinMaxAggregator", "NestedMinMaxAggregator")},
