@@ -49,17 +49,31 @@ def supports_replicas(model: Any) -> bool:
 
 
 def _replica(model: Any) -> Any:
-    """This thread's replica of ``model``, made on first use and kept while both live."""
+    """This thread's replica of ``model``, made on first use and kept while the model's state is unchanged.
+
+    A model refitted in place (the same object, new fitted attributes) gets a
+    new replica: the kept one is reused only while every attribute of the model
+    is still the very object it was when the replica was made (held here, so no
+    freed object's ``id`` can be mistaken for it).
+    """
+    state = tuple(vars(model).items()) if hasattr(model, "__dict__") else None
     replicas = getattr(_THREAD, "replicas", None)
     if replicas is None:
         replicas = _THREAD.replicas = weakref.WeakKeyDictionary()
     try:
-        found = replicas.get(model)
-        if found is None:
-            found = replicas[model] = model.thread_replica()
+        kept = replicas.get(model)
     except TypeError:  # not weak-referenceable or unhashable: one replica per call
-        found = model.thread_replica()
-    return found
+        return model.thread_replica()
+    if kept is not None and state is not None and _same_state(kept[0], state):
+        return kept[1]
+    replica = model.thread_replica()
+    if state is not None:
+        replicas[model] = (state, replica)
+    return replica
+
+
+def _same_state(kept: tuple[tuple[str, Any], ...], now: tuple[tuple[str, Any], ...]) -> bool:
+    return len(kept) == len(now) and all(k == n and a is b for (k, a), (n, b) in zip(kept, now, strict=True))
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 from helpers import torch_model_builders  # noqa: E402
 
 from dvl_dask.influence._kernels import factors_block, for_this_thread, from_factors_block  # noqa: E402
-from dvl_dask.influence.torch import LograInfluence, TracInInfluence, TrakInfluence  # noqa: E402
+from dvl_dask.influence.torch import DirectInfluence, LograInfluence, TracInInfluence, TrakInfluence  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -40,6 +40,14 @@ def _fit(name, p):
 @pytest.fixture(scope="module", params=[*BUILDERS, "tracin"])
 def fitted(request, mlp_classifier):
     return mlp_classifier, _fit(request.param, mlp_classifier)
+
+
+class _Converter:
+    def to_tensor(self, a):
+        return torch.as_tensor(a)
+
+    def to_numpy(self, t):
+        return t.detach().numpy()
 
 
 def _tensors(module):
@@ -95,14 +103,7 @@ def test_threads_hammering_one_model_get_bit_identical_blocks(name, mlp_classifi
     model = _fit(name, p)
     x, y, xt, yt = p.x.numpy(), p.y.numpy(), p.x_test.numpy(), p.y_test.numpy()
 
-    class Converter:
-        def to_tensor(self, a):
-            return torch.as_tensor(a)
-
-        def to_numpy(self, t):
-            return t.detach().numpy()
-
-    conv = Converter()
+    conv = _Converter()
     factors = factors_block(xt, yt, model=model, converter=conv)
     expected = from_factors_block(factors, x, y, model=model, converter=conv)
 
@@ -115,3 +116,20 @@ def test_threads_hammering_one_model_get_bit_identical_blocks(name, mlp_classifi
     for f, values in results:
         np.testing.assert_array_equal(f, factors)
         np.testing.assert_array_equal(values, expected)
+
+
+def test_a_thread_never_keeps_a_replica_of_a_model_refitted_since(mlp_classifier):
+    """A model refitted in place (same object, new fitted state) must not be served from a replica of its old
+    state: on the threads scheduler the kernels see the user's own object in long-lived pool threads."""
+    p = mlp_classifier
+    model = DirectInfluence(p.model, F.cross_entropy, regularization=0.1)
+    xt, yt = p.x_test.numpy(), p.y_test.numpy()
+    with ThreadPoolExecutor(1) as pool:
+        model.fit((p.x, p.y))
+        first = pool.submit(lambda: factors_block(xt, yt, model=model, converter=_Converter())).result()
+        model.regularization = 5.0
+        model.fit((p.x[:30], p.y[:30]))
+        again = pool.submit(lambda: factors_block(xt, yt, model=model, converter=_Converter())).result()
+    expected = model.influence_factors(p.x_test, p.y_test).numpy()
+    assert not np.allclose(first, expected)
+    np.testing.assert_array_equal(again, expected)
