@@ -33,7 +33,6 @@ contention").
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -245,9 +244,7 @@ class CurvatureOperator:
         parameter tensors and are kept for later products.
         """
         while len(self._replicas) < n:
-            replica = copy.copy(self.fm)
-            replica.model = copy.deepcopy(self.fm.model)
-            self._replicas.append(replica)
+            self._replicas.append(self.fm.replica())
         return self._replicas[:n]
 
     def _n_outputs(self, x: torch.Tensor) -> int:

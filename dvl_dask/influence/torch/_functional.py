@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from copy import copy as shallow_copy
+from copy import deepcopy
 
 import torch
 from torch import nn
@@ -52,6 +53,17 @@ def recording_layers(
     finally:
         for h in handles:
             h.remove()
+
+
+def module_sharing_tensors(module: nn.Module) -> nn.Module:
+    """A private copy of ``module`` whose parameters and buffers are the original tensor objects.
+
+    ``functional_call`` swaps a module's parameters while it runs, so two
+    threads must not call one module; a copy like this one costs no parameter
+    memory (only the module objects are new).
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    return deepcopy(module, {id(t): t for t in tensors})
 
 
 def _non_finite_rows(flat: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
@@ -103,13 +115,14 @@ class FunctionalModel:
         self.state = {n: own(p) for n, p in model.named_parameters() if n not in trainable}
         self.state.update({n: own(b) for n, b in model.named_buffers()})
 
-    def replica(self, module: nn.Module) -> FunctionalModel:
-        """The same functional model computing through ``module`` (a private copy for another thread).
+    def replica(self, module: nn.Module | None = None) -> FunctionalModel:
+        """The same functional model computing through another module, for another thread.
 
+        ``module`` defaults to :func:`module_sharing_tensors` of this one.
         ``params`` and ``state`` are shared, not copied: they are only read.
         """
         out = shallow_copy(self)
-        out.model = module
+        out.model = module_sharing_tensors(self.model) if module is None else module
         return out
 
     # -- forward passes ---------------------------------------------------------------

@@ -42,7 +42,7 @@ from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._data import InputSpec, as_data_loader, iter_batches
-from ._functional import FunctionalModel, LossFn
+from ._functional import FunctionalModel, LossFn, module_sharing_tensors
 from ._layout import ParameterBlock, ParameterLayout, resolve_blocks
 from ._linalg import check_conditioning
 
@@ -225,8 +225,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
         def module_copy(module: nn.Module) -> nn.Module:
             if id(module) not in modules:
-                tensors = [*module.parameters(), *module.buffers()]
-                modules[id(module)] = copy.deepcopy(module, {id(t): t for t in tensors})
+                modules[id(module)] = module_sharing_tensors(module)
             return modules[id(module)]
 
         def replicate(value: Any) -> Any:
