@@ -108,16 +108,26 @@ def _numeric(value: Any, name: str, owner: str) -> np.ndarray:
 
 
 def _weighted_rows(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean and population variance of the rows of each coalition: ``(B, d)`` each."""
+    """Weighted mean and population variance of the rows of each coalition: ``(B, d)`` each.
+
+    The corrected two-pass algorithm (as scikit-learn's ``StandardScaler``):
+    the deviations from the first-pass mean are summed too, and that sum (the
+    first pass's rounding error, which is not small against the spread of a
+    feature almost constant far from zero) corrects both the mean and the
+    variance. The variance then no longer depends on how the first pass summed
+    (BLAS kernels, SIMD widths), only on the rows.
+    """
     xp = namespace_of(x)
     total = s.sum(axis=1)[:, None]
     if x.ndim == 2:
         mean = (s @ x) / total
-        var = xp.einsum("bm,bmd->bd", s, (x[None, :, :] - mean[:, None, :]) ** 2, optimize=True) / total
+        dev = x[None, :, :] - mean[:, None, :]
     else:
         mean = xp.einsum("bm,bmd->bd", s, x, optimize=True) / total
-        var = xp.einsum("bm,bmd->bd", s, (x - mean[:, None, :]) ** 2, optimize=True) / total
-    return mean, var
+        dev = x - mean[:, None, :]
+    shift = xp.einsum("bm,bmd->bd", s, dev, optimize=True) / total
+    var = xp.einsum("bm,bmd->bd", s, dev * dev, optimize=True) / total - shift * shift
+    return mean + shift, xp.maximum(var, 0.0)
 
 
 def standardize(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

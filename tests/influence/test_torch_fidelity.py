@@ -12,7 +12,7 @@ from helpers import flat_params, unflatten_params  # noqa: E402
 
 from dvl_dask.errors import InvalidModelError  # noqa: E402
 from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence, NystroemSketchInfluence  # noqa: E402
-from dvl_dask.influence.torch._linalg import batched_minres  # noqa: E402
+from dvl_dask.influence.torch._linalg import CONDITION_LIMIT, batched_minres  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -259,7 +259,11 @@ def test_datainf_refuses_an_approximation_too_ill_conditioned_for_float32(d):
     lam = _suggested_regularization(str(err.value))  # guaranteed to fit, whatever the directions
     infl = InverseHarmonicMeanInfluence(model, torch.nn.functional.mse_loss, regularization=lam).fit((x, y))
     expected = _datainf_influences(x.double(), y.double(), lam)
-    torch.testing.assert_close(infl.influences(x[:3], y[:3], x, y).double(), expected, rtol=1e-3, atol=1e-3)
+    # What the suggestion guarantees: cond(I - M) <= CONDITION_LIMIT / (2 eps), so float32 rounding moves the
+    # influences by at most about CONDITION_LIMIT / 2 of their norm (measured 7.6e-4 to 1.8e-3, depending on
+    # the CPU's kernels); not elementwise, where an influence near zero has no relative precision.
+    error = (infl.influences(x[:3], y[:3], x, y).double() - expected).norm() / expected.norm()
+    assert error <= CONDITION_LIMIT / 2
 
 
 def test_datainf_accepts_the_same_data_in_float64_and_a_large_regularization_in_float32():
