@@ -772,7 +772,8 @@ class DaskInfluenceCalculator(_Recipe):
         if stored:
             grads = self._gradients(x, y)
             out = self._mapper.map_pairwise(
-                product_block, [factors], [grads], dtype=self.dtype, name=layer_name(verb, factors.name, grads.name)
+                product_block, [factors], [grads], dtype=self.dtype, shared=self._handle(),
+                name=layer_name(verb, self._graph_token, factors.name, grads.name),
             )
         else:
             trailing = tuple(x.shape[1:]) if mode is InfluenceMode.Perturbation else ()

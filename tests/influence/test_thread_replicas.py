@@ -133,3 +133,24 @@ def test_a_thread_never_keeps_a_replica_of_a_model_refitted_since(mlp_classifier
     expected = model.influence_factors(p.x_test, p.y_test).numpy()
     assert not np.allclose(first, expected)
     np.testing.assert_array_equal(again, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_in_the_converters_library_equal_numpys_and_read_only_blocks_are_not_copied(dtype):
+    from dvl_dask.influence._kernels import product_block
+    from dvl_dask.influence.torch import TorchNumpyConverter
+
+    rng = np.random.default_rng(0)
+    f, g = rng.normal(size=(5, 7)).astype(dtype), rng.normal(size=(6, 7)).astype(dtype)
+    want = f @ g.T
+    got = product_block(f, g, converter=TorchNumpyConverter())
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+    class Refusing(TorchNumpyConverter):  # a read-only block must not be handed to the converter (it would copy it)
+        def to_tensor(self, x):
+            assert x.flags.writeable, "a read-only block was converted"
+            return super().to_tensor(x)
+
+    g.flags.writeable = False
+    np.testing.assert_array_equal(product_block(f, g, converter=Refusing()), want)
