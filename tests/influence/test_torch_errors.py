@@ -403,4 +403,19 @@ def test_non_finite_rows_screen_by_row_sums_without_false_alarms_on_overflow():
         dtype=torch.float32,
     )
     losses = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, float("nan")])
-    assert _non_finite_rows(flat, losses).tolist() == [False, False, True, True, False, True]
+    want = [False, False, True, True, False, True]
+    assert _non_finite_rows([flat], losses).tolist() == want
+    # in column blocks (the per-parameter gradients), whose row sums add up to an overflow in row 1 and 4
+    assert _non_finite_rows([flat[:, :1], flat[:, 1:]], losses).tolist() == want
+
+
+def test_products_with_column_blocks_equal_the_joined_product_and_refuse_a_mismatch():
+    from dvl_dask.influence.torch._functional import times_transposed
+
+    g = torch.Generator().manual_seed(0)
+    factors, grads = torch.randn(5, 9, generator=g, dtype=torch.float64), torch.randn(7, 9, generator=g,
+                                                                                       dtype=torch.float64)
+    parts = [grads[:, :4], grads[:, 4:5], grads[:, 5:]]
+    torch.testing.assert_close(times_transposed(factors, parts), factors @ grads.T, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="8 columns in all; the factors have 9"):
+        times_transposed(factors, parts[:1] + parts[2:])

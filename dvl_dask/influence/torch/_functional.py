@@ -66,20 +66,49 @@ def module_sharing_tensors(module: nn.Module) -> nn.Module:
     return deepcopy(module, {id(t): t for t in tensors})
 
 
-def _non_finite_rows(flat: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    """Rows of ``flat`` (or ``losses``) holding a NaN or an infinity: a boolean vector.
+def _non_finite_rows(parts: Sequence[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
+    """Rows of the column blocks ``parts`` (or of ``losses``) holding a NaN or an infinity: a boolean vector.
 
     A row's sum is NaN or infinite if the row holds one, so the rows are
     screened by their sums (``n`` values allocated, not a boolean copy of
-    ``flat``: fresh memory costs page faults, which distributed's workers pay
-    on every large allocation) and only rows whose sum is not finite -- an
+    the gradients: fresh memory costs page faults, which distributed's workers
+    pay on every large allocation) and only rows whose sum is not finite -- an
     overflow of finite values among them -- are checked entry by entry.
     """
     bad = ~torch.isfinite(losses.reshape(len(losses), -1)).all(dim=1)
-    suspect = bad | ~torch.isfinite(flat.sum(dim=1))
+    sums = parts[0].sum(dim=1)
+    for part in parts[1:]:
+        sums = sums + part.sum(dim=1)
+    suspect = bad | ~torch.isfinite(sums)
     if bool(suspect.any()):
-        bad[suspect] = bad[suspect] | ~torch.isfinite(flat[suspect]).all(dim=1)
+        for part in parts:
+            bad[suspect] = bad[suspect] | ~torch.isfinite(part[suspect]).all(dim=1)
     return bad
+
+
+def _joined_columns(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def times_transposed(factors: torch.Tensor, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``factors @ Gᵀ`` for ``G`` given as its column blocks ``parts`` (``G = cat(parts, dim=1)``), without ``G``.
+
+    One accumulated matrix product per block, on column views of ``factors``.
+
+    Examples
+    --------
+    >>> f, g = torch.arange(6.0).reshape(2, 3), torch.arange(12.0).reshape(4, 3)
+    >>> bool((times_transposed(f, [g[:, :1], g[:, 1:]]) == f @ g.T).all())
+    True
+    """
+    out, start = None, 0
+    for part in parts:
+        block = factors[:, start : start + part.shape[1]]
+        start += part.shape[1]
+        out = block @ part.T if out is None else out.addmm_(block, part.T)
+    if out is None or start != factors.shape[1]:
+        raise ValueError(f"The column blocks have {start} columns in all; the factors have {factors.shape[1]}.")
+    return out
 
 
 class FunctionalModel:
@@ -189,10 +218,20 @@ class FunctionalModel:
         ``start`` is the index of ``x[0]`` among the caller's points): a NaN
         loss can have a zero gradient, which would give silently zero influences.
         """
+        return _joined_columns(self.per_sample_grad_parts(x, y, start))
+
+    def per_sample_grad_parts(self, x: torch.Tensor, y: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+        """The column blocks of :meth:`per_sample_grads`, one per parameter in layout order, not joined.
+
+        Each is ``(len(x), size)``. A product with the gradients can be taken
+        block by block (:func:`times_transposed`), which spares the joined
+        matrix: a copy of every gradient, and fresh memory (page faults) on
+        ``distributed`` workers. Checked as :meth:`per_sample_grads`.
+        """
         with _explain_vmap_errors("per-sample gradients", y):
             g, losses = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
-        flat = self.layout.flatten(g, batch_ndim=1)
-        bad = _non_finite_rows(flat, losses)
+        parts = [g[name].reshape(len(x), -1) for name in self.layout.names]
+        bad = _non_finite_rows(parts, losses)
         if bool(bad.any()):
             first = int(torch.nonzero(bad)[0, 0])
             raise InvalidDataError(
@@ -201,7 +240,7 @@ class FunctionalModel:
                 "zero. To fix, check that sample's inputs and label, the model's parameters (NaN in a checkpoint?) "
                 "and that the loss is finite there (e.g. clamp before a log)."
             )
-        return flat
+        return parts
 
     def perturbation(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``∇x ⟨fₖ, ∇θℓ(xⱼ, yⱼ)⟩`` for every factor ``fₖ`` and sample ``j``.

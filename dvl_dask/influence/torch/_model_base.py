@@ -42,7 +42,7 @@ from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._data import InputSpec, as_data_loader, iter_batches
-from ._functional import FunctionalModel, LossFn, module_sharing_tensors
+from ._functional import FunctionalModel, LossFn, module_sharing_tensors, times_transposed
 from ._layout import ParameterBlock, ParameterLayout, resolve_blocks
 from ._linalg import check_conditioning
 
@@ -453,8 +453,18 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         return out.detach()
 
     def _up_influences(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``factors @ gradientsᵀ`` of checked inputs, by chunks of training samples."""
-        return _joined([factors @ g.T for _, g in self._grad_chunks(x, y)], dim=1).detach()
+        """``factors @ gradientsᵀ`` of checked inputs, by chunks of training samples.
+
+        Parameter by parameter (:func:`times_transposed`): the gradients of a
+        chunk are never joined into one matrix, which would copy them all into
+        fresh memory (on a ``distributed`` worker, the page faults of that copy
+        cost as much as the gradients themselves).
+        """
+        fm = self._functional
+        return _joined([
+            times_transposed(factors, fm.per_sample_grad_parts(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i))
+            for i in range(0, x.shape[0], GRAD_CHUNK)
+        ], dim=1).detach()
 
     def _parameter_factors(self, factors: torch.Tensor) -> Iterator[tuple[FunctionalModel, torch.Tensor]]:
         """``(functional model, parameter-space factors)`` pairs whose perturbation influences add up to ours."""
