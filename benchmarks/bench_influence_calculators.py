@@ -26,6 +26,8 @@ scattered once and each worker thread computes with its own replica; inputs
 persisted in the cluster before the clock starts), store and recompute
 gradients; prints time per million pairs, the ratio (target: the Dask
 calculator not slower per pair) and the largest difference of values.
+``--worker-malloc-threshold`` and ``--worker-huge-pages`` set the worker's
+allocator environment (see docs/deployment.md).
 
 **ooc** -- out of core: a 50,000 × 50,000 float32 influence matrix (10 GB)
 of a tiny model (linear, 8 features) written to zarr in 2,000 × 2,000 blocks by
@@ -234,14 +236,16 @@ def speed(args: argparse.Namespace) -> None:
 # -- per pair: one 2-thread worker against the sequential calculator (issue 30) -------------------
 
 
-def _worker_malloc(threshold: int | None) -> dict[str, Any]:
+def _worker_malloc(threshold: int | None, huge_pages: bool = False) -> dict[str, Any]:
     """dask config giving the workers glibc's mmap and trim thresholds of ``threshold`` bytes (None: distributed's
     default environment, ``MALLOC_TRIM_THRESHOLD_=65536``, which makes every allocation above 128 KiB a fresh
-    mmap: page faults on each, see docs/deployment.md)."""
-    if threshold is None:
-        return {}
+    mmap: page faults on each, see docs/deployment.md); ``huge_pages``: torch's ``THP_MEM_ALLOC_ENABLE=1`` (its
+    allocations of 2 MiB and more are advised to use transparent huge pages: one fault per 2 MiB)."""
     prefix = "distributed.nanny.pre-spawn-environ."
-    return {f"{prefix}MALLOC_TRIM_THRESHOLD_": threshold, f"{prefix}MALLOC_MMAP_THRESHOLD_": threshold}
+    env: dict[str, Any] = {f"{prefix}THP_MEM_ALLOC_ENABLE": 1} if huge_pages else {}
+    if threshold is not None:
+        env.update({f"{prefix}MALLOC_TRIM_THRESHOLD_": threshold, f"{prefix}MALLOC_MMAP_THRESHOLD_": threshold})
+    return env
 
 
 def per_pair(args: argparse.Namespace) -> None:
@@ -262,7 +266,8 @@ def per_pair(args: argparse.Namespace) -> None:
     model = DirectInfluence(model_nn, loss, regularization=0.01, second_order_mode="gauss_newton").fit((x, y))
     print(f"MLP 20-64-64-1, {args.n_test} test x {args.n_train} train = {n_pairs:,} pairs; chunks "
           f"{args.test_chunk} x {args.train_chunk}; DirectInfluence (Gauss-Newton); worker malloc thresholds: "
-          f"{args.worker_malloc_threshold or 'distributed default (trim 65536)'}")
+          f"{args.worker_malloc_threshold or 'distributed default (trim 65536)'}"
+          f"{'; worker THP_MEM_ALLOC_ENABLE=1' if args.worker_huge_pages else ''}")
 
     def pairs(x_, y_, size):
         return [(x_[i : i + size], y_[i : i + size]) for i in range(0, len(x_), size)]
@@ -274,7 +279,7 @@ def per_pair(args: argparse.Namespace) -> None:
                                                           pairs(x, y, args.train_chunk)).compute(
             NestedTorchCatAggregator()), args.repeats)
         rows.append((f"sequential, {gradients} gradients (torch threads 2)", t_seq, 0.0))
-        with dask.config.set(_worker_malloc(args.worker_malloc_threshold)), \
+        with dask.config.set(_worker_malloc(args.worker_malloc_threshold, args.worker_huge_pages)), \
                 LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
                              host="127.0.0.1") as cluster, Client(cluster) as client:
             counter = itertools.count()
@@ -394,6 +399,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--worker-malloc-threshold", type=int, default=None,
                    help="per-pair: glibc mmap/trim thresholds of the worker in bytes (default: distributed's env)")
+    p.add_argument("--worker-huge-pages", action="store_true",
+                   help="per-pair: THP_MEM_ALLOC_ENABLE=1 in the worker (torch's large allocations on huge pages)")
     p.add_argument("--ooc-n", type=int, default=50_000)
     p.add_argument("--ooc-chunk", type=int, default=2000)
     p.add_argument("--ooc-engine", choices=["dask", "sequential"], default="dask")
