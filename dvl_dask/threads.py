@@ -63,7 +63,9 @@ from .errors import InvalidParameterError
 
 __all__ = [
     "blas_limits",
+    "intra_op_threads",
     "limits_blas_threads",
+    "manages_torch_threads",
     "side_by_side",
     "torch_thread_budget",
     "torch_threads",
@@ -244,6 +246,45 @@ def torch_threads() -> Iterator[None]:
         if previous is not None:
             import torch
 
+            torch.set_num_threads(previous)
+
+
+def manages_torch_threads() -> bool:
+    """False when ``dvl_dask.compute.torch-threads`` is null: torch's threads are then left alone."""
+    return config.get(config.COMPUTE_TORCH_THREADS) is not None
+
+
+def intra_op_threads(n: int) -> AbstractContextManager[None]:
+    """A context running its body with ``n`` torch intra-op threads in the calling thread, then restoring them.
+
+    For the small dense algebra of a method (a Krylov basis, Ritz values) that
+    runs between large products: on one thread it has no barriers to spin at
+    when the cores are shared (see the module docstring). Does nothing when
+    :func:`manages_torch_threads` is False.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``n`` is not a positive integer.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidParameterError(f"The 'n' argument of intra_op_threads must be a positive integer. Got {n!r}.")
+    return _intra_op_threads(n)
+
+
+@contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_num_threads()
+    if not manages_torch_threads():
+        n = previous
+    if previous != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if previous != n:
             torch.set_num_threads(previous)
 
 

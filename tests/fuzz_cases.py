@@ -1008,6 +1008,7 @@ NEW_CASES: dict[str, list[Case]] = {
     "dvl_dask.threads.uses_torch_threads": [Case("fn", bad_callable, _kw(fn("dvl_dask.threads",
                                                                             "uses_torch_threads"), ...))],
     "dvl_dask.threads.side_by_side": [Case("fns", bad_callable, _kw(fn("dvl_dask.threads", "side_by_side"), ...))],
+    "dvl_dask.threads.intra_op_threads": [Case("n", bad_int, _kw(fn("dvl_dask.threads", "intra_op_threads"), ...))],
     # -- valuation (native)
     f"{V}.delta_shapley": [
         Case("utility", bad_object, _kw(fn(V, "delta_shapley"), ..., lower_bound=1, upper_bound=2, n_samples=4)),
@@ -1116,6 +1117,7 @@ EXEMPT: dict[str, str] = {
     "dvl_dask.compat.pydvl.value.ShapleyMode": "an enum: compute_shapley_values(mode=) refuses a bad mode (covered)",
     "dvl_dask.threads.torch_thread_budget": "takes no arguments",
     "dvl_dask.threads.torch_threads": "takes no arguments",
+    "dvl_dask.threads.manages_torch_threads": "takes no arguments",
     f"{V}.ConstantSampleSize": "takes no arguments",
     f"{V}.HarmonicSampleSize": "takes no arguments",
     f"{V}.SampleSizeStrategy": "abstract base: the strategies are covered",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import dask
 import pytest
@@ -206,21 +207,72 @@ def test_side_by_side_refuses_a_non_callable():
         side_by_side(lambda: 1, 3)
 
 
-def test_worker_threads_never_share_a_module(two_threads, small_chunks, monkeypatch):
+def test_worker_threads_never_use_a_module_at_once(two_threads, small_chunks, monkeypatch):
     """functional_call swaps a module's parameters while it runs: two threads on one module corrupt each other
-    (seen as a functorch "level escaped" assert). Each worker builds its products on its own module."""
-    from dvl_dask.influence.torch import _curvature
+    (seen as a functorch "level escaped" assert). Rows shared out (the dense Hessian) and batches shared out
+    (narrow products) both run on several threads, never two at once on one module."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dvl_dask.influence.torch._functional import FunctionalModel
 
     x, y = _data()
-    modules_by_thread: dict[int, set[int]] = {}
-    original = _curvature.batch_product_fn
+    lock, busy, clashes, threads = threading.Lock(), {}, [], set()
+    original = FunctionalModel.output
 
-    def recording(fm, *args):
-        modules_by_thread.setdefault(threading.get_ident(), set()).add(id(fm.model))
-        return original(fm, *args)
+    def watched(self, params, inputs):
+        me, key = threading.get_ident(), id(self.model)
+        with lock:
+            owner, depth = busy.get(key, (me, 0))
+            if owner != me:
+                clashes.append(key)
+            busy[key] = (me, depth + 1)
+            threads.add(me)
+        try:
+            time.sleep(0.002)  # widen the window in which another thread could enter
+            return original(self, params, inputs)
+        finally:
+            with lock:
+                owner, depth = busy[key]
+                if depth == 1:
+                    del busy[key]
+                else:
+                    busy[key] = (owner, depth - 1)
 
-    monkeypatch.setattr(_curvature, "batch_product_fn", recording)
+    monkeypatch.setattr(FunctionalModel, "output", watched)
+    loader = DataLoader(TensorDataset(x, y), batch_size=3)
     with dask.config.set({"dvl_dask.compute.torch-threads": 2}):
-        DirectInfluence(_mlp(), F.mse_loss, regularization=0.1).fit((x, y))
-    used = [m for ms in modules_by_thread.values() for m in ms]
-    assert len(modules_by_thread) == 2 and len(set(used)) == len(used) == 2
+        DirectInfluence(_mlp(), F.mse_loss, regularization=0.1).fit(loader)
+        ArnoldiInfluence(_mlp(), F.mse_loss, rank=4, regularization=0.1, seed=0).fit(loader)
+    assert not clashes
+    assert len(threads) >= 3  # the caller and at least two workers
+
+
+def test_narrow_products_share_out_their_batches_and_equal_the_one_thread_result_bit_for_bit(two_threads):
+    """A Krylov block of a few rows: each batch on one worker thread with one intra-op thread, summed in order."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dvl_dask.influence import SecondOrderMode
+    from dvl_dask.influence.torch._curvature import CurvatureOperator
+    from dvl_dask.influence.torch._functional import FunctionalModel
+    from dvl_dask.influence.torch._layout import ParameterLayout, resolve_blocks
+
+    x, y = _data()
+    model = _mlp()
+    layout = ParameterLayout.from_module(model, "t")
+    block = resolve_blocks(layout, "full", "t")[0]
+    v = torch.randn(2, 21, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for mode in (SecondOrderMode.Hessian, SecondOrderMode.GaussNewton):
+        loss = RecordingLoss()
+        op = CurvatureOperator(
+            FunctionalModel(model, loss, layout), block, DataLoader(TensorDataset(x, y), batch_size=3), mode, 0.1, "t"
+        )
+        with dask.config.set({"dvl_dask.compute.torch-threads": 2}):
+            shared = op.matmat(v)
+        assert torch.get_num_threads() == 2
+        assert loss.seen == {1}  # every batch on a worker thread with one intra-op thread
+        torch.set_num_threads(1)
+        alone = op.matmat(v)
+        torch.set_num_threads(2)
+        torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+        dense = op.dense(regularized=True)
+        torch.testing.assert_close(shared, v @ dense, rtol=1e-10, atol=1e-12)

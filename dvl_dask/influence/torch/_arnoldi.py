@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import InvalidParameterError
+from ...threads import intra_op_threads
 from ...validation import SeedLike, check_positive_int, check_real
 from .._mode import BlockMode, SecondOrderMode
 from ._functional import FunctionalModel, LossFn
@@ -127,18 +130,25 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel, aliases={"rank_estimate": "r
             krylov = self.krylov_dimension or max(2 * rank, rank + 20)
             krylov = min(max(krylov, rank), block.n)
             width = self.block_size or DEFAULT_BLOCK_SIZE
-            evals, evecs, size = krylov_eigh(
-                op.matmat,
-                block.n,
-                krylov,
-                width,
-                dtype=self.dtype,
-                device=self.device,
-                generator=gen,
-                tol=self.tol,
-                rank=rank,
-                ritz_rtol=self.ritz_rtol,
-            )
+            budget = torch.get_num_threads()
+
+            def matmat(v: torch.Tensor, op: Any = op, budget: int = budget) -> torch.Tensor:
+                with intra_op_threads(budget):  # the products share out their batches (CurvatureOperator)
+                    return op.matmat(v)
+
+            with intra_op_threads(1):  # the Krylov algebra: small operations, one thread (no barriers)
+                evals, evecs, size = krylov_eigh(
+                    matmat,
+                    block.n,
+                    krylov,
+                    width,
+                    dtype=self.dtype,
+                    device=self.device,
+                    generator=gen,
+                    tol=self.tol,
+                    rank=rank,
+                    ritz_rtol=self.ritz_rtol,
+                )
             sizes.append(size)
             evals, evecs = evals[:rank] + self.regularization, evecs[:rank]
             self._check_conditioning(

@@ -33,14 +33,18 @@ contention").
 
 from __future__ import annotations
 
+import collections
+import itertools
+import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch.func import grad, vjp, vmap
 from torch.utils.data import DataLoader
 
+from ...threads import manages_torch_threads
 from .._mode import SecondOrderMode
 from ._data import iter_batches
 from ._functional import FunctionalModel
@@ -236,6 +240,64 @@ class CurvatureOperator:
         fms = self._functional_models(row_workers(v.shape[0], rows))
         return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows)
 
+    def _narrow(self, v: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether ``V`` is a vjp product of fewer row chunks than the thread budget (e.g. a Krylov block)."""
+        if self.mode is SecondOrderMode.GaussNewton and v.shape[0] >= JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x):
+            return False
+        return row_workers(v.shape[0], vmap_rows(x.shape[0])) < torch.get_num_threads()
+
+    def _batch_products(self, v: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(n_b, V C_b)`` for every batch ``b`` of the loader, in its order.
+
+        A narrow ``V`` (:meth:`_narrow`: too few rows to share out) would run
+        each batch in the calling thread on all its intra-op threads, thousands
+        of small kernels each ending at a barrier: Arnoldi's blocks of 20 rows
+        took 7.5-14x as long two fits at once as alone. Its batches are shared
+        out instead, each computed whole by one thread with one intra-op thread
+        and its own functional model, at most ``2 x budget`` batches in flight;
+        the products come back in the loader's order, so their sum does not
+        depend on the threads (it equals the one-thread result bit for bit).
+        """
+        budget = torch.get_num_threads()
+        batches = ((x.to(v.device), y.to(v.device)) for x, y in iter_batches(self.loader, self.owner))
+        first = next(batches, None)
+        if first is None:
+            return
+        batches = itertools.chain([first], batches)
+        if budget <= 1 or not manages_torch_threads() or not self._narrow(v, first[0]):
+            for x, y in batches:
+                yield x.shape[0], self._batch_product(v, x, y)
+            return
+        free: queue.SimpleQueue[FunctionalModel] = queue.SimpleQueue()
+        for fm in self._functional_models(budget):
+            free.put(fm)
+
+        def product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            torch.set_num_threads(1)
+            fm = free.get()
+            try:
+                fn = batch_product_fn(fm, self.block, x, y, self.mode)
+                rows = vmap_rows(x.shape[0])
+                return torch.cat([vmap(fn)(v[i : i + rows]) for i in range(0, v.shape[0], rows)])
+            finally:
+                free.put(fm)
+
+        pending: collections.deque[tuple[int, Future[torch.Tensor]]] = collections.deque()
+        try:
+            with ThreadPoolExecutor(budget, thread_name_prefix="dvl_dask-curvature") as pool:
+                for x, y in batches:
+                    pending.append((x.shape[0], pool.submit(product, x, y)))
+                    if len(pending) >= 2 * budget:
+                        n_b, future = pending.popleft()
+                        yield n_b, future.result()
+                while pending:
+                    n_b, future = pending.popleft()
+                    yield n_b, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+            torch.set_num_threads(budget)  # a worker's setting is also torch's default for new threads
+
     def _functional_models(self, n: int) -> list[FunctionalModel]:
         """``self.fm`` and ``n - 1`` replicas over private copies of its module, one per worker thread.
 
@@ -264,10 +326,8 @@ class CurvatureOperator:
         """``V (C + λI)`` (or ``V C`` when not ``regularized``), averaged over all batches."""
         acc = torch.zeros_like(v)
         total = 0
-        for x, y in iter_batches(self.loader, self.owner):
-            x, y = x.to(v.device), y.to(v.device)
-            n_b = x.shape[0]
-            acc += n_b * self._batch_product(v, x, y)
+        for n_b, product in self._batch_products(v):
+            acc += n_b * product
             total += n_b
         acc /= total
         if regularized and self.regularization:
