@@ -28,7 +28,10 @@ makes its partners spin through their time slices, and two fits at once
 took 3.3-3.6x one alone on 2 cores. Whole chunks per thread have no barrier
 inside a chunk, keep the kernels' data in one core's cache, and degrade to
 the fair share under contention (``benchmarks/README.md``, "Influence under
-contention").
+contention"). A narrow product, with fewer row chunks than threads (the
+20-row blocks of a Krylov method), shares out its batches the same way
+instead: one thread and one intra-op thread per batch, the products summed in
+the loader's order.
 """
 
 from __future__ import annotations
