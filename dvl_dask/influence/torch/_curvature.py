@@ -278,10 +278,9 @@ class CurvatureOperator:
         def product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             torch.set_num_threads(1)
             fm = free.get()
-            try:
-                fn = batch_product_fn(fm, self.block, x, y, self.mode)
-                rows = vmap_rows(x.shape[0])
-                return torch.cat([vmap(fn)(v[i : i + rows]) for i in range(0, v.shape[0], rows)])
+            try:  # one intra-op thread: map_row_chunks runs the chunks here, in this thread
+                return map_row_chunks(lambda _: batch_product_fn(fm, self.block, x, y, self.mode), v,
+                                      vmap_rows(x.shape[0]))
             finally:
                 free.put(fm)
 

@@ -86,8 +86,9 @@ def _non_finite_rows(parts: Sequence[torch.Tensor], losses: torch.Tensor) -> tor
     return bad
 
 
-def _joined_columns(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+def joined(parts: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat(parts, dim)``, without the copy when there is one part (most calls: one chunk)."""
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=dim)
 
 
 def times_transposed(factors: torch.Tensor, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -218,7 +219,7 @@ class FunctionalModel:
         ``start`` is the index of ``x[0]`` among the caller's points): a NaN
         loss can have a zero gradient, which would give silently zero influences.
         """
-        return _joined_columns(self.per_sample_grad_parts(x, y, start))
+        return joined(self.per_sample_grad_parts(x, y, start), dim=1)
 
     def per_sample_grad_parts(self, x: torch.Tensor, y: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
         """The column blocks of :meth:`per_sample_grads`, one per parameter in layout order, not joined.

@@ -42,7 +42,7 @@ from .._base import InfluenceFunctionModel
 from .._mode import BlockMode, InfluenceMode, SecondOrderMode
 from ._curvature import CurvatureOperator
 from ._data import InputSpec, as_data_loader, iter_batches
-from ._functional import FunctionalModel, LossFn, module_sharing_tensors, times_transposed
+from ._functional import FunctionalModel, LossFn, joined, module_sharing_tensors, times_transposed
 from ._layout import ParameterBlock, ParameterLayout, resolve_blocks
 from ._linalg import check_conditioning
 
@@ -82,11 +82,6 @@ def _snapshot(model: nn.Module, owner: str) -> nn.Module:
             f"fitted model or its token), but copy.deepcopy failed: {type(exc).__name__}: {exc}. To fix, make the "
             "module deep-copyable (e.g. register tensors as parameters or buffers instead of computed attributes)."
         ) from exc
-
-
-def _joined(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
-    """``torch.cat(parts, dim)``, without the copy when there is one part (most calls: one chunk)."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 #: Attributes that are not part of what a fitted model is (bookkeeping of its token).
@@ -406,11 +401,11 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
 
     def _influence_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._check_inputs(x, y, "influence_factors")
-        return _joined([self._solve(g) for _, g in self._grad_chunks(x, y)]).detach()
+        return joined([self._solve(g) for _, g in self._grad_chunks(x, y)]).detach()
 
     def _per_sample_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._check_inputs(x, y, "per_sample_gradients")
-        return _joined([g for _, g in self._grad_chunks(x, y)]).detach()
+        return joined([g for _, g in self._grad_chunks(x, y)]).detach()
 
     def _grad_chunks(
         self,
@@ -461,7 +456,7 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         cost as much as the gradients themselves).
         """
         fm = self._functional
-        return _joined([
+        return joined([
             times_transposed(factors, fm.per_sample_grad_parts(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i))
             for i in range(0, x.shape[0], GRAD_CHUNK)
         ], dim=1).detach()

@@ -11,8 +11,8 @@ from torch import nn
 from ...errors import InvalidDataError, InvalidModelError, InvalidParameterError
 from ...threads import uses_torch_threads
 from ._data import check_tensor_pair
-from ._functional import FunctionalModel, LossFn
-from ._model_base import FeatureInfluenceModel, _joined, _snapshot
+from ._functional import FunctionalModel, LossFn, joined
+from ._model_base import FeatureInfluenceModel, _snapshot
 
 __all__ = ["TracInInfluence", "load_checkpoint_states"]
 
@@ -230,7 +230,7 @@ class TracInInfluence(FeatureInfluenceModel):
         """Per-sample gradients at every checkpoint (normalised if ``normalize``), concatenated."""
         parts = []
         for fm in self._fms:
-            g = _joined([g for _, g in self._grad_chunks(x, y, fm=fm)])
+            g = joined([g for _, g in self._grad_chunks(x, y, fm=fm)])
             if self.normalize:
                 g = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
             parts.append(g)
