@@ -610,3 +610,27 @@ def test_linear_regression_equals_sklearn_including_rank_deficient_coalitions(lo
     one = BatchedLinearRegression().fit(x[masks[1]], y[masks[1]])
     ref = SkLinearRegression().fit(x[masks[1]], y[masks[1]])
     np.testing.assert_allclose(one.predict(xt), ref.predict(xt), rtol=1e-8)
+
+
+@pytest.mark.parametrize("gathered", [False, True])
+def test_standardisation_of_a_feature_almost_constant_far_from_zero_is_exact_to_rounding(gathered):
+    """Against exact rational arithmetic. The mean's rounding (a few ulps of 1e8) is 1e-3 of this feature's
+    spread; a plain two-pass variance kept it at second order (6e-5 relative on these rows), the corrected
+    two-pass algorithm (as scikit-learn's StandardScaler) removes it."""
+    from fractions import Fraction
+
+    from dvl_dask.models import standardize
+
+    rng = np.random.default_rng(3)
+    x = np.column_stack([1e8 + 3e-6 * rng.normal(size=40), rng.normal(size=40)])
+    s = (rng.random((50, 40)) < 0.5).astype(float)
+    if gathered:  # the (B, m, d) rows of lockstep permutations
+        x, s = np.broadcast_to(x, (50, 40, 2)).copy(), s
+    _, mean, scale = standardize(x, s)
+    rows = x if x.ndim == 2 else x[0]
+    for b in range(len(s)):
+        exact = [Fraction(float(v)) for v, w in zip(rows[:, 0], s[b], strict=True) if w]
+        m = sum(exact) / len(exact)
+        sd = float(sum((r - m) ** 2 for r in exact) / len(exact)) ** 0.5
+        assert abs(mean[b, 0] - float(m)) <= 2 * np.spacing(1e8)
+        assert abs(scale[b, 0] - sd) <= 1e-12 * sd
