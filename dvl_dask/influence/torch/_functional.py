@@ -1,7 +1,8 @@
 """A model and its loss as pure functions of the parameters, with ``torch.func``.
 
 Per-sample gradients are one ``vmap(grad(...))`` call over the batch (no
-Python loop over samples). The module is called through
+Python loop over samples), or for networks of linear layers one batched
+forward and backward pass (:mod:`._by_layer`). The module is called through
 :func:`torch.func.functional_call`, which temporarily swaps its parameters:
 an instance is therefore not thread-safe.
 """
@@ -18,7 +19,9 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jacrev, vmap
 
 from ...errors import InvalidDataError, InvalidModelError
+from ._by_layer import linear_plan, write_linear_gradients
 from ._layout import ParameterLayout
+from ._memory import empty_matrix
 
 __all__ = ["FunctionalModel", "LossFn", "recording_layers"]
 
@@ -218,21 +221,31 @@ class FunctionalModel:
         :class:`~dvl_dask.errors.InvalidDataError` naming it (``start + i``:
         ``start`` is the index of ``x[0]`` among the caller's points): a NaN
         loss can have a zero gradient, which would give silently zero influences.
+
+        Networks of linear layers (:mod:`._by_layer`) get their gradients
+        layer by layer, written straight into the returned matrix; other
+        models through ``vmap(grad(...))``, joined.
         """
         return joined(self.per_sample_grad_parts(x, y, start), dim=1)
 
     def per_sample_grad_parts(self, x: torch.Tensor, y: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
-        """The column blocks of :meth:`per_sample_grads`, one per parameter in layout order, not joined.
+        """Column blocks of :meth:`per_sample_grads` in layout order, not joined: ``G = cat(parts, dim=1)``.
 
-        Each is ``(len(x), size)``. A product with the gradients can be taken
-        block by block (:func:`times_transposed`), which spares the joined
-        matrix: a copy of every gradient, and fresh memory (page faults) on
+        One block, the whole matrix, when the gradients are computed layer by
+        layer; otherwise one per parameter, each ``(len(x), size)``. A product
+        with the gradients can be taken block by block
+        (:func:`times_transposed`), which spares joining ``vmap``'s blocks: a
+        copy of every gradient, and fresh memory (page faults) on
         ``distributed`` workers. Checked as :meth:`per_sample_grads`.
         """
-        with _explain_vmap_errors("per-sample gradients", y):
-            g, losses = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
-        parts = [g[name].reshape(len(x), -1) for name in self.layout.names]
-        bad = _non_finite_rows(parts, losses)
+        by_layer = self._by_layer(x, y)
+        if by_layer is not None:
+            parts, losses, bad = by_layer
+        else:
+            with _explain_vmap_errors("per-sample gradients", y):
+                g, losses = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))(self.params, x, y)
+            parts = [g[name].reshape(len(x), -1) for name in self.layout.names]
+            bad = _non_finite_rows(parts, losses)
         if bool(bad.any()):
             first = int(torch.nonzero(bad)[0, 0])
             raise InvalidDataError(
@@ -242,6 +255,22 @@ class FunctionalModel:
                 "and that the loss is finite there (e.g. clamp before a log)."
             )
         return parts
+
+    def _by_layer(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None:
+        """``([gradients], losses, non-finite rows)`` computed layer by layer, or None where that does not apply."""
+        # Planned on every call (a few microseconds): the module's mode and hooks may change between calls.
+        plan = linear_plan(self.model, self.layout.names)
+        if plan is None or len(x) == 0:
+            return None
+        any_param = next(iter(self.params.values()))
+        out = empty_matrix(len(x), self.layout.n, dtype=any_param.dtype, device=any_param.device)
+        offsets = self.layout.offsets()
+        with _explain_vmap_errors("per-sample gradients", y):
+            written = write_linear_gradients(plan, self.model, {**self.params, **self.state}, self.loss, x, y, out,
+                                             [offsets[name] for name in self.layout.names])
+        return None if written is None else ([out], *written)
 
     def perturbation(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``∇x ⟨fₖ, ∇θℓ(xⱼ, yⱼ)⟩`` for every factor ``fₖ`` and sample ``j``.

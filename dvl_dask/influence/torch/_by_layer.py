@@ -1,0 +1,192 @@
+"""Per-sample gradients of networks of linear layers, layer by layer, written straight into one matrix.
+
+For a linear layer ``z = a Wᵀ + b`` the gradient of sample ``i``'s loss is
+``∇W ℓᵢ = δᵢ aᵢᵀ`` and ``∇b ℓᵢ = δᵢ``, where ``aᵢ`` is the layer's input and
+``δᵢ = ∂ℓᵢ/∂zᵢ``. One batched forward pass records every ``aᵢ``, one batched
+backward pass gives every ``δᵢ``, and the outer products are written into the
+caller's ``(n, n_parameters)`` matrix at each parameter's columns.
+
+Why not ``vmap(grad(...))`` here: vmap returns one tensor per parameter, which
+must then be joined into the flat matrix -- every gradient is written twice,
+into two fresh allocations -- and its per-sample weight gradients go through a
+batched matrix product of ``n`` rank-one terms. On the 20-64-64-1 MLP of the
+benchmarks (5,569 parameters, 1,000 samples, one thread) this path takes 2.3 ms
+against 7.2 ms, and 4.5 ms against 22.7 ms in a ``distributed`` worker, whose
+allocator settings make every large allocation fresh pages (see
+:mod:`._memory`).
+
+The batched pass equals the per-sample one only when samples do not interact in
+the forward pass. That is guaranteed here by construction, not assumed: the
+path is taken only for an ``nn.Linear`` or an ``nn.Sequential`` (nested
+allowed) whose every module is of one of the exact types in
+:data:`PER_SAMPLE_TYPES` (subclasses may override ``forward``), with no hooks,
+no dropout in training mode, no parameter shared between layers, and 2-D
+inputs at every linear layer. Anything else -- a custom ``forward``, batch
+normalisation, embeddings, convolutions -- keeps the ``vmap`` path. Each
+sample's loss is still ``loss(outputᵢ[None], yᵢ[None])``, differentiated with
+respect to its own output row, so no assumption is made about how the loss
+reduces a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+__all__ = ["PER_SAMPLE_TYPES", "LinearPlan", "linear_plan", "write_linear_gradients"]
+
+#: Modules that act on each sample alone (given the checks in :func:`linear_plan`). Exact types only.
+PER_SAMPLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.AlphaDropout,
+    nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.LogSigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardtanh, nn.Hardsigmoid,
+    nn.Hardswish, nn.Softmax, nn.LogSoftmax,
+)
+_DIM_ATTRIBUTE = {nn.Flatten: "start_dim", nn.Unflatten: "dim", nn.Softmax: "dim", nn.LogSoftmax: "dim"}
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """Where each trainable parameter's gradient comes from: ``(layer name, "weight" | "bias")`` by parameter."""
+
+    layers: tuple[str, ...]
+    sources: tuple[tuple[str, str], ...]
+
+
+def linear_plan(model: nn.Module, names: Sequence[str]) -> LinearPlan | None:
+    """How to compute the gradients of the trainable parameters ``names`` layer by layer; None if it does not apply."""
+    if not _per_sample_structure(model) or _has_hooks(model):
+        return None
+    linears = {name: m for name, m in model.named_modules(remove_duplicate=False) if type(m) is nn.Linear}
+    if len({id(m) for m in linears.values()}) != len(linears):  # one layer called at two places
+        return None
+    tensors = [p for m in linears.values() for p in (m.weight, m.bias) if p is not None]
+    if len({id(t) for t in tensors}) != len(tensors):  # tied parameters
+        return None
+    sources = []
+    for name in names:
+        layer, _, attribute = name.rpartition(".")
+        if layer not in linears:
+            return None
+        sources.append((layer, attribute))
+    used = tuple(dict.fromkeys(layer for layer, _ in sources))
+    return LinearPlan(used, tuple(sources))
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    from torch.nn.modules import module as module_globals
+
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                    "_global_backward_pre_hooks")
+    if any(getattr(module_globals, attr, None) for attr in global_hooks):
+        return True
+    local_hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(m, attr, None) for m in model.modules() for attr in local_hooks)
+
+
+def _per_sample_structure(module: nn.Module) -> bool:
+    kind = type(module)
+    if kind is nn.Sequential:
+        return all(_per_sample_structure(child) for child in module.children())
+    if kind is nn.Linear:
+        return True
+    if kind not in PER_SAMPLE_TYPES:
+        return False
+    if kind in (nn.Dropout, nn.AlphaDropout) and module.training and module.p > 0:
+        return False  # random: the vmap path refuses it with advice
+    attribute = _DIM_ATTRIBUTE.get(kind)
+    if attribute is not None:
+        dim = getattr(module, attribute)
+        return dim is not None and (dim >= 1 or dim == -1)  # never the batch axis
+    return True
+
+
+def write_linear_gradients(
+    plan: LinearPlan,
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    loss: object,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Write the per-sample gradients of ``x`` into ``out`` (columns ``offsets`` by parameter).
+
+    ``tensors`` are every parameter and buffer, passed to ``functional_call``;
+    ``offsets`` are the ``(start, stop)`` columns of each parameter of the
+    plan, in its order. Returns ``(losses, bad)``: the per-sample losses and
+    a boolean vector of the samples whose loss or gradient holds a NaN or an
+    infinity. Returns None, writing nothing, if a linear layer gets an input
+    that is not 2-D or is called twice (the caller then takes the ``vmap``
+    path).
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    called_twice = []
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], z: torch.Tensor) -> None:
+            if name in inputs:
+                called_twice.append(name)
+            inputs[name], outputs[name] = args[0].detach(), z
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in plan.layers]
+    try:
+        # Parameters marked as requiring grad (aliases: no copy) so that the layers' outputs are in a graph.
+        params = {k: v.detach().requires_grad_(v.is_floating_point()) if k in _parameter_names(plan) else v
+                  for k, v in tensors.items()}
+        with torch.enable_grad():
+            output = functional_call(model, params, (x,))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if called_twice or any(inputs[name].ndim != 2 for name in plan.layers):
+        return None
+    n, shape = len(x), output.shape[1:]
+
+    def sample_loss(oi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return loss(oi.reshape(1, *shape), yi.unsqueeze(0))  # type: ignore[operator]
+
+    d_output, losses = vmap(grad_and_value(sample_loss))(output.detach().reshape(n, -1), y)
+    deltas = torch.autograd.grad(
+        output, [outputs[name] for name in plan.layers], grad_outputs=d_output.reshape(output.shape),
+        allow_unused=True,
+    )
+    by_layer = dict(zip(plan.layers, deltas))
+    # An entry δⱼaₖ (or δⱼ) is NaN or infinite only if δ or a holds one, or a product of finite values
+    # overflows: screened on the factors' largest magnitudes per sample (``amax`` propagates NaN), which reads
+    # the small factors instead of the whole matrix.
+    bad = ~torch.isfinite(losses.reshape(n, -1)).all(dim=1)
+    overflow = torch.zeros(n, dtype=torch.bool, device=out.device)
+    largest = torch.finfo(out.dtype).max / 2
+    for layer in plan.layers:
+        delta = by_layer[layer]
+        if delta is not None:
+            size_d, size_a = delta.abs().amax(dim=1).double(), inputs[layer].abs().amax(dim=1).double()
+            bad |= ~torch.isfinite(size_d) | ~torch.isfinite(size_a)
+            overflow |= size_d * size_a >= largest
+    for (layer, attribute), (start, stop) in zip(plan.sources, offsets):
+        delta = by_layer[layer]
+        columns = out[:, start:stop]
+        if delta is None:  # the layer does not reach the output
+            columns.zero_()
+        elif attribute == "bias":
+            columns.copy_(delta)
+        else:
+            a = inputs[layer]
+            torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=columns.view(n, delta.shape[1], a.shape[1]))
+    if bool(overflow.any()):
+        bad[overflow] |= ~torch.isfinite(out[overflow]).all(dim=1)
+    return losses, bad
+
+
+def _parameter_names(plan: LinearPlan) -> set[str]:
+    return {f"{layer}.{attribute}" if layer else attribute for layer, attribute in plan.sources}
