@@ -236,3 +236,69 @@ def test_a_matrix_on_its_own_mapping_outlives_its_tensor_in_numpy_and_pickles(mo
     tensor = torch.from_numpy(a)
     assert torch.equal(tensor @ torch.ones(2048, 1), torch.full((1024, 1), 3.0 * 2048).index_put_(
         (torch.tensor([0]), torch.tensor([0])), torch.tensor(3.0 * 2047 + 5.0)))
+
+
+def test_scratch_matrices_are_reused_per_thread_only_where_allocations_are_fresh(monkeypatch):
+    import threading
+
+    from dvl_dask.influence.torch import _memory
+
+    def kept_in_a_new_thread() -> bool:
+        kept = []
+
+        def run() -> None:
+            _memory.scratch_matrix(256, 1024, dtype=torch.float32, device="cpu")
+            kept.append(hasattr(_memory._SCRATCH, "buffer"))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return kept[0]
+
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                 "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    assert not kept_in_a_new_thread()  # a plain process: the heap reuses freed memory already
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert kept_in_a_new_thread()
+    first = _memory.scratch_matrix(256, 1024, dtype=torch.float32, device="cpu")
+    again = _memory.scratch_matrix(128, 512, dtype=torch.float64, device="cpu")
+    assert first.data_ptr() == again.data_ptr() and again.shape == (128, 512) and again.dtype == torch.float64
+    other = []
+    thread = threading.Thread(target=lambda: other.append(
+        _memory.scratch_matrix(256, 1024, dtype=torch.float32, device="cpu").data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != first.data_ptr()  # each thread its own
+    rows = _memory.SCRATCH_LIMIT // 4096 + 1  # larger than the limit: never kept
+    big = _memory.scratch_matrix(rows, 1024, dtype=torch.float32, device="cpu")
+    assert big.data_ptr() != first.data_ptr()
+    assert _memory.scratch_matrix(256, 1024, dtype=torch.float32, device="cpu").data_ptr() == first.data_ptr()
+
+
+def test_recomputed_influences_through_the_scratch_buffer_equal_stored_ones(monkeypatch):
+    """Chunks of training gradients share one scratch buffer; every product is taken before it is overwritten."""
+    import threading
+
+    from dvl_dask.influence.torch import DirectInfluence, _memory, _model_base
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1024")  # every chunk's gradients count as large
+    monkeypatch.setattr(_model_base, "GRAD_CHUNK", 7)
+    model = _net(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2), dtype=torch.float32)
+    torch.manual_seed(4)
+    x, y = torch.randn(40, 4), torch.randn(40, 2)
+    infl = DirectInfluence(model, F.mse_loss, regularization=0.1).fit((x, y))
+    factors = infl.influence_factors(x[:5], y[:5])
+    stored = factors @ infl.per_sample_gradients(x, y).T
+    result = {}
+
+    def run() -> None:  # a new thread: no scratch buffer yet
+        result["values"] = infl.influences_from_factors(factors, x, y)
+        result["kept"] = _memory._SCRATCH.buffer.numel()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert result["kept"] >= 7 * 4 * (4 * 16 + 16 + 16 * 2 + 2)
+    torch.testing.assert_close(result["values"], stored, rtol=1e-5, atol=1e-6)

@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, grad_and_value, jacrev, vmap
 from ...errors import InvalidDataError, InvalidModelError
 from ._by_layer import linear_plan, write_linear_gradients
 from ._layout import ParameterLayout
-from ._memory import empty_matrix
+from ._memory import empty_matrix, scratch_matrix
 
 __all__ = ["FunctionalModel", "LossFn", "recording_layers"]
 
@@ -228,7 +228,9 @@ class FunctionalModel:
         """
         return joined(self.per_sample_grad_parts(x, y, start), dim=1)
 
-    def per_sample_grad_parts(self, x: torch.Tensor, y: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+    def per_sample_grad_parts(
+        self, x: torch.Tensor, y: torch.Tensor, start: int = 0, *, transient: bool = False
+    ) -> list[torch.Tensor]:
         """Column blocks of :meth:`per_sample_grads` in layout order, not joined: ``G = cat(parts, dim=1)``.
 
         One block, the whole matrix, when the gradients are computed layer by
@@ -237,8 +239,12 @@ class FunctionalModel:
         (:func:`times_transposed`), which spares joining ``vmap``'s blocks: a
         copy of every gradient, and fresh memory (page faults) on
         ``distributed`` workers. Checked as :meth:`per_sample_grads`.
+
+        ``transient=True`` promises that the caller is done with the blocks
+        before its next call in this thread: the matrix may then be a
+        per-thread scratch buffer (:func:`._memory.scratch_matrix`).
         """
-        by_layer = self._by_layer(x, y)
+        by_layer = self._by_layer(x, y, scratch_matrix if transient else empty_matrix)
         if by_layer is not None:
             parts, losses, bad = by_layer
         else:
@@ -257,7 +263,7 @@ class FunctionalModel:
         return parts
 
     def _by_layer(
-        self, x: torch.Tensor, y: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, allocate: Callable[..., torch.Tensor]
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None:
         """``([gradients], losses, non-finite rows)`` computed layer by layer, or None where that does not apply."""
         # Planned on every call (a few microseconds): the module's mode and hooks may change between calls.
@@ -265,7 +271,7 @@ class FunctionalModel:
         if plan is None or len(x) == 0:
             return None
         any_param = next(iter(self.params.values()))
-        out = empty_matrix(len(x), self.layout.n, dtype=any_param.dtype, device=any_param.device)
+        out = allocate(len(x), self.layout.n, dtype=any_param.dtype, device=any_param.device)
         offsets = self.layout.offsets()
         with _explain_vmap_errors("per-sample gradients", y):
             written = write_linear_gradients(plan, self.model, {**self.params, **self.state}, self.loss, x, y, out,

@@ -27,14 +27,18 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import threading
 
 import torch
 
-__all__ = ["allocator_maps_fresh", "empty_matrix"]
+__all__ = ["allocator_maps_fresh", "empty_matrix", "scratch_matrix"]
 
 #: Results smaller than this come from ``torch.empty``: a huge page is 2 MiB.
 HUGE_PAGE_MINIMUM = 4 * 2**20
+#: The largest scratch buffer :func:`scratch_matrix` keeps per thread between calls.
+SCRATCH_LIMIT = 64 * 2**20
 _GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 2**10
+_SCRATCH = threading.local()
 _FIXING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_")
 _FIXING_TUNABLES = ("trim_threshold", "top_pad", "mmap_max", "mmap_threshold")
 
@@ -108,3 +112,28 @@ def empty_matrix(rows: int, columns: int, *, dtype: torch.dtype, device: torch.d
     mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     mapping.madvise(mmap.MADV_HUGEPAGE)
     return torch.frombuffer(mapping, dtype=dtype, count=rows * columns).view(rows, columns)
+
+
+def scratch_matrix(rows: int, columns: int, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A ``(rows, columns)`` matrix for an intermediate the caller is done with before its next call in this thread.
+
+    Where large allocations are fresh maps (see the module's docstring), one
+    buffer of up to :data:`SCRATCH_LIMIT` bytes is kept per thread and handed
+    out again: the reuse glibc's heap gives a plain process by default
+    (freed blocks stay in the heap there), for this one buffer. Elsewhere, or
+    for a larger matrix, it is :func:`empty_matrix`. The caller must not keep
+    the matrix, or anything viewing it, beyond its own call.
+
+    Examples
+    --------
+    >>> scratch_matrix(2, 3, dtype=torch.float64, device="cpu").shape
+    torch.Size([2, 3])
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    nbytes = rows * columns * itemsize
+    if torch.device(device).type != "cpu" or nbytes > SCRATCH_LIMIT or not allocator_maps_fresh(nbytes):
+        return empty_matrix(rows, columns, dtype=dtype, device=device)
+    kept = getattr(_SCRATCH, "buffer", None)
+    if kept is None or kept.numel() < nbytes:
+        kept = _SCRATCH.buffer = empty_matrix(1, nbytes, dtype=torch.uint8, device="cpu").reshape(-1)
+    return kept[:nbytes].view(dtype).view(rows, columns)

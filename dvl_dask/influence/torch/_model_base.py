@@ -453,11 +453,15 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         Parameter by parameter (:func:`times_transposed`): the gradients of a
         chunk are never joined into one matrix, which would copy them all into
         fresh memory (on a ``distributed`` worker, the page faults of that copy
-        cost as much as the gradients themselves).
+        cost as much as the gradients themselves). Gradients computed layer by
+        layer are one matrix, in this thread's scratch buffer where fresh
+        memory costs page faults (they are used up before the next chunk).
         """
         fm = self._functional
         return joined([
-            times_transposed(factors, fm.per_sample_grad_parts(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i))
+            times_transposed(
+                factors, fm.per_sample_grad_parts(x[i : i + GRAD_CHUNK], y[i : i + GRAD_CHUNK], i, transient=True)
+            )
             for i in range(0, x.shape[0], GRAD_CHUNK)
         ], dim=1).detach()
 
