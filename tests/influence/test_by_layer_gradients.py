@@ -7,11 +7,14 @@ on a batch of one), so it does not share code with either path of the library.
 from __future__ import annotations
 
 import gc
+import itertools
 import pickle
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -302,3 +305,40 @@ def test_recomputed_influences_through_the_scratch_buffer_equal_stored_ones(monk
     thread.join()
     assert result["kept"] >= 7 * 4 * (4 * 16 + 16 + 16 * 2 + 2)
     torch.testing.assert_close(result["values"], stored, rtol=1e-5, atol=1e-6)
+
+
+_ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.GELU, nn.Sigmoid, nn.Softplus, nn.Identity, nn.ELU, nn.SiLU)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    activations=st.lists(st.sampled_from(_ACTIVATIONS), min_size=3, max_size=3),
+    biases=st.lists(st.booleans(), min_size=3, max_size=3),
+    frozen=st.lists(st.booleans(), min_size=3, max_size=3),
+    n=st.integers(1, 9),
+    classify=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_networks_of_linear_layers_match_each_sample_alone(widths, activations, biases, frozen, n, classify,
+                                                                   seed):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    linears = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        linears.append(nn.Linear(a, b, bias=biases[i]))
+        layers += [linears[-1], activations[i]()]
+    model = nn.Sequential(*layers[:-1]).double().eval()  # ends with a linear layer
+    for layer, freeze in zip(linears, frozen):
+        layer.requires_grad_(not freeze)
+    if not any(q.requires_grad for q in model.parameters()):
+        linears[-1].requires_grad_(True)
+    x = torch.randn(n, widths[0], dtype=torch.float64)
+    if classify:
+        loss, y = F.cross_entropy, torch.randint(0, widths[-1], (n,))
+    else:
+        loss, y = F.mse_loss, torch.randn(n, widths[-1], dtype=torch.float64)
+    fm = functional(model, loss)
+    assert linear_plan(model, fm.layout.names) is not None
+    torch.testing.assert_close(fm.per_sample_grads(x, y), reference_gradients(model, loss, x, y), rtol=1e-10,
+                               atol=1e-12)
