@@ -24,8 +24,11 @@ calculator in this process with 2 torch threads against the Dask calculator on
 one worker process with 2 threads (the client passed: the model is
 scattered once and each worker thread computes with its own replica; inputs
 persisted in the cluster before the clock starts), store and recompute
-gradients; prints time per million pairs, the ratio (target: the Dask
-calculator not slower per pair) and the largest difference of values.
+gradients; also the same graph on dask's threads scheduler in this process
+(the calculator without distributed's worker). The engines run interleaved,
+best of ``--pair-repeats`` each. Prints time per million pairs, the ratio
+(target: the Dask calculator not slower per pair) and the largest difference
+of values.
 ``--worker-malloc-threshold`` and ``--worker-huge-pages`` set the worker's
 allocator environment (see docs/deployment.md).
 
