@@ -25,7 +25,9 @@ one worker process with 2 threads (the client passed: the model is
 scattered once and each worker thread computes with its own replica; inputs
 persisted in the cluster before the clock starts), store and recompute
 gradients; also the same graph on dask's threads scheduler in this process
-(the calculator without distributed's worker). The engines run interleaved,
+(the calculator without distributed's worker), and the Dask calculator's values
+kept in the worker (``persist``: no transfer to the client, as before a
+``to_zarr`` or a reduction). The engines run interleaved,
 best of ``--pair-repeats`` each. Prints time per million pairs, the ratio
 (target: the Dask calculator not slower per pair) and the largest difference
 of values.
@@ -314,6 +316,15 @@ def per_pair(args: argparse.Namespace) -> None:
                 out = client.compute(c.influences(*arrays)).result()
                 return time.perf_counter() - start, out
 
+            def kept(c: Any = dcalc) -> Any:
+                """The values computed and kept in the worker (``persist``), as before a ``to_zarr`` or a reduction."""
+                arrays = client.persist(list(inputs()))
+                wait(arrays)
+                start = time.perf_counter()
+                out = client.persist(c.influences(*arrays))
+                wait(out)
+                return time.perf_counter() - start, None
+
             # The same graph on dask's threads scheduler in this process: what the calculator costs without
             # distributed's worker (its allocator settings, event loop, per-task bookkeeping, result transfer).
             tcalc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck,
@@ -327,20 +338,24 @@ def per_pair(args: argparse.Namespace) -> None:
                 return time.perf_counter() - start, out
 
             # Interleaved, best of each: this VM's speed drifts by 10-15% within minutes.
-            timed = [(sequential(), run(), threaded()) for _ in range(args.pair_repeats)]
-            t_seq, seq = min((s for s, _, _ in timed), key=lambda tv: tv[0])
-            t_dask, values = min((d for _, d, _ in timed), key=lambda tv: tv[0])
-            t_threads, local_values = min((t for _, _, t in timed), key=lambda tv: tv[0])
+            timed = [(sequential(), run(), threaded(), kept()) for _ in range(args.pair_repeats)]
+            t_seq, seq = min((s for s, *_ in timed), key=lambda tv: tv[0])
+            t_dask, values = min((d for _, d, *_ in timed), key=lambda tv: tv[0])
+            t_threads, local_values = min((t for _, _, t, _ in timed), key=lambda tv: tv[0])
+            t_kept = min(k[0] for *_, k in timed)
             rows.append((f"sequential, {gradients} gradients (torch threads 2)", t_seq, 0.0))
             rows.append((f"dask, 1 worker x 2 threads, {gradients} gradients (worker torch threads "
                          f"{next(iter(threads.values()))})", t_dask, float(np.abs(values - seq.numpy()).max())))
             rows.append((f"dask threads scheduler here, 2 threads, {gradients} gradients", t_threads,
                          float(np.abs(local_values - seq.numpy()).max())))
-    print(f"\n{'engine':<72}{'time s':>8}{'s / 1e6 pairs':>15}{'max |diff|':>12}")
+            rows.append((f"dask, 1 worker x 2 threads, {gradients} gradients, kept in the worker (persist)", t_kept,
+                         float("nan")))
+    print(f"\n{'engine':<82}{'time s':>8}{'s / 1e6 pairs':>15}{'max |diff|':>12}")
     for label, t, diff in rows:
-        print(f"{label:<72}{t:>8.2f}{t / n_pairs * 1e6:>15.3f}{diff:>12.1e}")
-    for i in (0, 3):
-        for j in (1, 2):
+        shown = "-" if np.isnan(diff) else f"{diff:.1e}"
+        print(f"{label:<82}{t:>8.2f}{t / n_pairs * 1e6:>15.3f}{shown:>12}")
+    for i in (0, 4):
+        for j in (1, 2, 3):
             print(f"{rows[i + j][0].split(' (')[0]}: {rows[i + j][1] / rows[i][1]:.2f}x the sequential time per pair"
                   f"{' (target <= 1x)' if j == 1 else ''}")
 
