@@ -53,6 +53,10 @@ def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
     return nb
 
 
+# Serial: each notebook starts a process cluster, and closing it has a deadline (distributed's nanny gives a
+# worker 5 s to exit, then raises TimeoutError). With three xdist workers and their clusters on two cores,
+# 2 of 4 full runs on 2026-12-07 missed it in `cluster.close()`; alone, every notebook closes in time.
+@pytest.mark.serial
 @pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
