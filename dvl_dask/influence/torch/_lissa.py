@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...errors import ConvergenceWarning, InvalidModelError
+from ...threads import intra_op_threads
 from ...validation import check_positive_int, check_real
 from .._mode import BlockMode, SecondOrderMode
 from ._data import iter_batches
@@ -106,7 +107,14 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         self._loader = loader
 
-    def _solve_block(self, _i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
+    def _solve_block(self, i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
+        # One intra-op thread: each iteration is a product with one batch's curvature and a few small
+        # operations, too narrow to share out; on two threads their barriers collapse when the cores are
+        # shared (two solves at once took 6.6x one alone; see benchmarks/README.md).
+        with intra_op_threads(1):
+            return self._recursion(block, b)
+
+    def _recursion(self, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
         assert self._loader is not None
         op = self._curvature_operator(self._functional, block, self._loader)
         batches = _cycle(self._loader, self._owner)
