@@ -276,3 +276,29 @@ def test_narrow_products_share_out_their_batches_and_equal_the_one_thread_result
         torch.testing.assert_close(shared, alone, rtol=0, atol=0)
         dense = op.dense(regularized=True)
         torch.testing.assert_close(shared, v @ dense, rtol=1e-10, atol=1e-12)
+
+
+def test_the_lissa_recursion_runs_on_one_intra_op_thread_and_restores_the_callers(two_threads, monkeypatch):
+    """Its products are narrow (one batch each): on two intra-op threads they collapsed 6.6-9.5x when two
+    solves shared the cores. The caller's thread count is back afterwards."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dvl_dask.influence.torch import LissaInfluence
+    from dvl_dask.influence.torch._curvature import CurvatureOperator
+
+    x, y = _data()
+    seen = []
+    original = CurvatureOperator.batch_matmat
+
+    def watched(self, v, xb, yb):
+        seen.append(torch.get_num_threads())
+        return original(self, v, xb, yb)
+
+    monkeypatch.setattr(CurvatureOperator, "batch_matmat", watched)
+    infl = LissaInfluence(_mlp(), F.mse_loss, regularization=0.1, maxiter=5, second_order_mode="gauss_newton",
+                          warn_on_max_iteration=False).fit(DataLoader(TensorDataset(x, y), batch_size=4))
+    with dask.config.set({"dvl_dask.compute.torch-threads": 2}):
+        factors = infl.influence_factors(x[:3], y[:3])
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    assert bool(torch.isfinite(factors).all())
