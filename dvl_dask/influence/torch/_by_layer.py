@@ -30,12 +30,15 @@ reduces a batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+
+from ...errors import InvalidModelError
+from ._recording import recording_layers
 
 __all__ = ["PER_SAMPLE_TYPES", "LinearPlan", "linear_plan", "write_linear_gradients"]
 
@@ -55,6 +58,8 @@ class LinearPlan:
 
     layers: tuple[str, ...]
     sources: tuple[tuple[str, str], ...]
+    #: The trainable parameters' names (the keys of ``functional_call``'s mapping).
+    parameters: frozenset[str]
 
 
 def linear_plan(model: nn.Module, names: Sequence[str]) -> LinearPlan | None:
@@ -74,7 +79,7 @@ def linear_plan(model: nn.Module, names: Sequence[str]) -> LinearPlan | None:
             return None
         sources.append((layer, attribute))
     used = tuple(dict.fromkeys(layer for layer, _ in sources))
-    return LinearPlan(used, tuple(sources))
+    return LinearPlan(used, tuple(sources), frozenset(names))
 
 
 def _has_hooks(model: nn.Module) -> bool:
@@ -125,30 +130,15 @@ def write_linear_gradients(
     that is not 2-D or is called twice (the caller then takes the ``vmap``
     path).
     """
-    inputs: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    modules = dict(model.named_modules())
-    called_twice = []
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], z: torch.Tensor) -> None:
-            if name in inputs:
-                called_twice.append(name)
-            inputs[name], outputs[name] = args[0].detach(), z
-
-        return hook
-
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in plan.layers]
+    # Parameters marked as requiring grad (aliases: no copy) so that the layers' outputs are in a graph.
+    params = {k: v.detach().requires_grad_(v.is_floating_point()) if k in plan.parameters else v
+              for k, v in tensors.items()}
     try:
-        # Parameters marked as requiring grad (aliases: no copy) so that the layers' outputs are in a graph.
-        params = {k: v.detach().requires_grad_(v.is_floating_point()) if k in _parameter_names(plan) else v
-                  for k, v in tensors.items()}
-        with torch.enable_grad():
+        with recording_layers(model, plan.layers, "", "") as (inputs, outputs), torch.enable_grad():
             output = functional_call(model, params, (x,))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if called_twice or any(inputs[name].ndim != 2 for name in plan.layers):
+    except InvalidModelError:  # a layer called twice in the pass
+        return None
+    if any(inputs[name].ndim != 2 for name in plan.layers):
         return None
     n, shape = len(x), output.shape[1:]
 
@@ -187,6 +177,3 @@ def write_linear_gradients(
         bad[overflow] |= ~torch.isfinite(out[overflow]).all(dim=1)
     return losses, bad
 
-
-def _parameter_names(plan: LinearPlan) -> set[str]:
-    return {f"{layer}.{attribute}" if layer else attribute for layer, attribute in plan.sources}

@@ -112,7 +112,7 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     def _fit(self, fm: FunctionalModel, loader: DataLoader) -> None:
         self._loader = loader
 
-    def _solve_block(self, i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
+    def _solve_block(self, _i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
         # One intra-op thread: each iteration is a product with one batch's curvature and a few small
         # operations, too narrow to share out; on two threads their barriers collapse when the cores are
         # shared (two solves at once took 6.6x one alone; see benchmarks/README.md).
