@@ -255,25 +255,34 @@ def _worker_malloc(threshold: int | None, huge_pages: bool = False) -> dict[str,
 
 def per_pair(args: argparse.Namespace) -> None:
     """Seconds per million pairs: the sequential calculator in this process (torch threads 2) against the
-    Dask calculator on one worker process with 2 threads, same model, same chunks; values must be identical."""
+    Dask calculator on one worker process with 2 threads, same model, same chunks; values must be identical.
+
+    With two or more ``--pair-train-sizes`` every engine also runs at each size (interleaved) and the marginal
+    cost per pair -- the slope between the smallest and the largest size -- is printed next to the fixed cost
+    of one computation (the intercept): distributed's submit, scheduling and gather round trips are paid once
+    per ``compute``, whatever its size, and are not a cost per pair."""
     import dask
     import dask.array as da
     import torch
     from bench_influence_models import _problem
     from distributed import Client, LocalCluster, wait
 
+    from dvl_dask import open_influence
     from dvl_dask.influence import (
         DaskInfluenceCalculator,
         DisableClientSingleThreadCheck,
         SequentialInfluenceCalculator,
+        influence_to_zarr,
     )
     from dvl_dask.influence.torch import DirectInfluence, NestedTorchCatAggregator, TorchNumpyConverter
 
     torch.set_num_threads(2)
-    model_nn, loss, x, y, x_test, y_test = _problem(args.n_train, args.n_test)
-    n_pairs = args.n_train * args.n_test
-    model = DirectInfluence(model_nn, loss, regularization=0.01, second_order_mode="gauss_newton").fit((x, y))
-    print(f"MLP 20-64-64-1, {args.n_test} test x {args.n_train} train = {n_pairs:,} pairs; chunks "
+    sizes = sorted({int(n) for n in args.pair_train_sizes.split(",")}) if args.pair_train_sizes else [args.n_train]
+    model_nn, loss, x_all, y_all, x_test, y_test = _problem(sizes[-1], args.n_test)
+    model = DirectInfluence(model_nn, loss, regularization=0.01, second_order_mode="gauss_newton").fit(
+        (x_all[: sizes[0]], y_all[: sizes[0]]))
+    listed = " / ".join(f"{args.n_test} test x {n} train = {args.n_test * n:,} pairs" for n in sizes)
+    print(f"MLP 20-64-64-1, {listed}; chunks "
           f"{args.test_chunk} x {args.train_chunk}; DirectInfluence (Gauss-Newton); worker malloc thresholds: "
           f"{args.worker_malloc_threshold or 'distributed default (trim 65536)'}"
           f"{'; worker THP_MEM_ALLOC_ENABLE=1' if args.worker_huge_pages else ''}")
@@ -281,83 +290,124 @@ def per_pair(args: argparse.Namespace) -> None:
     def pairs(x_, y_, size):
         return [(x_[i : i + size], y_[i : i + size]) for i in range(0, len(x_), size)]
 
-    rows = []
+    engines = ("sequential", "dask", "threads", "kept", "sequential-zarr", "dask-zarr")
+    labels = {
+        "sequential-zarr": "sequential, {g} gradients, written to a local zarr store",
+        "dask-zarr": "dask, 1 worker x 2 threads, {g} gradients, written to a local zarr store by the worker",
+        "sequential": "sequential, {g} gradients (torch threads 2)",
+        "dask": "dask, 1 worker x 2 threads, {g} gradients (worker torch threads {t})",
+        "threads": "dask threads scheduler here, 2 threads, {g} gradients",
+        "kept": "dask, 1 worker x 2 threads, {g} gradients, kept in the worker (persist)",
+    }
+    rows = []  # (gradients, engine, n_train, seconds, max |diff|)
+    store_dir = tempfile.mkdtemp(prefix="dvl-per-pair-")
     with dask.config.set(_worker_malloc(args.worker_malloc_threshold, args.worker_huge_pages)), \
             LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
                          host="127.0.0.1") as cluster, Client(cluster) as client:
         counter = itertools.count()
 
-        def inputs(n: int | None = None, counter: Any = counter) -> tuple[Any, ...]:
+        def inputs(n_train: int, n: int | None = None, counter: Any = counter) -> tuple[Any, ...]:
             k, sl = next(counter), slice(None) if n is None else slice(0, n)
             return tuple(da.from_array(t[sl].numpy(), chunks=(c, -1), name=f"{name}-{k}") for t, c, name in (
                 (x_test, args.test_chunk, "xt"), (y_test, args.test_chunk, "yt"),
-                (x, args.train_chunk, "x"), (y, args.train_chunk, "y")))
+                (x_all[:n_train], args.train_chunk, "x"), (y_all[:n_train], args.train_chunk, "y")))
 
-        threads = client.run(lambda: __import__("torch").get_num_threads())
+        threads = next(iter(client.run(lambda: __import__("torch").get_num_threads()).values()))
         for gradients in ("store", "recompute"):
             calc = SequentialInfluenceCalculator(model, train_gradients=gradients)
-
-            def sequential(c: Any = calc) -> Any:
-                start = time.perf_counter()
-                out = c.influences(pairs(x_test, y_test, args.test_chunk),
-                                   pairs(x, y, args.train_chunk)).compute(NestedTorchCatAggregator())
-                return time.perf_counter() - start, out
-
             # The client is passed (torch models make one replica per worker thread, so a 2-thread worker is
             # accepted): the model is scattered once. Inputs are persisted in the cluster under fresh names
             # before the clock starts, as data loaded by the cluster (e.g. from zarr) would be.
             dcalc = DaskInfluenceCalculator(model, TorchNumpyConverter(), client, train_gradients=gradients)
-            client.compute(dcalc.influences(*inputs(8))).result()  # warm the worker
-
-            def run(c: Any = dcalc) -> Any:
-                arrays = client.persist(list(inputs()))
-                wait(arrays)
-                start = time.perf_counter()
-                out = client.compute(c.influences(*arrays)).result()
-                return time.perf_counter() - start, out
-
-            def kept(c: Any = dcalc) -> Any:
-                """The values computed and kept in the worker (``persist``), as before a ``to_zarr`` or a reduction."""
-                arrays = client.persist(list(inputs()))
-                wait(arrays)
-                start = time.perf_counter()
-                out = client.persist(c.influences(*arrays))
-                wait(out)
-                return time.perf_counter() - start, None
-
+            client.compute(dcalc.influences(*inputs(sizes[0], 8))).result()  # warm the worker
             # The same graph on dask's threads scheduler in this process: what the calculator costs without
             # distributed's worker (its allocator settings, event loop, per-task bookkeeping, result transfer).
             tcalc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck,
                                             train_gradients=gradients)
-            local = [da.from_array(t.numpy(), chunks=(c, -1)) for t, c in (
-                (x_test, args.test_chunk), (y_test, args.test_chunk), (x, args.train_chunk), (y, args.train_chunk))]
 
-            def threaded(c: Any = tcalc, arrays: Any = local) -> Any:
+            def timed(engine: str, n_train: int, calc: Any = calc, dcalc: Any = dcalc,
+                      tcalc: Any = tcalc) -> tuple[float, Any]:
+                x, y = x_all[:n_train], y_all[:n_train]
+                url = os.path.join(store_dir, "per-pair.zarr")
+                shutil.rmtree(url, ignore_errors=True)
+                if engine == "sequential-zarr":
+                    start = time.perf_counter()
+                    calc.influences(pairs(x_test, y_test, args.test_chunk),
+                                    pairs(x, y, args.train_chunk)).to_zarr(url, TorchNumpyConverter())
+                    return time.perf_counter() - start, open_influence(url).values
+                if engine == "sequential":
+                    start = time.perf_counter()
+                    out = calc.influences(pairs(x_test, y_test, args.test_chunk),
+                                          pairs(x, y, args.train_chunk)).compute(NestedTorchCatAggregator())
+                    return time.perf_counter() - start, out.numpy()
+                if engine == "threads":
+                    local = [da.from_array(t.numpy(), chunks=(c, -1)) for t, c in (
+                        (x_test, args.test_chunk), (y_test, args.test_chunk), (x, args.train_chunk),
+                        (y, args.train_chunk))]
+                    start = time.perf_counter()
+                    out = tcalc.influences(*local).compute(scheduler="threads", num_workers=2)
+                    return time.perf_counter() - start, out
+                arrays = client.persist(list(inputs(n_train)))
+                wait(arrays)
                 start = time.perf_counter()
-                out = c.influences(*arrays).compute(scheduler="threads", num_workers=2)
-                return time.perf_counter() - start, out
+                if engine == "dask":
+                    out = client.compute(dcalc.influences(*arrays)).result()
+                    return time.perf_counter() - start, out
+                if engine == "dask-zarr":
+                    influence_to_zarr(dcalc.influences(*arrays), url)
+                    return time.perf_counter() - start, open_influence(url).values
+                # "kept": the values computed and kept in the worker, as before a to_zarr or a reduction.
+                wait(client.persist(dcalc.influences(*arrays)))
+                return time.perf_counter() - start, None
 
             # Interleaved, best of each: this VM's speed drifts by 10-15% within minutes.
-            timed = [(sequential(), run(), threaded(), kept()) for _ in range(args.pair_repeats)]
-            t_seq, seq = min((s for s, *_ in timed), key=lambda tv: tv[0])
-            t_dask, values = min((d for _, d, *_ in timed), key=lambda tv: tv[0])
-            t_threads, local_values = min((t for _, _, t, _ in timed), key=lambda tv: tv[0])
-            t_kept = min(k[0] for *_, k in timed)
-            rows.append((f"sequential, {gradients} gradients (torch threads 2)", t_seq, 0.0))
-            rows.append((f"dask, 1 worker x 2 threads, {gradients} gradients (worker torch threads "
-                         f"{next(iter(threads.values()))})", t_dask, float(np.abs(values - seq.numpy()).max())))
-            rows.append((f"dask threads scheduler here, 2 threads, {gradients} gradients", t_threads,
-                         float(np.abs(local_values - seq.numpy()).max())))
-            rows.append((f"dask, 1 worker x 2 threads, {gradients} gradients, kept in the worker (persist)", t_kept,
-                         float("nan")))
-    print(f"\n{'engine':<82}{'time s':>8}{'s / 1e6 pairs':>15}{'max |diff|':>12}")
-    for label, t, diff in rows:
+            best: dict[tuple[str, int], tuple[float, Any]] = {}
+            for _ in range(args.pair_repeats):
+                for n_train in sizes:
+                    for engine in engines:
+                        t, out = timed(engine, n_train)
+                        if (engine, n_train) not in best or t < best[engine, n_train][0]:
+                            best[engine, n_train] = (t, out)
+            for n_train in sizes:
+                reference = best["sequential", n_train][1]
+                for engine in engines:
+                    t, out = best[engine, n_train]
+                    diff = float("nan") if out is None else float(np.abs(out - reference).max())
+                    rows.append((gradients, engine, n_train, t, diff))
+    shutil.rmtree(store_dir, ignore_errors=True)
+    print(f"\n{'engine':<82}{'n_train':>8}{'time s':>8}{'s / 1e6 pairs':>15}{'max |diff|':>12}")
+    for gradients, engine, n_train, t, diff in rows:
         shown = "-" if np.isnan(diff) else f"{diff:.1e}"
-        print(f"{label:<82}{t:>8.2f}{t / n_pairs * 1e6:>15.3f}{shown:>12}")
-    for i in (0, 4):
-        for j in (1, 2, 3):
-            print(f"{rows[i + j][0].split(' (')[0]}: {rows[i + j][1] / rows[i][1]:.2f}x the sequential time per pair"
-                  f"{' (target <= 1x)' if j == 1 else ''}")
+        label = labels[engine].format(g=gradients, t=threads)
+        print(f"{label:<82}{n_train:>8}{t:>8.2f}{t / (n_train * args.n_test) * 1e6:>15.3f}{shown:>12}")
+    times = {(g, e, n): t for g, e, n, t, _ in rows}
+    # Each engine against the sequential calculator doing the same: returning the matrix, or writing it to zarr.
+    baseline = {e: "sequential-zarr" if e.endswith("zarr") else "sequential" for e in engines}
+    compared = [e for e in engines if e != baseline[e]]
+    targets = ("dask", "dask-zarr")
+    for gradients in ("store", "recompute"):
+        for n_train in sizes:
+            for engine in compared:
+                ratio = times[gradients, engine, n_train] / times[gradients, baseline[engine], n_train]
+                print(f"{labels[engine].split(' (')[0].format(g=gradients)}, {n_train} train: {ratio:.2f}x the "
+                      f"sequential time{' (whole computation)' if engine in targets else ''}")
+        if len(sizes) > 1:
+            small, large = sizes[0], sizes[-1]
+            added = (large - small) * args.n_test / 1e6
+
+            def slope(engine: str, g: str = gradients, small: int = small, large: int = large,
+                      added: float = added) -> float:
+                return (times[g, engine, large] - times[g, engine, small]) / added
+
+            def fixed(engine: str, g: str = gradients, small: int = small) -> float:
+                return times[g, engine, small] - slope(engine) * small * args.n_test / 1e6
+
+            for engine in compared:
+                base = baseline[engine]
+                print(f"{labels[engine].split(' (')[0].format(g=gradients)}: marginal {slope(engine):.3f} s per "
+                      f"1e6 pairs against the sequential {slope(base):.3f} = {slope(engine) / slope(base):.2f}x"
+                      f"{' (target <= 1x)' if engine in targets else ''}; fixed cost per computation "
+                      f"{fixed(engine) * 1e3:.0f} ms (sequential {fixed(base) * 1e3:.0f} ms)")
 
 
 # -- out of core ---------------------------------------------------------------------------------
@@ -441,6 +491,10 @@ def main() -> None:
     p.add_argument("--train-chunk", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--pair-repeats", type=int, default=5, help="per-pair: interleaved runs of each engine (best)")
+    p.add_argument("--pair-train-sizes", default=None,
+                   help="per-pair: comma-separated training sizes (default: --n-train); with two or more, the "
+                        "marginal cost per pair (slope from the smallest to the largest) and the fixed cost "
+                        "per computation are printed")
     p.add_argument("--worker-malloc-threshold", type=int, default=None,
                    help="per-pair: glibc mmap/trim thresholds of the worker in bytes (default: distributed's env)")
     p.add_argument("--worker-huge-pages", action="store_true",

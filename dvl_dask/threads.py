@@ -303,20 +303,23 @@ def uses_torch_threads(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def side_by_side(*fns: Callable[[], Any]) -> list[Any]:
+def side_by_side(*fns: Callable[[], Any], threads: int | None = None) -> list[Any]:
     """Run independent torch computations at once, one intra-op thread each; return their results in order.
 
-    Up to ``torch.get_num_threads()`` of the calling thread (its budget, see
-    :func:`torch_threads`) run at once, each in a worker thread limited to one
-    torch intra-op thread; with a budget of one, or a single function, they
-    run one after the other in the calling thread as they are. The caller's
-    ``torch.get_num_threads()`` is the same afterwards. The first exception
-    raised by a function is re-raised.
+    Up to ``threads`` run at once (default: ``torch.get_num_threads()`` of
+    the calling thread, its budget, see :func:`torch_threads`), each in a
+    worker thread limited to one torch intra-op thread; with a budget of one,
+    or a single function, they run one after the other in the calling thread
+    as they are. The caller's ``torch.get_num_threads()`` is the same
+    afterwards. The first exception raised by a function is re-raised.
 
     Parameters
     ----------
     *fns : callable
         Functions without arguments that share no mutable state.
+    threads : int, optional
+        The budget, for a caller that computes on fewer intra-op threads
+        than it may use (e.g. on one, between the calls).
 
     Returns
     -------
@@ -329,10 +332,14 @@ def side_by_side(*fns: Callable[[], Any]) -> list[Any]:
                 f"The 'fns' arguments of side_by_side must be functions without arguments. Argument {i} is a "
                 f"{type(fn).__name__}."
             )
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidParameterError(
+            f"The 'threads' parameter of side_by_side must be a positive integer or None. Got {threads!r}."
+        )
     import torch
 
-    budget = torch.get_num_threads()
-    workers = min(budget, len(fns))
+    caller = torch.get_num_threads()
+    workers = min(caller if threads is None else threads, len(fns))
     if workers <= 1:
         return [fn() for fn in fns]
 
@@ -345,4 +352,4 @@ def side_by_side(*fns: Callable[[], Any]) -> list[Any]:
             futures = [pool.submit(single_threaded, fn) for fn in fns]
             return [f.result() for f in futures]
     finally:
-        torch.set_num_threads(budget)  # also torch's default for threads started later
+        torch.set_num_threads(caller)  # also torch's default for threads started later

@@ -342,3 +342,83 @@ def test_random_networks_of_linear_layers_match_each_sample_alone(widths, activa
     assert linear_plan(model, fm.layout.names) is not None
     torch.testing.assert_close(fm.per_sample_grads(x, y), reference_gradients(model, loss, x, y), rtol=1e-10,
                                atol=1e-12)
+
+
+# -- per-sample output Jacobians (Gauss-Newton curvature) -------------------------------------------
+
+
+def reference_output_jacobians(model: nn.Module, names, x: torch.Tensor) -> torch.Tensor:
+    """``∂oᵢ/∂θ`` of each sample alone (a batch of one) for the parameters ``names``, with torch.func."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    params.update({n: b for n, b in model.named_buffers()})
+
+    def sample_output(block, xi):
+        return functional_call(model, {**params, **block}, (xi.unsqueeze(0),)).reshape(-1)
+
+    from torch.func import jacrev
+
+    jac = vmap(jacrev(sample_output), in_dims=(None, 0))({n: params[n] for n in names}, x)
+    return torch.cat([jac[n].reshape(len(x), jac[n].shape[1], -1) for n in names], dim=2)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_layer_by_layer_output_jacobians_equal_each_sample_alone(name, monkeypatch):
+    import dvl_dask.influence.torch._functional as functional_module
+
+    make, loss, shape, _ = CASES[name]
+    model = make()
+    dtype = next(model.parameters()).dtype
+    torch.manual_seed(3)
+    x = torch.randn(*shape, dtype=dtype)
+    fm = functional(model, loss)
+    taken = []
+    original = functional_module.linear_output_jacobians
+
+    def watched(*args, **kwargs):
+        out = original(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(functional_module, "linear_output_jacobians", watched)
+    # The whole layout, every layer's parameters alone (block_structure="layer"), and a block mapped across
+    # layers (the first and the last parameter).
+    names = fm.layout.names
+    layouts = [fm.layout, fm.layout.sub([names[0], names[-1]])]
+    layouts += [fm.layout.sub([n for n in names if n.rpartition(".")[0] == layer])
+                for layer in dict.fromkeys(n.rpartition(".")[0] for n in names)]
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-11, "atol": 1e-12}
+    for layout in layouts:
+        got = fm.per_sample_output_jacobian(layout, x)
+        torch.testing.assert_close(got, reference_output_jacobians(model, layout.names, x), **tol)
+    assert taken and all(taken), "the layer-by-layer path must be taken here"
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACKS))
+def test_output_jacobians_where_samples_may_interact_keep_the_per_sample_path(name):
+    model = FALLBACKS[name]()
+    fm = functional(model, F.mse_loss)
+    torch.manual_seed(4)
+    x = torch.randn(5, 4 if name == "custom-forward" else 3, dtype=torch.float64)
+    torch.testing.assert_close(fm.per_sample_output_jacobian(fm.layout, x),
+                               reference_output_jacobians(model, fm.layout.names, x), rtol=1e-11, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 5), min_size=2, max_size=4),
+    activations=st.lists(st.sampled_from(_ACTIVATIONS), min_size=3, max_size=3),
+    biases=st.lists(st.booleans(), min_size=3, max_size=3),
+    n=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_random_networks_output_jacobians_match_each_sample_alone(widths, activations, biases, n, seed):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        layers += [nn.Linear(a, b, bias=biases[i]), activations[i]()]
+    model = nn.Sequential(*layers[:-1]).double().eval()
+    fm = functional(model, F.mse_loss)
+    assert linear_plan(model, fm.layout.names) is not None
+    x = torch.randn(n, widths[0], dtype=torch.float64)
+    torch.testing.assert_close(fm.per_sample_output_jacobian(fm.layout, x),
+                               reference_output_jacobians(model, fm.layout.names, x), rtol=1e-10, atol=1e-12)

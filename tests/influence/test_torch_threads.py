@@ -290,9 +290,9 @@ def test_the_lissa_recursion_runs_on_one_intra_op_thread_and_restores_the_caller
     seen = []
     original = CurvatureOperator.batch_matmat
 
-    def watched(self, v, xb, yb):
+    def watched(self, v, xb, yb, **kwargs):
         seen.append(torch.get_num_threads())
-        return original(self, v, xb, yb)
+        return original(self, v, xb, yb, **kwargs)
 
     monkeypatch.setattr(CurvatureOperator, "batch_matmat", watched)
     infl = LissaInfluence(_mlp(), F.mse_loss, regularization=0.1, maxiter=5, second_order_mode="gauss_newton",
@@ -302,3 +302,46 @@ def test_the_lissa_recursion_runs_on_one_intra_op_thread_and_restores_the_caller
     assert seen and set(seen) == {1}
     assert torch.get_num_threads() == 2
     assert bool(torch.isfinite(factors).all())
+
+
+def test_the_lissa_product_is_shared_out_to_the_callers_budget_with_the_same_values(two_threads, monkeypatch):
+    """The recursion runs on one intra-op thread, but each iteration's Gauss-Newton product with its batch is
+    shared out to the caller's budget: terms of PRODUCT_TERM_SAMPLES samples on worker threads with one
+    intra-op thread each, summed in order, so the factors are the same bit for bit on one thread or two."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dvl_dask.influence.torch import LissaInfluence, _curvature
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(600, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(600, 1, generator=g, dtype=torch.float64)
+    seen = []
+    original = _curvature._jacobian_term
+
+    def watched(jac, h_out, v):
+        seen.append((threading.get_ident(), torch.get_num_threads(), jac.shape[0]))
+        return original(jac, h_out, v)
+
+    monkeypatch.setattr(_curvature, "_jacobian_term", watched)
+    infl = LissaInfluence(_mlp(), F.mse_loss, regularization=0.1, maxiter=4, second_order_mode="gauss_newton",
+                          scale=20.0, warn_on_max_iteration=False).fit(DataLoader(TensorDataset(x, y), batch_size=300))
+    results = {}
+    for budget in (1, 2):
+        seen.clear()
+        with dask.config.set({"dvl_dask.compute.torch-threads": budget}):
+            results[budget] = infl.influence_factors(x[:40], y[:40])
+        assert torch.get_num_threads() == 2
+        assert {n for _, n, _ in seen} == {1}
+        term = _curvature.PRODUCT_TERM_SAMPLES
+        assert {s for *_, s in seen} == {min(term, 300 - i) for i in range(0, 300, term)}
+        threads_used = {t for t, *_ in seen}
+        assert (len(threads_used) == 2 and threading.get_ident() not in threads_used) if budget == 2 else (
+            threads_used == {threading.get_ident()})
+    torch.testing.assert_close(results[2], results[1], rtol=0, atol=0)
+    # The shared product is the batch's Gauss-Newton product: against the one-thread product of the operator.
+    op = infl._curvature_operator(infl._functional, infl._blocks[0], infl._loader)
+    v = torch.randn(40, op.dim, generator=g, dtype=torch.float64)
+    torch.set_num_threads(1)
+    alone = op.batch_matmat(v, x[:300], y[:300])
+    torch.set_num_threads(2)
+    torch.testing.assert_close(op.batch_matmat(v, x[:300], y[:300], threads=2), alone, rtol=1e-12, atol=1e-12)

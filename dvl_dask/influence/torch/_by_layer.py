@@ -1,4 +1,4 @@
-"""Per-sample gradients of networks of linear layers, layer by layer, written straight into one matrix.
+"""Per-sample gradients (and output Jacobians) of networks of linear layers, layer by layer, into one matrix.
 
 For a linear layer ``z = a Wᵀ + b`` the gradient of sample ``i``'s loss is
 ``∇W ℓᵢ = δᵢ aᵢᵀ`` and ``∇b ℓᵢ = δᵢ``, where ``aᵢ`` is the layer's input and
@@ -26,6 +26,13 @@ normalisation, embeddings, convolutions -- keeps the ``vmap`` path. Each
 sample's loss is still ``loss(outputᵢ[None], yᵢ[None])``, differentiated with
 respect to its own output row, so no assumption is made about how the loss
 reduces a batch.
+
+The same recorded pass gives per-sample Jacobians of the model's output
+(:func:`linear_output_jacobians`, for Gauss-Newton curvature): one backward
+pass per output component, seeded with that component on every sample. On the
+20-64-64-1 MLP of the benchmarks (5,569 parameters, one output, one thread)
+the Jacobians of 500 samples take 1.5 ms against 3.3 ms for
+``vmap(jacrev(...))``.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from ...errors import InvalidModelError
 from ._recording import recording_layers
 
-__all__ = ["PER_SAMPLE_TYPES", "LinearPlan", "linear_plan", "write_linear_gradients"]
+__all__ = ["PER_SAMPLE_TYPES", "LinearPlan", "linear_output_jacobians", "linear_plan", "write_linear_gradients"]
 
 #: Modules that act on each sample alone (given the checks in :func:`linear_plan`). Exact types only.
 PER_SAMPLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -110,6 +117,54 @@ def _per_sample_structure(module: nn.Module) -> bool:
     return True
 
 
+def _recorded_forward(
+    plan: LinearPlan, model: nn.Module, tensors: Mapping[str, torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """One batched forward pass in a graph: ``(output, layer inputs, layer outputs)``.
+
+    None when the plan does not hold: a layer of it is called twice, or gets an input that is not 2-D.
+    """
+    # Parameters marked as requiring grad (aliases: no copy) so that the layers' outputs are in a graph.
+    params = {k: v.detach().requires_grad_(v.is_floating_point()) if k in plan.parameters else v
+              for k, v in tensors.items()}
+    try:
+        with recording_layers(model, plan.layers, "", "") as (inputs, outputs), torch.enable_grad():
+            output = functional_call(model, params, (x,))
+    except InvalidModelError:  # a layer called twice in the pass
+        return None
+    if any(inputs[name].ndim != 2 for name in plan.layers):
+        return None
+    return output, inputs, outputs
+
+
+def _layer_deltas(
+    plan: LinearPlan, output: torch.Tensor, outputs: Mapping[str, torch.Tensor], d_output: torch.Tensor,
+    retain: bool = False,
+) -> dict[str, torch.Tensor | None]:
+    """``δ = ∂⟨output, d_output⟩/∂z`` at every layer of the plan (None for a layer that does not reach the output)."""
+    deltas = torch.autograd.grad(output, [outputs[name] for name in plan.layers], grad_outputs=d_output,
+                                 allow_unused=True, retain_graph=retain)
+    return dict(zip(plan.layers, deltas))
+
+
+def _write_outer_products(
+    plan: LinearPlan, by_layer: Mapping[str, torch.Tensor | None], inputs: Mapping[str, torch.Tensor],
+    out: torch.Tensor, offsets: Sequence[tuple[int, int]],
+) -> None:
+    """``out[:, columns of W] = δᵢ aᵢᵀ`` and ``out[:, columns of b] = δᵢ`` for every parameter of the plan."""
+    n = out.shape[0]
+    for (layer, attribute), (start, stop) in zip(plan.sources, offsets):
+        delta = by_layer[layer]
+        columns = out[:, start:stop]
+        if delta is None:  # the layer does not reach the output
+            columns.zero_()
+        elif attribute == "bias":
+            columns.copy_(delta)
+        else:
+            a = inputs[layer]
+            torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=columns.view(n, delta.shape[1], a.shape[1]))
+
+
 def write_linear_gradients(
     plan: LinearPlan,
     model: nn.Module,
@@ -130,27 +185,17 @@ def write_linear_gradients(
     that is not 2-D or is called twice (the caller then takes the ``vmap``
     path).
     """
-    # Parameters marked as requiring grad (aliases: no copy) so that the layers' outputs are in a graph.
-    params = {k: v.detach().requires_grad_(v.is_floating_point()) if k in plan.parameters else v
-              for k, v in tensors.items()}
-    try:
-        with recording_layers(model, plan.layers, "", "") as (inputs, outputs), torch.enable_grad():
-            output = functional_call(model, params, (x,))
-    except InvalidModelError:  # a layer called twice in the pass
+    recorded = _recorded_forward(plan, model, tensors, x)
+    if recorded is None:
         return None
-    if any(inputs[name].ndim != 2 for name in plan.layers):
-        return None
+    output, inputs, outputs = recorded
     n, shape = len(x), output.shape[1:]
 
     def sample_loss(oi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return loss(oi.reshape(1, *shape), yi.unsqueeze(0))  # type: ignore[operator]
 
     d_output, losses = vmap(grad_and_value(sample_loss))(output.detach().reshape(n, -1), y)
-    deltas = torch.autograd.grad(
-        output, [outputs[name] for name in plan.layers], grad_outputs=d_output.reshape(output.shape),
-        allow_unused=True,
-    )
-    by_layer = dict(zip(plan.layers, deltas))
+    by_layer = _layer_deltas(plan, output, outputs, d_output.reshape(output.shape))
     # An entry δⱼaₖ (or δⱼ) is NaN or infinite only if δ or a holds one, or a product of finite values
     # overflows: screened on the factors' largest magnitudes per sample (``amax`` propagates NaN), which reads
     # the small factors instead of the whole matrix.
@@ -163,17 +208,39 @@ def write_linear_gradients(
             size_d, size_a = delta.abs().amax(dim=1).double(), inputs[layer].abs().amax(dim=1).double()
             bad |= ~torch.isfinite(size_d) | ~torch.isfinite(size_a)
             overflow |= size_d * size_a >= largest
-    for (layer, attribute), (start, stop) in zip(plan.sources, offsets):
-        delta = by_layer[layer]
-        columns = out[:, start:stop]
-        if delta is None:  # the layer does not reach the output
-            columns.zero_()
-        elif attribute == "bias":
-            columns.copy_(delta)
-        else:
-            a = inputs[layer]
-            torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=columns.view(n, delta.shape[1], a.shape[1]))
+    _write_outer_products(plan, by_layer, inputs, out, offsets)
     if bool(overflow.any()):
         bad[overflow] |= ~torch.isfinite(out[overflow]).all(dim=1)
     return losses, bad
 
+
+def linear_output_jacobians(
+    plan: LinearPlan,
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    n_columns: int,
+    offsets: Sequence[tuple[int, int]],
+) -> torch.Tensor | None:
+    """Per-sample Jacobians of the flattened output, ``(n, m, n_columns)``: ``∂oᵢₖ/∂θ`` at columns ``offsets``.
+
+    One batched forward pass, then one backward pass per output component
+    ``k`` (seeded with ``k``'s indicator on every sample: samples do not
+    interact, so each sample's ``δ`` is its own). Returns None where
+    :func:`write_linear_gradients` does.
+    """
+    recorded = _recorded_forward(plan, model, tensors, x)
+    if recorded is None:
+        return None
+    output, inputs, outputs = recorded
+    n = len(x)
+    m = output[0].numel() if n else 0
+    any_tensor = next(iter(tensors.values()))
+    jac = torch.empty((n, m, n_columns), dtype=output.dtype, device=any_tensor.device)
+    seed = torch.zeros((n, m), dtype=output.dtype, device=output.device)
+    for k in range(m):
+        seed.zero_()
+        seed[:, k] = 1
+        by_layer = _layer_deltas(plan, output, outputs, seed.reshape(output.shape), retain=k < m - 1)
+        _write_outer_products(plan, by_layer, inputs, jac[:, k], offsets)
+    return jac

@@ -31,7 +31,16 @@ the fair share under contention (``benchmarks/README.md``, "Influence under
 contention"). A narrow product, with fewer row chunks than threads (the
 20-row blocks of a Krylov method), shares out its batches the same way
 instead: one thread and one intra-op thread per batch, the products summed in
-the loader's order.
+the loader's order. A product with one batch (:meth:`CurvatureOperator.batch_matmat`,
+LiSSA's) can be shared out to an explicit budget while its caller runs on one
+intra-op thread: a Jacobian product computes the batch's Jacobians once,
+then its matrix products in terms of :data:`PRODUCT_TERM_SAMPLES` samples on
+the threads, summed in order.
+
+Networks of linear layers get their per-sample output Jacobians layer by
+layer (:func:`._by_layer.linear_output_jacobians`): one batched forward pass
+and one backward pass per model output, about half the time of
+``vmap(jacrev(...))``.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ import torch
 from torch.func import grad, vjp, vmap
 from torch.utils.data import DataLoader
 
-from ...threads import manages_torch_threads
+from ...threads import manages_torch_threads, side_by_side
 from .._mode import SecondOrderMode
 from ._data import iter_batches
 from ._functional import FunctionalModel
@@ -56,6 +65,7 @@ from ._layout import ParameterBlock
 __all__ = [
     "JACOBIAN_BUDGET",
     "JACOBIAN_ROWS_PER_OUTPUT",
+    "PRODUCT_TERM_SAMPLES",
     "ROW_SAMPLES_BUDGET",
     "VMAP_CHUNK",
     "CurvatureOperator",
@@ -78,6 +88,10 @@ JACOBIAN_BUDGET = 2**24
 #: Gauss-Newton products of at least this many rows per model output use per-sample Jacobians
 #: (measured crossover on a 5k-parameter MLP: 16-32 rows for one output).
 JACOBIAN_ROWS_PER_OUTPUT = 16
+#: Samples per matrix-product term of a one-batch Jacobian product shared out to threads
+#: (:meth:`CurvatureOperator.batch_matmat` with ``threads``). The terms, and so the result, do not
+#: depend on the number of threads.
+PRODUCT_TERM_SAMPLES = 128
 
 RowFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -115,12 +129,18 @@ def vmap_rows(n_samples: int) -> int:
     return max(VMAP_CHUNK, ROW_SAMPLES_BUDGET // max(1, n_samples))
 
 
-def row_workers(k: int, rows: int) -> int:
-    """Threads :func:`map_row_chunks` uses for ``k`` rows in chunks of ``rows``: at most the torch budget."""
-    return max(1, min(torch.get_num_threads(), -(-k // rows)))
+def row_workers(k: int, rows: int, threads: int | None = None) -> int:
+    """Threads :func:`map_row_chunks` uses for ``k`` rows in chunks of ``rows``: at most ``threads``.
+
+    ``threads`` defaults to the torch budget of the calling thread.
+    """
+    budget = torch.get_num_threads() if threads is None else threads
+    return max(1, min(budget, -(-k // rows)))
 
 
-def map_row_chunks(make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int) -> torch.Tensor:
+def map_row_chunks(
+    make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int, threads: int | None = None
+) -> torch.Tensor:
     """``vmap(fn)(V)`` in chunks of ``rows`` rows, shared out to :func:`row_workers` threads.
 
     Parameters
@@ -135,6 +155,8 @@ def map_row_chunks(make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int) 
         ``(k, p)`` rows.
     rows : int
         Rows per chunk.
+    threads : int, optional
+        The thread budget (default: the calling thread's ``torch.get_num_threads()``).
 
     Returns
     -------
@@ -151,7 +173,7 @@ def map_row_chunks(make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int) 
     """
     k = v.shape[0]
     starts = list(range(0, k, rows))
-    workers = row_workers(k, rows)
+    workers = row_workers(k, rows, threads)
     if workers <= 1:
         fn = make_fn(0)
         return torch.cat([vmap(fn)(v[i : i + rows]) for i in starts]) if starts else vmap(fn)(v)
@@ -176,14 +198,26 @@ def map_row_chunks(make_fn: Callable[[int], RowFn], v: torch.Tensor, rows: int) 
                 failed.set()
                 raise
 
-    budget = torch.get_num_threads()
+    caller = torch.get_num_threads()
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="dvl_dask-curvature") as pool:
             for future in [pool.submit(work, i) for i in range(workers)]:
                 future.result()
     finally:
-        torch.set_num_threads(budget)  # a worker's setting is also torch's default for new threads
+        torch.set_num_threads(caller)  # a worker's setting is also torch's default for new threads
     return out
+
+
+def _jacobian_term(jac: torch.Tensor, h_out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Σᵢ V Jᵢᵀ Λᵢ Jᵢ`` over the samples of ``jac`` ``(s, m, p)`` and ``h_out`` ``(s, m, m)``: shape ``(k, p)``.
+
+    Computed row-major from ``V`` (``(V Jᵀ) Λ J``), so that terms add up
+    without strided copies (``Λᵢ`` is symmetric).
+    """
+    s, m, p = jac.shape
+    j = jac.reshape(s * m, p)
+    vj = (v @ j.T).reshape(v.shape[0], s, m)
+    return torch.einsum("ksm,smn->ksn", vj, h_out).reshape(v.shape[0], s * m) @ j
 
 
 class CurvatureOperator:
@@ -315,14 +349,21 @@ class CurvatureOperator:
         with torch.no_grad():
             return int(self.fm.output(self.fm.params, x[:1]).numel())
 
-    def _jacobian_chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-sample output Jacobians ``(s, m, p_b)`` and output Hessians ``(s, m, m)``, in chunks."""
+    def _jacobian_chunks(
+        self, x: torch.Tensor, y: torch.Tensor, fm: FunctionalModel | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-sample output Jacobians ``(s, m, p_b)`` and output Hessians ``(s, m, m)``, in chunks.
+
+        ``fm`` is the functional model to compute with (default ``self.fm``; a
+        thread needs one of its own, see :meth:`_functional_models`).
+        """
+        fm = self.fm if fm is None else fm
         with torch.no_grad():
-            out = self.fm.output(self.fm.params, x)
+            out = fm.output(fm.params, x)
         step = max(1, min(x.shape[0], JACOBIAN_BUDGET // (out[0].numel() * self.block.n)))
         for i in range(0, x.shape[0], step):
-            jac = self.fm.per_sample_output_jacobian(self.block.layout, x[i : i + step])
-            yield jac, self.fm.per_sample_output_hessian(out[i : i + step], y[i : i + step])
+            jac = fm.per_sample_output_jacobian(self.block.layout, x[i : i + step])
+            yield jac, fm.per_sample_output_hessian(out[i : i + step], y[i : i + step])
 
     def matmat(self, v: torch.Tensor, *, regularized: bool = True) -> torch.Tensor:
         """``V (C + λI)`` (or ``V C`` when not ``regularized``), averaged over all batches."""
@@ -336,12 +377,48 @@ class CurvatureOperator:
             acc += self.regularization * v
         return acc
 
-    def batch_matmat(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``V (C_batch + λI)`` with the curvature of one batch only (stochastic methods)."""
-        out = self._batch_product(v, x.to(v.device), y.to(v.device))
+    def batch_matmat(
+        self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, threads: int | None = None
+    ) -> torch.Tensor:
+        """``V (C_batch + λI)`` with the curvature of one batch only (stochastic methods).
+
+        Parameters
+        ----------
+        v : torch.Tensor
+            ``(k, p_b)`` rows.
+        x, y : torch.Tensor
+            One batch.
+        threads : int, optional
+            Share the product out to this many Python threads, each with one
+            intra-op thread, for a caller that runs on one intra-op thread
+            itself (the LiSSA recursion, whose other operations are too small to
+            share). A Jacobian product computes the batch's per-sample Jacobians
+            once, in the calling thread, then shares out its matrix products in
+            terms of :data:`PRODUCT_TERM_SAMPLES` samples, summed in order; a vjp
+            product shares out its row chunks (:func:`map_row_chunks`). Neither
+            result depends on ``threads``. By default the product runs as
+            :meth:`matmat`'s, on the calling thread's budget.
+        """
+        x, y = x.to(v.device), y.to(v.device)
+        out = self._batch_product(v, x, y) if threads is None else self._shared_batch_product(v, x, y, threads)
         if self.regularization:
             out = out + self.regularization * v
         return out
+
+    def _shared_batch_product(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, threads: int) -> torch.Tensor:
+        """``V C_batch`` shared out to ``threads`` threads (see :meth:`batch_matmat`)."""
+        n = x.shape[0]
+        if self.mode is not SecondOrderMode.GaussNewton or v.shape[0] < JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x):
+            rows = vmap_rows(n)
+            fms = self._functional_models(row_workers(v.shape[0], rows, threads))
+            return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows, threads)
+        acc = torch.zeros_like(v)
+        for jac, h_out in self._jacobian_chunks(x, y):
+            terms = [(jac[i : i + PRODUCT_TERM_SAMPLES], h_out[i : i + PRODUCT_TERM_SAMPLES])
+                     for i in range(0, jac.shape[0], PRODUCT_TERM_SAMPLES)]
+            for part in side_by_side(*(lambda t=t: _jacobian_term(*t, v) for t in terms), threads=threads):
+                acc += part
+        return acc.div_(n)
 
     def dense(self, *, regularized: bool = True) -> torch.Tensor:
         """The explicit ``(p_b, p_b)`` matrix, symmetrised.

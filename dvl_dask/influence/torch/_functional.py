@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jacrev, vmap
 
 from ...errors import InvalidDataError, InvalidModelError
-from ._by_layer import linear_plan, write_linear_gradients
+from ._by_layer import linear_output_jacobians, linear_plan, write_linear_gradients
 from ._layout import ParameterLayout
 from ._memory import empty_matrix, scratch_matrix
 from ._recording import recording_layers
@@ -173,7 +173,19 @@ class FunctionalModel:
         return (h + h.transpose(1, 2)) / 2
 
     def per_sample_output_jacobian(self, block: ParameterLayout, x: torch.Tensor) -> torch.Tensor:
-        """``∂oᵢ/∂θ_block`` for each sample: shape ``(n, m, p_block)``."""
+        """``∂oᵢ/∂θ_block`` for each sample: shape ``(n, m, p_block)``.
+
+        Networks of linear layers (:mod:`._by_layer`) get them layer by layer
+        (one forward pass, one backward pass per output); other models through
+        ``vmap(jacrev(...))``.
+        """
+        plan = linear_plan(self.model, block.names) if len(x) else None
+        if plan is not None:
+            offsets = block.offsets()
+            jac = linear_output_jacobians(plan, self.model, {**self.params, **self.state}, x, block.n,
+                                          [offsets[name] for name in block.names])
+            if jac is not None:
+                return jac
         theta = block.flatten(self.params)
 
         def sample_output(t: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:

@@ -80,10 +80,16 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     :class:`~dvl_dask.errors.InvalidModelError` when the iterates become
     non-finite or explode, with advice on ``scale``.
 
-    Threads: the recursion runs on one torch intra-op thread. Each of its
-    products takes a single batch, too narrow to share out, and on two
-    threads two solves sharing the cores took 6.6-9.5x one alone (1.7-1.9x on
-    one thread, which costs 15-25% when the solve has the machine to itself).
+    Threads: the recursion's own operations run on one torch intra-op
+    thread: they are too small to share out, and on two intra-op threads two
+    solves sharing the cores took 6.6-9.5x one alone, waiting at every
+    kernel's barrier. Each iteration's product with its batch's curvature is
+    shared out to the torch thread budget instead
+    (:meth:`CurvatureOperator.batch_matmat` with ``threads``): Python threads
+    with one intra-op thread each, on shares of the batch's samples
+    (Gauss-Newton) or of the iterates' rows (Hessian). On the benchmarks' MLP
+    this is faster alone than the recursion on two intra-op threads was, and
+    two solves at once take 1.8x one alone.
     """
 
     def __init__(
@@ -113,13 +119,15 @@ class LissaInfluence(TorchInfluenceFunctionModel):
         self._loader = loader
 
     def _solve_block(self, _i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
-        # One intra-op thread: each iteration is a product with one batch's curvature and a few small
-        # operations, too narrow to share out; on two threads their barriers collapse when the cores are
-        # shared (two solves at once took 6.6x one alone; see benchmarks/README.md).
+        # One intra-op thread: each iteration's small operations are too narrow to share out; on two threads
+        # their barriers collapse when the cores are shared (two solves at once took 6.6x one alone; see
+        # benchmarks/README.md). The product with the batch's curvature is shared out to the caller's budget
+        # instead, in Python threads with one intra-op thread each.
+        budget = torch.get_num_threads()
         with intra_op_threads(1):
-            return self._recursion(block, b)
+            return self._recursion(block, b, budget)
 
-    def _recursion(self, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
+    def _recursion(self, block: ParameterBlock, b: torch.Tensor, threads: int) -> torch.Tensor:
         assert self._loader is not None
         op = self._curvature_operator(self._functional, block, self._loader)
         batches = _cycle(self._loader, self._owner)
@@ -129,7 +137,7 @@ class LissaInfluence(TorchInfluenceFunctionModel):
         change = float("inf")
         for it in range(1, self.maxiter + 1):
             x, y = next(batches)
-            h_new = b + (1 - self.dampen) * h - op.batch_matmat(h, x, y) / self.scale
+            h_new = b + (1 - self.dampen) * h - op.batch_matmat(h, x, y, threads=threads) / self.scale
             finite = bool(torch.isfinite(h_new).all())
             bound = _DIVERGENCE_FACTOR * (it + 1) * b_norms
             if not finite or bool((torch.linalg.vector_norm(h_new, dim=1) > bound).any()):
