@@ -137,10 +137,16 @@ class LissaInfluence(TorchInfluenceFunctionModel):
         change = float("inf")
         for it in range(1, self.maxiter + 1):
             x, y = next(batches)
-            h_new = b + (1 - self.dampen) * h - op.batch_matmat(h, x, y, threads=threads) / self.scale
-            finite = bool(torch.isfinite(h_new).all())
-            bound = _DIVERGENCE_FACTOR * (it + 1) * b_norms
-            if not finite or bool((torch.linalg.vector_norm(h_new, dim=1) > bound).any()):
+            # h_new = b + (1 - d) h - (H + λI) h / s, as h + step: a few passes over the iterates, which on one
+            # intra-op thread cost as much as the product when there are many right-hand sides.
+            step = torch.sub(b, op.batch_matmat(h, x, y, threads=threads), alpha=1 / self.scale)
+            if self.dampen:
+                step.sub_(h, alpha=self.dampen)
+            h_new = h + step
+            norms = torch.linalg.vector_norm(h_new, dim=1)
+            # A row holding a NaN or an infinity has a NaN or infinite norm (so may a finite row too large to square).
+            finite = bool(torch.isfinite(norms).all()) or bool(torch.isfinite(h_new).all())
+            if not finite or bool((norms > _DIVERGENCE_FACTOR * (it + 1) * b_norms).any()):
                 raise InvalidModelError(
                     f"{self._owner}: the LiSSA recursion diverged at iteration {it} in block {block.name!r} "
                     f"(iterates became {'non-finite' if not finite else 'huge'}). "
@@ -148,7 +154,7 @@ class LissaInfluence(TorchInfluenceFunctionModel):
                     "positive definite. To fix, increase scale (e.g. 10x), increase regularization or dampen, "
                     "or use second_order_mode='gauss_newton'."
                 )
-            change = float((torch.linalg.vector_norm(h_new - h, dim=1) / b_norms).max())
+            change = float((torch.linalg.vector_norm(step, dim=1) / b_norms).max())
             h = h_new
             if change < self.rtol:
                 break
