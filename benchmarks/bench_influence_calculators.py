@@ -31,6 +31,13 @@ kept in the worker (``persist``: no transfer to the client, as before a
 best of ``--pair-repeats`` each. Prints time per million pairs, the ratio
 (target: the Dask calculator not slower per pair) and the largest difference
 of values.
+With ``--pair-train-sizes 5000,20000`` every engine runs at each size and
+the marginal cost per pair (the slope) is printed beside the fixed cost of one
+computation; both calculators also write the matrix to a local zarr store.
+The sequential calculator shares this process with the threads-scheduler and
+zarr runs, whose heap it inherits: in a fresh process it was 10-40% faster
+at 10 M pairs (benchmarks/README.md, "Per pair: what a computation costs once
+and what it costs per pair").
 ``--worker-malloc-threshold`` and ``--worker-huge-pages`` set the worker's
 allocator environment (see docs/deployment.md).
 
