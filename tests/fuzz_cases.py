@@ -1007,7 +1007,10 @@ NEW_CASES: dict[str, list[Case]] = {
     # -- threads
     "dvl_dask.threads.uses_torch_threads": [Case("fn", bad_callable, _kw(fn("dvl_dask.threads",
                                                                             "uses_torch_threads"), ...))],
-    "dvl_dask.threads.side_by_side": [Case("fns", bad_callable, _kw(fn("dvl_dask.threads", "side_by_side"), ...))],
+    "dvl_dask.threads.side_by_side": [
+        Case("fns", bad_callable, _kw(fn("dvl_dask.threads", "side_by_side"), ...)),
+        Case("threads", bad_int_or_none, _kw(fn("dvl_dask.threads", "side_by_side"), lambda: 1, threads=...)),
+    ],
     "dvl_dask.threads.intra_op_threads": [Case("n", bad_int, _kw(fn("dvl_dask.threads", "intra_op_threads"), ...))],
     # -- valuation (native)
     f"{V}.delta_shapley": [

@@ -345,3 +345,21 @@ def test_the_lissa_product_is_shared_out_to_the_callers_budget_with_the_same_val
     alone = op.batch_matmat(v, x[:300], y[:300])
     torch.set_num_threads(2)
     torch.testing.assert_close(op.batch_matmat(v, x[:300], y[:300], threads=2), alone, rtol=1e-12, atol=1e-12)
+
+
+def test_side_by_side_takes_an_explicit_budget_from_a_one_thread_caller():
+    """A caller on one intra-op thread (LiSSA's recursion) can still share work out to its budget."""
+    from dvl_dask.threads import intra_op_threads, side_by_side
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def meet():  # returns only if both functions run at once
+        barrier.wait()
+        return threading.current_thread() is threading.main_thread(), torch.get_num_threads()
+
+    with intra_op_threads(1):
+        assert side_by_side(meet, meet, threads=2) == [(False, 1), (False, 1)]
+        assert torch.get_num_threads() == 1
+        assert side_by_side(lambda: threading.current_thread() is threading.main_thread(), threads=1) == [True]
+    with pytest.raises(InvalidParameterError, match="'threads' parameter of side_by_side"):
+        side_by_side(lambda: 1, threads=0)
