@@ -349,21 +349,14 @@ class CurvatureOperator:
         with torch.no_grad():
             return int(self.fm.output(self.fm.params, x[:1]).numel())
 
-    def _jacobian_chunks(
-        self, x: torch.Tensor, y: torch.Tensor, fm: FunctionalModel | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-sample output Jacobians ``(s, m, p_b)`` and output Hessians ``(s, m, m)``, in chunks.
-
-        ``fm`` is the functional model to compute with (default ``self.fm``; a
-        thread needs one of its own, see :meth:`_functional_models`).
-        """
-        fm = self.fm if fm is None else fm
+    def _jacobian_chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-sample output Jacobians ``(s, m, p_b)`` and output Hessians ``(s, m, m)``, in chunks."""
         with torch.no_grad():
-            out = fm.output(fm.params, x)
+            out = self.fm.output(self.fm.params, x)
         step = max(1, min(x.shape[0], JACOBIAN_BUDGET // (out[0].numel() * self.block.n)))
         for i in range(0, x.shape[0], step):
-            jac = fm.per_sample_output_jacobian(self.block.layout, x[i : i + step])
-            yield jac, fm.per_sample_output_hessian(out[i : i + step], y[i : i + step])
+            jac = self.fm.per_sample_output_jacobian(self.block.layout, x[i : i + step])
+            yield jac, self.fm.per_sample_output_hessian(out[i : i + step], y[i : i + step])
 
     def matmat(self, v: torch.Tensor, *, regularized: bool = True) -> torch.Tensor:
         """``V (C + λI)`` (or ``V C`` when not ``regularized``), averaged over all batches."""
