@@ -554,3 +554,28 @@ def test_result_chunks_equal_to_the_fill_value_are_stored(tmp_path) -> None:
     back = open_result(url)
     assert np.isnan(back["value"].values).all() and back["counts"].values.tolist() == [1, 1, 1]
     assert "_dvl_verified_chunks" not in back.attrs
+
+
+def test_a_write_begun_with_the_earlier_codec_resumes_with_it_and_reads_verified(tmp_path, monkeypatch) -> None:
+    """Stores begun before chunk codecs changed (Zstd, then Blosc LZ4) are resumed and read with their own."""
+    import dask
+    import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    import dvl_dask.results._influence_io as influence_io
+
+    url = str(tmp_path / "infl.zarr")
+    monkeypatch.setattr(influence_io, "chunk_codecs", lambda: (ZstdCodec(), Crc32cCodec()))
+    with dask.config.set(scheduler="sync"), pytest.raises(RuntimeError, match="worker lost"):
+        influence_to_zarr(_counted([], fail_after=4), url)
+    monkeypatch.undo()
+    computed: list = []
+    with dask.config.set(scheduler="sync"):
+        influence_to_zarr(_counted(computed), url)
+    assert len(computed) == 9 - 4  # the blocks written before were kept
+    codecs = [type(c).__name__ for c in zarr.open_group(url, mode="r")["influence"].metadata.codecs]
+    assert "ZstdCodec" in codecs and "BloscCodec" not in codecs
+    np.testing.assert_array_equal(open_influence(url).values, UNEVEN)
+    _flip_byte(_chunk(url, 0, 0))  # still verified by its checksum
+    with pytest.raises(ResultCorruptError, match=r"block \(0, 0\)"):
+        open_influence(url).values

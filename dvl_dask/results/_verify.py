@@ -25,10 +25,17 @@ _READERS_LOCK = threading.Lock()
 
 
 def chunk_codecs() -> tuple[Any, ...]:
-    """Compression, then a CRC-32C of every chunk: zarr verifies it on each read."""
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+    """Compression, then a CRC-32C of every chunk: zarr verifies it on each read.
 
-    return (ZstdCodec(), Crc32cCodec())
+    Blosc's LZ4 on bit-shuffled values: on 1 MB float32 blocks of influences
+    (an MLP's and a linear model's) it wrote in 2.1-2.4 ms, read in 1.6-1.7 ms
+    and compressed 1.08-1.13x, where Zstd (level 3, unshuffled; the codec
+    before) took 3.0-3.3 ms, 2.1-2.3 ms and 1.06x. Stores written with Zstd are
+    read, and resumed, with their own codecs.
+    """
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
 
 
 _READERS: dict[tuple[str, str, str], Any] = {}
