@@ -269,10 +269,8 @@ class CurvatureOperator:
             if v.shape[0] >= JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x):
                 acc = torch.zeros_like(v)
                 for jac, h_out in self._jacobian_chunks(x, y):
-                    s, m, p = jac.shape
-                    jv = (jac.reshape(s * m, p) @ v.T).reshape(s, m, -1)
-                    acc += (jac.reshape(s * m, p).T @ torch.bmm(h_out, jv).reshape(s * m, -1)).T
-                return acc / x.shape[0]
+                    acc += _jacobian_term(jac, h_out, v)
+                return acc.div_(x.shape[0])
         rows = vmap_rows(x.shape[0])
         fms = self._functional_models(row_workers(v.shape[0], rows))
         return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows)

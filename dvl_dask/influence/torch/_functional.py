@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jacrev, vmap
 
 from ...errors import InvalidDataError, InvalidModelError
-from ._by_layer import linear_output_jacobians, linear_plan, write_linear_gradients
+from ._by_layer import LinearPlan, linear_output_jacobians, linear_plan, write_linear_gradients
 from ._layout import ParameterLayout
 from ._memory import empty_matrix, scratch_matrix
 from ._recording import recording_layers
@@ -179,11 +179,10 @@ class FunctionalModel:
         (one forward pass, one backward pass per output); other models through
         ``vmap(jacrev(...))``.
         """
-        plan = linear_plan(self.model, block.names) if len(x) else None
-        if plan is not None:
-            offsets = block.offsets()
-            jac = linear_output_jacobians(plan, self.model, {**self.params, **self.state}, x, block.n,
-                                          [offsets[name] for name in block.names])
+        planned = self._linear_plan(block, x)
+        if planned is not None:
+            plan, tensors, offsets = planned
+            jac = linear_output_jacobians(plan, self.model, tensors, x, block.n, offsets)
             if jac is not None:
                 return jac
         theta = block.flatten(self.params)
@@ -248,17 +247,28 @@ class FunctionalModel:
         self, x: torch.Tensor, y: torch.Tensor, allocate: Callable[..., torch.Tensor]
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None:
         """``([gradients], losses, non-finite rows)`` computed layer by layer, or None where that does not apply."""
-        # Planned on every call (a few microseconds): the module's mode and hooks may change between calls.
-        plan = linear_plan(self.model, self.layout.names)
-        if plan is None or len(x) == 0:
+        planned = self._linear_plan(self.layout, x)
+        if planned is None:
             return None
+        plan, tensors, offsets = planned
         any_param = next(iter(self.params.values()))
         out = allocate(len(x), self.layout.n, dtype=any_param.dtype, device=any_param.device)
-        offsets = self.layout.offsets()
         with _explain_vmap_errors("per-sample gradients", y):
-            written = write_linear_gradients(plan, self.model, {**self.params, **self.state}, self.loss, x, y, out,
-                                             [offsets[name] for name in self.layout.names])
+            written = write_linear_gradients(plan, self.model, tensors, self.loss, x, y, out, offsets)
         return None if written is None else ([out], *written)
+
+    def _linear_plan(
+        self, layout: ParameterLayout, x: torch.Tensor
+    ) -> tuple[LinearPlan, dict[str, torch.Tensor], list[tuple[int, int]]] | None:
+        """``(plan, every parameter and buffer, columns of layout's parameters)`` for :mod:`._by_layer`, or None.
+
+        Planned on every call (a few microseconds): the module's mode and hooks may change between calls.
+        """
+        plan = linear_plan(self.model, layout.names) if len(x) else None
+        if plan is None:
+            return None
+        offsets = layout.offsets()
+        return plan, {**self.params, **self.state}, [offsets[name] for name in layout.names]
 
     def perturbation(self, factors: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``∇x ⟨fₖ, ∇θℓ(xⱼ, yⱼ)⟩`` for every factor ``fₖ`` and sample ``j``.
