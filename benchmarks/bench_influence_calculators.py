@@ -30,7 +30,8 @@ kept in the worker (``persist``: no transfer to the client, as before a
 ``to_zarr`` or a reduction). The engines run interleaved,
 best of ``--pair-repeats`` each. Prints time per million pairs, the ratio
 (target: the Dask calculator not slower per pair) and the largest difference
-of values.
+of values; also the median and range of the ratios repeat by repeat (runs
+taken back to back, so that the machine's drift cancels out).
 With ``--pair-train-sizes 5000,20000`` every engine runs at each size and
 the marginal cost per pair (the slope) is printed beside the fixed cost of one
 computation; both calculators also write the matrix to a local zarr store.
@@ -342,6 +343,7 @@ def per_pair(args: argparse.Namespace) -> None:
         "kept": "dask, 1 worker x 2 threads, {g} gradients, kept in the worker (persist)",
     }
     rows = []  # (gradients, engine, n_train, seconds, max |diff|)
+    each: dict[tuple[str, str, int], list[float]] = {}  # every repeat's seconds, in the order run
     store_dir = tempfile.mkdtemp(prefix="dvl-per-pair-")
     # The sequential calculator also runs in a process of its own, whose heap no other engine touches: in this
     # process it inherits the threads scheduler's and zarr's allocations (10-40% slower at 10 M pairs).
@@ -370,7 +372,8 @@ def per_pair(args: argparse.Namespace) -> None:
             # accepted): the model is scattered once. Inputs are persisted in the cluster under fresh names
             # before the clock starts, as data loaded by the cluster (e.g. from zarr) would be.
             dcalc = DaskInfluenceCalculator(model, TorchNumpyConverter(), client, train_gradients=gradients)
-            client.compute(dcalc.influences(*inputs(sizes[0], 8))).result()  # warm the worker
+            client.compute(dcalc.influences(*inputs(sizes[0], 8))).result()  # warm the worker, then the process
+            own.submit(_own_process_run, gradients, sizes[0], args.test_chunk, args.train_chunk, None).result()
             # The same graph on dask's threads scheduler in this process: what the calculator costs without
             # distributed's worker (its allocator settings, event loop, per-task bookkeeping, result transfer).
             tcalc = DaskInfluenceCalculator(model, TorchNumpyConverter(), DisableClientSingleThreadCheck,
@@ -415,12 +418,14 @@ def per_pair(args: argparse.Namespace) -> None:
                 wait(client.persist(dcalc.influences(*arrays)))
                 return time.perf_counter() - start, None
 
-            # Interleaved, best of each: this VM's speed drifts by 10-15% within minutes.
+            # Interleaved, best of each: this VM's speed drifts by 10-15% within minutes. Every repeat's times
+            # are kept too, for ratios of runs taken back to back (paired).
             best: dict[tuple[str, int], tuple[float, Any]] = {}
             for _ in range(args.pair_repeats):
                 for n_train in sizes:
                     for engine in engines:
                         t, out = timed(engine, n_train)
+                        each.setdefault((gradients, engine, n_train), []).append(t)
                         if (engine, n_train) not in best or t < best[engine, n_train][0]:
                             best[engine, n_train] = (t, out)
             for n_train in sizes:
@@ -444,8 +449,12 @@ def per_pair(args: argparse.Namespace) -> None:
         for n_train in sizes:
             for engine in compared:
                 ratio = times[gradients, engine, n_train] / times[gradients, baseline[engine], n_train]
+                by_repeat = sorted(e / b for e, b in zip(each[gradients, engine, n_train],
+                                                         each[gradients, baseline[engine], n_train]))
                 print(f"{labels[engine].split(' (')[0].format(g=gradients)}, {n_train} train: {ratio:.2f}x the "
-                      f"sequential time{' (whole computation)' if engine in targets else ''}")
+                      f"sequential time (best of each); repeat by repeat median {np.median(by_repeat):.2f}x "
+                      f"(range {by_repeat[0]:.2f}-{by_repeat[-1]:.2f}x)"
+                      f"{' (whole computation)' if engine in targets else ''}")
         if len(sizes) > 1:
             small, large = sizes[0], sizes[-1]
             added = (large - small) * args.n_test / 1e6
@@ -457,6 +466,23 @@ def per_pair(args: argparse.Namespace) -> None:
             def fixed(engine: str, g: str = gradients, small: int = small) -> float:
                 return times[g, engine, small] - slope(engine) * small * args.n_test / 1e6
 
+            def paired(engine: str, g: str = gradients, small: int = small, large: int = large,
+                       added: float = added) -> list[float]:
+                # Per repeat: the engine's slope over the baseline's, from runs of the same repeat (minutes apart
+                # at most), so a drift of the machine's speed between repeats cancels out.
+                base = baseline[engine]
+                return sorted(
+                    (el - es) / (bl - bs)
+                    for es, el, bs, bl in zip(each[g, engine, small], each[g, engine, large], each[g, base, small],
+                                              each[g, base, large])
+                    if bl > bs)  # a repeat whose baseline did not grow with the size has no slope
+
+            for engine in compared:
+                base = baseline[engine]
+                ratios = paired(engine)
+                print(f"{labels[engine].split(' (')[0].format(g=gradients)}: per pair, repeat by repeat: median "
+                      f"{np.median(ratios):.2f}x the sequential (range {ratios[0]:.2f}-{ratios[-1]:.2f}x)"
+                      f"{' (target <= 1x)' if engine in targets else ''}")
             for engine in compared:
                 base = baseline[engine]
                 print(f"{labels[engine].split(' (')[0].format(g=gradients)}: marginal {slope(engine):.3f} s per "

@@ -125,7 +125,7 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel, aliases={"rank_estimate": "r
         gen = torch_generator(self.seed, self._owner)
         eigen, sizes = [], []
         for block in self._blocks:
-            op = self._curvature_operator(fm, block, loader, regularization=0.0)
+            op = self._curvature_operator(fm, block, loader, regularization=0.0, iterative=True)
             rank = min(self.rank, block.n)
             krylov = self.krylov_dimension or max(2 * rank, rank + 20)
             krylov = min(max(krylov, rank), block.n)

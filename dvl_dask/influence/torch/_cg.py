@@ -158,7 +158,7 @@ class CgInfluence(TorchInfluenceFunctionModel, aliases={"pre_conditioner": "prec
 
     def _solve_block(self, i: int, block: ParameterBlock, b: torch.Tensor) -> torch.Tensor:
         assert self._loader is not None
-        op = self._curvature_operator(self._functional, block, self._loader)
+        op = self._curvature_operator(self._functional, block, self._loader, iterative=True)
         pre = self._preconditioners[i]
         block_mode = self.solve_simultaneously
         if block_mode is None:

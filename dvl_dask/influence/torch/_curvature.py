@@ -49,7 +49,7 @@ import collections
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -64,6 +64,7 @@ from ._layout import ParameterBlock
 
 __all__ = [
     "JACOBIAN_BUDGET",
+    "JACOBIAN_CACHE_BUDGET",
     "JACOBIAN_ROWS_PER_OUTPUT",
     "PRODUCT_TERM_SAMPLES",
     "ROW_SAMPLES_BUDGET",
@@ -88,6 +89,10 @@ JACOBIAN_BUDGET = 2**24
 #: Gauss-Newton products of at least this many rows per model output use per-sample Jacobians
 #: (measured crossover on a 5k-parameter MLP: 16-32 rows for one output).
 JACOBIAN_ROWS_PER_OUTPUT = 16
+#: Bound on the elements of per-sample output Jacobians an operator keeps between products (256 MiB of
+#: float32): a solver's later products (CG's and MINRES's iterations, Arnoldi's Krylov blocks) reuse the
+#: Jacobians of the first pass instead of recomputing them from the data.
+JACOBIAN_CACHE_BUDGET = 2**26
 #: Samples per matrix-product term of a one-batch Jacobian product shared out to threads
 #: (:meth:`CurvatureOperator.batch_matmat` with ``threads``). The terms, and so the result, do not
 #: depend on the number of threads.
@@ -234,6 +239,16 @@ class CurvatureOperator:
         ``λ`` added to the diagonal.
     owner : str
         Name used in error messages.
+    keep_jacobians : bool
+        For an operator that serves many products (CG, MINRES, a Krylov
+        method): the first complete pass of Gauss-Newton products through
+        per-sample Jacobians keeps them, if all of them fit in
+        :data:`JACOBIAN_CACHE_BUDGET` elements, and every later product is
+        computed from them without reading the loader again (a CG iteration
+        is then matrix products only). The operator is then also the same
+        matrix from product to product, where a loader that shuffles or
+        augments would give each pass other batches. Off by default: a single
+        pass (a dense matrix, a sketch) has no later product to serve.
     """
 
     def __init__(
@@ -244,6 +259,8 @@ class CurvatureOperator:
         mode: SecondOrderMode,
         regularization: float,
         owner: str,
+        *,
+        keep_jacobians: bool = False,
     ) -> None:
         self.fm = fm
         self.block = block
@@ -252,6 +269,11 @@ class CurvatureOperator:
         self.regularization = regularization
         self.owner = owner
         self._replicas: list[FunctionalModel] = [fm]
+        # Per batch, (samples, [(Jacobians, output Hessians), ...]) from the first complete Jacobian pass, when
+        # keep_jacobians and they fit in JACOBIAN_CACHE_BUDGET (None: not kept, or not yet). _jacobians_fit: whether
+        # a pass should still try to keep them.
+        self._jacobians: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] | None = None
+        self._jacobians_fit = keep_jacobians
 
     @property
     def dim(self) -> int:
@@ -265,15 +287,72 @@ class CurvatureOperator:
         per sample, then a few large matrix products. Fewer rows, and all
         Hessian products, are vectorised vjp-of-gradient products.
         """
-        if self.mode is SecondOrderMode.GaussNewton:
-            if v.shape[0] >= JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x):
-                acc = torch.zeros_like(v)
-                for jac, h_out in self._jacobian_chunks(x, y):
-                    acc += _jacobian_term(jac, h_out, v)
-                return acc.div_(x.shape[0])
+        if self._jacobian_route(v, x):
+            return self._jacobian_product(v, self._jacobian_chunks(x, y), x.shape[0])
         rows = vmap_rows(x.shape[0])
         fms = self._functional_models(row_workers(v.shape[0], rows))
         return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows)
+
+    def _jacobian_route(self, v: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether ``V C_batch`` goes through per-sample output Jacobians (Gauss-Newton, enough rows)."""
+        return self.mode is SecondOrderMode.GaussNewton and v.shape[0] >= JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x)
+
+    @staticmethod
+    def _jacobian_product(
+        v: torch.Tensor, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int
+    ) -> torch.Tensor:
+        """``V C_batch`` from the batch's ``n`` samples' Jacobians and output Hessians, given in ``chunks``."""
+        acc = torch.zeros_like(v)
+        for jac, h_out in chunks:
+            acc += _jacobian_term(jac, h_out, v)
+        return acc.div_(n)
+
+    def _kept_jacobian_products(
+        self, v: torch.Tensor, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Jacobian products of every batch, keeping the Jacobians while they fit in :data:`JACOBIAN_CACHE_BUDGET`.
+
+        Kept only once the pass is complete: a pass stopped early (an error, a
+        consumer that stops) leaves nothing behind.
+        """
+        kept: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] | None = []
+        size = 0
+        for x, y in batches:
+            chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+            acc = torch.zeros_like(v)
+            for jac, h_out in self._jacobian_chunks(x, y):
+                acc += _jacobian_term(jac, h_out, v)
+                if kept is not None:
+                    size += jac.numel() + h_out.numel()
+                    if size > JACOBIAN_CACHE_BUDGET:
+                        kept, chunks = None, []
+                        self._jacobians_fit = False
+                    else:
+                        chunks.append((jac, h_out))
+            if kept is not None:
+                kept.append((x.shape[0], chunks))
+            yield x.shape[0], acc.div_(x.shape[0])
+        if kept is not None:
+            self._jacobians = kept
+
+    def _jacobians_may_fit(self, x: torch.Tensor) -> bool:
+        """Whether the loader's Jacobians can be kept (Gauss-Newton; within the budget where its size is known).
+
+        For an operator that keeps them, the first pass goes through Jacobians
+        whatever the width of ``V``: every later product is then matrix
+        products only, cheaper than a vjp product of the narrowest ``V``.
+        """
+        if self.mode is not SecondOrderMode.GaussNewton:
+            self._jacobians_fit = False
+            return False
+        try:
+            n = len(self.loader.dataset)
+        except (AttributeError, TypeError):  # an iterable dataset: try, and stop keeping at the budget
+            return True
+        m = self._n_outputs(x)
+        if n * m * (self.block.n + m) > JACOBIAN_CACHE_BUDGET:
+            self._jacobians_fit = False
+        return self._jacobians_fit
 
     def _narrow(self, v: torch.Tensor, x: torch.Tensor) -> bool:
         """Whether ``V`` is a vjp product of fewer row chunks than the thread budget (e.g. a Krylov block)."""
@@ -284,6 +363,8 @@ class CurvatureOperator:
     def _batch_products(self, v: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         """``(n_b, V C_b)`` for every batch ``b`` of the loader, in its order.
 
+        With kept Jacobians (``keep_jacobians``), from them, without the loader.
+
         A narrow ``V`` (:meth:`_narrow`: too few rows to share out) would run
         each batch in the calling thread on all its intra-op threads, thousands
         of small kernels each ending at a barrier: Arnoldi's blocks of 20 rows
@@ -293,12 +374,19 @@ class CurvatureOperator:
         the products come back in the loader's order, so their sum does not
         depend on the threads (it equals the one-thread result bit for bit).
         """
+        if self._jacobians is not None:
+            for n_b, chunks in self._jacobians:
+                yield n_b, self._jacobian_product(v, chunks, n_b)
+            return
         budget = torch.get_num_threads()
         batches = ((x.to(v.device), y.to(v.device)) for x, y in iter_batches(self.loader, self.owner))
         first = next(batches, None)
         if first is None:
             return
         batches = itertools.chain([first], batches)
+        if self._jacobians_fit and self._jacobians_may_fit(first[0]):
+            yield from self._kept_jacobian_products(v, batches)
+            return
         if budget <= 1 or not manages_torch_threads() or not self._narrow(v, first[0]):
             for x, y in batches:
                 yield x.shape[0], self._batch_product(v, x, y)

@@ -177,7 +177,7 @@ def block_cg(
             z = z - (inv_j @ (q_j @ z.T)).T @ p_j
         if z.shape[0] == 0:
             return z
-        _, s, vh = torch.linalg.svd(z, full_matrices=False)
+        s, vh = _right_singular(z)
         return vh[s > rank_tol]
 
     def preconditioned(rows: torch.Tensor) -> torch.Tensor:
@@ -382,13 +382,24 @@ def krylov_eigh(
         q = basis[:filled]
         for _ in range(2):
             w = w - (w @ q.T) @ q
-        _, sv, vh = torch.linalg.svd(w, full_matrices=False)
+        sv, vh = _right_singular(w)
         block = vh[sv > tol * max(scale, 1.0)]
         want = min(block_size, target - filled)
         if block.shape[0] < want:  # (nearly) invariant subspace: continue with random directions
             extra = _orthonormal_rows(torch.cat([q, block]), want - block.shape[0], dim, dtype, device, generator)
             block = torch.cat([block, extra])
     return evals, coeffs.T @ basis, filled
+
+
+def _right_singular(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and right singular vectors (as rows) of a wide ``z`` ``(k, p)``, ``k <= p``.
+
+    Computed as the left singular vectors of the tall ``zᵀ``: LAPACK's SVD of a
+    wide matrix took 2.4-2.8x as long as of its transpose (100 x 1,761: 9.2 ms
+    against 3.9; 500 x 5,569: 596 ms against 230, one thread).
+    """
+    u, s, _ = torch.linalg.svd(z.mT, full_matrices=False)
+    return s, u.mT
 
 
 def _ritz(basis: torch.Tensor, products: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

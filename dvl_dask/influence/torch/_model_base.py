@@ -554,14 +554,22 @@ class TorchInfluenceFunctionModel(InfluenceFunctionModel[torch.Tensor, DataLoade
         return seed
 
     def _curvature_operator(
-        self, fm: FunctionalModel, block: ParameterBlock, loader: DataLoader, regularization: float | None = None
+        self,
+        fm: FunctionalModel,
+        block: ParameterBlock,
+        loader: DataLoader,
+        regularization: float | None = None,
+        *,
+        iterative: bool = False,
     ) -> CurvatureOperator:
         """Products with the curvature (``second_order_mode``) of ``block`` over ``loader``, plus ``λI``.
 
         ``regularization`` defaults to the model's (low-rank methods pass 0 and add it to eigenvalues).
+        ``iterative``: the operator serves many products (an iterative solver), so it keeps the
+        per-sample Jacobians of its first pass where they fit (:class:`CurvatureOperator`).
         """
         lam = self.regularization if regularization is None else regularization
-        return CurvatureOperator(fm, block, loader, self.second_order_mode, lam, self._owner)
+        return CurvatureOperator(fm, block, loader, self.second_order_mode, lam, self._owner, keep_jacobians=iterative)
 
     def _check_conditioning(self, evals: torch.Tensor, what: str, suggested: float | None = None) -> None:
         """Refuse to invert or factorise a regularised curvature too ill-conditioned for the model's dtype.
