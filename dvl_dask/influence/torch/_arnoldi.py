@@ -42,7 +42,10 @@ class ArnoldiInfluence(TorchInfluenceFunctionModel, aliases={"rank_estimate": "r
     size. The size reached is :attr:`krylov_dimensions`. On an indefinite
     spectrum with many eigenvalues near the cut (a trained MLP's Hessian)
     this can take most of ``p`` products, i.e. about the cost of
-    :class:`DirectInfluence` for that block. Then
+    :class:`DirectInfluence` for that block. With the Gauss–Newton
+    curvature the per-sample output Jacobians of the first pass are kept for
+    the later products where they fit (``JACOBIAN_CACHE_BUDGET``, as for
+    :class:`CgInfluence`): the data is read once per block. Then
 
     .. math::
 

@@ -89,7 +89,12 @@ class CgInfluence(TorchInfluenceFunctionModel, aliases={"pre_conditioner": "prec
     Notes
     -----
     The training data loader is kept after :meth:`fit`: every factor
-    computation iterates over it.
+    computation iterates over it. With the Gauss–Newton curvature a solve
+    reads it once: the per-sample output Jacobians of the first pass are
+    kept for the solve's later iterations (and its MINRES fallback) when all
+    of them fit in ``JACOBIAN_CACHE_BUDGET`` elements (``2**26``, 256 MiB of
+    float32; :mod:`dvl_dask.influence.torch._curvature`), so an iteration is
+    matrix products only; larger data is read again at every iteration.
 
     CG assumes ``H + λI`` is positive definite. Network Hessians usually are
     not (a trained network is rarely at an exact minimum), and the default

@@ -37,6 +37,14 @@ intra-op thread: a Jacobian product computes the batch's Jacobians once,
 then its matrix products in terms of :data:`PRODUCT_TERM_SAMPLES` samples on
 the threads, summed in order.
 
+An operator that serves an iterative solver (``keep_jacobians``: CG, MINRES,
+Arnoldi) keeps the Gauss-Newton Jacobians and output Hessians of its first
+pass when all of them fit in :data:`JACOBIAN_CACHE_BUDGET` elements: every
+later product is then matrix products only, without reading the loader, and
+with the same matrix (a shuffling or augmenting loader would otherwise give
+each iteration another one). On the 20-32-32-1 MLP a CG solve of 100 rows
+spent a seventh of its time recomputing the Jacobians at every iteration.
+
 Networks of linear layers get their per-sample output Jacobians layer by
 layer (:func:`._by_layer.linear_output_jacobians`): one batched forward pass
 and one backward pass per model output, about half the time of
