@@ -364,7 +364,7 @@ class CurvatureOperator:
 
     def _narrow(self, v: torch.Tensor, x: torch.Tensor) -> bool:
         """Whether ``V`` is a vjp product of fewer row chunks than the thread budget (e.g. a Krylov block)."""
-        if self.mode is SecondOrderMode.GaussNewton and v.shape[0] >= JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x):
+        if self._jacobian_route(v, x):
             return False
         return row_workers(v.shape[0], vmap_rows(x.shape[0])) < torch.get_num_threads()
 
@@ -495,7 +495,7 @@ class CurvatureOperator:
     def _shared_batch_product(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, threads: int) -> torch.Tensor:
         """``V C_batch`` shared out to ``threads`` threads (see :meth:`batch_matmat`)."""
         n = x.shape[0]
-        if self.mode is not SecondOrderMode.GaussNewton or v.shape[0] < JACOBIAN_ROWS_PER_OUTPUT * self._n_outputs(x):
+        if not self._jacobian_route(v, x):
             rows = vmap_rows(n)
             fms = self._functional_models(row_workers(v.shape[0], rows, threads))
             return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows, threads)
