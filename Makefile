@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 XDIST ?= -n 3 --dist loadfile
 # Tests marked serial (timing claims) run after the parallel phase, in one process: only their files are collected.
 SERIAL_FILES = $(shell grep -rl --include='test_*.py' 'pytest.mark.serial' tests)
-# The long tests are few and in two files (four full-size notebooks, three resumes): spread them by test.
+# The long tests are few and in three files (four full-size notebooks, three resumes, one batched exact
+# Shapley): spread them by test (the notebooks one after another on one worker made it 197 s, not 148 s).
 XDIST_LONG ?= -n 2 --dist load
 
 .PHONY: demo test test-long lint docs notebooks bench pictures install memcached-server clean

@@ -14,9 +14,7 @@ from dvl_dask.results import open_result
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 #: The notebooks read ``DVL_DASK_NOTEBOOK_SCALE`` (default 1) and multiply their sample budgets or
-#: training-set sizes by it. At 0.1 every cell still runs (the same calls, the same checks);
-#: notebook 04 took 108 s at 1 (Beta-Shapley: 600 samples x 61 evaluations).
-QUICK_SCALE = "0.1"
+#: training-set sizes by it (for a quick look); the tests run them as a user does, at 1.
 
 
 #: Notebooks that draw figures, and how many each shows inline at least.
@@ -53,20 +51,6 @@ def _execute(path: pathlib.Path, tmp_path: pathlib.Path):
     return nb
 
 
-# Serial: each notebook starts a process cluster, and closing it has a deadline (distributed's nanny gives a
-# worker 5 s to exit, then raises TimeoutError). With three xdist workers and their clusters on two cores,
-# 2 of 4 full runs on 2026-12-07 missed it in `cluster.close()`; alone, every notebook closes in time.
-@pytest.mark.serial
-@pytest.mark.notebook
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("DVL_DASK_NOTEBOOK_SCALE", QUICK_SCALE)  # the kernel inherits the environment
-    nb = _execute(path, tmp_path)
-    _check_outputs(nb, path.name)
-    assert not _noisy(nb), f"{path.name}: warning text in the outputs: {_noisy(nb)}"
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_notebooks_are_documentation(path):
     """Committed executed (``make notebooks``), figures inline, no backend forced, requirements stated first."""
@@ -85,15 +69,23 @@ def test_committed_notebooks_are_documentation(path):
     assert max(per_cell, default=0) <= 1, f"{path.name}: stderr outputs not coalesced: {per_cell}"
 
 
+# One run per notebook, at full size, in ``make test-long``: the quick runs (``DVL_DASK_NOTEBOOK_SCALE=0.1``)
+# that ``make test`` used to add ran the same cells a second time (58 s of its serial phase). Each notebook
+# starts a process cluster whose ``close()`` has a deadline (distributed's nanny gives a worker 5 s to exit):
+# beside three xdist workers and their clusters on two cores, 2 of 4 runs on 2026-12-07 missed it; on the two
+# workers of ``make test-long``, at most two at once, none has.
 @pytest.mark.notebook
 @pytest.mark.long
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes_at_full_size(path, tmp_path, monkeypatch):
-    """The notebooks as a user runs them (``make test-long``); their outputs are what the docs show."""
+    """The notebooks as a user runs them (``make test-long``): every cell runs, the figures are inline, no
+    warning text; their outputs are what the docs show."""
     import nbformat
 
     monkeypatch.delenv("DVL_DASK_NOTEBOOK_SCALE", raising=False)
     nb = _execute(path, tmp_path)
+    _check_outputs(nb, path.name)
+    assert not _noisy(nb), f"{path.name}: warning text in the outputs: {_noisy(nb)}"
     # The executed copy (gitignored build/) is what `make docs` renders, outputs included.
     executed = path.parents[1] / "build" / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
