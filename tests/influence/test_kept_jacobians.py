@@ -1,4 +1,5 @@
-"""Iterative solvers keep the per-sample Jacobians of their first pass; wide SVDs go through the transpose."""
+"""Iterative solvers keep the per-sample Jacobians of their first pass (LiSSA: of each batch of a loader that repeats
+its batches); wide SVDs go through the transpose."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from dvl_dask.errors import InvalidDataError  # noqa: E402
 from dvl_dask.influence import SecondOrderMode  # noqa: E402
-from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence  # noqa: E402
+from dvl_dask.influence.torch import ArnoldiInfluence, CgInfluence, LissaInfluence  # noqa: E402
 from dvl_dask.influence.torch import _curvature as curvature  # noqa: E402
 from dvl_dask.influence.torch._curvature import CurvatureOperator  # noqa: E402
+from dvl_dask.influence.torch._data import repeats_batches  # noqa: E402
 from dvl_dask.influence.torch._functional import FunctionalModel  # noqa: E402
 from dvl_dask.influence.torch._layout import ParameterLayout, resolve_blocks  # noqa: E402
 from dvl_dask.influence.torch._linalg import _right_singular  # noqa: E402
@@ -180,6 +183,93 @@ def test_cg_reads_the_training_loader_once_per_solve(monkeypatch):
     before = counted.passes
     cg.influence_factors(x[:30], y[:30])
     assert counted.passes - before == 1
+
+
+# -- LiSSA: one batch per iteration, kept by its position when the loader repeats its batches -------------
+
+
+def _counting_jacobians(monkeypatch) -> list[int]:
+    """Count the batches whose per-sample Jacobians are computed (one entry per batch, its size)."""
+    seen: list[int] = []
+    original = CurvatureOperator._jacobian_chunks
+
+    def counted(self, x, y):
+        seen.append(x.shape[0])
+        return original(self, x, y)
+
+    monkeypatch.setattr(CurvatureOperator, "_jacobian_chunks", counted)
+    return seen
+
+
+def _lissa_factors(loader, x_test, y_test, model, mode="gauss_newton", maxiter=12):
+    lissa = LissaInfluence(model, F.mse_loss, regularization=0.1, scale=20.0, maxiter=maxiter,
+                           second_order_mode=mode, warn_on_max_iteration=False)
+    return lissa.fit(loader).influence_factors(x_test, y_test)
+
+
+@pytest.mark.parametrize("k", [3, 40])  # narrow (a vjp product if not kept) and wide right-hand sides
+def test_lissa_computes_each_batchs_jacobians_once_for_an_in_order_loader(monkeypatch, k):
+    model, x, y = _problem(100)
+    x_test, y_test = x[:k], y[:k]
+    seen = _counting_jacobians(monkeypatch)
+    kept = _lissa_factors(DataLoader(TensorDataset(x, y), batch_size=20), x_test, y_test, model)
+    assert seen == [20] * 5  # 12 iterations over 5 batches: each batch's Jacobians computed once
+    monkeypatch.setattr(curvature, "JACOBIAN_CACHE_BUDGET", 0)  # nothing fits: every iteration recomputes
+    seen.clear()
+    again = _lissa_factors(DataLoader(TensorDataset(x, y), batch_size=20), x_test, y_test, model)
+    assert seen == ([20] * 12 if k == 40 else [])  # narrow rows without keeping: vjp products
+    torch.testing.assert_close(kept, again, rtol=1e-10, atol=1e-12)
+    assert kept.shape == (k, 50)
+
+
+def test_lissa_keeps_the_batches_that_fit_in_the_budget(monkeypatch):
+    model, x, y = _problem(100)
+    monkeypatch.setattr(curvature, "JACOBIAN_CACHE_BUDGET", 2 * 20 * 2 * (50 + 2))  # two batches of 20
+    seen = _counting_jacobians(monkeypatch)
+    _lissa_factors(DataLoader(TensorDataset(x, y), batch_size=20), x[:40], y[:40], model)
+    # Batches 0 and 1 kept; 2, 3, 4 computed in both cycles (iterations 3-5 and 8-10), 0 and 1 not again.
+    assert seen == [20] * 8
+
+
+@pytest.mark.parametrize("loader_kind", ["shuffle", "subclass"])
+def test_lissa_keeps_nothing_for_a_loader_that_may_change_its_batches(monkeypatch, loader_kind):
+    model, x, y = _problem(100)
+    data = TensorDataset(x, y)
+    loader = (DataLoader(data, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
+              if loader_kind == "shuffle" else _CountingLoader(data, batch_size=20))
+    assert not repeats_batches(loader)
+    seen = _counting_jacobians(monkeypatch)
+    _lissa_factors(loader, x[:40], y[:40], model)
+    assert seen == [20] * 12  # wide rows: the Jacobian route, recomputed at every iteration
+
+
+def test_lissa_with_the_hessian_keeps_nothing(monkeypatch):
+    model, x, y = _problem(100)
+    seen = _counting_jacobians(monkeypatch)
+    _lissa_factors(DataLoader(TensorDataset(x, y), batch_size=20), x[:40], y[:40], model, mode="hessian")
+    assert seen == []
+
+
+def test_which_loaders_repeat_their_batches():
+    _, x, y = _problem(100)
+    data = TensorDataset(x, y)
+    assert repeats_batches(DataLoader(data, batch_size=20))
+    assert repeats_batches(DataLoader(data, batch_size=30, drop_last=True))
+    assert not repeats_batches(DataLoader(data, batch_size=20, shuffle=True))
+    assert not repeats_batches(DataLoader(data, batch_size=20, collate_fn=lambda b: b))
+    assert not repeats_batches(DataLoader(_Stream(x, y), batch_size=20))
+
+
+def test_a_kept_position_with_another_batch_is_an_error():
+    model, x, y = _problem(100)
+    op, layout = _operator(DataLoader(TensorDataset(x, y), batch_size=20), keep=True, model=model)
+    v = torch.randn(4, layout.n, dtype=torch.float64)
+    first = op.batch_matmat(v, x[:20], y[:20], batch=0)
+    torch.testing.assert_close(op.batch_matmat(v, x[:20], y[:20], batch=0, threads=2), first, rtol=1e-12, atol=1e-13)
+    fresh, _ = _operator(DataLoader(TensorDataset(x, y), batch_size=20), keep=False, model=model)
+    torch.testing.assert_close(fresh.batch_matmat(v, x[:20], y[:20]), first, rtol=1e-10, atol=1e-12)
+    with pytest.raises(InvalidDataError, match="batch 0 of the loader has 10 samples, but 20"):
+        op.batch_matmat(v, x[:10], y[:10], batch=0)
 
 
 @settings(max_examples=40, deadline=None)

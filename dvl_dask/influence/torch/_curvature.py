@@ -44,6 +44,10 @@ later product is then matrix products only, without reading the loader, and
 with the same matrix (a shuffling or augmenting loader would otherwise give
 each iteration another one). On the 20-32-32-1 MLP a CG solve of 100 rows
 spent a seventh of its time recomputing the Jacobians at every iteration.
+A stochastic solver (LiSSA) over a loader that repeats its batches
+(:func:`._data.repeats_batches`) names each batch by its position
+(:meth:`CurvatureOperator.batch_matmat`'s ``batch``), and the operator keeps
+that batch's Jacobians the first time, within the same budget.
 
 Networks of linear layers get their per-sample output Jacobians layer by
 layer (:func:`._by_layer.linear_output_jacobians`): one batched forward pass
@@ -64,6 +68,7 @@ import torch
 from torch.func import grad, vjp, vmap
 from torch.utils.data import DataLoader
 
+from ...errors import InvalidDataError
 from ...threads import manages_torch_threads, side_by_side
 from .._mode import SecondOrderMode
 from ._data import iter_batches
@@ -256,7 +261,9 @@ class CurvatureOperator:
         is then matrix products only). The operator is then also the same
         matrix from product to product, where a loader that shuffles or
         augments would give each pass other batches. Off by default: a single
-        pass (a dense matrix, a sketch) has no later product to serve.
+        pass (a dense matrix, a sketch) has no later product to serve. The
+        same applies to single batches named by position
+        (:meth:`batch_matmat`'s ``batch``).
     """
 
     def __init__(
@@ -281,7 +288,13 @@ class CurvatureOperator:
         # keep_jacobians and they fit in JACOBIAN_CACHE_BUDGET (None: not kept, or not yet). _jacobians_fit: whether
         # a pass should still try to keep them.
         self._jacobians: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] | None = None
+        self._keep = keep_jacobians
         self._jacobians_fit = keep_jacobians
+        # Per batch position given to batch_matmat: (samples, [(Jacobians, output Hessians), ...]), and their size in
+        # elements (at most JACOBIAN_CACHE_BUDGET).
+        self._batch_jacobians: dict[int, tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self._batch_jacobians_size = 0
+        self._outputs: int | None = None
 
     @property
     def dim(self) -> int:
@@ -440,8 +453,11 @@ class CurvatureOperator:
         return self._replicas[:n]
 
     def _n_outputs(self, x: torch.Tensor) -> int:
-        with torch.no_grad():
-            return int(self.fm.output(self.fm.params, x[:1]).numel())
+        """Outputs of the model per sample (a forward pass of one sample, the first time)."""
+        if self._outputs is None:
+            with torch.no_grad():
+                self._outputs = int(self.fm.output(self.fm.params, x[:1]).numel())
+        return self._outputs
 
     def _jacobian_chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Per-sample output Jacobians ``(s, m, p_b)`` and output Hessians ``(s, m, m)``, in chunks."""
@@ -465,7 +481,13 @@ class CurvatureOperator:
         return acc
 
     def batch_matmat(
-        self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, threads: int | None = None
+        self,
+        v: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        threads: int | None = None,
+        batch: int | None = None,
     ) -> torch.Tensor:
         """``V (C_batch + λI)`` with the curvature of one batch only (stochastic methods).
 
@@ -485,22 +507,69 @@ class CurvatureOperator:
             product shares out its row chunks (:func:`map_row_chunks`). Neither
             result depends on ``threads``. By default the product runs as
             :meth:`matmat`'s, on the calling thread's budget.
+        batch : int, optional
+            The position of ``(x, y)`` in a loader that yields the same batches
+            in the same order on every pass (:func:`._data.repeats_batches`).
+            An operator that keeps Jacobians (``keep_jacobians``, Gauss-Newton)
+            then keeps this batch's per-sample Jacobians and output Hessians
+            under its position, while all it keeps fits in
+            :data:`JACOBIAN_CACHE_BUDGET`, and computes the product from them
+            when the position comes again (whatever the width of ``v``; a batch
+            that does not fit takes the usual route). A batch of another size
+            at a kept position is an error.
         """
         x, y = x.to(v.device), y.to(v.device)
-        out = self._batch_product(v, x, y) if threads is None else self._shared_batch_product(v, x, y, threads)
+        kept = self._positional_jacobians(x, y, batch) if batch is not None else None
+        if kept is not None:
+            n_b, chunks = kept
+            out = self._jacobian_product(v, chunks, n_b) if threads is None else self._shared_jacobian_product(
+                v, chunks, n_b, threads)
+        elif threads is None:
+            out = self._batch_product(v, x, y)
+        elif self._jacobian_route(v, x):
+            out = self._shared_jacobian_product(v, self._jacobian_chunks(x, y), x.shape[0], threads)
+        else:
+            rows = vmap_rows(x.shape[0])
+            fms = self._functional_models(row_workers(v.shape[0], rows, threads))
+            out = map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows, threads)
         if self.regularization:
             out = out + self.regularization * v
         return out
 
-    def _shared_batch_product(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, threads: int) -> torch.Tensor:
-        """``V C_batch`` shared out to ``threads`` threads (see :meth:`batch_matmat`)."""
-        n = x.shape[0]
-        if not self._jacobian_route(v, x):
-            rows = vmap_rows(n)
-            fms = self._functional_models(row_workers(v.shape[0], rows, threads))
-            return map_row_chunks(lambda i: batch_product_fn(fms[i], self.block, x, y, self.mode), v, rows, threads)
+    def _positional_jacobians(
+        self, x: torch.Tensor, y: torch.Tensor, batch: int
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """``(samples, Jacobian chunks)`` of the batch at position ``batch``: kept, or computed now and kept.
+
+        None where they are not kept: the operator does not keep (or the
+        curvature is the Hessian), or they would not fit in the budget.
+        """
+        if not self._keep or self.mode is not SecondOrderMode.GaussNewton:
+            return None
+        kept = self._batch_jacobians.get(batch)
+        if kept is not None:
+            if kept[0] != x.shape[0]:
+                raise InvalidDataError(
+                    f"{self.owner}: batch {batch} of the loader has {x.shape[0]} samples, but {kept[0]} when its "
+                    "Jacobians were kept. A loader whose batches are named by position must repeat them."
+                )
+            return kept
+        n, m = x.shape[0], self._n_outputs(x)
+        size = n * m * (self.block.n + m)
+        if self._batch_jacobians_size + size > JACOBIAN_CACHE_BUDGET:
+            return None
+        chunks = list(self._jacobian_chunks(x, y))
+        self._batch_jacobians[batch] = (n, chunks)
+        self._batch_jacobians_size += size
+        return n, chunks
+
+    @staticmethod
+    def _shared_jacobian_product(
+        v: torch.Tensor, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, threads: int
+    ) -> torch.Tensor:
+        """``V C_batch`` from the Jacobian ``chunks`` of ``n`` samples, in terms shared out to ``threads`` threads."""
         acc = torch.zeros_like(v)
-        for jac, h_out in self._jacobian_chunks(x, y):
+        for jac, h_out in chunks:
             terms = [(jac[i : i + PRODUCT_TERM_SAMPLES], h_out[i : i + PRODUCT_TERM_SAMPLES])
                      for i in range(0, jac.shape[0], PRODUCT_TERM_SAMPLES)]
             for part in side_by_side(*(lambda t=t: _jacobian_term(*t, v) for t in terms), threads=threads):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ...errors import InvalidDataError
 
-__all__ = ["InputSpec", "as_data_loader", "check_tensor_pair", "iter_batches"]
+__all__ = ["InputSpec", "as_data_loader", "check_tensor_pair", "iter_batches", "repeats_batches"]
 
 #: Batch size used when ``fit`` receives a tuple ``(x, y)`` instead of a DataLoader.
 TUPLE_BATCH_SIZE = 512
@@ -78,6 +78,16 @@ def _in_order_slices(loader: DataLoader) -> Iterator[tuple[torch.Tensor, ...]] |
     n = len(loader.dataset)
     stop = n - n % size if batches.drop_last else n
     return (tuple(t[i : i + size].clone() for t in tensors) for i in range(0, stop, size))
+
+
+def repeats_batches(loader: DataLoader) -> bool:
+    """Whether every pass over ``loader`` yields the same batches in the same order.
+
+    True only for what :func:`_in_order_slices` reads as slices: a plain
+    ``DataLoader`` over a ``TensorDataset`` (fixed tensors, no transform) with a
+    sequential sampler. Anything else may shuffle, sample or augment.
+    """
+    return _in_order_slices(loader) is not None
 
 
 def iter_batches(loader: DataLoader, owner: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
