@@ -97,9 +97,9 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     yields the same batches in the same order on every pass (tensors, or a
     plain ``DataLoader`` over a ``TensorDataset`` that does not shuffle), each
     batch's per-sample Jacobians and output Hessians are computed in the
-    first pass and kept (while they fit in
-    :data:`~dvl_dask.influence.torch._curvature.JACOBIAN_CACHE_BUDGET`
-    elements): every later iteration on that batch is matrix products only.
+    first pass and kept (while they fit in ``JACOBIAN_CACHE_BUDGET``
+    elements, ``2**26``, as for :class:`CgInfluence`): every later iteration
+    on that batch is matrix products only.
     The iterates are the same as without keeping, up to rounding.
     """
 
