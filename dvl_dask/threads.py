@@ -45,6 +45,10 @@ the barrier that ends every parallel kernel, so when the cores are shared
 (two fits at once, other jobs) a descheduled thread makes its partners burn
 their time slices. Measured on 2 loaded cores: ``eigvalsh`` of a 1,761 x
 1,761 matrix took 2.3 CPU s on two intra-op threads against 0.3 s on one.
+Between two processes, each with its own pool, nothing here can help:
+``OMP_WAIT_POLICY=PASSIVE`` in their environment (docs/deployment.md,
+"Several influence jobs on one machine") makes libgomp's threads sleep
+instead; dvl_dask does not set it, as it is every OpenMP library's setting.
 """
 
 from __future__ import annotations
