@@ -243,6 +243,15 @@ def test_lissa_keeps_nothing_for_a_loader_that_may_change_its_batches(monkeypatc
     assert seen == [20] * 12  # wide rows: the Jacobian route, recomputed at every iteration
 
 
+def test_lissa_keeps_nothing_when_no_batch_comes_again(monkeypatch):
+    model, x, y = _problem(100)
+    seen = _counting_jacobians(monkeypatch)
+    _lissa_factors(DataLoader(TensorDataset(x, y), batch_size=20), x[:3], y[:3], model, maxiter=5)
+    assert seen == []  # five batches, five iterations: narrow rows stay vjp products
+    _lissa_factors(DataLoader(TensorDataset(x, y), batch_size=20), x[:3], y[:3], model, maxiter=6)
+    assert seen == [20] * 5
+
+
 def test_lissa_with_the_hessian_keeps_nothing(monkeypatch):
     model, x, y = _problem(100)
     seen = _counting_jacobians(monkeypatch)

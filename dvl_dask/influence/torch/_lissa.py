@@ -97,7 +97,8 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     yields the same batches in the same order on every pass (tensors, or a
     plain ``DataLoader`` over a ``TensorDataset`` that does not shuffle), each
     batch's per-sample Jacobians and output Hessians are computed in the
-    first pass and kept (while they fit in ``JACOBIAN_CACHE_BUDGET``
+    first pass and kept for the later ones (when ``maxiter`` exceeds the
+    number of batches) (while they fit in ``JACOBIAN_CACHE_BUDGET``
     elements, ``2**26``, as for :class:`CgInfluence`): every later iteration
     on that batch is matrix products only.
     The iterates are the same as without keeping, up to rounding.
@@ -141,8 +142,9 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     def _recursion(self, block: ParameterBlock, b: torch.Tensor, threads: int) -> torch.Tensor:
         assert self._loader is not None
         # A loader that repeats its batches (a TensorDataset read in order) names them by position: the operator
-        # keeps each batch's Gauss-Newton Jacobians the first time, so later cycles are matrix products only.
-        repeats = repeats_batches(self._loader)
+        # keeps each batch's Gauss-Newton Jacobians the first time, so later cycles are matrix products only. Only
+        # if there are later cycles: a batch seen once is cheaper as a vjp product when there are few rows.
+        repeats = repeats_batches(self._loader) and self.maxiter > len(self._loader)
         op = self._curvature_operator(self._functional, block, self._loader, iterative=repeats)
         batches = _cycle(self._loader, self._owner)
         tiny = torch.finfo(b.dtype).tiny
