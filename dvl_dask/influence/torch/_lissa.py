@@ -93,15 +93,15 @@ class LissaInfluence(TorchInfluenceFunctionModel):
     this is faster alone than the recursion on two intra-op threads was, and
     two solves at once take 1.8x one alone.
 
-    Jacobians: with ``second_order_mode="gauss_newton"`` and a loader that
+    Jacobians: with ``second_order_mode="gauss_newton"``, a loader that
     yields the same batches in the same order on every pass (tensors, or a
-    plain ``DataLoader`` over a ``TensorDataset`` that does not shuffle), each
-    batch's per-sample Jacobians and output Hessians are computed in the
-    first pass and kept for the later ones (when ``maxiter`` exceeds the
-    number of batches) (while they fit in ``JACOBIAN_CACHE_BUDGET``
-    elements, ``2**26``, as for :class:`CgInfluence`): every later iteration
-    on that batch is matrix products only.
-    The iterates are the same as without keeping, up to rounding.
+    plain ``DataLoader`` over a ``TensorDataset`` that does not shuffle) and
+    ``maxiter`` above its number of batches, each batch's per-sample
+    Jacobians and output Hessians are computed in the first pass and kept
+    while they fit in ``JACOBIAN_CACHE_BUDGET`` elements (``2**26``, as for
+    :class:`CgInfluence`): every later iteration on that batch is matrix
+    products only. The iterates are the same as without keeping, up to
+    rounding.
     """
 
     def __init__(
