@@ -370,10 +370,14 @@ class CurvatureOperator:
             n = len(self.loader.dataset)
         except (AttributeError, TypeError):  # an iterable dataset: try, and stop keeping at the budget
             return True
-        m = self._n_outputs(x)
-        if n * m * (self.block.n + m) > JACOBIAN_CACHE_BUDGET:
+        if self._jacobian_elements(n, x) > JACOBIAN_CACHE_BUDGET:
             self._jacobians_fit = False
         return self._jacobians_fit
+
+    def _jacobian_elements(self, n: int, x: torch.Tensor) -> int:
+        """Elements of the per-sample output Jacobians and output Hessians of ``n`` samples like ``x``'s."""
+        m = self._n_outputs(x)
+        return n * m * (self.block.n + m)
 
     def _narrow(self, v: torch.Tensor, x: torch.Tensor) -> bool:
         """Whether ``V`` is a vjp product of fewer row chunks than the thread budget (e.g. a Krylov block)."""
@@ -554,8 +558,8 @@ class CurvatureOperator:
                     "Jacobians were kept. A loader whose batches are named by position must repeat them."
                 )
             return kept
-        n, m = x.shape[0], self._n_outputs(x)
-        size = n * m * (self.block.n + m)
+        n = x.shape[0]
+        size = self._jacobian_elements(n, x)
         if self._batch_jacobians_size + size > JACOBIAN_CACHE_BUDGET:
             return None
         chunks = list(self._jacobian_chunks(x, y))
